@@ -1,0 +1,1 @@
+"""Audit: the verbatim, hash-chained archive of every event; history and replay."""

@@ -1,0 +1,20 @@
+"""Audit's composition root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faststream import FastStream
+
+from services.audit.handlers import NAME, register
+from shared.clock import Clock
+from shared.service import Runtime, create_service
+from shared.settings import AuditSettings
+
+
+def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
+    """Wire the audit service."""
+    settings = settings or AuditSettings()
+    app, rt = create_service(NAME, settings, Path(__file__).parent / "migrations", clock=clock)
+    register(rt)
+    return app, rt

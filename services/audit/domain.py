@@ -1,0 +1,57 @@
+"""The audit hash chain and what an archived event says about itself: pure, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+GENESIS = bytes(32)
+
+
+def canonical(seq: int, subject: str, raw: bytes) -> bytes:
+    """The bytes the chain covers for one event: its position, subject and exact payload."""
+    return f"{seq}\n{subject}\n".encode() + raw
+
+
+def link(previous: bytes, seq: int, subject: str, raw: bytes) -> bytes:
+    """hash = SHA-256(previous hash || canonical bytes)."""
+    return hashlib.sha256(previous + canonical(seq, subject, raw)).digest()
+
+
+@dataclass(frozen=True)
+class Described:
+    """The indexable facts of an archived event (whatever its schema, even if malformed)."""
+
+    event_id: str | None
+    event_type: str
+    aggregate_id: str | None
+    producer: str | None
+    occurred_at: datetime | None
+    serial: str | None
+    cert_id: str | None
+
+
+def describe(subject: str, raw: bytes) -> Described:
+    """Read the envelope fields of a raw event; a malformed one is archived as `malformed`."""
+    try:
+        data: Any = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        occurred = datetime.fromisoformat(str(data["occurred_at"])) if "occurred_at" in data else None
+    except (ValueError, UnicodeDecodeError):
+        return Described(None, "malformed", None, None, None, None, None)
+    parts = subject.split(".")
+    cert_id = parts[2] if len(parts) == 4 and parts[1] == "cert" else None
+    serial = data.get("serial")
+    return Described(
+        event_id=str(data.get("event_id")) if data.get("event_id") else None,
+        event_type=str(data.get("event_type", "unknown")),
+        aggregate_id=str(data.get("aggregate_id")) if data.get("aggregate_id") else None,
+        producer=str(data.get("producer")) if data.get("producer") else None,
+        occurred_at=occurred,
+        serial=str(serial) if isinstance(serial, str) else None,
+        cert_id=cert_id,
+    )

@@ -1,0 +1,107 @@
+"""Replay: rebuild the archive from stream sequence 1 into a fresh schema, compare, adopt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from services.audit import store
+from shared import db
+from shared.queries import ReplayAnswer
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+BATCH = 1000
+
+
+async def read_stream(
+    js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH
+) -> asyncio.Queue[list[tuple[int, str, bytes]] | None]:
+    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue."""
+    queue: asyncio.Queue[list[tuple[int, str, bytes]] | None] = asyncio.Queue(maxsize=8)
+
+    async def pump() -> None:
+        sub = await js.pull_subscribe(
+            subject, durable=None, stream=stream,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0, max_ack_pending=-1),
+        )
+        try:
+            seen = 0
+            while seen < through:
+                msgs = await sub.fetch(batch, timeout=5.0)
+                chunk = []
+                for m in msgs:
+                    seq = m.metadata.sequence.stream
+                    if seq <= through:
+                        chunk.append((seq, m.subject, m.data))
+                    seen = max(seen, seq)
+                if chunk:
+                    await queue.put(chunk)
+        finally:
+            await sub.unsubscribe()
+            await queue.put(None)
+
+    asyncio.create_task(pump(), name="replay-reader")
+    return queue
+
+
+async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject: str, live_schema: str) -> ReplayAnswer:
+    """Rebuild the archive from the stream, compare with the live one, and adopt the rebuilt rows."""
+    scratch = f"{live_schema}_replay"
+    started = time.perf_counter()
+    info = await js.stream_info(stream)
+    through = info.state.last_seq
+    await db.drop_schema(pool, scratch)
+    await db.migrate(pool, scratch, [MIGRATIONS])
+    events = 0
+    if through > 0:
+        queue = await read_stream(js, stream, subject, through)
+        async with pool.acquire() as conn:
+            await conn.execute(f"SET search_path TO {scratch}, public")
+            try:
+                while (chunk := await queue.get()) is not None:
+                    async with conn.transaction():
+                        events += await store.archive(conn, chunk)
+            finally:
+                await conn.execute(f"SET search_path TO {live_schema}, public")
+    seconds = time.perf_counter() - started
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"LOCK TABLE {live_schema}.archive IN EXCLUSIVE MODE")
+        old = await conn.fetchrow(
+            f"SELECT count(*) AS n, (SELECT hash FROM {live_schema}.archive WHERE stream_seq = $1) AS h "
+            f"FROM {live_schema}.archive WHERE stream_seq <= $1", through,
+        )
+        new = await conn.fetchrow(f"SELECT seq, hash FROM {scratch}.chain_head")
+        assert old is not None and new is not None
+        differs = await conn.fetchval(
+            f"SELECT count(*) FROM ((SELECT stream_seq, subject, raw, hash FROM {scratch}.archive EXCEPT "
+            f"SELECT stream_seq, subject, raw, hash FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
+            f"(SELECT stream_seq, subject, raw, hash FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
+            f"SELECT stream_seq, subject, raw, hash FROM {scratch}.archive)) d", through,
+        )
+        equal = differs == 0
+        if not equal:
+            await _adopt(conn, live_schema, scratch, through)
+    await db.drop_schema(pool, scratch)
+    previous = bytes(old["h"]).hex() if old["h"] is not None else None
+    return ReplayAnswer(
+        events=events, seconds=round(seconds, 3), rate_per_s=round(events / seconds, 1) if seconds else 0.0,
+        last_seq=new["seq"], head_hash=bytes(new["hash"]).hex(), previous_head_hash=previous,
+        previous_events=old["n"], equal=equal,
+    )
+
+
+async def _adopt(conn: asyncpg.Connection, live: str, scratch: str, through: int) -> None:
+    """Replace the live archive up to `through` with the rebuilt one, then re-chain the rest."""
+    await conn.execute(f"DELETE FROM {live}.serial_refs WHERE stream_seq <= $1", through)
+    await conn.execute(f"DELETE FROM {live}.archive WHERE stream_seq <= $1", through)
+    await conn.execute(f"INSERT INTO {live}.archive SELECT * FROM {scratch}.archive")
+    await conn.execute(f"INSERT INTO {live}.serial_refs SELECT * FROM {scratch}.serial_refs")
+    await conn.execute(f"UPDATE {live}.archive SET hash = NULL WHERE stream_seq > $1", through)
+    await conn.execute(f"UPDATE {live}.chain_head SET (seq, hash) = (SELECT seq, hash FROM {scratch}.chain_head)")
+    await conn.execute(f"SET LOCAL search_path TO {live}, public")
+    await store.advance_chain(conn)

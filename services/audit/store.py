@@ -1,0 +1,79 @@
+"""Audit's SQL (schema `audit`, or a fresh schema during replay)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.audit import domain
+
+
+async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, bytes]]) -> int:
+    """Archive raw messages (seq, subject, bytes); returns how many were new, then chains."""
+    rows, refs = [], []
+    for seq, subject, raw in messages:
+        d = domain.describe(subject, raw)
+        try:
+            event_id = uuid.UUID(d.event_id) if d.event_id else None
+        except ValueError:
+            event_id = None
+        rows.append((seq, subject, raw, event_id, d.event_type, d.aggregate_id, d.producer, d.occurred_at))
+        if d.serial:
+            refs.append((d.serial, seq, d.cert_id))
+    inserted = await conn.fetch(
+        "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at) "
+        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], "
+        "$7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING stream_seq",
+        *[list(col) for col in zip(*rows, strict=True)],
+    ) if rows else []
+    if refs:
+        await conn.executemany("INSERT INTO serial_refs VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", refs)
+    await advance_chain(conn)
+    return len(inserted)
+
+
+async def advance_chain(conn: asyncpg.Connection) -> None:
+    """Extend the hash chain over every newly contiguous archived event."""
+    head = await conn.fetchrow("SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE")
+    assert head is not None
+    seq, current = head["seq"], bytes(head["hash"])
+    while True:
+        rows = await conn.fetch(
+            "SELECT stream_seq, subject, raw FROM archive WHERE stream_seq > $1 ORDER BY stream_seq LIMIT 5000",
+            seq,
+        )
+        updates = []
+        for row in rows:
+            if row["stream_seq"] != seq + 1:
+                break
+            seq = row["stream_seq"]
+            current = domain.link(current, seq, row["subject"], bytes(row["raw"]))
+            updates.append((seq, current))
+        if updates:
+            await conn.executemany("UPDATE archive SET hash = $2 WHERE stream_seq = $1", updates)
+        if len(updates) < 5000:
+            break
+    await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, current)
+
+
+async def head(conn: asyncpg.Connection) -> tuple[int, bytes, int]:
+    """The chained head (seq, hash) and how many events are archived."""
+    row = await conn.fetchrow("SELECT seq, hash, (SELECT count(*) FROM archive) AS n FROM chain_head WHERE id = 1")
+    assert row is not None
+    return row["seq"], bytes(row["hash"]), row["n"]
+
+
+async def history(conn: asyncpg.Connection, serial: str) -> tuple[str | None, list[asyncpg.Record]]:
+    """A certificate's id and every archived event of it, in log order."""
+    cert_id = await conn.fetchval(
+        "SELECT cert_id FROM serial_refs WHERE serial = $1 AND cert_id IS NOT NULL LIMIT 1", serial
+    )
+    rows = await conn.fetch(
+        "SELECT stream_seq, subject, event_type, producer, occurred_at, raw FROM archive "
+        "WHERE aggregate_id = $1 OR stream_seq IN (SELECT stream_seq FROM serial_refs WHERE serial = $2) "
+        "ORDER BY stream_seq",
+        cert_id or serial, serial,
+    )
+    return cert_id, rows

@@ -1,0 +1,1 @@
+"""Revocation: decides revocation requests and publishes revocations."""

@@ -1,0 +1,51 @@
+"""Revocation's subscriber: learns issued certificates, decides revocation requests."""
+
+from __future__ import annotations
+
+import asyncpg
+from faststream.nats.annotations import NatsMessage
+
+from services.revocation import domain, store
+from shared.consumer import apply_once
+from shared.events import CertificateIssued, CertificateRevoked, Event, RevocationRejected, RevocationRequested
+from shared.outbox import enqueue
+from shared.service import Runtime
+
+NAME = "revocation"
+
+
+def register(rt: Runtime) -> None:
+    """Attach revocation's consumer."""
+
+    @rt.consumer("requests", [CertificateIssued.filter(rt.root), RevocationRequested.filter(rt.root)])
+    async def on_event(event: CertificateIssued | RevocationRequested, msg: NatsMessage) -> None:
+        seq = msg.raw_message.metadata.sequence.stream
+        if isinstance(event, CertificateIssued):
+            await apply_once(rt.pool, NAME, event, seq, lambda conn: store.add_certificate(conn, event))
+            return
+        if await apply_once(rt.pool, NAME, event, seq, lambda conn: _decide(conn, rt, event)):
+            await rt.publish_pending()
+
+
+async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested) -> None:
+    now = rt.clock.now()
+    serial = domain.normalise_serial(request.serial)
+    outcome = domain.decide(serial, request.reason, await store.find(conn, serial))
+    envelope = {
+        "occurred_at": now, "correlation_id": request.correlation_id,
+        "causation_id": str(request.event_id), "producer": NAME,
+    }
+    result: Event
+    if isinstance(outcome, domain.Known):
+        result = CertificateRevoked(
+            aggregate_id=outcome.cert_id, serial=serial, issuer_id=outcome.issuer_id, reason=request.reason,
+            revoked_at=now, revocation_request_id=request.aggregate_id, requested_by=request.requested_by,
+            **envelope,
+        )
+        await store.mark_revoked(conn, serial, now, request.reason)
+        label = "revoked"
+    else:
+        result = RevocationRejected(aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **envelope)
+        label = f"rejected:{outcome.code}"
+    await store.record_request(conn, request.aggregate_id, serial, request.reason, request.requested_by, label, now)
+    await enqueue(conn, result, rt.root)

@@ -1,0 +1,37 @@
+"""Signing's composition root: the only place a key store is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faststream import FastStream
+
+from services.signing.cas import CaRegistry
+from services.signing.crl import CrlPublisher
+from services.signing.handlers import NAME, register
+from services.signing.keystore import KeyStore
+from shared.clock import Clock
+from shared.service import Runtime, create_service
+from shared.settings import SigningSettings
+
+
+def build(settings: SigningSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
+    """Wire the signing service."""
+    settings = settings or SigningSettings()
+    cas = CaRegistry(KeyStore(settings.key_dir, settings.passphrase()), settings)
+    crls: list[CrlPublisher] = []
+
+    async def on_start(rt: Runtime) -> None:
+        await cas.bootstrap(rt)
+        await rt.publish_pending()
+        crls[0].start()
+
+    async def on_stop(rt: Runtime) -> None:
+        await crls[0].stop()
+
+    app, rt = create_service(
+        NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
+    )
+    crls.append(CrlPublisher(rt, cas))
+    register(rt, cas, crls[0])
+    return app, rt

@@ -1,0 +1,103 @@
+"""The CRL publisher: signs a fresh CRL per issuer shortly after revocations and before nextUpdate."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+from datetime import timedelta
+
+from cryptography.hazmat.primitives import serialization
+
+from services.signing import domain, store
+from services.signing.cas import CaRegistry
+from shared.events import CrlPublished
+from shared.outbox import enqueue
+from shared.service import Runtime
+
+log = logging.getLogger("certbus.signing.crl")
+
+
+class CrlPublisher:
+    """Batches revocations that arrive close together into one CRL per issuer."""
+
+    def __init__(self, rt: Runtime, cas: CaRegistry) -> None:
+        self._rt = rt
+        self._cas = cas
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Say a revocation arrived (the next CRL goes out within the batch interval)."""
+        self._wakeup.set()
+
+    async def publish_due(self) -> list[tuple[str, int]]:
+        """Sign and publish a CRL for every issuer that needs one; returns (issuer, number)."""
+        async with self._rt.pool.acquire() as conn:
+            due = await store.issuers_needing_crl(conn, self._rt.clock.now())
+        published = []
+        for ca_id in due:
+            number = await self._publish(ca_id)
+            if number is not None:
+                published.append((ca_id, number))
+        if published:
+            await self._rt.publish_pending()
+        return published
+
+    async def _publish(self, ca_id: str) -> int | None:
+        rt, settings = self._rt, self._cas.settings
+        async with rt.pool.acquire() as conn, conn.transaction():
+            state = await store.lock_crl_state(conn, ca_id)
+            if state is None:
+                return None  # another replica is signing this issuer's CRL
+            rows, through = await store.revoked_entries(conn, ca_id)
+            number = state["crl_number"] + 1
+            now = rt.clock.now()
+            next_update = now + timedelta(seconds=settings.crl_validity_s)
+            entries = [domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"]) for r in rows]
+            crl = await asyncio.to_thread(
+                domain.crl, self._cas.get(ca_id), self._cas.key(ca_id), number, entries, now, next_update
+            )
+            der = crl.public_bytes(serialization.Encoding.DER)
+            name = f"{ca_id}/{number}.crl"
+            obj = await rt.js.object_store(settings.crl_bucket)
+            await obj.put(name, io.BytesIO(der))
+            await store.save_crl_state(conn, ca_id, number, through, now, next_update)
+            await enqueue(conn, CrlPublished(
+                aggregate_id=ca_id, occurred_at=now, correlation_id=f"crl-{ca_id}-{number}",
+                producer="signing", ca_id=ca_id, crl_number=number, this_update=now,
+                next_update=next_update, revoked_count=len(entries), object_bucket=settings.crl_bucket,
+                object_name=name, sha256=hashlib.sha256(der).hexdigest(), size=len(der),
+            ), rt.root)
+        log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
+        return number
+
+    async def run(self) -> None:
+        """Publish due CRLs whenever woken (after a short batching pause) and every few seconds."""
+        interval = self._cas.settings.crl_batch_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=5.0)
+                await asyncio.sleep(interval)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            try:
+                await self.publish_due()
+            except Exception:  # noqa: BLE001 - keep publishing after an outage
+                log.exception("CRL publication failed; will retry")
+                await asyncio.sleep(1.0)
+
+    def start(self) -> None:
+        """Run in the background."""
+        self._task = asyncio.create_task(self.run(), name="crl-publisher")
+
+    async def stop(self) -> None:
+        """Stop the background loop."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,61 @@
+"""CA private keys at rest: encrypted PKCS#8 files, one per CA. The only module that loads them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from shared.crypto import PrivateKey, key_pem
+
+
+class KeyStoreError(Exception):
+    """A CA key that cannot be used (missing, destroyed, or the passphrase is wrong)."""
+
+
+class KeyStore:
+    """Encrypted CA keys in a directory; decrypted keys stay in this process's memory only."""
+
+    def __init__(self, directory: Path, passphrase: bytes) -> None:
+        self._dir = directory
+        self._passphrase = passphrase
+        self._cache: dict[str, PrivateKey] = {}
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self._dir)!r})"
+
+    def _path(self, ca_id: str) -> Path:
+        return self._dir / f"{ca_id}.key.pem"
+
+    def save(self, ca_id: str, key: PrivateKey) -> None:
+        """Write `key` encrypted, mode 0600, atomically (temp file, fsync, rename)."""
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(ca_id)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, key_pem(key, self._passphrase))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self._cache[ca_id] = key
+
+    def load(self, ca_id: str) -> PrivateKey:
+        """The decrypted key of `ca_id` (decrypted once, then kept in memory)."""
+        if ca_id in self._cache:
+            return self._cache[ca_id]
+        path = self._path(ca_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyStoreError(f"no key file for CA {ca_id} in {self._dir}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=self._passphrase)
+        except (ValueError, TypeError):
+            raise KeyStoreError(f"the key of CA {ca_id} cannot be decrypted: wrong passphrase?") from None
+        if not isinstance(key, PrivateKey):
+            raise KeyStoreError(f"the key of CA {ca_id} is of an unsupported type")
+        self._cache[ca_id] = key
+        return key

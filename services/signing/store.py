@@ -1,0 +1,120 @@
+"""Signing's SQL (schema `signing`)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A recorded intent to issue (and, once signed, the certificate)."""
+
+    request_id: str
+    issuer_id: str
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    issued_event_id: uuid.UUID
+    cert_der: bytes | None
+
+
+async def add_ca(conn: asyncpg.Connection, ca_id: str, role: str, parent_id: str | None, cert_der: bytes, at: datetime) -> None:
+    """Record a CA signing created, and its CRL state."""
+    await conn.execute(
+        "INSERT INTO cas (ca_id, role, parent_id, cert_der, created_at) VALUES ($1, $2, $3, $4, $5)",
+        ca_id, role, parent_id, cert_der, at,
+    )
+    await conn.execute("INSERT INTO crl_state (ca_id) VALUES ($1)", ca_id)
+
+
+async def active_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Active CAs, newest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT ca_id, role, parent_id, cert_der FROM cas WHERE status = 'active' ORDER BY created_at DESC"
+    )
+    return rows
+
+
+async def record_intent(
+    conn: asyncpg.Connection, request_id: str, issuer_id: str, serial: int, not_before: datetime,
+    not_after: datetime, spki: str, approval_event_id: uuid.UUID, at: datetime,
+) -> Intent:
+    """Record the intent to issue for `request_id`, or return the one already recorded."""
+    await conn.execute(
+        "INSERT INTO issuances (request_id, issuer_id, serial, not_before, not_after, spki_sha256, "
+        "issued_event_id, approval_event_id, intended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "ON CONFLICT (request_id) DO NOTHING",
+        request_id, issuer_id, serial, not_before, not_after, spki, uuid.uuid4(), approval_event_id, at,
+    )
+    row = await conn.fetchrow(
+        "SELECT request_id, issuer_id, serial, not_before, not_after, issued_event_id, cert_der "
+        "FROM issuances WHERE request_id = $1",
+        request_id,
+    )
+    assert row is not None
+    return Intent(
+        request_id=row["request_id"], issuer_id=row["issuer_id"], serial=int(row["serial"]),
+        not_before=row["not_before"], not_after=row["not_after"],
+        issued_event_id=row["issued_event_id"], cert_der=row["cert_der"],
+    )
+
+
+async def record_signed(conn: asyncpg.Connection, request_id: str, cert_der: bytes, tbs_sha256: str, at: datetime) -> bool:
+    """Store the signed certificate of an intent; False if another replica already did."""
+    row = await conn.fetchval(
+        "UPDATE issuances SET cert_der = $2, tbs_sha256 = $3, signed_at = $4 "
+        "WHERE request_id = $1 AND cert_der IS NULL RETURNING 1",
+        request_id, cert_der, tbs_sha256, at,
+    )
+    return row is not None
+
+
+async def add_revoked(conn: asyncpg.Connection, issuer_id: str, serial: int, revoked_at: datetime, reason: str) -> None:
+    """Remember a revocation for the issuer's next CRL."""
+    await conn.execute(
+        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT DO NOTHING",
+        issuer_id, serial, revoked_at, reason,
+    )
+
+
+async def issuers_needing_crl(conn: asyncpg.Connection, now: datetime) -> list[str]:
+    """Issuers with revocations not yet in a CRL, no CRL yet, or a CRL past half its life."""
+    rows = await conn.fetch(
+        "SELECT s.ca_id FROM crl_state s JOIN cas c USING (ca_id) WHERE c.status = 'active' AND ("
+        " s.crl_number = 0"
+        " OR s.next_update - ($1::timestamptz) < (s.next_update - s.this_update) / 2"
+        " OR EXISTS (SELECT 1 FROM revoked r WHERE r.issuer_id = s.ca_id AND r.id > s.built_through))",
+        now,
+    )
+    return [r["ca_id"] for r in rows]
+
+
+async def lock_crl_state(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
+    """Lock an issuer's CRL state for this transaction (None if another replica holds it)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT crl_number, built_through FROM crl_state WHERE ca_id = $1 FOR UPDATE SKIP LOCKED", ca_id
+    )
+    return row
+
+
+async def revoked_entries(conn: asyncpg.Connection, ca_id: str) -> tuple[list[asyncpg.Record], int]:
+    """Every revocation of an issuer, and the highest revocation id among them."""
+    rows = await conn.fetch(
+        "SELECT id, serial, revoked_at, reason FROM revoked WHERE issuer_id = $1 ORDER BY id", ca_id
+    )
+    return rows, max((r["id"] for r in rows), default=0)
+
+
+async def save_crl_state(
+    conn: asyncpg.Connection, ca_id: str, number: int, built_through: int, this_update: datetime, next_update: datetime
+) -> None:
+    """Advance an issuer's CRL state."""
+    await conn.execute(
+        "UPDATE crl_state SET crl_number = $2, built_through = $3, this_update = $4, next_update = $5 WHERE ca_id = $1",
+        ca_id, number, built_through, this_update, next_update,
+    )

@@ -1,0 +1,90 @@
+"""Validation verdicts: pure functions of a certificate, the known CAs and the status record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """What the log says about one serial."""
+
+    serial: str
+    status: str
+    revoked_at: datetime | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to `validate`: good, revoked, expired, not_yet_valid, untrusted or unknown."""
+
+    status: str
+    detail: str
+    serial: str
+    chain: tuple[str, ...] = ()
+    revoked_at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def good(self) -> bool:
+        """True only for a certificate a relying party may accept."""
+        return self.status == "good"
+
+
+def _issuer_of(cert: x509.Certificate, cas: dict[str, x509.Certificate]) -> tuple[str, x509.Certificate] | None:
+    for ca_id, ca in cas.items():
+        if ca.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca_id, ca
+    return None
+
+
+def _time_problem(cert: x509.Certificate, now: datetime, what: str) -> Verdict | None:
+    serial = format(cert.serial_number, "x")
+    if now < cert.not_valid_before_utc:
+        return Verdict("not_yet_valid", f"{what} is not valid before {cert.not_valid_before_utc.isoformat()}", serial)
+    if now > cert.not_valid_after_utc:
+        return Verdict("expired", f"{what} expired at {cert.not_valid_after_utc.isoformat()}", serial)
+    return None
+
+
+def validate(
+    cert: x509.Certificate, cas: dict[str, x509.Certificate], record: StatusRecord | None, now: datetime
+) -> Verdict:
+    """Chain `cert` to a Certbus root, check every link's time, then the leaf's revocation status."""
+    serial = format(cert.serial_number, "x")
+    chain: list[str] = []
+    current = cert
+    for _ in range(8):
+        found = _issuer_of(current, cas)
+        if found is None:
+            return Verdict("untrusted", f"no Certbus CA issued {current.subject.rfc4514_string() or 'the certificate'} "
+                           f"(issuer {current.issuer.rfc4514_string()})", serial)
+        ca_id, ca = found
+        chain.append(ca_id)
+        problem = _time_problem(ca, now, f"CA {ca_id}")
+        if problem is not None:
+            return Verdict(problem.status, problem.detail, serial, tuple(chain))
+        if ca.subject == ca.issuer:
+            break
+        current = ca
+    else:
+        return Verdict("untrusted", "the chain is too long", serial)
+    problem = _time_problem(cert, now, "the certificate")
+    if problem is not None:
+        return Verdict(problem.status, problem.detail, serial, tuple(chain))
+    if record is None:
+        return Verdict("unknown", "a Certbus CA signed this serial but the log has no issuance for it", serial, tuple(chain))
+    if record.status == "revoked":
+        return Verdict("revoked", f"revoked at {record.revoked_at.isoformat() if record.revoked_at else '?'} "
+                       f"({record.reason})", serial, tuple(chain), record.revoked_at, record.reason)
+    return Verdict("good", "chains to a Certbus root, within its validity, not revoked", serial, tuple(chain))

@@ -1,0 +1,139 @@
+"""Validation's subscribers (the read model), queries and relying-party HTTP endpoints."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+
+import asyncpg
+from aiohttp import web
+from cryptography import x509
+from faststream.nats.annotations import NatsMessage
+
+from services.validation import domain, store
+from shared.consumer import EventRejected, apply_once
+from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished
+from shared.queries import (
+    CrlAnswer,
+    CrlQuery,
+    Failure,
+    StatusAnswer,
+    StatusQuery,
+    ValidateAnswer,
+    ValidateQuery,
+)
+from shared.service import Runtime
+
+NAME = "validation"
+
+
+def register(rt: Runtime) -> None:
+    """Attach validation's consumer and queries."""
+
+    filters = [e.filter(rt.root) for e in (CertificateIssued, CertificateRevoked, CaCreated, CrlPublished)]
+
+    @rt.consumer("status", filters)
+    async def on_event(
+        event: CertificateIssued | CertificateRevoked | CaCreated | CrlPublished, msg: NatsMessage
+    ) -> None:
+        seq = msg.raw_message.metadata.sequence.stream
+        crl_der = await _fetch_crl(rt, event) if isinstance(event, CrlPublished) else b""
+
+        async def apply(conn: asyncpg.Connection) -> None:
+            if isinstance(event, CertificateIssued):
+                await store.apply_issued(conn, event, _pem_to_der(event.cert_pem))
+            elif isinstance(event, CertificateRevoked):
+                await store.apply_revoked(conn, event)
+            elif isinstance(event, CaCreated):
+                await store.apply_ca(conn, event, _pem_to_der(event.cert_pem))
+            else:
+                await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, crl_der)
+
+        await apply_once(rt.pool, NAME, event, seq, apply)
+
+    @rt.query("status")
+    async def status(query: StatusQuery) -> StatusAnswer:
+        async with rt.pool.acquire() as conn:
+            row = await store.status(conn, query.serial.lower().lstrip("0") or "0")
+        if row is None:
+            return StatusAnswer(serial=query.serial, status="unknown")
+        return StatusAnswer(
+            serial=row["serial"], status=row["status"], cert_id=row["cert_id"], issuer_id=row["issuer_id"],
+            not_before=row["not_before"], not_after=row["not_after"], dns_names=row["dns_names"],
+            revoked_at=row["revoked_at"], reason=row["reason"],
+        )
+
+    @rt.query("validate")
+    async def validate(query: ValidateQuery) -> ValidateAnswer | Failure:
+        try:
+            cert = x509.load_pem_x509_certificate(query.cert_pem.encode())
+        except ValueError as exc:
+            return Failure(error=f"not a PEM certificate: {exc}")
+        async with rt.pool.acquire() as conn:
+            cas = {r["ca_id"]: x509.load_der_x509_certificate(r["cert_der"]) for r in await store.cas(conn)}
+            row = await store.status(conn, format(cert.serial_number, "x"))
+        record = None if row is None else domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"])
+        verdict = domain.validate(cert, cas, record, rt.clock.now())
+        return ValidateAnswer(
+            status=verdict.status, detail=verdict.detail, serial=verdict.serial, chain=list(verdict.chain),
+            revoked_at=verdict.revoked_at, reason=verdict.reason,
+        )
+
+    @rt.query("crl")
+    async def crl(query: CrlQuery) -> CrlAnswer | Failure:
+        async with rt.pool.acquire() as conn:
+            ca_id = query.ca_id or await _current_issuer(conn)
+            row = await store.crl(conn, ca_id) if ca_id else None
+        if row is None:
+            return Failure(error=f"no CRL published yet for issuer {ca_id}")
+        return CrlAnswer(
+            ca_id=row["ca_id"], crl_number=row["crl_number"], this_update=row["this_update"],
+            next_update=row["next_update"], der_b64=base64.b64encode(row["der"]).decode(),
+        )
+
+
+async def _current_issuer(conn: asyncpg.Connection) -> str | None:
+    value: str | None = await conn.fetchval(
+        "SELECT ca_id FROM cas WHERE role = 'issuing' ORDER BY not_after DESC LIMIT 1"
+    )
+    return value
+
+
+def _pem_to_der(pem: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+
+
+async def _fetch_crl(rt: Runtime, event: CrlPublished) -> bytes:
+    store_ = await rt.js.object_store(event.object_bucket)
+    buffer = io.BytesIO()
+    await store_.get(event.object_name, writeinto=buffer)
+    der = buffer.getvalue()
+    if hashlib.sha256(der).hexdigest() != event.sha256 or len(der) != event.size:
+        raise EventRejected(f"CRL object {event.object_name} does not match the digest on the event")
+    return der
+
+
+def routes(rt: Runtime) -> list[web.RouteDef]:
+    """HTTP for relying parties that know nothing of NATS: CRLs and CA certificates."""
+
+    async def get_crl(request: web.Request) -> web.Response:
+        async with rt.pool.acquire() as conn:
+            row = await store.crl(conn, request.match_info["ca_id"])
+        if row is None:
+            raise web.HTTPNotFound(text="no CRL for that issuer")
+        return web.Response(
+            body=row["der"], content_type="application/pkix-crl",
+            headers={"Cache-Control": "public, max-age=60"},
+        )
+
+    async def get_ca(request: web.Request) -> web.Response:
+        async with rt.pool.acquire() as conn:
+            der = await store.ca_der(conn, request.match_info["ca_id"])
+        if der is None:
+            raise web.HTTPNotFound(text="no such CA")
+        return web.Response(body=der, content_type="application/pkix-cert")
+
+    return [web.get("/crl/{ca_id}.crl", get_crl), web.get("/ca/{ca_id}.crt", get_ca)]

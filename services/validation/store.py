@@ -1,0 +1,81 @@
+"""Validation's SQL (schema `validation`). Revoked wins: status never returns to good."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from shared.events import CaCreated, CertificateIssued, CertificateRevoked
+
+
+async def apply_issued(conn: asyncpg.Connection, e: CertificateIssued, cert_der: bytes) -> None:
+    """Record an issued certificate; a revocation that arrived first keeps its status."""
+    await conn.execute(
+        "INSERT INTO certificates (serial, cert_id, issuer_id, status, not_before, not_after, dns_names, "
+        "fingerprint, cert_der) VALUES ($1, $2, $3, 'good', $4, $5, $6, $7, $8) "
+        "ON CONFLICT (serial) DO UPDATE SET cert_id = $2, issuer_id = $3, not_before = $4, "
+        "not_after = $5, dns_names = $6, fingerprint = $7, cert_der = $8",
+        e.serial, e.aggregate_id, e.issuer_id, e.not_before, e.not_after, e.dns_names,
+        e.fingerprint_sha256, cert_der,
+    )
+
+
+async def apply_revoked(conn: asyncpg.Connection, e: CertificateRevoked) -> None:
+    """Mark a serial revoked (the earliest revocation time is kept)."""
+    await conn.execute(
+        "INSERT INTO certificates (serial, cert_id, issuer_id, status, revoked_at, reason) "
+        "VALUES ($1, $2, $3, 'revoked', $4, $5) ON CONFLICT (serial) DO UPDATE SET status = 'revoked', "
+        "revoked_at = LEAST(COALESCE(certificates.revoked_at, $4), $4), "
+        "reason = COALESCE(certificates.reason, $5)",
+        e.serial, e.aggregate_id, e.issuer_id, e.revoked_at, e.reason,
+    )
+
+
+async def apply_ca(conn: asyncpg.Connection, e: CaCreated, cert_der: bytes) -> None:
+    """Record a CA certificate."""
+    await conn.execute(
+        "INSERT INTO cas VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ca_id) DO NOTHING",
+        e.ca_id, e.role, e.parent_id, cert_der, e.not_after,
+    )
+
+
+async def apply_crl(
+    conn: asyncpg.Connection, ca_id: str, number: int, this_update: datetime, next_update: datetime, der: bytes
+) -> None:
+    """Keep the newest CRL of an issuer (an older one arriving late changes nothing)."""
+    await conn.execute(
+        "INSERT INTO crls VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ca_id) DO UPDATE SET "
+        "crl_number = $2, this_update = $3, next_update = $4, der = $5 WHERE crls.crl_number < $2",
+        ca_id, number, this_update, next_update, der,
+    )
+
+
+async def status(conn: asyncpg.Connection, serial: str) -> asyncpg.Record | None:
+    """The status row of a serial."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT serial, cert_id, issuer_id, status, not_before, not_after, dns_names, fingerprint, "
+        "revoked_at, reason FROM certificates WHERE serial = $1",
+        serial,
+    )
+    return row
+
+
+async def cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every CA known from the log."""
+    rows: list[asyncpg.Record] = await conn.fetch("SELECT ca_id, role, parent_id, cert_der, not_after FROM cas")
+    return rows
+
+
+async def crl(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
+    """The newest CRL of an issuer."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT ca_id, crl_number, this_update, next_update, der FROM crls WHERE ca_id = $1", ca_id
+    )
+    return row
+
+
+async def ca_der(conn: asyncpg.Connection, ca_id: str) -> bytes | None:
+    """A CA certificate's DER."""
+    value: bytes | None = await conn.fetchval("SELECT cert_der FROM cas WHERE ca_id = $1", ca_id)
+    return value

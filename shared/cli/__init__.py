@@ -1,0 +1,1 @@
+"""The `certbus` command line for operators, requesters and auditors."""

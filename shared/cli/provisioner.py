@@ -1,0 +1,40 @@
+"""The operator's local provisioner key (it signs enrollment tokens; never leaves this side)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+DEFAULT_ID = "default"
+
+
+def key_path(home: Path, provisioner_id: str = DEFAULT_ID) -> Path:
+    """Where the operator keeps a provisioner's private key."""
+    return home / "provisioners" / f"{provisioner_id}.key.pem"
+
+
+def load_or_create(home: Path, provisioner_id: str = DEFAULT_ID) -> tuple[ed25519.Ed25519PrivateKey, bool]:
+    """The provisioner key, created (mode 0600) if missing; the flag says it was created."""
+    path = key_path(home, provisioner_id)
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 provisioner key")
+        return key, False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return key, True
+
+
+def public_pem(key: ed25519.Ed25519PrivateKey) -> str:
+    """The provisioner's public key as PEM (what goes on the log)."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()

@@ -1,0 +1,224 @@
+"""The Certbus client SDK for requesting services, operators and auditors (async).
+
+    async with CertbusClient() as cb:
+        issued = await cb.enroll(csr_pem, token)
+        print(issued.serial, (await cb.status(issued.serial)).status)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from pydantic import BaseModel
+
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    EnrollmentRejected,
+    EnrollmentRequested,
+    Event,
+    Reason,
+    RevocationRejected,
+    RevocationRequested,
+    parse_event,
+    utcnow,
+)
+from shared.queries import (
+    CrlAnswer,
+    CrlQuery,
+    Failure,
+    HistoryAnswer,
+    HistoryQuery,
+    ReplayAnswer,
+    StatusAnswer,
+    StatusQuery,
+    ValidateAnswer,
+    ValidateQuery,
+)
+from shared.settings import CommonSettings
+from shared.tokens import prove, split_token
+
+SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
+A = TypeVar("A", bound=BaseModel)
+
+
+class CertbusError(Exception):
+    """Base of the SDK's errors."""
+
+
+class Unreachable(CertbusError):
+    """NATS or the service that answers this call could not be reached in time."""
+
+
+class Rejected(CertbusError):
+    """A request was refused; `reasons` say why (machine code and human message)."""
+
+    def __init__(self, reasons: list[Reason]) -> None:
+        super().__init__("; ".join(f"{r.code}: {r.message}" for r in reasons))
+        self.reasons = reasons
+
+
+class CertbusClient:
+    """One NATS connection to Certbus: publish requests, wait for outcomes, run queries."""
+
+    def __init__(self, settings: CommonSettings | None = None, requester: str = "cli") -> None:
+        self.settings = settings or CommonSettings()
+        self.requester = requester
+        self._nc: Client | None = None
+
+    async def __aenter__(self) -> CertbusClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, timeout: float = 3.0) -> None:
+        """Connect to NATS (raises Unreachable)."""
+        s = self.settings
+        try:
+            self._nc = await nats.connect(
+                s.nats_url, connect_timeout=timeout, allow_reconnect=False, max_reconnect_attempts=0,
+                user=s.nats_user, password=s.nats_password.get_secret_value() if s.nats_password else None,
+                name=f"certbus-client-{self.requester}",
+            )
+        except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
+            raise Unreachable(f"cannot reach NATS at {s.nats_url}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Drain and close the connection."""
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+
+    @property
+    def nc(self) -> Client:
+        """The NATS connection."""
+        if self._nc is None:
+            raise CertbusError("not connected: use `async with CertbusClient()`")
+        return self._nc
+
+    def _subject(self, service: str, query: str) -> str:
+        return f"{self.settings.query_root}.{service}.{query}"
+
+    async def _ask(self, service: str, query: str, body: BaseModel | None, answer: type[A], timeout: float = 5.0) -> A:
+        payload = body.model_dump_json().encode() if body is not None else b""
+        try:
+            reply = await self.nc.request(self._subject(service, query), payload, timeout=timeout)
+        except (NatsTimeout, NoRespondersError) as exc:
+            raise Unreachable(f"the {service} service did not answer {query!r}") from exc
+        data = json.loads(reply.data)
+        if isinstance(data, dict) and set(data) == {"error"}:
+            raise CertbusError(Failure(**data).error)
+        return answer.model_validate(data)
+
+    async def publish(self, event: Event, timeout: float = 5.0) -> int:
+        """Publish an event to the log with `Nats-Msg-Id`; returns its stream sequence."""
+        js = self.nc.jetstream()
+        try:
+            ack = await js.publish(
+                event.subject(self.settings.subject_root), event.model_dump_json().encode(),
+                stream=self.settings.stream, headers={"Nats-Msg-Id": str(event.event_id)}, timeout=timeout,
+            )
+        except (NatsTimeout, NoRespondersError) as exc:
+            raise Unreachable("the Certbus stream did not acknowledge the request") from exc
+        return ack.seq
+
+    async def _await_outcome(self, subjects: list[str], publish: Event, timeout: float) -> Event:
+        """Subscribe to the outcome subjects, publish the request, wait for the first outcome."""
+        outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+
+        async def on_msg(msg: Msg) -> None:
+            if not outcome.done():
+                try:
+                    outcome.set_result(parse_event(msg.data))
+                except ValueError as exc:
+                    outcome.set_exception(CertbusError(f"malformed outcome on {msg.subject}: {exc}"))
+
+        subs = [await self.nc.subscribe(s, cb=on_msg) for s in subjects]
+        try:
+            await self.publish(publish)
+            return await asyncio.wait_for(asyncio.shield(outcome), timeout)
+        except TimeoutError as exc:
+            raise Unreachable(f"no outcome for request {publish.aggregate_id} within {timeout:.0f} s") from exc
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    async def enroll(self, csr_pem: str, token: str, profile: str = "default-tls", timeout: float = 30.0) -> CertificateIssued:
+        """Request a certificate for a CSR with a one-time token; returns the issued event."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        jwt_part, holder = split_token(token)
+        request_id = str(uuid.uuid4())
+        try:
+            csr_der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+        except ValueError:
+            csr_der = csr_pem.encode()  # enrollment will reject it with a reason
+        request = EnrollmentRequested(
+            aggregate_id=request_id, occurred_at=utcnow(), correlation_id=request_id, producer="requester",
+            csr_pem=csr_pem, profile=profile, token=jwt_part, token_proof=prove(holder, request_id, csr_der),
+            requester=self.requester,
+        )
+        root = self.settings.subject_root
+        wanted = [f"{root}.cert.{request_id}.issued", f"{root}.cert.{request_id}.rejected"]
+        result = await self._await_outcome(wanted, request, timeout)
+        if isinstance(result, EnrollmentRejected):
+            raise Rejected(result.reasons)
+        assert isinstance(result, CertificateIssued)
+        return result
+
+    async def revoke(self, serial: str, reason: str, timeout: float = 15.0) -> CertificateRevoked:
+        """Ask for a certificate to be revoked; returns the revoked event or raises Rejected."""
+        known = await self.status(serial)
+        request_id = str(uuid.uuid4())
+        root = self.settings.subject_root
+        wanted = [f"{root}.revoke.{request_id}.rejected"]
+        if known.cert_id:
+            wanted.append(f"{root}.cert.{known.cert_id}.revoked")
+        request = RevocationRequested(
+            aggregate_id=request_id, occurred_at=utcnow(), correlation_id=request_id, producer="requester",
+            serial=serial, reason=reason, requested_by=self.requester,
+        )
+        result = await self._await_outcome(wanted, request, timeout)
+        if isinstance(result, RevocationRejected):
+            raise Rejected([result.reason])
+        assert isinstance(result, CertificateRevoked)
+        return result
+
+    async def status(self, serial: str) -> StatusAnswer:
+        """What validation knows of a serial."""
+        return await self._ask("validation", "status", StatusQuery(serial=serial), StatusAnswer)
+
+    async def validate(self, cert_pem: str) -> ValidateAnswer:
+        """Validate a certificate: chain, time, revocation."""
+        return await self._ask("validation", "validate", ValidateQuery(cert_pem=cert_pem), ValidateAnswer)
+
+    async def crl(self, ca_id: str | None = None) -> CrlAnswer:
+        """The newest CRL of an issuer."""
+        return await self._ask("validation", "crl", CrlQuery(ca_id=ca_id), CrlAnswer)
+
+    async def history(self, serial: str) -> HistoryAnswer:
+        """Every archived event of a certificate, in log order."""
+        return await self._ask("audit", "history", HistoryQuery(serial=serial), HistoryAnswer)
+
+    async def replay(self, timeout: float = 600.0) -> ReplayAnswer:
+        """Ask audit to rebuild its archive from the stream and compare."""
+        return await self._ask("audit", "replay", None, ReplayAnswer, timeout=timeout)
+
+    async def health(self, service: str, timeout: float = 2.0) -> dict[str, Any]:
+        """One service's health report (raises Unreachable if it does not answer)."""
+        try:
+            reply = await self.nc.request(self._subject(service, "health"), b"", timeout=timeout)
+        except (NatsTimeout, NoRespondersError) as exc:
+            raise Unreachable(f"{service} did not answer") from exc
+        report: dict[str, Any] = json.loads(reply.data)
+        return report

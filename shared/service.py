@@ -1,0 +1,249 @@
+"""What every Certbus service process is made of: a FastStream app over NATS, a Postgres pool on
+its own schema, an outbox relay, a health query and an HTTP endpoint with /healthz and /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from faststream import AckPolicy, ExceptionMiddleware, FastStream
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, NatsUserPassword, PullSub
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from shared import db, logs
+from shared.clock import Clock, SystemClock
+from shared.consumer import event_middleware
+from shared.outbox import OutboxRelay
+from shared.queries import Failure
+from shared.settings import ServiceSettings
+from shared.stream import ensure_object_store, ensure_stream
+
+log = logging.getLogger("certbus.service")
+VERSION = "0.1.0"
+
+Hook = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """A running service's resources, created once by the composition root."""
+
+    name: str
+    settings: ServiceSettings
+    broker: NatsBroker
+    events: NatsRouter
+    queries: NatsRouter
+    clock: Clock = field(default_factory=SystemClock)
+    started_at: float = field(default_factory=time.monotonic)
+    _pool: asyncpg.Pool | None = None
+    _relay: OutboxRelay | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The service's Postgres pool (available once the service has started)."""
+        if self._pool is None:
+            raise RuntimeError(f"{self.name}: the database pool is not open yet")
+        return self._pool
+
+    @property
+    def relay(self) -> OutboxRelay:
+        """The service's outbox relay."""
+        if self._relay is None:
+            raise RuntimeError(f"{self.name}: the outbox relay is not running yet")
+        return self._relay
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream on the broker's own connection."""
+        return self.broker.connection.jetstream()
+
+    @property
+    def root(self) -> str:
+        """The root of event subjects."""
+        return self.settings.subject_root
+
+    def query_subject(self, query: str, service: str | None = None) -> str:
+        """The request-reply subject of a query (not captured by the stream)."""
+        return f"{self.settings.query_root}.{service or self.name}.{query}"
+
+    def consumer(self, purpose: str, filters: Sequence[str]) -> Callable[[Any], Any]:
+        """Decorate a handler as a durable pull consumer of `filters` on the stream."""
+        durable = f"{self.name}-{purpose}"
+        return self.events.subscriber(
+            f"{self.root}.>",
+            stream=JStream(self.settings.stream, declare=False),
+            durable=durable,
+            pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=1.0),
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            config=ConsumerConfig(
+                filter_subjects=list(filters),
+                max_deliver=self.settings.max_deliver,
+                ack_wait=self.settings.ack_wait_s,
+            ),
+            title=durable,
+        )
+
+    def query(self, query: str) -> Callable[[Any], Any]:
+        """Decorate a handler that answers a request-reply query (one replica answers)."""
+        return self.queries.subscriber(self.query_subject(query), queue=self.name)
+
+    async def publish_pending(self) -> None:
+        """Publish what the last transaction put into the outbox (the relay retries failures)."""
+        try:
+            await self.relay.flush()
+        except Exception as exc:  # noqa: BLE001 - the relay publishes it later
+            log.warning("immediate publish failed; relay will retry", extra={"error": repr(exc)})
+            self.relay.notify()
+
+
+def create_service(
+    name: str,
+    settings: ServiceSettings,
+    migrations: Path,
+    *,
+    clock: Clock | None = None,
+    on_start: Hook | None = None,
+    on_stop: Hook | None = None,
+    routes: Callable[[Runtime], list[web.RouteDef]] | None = None,
+) -> tuple[FastStream, Runtime]:
+    """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint."""
+    logs.configure(settings.log_level, settings.log_format)
+    broker = NatsBroker(
+        settings.nats_url,
+        security=(
+            NatsUserPassword(settings.nats_user, settings.nats_password.get_secret_value())
+            if settings.nats_user and settings.nats_password
+            else None
+        ),
+        name=f"certbus-{name}",
+        logger=None,
+        max_reconnect_attempts=-1,
+    )
+    runtime: Runtime = Runtime(
+        name=name,
+        settings=settings,
+        broker=broker,
+        events=NatsRouter(middlewares=[event_middleware(name, lambda: runtime.pool, settings.max_deliver)]),
+        queries=NatsRouter(middlewares=[_query_errors()]),
+    )
+    if clock is not None:
+        runtime.clock = clock
+    app = FastStream(broker, logger=logging.getLogger(f"certbus.{name}"))
+    http_runner: list[web.AppRunner] = []
+
+    @runtime.query("health")
+    async def health() -> dict[str, Any]:
+        return await _health(runtime)
+
+    @app.on_startup
+    async def start() -> None:
+        await db.ensure_database(settings.database_url)
+        runtime._pool = await db.create_pool(
+            settings.database_url, name, settings.db_pool_min, settings.db_pool_max
+        )
+        applied = await db.migrate(runtime.pool, name, [migrations])
+        if applied:
+            log.info("applied migrations", extra={"migrations": applied})
+        await broker.connect()
+        await ensure_stream(runtime.js, settings)
+        await ensure_object_store(runtime.js, settings)
+        runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
+        runtime.relay.start()
+        if on_start is not None:
+            await on_start(runtime)
+        broker.include_router(runtime.events)
+        broker.include_router(runtime.queries)
+
+    @app.after_startup
+    async def serve_http() -> None:
+        web_app = web.Application()
+        web_app.add_routes(_common_routes(runtime))
+        if routes is not None:
+            web_app.add_routes(routes(runtime))
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        http_runner.append(runner)
+        log.info(
+            "service ready",
+            extra={"service": name, "http": f"{settings.http_host}:{settings.http_port}"},
+        )
+
+    @app.on_shutdown
+    async def stop() -> None:
+        for runner in http_runner:
+            await runner.cleanup()
+        if on_stop is not None:
+            await on_stop(runtime)
+        if runtime._relay is not None:
+            await runtime.relay.stop()
+
+    @app.after_shutdown
+    async def close_pool() -> None:
+        if runtime._pool is not None:
+            await runtime.pool.close()
+
+    return app, runtime
+
+
+async def _health(runtime: Runtime) -> dict[str, Any]:
+    db_ok = True
+    try:
+        async with runtime.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception:  # noqa: BLE001 - reported, not raised
+        db_ok = False
+    return {
+        "service": runtime.name,
+        "status": "ok" if db_ok else "degraded",
+        "database": db_ok,
+        "nats": runtime.broker.connection.is_connected,
+        "version": VERSION,
+        "pid": os.getpid(),
+        "uptime_s": round(time.monotonic() - runtime.started_at, 1),
+    }
+
+
+def _query_errors() -> ExceptionMiddleware:
+    """Answer a query that failed with a Failure saying why, instead of leaving the caller to time out."""
+    middleware = ExceptionMiddleware()
+
+    @middleware.add_handler(ValidationError, publish=True)
+    async def bad_query(exc: ValidationError) -> dict[str, str]:
+        return Failure(error=f"malformed query: {exc.error_count()} error(s): {exc.errors()[0]['msg']}").model_dump()
+
+    @middleware.add_handler(Exception, publish=True)
+    async def failed(exc: Exception) -> dict[str, str]:
+        log.error("query failed", exc_info=exc)
+        return Failure(error=f"the service could not answer: {type(exc).__name__}").model_dump()
+
+    return middleware
+
+
+def _common_routes(runtime: Runtime) -> list[web.RouteDef]:
+    async def healthz(_: web.Request) -> web.Response:
+        report = await _health(runtime)
+        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/healthz", healthz), web.get("/metrics", metrics)]
+
+
+def run(app: FastStream) -> None:
+    """Run a service until SIGINT or SIGTERM."""
+    import asyncio
+
+    asyncio.run(app.run())

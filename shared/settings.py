@@ -1,0 +1,100 @@
+"""Configuration from `CERTBUS_*` environment variables, with defaults that work on a laptop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/certbus"
+
+
+class CommonSettings(BaseSettings):
+    """What every Certbus process shares: where NATS and the log are, how subjects are named."""
+
+    model_config = SettingsConfigDict(env_prefix="CERTBUS_", extra="ignore")
+
+    nats_url: str = DEFAULT_NATS_URL
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    stream: str = "CERTBUS"
+    subject_root: str = "pki"
+    query_root: str = "certbus.q"
+    crl_bucket: str = "certbus-crl"
+    stream_replicas: int = 1
+    duplicate_window_s: float = 120.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+class ServiceSettings(CommonSettings):
+    """A service process: its database and its health/metrics HTTP endpoint."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    db_pool_min: int = 1
+    db_pool_max: int = 5
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    max_deliver: int = 10
+    ack_wait_s: float = 30.0
+    fetch_batch: int = 64
+
+
+class EnrollmentSettings(ServiceSettings):
+    """Enrollment: token policy and the default profile it applies."""
+
+    http_port: int = 8441
+    max_token_ttl_s: int = 3600
+    default_validity_days: int = 30
+
+
+class SigningSettings(ServiceSettings):
+    """Signing: where the encrypted CA keys live and what it will put into certificates."""
+
+    http_port: int = 8442
+    key_dir: Path = Path(".certbus/signing/keys")
+    ca_passphrase: SecretStr | None = None
+    ca_passphrase_file: Path | None = None
+    ca_key_type: str = "ec-p384"
+    root_validity_days: int = 3650
+    issuing_validity_days: int = 1825
+    max_validity_days: int = 397
+    organization: str = "Certbus"
+    public_base_url: str = "http://127.0.0.1:8440"
+    crl_validity_s: int = 7 * 24 * 3600
+    crl_batch_s: float = 0.2
+
+    def passphrase(self) -> bytes:
+        """The CA key passphrase, from the environment or a file; never logged."""
+        if self.ca_passphrase is not None:
+            value = self.ca_passphrase.get_secret_value()
+        elif self.ca_passphrase_file is not None:
+            value = self.ca_passphrase_file.read_text().strip()
+        else:
+            raise ValueError(
+                "no CA key passphrase: set CERTBUS_CA_PASSPHRASE_FILE (preferred) or "
+                "CERTBUS_CA_PASSPHRASE"
+            )
+        if len(value) < 16:
+            raise ValueError("the CA key passphrase must be at least 16 characters")
+        return value.encode()
+
+
+class ValidationSettings(ServiceSettings):
+    """Validation: the relying-party HTTP endpoint (CRLs, CA certificates)."""
+
+    http_port: int = 8440
+
+
+class RevocationSettings(ServiceSettings):
+    """Revocation."""
+
+    http_port: int = 8443
+
+
+class AuditSettings(ServiceSettings):
+    """Audit."""
+
+    http_port: int = 8444

@@ -1,0 +1,58 @@
+"""The one JetStream stream that holds the whole Certbus history, declared on purpose."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from shared.settings import CommonSettings
+
+
+def stream_config(settings: CommonSettings) -> StreamConfig:
+    """File storage, keep everything, deduplicate retried publishes by `Nats-Msg-Id`."""
+    return StreamConfig(
+        name=settings.stream,
+        subjects=[f"{settings.subject_root}.>"],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.duplicate_window_s,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, settings: CommonSettings) -> None:
+    """Create the stream if it is missing; never silently rewrite an existing one."""
+    wanted = stream_config(settings)
+    try:
+        info = await js.stream_info(settings.stream)
+    except NotFoundError:
+        await js.add_stream(wanted)
+        return
+    if set(info.config.subjects or []) != set(wanted.subjects or []):
+        raise RuntimeError(
+            f"stream {settings.stream} captures {info.config.subjects}, expected "
+            f"{wanted.subjects}: fix the stream by hand, Certbus will not rewrite history"
+        )
+
+
+async def ensure_object_store(js: JetStreamContext, settings: CommonSettings) -> None:
+    """Create the object-store bucket that holds CRLs if it is missing."""
+    from nats.js.api import ObjectStoreConfig
+
+    try:
+        await js.object_store(settings.crl_bucket)
+    except NotFoundError:
+        await js.create_object_store(
+            bucket=settings.crl_bucket,
+            config=ObjectStoreConfig(
+                bucket=settings.crl_bucket,
+                storage=StorageType.FILE,
+                replicas=settings.stream_replicas,
+            )
+        )
