@@ -1,8 +1,8 @@
 """The Certbus client SDK for requesting services, operators and auditors (async).
 
-    async with CertbusClient() as cb:
-        issued = await cb.enroll(csr_pem, token)
-        print(issued.serial, (await cb.status(issued.serial)).status)
+async with CertbusClient() as cb:
+    issued = await cb.enroll(csr_pem, token)
+    print(issued.serial, (await cb.status(issued.serial)).status)
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import nats
@@ -86,8 +87,12 @@ class CertbusClient:
         s = self.settings
         try:
             self._nc = await nats.connect(
-                s.nats_url, connect_timeout=timeout, allow_reconnect=False, max_reconnect_attempts=0,
-                user=s.nats_user, password=s.nats_password.get_secret_value() if s.nats_password else None,
+                s.nats_url,
+                connect_timeout=timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                user=s.nats_user,
+                password=s.nats_password.get_secret_value() if s.nats_password else None,
                 name=f"certbus-client-{self.requester}",
             )
         except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
@@ -124,23 +129,32 @@ class CertbusClient:
         js = self.nc.jetstream()
         try:
             ack = await js.publish(
-                event.subject(self.settings.subject_root), event.model_dump_json().encode(),
-                stream=self.settings.stream, headers={"Nats-Msg-Id": str(event.event_id)}, timeout=timeout,
+                event.subject(self.settings.subject_root),
+                event.model_dump_json().encode(),
+                stream=self.settings.stream,
+                headers={"Nats-Msg-Id": str(event.event_id)},
+                timeout=timeout,
             )
         except (NatsTimeout, NoRespondersError) as exc:
             raise Unreachable("the Certbus stream did not acknowledge the request") from exc
         return ack.seq
 
-    async def _await_outcome(self, subjects: list[str], publish: Event, timeout: float) -> Event:
-        """Subscribe to the outcome subjects, publish the request, wait for the first outcome."""
+    async def _await_outcome(
+        self, subjects: list[str], publish: Event, timeout: float, accept: Callable[[Event], bool] = lambda _: True
+    ) -> Event:
+        """Subscribe to the outcome subjects, publish the request, wait for the first accepted outcome."""
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg: Msg) -> None:
-            if not outcome.done():
-                try:
-                    outcome.set_result(parse_event(msg.data))
-                except ValueError as exc:
-                    outcome.set_exception(CertbusError(f"malformed outcome on {msg.subject}: {exc}"))
+            if outcome.done():
+                return
+            try:
+                event = parse_event(msg.data)
+            except ValueError as exc:
+                outcome.set_exception(CertbusError(f"malformed outcome on {msg.subject}: {exc}"))
+                return
+            if accept(event):
+                outcome.set_result(event)
 
         subs = [await self.nc.subscribe(s, cb=on_msg) for s in subjects]
         try:
@@ -152,8 +166,13 @@ class CertbusClient:
             for sub in subs:
                 await sub.unsubscribe()
 
-    async def enroll(self, csr_pem: str, token: str, profile: str = "default-tls", timeout: float = 30.0) -> CertificateIssued:
-        """Request a certificate for a CSR with a one-time token; returns the issued event."""
+    async def enroll(
+        self, csr_pem: str, token: str, profile: str = "default-tls", timeout: float = 30.0, wait_visible: bool = True
+    ) -> CertificateIssued:
+        """Request a certificate for a CSR with a one-time token; returns the issued event.
+
+        With `wait_visible`, it returns once validation answers for the new serial too.
+        """
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
@@ -164,8 +183,14 @@ class CertbusClient:
         except ValueError:
             csr_der = csr_pem.encode()  # enrollment will reject it with a reason
         request = EnrollmentRequested(
-            aggregate_id=request_id, occurred_at=utcnow(), correlation_id=request_id, producer="requester",
-            csr_pem=csr_pem, profile=profile, token=jwt_part, token_proof=prove(holder, request_id, csr_der),
+            aggregate_id=request_id,
+            occurred_at=utcnow(),
+            correlation_id=request_id,
+            producer="requester",
+            csr_pem=csr_pem,
+            profile=profile,
+            token=jwt_part,
+            token_proof=prove(holder, request_id, csr_der),
             requester=self.requester,
         )
         root = self.settings.subject_root
@@ -174,25 +199,45 @@ class CertbusClient:
         if isinstance(result, EnrollmentRejected):
             raise Rejected(result.reasons)
         assert isinstance(result, CertificateIssued)
+        if wait_visible:
+            await self._until_validation_says(result.serial, {"good", "revoked"}, timeout)
         return result
 
     async def revoke(self, serial: str, reason: str, timeout: float = 15.0) -> CertificateRevoked:
         """Ask for a certificate to be revoked; returns the revoked event or raises Rejected."""
-        known = await self.status(serial)
         request_id = str(uuid.uuid4())
         root = self.settings.subject_root
-        wanted = [f"{root}.revoke.{request_id}.rejected"]
-        if known.cert_id:
-            wanted.append(f"{root}.cert.{known.cert_id}.revoked")
         request = RevocationRequested(
-            aggregate_id=request_id, occurred_at=utcnow(), correlation_id=request_id, producer="requester",
-            serial=serial, reason=reason, requested_by=self.requester,
+            aggregate_id=request_id,
+            occurred_at=utcnow(),
+            correlation_id=request_id,
+            producer="requester",
+            serial=serial,
+            reason=reason,
+            requested_by=self.requester,
         )
-        result = await self._await_outcome(wanted, request, timeout)
+        # Revocations are public (every CRL lists them): watch them all, keep the one that answers us.
+        result = await self._await_outcome(
+            [f"{root}.revoke.{request_id}.rejected", f"{root}.cert.*.revoked"],
+            request,
+            timeout,
+            accept=lambda e: not isinstance(e, CertificateRevoked) or e.revocation_request_id == request_id,
+        )
         if isinstance(result, RevocationRejected):
             raise Rejected([result.reason])
         assert isinstance(result, CertificateRevoked)
+        await self._until_validation_says(result.serial, {"revoked"}, timeout)
         return result
+
+    async def _until_validation_says(self, serial: str, statuses: set[str], timeout: float) -> None:
+        """Wait until validation's read model shows `serial` in one of `statuses` (read your writes)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.005
+        while (await self.status(serial)).status not in statuses:
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unreachable(f"validation does not show {serial} as {'/'.join(statuses)} yet")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     async def status(self, serial: str) -> StatusAnswer:
         """What validation knows of a serial."""

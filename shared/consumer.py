@@ -32,9 +32,7 @@ from shared.events import Event
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_PARKED, HANDLER_SECONDS
 
 log = logging.getLogger("certbus.consumer")
-correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "correlation_id", default=None
-)
+correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
@@ -67,8 +65,7 @@ def event_middleware(
         seq = raw.metadata.sequence.stream
         async with pool().acquire() as conn:
             await conn.execute(
-                "INSERT INTO parked (consumer, subject, stream_seq, payload, reason) "
-                "VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO parked (consumer, subject, stream_seq, payload, reason) VALUES ($1, $2, $3, $4, $5)",
                 raw.metadata.consumer,
                 raw.subject,
                 seq,

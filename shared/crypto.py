@@ -16,7 +16,7 @@ KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
-ALLOWED_CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}
+ALLOWED_CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
 MIN_RSA_BITS = 2048
 
 
@@ -35,7 +35,7 @@ def generate_key(key_type: KeyType) -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r}: choose one of {', '.join(KEY_TYPES)}")
 
 
-def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def signing_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     """The hash to sign with for `key` (None for Ed25519, which hashes internally)."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
@@ -47,9 +47,7 @@ def signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
 def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     """PKCS#8 PEM, encrypted when a passphrase is given."""
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
@@ -70,9 +68,7 @@ def build_csr(key: PrivateKey, dns_names: list[str], ip_addresses: list[str] | N
 
 def spki_sha256(public_key: PublicKey) -> str:
     """Hex SHA-256 of the SubjectPublicKeyInfo (the key's stable identity)."""
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
 

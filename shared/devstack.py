@@ -72,8 +72,18 @@ class NatsServer:
         if self.store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="certbus-nats-")
             self.store_dir = Path(self._tmp.name)
-        cmd = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-               "-js", "-sd", str(self.store_dir)]
+        cmd = [
+            nats_server_binary(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+        ]
         if self.config_file is not None:
             cmd += ["-c", str(self.config_file)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,7 +93,7 @@ class NatsServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+                with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
                         return self
             time.sleep(0.05)
@@ -132,21 +142,45 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(parent, "postgres")
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(self._as_owner([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                                           "--auth=trust", "--no-sync"]), check=True, capture_output=True)
+            subprocess.run(
+                self._as_owner(
+                    [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--no-sync"]
+                ),
+                check=True,
+                capture_output=True,
+            )
             with open(self.data_dir / "postgresql.conf", "a") as conf:
-                conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                           f"unix_socket_directories = '{parent}'\nfsync = off\n")
-        subprocess.run(self._as_owner([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
-                                       str(parent / "postgres.log"), "-w", "start", "-o", f"-p {self.port}"]),
-                       check=True, capture_output=True)
+                conf.write(
+                    f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{parent}'\nfsync = off\n"
+                )
+        subprocess.run(
+            self._as_owner(
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(parent / "postgres.log"),
+                    "-w",
+                    "start",
+                    "-o",
+                    f"-p {self.port}",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the cluster (`immediate` is a crash)."""
         if self.data_dir is not None and (self.data_dir / "postmaster.pid").exists():
-            subprocess.run(self._as_owner([str(PG_BIN_DIRS[0] / "pg_ctl"), "-D", str(self.data_dir), "-m", mode,
-                                           "-w", "stop"]), check=False, capture_output=True)
+            subprocess.run(
+                self._as_owner([str(PG_BIN_DIRS[0] / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
+                check=False,
+                capture_output=True,
+            )
 
     def cleanup(self) -> None:
         """Stop and delete the cluster."""
@@ -166,9 +200,13 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         """Start `python -m services.<name>`."""
-        stdout = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"], env=self.env,
-                                     stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+        stdout = open(self.log_file, "ab") if self.log_file else None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            env=self.env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout else None,
+        )
         return self
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -179,7 +217,7 @@ class ServiceProcess:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode if self.proc else '?'})")
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+                with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
                         return
             time.sleep(0.1)

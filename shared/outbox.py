@@ -83,9 +83,7 @@ class OutboxRelay:
                 except Exception as exc:  # noqa: BLE001 - counted, committed, then re-raised
                     # The publish may have landed: count the attempt so that a later
                     # `duplicate` answer is not mistaken for pre-emption.
-                    await conn.execute(
-                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row["id"]
-                    )
+                    await conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row["id"])
                     failure = exc
                     break
                 alarm = None

@@ -22,6 +22,4 @@ def reason_flag(name: str) -> x509.ReasonFlags:
     try:
         return REASONS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown revocation reason {name!r}: use one of {', '.join(REASONS)}"
-        ) from None
+        raise ValueError(f"unknown revocation reason {name!r}: use one of {', '.join(REASONS)}") from None

@@ -148,9 +148,7 @@ def create_service(
     @app.on_startup
     async def start() -> None:
         await db.ensure_database(settings.database_url)
-        runtime._pool = await db.create_pool(
-            settings.database_url, name, settings.db_pool_min, settings.db_pool_max
-        )
+        runtime._pool = await db.create_pool(settings.database_url, name, settings.db_pool_min, settings.db_pool_max)
         applied = await db.migrate(runtime.pool, name, [migrations])
         if applied:
             log.info("applied migrations", extra={"migrations": applied})

@@ -74,8 +74,7 @@ class SigningSettings(ServiceSettings):
             value = self.ca_passphrase_file.read_text().strip()
         else:
             raise ValueError(
-                "no CA key passphrase: set CERTBUS_CA_PASSPHRASE_FILE (preferred) or "
-                "CERTBUS_CA_PASSPHRASE"
+                "no CA key passphrase: set CERTBUS_CA_PASSPHRASE_FILE (preferred) or CERTBUS_CA_PASSPHRASE"
             )
         if len(value) < 16:
             raise ValueError("the CA key passphrase must be at least 16 characters")

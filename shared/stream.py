@@ -54,5 +54,5 @@ async def ensure_object_store(js: JetStreamContext, settings: CommonSettings) ->
                 bucket=settings.crl_bucket,
                 storage=StorageType.FILE,
                 replicas=settings.stream_replicas,
-            )
+            ),
         )

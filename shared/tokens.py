@@ -67,9 +67,7 @@ def create_token(
     if not dns_names:
         raise ValueError("a token must allow at least one name")
     holder = ed25519.Ed25519PrivateKey.generate()
-    holder_pub = holder.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    holder_pub = holder.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     claims = {
         "iss": provisioner_id,
         "aud": AUDIENCE,
@@ -136,13 +134,19 @@ def verify_token(
             provisioner_key,
             algorithms=["EdDSA"],
             audience=AUDIENCE,
-            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
-                     "require": ["exp", "iat", "jti", "iss", "sans", "cnf"]},
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "require": ["exp", "iat", "jti", "iss", "sans", "cnf"],
+            },
         )
     except jwt.InvalidSignatureError as exc:
         raise TokenError("token_forged", "the token's signature does not match its provisioner") from exc
     except jwt.InvalidTokenError as exc:
         raise TokenError("token_malformed", f"the token is not valid: {exc}") from exc
+    if claims["iss"] != provisioner_id_of(token_jwt):
+        raise TokenError("token_malformed", "the token's issuer does not match the provisioner whose key signed it")
     ts = now.timestamp()
     if claims["exp"] <= ts:
         raise TokenError("token_expired", "the token has expired: ask the operator for a new one")

@@ -41,7 +41,7 @@ def describe(subject: str, raw: bytes) -> Described:
         if not isinstance(data, dict):
             raise ValueError("not an object")
         occurred = datetime.fromisoformat(str(data["occurred_at"])) if "occurred_at" in data else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Described(None, "malformed", None, None, None, None, None)
     parts = subject.split(".")
     cert_id = parts[2] if len(parts) == 4 and parts[1] == "cert" else None

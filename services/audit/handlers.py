@@ -29,12 +29,21 @@ def register(rt: Runtime) -> None:
         serial = query.serial.strip().lower().removeprefix("0x").replace(":", "").lstrip("0") or "0"
         async with rt.pool.acquire() as conn:
             cert_id, rows = await store.history(conn, serial)
-        return HistoryAnswer(serial=serial, cert_id=cert_id, events=[
-            HistoryEntry(
-                stream_seq=r["stream_seq"], event_type=r["event_type"], subject=r["subject"],
-                producer=r["producer"] or "?", occurred_at=r["occurred_at"], event=json.loads(bytes(r["raw"])),
-            ) for r in rows
-        ])
+        return HistoryAnswer(
+            serial=serial,
+            cert_id=cert_id,
+            events=[
+                HistoryEntry(
+                    stream_seq=r["stream_seq"],
+                    event_type=r["event_type"],
+                    subject=r["subject"],
+                    producer=r["producer"] or "?",
+                    occurred_at=r["occurred_at"],
+                    event=json.loads(bytes(r["raw"])),
+                )
+                for r in rows
+            ],
+        )
 
     @rt.query("replay")
     async def run_replay() -> ReplayAnswer:

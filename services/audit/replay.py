@@ -18,15 +18,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BATCH = 1000
 
 
+Batches = asyncio.Queue[list[tuple[int, str, bytes]] | None]
+
+
 async def read_stream(
     js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH
-) -> asyncio.Queue[list[tuple[int, str, bytes]] | None]:
-    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue."""
+) -> tuple[Batches, asyncio.Task[None]]:
+    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it)."""
     queue: asyncio.Queue[list[tuple[int, str, bytes]] | None] = asyncio.Queue(maxsize=8)
 
     async def pump() -> None:
         sub = await js.pull_subscribe(
-            subject, durable=None, stream=stream,
+            subject,
+            durable=None,
+            stream=stream,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0, max_ack_pending=-1),
         )
         try:
@@ -45,8 +50,7 @@ async def read_stream(
             await sub.unsubscribe()
             await queue.put(None)
 
-    asyncio.create_task(pump(), name="replay-reader")
-    return queue
+    return queue, asyncio.create_task(pump(), name="replay-reader")
 
 
 async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject: str, live_schema: str) -> ReplayAnswer:
@@ -59,7 +63,7 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
     await db.migrate(pool, scratch, [MIGRATIONS])
     events = 0
     if through > 0:
-        queue = await read_stream(js, stream, subject, through)
+        queue, reader = await read_stream(js, stream, subject, through)
         async with pool.acquire() as conn:
             await conn.execute(f"SET search_path TO {scratch}, public")
             try:
@@ -68,12 +72,14 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
                         events += await store.archive(conn, chunk)
             finally:
                 await conn.execute(f"SET search_path TO {live_schema}, public")
+                reader.cancel()
     seconds = time.perf_counter() - started
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"LOCK TABLE {live_schema}.archive IN EXCLUSIVE MODE")
         old = await conn.fetchrow(
             f"SELECT count(*) AS n, (SELECT hash FROM {live_schema}.archive WHERE stream_seq = $1) AS h "
-            f"FROM {live_schema}.archive WHERE stream_seq <= $1", through,
+            f"FROM {live_schema}.archive WHERE stream_seq <= $1",
+            through,
         )
         new = await conn.fetchrow(f"SELECT seq, hash FROM {scratch}.chain_head")
         assert old is not None and new is not None
@@ -81,7 +87,8 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
             f"SELECT count(*) FROM ((SELECT stream_seq, subject, raw, hash FROM {scratch}.archive EXCEPT "
             f"SELECT stream_seq, subject, raw, hash FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
             f"(SELECT stream_seq, subject, raw, hash FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
-            f"SELECT stream_seq, subject, raw, hash FROM {scratch}.archive)) d", through,
+            f"SELECT stream_seq, subject, raw, hash FROM {scratch}.archive)) d",
+            through,
         )
         equal = differs == 0
         if not equal:
@@ -89,9 +96,14 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
     await db.drop_schema(pool, scratch)
     previous = bytes(old["h"]).hex() if old["h"] is not None else None
     return ReplayAnswer(
-        events=events, seconds=round(seconds, 3), rate_per_s=round(events / seconds, 1) if seconds else 0.0,
-        last_seq=new["seq"], head_hash=bytes(new["hash"]).hex(), previous_head_hash=previous,
-        previous_events=old["n"], equal=equal,
+        events=events,
+        seconds=round(seconds, 3),
+        rate_per_s=round(events / seconds, 1) if seconds else 0.0,
+        last_seq=new["seq"],
+        head_hash=bytes(new["hash"]).hex(),
+        previous_head_hash=previous,
+        previous_events=old["n"],
+        equal=equal,
     )
 
 

@@ -22,12 +22,16 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
         rows.append((seq, subject, raw, event_id, d.event_type, d.aggregate_id, d.producer, d.occurred_at))
         if d.serial:
             refs.append((d.serial, seq, d.cert_id))
-    inserted = await conn.fetch(
-        "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at) "
-        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], "
-        "$7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING stream_seq",
-        *[list(col) for col in zip(*rows, strict=True)],
-    ) if rows else []
+    inserted = (
+        await conn.fetch(
+            "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at) "
+            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], "
+            "$7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING stream_seq",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
+        if rows
+        else []
+    )
     if refs:
         await conn.executemany("INSERT INTO serial_refs VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", refs)
     await advance_chain(conn)
@@ -74,6 +78,7 @@ async def history(conn: asyncpg.Connection, serial: str) -> tuple[str | None, li
         "SELECT stream_seq, subject, event_type, producer, occurred_at, raw FROM archive "
         "WHERE aggregate_id = $1 OR stream_seq IN (SELECT stream_seq FROM serial_refs WHERE serial = $2) "
         "ORDER BY stream_seq",
-        cert_id or serial, serial,
+        cert_id or serial,
+        serial,
     )
     return cert_id, rows

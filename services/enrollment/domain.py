@@ -70,7 +70,12 @@ def review(
     if profile != DEFAULT_PROFILE:
         reasons.append(Reason(code="profile_unknown", message=f"unknown profile {profile!r}: use {DEFAULT_PROFILE!r}"))
     if not csr.is_signature_valid:
-        reasons.append(Reason(code="csr_signature_invalid", message="the CSR's signature does not verify: it was not signed by its own key"))
+        reasons.append(
+            Reason(
+                code="csr_signature_invalid",
+                message="the CSR's signature does not verify: it was not signed by its own key",
+            )
+        )
     try:
         public_key = csr.public_key()
     except (ValueError, TypeError) as exc:
@@ -86,24 +91,37 @@ def review(
     if not dns:
         reasons.append(Reason(code="names_missing", message="the CSR asks for no DNS name in its subjectAltName"))
     if len(dns) + len(ips) > MAX_SANS:
-        reasons.append(Reason(code="too_many_names", message=f"the CSR asks for {len(dns) + len(ips)} names; at most {MAX_SANS}"))
+        reasons.append(
+            Reason(code="too_many_names", message=f"the CSR asks for {len(dns) + len(ips)} names; at most {MAX_SANS}")
+        )
     if ips:
-        reasons.append(Reason(code="ip_not_allowed", message=f"IP addresses {', '.join(ips)} are not allowed by profile {DEFAULT_PROFILE!r}"))
+        reasons.append(
+            Reason(
+                code="ip_not_allowed",
+                message=f"IP addresses {', '.join(ips)} are not allowed by profile {DEFAULT_PROFILE!r}",
+            )
+        )
     allowed = set(claims.dns_names)
     for name in dns:
         problem = dns_name_problem(name)
         if problem is not None:
             reasons.append(Reason(code="name_invalid", message=problem))
         elif name not in allowed:
-            reasons.append(Reason(
-                code="name_not_allowed",
-                message=f"name {name!r} is not allowed by the token: it allows {', '.join(sorted(allowed))}",
-            ))
+            reasons.append(
+                Reason(
+                    code="name_not_allowed",
+                    message=f"name {name!r} is not allowed by the token: it allows {', '.join(sorted(allowed))}",
+                )
+            )
     for cn in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
         if cn.value not in dns:
-            reasons.append(Reason(code="cn_not_in_sans", message=f"the CSR's common name {cn.value!r} is not one of its DNS names"))
+            reasons.append(
+                Reason(code="cn_not_in_sans", message=f"the CSR's common name {cn.value!r} is not one of its DNS names")
+            )
     if claims.profile != profile:
-        reasons.append(Reason(code="profile_not_allowed", message=f"the token is for profile {claims.profile!r}, not {profile!r}"))
+        reasons.append(
+            Reason(code="profile_not_allowed", message=f"the token is for profile {claims.profile!r}, not {profile!r}")
+        )
     if reasons:
         return reasons
     return Approval(dns_names=list(dict.fromkeys(dns)), validity_days=validity_days)

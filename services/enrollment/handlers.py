@@ -77,8 +77,14 @@ async def _decide(
             **envelope,
         )
     await store.record_decision(
-        conn, request.aggregate_id, request.requester, request.profile, reasons, names,
-        request.occurred_at, now,
+        conn,
+        request.aggregate_id,
+        request.requester,
+        request.profile,
+        reasons,
+        names,
+        request.occurred_at,
+        now,
     )
     await enqueue(conn, decision, rt.root)
 
@@ -98,8 +104,13 @@ async def _check(
         if not isinstance(key, ed25519.Ed25519PublicKey):
             raise TokenError("provisioner_unknown", f"provisioner {provisioner_id!r} has no Ed25519 key")
         claims = verify_token(
-            request.token, request.token_proof, key, request.aggregate_id, domain.csr_der(csr),
-            rt.clock.now(), timedelta(seconds=settings.max_token_ttl_s),
+            request.token,
+            request.token_proof,
+            key,
+            request.aggregate_id,
+            domain.csr_der(csr),
+            rt.clock.now(),
+            timedelta(seconds=settings.max_token_ttl_s),
         )
     except TokenError as exc:
         return [Reason(code=exc.code, message=exc.message)]

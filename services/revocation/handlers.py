@@ -32,14 +32,21 @@ async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequ
     serial = domain.normalise_serial(request.serial)
     outcome = domain.decide(serial, request.reason, await store.find(conn, serial))
     envelope = {
-        "occurred_at": now, "correlation_id": request.correlation_id,
-        "causation_id": str(request.event_id), "producer": NAME,
+        "occurred_at": now,
+        "correlation_id": request.correlation_id,
+        "causation_id": str(request.event_id),
+        "producer": NAME,
     }
     result: Event
     if isinstance(outcome, domain.Known):
         result = CertificateRevoked(
-            aggregate_id=outcome.cert_id, serial=serial, issuer_id=outcome.issuer_id, reason=request.reason,
-            revoked_at=now, revocation_request_id=request.aggregate_id, requested_by=request.requested_by,
+            aggregate_id=outcome.cert_id,
+            serial=serial,
+            issuer_id=outcome.issuer_id,
+            reason=request.reason,
+            revoked_at=now,
+            revocation_request_id=request.aggregate_id,
+            requested_by=request.requested_by,
             **envelope,
         )
         await store.mark_revoked(conn, serial, now, request.reason)

@@ -15,7 +15,10 @@ async def add_certificate(conn: asyncpg.Connection, e: CertificateIssued) -> Non
     await conn.execute(
         "INSERT INTO certificates (serial, cert_id, issuer_id, not_after) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT (serial) DO NOTHING",
-        e.serial, e.aggregate_id, e.issuer_id, e.not_after,
+        e.serial,
+        e.aggregate_id,
+        e.issuer_id,
+        e.not_after,
     )
 
 
@@ -31,7 +34,9 @@ async def mark_revoked(conn: asyncpg.Connection, serial: str, at: datetime, reas
     """Set a certificate revoked."""
     await conn.execute(
         "UPDATE certificates SET status = 'revoked', revoked_at = $2, reason = $3 WHERE serial = $1",
-        serial, at, reason,
+        serial,
+        at,
+        reason,
     )
 
 
@@ -41,5 +46,10 @@ async def record_request(
     """Keep a request's outcome."""
     await conn.execute(
         "INSERT INTO requests VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        request_id, serial, reason, by, outcome, at,
+        request_id,
+        serial,
+        reason,
+        by,
+        outcome,
+        at,
     )

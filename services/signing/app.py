@@ -24,6 +24,7 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
     async def on_start(rt: Runtime) -> None:
         await cas.bootstrap(rt)
         await rt.publish_pending()
+        await crls[0].publish_due()  # a new CA has a CRL before it issues anything
         crls[0].start()
 
     async def on_stop(rt: Runtime) -> None:

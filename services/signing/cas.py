@@ -82,12 +82,20 @@ class CaRegistry:
             key_type: KeyType = self.settings.ca_key_type  # type: ignore[assignment]
             root_id, issuing_id = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
             root_key = generate_key(key_type)
-            root_cert = domain.root_certificate(root_key, root_id, self.settings.organization, now, self.settings.root_validity_days)
+            root_cert = domain.root_certificate(
+                root_key, root_id, self.settings.organization, now, self.settings.root_validity_days
+            )
             root = domain.CaIdentity(root_id, root_cert)
             issuing_key = generate_key(key_type)
             issuing_cert = domain.issuing_certificate(
-                issuing_key.public_key(), issuing_id, root, root_key, self.settings.organization,
-                self.urls, now, self.settings.issuing_validity_days,
+                issuing_key.public_key(),
+                issuing_id,
+                root,
+                root_key,
+                self.settings.organization,
+                self.urls,
+                now,
+                self.settings.issuing_validity_days,
             )
             self.keys.save(root_id, root_key)
             self.keys.save(issuing_id, issuing_key)
@@ -97,14 +105,26 @@ class CaRegistry:
             ):
                 der = cert.public_bytes(serialization.Encoding.DER)
                 await store.add_ca(conn, ca_id, role, parent, der, now)
-                await enqueue(conn, CaCreated(
-                    aggregate_id=ca_id, occurred_at=now, correlation_id=f"bootstrap-{root_id}",
-                    producer="signing", ca_id=ca_id, role=role, parent_id=parent,
-                    subject_dn=cert.subject.rfc4514_string(),
-                    cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-                    not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-                    spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
-                ), rt.root)
+                await enqueue(
+                    conn,
+                    CaCreated(
+                        aggregate_id=ca_id,
+                        occurred_at=now,
+                        correlation_id=f"bootstrap-{root_id}",
+                        producer="signing",
+                        ca_id=ca_id,
+                        role=role,
+                        parent_id=parent,
+                        subject_dn=cert.subject.rfc4514_string(),
+                        cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                        not_before=cert.not_valid_before_utc,
+                        not_after=cert.not_valid_after_utc,
+                        spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
+                    ),
+                    rt.root,
+                )
             await self.load(conn)
-            log.info("created CAs", extra={"root": root_id, "issuing": issuing_id,
-                                           "fingerprint": hashlib.sha256(der).hexdigest()})
+            log.info(
+                "created CAs",
+                extra={"root": root_id, "issuing": issuing_id, "fingerprint": hashlib.sha256(der).hexdigest()},
+            )

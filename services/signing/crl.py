@@ -52,7 +52,7 @@ class CrlPublisher:
             if state is None:
                 return None  # another replica is signing this issuer's CRL
             rows, through = await store.revoked_entries(conn, ca_id)
-            number = state["crl_number"] + 1
+            number = int(state["crl_number"]) + 1
             now = rt.clock.now()
             next_update = now + timedelta(seconds=settings.crl_validity_s)
             entries = [domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"]) for r in rows]
@@ -64,12 +64,25 @@ class CrlPublisher:
             obj = await rt.js.object_store(settings.crl_bucket)
             await obj.put(name, io.BytesIO(der))
             await store.save_crl_state(conn, ca_id, number, through, now, next_update)
-            await enqueue(conn, CrlPublished(
-                aggregate_id=ca_id, occurred_at=now, correlation_id=f"crl-{ca_id}-{number}",
-                producer="signing", ca_id=ca_id, crl_number=number, this_update=now,
-                next_update=next_update, revoked_count=len(entries), object_bucket=settings.crl_bucket,
-                object_name=name, sha256=hashlib.sha256(der).hexdigest(), size=len(der),
-            ), rt.root)
+            await enqueue(
+                conn,
+                CrlPublished(
+                    aggregate_id=ca_id,
+                    occurred_at=now,
+                    correlation_id=f"crl-{ca_id}-{number}",
+                    producer="signing",
+                    ca_id=ca_id,
+                    crl_number=number,
+                    this_update=now,
+                    next_update=next_update,
+                    revoked_count=len(entries),
+                    object_bucket=settings.crl_bucket,
+                    object_name=name,
+                    sha256=hashlib.sha256(der).hexdigest(),
+                    size=len(der),
+                ),
+                rt.root,
+            )
         log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
         return number
 
@@ -85,7 +98,7 @@ class CrlPublisher:
             self._wakeup.clear()
             try:
                 await self.publish_due()
-            except Exception:  # noqa: BLE001 - keep publishing after an outage
+            except Exception:
                 log.exception("CRL publication failed; will retry")
                 await asyncio.sleep(1.0)
 

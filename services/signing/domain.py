@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from shared.crypto import PrivateKey, PublicKey, csr_names, key_problem, signing_hash
 from shared.events import EnrollmentApproved, Reason
@@ -41,15 +41,15 @@ class Urls:
 
 
 def _ca_name(organization: str, common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
-def root_certificate(
-    key: PrivateKey, ca_id: str, organization: str, now: datetime, days: int
-) -> x509.Certificate:
+def root_certificate(key: PrivateKey, ca_id: str, organization: str, now: datetime, days: int) -> x509.Certificate:
     """A self-signed root CA certificate."""
     name = _ca_name(organization, f"{organization} Root CA {ca_id}")
     return (
@@ -68,8 +68,14 @@ def root_certificate(
 
 
 def issuing_certificate(
-    key_public: PublicKey, ca_id: str, root: CaIdentity, root_key: PrivateKey,
-    organization: str, urls: Urls, now: datetime, days: int,
+    key_public: PublicKey,
+    ca_id: str,
+    root: CaIdentity,
+    root_key: PrivateKey,
+    organization: str,
+    urls: Urls,
+    now: datetime,
+    days: int,
 ) -> x509.Certificate:
     """An issuing (intermediate) CA certificate signed by `root`."""
     not_after = min(now + timedelta(days=days), root.cert.not_valid_after_utc)
@@ -93,9 +99,15 @@ def issuing_certificate(
 
 def _ca_key_usage() -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-        encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -105,17 +117,19 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 
 def _crl_dp(url: str) -> x509.CRLDistributionPoints:
-    return x509.CRLDistributionPoints([
-        x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None
-        )
-    ])
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(url)], relative_name=None, reasons=None, crl_issuer=None
+            )
+        ]
+    )
 
 
 def _aia(ca_url: str) -> x509.AuthorityInformationAccess:
-    return x509.AuthorityInformationAccess([
-        x509.AccessDescription(x509.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url))
-    ])
+    return x509.AuthorityInformationAccess(
+        [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url))]
+    )
 
 
 def policy_problems(
@@ -131,14 +145,18 @@ def policy_problems(
     dns, ips = csr_names(csr)
     extra = (set(dns) | set(ips)) - set(approved.dns_names) - set(approved.ip_addresses)
     if extra:
-        reasons.append(Reason(code="name_not_approved", message=f"the CSR names {sorted(extra)} that were not approved"))
+        reasons.append(
+            Reason(code="name_not_approved", message=f"the CSR names {sorted(extra)} that were not approved")
+        )
     if not approved.dns_names:
         reasons.append(Reason(code="names_missing", message="the approval names no DNS name"))
     if approved.validity_days < 1 or approved.validity_days > max_validity_days:
-        reasons.append(Reason(
-            code="validity_too_long",
-            message=f"validity of {approved.validity_days} days is outside 1..{max_validity_days}",
-        ))
+        reasons.append(
+            Reason(
+                code="validity_too_long",
+                message=f"validity of {approved.validity_days} days is outside 1..{max_validity_days}",
+            )
+        )
     return reasons
 
 
@@ -159,8 +177,11 @@ def plan_leaf(issuer: CaIdentity, validity_days: int, now: datetime) -> LeafPlan
 
 
 def leaf_builder(
-    approved: EnrollmentApproved, csr: x509.CertificateSigningRequest, issuer: CaIdentity,
-    plan: LeafPlan, urls: Urls,
+    approved: EnrollmentApproved,
+    csr: x509.CertificateSigningRequest,
+    issuer: CaIdentity,
+    plan: LeafPlan,
+    urls: Urls,
 ) -> x509.CertificateBuilder:
     """The default TLS profile: names and key from the approval and CSR, nothing else copied."""
     public_key = csr.public_key()
@@ -180,13 +201,21 @@ def leaf_builder(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer.cert), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
@@ -205,8 +234,12 @@ class RevokedEntry:
 
 
 def crl(
-    issuer: CaIdentity, key: PrivateKey, number: int, entries: list[RevokedEntry],
-    this_update: datetime, next_update: datetime,
+    issuer: CaIdentity,
+    key: PrivateKey,
+    number: int,
+    entries: list[RevokedEntry],
+    this_update: datetime,
+    next_update: datetime,
 ) -> x509.CertificateRevocationList:
     """A full CRL for `issuer` (built from one list: chained additions are quadratic)."""
     revoked = []

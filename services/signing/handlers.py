@@ -62,8 +62,15 @@ async def issue(rt: Runtime, cas: CaRegistry, approved: EnrollmentApproved, seq:
     spki = spki_sha256(csr.public_key())  # type: ignore[arg-type]
     async with rt.pool.acquire() as conn:
         intent = await store.record_intent(
-            conn, approved.aggregate_id, issuer.ca_id, plan.serial, plan.not_before, plan.not_after,
-            spki, approved.event_id, rt.clock.now(),
+            conn,
+            approved.aggregate_id,
+            issuer.ca_id,
+            plan.serial,
+            plan.not_before,
+            plan.not_after,
+            spki,
+            approved.event_id,
+            rt.clock.now(),
         )
     if intent.cert_der is None:
         # Sign exactly what the intent recorded (its serial and validity), even on a retry.
@@ -79,7 +86,11 @@ async def issue(rt: Runtime, cas: CaRegistry, approved: EnrollmentApproved, seq:
 
 
 async def _store_signed(
-    rt: Runtime, cas: CaRegistry, approved: EnrollmentApproved, seq: int, intent: store.Intent,
+    rt: Runtime,
+    cas: CaRegistry,
+    approved: EnrollmentApproved,
+    seq: int,
+    intent: store.Intent,
     cert: x509.Certificate,
 ) -> None:
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -112,9 +123,13 @@ async def _store_signed(
 
 async def _reject(rt: Runtime, approved: EnrollmentApproved, seq: int, problems: list[Reason]) -> None:
     rejected = EnrollmentRejected(
-        aggregate_id=approved.aggregate_id, occurred_at=rt.clock.now(),
-        correlation_id=approved.correlation_id, causation_id=str(approved.event_id),
-        producer=NAME, reasons=problems, rejected_by=NAME,
+        aggregate_id=approved.aggregate_id,
+        occurred_at=rt.clock.now(),
+        correlation_id=approved.correlation_id,
+        causation_id=str(approved.event_id),
+        producer=NAME,
+        reasons=problems,
+        rejected_by=NAME,
     )
 
     async def apply(conn: asyncpg.Connection) -> None:

@@ -22,11 +22,17 @@ class Intent:
     cert_der: bytes | None
 
 
-async def add_ca(conn: asyncpg.Connection, ca_id: str, role: str, parent_id: str | None, cert_der: bytes, at: datetime) -> None:
+async def add_ca(
+    conn: asyncpg.Connection, ca_id: str, role: str, parent_id: str | None, cert_der: bytes, at: datetime
+) -> None:
     """Record a CA signing created, and its CRL state."""
     await conn.execute(
         "INSERT INTO cas (ca_id, role, parent_id, cert_der, created_at) VALUES ($1, $2, $3, $4, $5)",
-        ca_id, role, parent_id, cert_der, at,
+        ca_id,
+        role,
+        parent_id,
+        cert_der,
+        at,
     )
     await conn.execute("INSERT INTO crl_state (ca_id) VALUES ($1)", ca_id)
 
@@ -40,15 +46,30 @@ async def active_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 async def record_intent(
-    conn: asyncpg.Connection, request_id: str, issuer_id: str, serial: int, not_before: datetime,
-    not_after: datetime, spki: str, approval_event_id: uuid.UUID, at: datetime,
+    conn: asyncpg.Connection,
+    request_id: str,
+    issuer_id: str,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    spki: str,
+    approval_event_id: uuid.UUID,
+    at: datetime,
 ) -> Intent:
     """Record the intent to issue for `request_id`, or return the one already recorded."""
     await conn.execute(
         "INSERT INTO issuances (request_id, issuer_id, serial, not_before, not_after, spki_sha256, "
         "issued_event_id, approval_event_id, intended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
         "ON CONFLICT (request_id) DO NOTHING",
-        request_id, issuer_id, serial, not_before, not_after, spki, uuid.uuid4(), approval_event_id, at,
+        request_id,
+        issuer_id,
+        serial,
+        not_before,
+        not_after,
+        spki,
+        uuid.uuid4(),
+        approval_event_id,
+        at,
     )
     row = await conn.fetchrow(
         "SELECT request_id, issuer_id, serial, not_before, not_after, issued_event_id, cert_der "
@@ -57,18 +78,27 @@ async def record_intent(
     )
     assert row is not None
     return Intent(
-        request_id=row["request_id"], issuer_id=row["issuer_id"], serial=int(row["serial"]),
-        not_before=row["not_before"], not_after=row["not_after"],
-        issued_event_id=row["issued_event_id"], cert_der=row["cert_der"],
+        request_id=row["request_id"],
+        issuer_id=row["issuer_id"],
+        serial=int(row["serial"]),
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        issued_event_id=row["issued_event_id"],
+        cert_der=row["cert_der"],
     )
 
 
-async def record_signed(conn: asyncpg.Connection, request_id: str, cert_der: bytes, tbs_sha256: str, at: datetime) -> bool:
+async def record_signed(
+    conn: asyncpg.Connection, request_id: str, cert_der: bytes, tbs_sha256: str, at: datetime
+) -> bool:
     """Store the signed certificate of an intent; False if another replica already did."""
     row = await conn.fetchval(
         "UPDATE issuances SET cert_der = $2, tbs_sha256 = $3, signed_at = $4 "
         "WHERE request_id = $1 AND cert_der IS NULL RETURNING 1",
-        request_id, cert_der, tbs_sha256, at,
+        request_id,
+        cert_der,
+        tbs_sha256,
+        at,
     )
     return row is not None
 
@@ -76,9 +106,11 @@ async def record_signed(conn: asyncpg.Connection, request_id: str, cert_der: byt
 async def add_revoked(conn: asyncpg.Connection, issuer_id: str, serial: int, revoked_at: datetime, reason: str) -> None:
     """Remember a revocation for the issuer's next CRL."""
     await conn.execute(
-        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT DO NOTHING",
-        issuer_id, serial, revoked_at, reason,
+        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        issuer_id,
+        serial,
+        revoked_at,
+        reason,
     )
 
 
@@ -116,5 +148,9 @@ async def save_crl_state(
     """Advance an issuer's CRL state."""
     await conn.execute(
         "UPDATE crl_state SET crl_number = $2, built_through = $3, this_update = $4, next_update = $5 WHERE ca_id = $1",
-        ca_id, number, built_through, this_update, next_update,
+        ca_id,
+        number,
+        built_through,
+        this_update,
+        next_update,
     )

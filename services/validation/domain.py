@@ -67,8 +67,12 @@ def validate(
     for _ in range(8):
         found = _issuer_of(current, cas)
         if found is None:
-            return Verdict("untrusted", f"no Certbus CA issued {current.subject.rfc4514_string() or 'the certificate'} "
-                           f"(issuer {current.issuer.rfc4514_string()})", serial)
+            return Verdict(
+                "untrusted",
+                f"no Certbus CA issued {current.subject.rfc4514_string() or 'the certificate'} "
+                f"(issuer {current.issuer.rfc4514_string()})",
+                serial,
+            )
         ca_id, ca = found
         chain.append(ca_id)
         problem = _time_problem(ca, now, f"CA {ca_id}")
@@ -83,8 +87,16 @@ def validate(
     if problem is not None:
         return Verdict(problem.status, problem.detail, serial, tuple(chain))
     if record is None:
-        return Verdict("unknown", "a Certbus CA signed this serial but the log has no issuance for it", serial, tuple(chain))
+        return Verdict(
+            "unknown", "a Certbus CA signed this serial but the log has no issuance for it", serial, tuple(chain)
+        )
     if record.status == "revoked":
-        return Verdict("revoked", f"revoked at {record.revoked_at.isoformat() if record.revoked_at else '?'} "
-                       f"({record.reason})", serial, tuple(chain), record.revoked_at, record.reason)
+        return Verdict(
+            "revoked",
+            f"revoked at {record.revoked_at.isoformat() if record.revoked_at else '?'} ({record.reason})",
+            serial,
+            tuple(chain),
+            record.revoked_at,
+            record.reason,
+        )
     return Verdict("good", "chains to a Certbus root, within its validity, not revoked", serial, tuple(chain))

@@ -48,7 +48,9 @@ def register(rt: Runtime) -> None:
             elif isinstance(event, CaCreated):
                 await store.apply_ca(conn, event, _pem_to_der(event.cert_pem))
             else:
-                await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, crl_der)
+                await store.apply_crl(
+                    conn, event.ca_id, event.crl_number, event.this_update, event.next_update, crl_der
+                )
 
         await apply_once(rt.pool, NAME, event, seq, apply)
 
@@ -59,9 +61,15 @@ def register(rt: Runtime) -> None:
         if row is None:
             return StatusAnswer(serial=query.serial, status="unknown")
         return StatusAnswer(
-            serial=row["serial"], status=row["status"], cert_id=row["cert_id"], issuer_id=row["issuer_id"],
-            not_before=row["not_before"], not_after=row["not_after"], dns_names=row["dns_names"],
-            revoked_at=row["revoked_at"], reason=row["reason"],
+            serial=row["serial"],
+            status=row["status"],
+            cert_id=row["cert_id"],
+            issuer_id=row["issuer_id"],
+            not_before=row["not_before"],
+            not_after=row["not_after"],
+            dns_names=row["dns_names"],
+            revoked_at=row["revoked_at"],
+            reason=row["reason"],
         )
 
     @rt.query("validate")
@@ -73,11 +81,17 @@ def register(rt: Runtime) -> None:
         async with rt.pool.acquire() as conn:
             cas = {r["ca_id"]: x509.load_der_x509_certificate(r["cert_der"]) for r in await store.cas(conn)}
             row = await store.status(conn, format(cert.serial_number, "x"))
-        record = None if row is None else domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"])
+        record = (
+            None if row is None else domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"])
+        )
         verdict = domain.validate(cert, cas, record, rt.clock.now())
         return ValidateAnswer(
-            status=verdict.status, detail=verdict.detail, serial=verdict.serial, chain=list(verdict.chain),
-            revoked_at=verdict.revoked_at, reason=verdict.reason,
+            status=verdict.status,
+            detail=verdict.detail,
+            serial=verdict.serial,
+            chain=list(verdict.chain),
+            revoked_at=verdict.revoked_at,
+            reason=verdict.reason,
         )
 
     @rt.query("crl")
@@ -88,8 +102,11 @@ def register(rt: Runtime) -> None:
         if row is None:
             return Failure(error=f"no CRL published yet for issuer {ca_id}")
         return CrlAnswer(
-            ca_id=row["ca_id"], crl_number=row["crl_number"], this_update=row["this_update"],
-            next_update=row["next_update"], der_b64=base64.b64encode(row["der"]).decode(),
+            ca_id=row["ca_id"],
+            crl_number=row["crl_number"],
+            this_update=row["this_update"],
+            next_update=row["next_update"],
+            der_b64=base64.b64encode(row["der"]).decode(),
         )
 
 
@@ -125,7 +142,8 @@ def routes(rt: Runtime) -> list[web.RouteDef]:
         if row is None:
             raise web.HTTPNotFound(text="no CRL for that issuer")
         return web.Response(
-            body=row["der"], content_type="application/pkix-crl",
+            body=row["der"],
+            content_type="application/pkix-crl",
             headers={"Cache-Control": "public, max-age=60"},
         )
 

@@ -16,8 +16,14 @@ async def apply_issued(conn: asyncpg.Connection, e: CertificateIssued, cert_der:
         "fingerprint, cert_der) VALUES ($1, $2, $3, 'good', $4, $5, $6, $7, $8) "
         "ON CONFLICT (serial) DO UPDATE SET cert_id = $2, issuer_id = $3, not_before = $4, "
         "not_after = $5, dns_names = $6, fingerprint = $7, cert_der = $8",
-        e.serial, e.aggregate_id, e.issuer_id, e.not_before, e.not_after, e.dns_names,
-        e.fingerprint_sha256, cert_der,
+        e.serial,
+        e.aggregate_id,
+        e.issuer_id,
+        e.not_before,
+        e.not_after,
+        e.dns_names,
+        e.fingerprint_sha256,
+        cert_der,
     )
 
 
@@ -28,7 +34,11 @@ async def apply_revoked(conn: asyncpg.Connection, e: CertificateRevoked) -> None
         "VALUES ($1, $2, $3, 'revoked', $4, $5) ON CONFLICT (serial) DO UPDATE SET status = 'revoked', "
         "revoked_at = LEAST(COALESCE(certificates.revoked_at, $4), $4), "
         "reason = COALESCE(certificates.reason, $5)",
-        e.serial, e.aggregate_id, e.issuer_id, e.revoked_at, e.reason,
+        e.serial,
+        e.aggregate_id,
+        e.issuer_id,
+        e.revoked_at,
+        e.reason,
     )
 
 
@@ -36,7 +46,11 @@ async def apply_ca(conn: asyncpg.Connection, e: CaCreated, cert_der: bytes) -> N
     """Record a CA certificate."""
     await conn.execute(
         "INSERT INTO cas VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ca_id) DO NOTHING",
-        e.ca_id, e.role, e.parent_id, cert_der, e.not_after,
+        e.ca_id,
+        e.role,
+        e.parent_id,
+        cert_der,
+        e.not_after,
     )
 
 
@@ -47,7 +61,11 @@ async def apply_crl(
     await conn.execute(
         "INSERT INTO crls VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ca_id) DO UPDATE SET "
         "crl_number = $2, this_update = $3, next_update = $4, der = $5 WHERE crls.crl_number < $2",
-        ca_id, number, this_update, next_update, der,
+        ca_id,
+        number,
+        this_update,
+        next_update,
+        der,
     )
 
 

@@ -104,8 +104,14 @@ def health(as_json: JsonOpt = False) -> None:
         table = Table("service", "status", "database", "nats", "pid", "uptime (s)")
         for r in reports:
             colour = "green" if r["status"] == "ok" else "red"
-            table.add_row(r["service"], f"[{colour}]{r['status']}[/]", str(r.get("database", "")),
-                          str(r.get("nats", "")), str(r.get("pid", "")), str(r.get("uptime_s", "")))
+            table.add_row(
+                r["service"],
+                f"[{colour}]{r['status']}[/]",
+                str(r.get("database", "")),
+                str(r.get("nats", "")),
+                str(r.get("pid", "")),
+                str(r.get("uptime_s", "")),
+            )
         out.print(table)
     if any(r["status"] != "ok" for r in reports):
         raise typer.Exit(EXIT_REFUSED)
@@ -119,13 +125,21 @@ def provisioner_init(
     """Create the local provisioner key if missing and register its public key on the log."""
     key, created = provisioner.load_or_create(home(), provisioner_id)
     event = ProvisionerRegistered(
-        aggregate_id=provisioner_id, occurred_at=utcnow(), correlation_id=f"provisioner-{provisioner_id}",
-        producer="operator", name=provisioner_id, public_key_pem=provisioner.public_pem(key),
+        aggregate_id=provisioner_id,
+        occurred_at=utcnow(),
+        correlation_id=f"provisioner-{provisioner_id}",
+        producer="operator",
+        name=provisioner_id,
+        public_key_pem=provisioner.public_pem(key),
         registered_by=os.environ.get("USER", "operator"),
     )
     seq = _run(lambda c: c.publish(event), requester="operator")
-    result = {"provisioner": provisioner_id, "created_key": created, "stream_seq": seq,
-              "key_file": str(provisioner.key_path(home(), provisioner_id))}
+    result = {
+        "provisioner": provisioner_id,
+        "created_key": created,
+        "stream_seq": seq,
+        "key_file": str(provisioner.key_path(home(), provisioner_id)),
+    }
     _emit_json(result) if as_json else out.print(f"registered provisioner [bold]{provisioner_id}[/] (log seq {seq})")
 
 
@@ -160,7 +174,7 @@ def enroll(
     """Generate a key here, request a certificate for it, and write key, certificate and chain."""
     if key_type not in KEY_TYPES:
         raise typer.BadParameter(f"choose one of {', '.join(KEY_TYPES)}", param_hint="--key-type")
-    key = generate_key(key_type)  # type: ignore[arg-type]
+    key = generate_key(key_type)
     csr = build_csr(key, san).decode()
     issued = _run(lambda c: c.enroll(csr, token, profile, timeout), requester=os.environ.get("USER", "cli"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,12 +185,20 @@ def enroll(
     os.chmod(key_file, 0o600)
     (out_dir / "cert.pem").write_text(issued.cert_pem)
     (out_dir / "chain.pem").write_text(issued.chain_pem)
-    result = {"serial": issued.serial, "issuer": issued.issuer_id, "not_after": issued.not_after,
-              "dns_names": issued.dns_names, "dir": str(out_dir)}
+    result = {
+        "serial": issued.serial,
+        "issuer": issued.issuer_id,
+        "not_after": issued.not_after,
+        "dns_names": issued.dns_names,
+        "dir": str(out_dir),
+    }
     if as_json:
         _emit_json(result)
     else:
-        out.print(f"issued serial [bold]{issued.serial}[/] by {issued.issuer_id}, valid until {issued.not_after:%Y-%m-%d %H:%M} UTC")
+        out.print(
+            f"issued serial [bold]{issued.serial}[/] by {issued.issuer_id}, "
+            f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
+        )
         out.print(f"wrote {key_file} (0600), {out_dir / 'cert.pem'}, {out_dir / 'chain.pem'}")
 
 
@@ -221,7 +243,9 @@ def revoke(
     if as_json:
         _emit_json(revoked.model_dump(mode="json"))
     else:
-        out.print(f"revoked serial [bold]{revoked.serial}[/] ({revoked.reason}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        out.print(
+            f"revoked serial [bold]{revoked.serial}[/] ({revoked.reason}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
 
 
 @app.command()
@@ -233,7 +257,12 @@ def crl(
     """Write the newest CRL (DER) of the issuing CA."""
     answer = _run(lambda c: c.crl(issuer))
     out_file.write_bytes(base64.b64decode(answer.der_b64))
-    info = {"issuer": answer.ca_id, "crl_number": answer.crl_number, "next_update": answer.next_update, "file": str(out_file)}
+    info = {
+        "issuer": answer.ca_id,
+        "crl_number": answer.crl_number,
+        "next_update": answer.next_update,
+        "file": str(out_file),
+    }
     _emit_json(info) if as_json else out.print(f"CRL #{answer.crl_number} of {answer.ca_id} written to {out_file}")
 
 
@@ -249,7 +278,9 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
             detail = e.event.get("reason") or e.event.get("requested_by") or e.event.get("requester") or ""
             if isinstance(detail, dict):
                 detail = detail.get("code", "")
-            table.add_row(str(e.stream_seq), e.event_type, e.producer, f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", str(detail))
+            table.add_row(
+                str(e.stream_seq), e.event_type, e.producer, f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", str(detail)
+            )
         out.print(table)
     if not answer.events:
         raise typer.Exit(EXIT_REFUSED)
@@ -273,8 +304,6 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-
-
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def load_or_create(home: Path, provisioner_id: str = DEFAULT_ID) -> tuple[ed2551
 
 def public_pem(key: ed25519.Ed25519PrivateKey) -> str:
     """The provisioner's public key as PEM (what goes on the log)."""
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )

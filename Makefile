@@ -1,0 +1,40 @@
+# Certbus: `make run` starts the whole system, `make test` runs every check. Both install what
+# they need into .venv first (pinned by constraints.txt), on a machine where nothing else was installed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test unit lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m shared.devstack
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench.issuance
+
+clean:
+	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

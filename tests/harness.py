@@ -1,0 +1,231 @@
+"""A Certbus deployment for tests: isolated stream and subjects on a shared NATS server, a fresh
+database, and the five services either in this process (fast) or as separate processes (e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from faststream import FastStream
+
+from shared.cli import provisioner
+from shared.client import CertbusClient
+from shared.crypto import build_csr, generate_key
+from shared.devstack import SERVICES, ServiceProcess, free_port
+from shared.events import CertificateIssued, ProvisionerRegistered, utcnow
+from shared.service import Runtime
+from shared.settings import (
+    AuditSettings,
+    CommonSettings,
+    EnrollmentSettings,
+    RevocationSettings,
+    ServiceSettings,
+    SigningSettings,
+    ValidationSettings,
+)
+from shared.tokens import create_token
+
+SETTINGS: dict[str, type[ServiceSettings]] = {
+    "enrollment": EnrollmentSettings,
+    "signing": SigningSettings,
+    "validation": ValidationSettings,
+    "revocation": RevocationSettings,
+    "audit": AuditSettings,
+}
+PASSPHRASE = "test-passphrase-not-a-secret-0123456789"
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+
+
+class Harness:
+    """One isolated Certbus: its own stream name, subject roots, CRL bucket and database."""
+
+    def __init__(self, nats_url: str, database_url: str, tmp: Path) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.nats_url = nats_url
+        self.database_url = database_url
+        self.tmp = tmp
+        self.common: dict[str, Any] = {
+            "nats_url": nats_url,
+            "stream": f"T{tag}",
+            "subject_root": f"t{tag}",
+            "query_root": f"tq{tag}",
+            "crl_bucket": f"crl-{tag}",
+        }
+        self.root = self.common["subject_root"]
+        self.http_ports = {name: free_port() for name in SERVICES}
+        self.key_dir = tmp / "signing-keys"
+        self.apps: dict[str, tuple[FastStream, Runtime]] = {}
+        self.procs: dict[str, ServiceProcess] = {}
+        self.provisioner_key = ed25519.Ed25519PrivateKey.generate()
+        self._pool: asyncpg.Pool | None = None
+
+    # --- configuration -----------------------------------------------------------------
+
+    def settings(self, name: str, **overrides: Any) -> ServiceSettings:
+        extra: dict[str, Any] = {
+            "database_url": self.database_url,
+            "http_port": self.http_ports[name],
+            "log_level": "WARNING",
+        }
+        if name == "signing":
+            extra.update(
+                key_dir=self.key_dir,
+                ca_passphrase=PASSPHRASE,
+                ca_key_type="ec-p256",
+                public_base_url=f"http://127.0.0.1:{self.http_ports['validation']}",
+                crl_batch_s=0.05,
+            )
+        return SETTINGS[name](**{**self.common, **extra, **overrides})
+
+    def env(self, name: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
+        for key, value in self.settings(name).model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            env[f"CERTBUS_{key.upper()}"] = str(value)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        return env
+
+    # --- services in this process --------------------------------------------------------
+
+    async def start(self, *names: str) -> None:
+        """Start services in this event loop (all five if none named)."""
+        from services.audit.app import build as audit
+        from services.enrollment.app import build as enrollment
+        from services.revocation.app import build as revocation
+        from services.signing.app import build as signing
+        from services.validation.app import build as validation
+
+        builders = {
+            "enrollment": enrollment,
+            "signing": signing,
+            "validation": validation,
+            "revocation": revocation,
+            "audit": audit,
+        }
+        # Signing first: it declares the CAs that the others learn about.
+        for name in sorted(names or SERVICES, key=lambda n: n != "signing"):
+            app, rt = builders[name](self.settings(name))  # type: ignore[operator]
+            await app.start()
+            self.apps[name] = (app, rt)
+
+    async def stop(self, name: str) -> None:
+        app, _ = self.apps.pop(name)
+        await app.stop()
+
+    def runtime(self, name: str) -> Runtime:
+        return self.apps[name][1]
+
+    # --- services as processes ------------------------------------------------------------
+
+    def spawn(self, name: str) -> ServiceProcess:
+        proc = ServiceProcess(name, self.env(name), log_file=self.tmp / f"{name}.log").start()
+        self.procs[name] = proc
+        return proc
+
+    def spawn_all(self) -> None:
+        for name in SERVICES:
+            self.spawn(name)
+        for proc in self.procs.values():
+            proc.wait_healthy(60)
+
+    # --- clients ----------------------------------------------------------------------------
+
+    def client(self, requester: str = "tests") -> CertbusClient:
+        return CertbusClient(CommonSettings(**self.common), requester=requester)
+
+    async def register_provisioner(self, provisioner_id: str = "default") -> None:
+        async with self.client("operator") as c:
+            await c.publish(
+                ProvisionerRegistered(
+                    aggregate_id=provisioner_id,
+                    occurred_at=utcnow(),
+                    correlation_id="tests",
+                    producer="operator",
+                    name=provisioner_id,
+                    public_key_pem=provisioner.public_pem(self.provisioner_key),
+                    registered_by="tests",
+                )
+            )
+
+    def token(
+        self,
+        *names: str,
+        ttl: timedelta = timedelta(minutes=5),
+        key: ed25519.Ed25519PrivateKey | None = None,
+        provisioner_id: str = "default",
+    ) -> str:
+        return create_token(key or self.provisioner_key, provisioner_id, list(names), utcnow(), ttl)
+
+    async def enroll(self, *names: str, key_type: str = "ec-p256") -> CertificateIssued:
+        key = generate_key(key_type)  # type: ignore[arg-type]
+        async with self.client() as c:
+            return await c.enroll(build_csr(key, list(names)).decode(), self.token(*names))
+
+    # --- looking inside -----------------------------------------------------------------------
+
+    async def db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=3)
+        assert self._pool is not None
+        return self._pool
+
+    async def stream_messages(self, subject_filter: str) -> list[Any]:
+        """Every message in the stream matching `subject_filter` (read with an ephemeral consumer)."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(self.common["stream"])
+            if info.state.messages == 0:
+                return []
+            sub = await js.subscribe(subject_filter, stream=self.common["stream"], ordered_consumer=True)
+            found = []
+            try:
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=0.5)
+                    except nats.errors.TimeoutError:
+                        return found
+                    found.append(msg)
+                    if msg.metadata.num_pending == 0:
+                        return found
+            finally:
+                await sub.unsubscribe()
+        finally:
+            await nc.close()
+
+    async def close(self) -> None:
+        for name in list(self.apps):
+            await self.stop(name)
+        for proc in self.procs.values():
+            proc.stop(kill=True)
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def python() -> str:
+    return sys.executable

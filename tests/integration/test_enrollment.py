@@ -1,0 +1,113 @@
+"""Enrollment against real NATS JetStream and PostgreSQL: who may enroll, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from harness import Harness, eventually
+from shared.client import Rejected
+from shared.crypto import build_csr, generate_key
+from shared.events import EnrollmentRequested, utcnow
+from shared.tokens import prove, split_token
+
+
+@pytest.fixture
+async def stack(harness: Harness) -> Harness:
+    await harness.start()
+    await harness.register_provisioner()
+    return harness
+
+
+async def refused(h: Harness, csr_pem: str, token: str) -> list[str]:
+    async with h.client() as c:
+        with pytest.raises(Rejected) as info:
+            await c.enroll(csr_pem, token)
+    return [r.code for r in info.value.reasons]
+
+
+async def test_a_valid_token_and_csr_yield_a_certificate(stack: Harness) -> None:
+    issued = await stack.enroll("api.corp.internal")
+    assert issued.dns_names == ["api.corp.internal"]
+    assert int(issued.serial, 16).bit_length() > 64
+
+
+async def test_a_reused_token_is_rejected(stack: Harness) -> None:
+    token = stack.token("a.corp.internal")
+    key = generate_key("ec-p256")
+    async with stack.client() as c:
+        await c.enroll(build_csr(key, ["a.corp.internal"]).decode(), token)
+    assert await refused(stack, build_csr(key, ["a.corp.internal"]).decode(), token) == ["token_reused"]
+
+
+async def test_a_token_signed_by_an_unregistered_key_is_rejected_as_forged(stack: Harness) -> None:
+    forged = stack.token("b.corp.internal", key=ed25519.Ed25519PrivateKey.generate())
+    csr = build_csr(generate_key("ec-p256"), ["b.corp.internal"]).decode()
+    assert await refused(stack, csr, forged) == ["token_forged"]
+
+
+async def test_a_token_of_an_unknown_provisioner_is_rejected(stack: Harness) -> None:
+    token = stack.token("b.corp.internal", provisioner_id="nobody")
+    csr = build_csr(generate_key("ec-p256"), ["b.corp.internal"]).decode()
+    assert await refused(stack, csr, token) == ["provisioner_unknown"]
+
+
+async def test_a_malformed_csr_is_rejected_with_a_reason(stack: Harness) -> None:
+    codes = await refused(
+        stack,
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n",
+        stack.token("c.corp.internal"),
+    )
+    assert codes == ["csr_malformed"]
+
+
+async def test_a_weak_rsa_key_is_rejected(stack: Harness) -> None:
+    weak = rsa.generate_private_key(65537, 1024)
+    assert await refused(stack, build_csr(weak, ["d.corp.internal"]).decode(), stack.token("d.corp.internal")) == [
+        "key_weak"
+    ]
+
+
+async def test_a_name_outside_the_token_is_rejected(stack: Harness) -> None:
+    csr = build_csr(generate_key("ec-p256"), ["e.corp.internal", "evil.example.com"]).decode()
+    assert await refused(stack, csr, stack.token("e.corp.internal")) == ["name_not_allowed"]
+
+
+async def test_a_token_copied_from_the_log_cannot_enroll_another_csr(stack: Harness) -> None:
+    """The log carries the token's JWT but not its holder key: a reader cannot reuse it."""
+    jwt_part, holder = split_token(stack.token("f.corp.internal"))
+    request_id = str(uuid.uuid4())
+    attacker_csr = build_csr(generate_key("ec-p256"), ["f.corp.internal"])
+    victim_csr_der = b"some other csr"
+    event = EnrollmentRequested(
+        aggregate_id=request_id,
+        occurred_at=utcnow(),
+        correlation_id=request_id,
+        producer="requester",
+        csr_pem=attacker_csr.decode(),
+        token=jwt_part,
+        token_proof=prove(holder, request_id, victim_csr_der),
+        requester="attacker",
+    )
+    async with stack.client() as c:
+        await c.publish(event)
+    pool = await stack.db()
+
+    async def decided() -> object:
+        return await pool.fetchrow("SELECT status, reasons FROM enrollment.requests WHERE request_id = $1", request_id)
+
+    row = await eventually(decided)
+    assert row["status"] == "rejected"
+    assert [r["code"] for r in json.loads(row["reasons"])] == ["token_proof_invalid"]
+
+
+async def test_rejections_change_nothing_else(stack: Harness) -> None:
+    token = stack.token("g.corp.internal")
+    await refused(stack, build_csr(generate_key("ec-p256"), ["other.corp.internal"]).decode(), token)
+    pool = await stack.db()
+    assert await pool.fetchval("SELECT count(*) FROM signing.issuances") == 0
+    assert await pool.fetchval("SELECT count(*) FROM validation.certificates") == 0
+    assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []

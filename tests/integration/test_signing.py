@@ -1,0 +1,111 @@
+"""Signing issues at most one certificate per enrollment request, whatever is redelivered."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import nats
+import pytest
+from cryptography import x509
+
+from harness import Harness, eventually
+from shared.events import EnrollmentApproved, parse_event
+
+
+@pytest.fixture
+async def stack(harness: Harness) -> Harness:
+    await harness.start()
+    await harness.register_provisioner()
+    return harness
+
+
+async def approval_of(h: Harness, request_id: str) -> EnrollmentApproved:
+    [msg] = await h.stream_messages(f"{h.root}.cert.{request_id}.approved")
+    event = parse_event(msg.data)
+    assert isinstance(event, EnrollmentApproved)
+    return event
+
+
+async def republish(h: Harness, subject: str, payload: bytes) -> None:
+    """Put a message on the stream again under a new Nats-Msg-Id, as a redelivery would hand it over."""
+    nc = await nats.connect(h.nats_url)
+    try:
+        await nc.jetstream().publish(
+            subject, payload, stream=h.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())}
+        )
+    finally:
+        await nc.close()
+
+
+async def signing_applied(h: Harness, event_id: uuid.UUID, times: int = 1) -> bool:
+    pool = await h.db()
+    n = await pool.fetchval("SELECT count(*) FROM signing.tracking WHERE event_id = $1", event_id)
+    return bool(n >= times)
+
+
+async def test_a_redelivered_approval_issues_no_second_certificate(stack: Harness) -> None:
+    issued = await stack.enroll("one.corp.internal")
+    approval = await approval_of(stack, issued.aggregate_id)
+    await republish(stack, approval.subject(stack.root), approval.model_dump_json().encode())
+    await republish(stack, approval.subject(stack.root), approval.model_dump_json().encode())
+    assert len(await stack.stream_messages(approval.subject(stack.root))) == 3
+    pool = await stack.db()
+    # Let signing consume the copies, then count what it issued.
+    await eventually(lambda: _consumer_idle(stack, "signing-approved"))
+    assert len(await stack.stream_messages(f"{stack.root}.cert.{issued.aggregate_id}.issued")) == 1
+    assert await pool.fetchval("SELECT count(*) FROM signing.issuances WHERE request_id = $1", issued.aggregate_id) == 1
+
+
+async def test_a_second_approval_for_the_same_request_republishes_the_same_certificate(stack: Harness) -> None:
+    issued = await stack.enroll("two.corp.internal")
+    approval = await approval_of(stack, issued.aggregate_id)
+    again = approval.model_copy(update={"event_id": uuid.uuid4()})
+    await republish(stack, again.subject(stack.root), again.model_dump_json().encode())
+    await eventually(lambda: signing_applied(stack, again.event_id))
+    issued_msgs = await stack.stream_messages(f"{stack.root}.cert.{issued.aggregate_id}.issued")
+    assert len(issued_msgs) == 1
+    assert json.loads(issued_msgs[0].data)["serial"] == issued.serial
+
+
+async def test_signing_signs_the_serial_its_recorded_intent_names(stack: Harness) -> None:
+    """An intent recorded before a crash is honoured: the retry signs that serial, not a new one."""
+    issued = await stack.enroll("three.corp.internal")
+    approval = await approval_of(stack, issued.aggregate_id)
+    pool = await stack.db()
+    request_id = str(uuid.uuid4())
+    await pool.execute(
+        "INSERT INTO signing.issuances (request_id, issuer_id, serial, not_before, not_after, spki_sha256, "
+        "issued_event_id, approval_event_id, intended_at) SELECT $1, issuer_id, 123456789123456789123, not_before, "
+        "not_after, spki_sha256, $2, $3, intended_at FROM signing.issuances WHERE request_id = $4",
+        request_id,
+        uuid.uuid4(),
+        uuid.uuid4(),
+        issued.aggregate_id,
+    )
+    crashed = approval.model_copy(update={"event_id": uuid.uuid4(), "aggregate_id": request_id})
+    await republish(stack, crashed.subject(stack.root), crashed.model_dump_json().encode())
+    msgs = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.{request_id}.issued"))
+    cert = x509.load_pem_x509_certificate(json.loads(msgs[0].data)["cert_pem"].encode())
+    assert cert.serial_number == 123456789123456789123
+
+
+async def test_the_issued_certificate_carries_the_default_tls_profile(stack: Harness) -> None:
+    issued = await stack.enroll("four.corp.internal")
+    cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
+    chain = x509.load_pem_x509_certificates(issued.chain_pem.encode())
+    cert.verify_directly_issued_by(chain[0])
+    chain[0].verify_directly_issued_by(chain[1])
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH}
+    dp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert dp[0].full_name[0].value.endswith(f"/crl/{issued.issuer_id}.crl")  # type: ignore[index,union-attr]
+
+
+async def _consumer_idle(h: Harness, durable: str) -> bool:
+    nc = await nats.connect(h.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(h.common["stream"], durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+    finally:
+        await nc.close()

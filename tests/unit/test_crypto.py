@@ -1,0 +1,170 @@
+"""Key policy, CSR building and certificate helpers that touch no CA key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from pki_builders import NOW
+from shared.crypto import (
+    build_csr,
+    csr_names,
+    describe_key,
+    generate_key,
+    key_pem,
+    key_problem,
+    serial_hex,
+    signing_hash,
+    spki_sha256,
+)
+
+
+def _self_signed(serial: int) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "serial test")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_key_problem_refuses_rsa_1024(rsa_1024_key: rsa.RSAPrivateKey) -> None:
+    problem = key_problem(rsa_1024_key.public_key())
+    assert problem is not None
+    assert "1024" in problem and "2048" in problem
+
+
+def test_key_problem_accepts_rsa_2048(rsa_2048_key: rsa.RSAPrivateKey) -> None:
+    assert key_problem(rsa_2048_key.public_key()) is None
+
+
+def test_key_problem_refuses_rsa_exponent_other_than_65537(rsa_2048_key: rsa.RSAPrivateKey) -> None:
+    modulus = rsa_2048_key.public_key().public_numbers().n
+    problem = key_problem(rsa.RSAPublicNumbers(3, modulus).public_key())
+    assert problem == "RSA public exponent must be 65537"
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1()], ids=["p256", "p384"])
+def test_key_problem_accepts_nist_curves(curve: ec.EllipticCurve) -> None:
+    assert key_problem(ec.generate_private_key(curve).public_key()) is None
+
+
+@pytest.mark.parametrize("curve", [ec.SECP192R1(), ec.SECP256K1()], ids=["p192", "secp256k1"])
+def test_key_problem_refuses_other_curves(curve: ec.EllipticCurve) -> None:
+    problem = key_problem(ec.generate_private_key(curve).public_key())
+    assert problem is not None
+    assert curve.name in problem
+
+
+def test_key_problem_accepts_ed25519() -> None:
+    assert key_problem(ed25519.Ed25519PrivateKey.generate().public_key()) is None
+
+
+def test_key_problem_refuses_ed448() -> None:
+    problem = key_problem(ed448.Ed448PrivateKey.generate().public_key())
+    assert problem is not None
+    assert "not accepted" in problem
+
+
+def test_key_problem_refuses_a_non_key() -> None:
+    assert key_problem("not a key") is not None
+
+
+@pytest.mark.parametrize(
+    ("key_type", "expected"),
+    [("ec-p256", "ec-p256"), ("ec-p384", "ec-p384"), ("ed25519", "ed25519")],
+)
+def test_generate_key_makes_the_named_type(key_type: str, expected: str) -> None:
+    assert describe_key(generate_key(key_type).public_key()) == expected  # type: ignore[arg-type]
+
+
+def test_generate_key_refuses_unknown_type() -> None:
+    with pytest.raises(ValueError, match="ec-p256"):
+        generate_key("dsa-1024")  # type: ignore[arg-type]
+
+
+def test_describe_key_names_rsa_by_size(rsa_1024_key: rsa.RSAPrivateKey) -> None:
+    assert describe_key(rsa_1024_key.public_key()) == "rsa-1024"
+
+
+def test_describe_key_names_unlisted_curves() -> None:
+    assert describe_key(ec.generate_private_key(ec.SECP256K1()).public_key()) == "ec-secp256k1"
+
+
+def test_signing_hash_is_sha256_for_p256(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    assert isinstance(signing_hash(p256_key), hashes.SHA256)
+
+
+def test_signing_hash_is_sha384_for_p384() -> None:
+    assert isinstance(signing_hash(ec.generate_private_key(ec.SECP384R1())), hashes.SHA384)
+
+
+def test_signing_hash_is_none_for_ed25519() -> None:
+    assert signing_hash(ed25519.Ed25519PrivateKey.generate()) is None
+
+
+def test_build_csr_names_round_trip(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    pem = build_csr(p256_key, ["www.example.com", "api.example.com"], ["10.0.0.1", "2001:db8::1"])
+    csr = x509.load_pem_x509_csr(pem)
+    assert csr_names(csr) == (["www.example.com", "api.example.com"], ["10.0.0.1", "2001:db8::1"])
+
+
+def test_build_csr_uses_first_name_as_common_name(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = x509.load_pem_x509_csr(build_csr(p256_key, ["www.example.com", "api.example.com"]))
+    assert [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["www.example.com"]
+
+
+def test_build_csr_is_signed_by_its_key(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = x509.load_pem_x509_csr(build_csr(p256_key, ["www.example.com"]))
+    assert csr.is_signature_valid
+    assert spki_sha256(csr.public_key()) == spki_sha256(p256_key.public_key())
+
+
+def test_build_csr_with_ed25519_key() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = x509.load_pem_x509_csr(build_csr(key, ["www.example.com"]))
+    assert csr.is_signature_valid
+
+
+def test_csr_names_of_csr_without_san_is_empty(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com")]))
+        .sign(p256_key, hashes.SHA256())
+    )
+    assert csr_names(csr) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("serial", "expected"), [(0xABC, "abc"), (0x0F, "f"), (1, "1"), (2**158 + 10, "4" + "0" * 38 + "a")]
+)
+def test_serial_hex_is_lower_case_without_leading_zeros(serial: int, expected: str) -> None:
+    assert serial_hex(_self_signed(serial)) == expected
+
+
+def test_spki_sha256_is_stable_for_a_key(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    fingerprint = spki_sha256(p256_key.public_key())
+    assert fingerprint == spki_sha256(p256_key.public_key())
+    assert len(fingerprint) == 64
+
+
+def test_key_pem_with_passphrase_is_encrypted(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key_pem(p256_key, b"correct horse")
+    assert b"ENCRYPTED PRIVATE KEY" in pem
+    loaded = serialization.load_pem_private_key(pem, b"correct horse")
+    assert spki_sha256(loaded.public_key()) == spki_sha256(p256_key.public_key())  # type: ignore[arg-type]
+
+
+def test_key_pem_without_passphrase_is_plain(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    assert key_pem(p256_key).startswith(b"-----BEGIN PRIVATE KEY-----")

@@ -1,0 +1,257 @@
+"""Event schemas: parsing, strictness, subjects and filters."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+import pytest
+
+from pki_builders import NOW
+from shared.events import (
+    EVENT_TYPES,
+    PRODUCERS,
+    CaCreated,
+    CertificateIssued,
+    CertificateRevoked,
+    CrlPublished,
+    EnrollmentApproved,
+    EnrollmentRejected,
+    EnrollmentRequested,
+    Event,
+    ProvisionerRegistered,
+    Reason,
+    RevocationRejected,
+    RevocationRequested,
+    event_json_schemas,
+    parse_event,
+)
+
+ENVELOPE: dict[str, Any] = {
+    "aggregate_id": "req-1",
+    "occurred_at": NOW,
+    "correlation_id": "corr-1",
+    "causation_id": "cause-1",
+}
+PEM = "-----BEGIN X-----\nAA==\n-----END X-----\n"
+
+SAMPLES: dict[type[Event], Event] = {
+    ProvisionerRegistered: ProvisionerRegistered(
+        **ENVELOPE, producer="operator", name="prov-1", public_key_pem=PEM, registered_by="ops"
+    ),
+    EnrollmentRequested: EnrollmentRequested(
+        **ENVELOPE, producer="requester", csr_pem=PEM, token="a.b.c", token_proof="sig", requester="alice"
+    ),
+    EnrollmentApproved: EnrollmentApproved(
+        **ENVELOPE,
+        producer="enrollment",
+        csr_pem=PEM,
+        profile="default-tls",
+        dns_names=["www.example.com"],
+        ip_addresses=["10.0.0.1"],
+        validity_days=90,
+        provisioner_id="prov-1",
+        token_id="tok-1",
+        requester="alice",
+    ),
+    EnrollmentRejected: EnrollmentRejected(
+        **ENVELOPE,
+        producer="enrollment",
+        reasons=[Reason(code="key_weak", message="too weak")],
+        rejected_by="enrollment",
+    ),
+    CertificateIssued: CertificateIssued(
+        **ENVELOPE,
+        producer="signing",
+        serial="abc123",
+        issuer_id="issuing-1",
+        profile="default-tls",
+        cert_pem=PEM,
+        chain_pem=PEM,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=90),
+        dns_names=["www.example.com"],
+        spki_sha256="00" * 32,
+        fingerprint_sha256="11" * 32,
+    ),
+    CertificateRevoked: CertificateRevoked(
+        **ENVELOPE,
+        producer="revocation",
+        serial="abc123",
+        issuer_id="issuing-1",
+        reason="keyCompromise",
+        revoked_at=NOW,
+        revocation_request_id="rev-1",
+        requested_by="alice",
+    ),
+    RevocationRequested: RevocationRequested(
+        **ENVELOPE, producer="requester", serial="0xABC123", reason="superseded", requested_by="alice"
+    ),
+    RevocationRejected: RevocationRejected(
+        **ENVELOPE,
+        producer="revocation",
+        serial="abc123",
+        reason=Reason(code="serial_unknown", message="no such serial"),
+    ),
+    CaCreated: CaCreated(
+        **ENVELOPE,
+        producer="signing",
+        ca_id="issuing-1",
+        role="issuing",
+        parent_id="root-1",
+        subject_dn="CN=Issuing",
+        cert_pem=PEM,
+        not_before=NOW,
+        not_after=NOW + timedelta(days=365),
+        spki_sha256="22" * 32,
+    ),
+    CrlPublished: CrlPublished(
+        **ENVELOPE,
+        producer="signing",
+        ca_id="issuing-1",
+        crl_number=7,
+        this_update=NOW,
+        next_update=NOW + timedelta(days=7),
+        revoked_count=3,
+        object_bucket="crls",
+        object_name="issuing-1.crl",
+        sha256="33" * 32,
+        size=512,
+    ),
+}
+
+
+def _json(event: Event, **changes: Any) -> str:
+    data = json.loads(event.model_dump_json())
+    data.update(changes)
+    return json.dumps(data)
+
+
+def test_every_event_type_has_a_sample() -> None:
+    assert set(SAMPLES) == set(EVENT_TYPES)
+
+
+def test_every_event_type_has_a_producer() -> None:
+    assert set(PRODUCERS) == {cls.__name__ for cls in EVENT_TYPES}
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda cls: cls.__name__)
+def test_parse_event_round_trips(event_type: type[Event]) -> None:
+    event = SAMPLES[event_type]
+    parsed = parse_event(event.model_dump_json())
+    assert type(parsed) is event_type
+    assert parsed == event
+
+
+def test_parse_event_accepts_bytes() -> None:
+    event = SAMPLES[CertificateRevoked]
+    assert parse_event(event.model_dump_json().encode()) == event
+
+
+def test_parse_event_refuses_unknown_event_type() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(_json(SAMPLES[CertificateRevoked], event_type="CertificateHeld"))
+
+
+def test_parse_event_refuses_extra_field() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(_json(SAMPLES[CertificateRevoked], is_admin=True))
+
+
+def test_parse_event_refuses_missing_field() -> None:
+    data = json.loads(SAMPLES[CertificateRevoked].model_dump_json())
+    del data["serial"]
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(json.dumps(data))
+
+
+def test_parse_event_refuses_non_json() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(b"not json")
+
+
+def test_parse_event_refuses_upper_case_issued_serial() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(_json(SAMPLES[CertificateIssued], serial="ABC123"))
+
+
+def test_event_types_are_fixed_by_class() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        CertificateRevoked.model_validate(
+            {**json.loads(SAMPLES[CertificateRevoked].model_dump_json()), "event_type": "CertificateIssued"}
+        )
+
+
+def test_events_are_immutable() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        SAMPLES[CertificateRevoked].reason = "superseded"  # type: ignore[misc]
+
+
+def test_events_get_distinct_random_ids() -> None:
+    first = RevocationRequested(**ENVELOPE, producer="requester", serial="1", reason="superseded", requested_by="a")
+    second = RevocationRequested(**ENVELOPE, producer="requester", serial="1", reason="superseded", requested_by="a")
+    assert first.event_id != second.event_id
+    assert first.event_id.version == 4
+
+
+@pytest.mark.parametrize(
+    ("event_type", "subject"),
+    [
+        (EnrollmentRequested, "pki.cert.req-1.requested"),
+        (EnrollmentApproved, "pki.cert.req-1.approved"),
+        (CertificateIssued, "pki.cert.req-1.issued"),
+        (RevocationRequested, "pki.revoke.req-1.requested"),
+        (CrlPublished, "pki.ca.req-1.crl_published"),
+        (ProvisionerRegistered, "pki.provisioner.req-1.registered"),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else v,
+)
+def test_subject_is_root_aggregate_id_verb(event_type: type[Event], subject: str) -> None:
+    assert SAMPLES[event_type].subject("pki") == subject
+
+
+@pytest.mark.parametrize(
+    ("event_type", "pattern"),
+    [
+        (EnrollmentApproved, "pki.cert.*.approved"),
+        (CertificateRevoked, "pki.cert.*.revoked"),
+        (RevocationRejected, "pki.revoke.*.rejected"),
+        (CaCreated, "pki.ca.*.created"),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else v,
+)
+def test_filter_matches_every_aggregate(event_type: type[Event], pattern: str) -> None:
+    assert event_type.filter("pki") == pattern
+
+
+@pytest.mark.parametrize(
+    "aggregate_id",
+    ["a.b", "*", ">", "", "a" * 65, "a b", "req-1\n", "a/b"],
+    ids=["dot", "star", "gt", "empty", "too_long", "space", "trailing_newline", "slash"],
+)
+def test_aggregate_id_refuses_subject_tokens(aggregate_id: str) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        RevocationRequested(
+            **{**ENVELOPE, "aggregate_id": aggregate_id},
+            producer="requester",
+            serial="1",
+            reason="superseded",
+            requested_by="a",
+        )
+
+
+def test_aggregate_id_accepts_64_url_safe_characters() -> None:
+    event = RevocationRequested(
+        **{**ENVELOPE, "aggregate_id": "aZ0_-" * 12 + "abcd"},
+        producer="requester",
+        serial="1",
+        reason="superseded",
+        requested_by="a",
+    )
+    assert len(event.aggregate_id) == 64
+
+
+def test_json_schemas_cover_every_event_type() -> None:
+    assert set(event_json_schemas()) == {cls.__name__ for cls in EVENT_TYPES}
