@@ -1,0 +1,71 @@
+"""The architecture's rules, checked on the source: who may touch CA keys, who imports whom."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [p for d in ("shared", "services") for p in (ROOT / d).rglob("*.py")]
+PRIVATE_KEY_LOADERS = {"load_pem_private_key", "load_der_private_key", "load_key_and_certificates"}
+# Private keys that are not CA keys, loaded where they belong (never a CA key):
+NON_CA_KEY_LOADERS = {
+    "shared/cli/provisioner.py": "the operator's provisioner key, on the operator's side",
+}
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def _calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    imports: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imports.add(node.module)
+            imports.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            imports.update(a.name for a in node.names)
+    return names, imports
+
+
+def test_only_the_signing_key_store_loads_private_keys() -> None:
+    loaders = {str(p.relative_to(ROOT)) for p in SOURCES if PRIVATE_KEY_LOADERS & _calls_and_imports(p)[0]}
+    assert loaders == {"services/signing/keystore.py", *NON_CA_KEY_LOADERS}
+
+
+def test_only_signing_imports_the_key_store() -> None:
+    importers = {
+        _module(p) for p in SOURCES if any(i.startswith("services.signing.keystore") for i in _calls_and_imports(p)[1])
+    }
+    assert importers and all(m.startswith("services.signing.") for m in importers)
+
+
+def test_no_service_imports_another_service() -> None:
+    for path in SOURCES:
+        parts = _module(path).split(".")
+        if parts[0] != "services" or len(parts) < 3:
+            continue
+        own = f"services.{parts[1]}"
+        foreign = {i for i in _calls_and_imports(path)[1] if i.startswith("services.") and not i.startswith(own)}
+        assert not foreign, f"{_module(path)} imports {foreign}"
+
+
+def test_shared_code_never_imports_a_service() -> None:
+    for path in (ROOT / "shared").rglob("*.py"):
+        assert not {i for i in _calls_and_imports(path)[1] if i.startswith("services")}, path
+
+
+def test_the_import_linter_contracts_hold() -> None:
+    linter = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(linter)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
