@@ -85,6 +85,7 @@ class Runtime:
             durable=durable,
             pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=1.0),
             ack_policy=AckPolicy.NACK_ON_ERROR,
+            max_workers=self.settings.consumer_workers,
             config=ConsumerConfig(
                 filter_subjects=list(filters),
                 max_deliver=self.settings.max_deliver,

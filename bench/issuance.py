@@ -1,0 +1,207 @@
+"""`make bench`: end-to-end issuance through the five services vs. the same work in-process.
+
+End to end: N EnrollmentRequested events are published (at most CONCURRENCY in flight) and the
+clock stops when each one's CertificateIssued event arrives. Reference, measured in the same run:
+CSR parse + signature check + key check + certificate build + sign + PEM with `cryptography` alone,
+on one core. Figures are medians over ROUNDS; the machine is shared, so read ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import nats
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness import Harness
+from services.signing import domain
+from shared.crypto import build_csr, generate_key, key_problem, signing_hash
+from shared.devstack import NatsServer, PostgresCluster, port_open
+from shared.events import EnrollmentApproved, EnrollmentRequested, parse_event, utcnow
+from shared.tokens import prove, split_token
+
+N = int(os.environ.get("BENCH_N", "1000"))
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def reference_rate(csrs: list[bytes]) -> float:
+    """Certificates per second for the same CSR check + build + sign, in this process, one core."""
+    now = datetime.now(UTC)
+    ca_key = generate_key("ec-p384")
+    root = domain.CaIdentity("root", domain.root_certificate(ca_key, "root", "Bench", now, 3650))
+    issuing_key = generate_key("ec-p384")
+    issuing = domain.CaIdentity(
+        "issuing",
+        domain.issuing_certificate(
+            issuing_key.public_key(), "issuing", root, ca_key, "Bench", domain.Urls("http://127.0.0.1"), now, 1825
+        ),
+    )
+    urls = domain.Urls("http://127.0.0.1")
+    start = time.perf_counter()
+    for pem in csrs:
+        csr = x509.load_pem_x509_csr(pem)
+        assert csr.is_signature_valid and key_problem(csr.public_key()) is None
+        dns = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+        approved = EnrollmentApproved(
+            aggregate_id="r",
+            occurred_at=now,
+            correlation_id="r",
+            producer="bench",
+            csr_pem=pem.decode(),
+            profile="default-tls",
+            dns_names=dns,
+            validity_days=30,
+            provisioner_id="p",
+            token_id="t",
+            requester="b",
+        )
+        plan = domain.plan_leaf(issuing, 30, now)
+        cert = domain.leaf_builder(approved, csr, issuing, plan, urls).sign(issuing_key, signing_hash(issuing_key))
+        cert.public_bytes(serialization.Encoding.PEM)
+    return len(csrs) / (time.perf_counter() - start)
+
+
+async def end_to_end(h: Harness, csrs: list[bytes]) -> tuple[float, list[float]]:
+    """Certificates per second and per-request latencies (s) through the running services."""
+    requests = []
+    for i, pem in enumerate(csrs):
+        jwt_part, holder = split_token(h.token(f"svc{i}.bench.internal", ttl=timedelta(minutes=30)))
+        rid = str(uuid.uuid4())
+        der = x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)
+        requests.append(
+            EnrollmentRequested(
+                aggregate_id=rid,
+                occurred_at=utcnow(),
+                correlation_id=rid,
+                producer="requester",
+                csr_pem=pem.decode(),
+                token=jwt_part,
+                token_proof=prove(holder, rid, der),
+                requester="bench",
+            )
+        )
+    nc = await nats.connect(h.nats_url)
+    js = nc.jetstream()
+    sent: dict[str, float] = {}
+    done: dict[str, float] = {}
+    finished = asyncio.Event()
+    slots = asyncio.Semaphore(CONCURRENCY)
+
+    async def on_outcome(msg: nats.aio.msg.Msg) -> None:
+        event = parse_event(msg.data)
+        if event.aggregate_id in sent and event.aggregate_id not in done:
+            done[event.aggregate_id] = time.perf_counter()
+            if event.event_type != "CertificateIssued":
+                print(f"  unexpected outcome {event.event_type}: {msg.data[:200]!r}", file=sys.stderr)
+            slots.release()
+            if len(done) == len(requests):
+                finished.set()
+
+    await nc.subscribe(f"{h.root}.cert.*.issued", cb=on_outcome)
+    await nc.subscribe(f"{h.root}.cert.*.rejected", cb=on_outcome)
+    start = time.perf_counter()
+    for req in requests:
+        await slots.acquire()
+        sent[req.aggregate_id] = time.perf_counter()
+        await js.publish(
+            req.subject(h.root),
+            req.model_dump_json().encode(),
+            stream=h.common["stream"],
+            headers={"Nats-Msg-Id": str(req.event_id)},
+        )
+    await asyncio.wait_for(finished.wait(), timeout=600)
+    elapsed = max(done.values()) - start
+    await nc.close()
+    return len(requests) / elapsed, [done[r] - sent[r] for r in sent]
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def main() -> None:
+    nats_server = NatsServer().start()
+    cluster = None
+    admin = os.environ.get("CERTBUS_TEST_DATABASE_URL")
+    if admin is None and port_open("127.0.0.1", 5432):
+        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if admin is None:
+        cluster = PostgresCluster().start()
+        admin = cluster.url.rsplit("/", 1)[0] + "/postgres"
+    db = f"certbus_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{db}"')
+    await conn.close()
+    tmp = Path(tempfile.mkdtemp(prefix="certbus-bench-"))
+    h = Harness(nats_server.url, admin.rsplit("/", 1)[0] + f"/{db}", tmp)
+    h.provisioner_key = ed25519.Ed25519PrivateKey.generate()
+    try:
+        print(
+            f"certbus bench: N={N} per round, {ROUNDS} rounds, concurrency {CONCURRENCY}, "
+            f"five services as processes, ec-p256 leaves, ec-p384 CA",
+            flush=True,
+        )
+        await asyncio.to_thread(h.spawn_all)
+        await h.register_provisioner()
+        await asyncio.sleep(1.0)
+        e2e_rates, ref_rates, latencies = [], [], []
+        for r in range(ROUNDS):
+            csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
+            rate, lat = await end_to_end(h, csrs)
+            ref = await asyncio.to_thread(reference_rate, csrs)
+            e2e_rates.append(rate)
+            ref_rates.append(ref)
+            latencies.extend(lat)
+            print(
+                f"  round {r + 1}: end to end {rate:8.1f} certs/s   in-process reference {ref:8.1f} certs/s", flush=True
+            )
+        e2e, ref = statistics.median(e2e_rates), statistics.median(ref_rates)
+        result = {
+            "n_per_round": N,
+            "rounds": ROUNDS,
+            "concurrency": CONCURRENCY,
+            "end_to_end_certs_per_s": round(e2e, 1),
+            "reference_certs_per_s": round(ref, 1),
+            "ratio_end_to_end_over_reference": round(e2e / ref, 3),
+            "latency_p50_ms": round(pct(latencies, 50) * 1000, 1),
+            "latency_p99_ms": round(pct(latencies, 99) * 1000, 1),
+        }
+        print(
+            f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "
+            f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms"
+        )
+        print(f"reference (cryptography alone, one core): {ref:.1f} certs/s")
+        print(f"ratio end to end / reference: {e2e / ref:.3f}")
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "issuance.json").write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        await h.close()
+        nats_server.cleanup()
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await conn.close()
+        if cluster is not None:
+            cluster.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
