@@ -94,6 +94,7 @@ class CertbusClient:
                 user=s.nats_user,
                 password=s.nats_password.get_secret_value() if s.nats_password else None,
                 name=f"certbus-client-{self.requester}",
+                inbox_prefix=s.inbox_prefix,
             )
         except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
             raise Unreachable(f"cannot reach NATS at {s.nats_url}: {exc}") from exc

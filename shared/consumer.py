@@ -42,9 +42,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
     ConnectionError,
     OSError,
-    TimeoutError,
-    nats.errors.Error,
-    nats.js.errors.Error,
+    TimeoutError,  # includes nats.errors.TimeoutError
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    nats.js.errors.NoStreamResponseError,
 )
 
 
@@ -56,9 +63,17 @@ PoolGetter = Callable[[], asyncpg.Pool]
 
 
 def event_middleware(
-    service: str, pool: PoolGetter, max_deliver: int, max_backoff_s: float = 10.0
+    service: str,
+    pool: PoolGetter,
+    max_deliver: int,
+    stopping: Callable[[], bool],
+    max_backoff_s: float = 10.0,
 ) -> type[BaseMiddleware]:
-    """Build the middleware class that parks, retries or nacks for `service`'s consumers."""
+    """Build the middleware class that parks, retries or nacks for `service`'s consumers.
+
+    `stopping` says the service is shutting down: an in-place retry then gives up and the message
+    is nacked for redelivery, so shutdown never waits on an outage.
+    """
 
     async def park(msg: StreamMessage[Any], reason: str) -> None:
         raw = msg.raw_message
@@ -90,6 +105,8 @@ def event_middleware(
                     await park(msg, f"{type(exc).__name__}: {exc}")
                     return None
                 except TRANSIENT_ERRORS as exc:
+                    if stopping():
+                        raise
                     log.warning(
                         "infrastructure unavailable, retrying in place",
                         extra={"error": repr(exc), "retry_in_s": delay},

@@ -45,6 +45,7 @@ class Runtime:
     queries: NatsRouter
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = field(default_factory=time.monotonic)
+    stopping: bool = False
     _pool: asyncpg.Pool | None = None
     _relay: OutboxRelay | None = None
 
@@ -84,6 +85,7 @@ class Runtime:
             stream=JStream(self.settings.stream, declare=False),
             durable=durable,
             pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=1.0),
+            inbox_prefix=f"{self.settings.inbox_prefix}.".encode(),
             ack_policy=AckPolicy.NACK_ON_ERROR,
             max_workers=self.settings.consumer_workers,
             config=ConsumerConfig(
@@ -129,12 +131,16 @@ def create_service(
         name=f"certbus-{name}",
         logger=None,
         max_reconnect_attempts=-1,
+        graceful_timeout=15.0,
+        inbox_prefix=settings.inbox_prefix,
     )
     runtime: Runtime = Runtime(
         name=name,
         settings=settings,
         broker=broker,
-        events=NatsRouter(middlewares=[event_middleware(name, lambda: runtime.pool, settings.max_deliver)]),
+        events=NatsRouter(
+            middlewares=[event_middleware(name, lambda: runtime.pool, settings.max_deliver, lambda: runtime.stopping)]
+        ),
         queries=NatsRouter(middlewares=[_query_errors()]),
     )
     if clock is not None:
@@ -181,6 +187,7 @@ def create_service(
 
     @app.on_shutdown
     async def stop() -> None:
+        runtime.stopping = True
         for runner in http_runner:
             await runner.cleanup()
         if on_stop is not None:

@@ -28,6 +28,11 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "text"
 
+    @property
+    def inbox_prefix(self) -> str:
+        """A per-user reply inbox (`_INBOX_<user>`), so no NATS user can read another's replies."""
+        return f"_INBOX_{self.nats_user}" if self.nats_user else "_INBOX"
+
 
 class ServiceSettings(CommonSettings):
     """A service process: its database and its health/metrics HTTP endpoint."""
