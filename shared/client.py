@@ -20,6 +20,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel
 
+from shared.crypto import normalise_serial
 from shared.events import (
     CertificateIssued,
     CertificateRevoked,
@@ -213,7 +214,7 @@ class CertbusClient:
             occurred_at=utcnow(),
             correlation_id=request_id,
             producer="requester",
-            serial=serial,
+            serial=normalise_serial(serial),
             reason=reason,
             requested_by=self.requester,
         )

@@ -82,6 +82,12 @@ def serial_hex(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "x")
 
 
+def normalise_serial(serial: str) -> str:
+    """A serial as Certbus writes it: lower-case hex, no 0x prefix, colons or leading zeros."""
+    text = serial.strip().lower().removeprefix("0x").replace(":", "")
+    return text.lstrip("0") or "0"
+
+
 def describe_key(public_key: object) -> str:
     """A short human name for a public key ('ec-p256', 'rsa-1024', 'dsa-2048', ...)."""
     if isinstance(public_key, rsa.RSAPublicKey):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.crypto import normalise_serial
+
 GENESIS = bytes(32)
 
 
@@ -52,6 +54,6 @@ def describe(subject: str, raw: bytes) -> Described:
         aggregate_id=str(data.get("aggregate_id")) if data.get("aggregate_id") else None,
         producer=str(data.get("producer")) if data.get("producer") else None,
         occurred_at=occurred,
-        serial=str(serial) if isinstance(serial, str) else None,
+        serial=normalise_serial(serial) if isinstance(serial, str) else None,
         cert_id=cert_id,
     )

@@ -7,6 +7,7 @@ import json
 from faststream.nats.annotations import NatsMessage
 
 from services.audit import replay, store
+from shared.crypto import normalise_serial
 from shared.metrics import EVENTS_CONSUMED
 from shared.queries import HistoryAnswer, HistoryEntry, HistoryQuery, ReplayAnswer
 from shared.service import Runtime
@@ -26,7 +27,7 @@ def register(rt: Runtime) -> None:
 
     @rt.query("history")
     async def history(query: HistoryQuery) -> HistoryAnswer:
-        serial = query.serial.strip().lower().removeprefix("0x").replace(":", "").lstrip("0") or "0"
+        serial = normalise_serial(query.serial)
         async with rt.pool.acquire() as conn:
             cert_id, rows = await store.history(conn, serial)
         return HistoryAnswer(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.crypto import normalise_serial
 from shared.events import Reason
 from shared.reasons import reason_flag
+
+__all__ = ["Known", "decide", "normalise_serial"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,3 @@ def decide(serial: str, reason: str, known: Known | None) -> Known | Reason:
     if known.status == "revoked":
         return Reason(code="already_revoked", message=f"certificate {serial} is already revoked")
     return known
-
-
-def normalise_serial(serial: str) -> str:
-    """Lower-case hex without a 0x prefix, colons or leading zeros."""
-    text = serial.strip().lower().removeprefix("0x").replace(":", "")
-    return text.lstrip("0") or "0"

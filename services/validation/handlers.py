@@ -13,6 +13,7 @@ from faststream.nats.annotations import NatsMessage
 
 from services.validation import domain, store
 from shared.consumer import EventRejected, apply_once
+from shared.crypto import normalise_serial
 from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished
 from shared.queries import (
     CrlAnswer,
@@ -57,7 +58,7 @@ def register(rt: Runtime) -> None:
     @rt.query("status")
     async def status(query: StatusQuery) -> StatusAnswer:
         async with rt.pool.acquire() as conn:
-            row = await store.status(conn, query.serial.lower().lstrip("0") or "0")
+            row = await store.status(conn, normalise_serial(query.serial))
         if row is None:
             return StatusAnswer(serial=query.serial, status="unknown")
         return StatusAnswer(

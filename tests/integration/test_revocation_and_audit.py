@@ -85,7 +85,9 @@ async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes
     assert all("ValidationError" in r["reason"] for r in rows)
     issued = await stack.enroll("after.corp.internal")  # the consumer is not blocked
     assert issued.serial
-    archived = await pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = 'malformed'")
+    archived = await eventually(
+        lambda: pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = 'malformed'")
+    )
     assert archived == 1  # audit keeps even what nobody else can read
 
 
@@ -157,3 +159,15 @@ async def _crl_lists(c: CertbusClient, serial: str) -> bool:
     except CertbusError:  # no CRL yet
         return False
     return x509.load_der_x509_crl(der).get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+
+
+async def test_history_finds_a_revocation_requested_with_an_upper_case_serial(stack: Harness) -> None:
+    issued = await stack.enroll("upper.corp.internal")
+    async with stack.client() as c:
+        await c.revoke("0x" + issued.serial.upper(), "superseded")
+
+        async def history() -> list[str]:
+            types = [e.event_type for e in (await c.history(issued.serial.upper())).events]
+            return types if "CertificateRevoked" in types else []
+
+        assert "RevocationRequested" in await eventually(history)
