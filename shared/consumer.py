@@ -17,19 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import nats.errors
 import nats.js.errors
 from faststream import BaseMiddleware
 from faststream.message import StreamMessage
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from shared.db import claim_event
 from shared.events import Event
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_PARKED, HANDLER_SECONDS
+from shared.outbox import OutboxEntry
 
 log = logging.getLogger("certbus.consumer")
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
@@ -60,6 +61,28 @@ class EventRejected(Exception):
 
 
 PoolGetter = Callable[[], asyncpg.Pool]
+T = TypeVar("T")
+Apply = Callable[[asyncpg.Connection, Event, int], Awaitable[Sequence[OutboxEntry] | None]]
+Process = Callable[[list[tuple[T, int]]], Awaitable[list[OutboxEntry]]]
+Publish = Callable[[list[OutboxEntry]], Awaitable[None]]
+
+
+async def park_message(conn: asyncpg.Connection, service: str, raw: Msg, reason: str) -> None:
+    """Keep a message that can never be applied, with the reason, in the service's `parked` table."""
+    seq = raw.metadata.sequence.stream
+    await conn.execute(
+        "INSERT INTO parked (consumer, subject, stream_seq, payload, reason) VALUES ($1, $2, $3, $4, $5)",
+        raw.metadata.consumer,
+        raw.subject,
+        seq,
+        raw.data,
+        reason[:4000],
+    )
+    EVENTS_PARKED.labels(service).inc()
+    log.error(
+        "parked a message that cannot be applied",
+        extra={"subject": raw.subject, "stream_seq": seq, "reason": reason[:500]},
+    )
 
 
 def event_middleware(
@@ -76,22 +99,8 @@ def event_middleware(
     """
 
     async def park(msg: StreamMessage[Any], reason: str) -> None:
-        raw = msg.raw_message
-        seq = raw.metadata.sequence.stream
         async with pool().acquire() as conn:
-            await conn.execute(
-                "INSERT INTO parked (consumer, subject, stream_seq, payload, reason) VALUES ($1, $2, $3, $4, $5)",
-                raw.metadata.consumer,
-                raw.subject,
-                seq,
-                raw.data,
-                reason[:4000],
-            )
-        EVENTS_PARKED.labels(service).inc()
-        log.error(
-            "parked a message that cannot be applied",
-            extra={"subject": raw.subject, "stream_seq": seq, "reason": reason[:500]},
-        )
+            await park_message(conn, service, msg.raw_message, reason)
 
     class EventMiddleware(BaseMiddleware):
         async def consume_scope(
@@ -125,23 +134,100 @@ def event_middleware(
     return EventMiddleware
 
 
-async def apply_once(
-    pool: asyncpg.Pool,
-    consumer: str,
-    event: Event,
-    stream_seq: int | None,
-    apply: Callable[[asyncpg.Connection], Awaitable[None]],
-) -> bool:
-    """Run `apply` and record the event as applied, in one transaction.
+class GroupCommit(Generic[T]):
+    """Applies the events that arrive together in one transaction (group commit).
 
-    Returns False (and changes nothing) when this consumer already applied the event.
+    FastStream hands every message of a pull to its own handler task at once. Each handler
+    `submit`s its event and waits; the events submitted while the previous transaction ran are
+    applied together, in stream order, in the next one, then published, and only then does each
+    handler return (and FastStream ack its message). If a group's transaction fails for any reason
+    but an outage, its events are applied again one per transaction, so that one bad event fails
+    (and is parked or retried by the middleware) on its own and the others still apply.
     """
-    correlation_id.set(event.correlation_id)
-    with HANDLER_SECONDS.labels(consumer, event.event_type).time():
-        async with pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, consumer, event.event_id, stream_seq):
-                EVENTS_DUPLICATE.labels(consumer).inc()
-                return False
-            await apply(conn)
-    EVENTS_CONSUMED.labels(consumer, event.event_type).inc()
-    return True
+
+    def __init__(self, process: Process[T], publish: Publish) -> None:
+        self._process = process
+        self._publish = publish
+        self._queue: list[tuple[T, int, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T, stream_seq: int) -> None:
+        """Apply `item` (with the group it arrives in); raises this item's own error, if any."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, stream_seq, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        for _ in range(3):  # let the other handlers of the same pull reach submit()
+            await asyncio.sleep(0)
+        while self._queue:
+            group = sorted(self._queue, key=lambda entry: entry[1])
+            self._queue = []
+            await self._commit(group)
+
+    async def _commit(self, group: list[tuple[T, int, asyncio.Future[None]]]) -> None:
+        try:
+            entries = await self._process([(item, seq) for item, seq, _ in group])
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting handler
+            if len(group) == 1 or isinstance(exc, TRANSIENT_ERRORS):
+                for *_, done in group:
+                    _settle(done, exc)
+                return
+            log.warning("group commit failed; applying its events one by one", extra={"error": repr(exc)})
+            for entry in group:
+                await self._commit([entry])
+            return
+        await self._publish(entries)
+        for *_, done in group:
+            _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
+
+
+def applying(pool: Callable[[], asyncpg.Pool], consumer: str, apply: Apply) -> Process[Event]:
+    """A group-commit step that applies events with `apply`, each at most once per consumer."""
+
+    async def process(items: list[tuple[Event, int]]) -> list[OutboxEntry]:
+        async with pool().acquire() as conn, conn.transaction():
+            return await apply_events(conn, consumer, items, apply)
+
+    return process
+
+
+async def apply_events(
+    conn: asyncpg.Connection, consumer: str, items: Sequence[tuple[Event, int]], apply: Apply
+) -> list[OutboxEntry]:
+    """In the caller's transaction: claim tracking rows for `items` in one statement, then apply
+    the events this consumer had not applied yet; returns the outbox entries they wrote."""
+    if not items:
+        return []
+    claimed = {
+        r["event_id"]
+        for r in await conn.fetch(
+            "INSERT INTO tracking (consumer, event_id, stream_seq) SELECT $1, e, s "
+            "FROM unnest($2::uuid[], $3::bigint[]) AS t(e, s) ON CONFLICT DO NOTHING RETURNING event_id",
+            consumer,
+            [event.event_id for event, _ in items],
+            [seq for _, seq in items],
+        )
+    }
+    entries: list[OutboxEntry] = []
+    for event, seq in items:
+        if event.event_id not in claimed:
+            EVENTS_DUPLICATE.labels(consumer).inc()
+            continue
+        claimed.discard(event.event_id)  # a copy later in the same group is a duplicate
+        correlation_id.set(event.correlation_id)
+        with HANDLER_SECONDS.labels(consumer, event.event_type).time():
+            entries.extend(await apply(conn, event, seq) or ())
+        EVENTS_CONSUMED.labels(consumer, event.event_type).inc()
+    return entries

@@ -3,12 +3,18 @@
 The event id is generated once, stored with the row, and sent as `Nats-Msg-Id` on every attempt,
 so the server deduplicates a retried publish. A `duplicate` answer on the first attempt means
 somebody pre-empted the id: that is logged as an alarm and kept on the row.
+
+Two paths publish a row. The handler that committed it publishes it at once (one round trip to
+NATS, one to mark it published). The relay picks up what that path left behind (a crash, NATS
+down) once it is `stale_s` old, holding a row lock while it publishes so replicas never race.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -17,20 +23,35 @@ from shared.events import Event
 from shared.metrics import EVENTS_PUBLISHED, PUBLISH_ALARMS
 
 log = logging.getLogger("certbus.outbox")
+ALARM = "duplicate on first publish: event id possibly pre-empted"
 
 
-async def enqueue(conn: asyncpg.Connection, event: Event, subject_root: str) -> None:
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One committed-to-be event waiting in the outbox."""
+
+    id: int
+    event_id: str
+    subject: str
+    payload: bytes
+    attempts: int = 0
+
+
+async def enqueue(conn: asyncpg.Connection, event: Event, subject_root: str) -> OutboxEntry:
     """Add `event` to the outbox in the caller's transaction."""
-    await conn.execute(
-        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)",
+    subject = event.subject(subject_root)
+    payload = event.model_dump_json().encode()
+    row_id = await conn.fetchval(
+        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3) RETURNING id",
         event.event_id,
-        event.subject(subject_root),
-        event.model_dump_json().encode(),
+        subject,
+        payload,
     )
+    return OutboxEntry(row_id, str(event.event_id), subject, payload)
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in order; safe to run in several replicas at once."""
+    """Publishes committed outbox rows; safe to run in several replicas at once."""
 
     def __init__(
         self,
@@ -40,6 +61,7 @@ class OutboxRelay:
         producer: str,
         publish_timeout_s: float = 5.0,
         batch: int = 256,
+        stale_s: float = 2.0,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -47,6 +69,7 @@ class OutboxRelay:
         self._producer = producer
         self._timeout = publish_timeout_s
         self._batch = batch
+        self._stale_s = stale_s
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -54,69 +77,90 @@ class OutboxRelay:
         """Tell the background loop there is something to publish."""
         self._wakeup.set()
 
-    async def flush(self) -> int:
-        """Publish every pending row now; returns how many were published."""
+    async def _send(self, entry: OutboxEntry) -> tuple[int, str | None]:
+        ack = await self._js.publish(
+            entry.subject,
+            entry.payload,
+            stream=self._stream,
+            headers={"Nats-Msg-Id": entry.event_id},
+            timeout=self._timeout,
+        )
+        alarm = None
+        if ack.duplicate and entry.attempts == 0:
+            alarm = ALARM
+            PUBLISH_ALARMS.labels(self._producer).inc()
+            log.error(
+                "outbox publish answered duplicate on first attempt",
+                extra={"event_id": entry.event_id, "subject": entry.subject},
+            )
+        EVENTS_PUBLISHED.labels(self._producer, entry.subject.rsplit(".", 1)[-1]).inc()
+        return ack.seq, alarm
+
+    async def publish(self, entries: Sequence[OutboxEntry]) -> None:
+        """Publish rows the caller just committed, then mark them published (the fast path)."""
+        done: list[tuple[int, int, str | None]] = []
+        try:
+            for entry in entries:
+                seq, alarm = await self._send(entry)
+                done.append((entry.id, seq, alarm))
+        finally:
+            if done:
+                await self._pool.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1, published_at = now(), stream_seq = $2, "
+                    "alarm = $3 WHERE id = $1 AND published_at IS NULL",
+                    done,
+                )
+
+    async def flush(self, stale_s: float = 0.0) -> int:
+        """Publish every pending row at least `stale_s` old; returns how many were published."""
         total = 0
         while True:
-            n = await self._publish_batch()
+            n = await self._publish_batch(stale_s)
             total += n
             if n < self._batch:
                 return total
 
-    async def _publish_batch(self) -> int:
+    async def _publish_batch(self, stale_s: float) -> int:
+        failure: Exception | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, event_id, subject, payload, attempts FROM outbox "
-                "WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
+                "AND created_at <= now() - make_interval(secs => $2) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
+                stale_s,
             )
-            failure: Exception | None = None
             for row in rows:
+                entry = OutboxEntry(row["id"], str(row["event_id"]), row["subject"], row["payload"], row["attempts"])
                 try:
-                    ack = await self._js.publish(
-                        row["subject"],
-                        row["payload"],
-                        stream=self._stream,
-                        headers={"Nats-Msg-Id": str(row["event_id"])},
-                        timeout=self._timeout,
-                    )
+                    seq, alarm = await self._send(entry)
                 except Exception as exc:  # noqa: BLE001 - counted, committed, then re-raised
                     # The publish may have landed: count the attempt so that a later
                     # `duplicate` answer is not mistaken for pre-emption.
                     await conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row["id"])
                     failure = exc
                     break
-                alarm = None
-                if ack.duplicate and row["attempts"] == 0:
-                    alarm = "duplicate on first publish: event id possibly pre-empted"
-                    PUBLISH_ALARMS.labels(self._producer).inc()
-                    log.error(
-                        "outbox publish answered duplicate on first attempt",
-                        extra={"event_id": str(row["event_id"]), "subject": row["subject"]},
-                    )
                 await conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, published_at = now(), "
-                    "stream_seq = $2, alarm = $3 WHERE id = $1",
+                    "UPDATE outbox SET attempts = attempts + 1, published_at = now(), stream_seq = $2, "
+                    "alarm = $3 WHERE id = $1",
                     row["id"],
-                    ack.seq,
+                    seq,
                     alarm,
                 )
-                EVENTS_PUBLISHED.labels(self._producer, row["subject"].split(".")[-1]).inc()
         if failure is not None:
             raise failure
         return len(rows)
 
-    async def run(self, idle_s: float = 1.0) -> None:
-        """Publish pending rows whenever notified, and every `idle_s` regardless."""
+    async def run(self) -> None:
+        """Publish rows the fast path left behind, every `stale_s`, or sooner when notified."""
         backoff = 0.1
         while True:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=idle_s)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._stale_s)
             except TimeoutError:
                 pass
             self._wakeup.clear()
             try:
-                await self.flush()
+                await self.flush(self._stale_s)
                 backoff = 0.1
             except Exception as exc:  # noqa: BLE001 - the relay must outlive outages
                 log.warning("outbox publish failed, will retry", extra={"error": repr(exc)})

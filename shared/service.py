@@ -22,8 +22,9 @@ from pydantic import ValidationError
 
 from shared import db, logs
 from shared.clock import Clock, SystemClock
-from shared.consumer import event_middleware
-from shared.outbox import OutboxRelay
+from shared.consumer import Apply, GroupCommit, applying, event_middleware
+from shared.events import Event
+from shared.outbox import OutboxEntry, OutboxRelay
 from shared.queries import Failure
 from shared.settings import ServiceSettings
 from shared.stream import ensure_object_store, ensure_stream
@@ -78,16 +79,19 @@ class Runtime:
         return f"{self.settings.query_root}.{service or self.name}.{query}"
 
     def consumer(self, purpose: str, filters: Sequence[str]) -> Callable[[Any], Any]:
-        """Decorate a handler as a durable pull consumer of `filters` on the stream."""
-        durable = f"{self.name}-{purpose}"
+        """Decorate a handler as a durable pull consumer of `filters` on the stream.
+
+        FastStream runs the handlers of one pull (up to `fetch_batch` messages) concurrently;
+        handlers hand their events to a `GroupCommit` so that they share one transaction.
+        """
+        durable = self.durable(purpose)
         return self.events.subscriber(
             f"{self.root}.>",
             stream=JStream(self.settings.stream, declare=False),
             durable=durable,
-            pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=1.0),
+            pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=5.0),
             inbox_prefix=f"{self.settings.inbox_prefix}.".encode(),
             ack_policy=AckPolicy.NACK_ON_ERROR,
-            max_workers=self.settings.consumer_workers,
             config=ConsumerConfig(
                 filter_subjects=list(filters),
                 max_deliver=self.settings.max_deliver,
@@ -96,14 +100,28 @@ class Runtime:
             title=durable,
         )
 
+    def group_commit(self, purpose: str, apply: Apply) -> GroupCommit[Event]:
+        """Group commit for a consumer whose events are applied one by one with `apply`."""
+        return GroupCommit(applying(lambda: self.pool, self.durable(purpose), apply), self.publish_pending)
+
+    def durable(self, purpose: str) -> str:
+        """The name of one of this service's durable consumers (and of its tracking rows)."""
+        return f"{self.name}-{purpose}"
+
     def query(self, query: str) -> Callable[[Any], Any]:
         """Decorate a handler that answers a request-reply query (one replica answers)."""
         return self.queries.subscriber(self.query_subject(query), queue=self.name)
 
-    async def publish_pending(self) -> None:
-        """Publish what the last transaction put into the outbox (the relay retries failures)."""
+    async def publish_pending(self, entries: Sequence[OutboxEntry] | None = None) -> None:
+        """Publish what a transaction just committed to the outbox (all pending rows if None).
+
+        A failure is logged, not raised: the relay publishes the rows later with the same ids.
+        """
         try:
-            await self.relay.flush()
+            if entries is None:
+                await self.relay.flush()
+            elif entries:
+                await self.relay.publish(entries)
         except Exception as exc:  # noqa: BLE001 - the relay publishes it later
             log.warning("immediate publish failed; relay will retry", extra={"error": repr(exc)})
             self.relay.notify()

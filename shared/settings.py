@@ -45,7 +45,6 @@ class ServiceSettings(CommonSettings):
     max_deliver: int = 10
     ack_wait_s: float = 30.0
     fetch_batch: int = 64
-    consumer_workers: int = 1
 
 
 class EnrollmentSettings(ServiceSettings):

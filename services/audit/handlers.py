@@ -7,8 +7,10 @@ import json
 from faststream.nats.annotations import NatsMessage
 
 from services.audit import replay, store
+from shared.consumer import GroupCommit
 from shared.crypto import normalise_serial
 from shared.metrics import EVENTS_CONSUMED
+from shared.outbox import OutboxEntry
 from shared.queries import HistoryAnswer, HistoryEntry, HistoryQuery, ReplayAnswer
 from shared.service import Runtime
 
@@ -18,12 +20,19 @@ NAME = "audit"
 def register(rt: Runtime) -> None:
     """Attach audit's consumer and queries."""
 
+    async def archive(items: list[tuple[tuple[str, bytes], int]]) -> list[OutboxEntry]:
+        async with rt.pool.acquire() as conn, conn.transaction():
+            n = await store.archive(conn, [(seq, subject, data) for (subject, data), seq in items])
+        EVENTS_CONSUMED.labels(NAME, "any").inc(n)
+        return []
+
+    archiver: GroupCommit[tuple[str, bytes]] = GroupCommit(archive, rt.publish_pending)
+
     @rt.consumer("archive", [f"{rt.root}.>"])
     async def on_message(msg: NatsMessage) -> None:
+        """Archive every message verbatim, readable or not: the archive is the evidence."""
         raw = msg.raw_message
-        async with rt.pool.acquire() as conn, conn.transaction():
-            n = await store.archive(conn, [(raw.metadata.sequence.stream, raw.subject, raw.data)])
-        EVENTS_CONSUMED.labels(NAME, "any").inc(n)
+        await archiver.submit((raw.subject, raw.data), raw.metadata.sequence.stream)
 
     @rt.query("history")
     async def history(query: HistoryQuery) -> HistoryAnswer:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from faststream.nats.annotations import NatsMessage
 
 from services.enrollment import domain, store
-from shared.consumer import apply_once
+from shared.consumer import EventRejected
 from shared.events import (
     EnrollmentApproved,
     EnrollmentRejected,
@@ -19,7 +19,7 @@ from shared.events import (
     ProvisionerRegistered,
     Reason,
 )
-from shared.outbox import enqueue
+from shared.outbox import OutboxEntry, enqueue
 from shared.service import Runtime
 from shared.settings import EnrollmentSettings
 from shared.tokens import TokenClaims, TokenError, provisioner_id_of, verify_token
@@ -30,14 +30,19 @@ NAME = "enrollment"
 def register(rt: Runtime, settings: EnrollmentSettings) -> None:
     """Attach enrollment's consumers to the runtime."""
 
+    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
+        if isinstance(event, ProvisionerRegistered):
+            await _register_provisioner(conn, event)
+            return []
+        if isinstance(event, EnrollmentRequested):
+            return [await _decide(conn, rt, settings, event)]
+        raise EventRejected(f"enrollment does not consume {event.event_type}")
+
+    requests = rt.group_commit("requests", apply)
+
     @rt.consumer("requests", [EnrollmentRequested.filter(rt.root), ProvisionerRegistered.filter(rt.root)])
     async def on_event(event: EnrollmentRequested | ProvisionerRegistered, msg: NatsMessage) -> None:
-        seq = msg.raw_message.metadata.sequence.stream
-        if isinstance(event, ProvisionerRegistered):
-            await apply_once(rt.pool, NAME, event, seq, lambda conn: _register_provisioner(conn, event))
-            return
-        if await apply_once(rt.pool, NAME, event, seq, lambda conn: _decide(conn, rt, settings, event)):
-            await rt.publish_pending()
+        await requests.submit(event, msg.raw_message.metadata.sequence.stream)
 
 
 async def _register_provisioner(conn: asyncpg.Connection, event: ProvisionerRegistered) -> None:
@@ -47,8 +52,11 @@ async def _register_provisioner(conn: asyncpg.Connection, event: ProvisionerRegi
 
 
 async def _decide(
-    conn: asyncpg.Connection, rt: Runtime, settings: EnrollmentSettings, request: EnrollmentRequested
-) -> None:
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    settings: EnrollmentSettings,
+    request: EnrollmentRequested,
+) -> OutboxEntry:
     now = rt.clock.now()
     outcome = await _check(conn, rt, settings, request)
     reasons = outcome if isinstance(outcome, list) else []
@@ -86,7 +94,7 @@ async def _decide(
         request.occurred_at,
         now,
     )
-    await enqueue(conn, decision, rt.root)
+    return await enqueue(conn, decision, rt.root)
 
 
 async def _check(

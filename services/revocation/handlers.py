@@ -6,9 +6,9 @@ import asyncpg
 from faststream.nats.annotations import NatsMessage
 
 from services.revocation import domain, store
-from shared.consumer import apply_once
+from shared.consumer import EventRejected
 from shared.events import CertificateIssued, CertificateRevoked, Event, RevocationRejected, RevocationRequested
-from shared.outbox import enqueue
+from shared.outbox import OutboxEntry, enqueue
 from shared.service import Runtime
 
 NAME = "revocation"
@@ -17,17 +17,22 @@ NAME = "revocation"
 def register(rt: Runtime) -> None:
     """Attach revocation's consumer."""
 
+    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
+        if isinstance(event, CertificateIssued):
+            await store.add_certificate(conn, event)
+            return []
+        if isinstance(event, RevocationRequested):
+            return [await _decide(conn, rt, event)]
+        raise EventRejected(f"revocation does not consume {event.event_type}")
+
+    requests = rt.group_commit("requests", apply)
+
     @rt.consumer("requests", [CertificateIssued.filter(rt.root), RevocationRequested.filter(rt.root)])
     async def on_event(event: CertificateIssued | RevocationRequested, msg: NatsMessage) -> None:
-        seq = msg.raw_message.metadata.sequence.stream
-        if isinstance(event, CertificateIssued):
-            await apply_once(rt.pool, NAME, event, seq, lambda conn: store.add_certificate(conn, event))
-            return
-        if await apply_once(rt.pool, NAME, event, seq, lambda conn: _decide(conn, rt, event)):
-            await rt.publish_pending()
+        await requests.submit(event, msg.raw_message.metadata.sequence.stream)
 
 
-async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested) -> None:
+async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested) -> OutboxEntry:
     now = rt.clock.now()
     serial = domain.normalise_serial(request.serial)
     outcome = domain.decide(serial, request.reason, await store.find(conn, serial))
@@ -55,4 +60,4 @@ async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequ
         result = RevocationRejected(aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **envelope)
         label = f"rejected:{outcome.code}"
     await store.record_request(conn, request.aggregate_id, serial, request.reason, request.requested_by, label, now)
-    await enqueue(conn, result, rt.root)
+    return await enqueue(conn, result, rt.root)

@@ -45,47 +45,36 @@ async def active_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return rows
 
 
-async def record_intent(
+async def record_intents(
     conn: asyncpg.Connection,
-    request_id: str,
-    issuer_id: str,
-    serial: int,
-    not_before: datetime,
-    not_after: datetime,
-    spki: str,
-    approval_event_id: uuid.UUID,
+    plans: list[tuple[str, str, int, datetime, datetime, str, uuid.UUID]],
     at: datetime,
-) -> Intent:
-    """Record the intent to issue for `request_id`, or return the one already recorded."""
-    await conn.execute(
+) -> dict[str, Intent]:
+    """Record intents (request, issuer, serial, not_before, not_after, spki, approval event) and
+    return every request's intent: the one just recorded or the one recorded before."""
+    await conn.executemany(
         "INSERT INTO issuances (request_id, issuer_id, serial, not_before, not_after, spki_sha256, "
-        "issued_event_id, approval_event_id, intended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "approval_event_id, issued_event_id, intended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
         "ON CONFLICT (request_id) DO NOTHING",
-        request_id,
-        issuer_id,
-        serial,
-        not_before,
-        not_after,
-        spki,
-        uuid.uuid4(),
-        approval_event_id,
-        at,
+        [(*plan, uuid.uuid4(), at) for plan in plans],
     )
-    row = await conn.fetchrow(
+    rows = await conn.fetch(
         "SELECT request_id, issuer_id, serial, not_before, not_after, issued_event_id, cert_der "
-        "FROM issuances WHERE request_id = $1",
-        request_id,
+        "FROM issuances WHERE request_id = ANY($1::text[])",
+        [plan[0] for plan in plans],
     )
-    assert row is not None
-    return Intent(
-        request_id=row["request_id"],
-        issuer_id=row["issuer_id"],
-        serial=int(row["serial"]),
-        not_before=row["not_before"],
-        not_after=row["not_after"],
-        issued_event_id=row["issued_event_id"],
-        cert_der=row["cert_der"],
-    )
+    return {
+        row["request_id"]: Intent(
+            request_id=row["request_id"],
+            issuer_id=row["issuer_id"],
+            serial=int(row["serial"]),
+            not_before=row["not_before"],
+            not_after=row["not_after"],
+            issued_event_id=row["issued_event_id"],
+            cert_der=row["cert_der"],
+        )
+        for row in rows
+    }
 
 
 async def record_signed(

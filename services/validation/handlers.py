@@ -12,9 +12,9 @@ from cryptography import x509
 from faststream.nats.annotations import NatsMessage
 
 from services.validation import domain, store
-from shared.consumer import EventRejected, apply_once
+from shared.consumer import EventRejected
 from shared.crypto import normalise_serial
-from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished
+from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished, Event
 from shared.queries import (
     CrlAnswer,
     CrlQuery,
@@ -34,26 +34,35 @@ def register(rt: Runtime) -> None:
 
     filters = [e.filter(rt.root) for e in (CertificateIssued, CertificateRevoked, CaCreated, CrlPublished)]
 
+    crl_bytes: dict[str, bytes] = {}  # fetched before the transaction that stores them
+
+    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> None:
+        if isinstance(event, CertificateIssued):
+            await store.apply_issued(conn, event, _pem_to_der(event.cert_pem))
+        elif isinstance(event, CertificateRevoked):
+            await store.apply_revoked(conn, event)
+        elif isinstance(event, CaCreated):
+            await store.apply_ca(conn, event, _pem_to_der(event.cert_pem))
+        elif isinstance(event, CrlPublished):
+            der = crl_bytes[event.object_name]
+            await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, der)
+        else:
+            raise EventRejected(f"validation does not consume {event.event_type}")
+
+    read_model = rt.group_commit("status", apply)
+
     @rt.consumer("status", filters)
     async def on_event(
         event: CertificateIssued | CertificateRevoked | CaCreated | CrlPublished, msg: NatsMessage
     ) -> None:
-        seq = msg.raw_message.metadata.sequence.stream
-        crl_der = await _fetch_crl(rt, event) if isinstance(event, CrlPublished) else b""
-
-        async def apply(conn: asyncpg.Connection) -> None:
-            if isinstance(event, CertificateIssued):
-                await store.apply_issued(conn, event, _pem_to_der(event.cert_pem))
-            elif isinstance(event, CertificateRevoked):
-                await store.apply_revoked(conn, event)
-            elif isinstance(event, CaCreated):
-                await store.apply_ca(conn, event, _pem_to_der(event.cert_pem))
-            else:
-                await store.apply_crl(
-                    conn, event.ca_id, event.crl_number, event.this_update, event.next_update, crl_der
-                )
-
-        await apply_once(rt.pool, NAME, event, seq, apply)
+        if not isinstance(event, CrlPublished):
+            await read_model.submit(event, msg.raw_message.metadata.sequence.stream)
+            return
+        crl_bytes[event.object_name] = await _fetch_crl(rt, event)
+        try:
+            await read_model.submit(event, msg.raw_message.metadata.sequence.stream)
+        finally:
+            crl_bytes.pop(event.object_name, None)
 
     @rt.query("status")
     async def status(query: StatusQuery) -> StatusAnswer:

@@ -81,7 +81,7 @@ async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes
         return rows if len(rows) == 2 else []
 
     rows = await eventually(parked)
-    assert [r["subject"].rsplit(".", 2)[1] for r in rows] == ["bogus", "bogus2"]
+    assert sorted(r["subject"].rsplit(".", 2)[1] for r in rows) == ["bogus", "bogus2"]
     assert all("ValidationError" in r["reason"] for r in rows)
     issued = await stack.enroll("after.corp.internal")  # the consumer is not blocked
     assert issued.serial
