@@ -113,6 +113,15 @@ class NatsServer:
             self._tmp.cleanup()
 
 
+def _run_checked(cmd: list[str]) -> None:
+    """Run a command; on failure raise with what it printed (initdb and pg_ctl explain themselves)."""
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+        )
+
+
 @dataclass
 class PostgresCluster:
     """A throwaway PostgreSQL cluster from the machine's binaries (run as `postgres` if root)."""
@@ -142,34 +151,31 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(parent, "postgres")
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            _run_checked(
                 self._as_owner(
                     [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--no-sync"]
-                ),
-                check=True,
-                capture_output=True,
+                )
             )
             with open(self.data_dir / "postgresql.conf", "a") as conf:
                 conf.write(
                     f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                     f"unix_socket_directories = '{parent}'\nfsync = off\n"
                 )
-        subprocess.run(
+        log_file = parent / "postgres.log"
+        _run_checked(
             self._as_owner(
                 [
                     str(bin_dir / "pg_ctl"),
                     "-D",
                     str(self.data_dir),
                     "-l",
-                    str(parent / "postgres.log"),
+                    str(log_file),
                     "-w",
                     "start",
                     "-o",
                     f"-p {self.port}",
                 ]
-            ),
-            check=True,
-            capture_output=True,
+            )
         )
         return self
 

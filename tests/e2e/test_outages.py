@@ -1,0 +1,122 @@
+"""Nothing accepted is lost when NATS or PostgreSQL is killed (SIGKILL / immediate stop) and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from harness import Harness, eventually
+from shared.crypto import build_csr, generate_key
+from shared.devstack import NatsServer, PostgresCluster
+from shared.events import EnrollmentRequested, utcnow
+from shared.tokens import prove, split_token
+
+pytestmark = pytest.mark.e2e
+REQUESTS = 20
+
+
+def requests_for(h: Harness, n: int) -> list[EnrollmentRequested]:
+    out = []
+    for i in range(n):
+        name = f"outage{i}.corp.internal"
+        csr = build_csr(generate_key("ec-p256"), [name])
+        jwt_part, holder = split_token(h.token(name))
+        rid = str(uuid.uuid4())
+        der = x509.load_pem_x509_csr(csr).public_bytes(serialization.Encoding.DER)
+        out.append(
+            EnrollmentRequested(
+                aggregate_id=rid,
+                occurred_at=utcnow(),
+                correlation_id=rid,
+                producer="requester",
+                csr_pem=csr.decode(),
+                token=jwt_part,
+                token_proof=prove(holder, rid, der),
+                requester="tests",
+            )
+        )
+    return out
+
+
+async def issued_exactly_once(h: Harness, requests: list[EnrollmentRequested], timeout: float = 60) -> None:
+    wanted = {r.aggregate_id for r in requests}
+
+    async def all_issued() -> bool:
+        msgs = await h.stream_messages(f"{h.root}.cert.*.issued")
+        ids = [m.subject.split(".")[2] for m in msgs if m.subject.split(".")[2] in wanted]
+        assert len(ids) == len(set(ids)), "a request was issued twice"
+        return set(ids) == wanted
+
+    await eventually(all_issued, timeout=timeout, interval=0.5)
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(store_dir=tmp_path / "nats-store").start()
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[PostgresCluster]:
+    cluster = await asyncio.to_thread(PostgresCluster().start)
+    yield cluster
+    cluster.cleanup()
+
+
+async def test_killing_nats_mid_stream_loses_and_duplicates_nothing(
+    own_nats: NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    h = Harness(own_nats.url, database_url, tmp_path)
+    try:
+        await asyncio.to_thread(h.spawn_all)
+        await h.register_provisioner()
+        requests = requests_for(h, REQUESTS)
+        async with h.client() as c:
+            for r in requests:
+                await c.publish(r)  # acknowledged by the stream: accepted
+        own_nats.stop(kill=True)
+        await asyncio.sleep(1.0)
+        own_nats.start()
+        await issued_exactly_once(h, requests)
+        for name, proc in h.procs.items():
+            assert proc.proc is not None and proc.proc.poll() is None, f"{name} died"
+    finally:
+        await h.close()
+
+
+async def test_killing_postgres_loses_and_duplicates_nothing(
+    nats_server: NatsServer, own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    h = Harness(nats_server.url, own_postgres.url, tmp_path)
+    try:
+        await asyncio.to_thread(h.spawn_all)
+        await h.register_provisioner()
+        requests = requests_for(h, REQUESTS)
+        async with h.client() as c:
+            for r in requests[: REQUESTS // 2]:
+                await c.publish(r)
+            own_postgres.stop("immediate")  # a crash: no shutdown checkpoint
+            for r in requests[REQUESTS // 2 :]:
+                await c.publish(r)  # accepted by the log while the database is down
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(own_postgres.start)
+        await issued_exactly_once(h, requests, timeout=90)
+        conn = await asyncpg.connect(own_postgres.url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM signing.issuances") == REQUESTS
+            for name in ("enrollment", "signing", "validation", "revocation", "audit"):
+                assert await conn.fetchval(f"SELECT count(*) FROM {name}.parked") == 0, name
+        finally:
+            await conn.close()
+        for name, proc in h.procs.items():
+            assert proc.proc is not None and proc.proc.poll() is None, f"{name} died"
+    finally:
+        await h.close()
