@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness import Harness
 from services.signing import domain
+from shared.client import enrollment_request
 from shared.crypto import build_csr, generate_key, key_problem, signing_hash
 from shared.devstack import NatsServer, PostgresCluster, port_open
-from shared.events import EnrollmentApproved, EnrollmentRequested, parse_event, utcnow
-from shared.tokens import prove, split_token
+from shared.events import EnrollmentApproved, parse_event
 
 N = int(os.environ.get("BENCH_N", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
@@ -80,23 +80,10 @@ def reference_rate(csrs: list[bytes]) -> float:
 
 async def end_to_end(h: Harness, csrs: list[bytes]) -> tuple[float, list[float]]:
     """Certificates per second and per-request latencies (s) through the running services."""
-    requests = []
-    for i, pem in enumerate(csrs):
-        jwt_part, holder = split_token(h.token(f"svc{i}.bench.internal", ttl=timedelta(minutes=30)))
-        rid = str(uuid.uuid4())
-        der = x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)
-        requests.append(
-            EnrollmentRequested(
-                aggregate_id=rid,
-                occurred_at=utcnow(),
-                correlation_id=rid,
-                producer="requester",
-                csr_pem=pem.decode(),
-                token=jwt_part,
-                token_proof=prove(holder, rid, der),
-                requester="bench",
-            )
-        )
+    requests = [
+        enrollment_request(pem.decode(), h.token(f"svc{i}.bench.internal", ttl=timedelta(minutes=30)), "bench")
+        for i, pem in enumerate(csrs)
+    ]
     nc = await nats.connect(h.nats_url)
     js = nc.jetstream()
     sent: dict[str, float] = {}

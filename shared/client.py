@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import nats
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -66,6 +68,27 @@ class Rejected(CertbusError):
     def __init__(self, reasons: list[Reason]) -> None:
         super().__init__("; ".join(f"{r.code}: {r.message}" for r in reasons))
         self.reasons = reasons
+
+
+def enrollment_request(csr_pem: str, token: str, requester: str, profile: str = "default-tls") -> EnrollmentRequested:
+    """The event asking for a certificate: the token's JWT and its holder's proof, never its secret."""
+    jwt_part, holder = split_token(token)
+    request_id = str(uuid.uuid4())
+    try:
+        csr_der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        csr_der = csr_pem.encode()  # enrollment will reject it with a reason
+    return EnrollmentRequested(
+        aggregate_id=request_id,
+        occurred_at=utcnow(),
+        correlation_id=request_id,
+        producer="requester",
+        csr_pem=csr_pem,
+        profile=profile,
+        token=jwt_part,
+        token_proof=prove(holder, request_id, csr_der),
+        requester=requester,
+    )
 
 
 class CertbusClient:
@@ -175,26 +198,8 @@ class CertbusClient:
 
         With `wait_visible`, it returns once validation answers for the new serial too.
         """
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
-        jwt_part, holder = split_token(token)
-        request_id = str(uuid.uuid4())
-        try:
-            csr_der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
-        except ValueError:
-            csr_der = csr_pem.encode()  # enrollment will reject it with a reason
-        request = EnrollmentRequested(
-            aggregate_id=request_id,
-            occurred_at=utcnow(),
-            correlation_id=request_id,
-            producer="requester",
-            csr_pem=csr_pem,
-            profile=profile,
-            token=jwt_part,
-            token_proof=prove(holder, request_id, csr_der),
-            requester=self.requester,
-        )
+        request = enrollment_request(csr_pem, token, self.requester, profile)
+        request_id = request.aggregate_id
         root = self.settings.subject_root
         wanted = [f"{root}.cert.{request_id}.issued", f"{root}.cert.{request_id}.rejected"]
         result = await self._await_outcome(wanted, request, timeout)

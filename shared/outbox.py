@@ -11,7 +11,6 @@ down) once it is `stale_s` old, holding a row lock while it publishes so replica
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from shared.events import Event
+from shared.loops import WakeableLoop
 from shared.metrics import EVENTS_PUBLISHED, PUBLISH_ALARMS
 
 log = logging.getLogger("certbus.outbox")
@@ -70,12 +70,11 @@ class OutboxRelay:
         self._timeout = publish_timeout_s
         self._batch = batch
         self._stale_s = stale_s
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.loop = WakeableLoop(f"outbox-{producer}", lambda: self.flush(stale_s), idle_s=stale_s)
 
     def notify(self) -> None:
         """Tell the background loop there is something to publish."""
-        self._wakeup.set()
+        self.loop.wake()
 
     async def _send(self, entry: OutboxEntry) -> tuple[int, str | None]:
         ack = await self._js.publish(
@@ -149,34 +148,3 @@ class OutboxRelay:
         if failure is not None:
             raise failure
         return len(rows)
-
-    async def run(self) -> None:
-        """Publish rows the fast path left behind, every `stale_s`, or sooner when notified."""
-        backoff = 0.1
-        while True:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._stale_s)
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-            try:
-                await self.flush(self._stale_s)
-                backoff = 0.1
-            except Exception as exc:  # noqa: BLE001 - the relay must outlive outages
-                log.warning("outbox publish failed, will retry", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self._wakeup.set()
-
-    def start(self) -> None:
-        """Run the relay loop in the background."""
-        self._task = asyncio.create_task(self.run(), name=f"outbox-{self._producer}")
-
-    async def stop(self) -> None:
-        """Stop the relay loop."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass

@@ -181,7 +181,7 @@ def create_service(
         await ensure_stream(runtime.js, settings)
         await ensure_object_store(runtime.js, settings)
         runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
-        runtime.relay.start()
+        runtime.relay.loop.start()
         if on_start is not None:
             await on_start(runtime)
         broker.include_router(runtime.events)
@@ -211,7 +211,7 @@ def create_service(
         if on_stop is not None:
             await on_stop(runtime)
         if runtime._relay is not None:
-            await runtime.relay.stop()
+            await runtime.relay.loop.stop()
 
     @app.after_shutdown
     async def close_pool() -> None:

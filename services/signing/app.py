@@ -19,20 +19,19 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
     """Wire the signing service."""
     settings = settings or SigningSettings()
     cas = CaRegistry(KeyStore(settings.key_dir, settings.passphrase()), settings)
-    crls: list[CrlPublisher] = []
 
     async def on_start(rt: Runtime) -> None:
         await cas.bootstrap(rt)
         await rt.publish_pending()
-        await crls[0].publish_due()  # a new CA has a CRL before it issues anything
-        crls[0].start()
+        await crls.publish_due()  # a new CA has a CRL before it issues anything
+        crls.loop.start()
 
     async def on_stop(rt: Runtime) -> None:
-        await crls[0].stop()
+        await crls.loop.stop()
 
     app, rt = create_service(
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
-    crls.append(CrlPublisher(rt, cas))
-    register(rt, cas, crls[0])
+    crls = CrlPublisher(rt, cas)  # the hooks above run after this line, at start-up
+    register(rt, cas, crls)
     return app, rt

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
 from shared.events import CrlPublished
+from shared.loops import WakeableLoop
 from shared.outbox import enqueue
 from shared.service import Runtime
 
@@ -25,12 +26,12 @@ class CrlPublisher:
     def __init__(self, rt: Runtime, cas: CaRegistry) -> None:
         self._rt = rt
         self._cas = cas
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Woken by revocations (batched for crl_batch_s); every 5 s it also refreshes CRLs due.
+        self.loop = WakeableLoop("crl-publisher", self.publish_due, idle_s=5.0, settle_s=cas.settings.crl_batch_s)
 
     def wake(self) -> None:
         """Say a revocation arrived (the next CRL goes out within the batch interval)."""
-        self._wakeup.set()
+        self.loop.wake()
 
     async def publish_due(self) -> list[tuple[str, int]]:
         """Sign and publish a CRL for every issuer that needs one; returns (issuer, number)."""
@@ -85,32 +86,3 @@ class CrlPublisher:
             )
         log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
         return number
-
-    async def run(self) -> None:
-        """Publish due CRLs whenever woken (after a short batching pause) and every few seconds."""
-        interval = self._cas.settings.crl_batch_s
-        while True:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=5.0)
-                await asyncio.sleep(interval)
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-            try:
-                await self.publish_due()
-            except Exception:
-                log.exception("CRL publication failed; will retry")
-                await asyncio.sleep(1.0)
-
-    def start(self) -> None:
-        """Run in the background."""
-        self._task = asyncio.create_task(self.run(), name="crl-publisher")
-
-    async def stop(self) -> None:
-        """Stop the background loop."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass

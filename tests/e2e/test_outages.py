@@ -3,46 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from harness import Harness, eventually
+from shared.client import enrollment_request
 from shared.crypto import build_csr, generate_key
 from shared.devstack import NatsServer, PostgresCluster
-from shared.events import EnrollmentRequested, utcnow
-from shared.tokens import prove, split_token
+from shared.events import EnrollmentRequested
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 20
 
 
 def requests_for(h: Harness, n: int) -> list[EnrollmentRequested]:
-    out = []
-    for i in range(n):
-        name = f"outage{i}.corp.internal"
-        csr = build_csr(generate_key("ec-p256"), [name])
-        jwt_part, holder = split_token(h.token(name))
-        rid = str(uuid.uuid4())
-        der = x509.load_pem_x509_csr(csr).public_bytes(serialization.Encoding.DER)
-        out.append(
-            EnrollmentRequested(
-                aggregate_id=rid,
-                occurred_at=utcnow(),
-                correlation_id=rid,
-                producer="requester",
-                csr_pem=csr.decode(),
-                token=jwt_part,
-                token_proof=prove(holder, rid, der),
-                requester="tests",
-            )
-        )
-    return out
+    names = [f"outage{i}.corp.internal" for i in range(n)]
+    return [
+        enrollment_request(build_csr(generate_key("ec-p256"), [name]).decode(), h.token(name), "tests")
+        for name in names
+    ]
 
 
 async def issued_exactly_once(h: Harness, requests: list[EnrollmentRequested], timeout: float = 60) -> None:

@@ -15,13 +15,6 @@ from shared.events import EnrollmentRequested, utcnow
 from shared.tokens import prove, split_token
 
 
-@pytest.fixture
-async def stack(harness: Harness) -> Harness:
-    await harness.start()
-    await harness.register_provisioner()
-    return harness
-
-
 async def refused(h: Harness, csr_pem: str, token: str) -> list[str]:
     async with h.client() as c:
         with pytest.raises(Rejected) as info:

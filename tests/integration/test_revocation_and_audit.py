@@ -15,13 +15,6 @@ from shared.client import CertbusClient, CertbusError, Rejected
 from shared.db import create_pool, drop_schema
 
 
-@pytest.fixture
-async def stack(harness: Harness) -> Harness:
-    await harness.start()
-    await harness.register_provisioner()
-    return harness
-
-
 async def publish_raw(h: Harness, subject: str, payload: bytes) -> None:
     nc = await nats.connect(h.nats_url)
     try:

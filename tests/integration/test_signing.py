@@ -6,18 +6,10 @@ import json
 import uuid
 
 import nats
-import pytest
 from cryptography import x509
 
 from harness import Harness, eventually
 from shared.events import EnrollmentApproved, parse_event
-
-
-@pytest.fixture
-async def stack(harness: Harness) -> Harness:
-    await harness.start()
-    await harness.register_provisioner()
-    return harness
 
 
 async def approval_of(h: Harness, request_id: str) -> EnrollmentApproved:
