@@ -47,6 +47,7 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = field(default_factory=time.monotonic)
     stopping: bool = False
+    _assembled: bool = False
     _pool: asyncpg.Pool | None = None
     _relay: OutboxRelay | None = None
 
@@ -103,6 +104,23 @@ class Runtime:
     def group_commit(self, purpose: str, apply: Apply) -> GroupCommit[Event]:
         """Group commit for a consumer whose events are applied one by one with `apply`."""
         return GroupCommit(applying(lambda: self.pool, self.durable(purpose), apply), self.publish_pending)
+
+    def publishes(self, *event_types: type[Event]) -> None:
+        """Declare the events this service publishes (through its outbox), for the AsyncAPI document."""
+        for event_type in event_types:
+            self.broker.publisher(
+                f"{self.root}.{event_type.aggregate}.{{{event_type.aggregate}_id}}.{event_type.verb}",
+                schema=event_type,
+                title=event_type.__name__,
+                description=(event_type.__doc__ or "").strip(),
+            )
+
+    def assemble(self) -> None:
+        """Attach the event and query routers to the broker (once; after every handler is declared)."""
+        if not self._assembled:
+            self.broker.include_router(self.events)
+            self.broker.include_router(self.queries)
+            self._assembled = True
 
     def durable(self, purpose: str) -> str:
         """The name of one of this service's durable consumers (and of its tracking rows)."""
@@ -184,8 +202,7 @@ def create_service(
         runtime.relay.loop.start()
         if on_start is not None:
             await on_start(runtime)
-        broker.include_router(runtime.events)
-        broker.include_router(runtime.queries)
+        runtime.assemble()
 
     @app.after_startup
     async def serve_http() -> None:

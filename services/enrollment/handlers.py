@@ -29,6 +29,7 @@ NAME = "enrollment"
 
 def register(rt: Runtime, settings: EnrollmentSettings) -> None:
     """Attach enrollment's consumers to the runtime."""
+    rt.publishes(EnrollmentApproved, EnrollmentRejected)
 
     async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
         if isinstance(event, ProvisionerRegistered):

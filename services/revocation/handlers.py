@@ -16,6 +16,7 @@ NAME = "revocation"
 
 def register(rt: Runtime) -> None:
     """Attach revocation's consumer."""
+    rt.publishes(CertificateRevoked, RevocationRejected)
 
     async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
         if isinstance(event, CertificateIssued):

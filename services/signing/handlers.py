@@ -16,8 +16,10 @@ from services.signing.crl import CrlPublisher
 from shared.consumer import EventRejected, GroupCommit, apply_events
 from shared.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
 from shared.events import (
+    CaCreated,
     CertificateIssued,
     CertificateRevoked,
+    CrlPublished,
     EnrollmentApproved,
     EnrollmentRejected,
     Event,
@@ -32,6 +34,7 @@ log = logging.getLogger("certbus.signing")
 
 def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher) -> None:
     """Attach signing's consumers. Signing accepts work only from approvals and revocations."""
+    rt.publishes(CertificateIssued, EnrollmentRejected, CaCreated, CrlPublished)
     approvals: GroupCommit[Event] = GroupCommit(lambda items: issue(rt, cas, items), rt.publish_pending)
 
     @rt.consumer("approved", [EnrollmentApproved.filter(rt.root)])
