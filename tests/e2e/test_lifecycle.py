@@ -8,9 +8,11 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from harness import Harness, eventually
 from shared.crypto import build_csr, generate_key
@@ -61,6 +63,14 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
         check=False,
     )
     assert verify.returncode == 0 and "OK" in verify.stdout, verify.stderr
+
+    # Every service serves /healthz and Prometheus /metrics.
+    for name, port in h.http_ports.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert json.loads(r.read())["service"] == name
+    with urllib.request.urlopen(f"http://127.0.0.1:{h.http_ports['enrollment']}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'certbus_events_consumed_total{event_type="EnrollmentRequested",service="enrollment-requests"}' in metrics
 
     # Kill signing (SIGKILL) while a request is in flight; restart it; the request is still served.
     h.procs["signing"].stop(kill=True)
@@ -113,6 +123,30 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
         return text.returncode == 0 and "verify OK" in text.stderr + text.stdout and serial_a.upper() in text.stdout
 
     await eventually(crl_lists_a, timeout=10, interval=0.3)
+
+    # A relying party that knows nothing of NATS: the CRL at the URL written in the certificate.
+    cert_a = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    dp = cert_a.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    url = dp[0].full_name[0].value  # type: ignore[index,union-attr]
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.headers["Content-Type"] == "application/pkix-crl"
+        (tmp_path / "dp.crl").write_bytes(r.read())
+    checked = subprocess.run(
+        [
+            OPENSSL,
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            str(out / "chain.pem"),
+            "-CRLfile",
+            str(tmp_path / "dp.crl"),
+            str(out / "cert.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr
 
     history = certbus(h, "audit", "history", serial_a, "--json")
     assert history.returncode == 0, history.stderr

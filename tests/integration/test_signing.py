@@ -8,7 +8,8 @@ import uuid
 import nats
 from cryptography import x509
 
-from harness import Harness, eventually
+from harness import PASSPHRASE, Harness, eventually
+from shared.crypto import build_csr, generate_key
 from shared.events import EnrollmentApproved, parse_event
 
 
@@ -101,3 +102,20 @@ async def _consumer_idle(h: Harness, durable: str) -> bool:
         return info.num_pending == 0 and info.num_ack_pending == 0
     finally:
         await nc.close()
+
+
+async def test_ca_keys_are_encrypted_at_rest_and_no_secret_reaches_the_log(stack: Harness) -> None:
+    token = stack.token("secret.corp.internal")
+    key = generate_key("ec-p256")
+    async with stack.client() as c:
+        await c.enroll(build_csr(key, ["secret.corp.internal"]).decode(), token)
+    key_files = sorted(stack.key_dir.glob("*.key.pem"))
+    assert len(key_files) == 2  # root and issuing CA
+    for path in key_files:
+        assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        assert path.stat().st_mode & 0o777 == 0o600
+    holder_secret = token.rpartition("~")[2]
+    for msg in await stack.stream_messages(f"{stack.root}.>"):
+        assert b"PRIVATE KEY" not in msg.data
+        assert PASSPHRASE.encode() not in msg.data
+        assert holder_secret.encode() not in msg.data
