@@ -37,6 +37,7 @@ from shared.events import EnrollmentApproved, parse_event
 N = int(os.environ.get("BENCH_N", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+UNLOADED_N = 50
 
 
 def reference_rate(csrs: list[bytes]) -> float:
@@ -78,7 +79,7 @@ def reference_rate(csrs: list[bytes]) -> float:
     return len(csrs) / (time.perf_counter() - start)
 
 
-async def end_to_end(h: Harness, csrs: list[bytes]) -> tuple[float, list[float]]:
+async def end_to_end(h: Harness, csrs: list[bytes], concurrency: int = CONCURRENCY) -> tuple[float, list[float]]:
     """Certificates per second and per-request latencies (s) through the running services."""
     requests = [
         enrollment_request(pem.decode(), h.token(f"svc{i}.bench.internal", ttl=timedelta(minutes=30)), "bench")
@@ -89,7 +90,7 @@ async def end_to_end(h: Harness, csrs: list[bytes]) -> tuple[float, list[float]]
     sent: dict[str, float] = {}
     done: dict[str, float] = {}
     finished = asyncio.Event()
-    slots = asyncio.Semaphore(CONCURRENCY)
+    slots = asyncio.Semaphore(concurrency)
 
     async def on_outcome(msg: nats.aio.msg.Msg) -> None:
         event = parse_event(msg.data)
@@ -149,6 +150,13 @@ async def main() -> None:
         await asyncio.to_thread(h.spawn_all)
         await h.register_provisioner()
         await asyncio.sleep(1.0)
+        quiet = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(UNLOADED_N)]
+        _, unloaded = await end_to_end(h, quiet, concurrency=1)
+        print(
+            f"  one request at a time ({UNLOADED_N}): latency p50 {pct(unloaded, 50) * 1000:.1f} ms, "
+            f"p99 {pct(unloaded, 99) * 1000:.1f} ms",
+            flush=True,
+        )
         e2e_rates, ref_rates, latencies = [], [], []
         for r in range(ROUNDS):
             csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
@@ -170,6 +178,8 @@ async def main() -> None:
             "ratio_end_to_end_over_reference": round(e2e / ref, 3),
             "latency_p50_ms": round(pct(latencies, 50) * 1000, 1),
             "latency_p99_ms": round(pct(latencies, 99) * 1000, 1),
+            "unloaded_latency_p50_ms": round(pct(unloaded, 50) * 1000, 1),
+            "unloaded_latency_p99_ms": round(pct(unloaded, 99) * 1000, 1),
         }
         print(
             f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "
