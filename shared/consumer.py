@@ -160,12 +160,21 @@ class GroupCommit(Generic[T]):
         await done
 
     async def _flush(self) -> None:
-        for _ in range(3):  # let the other handlers of the same pull reach submit()
-            await asyncio.sleep(0)
-        while self._queue:
-            group = sorted(self._queue, key=lambda entry: entry[1])
+        group: list[tuple[T, int, asyncio.Future[None]]] = []
+        try:
+            for _ in range(3):  # let the other handlers of the same pull reach submit()
+                await asyncio.sleep(0)
+            while self._queue:
+                group = sorted(self._queue, key=lambda entry: entry[1])
+                self._queue = []
+                await self._commit(group)
+        except BaseException:
+            # Cancelled (the service is stopping): nobody may wait forever; the messages are
+            # nacked by their handlers and come back.
+            for *_, done in [*group, *self._queue]:
+                _settle(done, ConnectionError("the service is stopping"))
             self._queue = []
-            await self._commit(group)
+            raise
 
     async def _commit(self, group: list[tuple[T, int, asyncio.Future[None]]]) -> None:
         try:
