@@ -133,6 +133,16 @@ class Harness:
             await app.start()
             self.apps[name] = (app, rt)
 
+    async def start_replica(self, name: str, replica: str) -> None:
+        """Start one more instance of service `name` in this process (it shares the durable consumers)."""
+        from services.signing.app import build as signing
+        from services.validation.app import build as validation
+
+        builders = {"signing": signing, "validation": validation}
+        app, rt = builders[name](self.settings(name, http_port=free_port()))  # type: ignore[operator]
+        await app.start()
+        self.apps[replica] = (app, rt)
+
     async def stop(self, name: str) -> None:
         app, _ = self.apps.pop(name)
         await app.stop()
