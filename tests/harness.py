@@ -204,6 +204,16 @@ class Harness:
         assert self._pool is not None
         return self._pool
 
+    async def publish_raw(self, subject: str, payload: bytes) -> None:
+        """Put bytes on the stream under a fresh Nats-Msg-Id (a copy, a redelivery, or garbage)."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            await nc.jetstream().publish(
+                subject, payload, stream=self.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())}
+            )
+        finally:
+            await nc.close()
+
     async def stream_messages(self, subject_filter: str) -> list[Any]:
         """Every message in the stream matching `subject_filter` (read with an ephemeral consumer)."""
         nc = await nats.connect(self.nats_url)

@@ -15,16 +15,6 @@ from shared.client import CertbusClient, CertbusError, Rejected
 from shared.db import create_pool, drop_schema
 
 
-async def publish_raw(h: Harness, subject: str, payload: bytes) -> None:
-    nc = await nats.connect(h.nats_url)
-    try:
-        await nc.jetstream().publish(
-            subject, payload, stream=h.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())}
-        )
-    finally:
-        await nc.close()
-
-
 async def test_a_revocation_is_visible_to_status_validate_and_the_next_crl(stack: Harness) -> None:
     issued = await stack.enroll("gone.corp.internal")
     async with stack.client() as c:
@@ -58,15 +48,15 @@ async def test_a_late_issued_event_never_turns_a_revoked_certificate_good(stack:
     async with stack.client() as c:
         await c.revoke(issued.serial, "keyCompromise")
         stale = issued.model_copy(update={"event_id": uuid.uuid4()})
-        await publish_raw(stack, stale.subject(stack.root), stale.model_dump_json().encode())
+        await stack.publish_raw(stale.subject(stack.root), stale.model_dump_json().encode())
         pool = await stack.db()
         await eventually(lambda: pool.fetchval("SELECT 1 FROM validation.tracking WHERE event_id = $1", stale.event_id))
         assert (await c.status(issued.serial)).status == "revoked"
 
 
 async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes_on(stack: Harness) -> None:
-    await publish_raw(stack, f"{stack.root}.cert.bogus.requested", b"{not json")
-    await publish_raw(stack, f"{stack.root}.cert.bogus2.requested", b'{"event_type": "EnrollmentRequested"}')
+    await stack.publish_raw(f"{stack.root}.cert.bogus.requested", b"{not json")
+    await stack.publish_raw(f"{stack.root}.cert.bogus2.requested", b'{"event_type": "EnrollmentRequested"}')
     pool = await stack.db()
 
     async def parked() -> list[asyncpg.Record]:

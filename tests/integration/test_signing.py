@@ -20,17 +20,6 @@ async def approval_of(h: Harness, request_id: str) -> EnrollmentApproved:
     return event
 
 
-async def republish(h: Harness, subject: str, payload: bytes) -> None:
-    """Put a message on the stream again under a new Nats-Msg-Id, as a redelivery would hand it over."""
-    nc = await nats.connect(h.nats_url)
-    try:
-        await nc.jetstream().publish(
-            subject, payload, stream=h.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())}
-        )
-    finally:
-        await nc.close()
-
-
 async def signing_applied(h: Harness, event_id: uuid.UUID, times: int = 1) -> bool:
     pool = await h.db()
     n = await pool.fetchval("SELECT count(*) FROM signing.tracking WHERE event_id = $1", event_id)
@@ -40,8 +29,8 @@ async def signing_applied(h: Harness, event_id: uuid.UUID, times: int = 1) -> bo
 async def test_a_redelivered_approval_issues_no_second_certificate(stack: Harness) -> None:
     issued = await stack.enroll("one.corp.internal")
     approval = await approval_of(stack, issued.aggregate_id)
-    await republish(stack, approval.subject(stack.root), approval.model_dump_json().encode())
-    await republish(stack, approval.subject(stack.root), approval.model_dump_json().encode())
+    await stack.publish_raw(approval.subject(stack.root), approval.model_dump_json().encode())
+    await stack.publish_raw(approval.subject(stack.root), approval.model_dump_json().encode())
     assert len(await stack.stream_messages(approval.subject(stack.root))) == 3
     pool = await stack.db()
     # Let signing consume the copies, then count what it issued.
@@ -54,7 +43,7 @@ async def test_a_second_approval_for_the_same_request_republishes_the_same_certi
     issued = await stack.enroll("two.corp.internal")
     approval = await approval_of(stack, issued.aggregate_id)
     again = approval.model_copy(update={"event_id": uuid.uuid4()})
-    await republish(stack, again.subject(stack.root), again.model_dump_json().encode())
+    await stack.publish_raw(again.subject(stack.root), again.model_dump_json().encode())
     await eventually(lambda: signing_applied(stack, again.event_id))
     issued_msgs = await stack.stream_messages(f"{stack.root}.cert.{issued.aggregate_id}.issued")
     assert len(issued_msgs) == 1
@@ -77,7 +66,7 @@ async def test_signing_signs_the_serial_its_recorded_intent_names(stack: Harness
         issued.aggregate_id,
     )
     crashed = approval.model_copy(update={"event_id": uuid.uuid4(), "aggregate_id": request_id})
-    await republish(stack, crashed.subject(stack.root), crashed.model_dump_json().encode())
+    await stack.publish_raw(crashed.subject(stack.root), crashed.model_dump_json().encode())
     msgs = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.{request_id}.issued"))
     cert = x509.load_pem_x509_certificate(json.loads(msgs[0].data)["cert_pem"].encode())
     assert cert.serial_number == 123456789123456789123

@@ -23,13 +23,19 @@ async def enroll_files(h: Harness, name: str, out: Path) -> tuple[Path, Path, Pa
     return out / "fullchain.pem", out / "key.pem", out / "root.pem"
 
 
+def mtls_server_context(chain: Path, key: Path, root: Path) -> ssl.SSLContext:
+    """A TLS server that requires a client certificate chaining to the Certbus root."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(root))
+    ctx.load_cert_chain(chain, key)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 async def test_mutual_tls_with_certbus_certificates(stack: Harness, tmp_path: Path) -> None:
     server_chain, server_key, root = await enroll_files(stack, "localhost", tmp_path / "server")
     client_chain, client_key, _ = await enroll_files(stack, "client.corp.internal", tmp_path / "client")
 
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(root))
-    server_ctx.load_cert_chain(server_chain, server_key)
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx = mtls_server_context(server_chain, server_key, root)
     seen: list[str] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -54,9 +60,7 @@ async def test_mutual_tls_with_certbus_certificates(stack: Harness, tmp_path: Pa
 
 async def test_a_client_without_a_certbus_certificate_is_refused(stack: Harness, tmp_path: Path) -> None:
     server_chain, server_key, root = await enroll_files(stack, "localhost", tmp_path / "server")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(root))
-    server_ctx.load_cert_chain(server_chain, server_key)
-    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx = mtls_server_context(server_chain, server_key, root)
 
     served: list[bool] = []
 
