@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ from shared.queries import (
 from shared.settings import CommonSettings
 from shared.tokens import prove, split_token
 
+log = logging.getLogger("certbus.client")
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 A = TypeVar("A", bound=BaseModel)
 
@@ -91,6 +93,11 @@ def enrollment_request(csr_pem: str, token: str, requester: str, profile: str = 
     )
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py prints connection errors with tracebacks by default; the client raises instead."""
+    log.debug("nats client error", extra={"error": repr(exc)})
+
+
 class CertbusClient:
     """One NATS connection to Certbus: publish requests, wait for outcomes, run queries."""
 
@@ -114,7 +121,8 @@ class CertbusClient:
                 s.nats_url,
                 connect_timeout=timeout,
                 allow_reconnect=False,
-                max_reconnect_attempts=0,
+                max_reconnect_attempts=1,  # 0 would mean "retry forever" in nats-py
+                error_cb=_quiet,
                 user=s.nats_user,
                 password=s.nats_password.get_secret_value() if s.nats_password else None,
                 name=f"certbus-client-{self.requester}",

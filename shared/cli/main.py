@@ -218,7 +218,10 @@ def status(serial: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def validate(cert: Path, as_json: JsonOpt = False) -> None:
+def validate(
+    cert: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A PEM certificate.")],
+    as_json: JsonOpt = False,
+) -> None:
     """Validate a PEM certificate: exit 0 good, 1 revoked, expired, untrusted or unknown."""
     answer = _run(lambda c: c.validate(cert.read_text()))
     if as_json:
@@ -270,6 +273,9 @@ def crl(
 def audit_history(serial: str, as_json: JsonOpt = False) -> None:
     """Every event of a certificate, in log order, from its request to now."""
     answer = _run(lambda c: c.history(serial))
+    if not answer.events and not as_json:
+        err.print(f"no events on the log name serial or certificate {serial}")
+        raise typer.Exit(EXIT_REFUSED)
     if as_json:
         _emit_json(answer.model_dump(mode="json"))
     else:
