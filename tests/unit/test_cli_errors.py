@@ -1,0 +1,50 @@
+"""The CLI fails fast with a clear message and a meaningful exit code when it cannot work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.devstack import free_port
+
+
+def certbus(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
+    env.update(CERTBUS_NATS_URL=f"nats://127.0.0.1:{free_port()}", CERTBUS_HOME=str(home))
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_health_exits_3_quickly_when_nats_is_unreachable(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = certbus("health", home=tmp_path)
+    assert result.returncode == 3
+    assert "cannot reach NATS" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_token_create_without_a_provisioner_key_says_how_to_get_one(tmp_path: Path) -> None:
+    result = certbus("token", "create", "--san", "a.corp.internal", home=tmp_path)
+    assert result.returncode == 1
+    assert "certbus provisioner init" in result.stderr
+
+
+def test_validate_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = certbus("validate", str(tmp_path / "missing.pem"), home=tmp_path)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_revoke_with_an_unknown_reason_is_a_usage_error(tmp_path: Path) -> None:
+    result = certbus("revoke", "abc", "--reason", "certificateHold", home=tmp_path)
+    assert result.returncode == 2
