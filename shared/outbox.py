@@ -11,6 +11,7 @@ down) once it is `stale_s` old, holding a row lock while it publishes so replica
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,19 +97,29 @@ class OutboxRelay:
         return ack.seq, alarm
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> None:
-        """Publish rows the caller just committed, then mark them published (the fast path)."""
-        done: list[tuple[int, int, str | None]] = []
-        try:
-            for entry in entries:
-                seq, alarm = await self._send(entry)
-                done.append((entry.id, seq, alarm))
-        finally:
-            if done:
-                await self._pool.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1, published_at = now(), stream_seq = $2, "
-                    "alarm = $3 WHERE id = $1 AND published_at IS NULL",
-                    done,
-                )
+        """Publish rows the caller just committed, then mark them published (the fast path).
+
+        The publishes are pipelined (each awaits its own acknowledgement); they are events of
+        different aggregates, so their relative order does not matter. What fails stays unpublished
+        for the relay, and the first failure is raised after the successes are recorded.
+        """
+        results = await asyncio.gather(*(self._send(entry) for entry in entries), return_exceptions=True)
+        done = [(e.id, r[0], r[1]) for e, r in zip(entries, results, strict=True) if not isinstance(r, BaseException)]
+        failed = [e.id for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]
+        if done:
+            await self._pool.execute(
+                "UPDATE outbox o SET attempts = o.attempts + 1, published_at = now(), stream_seq = v.seq, "
+                "alarm = v.alarm FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, seq, alarm) "
+                "WHERE o.id = v.id AND o.published_at IS NULL",
+                [d[0] for d in done],
+                [d[1] for d in done],
+                [d[2] for d in done],
+            )
+        if failed:
+            # A failed publish may still have landed: count the attempt, so that the relay's
+            # `duplicate` answer later is not mistaken for pre-emption.
+            await self._pool.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", failed)
+            raise next(r for r in results if isinstance(r, BaseException))
 
     async def flush(self, stale_s: float = 0.0) -> int:
         """Publish every pending row at least `stale_s` old; returns how many were published."""
