@@ -1,0 +1,112 @@
+"""deploy/nats/accounts.conf, served by a real nats-server: who may publish which events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+
+from shared.devstack import NatsServer
+
+pytestmark = pytest.mark.e2e
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nats"
+USERS = ("admin", "enrollment", "signing", "validation", "revocation", "audit", "operator", "requester")
+
+
+@pytest.fixture(scope="module")
+def secured_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    conf_dir = tmp_path_factory.mktemp("nats-conf")
+    shutil.copy(DEPLOY / "accounts.conf", conf_dir / "accounts.conf")
+    (conf_dir / "node.conf").write_text("max_payload: 1MB\ninclude ./accounts.conf\n")
+    saved = dict(os.environ)
+    os.environ.update({f"{u.upper()}_PASSWORD": f"pw-{u}" for u in USERS})
+    try:
+        server = NatsServer(config_file=conf_dir / "node.conf").start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    yield server
+    server.cleanup()
+
+
+async def connect(server: NatsServer, user: str, errors: list[str]) -> nats.NATS:
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(
+        server.url,
+        user=user,
+        password=f"pw-{user}",
+        inbox_prefix=f"_INBOX_{user}",
+        error_cb=on_error,
+        max_reconnect_attempts=1,
+    )
+
+
+async def stream_count(server: NatsServer) -> int:
+    admin = await connect(server, "admin", [])
+    try:
+        return (await admin.jetstream().stream_info("CERTBUS")).state.messages
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def stream(secured_nats: NatsServer) -> NatsServer:
+    admin = await connect(secured_nats, "admin", [])
+    try:
+        await admin.jetstream().add_stream(StreamConfig(name="CERTBUS", subjects=["pki.>"]))
+    finally:
+        await admin.close()
+    return secured_nats
+
+
+@pytest.mark.parametrize(
+    ("user", "subject"),
+    [
+        ("requester", "pki.cert.{id}.issued"),
+        ("requester", "pki.cert.{id}.revoked"),
+        ("enrollment", "pki.cert.{id}.issued"),
+        ("validation", "pki.cert.{id}.revoked"),
+        ("audit", "pki.cert.{id}.approved"),
+        ("revocation", "pki.ca.{id}.created"),
+    ],
+)
+async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user: str, subject: str) -> None:
+    before = await stream_count(stream)
+    errors: list[str] = []
+    nc = await connect(stream, user, errors)
+    try:
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await nc.jetstream().publish(subject.format(id=uuid.uuid4().hex), b"{}", stream="CERTBUS", timeout=1.0)
+        await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    assert any("permissions violation" in e.lower() for e in errors), errors
+    assert await stream_count(stream) == before
+
+
+@pytest.mark.parametrize(
+    ("user", "subject"),
+    [
+        ("signing", "pki.cert.{id}.issued"),
+        ("revocation", "pki.cert.{id}.revoked"),
+        ("enrollment", "pki.cert.{id}.approved"),
+        ("requester", "pki.cert.{id}.requested"),
+        ("operator", "pki.revoke.{id}.requested"),
+    ],
+)
+async def test_each_producer_may_publish_its_own_events(stream: NatsServer, user: str, subject: str) -> None:
+    nc = await connect(stream, user, [])
+    try:
+        ack = await nc.jetstream().publish(subject.format(id=uuid.uuid4().hex), b"{}", stream="CERTBUS", timeout=2.0)
+    finally:
+        await nc.close()
+    assert ack.stream == "CERTBUS"
