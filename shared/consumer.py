@@ -18,6 +18,8 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -62,8 +64,24 @@ class EventRejected(Exception):
 
 PoolGetter = Callable[[], asyncpg.Pool]
 T = TypeVar("T")
-Apply = Callable[[asyncpg.Connection, Event, int], Awaitable[Sequence[OutboxEntry] | None]]
-Process = Callable[[list[tuple[T, int]]], Awaitable[list[OutboxEntry]]]
+Apply = Callable[[asyncpg.Connection, Event, "Delivery"], Awaitable[Sequence[OutboxEntry] | None]]
+Process = Callable[[list[tuple[T, "Delivery"]]], Awaitable[list[OutboxEntry]]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where and when the log accepted a message (its stream sequence and stored time)."""
+
+    seq: int
+    accepted_at: datetime
+
+    @classmethod
+    def of(cls, msg: StreamMessage[Any]) -> Delivery:
+        """The delivery metadata of a JetStream message."""
+        meta = msg.raw_message.metadata
+        return cls(meta.sequence.stream, meta.timestamp)
+
+
 Publish = Callable[[list[OutboxEntry]], Awaitable[None]]
 
 
@@ -148,24 +166,24 @@ class GroupCommit(Generic[T]):
     def __init__(self, process: Process[T], publish: Publish) -> None:
         self._process = process
         self._publish = publish
-        self._queue: list[tuple[T, int, asyncio.Future[None]]] = []
+        self._queue: list[tuple[T, Delivery, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, item: T, stream_seq: int) -> None:
+    async def submit(self, item: T, delivery: Delivery) -> None:
         """Apply `item` (with the group it arrives in); raises this item's own error, if any."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, stream_seq, done))
+        self._queue.append((item, delivery, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await done
 
     async def _flush(self) -> None:
-        group: list[tuple[T, int, asyncio.Future[None]]] = []
+        group: list[tuple[T, Delivery, asyncio.Future[None]]] = []
         try:
             for _ in range(3):  # let the other handlers of the same pull reach submit()
                 await asyncio.sleep(0)
             while self._queue:
-                group = sorted(self._queue, key=lambda entry: entry[1])
+                group = sorted(self._queue, key=lambda entry: entry[1].seq)
                 self._queue = []
                 await self._commit(group)
         except BaseException:
@@ -176,9 +194,9 @@ class GroupCommit(Generic[T]):
             self._queue = []
             raise
 
-    async def _commit(self, group: list[tuple[T, int, asyncio.Future[None]]]) -> None:
+    async def _commit(self, group: list[tuple[T, Delivery, asyncio.Future[None]]]) -> None:
         try:
-            entries = await self._process([(item, seq) for item, seq, _ in group])
+            entries = await self._process([(item, delivery) for item, delivery, _ in group])
         except Exception as exc:  # noqa: BLE001 - handed to each waiting handler
             if len(group) == 1 or isinstance(exc, TRANSIENT_ERRORS):
                 for *_, done in group:
@@ -205,7 +223,7 @@ def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
 def applying(pool: Callable[[], asyncpg.Pool], consumer: str, apply: Apply) -> Process[Event]:
     """A group-commit step that applies events with `apply`, each at most once per consumer."""
 
-    async def process(items: list[tuple[Event, int]]) -> list[OutboxEntry]:
+    async def process(items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
         async with pool().acquire() as conn, conn.transaction():
             return await apply_events(conn, consumer, items, apply)
 
@@ -213,7 +231,7 @@ def applying(pool: Callable[[], asyncpg.Pool], consumer: str, apply: Apply) -> P
 
 
 async def apply_events(
-    conn: asyncpg.Connection, consumer: str, items: Sequence[tuple[Event, int]], apply: Apply
+    conn: asyncpg.Connection, consumer: str, items: Sequence[tuple[Event, Delivery]], apply: Apply
 ) -> list[OutboxEntry]:
     """In the caller's transaction: claim tracking rows for `items` in one statement, then apply
     the events this consumer had not applied yet; returns the outbox entries they wrote."""
@@ -226,17 +244,17 @@ async def apply_events(
             "FROM unnest($2::uuid[], $3::bigint[]) AS t(e, s) ON CONFLICT DO NOTHING RETURNING event_id",
             consumer,
             [event.event_id for event, _ in items],
-            [seq for _, seq in items],
+            [delivery.seq for _, delivery in items],
         )
     }
     entries: list[OutboxEntry] = []
-    for event, seq in items:
+    for event, delivery in items:
         if event.event_id not in claimed:
             EVENTS_DUPLICATE.labels(consumer).inc()
             continue
         claimed.discard(event.event_id)  # a copy later in the same group is a duplicate
         correlation_id.set(event.correlation_id)
         with HANDLER_SECONDS.labels(consumer, event.event_type).time():
-            entries.extend(await apply(conn, event, seq) or ())
+            entries.extend(await apply(conn, event, delivery) or ())
         EVENTS_CONSUMED.labels(consumer, event.event_type).inc()
     return entries

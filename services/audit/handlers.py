@@ -7,7 +7,7 @@ import json
 from faststream.nats.annotations import NatsMessage
 
 from services.audit import replay, store
-from shared.consumer import GroupCommit
+from shared.consumer import Delivery, GroupCommit
 from shared.crypto import normalise_serial
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import OutboxEntry
@@ -20,9 +20,9 @@ NAME = "audit"
 def register(rt: Runtime) -> None:
     """Attach audit's consumer and queries."""
 
-    async def archive(items: list[tuple[tuple[str, bytes], int]]) -> list[OutboxEntry]:
+    async def archive(items: list[tuple[tuple[str, bytes], Delivery]]) -> list[OutboxEntry]:
         async with rt.pool.acquire() as conn, conn.transaction():
-            n = await store.archive(conn, [(seq, subject, data) for (subject, data), seq in items])
+            n = await store.archive(conn, [(delivery.seq, subject, data) for (subject, data), delivery in items])
         EVENTS_CONSUMED.labels(NAME, "any").inc(n)
         return []
 
@@ -32,7 +32,7 @@ def register(rt: Runtime) -> None:
     async def on_message(msg: NatsMessage) -> None:
         """Archive every message verbatim, readable or not: the archive is the evidence."""
         raw = msg.raw_message
-        await archiver.submit((raw.subject, raw.data), raw.metadata.sequence.stream)
+        await archiver.submit((raw.subject, raw.data), Delivery.of(msg))
 
     @rt.query("history")
     async def history(query: HistoryQuery) -> HistoryAnswer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from faststream.nats.annotations import NatsMessage
 
 from services.enrollment import domain, store
-from shared.consumer import EventRejected
+from shared.consumer import Delivery, EventRejected
 from shared.events import (
     EnrollmentApproved,
     EnrollmentRejected,
@@ -31,19 +31,19 @@ def register(rt: Runtime, settings: EnrollmentSettings) -> None:
     """Attach enrollment's consumers to the runtime."""
     rt.publishes(EnrollmentApproved, EnrollmentRejected)
 
-    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         if isinstance(event, ProvisionerRegistered):
             await _register_provisioner(conn, event)
             return []
         if isinstance(event, EnrollmentRequested):
-            return [await _decide(conn, rt, settings, event)]
+            return [await _decide(conn, rt, settings, event, delivery.accepted_at)]
         raise EventRejected(f"enrollment does not consume {event.event_type}")
 
     requests = rt.group_commit("requests", apply)
 
     @rt.consumer("requests", [EnrollmentRequested.filter(rt.root), ProvisionerRegistered.filter(rt.root)])
     async def on_event(event: EnrollmentRequested | ProvisionerRegistered, msg: NatsMessage) -> None:
-        await requests.submit(event, msg.raw_message.metadata.sequence.stream)
+        await requests.submit(event, Delivery.of(msg))
 
 
 async def _register_provisioner(conn: asyncpg.Connection, event: ProvisionerRegistered) -> None:
@@ -57,9 +57,10 @@ async def _decide(
     rt: Runtime,
     settings: EnrollmentSettings,
     request: EnrollmentRequested,
+    accepted_at: datetime,
 ) -> OutboxEntry:
     now = rt.clock.now()
-    outcome = await _check(conn, rt, settings, request)
+    outcome = await _check(conn, rt, settings, request, accepted_at)
     reasons = outcome if isinstance(outcome, list) else []
     envelope = {
         "aggregate_id": request.aggregate_id,
@@ -99,7 +100,11 @@ async def _decide(
 
 
 async def _check(
-    conn: asyncpg.Connection, rt: Runtime, settings: EnrollmentSettings, request: EnrollmentRequested
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    settings: EnrollmentSettings,
+    request: EnrollmentRequested,
+    accepted_at: datetime,
 ) -> tuple[domain.Approval, TokenClaims] | list[Reason]:
     csr = domain.load_csr(request.csr_pem)
     if isinstance(csr, Reason):
@@ -118,7 +123,9 @@ async def _check(
             key,
             request.aggregate_id,
             domain.csr_der(csr),
-            rt.clock.now(),
+            # A token is judged at the time the log accepted the request, not when enrollment got
+            # to it: a request accepted while enrollment was down is not refused for that.
+            accepted_at,
             timedelta(seconds=settings.max_token_ttl_s),
         )
     except TokenError as exc:

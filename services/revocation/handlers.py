@@ -6,7 +6,7 @@ import asyncpg
 from faststream.nats.annotations import NatsMessage
 
 from services.revocation import domain, store
-from shared.consumer import EventRejected
+from shared.consumer import Delivery, EventRejected
 from shared.events import CertificateIssued, CertificateRevoked, Event, RevocationRejected, RevocationRequested
 from shared.outbox import OutboxEntry, enqueue
 from shared.service import Runtime
@@ -18,7 +18,7 @@ def register(rt: Runtime) -> None:
     """Attach revocation's consumer."""
     rt.publishes(CertificateRevoked, RevocationRejected)
 
-    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         if isinstance(event, CertificateIssued):
             await store.add_certificate(conn, event)
             return []
@@ -30,7 +30,7 @@ def register(rt: Runtime) -> None:
 
     @rt.consumer("requests", [CertificateIssued.filter(rt.root), RevocationRequested.filter(rt.root)])
     async def on_event(event: CertificateIssued | RevocationRequested, msg: NatsMessage) -> None:
-        await requests.submit(event, msg.raw_message.metadata.sequence.stream)
+        await requests.submit(event, Delivery.of(msg))
 
 
 async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested) -> OutboxEntry:

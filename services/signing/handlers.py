@@ -13,7 +13,7 @@ from faststream.nats.annotations import NatsMessage
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
-from shared.consumer import EventRejected, GroupCommit, apply_events
+from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
 from shared.events import (
     CaCreated,
@@ -39,9 +39,9 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher) -> None:
 
     @rt.consumer("approved", [EnrollmentApproved.filter(rt.root)])
     async def on_approved(event: EnrollmentApproved, msg: NatsMessage) -> None:
-        await approvals.submit(event, msg.raw_message.metadata.sequence.stream)
+        await approvals.submit(event, Delivery.of(msg))
 
-    async def remember(conn: asyncpg.Connection, event: Event, seq: int) -> None:
+    async def remember(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, CertificateRevoked):
             raise EventRejected(f"signing's revocation consumer does not take {event.event_type}")
         await store.add_revoked(conn, event.issuer_id, int(event.serial, 16), event.revoked_at, event.reason)
@@ -50,11 +50,11 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher) -> None:
 
     @rt.consumer("revoked", [CertificateRevoked.filter(rt.root)])
     async def on_revoked(event: CertificateRevoked, msg: NatsMessage) -> None:
-        await revocations.submit(event, msg.raw_message.metadata.sequence.stream)
+        await revocations.submit(event, Delivery.of(msg))
         crls.wake()
 
 
-async def issue(rt: Runtime, cas: CaRegistry, items: list[tuple[Event, int]]) -> list[OutboxEntry]:
+async def issue(rt: Runtime, cas: CaRegistry, items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
     """Issue at most one certificate per request: record intents, sign, then store.
 
     Intents (request id -> serial, validity) are committed before anything is signed, so a
@@ -85,7 +85,7 @@ async def issue(rt: Runtime, cas: CaRegistry, items: list[tuple[Event, int]]) ->
     if len(signed) < len(intents):
         rt.relay.notify()  # a redelivery of something signed before: make sure its event is out
 
-    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> list[OutboxEntry]:
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         assert isinstance(event, EnrollmentApproved)
         item = work[event.aggregate_id]
         if isinstance(item, list):

@@ -12,7 +12,7 @@ from cryptography import x509
 from faststream.nats.annotations import NatsMessage
 
 from services.validation import domain, store
-from shared.consumer import EventRejected
+from shared.consumer import Delivery, EventRejected
 from shared.crypto import normalise_serial
 from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished, Event
 from shared.queries import (
@@ -36,7 +36,7 @@ def register(rt: Runtime) -> None:
 
     crl_bytes: dict[str, bytes] = {}  # fetched before the transaction that stores them
 
-    async def apply(conn: asyncpg.Connection, event: Event, seq: int) -> None:
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
         if isinstance(event, CertificateIssued):
             await store.apply_issued(conn, event, _pem_to_der(event.cert_pem))
         elif isinstance(event, CertificateRevoked):
@@ -56,11 +56,11 @@ def register(rt: Runtime) -> None:
         event: CertificateIssued | CertificateRevoked | CaCreated | CrlPublished, msg: NatsMessage
     ) -> None:
         if not isinstance(event, CrlPublished):
-            await read_model.submit(event, msg.raw_message.metadata.sequence.stream)
+            await read_model.submit(event, Delivery.of(msg))
             return
         crl_bytes[event.object_name] = await _fetch_crl(rt, event)
         try:
-            await read_model.submit(event, msg.raw_message.metadata.sequence.stream)
+            await read_model.submit(event, Delivery.of(msg))
         finally:
             crl_bytes.pop(event.object_name, None)
 

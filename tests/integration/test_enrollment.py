@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from harness import Harness, eventually
-from shared.client import Rejected
+from shared.client import Rejected, enrollment_request
 from shared.crypto import build_csr, generate_key
 from shared.events import EnrollmentRequested, utcnow
 from shared.tokens import prove, split_token
@@ -104,3 +106,17 @@ async def test_rejections_change_nothing_else(stack: Harness) -> None:
     assert await pool.fetchval("SELECT count(*) FROM signing.issuances") == 0
     assert await pool.fetchval("SELECT count(*) FROM validation.certificates") == 0
     assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []
+
+
+async def test_a_token_is_judged_when_the_log_accepted_the_request_not_when_enrollment_got_to_it(
+    stack: Harness,
+) -> None:
+    await stack.stop("enrollment")
+    token = stack.token("late.corp.internal", ttl=timedelta(seconds=2))
+    request = enrollment_request(build_csr(generate_key("ec-p256"), ["late.corp.internal"]).decode(), token, "tests")
+    async with stack.client() as c:
+        await c.publish(request)  # accepted while the token is valid; enrollment is down
+    await asyncio.sleep(2.5)  # the token expires before enrollment is back
+    await stack.start("enrollment")
+    msgs = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.{request.aggregate_id}.issued"))
+    assert len(msgs) == 1

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
-from shared.consumer import EventRejected, GroupCommit
+from shared.consumer import Delivery, EventRejected, GroupCommit
 from shared.outbox import OutboxEntry
+
+
+def at(seq: int) -> Delivery:
+    return Delivery(seq, datetime(2026, 1, 1, tzinfo=UTC))
 
 
 class Recorder:
@@ -17,13 +22,13 @@ class Recorder:
         self.bad = bad or set()
         self.error = error
 
-    async def process(self, items: list[tuple[str, int]]) -> list[OutboxEntry]:
-        self.groups.append(items)
+    async def process(self, items: list[tuple[str, Delivery]]) -> list[OutboxEntry]:
+        self.groups.append([(item, d.seq) for item, d in items])
         if self.error is not None:
             raise self.error
         if any(item in self.bad for item, _ in items):
             raise EventRejected("bad item")
-        return [OutboxEntry(seq, f"id-{item}", f"s.{item}", b"") for item, seq in items]
+        return [OutboxEntry(d.seq, f"id-{item}", f"s.{item}", b"") for item, d in items]
 
     async def publish(self, entries: list[OutboxEntry]) -> None:
         self.published.append(entries)
@@ -32,7 +37,7 @@ class Recorder:
 async def test_items_submitted_together_are_processed_as_one_group_in_stream_order() -> None:
     rec = Recorder()
     commit: GroupCommit[str] = GroupCommit(rec.process, rec.publish)
-    await asyncio.gather(commit.submit("c", 3), commit.submit("a", 1), commit.submit("b", 2))
+    await asyncio.gather(commit.submit("c", at(3)), commit.submit("a", at(1)), commit.submit("b", at(2)))
     assert rec.groups == [[("a", 1), ("b", 2), ("c", 3)]]
     assert [e.id for e in rec.published[0]] == [1, 2, 3]
 
@@ -41,7 +46,7 @@ async def test_a_failing_group_is_retried_one_by_one_and_only_the_bad_item_fails
     rec = Recorder(bad={"b"})
     commit: GroupCommit[str] = GroupCommit(rec.process, rec.publish)
     results = await asyncio.gather(
-        commit.submit("a", 1), commit.submit("b", 2), commit.submit("c", 3), return_exceptions=True
+        commit.submit("a", at(1)), commit.submit("b", at(2)), commit.submit("c", at(3)), return_exceptions=True
     )
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], EventRejected)
@@ -51,7 +56,7 @@ async def test_a_failing_group_is_retried_one_by_one_and_only_the_bad_item_fails
 async def test_an_outage_fails_the_whole_group_without_one_by_one_retries() -> None:
     rec = Recorder(error=ConnectionRefusedError("database down"))
     commit: GroupCommit[str] = GroupCommit(rec.process, rec.publish)
-    results = await asyncio.gather(commit.submit("a", 1), commit.submit("b", 2), return_exceptions=True)
+    results = await asyncio.gather(commit.submit("a", at(1)), commit.submit("b", at(2)), return_exceptions=True)
     assert all(isinstance(r, ConnectionRefusedError) for r in results)
     assert len(rec.groups) == 1
     assert rec.published == []
@@ -61,7 +66,7 @@ async def test_items_arriving_during_a_commit_form_the_next_group() -> None:
     release = asyncio.Event()
     groups: list[list[str]] = []
 
-    async def slow(items: list[tuple[str, int]]) -> list[OutboxEntry]:
+    async def slow(items: list[tuple[str, Delivery]]) -> list[OutboxEntry]:
         groups.append([i for i, _ in items])
         if len(groups) == 1:
             await release.wait()
@@ -71,9 +76,9 @@ async def test_items_arriving_during_a_commit_form_the_next_group() -> None:
         return None
 
     commit: GroupCommit[str] = GroupCommit(slow, publish)
-    first = asyncio.create_task(commit.submit("a", 1))
+    first = asyncio.create_task(commit.submit("a", at(1)))
     await asyncio.sleep(0.01)
-    later = [asyncio.create_task(commit.submit(x, n)) for n, x in enumerate("bc", start=2)]
+    later = [asyncio.create_task(commit.submit(x, at(n))) for n, x in enumerate("bc", start=2)]
     await asyncio.sleep(0.01)
     release.set()
     await asyncio.gather(first, *later)
@@ -83,7 +88,7 @@ async def test_items_arriving_during_a_commit_form_the_next_group() -> None:
 async def test_cancelling_the_flush_releases_every_waiting_handler() -> None:
     started = asyncio.Event()
 
-    async def hang(items: list[tuple[str, int]]) -> list[OutboxEntry]:
+    async def hang(items: list[tuple[str, Delivery]]) -> list[OutboxEntry]:
         started.set()
         await asyncio.sleep(3600)
         return []
@@ -92,7 +97,7 @@ async def test_cancelling_the_flush_releases_every_waiting_handler() -> None:
         return None
 
     commit: GroupCommit[str] = GroupCommit(hang, publish)
-    waiting = asyncio.create_task(commit.submit("a", 1))
+    waiting = asyncio.create_task(commit.submit("a", at(1)))
     await started.wait()
     assert commit._flusher is not None
     commit._flusher.cancel()
