@@ -11,30 +11,50 @@ from services.audit import domain
 
 
 async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, bytes]]) -> int:
-    """Archive raw messages (seq, subject, bytes); returns how many were new, then chains."""
+    """Archive raw messages (seq, subject, bytes) and extend the hash chain; returns how many were new.
+
+    In the usual case the batch continues the chain exactly (it starts at head + 1, without gaps),
+    so the hashes are computed here and written with the rows. Otherwise (a redelivery arriving
+    out of order) the rows wait unhashed and the chain is extended over what is contiguous.
+    """
+    head = await conn.fetchrow("SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE")
+    assert head is not None
+    ordered = sorted({seq: (seq, subject, raw) for seq, subject, raw in messages}.values())
+    ordered = [m for m in ordered if m[0] > head["seq"]]  # already archived and chained
+    contiguous = [m[0] for m in ordered] == list(range(head["seq"] + 1, head["seq"] + 1 + len(ordered)))
+    current = bytes(head["hash"])
     rows, refs = [], []
-    for seq, subject, raw in messages:
+    for seq, subject, raw in ordered:
         d = domain.describe(subject, raw)
         try:
             event_id = uuid.UUID(d.event_id) if d.event_id else None
         except ValueError:
             event_id = None
-        rows.append((seq, subject, raw, event_id, d.event_type, d.aggregate_id, d.producer, d.occurred_at))
+        digest = None
+        if contiguous:
+            current = domain.link(current, seq, subject, raw)
+            digest = current
+        rows.append((seq, subject, raw, event_id, d.event_type, d.aggregate_id, d.producer, d.occurred_at, digest))
         if d.serial:
             refs.append((d.serial, seq, d.cert_id))
-    inserted = (
-        await conn.fetch(
-            "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at) "
-            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], "
-            "$7::text[], $8::timestamptz[]) ON CONFLICT DO NOTHING RETURNING stream_seq",
-            *[list(col) for col in zip(*rows, strict=True)],
-        )
-        if rows
-        else []
+    if not rows:
+        return 0
+    inserted = await conn.fetch(
+        "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at, "
+        "hash) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], "
+        "$7::text[], $8::timestamptz[], $9::bytea[]) ON CONFLICT DO NOTHING RETURNING stream_seq",
+        *[list(col) for col in zip(*rows, strict=True)],
     )
     if refs:
         await conn.executemany("INSERT INTO serial_refs VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", refs)
-    await advance_chain(conn)
+    if contiguous and len(inserted) == len(rows):
+        await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", ordered[-1][0], current)
+        if await conn.fetchval("SELECT 1 FROM archive WHERE stream_seq = $1", ordered[-1][0] + 1):
+            await advance_chain(conn)  # this batch filled a gap before rows that arrived early
+    else:
+        if contiguous:  # some rows existed unhashed already: recompute from the head
+            await conn.execute("UPDATE archive SET hash = NULL WHERE stream_seq > $1", head["seq"])
+        await advance_chain(conn)
     return len(inserted)
 
 

@@ -1,0 +1,66 @@
+"""The audit archive's hash chain is the same whatever order and grouping the events arrive in."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.audit import domain, store
+from shared import db
+
+MIGRATIONS = Path(store.__file__).parent / "migrations"
+EVENTS = [(seq, f"pki.cert.c{seq}.requested", f'{{"n": {seq}}}'.encode()) for seq in range(1, 7)]
+
+
+def expected_head() -> bytes:
+    current = domain.GENESIS
+    for seq, subject, raw in EVENTS:
+        current = domain.link(current, seq, subject, raw)
+    return current
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(database_url, "audit")
+    await db.migrate(pool, "audit", [MIGRATIONS])
+    yield pool
+    await pool.close()
+
+
+async def head(pool: asyncpg.Pool) -> tuple[int, bytes]:
+    row = await pool.fetchrow("SELECT seq, hash FROM chain_head")
+    return row["seq"], bytes(row["hash"])
+
+
+@pytest.mark.parametrize(
+    "batches",
+    [
+        [EVENTS],
+        [[e] for e in EVENTS],
+        [[EVENTS[1]], [EVENTS[0]], EVENTS[2:]],  # a redelivery overtakes its predecessor
+        [EVENTS[3:], EVENTS[:3]],  # a whole later group first
+        [EVENTS[:4], EVENTS[2:]],  # overlapping redelivery
+    ],
+    ids=["one-group", "one-by-one", "swapped-pair", "later-group-first", "overlap"],
+)
+async def test_any_arrival_order_gives_the_same_chain(pool: asyncpg.Pool, batches: list) -> None:  # type: ignore[type-arg]
+    for batch in batches:
+        async with pool.acquire() as conn, conn.transaction():
+            await store.archive(conn, batch)
+    assert await head(pool) == (len(EVENTS), expected_head())
+    hashes = [bytes(r["hash"]) for r in await pool.fetch("SELECT hash FROM audit.archive ORDER BY stream_seq")]
+    running = list(itertools.accumulate(EVENTS, lambda h, e: domain.link(h, *e), initial=domain.GENESIS))[1:]
+    assert hashes == running
+
+
+async def test_a_gap_holds_the_chain_until_it_is_filled(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await store.archive(conn, [EVENTS[0], EVENTS[2]])
+    assert (await head(pool))[0] == 1
+    async with pool.acquire() as conn, conn.transaction():
+        await store.archive(conn, [EVENTS[1]])
+    assert (await head(pool))[0] == 3
