@@ -125,8 +125,3 @@ def csr_names(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]
     dns = san.get_values_for_type(x509.DNSName)
     ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
     return dns, ips
-
-
-def load_pem_chain(pem: bytes) -> list[x509.Certificate]:
-    """All certificates in a PEM bundle, in order."""
-    return x509.load_pem_x509_certificates(pem)

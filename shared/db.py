@@ -106,17 +106,3 @@ async def drop_schema(pool: asyncpg.Pool, schema: str) -> None:
     check_schema_name(schema)
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-
-
-async def claim_event(conn: asyncpg.Connection, consumer: str, event_id: Any, stream_seq: int | None) -> bool:
-    """Record that `consumer` applied `event_id`, in the caller's transaction.
-
-    Returns False if it was already applied: the caller must then change nothing.
-    """
-    row = await conn.fetchval(
-        "INSERT INTO tracking (consumer, event_id, stream_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
-        consumer,
-        event_id,
-        stream_seq,
-    )
-    return row is not None
