@@ -74,6 +74,7 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
                 await conn.execute(f"SET search_path TO {live_schema}, public")
                 reader.cancel()
     seconds = time.perf_counter() - started
+    await _let_live_catch_up(pool, live_schema, through)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"LOCK TABLE {live_schema}.archive IN EXCLUSIVE MODE")
         old = await conn.fetchrow(
@@ -105,6 +106,21 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
         previous_events=old["n"],
         equal=equal,
     )
+
+
+async def _let_live_catch_up(pool: asyncpg.Pool, live: str, through: int, stall_s: float = 1.0) -> None:
+    """Give the live consumer a moment to archive up to `through`, so that lag is not reported as a
+    difference; stop waiting as soon as it stops advancing (a dropped archive never catches up)."""
+    last, still_since = -1, time.monotonic()
+    while True:
+        head = await pool.fetchval(f"SELECT seq FROM {live}.chain_head")
+        if head >= through:
+            return
+        if head != last:
+            last, still_since = head, time.monotonic()
+        elif time.monotonic() - still_since > stall_s:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _adopt(conn: asyncpg.Connection, live: str, scratch: str, through: int) -> None:
