@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from faststream.nats.annotations import NatsMessage
 
 from services.enrollment import domain, store
@@ -99,6 +101,13 @@ async def _decide(
     return await enqueue(conn, decision, rt.root)
 
 
+@functools.lru_cache(maxsize=256)
+def _public_key(pem: str) -> PublicKeyTypes:
+    """A provisioner's key parsed once per process (read from the table on every request, so a
+    change of key takes effect at once; only the parsing is cached, by the PEM itself)."""
+    return serialization.load_pem_public_key(pem.encode())
+
+
 async def _check(
     conn: asyncpg.Connection,
     rt: Runtime,
@@ -114,7 +123,7 @@ async def _check(
         key_pem = await store.provisioner_key(conn, provisioner_id)
         if key_pem is None:
             raise TokenError("provisioner_unknown", f"the token's provisioner {provisioner_id!r} is not registered")
-        key = serialization.load_pem_public_key(key_pem.encode())
+        key = _public_key(key_pem)
         if not isinstance(key, ed25519.Ed25519PublicKey):
             raise TokenError("provisioner_unknown", f"provisioner {provisioner_id!r} has no Ed25519 key")
         claims = verify_token(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 
@@ -13,7 +14,7 @@ from faststream.nats.annotations import NatsMessage
 
 from services.validation import domain, store
 from shared.consumer import Delivery, EventRejected
-from shared.crypto import normalise_serial
+from shared.crypto import normalise_serial, serial_hex
 from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished, Event
 from shared.queries import (
     CrlAnswer,
@@ -89,8 +90,8 @@ def register(rt: Runtime) -> None:
         except ValueError as exc:
             return Failure(error=f"not a PEM certificate: {exc}")
         async with rt.pool.acquire() as conn:
-            cas = {r["ca_id"]: x509.load_der_x509_certificate(r["cert_der"]) for r in await store.cas(conn)}
-            row = await store.status(conn, format(cert.serial_number, "x"))
+            cas = {r["ca_id"]: _ca_certificate(r["cert_der"]) for r in await store.cas(conn)}
+            row = await store.status(conn, serial_hex(cert))
         record = (
             None if row is None else domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"])
         )
@@ -118,6 +119,12 @@ def register(rt: Runtime) -> None:
             next_update=row["next_update"],
             der_b64=base64.b64encode(row["der"]).decode(),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _ca_certificate(der: bytes) -> x509.Certificate:
+    """A CA certificate parsed once per process (CA certificates never change under their DER)."""
+    return x509.load_der_x509_certificate(der)
 
 
 async def _current_issuer(conn: asyncpg.Connection) -> str | None:

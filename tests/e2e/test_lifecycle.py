@@ -7,14 +7,13 @@ import asyncio
 import json
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from harness import Harness, eventually
+from harness import Harness, eventually, run_cli
 from shared.crypto import build_csr, generate_key
 from shared.devstack import SERVICES
 
@@ -23,15 +22,7 @@ OPENSSL = shutil.which("openssl")
 
 
 def certbus(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
-    env = h.env("validation")
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(h.env("validation"), *args)
 
 
 def stream_count(msgs: list) -> dict[str, int]:  # type: ignore[type-arg]

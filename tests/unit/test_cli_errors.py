@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from harness import run_cli
 from shared.devstack import free_port
 
 
 def certbus(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
     env.update(CERTBUS_NATS_URL=f"nats://127.0.0.1:{free_port()}", CERTBUS_HOME=str(home))
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(env, *args)
 
 
 def test_health_exits_3_quickly_when_nats_is_unreachable(tmp_path: Path) -> None:
