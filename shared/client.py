@@ -30,7 +30,6 @@ from shared.events import (
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
-    Reason,
     RevocationRejected,
     RevocationRequested,
     parse_event,
@@ -48,6 +47,7 @@ from shared.queries import (
     ValidateAnswer,
     ValidateQuery,
 )
+from shared.reasons import Reason
 from shared.settings import CommonSettings
 from shared.tokens import prove, split_token
 

@@ -14,21 +14,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.profiles import Profile
+from shared.reasons import Reason
+
 SCHEMA_VERSION = 1
 
 
 def new_event_id() -> uuid.UUID:
     """A random, unguessable event id (never derived from a request id)."""
     return uuid.uuid4()
-
-
-class Reason(BaseModel):
-    """Why something was refused: a stable machine code and a message a person can act on."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    code: str
-    message: str
 
 
 class Event(BaseModel):
@@ -63,11 +57,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# --- provisioners ---------------------------------------------------------------------------
+# --- provisioners and profiles (operator policy; every change is on the audited log) --------
 
 
 class ProvisionerRegistered(Event):
-    """An operator registered a provisioner whose key signs one-time enrollment tokens."""
+    """An operator added (or re-keyed) a provisioner whose key signs one-time enrollment tokens.
+
+    The key is Ed25519 (tokens signed with EdDSA) or EC P-256 (ES256). Registering again enables
+    a disabled provisioner.
+    """
 
     aggregate: ClassVar[str] = "provisioner"
     verb: ClassVar[str] = "registered"
@@ -76,6 +74,75 @@ class ProvisionerRegistered(Event):
     name: str
     public_key_pem: str
     registered_by: str
+
+
+class ProvisionerDisabled(Event):
+    """An operator disabled a provisioner: its tokens stop working at once."""
+
+    aggregate: ClassVar[str] = "provisioner"
+    verb: ClassVar[str] = "disabled"
+    event_type: Literal["ProvisionerDisabled"] = "ProvisionerDisabled"
+
+    reason: str
+    disabled_by: str
+
+
+class ProvisionerRemoved(Event):
+    """An operator removed a provisioner for good (its tokens never work again)."""
+
+    aggregate: ClassVar[str] = "provisioner"
+    verb: ClassVar[str] = "removed"
+    event_type: Literal["ProvisionerRemoved"] = "ProvisionerRemoved"
+
+    removed_by: str
+
+
+class ProfileApplied(Event):
+    """An operator applied a certificate profile (aggregate id: the profile name)."""
+
+    aggregate: ClassVar[str] = "profile"
+    verb: ClassVar[str] = "applied"
+    event_type: Literal["ProfileApplied"] = "ProfileApplied"
+
+    profile: Profile
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    applied_by: str
+
+
+class LintResult(BaseModel):
+    """One pkilint finding (or a structural-check finding) on a certificate or template."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    severity: str
+    code: str
+    message: str = ""
+    key_type: str | None = None
+
+
+class ProfileLinted(Event):
+    """Signing linted a profile's certificate templates (one per key type) under an issuing CA."""
+
+    aggregate: ClassVar[str] = "profile"
+    verb: ClassVar[str] = "linted"
+    event_type: Literal["ProfileLinted"] = "ProfileLinted"
+
+    digest: str
+    issuer_id: str
+    usable: bool
+    findings: list[LintResult]
+
+
+class KeyBlocked(Event):
+    """A public key (by SPKI SHA-256) may never be certified again (aggregate id: the hash)."""
+
+    aggregate: ClassVar[str] = "key"
+    verb: ClassVar[str] = "blocked"
+    event_type: Literal["KeyBlocked"] = "KeyBlocked"
+
+    spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    reason: str
+    blocked_by: str
 
 
 # --- enrollment -----------------------------------------------------------------------------
@@ -93,10 +160,11 @@ class EnrollmentRequested(Event):
     event_type: Literal["EnrollmentRequested"] = "EnrollmentRequested"
 
     csr_pem: str
-    profile: str = "default-tls"
+    profile: str = "tls-server"
     token: str
     token_proof: str
     requester: str
+    validity_days: int | None = None
 
 
 class EnrollmentApproved(Event):
@@ -114,6 +182,47 @@ class EnrollmentApproved(Event):
     provisioner_id: str
     token_id: str
     requester: str
+    emails: list[str] = []
+    profile_digest: str | None = None
+    approved_by: str = "policy"
+
+
+class EnrollmentPending(Event):
+    """The profile needs an operator's approval: the request waits until `expires_at`."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "pending"
+    event_type: Literal["EnrollmentPending"] = "EnrollmentPending"
+
+    profile: str
+    dns_names: list[str]
+    ip_addresses: list[str] = []
+    emails: list[str] = []
+    validity_days: int
+    requester: str
+    expires_at: datetime
+
+
+class ApprovalGranted(Event):
+    """An operator approved a pending enrollment request."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "granted"
+    event_type: Literal["ApprovalGranted"] = "ApprovalGranted"
+
+    operator: str
+    comment: str = ""
+
+
+class ApprovalDenied(Event):
+    """An operator refused a pending enrollment request."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "denied"
+    event_type: Literal["ApprovalDenied"] = "ApprovalDenied"
+
+    operator: str
+    reason: str
 
 
 class EnrollmentRejected(Event):
@@ -148,6 +257,7 @@ class CertificateIssued(Event):
     ip_addresses: list[str] = []
     spki_sha256: str
     fingerprint_sha256: str
+    emails: list[str] = []
 
 
 class CertificateRevoked(Event):
@@ -229,23 +339,35 @@ class CrlPublished(Event):
     size: int
 
 
-AnyEvent = Annotated[
-    ProvisionerRegistered
-    | EnrollmentRequested
-    | EnrollmentApproved
-    | EnrollmentRejected
-    | CertificateIssued
-    | CertificateRevoked
-    | RevocationRequested
-    | RevocationRejected
-    | CaCreated
-    | CrlPublished,
-    Field(discriminator="event_type"),
-]
+# --- findings ---------------------------------------------------------------------------------
+
+
+class CertificateLintFailed(Event):
+    """A certificate failed a check: before release (signing did not publish it) or after issuance
+    (audit's pkilint of every issued certificate). Operators are alerted; aggregate id is random."""
+
+    aggregate: ClassVar[str] = "finding"
+    verb: ClassVar[str] = "lint_failed"
+    event_type: Literal["CertificateLintFailed"] = "CertificateLintFailed"
+
+    stage: Literal["pre-release", "post-issuance"]
+    request_id: str
+    serial: str | None = None
+    profile: str
+    findings: list[LintResult]
+
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     ProvisionerRegistered,
+    ProvisionerDisabled,
+    ProvisionerRemoved,
+    ProfileApplied,
+    ProfileLinted,
+    KeyBlocked,
     EnrollmentRequested,
+    EnrollmentPending,
+    ApprovalGranted,
+    ApprovalDenied,
     EnrollmentApproved,
     EnrollmentRejected,
     CertificateIssued,
@@ -254,12 +376,44 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RevocationRejected,
     CaCreated,
     CrlPublished,
+    CertificateLintFailed,
 )
+
+AnyEvent = Annotated[
+    ProvisionerRegistered
+    | ProvisionerDisabled
+    | ProvisionerRemoved
+    | ProfileApplied
+    | ProfileLinted
+    | KeyBlocked
+    | EnrollmentRequested
+    | EnrollmentPending
+    | ApprovalGranted
+    | ApprovalDenied
+    | EnrollmentApproved
+    | EnrollmentRejected
+    | CertificateIssued
+    | CertificateRevoked
+    | RevocationRequested
+    | RevocationRejected
+    | CaCreated
+    | CrlPublished
+    | CertificateLintFailed,
+    Field(discriminator="event_type"),
+]
 
 # Which service may publish each event type (the audit flags any other producer).
 PRODUCERS: dict[str, str] = {
     "ProvisionerRegistered": "operator",
+    "ProvisionerDisabled": "operator",
+    "ProvisionerRemoved": "operator",
+    "ProfileApplied": "operator",
+    "ProfileLinted": "signing",
+    "KeyBlocked": "operator|revocation",
     "EnrollmentRequested": "requester",
+    "EnrollmentPending": "enrollment",
+    "ApprovalGranted": "operator",
+    "ApprovalDenied": "operator",
     "EnrollmentApproved": "enrollment",
     "EnrollmentRejected": "enrollment|signing",
     "CertificateIssued": "signing",
@@ -268,6 +422,7 @@ PRODUCERS: dict[str, str] = {
     "RevocationRejected": "revocation",
     "CaCreated": "signing",
     "CrlPublished": "signing",
+    "CertificateLintFailed": "signing|audit",
 }
 
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

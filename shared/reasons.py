@@ -1,8 +1,19 @@
-"""RFC 5280 revocation reasons, in one small module (names as on the CLI and in events)."""
+"""Why things are refused (codes and messages), and RFC 5280 revocation reasons."""
 
 from __future__ import annotations
 
 from cryptography import x509
+from pydantic import BaseModel, ConfigDict
+
+
+class Reason(BaseModel):
+    """Why something was refused: a stable machine code and a message a person can act on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str
+    message: str
+
 
 # certificateHold is deliberately absent: a revocation is final. removeFromCRL and
 # aACompromise have no meaning for this CA.

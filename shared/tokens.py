@@ -1,10 +1,11 @@
 """One-time enrollment tokens: a provisioner-signed JWT bound to a holder key.
 
-The operator's side (`certbus token create`) signs a JWT (EdDSA) with the provisioner's private
-key. The JWT names the allowed DNS names, a unique id (`jti`), a short expiry and a fresh
-holder public key (`cnf`). The printed token is `<jwt>~<holder private key>`. At enrollment the
-requester puts only the JWT on the log, plus the holder key's signature over the request id and
-the CSR: whoever reads the log can neither reuse the token for another CSR nor learn a secret.
+The operator's side (`certbus token create`) signs a JWT with the provisioner's private key (EdDSA
+for an Ed25519 key, ES256 for an EC P-256 one). The JWT names the allowed names and profile, a
+unique id (`jti`), a short expiry and a fresh holder public key (`cnf`). The printed token is
+`<jwt>~<holder private key>`. At enrollment the requester puts only the JWT on the log, plus the
+holder key's signature over the request id and the CSR: whoever reads the log can neither reuse
+the token for another CSR nor learn a secret.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from datetime import datetime, timedelta
 import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 AUDIENCE = "certbus-enroll"
+ProvisionerKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+ProvisionerPublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PROOF_CONTEXT = b"certbus-enroll-proof-v1"
 
 
@@ -54,13 +57,22 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def algorithm_for(key: object) -> str:
+    """The JWT algorithm a provisioner key signs with: EdDSA (Ed25519) or ES256 (EC P-256)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
+        return "ES256"
+    raise TokenError("provisioner_key_unsupported", "a provisioner key must be Ed25519 (EdDSA) or EC P-256 (ES256)")
+
+
 def create_token(
-    provisioner_key: ed25519.Ed25519PrivateKey,
+    provisioner_key: ProvisionerKey,
     provisioner_id: str,
     dns_names: list[str],
     now: datetime,
     ttl: timedelta,
-    profile: str = "default-tls",
+    profile: str = "tls-server",
     subject: str | None = None,
 ) -> str:
     """A one-time token for `dns_names`, valid for `ttl` (the secret half stays in the string)."""
@@ -80,7 +92,9 @@ def create_token(
         "profile": profile,
         "cnf": {"kty": "OKP", "crv": "Ed25519", "x": _b64(holder_pub)},
     }
-    signed = jwt.encode(claims, provisioner_key, algorithm="EdDSA", headers={"kid": provisioner_id})
+    signed = jwt.encode(
+        claims, provisioner_key, algorithm=algorithm_for(provisioner_key), headers={"kid": provisioner_id}
+    )
     seed = holder.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
@@ -121,7 +135,7 @@ def provisioner_id_of(token_jwt: str) -> str:
 def verify_token(
     token_jwt: str,
     proof: str,
-    provisioner_key: ed25519.Ed25519PublicKey,
+    provisioner_key: ProvisionerPublicKey,
     request_id: str,
     csr_der: bytes,
     now: datetime,
@@ -132,7 +146,7 @@ def verify_token(
         claims = jwt.decode(
             token_jwt,
             provisioner_key,
-            algorithms=["EdDSA"],
+            algorithms=[algorithm_for(provisioner_key)],
             audience=AUDIENCE,
             options={
                 "verify_exp": False,
@@ -170,7 +184,7 @@ def verify_token(
         provisioner_id=str(claims["iss"]),
         subject=str(claims.get("sub", "")),
         dns_names=tuple(str(n) for n in claims["sans"]),
-        profile=str(claims.get("profile", "default-tls")),
+        profile=str(claims.get("profile", "")),
         expires_at=datetime.fromtimestamp(claims["exp"]).astimezone(),
         holder_key=holder,
     )

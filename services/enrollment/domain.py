@@ -1,20 +1,27 @@
-"""Enrollment decisions: pure functions of a CSR, a verified token and the profile; no I/O."""
+"""Enrollment decisions: pure functions of a CSR, a verified token and a profile; no I/O.
+
+Every refusal carries a stable code (tested, documented in the README) and a message that says
+what to change. `review` collects every reason rather than stopping at the first, so a requester
+fixes everything in one round.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from shared.crypto import csr_names, key_problem
-from shared.events import Reason
+from shared.crypto import spki_sha256
+from shared.profiles import (
+    Profile,
+    key_problem,
+    names_problems,
+    requested_extension_problems,
+    validity_problem,
+)
+from shared.reasons import Reason
 from shared.tokens import TokenClaims
-
-DEFAULT_PROFILE = "default-tls"
-MAX_SANS = 100
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
 @dataclass(frozen=True)
@@ -23,31 +30,23 @@ class Approval:
 
     dns_names: list[str]
     validity_days: int
+    ip_addresses: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
 
 
-def dns_name_problem(name: str) -> str | None:
-    """Why `name` is not an acceptable DNS name, or None."""
-    if not name:
-        return "an empty DNS name"
-    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in name):
-        return f"DNS name {name!r} has a space, control or non-ASCII character (use IDNA A-labels)"
-    if name.endswith("."):
-        return f"DNS name {name!r} ends with a dot: give it without the trailing dot"
-    if len(name) > 253:
-        return f"DNS name {name[:40]!r}... is longer than 253 characters"
-    if name != name.lower():
-        return f"DNS name {name!r} must be lower case"
-    if name.startswith("*."):
-        return f"DNS name {name!r} is a wildcard, which profile {DEFAULT_PROFILE!r} does not allow"
-    labels = name.split(".")
-    for label in labels:
-        if not _LABEL.match(label):
-            return f"DNS name {name!r} has an invalid label {label!r}"
-    return None
+@dataclass(frozen=True)
+class Names:
+    """The subject alternative names a CSR asks for, by kind."""
+
+    dns: list[str]
+    ips: list[str]
+    emails: list[str]
 
 
 def load_csr(csr_pem: str) -> x509.CertificateSigningRequest | Reason:
     """The parsed CSR, or why it cannot be parsed."""
+    if "\x00" in csr_pem or len(csr_pem) > 256 * 1024:
+        return Reason(code="csr_malformed", message="the CSR is not PEM text of a sensible size")
     try:
         return x509.load_pem_x509_csr(csr_pem.encode())
     except ValueError as exc:
@@ -59,69 +58,144 @@ def csr_der(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(serialization.Encoding.DER)
 
 
+def requested_names(csr: x509.CertificateSigningRequest) -> Names | Reason:
+    """The names a CSR's subjectAltName asks for, or why they cannot be read."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return Names([], [], [])
+    except (ValueError, UnicodeError, x509.DuplicateExtension) as exc:
+        return Reason(code="name_invalid", message=f"the CSR's extensions cannot be read: {exc}")
+    names = Names([], [], [])
+    for entry in san:
+        if isinstance(entry, x509.DNSName):
+            names.dns.append(entry.value)
+        elif isinstance(entry, x509.IPAddress):
+            names.ips.append(str(entry.value))
+        elif isinstance(entry, x509.RFC822Name):
+            names.emails.append(entry.value)
+        else:
+            return Reason(
+                code="name_type_not_allowed",
+                message=f"subjectAltName entries of type {type(entry).__name__} are not certified",
+            )
+    return names
+
+
 def review(
     csr: x509.CertificateSigningRequest,
     claims: TokenClaims,
-    profile: str,
-    validity_days: int,
+    profile: Profile,
+    validity_days: int | None,
+    blocked_keys: frozenset[str] = frozenset(),
 ) -> Approval | list[Reason]:
-    """Approve the CSR for the names it asks, or say every reason it cannot be approved."""
+    """Approve the CSR under `profile` and the token's allowances, or say every reason not to."""
+    names, days, reasons = _assess(csr, profile, validity_days, blocked_keys)
+    if claims.profile != profile.name:
+        reasons.append(
+            Reason(
+                code="profile_not_allowed", message=f"the token is for profile {claims.profile!r}, not {profile.name!r}"
+            )
+        )
+    if names is not None:
+        allowed = set(claims.dns_names)
+        for name in dict.fromkeys([*names.dns, *names.ips, *names.emails]):
+            if name not in allowed:
+                reasons.append(
+                    Reason(
+                        code="name_not_allowed",
+                        message=f"{name!r} is not allowed by the token, which allows {', '.join(sorted(allowed))}",
+                    )
+                )
+    return reasons if reasons or names is None else _approval(names, days)
+
+
+def judge(
+    csr: x509.CertificateSigningRequest,
+    profile: Profile,
+    validity_days: int | None,
+    blocked_keys: frozenset[str] = frozenset(),
+) -> Approval | list[Reason]:
+    """Approve the CSR under `profile` alone (an operator's approval of a request whose token was
+    checked when it arrived), or say every reason not to."""
+    names, days, reasons = _assess(csr, profile, validity_days, blocked_keys)
+    return reasons if reasons or names is None else _approval(names, days)
+
+
+def _approval(names: Names, days: int) -> Approval:
+    return Approval(
+        dns_names=list(dict.fromkeys(names.dns)),
+        validity_days=days,
+        ip_addresses=tuple(dict.fromkeys(names.ips)),
+        emails=tuple(dict.fromkeys(names.emails)),
+    )
+
+
+def _assess(
+    csr: x509.CertificateSigningRequest, profile: Profile, validity_days: int | None, blocked_keys: frozenset[str]
+) -> tuple[Names | None, int, list[Reason]]:
+    """The CSR's names (None if they cannot be judged one by one), validity and every problem."""
+    days = profile.default_validity_days if validity_days is None else validity_days
+    reasons = check_csr(csr, profile, blocked_keys)
+    if (too_long := validity_problem(profile, days)) is not None:
+        reasons.append(too_long)
+    names = requested_names(csr)
+    if isinstance(names, Reason):
+        return None, days, [*reasons, names]
+    problems = names_problems(profile, names.dns, names.ips, names.emails)
+    reasons += problems
+    if any(r.code == "too_many_names" for r in problems):
+        return None, days, reasons  # do not judge a thousand names one by one
+    reasons += _common_name_problems(csr, names)
+    return names, days, reasons
+
+
+def check_csr(csr: x509.CertificateSigningRequest, profile: Profile, blocked_keys: frozenset[str]) -> list[Reason]:
+    """The CSR's own soundness under `profile`: signature, key, and extensions it asks for."""
     reasons: list[Reason] = []
-    if profile != DEFAULT_PROFILE:
-        reasons.append(Reason(code="profile_unknown", message=f"unknown profile {profile!r}: use {DEFAULT_PROFILE!r}"))
-    if not csr.is_signature_valid:
+    try:
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        return [Reason(code="key_unsupported", message=f"the CSR's public key cannot be read: {exc}")]
+    if (key_reason := key_problem(profile, public_key)) is not None:
+        reasons.append(key_reason)
+    elif not csr.is_signature_valid:
         reasons.append(
             Reason(
                 code="csr_signature_invalid",
                 message="the CSR's signature does not verify: it was not signed by its own key",
             )
         )
-    try:
-        public_key = csr.public_key()
-    except (ValueError, TypeError) as exc:
-        reasons.append(Reason(code="key_unsupported", message=f"the CSR's public key cannot be read: {exc}"))
-    else:
-        problem = key_problem(public_key)
-        if problem is not None:
-            reasons.append(Reason(code="key_weak", message=problem))
-    try:
-        dns, ips = csr_names(csr)
-    except (ValueError, x509.DuplicateExtension) as exc:
-        return [*reasons, Reason(code="csr_malformed", message=f"the CSR's extensions cannot be read: {exc}")]
-    if not dns:
-        reasons.append(Reason(code="names_missing", message="the CSR asks for no DNS name in its subjectAltName"))
-    if len(dns) + len(ips) > MAX_SANS:
-        reasons.append(
-            Reason(code="too_many_names", message=f"the CSR asks for {len(dns) + len(ips)} names; at most {MAX_SANS}")
-        )
-    if ips:
+    if key_reason is None and spki_sha256(public_key) in blocked_keys:  # type: ignore[arg-type]
         reasons.append(
             Reason(
-                code="ip_not_allowed",
-                message=f"IP addresses {', '.join(ips)} are not allowed by profile {DEFAULT_PROFILE!r}",
+                code="key_blocked",
+                message="this public key is blocked (it was reported compromised): generate a new key",
             )
         )
-    allowed = set(claims.dns_names)
-    for name in dns:
-        problem = dns_name_problem(name)
-        if problem is not None:
-            reasons.append(Reason(code="name_invalid", message=problem))
-        elif name not in allowed:
+    try:
+        extensions = csr.extensions
+    except (ValueError, UnicodeError, x509.DuplicateExtension) as exc:
+        return [*reasons, Reason(code="csr_malformed", message=f"the CSR's extensions cannot be read: {exc}")]
+    reasons += requested_extension_problems(profile, extensions)
+    return reasons
+
+
+def _common_name_problems(csr: x509.CertificateSigningRequest, names: Names) -> list[Reason]:
+    try:
+        attributes = list(csr.subject)
+    except ValueError as exc:
+        return [Reason(code="csr_malformed", message=f"the CSR's subject cannot be read: {exc}")]
+    reasons = []
+    for attribute in attributes:
+        if attribute.oid != x509.NameOID.COMMON_NAME:
+            continue  # other subject attributes are not copied into the certificate
+        value = attribute.value if isinstance(attribute.value, str) else attribute.value.decode("latin-1")
+        if value not in names.dns and value not in names.ips:
             reasons.append(
                 Reason(
-                    code="name_not_allowed",
-                    message=f"name {name!r} is not allowed by the token: it allows {', '.join(sorted(allowed))}",
+                    code="cn_not_in_sans",
+                    message=f"the CSR's common name {value!r} is not one of its subject alternative names",
                 )
             )
-    for cn in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
-        if cn.value not in dns:
-            reasons.append(
-                Reason(code="cn_not_in_sans", message=f"the CSR's common name {cn.value!r} is not one of its DNS names")
-            )
-    if claims.profile != profile:
-        reasons.append(
-            Reason(code="profile_not_allowed", message=f"the token is for profile {claims.profile!r}, not {profile!r}")
-        )
-    if reasons:
-        return reasons
-    return Approval(dns_names=list(dict.fromkeys(dns)), validity_days=validity_days)
+    return reasons

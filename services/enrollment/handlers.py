@@ -1,57 +1,141 @@
-"""Enrollment's subscribers: thin, they parse, decide with `domain` and persist with `store`."""
+"""Enrollment's subscribers: thin, they parse, decide with `domain` and persist with `store`.
+
+One durable consumer reads requests and the policy events that govern them (provisioners,
+profiles, blocked keys, operator approvals) in log order, so a request is always judged by the
+policy that was on the log before it: a provisioner disabled before a request refuses it.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from faststream.nats.annotations import NatsMessage
 
 from services.enrollment import domain, store
 from shared.consumer import Delivery, EventRejected
+from shared.crypto import spki_sha256
 from shared.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    CertificateIssued,
     EnrollmentApproved,
+    EnrollmentPending,
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    KeyBlocked,
+    ProfileApplied,
+    ProfileLinted,
+    ProvisionerDisabled,
     ProvisionerRegistered,
-    Reason,
+    ProvisionerRemoved,
 )
 from shared.outbox import OutboxEntry, enqueue
+from shared.profiles import Profile, key_type_of
+from shared.reasons import Reason
 from shared.service import Runtime
 from shared.settings import EnrollmentSettings
-from shared.tokens import TokenClaims, TokenError, provisioner_id_of, verify_token
+from shared.tokens import ProvisionerPublicKey, TokenClaims, TokenError, algorithm_for, provisioner_id_of, verify_token
 
 NAME = "enrollment"
+log = logging.getLogger("certbus.enrollment")
+CONSUMED = (
+    EnrollmentRequested,
+    ApprovalGranted,
+    ApprovalDenied,
+    ProvisionerRegistered,
+    ProvisionerDisabled,
+    ProvisionerRemoved,
+    ProfileApplied,
+    ProfileLinted,
+    KeyBlocked,
+    CertificateIssued,
+    EnrollmentRejected,
+)
 
 
 def register(rt: Runtime, settings: EnrollmentSettings) -> None:
-    """Attach enrollment's consumers to the runtime."""
-    rt.publishes(EnrollmentApproved, EnrollmentRejected)
+    """Attach enrollment's consumer and queries to the runtime."""
+    rt.publishes(EnrollmentApproved, EnrollmentRejected, EnrollmentPending)
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, ProvisionerRegistered):
-            await _register_provisioner(conn, event)
-            return []
         if isinstance(event, EnrollmentRequested):
             return [await _decide(conn, rt, settings, event, delivery.accepted_at)]
-        raise EventRejected(f"enrollment does not consume {event.event_type}")
+        if isinstance(event, ApprovalGranted | ApprovalDenied):
+            return await _operator_decision(conn, rt, event)
+        await _apply_policy(conn, event)
+        return []
 
     requests = rt.group_commit("requests", apply)
 
-    @rt.consumer("requests", [EnrollmentRequested.filter(rt.root), ProvisionerRegistered.filter(rt.root)])
-    async def on_event(event: EnrollmentRequested | ProvisionerRegistered, msg: NatsMessage) -> None:
+    @rt.consumer("requests", [cls.filter(rt.root) for cls in CONSUMED])
+    async def on_event(event: Event, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
 
 
-async def _register_provisioner(conn: asyncpg.Connection, event: ProvisionerRegistered) -> None:
-    await store.save_provisioner(
-        conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, event.registered_by
-    )
+async def _apply_policy(conn: asyncpg.Connection, event: Event) -> None:
+    """Provisioners, profiles, blocked keys, and what became of approved requests."""
+    if isinstance(event, ProvisionerRegistered):
+        await store.save_provisioner(
+            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, event.registered_by
+        )
+    elif isinstance(event, ProvisionerDisabled):
+        await store.set_provisioner_status(
+            conn, event.aggregate_id, "disabled", event.reason, event.disabled_by, event.occurred_at
+        )
+    elif isinstance(event, ProvisionerRemoved):
+        await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", event.removed_by, event.occurred_at)
+    elif isinstance(event, ProfileApplied):
+        if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
+            raise EventRejected("the profile's digest or name does not match its content")
+        body = event.profile.model_dump(mode="json")
+        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, event.applied_by)
+    elif isinstance(event, ProfileLinted):
+        findings = [f.model_dump() for f in event.findings]
+        await store.record_lint(conn, event.digest, event.usable, findings)
+    elif isinstance(event, KeyBlocked):
+        await store.block_key(conn, event.spki_sha256, event.reason, event.blocked_by, event.occurred_at)
+    elif isinstance(event, CertificateIssued):
+        await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
+    elif isinstance(event, EnrollmentRejected):
+        if event.producer == "signing":
+            await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
+    else:
+        raise EventRejected(f"enrollment does not consume {event.event_type}")
+
+
+def _envelope(cause: Event, at: datetime) -> dict[str, Any]:
+    return {
+        "aggregate_id": cause.aggregate_id,
+        "occurred_at": at,
+        "correlation_id": cause.correlation_id,
+        "causation_id": str(cause.event_id),
+        "producer": NAME,
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _profile(body_json: str) -> Profile:
+    """A profile parsed once per process, keyed by its own canonical JSON."""
+    return Profile.model_validate_json(body_json)
+
+
+def profile_of(body: dict[str, Any]) -> Profile:
+    """The Profile of a stored body."""
+    return _profile(Profile.model_validate(body).model_dump_json())
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(pem: str) -> PublicKeyTypes:
+    """A provisioner's key parsed once per process (read from the table on every request, so a
+    change of key takes effect at once; only the parsing is cached, by the PEM itself)."""
+    return serialization.load_pem_public_key(pem.encode())
 
 
 async def _decide(
@@ -62,50 +146,67 @@ async def _decide(
     accepted_at: datetime,
 ) -> OutboxEntry:
     now = rt.clock.now()
-    outcome = await _check(conn, rt, settings, request, accepted_at)
-    reasons = outcome if isinstance(outcome, list) else []
-    envelope = {
-        "aggregate_id": request.aggregate_id,
-        "occurred_at": now,
-        "correlation_id": request.correlation_id,
-        "causation_id": str(request.event_id),
-        "producer": NAME,
-    }
+    record = store.RequestRecord(
+        request_id=request.aggregate_id,
+        requester=request.requester,
+        profile=request.profile,
+        status="rejected",
+        requested_at=request.occurred_at,
+        decided_at=now,
+        csr_pem=request.csr_pem if len(request.csr_pem) <= 64 * 1024 else None,
+        validity_days=request.validity_days,
+        decided_by=NAME,
+    )
+    outcome = await _check(conn, rt, settings, request, accepted_at, record)
+    envelope = _envelope(request, now)
     decision: Event
     if isinstance(outcome, list):
+        record.reasons = outcome
         decision = EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
-        names: list[str] = []
     else:
-        approval, claims = outcome
-        names = approval.dns_names
-        decision = EnrollmentApproved(
-            csr_pem=request.csr_pem,
-            profile=request.profile,
-            dns_names=approval.dns_names,
-            validity_days=approval.validity_days,
-            provisioner_id=claims.provisioner_id,
-            token_id=claims.token_id,
-            requester=request.requester,
-            **envelope,
-        )
-    await store.record_decision(
-        conn,
-        request.aggregate_id,
-        request.requester,
-        request.profile,
-        reasons,
-        names,
-        request.occurred_at,
-        now,
-    )
+        approval, claims, profile = outcome
+        record.dns_names = approval.dns_names
+        record.ip_addresses = list(approval.ip_addresses)
+        record.emails = list(approval.emails)
+        record.validity_days = approval.validity_days
+        if profile.require_approval:
+            record.status = "pending"
+            record.decided_by = None
+            record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
+            decision = EnrollmentPending(
+                profile=profile.name,
+                dns_names=approval.dns_names,
+                ip_addresses=list(approval.ip_addresses),
+                emails=list(approval.emails),
+                validity_days=approval.validity_days,
+                requester=request.requester,
+                expires_at=record.expires_at,
+                **envelope,
+            )
+        else:
+            record.status = "approved"
+            decision = _approved(record, request.csr_pem, claims.provisioner_id, claims.token_id, "policy", envelope)
+    await store.record_request(conn, record)
     return await enqueue(conn, decision, rt.root)
 
 
-@functools.lru_cache(maxsize=256)
-def _public_key(pem: str) -> PublicKeyTypes:
-    """A provisioner's key parsed once per process (read from the table on every request, so a
-    change of key takes effect at once; only the parsing is cached, by the PEM itself)."""
-    return serialization.load_pem_public_key(pem.encode())
+def _approved(
+    record: store.RequestRecord, csr_pem: str, provisioner_id: str, token_id: str, by: str, envelope: dict[str, Any]
+) -> EnrollmentApproved:
+    return EnrollmentApproved(
+        csr_pem=csr_pem,
+        profile=record.profile,
+        profile_digest=record.profile_digest,
+        dns_names=record.dns_names,
+        ip_addresses=record.ip_addresses,
+        emails=record.emails,
+        validity_days=record.validity_days or 0,
+        provisioner_id=provisioner_id,
+        token_id=token_id,
+        requester=record.requester,
+        approved_by=by,
+        **envelope,
+    )
 
 
 async def _check(
@@ -114,18 +215,20 @@ async def _check(
     settings: EnrollmentSettings,
     request: EnrollmentRequested,
     accepted_at: datetime,
-) -> tuple[domain.Approval, TokenClaims] | list[Reason]:
+    record: store.RequestRecord,
+) -> tuple[domain.Approval, TokenClaims, Profile] | list[Reason]:
     csr = domain.load_csr(request.csr_pem)
     if isinstance(csr, Reason):
         return [csr]
     try:
+        public_key = csr.public_key()
+        spki = spki_sha256(public_key) if key_type_of(public_key) else None  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        spki = None
+    try:
         provisioner_id = provisioner_id_of(request.token)
-        key_pem = await store.provisioner_key(conn, provisioner_id)
-        if key_pem is None:
-            raise TokenError("provisioner_unknown", f"the token's provisioner {provisioner_id!r} is not registered")
-        key = _public_key(key_pem)
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise TokenError("provisioner_unknown", f"provisioner {provisioner_id!r} has no Ed25519 key")
+        ctx = await store.context(conn, provisioner_id, request.profile, spki)
+        key = _provisioner_key(provisioner_id, ctx)
         claims = verify_token(
             request.token,
             request.token_proof,
@@ -139,9 +242,123 @@ async def _check(
         )
     except TokenError as exc:
         return [Reason(code=exc.code, message=exc.message)]
+    record.provisioner_id, record.token_id = claims.provisioner_id, claims.token_id
+    # The token is spent by a primary key, whatever else is wrong with the request.
     if not await store.spend_token(conn, claims.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
         return [Reason(code="token_reused", message="the token has already been used: each token enrolls once")]
-    decision = domain.review(csr, claims, request.profile, settings.default_validity_days)
+    if ctx.profile_body is None:
+        return [
+            Reason(
+                code="profile_unknown", message=f"there is no profile {request.profile!r}: see `certbus profile list`"
+            )
+        ]
+    if ctx.profile_lint_failed:
+        return [
+            Reason(
+                code="profile_unusable",
+                message=f"profile {request.profile!r} failed its lint check and cannot be used until it is fixed",
+            )
+        ]
+    profile = profile_of(ctx.profile_body)
+    record.profile_digest = ctx.profile_digest
+    blocked = frozenset({spki}) if ctx.key_blocked and spki else frozenset()
+    decision = domain.review(csr, claims, profile, request.validity_days, blocked)
     if isinstance(decision, list):
         return decision
-    return decision, claims
+    return decision, claims, profile
+
+
+def _provisioner_key(provisioner_id: str, ctx: store.Context) -> ProvisionerPublicKey:
+    if ctx.provisioner_key_pem is None or ctx.provisioner_status == "removed":
+        raise TokenError("provisioner_unknown", f"the token's provisioner {provisioner_id!r} is not registered")
+    if ctx.provisioner_status == "disabled":
+        raise TokenError(
+            "provisioner_disabled", f"provisioner {provisioner_id!r} is disabled: its tokens no longer work"
+        )
+    key = _public_key(ctx.provisioner_key_pem)
+    algorithm_for(key)  # raises for a key type no token can be signed with
+    return key  # type: ignore[return-value]
+
+
+async def _operator_decision(
+    conn: asyncpg.Connection, rt: Runtime, event: ApprovalGranted | ApprovalDenied
+) -> list[OutboxEntry]:
+    """An operator approves or refuses a pending request (anything else is recorded and ignored)."""
+    record = await store.request(conn, event.aggregate_id, lock=True)
+    if record is None or record.status != "pending":
+        log.warning(
+            "operator decision for a request that is not pending",
+            extra={"request": event.aggregate_id, "status": record.status if record else "unknown"},
+        )
+        return []
+    now = rt.clock.now()
+    envelope = _envelope(event, now)
+    assert record.expires_at is not None
+    if event.occurred_at > record.expires_at or now > record.expires_at:
+        return [await _expire(conn, rt, record, envelope)]
+    if isinstance(event, ApprovalDenied):
+        reason = Reason(code="operator_rejected", message=f"rejected by {event.operator}: {event.reason}")
+        await store.decide(conn, record.request_id, "rejected", [reason], event.operator, now)
+        return [
+            await enqueue(conn, EnrollmentRejected(reasons=[reason], rejected_by=event.operator, **envelope), rt.root)
+        ]
+    # Judge again under the profile as it is now: it may have changed while the request waited.
+    reasons, digest = await _still_acceptable(conn, record)
+    if reasons:
+        await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
+        return [await enqueue(conn, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), rt.root)]
+    record.profile_digest = digest
+    await store.decide(conn, record.request_id, "approved", [], event.operator, now, digest)
+    approved = _approved(
+        record, record.csr_pem or "", record.provisioner_id or "", record.token_id or "", event.operator, envelope
+    )
+    return [await enqueue(conn, approved, rt.root)]
+
+
+async def _still_acceptable(conn: asyncpg.Connection, record: store.RequestRecord) -> tuple[list[Reason], str | None]:
+    current = await store.current_profile(conn, record.profile)
+    csr = domain.load_csr(record.csr_pem or "")
+    if current is None or isinstance(csr, Reason):
+        return [Reason(code="profile_unknown", message=f"profile {record.profile!r} no longer exists")], None
+    body, digest, lint_failed = current
+    if lint_failed:
+        return [Reason(code="profile_unusable", message=f"profile {record.profile!r} failed its lint check")], None
+    profile = profile_of(body)
+    spki = spki_sha256(csr.public_key())  # type: ignore[arg-type]
+    blocked = frozenset({spki}) if await store.blocked(conn, spki) else frozenset()
+    outcome = domain.judge(csr, profile, record.validity_days, blocked)
+    return (outcome, None) if isinstance(outcome, list) else ([], digest)
+
+
+async def _expire(
+    conn: asyncpg.Connection, rt: Runtime, record: store.RequestRecord, envelope: dict[str, Any]
+) -> OutboxEntry:
+    assert record.expires_at is not None
+    reason = Reason(
+        code="approval_expired",
+        message=f"no operator approved the request before {record.expires_at:%Y-%m-%d %H:%M} UTC: request again",
+    )
+    await store.decide(conn, record.request_id, "expired", [reason], NAME, rt.clock.now())
+    return await enqueue(conn, EnrollmentRejected(reasons=[reason], rejected_by=NAME, **envelope), rt.root)
+
+
+async def expire_overdue(rt: Runtime, batch: int = 100) -> int:
+    """Reject pending requests whose approval window closed; returns how many."""
+    expired = 0
+    while True:
+        async with rt.pool.acquire() as conn, conn.transaction():
+            overdue = await store.overdue_pending(conn, rt.clock.now(), batch)
+            entries = []
+            for record in overdue:
+                envelope = {
+                    "aggregate_id": record.request_id,
+                    "occurred_at": rt.clock.now(),
+                    "correlation_id": record.request_id,
+                    "causation_id": None,
+                    "producer": NAME,
+                }
+                entries.append(await _expire(conn, rt, record, envelope))
+        await rt.publish_pending(entries)
+        expired += len(overdue)
+        if len(overdue) < batch:
+            return expired

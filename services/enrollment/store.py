@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from shared.events import Reason
+from shared.reasons import Reason
+
+
+@dataclass(frozen=True)
+class Context:
+    """What deciding one request needs from the tables, read in one round trip."""
+
+    provisioner_key_pem: str | None
+    provisioner_status: str | None
+    profile_body: dict[str, Any] | None
+    profile_digest: str | None
+    profile_lint_failed: bool
+    key_blocked: bool
+
+
+@dataclass
+class RequestRecord:
+    """One enrollment request and its outcome, as `requests show` reports it."""
+
+    request_id: str
+    requester: str
+    profile: str
+    status: str
+    requested_at: datetime
+    decided_at: datetime
+    reasons: list[Reason] = field(default_factory=list)
+    dns_names: list[str] = field(default_factory=list)
+    ip_addresses: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    csr_pem: str | None = None
+    validity_days: int | None = None
+    provisioner_id: str | None = None
+    token_id: str | None = None
+    profile_digest: str | None = None
+    expires_at: datetime | None = None
+    decided_by: str | None = None
+
+
+# --- provisioners -------------------------------------------------------------------------------
 
 
 async def save_provisioner(
@@ -17,10 +57,12 @@ async def save_provisioner(
     registered_at: datetime,
     registered_by: str,
 ) -> None:
-    """Insert or replace a provisioner's public key."""
+    """Insert or re-key a provisioner (registering again enables it, unless it was removed)."""
     await conn.execute(
-        "INSERT INTO provisioners VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provisioner_id) DO UPDATE "
-        "SET name = $2, public_key_pem = $3, registered_at = $4, registered_by = $5",
+        "INSERT INTO provisioners (provisioner_id, name, public_key_pem, registered_at, registered_by) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provisioner_id) DO UPDATE "
+        "SET name = $2, public_key_pem = $3, registered_at = $4, registered_by = $5, "
+        "status = CASE WHEN provisioners.status = 'removed' THEN 'removed' ELSE 'active' END",
         provisioner_id,
         name,
         public_key_pem,
@@ -29,12 +71,108 @@ async def save_provisioner(
     )
 
 
-async def provisioner_key(conn: asyncpg.Connection, provisioner_id: str) -> str | None:
-    """The PEM public key of a registered provisioner."""
-    value: str | None = await conn.fetchval(
-        "SELECT public_key_pem FROM provisioners WHERE provisioner_id = $1", provisioner_id
+async def set_provisioner_status(
+    conn: asyncpg.Connection, provisioner_id: str, status: str, reason: str, by: str, at: datetime
+) -> bool:
+    """Disable or remove a provisioner; False if it is unknown (or already removed)."""
+    row = await conn.fetchval(
+        "UPDATE provisioners SET status = $2, status_reason = $3, status_by = $4, status_at = $5 "
+        "WHERE provisioner_id = $1 AND status <> 'removed' RETURNING 1",
+        provisioner_id,
+        status,
+        reason,
+        by,
+        at,
     )
-    return value
+    return row is not None
+
+
+async def provisioners(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every provisioner (public keys only) with its status."""
+    rows = await conn.fetch(
+        "SELECT provisioner_id, name, public_key_pem, registered_at, registered_by, status, status_reason, "
+        "status_by, status_at FROM provisioners ORDER BY provisioner_id"
+    )
+    return [dict(r) for r in rows]
+
+
+# --- profiles and blocked keys ------------------------------------------------------------------
+
+
+async def save_profile(
+    conn: asyncpg.Connection, name: str, digest: str, body: dict[str, Any], at: datetime, by: str
+) -> None:
+    """Make this version the current one of profile `name` (a new version clears lint findings)."""
+    await conn.execute(
+        "INSERT INTO profiles (name, digest, body, applied_at, applied_by) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (name) DO UPDATE SET digest = $2, body = $3, applied_at = $4, applied_by = $5, "
+        "lint_failed = CASE WHEN profiles.digest = $2 THEN profiles.lint_failed ELSE false END, "
+        "lint_findings = CASE WHEN profiles.digest = $2 THEN profiles.lint_findings ELSE '[]'::jsonb END",
+        name,
+        digest,
+        body,
+        at,
+        by,
+    )
+
+
+async def record_lint(conn: asyncpg.Connection, digest: str, usable: bool, findings: list[dict[str, Any]]) -> None:
+    """Remember signing's lint verdict on a profile version (ignored for versions no longer current)."""
+    await conn.execute(
+        "UPDATE profiles SET lint_failed = $2, lint_findings = $3 WHERE digest = $1", digest, not usable, findings
+    )
+
+
+async def profiles(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every current profile."""
+    rows = await conn.fetch(
+        "SELECT name, digest, body, applied_at, applied_by, lint_failed, lint_findings FROM profiles ORDER BY name"
+    )
+    return [dict(r) for r in rows]
+
+
+async def block_key(conn: asyncpg.Connection, spki_sha256: str, reason: str, by: str, at: datetime) -> None:
+    """Add a public key to the blocklist."""
+    await conn.execute(
+        "INSERT INTO blocked_keys VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", spki_sha256, reason, by, at
+    )
+
+
+async def blocked(conn: asyncpg.Connection, spki_sha256: str) -> bool:
+    """Whether a public key is blocked."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $1)", spki_sha256))
+
+
+# --- deciding requests --------------------------------------------------------------------------
+
+
+async def context(conn: asyncpg.Connection, provisioner_id: str, profile: str, spki: str | None) -> Context:
+    """The provisioner, the profile and whether the key is blocked, in one round trip."""
+    row = await conn.fetchrow(
+        "SELECT p.public_key_pem, p.status, f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
+        "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $3) AS blocked "
+        "FROM (SELECT 1) one "
+        "LEFT JOIN provisioners p ON p.provisioner_id = $1 "
+        "LEFT JOIN profiles f ON f.name = $2",
+        provisioner_id,
+        profile,
+        spki,
+    )
+    assert row is not None
+    return Context(
+        provisioner_key_pem=row["public_key_pem"],
+        provisioner_status=row["status"],
+        profile_body=row["body"],
+        profile_digest=row["digest"],
+        profile_lint_failed=row["lint_failed"],
+        key_blocked=row["blocked"],
+    )
+
+
+async def current_profile(conn: asyncpg.Connection, name: str) -> tuple[dict[str, Any], str, bool] | None:
+    """The current version of a profile: (body, digest, lint failed)."""
+    row = await conn.fetchrow("SELECT body, digest, lint_failed FROM profiles WHERE name = $1", name)
+    return None if row is None else (row["body"], row["digest"], row["lint_failed"])
 
 
 async def spend_token(
@@ -51,27 +189,122 @@ async def spend_token(
     return row is not None
 
 
-async def record_decision(
+_COLUMNS = (
+    "request_id, requester, profile, status, requested_at, decided_at, reasons, dns_names, ip_addresses, emails, "
+    "csr_pem, validity_days, provisioner_id, token_id, profile_digest, expires_at, decided_by"
+)
+
+
+async def record_request(conn: asyncpg.Connection, r: RequestRecord) -> None:
+    """Keep a request and its first outcome (a redelivered request changes nothing)."""
+    await conn.execute(
+        f"INSERT INTO requests ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+        "$15, $16, $17) ON CONFLICT (request_id) DO NOTHING",
+        r.request_id,
+        r.requester,
+        r.profile,
+        r.status,
+        r.requested_at,
+        r.decided_at,
+        [x.model_dump() for x in r.reasons],
+        r.dns_names,
+        r.ip_addresses,
+        r.emails,
+        r.csr_pem,
+        r.validity_days,
+        r.provisioner_id,
+        r.token_id,
+        r.profile_digest,
+        r.expires_at,
+        r.decided_by,
+    )
+
+
+def _record(row: asyncpg.Record) -> RequestRecord:
+    data = {k: row[k] for k in _COLUMNS.split(", ")}
+    data["reasons"] = [Reason(**x) for x in data["reasons"]]
+    return RequestRecord(**data)
+
+
+async def request(conn: asyncpg.Connection, request_id: str, lock: bool = False) -> RequestRecord | None:
+    """One request (locked for this transaction when `lock`)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM requests WHERE request_id = $1" + (" FOR UPDATE" if lock else ""), request_id
+    )
+    return None if row is None else _record(row)
+
+
+async def request_detail(conn: asyncpg.Connection, request_id: str) -> dict[str, Any] | None:
+    """One request with what became of it (serial, issuer, expiry of the certificate)."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS}, serial, issuer_id, not_after FROM requests WHERE request_id = $1", request_id
+    )
+    return None if row is None else dict(row)
+
+
+async def list_requests(conn: asyncpg.Connection, status: str | None, limit: int) -> list[dict[str, Any]]:
+    """The newest requests, optionally only those in `status`."""
+    rows = await conn.fetch(
+        "SELECT request_id, requester, profile, status, dns_names, ip_addresses, emails, requested_at, decided_at, "
+        "expires_at, decided_by, serial, reasons FROM requests WHERE ($1::text IS NULL OR status = $1) "
+        "ORDER BY requested_at DESC LIMIT $2",
+        status,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def decide(
     conn: asyncpg.Connection,
     request_id: str,
-    requester: str,
-    profile: str,
+    status: str,
     reasons: list[Reason],
-    dns_names: list[str],
-    requested_at: datetime,
-    decided_at: datetime,
+    decided_by: str,
+    at: datetime,
+    profile_digest: str | None = None,
 ) -> None:
-    """Keep the outcome of a request."""
+    """Record the outcome of a pending request."""
     await conn.execute(
-        "INSERT INTO requests (request_id, requester, profile, status, reasons, dns_names, "
-        "requested_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-        "ON CONFLICT (request_id) DO NOTHING",
+        "UPDATE requests SET status = $2, reasons = $3, decided_by = $4, decided_at = $5, "
+        "profile_digest = coalesce($6, profile_digest) WHERE request_id = $1",
         request_id,
-        requester,
-        profile,
-        "rejected" if reasons else "approved",
+        status,
         [r.model_dump() for r in reasons],
-        dns_names,
-        requested_at,
-        decided_at,
+        decided_by,
+        at,
+        profile_digest,
     )
+
+
+async def mark_issued(
+    conn: asyncpg.Connection, request_id: str, serial: str, issuer_id: str, not_after: datetime
+) -> None:
+    """Signing issued the certificate of an approved request."""
+    await conn.execute(
+        "UPDATE requests SET status = 'issued', serial = $2, issuer_id = $3, not_after = $4 WHERE request_id = $1",
+        request_id,
+        serial,
+        issuer_id,
+        not_after,
+    )
+
+
+async def mark_rejected_by_signing(conn: asyncpg.Connection, request_id: str, reasons: list[Reason]) -> None:
+    """Signing refused an approved request (policy or pre-release check)."""
+    await conn.execute(
+        "UPDATE requests SET status = 'rejected', reasons = $2, decided_by = 'signing' "
+        "WHERE request_id = $1 AND status = 'approved'",
+        request_id,
+        [r.model_dump() for r in reasons],
+    )
+
+
+async def overdue_pending(conn: asyncpg.Connection, now: datetime, limit: int) -> list[RequestRecord]:
+    """Pending requests whose approval window has closed (locked; other replicas skip them)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM requests WHERE status = 'pending' AND expires_at <= $1 "
+        "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+    return [_record(r) for r in rows]

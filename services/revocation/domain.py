@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.crypto import normalise_serial
-from shared.events import Reason
-from shared.reasons import reason_flag
+from shared.reasons import Reason, reason_flag
 
 __all__ = ["Known", "decide", "normalise_serial"]
 

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from shared.crypto import PrivateKey, PublicKey, csr_names, key_problem, signing_hash
-from shared.events import EnrollmentApproved, Reason
-from shared.reasons import reason_flag
+from shared.events import EnrollmentApproved
+from shared.reasons import Reason, reason_flag
 
 BACKDATE = timedelta(minutes=1)
 

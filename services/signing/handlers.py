@@ -23,9 +23,9 @@ from shared.events import (
     EnrollmentApproved,
     EnrollmentRejected,
     Event,
-    Reason,
 )
 from shared.outbox import OutboxEntry, enqueue
+from shared.reasons import Reason
 from shared.service import Runtime
 
 NAME = "signing"

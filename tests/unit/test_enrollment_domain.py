@@ -16,7 +16,7 @@ from services.enrollment.domain import (
     load_csr,
     review,
 )
-from shared.events import Reason
+from shared.reasons import Reason
 
 NAMES = ["www.example.com", "api.example.com"]
 

@@ -22,12 +22,12 @@ from shared.events import (
     EnrollmentRequested,
     Event,
     ProvisionerRegistered,
-    Reason,
     RevocationRejected,
     RevocationRequested,
     event_json_schemas,
     parse_event,
 )
+from shared.reasons import Reason
 
 ENVELOPE: dict[str, Any] = {
     "aggregate_id": "req-1",

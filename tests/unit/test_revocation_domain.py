@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.revocation.domain import Known, decide, normalise_serial
-from shared.events import Reason
+from shared.reasons import Reason
 
 ISSUED = Known(serial="abc123", cert_id="req-1", issuer_id="issuing-1", status="good")
 
