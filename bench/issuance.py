@@ -66,7 +66,7 @@ def reference_rate(csrs: list[bytes]) -> float:
             correlation_id="r",
             producer="bench",
             csr_pem=pem.decode(),
-            profile="default-tls",
+            profile="tls-server",
             dns_names=dns,
             validity_days=30,
             provisioner_id="p",

@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import nats
@@ -25,23 +26,35 @@ from pydantic import BaseModel
 
 from shared.crypto import normalise_serial
 from shared.events import (
+    ApprovalDenied,
+    ApprovalGranted,
     CertificateIssued,
     CertificateRevoked,
+    EnrollmentPending,
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    ProfileApplied,
+    ProfileLinted,
     RevocationRejected,
     RevocationRequested,
     parse_event,
     utcnow,
 )
+from shared.profiles import Profile
 from shared.queries import (
     CrlAnswer,
     CrlQuery,
     Failure,
     HistoryAnswer,
     HistoryQuery,
+    ProfilesAnswer,
+    ProvisionersAnswer,
     ReplayAnswer,
+    RequestDetail,
+    RequestQuery,
+    RequestsAnswer,
+    RequestsQuery,
     StatusAnswer,
     StatusQuery,
     ValidateAnswer,
@@ -72,7 +85,18 @@ class Rejected(CertbusError):
         self.reasons = reasons
 
 
-def enrollment_request(csr_pem: str, token: str, requester: str, profile: str = "default-tls") -> EnrollmentRequested:
+class Pending(CertbusError):
+    """The profile needs an operator's approval: the request waits (see `certbus requests show`)."""
+
+    def __init__(self, request_id: str, expires_at: datetime) -> None:
+        super().__init__(f"request {request_id} waits for an operator's approval until {expires_at:%Y-%m-%d %H:%M} UTC")
+        self.request_id = request_id
+        self.expires_at = expires_at
+
+
+def enrollment_request(
+    csr_pem: str, token: str, requester: str, profile: str = "tls-server", validity_days: int | None = None
+) -> EnrollmentRequested:
     """The event asking for a certificate: the token's JWT and its holder's proof, never its secret."""
     jwt_part, holder = split_token(token)
     request_id = str(uuid.uuid4())
@@ -90,6 +114,7 @@ def enrollment_request(csr_pem: str, token: str, requester: str, profile: str = 
         token=jwt_part,
         token_proof=prove(holder, request_id, csr_der),
         requester=requester,
+        validity_days=validity_days,
     )
 
 
@@ -200,23 +225,112 @@ class CertbusClient:
                 await sub.unsubscribe()
 
     async def enroll(
-        self, csr_pem: str, token: str, profile: str = "default-tls", timeout: float = 30.0, wait_visible: bool = True
+        self,
+        csr_pem: str,
+        token: str,
+        profile: str = "tls-server",
+        timeout: float = 30.0,
+        wait_visible: bool = True,
+        validity_days: int | None = None,
+        wait_for_approval: bool = False,
     ) -> CertificateIssued:
         """Request a certificate for a CSR with a one-time token; returns the issued event.
 
-        With `wait_visible`, it returns once validation answers for the new serial too.
+        Raises Rejected with the reasons, or Pending if the profile needs an operator's approval
+        (unless `wait_for_approval`, which waits for the operator up to `timeout`). With
+        `wait_visible`, it returns once validation answers for the new serial too.
         """
-        request = enrollment_request(csr_pem, token, self.requester, profile)
-        request_id = request.aggregate_id
+        request = enrollment_request(csr_pem, token, self.requester, profile, validity_days)
+        return await self._issued(request, request, timeout, wait_visible, wait_for_approval)
+
+    async def _issued(
+        self, request_id_of: Event, publish: Event, timeout: float, wait_visible: bool, wait_for_approval: bool
+    ) -> CertificateIssued:
+        """Publish `publish` and wait for the certificate of request `request_id_of.aggregate_id`."""
+        request_id = request_id_of.aggregate_id
         root = self.settings.subject_root
-        wanted = [f"{root}.cert.{request_id}.issued", f"{root}.cert.{request_id}.rejected"]
-        result = await self._await_outcome(wanted, request, timeout)
+        wanted = [f"{root}.cert.{request_id}.{verb}" for verb in ("issued", "rejected", "pending")]
+        result = await self._await_outcome(
+            wanted, publish, timeout, accept=lambda e: not (wait_for_approval and isinstance(e, EnrollmentPending))
+        )
         if isinstance(result, EnrollmentRejected):
             raise Rejected(result.reasons)
+        if isinstance(result, EnrollmentPending):
+            raise Pending(request_id, result.expires_at)
         assert isinstance(result, CertificateIssued)
         if wait_visible:
             await self._until_validation_says(result.serial, {"good", "revoked"}, timeout)
         return result
+
+    async def approve(
+        self, request_id: str, operator: str, comment: str = "", timeout: float = 30.0
+    ) -> CertificateIssued:
+        """Approve a pending request as `operator`; returns the certificate issued for it."""
+        detail = await self.request(request_id)
+        if detail.status != "pending":
+            raise CertbusError(f"request {request_id} is {detail.status}, not pending")
+        grant = ApprovalGranted(
+            aggregate_id=request_id,
+            occurred_at=utcnow(),
+            correlation_id=request_id,
+            producer="operator",
+            operator=operator,
+            comment=comment,
+        )
+        return await self._issued(grant, grant, timeout, wait_visible=True, wait_for_approval=False)
+
+    async def reject(self, request_id: str, operator: str, reason: str, timeout: float = 15.0) -> EnrollmentRejected:
+        """Refuse a pending request as `operator`, saying why."""
+        detail = await self.request(request_id)
+        if detail.status != "pending":
+            raise CertbusError(f"request {request_id} is {detail.status}, not pending")
+        deny = ApprovalDenied(
+            aggregate_id=request_id,
+            occurred_at=utcnow(),
+            correlation_id=request_id,
+            producer="operator",
+            operator=operator,
+            reason=reason,
+        )
+        subject = f"{self.settings.subject_root}.cert.{request_id}.rejected"
+        result = await self._await_outcome([subject], deny, timeout)
+        assert isinstance(result, EnrollmentRejected)
+        return result
+
+    async def apply_profile(self, profile: Profile, applied_by: str, timeout: float = 30.0) -> ProfileLinted:
+        """Apply a profile; returns signing's lint verdict on its templates."""
+        digest = profile.digest()
+        applied = ProfileApplied(
+            aggregate_id=profile.name,
+            occurred_at=utcnow(),
+            correlation_id=f"profile-{profile.name}-{digest[:12]}",
+            producer="operator",
+            profile=profile,
+            digest=digest,
+            applied_by=applied_by,
+        )
+        subject = f"{self.settings.subject_root}.profile.{profile.name}.linted"
+        result = await self._await_outcome(
+            [subject], applied, timeout, accept=lambda e: isinstance(e, ProfileLinted) and e.digest == digest
+        )
+        assert isinstance(result, ProfileLinted)
+        return result
+
+    async def requests(self, status: str | None = None, limit: int = 100) -> RequestsAnswer:
+        """Enrollment requests, newest first."""
+        return await self._ask("enrollment", "requests", RequestsQuery(status=status, limit=limit), RequestsAnswer)
+
+    async def request(self, request_id: str) -> RequestDetail:
+        """One enrollment request's whole state."""
+        return await self._ask("enrollment", "request", RequestQuery(request_id=request_id), RequestDetail)
+
+    async def profiles(self) -> ProfilesAnswer:
+        """Every current profile and its lint verdict."""
+        return await self._ask("enrollment", "profiles", None, ProfilesAnswer)
+
+    async def provisioners(self) -> ProvisionersAnswer:
+        """Every provisioner and its status."""
+        return await self._ask("enrollment", "provisioners", None, ProvisionersAnswer)
 
     async def revoke(self, serial: str, reason: str, timeout: float = 15.0) -> CertificateRevoked:
         """Ask for a certificate to be revoked; returns the revoked event or raises Rejected."""

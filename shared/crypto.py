@@ -16,9 +16,6 @@ KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
-ALLOWED_CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
-MIN_RSA_BITS = 2048
-
 
 def generate_key(key_type: KeyType) -> PrivateKey:
     """A new private key of the given type."""
@@ -52,10 +49,13 @@ def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
-def build_csr(key: PrivateKey, dns_names: list[str], ip_addresses: list[str] | None = None) -> bytes:
-    """A PEM CSR for `dns_names` (the first is also the CN), signed by `key`."""
+def build_csr(
+    key: PrivateKey, dns_names: list[str], ip_addresses: list[str] | None = None, emails: list[str] | None = None
+) -> bytes:
+    """A PEM CSR for `dns_names` (the first is also the CN), IP addresses and emails, signed by `key`."""
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses or []]
+    names += [x509.RFC822Name(e) for e in emails or []]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])] if dns_names else [])
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -86,34 +86,6 @@ def normalise_serial(serial: str) -> str:
     """A serial as Certbus writes it: lower-case hex, no 0x prefix, colons or leading zeros."""
     text = serial.strip().lower().removeprefix("0x").replace(":", "")
     return text.lstrip("0") or "0"
-
-
-def describe_key(public_key: object) -> str:
-    """A short human name for a public key ('ec-p256', 'rsa-1024', 'dsa-2048', ...)."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return f"rsa-{public_key.key_size}"
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return ALLOWED_CURVES.get(public_key.curve.name, f"ec-{public_key.curve.name}")
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return "ed25519"
-    return type(public_key).__name__
-
-
-def key_problem(public_key: object) -> str | None:
-    """Why `public_key` is not acceptable for a certificate, or None if it is."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        if public_key.key_size < MIN_RSA_BITS:
-            return f"RSA key of {public_key.key_size} bits is too weak: use at least {MIN_RSA_BITS}"
-        if public_key.public_numbers().e != 65537:
-            return "RSA public exponent must be 65537"
-        return None
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        if public_key.curve.name not in ALLOWED_CURVES:
-            return f"curve {public_key.curve.name} is not allowed: use P-256 or P-384"
-        return None
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return None
-    return f"{describe_key(public_key)} keys are not accepted: use EC P-256/P-384, RSA >= 2048 or Ed25519"
 
 
 def csr_names(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:

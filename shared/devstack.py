@@ -262,8 +262,15 @@ def ensure_passphrase_file(home: Path) -> Path:
     return path
 
 
-def _register_provisioner(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "shared.cli.main", "provisioner", "init"], env=env, check=True)
+PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.toml"
+
+
+def _register_policy(env: dict[str, str]) -> None:
+    """Register the local provisioner and apply the shipped profiles (deploy/profiles.toml)."""
+    cli = [sys.executable, "-m", "shared.cli.main"]
+    subprocess.run([*cli, "provisioner", "init"], env=env, check=True)
+    profiles = Path(env.get("CERTBUS_PROFILES_FILE", str(PROFILES_FILE)))
+    subprocess.run([*cli, "profile", "apply", str(profiles), "--operator", "make-run"], env=env, check=True)
 
 
 def run_local() -> int:
@@ -304,7 +311,7 @@ def run_local() -> int:
             p.start()
         for p in procs:
             p.wait_healthy(60)
-        _register_provisioner(env)
+        _register_policy(env)
         print("certbus: all five services are up. In another shell: .venv/bin/certbus health", flush=True)
         while not stopping:
             time.sleep(0.5)

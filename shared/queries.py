@@ -109,3 +109,90 @@ class Failure(Query):
     """A query that could not be answered, and why."""
 
     error: str
+
+
+class RequestsQuery(Query):
+    """Enrollment requests, newest first, optionally only those in one status."""
+
+    status: str | None = None
+    limit: int = 100
+
+
+class RequestSummary(Query):
+    """One enrollment request and where it stands."""
+
+    request_id: str
+    requester: str
+    profile: str
+    status: str
+    dns_names: list[str] = []
+    ip_addresses: list[str] = []
+    emails: list[str] = []
+    requested_at: datetime
+    decided_at: datetime | None = None
+    expires_at: datetime | None = None
+    decided_by: str | None = None
+    serial: str | None = None
+    reasons: list[dict[str, str]] = []
+
+
+class RequestsAnswer(Query):
+    """Enrollment requests."""
+
+    requests: list[RequestSummary]
+
+
+class RequestQuery(Query):
+    """One enrollment request's whole state."""
+
+    request_id: str
+
+
+class RequestDetail(RequestSummary):
+    """Everything enrollment knows of one request."""
+
+    csr_pem: str | None = None
+    validity_days: int | None = None
+    provisioner_id: str | None = None
+    token_id: str | None = None
+    profile_digest: str | None = None
+    issuer_id: str | None = None
+    not_after: datetime | None = None
+
+
+class ProfileInfo(Query):
+    """A current profile, and whether signing's lint of its templates passed."""
+
+    name: str
+    digest: str
+    body: dict[str, Any]
+    applied_at: datetime
+    applied_by: str
+    lint_failed: bool
+    lint_findings: list[dict[str, Any]] = []
+
+
+class ProfilesAnswer(Query):
+    """Every current profile."""
+
+    profiles: list[ProfileInfo]
+
+
+class ProvisionerInfo(Query):
+    """A provisioner (public key only) and its status."""
+
+    provisioner_id: str
+    name: str
+    public_key_pem: str
+    registered_at: datetime
+    registered_by: str
+    status: str
+    status_reason: str | None = None
+    status_by: str | None = None
+    status_at: datetime | None = None
+
+
+class ProvisionersAnswer(Query):
+    """Every provisioner."""
+
+    provisioners: list[ProvisionerInfo]

@@ -52,7 +52,7 @@ class EnrollmentSettings(ServiceSettings):
 
     http_port: int = 8441
     max_token_ttl_s: int = 3600
-    default_validity_days: int = 30
+    pending_sweep_s: float = 30.0
 
 
 class SigningSettings(ServiceSettings):
@@ -65,7 +65,6 @@ class SigningSettings(ServiceSettings):
     ca_key_type: str = "ec-p384"
     root_validity_days: int = 3650
     issuing_validity_days: int = 1825
-    max_validity_days: int = 397
     organization: str = "Certbus"
     public_base_url: str = "http://127.0.0.1:8440"
     crl_validity_s: int = 7 * 24 * 3600

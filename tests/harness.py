@@ -23,7 +23,8 @@ from shared.cli import provisioner
 from shared.client import CertbusClient
 from shared.crypto import build_csr, generate_key
 from shared.devstack import SERVICES, ServiceProcess, free_port
-from shared.events import CertificateIssued, ProvisionerRegistered, utcnow
+from shared.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
+from shared.profiles import Profile, load_profiles
 from shared.service import Runtime
 from shared.settings import (
     AuditSettings,
@@ -35,6 +36,8 @@ from shared.settings import (
     ValidationSettings,
 )
 from shared.tokens import create_token
+
+PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.toml"
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
     "enrollment": EnrollmentSettings,
@@ -169,6 +172,14 @@ class Harness:
     def client(self, requester: str = "tests") -> CertbusClient:
         return CertbusClient(CommonSettings(**self.common), requester=requester)
 
+    async def apply_profiles(self, *extra: Profile) -> dict[str, ProfileLinted]:
+        """Apply the shipped profiles (deploy/profiles.toml) and `extra`; returns signing's verdicts."""
+        verdicts = {}
+        async with self.client("operator") as c:
+            for profile in [*load_profiles(PROFILES_FILE), *extra]:
+                verdicts[profile.name] = await c.apply_profile(profile, "tests")
+        return verdicts
+
     async def register_provisioner(self, provisioner_id: str = "default") -> None:
         async with self.client("operator") as c:
             await c.publish(
@@ -189,13 +200,15 @@ class Harness:
         ttl: timedelta = timedelta(minutes=5),
         key: ed25519.Ed25519PrivateKey | None = None,
         provisioner_id: str = "default",
+        profile: str = "tls-server",
     ) -> str:
-        return create_token(key or self.provisioner_key, provisioner_id, list(names), utcnow(), ttl)
+        return create_token(key or self.provisioner_key, provisioner_id, list(names), utcnow(), ttl, profile=profile)
 
-    async def enroll(self, *names: str, key_type: str = "ec-p256") -> CertificateIssued:
+    async def enroll(self, *names: str, key_type: str = "ec-p256", profile: str = "tls-server") -> CertificateIssued:
         key = generate_key(key_type)  # type: ignore[arg-type]
         async with self.client() as c:
-            return await c.enroll(build_csr(key, list(names)).decode(), self.token(*names))
+            csr = build_csr(key, list(names)).decode()
+            return await c.enroll(csr, self.token(*names, profile=profile), profile=profile)
 
     # --- looking inside -----------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from services.enrollment.handlers import NAME, register
+from services.enrollment.handlers import NAME, expire_overdue, register
 from shared.clock import Clock
+from shared.loops import WakeableLoop
 from shared.service import Runtime, create_service
 from shared.settings import EnrollmentSettings
 
@@ -15,6 +16,17 @@ from shared.settings import EnrollmentSettings
 def build(settings: EnrollmentSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
     """Wire the enrollment service."""
     settings = settings or EnrollmentSettings()
-    app, rt = create_service(NAME, settings, Path(__file__).parent / "migrations", clock=clock)
+
+    async def on_start(rt: Runtime) -> None:
+        expiry.start()
+
+    async def on_stop(rt: Runtime) -> None:
+        await expiry.stop()
+
+    app, rt = create_service(
+        NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
+    )
+    # Pending approvals whose window closed are rejected (checked every pending_sweep_s).
+    expiry = WakeableLoop("approval-expiry", lambda: expire_overdue(rt), idle_s=settings.pending_sweep_s)
     register(rt, settings)
     return app, rt

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from shared.crypto import spki_sha256
@@ -49,7 +50,7 @@ def load_csr(csr_pem: str) -> x509.CertificateSigningRequest | Reason:
         return Reason(code="csr_malformed", message="the CSR is not PEM text of a sensible size")
     try:
         return x509.load_pem_x509_csr(csr_pem.encode())
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         return Reason(code="csr_malformed", message=f"the CSR is not a valid PEM PKCS#10 request: {exc}")
 
 
@@ -155,11 +156,11 @@ def check_csr(csr: x509.CertificateSigningRequest, profile: Profile, blocked_key
     reasons: list[Reason] = []
     try:
         public_key = csr.public_key()
-    except (ValueError, TypeError) as exc:
-        return [Reason(code="key_unsupported", message=f"the CSR's public key cannot be read: {exc}")]
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        return [Reason(code="key_unsupported", message=f"the CSR's public key cannot be used: {exc}")]
     if (key_reason := key_problem(profile, public_key)) is not None:
         reasons.append(key_reason)
-    elif not csr.is_signature_valid:
+    elif not _signature_valid(csr):
         reasons.append(
             Reason(
                 code="csr_signature_invalid",
@@ -181,10 +182,17 @@ def check_csr(csr: x509.CertificateSigningRequest, profile: Profile, blocked_key
     return reasons
 
 
+def _signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    try:
+        return csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+
+
 def _common_name_problems(csr: x509.CertificateSigningRequest, names: Names) -> list[Reason]:
     try:
         attributes = list(csr.subject)
-    except ValueError as exc:
+    except (ValueError, UnicodeError) as exc:
         return [Reason(code="csr_malformed", message=f"the CSR's subject cannot be read: {exc}")]
     reasons = []
     for attribute in attributes:

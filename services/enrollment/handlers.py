@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, get_args
 
 import asyncpg
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from faststream.nats.annotations import NatsMessage
+from pydantic import Field
 
 from services.enrollment import domain, store
 from shared.consumer import Delivery, EventRejected
@@ -38,6 +40,18 @@ from shared.events import (
 )
 from shared.outbox import OutboxEntry, enqueue
 from shared.profiles import Profile, key_type_of
+from shared.queries import (
+    Failure,
+    ProfileInfo,
+    ProfilesAnswer,
+    ProvisionerInfo,
+    ProvisionersAnswer,
+    RequestDetail,
+    RequestQuery,
+    RequestsAnswer,
+    RequestsQuery,
+    RequestSummary,
+)
 from shared.reasons import Reason
 from shared.service import Runtime
 from shared.settings import EnrollmentSettings
@@ -45,19 +59,22 @@ from shared.tokens import ProvisionerPublicKey, TokenClaims, TokenError, algorit
 
 NAME = "enrollment"
 log = logging.getLogger("certbus.enrollment")
-CONSUMED = (
-    EnrollmentRequested,
-    ApprovalGranted,
-    ApprovalDenied,
-    ProvisionerRegistered,
-    ProvisionerDisabled,
-    ProvisionerRemoved,
-    ProfileApplied,
-    ProfileLinted,
-    KeyBlocked,
-    CertificateIssued,
-    EnrollmentRejected,
-)
+# Requests and the policy that governs them, in log order (one discriminated union for FastStream).
+Consumed = Annotated[
+    EnrollmentRequested
+    | ApprovalGranted
+    | ApprovalDenied
+    | ProvisionerRegistered
+    | ProvisionerDisabled
+    | ProvisionerRemoved
+    | ProfileApplied
+    | ProfileLinted
+    | KeyBlocked
+    | CertificateIssued
+    | EnrollmentRejected,
+    Field(discriminator="event_type"),
+]
+CONSUMED: tuple[type[Event], ...] = get_args(get_args(Consumed)[0])
 
 
 def register(rt: Runtime, settings: EnrollmentSettings) -> None:
@@ -75,8 +92,32 @@ def register(rt: Runtime, settings: EnrollmentSettings) -> None:
     requests = rt.group_commit("requests", apply)
 
     @rt.consumer("requests", [cls.filter(rt.root) for cls in CONSUMED])
-    async def on_event(event: Event, msg: NatsMessage) -> None:
+    async def on_event(event: Consumed, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
+
+    @rt.query("requests")
+    async def list_requests(query: RequestsQuery) -> RequestsAnswer:
+        async with rt.pool.acquire() as conn:
+            rows = await store.list_requests(conn, query.status, min(max(query.limit, 1), 1000))
+        return RequestsAnswer(requests=[RequestSummary(**row) for row in rows])
+
+    @rt.query("request")
+    async def show_request(query: RequestQuery) -> RequestDetail | Failure:
+        async with rt.pool.acquire() as conn:
+            row = await store.request_detail(conn, query.request_id)
+        if row is None:
+            return Failure(error=f"no enrollment request {query.request_id!r}")
+        return RequestDetail(**row)
+
+    @rt.query("profiles")
+    async def list_profiles() -> ProfilesAnswer:
+        async with rt.pool.acquire() as conn:
+            return ProfilesAnswer(profiles=[ProfileInfo(**row) for row in await store.profiles(conn)])
+
+    @rt.query("provisioners")
+    async def list_provisioners() -> ProvisionersAnswer:
+        async with rt.pool.acquire() as conn:
+            return ProvisionersAnswer(provisioners=[ProvisionerInfo(**row) for row in await store.provisioners(conn)])
 
 
 async def _apply_policy(conn: asyncpg.Connection, event: Event) -> None:
@@ -223,7 +264,7 @@ async def _check(
     try:
         public_key = csr.public_key()
         spki = spki_sha256(public_key) if key_type_of(public_key) else None  # type: ignore[arg-type]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         spki = None
     try:
         provisioner_id = provisioner_id_of(request.token)

@@ -8,8 +8,9 @@ from faststream import FastStream
 
 from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
-from services.signing.handlers import NAME, register
+from services.signing.handlers import NAME, load_profiles, register
 from services.signing.keystore import KeyStore
+from services.signing.templates import TemplateBook
 from shared.clock import Clock
 from shared.service import Runtime, create_service
 from shared.settings import SigningSettings
@@ -23,6 +24,7 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
     async def on_start(rt: Runtime) -> None:
         await cas.bootstrap(rt)
         await rt.publish_pending()
+        await load_profiles(rt, cas, book)  # every current profile's templates linted before issuing
         await crls.publish_due()  # a new CA has a CRL before it issues anything
         crls.loop.start()
 
@@ -33,5 +35,6 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
     crls = CrlPublisher(rt, cas)  # the hooks above run after this line, at start-up
-    register(rt, cas, crls)
+    book = TemplateBook(cas)
+    register(rt, cas, crls, book)
     return app, rt

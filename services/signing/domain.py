@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from shared.crypto import PrivateKey, PublicKey, csr_names, key_problem, signing_hash
+from shared.crypto import PrivateKey, PublicKey, csr_names, signing_hash, spki_sha256
 from shared.events import EnrollmentApproved
+from shared.profiles import Profile, key_problem, key_type_of, names_problems, validity_problem
 from shared.reasons import Reason, reason_flag
 
 BACKDATE = timedelta(minutes=1)
@@ -132,31 +133,46 @@ def _aia(ca_url: str) -> x509.AuthorityInformationAccess:
     )
 
 
+@dataclass(frozen=True)
+class Sans:
+    """The subject alternative names of one certificate, by kind, in order."""
+
+    dns: tuple[str, ...]
+    ips: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, approved: EnrollmentApproved) -> Sans:
+        """The names an approval grants."""
+        return cls(tuple(approved.dns_names), tuple(approved.ip_addresses), tuple(approved.emails))
+
+    def general_names(self) -> list[x509.GeneralName]:
+        """As X.509 general names: DNS names, then IP addresses, then emails."""
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in self.dns]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in self.ips]
+        names += [x509.RFC822Name(e) for e in self.emails]
+        return names
+
+
 def policy_problems(
-    approved: EnrollmentApproved, csr: x509.CertificateSigningRequest, max_validity_days: int
+    approved: EnrollmentApproved, csr: x509.CertificateSigningRequest, profile: Profile
 ) -> list[Reason]:
-    """Signing's own checks, whatever enrollment approved: key strength, names, validity."""
+    """Signing's own checks, whatever enrollment approved: CSR signature, key, names, validity."""
     reasons: list[Reason] = []
-    if not csr.is_signature_valid:
+    public_key = csr.public_key()
+    if (key_reason := key_problem(profile, public_key)) is not None:
+        reasons.append(key_reason)
+    elif not csr.is_signature_valid:
         reasons.append(Reason(code="csr_signature_invalid", message="the CSR's signature does not verify"))
-    problem = key_problem(csr.public_key())
-    if problem is not None:
-        reasons.append(Reason(code="key_weak", message=problem))
     dns, ips = csr_names(csr)
     extra = (set(dns) | set(ips)) - set(approved.dns_names) - set(approved.ip_addresses)
     if extra:
         reasons.append(
             Reason(code="name_not_approved", message=f"the CSR names {sorted(extra)} that were not approved")
         )
-    if not approved.dns_names:
-        reasons.append(Reason(code="names_missing", message="the approval names no DNS name"))
-    if approved.validity_days < 1 or approved.validity_days > max_validity_days:
-        reasons.append(
-            Reason(
-                code="validity_too_long",
-                message=f"validity of {approved.validity_days} days is outside 1..{max_validity_days}",
-            )
-        )
+    reasons += names_problems(profile, approved.dns_names, approved.ip_addresses, approved.emails)
+    if (too_long := validity_problem(profile, approved.validity_days)) is not None:
+        reasons.append(too_long)
     return reasons
 
 
@@ -170,26 +186,29 @@ class LeafPlan:
 
 
 def plan_leaf(issuer: CaIdentity, validity_days: int, now: datetime) -> LeafPlan:
-    """Choose the serial (159 random bits) and validity, capped at the issuer's own expiry."""
-    not_before = now - BACKDATE
+    """Choose the serial (159 random bits) and validity, capped at the issuer's own expiry.
+    Times are whole seconds, as X.509 encodes them, so the plan equals what the certificate says."""
+    not_before = now.replace(microsecond=0) - BACKDATE
     not_after = min(not_before + timedelta(days=validity_days), issuer.cert.not_valid_after_utc)
     return LeafPlan(serial=x509.random_serial_number(), not_before=not_before, not_after=not_after)
 
 
 def leaf_builder(
-    approved: EnrollmentApproved,
-    csr: x509.CertificateSigningRequest,
+    profile: Profile,
+    names: Sans,
+    public_key: PublicKey,
     issuer: CaIdentity,
     plan: LeafPlan,
     urls: Urls,
 ) -> x509.CertificateBuilder:
-    """The default TLS profile: names and key from the approval and CSR, nothing else copied."""
-    public_key = csr.public_key()
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in approved.dns_names]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in approved.ip_addresses]
-    first = approved.dns_names[0]
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)] if len(first) <= 64 else [])
-    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+    """A leaf certificate as `profile` says: the approved names and the CSR's key, nothing else
+    from the request. The subject is the first DNS name as CN when it fits (64 characters), else
+    empty, and then the SAN is critical (RFC 5280 4.2.1.6)."""
+    first = names.dns[0] if names.dns else ""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)] if 0 < len(first) <= 64 else [])
+    server, client = profile.ekus()
+    ekus = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    ekus += [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -203,7 +222,8 @@ def leaf_builder(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=is_rsa,
+                # RSA key transport only for TLS servers (TLS 1.2 RSA key exchange)
+                key_encipherment=server and isinstance(public_key, rsa.RSAPublicKey),
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
@@ -213,15 +233,77 @@ def leaf_builder(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer.cert), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=len(subject) == 0)
+        .add_extension(x509.SubjectAlternativeName(names.general_names()), critical=len(subject) == 0)
         .add_extension(_crl_dp(urls.crl(issuer.ca_id)), critical=False)
         .add_extension(_aia(urls.ca_cert(issuer.ca_id)), critical=False)
     )
+
+
+# The parts of a leaf that differ between two certificates of one profile and key type; each is
+# checked against what was approved and planned. Everything else must equal the linted template.
+_VARYING = {ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.SUBJECT_KEY_IDENTIFIER}
+
+
+def template_deviations(
+    cert: x509.Certificate,
+    template: x509.Certificate,
+    profile: Profile,
+    names: Sans,
+    public_key: PublicKey,
+    plan: LeafPlan,
+) -> list[Reason]:
+    """How `cert` departs from its linted template or from what was approved (empty: release it).
+
+    Only the serial, names, public key and validity may differ from the template, and each must
+    be exactly what was planned and approved, inside the profile. Costs tens of microseconds.
+    """
+    found: list[str] = []
+    if cert.version != template.version or cert.signature_algorithm_oid != template.signature_algorithm_oid:
+        found.append("version or signature algorithm differs from the template")
+    if cert.issuer != template.issuer:
+        found.append("issuer differs from the template")
+    if cert.serial_number != plan.serial:
+        found.append("serial is not the one recorded before signing")
+    if cert.not_valid_before_utc != plan.not_before or cert.not_valid_after_utc != plan.not_after:
+        found.append("validity is not the one recorded before signing")
+    if plan.not_after - plan.not_before > timedelta(days=profile.max_validity_days) + BACKDATE:
+        found.append(f"validity exceeds the profile's {profile.max_validity_days} days")
+    if spki_sha256(cert.public_key()) != spki_sha256(public_key):  # type: ignore[arg-type]
+        found.append("public key is not the requested one")
+    if key_type_of(cert.public_key()) != key_type_of(template.public_key()):
+        found.append("key type differs from the template's")
+    expected_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names.dns[0])]) if names.dns else None
+    if len(cert.subject) and cert.subject != expected_subject:
+        found.append("subject is not the first approved DNS name")
+    found += _extension_deviations(cert, template, names, public_key)
+    if names_problems(profile, list(names.dns), list(names.ips), list(names.emails)):
+        found.append("names are outside the profile")
+    return [Reason(code="template_deviation", message=f"certificate {cert.serial_number:x}: {f}") for f in found]
+
+
+def _extension_deviations(
+    cert: x509.Certificate, template: x509.Certificate, names: Sans, public_key: PublicKey
+) -> list[str]:
+    found = []
+    got, want = list(cert.extensions), list(template.extensions)
+    if [e.oid for e in got] != [e.oid for e in want]:
+        extra = sorted({e.oid.dotted_string for e in got} ^ {e.oid.dotted_string for e in want})
+        return [f"extensions differ from the template's ({', '.join(extra) or 'order'})"]
+    for ext, ref in zip(got, want, strict=True):
+        if ext.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
+            if list(ext.value) != names.general_names():
+                found.append("subjectAltName is not exactly the approved names")
+            if ext.critical != (len(cert.subject) == 0):
+                found.append("subjectAltName criticality does not match the subject")
+        elif ext.oid == ExtensionOID.SUBJECT_KEY_IDENTIFIER:
+            if ext.value != x509.SubjectKeyIdentifier.from_public_key(public_key):
+                found.append("subjectKeyIdentifier does not match the public key")
+        elif ext.critical != ref.critical or ext.value != ref.value:
+            found.append(f"extension {ext.oid.dotted_string} differs from the template's")
+    return found
 
 
 @dataclass(frozen=True)

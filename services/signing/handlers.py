@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 from cryptography import x509
@@ -13,18 +17,25 @@ from faststream.nats.annotations import NatsMessage
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
+from services.signing.templates import TemplateBook, Verdict
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
 from shared.events import (
     CaCreated,
     CertificateIssued,
+    CertificateLintFailed,
     CertificateRevoked,
     CrlPublished,
     EnrollmentApproved,
     EnrollmentRejected,
     Event,
+    LintResult,
+    ProfileApplied,
+    ProfileLinted,
 )
+from shared.lint import errors, lint_certificate
 from shared.outbox import OutboxEntry, enqueue
+from shared.profiles import Profile, ProfileKeyType, key_type_of
 from shared.reasons import Reason
 from shared.service import Runtime
 
@@ -32,13 +43,36 @@ NAME = "signing"
 log = logging.getLogger("certbus.signing")
 
 
-def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher) -> None:
-    """Attach signing's consumers. Signing accepts work only from approvals and revocations."""
-    rt.publishes(CertificateIssued, EnrollmentRejected, CaCreated, CrlPublished)
-    approvals: GroupCommit[Event] = GroupCommit(lambda items: issue(rt, cas, items), rt.publish_pending)
+class ProfileNotYetKnown(Exception):
+    """An approval names a profile version this replica has not seen yet (another replica is
+    applying it): the approval is nacked and redelivered, and parked if it never becomes known."""
 
-    @rt.consumer("approved", [EnrollmentApproved.filter(rt.root)])
-    async def on_approved(event: EnrollmentApproved, msg: NatsMessage) -> None:
+
+@dataclass(frozen=True)
+class Job:
+    """An approval that passed signing's own policy checks: what to sign."""
+
+    approved: EnrollmentApproved
+    csr: x509.CertificateSigningRequest
+    profile: Profile
+    digest: str
+
+    @property
+    def key_type(self) -> ProfileKeyType:
+        """The profile key type of the requested key (checked by policy_problems)."""
+        kind = key_type_of(self.csr.public_key())
+        assert kind is not None
+        return kind
+
+
+def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBook) -> None:
+    """Attach signing's consumers. Signing accepts work only from approvals and revocations, and
+    reads profiles in the same consumer so that an approval is judged by the profiles before it."""
+    rt.publishes(CertificateIssued, EnrollmentRejected, CaCreated, CrlPublished, ProfileLinted, CertificateLintFailed)
+    approvals: GroupCommit[Event] = GroupCommit(lambda items: issue(rt, cas, book, items), rt.publish_pending)
+
+    @rt.consumer("approved", [EnrollmentApproved.filter(rt.root), ProfileApplied.filter(rt.root)])
+    async def on_approved(event: EnrollmentApproved | ProfileApplied, msg: NatsMessage) -> None:
         await approvals.submit(event, Delivery.of(msg))
 
     async def remember(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
@@ -54,61 +88,207 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher) -> None:
         crls.wake()
 
 
-async def issue(rt: Runtime, cas: CaRegistry, items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
-    """Issue at most one certificate per request: record intents, sign, then store.
+async def load_profiles(rt: Runtime, cas: CaRegistry, book: TemplateBook) -> None:
+    """At start: know every profile version, lint the current ones under the issuing CA, and say so
+    on the log for any (profile, issuer) pair not linted before."""
+    async with rt.pool.acquire() as conn:
+        rows = await store.profile_bodies(conn)
+    current = [book.add(Profile.model_validate(body)) for _digest, body, is_current in rows if is_current]
+    for _digest, body, is_current in rows:
+        if not is_current:
+            book.add(Profile.model_validate(body))
+    entries = []
+    for digest in current:
+        verdict = await book.lint(digest, cas.issuing().ca_id, rt.clock.now())
+        async with rt.pool.acquire() as conn, conn.transaction():
+            entries += await _record_verdict(conn, rt, book, verdict, None)
+    await rt.publish_pending(entries)
+
+
+async def _record_verdict(
+    conn: asyncpg.Connection, rt: Runtime, book: TemplateBook, verdict: Verdict, cause: Event | None
+) -> list[OutboxEntry]:
+    findings = [f.model_dump() for f in verdict.findings]
+    first = await store.record_lint(conn, verdict.digest, verdict.issuer_id, verdict.usable, findings, rt.clock.now())
+    if not first and cause is None:
+        return []  # linted before under this issuer, and nobody is waiting for the answer
+    profile = book.profiles[verdict.digest]
+    linted = ProfileLinted(
+        aggregate_id=profile.name,
+        occurred_at=rt.clock.now(),
+        correlation_id=cause.correlation_id if cause else f"lint-{verdict.digest[:16]}",
+        causation_id=str(cause.event_id) if cause else None,
+        producer=NAME,
+        digest=verdict.digest,
+        issuer_id=verdict.issuer_id,
+        usable=verdict.usable,
+        findings=list(verdict.findings),
+    )
+    return [await enqueue(conn, linted, rt.root)]
+
+
+async def _profile_for(rt: Runtime, book: TemplateBook, approved: EnrollmentApproved) -> tuple[Profile, str] | None:
+    digest = approved.profile_digest
+    if digest is None or digest not in book.profiles:
+        async with rt.pool.acquire() as conn:
+            if digest is None:
+                digest = await store.current_digest(conn, approved.profile)
+            if digest is not None and digest not in book.profiles:
+                for known, body, _ in await store.profile_bodies(conn):
+                    if known == digest:
+                        book.add(Profile.model_validate(body))
+    if digest is None:
+        return None
+    if digest not in book.profiles:
+        raise ProfileNotYetKnown(f"profile version {digest[:12]} of {approved.profile!r} is not known here yet")
+    return book.profiles[digest], digest
+
+
+async def issue(
+    rt: Runtime, cas: CaRegistry, book: TemplateBook, items: list[tuple[Event, Delivery]]
+) -> list[OutboxEntry]:
+    """Apply profiles, then issue at most one certificate per approved request.
 
     Intents (request id -> serial, validity) are committed before anything is signed, so a
-    redelivered or repeated approval signs the recorded serial again, or nothing if it was stored.
+    redelivered or repeated approval signs the recorded serial again, or nothing if it was stored
+    or refused. Each signed certificate is checked against its linted template before release.
     """
-    work: dict[str, tuple[EnrollmentApproved, x509.CertificateSigningRequest] | list[Reason]] = {}
-    for approved, _ in items:
-        if not isinstance(approved, EnrollmentApproved):
-            raise EventRejected(f"signing does not take {approved.event_type} as an approval")
-        if approved.aggregate_id in work:
-            continue
-        try:
-            csr = x509.load_pem_x509_csr(approved.csr_pem.encode())
-        except ValueError as exc:
-            raise EventRejected(f"the approved CSR cannot be parsed: {exc}") from exc
-        problems = domain.policy_problems(approved, csr, cas.settings.max_validity_days)
-        work[approved.aggregate_id] = problems or (approved, csr)
-    to_sign = {rid: item for rid, item in work.items() if not isinstance(item, list)}
+    now = rt.clock.now()
+    issuer_id = cas.issuing().ca_id
+    verdicts: dict[str, Verdict] = {}
+    work: dict[str, Job | list[Reason]] = {}
+    for event, _ in items:
+        if isinstance(event, ProfileApplied):
+            if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
+                raise EventRejected("the profile's digest or name does not match its content")
+            book.add(event.profile)
+            verdicts[event.digest] = await book.lint(event.digest, issuer_id, now)
+        elif isinstance(event, EnrollmentApproved):
+            if event.aggregate_id not in work:
+                work[event.aggregate_id] = await _judge(rt, book, event, issuer_id, now)
+        else:
+            raise EventRejected(f"signing does not take {event.event_type} as an approval")
+    to_sign = {rid: job for rid, job in work.items() if isinstance(job, Job)}
     intents = await _record_intents(rt, cas, to_sign) if to_sign else {}
     signed: dict[str, x509.Certificate] = {}
+    refused: dict[str, tuple[x509.Certificate, list[Reason]]] = {}
     for rid, intent in intents.items():
-        if intent.cert_der is None:
-            approved, csr = to_sign[rid]
-            issuer = cas.get(intent.issuer_id)
-            plan = domain.LeafPlan(intent.serial, intent.not_before, intent.not_after)
-            key = cas.key(issuer.ca_id)
-            signed[rid] = domain.leaf_builder(approved, csr, issuer, plan, cas.urls).sign(key, signing_hash(key))
-    if len(signed) < len(intents):
-        rt.relay.notify()  # a redelivery of something signed before: make sure its event is out
+        if intent.cert_der is None and not intent.refused:
+            cert, deviations = await _sign_checked(cas, book, to_sign[rid], intent, now)
+            if deviations:
+                refused[rid] = (cert, deviations)
+            else:
+                signed[rid] = cert
+    if len(signed) + len(refused) < len(intents):
+        rt.relay.notify()  # a redelivery of something decided before: make sure its event is out
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
+        if isinstance(event, ProfileApplied):
+            body = event.profile.model_dump(mode="json")
+            await store.save_profile(conn, event.digest, event.profile.name, body, event.occurred_at)
+            return await _record_verdict(conn, rt, book, verdicts[event.digest], event)
         assert isinstance(event, EnrollmentApproved)
         item = work[event.aggregate_id]
         if isinstance(item, list):
             return [await _reject(conn, rt, event, item)]
+        if event.aggregate_id in refused:
+            bad, deviations = refused[event.aggregate_id]
+            return await _refuse(conn, rt, item, bad, deviations)
         cert = signed.get(event.aggregate_id)
         if cert is None:
-            return []  # signed before: its issued event is already in the outbox
+            return []  # decided before: its event is already in the outbox
         return await _store_signed(conn, rt, cas, event, intents[event.aggregate_id], cert)
 
     async with rt.pool.acquire() as conn, conn.transaction():
         return await apply_events(conn, rt.durable("approved"), items, apply)
 
 
-async def _record_intents(
-    rt: Runtime, cas: CaRegistry, to_sign: dict[str, tuple[EnrollmentApproved, x509.CertificateSigningRequest]]
-) -> dict[str, store.Intent]:
+async def _judge(
+    rt: Runtime, book: TemplateBook, approved: EnrollmentApproved, issuer_id: str, now: datetime
+) -> Job | list[Reason]:
+    """Signing's own verdict on an approval, whatever enrollment decided."""
+    try:
+        csr = x509.load_pem_x509_csr(approved.csr_pem.encode())
+    except ValueError as exc:
+        raise EventRejected(f"the approved CSR cannot be parsed: {exc}") from exc
+    found = await _profile_for(rt, book, approved)
+    if found is None:
+        return [Reason(code="profile_unknown", message=f"signing knows no profile {approved.profile!r}")]
+    profile, digest = found
+    verdict = await book.lint(digest, issuer_id, now)
+    if not verdict.usable:
+        codes = ", ".join(sorted({f.code for f in verdict.findings}))
+        return [
+            Reason(
+                code="profile_unusable",
+                message=f"profile {profile.name!r} cannot be used: its certificate template fails lint ({codes})",
+            )
+        ]
+    problems = domain.policy_problems(approved, csr, profile)
+    return problems or Job(approved, csr, profile, digest)
+
+
+async def _sign_checked(
+    cas: CaRegistry, book: TemplateBook, job: Job, intent: store.Intent, now: datetime
+) -> tuple[x509.Certificate, list[Reason]]:
+    """Sign the planned certificate and check it against its template (and pkilint, if the profile
+    asks for full lint) before anyone sees it."""
+    issuer = cas.get(intent.issuer_id)
+    template = book.template(job.digest, issuer.ca_id, job.key_type)
+    if template is None:
+        await book.lint(job.digest, issuer.ca_id, now)
+        template = book.template(job.digest, issuer.ca_id, job.key_type)
+    assert template is not None
+    plan = domain.LeafPlan(intent.serial, intent.not_before, intent.not_after)
+    names = domain.Sans.of(job.approved)
+    public_key = job.csr.public_key()
+    key = cas.key(issuer.ca_id)
+    cert = domain.leaf_builder(job.profile, names, public_key, issuer, plan, cas.urls).sign(key, signing_hash(key))  # type: ignore[arg-type]
+    deviations = domain.template_deviations(cert, template.cert, job.profile, names, public_key, plan)  # type: ignore[arg-type]
+    if not deviations and job.profile.lint == "full":
+        der = cert.public_bytes(serialization.Encoding.DER)
+        deviations = [
+            Reason(code="lint_failed", message=f"pkilint {f.severity} {f.code}: {f.message or f.path}")
+            for f in errors(await asyncio.to_thread(lint_certificate, der))
+        ]
+    return cert, deviations
+
+
+async def _refuse(
+    conn: asyncpg.Connection, rt: Runtime, job: Job, cert: x509.Certificate, deviations: list[Reason]
+) -> list[OutboxEntry]:
+    """Keep a failed certificate unpublished: reject the enrollment and raise an operator alert."""
+    approved = job.approved
+    findings = [LintResult(severity="ERROR", code=r.code, message=r.message) for r in deviations]
+    if not await store.record_refused(conn, approved.aggregate_id, [f.model_dump() for f in findings]):
+        return []
+    log.error(
+        "refused to release a certificate that failed its pre-release check",
+        extra={"request": approved.aggregate_id, "serial": serial_hex(cert), "profile": job.profile.name},
+    )
+    alert = CertificateLintFailed(
+        aggregate_id=str(uuid.uuid4()),
+        occurred_at=rt.clock.now(),
+        correlation_id=approved.correlation_id,
+        causation_id=str(approved.event_id),
+        producer=NAME,
+        stage="pre-release",
+        request_id=approved.aggregate_id,
+        serial=serial_hex(cert),
+        profile=job.profile.name,
+        findings=findings,
+    )
+    return [await enqueue(conn, alert, rt.root), await _reject(conn, rt, approved, deviations)]
+
+
+async def _record_intents(rt: Runtime, cas: CaRegistry, to_sign: dict[str, Job]) -> dict[str, store.Intent]:
     issuer = cas.issuing()
     now = rt.clock.now()
     plans = []
-    for rid, (approved, csr) in to_sign.items():
-        plan = domain.plan_leaf(issuer, approved.validity_days, now)
-        spki = spki_sha256(csr.public_key())  # type: ignore[arg-type]
-        plans.append((rid, issuer.ca_id, plan.serial, plan.not_before, plan.not_after, spki, approved.event_id))
+    for rid, job in to_sign.items():
+        plan = domain.plan_leaf(issuer, job.approved.validity_days, now)
+        spki = spki_sha256(job.csr.public_key())  # type: ignore[arg-type]
+        plans.append((rid, issuer.ca_id, plan.serial, plan.not_before, plan.not_after, spki, job.approved.event_id))
     async with rt.pool.acquire() as conn, conn.transaction():
         return await store.record_intents(conn, plans, now)
 
@@ -138,6 +318,7 @@ async def _store_signed(
         not_after=cert.not_valid_after_utc,
         dns_names=approved.dns_names,
         ip_addresses=approved.ip_addresses,
+        emails=approved.emails,
         spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
         fingerprint_sha256=fingerprint_sha256(cert),
     )

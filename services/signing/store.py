@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -20,6 +21,7 @@ class Intent:
     not_after: datetime
     issued_event_id: uuid.UUID
     cert_der: bytes | None
+    refused: bool = False
 
 
 async def add_ca(
@@ -59,8 +61,8 @@ async def record_intents(
         [(*plan, uuid.uuid4(), at) for plan in plans],
     )
     rows = await conn.fetch(
-        "SELECT request_id, issuer_id, serial, not_before, not_after, issued_event_id, cert_der "
-        "FROM issuances WHERE request_id = ANY($1::text[])",
+        "SELECT request_id, issuer_id, serial, not_before, not_after, issued_event_id, cert_der, "
+        "refused IS NOT NULL AS refused FROM issuances WHERE request_id = ANY($1::text[])",
         [plan[0] for plan in plans],
     )
     return {
@@ -72,6 +74,7 @@ async def record_intents(
             not_after=row["not_after"],
             issued_event_id=row["issued_event_id"],
             cert_der=row["cert_der"],
+            refused=row["refused"],
         )
         for row in rows
     }
@@ -143,3 +146,53 @@ async def save_crl_state(
         this_update,
         next_update,
     )
+
+
+async def save_profile(conn: asyncpg.Connection, digest: str, name: str, body: dict[str, Any], at: datetime) -> None:
+    """Keep a profile version and make it the current one of its name."""
+    await conn.execute(
+        "INSERT INTO profiles VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING", digest, name, body, at
+    )
+    await conn.execute(
+        "INSERT INTO current_profiles VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET digest = $2", name, digest
+    )
+
+
+async def profile_bodies(conn: asyncpg.Connection) -> list[tuple[str, dict[str, Any], bool]]:
+    """Every known profile version: (digest, body, whether it is the current one of its name)."""
+    rows = await conn.fetch(
+        "SELECT p.digest, p.body, c.name IS NOT NULL AS current FROM profiles p "
+        "LEFT JOIN current_profiles c ON c.digest = p.digest"
+    )
+    return [(r["digest"], r["body"], r["current"]) for r in rows]
+
+
+async def current_digest(conn: asyncpg.Connection, name: str) -> str | None:
+    """The digest of the current version of profile `name`."""
+    value: str | None = await conn.fetchval("SELECT digest FROM current_profiles WHERE name = $1", name)
+    return value
+
+
+async def record_lint(
+    conn: asyncpg.Connection, digest: str, issuer_id: str, usable: bool, findings: list[dict[str, Any]], at: datetime
+) -> bool:
+    """Keep a lint verdict; False if this profile version was already linted under this issuer."""
+    row = await conn.fetchval(
+        "INSERT INTO profile_lints VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+        digest,
+        issuer_id,
+        usable,
+        findings,
+        at,
+    )
+    return row is not None
+
+
+async def record_refused(conn: asyncpg.Connection, request_id: str, findings: list[dict[str, Any]]) -> bool:
+    """Mark an intent's certificate as refused before release; False if already decided."""
+    row = await conn.fetchval(
+        "UPDATE issuances SET refused = $2 WHERE request_id = $1 AND cert_der IS NULL AND refused IS NULL RETURNING 1",
+        request_id,
+        findings,
+    )
+    return row is not None

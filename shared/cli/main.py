@@ -1,28 +1,30 @@
-"""`certbus`: every command takes --json; exit 0 success, 1 refused/revoked/invalid, 3 unreachable."""
+"""`certbus`: every command takes --json; exit 0 success, 1 refused/revoked/invalid, 2 usage error,
+3 unreachable, 4 waiting for an operator's approval."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import ipaddress
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from shared.cli import provisioner
-from shared.client import SERVICES, CertbusClient, CertbusError, Rejected, Unreachable
+from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run
+from shared.cli.policy import key_app, profile_app, provisioner_app
+from shared.cli.requests import approve, reject, requests_app
+from shared.client import SERVICES, CertbusClient, Unreachable
 from shared.crypto import KEY_TYPES, build_csr, generate_key, key_pem
-from shared.events import ProvisionerRegistered, utcnow
+from shared.events import utcnow
 from shared.reasons import REASONS
-from shared.tokens import TokenError, create_token
+from shared.tokens import create_token
 
 app = typer.Typer(
     help="Certbus: a private CA and certificate lifecycle manager.",
@@ -30,50 +32,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 token_app = typer.Typer(help="One-time enrollment tokens.", no_args_is_help=True)
-provisioner_app = typer.Typer(help="Provisioners (keys that sign enrollment tokens).", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit archive: history and replay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(provisioner_app, name="provisioner")
+app.add_typer(profile_app, name="profile")
+app.add_typer(key_app, name="key")
+app.add_typer(requests_app, name="requests")
 app.add_typer(audit_app, name="audit")
-
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-EXIT_REFUSED, EXIT_UNREACHABLE = 1, 3
-
-
-def home() -> Path:
-    """The operator's local Certbus directory (CERTBUS_HOME, default ./.certbus)."""
-    return Path(os.environ.get("CERTBUS_HOME", ".certbus"))
-
-
-def _run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli") -> T:
-    async def main() -> T:
-        async with CertbusClient(requester=requester) as client:
-            return await fn(client)
-
-    try:
-        return asyncio.run(main())
-    except Unreachable as exc:
-        err.print(f"[red]unreachable:[/] {exc}")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except Rejected as exc:
-        raise _refused(exc) from None
-    except (CertbusError, TokenError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(EXIT_REFUSED) from None
-
-
-def _refused(exc: Rejected) -> typer.Exit:
-    err.print("[red]refused:[/]")
-    for reason in exc.reasons:
-        err.print(f"  [bold]{reason.code}[/]: {reason.message}")
-    return typer.Exit(EXIT_REFUSED)
-
-
-def _emit_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+app.command()(approve)
+app.command()(reject)
 
 
 def _parse_ttl(text: str) -> timedelta:
@@ -97,9 +64,9 @@ def health(as_json: JsonOpt = False) -> None:
 
         return list(await asyncio.gather(*(one(s) for s in SERVICES)))
 
-    reports = _run(ask)
+    reports = run(ask)
     if as_json:
-        _emit_json(reports)
+        emit_json(reports)
     else:
         table = Table("service", "status", "database", "nats", "pid", "uptime (s)")
         for r in reports:
@@ -117,37 +84,11 @@ def health(as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
-@provisioner_app.command("init")
-def provisioner_init(
-    provisioner_id: Annotated[str, typer.Option("--id")] = provisioner.DEFAULT_ID,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create the local provisioner key if missing and register its public key on the log."""
-    key, created = provisioner.load_or_create(home(), provisioner_id)
-    event = ProvisionerRegistered(
-        aggregate_id=provisioner_id,
-        occurred_at=utcnow(),
-        correlation_id=f"provisioner-{provisioner_id}",
-        producer="operator",
-        name=provisioner_id,
-        public_key_pem=provisioner.public_pem(key),
-        registered_by=os.environ.get("USER", "operator"),
-    )
-    seq = _run(lambda c: c.publish(event), requester="operator")
-    result = {
-        "provisioner": provisioner_id,
-        "created_key": created,
-        "stream_seq": seq,
-        "key_file": str(provisioner.key_path(home(), provisioner_id)),
-    }
-    _emit_json(result) if as_json else out.print(f"registered provisioner [bold]{provisioner_id}[/] (log seq {seq})")
-
-
 @token_app.command("create")
 def token_create(
-    san: Annotated[list[str], typer.Option("--san", help="A DNS name the token allows (repeatable).")],
+    san: Annotated[list[str], typer.Option("--san", help="A name the token allows (repeatable).")],
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 15m (at most 1h).")] = "15m",
-    profile: str = "default-tls",
+    profile: str = "tls-server",
     provisioner_id: Annotated[str, typer.Option("--provisioner")] = provisioner.DEFAULT_ID,
     as_json: JsonOpt = False,
 ) -> None:
@@ -158,31 +99,53 @@ def token_create(
         raise typer.Exit(EXIT_REFUSED)
     key, _ = provisioner.load_or_create(home(), provisioner_id)
     token = create_token(key, provisioner_id, san, utcnow(), _parse_ttl(ttl), profile=profile)
-    _emit_json({"token": token}) if as_json else print(token)
+    emit_json({"token": token}) if as_json else print(token)
 
 
 @app.command()
 def enroll(
     token: Annotated[str, typer.Option(help="The one-time token from `certbus token create`.")],
-    san: Annotated[list[str], typer.Option("--san", help="A DNS name to certify (repeatable).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for key.pem, cert.pem, chain.pem.")],
+    san: Annotated[
+        list[str] | None, typer.Option("--san", help="A name to certify (repeatable; DNS, IP or email).")
+    ] = None,
+    csr: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Submit this PEM CSR instead of generating a key here."),
+    ] = None,
     key_type: Annotated[str, typer.Option(help=f"One of {', '.join(KEY_TYPES)}.")] = "ec-p256",
-    profile: str = "default-tls",
+    profile: str = "tls-server",
+    days: Annotated[int | None, typer.Option(help="Validity in days (default: the profile's).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for an operator's approval if the profile needs it.")
+    ] = False,
     timeout: float = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate a key here, request a certificate for it, and write key, certificate and chain."""
+    """Request a certificate and write it (with the key, if generated here) to --out.
+
+    Exit 0 issued, 1 refused (every reason is printed), 3 unreachable, 4 waiting for an operator.
+    """
     if key_type not in KEY_TYPES:
         raise typer.BadParameter(f"choose one of {', '.join(KEY_TYPES)}", param_hint="--key-type")
-    key = generate_key(key_type)
-    csr = build_csr(key, san).decode()
-    issued = _run(lambda c: c.enroll(csr, token, profile, timeout), requester=os.environ.get("USER", "cli"))
+    if (csr is None) == (not san):
+        raise typer.BadParameter("give --san names (a key is generated here) or --csr FILE, not both")
     out_dir.mkdir(parents=True, exist_ok=True)
     key_file = out_dir / "key.pem"
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem(key))
-    os.chmod(key_file, 0o600)
+    if csr is not None:
+        csr_pem = csr.read_text(errors="replace")
+    else:
+        key = generate_key(key_type)
+        dns = [n for n in san or [] if not _is_ip(n) and "@" not in n]
+        ips = [n for n in san or [] if _is_ip(n)]
+        csr_pem = build_csr(key, dns, ips, [n for n in san or [] if "@" in n]).decode()
+        # Written before the request goes out, so that a request left pending keeps its key.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem(key))
+        os.chmod(key_file, 0o600)
+    requester = os.environ.get("USER", "cli")
+    issued = run(lambda c: c.enroll(csr_pem, token, profile, timeout, True, days, wait), requester=requester)
     (out_dir / "cert.pem").write_text(issued.cert_pem)
     (out_dir / "chain.pem").write_text(issued.chain_pem)
     result = {
@@ -193,21 +156,30 @@ def enroll(
         "dir": str(out_dir),
     }
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     else:
         out.print(
             f"issued serial [bold]{issued.serial}[/] by {issued.issuer_id}, "
             f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
         )
-        out.print(f"wrote {key_file} (0600), {out_dir / 'cert.pem'}, {out_dir / 'chain.pem'}")
+        written = [str(key_file) + " (0600)"] if csr is None else []
+        out.print(f"wrote {', '.join([*written, str(out_dir / 'cert.pem'), str(out_dir / 'chain.pem')])}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @app.command()
 def status(serial: str, as_json: JsonOpt = False) -> None:
     """The status of a certificate by serial (hex): exit 0 good, 1 revoked or unknown."""
-    answer = _run(lambda c: c.status(serial))
+    answer = run(lambda c: c.status(serial))
     if as_json:
-        _emit_json(answer.model_dump(mode="json"))
+        emit_json(answer.model_dump(mode="json"))
     else:
         table = Table(show_header=False)
         for k, v in answer.model_dump().items():
@@ -223,9 +195,9 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a PEM certificate: exit 0 good, 1 revoked, expired, untrusted or unknown."""
-    answer = _run(lambda c: c.validate(cert.read_text()))
+    answer = run(lambda c: c.validate(cert.read_text()))
     if as_json:
-        _emit_json(answer.model_dump(mode="json"))
+        emit_json(answer.model_dump(mode="json"))
     else:
         colour = "green" if answer.status == "good" else "red"
         out.print(f"[{colour}]{answer.status}[/] serial {answer.serial}: {answer.detail}")
@@ -242,9 +214,9 @@ def revoke(
     """Revoke a certificate by serial (hex), with an RFC 5280 reason."""
     if reason not in REASONS:
         raise typer.BadParameter(f"choose one of {', '.join(REASONS)}", param_hint="--reason")
-    revoked = _run(lambda c: c.revoke(serial, reason), requester=os.environ.get("USER", "operator"))
+    revoked = run(lambda c: c.revoke(serial, reason), requester=os.environ.get("USER", "operator"))
     if as_json:
-        _emit_json(revoked.model_dump(mode="json"))
+        emit_json(revoked.model_dump(mode="json"))
     else:
         out.print(
             f"revoked serial [bold]{revoked.serial}[/] ({revoked.reason}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -258,7 +230,7 @@ def crl(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the newest CRL (DER) of the issuing CA."""
-    answer = _run(lambda c: c.crl(issuer))
+    answer = run(lambda c: c.crl(issuer))
     out_file.write_bytes(base64.b64decode(answer.der_b64))
     info = {
         "issuer": answer.ca_id,
@@ -266,18 +238,18 @@ def crl(
         "next_update": answer.next_update,
         "file": str(out_file),
     }
-    _emit_json(info) if as_json else out.print(f"CRL #{answer.crl_number} of {answer.ca_id} written to {out_file}")
+    emit_json(info) if as_json else out.print(f"CRL #{answer.crl_number} of {answer.ca_id} written to {out_file}")
 
 
 @audit_app.command("history")
 def audit_history(serial: str, as_json: JsonOpt = False) -> None:
     """Every event of a certificate, in log order, from its request to now."""
-    answer = _run(lambda c: c.history(serial))
+    answer = run(lambda c: c.history(serial))
     if not answer.events and not as_json:
         err.print(f"no events on the log name serial or certificate {serial}")
         raise typer.Exit(EXIT_REFUSED)
     if as_json:
-        _emit_json(answer.model_dump(mode="json"))
+        emit_json(answer.model_dump(mode="json"))
     else:
         table = Table("seq", "event", "producer", "when (UTC)", "detail")
         for e in answer.events:
@@ -295,9 +267,9 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
 @audit_app.command("replay")
 def audit_replay(as_json: JsonOpt = False) -> None:
     """Rebuild the audit archive from stream sequence 1 and say whether it equals what it had."""
-    answer = _run(lambda c: c.replay())
+    answer = run(lambda c: c.replay())
     if as_json:
-        _emit_json(answer.model_dump(mode="json"))
+        emit_json(answer.model_dump(mode="json"))
     else:
         verdict = "[green]equal[/]" if answer.equal else "[yellow]differed; archive rebuilt from the log[/]"
         out.print(f"replayed {answer.events} events in {answer.seconds:.2f} s ({answer.rate_per_s:.0f}/s): {verdict}")

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from shared.tokens import ProvisionerKey
 
 DEFAULT_ID = "default"
 
@@ -16,24 +18,31 @@ def key_path(home: Path, provisioner_id: str = DEFAULT_ID) -> Path:
     return home / "provisioners" / f"{provisioner_id}.key.pem"
 
 
-def load_or_create(home: Path, provisioner_id: str = DEFAULT_ID) -> tuple[ed25519.Ed25519PrivateKey, bool]:
-    """The provisioner key, created (mode 0600) if missing; the flag says it was created."""
+def load_or_create(
+    home: Path, provisioner_id: str = DEFAULT_ID, algorithm: str = "EdDSA"
+) -> tuple[ProvisionerKey, bool]:
+    """The provisioner key, created (mode 0600; Ed25519 for EdDSA, P-256 for ES256) if missing;
+    the flag says it was created."""
     path = key_path(home, provisioner_id)
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 provisioner key")
+        if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 or EC P-256 provisioner key")
         return key, False
+    if algorithm not in ("EdDSA", "ES256"):
+        raise ValueError(f"unknown token algorithm {algorithm!r}: use EdDSA or ES256")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    new: ProvisionerKey = (
+        ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+    )
+    pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    return key, True
+    return new, True
 
 
-def public_pem(key: ed25519.Ed25519PrivateKey) -> str:
+def public_pem(key: ProvisionerKey) -> str:
     """The provisioner's public key as PEM (what goes on the log)."""
     return (
         key.public_key()

@@ -11,4 +11,5 @@ from harness import Harness
 async def stack(harness: Harness) -> Harness:
     await harness.start()
     await harness.register_provisioner()
+    await harness.apply_profiles()
     return harness

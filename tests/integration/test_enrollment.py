@@ -67,7 +67,7 @@ async def test_a_weak_rsa_key_is_rejected(stack: Harness) -> None:
 
 
 async def test_a_name_outside_the_token_is_rejected(stack: Harness) -> None:
-    csr = build_csr(generate_key("ec-p256"), ["e.corp.internal", "evil.example.com"]).decode()
+    csr = build_csr(generate_key("ec-p256"), ["e.corp.internal", "evil.example.internal"]).decode()
     assert await refused(stack, csr, stack.token("e.corp.internal")) == ["name_not_allowed"]
 
 

@@ -6,6 +6,7 @@ import json
 import uuid
 
 import nats
+import pytest
 from cryptography import x509
 
 from harness import PASSPHRASE, Harness, eventually
@@ -72,14 +73,25 @@ async def test_signing_signs_the_serial_its_recorded_intent_names(stack: Harness
     assert cert.serial_number == 123456789123456789123
 
 
-async def test_the_issued_certificate_carries_the_default_tls_profile(stack: Harness) -> None:
-    issued = await stack.enroll("four.corp.internal")
+@pytest.mark.parametrize(
+    ("profile", "ekus"),
+    [
+        ("tls-server", {x509.ExtendedKeyUsageOID.SERVER_AUTH}),
+        ("tls-client", {x509.ExtendedKeyUsageOID.CLIENT_AUTH}),
+        ("service", {x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH}),
+    ],
+)
+async def test_the_issued_certificate_carries_what_its_profile_says(
+    stack: Harness, profile: str, ekus: set[x509.ObjectIdentifier]
+) -> None:
+    issued = await stack.enroll("four.corp.internal", profile=profile)
     cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
     chain = x509.load_pem_x509_certificates(issued.chain_pem.encode())
     cert.verify_directly_issued_by(chain[0])
     chain[0].verify_directly_issued_by(chain[1])
-    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert set(eku) == {x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == ekus
+    defaults = {"tls-server": 30, "tls-client": 7, "service": 14}
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == defaults[profile]
     dp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert dp[0].full_name[0].value.endswith(f"/crl/{issued.issuer_id}.crl")  # type: ignore[index,union-attr]
 

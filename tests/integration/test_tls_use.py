@@ -10,10 +10,10 @@ from harness import Harness
 from shared.crypto import build_csr, generate_key, key_pem
 
 
-async def enroll_files(h: Harness, name: str, out: Path) -> tuple[Path, Path, Path]:
+async def enroll_files(h: Harness, name: str, out: Path, profile: str = "tls-server") -> tuple[Path, Path, Path]:
     key = generate_key("ec-p256")
     async with h.client() as c:
-        issued = await c.enroll(build_csr(key, [name]).decode(), h.token(name))
+        issued = await c.enroll(build_csr(key, [name]).decode(), h.token(name, profile=profile), profile=profile)
     out.mkdir(parents=True)
     (out / "key.pem").write_bytes(key_pem(key))
     (out / "fullchain.pem").write_text(issued.cert_pem + issued.chain_pem)
@@ -32,8 +32,8 @@ def mtls_server_context(chain: Path, key: Path, root: Path) -> ssl.SSLContext:
 
 
 async def test_mutual_tls_with_certbus_certificates(stack: Harness, tmp_path: Path) -> None:
-    server_chain, server_key, root = await enroll_files(stack, "localhost", tmp_path / "server")
-    client_chain, client_key, _ = await enroll_files(stack, "client.corp.internal", tmp_path / "client")
+    server_chain, server_key, root = await enroll_files(stack, "api.corp.internal", tmp_path / "server")
+    client_chain, client_key, _ = await enroll_files(stack, "client.corp.internal", tmp_path / "client", "tls-client")
 
     server_ctx = mtls_server_context(server_chain, server_key, root)
     seen: list[str] = []
@@ -50,7 +50,9 @@ async def test_mutual_tls_with_certbus_certificates(stack: Harness, tmp_path: Pa
     client_ctx = ssl.create_default_context(cafile=str(root))
     client_ctx.load_cert_chain(client_chain, client_key)
     async with server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="api.corp.internal"
+        )
         writer.write(b"certbus\n")
         await writer.drain()
         assert await reader.readline() == b"hello certbus\n"
@@ -59,7 +61,7 @@ async def test_mutual_tls_with_certbus_certificates(stack: Harness, tmp_path: Pa
 
 
 async def test_a_client_without_a_certbus_certificate_is_refused(stack: Harness, tmp_path: Path) -> None:
-    server_chain, server_key, root = await enroll_files(stack, "localhost", tmp_path / "server")
+    server_chain, server_key, root = await enroll_files(stack, "api.corp.internal", tmp_path / "server")
     server_ctx = mtls_server_context(server_chain, server_key, root)
 
     served: list[bool] = []
@@ -74,7 +76,9 @@ async def test_a_client_without_a_certbus_certificate_is_refused(stack: Harness,
     port = server.sockets[0].getsockname()[1]
     anonymous = ssl.create_default_context(cafile=str(root))  # trusts the server, presents no certificate
     async with server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=anonymous, server_hostname="localhost")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=anonymous, server_hostname="api.corp.internal"
+        )
         writer.write(b"x\n")
         try:
             data = await asyncio.wait_for(reader.read(), timeout=5)

@@ -64,7 +64,7 @@ def resigned_csr(
     return x509.load_der_x509_csr(der.replace(tbs, new_tbs)[:-64] + key.sign(new_tbs))
 
 
-def claims_for(dns_names: list[str], profile: str = "default-tls") -> TokenClaims:
+def claims_for(dns_names: list[str], profile: str = "tls-server") -> TokenClaims:
     """Verified token claims allowing `dns_names`."""
     return TokenClaims(
         token_id="tok-1",
@@ -90,7 +90,7 @@ def approved_for(
         correlation_id="corr-1",
         producer="enrollment",
         csr_pem=csr_pem(csr),
-        profile="default-tls",
+        profile="tls-server",
         dns_names=dns_names,
         ip_addresses=ip_addresses or [],
         validity_days=validity_days,

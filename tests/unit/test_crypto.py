@@ -115,32 +115,32 @@ def test_signing_hash_is_none_for_ed25519() -> None:
 
 
 def test_build_csr_names_round_trip(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    pem = build_csr(p256_key, ["www.example.com", "api.example.com"], ["10.0.0.1", "2001:db8::1"])
+    pem = build_csr(p256_key, ["www.example.internal", "api.example.internal"], ["10.0.0.1", "2001:db8::1"])
     csr = x509.load_pem_x509_csr(pem)
-    assert csr_names(csr) == (["www.example.com", "api.example.com"], ["10.0.0.1", "2001:db8::1"])
+    assert csr_names(csr) == (["www.example.internal", "api.example.internal"], ["10.0.0.1", "2001:db8::1"])
 
 
 def test_build_csr_uses_first_name_as_common_name(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = x509.load_pem_x509_csr(build_csr(p256_key, ["www.example.com", "api.example.com"]))
-    assert [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["www.example.com"]
+    csr = x509.load_pem_x509_csr(build_csr(p256_key, ["www.example.internal", "api.example.internal"]))
+    assert [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["www.example.internal"]
 
 
 def test_build_csr_is_signed_by_its_key(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = x509.load_pem_x509_csr(build_csr(p256_key, ["www.example.com"]))
+    csr = x509.load_pem_x509_csr(build_csr(p256_key, ["www.example.internal"]))
     assert csr.is_signature_valid
     assert spki_sha256(csr.public_key()) == spki_sha256(p256_key.public_key())
 
 
 def test_build_csr_with_ed25519_key() -> None:
     key = ed25519.Ed25519PrivateKey.generate()
-    csr = x509.load_pem_x509_csr(build_csr(key, ["www.example.com"]))
+    csr = x509.load_pem_x509_csr(build_csr(key, ["www.example.internal"]))
     assert csr.is_signature_valid
 
 
 def test_csr_names_of_csr_without_san_is_empty(p256_key: ec.EllipticCurvePrivateKey) -> None:
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.internal")]))
         .sign(p256_key, hashes.SHA256())
     )
     assert csr_names(csr) == ([], [])

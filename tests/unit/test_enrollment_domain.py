@@ -18,7 +18,7 @@ from services.enrollment.domain import (
 )
 from shared.reasons import Reason
 
-NAMES = ["www.example.com", "api.example.com"]
+NAMES = ["www.example.internal", "api.example.internal"]
 
 
 def _codes(outcome: Approval | list[Reason]) -> list[str]:
@@ -32,8 +32,8 @@ def test_review_approves_a_good_csr(p256_key: ec.EllipticCurvePrivateKey) -> Non
 
 
 def test_review_approves_a_subset_of_the_allowed_names(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    outcome = review(make_csr(p256_key, ["api.example.com"]), claims_for(NAMES), DEFAULT_PROFILE, 30)
-    assert outcome == Approval(dns_names=["api.example.com"], validity_days=30)
+    outcome = review(make_csr(p256_key, ["api.example.internal"]), claims_for(NAMES), DEFAULT_PROFILE, 30)
+    assert outcome == Approval(dns_names=["api.example.internal"], validity_days=30)
 
 
 def test_review_approves_an_ed25519_csr() -> None:
@@ -47,10 +47,10 @@ def test_review_approves_a_csr_without_common_name(p256_key: ec.EllipticCurvePri
 
 
 def test_review_deduplicates_names_keeping_order(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = make_csr(p256_key, ["www.example.com", "api.example.com", "www.example.com"])
+    csr = make_csr(p256_key, ["www.example.internal", "api.example.internal", "www.example.internal"])
     outcome = review(csr, claims_for(NAMES), DEFAULT_PROFILE, 90)
     assert isinstance(outcome, Approval)
-    assert outcome.dns_names == ["www.example.com", "api.example.com"]
+    assert outcome.dns_names == ["www.example.internal", "api.example.internal"]
 
 
 def test_review_refuses_unknown_profile(p256_key: ec.EllipticCurvePrivateKey) -> None:
@@ -87,17 +87,17 @@ def test_review_refuses_ip_addresses(p256_key: ec.EllipticCurvePrivateKey) -> No
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        pytest.param("WWW.example.com", "must be lower case", id="upper_case"),
-        pytest.param("www.example.com.", "ends with a dot", id="trailing_dot"),
-        pytest.param("*.example.com", "is a wildcard", id="wildcard"),
-        pytest.param("www\x01.example.com", "control", id="control_char"),
-        pytest.param("a b.example.com", "space", id="space"),
-        pytest.param("a" * 64 + ".example.com", "invalid label", id="label_too_long"),
-        pytest.param("-www.example.com", "invalid label '-www'", id="leading_hyphen"),
-        pytest.param("www-.example.com", "invalid label 'www-'", id="trailing_hyphen"),
-        pytest.param("www..example.com", "invalid label ''", id="empty_label"),
-        pytest.param("under_score.example.com", "invalid label 'under_score'", id="underscore"),
-        pytest.param("www.*.example.com", "invalid label '*'", id="inner_wildcard"),
+        pytest.param("WWW.example.internal", "must be lower case", id="upper_case"),
+        pytest.param("www.example.internal.", "ends with a dot", id="trailing_dot"),
+        pytest.param("*.example.internal", "is a wildcard", id="wildcard"),
+        pytest.param("www\x01.example.internal", "control", id="control_char"),
+        pytest.param("a b.example.internal", "space", id="space"),
+        pytest.param("a" * 64 + ".example.internal", "invalid label", id="label_too_long"),
+        pytest.param("-www.example.internal", "invalid label '-www'", id="leading_hyphen"),
+        pytest.param("www-.example.internal", "invalid label 'www-'", id="trailing_hyphen"),
+        pytest.param("www..example.internal", "invalid label ''", id="empty_label"),
+        pytest.param("under_score.example.internal", "invalid label 'under_score'", id="underscore"),
+        pytest.param("www.*.example.internal", "invalid label '*'", id="inner_wildcard"),
         pytest.param(".".join(["a" * 63] * 4), "longer than 253", id="name_too_long"),
     ],
 )
@@ -110,9 +110,9 @@ def test_review_refuses_invalid_name(name: str, why: str, p256_key: ec.EllipticC
 def test_review_refuses_non_ascii_u_label() -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     # No builder writes a U-label, so sign one into the CSR by hand ("bxx" -> "bü", same length in UTF-8).
-    csr = resigned_csr(make_csr(key, ["bxx.example.com"]), key, b"bxx", "bü".encode())
+    csr = resigned_csr(make_csr(key, ["bxx.example.internal"]), key, b"bxx", "bü".encode())
     assert csr.is_signature_valid
-    outcome = review(csr, claims_for(["bü.example.com"]), DEFAULT_PROFILE, 90)
+    outcome = review(csr, claims_for(["bü.example.internal"]), DEFAULT_PROFILE, 90)
     assert _codes(outcome) == ["name_invalid"]
     assert "A-label" in outcome[0].message  # type: ignore[index]
 
@@ -130,42 +130,42 @@ def test_dns_name_problem_refuses_empty_name() -> None:
 
 
 def test_dns_name_problem_accepts_63_character_label() -> None:
-    assert dns_name_problem("a" * 63 + ".example.com") is None
+    assert dns_name_problem("a" * 63 + ".example.internal") is None
 
 
 def test_review_refuses_name_not_allowed_by_token(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = make_csr(p256_key, ["www.example.com", "evil.example.com"])
+    csr = make_csr(p256_key, ["www.example.internal", "evil.example.internal"])
     outcome = review(csr, claims_for(NAMES), DEFAULT_PROFILE, 90)
     assert _codes(outcome) == ["name_not_allowed"]
-    assert "'evil.example.com'" in outcome[0].message  # type: ignore[index]
+    assert "'evil.example.internal'" in outcome[0].message  # type: ignore[index]
 
 
 def test_review_refuses_common_name_not_in_sans(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = make_csr(p256_key, ["www.example.com"], cn="other.example.com")
+    csr = make_csr(p256_key, ["www.example.internal"], cn="other.example.internal")
     outcome = review(csr, claims_for(NAMES), DEFAULT_PROFILE, 90)
     assert _codes(outcome) == ["cn_not_in_sans"]
 
 
 def test_review_refuses_more_than_max_names(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    names = [f"h{i}.example.com" for i in range(MAX_SANS + 1)]
+    names = [f"h{i}.example.internal" for i in range(MAX_SANS + 1)]
     outcome = review(make_csr(p256_key, names), claims_for(names), DEFAULT_PROFILE, 90)
     assert _codes(outcome) == ["too_many_names"]
 
 
 def test_review_approves_exactly_max_names(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    names = [f"h{i}.example.com" for i in range(MAX_SANS)]
+    names = [f"h{i}.example.internal" for i in range(MAX_SANS)]
     assert isinstance(review(make_csr(p256_key, names), claims_for(names), DEFAULT_PROFILE, 90), Approval)
 
 
 def test_review_refuses_tampered_csr(p256_key: ec.EllipticCurvePrivateKey) -> None:
     # Rename "www" to "wxw" in both CN and SAN after signing: every check but the signature passes.
-    csr = patched_csr(make_csr(p256_key, ["www.example.com"]), b"www.example.com", b"wxw.example.com")
-    outcome = review(csr, claims_for(["wxw.example.com"]), DEFAULT_PROFILE, 90)
+    csr = patched_csr(make_csr(p256_key, ["www.example.internal"]), b"www.example.internal", b"wxw.example.internal")
+    outcome = review(csr, claims_for(["wxw.example.internal"]), DEFAULT_PROFILE, 90)
     assert _codes(outcome) == ["csr_signature_invalid"]
 
 
 def test_review_reports_every_reason(rsa_1024_key: rsa.RSAPrivateKey) -> None:
-    csr = make_csr(rsa_1024_key, ["www.example.com", "evil.example.com"], ["10.0.0.1"])
+    csr = make_csr(rsa_1024_key, ["www.example.internal", "evil.example.internal"], ["10.0.0.1"])
     outcome = review(csr, claims_for(NAMES), "custom", 90)
     assert sorted(_codes(outcome)) == sorted(
         ["profile_unknown", "key_weak", "ip_not_allowed", "name_not_allowed", "profile_not_allowed"]

@@ -13,7 +13,7 @@ from pki_builders import BASE_URL, NOW, ORG, approved_for, make_csr, patched_csr
 from services.signing import domain as signing
 from shared.crypto import signing_hash
 
-NAMES = ["www.example.com", "api.example.com"]
+NAMES = ["www.example.internal", "api.example.internal"]
 MAX_VALIDITY = 397
 
 
@@ -175,10 +175,10 @@ def test_leaf_san_is_the_approved_names(leaf: x509.Certificate) -> None:
 def test_leaf_san_leaves_out_unapproved_csr_names(
     p256_key: ec.EllipticCurvePrivateKey, issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    csr = make_csr(p256_key, ["www.example.com", "evil.example.com"], ["10.0.0.1"])
-    cert = _sign(csr, ["www.example.com"], issuing, issuing_key)
+    csr = make_csr(p256_key, ["www.example.internal", "evil.example.internal"], ["10.0.0.1"])
+    cert = _sign(csr, ["www.example.internal"], issuing, issuing_key)
     san = _ext(cert, x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["www.example.com"]
+    assert san.get_values_for_type(x509.DNSName) == ["www.example.internal"]
     assert san.get_values_for_type(x509.IPAddress) == []
 
 
@@ -188,29 +188,29 @@ def test_leaf_copies_nothing_else_from_the_csr_subject(
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Evil Corp"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "evil.example.com"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "evil.example.internal"),
         ]
     )
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.example.com")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.example.internal")]), critical=False)
         .sign(p256_key, signing_hash(p256_key))
     )
-    cert = _sign(csr, ["www.example.com"], issuing, issuing_key)
-    assert cert.subject == x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com")])
+    cert = _sign(csr, ["www.example.internal"], issuing, issuing_key)
+    assert cert.subject == x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.internal")])
     assert _ext(cert, x509.BasicConstraints).value.ca is False
 
 
 def test_leaf_common_name_is_first_approved_name(leaf: x509.Certificate) -> None:
-    assert [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["www.example.com"]
+    assert [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["www.example.internal"]
 
 
 def test_leaf_with_name_too_long_for_cn_has_empty_subject_and_critical_san(
     p256_key: ec.EllipticCurvePrivateKey, issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    long_name = "a" * 60 + ".example.com"
+    long_name = "a" * 60 + ".example.internal"
     cert = _sign(make_csr(p256_key, [long_name], cn=None), [long_name], issuing, issuing_key)
     assert len(cert.subject) == 0
     assert _ext(cert, x509.SubjectAlternativeName).critical
@@ -282,10 +282,10 @@ def test_policy_flags_weak_key(rsa_1024_key: rsa.RSAPrivateKey) -> None:
 
 
 def test_policy_flags_csr_names_not_approved(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = make_csr(p256_key, ["www.example.com", "evil.example.com"])
-    reasons = signing.policy_problems(approved_for(csr, ["www.example.com"]), csr, MAX_VALIDITY)
+    csr = make_csr(p256_key, ["www.example.internal", "evil.example.internal"])
+    reasons = signing.policy_problems(approved_for(csr, ["www.example.internal"]), csr, MAX_VALIDITY)
     assert _codes(reasons) == ["name_not_approved"]
-    assert "evil.example.com" in reasons[0].message
+    assert "evil.example.internal" in reasons[0].message
 
 
 def test_policy_flags_csr_ip_not_approved(p256_key: ec.EllipticCurvePrivateKey) -> None:
@@ -323,8 +323,8 @@ def test_policy_flags_approval_without_names(p256_key: ec.EllipticCurvePrivateKe
 
 
 def test_policy_flags_tampered_csr(p256_key: ec.EllipticCurvePrivateKey) -> None:
-    csr = patched_csr(make_csr(p256_key, ["www.example.com"]), b"www.example.com", b"wxw.example.com")
-    reasons = signing.policy_problems(approved_for(csr, ["wxw.example.com"]), csr, MAX_VALIDITY)
+    csr = patched_csr(make_csr(p256_key, ["www.example.internal"]), b"www.example.internal", b"wxw.example.internal")
+    reasons = signing.policy_problems(approved_for(csr, ["wxw.example.internal"]), csr, MAX_VALIDITY)
     assert _codes(reasons) == ["csr_signature_invalid"]
 
 

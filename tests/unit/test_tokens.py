@@ -35,7 +35,7 @@ def provisioner_key() -> ed25519.Ed25519PrivateKey:
 
 @pytest.fixture(scope="module")
 def token(provisioner_key: ed25519.Ed25519PrivateKey) -> str:
-    return create_token(provisioner_key, "prov-1", ["www.example.com", "api.example.com"], NOW, TTL)
+    return create_token(provisioner_key, "prov-1", ["www.example.internal", "api.example.internal"], NOW, TTL)
 
 
 def _b64decode(text: str) -> bytes:
@@ -73,11 +73,11 @@ def _signed(key: ed25519.Ed25519PrivateKey, holder: ed25519.Ed25519PrivateKey, *
     body: dict[str, object] = {
         "iss": "prov-1",
         "aud": AUDIENCE,
-        "sub": "www.example.com",
+        "sub": "www.example.internal",
         "jti": "tok-1",
         "iat": int(NOW.timestamp()),
         "exp": int((NOW + TTL).timestamp()),
-        "sans": ["www.example.com"],
+        "sans": ["www.example.internal"],
         "cnf": {"kty": "OKP", "crv": "Ed25519", "x": holder_x},
     }
     body.update(claims)
@@ -103,8 +103,8 @@ def refusal(token_jwt: str, holder: ed25519.Ed25519PrivateKey, provisioner_key: 
 def test_valid_token_verifies(token: str, provisioner_key: ed25519.Ed25519PrivateKey) -> None:
     claims = _verify(token, provisioner_key.public_key())
     assert claims.provisioner_id == "prov-1"
-    assert claims.dns_names == ("www.example.com", "api.example.com")
-    assert claims.profile == "default-tls"
+    assert claims.dns_names == ("www.example.internal", "api.example.internal")
+    assert claims.profile == "tls-server"
 
 
 def test_verified_claims_expire_at_now_plus_ttl(token: str, provisioner_key: ed25519.Ed25519PrivateKey) -> None:
@@ -112,7 +112,7 @@ def test_verified_claims_expire_at_now_plus_ttl(token: str, provisioner_key: ed2
 
 
 def test_verified_claims_subject_defaults_to_first_name(token: str, provisioner_key: ed25519.Ed25519PrivateKey) -> None:
-    assert _verify(token, provisioner_key.public_key()).subject == "www.example.com"
+    assert _verify(token, provisioner_key.public_key()).subject == "www.example.internal"
 
 
 def test_verified_claims_name_the_holder_key_of_the_printed_token(
@@ -125,8 +125,8 @@ def test_verified_claims_name_the_holder_key_of_the_printed_token(
 
 
 def test_each_token_has_a_fresh_id(provisioner_key: ed25519.Ed25519PrivateKey) -> None:
-    first = create_token(provisioner_key, "prov-1", ["a.example.com"], NOW, TTL)
-    second = create_token(provisioner_key, "prov-1", ["a.example.com"], NOW, TTL)
+    first = create_token(provisioner_key, "prov-1", ["a.example.internal"], NOW, TTL)
+    second = create_token(provisioner_key, "prov-1", ["a.example.internal"], NOW, TTL)
     assert _payload(split_token(first)[0])["jti"] != _payload(split_token(second)[0])["jti"]
 
 
@@ -161,14 +161,14 @@ def test_token_before_not_before_is_not_yet_valid(token: str, provisioner_key: e
 
 
 def test_token_living_longer_than_max_ttl_is_refused(provisioner_key: ed25519.Ed25519PrivateKey) -> None:
-    long_lived = create_token(provisioner_key, "prov-1", ["www.example.com"], NOW, timedelta(hours=2))
+    long_lived = create_token(provisioner_key, "prov-1", ["www.example.internal"], NOW, timedelta(hours=2))
     with pytest.raises(TokenError) as exc:
         _verify(long_lived, provisioner_key.public_key())
     assert exc.value.code == "token_lifetime_too_long"
 
 
 def test_token_living_exactly_max_ttl_verifies(provisioner_key: ed25519.Ed25519PrivateKey) -> None:
-    token = create_token(provisioner_key, "prov-1", ["www.example.com"], NOW, MAX_TTL)
+    token = create_token(provisioner_key, "prov-1", ["www.example.internal"], NOW, MAX_TTL)
     assert _verify(token, provisioner_key.public_key()).token_id
 
 
@@ -236,7 +236,7 @@ def test_verify_refuses_token_without_holder_key(provisioner_key: ed25519.Ed2551
             "jti": "t",
             "iat": int(NOW.timestamp()),
             "exp": int((NOW + TTL).timestamp()),
-            "sans": ["www.example.com"],
+            "sans": ["www.example.internal"],
         },
         provisioner_key,
         algorithm="EdDSA",

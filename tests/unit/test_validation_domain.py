@@ -22,7 +22,7 @@ def cas(root: signing.CaIdentity, issuing: signing.CaIdentity) -> dict[str, x509
 
 @pytest.fixture
 def leaf(issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    return issue_leaf(issuing, issuing_key, ["www.example.com"])
+    return issue_leaf(issuing, issuing_key, ["www.example.internal"])
 
 
 def _good(cert: x509.Certificate) -> StatusRecord:
@@ -54,7 +54,7 @@ def test_revoked_certificate_is_revoked_with_reason(leaf: x509.Certificate, cas:
 def test_certificate_after_its_expiry_is_expired(
     issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey, cas: dict[str, x509.Certificate]
 ) -> None:
-    leaf = issue_leaf(issuing, issuing_key, ["www.example.com"], validity_days=1)
+    leaf = issue_leaf(issuing, issuing_key, ["www.example.internal"], validity_days=1)
     verdict = validate(leaf, cas, _good(leaf), NOW + timedelta(days=2))
     assert verdict.status == "expired"
     assert not verdict.good
@@ -63,7 +63,7 @@ def test_certificate_after_its_expiry_is_expired(
 def test_expired_verdict_wins_over_revoked(
     issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey, cas: dict[str, x509.Certificate]
 ) -> None:
-    leaf = issue_leaf(issuing, issuing_key, ["www.example.com"], validity_days=1)
+    leaf = issue_leaf(issuing, issuing_key, ["www.example.internal"], validity_days=1)
     record = StatusRecord(format(leaf.serial_number, "x"), "revoked", NOW, "superseded")
     assert validate(leaf, cas, record, NOW + timedelta(days=2)).status == "expired"
 
@@ -74,7 +74,7 @@ def test_certificate_before_its_start_is_not_yet_valid(
     plan = signing.LeafPlan(
         serial=x509.random_serial_number(), not_before=NOW + timedelta(days=10), not_after=NOW + timedelta(days=20)
     )
-    leaf = issue_leaf(issuing, issuing_key, ["www.example.com"], plan=plan)
+    leaf = issue_leaf(issuing, issuing_key, ["www.example.internal"], plan=plan)
     verdict = validate(leaf, cas, _good(leaf), SOON)
     assert verdict.status == "not_yet_valid"
     assert "the certificate" in verdict.detail
@@ -83,7 +83,7 @@ def test_certificate_before_its_start_is_not_yet_valid(
 def test_certificate_from_a_foreign_ca_is_untrusted(leaf: x509.Certificate, root: signing.CaIdentity) -> None:
     foreign_key = ec.generate_private_key(ec.SECP256R1())
     foreign = signing.CaIdentity("foreign", signing.root_certificate(foreign_key, "foreign", "Elsewhere", NOW, 365))
-    stranger = issue_leaf(foreign, foreign_key, ["www.example.com"])
+    stranger = issue_leaf(foreign, foreign_key, ["www.example.internal"])
     verdict = validate(stranger, {root.ca_id: root.cert}, _good(stranger), SOON)
     assert verdict.status == "untrusted"
     assert not verdict.good
@@ -100,7 +100,7 @@ def test_certificate_from_an_impostor_ca_with_the_same_name_is_untrusted(
         ),
     )
     assert impostor.cert.subject == issuing.cert.subject
-    stranger = issue_leaf(impostor, impostor_key, ["www.example.com"])
+    stranger = issue_leaf(impostor, impostor_key, ["www.example.internal"])
     assert validate(stranger, cas, _good(stranger), SOON).status == "untrusted"
 
 
@@ -122,7 +122,7 @@ def test_expired_issuing_ca_makes_the_leaf_invalid(
     )
     # A leaf that outlives its issuer (plan_leaf would cap it; a hand-made plan does not).
     plan = signing.LeafPlan(serial=x509.random_serial_number(), not_before=NOW, not_after=NOW + timedelta(days=30))
-    leaf = issue_leaf(short, short_key, ["www.example.com"], plan=plan)
+    leaf = issue_leaf(short, short_key, ["www.example.internal"], plan=plan)
     verdict = validate(leaf, {root.ca_id: root.cert, short.ca_id: short.cert}, _good(leaf), NOW + timedelta(days=10))
     assert verdict.status == "expired"
     assert "CA short-1" in verdict.detail

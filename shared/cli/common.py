@@ -1,0 +1,76 @@
+"""What every `certbus` command shares: running a client call, printing, exit codes, identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from shared.client import CertbusClient, CertbusError, Pending, Rejected, Unreachable
+from shared.tokens import TokenError
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+OperatorOpt = Annotated[
+    str | None,
+    typer.Option("--operator", help="Who is acting (recorded on the event; default $CERTBUS_OPERATOR or $USER)."),
+]
+# Exit codes: 0 success, 1 refused / revoked / invalid, 2 usage error (typer), 3 unreachable,
+# 4 waiting for an operator's approval.
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_PENDING = 1, 3, 4
+
+
+def home() -> Path:
+    """The operator's local Certbus directory (CERTBUS_HOME, default ./.certbus)."""
+    return Path(os.environ.get("CERTBUS_HOME", ".certbus"))
+
+
+def operator(name: str | None = None) -> str:
+    """The identity recorded on operator events."""
+    return name or os.environ.get("CERTBUS_OPERATOR") or os.environ.get("USER") or "operator"
+
+
+def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli") -> T:
+    """Run one client call; map Certbus errors to messages and exit codes."""
+
+    async def main() -> T:
+        async with CertbusClient(requester=requester) as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(main())
+    except Unreachable as exc:
+        err.print(f"[red]unreachable:[/] {exc}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except Rejected as exc:
+        raise refused(exc) from None
+    except Pending as exc:
+        err.print(f"[yellow]pending:[/] {exc}")
+        err.print(
+            f"  an operator runs `certbus approve {exc.request_id}`; then `certbus requests fetch {exc.request_id}`"
+        )
+        raise typer.Exit(EXIT_PENDING) from None
+    except (CertbusError, TokenError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+def refused(exc: Rejected) -> typer.Exit:
+    """Print every reason of a refusal (code and what to do) and return the exit to raise."""
+    err.print("[red]refused:[/]")
+    for reason in exc.reasons:
+        err.print(f"  [bold]{reason.code}[/]: {reason.message}")
+    return typer.Exit(EXIT_REFUSED)
+
+
+def emit_json(data: Any) -> None:
+    """Print JSON for scripts."""
+    out.print_json(json.dumps(data, default=str))
