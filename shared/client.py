@@ -46,6 +46,8 @@ from shared.queries import (
     CrlAnswer,
     CrlQuery,
     Failure,
+    FindingsAnswer,
+    FindingsQuery,
     HistoryAnswer,
     HistoryQuery,
     ProfilesAnswer,
@@ -383,6 +385,10 @@ class CertbusClient:
     async def history(self, serial: str) -> HistoryAnswer:
         """Every archived event of a certificate, in log order."""
         return await self._ask("audit", "history", HistoryQuery(serial=serial), HistoryAnswer)
+
+    async def findings(self, limit: int = 100) -> FindingsAnswer:
+        """Lint findings (pre-release refusals, post-issuance pkilint errors) and profile lint verdicts."""
+        return await self._ask("audit", "findings", FindingsQuery(limit=limit), FindingsAnswer)
 
     async def replay(self, timeout: float = 600.0) -> ReplayAnswer:
         """Ask audit to rebuild its archive from the stream and compare."""

@@ -196,3 +196,15 @@ class ProvisionersAnswer(Query):
     """Every provisioner."""
 
     provisioners: list[ProvisionerInfo]
+
+
+class FindingsQuery(Query):
+    """Lint findings and profile lint verdicts, newest first."""
+
+    limit: int = 100
+
+
+class FindingsAnswer(Query):
+    """Archived finding events."""
+
+    findings: list[HistoryEntry]

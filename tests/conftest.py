@@ -57,5 +57,7 @@ async def harness(nats_server: NatsServer, database_url: str, tmp_path) -> Async
     h = Harness(nats_server.url, database_url, tmp_path)
     try:
         yield h
+        failures = await h.lint_issued()
+        assert not failures, f"issued certificates fail pkilint: {failures}"
     finally:
         await h.close()

@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 import nats
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from faststream import FastStream
 
@@ -24,6 +26,7 @@ from shared.client import CertbusClient
 from shared.crypto import build_csr, generate_key
 from shared.devstack import SERVICES, ServiceProcess, free_port
 from shared.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
+from shared.lint import errors, lint_certificate
 from shared.profiles import Profile, load_profiles
 from shared.service import Runtime
 from shared.settings import (
@@ -83,6 +86,7 @@ class Harness:
         self.procs: dict[str, ServiceProcess] = {}
         self.provisioner_key = ed25519.Ed25519PrivateKey.generate()
         self._pool: asyncpg.Pool | None = None
+        self.lint_exempt: set[str] = set()
 
     # --- configuration -----------------------------------------------------------------
 
@@ -251,6 +255,23 @@ class Harness:
                 await sub.unsubscribe()
         finally:
             await nc.close()
+
+    async def lint_issued(self) -> list[str]:
+        """pkilint every certificate issued on this harness's log; returns what failed (every issued
+        certificate in the test suite must pass, except serials a test put in `lint_exempt`)."""
+        failures = []
+        for msg in await self.stream_messages(f"{self.root}.cert.*.issued"):
+            try:
+                event = CertificateIssued.model_validate_json(msg.data)
+            except ValueError:
+                continue  # a test's deliberately malformed event
+            if event.serial in self.lint_exempt:
+                continue
+            der = x509.load_pem_x509_certificate(event.cert_pem.encode()).public_bytes(serialization.Encoding.DER)
+            found = errors(lint_certificate(der))
+            if found:
+                failures.append(f"{event.serial} ({event.profile}): {', '.join(f.code for f in found)}")
+        return failures
 
     async def close(self) -> None:
         for name in list(self.apps):

@@ -2,23 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import uuid
 
+import asyncpg
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from faststream.nats.annotations import NatsMessage
+from prometheus_client import Counter
 
 from services.audit import replay, store
-from shared.consumer import Delivery, GroupCommit
+from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import normalise_serial
+from shared.events import CertificateIssued, CertificateLintFailed, Event, LintResult
+from shared.lint import errors, lint_certificate
 from shared.metrics import EVENTS_CONSUMED
-from shared.outbox import OutboxEntry
-from shared.queries import HistoryAnswer, HistoryEntry, HistoryQuery, ReplayAnswer
+from shared.outbox import OutboxEntry, enqueue
+from shared.queries import (
+    FindingsAnswer,
+    FindingsQuery,
+    HistoryAnswer,
+    HistoryEntry,
+    HistoryQuery,
+    ReplayAnswer,
+)
 from shared.service import Runtime
 
 NAME = "audit"
+log = logging.getLogger("certbus.audit")
+LINTED = Counter(
+    "certbus_certificates_linted_total", "Issued certificates linted after issuance, by outcome", ["outcome"]
+)
 
 
 def register(rt: Runtime) -> None:
-    """Attach audit's consumer and queries."""
+    """Attach audit's consumers and queries."""
+    rt.publishes(CertificateLintFailed)
+    linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
+
+    @rt.consumer("lint", [CertificateIssued.filter(rt.root)])
+    async def on_issued(event: CertificateIssued, msg: NatsMessage) -> None:
+        """pkilint every issued certificate, off the signing path; a finding is an operator alert."""
+        await linter.submit(event, Delivery.of(msg))
 
     async def archive(items: list[tuple[tuple[str, bytes], Delivery]]) -> list[OutboxEntry]:
         async with rt.pool.acquire() as conn, conn.transaction():
@@ -42,19 +69,81 @@ def register(rt: Runtime) -> None:
         return HistoryAnswer(
             serial=serial,
             cert_id=cert_id,
-            events=[
-                HistoryEntry(
-                    stream_seq=r["stream_seq"],
-                    event_type=r["event_type"],
-                    subject=r["subject"],
-                    producer=r["producer"] or "?",
-                    occurred_at=r["occurred_at"],
-                    event=json.loads(bytes(r["raw"])),
-                )
-                for r in rows
-            ],
+            events=[_entry(r) for r in rows],
         )
+
+    @rt.query("findings")
+    async def findings(query: FindingsQuery) -> FindingsAnswer:
+        async with rt.pool.acquire() as conn:
+            rows = await store.events_of_types(conn, FINDING_TYPES, query.limit)
+        return FindingsAnswer(findings=[_entry(r) for r in rows])
 
     @rt.query("replay")
     async def run_replay() -> ReplayAnswer:
         return await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME)
+
+
+FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted"]
+
+
+def _entry(row: asyncpg.Record) -> HistoryEntry:
+    return HistoryEntry(
+        stream_seq=row["stream_seq"],
+        event_type=row["event_type"],
+        subject=row["subject"],
+        producer=row["producer"] or "?",
+        occurred_at=row["occurred_at"],
+        event=json.loads(bytes(row["raw"])),
+    )
+
+
+async def lint_issued(rt: Runtime, items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
+    """Lint a group of issued certificates in a worker thread, then record findings and progress."""
+    certs = {}
+    for event, _ in items:
+        if not isinstance(event, CertificateIssued):
+            raise EventRejected(f"audit's lint consumer does not take {event.event_type}")
+        certs[event.event_id] = event.cert_pem
+    verdicts = await asyncio.to_thread(_lint_all, certs)
+
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
+        assert isinstance(event, CertificateIssued)
+        found = verdicts[event.event_id]
+        LINTED.labels("error" if found else "clean").inc()
+        if not found:
+            return []
+        log.error(
+            "an issued certificate fails pkilint",
+            extra={"serial": event.serial, "profile": event.profile, "codes": [f.code for f in found]},
+        )
+        alert = CertificateLintFailed(
+            aggregate_id=str(uuid.uuid4()),
+            occurred_at=rt.clock.now(),
+            correlation_id=event.correlation_id,
+            causation_id=str(event.event_id),
+            producer=NAME,
+            stage="post-issuance",
+            request_id=event.aggregate_id,
+            serial=event.serial,
+            profile=event.profile,
+            findings=found,
+        )
+        return [await enqueue(conn, alert, rt.root)]
+
+    async with rt.pool.acquire() as conn, conn.transaction():
+        return await apply_events(conn, rt.durable("lint"), items, apply)
+
+
+def _lint_all(certs: dict[uuid.UUID, str]) -> dict[uuid.UUID, list[LintResult]]:
+    verdicts = {}
+    for event_id, pem in certs.items():
+        try:
+            der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+        except ValueError as exc:
+            verdicts[event_id] = [LintResult(severity="FATAL", code="certbus.not_a_certificate", message=str(exc))]
+            continue
+        verdicts[event_id] = [
+            LintResult(severity=f.severity, code=f.code, message=f.message or f.path)
+            for f in errors(lint_certificate(der))
+        ]
+    return verdicts

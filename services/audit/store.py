@@ -102,3 +102,14 @@ async def history(conn: asyncpg.Connection, serial: str) -> tuple[str | None, li
         serial,
     )
     return cert_id, rows
+
+
+async def events_of_types(conn: asyncpg.Connection, event_types: list[str], limit: int) -> list[asyncpg.Record]:
+    """The newest archived events of the given types."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT stream_seq, subject, event_type, producer, occurred_at, raw FROM archive "
+        "WHERE event_type = ANY($1::text[]) ORDER BY stream_seq DESC LIMIT $2",
+        event_types,
+        limit,
+    )
+    return rows

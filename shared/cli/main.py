@@ -264,6 +264,35 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
+@audit_app.command("findings")
+def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
+    """Lint findings, newest first: certificates refused before release, pkilint errors found after
+    issuance, and profiles whose templates fail lint. Exit 1 if there is any error finding."""
+    answer = run(lambda c: c.findings(limit))
+    alarms = [e for e in answer.findings if e.event_type == "CertificateLintFailed" or e.event.get("usable") is False]
+    if as_json:
+        emit_json([e.model_dump(mode="json") for e in answer.findings])
+    else:
+        table = Table("seq", "when (UTC)", "what", "profile / serial", "findings")
+        for e in answer.findings:
+            ev = e.event
+            what = f"{ev.get('stage')} lint failed" if e.event_type == "CertificateLintFailed" else "profile linted"
+            if e.event_type == "ProfileLinted":
+                what += ": usable" if ev.get("usable") else ": [red]UNUSABLE[/]"
+            codes = ", ".join(sorted({f["code"] for f in ev.get("findings", [])}))
+            table.add_row(
+                str(e.stream_seq),
+                f"{e.occurred_at:%Y-%m-%d %H:%M:%S}",
+                what,
+                f"{e.subject.split('.')[2] if e.event_type == 'ProfileLinted' else ev.get('profile')}"
+                + (f" / {ev['serial']}" if ev.get("serial") else ""),
+                codes,
+            )
+        out.print(table)
+    if alarms:
+        raise typer.Exit(EXIT_REFUSED)
+
+
 @audit_app.command("replay")
 def audit_replay(as_json: JsonOpt = False) -> None:
     """Rebuild the audit archive from stream sequence 1 and say whether it equals what it had."""

@@ -70,7 +70,10 @@ def requests_fetch(
     """Write the certificate issued for a request (e.g. after an operator approved it)."""
 
     async def fetch(c: CertbusClient) -> CertificateIssued | None:
-        history = await c.history(request_id)
+        detail = await c.request(request_id)
+        if detail.serial is None:
+            return None
+        history = await c.history(detail.serial)
         for entry in history.events:
             if entry.event_type == "CertificateIssued":
                 return CertificateIssued.model_validate(entry.event)

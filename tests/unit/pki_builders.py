@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -13,11 +16,29 @@ from cryptography.x509.oid import NameOID
 from services.signing import domain as signing
 from shared.crypto import PrivateKey, signing_hash
 from shared.events import EnrollmentApproved
+from shared.profiles import Profile, Usage, load_profiles
 from shared.tokens import TokenClaims
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ORG = "Certbus Test"
 BASE_URL = "https://pki.example.test/"
+PROFILES_TOML = Path(__file__).resolve().parents[2] / "deploy" / "profiles.toml"
+SUFFIXES = ("example.internal", "corp.internal")
+
+
+def make_profile(name: str = "tls-server", usage: Usage = "server", **fields: Any) -> Profile:
+    """A test profile allowing names under example.internal and corp.internal (fields override the defaults)."""
+    fields.setdefault("dns_suffixes", list(SUFFIXES))
+    return Profile(name=name, usage=usage, **fields)
+
+
+TLS_SERVER = make_profile()
+
+
+@functools.cache
+def shipped_profiles() -> dict[str, Profile]:
+    """The profiles of deploy/profiles.toml, by name."""
+    return {p.name: p for p in load_profiles(PROFILES_TOML)}
 
 
 def make_csr(
@@ -82,6 +103,8 @@ def approved_for(
     dns_names: list[str],
     validity_days: int = 90,
     ip_addresses: list[str] | None = None,
+    profile: str = "tls-server",
+    emails: list[str] | None = None,
 ) -> EnrollmentApproved:
     """An EnrollmentApproved event for `csr`."""
     return EnrollmentApproved(
@@ -90,9 +113,10 @@ def approved_for(
         correlation_id="corr-1",
         producer="enrollment",
         csr_pem=csr_pem(csr),
-        profile="tls-server",
+        profile=profile,
         dns_names=dns_names,
         ip_addresses=ip_addresses or [],
+        emails=emails or [],
         validity_days=validity_days,
         provisioner_id="prov-1",
         token_id="tok-1",
@@ -107,10 +131,12 @@ def issue_leaf(
     now: datetime = NOW,
     validity_days: int = 90,
     plan: signing.LeafPlan | None = None,
+    profile: Profile = TLS_SERVER,
 ) -> x509.Certificate:
-    """A leaf for a fresh P-256 key, issued by `issuer` through the signing templates."""
-    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), dns_names)
+    """A leaf for a fresh P-256 key, issued by `issuer` through the signing templates of `profile`."""
+    public_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     plan = plan or signing.plan_leaf(issuer, validity_days, now)
-    approved = approved_for(csr, dns_names, validity_days)
-    builder = signing.leaf_builder(approved, csr, issuer, plan, signing.Urls(BASE_URL))
+    builder = signing.leaf_builder(
+        profile, signing.Sans(tuple(dns_names)), public_key, issuer, plan, signing.Urls(BASE_URL)
+    )
     return builder.sign(issuer_key, signing_hash(issuer_key))

@@ -9,19 +9,29 @@ from typing import Any
 import pydantic
 import pytest
 
-from pki_builders import NOW
+from pki_builders import NOW, shipped_profiles
 from shared.events import (
     EVENT_TYPES,
     PRODUCERS,
+    ApprovalDenied,
+    ApprovalGranted,
     CaCreated,
     CertificateIssued,
+    CertificateLintFailed,
     CertificateRevoked,
     CrlPublished,
     EnrollmentApproved,
+    EnrollmentPending,
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    KeyBlocked,
+    LintResult,
+    ProfileApplied,
+    ProfileLinted,
+    ProvisionerDisabled,
     ProvisionerRegistered,
+    ProvisionerRemoved,
     RevocationRejected,
     RevocationRequested,
     event_json_schemas,
@@ -36,10 +46,38 @@ ENVELOPE: dict[str, Any] = {
     "causation_id": "cause-1",
 }
 PEM = "-----BEGIN X-----\nAA==\n-----END X-----\n"
+PROFILE = shipped_profiles()["high-assurance"]
+FINDING = LintResult(severity="ERROR", code="pkix.example_finding", message="bad", key_type="rsa")
 
 SAMPLES: dict[type[Event], Event] = {
     ProvisionerRegistered: ProvisionerRegistered(
         **ENVELOPE, producer="operator", name="prov-1", public_key_pem=PEM, registered_by="ops"
+    ),
+    ProvisionerDisabled: ProvisionerDisabled(
+        **ENVELOPE, producer="operator", reason="key lost", disabled_by="ops"
+    ),
+    ProvisionerRemoved: ProvisionerRemoved(**ENVELOPE, producer="operator", removed_by="ops"),
+    ProfileApplied: ProfileApplied(
+        **{**ENVELOPE, "aggregate_id": PROFILE.name},
+        producer="operator",
+        profile=PROFILE,
+        digest=PROFILE.digest(),
+        applied_by="ops",
+    ),
+    ProfileLinted: ProfileLinted(
+        **{**ENVELOPE, "aggregate_id": PROFILE.name},
+        producer="signing",
+        digest=PROFILE.digest(),
+        issuer_id="issuing-1",
+        usable=False,
+        findings=[FINDING],
+    ),
+    KeyBlocked: KeyBlocked(
+        **{**ENVELOPE, "aggregate_id": "44" * 32},
+        producer="revocation",
+        spki_sha256="44" * 32,
+        reason="keyCompromise",
+        blocked_by="alice",
     ),
     EnrollmentRequested: EnrollmentRequested(
         **ENVELOPE, producer="requester", csr_pem=PEM, token="a.b.c", token_proof="sig", requester="alice"
@@ -48,14 +86,30 @@ SAMPLES: dict[type[Event], Event] = {
         **ENVELOPE,
         producer="enrollment",
         csr_pem=PEM,
-        profile="tls-server",
+        profile="high-assurance",
         dns_names=["www.example.internal"],
         ip_addresses=["10.0.0.1"],
         validity_days=90,
         provisioner_id="prov-1",
         token_id="tok-1",
         requester="alice",
+        emails=["ops@example.internal"],
+        profile_digest=PROFILE.digest(),
+        approved_by="bob",
     ),
+    EnrollmentPending: EnrollmentPending(
+        **ENVELOPE,
+        producer="enrollment",
+        profile="high-assurance",
+        dns_names=["www.example.internal"],
+        ip_addresses=["10.0.0.1"],
+        emails=["ops@example.internal"],
+        validity_days=90,
+        requester="alice",
+        expires_at=NOW + timedelta(hours=72),
+    ),
+    ApprovalGranted: ApprovalGranted(**ENVELOPE, producer="operator", operator="bob", comment="checked by phone"),
+    ApprovalDenied: ApprovalDenied(**ENVELOPE, producer="operator", operator="bob", reason="unknown service"),
     EnrollmentRejected: EnrollmentRejected(
         **ENVELOPE,
         producer="enrollment",
@@ -119,6 +173,15 @@ SAMPLES: dict[type[Event], Event] = {
         object_name="issuing-1.crl",
         sha256="33" * 32,
         size=512,
+    ),
+    CertificateLintFailed: CertificateLintFailed(
+        **ENVELOPE,
+        producer="audit",
+        stage="post-issuance",
+        request_id="req-1",
+        serial="abc123",
+        profile="tls-server",
+        findings=[FINDING],
     ),
 }
 
@@ -205,6 +268,15 @@ def test_events_get_distinct_random_ids() -> None:
         (RevocationRequested, "pki.revoke.req-1.requested"),
         (CrlPublished, "pki.ca.req-1.crl_published"),
         (ProvisionerRegistered, "pki.provisioner.req-1.registered"),
+        (ProvisionerDisabled, "pki.provisioner.req-1.disabled"),
+        (ProvisionerRemoved, "pki.provisioner.req-1.removed"),
+        (ProfileApplied, "pki.profile.high-assurance.applied"),
+        (ProfileLinted, "pki.profile.high-assurance.linted"),
+        (KeyBlocked, f"pki.key.{'44' * 32}.blocked"),
+        (EnrollmentPending, "pki.cert.req-1.pending"),
+        (ApprovalGranted, "pki.cert.req-1.granted"),
+        (ApprovalDenied, "pki.cert.req-1.denied"),
+        (CertificateLintFailed, "pki.finding.req-1.lint_failed"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else v,
 )
@@ -219,6 +291,10 @@ def test_subject_is_root_aggregate_id_verb(event_type: type[Event], subject: str
         (CertificateRevoked, "pki.cert.*.revoked"),
         (RevocationRejected, "pki.revoke.*.rejected"),
         (CaCreated, "pki.ca.*.created"),
+        (ProfileApplied, "pki.profile.*.applied"),
+        (KeyBlocked, "pki.key.*.blocked"),
+        (EnrollmentPending, "pki.cert.*.pending"),
+        (CertificateLintFailed, "pki.finding.*.lint_failed"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else v,
 )
@@ -255,3 +331,44 @@ def test_aggregate_id_accepts_64_url_safe_characters() -> None:
 
 def test_json_schemas_cover_every_event_type() -> None:
     assert set(event_json_schemas()) == {cls.__name__ for cls in EVENT_TYPES}
+
+
+def test_profile_applied_carries_the_whole_profile() -> None:
+    parsed = parse_event(SAMPLES[ProfileApplied].model_dump_json())
+    assert isinstance(parsed, ProfileApplied)
+    assert parsed.profile == PROFILE
+    assert parsed.profile.digest() == parsed.digest
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"default_validity_days": 400},
+        {"dns_suffixes": [], "dns_patterns": []},
+        {"ip_ranges": ["10.0.0.0/33"]},
+        {"usage": "code-signing"},
+        {"is_admin": True},
+    ],
+    ids=["validity_over_ceiling", "no_names", "bad_cidr", "bad_usage", "extra_field"],
+)
+def test_profile_applied_refuses_an_invalid_profile(change: dict[str, Any]) -> None:
+    data = json.loads(SAMPLES[ProfileApplied].model_dump_json())
+    data["profile"].update(change)
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "value"),
+    [
+        (ProfileApplied, "digest", "AB" * 32),
+        (ProfileApplied, "digest", "ab" * 31),
+        (KeyBlocked, "spki_sha256", "not-a-hash"),
+        (CertificateLintFailed, "stage", "whenever"),
+        (EnrollmentPending, "expires_at", "tomorrow"),
+    ],
+    ids=["upper_case_digest", "short_digest", "spki_not_hex", "unknown_stage", "expiry_not_a_time"],
+)
+def test_parse_event_refuses_bad_new_fields(event_type: type[Event], field: str, value: Any) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(_json(SAMPLES[event_type], **{field: value}))
