@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import nats
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -104,7 +105,7 @@ def enrollment_request(
     request_id = str(uuid.uuid4())
     try:
         csr_der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
         csr_der = csr_pem.encode()  # enrollment will reject it with a reason
     return EnrollmentRequested(
         aggregate_id=request_id,

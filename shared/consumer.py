@@ -180,8 +180,15 @@ class GroupCommit(Generic[T]):
     async def _flush(self) -> None:
         group: list[tuple[T, Delivery, asyncio.Future[None]]] = []
         try:
-            for _ in range(3):  # let the other handlers of the same pull reach submit()
+            # Let every other handler of the same pull reach submit(): FastStream starts them all at
+            # once, so the queue stops growing within a few loop turns. A group then holds the whole
+            # pull, and events are applied in stream order (the next pull waits for this one).
+            quiet, size = 0, -1
+            for _ in range(200):
                 await asyncio.sleep(0)
+                quiet, size = (quiet + 1, size) if len(self._queue) == size else (0, len(self._queue))
+                if quiet >= 8:
+                    break
             while self._queue:
                 group = sorted(self._queue, key=lambda entry: entry[1].seq)
                 self._queue = []

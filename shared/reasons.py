@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (NUL included) written as \\xNN: safe to store and to show."""
+    return text.translate(_CONTROL)
 
 
 class Reason(BaseModel):
-    """Why something was refused: a stable machine code and a message a person can act on."""
+    """Why something was refused: a stable machine code and a message a person can act on.
+
+    Messages often quote what the requester sent, so control characters are escaped: a NUL in a
+    hostile name must not reach a terminal or a database column."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     code: str
     message: str
+
+    @field_validator("message")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return printable(value)
 
 
 # certificateHold is deliberately absent: a revocation is final. removeFromCRL and

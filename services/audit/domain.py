@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.crypto import normalise_serial
+from shared.reasons import printable
 
 GENESIS = bytes(32)
 
@@ -48,12 +49,13 @@ def describe(subject: str, raw: bytes) -> Described:
     parts = subject.split(".")
     cert_id = parts[2] if len(parts) == 4 and parts[1] == "cert" else None
     serial = data.get("serial")
+    # Every text is made printable: a hostile NUL must not stop the archive (Postgres text refuses it).
     return Described(
         event_id=str(data.get("event_id")) if data.get("event_id") else None,
-        event_type=str(data.get("event_type", "unknown")),
-        aggregate_id=str(data.get("aggregate_id")) if data.get("aggregate_id") else None,
-        producer=str(data.get("producer")) if data.get("producer") else None,
+        event_type=printable(str(data.get("event_type", "unknown"))),
+        aggregate_id=printable(str(data.get("aggregate_id"))) if data.get("aggregate_id") else None,
+        producer=printable(str(data.get("producer"))) if data.get("producer") else None,
         occurred_at=occurred,
-        serial=normalise_serial(serial) if isinstance(serial, str) else None,
+        serial=printable(normalise_serial(serial)) if isinstance(serial, str) else None,
         cert_id=cert_id,
     )

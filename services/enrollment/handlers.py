@@ -52,7 +52,7 @@ from shared.queries import (
     RequestsQuery,
     RequestSummary,
 )
-from shared.reasons import Reason
+from shared.reasons import Reason, printable
 from shared.service import Runtime
 from shared.settings import EnrollmentSettings
 from shared.tokens import ProvisionerPublicKey, TokenClaims, TokenError, algorithm_for, provisioner_id_of, verify_token
@@ -189,12 +189,12 @@ async def _decide(
     now = rt.clock.now()
     record = store.RequestRecord(
         request_id=request.aggregate_id,
-        requester=request.requester,
-        profile=request.profile,
+        # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
+        requester=printable(request.requester),
+        profile=printable(request.profile),
         status="rejected",
         requested_at=request.occurred_at,
         decided_at=now,
-        csr_pem=request.csr_pem if len(request.csr_pem) <= 64 * 1024 else None,
         validity_days=request.validity_days,
         decided_by=NAME,
     )
@@ -206,6 +206,7 @@ async def _decide(
         decision = EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
     else:
         approval, claims, profile = outcome
+        record.csr_pem = request.csr_pem  # a parsed CSR: PEM text without NUL
         record.dns_names = approval.dns_names
         record.ip_addresses = list(approval.ip_addresses)
         record.emails = list(approval.emails)
@@ -268,7 +269,7 @@ async def _check(
         spki = None
     try:
         provisioner_id = provisioner_id_of(request.token)
-        ctx = await store.context(conn, provisioner_id, request.profile, spki)
+        ctx = await store.context(conn, printable(provisioner_id), printable(request.profile), spki)
         key = _provisioner_key(provisioner_id, ctx)
         claims = verify_token(
             request.token,
@@ -283,9 +284,9 @@ async def _check(
         )
     except TokenError as exc:
         return [Reason(code=exc.code, message=exc.message)]
-    record.provisioner_id, record.token_id = claims.provisioner_id, claims.token_id
+    record.provisioner_id, record.token_id = claims.provisioner_id, printable(claims.token_id)
     # The token is spent by a primary key, whatever else is wrong with the request.
-    if not await store.spend_token(conn, claims.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
+    if not await store.spend_token(conn, record.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
         return [Reason(code="token_reused", message="the token has already been used: each token enrolls once")]
     if ctx.profile_body is None:
         return [

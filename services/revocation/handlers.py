@@ -9,6 +9,7 @@ from services.revocation import domain, store
 from shared.consumer import Delivery, EventRejected
 from shared.events import CertificateIssued, CertificateRevoked, Event, RevocationRejected, RevocationRequested
 from shared.outbox import OutboxEntry, enqueue
+from shared.reasons import printable
 from shared.service import Runtime
 
 NAME = "revocation"
@@ -35,7 +36,8 @@ def register(rt: Runtime) -> None:
 
 async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested) -> OutboxEntry:
     now = rt.clock.now()
-    serial = domain.normalise_serial(request.serial)
+    # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
+    serial = printable(domain.normalise_serial(request.serial))
     outcome = domain.decide(serial, request.reason, await store.find(conn, serial))
     envelope = {
         "occurred_at": now,
@@ -60,5 +62,7 @@ async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequ
     else:
         result = RevocationRejected(aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **envelope)
         label = f"rejected:{outcome.code}"
-    await store.record_request(conn, request.aggregate_id, serial, request.reason, request.requested_by, label, now)
+    await store.record_request(
+        conn, request.aggregate_id, serial, printable(request.reason), printable(request.requested_by), label, now
+    )
     return await enqueue(conn, result, rt.root)

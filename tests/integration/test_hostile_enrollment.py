@@ -1,0 +1,221 @@
+"""Hostile and broken enrollment input through the real services: every case is rejected with its
+own reason code, nothing is issued for any of them, and every service keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import hostile
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from harness import Harness
+from shared.client import SERVICES, Rejected
+from shared.crypto import spki_sha256
+from shared.events import KeyBlocked, ProvisionerDisabled, ProvisionerRegistered, utcnow
+from shared.tokens import create_token
+
+SUFFIX = "hostile.internal"
+NAMES = (f"app.{SUFFIX}",)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile request: its CSR, the token it carries, what it asks for, the code expected."""
+
+    name: str
+    csr: Callable[[], str]
+    expected: str
+    token_names: tuple[str, ...] = NAMES
+    profile: str = "tls-server"
+    token_profile: str = "tls-server"
+    validity_days: int | None = None
+    token: Callable[[Harness, tuple[str, ...]], str] | None = None
+
+
+BLOCKED_KEY = ec.generate_private_key(ec.SECP256R1())
+ROGUE_KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def _good() -> str:
+    return hostile.csr_for(hostile.new_key(), NAMES)
+
+
+def _expired(h: Harness, names: tuple[str, ...]) -> str:
+    return create_token(h.provisioner_key, "default", list(names), utcnow() - timedelta(hours=2), timedelta(hours=1))
+
+
+def _too_long_lived(h: Harness, names: tuple[str, ...]) -> str:
+    return create_token(h.provisioner_key, "default", list(names), utcnow(), timedelta(hours=2))
+
+
+def _rogue_signed(h: Harness, names: tuple[str, ...]) -> str:
+    return create_token(ROGUE_KEY, "default", list(names), utcnow(), timedelta(minutes=5))
+
+
+def _unknown_provisioner(h: Harness, names: tuple[str, ...]) -> str:
+    return create_token(ROGUE_KEY, "nobody", list(names), utcnow(), timedelta(minutes=5))
+
+
+def _disabled_provisioner(h: Harness, names: tuple[str, ...]) -> str:
+    return create_token(ROGUE_KEY, "retired", list(names), utcnow(), timedelta(minutes=5))
+
+
+def _other_names(h: Harness, names: tuple[str, ...]) -> str:
+    return h.token(f"other.{SUFFIX}")
+
+
+CASES = [
+    Case("garbage bytes", lambda: hostile.garbage_bytes(), "csr_malformed"),
+    Case("truncated PEM", lambda: hostile.truncated_pem(_good()), "csr_malformed"),
+    Case("CSR with a bad signature", lambda: hostile.bad_signature(NAMES), "csr_signature_invalid"),
+    Case("RSA-1024", lambda: hostile.rsa_1024(NAMES), "key_weak"),
+    Case("unsupported curve secp256k1", lambda: hostile.unsupported_curve(NAMES), "key_unsupported"),
+    Case("a point not on the curve", lambda: hostile.point_not_on_curve(NAMES), "key_unsupported"),
+    Case("an unknown key algorithm", lambda: hostile.unknown_key_algorithm(NAMES), "key_unsupported"),
+    Case("a blocked key", lambda: hostile.csr_for(BLOCKED_KEY, NAMES), "key_blocked"),
+    Case(
+        "a name outside the profile",
+        lambda: hostile.csr_for(hostile.new_key(), ["www.example.com"]),
+        "name_not_in_profile",
+        token_names=("www.example.com",),
+    ),
+    Case(
+        "a wildcard where not allowed",
+        lambda: hostile.wildcard([f"*.{SUFFIX}"]),
+        "wildcard_not_allowed",
+        token_names=(f"*.{SUFFIX}",),
+    ),
+    Case(
+        "an IP SAN where not allowed",
+        lambda: hostile.ip_san(NAMES, ["10.0.0.1"]),
+        "ip_not_allowed",
+        token_names=(*NAMES, "10.0.0.1"),
+    ),
+    Case(
+        "an email where not allowed",
+        lambda: hostile.email_san(NAMES, [f"ops@{SUFFIX}"]),
+        "email_not_allowed",
+        token_names=(*NAMES, f"ops@{SUFFIX}"),
+    ),
+    Case("1,000 SANs", lambda: hostile.many_sans(1000, SUFFIX), "too_many_names"),
+    Case(
+        "a 300-character label",
+        lambda: hostile.long_label(300, SUFFIX),
+        "name_invalid",
+        token_names=("x" * 300 + f".{SUFFIX}",),
+    ),
+    Case(
+        "a NUL in a name",
+        lambda: hostile.nul_in_name([f"good.{SUFFIX}\x00.evil.test"]),
+        "name_invalid",
+        token_names=(f"good.{SUFFIX}\x00.evil.test",),
+    ),
+    Case(
+        "a control character in a name",
+        lambda: hostile.control_char_in_name([f"a\tb.{SUFFIX}"]),
+        "name_invalid",
+        token_names=(f"a\tb.{SUFFIX}",),
+    ),
+    Case(
+        "a Unicode U-label",
+        lambda: hostile.u_label([f"bücher.{SUFFIX}"]),
+        "name_invalid",
+        token_names=(f"bücher.{SUFFIX}",),
+    ),
+    Case(
+        "a name with a trailing dot",
+        lambda: hostile.trailing_dot([f"app.{SUFFIX}."]),
+        "name_invalid",
+        token_names=(f"app.{SUFFIX}.",),
+    ),
+    Case("a non-UTF-8 name", lambda: hostile.non_utf8_name([f"b\xfccher.{SUFFIX}".encode("latin-1")]), "name_invalid"),
+    Case("no SAN at all", lambda: hostile.empty_san(), "names_missing"),
+    Case("a CN not among the SANs", lambda: hostile.cn_not_in_sans(NAMES, f"other.{SUFFIX}"), "cn_not_in_sans"),
+    Case("a CA extension requested", lambda: hostile.ca_extension_requested(NAMES), "extension_not_allowed"),
+    Case("an unknown extension requested", lambda: hostile.unknown_extension_requested(NAMES), "extension_not_allowed"),
+    Case("a bad CSR version", lambda: hostile.bad_version(NAMES), "csr_malformed"),
+    Case("a validity over the maximum", _good, "validity_too_long", validity_days=3650),
+    Case("an unknown profile", _good, "profile_unknown", profile="no-such-profile", token_profile="no-such-profile"),
+    Case("a token for another profile", _good, "profile_not_allowed", token_profile="tls-client"),
+    Case("an expired token", _good, "token_expired", token=_expired),
+    Case("a token living over an hour", _good, "token_lifetime_too_long", token=_too_long_lived),
+    Case("a token for other names", _good, "name_not_allowed", token=_other_names),
+    Case("a token signed by an unknown key", _good, "token_forged", token=_rogue_signed),
+    Case("a token of an unknown provisioner", _good, "provisioner_unknown", token=_unknown_provisioner),
+    Case("a token from a disabled provisioner", _good, "provisioner_disabled", token=_disabled_provisioner),
+]
+
+
+async def _submit(h: Harness, case: Case) -> list[str]:
+    if case.token is not None:
+        token = case.token(h, case.token_names)
+    else:
+        token = h.token(*case.token_names, profile=case.token_profile)
+    async with h.client() as c:
+        try:
+            issued = await c.enroll(case.csr(), token, case.profile, timeout=30, validity_days=case.validity_days)
+        except Rejected as exc:
+            return [r.code for r in exc.reasons]
+    return [f"ISSUED {issued.serial}"]
+
+
+async def _policy(h: Harness) -> None:
+    """A blocked key and a disabled provisioner, on the log before the requests."""
+    pem = ROGUE_KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    spki = spki_sha256(BLOCKED_KEY.public_key())
+    common = {"occurred_at": utcnow(), "correlation_id": "tests", "producer": "operator"}
+    async with h.client("operator") as c:
+        await c.publish(KeyBlocked(aggregate_id=spki, spki_sha256=spki, reason="test", blocked_by="tests", **common))
+        await c.publish(
+            ProvisionerRegistered(
+                aggregate_id="retired", name="retired", public_key_pem=pem, registered_by="t", **common
+            )
+        )
+        await c.publish(ProvisionerDisabled(aggregate_id="retired", reason="rotated", disabled_by="tests", **common))
+
+
+async def test_hostile_enrollment_input_is_rejected_with_its_reason(stack: Harness) -> None:
+    await _policy(stack)
+    outcomes = await asyncio.gather(*(_submit(stack, case) for case in CASES))
+    wrong = {
+        case.name: (case.expected, codes)
+        for case, codes in zip(CASES, outcomes, strict=True)
+        if case.expected not in codes or any(c.startswith("ISSUED") for c in codes)
+    }
+    assert not wrong, f"cases not rejected with their code (expected, got): {wrong}"
+    assert len(CASES) >= 30
+    # Nothing was issued, and every service still answers.
+    assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []
+    async with stack.client() as c:
+        for name in SERVICES:
+            assert (await c.health(name))["status"] == "ok"
+    # The system still issues a good request afterwards.
+    assert (await stack.enroll(f"after.{SUFFIX}")).dns_names == [f"after.{SUFFIX}"]
+
+
+async def test_a_reused_token_is_rejected(stack: Harness) -> None:
+    token = stack.token(*NAMES)
+    async with stack.client() as c:
+        await c.enroll(_good(), token)
+        try:
+            await c.enroll(_good(), token)
+        except Rejected as exc:
+            assert [r.code for r in exc.reasons] == ["token_reused"]
+        else:
+            raise AssertionError("a token was used twice")
+
+
+async def test_a_token_copied_from_the_log_cannot_be_reused_for_another_csr(stack: Harness) -> None:
+    token = stack.token(*NAMES)
+    jwt_only = token.rpartition("~")[0] + "~" + stack.token(*NAMES).rpartition("~")[2]  # someone else's holder key
+    async with stack.client() as c:
+        try:
+            await c.enroll(_good(), jwt_only)
+        except Rejected as exc:
+            assert [r.code for r in exc.reasons] == ["token_proof_invalid"]
+        else:
+            raise AssertionError("a token without its holder key enrolled")
