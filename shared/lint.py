@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+import validators  # type: ignore[import-untyped]
 from pkilint import loader  # type: ignore[import-untyped]
 from pkilint.pkix import certificate, extension, name  # type: ignore[import-untyped]
 
@@ -60,7 +62,7 @@ def lint_certificate(der: bytes) -> list[LintFinding]:
     except ValueError as e:
         return [LintFinding("FATAL", DECODE_FAILED, f"not a DER X.509 certificate: {e}", "certificate")]
     results: Any = _shared_validator().validate(document.root)
-    return [
+    findings = [
         LintFinding(
             severity=description.finding.severity.name,
             code=description.finding.code,
@@ -70,6 +72,19 @@ def lint_certificate(der: bytes) -> list[LintFinding]:
         for result in results
         for description in result.finding_descriptions
     ]
+    return [f for f in findings if not _wildcard_dns_name(f)]
+
+
+_WILDCARD = re.compile(r'^Invalid domain name syntax: "\*\.([^"]+)"$')
+
+
+def _wildcard_dns_name(finding: LintFinding) -> bool:
+    """pkilint's PKIX linter applies RFC 5280's preferred name syntax, which has no wildcard; TLS
+    (RFC 6125 6.4.3, and the CA/B Forum rules pkilint applies to public certificates) allows one
+    whole leftmost "*" label. Such a name is accepted when the rest of it is valid; profiles decide
+    whether wildcards may be issued at all."""
+    match = _WILDCARD.match(finding.message) if finding.code == "pkix.invalid_domain_name_syntax" else None
+    return match is not None and validators.domain(match[1]) is True
 
 
 def errors(findings: list[LintFinding]) -> list[LintFinding]:

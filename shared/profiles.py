@@ -88,9 +88,11 @@ class Profile(BaseModel):
         return self.usage in ("server", "both"), self.usage in ("client", "both")
 
     def template_name(self) -> str:
-        """A DNS name this profile allows, used in its lint template."""
+        """A DNS name this profile allows, used in its lint template (a wildcard if it allows them,
+        so that the linted template covers the harder case)."""
+        first = "*" if self.allow_wildcards else "template"
         if self.dns_suffixes:
-            return "template." + self.dns_suffixes[0].lstrip(".")
+            return f"{first}." + self.dns_suffixes[0].lstrip(".")
         return self.dns_patterns[0].replace("*", "template")
 
 

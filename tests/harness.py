@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -96,6 +97,8 @@ class Harness:
             "http_port": self.http_ports[name],
             "log_level": "WARNING",
         }
+        if name == "enrollment":
+            extra.update(pending_sweep_s=0.2)
         if name == "signing":
             extra.update(
                 key_dir=self.key_dir,
@@ -117,6 +120,18 @@ class Harness:
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
         return env
+
+    async def cli(self, *args: str, operator: str = "tests") -> subprocess.CompletedProcess[str]:
+        """Run the `certbus` CLI against this deployment as a separate process, without blocking the
+        event loop (the services may run in it); CERTBUS_HOME is in the test's tmp dir."""
+        env = self.env("enrollment")
+        env.update(CERTBUS_HOME=str(self.tmp / "home"), CERTBUS_OPERATOR=operator)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.cli.main", *args, env=env, stdout=PIPE, stderr=PIPE
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
+        assert proc.returncode is not None
+        return subprocess.CompletedProcess(list(args), proc.returncode, stdout.decode(), stderr.decode())
 
     # --- services in this process --------------------------------------------------------
 
