@@ -73,8 +73,13 @@ class Profile(BaseModel):
             if problem is not None:
                 raise ValueError(f"dns_suffixes: {problem}")
         for pattern in self.dns_patterns:
-            if dns_syntax_problem(pattern.replace("*", "x")) is not None:
-                raise ValueError(f"dns_patterns: {pattern!r} is not a DNS name pattern ('*' stands for one label)")
+            labels = pattern.split(".")
+            if any("*" in label and label != "*" for label in labels) or (
+                dns_syntax_problem(".".join("x" if label == "*" else label for label in labels)) is not None
+            ):
+                raise ValueError(
+                    f"dns_patterns: {pattern!r} is not a DNS name pattern ('*' stands for one whole label)"
+                )
         for cidr in self.ip_ranges:
             ipaddress.ip_network(cidr)  # raises ValueError with the reason
         return self
@@ -109,6 +114,8 @@ def load_profiles(path: Path) -> list[Profile]:
     for name, body in tables.items():
         if not isinstance(body, dict):
             raise ValueError(f"{path}: profiles.{name} is not a table")
+        if "name" in body:
+            raise ValueError(f"{path}: profile {name!r}: the name is the table's, do not repeat it as a field")
         try:
             profiles.append(Profile(name=name, **body))
         except ValueError as exc:

@@ -66,7 +66,7 @@ def requested_names(csr: x509.CertificateSigningRequest) -> Names | Reason:
     except x509.ExtensionNotFound:
         return Names([], [], [])
     except (ValueError, UnicodeError, x509.DuplicateExtension) as exc:
-        return Reason(code="name_invalid", message=f"the CSR's extensions cannot be read: {exc}")
+        return Reason(code="csr_malformed", message=f"the CSR's extensions cannot be read: {exc}")
     names = Names([], [], [])
     for entry in san:
         if isinstance(entry, x509.DNSName):
@@ -142,7 +142,7 @@ def _assess(
         reasons.append(too_long)
     names = requested_names(csr)
     if isinstance(names, Reason):
-        return None, days, [*reasons, names]
+        return None, days, reasons if names in reasons else [*reasons, names]
     problems = names_problems(profile, names.dns, names.ips, names.emails)
     reasons += problems
     if any(r.code == "too_many_names" for r in problems):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
 
@@ -159,12 +160,15 @@ def policy_problems(
 ) -> list[Reason]:
     """Signing's own checks, whatever enrollment approved: CSR signature, key, names, validity."""
     reasons: list[Reason] = []
-    public_key = csr.public_key()
+    try:
+        public_key = csr.public_key()
+        dns, ips = csr_names(csr)
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        return [Reason(code="csr_malformed", message=f"the approved CSR cannot be read: {exc}")]
     if (key_reason := key_problem(profile, public_key)) is not None:
         reasons.append(key_reason)
     elif not csr.is_signature_valid:
         reasons.append(Reason(code="csr_signature_invalid", message="the CSR's signature does not verify"))
-    dns, ips = csr_names(csr)
     extra = (set(dns) | set(ips)) - set(approved.dns_names) - set(approved.ip_addresses)
     if extra:
         reasons.append(
@@ -193,6 +197,11 @@ def plan_leaf(issuer: CaIdentity, validity_days: int, now: datetime) -> LeafPlan
     return LeafPlan(serial=x509.random_serial_number(), not_before=not_before, not_after=not_after)
 
 
+def _leaf_subject(names: Sans) -> x509.Name:
+    first = names.dns[0] if names.dns else ""
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)] if 0 < len(first) <= 64 else [])
+
+
 def leaf_builder(
     profile: Profile,
     names: Sans,
@@ -204,8 +213,7 @@ def leaf_builder(
     """A leaf certificate as `profile` says: the approved names and the CSR's key, nothing else
     from the request. The subject is the first DNS name as CN when it fits (64 characters), else
     empty, and then the SAN is critical (RFC 5280 4.2.1.6)."""
-    first = names.dns[0] if names.dns else ""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)] if 0 < len(first) <= 64 else [])
+    subject = _leaf_subject(names)
     server, client = profile.ekus()
     ekus = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
     ekus += [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -275,8 +283,7 @@ def template_deviations(
         found.append("public key is not the requested one")
     if key_type_of(cert.public_key()) != key_type_of(template.public_key()):
         found.append("key type differs from the template's")
-    expected_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names.dns[0])]) if names.dns else None
-    if len(cert.subject) and cert.subject != expected_subject:
+    if len(cert.subject) and cert.subject != _leaf_subject(names):
         found.append("subject is not the first approved DNS name")
     found += _extension_deviations(cert, template, names, public_key)
     if names_problems(profile, list(names.dns), list(names.ips), list(names.emails)):

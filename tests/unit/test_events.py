@@ -53,9 +53,7 @@ SAMPLES: dict[type[Event], Event] = {
     ProvisionerRegistered: ProvisionerRegistered(
         **ENVELOPE, producer="operator", name="prov-1", public_key_pem=PEM, registered_by="ops"
     ),
-    ProvisionerDisabled: ProvisionerDisabled(
-        **ENVELOPE, producer="operator", reason="key lost", disabled_by="ops"
-    ),
+    ProvisionerDisabled: ProvisionerDisabled(**ENVELOPE, producer="operator", reason="key lost", disabled_by="ops"),
     ProvisionerRemoved: ProvisionerRemoved(**ENVELOPE, producer="operator", removed_by="ops"),
     ProfileApplied: ProfileApplied(
         **{**ENVELOPE, "aggregate_id": PROFILE.name},

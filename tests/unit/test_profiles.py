@@ -89,12 +89,6 @@ def test_profile_refuses_bad_pattern(pattern: str) -> None:
         Profile(name="p", usage="server", dns_patterns=[pattern])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Profile accepts a pattern with '*' inside a label ('web*.internal' passes validation because "
-    "'webx.internal' is a DNS name), yet _matches only treats a whole '*' label as a wildcard, so the pattern "
-    "silently matches nothing",
-)
 def test_profile_refuses_a_pattern_with_a_partial_label_wildcard() -> None:
     with pytest.raises(ValueError, match="dns_patterns"):
         Profile(name="p", usage="server", dns_patterns=["web*.internal"])
@@ -234,12 +228,12 @@ def test_load_profiles_refuses_broken_toml(tmp_path: Path) -> None:
     "text", ["", "[other]\nx = 1\n", "profiles = 3\n", "[profiles]\n", "[[profiles]]\nusage = 'server'\n"]
 )
 def test_load_profiles_refuses_missing_profile_tables(tmp_path: Path, text: str) -> None:
-    with pytest.raises(ValueError, match="no \\[profiles.<name>\\] tables"):
+    with pytest.raises(ValueError, match=r"no \[profiles\.<name>\] tables"):
         load_profiles(_toml(tmp_path, text))
 
 
 def test_load_profiles_refuses_a_profile_that_is_not_a_table(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="profiles.web is not a table"):
+    with pytest.raises(ValueError, match=r"profiles\.web is not a table"):
         load_profiles(_toml(tmp_path, "[profiles]\nweb = 'server'\n"))
 
 
@@ -265,11 +259,6 @@ def test_load_profiles_refuses_a_bad_profile_name(tmp_path: Path) -> None:
         load_profiles(_toml(tmp_path, "[profiles.Web]\nusage = 'server'\ndns_suffixes = ['internal']\n"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load_profiles calls Profile(name=name, **body); a table that also has a `name` key makes Python "
-    "raise TypeError (multiple values for keyword argument 'name'), which escapes the `except ValueError`",
-)
 def test_load_profiles_refuses_a_name_field_inside_the_table(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="profile 'web'"):
         load_profiles(_toml(tmp_path, "[profiles.web]\nname = 'other'\nusage = 'server'\ndns_suffixes = ['x']\n"))
@@ -379,7 +368,7 @@ def test_suffix_matching_with_several_suffixes() -> None:
     assert not name_allowed(TLS_SERVER, "evilexample.internal")
 
 
-PATTERNS = Profile(name="p", usage="server", dns_patterns=["*.db.internal", "web-*.*.corp.internal", "api.internal"])
+PATTERNS = Profile(name="p", usage="server", dns_patterns=["*.db.internal", "api.internal"])
 
 
 @pytest.mark.parametrize(
@@ -390,7 +379,6 @@ PATTERNS = Profile(name="p", usage="server", dns_patterns=["*.db.internal", "web
         ("a.b.db.internal", False),  # nor two
         ("api.internal", True),
         ("x.api.internal", False),  # a pattern is not a suffix
-        ("web-1.eu.corp.internal", False),  # '*' inside a label is not a wildcard
     ],
 )
 def test_patterns_match_one_label(name: str, allowed: bool) -> None:
@@ -597,7 +585,9 @@ def test_names_problems_accepts_exactly_max_sans() -> None:
 
 def test_names_problems_counts_every_kind_against_max_sans() -> None:
     profile = make_profile(max_sans=3, allow_ip_sans=True, allow_emails=True)
-    reasons = names_problems(profile, ["a.example.internal", "b.example.internal"], ["10.0.0.1"], ["o@example.internal"])
+    reasons = names_problems(
+        profile, ["a.example.internal", "b.example.internal"], ["10.0.0.1"], ["o@example.internal"]
+    )
     assert [r.code for r in reasons] == ["too_many_names"]
     assert "4" in reasons[0].message and "3" in reasons[0].message
 
