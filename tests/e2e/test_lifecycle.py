@@ -37,6 +37,7 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     h = harness
     await asyncio.to_thread(h.spawn_all)
     await h.register_provisioner()
+    await h.apply_profiles()
     assert certbus(h, "health").returncode == 0
 
     # Enroll with the CLI: key generated locally, files written, openssl accepts the chain.

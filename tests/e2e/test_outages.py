@@ -60,6 +60,7 @@ async def test_killing_nats_mid_stream_loses_and_duplicates_nothing(
     try:
         await asyncio.to_thread(h.spawn_all)
         await h.register_provisioner()
+        await h.apply_profiles()
         requests = requests_for(h, REQUESTS)
         async with h.client() as c:
             for r in requests:
@@ -81,6 +82,7 @@ async def test_killing_postgres_loses_and_duplicates_nothing(
     try:
         await asyncio.to_thread(h.spawn_all)
         await h.register_provisioner()
+        await h.apply_profiles()
         requests = requests_for(h, REQUESTS)
         async with h.client() as c:
             for r in requests[: REQUESTS // 2]:
