@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from shared.crypto import PrivateKey, PublicKey, csr_names, signing_hash, spki_sha256
+from shared import der
+from shared.crypto import PrivateKey, PublicKey, csr_names, signing_hash
 from shared.events import EnrollmentApproved
 from shared.profiles import Profile, key_problem, key_type_of, names_problems, validity_problem
 from shared.reasons import Reason, reason_flag
@@ -252,7 +255,30 @@ def leaf_builder(
 
 # The parts of a leaf that differ between two certificates of one profile and key type; each is
 # checked against what was approved and planned. Everything else must equal the linted template.
-_VARYING = {ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.SUBJECT_KEY_IDENTIFIER}
+_SAN_OID = ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string
+_SKI_OID = ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string
+
+
+def _oid_der(dotted: str) -> bytes:
+    """The DER content of an OBJECT IDENTIFIER."""
+    arcs = [int(a) for a in dotted.split(".")]
+    out = bytearray([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | (arc & 0x7F))
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+_SAN, _SKI = _oid_der(_SAN_OID), _oid_der(_SKI_OID)
+
+
+@functools.lru_cache(maxsize=256)
+def _template_parts(template: x509.Certificate) -> der.TbsParts:
+    """A template's fields, split once per process (templates are few and long-lived)."""
+    return der.tbs_parts(template.tbs_certificate_bytes)
 
 
 def template_deviations(
@@ -266,12 +292,17 @@ def template_deviations(
     """How `cert` departs from its linted template or from what was approved (empty: release it).
 
     Only the serial, names, public key and validity may differ from the template, and each must
-    be exactly what was planned and approved, inside the profile. Costs tens of microseconds.
+    be exactly what was planned and approved, inside the profile. Every other field and extension
+    must be byte for byte the template's. Compares raw DER (about 40 us), not parsed objects.
     """
     found: list[str] = []
-    if cert.version != template.version or cert.signature_algorithm_oid != template.signature_algorithm_oid:
+    try:
+        got, want = der.tbs_parts(cert.tbs_certificate_bytes), _template_parts(template)
+    except ValueError as exc:
+        return [Reason(code="template_deviation", message=f"the certificate's DER cannot be read: {exc}")]
+    if got.version != want.version or got.signature != want.signature or got.unique_ids != want.unique_ids:
         found.append("version or signature algorithm differs from the template")
-    if cert.issuer != template.issuer:
+    if got.issuer != want.issuer:
         found.append("issuer differs from the template")
     if cert.serial_number != plan.serial:
         found.append("serial is not the one recorded before signing")
@@ -279,38 +310,49 @@ def template_deviations(
         found.append("validity is not the one recorded before signing")
     if plan.not_after - plan.not_before > timedelta(days=profile.max_validity_days) + BACKDATE:
         found.append(f"validity exceeds the profile's {profile.max_validity_days} days")
-    if spki_sha256(cert.public_key()) != spki_sha256(public_key):  # type: ignore[arg-type]
+    if got.spki != public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         found.append("public key is not the requested one")
-    if key_type_of(cert.public_key()) != key_type_of(template.public_key()):
+    if key_type_of(public_key) != key_type_of(template.public_key()):
         found.append("key type differs from the template's")
-    if len(cert.subject) and cert.subject != _leaf_subject(names):
+    subject = _leaf_subject(names)
+    if got.subject != subject.public_bytes():
         found.append("subject is not the first approved DNS name")
-    found += _extension_deviations(cert, template, names, public_key)
+    found += _extension_deviations(got, want, names, public_key, empty_subject=len(subject) == 0)
     if names_problems(profile, list(names.dns), list(names.ips), list(names.emails)):
         found.append("names are outside the profile")
     return [Reason(code="template_deviation", message=f"certificate {cert.serial_number:x}: {f}") for f in found]
 
 
 def _extension_deviations(
-    cert: x509.Certificate, template: x509.Certificate, names: Sans, public_key: PublicKey
+    got: der.TbsParts, want: der.TbsParts, names: Sans, public_key: PublicKey, empty_subject: bool
 ) -> list[str]:
-    found = []
-    got, want = list(cert.extensions), list(template.extensions)
-    if [e.oid for e in got] != [e.oid for e in want]:
-        extra = sorted({e.oid.dotted_string for e in got} ^ {e.oid.dotted_string for e in want})
+    if [e.oid for e in got.extensions] != [e.oid for e in want.extensions]:
+        extra = sorted(_oid_text(o) for o in {e.oid for e in got.extensions} ^ {e.oid for e in want.extensions})
         return [f"extensions differ from the template's ({', '.join(extra) or 'order'})"]
-    for ext, ref in zip(got, want, strict=True):
-        if ext.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
-            if list(ext.value) != names.general_names():
+    found = []
+    for ext, ref in zip(got.extensions, want.extensions, strict=True):
+        if ext.oid == _SAN:
+            if ext.value != x509.SubjectAlternativeName(names.general_names()).public_bytes():
                 found.append("subjectAltName is not exactly the approved names")
-            if ext.critical != (len(cert.subject) == 0):
+            if ext.critical != empty_subject:
                 found.append("subjectAltName criticality does not match the subject")
-        elif ext.oid == ExtensionOID.SUBJECT_KEY_IDENTIFIER:
-            if ext.value != x509.SubjectKeyIdentifier.from_public_key(public_key):
+        elif ext.oid == _SKI:
+            if ext.value != x509.SubjectKeyIdentifier.from_public_key(public_key).public_bytes():
                 found.append("subjectKeyIdentifier does not match the public key")
-        elif ext.critical != ref.critical or ext.value != ref.value:
-            found.append(f"extension {ext.oid.dotted_string} differs from the template's")
+        elif ext != ref:
+            found.append(f"extension {_oid_text(ext.oid)} differs from the template's")
     return found
+
+
+def _oid_text(oid_der: bytes) -> str:
+    arcs = [oid_der[0] // 40, oid_der[0] % 40]
+    value = 0
+    for byte in oid_der[1:]:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    return ".".join(map(str, arcs))
 
 
 @dataclass(frozen=True)
