@@ -132,7 +132,7 @@ CASES = [
         "name_invalid",
         token_names=(f"app.{SUFFIX}.",),
     ),
-    Case("a non-UTF-8 name", lambda: hostile.non_utf8_name([f"b\xfccher.{SUFFIX}".encode("latin-1")]), "name_invalid"),
+    Case("a non-UTF-8 name", lambda: hostile.non_utf8_name([f"b\xfccher.{SUFFIX}".encode("latin-1")]), "csr_malformed"),
     Case("no SAN at all", lambda: hostile.empty_san(), "names_missing"),
     Case("a CN not among the SANs", lambda: hostile.cn_not_in_sans(NAMES, f"other.{SUFFIX}"), "cn_not_in_sans"),
     Case("a CA extension requested", lambda: hostile.ca_extension_requested(NAMES), "extension_not_allowed"),
