@@ -289,12 +289,19 @@ class Harness:
         return failures
 
     async def close(self) -> None:
+        stuck = []
         for name in list(self.apps):
-            await self.stop(name)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.stop(name)), timeout=30)
+            except TimeoutError:
+                stuck.append(name)
+                for task in asyncio.all_tasks():  # what the service is still waiting for
+                    task.print_stack(limit=8, file=sys.stderr)
         for proc in self.procs.values():
             proc.stop(kill=True)
         if self._pool is not None:
             await self._pool.close()
+        assert not stuck, f"services did not stop within 30 s: {stuck} (task stacks on stderr)"
 
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
