@@ -31,6 +31,7 @@ class WakeableLoop:
         self._max_backoff_s = max_backoff_s
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def wake(self) -> None:
         """Run the step soon."""
@@ -39,9 +40,12 @@ class WakeableLoop:
     async def run(self) -> None:
         """Loop until cancelled."""
         backoff = 0.1
-        while True:
+        while not self._stopped:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and the loop then never stops.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._idle_s)
+                async with asyncio.timeout(self._idle_s):
+                    await self._wakeup.wait()
                 await asyncio.sleep(self._settle_s)
             except TimeoutError:
                 pass
@@ -61,6 +65,7 @@ class WakeableLoop:
 
     async def stop(self) -> None:
         """Stop the loop (waits for a running step to be cancelled)."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
