@@ -18,6 +18,7 @@ class Known:
     cert_id: str
     issuer_id: str
     status: str
+    spki_sha256: str | None = None
 
 
 def decide(serial: str, reason: str, known: Known | None) -> Known | Reason:

@@ -13,21 +13,24 @@ from shared.events import CertificateIssued
 async def add_certificate(conn: asyncpg.Connection, e: CertificateIssued) -> None:
     """Learn of an issued certificate."""
     await conn.execute(
-        "INSERT INTO certificates (serial, cert_id, issuer_id, not_after) VALUES ($1, $2, $3, $4) "
+        "INSERT INTO certificates (serial, cert_id, issuer_id, not_after, spki_sha256) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (serial) DO NOTHING",
         e.serial,
         e.aggregate_id,
         e.issuer_id,
         e.not_after,
+        e.spki_sha256,
     )
 
 
 async def find(conn: asyncpg.Connection, serial: str) -> Known | None:
     """A certificate by serial, locked for this transaction."""
     row = await conn.fetchrow(
-        "SELECT serial, cert_id, issuer_id, status FROM certificates WHERE serial = $1 FOR UPDATE", serial
+        "SELECT serial, cert_id, issuer_id, status, spki_sha256 FROM certificates WHERE serial = $1 FOR UPDATE", serial
     )
-    return None if row is None else Known(row["serial"], row["cert_id"], row["issuer_id"], row["status"])
+    if row is None:
+        return None
+    return Known(row["serial"], row["cert_id"], row["issuer_id"], row["status"], row["spki_sha256"])
 
 
 async def mark_revoked(conn: asyncpg.Connection, serial: str, at: datetime, reason: str) -> None:

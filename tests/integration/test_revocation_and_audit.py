@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
 import asyncpg
@@ -12,6 +13,7 @@ from cryptography import x509
 
 from harness import Harness, eventually
 from shared.client import CertbusClient, CertbusError, Rejected
+from shared.crypto import build_csr, generate_key
 from shared.db import create_pool, drop_schema
 
 
@@ -154,3 +156,25 @@ async def test_history_finds_a_revocation_requested_with_an_upper_case_serial(st
             return types if "CertificateRevoked" in types else []
 
         assert "RevocationRequested" in await eventually(history)
+
+
+async def test_a_key_compromise_revocation_blocks_the_key_for_future_enrollments(stack: Harness) -> None:
+    key = generate_key("ec-p256")
+    csr = build_csr(key, ["leak.corp.internal"]).decode()
+    async with stack.client() as c:
+        issued = await c.enroll(csr, stack.token("leak.corp.internal"))
+        await c.revoke(issued.serial, "keyCompromise")
+        blocked = await eventually(lambda: stack.stream_messages(f"{stack.root}.key.*.blocked"))
+        assert json.loads(blocked[0].data)["spki_sha256"] == issued.spki_sha256
+        assert json.loads(blocked[0].data)["producer"] == "revocation"
+
+        # The block is on the log before this request (same transaction as the revocation), and
+        # enrollment applies the log in order: refused the first time.
+        with pytest.raises(Rejected) as refused:
+            await c.enroll(csr, stack.token("leak.corp.internal"))
+        assert [r.code for r in refused.value.reasons] == ["key_blocked"]
+        # Another reason does not block the key.
+        other = generate_key("ec-p256")
+        again = await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))
+        await c.revoke(again.serial, "superseded")
+        await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))
