@@ -161,15 +161,19 @@ def _envelope(cause: Event, at: datetime) -> dict[str, Any]:
     }
 
 
-@functools.lru_cache(maxsize=64)
-def _profile(body_json: str) -> Profile:
-    """A profile parsed once per process, keyed by its own canonical JSON."""
-    return Profile.model_validate_json(body_json)
+_PROFILES: dict[str, Profile] = {}
 
 
-def profile_of(body: dict[str, Any]) -> Profile:
-    """The Profile of a stored body."""
-    return _profile(Profile.model_validate(body).model_dump_json())
+def profile_of(body: dict[str, Any], digest: str) -> Profile:
+    """The Profile of a stored body, parsed once per process per version (keyed by its digest,
+    which names its content; the body is still read from the table, so a new version applies at once)."""
+    profile = _PROFILES.get(digest)
+    if profile is None:
+        profile = Profile.model_validate(body)
+        if len(_PROFILES) > 256:
+            _PROFILES.clear()
+        _PROFILES[digest] = profile
+    return profile
 
 
 @functools.lru_cache(maxsize=256)
@@ -301,7 +305,7 @@ async def _check(
                 message=f"profile {request.profile!r} failed its lint check and cannot be used until it is fixed",
             )
         ]
-    profile = profile_of(ctx.profile_body)
+    profile = profile_of(ctx.profile_body, ctx.profile_digest or "")
     record.profile_digest = ctx.profile_digest
     blocked = frozenset({spki}) if ctx.key_blocked and spki else frozenset()
     decision = domain.review(csr, claims, profile, request.validity_days, blocked)
@@ -365,7 +369,7 @@ async def _still_acceptable(conn: asyncpg.Connection, record: store.RequestRecor
     body, digest, lint_failed = current
     if lint_failed:
         return [Reason(code="profile_unusable", message=f"profile {record.profile!r} failed its lint check")], None
-    profile = profile_of(body)
+    profile = profile_of(body, digest)
     spki = spki_sha256(csr.public_key())  # type: ignore[arg-type]
     blocked = frozenset({spki}) if await store.blocked(conn, spki) else frozenset()
     outcome = domain.judge(csr, profile, record.validity_days, blocked)
