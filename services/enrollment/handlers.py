@@ -86,7 +86,7 @@ def register(rt: Runtime, settings: EnrollmentSettings) -> None:
             return [await _decide(conn, rt, settings, event, delivery.accepted_at)]
         if isinstance(event, ApprovalGranted | ApprovalDenied):
             return await _operator_decision(conn, rt, event)
-        await _apply_policy(conn, event)
+        await _apply_policy(conn, event, delivery.seq)
         return []
 
     requests = rt.group_commit("requests", apply)
@@ -120,23 +120,26 @@ def register(rt: Runtime, settings: EnrollmentSettings) -> None:
             return ProvisionersAnswer(provisioners=[ProvisionerInfo(**row) for row in await store.provisioners(conn)])
 
 
-async def _apply_policy(conn: asyncpg.Connection, event: Event) -> None:
-    """Provisioners, profiles, blocked keys, and what became of approved requests."""
+async def _apply_policy(conn: asyncpg.Connection, event: Event, seq: int) -> None:
+    """Provisioners, profiles, blocked keys, and what became of approved requests. Provisioner and
+    profile changes carry their stream sequence: a late older event never undoes a newer one."""
     if isinstance(event, ProvisionerRegistered):
         await store.save_provisioner(
-            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, event.registered_by
+            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, event.registered_by, seq
         )
     elif isinstance(event, ProvisionerDisabled):
         await store.set_provisioner_status(
-            conn, event.aggregate_id, "disabled", event.reason, event.disabled_by, event.occurred_at
+            conn, event.aggregate_id, "disabled", event.reason, event.disabled_by, event.occurred_at, seq
         )
     elif isinstance(event, ProvisionerRemoved):
-        await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", event.removed_by, event.occurred_at)
+        await store.set_provisioner_status(
+            conn, event.aggregate_id, "removed", "", event.removed_by, event.occurred_at, seq
+        )
     elif isinstance(event, ProfileApplied):
         if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
             raise EventRejected("the profile's digest or name does not match its content")
         body = event.profile.model_dump(mode="json")
-        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, event.applied_by)
+        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, event.applied_by, seq)
     elif isinstance(event, ProfileLinted):
         findings = [f.model_dump() for f in event.findings]
         await store.record_lint(conn, event.digest, event.usable, findings)

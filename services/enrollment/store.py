@@ -56,33 +56,44 @@ async def save_provisioner(
     public_key_pem: str,
     registered_at: datetime,
     registered_by: str,
+    seq: int,
 ) -> None:
-    """Insert or re-key a provisioner (registering again enables it, unless it was removed)."""
+    """Insert or re-key a provisioner (registering again enables it, unless it was removed);
+    ignored if a later event of this provisioner was applied already."""
     await conn.execute(
-        "INSERT INTO provisioners (provisioner_id, name, public_key_pem, registered_at, registered_by) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provisioner_id) DO UPDATE "
-        "SET name = $2, public_key_pem = $3, registered_at = $4, registered_by = $5, "
-        "status = CASE WHEN provisioners.status = 'removed' THEN 'removed' ELSE 'active' END",
+        "INSERT INTO provisioners (provisioner_id, name, public_key_pem, registered_at, registered_by, last_seq) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (provisioner_id) DO UPDATE "
+        "SET name = $2, public_key_pem = $3, registered_at = $4, registered_by = $5, last_seq = $6, "
+        "status = CASE WHEN provisioners.status = 'removed' THEN 'removed' ELSE 'active' END "
+        "WHERE provisioners.last_seq < $6",
         provisioner_id,
         name,
         public_key_pem,
         registered_at,
         registered_by,
+        seq,
     )
 
 
 async def set_provisioner_status(
-    conn: asyncpg.Connection, provisioner_id: str, status: str, reason: str, by: str, at: datetime
+    conn: asyncpg.Connection, provisioner_id: str, status: str, reason: str, by: str, at: datetime, seq: int
 ) -> bool:
-    """Disable or remove a provisioner; False if it is unknown (or already removed)."""
+    """Disable or remove a provisioner; False if it is unknown, removed, or a later event was applied.
+
+    A disable that arrives before the registration it follows (replicas, redelivery) leaves a
+    disabled placeholder, so the late registration cannot enable it."""
     row = await conn.fetchval(
-        "UPDATE provisioners SET status = $2, status_reason = $3, status_by = $4, status_at = $5 "
-        "WHERE provisioner_id = $1 AND status <> 'removed' RETURNING 1",
+        "INSERT INTO provisioners (provisioner_id, name, public_key_pem, registered_at, registered_by, status, "
+        "status_reason, status_by, status_at, last_seq) VALUES ($1, $1, '', $5, $4, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (provisioner_id) DO UPDATE SET status = $2, status_reason = $3, status_by = $4, "
+        "status_at = $5, last_seq = $6 WHERE provisioners.status <> 'removed' AND provisioners.last_seq < $6 "
+        "RETURNING 1",
         provisioner_id,
         status,
         reason,
         by,
         at,
+        seq,
     )
     return row is not None
 
@@ -100,19 +111,23 @@ async def provisioners(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def save_profile(
-    conn: asyncpg.Connection, name: str, digest: str, body: dict[str, Any], at: datetime, by: str
+    conn: asyncpg.Connection, name: str, digest: str, body: dict[str, Any], at: datetime, by: str, seq: int
 ) -> None:
-    """Make this version the current one of profile `name` (a new version clears lint findings)."""
+    """Make this version the current one of profile `name` (a new version clears lint findings),
+    unless a later version was applied already."""
     await conn.execute(
-        "INSERT INTO profiles (name, digest, body, applied_at, applied_by) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (name) DO UPDATE SET digest = $2, body = $3, applied_at = $4, applied_by = $5, "
+        "INSERT INTO profiles (name, digest, body, applied_at, applied_by, applied_seq) "
+        "VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (name) DO UPDATE SET digest = $2, body = $3, applied_at = $4, applied_by = $5, applied_seq = $6, "
         "lint_failed = CASE WHEN profiles.digest = $2 THEN profiles.lint_failed ELSE false END, "
-        "lint_findings = CASE WHEN profiles.digest = $2 THEN profiles.lint_findings ELSE '[]'::jsonb END",
+        "lint_findings = CASE WHEN profiles.digest = $2 THEN profiles.lint_findings ELSE '[]'::jsonb END "
+        "WHERE profiles.applied_seq < $6",
         name,
         digest,
         body,
         at,
         by,
+        seq,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -120,3 +120,24 @@ async def test_a_token_is_judged_when_the_log_accepted_the_request_not_when_enro
     await stack.start("enrollment")
     msgs = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.{request.aggregate_id}.issued"))
     assert len(msgs) == 1
+
+
+async def test_a_late_older_policy_event_never_undoes_a_newer_one(stack: Harness) -> None:
+    """Replicas and redeliveries can apply events out of log order: the stream sequence decides."""
+    from services.enrollment import store
+
+    pool = await stack.db()
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await conn.execute("SET search_path TO enrollment")
+        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await store.set_provisioner_status(conn, "late", "disabled", "rotated", "tests", now, seq=10)
+        await store.save_provisioner(conn, "late", "late", "PEM", now, "tests", seq=5)  # the older registration
+        row = await conn.fetchrow("SELECT status, public_key_pem FROM provisioners WHERE provisioner_id = 'late'")
+        assert row["status"] == "disabled"
+        await store.save_provisioner(conn, "late", "late", "PEM2", now, "tests", seq=11)  # a newer one enables
+        assert await conn.fetchval("SELECT status FROM provisioners WHERE provisioner_id = 'late'") == "active"
+        body = {"name": "p"}
+        await store.save_profile(conn, "p", "d2", body, now, "tests", seq=20)
+        await store.save_profile(conn, "p", "d1", body, now, "tests", seq=15)
+        assert await conn.fetchval("SELECT digest FROM profiles WHERE name = 'p'") == "d2"

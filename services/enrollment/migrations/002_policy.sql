@@ -4,7 +4,10 @@ ALTER TABLE provisioners
     ADD COLUMN status         text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled', 'removed')),
     ADD COLUMN status_reason  text,
     ADD COLUMN status_by      text,
-    ADD COLUMN status_at      timestamptz;
+    ADD COLUMN status_at      timestamptz,
+    -- the stream sequence of the last event applied to this provisioner: an older event that
+    -- arrives late (another replica, a redelivery) never undoes a newer one
+    ADD COLUMN last_seq       bigint NOT NULL DEFAULT 0;
 
 -- The current version of each profile (its digest names the exact version a decision used).
 CREATE TABLE profiles (
@@ -14,7 +17,8 @@ CREATE TABLE profiles (
     applied_at     timestamptz NOT NULL,
     applied_by     text        NOT NULL,
     lint_failed    boolean     NOT NULL DEFAULT false,
-    lint_findings  jsonb       NOT NULL DEFAULT '[]'
+    lint_findings  jsonb       NOT NULL DEFAULT '[]',
+    applied_seq    bigint      NOT NULL DEFAULT 0
 );
 
 CREATE TABLE blocked_keys (
