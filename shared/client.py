@@ -62,6 +62,7 @@ from shared.queries import (
     StatusQuery,
     ValidateAnswer,
     ValidateQuery,
+    VerifyAnswer,
 )
 from shared.reasons import Reason
 from shared.settings import CommonSettings
@@ -390,6 +391,10 @@ class CertbusClient:
     async def findings(self, limit: int = 100) -> FindingsAnswer:
         """Lint findings (pre-release refusals, post-issuance pkilint errors) and profile lint verdicts."""
         return await self._ask("audit", "findings", FindingsQuery(limit=limit), FindingsAnswer)
+
+    async def verify(self, timeout: float = 600.0) -> VerifyAnswer:
+        """Ask audit to verify its archive against the stream and the signed checkpoints."""
+        return await self._ask("audit", "verify", None, VerifyAnswer, timeout=timeout)
 
     async def replay(self, timeout: float = 600.0) -> ReplayAnswer:
         """Ask audit to rebuild its archive from the stream and compare."""

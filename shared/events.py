@@ -357,6 +357,37 @@ class CertificateLintFailed(Event):
     findings: list[LintResult]
 
 
+# --- audit ------------------------------------------------------------------------------------
+
+
+class AuditCheckpointSigned(Event):
+    """Audit signed the head of its hash chain (aggregate id: the stream sequence it covers).
+
+    The signature (Ed25519, audit's own key, never a CA key) covers `checkpoint_message`: whoever
+    holds the public key can check that the archive up to `stream_seq` hashed to `chain_hash`.
+    """
+
+    aggregate: ClassVar[str] = "audit"
+    verb: ClassVar[str] = "checkpoint"
+    event_type: Literal["AuditCheckpointSigned"] = "AuditCheckpointSigned"
+
+    stream_seq: int
+    chain_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    events: int
+    signed_at: datetime
+    public_key: str
+    signature: str
+
+    def message(self, stream: str) -> bytes:
+        """The bytes the signature covers."""
+        return checkpoint_message(stream, self.stream_seq, self.chain_hash, self.signed_at)
+
+
+def checkpoint_message(stream: str, seq: int, chain_hash: str, signed_at: datetime) -> bytes:
+    """What an audit checkpoint signs: the stream, the position, the chain hash and the time."""
+    return f"certbus-audit-checkpoint-v1|{stream}|{seq}|{chain_hash}|{signed_at.isoformat()}".encode()
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     ProvisionerRegistered,
     ProvisionerDisabled,
@@ -377,6 +408,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CaCreated,
     CrlPublished,
     CertificateLintFailed,
+    AuditCheckpointSigned,
 )
 
 AnyEvent = Annotated[
@@ -398,7 +430,8 @@ AnyEvent = Annotated[
     | RevocationRejected
     | CaCreated
     | CrlPublished
-    | CertificateLintFailed,
+    | CertificateLintFailed
+    | AuditCheckpointSigned,
     Field(discriminator="event_type"),
 ]
 
@@ -423,6 +456,7 @@ PRODUCERS: dict[str, str] = {
     "CaCreated": "signing",
     "CrlPublished": "signing",
     "CertificateLintFailed": "signing|audit",
+    "AuditCheckpointSigned": "audit",
 }
 
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

@@ -208,3 +208,27 @@ class FindingsAnswer(Query):
     """Archived finding events."""
 
     findings: list[HistoryEntry]
+
+
+class VerifyProblem(Query):
+    """One position where the archive departs from the log or its checkpoints."""
+
+    stream_seq: int
+    kind: str
+    detail: str
+
+
+class VerifyAnswer(Query):
+    """The verdict of `audit verify`: clean, or the first position that is not and how."""
+
+    clean: bool
+    first_seq: int | None = None
+    kind: str | None = None
+    detail: str | None = None
+    problems: list[VerifyProblem] = []
+    positions_with_problems: int = 0
+    stream_last_seq: int
+    archived_events: int
+    checkpoints_checked: int
+    seconds: float
+    rate_per_s: float

@@ -98,6 +98,9 @@ class RevocationSettings(ServiceSettings):
 
 
 class AuditSettings(ServiceSettings):
-    """Audit."""
+    """Audit: where its checkpoint-signing key lives (not a CA key) and how often it signs."""
 
     http_port: int = 8444
+    checkpoint_key_file: Path = Path(".certbus/audit/checkpoint.key.pem")
+    checkpoint_every_events: int = 1000
+    checkpoint_interval_s: float = 60.0

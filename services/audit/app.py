@@ -6,6 +6,7 @@ from pathlib import Path
 
 from faststream import FastStream
 
+from services.audit.checkpoints import Checkpointer
 from services.audit.handlers import NAME, register
 from shared.clock import Clock
 from shared.service import Runtime, create_service
@@ -15,6 +16,16 @@ from shared.settings import AuditSettings
 def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
     """Wire the audit service."""
     settings = settings or AuditSettings()
-    app, rt = create_service(NAME, settings, Path(__file__).parent / "migrations", clock=clock)
-    register(rt)
+
+    async def on_start(rt: Runtime) -> None:
+        checkpointer.loop.start()
+
+    async def on_stop(rt: Runtime) -> None:
+        await checkpointer.loop.stop()
+
+    app, rt = create_service(
+        NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
+    )
+    checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
+    register(rt, checkpointer)
     return app, rt

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
 
-from services.audit import replay, store
+from services.audit import replay, store, verify
+from services.audit.checkpoints import Checkpointer
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import normalise_serial
-from shared.events import CertificateIssued, CertificateLintFailed, Event, LintResult
+from shared.events import AuditCheckpointSigned, CertificateIssued, CertificateLintFailed, Event, LintResult
 from shared.lint import errors, lint_certificate
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import OutboxEntry, enqueue
@@ -31,6 +32,7 @@ from shared.queries import (
     HistoryEntry,
     HistoryQuery,
     ReplayAnswer,
+    VerifyAnswer,
 )
 from shared.service import Runtime
 
@@ -41,9 +43,9 @@ LINTED = Counter(
 )
 
 
-def register(rt: Runtime) -> None:
+def register(rt: Runtime, checkpointer: Checkpointer) -> None:
     """Attach audit's consumers and queries."""
-    rt.publishes(CertificateLintFailed)
+    rt.publishes(CertificateLintFailed, AuditCheckpointSigned)
     linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
 
     @rt.consumer("lint", [CertificateIssued.filter(rt.root)])
@@ -55,6 +57,7 @@ def register(rt: Runtime) -> None:
         async with rt.pool.acquire() as conn, conn.transaction():
             n = await store.archive(conn, [(delivery.seq, subject, data) for (subject, data), delivery in items])
         EVENTS_CONSUMED.labels(NAME, "any").inc(n)
+        checkpointer.archived(n)
         return []
 
     archiver: GroupCommit[tuple[str, bytes]] = GroupCommit(archive, rt.publish_pending)
@@ -81,6 +84,10 @@ def register(rt: Runtime) -> None:
         async with rt.pool.acquire() as conn:
             rows = await store.events_of_types(conn, FINDING_TYPES, query.limit)
         return FindingsAnswer(findings=[_entry(r) for r in rows])
+
+    @rt.query("verify")
+    async def run_verify() -> VerifyAnswer:
+        return await verify.verify(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, checkpointer.public_key)
 
     @rt.query("replay")
     async def run_replay() -> ReplayAnswer:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives import serialization
 
 from services.audit import domain
 
@@ -110,6 +113,54 @@ async def events_of_types(conn: asyncpg.Connection, event_types: list[str], limi
         "SELECT stream_seq, subject, event_type, producer, occurred_at, raw FROM archive "
         "WHERE event_type = ANY($1::text[]) ORDER BY stream_seq DESC LIMIT $2",
         event_types,
+        limit,
+    )
+    return rows
+
+
+async def checkpoint_due(conn: asyncpg.Connection, checkpoint_type: str) -> tuple[int, bytes, int] | None:
+    """(head seq, head hash, archived events) if anything but checkpoints was chained since the last
+    checkpoint; None otherwise."""
+    row = await conn.fetchrow(
+        "SELECT h.seq, h.hash, (SELECT coalesce(max(stream_seq), 0) FROM checkpoints) AS last "
+        "FROM chain_head h WHERE h.id = 1"
+    )
+    assert row is not None
+    if row["seq"] <= row["last"]:
+        return None
+    fresh = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM archive WHERE stream_seq > $1 AND stream_seq <= $2 AND event_type <> $3)",
+        row["last"],
+        row["seq"],
+        checkpoint_type,
+    )
+    if not fresh:
+        return None
+    count = await conn.fetchval("SELECT count(*) FROM archive WHERE stream_seq <= $1", row["seq"])
+    return row["seq"], bytes(row["hash"]), count
+
+
+async def save_checkpoint(
+    conn: asyncpg.Connection, seq: int, chain_hash: bytes, signed_at: datetime, signature: bytes, public_key: Any
+) -> bool:
+    """Keep a signed checkpoint; False if one for this position exists (another replica signed it)."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    row = await conn.fetchval(
+        "INSERT INTO checkpoints VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1",
+        seq,
+        chain_hash,
+        signed_at,
+        signature,
+        raw,
+    )
+    return row is not None
+
+
+async def archive_rows(conn: asyncpg.Connection, after: int, limit: int) -> list[asyncpg.Record]:
+    """Archived rows after `after`, in sequence order (for verification)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT stream_seq, subject, raw, hash FROM archive WHERE stream_seq > $1 ORDER BY stream_seq LIMIT $2",
+        after,
         limit,
     )
     return rows

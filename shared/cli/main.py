@@ -293,6 +293,28 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
+@audit_app.command("verify")
+def audit_verify(as_json: JsonOpt = False) -> None:
+    """Recompute the archive's hash chain, check every signed checkpoint and compare the archive with
+    the stream. Exit 0 clean, 1 tampered (the first position and what happened there are printed)."""
+    answer = run(lambda c: c.verify())
+    if as_json:
+        emit_json(answer.model_dump(mode="json"))
+    elif answer.clean:
+        out.print(
+            f"[green]clean[/]: {answer.archived_events} events through seq {answer.stream_last_seq}, "
+            f"{answer.checkpoints_checked} signed checkpoints, {answer.seconds:.2f} s ({answer.rate_per_s:.0f}/s)"
+        )
+    else:
+        out.print(f"[red]TAMPERED[/] at seq {answer.first_seq}: {answer.kind}: {answer.detail}")
+        for p in answer.problems[1:]:
+            out.print(f"  seq {p.stream_seq}: {p.kind}: {p.detail}")
+        if answer.positions_with_problems > len(answer.problems):
+            out.print(f"  ... {answer.positions_with_problems} positions in all")
+    if not answer.clean:
+        raise typer.Exit(EXIT_REFUSED)
+
+
 @audit_app.command("replay")
 def audit_replay(as_json: JsonOpt = False) -> None:
     """Rebuild the audit archive from stream sequence 1 and say whether it equals what it had."""

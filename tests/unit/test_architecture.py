@@ -13,6 +13,7 @@ PRIVATE_KEY_LOADERS = {"load_pem_private_key", "load_der_private_key", "load_key
 # Private keys that are not CA keys, loaded where they belong (never a CA key):
 NON_CA_KEY_LOADERS = {
     "shared/cli/provisioner.py": "the operator's provisioner key, on the operator's side",
+    "services/audit/checkpoints.py": "audit's own checkpoint-signing key",
 }
 
 

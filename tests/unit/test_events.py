@@ -15,6 +15,7 @@ from shared.events import (
     PRODUCERS,
     ApprovalDenied,
     ApprovalGranted,
+    AuditCheckpointSigned,
     CaCreated,
     CertificateIssued,
     CertificateLintFailed,
@@ -180,6 +181,16 @@ SAMPLES: dict[type[Event], Event] = {
         serial="abc123",
         profile="tls-server",
         findings=[FINDING],
+    ),
+    AuditCheckpointSigned: AuditCheckpointSigned(
+        **{**ENVELOPE, "aggregate_id": "42"},
+        producer="audit",
+        stream_seq=42,
+        chain_hash="ab" * 32,
+        events=42,
+        signed_at=NOW,
+        public_key="AAAA",
+        signature="BBBB",
     ),
 }
 

@@ -1,0 +1,186 @@
+"""`audit verify`: recompute the hash chain, check every signed checkpoint, compare with the stream.
+
+It names the first position where the archive departs from the log and how: an event `changed`,
+`dropped`, `inserted` or `reordered`, the archive `truncated`, or a checkpoint whose signature is
+invalid or whose hash the archive no longer reproduces.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from services.audit import domain, replay, store
+from shared.events import AuditCheckpointSigned
+from shared.queries import VerifyAnswer, VerifyProblem
+
+# When several things are wrong at one position, the most specific explanation wins.
+_PRIORITY = ["reordered", "inserted", "dropped", "truncated", "changed", "checkpoint_mismatch", "checkpoint_invalid"]
+MAX_PROBLEMS = 20
+
+
+Flag = Callable[[int, str, str], None]
+
+
+@dataclass(frozen=True)
+class _Seen:
+    subject: str
+    digest: bytes
+
+
+async def verify(
+    pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject: str, live_schema: str, public_key: str
+) -> VerifyAnswer:
+    """Verify the live archive against the stream and the signed checkpoints."""
+    started = time.perf_counter()
+    through = (await js.stream_info(stream)).state.last_seq
+    await replay._let_live_catch_up(pool, live_schema, through)
+    logged, checkpoints = await _read_log(js, stream, subject, through)
+    archived, pure_at, stored_mismatch = await _walk_archive(pool, {c.stream_seq for c in checkpoints})
+    problems: dict[int, set[str]] = {}
+    details: dict[tuple[int, str], str] = {}
+
+    def flag(seq: int, kind: str, detail: str) -> None:
+        problems.setdefault(seq, set()).add(kind)
+        details.setdefault((seq, kind), detail)
+
+    for seq in stored_mismatch:
+        flag(seq, "changed", "the archived bytes no longer hash to the stored chain value")
+    where = {seen: seq for seq, seen in logged.items()}
+    for seq in sorted(set(logged) | set(archived)):
+        _compare(seq, logged, archived, where, through, flag)
+    for cp in checkpoints:
+        _check_checkpoint(cp, stream, public_key, pure_at, flag)
+    first = min(problems, default=None)
+    listed = [
+        VerifyProblem(stream_seq=seq, kind=kind, detail=details[(seq, kind)])
+        for seq in sorted(problems)[:MAX_PROBLEMS]
+        for kind in sorted(problems[seq], key=_PRIORITY.index)[:1]
+    ]
+    seconds = time.perf_counter() - started
+    return VerifyAnswer(
+        clean=first is None,
+        first_seq=first,
+        kind=listed[0].kind if listed else None,
+        detail=listed[0].detail if listed else None,
+        problems=listed,
+        positions_with_problems=len(problems),
+        stream_last_seq=through,
+        archived_events=len(archived),
+        checkpoints_checked=len(checkpoints),
+        seconds=round(seconds, 3),
+        rate_per_s=round(max(len(archived), through) / seconds, 1) if seconds else 0.0,
+    )
+
+
+async def _read_log(
+    js: JetStreamContext, stream: str, subject: str, through: int
+) -> tuple[dict[int, _Seen], list[AuditCheckpointSigned]]:
+    logged: dict[int, _Seen] = {}
+    checkpoints: list[AuditCheckpointSigned] = []
+    if through == 0:
+        return logged, checkpoints
+    queue, reader = await replay.read_stream(js, stream, subject, through)
+    try:
+        while (chunk := await queue.get()) is not None:
+            for seq, subj, raw in chunk:
+                logged[seq] = _Seen(subj, hashlib.sha256(raw).digest())
+                if subj.endswith(".checkpoint"):
+                    try:
+                        checkpoints.append(AuditCheckpointSigned.model_validate_json(raw))
+                    except ValidationError:
+                        pass  # a forged or malformed checkpoint is just an event here
+    finally:
+        reader.cancel()
+    return logged, checkpoints
+
+
+async def _walk_archive(
+    pool: asyncpg.Pool, checkpoint_seqs: set[int]
+) -> tuple[dict[int, _Seen], dict[int, str], list[int]]:
+    """Every archived event's digest; the chain recomputed from genesis over the archived bytes at
+    each checkpoint position; positions whose stored hash the bytes do not reproduce."""
+    archived: dict[int, _Seen] = {}
+    pure_at: dict[int, str] = {}
+    mismatched: list[int] = []
+    pure = local = domain.GENESIS
+    after = 0
+    async with pool.acquire() as conn:
+        while rows := await store.archive_rows(conn, after, 5000):
+            for row in rows:
+                seq, subject, raw = row["stream_seq"], row["subject"], bytes(row["raw"])
+                archived[seq] = _Seen(subject, hashlib.sha256(raw).digest())
+                pure = domain.link(pure, seq, subject, raw)
+                if row["hash"] is not None:
+                    stored = bytes(row["hash"])
+                    if domain.link(local, seq, subject, raw) != stored:
+                        mismatched.append(seq)
+                    local = stored  # resynchronise, so one change is reported once
+                if seq in checkpoint_seqs:
+                    pure_at[seq] = pure.hex()
+                after = seq
+    return archived, pure_at, mismatched
+
+
+def _compare(
+    seq: int,
+    logged: dict[int, _Seen],
+    archived: dict[int, _Seen],
+    where: dict[_Seen, int],
+    through: int,
+    flag: Flag,
+) -> None:
+    got, want = archived.get(seq), logged.get(seq)
+    if got is None and want is not None:
+        end = max(archived, default=0)
+        if seq > end:
+            flag(seq, "truncated", f"the archive ends at {end}; the stream goes on to {through}")
+        else:
+            flag(seq, "dropped", "the stream has this event; the archive does not")
+        return
+    if got is not None and want is None:
+        flag(seq, "inserted", "the archive has an event here that the stream never had")
+        return
+    if got == want:
+        return
+    assert got is not None
+    really = where.get(got)  # where the archived event is on the stream, if anywhere
+    if really is None:
+        if archived.get(seq + 1) == want:
+            flag(seq, "inserted", "a forged event was inserted here: the stream's event follows it in the archive")
+        else:
+            flag(seq, "changed", "the archived event differs from the stream's")
+    elif archived.get(really) == want:
+        flag(seq, "reordered", f"this event and the one at {really} are swapped")
+    elif really == seq + 1:
+        flag(seq, "dropped", "an event was removed here: the archive holds the stream's next event instead")
+    else:
+        flag(seq, "reordered", f"this event is on the stream at {really}")
+
+
+def _check_checkpoint(
+    cp: AuditCheckpointSigned, stream: str, public_key: str, pure_at: dict[int, str], flag: Flag
+) -> None:
+    try:
+        if cp.public_key != public_key:
+            raise InvalidSignature
+        key = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(cp.public_key))
+        key.verify(base64.b64decode(cp.signature), cp.message(stream))
+    except (InvalidSignature, ValueError):
+        flag(cp.stream_seq, "checkpoint_invalid", "a checkpoint's signature does not verify with audit's key")
+        return
+    if pure_at.get(cp.stream_seq) != cp.chain_hash:
+        flag(
+            cp.stream_seq,
+            "checkpoint_mismatch",
+            f"the archive up to here no longer hashes to the signed checkpoint {cp.chain_hash[:16]}...",
+        )

@@ -1,0 +1,166 @@
+"""`audit verify` on a clean archive, and on archives tampered with in the database: a changed,
+dropped, inserted or reordered event, a truncated archive, a rewritten chain, a forged checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import nats
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from harness import Harness
+from services.audit import domain
+from shared.events import AuditCheckpointSigned, checkpoint_message
+from shared.queries import VerifyAnswer
+
+
+async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
+    """Issue a few certificates, then wait until audit archived everything and signed a checkpoint."""
+    for i in range(certs):
+        await h.enroll(f"v{i}.corp.internal")
+    pool = await h.db()
+    nc = await nats.connect(h.nats_url)
+    try:
+        stable_since, last = time.monotonic(), -1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            through = (await nc.jetstream().stream_info(h.common["stream"])).state.last_seq
+            head = await pool.fetchval("SELECT seq FROM audit.chain_head")
+            signed = await pool.fetchval("SELECT count(*) FROM audit.checkpoints")
+            if head != through or not signed or through != last:
+                stable_since, last = time.monotonic(), through
+            elif time.monotonic() - stable_since > 1.5:
+                return pool
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    raise AssertionError("audit did not settle")
+
+
+async def _verify(h: Harness) -> VerifyAnswer:
+    async with h.client() as c:
+        return await c.verify()
+
+
+async def _row(pool: asyncpg.Pool, seq: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT stream_seq, subject, raw FROM audit.archive WHERE stream_seq = $1", seq)
+    assert row is not None
+    return row
+
+
+async def test_a_clean_archive_verifies(stack: Harness) -> None:
+    await _settled(stack)
+    answer = await _verify(stack)
+    assert answer.clean, answer
+    assert answer.checkpoints_checked >= 1
+    assert answer.archived_events == answer.stream_last_seq
+    result = await stack.cli("audit", "verify")
+    assert result.returncode == 0, result.stderr
+    assert "clean" in result.stdout
+
+
+async def test_a_changed_event_is_detected_at_its_position(stack: Harness) -> None:
+    pool = await _settled(stack)
+    await pool.execute("UPDATE audit.archive SET raw = raw || ' '::bytea WHERE stream_seq = 7")
+    answer = await _verify(stack)
+    assert (answer.clean, answer.first_seq, answer.kind) == (False, 7, "changed")
+    result = await stack.cli("audit", "verify")
+    assert result.returncode == 1
+    assert "TAMPERED at seq 7: changed" in result.stdout
+
+
+async def test_a_dropped_event_is_detected(stack: Harness) -> None:
+    pool = await _settled(stack)
+    await pool.execute("DELETE FROM audit.serial_refs WHERE stream_seq = 9")
+    await pool.execute("DELETE FROM audit.archive WHERE stream_seq = 9")
+    answer = await _verify(stack)
+    assert (answer.first_seq, answer.kind) == (9, "dropped")
+
+
+async def test_two_swapped_events_are_detected_as_reordered(stack: Harness) -> None:
+    pool = await _settled(stack)
+    a, b = await _row(pool, 8), await _row(pool, 12)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE audit.archive SET subject = $2, raw = $3 WHERE stream_seq = $1", 8, b["subject"], b["raw"]
+        )
+        await conn.execute(
+            "UPDATE audit.archive SET subject = $2, raw = $3 WHERE stream_seq = $1", 12, a["subject"], a["raw"]
+        )
+    answer = await _verify(stack)
+    assert (answer.first_seq, answer.kind) == (8, "reordered")
+    assert {p.stream_seq for p in answer.problems} >= {8, 12}
+
+
+async def test_a_forged_event_inserted_in_the_middle_is_detected(stack: Harness) -> None:
+    pool = await _settled(stack)
+    forged = json.dumps({"event_type": "CertificateIssued", "serial": "1", "producer": "signing"}).encode()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM audit.serial_refs")
+        await conn.execute("UPDATE audit.archive SET stream_seq = stream_seq + 1000000 WHERE stream_seq >= 10")
+        await conn.execute("UPDATE audit.archive SET stream_seq = stream_seq - 999999 WHERE stream_seq > 1000000")
+        await conn.execute(
+            "INSERT INTO audit.archive (stream_seq, subject, raw, event_type) VALUES (10, $1, $2, 'CertificateIssued')",
+            f"{stack.root}.cert.forged.issued",
+            forged,
+        )
+    answer = await _verify(stack)
+    assert (answer.first_seq, answer.kind) == (10, "inserted")
+
+
+async def test_a_truncated_archive_is_detected(stack: Harness) -> None:
+    pool = await _settled(stack)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM audit.serial_refs WHERE stream_seq > 15")
+        await conn.execute("DELETE FROM audit.archive WHERE stream_seq > 15")
+    answer = await _verify(stack)
+    assert (answer.first_seq, answer.kind) == (16, "truncated")
+
+
+async def test_a_rewritten_chain_is_caught_by_the_stream_and_the_signed_checkpoint(stack: Harness) -> None:
+    """An attacker with the database changes an event and recomputes every stored hash after it:
+    the chain alone looks intact, but the stream and the signed checkpoint do not agree."""
+    pool = await _settled(stack)
+    cp_seq = await pool.fetchval("SELECT max(stream_seq) FROM audit.checkpoints")
+    target = 5
+    assert cp_seq > target
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE audit.archive SET raw = raw || ' '::bytea WHERE stream_seq = $1", target)
+        rows = await conn.fetch("SELECT stream_seq, subject, raw FROM audit.archive ORDER BY stream_seq")
+        current = domain.GENESIS
+        for row in rows:
+            current = domain.link(current, row["stream_seq"], row["subject"], bytes(row["raw"]))
+            await conn.execute("UPDATE audit.archive SET hash = $2 WHERE stream_seq = $1", row["stream_seq"], current)
+        await conn.execute("UPDATE audit.chain_head SET hash = $1", current)
+    answer = await _verify(stack)
+    assert (answer.first_seq, answer.kind) == (target, "changed")
+    assert any(p.kind == "checkpoint_mismatch" and p.stream_seq == cp_seq for p in answer.problems), answer.problems
+
+
+async def test_a_checkpoint_signed_by_another_key_is_detected(stack: Harness) -> None:
+    await _settled(stack)
+    rogue = ed25519.Ed25519PrivateKey.generate()
+    now = datetime.now(UTC)
+    message = checkpoint_message(stack.common["stream"], 3, "0" * 64, now)
+    forged = AuditCheckpointSigned(
+        aggregate_id="3",
+        occurred_at=now,
+        correlation_id="forged",
+        producer="audit",
+        stream_seq=3,
+        chain_hash="0" * 64,
+        events=3,
+        signed_at=now,
+        public_key=base64.b64encode(rogue.public_key().public_bytes_raw()).decode(),
+        signature=base64.b64encode(rogue.sign(message)).decode(),
+        event_id=uuid.uuid4(),
+    )
+    await stack.publish_raw(forged.subject(stack.root), forged.model_dump_json().encode())
+    answer = await _verify(stack)
+    assert any(p.kind == "checkpoint_invalid" and p.stream_seq == 3 for p in answer.problems), answer.problems
