@@ -38,6 +38,7 @@ docs: install
 
 bench: install
 	$(PY) -m bench.issuance
+	$(PY) -m bench.audit
 
 clean:
 	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,14 +13,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import nats
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -28,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench.environment import bench_harness
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
 from shared.client import enrollment_request
 from shared.crypto import build_csr, generate_key, signing_hash
-from shared.devstack import NatsServer, PostgresCluster, port_open
 from shared.events import parse_event
 from shared.lint import errors, lint_certificate
 from shared.profiles import Profile
@@ -141,87 +138,69 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def main() -> None:
-    nats_server = NatsServer().start()
-    cluster = None
-    admin = os.environ.get("CERTBUS_TEST_DATABASE_URL")
-    if admin is None and port_open("127.0.0.1", 5432):
-        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    if admin is None:
-        cluster = PostgresCluster().start()
-        admin = cluster.url.rsplit("/", 1)[0] + "/postgres"
-    db = f"certbus_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{db}"')
-    await conn.close()
-    tmp = Path(tempfile.mkdtemp(prefix="certbus-bench-"))
-    h = Harness(nats_server.url, admin.rsplit("/", 1)[0] + f"/{db}", tmp)
+    async with bench_harness() as h:
+        await run(h)
+
+
+async def run(h: Harness) -> None:
     h.provisioner_key = ed25519.Ed25519PrivateKey.generate()
-    try:
+    print(
+        f"certbus bench: N={N} per round, {ROUNDS} rounds, concurrency {CONCURRENCY}, "
+        f"five services as processes, ec-p256 leaves, ec-p384 CA",
+        flush=True,
+    )
+    await asyncio.to_thread(h.spawn_all)
+    await h.register_provisioner()
+    await h.apply_profiles()
+    quiet = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(UNLOADED_N)]
+    _, unloaded = await end_to_end(h, quiet, concurrency=1)
+    print(
+        f"  one request at a time ({UNLOADED_N}): latency p50 {pct(unloaded, 50) * 1000:.1f} ms, "
+        f"p99 {pct(unloaded, 99) * 1000:.1f} ms",
+        flush=True,
+    )
+    e2e_rates, ref_rates, review_us, lint_rates, latencies = [], [], [], [], []
+    for r in range(ROUNDS):
+        csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
+        rate, lat = await end_to_end(h, csrs)
+        ref, review, lint = await asyncio.to_thread(reference_rate, csrs)
+        e2e_rates.append(rate)
+        ref_rates.append(ref)
+        review_us.append(review)
+        lint_rates.append(lint)
+        latencies.extend(lat)
         print(
-            f"certbus bench: N={N} per round, {ROUNDS} rounds, concurrency {CONCURRENCY}, "
-            f"five services as processes, ec-p256 leaves, ec-p384 CA",
+            f"  round {r + 1}: end to end {rate:8.1f} certs/s   in-process reference {ref:8.1f} certs/s   "
+            f"enrollment review {review:6.1f} us/request   pkilint {lint:6.1f} certs/s",
             flush=True,
         )
-        await asyncio.to_thread(h.spawn_all)
-        await h.register_provisioner()
-        await h.apply_profiles()
-        quiet = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(UNLOADED_N)]
-        _, unloaded = await end_to_end(h, quiet, concurrency=1)
-        print(
-            f"  one request at a time ({UNLOADED_N}): latency p50 {pct(unloaded, 50) * 1000:.1f} ms, "
-            f"p99 {pct(unloaded, 99) * 1000:.1f} ms",
-            flush=True,
-        )
-        e2e_rates, ref_rates, review_us, lint_rates, latencies = [], [], [], [], []
-        for r in range(ROUNDS):
-            csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
-            rate, lat = await end_to_end(h, csrs)
-            ref, review, lint = await asyncio.to_thread(reference_rate, csrs)
-            e2e_rates.append(rate)
-            ref_rates.append(ref)
-            review_us.append(review)
-            lint_rates.append(lint)
-            latencies.extend(lat)
-            print(
-                f"  round {r + 1}: end to end {rate:8.1f} certs/s   in-process reference {ref:8.1f} certs/s   "
-                f"enrollment review {review:6.1f} us/request   pkilint {lint:6.1f} certs/s",
-                flush=True,
-            )
-        e2e, ref = statistics.median(e2e_rates), statistics.median(ref_rates)
-        review, lint = statistics.median(review_us), statistics.median(lint_rates)
-        result = {
-            "n_per_round": N,
-            "rounds": ROUNDS,
-            "concurrency": CONCURRENCY,
-            "end_to_end_certs_per_s": round(e2e, 1),
-            "reference_certs_per_s": round(ref, 1),
-            "ratio_end_to_end_over_reference": round(e2e / ref, 3),
-            "enrollment_review_us_per_request": round(review, 1),
-            "pkilint_certs_per_s": round(lint, 1),
-            "latency_p50_ms": round(pct(latencies, 50) * 1000, 1),
-            "latency_p99_ms": round(pct(latencies, 99) * 1000, 1),
-            "unloaded_latency_p50_ms": round(pct(unloaded, 50) * 1000, 1),
-            "unloaded_latency_p99_ms": round(pct(unloaded, 99) * 1000, 1),
-        }
-        print(
-            f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "
-            f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms"
-        )
-        print(f"reference (checks + build + sign + template check in one process, one core): {ref:.1f} certs/s")
-        print(f"enrollment review of one request (CSR, names, profile, token claims): {review:.1f} us")
-        print(f"pkilint of one full certificate: {lint:.1f} certs/s ({1000 / lint:.2f} ms each)")
-        print(f"ratio end to end / reference: {e2e / ref:.3f}")
-        out = Path(__file__).parent / "results"
-        out.mkdir(exist_ok=True)
-        (out / "issuance.json").write_text(json.dumps(result, indent=2) + "\n")
-    finally:
-        await h.close()
-        nats_server.cleanup()
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await conn.close()
-        if cluster is not None:
-            cluster.cleanup()
+    e2e, ref = statistics.median(e2e_rates), statistics.median(ref_rates)
+    review, lint = statistics.median(review_us), statistics.median(lint_rates)
+    result = {
+        "n_per_round": N,
+        "rounds": ROUNDS,
+        "concurrency": CONCURRENCY,
+        "end_to_end_certs_per_s": round(e2e, 1),
+        "reference_certs_per_s": round(ref, 1),
+        "ratio_end_to_end_over_reference": round(e2e / ref, 3),
+        "enrollment_review_us_per_request": round(review, 1),
+        "pkilint_certs_per_s": round(lint, 1),
+        "latency_p50_ms": round(pct(latencies, 50) * 1000, 1),
+        "latency_p99_ms": round(pct(latencies, 99) * 1000, 1),
+        "unloaded_latency_p50_ms": round(pct(unloaded, 50) * 1000, 1),
+        "unloaded_latency_p99_ms": round(pct(unloaded, 99) * 1000, 1),
+    }
+    print(
+        f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "
+        f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms"
+    )
+    print(f"reference (checks + build + sign + template check in one process, one core): {ref:.1f} certs/s")
+    print(f"enrollment review of one request (CSR, names, profile, token claims): {review:.1f} us")
+    print(f"pkilint of one full certificate: {lint:.1f} certs/s ({1000 / lint:.2f} ms each)")
+    print(f"ratio end to end / reference: {e2e / ref:.3f}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "issuance.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

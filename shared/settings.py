@@ -104,3 +104,4 @@ class AuditSettings(ServiceSettings):
     checkpoint_key_file: Path = Path(".certbus/audit/checkpoint.key.pem")
     checkpoint_every_events: int = 1000
     checkpoint_interval_s: float = 60.0
+    lint_after_issuance: bool = True

@@ -88,6 +88,7 @@ class Harness:
         self.provisioner_key = ed25519.Ed25519PrivateKey.generate()
         self._pool: asyncpg.Pool | None = None
         self.lint_exempt: set[str] = set()
+        self.overrides: dict[str, dict[str, Any]] = {}
 
     # --- configuration -----------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class Harness:
                 public_base_url=f"http://127.0.0.1:{self.http_ports['validation']}",
                 crl_batch_s=0.05,
             )
-        return SETTINGS[name](**{**self.common, **extra, **overrides})
+        return SETTINGS[name](**{**self.common, **extra, **self.overrides.get(name, {}), **overrides})
 
     def env(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}

@@ -27,5 +27,5 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
     checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
-    register(rt, checkpointer)
+    register(rt, checkpointer, settings.lint_after_issuance)
     return app, rt

@@ -43,15 +43,16 @@ LINTED = Counter(
 )
 
 
-def register(rt: Runtime, checkpointer: Checkpointer) -> None:
+def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool = True) -> None:
     """Attach audit's consumers and queries."""
     rt.publishes(CertificateLintFailed, AuditCheckpointSigned)
-    linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
+    if lint_after_issuance:
+        linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
 
-    @rt.consumer("lint", [CertificateIssued.filter(rt.root)])
-    async def on_issued(event: CertificateIssued, msg: NatsMessage) -> None:
-        """pkilint every issued certificate, off the signing path; a finding is an operator alert."""
-        await linter.submit(event, Delivery.of(msg))
+        @rt.consumer("lint", [CertificateIssued.filter(rt.root)])
+        async def on_issued(event: CertificateIssued, msg: NatsMessage) -> None:
+            """pkilint every issued certificate, off the signing path; a finding is an operator alert."""
+            await linter.submit(event, Delivery.of(msg))
 
     async def archive(items: list[tuple[tuple[str, bytes], Delivery]]) -> list[OutboxEntry]:
         async with rt.pool.acquire() as conn, conn.transaction():

@@ -45,7 +45,7 @@ async def verify(
     through = (await js.stream_info(stream)).state.last_seq
     await replay._let_live_catch_up(pool, live_schema, through)
     logged, checkpoints = await _read_log(js, stream, subject, through)
-    archived, pure_at, stored_mismatch = await _walk_archive(pool, {c.stream_seq for c in checkpoints})
+    archived, pure_at, stored_mismatch = await _walk_archive(pool, {c.stream_seq for c in checkpoints}, through)
     problems: dict[int, set[str]] = {}
     details: dict[tuple[int, str], str] = {}
 
@@ -105,10 +105,12 @@ async def _read_log(
 
 
 async def _walk_archive(
-    pool: asyncpg.Pool, checkpoint_seqs: set[int]
+    pool: asyncpg.Pool, checkpoint_seqs: set[int], through: int
 ) -> tuple[dict[int, _Seen], dict[int, str], list[int]]:
-    """Every archived event's digest; the chain recomputed from genesis over the archived bytes at
-    each checkpoint position; positions whose stored hash the bytes do not reproduce."""
+    """Every archived event's digest up to `through` (what the stream held when verification began:
+    events archived since, such as audit's own next checkpoint, are for the next run); the chain
+    recomputed from genesis over the archived bytes at each checkpoint position; positions whose
+    stored hash the bytes do not reproduce."""
     archived: dict[int, _Seen] = {}
     pure_at: dict[int, str] = {}
     mismatched: list[int] = []
@@ -118,6 +120,8 @@ async def _walk_archive(
         while rows := await store.archive_rows(conn, after, 5000):
             for row in rows:
                 seq, subject, raw = row["stream_seq"], row["subject"], bytes(row["raw"])
+                if seq > through:
+                    return archived, pure_at, mismatched
                 archived[seq] = _Seen(subject, hashlib.sha256(raw).digest())
                 pure = domain.link(pure, seq, subject, raw)
                 if row["hash"] is not None:

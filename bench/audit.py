@@ -1,0 +1,178 @@
+"""`make bench` (audit part): archive, verify and replay rates over a log of AUDIT_N events.
+
+AUDIT_N (default 100,000) realistic lifecycle events (request, approval, issuance with a real
+certificate, some revocations) are published straight to a fresh stream; then the audit service
+archives them live, `audit verify` checks them and `audit replay` rebuilds the archive from
+sequence 1. Reference, measured in the same run: hashing the same bytes into the chain in one
+process with nothing else (SHA-256 over sequence, subject and payload). Read ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nats
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bench.environment import bench_harness
+from harness import Harness
+from services.audit import domain
+from services.signing import domain as signing
+from shared.crypto import generate_key, signing_hash
+from shared.events import (
+    CertificateIssued,
+    CertificateRevoked,
+    EnrollmentApproved,
+    EnrollmentRequested,
+    Event,
+)
+from shared.profiles import Profile
+from shared.settings import CommonSettings
+from shared.stream import stream_config
+
+N = int(os.environ.get("AUDIT_N", "100000"))
+
+
+def realistic_events(n: int, root: str) -> list[tuple[str, bytes]]:
+    """About n events: per certificate a request, an approval, an issuance (and 1 in 10 revoked)."""
+    now = datetime.now(UTC)
+    ca_key = generate_key("ec-p256")
+    ca = signing.CaIdentity("bench", signing.root_certificate(ca_key, "bench", "Bench", now, 365))
+    leaf_key = generate_key("ec-p256")
+    plan = signing.plan_leaf(ca, 30, now)
+    profile = Profile(name="tls-server", usage="server", dns_suffixes=["internal"])
+    cert = signing.leaf_builder(
+        profile, signing.Sans(("svc.bench.internal",)), leaf_key.public_key(), ca, plan, signing.Urls("http://x")
+    ).sign(ca_key, signing_hash(ca_key))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(cert.subject).sign(leaf_key, signing_hash(leaf_key))
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    out: list[tuple[str, bytes]] = []
+    i = 0
+    while len(out) < n:
+        rid, serial = str(uuid.uuid4()), format(x509.random_serial_number(), "x")
+        common = {"aggregate_id": rid, "occurred_at": now, "correlation_id": rid}
+        names = [f"svc{i}.bench.internal"]
+        batch: list[Event] = [
+            EnrollmentRequested(
+                **common, producer="requester", csr_pem=csr_pem, token="t", token_proof="p", requester="bench"
+            ),
+            EnrollmentApproved(
+                **common,
+                producer="enrollment",
+                csr_pem=csr_pem,
+                profile="tls-server",
+                dns_names=names,
+                validity_days=30,
+                provisioner_id="p",
+                token_id=rid,
+                requester="bench",
+            ),
+            CertificateIssued(
+                **common,
+                producer="signing",
+                serial=serial,
+                issuer_id="bench",
+                profile="tls-server",
+                cert_pem=pem,
+                chain_pem=pem,
+                not_before=now,
+                not_after=now + timedelta(days=30),
+                dns_names=names,
+                spki_sha256="0" * 64,
+                fingerprint_sha256="0" * 64,
+            ),
+        ]
+        if i % 10 == 0:
+            batch.append(
+                CertificateRevoked(
+                    **common,
+                    producer="revocation",
+                    serial=serial,
+                    issuer_id="bench",
+                    reason="superseded",
+                    revoked_at=now,
+                    revocation_request_id=rid,
+                    requested_by="b",
+                )
+            )
+        out += [(e.subject(root), e.model_dump_json().encode()) for e in batch]
+        i += 1
+    return out[:n]
+
+
+async def publish(h: Harness, events: list[tuple[str, bytes]]) -> float:
+    """Publish with up to 1,000 acks outstanding; returns events per second."""
+    nc = await nats.connect(h.nats_url)
+    js = nc.jetstream()
+    await js.add_stream(stream_config(CommonSettings(**h.common)))
+    start = time.perf_counter()
+    for at in range(0, len(events), 1000):
+        await asyncio.gather(
+            *(
+                js.publish(s, d, stream=h.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())})
+                for s, d in events[at : at + 1000]
+            )
+        )
+    await nc.close()
+    return len(events) / (time.perf_counter() - start)
+
+
+def reference_rate(events: list[tuple[str, bytes]]) -> float:
+    """Chain hashes per second for the same bytes, in this process, nothing else."""
+    start, current = time.perf_counter(), domain.GENESIS
+    for seq, (subject, raw) in enumerate(events, start=1):
+        current = domain.link(current, seq, subject, raw)
+    return len(events) / (time.perf_counter() - start)
+
+
+async def main() -> None:
+    async with bench_harness() as h:
+        print(f"certbus audit bench: {N} events published straight to the stream, audit in-process", flush=True)
+        events = await asyncio.to_thread(realistic_events, N, h.root)
+        published = await publish(h, events)
+        print(f"  published {len(events)} events at {published:.0f}/s", flush=True)
+        start = time.perf_counter()
+        h.overrides["audit"] = {"lint_after_issuance": False}  # pkilint of 25,000 copies measures nothing
+        await h.start("audit")
+        pool = await h.db()
+        while (await pool.fetchval("SELECT seq FROM audit.chain_head")) < len(events):
+            await asyncio.sleep(0.2)
+        archive_rate = len(events) / (time.perf_counter() - start)
+        async with h.client() as c:
+            verified = await c.verify()
+            replayed = await c.replay()
+        ref = reference_rate(events)
+        assert verified.clean, verified.problems[:3]
+        assert replayed.equal
+        result = {
+            "events": len(events),
+            "archive_live_events_per_s": round(archive_rate, 1),
+            "verify_events_per_s": verified.rate_per_s,
+            "replay_events_per_s": replayed.rate_per_s,
+            "reference_chain_hashes_per_s": round(ref, 1),
+            "ratio_replay_over_reference": round(replayed.rate_per_s / ref, 4),
+            "ratio_verify_over_reference": round(verified.rate_per_s / ref, 4),
+        }
+        print(f"audit archive, live: {archive_rate:.0f} events/s")
+        print(f"audit verify (chain + checkpoints + stream comparison): {verified.rate_per_s:.0f} events/s, clean")
+        print(f"audit replay from sequence 1: {replayed.rate_per_s:.0f} events/s, equal to the live archive")
+        print(f"reference (chain hashing alone, one process): {ref:.0f} events/s")
+        print(
+            f"ratios to the reference: replay {result['ratio_replay_over_reference']}, "
+            f"verify {result['ratio_verify_over_reference']}"
+        )
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
