@@ -44,6 +44,7 @@ from shared.events import (
 )
 from shared.profiles import Profile
 from shared.queries import (
+    CheckAnswer,
     CrlAnswer,
     CrlQuery,
     Failure,
@@ -391,6 +392,10 @@ class CertbusClient:
     async def findings(self, limit: int = 100) -> FindingsAnswer:
         """Lint findings (pre-release refusals, post-issuance pkilint errors) and profile lint verdicts."""
         return await self._ask("audit", "findings", FindingsQuery(limit=limit), FindingsAnswer)
+
+    async def check(self, timeout: float = 600.0) -> CheckAnswer:
+        """Run audit's consistency checks over the whole archive."""
+        return await self._ask("audit", "check", None, CheckAnswer, timeout=timeout)
 
     async def verify(self, timeout: float = 600.0) -> VerifyAnswer:
         """Ask audit to verify its archive against the stream and the signed checkpoints."""

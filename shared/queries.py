@@ -232,3 +232,19 @@ class VerifyAnswer(Query):
     checkpoints_checked: int
     seconds: float
     rate_per_s: float
+
+
+class CheckFinding(Query):
+    """One inconsistency on the log."""
+
+    check: str
+    stream_seq: int
+    detail: str
+
+
+class CheckAnswer(Query):
+    """The consistency checks' findings over the whole archive."""
+
+    events: int
+    findings: list[CheckFinding]
+    seconds: float

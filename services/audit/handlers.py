@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
 
-from services.audit import replay, store, verify
+from services.audit import checks, replay, store, verify
 from services.audit.checkpoints import Checkpointer
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import normalise_serial
@@ -26,6 +27,8 @@ from shared.lint import errors, lint_certificate
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import OutboxEntry, enqueue
 from shared.queries import (
+    CheckAnswer,
+    CheckFinding,
     FindingsAnswer,
     FindingsQuery,
     HistoryAnswer,
@@ -85,6 +88,22 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
         async with rt.pool.acquire() as conn:
             rows = await store.events_of_types(conn, FINDING_TYPES, query.limit)
         return FindingsAnswer(findings=[_entry(r) for r in rows])
+
+    @rt.query("check")
+    async def run_check() -> CheckAnswer:
+        started = time.perf_counter()
+        checker = checks.Checker()
+        after = 0
+        async with rt.pool.acquire() as conn:
+            while rows := await store.archive_rows(conn, after, 5000):
+                for row in rows:
+                    checker.add(row["stream_seq"], bytes(row["raw"]))
+                after = rows[-1]["stream_seq"]
+        return CheckAnswer(
+            events=checker.events,
+            findings=[CheckFinding(check=f.check, stream_seq=f.stream_seq, detail=f.detail) for f in checker.findings],
+            seconds=round(time.perf_counter() - started, 3),
+        )
 
     @rt.query("verify")
     async def run_verify() -> VerifyAnswer:

@@ -293,6 +293,24 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
+@audit_app.command("check")
+def audit_check(as_json: JsonOpt = False) -> None:
+    """Consistency checks over the whole log: producers, one approval per certificate, announced
+    issuers, unique serials, revocations of issued certificates. Exit 0 consistent, 1 findings."""
+    answer = run(lambda c: c.check())
+    if as_json:
+        emit_json(answer.model_dump(mode="json"))
+    elif not answer.findings:
+        out.print(f"[green]consistent[/]: {answer.events} events checked in {answer.seconds:.2f} s")
+    else:
+        table = Table("seq", "check", "finding")
+        for f in answer.findings:
+            table.add_row(str(f.stream_seq), f.check, f.detail)
+        out.print(table)
+    if answer.findings:
+        raise typer.Exit(EXIT_REFUSED)
+
+
 @audit_app.command("verify")
 def audit_verify(as_json: JsonOpt = False) -> None:
     """Recompute the archive's hash chain, check every signed checkpoint and compare the archive with

@@ -164,3 +164,25 @@ async def test_a_checkpoint_signed_by_another_key_is_detected(stack: Harness) ->
     await stack.publish_raw(forged.subject(stack.root), forged.model_dump_json().encode())
     answer = await _verify(stack)
     assert any(p.kind == "checkpoint_invalid" and p.stream_seq == 3 for p in answer.problems), answer.problems
+
+
+async def test_audit_check_finds_a_certificate_issued_without_approval(stack: Harness) -> None:
+    pool = await _settled(stack, certs=2)
+    result = await stack.cli("audit", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "consistent" in result.stdout
+    issued = json.loads(
+        (await pool.fetchrow("SELECT raw FROM audit.archive WHERE event_type = 'CertificateIssued'"))["raw"]
+    )
+    issued.update(aggregate_id="never-requested", serial="abc123", event_id=str(uuid.uuid4()))
+    await stack.publish_raw(f"{stack.root}.cert.never-requested.issued", json.dumps(issued).encode())
+    found = None
+    for _ in range(50):
+        result = await stack.cli("audit", "check", "--json")
+        found = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "approval"]
+        if found:
+            break
+        await asyncio.sleep(0.2)
+    assert result.returncode == 1
+    assert found and "never-requested" in found[0]["detail"]
+    stack.lint_exempt.add("abc123")
