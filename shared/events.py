@@ -360,6 +360,19 @@ class CertificateLintFailed(Event):
 # --- audit ------------------------------------------------------------------------------------
 
 
+class AuditFindingRaised(Event):
+    """Audit's scheduled consistency checks found an inconsistency on the log (aggregate id:
+    `<check>-<stream seq>`, so each finding is raised once)."""
+
+    aggregate: ClassVar[str] = "finding"
+    verb: ClassVar[str] = "raised"
+    event_type: Literal["AuditFindingRaised"] = "AuditFindingRaised"
+
+    check: str
+    stream_seq: int
+    detail: str
+
+
 class AuditCheckpointSigned(Event):
     """Audit signed the head of its hash chain (aggregate id: the stream sequence it covers).
 
@@ -409,6 +422,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CrlPublished,
     CertificateLintFailed,
     AuditCheckpointSigned,
+    AuditFindingRaised,
 )
 
 AnyEvent = Annotated[
@@ -431,7 +445,8 @@ AnyEvent = Annotated[
     | CaCreated
     | CrlPublished
     | CertificateLintFailed
-    | AuditCheckpointSigned,
+    | AuditCheckpointSigned
+    | AuditFindingRaised,
     Field(discriminator="event_type"),
 ]
 
@@ -457,6 +472,7 @@ PRODUCERS: dict[str, str] = {
     "CrlPublished": "signing",
     "CertificateLintFailed": "signing|audit",
     "AuditCheckpointSigned": "audit",
+    "AuditFindingRaised": "audit",
 }
 
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)

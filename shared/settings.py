@@ -105,3 +105,4 @@ class AuditSettings(ServiceSettings):
     checkpoint_every_events: int = 1000
     checkpoint_interval_s: float = 60.0
     lint_after_issuance: bool = True
+    check_interval_s: float = 300.0

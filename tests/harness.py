@@ -101,7 +101,11 @@ class Harness:
         if name == "enrollment":
             extra.update(pending_sweep_s=0.2)
         if name == "audit":
-            extra.update(checkpoint_key_file=self.tmp / "audit" / "checkpoint.key.pem", checkpoint_interval_s=0.5)
+            extra.update(
+                checkpoint_key_file=self.tmp / "audit" / "checkpoint.key.pem",
+                checkpoint_interval_s=0.5,
+                check_interval_s=1.0,
+            )
         if name == "signing":
             extra.update(
                 key_dir=self.key_dir,

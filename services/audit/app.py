@@ -7,8 +7,9 @@ from pathlib import Path
 from faststream import FastStream
 
 from services.audit.checkpoints import Checkpointer
-from services.audit.handlers import NAME, register
+from services.audit.handlers import NAME, raise_findings, register
 from shared.clock import Clock
+from shared.loops import WakeableLoop
 from shared.service import Runtime, create_service
 from shared.settings import AuditSettings
 
@@ -19,13 +20,17 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
 
     async def on_start(rt: Runtime) -> None:
         checkpointer.loop.start()
+        checker.start()
 
     async def on_stop(rt: Runtime) -> None:
         await checkpointer.loop.stop()
+        await checker.stop()
 
     app, rt = create_service(
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
     checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
     register(rt, checkpointer, settings.lint_after_issuance)
+    # The consistency checks also run on a schedule; each new finding is published once.
+    checker = WakeableLoop("audit-checks", lambda: raise_findings(rt), idle_s=settings.check_interval_s)
     return app, rt

@@ -22,7 +22,14 @@ from services.audit import checks, replay, store, verify
 from services.audit.checkpoints import Checkpointer
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import normalise_serial
-from shared.events import AuditCheckpointSigned, CertificateIssued, CertificateLintFailed, Event, LintResult
+from shared.events import (
+    AuditCheckpointSigned,
+    AuditFindingRaised,
+    CertificateIssued,
+    CertificateLintFailed,
+    Event,
+    LintResult,
+)
 from shared.lint import errors, lint_certificate
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import OutboxEntry, enqueue
@@ -48,7 +55,7 @@ LINTED = Counter(
 
 def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool = True) -> None:
     """Attach audit's consumers and queries."""
-    rt.publishes(CertificateLintFailed, AuditCheckpointSigned)
+    rt.publishes(CertificateLintFailed, AuditCheckpointSigned, AuditFindingRaised)
     if lint_after_issuance:
         linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
 
@@ -92,13 +99,7 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
     @rt.query("check")
     async def run_check() -> CheckAnswer:
         started = time.perf_counter()
-        checker = checks.Checker()
-        after = 0
-        async with rt.pool.acquire() as conn:
-            while rows := await store.archive_rows(conn, after, 5000):
-                for row in rows:
-                    checker.add(row["stream_seq"], bytes(row["raw"]))
-                after = rows[-1]["stream_seq"]
+        checker = await check_archive(rt)
         return CheckAnswer(
             events=checker.events,
             findings=[CheckFinding(check=f.check, stream_seq=f.stream_seq, detail=f.detail) for f in checker.findings],
@@ -114,7 +115,42 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
         return await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME)
 
 
-FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted"]
+FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted", "AuditFindingRaised"]
+
+
+async def check_archive(rt: Runtime) -> checks.Checker:
+    """Run the consistency checks over the whole archive, in log order."""
+    checker = checks.Checker()
+    after = 0
+    async with rt.pool.acquire() as conn:
+        while rows := await store.archive_rows(conn, after, 5000):
+            for row in rows:
+                checker.add(row["stream_seq"], bytes(row["raw"]))
+            after = rows[-1]["stream_seq"]
+    return checker
+
+
+async def raise_findings(rt: Runtime) -> int:
+    """The scheduled run: publish each finding not raised before as AuditFindingRaised."""
+    checker = await check_archive(rt)
+    entries = []
+    async with rt.pool.acquire() as conn, conn.transaction():
+        for f in checker.findings:
+            if not await store.new_finding(conn, f.check, f.stream_seq, f.detail, rt.clock.now()):
+                continue
+            log.error("consistency check failed", extra={"check": f.check, "seq": f.stream_seq, "detail": f.detail})
+            finding = AuditFindingRaised(
+                aggregate_id=f"{f.check}-{f.stream_seq}",
+                occurred_at=rt.clock.now(),
+                correlation_id=f"check-{f.check}-{f.stream_seq}",
+                producer=NAME,
+                check=f.check,
+                stream_seq=f.stream_seq,
+                detail=f.detail,
+            )
+            entries.append(await enqueue(conn, finding, rt.root))
+    await rt.publish_pending(entries)
+    return len(entries)
 
 
 def _entry(row: asyncpg.Record) -> HistoryEntry:

@@ -164,3 +164,11 @@ async def archive_rows(conn: asyncpg.Connection, after: int, limit: int) -> list
         limit,
     )
     return rows
+
+
+async def new_finding(conn: asyncpg.Connection, check: str, seq: int, detail: str, at: datetime) -> bool:
+    """Remember a finding; False if it was raised before."""
+    row = await conn.fetchval(
+        "INSERT INTO findings VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1", check, seq, detail, at
+    )
+    return row is not None

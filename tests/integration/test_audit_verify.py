@@ -14,7 +14,7 @@ import asyncpg
 import nats
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from harness import Harness
+from harness import Harness, eventually
 from services.audit import domain
 from shared.events import AuditCheckpointSigned, checkpoint_message
 from shared.queries import VerifyAnswer
@@ -186,3 +186,9 @@ async def test_audit_check_finds_a_certificate_issued_without_approval(stack: Ha
     assert result.returncode == 1
     assert found and "never-requested" in found[0]["detail"]
     stack.lint_exempt.add("abc123")
+    # The scheduled run publishes the finding once, as an event operators can subscribe to.
+    seq = found[0]["stream_seq"]
+    raised = await eventually(lambda: stack.stream_messages(f"{stack.root}.finding.approval-{seq}.raised"))
+    assert json.loads(raised[0].data)["check"] == "approval"
+    await asyncio.sleep(1.5)  # another scheduled run raises nothing new
+    assert len(await stack.stream_messages(f"{stack.root}.finding.*.raised")) == len(raised)

@@ -16,6 +16,7 @@ from shared.events import (
     ApprovalDenied,
     ApprovalGranted,
     AuditCheckpointSigned,
+    AuditFindingRaised,
     CaCreated,
     CertificateIssued,
     CertificateLintFailed,
@@ -181,6 +182,13 @@ SAMPLES: dict[type[Event], Event] = {
         serial="abc123",
         profile="tls-server",
         findings=[FINDING],
+    ),
+    AuditFindingRaised: AuditFindingRaised(
+        **{**ENVELOPE, "aggregate_id": "approval-7"},
+        producer="audit",
+        check="approval",
+        stream_seq=7,
+        detail="certificate abc for request r has 0 approved enrollments before it, not 1",
     ),
     AuditCheckpointSigned: AuditCheckpointSigned(
         **{**ENVELOPE, "aggregate_id": "42"},
