@@ -55,6 +55,7 @@ from shared.queries import (
     ProfilesAnswer,
     ProvisionersAnswer,
     ReplayAnswer,
+    ReplayProgress,
     RequestDetail,
     RequestQuery,
     RequestsAnswer,
@@ -401,9 +402,20 @@ class CertbusClient:
         """Ask audit to verify its archive against the stream and the signed checkpoints."""
         return await self._ask("audit", "verify", None, VerifyAnswer, timeout=timeout)
 
-    async def replay(self, timeout: float = 600.0) -> ReplayAnswer:
-        """Ask audit to rebuild its archive from the stream and compare."""
-        return await self._ask("audit", "replay", None, ReplayAnswer, timeout=timeout)
+    async def replay(
+        self, timeout: float = 3600.0, on_progress: Callable[[ReplayProgress], None] | None = None
+    ) -> ReplayAnswer:
+        """Ask audit to rebuild its archive from the stream and compare; `on_progress` is called
+        about three times a second with how far it is."""
+        task = asyncio.create_task(self._ask("audit", "replay", None, ReplayAnswer, timeout=timeout))
+        try:
+            while on_progress is not None and not task.done():
+                await asyncio.wait({task}, timeout=0.3)
+                if not task.done():
+                    on_progress(await self._ask("audit", "replay_progress", None, ReplayProgress))
+            return await task
+        finally:
+            task.cancel()
 
     async def health(self, service: str, timeout: float = 2.0) -> dict[str, Any]:
         """One service's health report (raises Unreachable if it does not answer)."""

@@ -248,3 +248,12 @@ class CheckAnswer(Query):
     events: int
     findings: list[CheckFinding]
     seconds: float
+
+
+class ReplayProgress(Query):
+    """How far a running replay is."""
+
+    running: bool
+    done: int
+    total: int
+    rate_per_s: float

@@ -36,12 +36,14 @@ from shared.outbox import OutboxEntry, enqueue
 from shared.queries import (
     CheckAnswer,
     CheckFinding,
+    Failure,
     FindingsAnswer,
     FindingsQuery,
     HistoryAnswer,
     HistoryEntry,
     HistoryQuery,
     ReplayAnswer,
+    ReplayProgress,
     VerifyAnswer,
 )
 from shared.service import Runtime
@@ -110,9 +112,19 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
     async def run_verify() -> VerifyAnswer:
         return await verify.verify(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, checkpointer.public_key)
 
+    progress = replay.Progress()
+
     @rt.query("replay")
-    async def run_replay() -> ReplayAnswer:
-        return await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME)
+    async def run_replay() -> ReplayAnswer | Failure:
+        if progress.running:
+            return Failure(error="a replay is already running")
+        return await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, progress)
+
+    @rt.query("replay_progress")
+    async def replay_progress() -> ReplayProgress:
+        return ReplayProgress(
+            running=progress.running, done=progress.done, total=progress.total, rate_per_s=round(progress.rate(), 1)
+        )
 
 
 FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted", "AuditFindingRaised"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,21 @@ BATCH = 1000
 
 
 Batches = asyncio.Queue[list[tuple[int, str, bytes]] | None]
+
+
+@dataclass
+class Progress:
+    """How far the running replay is (read by the `replay_progress` query)."""
+
+    running: bool = False
+    done: int = 0
+    total: int = 0
+    started: float = 0.0
+
+    def rate(self) -> float:
+        """Events per second so far."""
+        elapsed = time.perf_counter() - self.started
+        return self.done / elapsed if self.running and elapsed > 0 else 0.0
 
 
 async def read_stream(
@@ -53,12 +69,38 @@ async def read_stream(
     return queue, asyncio.create_task(pump(), name="replay-reader")
 
 
-async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject: str, live_schema: str) -> ReplayAnswer:
+async def replay(
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    live_schema: str,
+    progress: Progress | None = None,
+) -> ReplayAnswer:
     """Rebuild the archive from the stream, compare with the live one, and adopt the rebuilt rows."""
+    progress = progress or Progress()
     scratch = f"{live_schema}_replay"
     started = time.perf_counter()
     info = await js.stream_info(stream)
     through = info.state.last_seq
+    progress.running, progress.done, progress.total, progress.started = True, 0, through, started
+    try:
+        return await _replay(pool, js, stream, subject, live_schema, scratch, started, through, progress)
+    finally:
+        progress.running = False
+
+
+async def _replay(
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    live_schema: str,
+    scratch: str,
+    started: float,
+    through: int,
+    progress: Progress,
+) -> ReplayAnswer:
     await db.drop_schema(pool, scratch)
     await db.migrate(pool, scratch, [MIGRATIONS])
     events = 0
@@ -70,6 +112,7 @@ async def replay(pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject:
                 while (chunk := await queue.get()) is not None:
                     async with conn.transaction():
                         events += await store.archive(conn, chunk)
+                    progress.done = chunk[-1][0]
             finally:
                 await conn.execute(f"SET search_path TO {live_schema}, public")
                 reader.cancel()

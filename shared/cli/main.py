@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from shared.cli import provisioner
@@ -23,6 +24,7 @@ from shared.cli.requests import approve, reject, requests_app
 from shared.client import SERVICES, CertbusClient, Unreachable
 from shared.crypto import KEY_TYPES, build_csr, generate_key, key_pem
 from shared.events import utcnow
+from shared.queries import ReplayProgress
 from shared.reasons import REASONS
 from shared.tokens import create_token
 
@@ -335,8 +337,16 @@ def audit_verify(as_json: JsonOpt = False) -> None:
 
 @audit_app.command("replay")
 def audit_replay(as_json: JsonOpt = False) -> None:
-    """Rebuild the audit archive from stream sequence 1 and say whether it equals what it had."""
-    answer = run(lambda c: c.replay())
+    """Rebuild the audit archive from stream sequence 1 into fresh tables (with a progress bar and
+    the rate) and say whether it equals what audit had."""
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
+    with Progress(*columns, console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task("replay", total=None, rate="")
+
+        def show(p: ReplayProgress) -> None:
+            bar.update(task, total=p.total or None, completed=p.done, rate=f"{p.rate_per_s:.0f} events/s")
+
+        answer = run(lambda c: c.replay(on_progress=show))
     if as_json:
         emit_json(answer.model_dump(mode="json"))
     else:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from harness import Harness, eventually
 from services.audit import domain
 from shared.events import AuditCheckpointSigned, checkpoint_message
-from shared.queries import VerifyAnswer
+from shared.queries import ReplayProgress, VerifyAnswer
 
 
 async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
@@ -192,3 +192,18 @@ async def test_audit_check_finds_a_certificate_issued_without_approval(stack: Ha
     assert json.loads(raised[0].data)["check"] == "approval"
     await asyncio.sleep(1.5)  # another scheduled run raises nothing new
     assert len(await stack.stream_messages(f"{stack.root}.finding.*.raised")) == len(raised)
+
+
+async def test_audit_replay_through_the_cli_reports_equal_and_progress_is_queryable(stack: Harness) -> None:
+    await _settled(stack, certs=2)
+    result = await stack.cli("audit", "replay")
+    assert result.returncode == 0, result.stderr
+    assert "equal" in result.stdout
+    seen: list[ReplayProgress] = []
+    async with stack.client() as c:
+        answer = await c.replay(on_progress=seen.append)  # small: may finish before the first poll
+        idle = await c._ask("audit", "replay_progress", None, ReplayProgress)
+    assert answer.equal
+    assert not idle.running
+    assert idle.done == idle.total == answer.last_seq
+    assert all(p.done <= p.total for p in seen)
