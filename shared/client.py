@@ -124,6 +124,16 @@ def enrollment_request(
     )
 
 
+def operator_envelope(aggregate_id: str, correlation_id: str) -> dict[str, Any]:
+    """The envelope fields of an event an operator publishes (policy, approvals, key blocks)."""
+    return {
+        "aggregate_id": aggregate_id,
+        "occurred_at": utcnow(),
+        "correlation_id": correlation_id,
+        "producer": "operator",
+    }
+
+
 async def _quiet(exc: Exception) -> None:
     """nats-py prints connection errors with tracebacks by default; the client raises instead."""
     log.debug("nats client error", extra={"error": repr(exc)})
@@ -272,45 +282,30 @@ class CertbusClient:
         self, request_id: str, operator: str, comment: str = "", timeout: float = 30.0
     ) -> CertificateIssued:
         """Approve a pending request as `operator`; returns the certificate issued for it."""
-        detail = await self.request(request_id)
-        if detail.status != "pending":
-            raise CertbusError(f"request {request_id} is {detail.status}, not pending")
-        grant = ApprovalGranted(
-            aggregate_id=request_id,
-            occurred_at=utcnow(),
-            correlation_id=request_id,
-            producer="operator",
-            operator=operator,
-            comment=comment,
-        )
+        await self._pending(request_id)
+        grant = ApprovalGranted(**operator_envelope(request_id, request_id), operator=operator, comment=comment)
         return await self._issued(grant, grant, timeout, wait_visible=True, wait_for_approval=False)
 
     async def reject(self, request_id: str, operator: str, reason: str, timeout: float = 15.0) -> EnrollmentRejected:
         """Refuse a pending request as `operator`, saying why."""
-        detail = await self.request(request_id)
-        if detail.status != "pending":
-            raise CertbusError(f"request {request_id} is {detail.status}, not pending")
-        deny = ApprovalDenied(
-            aggregate_id=request_id,
-            occurred_at=utcnow(),
-            correlation_id=request_id,
-            producer="operator",
-            operator=operator,
-            reason=reason,
-        )
+        await self._pending(request_id)
+        deny = ApprovalDenied(**operator_envelope(request_id, request_id), operator=operator, reason=reason)
         subject = f"{self.settings.subject_root}.cert.{request_id}.rejected"
         result = await self._await_outcome([subject], deny, timeout)
         assert isinstance(result, EnrollmentRejected)
         return result
 
+    async def _pending(self, request_id: str) -> None:
+        """Raise unless the request waits for an operator (deciding anything else has no effect)."""
+        detail = await self.request(request_id)
+        if detail.status != "pending":
+            raise CertbusError(f"request {request_id} is {detail.status}, not pending")
+
     async def apply_profile(self, profile: Profile, applied_by: str, timeout: float = 30.0) -> ProfileLinted:
         """Apply a profile; returns signing's lint verdict on its templates."""
         digest = profile.digest()
         applied = ProfileApplied(
-            aggregate_id=profile.name,
-            occurred_at=utcnow(),
-            correlation_id=f"profile-{profile.name}-{digest[:12]}",
-            producer="operator",
+            **operator_envelope(profile.name, f"profile-{profile.name}-{digest[:12]}"),
             profile=profile,
             digest=digest,
             applied_by=applied_by,

@@ -133,12 +133,9 @@ FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted", "AuditFindingRaised"]
 async def check_archive(rt: Runtime) -> checks.Checker:
     """Run the consistency checks over the whole archive, in log order."""
     checker = checks.Checker()
-    after = 0
     async with rt.pool.acquire() as conn:
-        while rows := await store.archive_rows(conn, after, 5000):
-            for row in rows:
-                checker.add(row["stream_seq"], bytes(row["raw"]))
-            after = rows[-1]["stream_seq"]
+        async for row in store.archive_rows(conn):
+            checker.add(row["stream_seq"], bytes(row["raw"]))
     return checker
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -156,14 +156,17 @@ async def save_checkpoint(
     return row is not None
 
 
-async def archive_rows(conn: asyncpg.Connection, after: int, limit: int) -> list[asyncpg.Record]:
-    """Archived rows after `after`, in sequence order (for verification)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+async def archive_rows(conn: asyncpg.Connection, batch: int = 5000) -> AsyncIterator[asyncpg.Record]:
+    """Every archived row (seq, subject, raw, hash) in sequence order, read in batches."""
+    after = 0
+    while rows := await conn.fetch(
         "SELECT stream_seq, subject, raw, hash FROM archive WHERE stream_seq > $1 ORDER BY stream_seq LIMIT $2",
         after,
-        limit,
-    )
-    return rows
+        batch,
+    ):
+        for row in rows:
+            yield row
+        after = rows[-1]["stream_seq"]
 
 
 async def new_finding(conn: asyncpg.Connection, check: str, seq: int, detail: str, at: datetime) -> bool:

@@ -115,23 +115,20 @@ async def _walk_archive(
     pure_at: dict[int, str] = {}
     mismatched: list[int] = []
     pure = local = domain.GENESIS
-    after = 0
     async with pool.acquire() as conn:
-        while rows := await store.archive_rows(conn, after, 5000):
-            for row in rows:
-                seq, subject, raw = row["stream_seq"], row["subject"], bytes(row["raw"])
-                if seq > through:
-                    return archived, pure_at, mismatched
-                archived[seq] = _Seen(subject, hashlib.sha256(raw).digest())
-                pure = domain.link(pure, seq, subject, raw)
-                if row["hash"] is not None:
-                    stored = bytes(row["hash"])
-                    if domain.link(local, seq, subject, raw) != stored:
-                        mismatched.append(seq)
-                    local = stored  # resynchronise, so one change is reported once
-                if seq in checkpoint_seqs:
-                    pure_at[seq] = pure.hex()
-                after = seq
+        async for row in store.archive_rows(conn):
+            seq, subject, raw = row["stream_seq"], row["subject"], bytes(row["raw"])
+            if seq > through:
+                break
+            archived[seq] = _Seen(subject, hashlib.sha256(raw).digest())
+            pure = domain.link(pure, seq, subject, raw)
+            if row["hash"] is not None:
+                stored = bytes(row["hash"])
+                if domain.link(local, seq, subject, raw) != stored:
+                    mismatched.append(seq)
+                local = stored  # resynchronise, so one change is reported once
+            if seq in checkpoint_seqs:
+                pure_at[seq] = pure.hex()
     return archived, pure_at, mismatched
 
 

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from shared.cli import provisioner
 from shared.cli.common import EXIT_REFUSED, JsonOpt, OperatorOpt, emit_json, err, home, operator, out, run
-from shared.client import CertbusClient
-from shared.events import KeyBlocked, ProvisionerDisabled, ProvisionerRegistered, ProvisionerRemoved, utcnow
+from shared.client import CertbusClient, operator_envelope
+from shared.events import KeyBlocked, ProvisionerDisabled, ProvisionerRegistered, ProvisionerRemoved
 from shared.profiles import load_profiles
 from shared.tokens import algorithm_for
 
@@ -26,10 +26,7 @@ key_app = typer.Typer(help="Public keys that may never be certified (e.g. after 
 
 def _register(provisioner_id: str, public_key_pem: str, by: str) -> int:
     event = ProvisionerRegistered(
-        aggregate_id=provisioner_id,
-        occurred_at=utcnow(),
-        correlation_id=f"provisioner-{provisioner_id}",
-        producer="operator",
+        **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
         name=provisioner_id,
         public_key_pem=public_key_pem,
         registered_by=by,
@@ -110,10 +107,7 @@ def provisioner_disable(
 ) -> None:
     """Disable a provisioner: its tokens stop working at once (register it again to enable it)."""
     event = ProvisionerDisabled(
-        aggregate_id=provisioner_id,
-        occurred_at=utcnow(),
-        correlation_id=f"provisioner-{provisioner_id}",
-        producer="operator",
+        **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
         reason=reason,
         disabled_by=operator(who),
     )
@@ -125,11 +119,7 @@ def provisioner_disable(
 def provisioner_remove(provisioner_id: str, who: OperatorOpt = None) -> None:
     """Remove a provisioner for good."""
     event = ProvisionerRemoved(
-        aggregate_id=provisioner_id,
-        occurred_at=utcnow(),
-        correlation_id=f"provisioner-{provisioner_id}",
-        producer="operator",
-        removed_by=operator(who),
+        **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"), removed_by=operator(who)
     )
     seq = run(lambda c: c.publish(event), requester="operator")
     out.print(f"removed provisioner [bold]{provisioner_id}[/] (log seq {seq})")
@@ -238,10 +228,7 @@ def key_block(
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise typer.BadParameter("an SPKI SHA-256 is 64 hex digits", param_hint="--spki")
     event = KeyBlocked(
-        aggregate_id=digest,
-        occurred_at=utcnow(),
-        correlation_id=f"block-{digest[:16]}",
-        producer="operator",
+        **operator_envelope(digest, f"block-{digest[:16]}"),
         spki_sha256=digest,
         reason=reason,
         blocked_by=operator(who),
