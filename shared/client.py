@@ -56,6 +56,7 @@ from shared.queries import (
     ProvisionersAnswer,
     ReplayAnswer,
     ReplayProgress,
+    ReplayQuery,
     RequestDetail,
     RequestQuery,
     RequestsAnswer,
@@ -398,11 +399,15 @@ class CertbusClient:
         return await self._ask("audit", "verify", None, VerifyAnswer, timeout=timeout)
 
     async def replay(
-        self, timeout: float = 3600.0, on_progress: Callable[[ReplayProgress], None] | None = None
+        self,
+        timeout: float = 3600.0,
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+        verify: bool = False,
     ) -> ReplayAnswer:
-        """Ask audit to rebuild its archive from the stream and compare; `on_progress` is called
-        about three times a second with how far it is."""
-        task = asyncio.create_task(self._ask("audit", "replay", None, ReplayAnswer, timeout=timeout))
+        """Ask audit to rebuild its archive from the stream and compare (and, with `verify`, to verify
+        the result); `on_progress` is called about three times a second with how far it is."""
+        query = ReplayQuery(verify=verify)
+        task = asyncio.create_task(self._ask("audit", "replay", query, ReplayAnswer, timeout=timeout))
         try:
             while on_progress is not None and not task.done():
                 await asyncio.wait({task}, timeout=0.3)

@@ -92,6 +92,12 @@ class HistoryAnswer(Query):
     events: list[HistoryEntry]
 
 
+class ReplayQuery(Query):
+    """Rebuild the archive from stream sequence 1; with `verify`, verify the result afterwards."""
+
+    verify: bool = False
+
+
 class ReplayAnswer(Query):
     """What replay rebuilt, and whether it equals what the archive held."""
 
@@ -103,6 +109,7 @@ class ReplayAnswer(Query):
     previous_head_hash: str | None
     previous_events: int
     equal: bool
+    verified: VerifyAnswer | None = None
 
 
 class Failure(Query):

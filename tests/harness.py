@@ -129,10 +129,13 @@ class Harness:
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
         return env
 
-    async def cli(self, *args: str, operator: str = "tests") -> subprocess.CompletedProcess[str]:
+    async def cli(
+        self, *args: str, operator: str = "tests", settings_of: str = "enrollment"
+    ) -> subprocess.CompletedProcess[str]:
         """Run the `certbus` CLI against this deployment as a separate process, without blocking the
-        event loop (the services may run in it); CERTBUS_HOME is in the test's tmp dir."""
-        env = self.env("enrollment")
+        event loop (the services may run in it); CERTBUS_HOME is in the test's tmp dir. The CLI gets
+        the CERTBUS_* settings of service `settings_of`."""
+        env = self.env(settings_of)
         env.update(CERTBUS_HOME=str(self.tmp / "home"), CERTBUS_OPERATOR=operator)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shared.cli.main", *args, env=env, stdout=PIPE, stderr=PIPE

@@ -44,6 +44,7 @@ from shared.queries import (
     HistoryQuery,
     ReplayAnswer,
     ReplayProgress,
+    ReplayQuery,
     VerifyAnswer,
 )
 from shared.service import Runtime
@@ -115,10 +116,14 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
     progress = replay.Progress()
 
     @rt.query("replay")
-    async def run_replay() -> ReplayAnswer | Failure:
-        if progress.running:
-            return Failure(error="a replay is already running")
-        return await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, progress)
+    async def run_replay(query: ReplayQuery) -> ReplayAnswer | Failure:
+        try:
+            answer = await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, progress)
+        except replay.ReplayBusy as exc:
+            return Failure(error=str(exc))
+        if query.verify:
+            answer = answer.model_copy(update={"verified": await run_verify()})
+        return answer
 
     @rt.query("replay_progress")
     async def replay_progress() -> ReplayProgress:

@@ -19,6 +19,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BATCH = 1000
 
 
+class ReplayBusy(Exception):
+    """Another replay of the same archive is running (in the audit service or a standalone one)."""
+
+
 Batches = asyncio.Queue[list[tuple[int, str, bytes]] | None]
 
 
@@ -80,14 +84,20 @@ async def replay(
     """Rebuild the archive from the stream, compare with the live one, and adopt the rebuilt rows."""
     progress = progress or Progress()
     scratch = f"{live_schema}_replay"
-    started = time.perf_counter()
-    info = await js.stream_info(stream)
-    through = info.state.last_seq
-    progress.running, progress.done, progress.total, progress.started = True, 0, through, started
-    try:
-        return await _replay(pool, js, stream, subject, live_schema, scratch, started, through, progress)
-    finally:
-        progress.running = False
+    # One replay per archive at a time, wherever it runs: a session-level advisory lock, held on a
+    # connection of its own for the whole replay (it is released if this process dies).
+    async with pool.acquire() as guard:
+        if not await guard.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"replay:{live_schema}"):
+            raise ReplayBusy(f"a replay of {live_schema} is already running")
+        try:
+            started = time.perf_counter()
+            info = await js.stream_info(stream)
+            through = info.state.last_seq
+            progress.running, progress.done, progress.total, progress.started = True, 0, through, started
+            return await _replay(pool, js, stream, subject, live_schema, scratch, started, through, progress)
+        finally:
+            progress.running = False
+            await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"replay:{live_schema}")
 
 
 async def _replay(

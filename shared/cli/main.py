@@ -8,6 +8,7 @@ import base64
 import ipaddress
 import os
 import re
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from shared.cli import provisioner
+from shared.cli.audit_views import print_replay, print_verify, replay_failed
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run
 from shared.cli.policy import key_app, profile_app, provisioner_app
 from shared.cli.requests import approve, reject, requests_app
@@ -316,29 +318,33 @@ def audit_check(as_json: JsonOpt = False) -> None:
 @audit_app.command("verify")
 def audit_verify(as_json: JsonOpt = False) -> None:
     """Recompute the archive's hash chain, check every signed checkpoint and compare the archive with
-    the stream. Exit 0 clean, 1 tampered (the first position and what happened there are printed)."""
+    the stream. Exit 0 clean, 1 tampered (the first position and what happened there are printed).
+    `certbus-audit verify` does the same with no audit service running."""
     answer = run(lambda c: c.verify())
-    if as_json:
-        emit_json(answer.model_dump(mode="json"))
-    elif answer.clean:
-        out.print(
-            f"[green]clean[/]: {answer.archived_events} events through seq {answer.stream_last_seq}, "
-            f"{answer.checkpoints_checked} signed checkpoints, {answer.seconds:.2f} s ({answer.rate_per_s:.0f}/s)"
-        )
-    else:
-        out.print(f"[red]TAMPERED[/] at seq {answer.first_seq}: {answer.kind}: {answer.detail}")
-        for p in answer.problems[1:]:
-            out.print(f"  seq {p.stream_seq}: {p.kind}: {p.detail}")
-        if answer.positions_with_problems > len(answer.problems):
-            out.print(f"  ... {answer.positions_with_problems} positions in all")
+    emit_json(answer.model_dump(mode="json")) if as_json else print_verify(answer)
     if not answer.clean:
         raise typer.Exit(EXIT_REFUSED)
 
 
 @audit_app.command("replay")
-def audit_replay(as_json: JsonOpt = False) -> None:
+def audit_replay(
+    then_verify: Annotated[bool, typer.Option("--verify", help="Verify the rebuilt archive afterwards.")] = False,
+    standalone: Annotated[
+        bool, typer.Option("--standalone", help="Replay in this process, even if an audit service is running.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Rebuild the audit archive from stream sequence 1 into fresh tables (with a progress bar and
-    the rate) and say whether it equals what audit had."""
+    the rate) and say whether it equals what audit had. Exit 0 equal (and clean), 1 otherwise.
+
+    It needs only NATS and audit's database: when no audit service answers (or with --standalone)
+    the replay runs in this process (`certbus-audit replay`, with audit's CERTBUS_* settings)."""
+    if standalone or not audit_answers():
+        if not standalone:
+            err.print("no audit service answers: replaying in this process")
+        args = ["replay", *(["--verify"] if then_verify else []), *(["--json"] if as_json else [])]
+        # A process of its own: the CLI never imports a service's code.
+        raise typer.Exit(subprocess.call([sys.executable, "-m", "services.audit.offline", *args]))
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
     with Progress(*columns, console=err, disable=as_json, transient=True) as bar:
         task = bar.add_task("replay", total=None, rate="")
@@ -346,13 +352,24 @@ def audit_replay(as_json: JsonOpt = False) -> None:
         def show(p: ReplayProgress) -> None:
             bar.update(task, total=p.total or None, completed=p.done, rate=f"{p.rate_per_s:.0f} events/s")
 
-        answer = run(lambda c: c.replay(on_progress=show))
-    if as_json:
-        emit_json(answer.model_dump(mode="json"))
-    else:
-        verdict = "[green]equal[/]" if answer.equal else "[yellow]differed; archive rebuilt from the log[/]"
-        out.print(f"replayed {answer.events} events in {answer.seconds:.2f} s ({answer.rate_per_s:.0f}/s): {verdict}")
-        out.print(f"head seq {answer.last_seq} hash {answer.head_hash}")
+        answer = run(lambda c: c.replay(on_progress=show, verify=then_verify))
+    emit_json(answer.model_dump(mode="json")) if as_json else print_replay(answer)
+    if replay_failed(answer):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def audit_answers() -> bool:
+    """Whether an audit service answers its health query."""
+
+    async def ask() -> bool:
+        try:
+            async with CertbusClient(requester="cli") as client:
+                await client.health("audit")
+        except Unreachable:
+            return False
+        return True
+
+    return asyncio.run(ask())
 
 
 def main() -> None:

@@ -6,16 +6,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from subprocess import PIPE
 
 import asyncpg
 import nats
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from harness import Harness, eventually
 from services.audit import domain
+from shared.client import CertbusError
 from shared.events import AuditCheckpointSigned, checkpoint_message
 from shared.queries import ReplayProgress, VerifyAnswer
 
@@ -207,3 +212,56 @@ async def test_audit_replay_through_the_cli_reports_equal_and_progress_is_querya
     assert not idle.running
     assert idle.done == idle.total == answer.last_seq
     assert all(p.done <= p.total for p in seen)
+
+
+async def test_replay_and_verify_need_no_certbus_service(stack: Harness) -> None:
+    """With every service stopped, `certbus audit replay --verify` replays in its own process from
+    the stream and audit's database alone; a dropped archive row is rebuilt from the log."""
+    pool = await _settled(stack, certs=2)
+    for name in list(stack.apps):
+        await stack.stop(name)
+    through = await pool.fetchval("SELECT seq FROM audit.chain_head")
+    result = await stack.cli("audit", "replay", "--verify", "--json", settings_of="audit")
+    assert result.returncode == 0, result.stderr
+    assert "no audit service answers" in result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["equal"] and answer["events"] == answer["last_seq"] == through
+    assert answer["verified"]["clean"] and answer["verified"]["checkpoints_checked"] >= 1
+
+    middle = through // 2
+    await pool.execute("DELETE FROM audit.serial_refs WHERE stream_seq = $1", middle)
+    await pool.execute("DELETE FROM audit.archive WHERE stream_seq = $1", middle)
+    verify = await stack.cli("audit", "verify", settings_of="audit")
+    assert verify.returncode == 3, "verify asks the audit service, which is not running"
+    offline = await _offline(stack, "verify", "--json")
+    assert offline.returncode == 1 and json.loads(offline.stdout)["first_seq"] == middle
+    rebuilt = await stack.cli("audit", "replay", "--verify", settings_of="audit")
+    assert rebuilt.returncode == 1, "a replay that differed from the archive fails the command"
+    assert "differed; archive rebuilt from the log" in rebuilt.stdout and "clean" in rebuilt.stdout
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive") == through
+    again = await _offline(stack, "replay", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["equal"]
+
+
+async def test_a_second_replay_is_refused_while_one_runs(stack: Harness) -> None:
+    pool = await _settled(stack, certs=1)
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT pg_advisory_lock(hashtext('replay:audit'))")
+        try:
+            busy = await stack.cli("audit", "replay", "--standalone", settings_of="audit")
+            assert busy.returncode == 1 and "already running" in busy.stderr
+            async with stack.client() as c:
+                with pytest.raises(CertbusError, match="already running"):
+                    await c.replay()
+        finally:
+            await conn.fetchval("SELECT pg_advisory_unlock(hashtext('replay:audit'))")
+
+
+async def _offline(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
+    """`certbus-audit` (the standalone auditor tool) with audit's settings."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.audit.offline", *args, env=h.env("audit"), stdout=PIPE, stderr=PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(list(args), proc.returncode, stdout.decode(), stderr.decode())
