@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench docs clean
+.PHONY: install run test unit lint format bench docs clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +24,13 @@ lint: install
 	$(VENV)/bin/mypy shared services
 	$(VENV)/bin/lint-imports
 
-test: lint
+test: lint chromium
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The HTML audit report's test opens the page in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

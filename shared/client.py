@@ -57,6 +57,8 @@ from shared.queries import (
     ReplayAnswer,
     ReplayProgress,
     ReplayQuery,
+    ReportAnswer,
+    ReportQuery,
     RequestDetail,
     RequestQuery,
     RequestsAnswer,
@@ -393,6 +395,15 @@ class CertbusClient:
     async def check(self, timeout: float = 600.0) -> CheckAnswer:
         """Run audit's consistency checks over the whole archive."""
         return await self._ask("audit", "check", None, CheckAnswer, timeout=timeout)
+
+    async def report(
+        self, expiring_days: int = 30, limit: int = 1000, now: datetime | None = None, timeout: float = 600.0
+    ) -> ReportAnswer:
+        """The certificate inventory from audit's archive: counts by issuer, profile, state and requester,
+        revocations by reason, issuance per day, and the (first `limit`) certificates expiring within
+        `expiring_days`; `now` (default: audit's clock) judges expiry."""
+        query = ReportQuery(expiring_days=expiring_days, limit=limit, now=now)
+        return await self._ask("audit", "report", query, ReportAnswer, timeout=timeout)
 
     async def verify(self, timeout: float = 600.0) -> VerifyAnswer:
         """Ask audit to verify its archive against the stream and the signed checkpoints."""

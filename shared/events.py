@@ -339,6 +339,45 @@ class CrlPublished(Event):
     size: int
 
 
+class CaCompromised(Event):
+    """An operator declared a CA's key compromised (aggregate id: the CA id). From here on nothing
+    may be issued or signed by it; its certificates are to be revoked and their holders re-enroll."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "compromised"
+    event_type: Literal["CaCompromised"] = "CaCompromised"
+
+    ca_id: str
+    reason: str
+    declared_by: str
+
+
+class CaRetired(Event):
+    """An operator retired a CA (aggregate id: the CA id): it issues nothing more; signing publishes
+    a final CRL, then destroys the key."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "retired"
+    event_type: Literal["CaRetired"] = "CaRetired"
+
+    ca_id: str
+    reason: str
+    retired_by: str
+
+
+class CaKeyDestroyed(Event):
+    """Signing destroyed a CA's private key material (aggregate id: the CA id); never the key itself."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "key_destroyed"
+    event_type: Literal["CaKeyDestroyed"] = "CaKeyDestroyed"
+
+    ca_id: str
+    spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    destroyed_at: datetime
+    final_crl_number: int | None = None
+
+
 # --- findings ---------------------------------------------------------------------------------
 
 
@@ -420,6 +459,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RevocationRejected,
     CaCreated,
     CrlPublished,
+    CaCompromised,
+    CaRetired,
+    CaKeyDestroyed,
     CertificateLintFailed,
     AuditCheckpointSigned,
     AuditFindingRaised,
@@ -444,6 +486,9 @@ AnyEvent = Annotated[
     | RevocationRejected
     | CaCreated
     | CrlPublished
+    | CaCompromised
+    | CaRetired
+    | CaKeyDestroyed
     | CertificateLintFailed
     | AuditCheckpointSigned
     | AuditFindingRaised,
@@ -470,6 +515,9 @@ PRODUCERS: dict[str, str] = {
     "RevocationRejected": "revocation",
     "CaCreated": "signing",
     "CrlPublished": "signing",
+    "CaCompromised": "operator",
+    "CaRetired": "operator",
+    "CaKeyDestroyed": "signing",
     "CertificateLintFailed": "signing|audit",
     "AuditCheckpointSigned": "audit",
     "AuditFindingRaised": "audit",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Query(BaseModel):
@@ -80,6 +80,7 @@ class HistoryEntry(Query):
     event_type: str
     subject: str
     producer: str
+    actor: str = ""
     occurred_at: datetime
     event: dict[str, Any]
 
@@ -264,3 +265,68 @@ class ReplayProgress(Query):
     done: int
     total: int
     rate_per_s: float
+
+
+class ReportQuery(Query):
+    """An inventory report over the whole archive; `now` (default: audit's clock) judges expiry."""
+
+    expiring_days: int = Field(default=30, ge=0, le=3650)
+    limit: int = Field(default=1000, ge=0, le=2000)
+    now: datetime | None = None
+
+
+class Tally(Query):
+    """How many certificates have one value (an issuer, a profile, a state, a reason...)."""
+
+    key: str
+    count: int
+
+
+class Breakdown(Query):
+    """Counts by value, largest first; values past the first few are summed in `others`."""
+
+    top: list[Tally]
+    others: int = 0
+    other_keys: int = 0
+
+
+class DayCount(Query):
+    """How many certificates on one UTC day."""
+
+    day: date
+    count: int
+
+
+class ExpiringCertificate(Query):
+    """A valid certificate that expires within the report's window."""
+
+    serial: str
+    issuer_id: str
+    profile: str
+    requester: str
+    not_after: datetime
+    dns_names: list[str] = []
+
+
+class ReportAnswer(Query):
+    """Aggregates of every certificate on the log, judged at `generated_at` (no per-certificate list
+    but the capped expiring one, so the answer stays small at any inventory size)."""
+
+    generated_at: datetime
+    through_seq: int
+    events: int
+    malformed: int
+    ignored: int
+    certificates: int
+    by_state: Breakdown
+    by_issuer: Breakdown
+    by_profile: Breakdown
+    by_requester: Breakdown
+    revoked_by_reason: Breakdown
+    issued_per_day: list[DayCount]
+    expiry_timeline: list[DayCount]
+    timeline_days: int
+    expiring_days: int
+    expiring_total: int
+    expiring: list[ExpiringCertificate]
+    seconds: float = 0.0

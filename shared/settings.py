@@ -106,3 +106,4 @@ class AuditSettings(ServiceSettings):
     checkpoint_interval_s: float = 60.0
     lint_after_issuance: bool = True
     check_interval_s: float = 300.0
+    crl_check_grace_s: float = 60.0  # a revocation younger than this need not be in a CRL yet

@@ -30,7 +30,9 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
     checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
-    register(rt, checkpointer, settings.lint_after_issuance)
+    register(rt, checkpointer, settings)
     # The consistency checks also run on a schedule; each new finding is published once.
-    checker = WakeableLoop("audit-checks", lambda: raise_findings(rt), idle_s=settings.check_interval_s)
+    checker = WakeableLoop(
+        "audit-checks", lambda: raise_findings(rt, settings.crl_check_grace_s), idle_s=settings.check_interval_s
+    )
     return app, rt

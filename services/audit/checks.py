@@ -5,17 +5,33 @@ Each check reads the events in log order and reports findings with the position 
 - `approval`: a certificate issued without exactly one approved enrollment before it;
 - `issuer`: a certificate issued by a CA that signing never announced (no `CaCreated`);
 - `serial`: a serial issued twice by one issuer;
-- `revoked_unknown`: a revocation of a certificate that was never issued.
+- `revoked_unknown`: a revocation of a certificate that was never issued;
+- `ca_closed`: a certificate issued, or a CRL signed, by a CA after it was declared compromised or
+  retired (a CRL is still allowed after retirement, until the key is destroyed), or anything signed
+  by a CA after its key was destroyed;
+- `profile`: a certificate that its profile (the exact version its approval names) does not allow:
+  names, key, validity, key usages, a CA flag; or whose body disagrees with its event (re-linted
+  from the certificate bytes, not from what the event says);
+- `crl` (`crl_findings`, given the CRL bytes from the object store): a revoked certificate missing
+  from its issuer's latest CRL, a CRL whose bytes or signature are wrong, or none published since
+  a revocation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from pydantic import ValidationError
+
 from shared.events import PRODUCERS
+from shared.profiles import Profile, key_problem, names_problems
 
 
 @dataclass(frozen=True)
@@ -27,15 +43,42 @@ class Finding:
     detail: str
 
 
+@dataclass(frozen=True)
+class Revoked:
+    """A revocation as the log recorded it."""
+
+    serial: str
+    stream_seq: int
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LatestCrl:
+    """The newest CRL an issuer published, as its `CrlPublished` event describes it."""
+
+    stream_seq: int
+    crl_number: int
+    this_update: datetime | None
+    bucket: str
+    name: str
+    sha256: str
+
+
 @dataclass
 class Checker:
-    """Feed events in log order with `add`; read `findings`."""
+    """Feed events in log order with `add`; read `findings` (and call `crl_findings` for the CRLs)."""
 
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
     _approvals: dict[str, int] = field(default_factory=dict)
-    _cas: set[str] = field(default_factory=set)
+    _approved_digest: dict[str, str] = field(default_factory=dict)
+    _profiles: dict[str, Profile] = field(default_factory=dict)
+    _cas: dict[str, str] = field(default_factory=dict)
+    _closed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    _key_destroyed: dict[str, int] = field(default_factory=dict)
     _serials: dict[tuple[str, str], int] = field(default_factory=dict)
+    revocations: dict[str, list[Revoked]] = field(default_factory=dict)
+    latest_crl: dict[str, LatestCrl] = field(default_factory=dict)
 
     def add(self, seq: int, raw: bytes) -> None:
         """Check one archived event (malformed ones are the archive's business, not these checks')."""
@@ -51,17 +94,34 @@ class Checker:
         producer = str(data.get("producer", ""))
         if allowed is not None and producer not in allowed.split("|"):
             self._flag("producer", seq, f"{kind} published by {producer!r}; only {allowed} may publish it")
-        if kind == "CaCreated" and producer == "signing":
-            self._cas.add(str(data.get("ca_id")))
+            return  # a forged event says nothing about what the real producer did
+        ca = str(data.get("ca_id"))
+        if kind == "CaCreated":
+            self._cas[ca] = str(data.get("cert_pem", ""))
+        elif kind in ("CaCompromised", "CaRetired"):
+            self._closed.setdefault(ca, ("compromised" if kind == "CaCompromised" else "retired", seq))
+        elif kind == "CaKeyDestroyed":
+            self._key_destroyed.setdefault(ca, seq)
+        elif kind == "ProfileApplied":
+            self._profile_applied(data)
         elif kind == "EnrollmentApproved":
             request = str(data.get("aggregate_id"))
             self._approvals[request] = self._approvals.get(request, 0) + 1
+            if data.get("profile_digest"):
+                self._approved_digest[request] = str(data["profile_digest"])
         elif kind == "CertificateIssued":
             self._issued(seq, data)
         elif kind == "CertificateRevoked":
-            key = (str(data.get("issuer_id")), str(data.get("serial")))
-            if key not in self._serials:
-                self._flag("revoked_unknown", seq, f"serial {key[1]} of {key[0]} was revoked but never issued")
+            self._revoked(seq, data)
+        elif kind == "CrlPublished":
+            self._crl(seq, data)
+
+    def _profile_applied(self, data: dict[str, Any]) -> None:
+        try:
+            profile = Profile.model_validate(data.get("profile"))
+        except ValidationError:
+            return  # the consumers refuse it too; nothing can have been approved under it
+        self._profiles[profile.digest()] = profile
 
     def _issued(self, seq: int, data: dict[str, Any]) -> None:
         request, issuer, serial = str(data.get("aggregate_id")), str(data.get("issuer_id")), str(data.get("serial"))
@@ -74,12 +134,169 @@ class Checker:
             )
         if issuer not in self._cas:
             self._flag("issuer", seq, f"certificate {serial} names issuer {issuer}, which signing never announced")
+        self._after_close(seq, issuer, f"certificate {serial}")
         first = self._serials.setdefault((issuer, serial), seq)
         if first != seq:
             self._flag("serial", seq, f"serial {serial} of {issuer} was already issued at {first}")
+        digest = self._approved_digest.get(request)
+        if digest is not None:  # approvals before profiles were versioned name no version to judge by
+            profile = self._profiles.get(digest)
+            if profile is None:
+                self._flag(
+                    "profile",
+                    seq,
+                    f"certificate {serial} was approved under profile version {digest[:12]}, "
+                    "which was never applied on the log",
+                )
+            else:
+                for problem in profile_problems(profile, data):
+                    self._flag("profile", seq, f"certificate {serial} ({profile.name}): {problem}")
+
+    def _revoked(self, seq: int, data: dict[str, Any]) -> None:
+        issuer, serial = str(data.get("issuer_id")), str(data.get("serial"))
+        if (issuer, serial) not in self._serials:
+            self._flag("revoked_unknown", seq, f"serial {serial} of {issuer} was revoked but never issued")
+            return
+        self.revocations.setdefault(issuer, []).append(Revoked(serial, seq, _time(data.get("revoked_at"))))
+
+    def _crl(self, seq: int, data: dict[str, Any]) -> None:
+        ca = str(data.get("ca_id"))
+        destroyed = self._key_destroyed.get(ca)
+        if destroyed is not None:
+            self._flag(
+                "ca_closed",
+                seq,
+                f"CRL #{data.get('crl_number')} of {ca} signed after its key was destroyed at {destroyed}",
+            )
+        elif ca in self._closed and self._closed[ca][0] == "compromised":
+            self._flag(
+                "ca_closed",
+                seq,
+                f"CRL #{data.get('crl_number')} signed by {ca} after it was declared "
+                f"compromised at {self._closed[ca][1]}",
+            )
+        self.latest_crl[ca] = LatestCrl(
+            stream_seq=seq,
+            crl_number=int(data.get("crl_number") or 0),
+            this_update=_time(data.get("this_update")),
+            bucket=str(data.get("object_bucket", "")),
+            name=str(data.get("object_name", "")),
+            sha256=str(data.get("sha256", "")),
+        )
+
+    def _after_close(self, seq: int, ca: str, what: str) -> None:
+        if ca in self._key_destroyed:
+            self._flag(
+                "ca_closed", seq, f"{what} signed by {ca} after its key was destroyed at {self._key_destroyed[ca]}"
+            )
+        elif ca in self._closed:
+            state, at = self._closed[ca]
+            self._flag("ca_closed", seq, f"{what} issued by {ca} after it was declared {state} at {at}")
+
+    def crl_findings(self, crls: dict[str, bytes | None], now: datetime, grace: timedelta) -> list[Finding]:
+        """Check every issuer's latest CRL (`crls`: its DER from the object store, None if missing):
+        its digest and signature, and that it lists every revocation older than `grace` before it.
+        A revocation within `grace` of the CRL (or of now, if no CRL followed it) is not judged: the
+        CRL publisher batches and may be a moment behind the log."""
+        found: list[Finding] = []
+        for issuer, revoked in sorted(self.revocations.items()):
+            latest = self.latest_crl.get(issuer)
+            listed: set[int] | None = None
+            if latest is not None:
+                listed, problem = _read_crl(crls.get(issuer), latest, self._cas.get(issuer, ""))
+                if problem is not None:
+                    found.append(Finding("crl", latest.stream_seq, f"CRL #{latest.crl_number} of {issuer}: {problem}"))
+                    continue
+            for r in revoked:
+                when = r.revoked_at or now
+                if latest is not None and r.stream_seq < latest.stream_seq and listed is not None:
+                    cutoff = (latest.this_update or now) - grace
+                    if when <= cutoff and int(r.serial, 16) not in listed:
+                        found.append(
+                            Finding(
+                                "crl",
+                                r.stream_seq,
+                                f"serial {r.serial} of {issuer} was revoked but "
+                                f"is not in its latest CRL #{latest.crl_number}",
+                            )
+                        )
+                elif when <= now - grace:
+                    found.append(
+                        Finding(
+                            "crl",
+                            r.stream_seq,
+                            f"serial {r.serial} of {issuer} was revoked but no CRL of {issuer} was published since",
+                        )
+                    )
+        return found
 
     def _flag(self, check: str, seq: int, detail: str) -> None:
         self.findings.append(Finding(check, seq, detail))
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _read_crl(der: bytes | None, latest: LatestCrl, issuer_pem: str) -> tuple[set[int] | None, str | None]:
+    """The serials a CRL lists, or why it cannot be trusted."""
+    if der is None:
+        return None, f"not in the object store ({latest.bucket}/{latest.name})"
+    if hashlib.sha256(der).hexdigest() != latest.sha256:
+        return None, "its bytes in the object store do not match the digest on the log"
+    try:
+        crl = x509.load_der_x509_crl(der)
+        issuer = x509.load_pem_x509_certificate(issuer_pem.encode())
+    except ValueError as exc:
+        return None, f"unreadable: {exc}"
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        return None, "not signed by its issuer"
+    return {entry.serial_number for entry in crl}, None
+
+
+def profile_problems(profile: Profile, data: dict[str, Any]) -> list[str]:
+    """Everything about an issued certificate (its DER, re-read) that its profile does not allow."""
+    try:
+        cert = x509.load_pem_x509_certificate(str(data.get("cert_pem", "")).encode())
+    except ValueError as exc:
+        return [f"the certificate cannot be parsed: {exc}"]
+    problems: list[str] = []
+    if f"{cert.serial_number:x}" != str(data.get("serial")):
+        problems.append(f"the certificate's serial is {cert.serial_number:x}, not the event's")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = x509.SubjectAlternativeName([])
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    emails = san.get_values_for_type(x509.RFC822Name)
+    if sorted(dns) != sorted(data.get("dns_names") or []):
+        problems.append(f"its DNS names {dns} are not the event's {data.get('dns_names')}")
+    problems += [r.message for r in names_problems(profile, dns, ips, emails)]
+    if (key := key_problem(profile, cert.public_key())) is not None:
+        problems.append(key.message)
+    span = cert.not_valid_after_utc - cert.not_valid_before_utc
+    if span > timedelta(days=profile.max_validity_days):
+        problems.append(f"it is valid for {span}, more than the profile's {profile.max_validity_days} days")
+    server, client = profile.ekus()
+    try:
+        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        ekus = set()
+    wanted = {ExtendedKeyUsageOID.SERVER_AUTH} if server else set()
+    wanted |= {ExtendedKeyUsageOID.CLIENT_AUTH} if client else set()
+    if ekus != wanted:
+        names = sorted(getattr(oid, "_name", oid.dotted_string) for oid in ekus)
+        problems.append(f"its extended key usages {names} are not the profile's usage {profile.usage!r}")
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            problems.append("it is a CA certificate")
+    except x509.ExtensionNotFound:
+        pass
+    return problems
 
 
 def check_all(rows: Iterable[tuple[int, bytes]]) -> Checker:

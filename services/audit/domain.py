@@ -59,3 +59,28 @@ def describe(subject: str, raw: bytes) -> Described:
         serial=printable(normalise_serial(serial)) if isinstance(serial, str) else None,
         cert_id=cert_id,
     )
+
+
+# Who acted, by the field each event type records it in (the first present wins).
+_ACTOR_FIELDS = (
+    "operator",
+    "approved_by",
+    "requested_by",
+    "rejected_by",
+    "declared_by",
+    "retired_by",
+    "applied_by",
+    "blocked_by",
+    "requester",
+)
+
+
+def actor(event: dict[str, Any]) -> str:
+    """Who did what an event records: the operator or requester it names, else the service that
+    published it (`signing` issued, `enrollment` approved by policy). Made printable."""
+    for name in _ACTOR_FIELDS:
+        value = event.get(name)
+        if isinstance(value, str) and value:
+            who = value if value != "policy" else f"{event.get('producer', '?')} (policy)"
+            return printable(who)
+    return printable(str(event.get("producer") or "?"))

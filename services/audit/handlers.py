@@ -11,14 +11,16 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import asyncpg
+import nats.js.errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
 
-from services.audit import checks, replay, store, verify
+from services.audit import checks, domain, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import normalise_serial
@@ -45,9 +47,12 @@ from shared.queries import (
     ReplayAnswer,
     ReplayProgress,
     ReplayQuery,
+    ReportAnswer,
+    ReportQuery,
     VerifyAnswer,
 )
 from shared.service import Runtime
+from shared.settings import AuditSettings
 
 NAME = "audit"
 log = logging.getLogger("certbus.audit")
@@ -56,10 +61,10 @@ LINTED = Counter(
 )
 
 
-def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool = True) -> None:
+def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -> None:
     """Attach audit's consumers and queries."""
     rt.publishes(CertificateLintFailed, AuditCheckpointSigned, AuditFindingRaised)
-    if lint_after_issuance:
+    if settings.lint_after_issuance:
         linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
 
         @rt.consumer("lint", [CertificateIssued.filter(rt.root)])
@@ -102,12 +107,22 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
     @rt.query("check")
     async def run_check() -> CheckAnswer:
         started = time.perf_counter()
-        checker = await check_archive(rt)
+        events, found = await check_archive(rt, settings.crl_check_grace_s)
         return CheckAnswer(
-            events=checker.events,
-            findings=[CheckFinding(check=f.check, stream_seq=f.stream_seq, detail=f.detail) for f in checker.findings],
+            events=events,
+            findings=[CheckFinding(check=f.check, stream_seq=f.stream_seq, detail=f.detail) for f in found],
             seconds=round(time.perf_counter() - started, 3),
         )
+
+    @rt.query("report")
+    async def run_report(query: ReportQuery) -> ReportAnswer:
+        started = time.perf_counter()
+        inventory = report.Inventory()
+        async with rt.pool.acquire() as conn:
+            async for row in store.archive_rows(conn):
+                inventory.add(row["stream_seq"], bytes(row["raw"]))
+        answer = report.summarise(inventory, query.now or rt.clock.now(), query.expiring_days, query.limit)
+        return answer.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
 
     @rt.query("verify")
     async def run_verify() -> VerifyAnswer:
@@ -135,21 +150,34 @@ def register(rt: Runtime, checkpointer: Checkpointer, lint_after_issuance: bool 
 FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted", "AuditFindingRaised"]
 
 
-async def check_archive(rt: Runtime) -> checks.Checker:
-    """Run the consistency checks over the whole archive, in log order."""
+async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[checks.Finding]]:
+    """Run the consistency checks over the whole archive, in log order, then check each issuer's
+    latest CRL (fetched from the object store) against the revocations before it."""
     checker = checks.Checker()
     async with rt.pool.acquire() as conn:
         async for row in store.archive_rows(conn):
             checker.add(row["stream_seq"], bytes(row["raw"]))
-    return checker
+    crls = {issuer: await _fetch(rt, crl.bucket, crl.name) for issuer, crl in checker.latest_crl.items()}
+    grace = timedelta(seconds=crl_grace_s)
+    return checker.events, checker.findings + checker.crl_findings(crls, rt.clock.now(), grace)
 
 
-async def raise_findings(rt: Runtime) -> int:
+async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
+    """An object's bytes, or None if the object store does not have it."""
+    try:
+        store_ = await rt.js.object_store(bucket)
+        result = await store_.get(name)
+    except (nats.js.errors.NotFoundError, nats.js.errors.BadObjectMetaError, nats.js.errors.DigestMismatchError):
+        return None
+    return bytes(result.data or b"")
+
+
+async def raise_findings(rt: Runtime, crl_grace_s: float) -> int:
     """The scheduled run: publish each finding not raised before as AuditFindingRaised."""
-    checker = await check_archive(rt)
+    _, found = await check_archive(rt, crl_grace_s)
     entries = []
     async with rt.pool.acquire() as conn, conn.transaction():
-        for f in checker.findings:
+        for f in found:
             if not await store.new_finding(conn, f.check, f.stream_seq, f.detail, rt.clock.now()):
                 continue
             log.error("consistency check failed", extra={"check": f.check, "seq": f.stream_seq, "detail": f.detail})
@@ -168,13 +196,15 @@ async def raise_findings(rt: Runtime) -> int:
 
 
 def _entry(row: asyncpg.Record) -> HistoryEntry:
+    event = json.loads(bytes(row["raw"]))
     return HistoryEntry(
         stream_seq=row["stream_seq"],
         event_type=row["event_type"],
         subject=row["subject"],
         producer=row["producer"] or "?",
+        actor=domain.actor(event) if isinstance(event, dict) else "?",
         occurred_at=row["occurred_at"],
-        event=json.loads(bytes(row["raw"])),
+        event=event,
     )
 
 

@@ -22,12 +22,13 @@ from shared.cli import provisioner
 from shared.cli.audit_views import print_replay, print_verify, replay_failed
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run
 from shared.cli.policy import key_app, profile_app, provisioner_app
+from shared.cli.report import audit_report
 from shared.cli.requests import approve, reject, requests_app
 from shared.client import SERVICES, CertbusClient, Unreachable
 from shared.crypto import KEY_TYPES, build_csr, generate_key, key_pem
 from shared.events import utcnow
 from shared.queries import ReplayProgress
-from shared.reasons import REASONS
+from shared.reasons import REASONS, printable
 from shared.tokens import create_token
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.add_typer(requests_app, name="requests")
 app.add_typer(audit_app, name="audit")
 app.command()(approve)
 app.command()(reject)
+audit_app.command("report")(audit_report)
 
 
 def _parse_ttl(text: str) -> timedelta:
@@ -255,17 +257,31 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(answer.model_dump(mode="json"))
     else:
-        table = Table("seq", "event", "producer", "when (UTC)", "detail")
+        table = Table("seq", "when (UTC)", "event", "who", "by service", "detail")
         for e in answer.events:
-            detail = e.event.get("reason") or e.event.get("requested_by") or e.event.get("requester") or ""
-            if isinstance(detail, dict):
-                detail = detail.get("code", "")
-            table.add_row(
-                str(e.stream_seq), e.event_type, e.producer, f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", str(detail)
-            )
+            when = f"{e.occurred_at:%Y-%m-%d %H:%M:%S}"
+            table.add_row(str(e.stream_seq), when, e.event_type, e.actor, e.producer, history_detail(e.event))
         out.print(table)
     if not answer.events:
         raise typer.Exit(EXIT_REFUSED)
+
+
+def history_detail(event: dict[str, Any]) -> str:
+    """The few facts of a history event worth a column: names, profile, serial, reason."""
+    parts = []
+    if names := event.get("dns_names"):
+        parts.append(", ".join(map(str, names[:3])) + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
+    for key in ("profile", "issuer_id", "serial", "provisioner_id"):
+        if isinstance(event.get(key), str):
+            parts.append(f"{key.removesuffix('_id')} {event[key]}")
+    if event.get("not_after"):
+        parts.append(f"until {str(event['not_after'])[:10]}")
+    reason = event.get("reason")
+    if isinstance(reason, dict):
+        reason = reason.get("code")
+    if reason:
+        parts.append(f"reason {reason}")
+    return printable("; ".join(parts))
 
 
 @audit_app.command("findings")

@@ -142,7 +142,14 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
 
     history = certbus(h, "audit", "history", serial_a, "--json")
     assert history.returncode == 0, history.stderr
-    types = [e["event_type"] for e in json.loads(history.stdout)["events"]]
+    events = json.loads(history.stdout)["events"]
+    types = [e["event_type"] for e in events]
+    # Who did what: the requester asked, policy approved, signing issued, the revoker is named twice.
+    actors = [e["actor"] for e in events]
+    assert actors[:3] == [events[0]["event"]["requester"], "enrollment (policy)", "signing"]
+    assert actors[3] == actors[4] == events[3]["event"]["requested_by"]
+    table = run_cli({**h.env("validation"), "COLUMNS": "250"}, "audit", "history", serial_a)
+    assert table.returncode == 0 and "enrollment (policy)" in table.stdout and "keyCompromise" in table.stdout
     assert types == [
         "EnrollmentRequested",
         "EnrollmentApproved",

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from subprocess import PIPE
+from typing import Any
 
 import asyncpg
 import nats
@@ -265,3 +267,45 @@ async def _offline(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode is not None
     return subprocess.CompletedProcess(list(args), proc.returncode, stdout.decode(), stderr.decode())
+
+
+async def _findings(h: Harness, check: str, until: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """Run `certbus audit check --json` until the findings of `check` satisfy `until`."""
+    found: list[dict[str, Any]] = []
+    for _ in range(50):
+        result = await h.cli("audit", "check", "--json")
+        found = [f for f in json.loads(result.stdout)["findings"] if f["check"] == check]
+        if until(found):
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{check} findings never settled: {found}")
+
+
+async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harness) -> None:
+    """Signing is down when a certificate is revoked, so no CRL lists it: once the grace has passed
+    the check reports it; when signing is back and publishes a CRL the finding is gone. A CRL whose
+    bytes in the object store were replaced is reported too."""
+    harness.overrides["audit"] = {"crl_check_grace_s": 0.5}
+    await harness.start()
+    await harness.register_provisioner()
+    await harness.apply_profiles()
+    issued = await harness.enroll("crl-check.corp.internal")
+    await harness.stop("signing")
+    async with harness.client() as c:
+        await c.revoke(issued.serial, "keyCompromise")
+    await asyncio.sleep(0.6)
+    missing = await _findings(harness, "crl", bool)
+    assert issued.serial in missing[0]["detail"] and "no CRL" in missing[0]["detail"]
+
+    await harness.start("signing")
+    await _findings(harness, "crl", lambda found: not found)
+    crl_events = await harness.stream_messages(f"{harness.root}.ca.*.crl_published")
+    latest = json.loads(crl_events[-1].data)
+    nc = await nats.connect(harness.nats_url)
+    try:
+        bucket = await nc.jetstream().object_store(latest["object_bucket"])
+        await bucket.put(latest["object_name"], b"not the CRL that was signed")
+    finally:
+        await nc.close()
+    altered = await _findings(harness, "crl", bool)
+    assert "do not match the digest" in altered[0]["detail"]

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
-from services.audit.checks import check_all
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pki_builders import NOW, issue_leaf, make_profile
+from services.audit.checks import Checker, check_all
+from services.signing import domain as signing
+from shared.crypto import PrivateKey
+from shared.profiles import Profile
 
 
 def _e(kind: str, producer: str, **fields: Any) -> bytes:
@@ -64,3 +74,169 @@ def test_a_serial_issued_twice_by_one_issuer_is_found() -> None:
 
 def test_a_revocation_of_a_certificate_never_issued_is_found() -> None:
     assert _checks(CA, _e("CertificateRevoked", "revocation", serial="zz", issuer_id="ca1")) == [("revoked_unknown", 2)]
+
+
+# --- a CA after compromise, retirement and key destruction -------------------------------------
+
+
+def _crl_event(ca: str = "ca1", number: int = 1, **fields: Any) -> bytes:
+    return _e("CrlPublished", "signing", ca_id=ca, crl_number=number, **fields)
+
+
+def test_a_certificate_issued_after_its_ca_was_declared_compromised_is_found() -> None:
+    compromised = _e("CaCompromised", "operator", ca_id="ca1", reason="key leaked", declared_by="alice")
+    log = [CA, _approve("r1"), _issue("r1", "a1"), compromised, _approve("r2"), _issue("r2", "a2")]
+    assert _checks(*log) == [("ca_closed", 6)]
+    assert "declared compromised at 4" in check_all(enumerate(log, start=1)).findings[0].detail
+
+
+def test_a_retired_ca_may_publish_a_final_crl_but_nothing_once_its_key_is_destroyed() -> None:
+    retired = _e("CaRetired", "operator", ca_id="ca1", reason="rotated", retired_by="alice")
+    destroyed = _e("CaKeyDestroyed", "signing", ca_id="ca1", spki_sha256="00" * 32)
+    log = [CA, retired, _crl_event(number=9), destroyed, _crl_event(number=10), _approve("r1"), _issue("r1", "a1")]
+    assert _checks(*log) == [("ca_closed", 5), ("ca_closed", 7)]
+
+
+def test_a_crl_signed_after_compromise_is_found_and_a_forged_compromise_counts_for_nothing() -> None:
+    forged = _e("CaCompromised", "requester", ca_id="ca1", reason="x", declared_by="mallory")
+    real = _e("CaCompromised", "operator", ca_id="ca1", reason="x", declared_by="alice")
+    log = [CA, forged, _approve("r1"), _issue("r1", "a1"), real, _crl_event()]
+    assert _checks(*log) == [("producer", 2), ("ca_closed", 6)]
+
+
+# --- re-linting each certificate against the profile version its approval names ----------------
+
+
+def _applied(profile: Profile) -> bytes:
+    return _e("ProfileApplied", "operator", profile=profile.model_dump(mode="json"), digest=profile.digest())
+
+
+def _issued_cert(request: str, cert: x509.Certificate, dns_names: list[str] | None = None) -> bytes:
+    return _e(
+        "CertificateIssued",
+        "signing",
+        aggregate_id=request,
+        serial=f"{cert.serial_number:x}",
+        issuer_id="ca1",
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        dns_names=dns_names if dns_names is not None else ["web.corp.internal"],
+    )
+
+
+def _approved_under(request: str, profile: Profile) -> bytes:
+    return _e("EnrollmentApproved", "enrollment", aggregate_id=request, profile_digest=profile.digest())
+
+
+def test_a_certificate_its_profile_allows_has_no_finding(issuing: signing.CaIdentity, issuing_key: PrivateKey) -> None:
+    profile = make_profile()
+    cert = issue_leaf(issuing, issuing_key, ["web.corp.internal"], validity_days=30, profile=profile)
+    assert _checks(CA, _applied(profile), _approved_under("r1", profile), _issued_cert("r1", cert)) == []
+
+
+def test_a_certificate_its_profile_does_not_allow_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    """Issued under a broad profile version, but its approval names a narrow one: the names, the
+    lifetime and the usages are each reported, read from the certificate itself."""
+    broad = make_profile(usage="both", dns_suffixes=["corp.internal", "evil.example"], max_validity_days=200)
+    narrow = make_profile(dns_suffixes=["example.internal"], max_validity_days=30)
+    cert = issue_leaf(issuing, issuing_key, ["web.evil.example"], validity_days=200, profile=broad)
+    log = [CA, _applied(narrow), _approved_under("r1", narrow), _issued_cert("r1", cert, ["web.evil.example"])]
+    findings = check_all(enumerate(log, start=1)).findings
+    details = " | ".join(f.detail for f in findings)
+    assert {(f.check, f.stream_seq) for f in findings} == {("profile", 4)}
+    assert "web.evil.example" in details and "200 days" in details and "extended key usages" in details
+
+
+def test_a_certificate_whose_event_lies_about_its_names_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    profile = make_profile()
+    cert = issue_leaf(issuing, issuing_key, ["web.corp.internal"], validity_days=30, profile=profile)
+    log = [CA, _applied(profile), _approved_under("r1", profile), _issued_cert("r1", cert, ["other.corp.internal"])]
+    assert _checks(*log) == [("profile", 4)]
+
+
+def test_an_approval_under_a_profile_version_never_applied_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    profile = make_profile()
+    cert = issue_leaf(issuing, issuing_key, ["web.corp.internal"], validity_days=30, profile=profile)
+    findings = check_all(enumerate([CA, _approved_under("r1", profile), _issued_cert("r1", cert)], start=1)).findings
+    assert [(f.check, f.stream_seq) for f in findings] == [("profile", 3)]
+    assert "never applied" in findings[0].detail
+
+
+# --- every revoked certificate in its issuer's latest CRL --------------------------------------
+
+GRACE = timedelta(seconds=60)
+
+
+def _crl_log(
+    issuing: signing.CaIdentity, der: bytes, revoked_at: datetime, this_update: datetime
+) -> tuple[Checker, list[bytes]]:
+    ca = _e(
+        "CaCreated", "signing", ca_id="ca1", cert_pem=issuing.cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    revoke = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1", revoked_at=revoked_at.isoformat())
+    crl = _crl_event(
+        this_update=this_update.isoformat(),
+        object_bucket="crls",
+        object_name="ca1.crl",
+        sha256=hashlib.sha256(der).hexdigest(),
+    )
+    log = [ca, _approve("r1"), _issue("r1", "a1"), _approve("r2"), _issue("r2", "b2"), revoke, crl]
+    return check_all(enumerate(log, start=1)), log
+
+
+def _signed_crl(issuing: signing.CaIdentity, key: PrivateKey, serials: list[int], at: datetime) -> bytes:
+    entries = [signing.RevokedEntry(s, at, "keyCompromise") for s in serials]
+    crl = signing.crl(issuing, key, 1, entries, at, at + timedelta(days=1))
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_crl_listing_every_revocation_has_no_finding(issuing: signing.CaIdentity, issuing_key: PrivateKey) -> None:
+    der = _signed_crl(issuing, issuing_key, [0xA1], NOW)
+    checker, _ = _crl_log(issuing, der, NOW - timedelta(minutes=5), NOW)
+    assert checker.crl_findings({"ca1": der}, NOW + timedelta(hours=1), GRACE) == []
+
+
+def test_a_revocation_missing_from_the_latest_crl_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    der = _signed_crl(issuing, issuing_key, [0xB2], NOW)  # lists the other certificate, not a1
+    checker, _ = _crl_log(issuing, der, NOW - timedelta(minutes=5), NOW)
+    found = checker.crl_findings({"ca1": der}, NOW + timedelta(hours=1), GRACE)
+    assert [(f.check, f.stream_seq) for f in found] == [("crl", 6)]
+    assert "not in its latest CRL #1" in found[0].detail
+
+
+def test_a_revocation_just_before_the_crl_is_not_judged_yet(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    der = _signed_crl(issuing, issuing_key, [], NOW)
+    checker, _ = _crl_log(issuing, der, NOW - timedelta(seconds=1), NOW)
+    assert checker.crl_findings({"ca1": der}, NOW + timedelta(hours=1), GRACE) == []
+
+
+def test_a_crl_that_is_missing_altered_or_signed_by_another_key_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    good = _signed_crl(issuing, issuing_key, [0xA1], NOW)
+    checker, _ = _crl_log(issuing, good, NOW - timedelta(minutes=5), NOW)
+    later = NOW + timedelta(hours=1)
+    assert "not in the object store" in checker.crl_findings({}, later, GRACE)[0].detail
+    altered = good[:-1] + bytes([good[-1] ^ 1])
+    assert "do not match the digest" in checker.crl_findings({"ca1": altered}, later, GRACE)[0].detail
+    forged = _signed_crl(issuing, ec.generate_private_key(ec.SECP256R1()), [0xA1], NOW)
+    checker, _ = _crl_log(issuing, forged, NOW - timedelta(minutes=5), NOW)
+    assert "not signed by its issuer" in checker.crl_findings({"ca1": forged}, later, GRACE)[0].detail
+
+
+def test_a_revocation_with_no_crl_after_it_is_found_once_the_grace_has_passed() -> None:
+    revoke = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1", revoked_at=NOW.isoformat())
+    checker = check_all(enumerate([CA, _approve("r1"), _issue("r1", "a1"), revoke], start=1))
+    assert checker.crl_findings({}, NOW + timedelta(seconds=10), GRACE) == []
+    found = checker.crl_findings({}, NOW + timedelta(minutes=5), GRACE)
+    assert [(f.check, f.stream_seq) for f in found] == [("crl", 4)]
+    assert "no CRL of ca1 was published since" in found[0].detail

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.audit.domain import GENESIS, canonical, describe, link
+from services.audit.domain import GENESIS, actor, canonical, describe, link
 
 EVENTS = [
     (1, "pki.cert.req-1.requested", b'{"event_type": "EnrollmentRequested", "n": 1}'),
@@ -126,3 +126,12 @@ def test_describe_of_malformed_payload_is_malformed(raw: bytes) -> None:
 
 def test_describe_of_deeply_nested_payload_is_malformed() -> None:
     assert describe("pki.cert.req-1.issued", b"[" * 100_000).event_type == "malformed"
+
+
+def test_the_actor_is_the_person_named_else_the_service() -> None:
+    assert actor({"producer": "requester", "requester": "alice"}) == "alice"
+    assert actor({"producer": "enrollment", "requester": "alice", "approved_by": "policy"}) == ("enrollment (policy)")
+    assert actor({"producer": "enrollment", "requester": "alice", "approved_by": "bob"}) == "bob"
+    assert actor({"producer": "operator", "operator": "carol"}) == "carol"
+    assert actor({"producer": "signing", "serial": "ab"}) == "signing"
+    assert actor({"producer": "requester", "requested_by": "eve\x00\x1b[2J"}) == "eve\\x00\\x1b[2J"

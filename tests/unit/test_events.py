@@ -17,7 +17,10 @@ from shared.events import (
     ApprovalGranted,
     AuditCheckpointSigned,
     AuditFindingRaised,
+    CaCompromised,
     CaCreated,
+    CaKeyDestroyed,
+    CaRetired,
     CertificateIssued,
     CertificateLintFailed,
     CertificateRevoked,
@@ -174,6 +177,13 @@ SAMPLES: dict[type[Event], Event] = {
         sha256="33" * 32,
         size=512,
     ),
+    CaCompromised: CaCompromised(
+        **ENVELOPE, producer="operator", ca_id="issuing-1", reason="key copied off the HSM", declared_by="alice"
+    ),
+    CaRetired: CaRetired(**ENVELOPE, producer="operator", ca_id="issuing-1", reason="rotated", retired_by="alice"),
+    CaKeyDestroyed: CaKeyDestroyed(
+        **ENVELOPE, producer="signing", ca_id="issuing-1", spki_sha256="22" * 32, destroyed_at=NOW, final_crl_number=8
+    ),
     CertificateLintFailed: CertificateLintFailed(
         **ENVELOPE,
         producer="audit",
@@ -294,6 +304,8 @@ def test_events_get_distinct_random_ids() -> None:
         (ApprovalGranted, "pki.cert.req-1.granted"),
         (ApprovalDenied, "pki.cert.req-1.denied"),
         (CertificateLintFailed, "pki.finding.req-1.lint_failed"),
+        (CaCompromised, "pki.ca.req-1.compromised"),
+        (CaKeyDestroyed, "pki.ca.req-1.key_destroyed"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else v,
 )
