@@ -8,6 +8,7 @@ async with CertbusClient() as cb:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import uuid
@@ -25,7 +26,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel
 
-from shared.crypto import normalise_serial
+from shared.crypto import PrivateKey, normalise_serial, sign_message
 from shared.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -37,9 +38,11 @@ from shared.events import (
     Event,
     ProfileApplied,
     ProfileLinted,
+    RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
     parse_event,
+    revocation_message,
     utcnow,
 )
 from shared.profiles import Profile
@@ -128,7 +131,7 @@ def enrollment_request(
 
 
 def operator_envelope(aggregate_id: str, correlation_id: str) -> dict[str, Any]:
-    """The envelope fields of an event an operator publishes (policy, approvals, key blocks)."""
+    """The envelope fields of an event an operator publishes (policy, approvals, key blocks, revocations)."""
     return {
         "aggregate_id": aggregate_id,
         "occurred_at": utcnow(),
@@ -336,25 +339,61 @@ class CertbusClient:
         """Every provisioner and its status."""
         return await self._ask("enrollment", "provisioners", None, ProvisionersAnswer)
 
-    async def revoke(self, serial: str, reason: str, timeout: float = 15.0) -> CertificateRevoked:
-        """Ask for a certificate to be revoked; returns the revoked event or raises Rejected."""
+    async def revoke(
+        self, serial: str, reason: str, timeout: float = 15.0, *, key: PrivateKey | None = None
+    ) -> CertificateRevoked:
+        """Ask, as the certificate's holder, for it to be revoked; returns the revoked event or raises Rejected.
+
+        `key` is the certificate's private key: it signs the request (this request id, serial and
+        reason), which is how revocation knows the holder asks. Without it the request is refused
+        (`not_authorised`); an operator uses `revoke_as_operator`.
+        """
         request_id = str(uuid.uuid4())
-        root = self.settings.subject_root
+        serial = normalise_serial(serial)
+        proof = None
+        if key is not None:
+            proof = base64.b64encode(sign_message(key, revocation_message(request_id, serial, reason))).decode()
         request = RevocationRequested(
             aggregate_id=request_id,
             occurred_at=utcnow(),
             correlation_id=request_id,
             producer="requester",
-            serial=normalise_serial(serial),
+            serial=serial,
             reason=reason,
             requested_by=self.requester,
+            proof=proof,
         )
-        # Revocations are public (every CRL lists them): watch them all, keep the one that answers us.
+        return await self._revocation(request, timeout)
+
+    async def revoke_as_operator(
+        self, serial: str, reason: str, operator: str, timeout: float = 15.0
+    ) -> CertificateRevoked:
+        """Order, as `operator` (recorded on the revocation), a certificate revoked; raises Rejected if refused.
+
+        NATS lets only the operator user publish orders: connect with the operator's credentials.
+        """
+        request_id = str(uuid.uuid4())
+        order = RevocationOrdered(
+            **operator_envelope(request_id, request_id),
+            serial=normalise_serial(serial),
+            reason=reason,
+            operator=operator,
+        )
+        return await self._revocation(order, timeout)
+
+    async def _revocation(self, request: RevocationRequested | RevocationOrdered, timeout: float) -> CertificateRevoked:
+        """Publish a revocation request or order and wait until validation shows the certificate revoked."""
+        request_id, root = request.aggregate_id, self.settings.subject_root
+        # Revocations are public (every CRL lists them): watch them all, keep the one that answers us
+        # (a keyCompromise revocation also revokes the key's other certificates under the same request id).
         result = await self._await_outcome(
             [f"{root}.revoke.{request_id}.rejected", f"{root}.cert.*.revoked"],
             request,
             timeout,
-            accept=lambda e: not isinstance(e, CertificateRevoked) or e.revocation_request_id == request_id,
+            accept=lambda e: (
+                not isinstance(e, CertificateRevoked)
+                or (e.revocation_request_id == request_id and e.serial == request.serial)
+            ),
         )
         if isinstance(result, RevocationRejected):
             raise Rejected([result.reason])

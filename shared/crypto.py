@@ -7,8 +7,9 @@ import ipaddress
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519"]
@@ -32,13 +33,56 @@ def generate_key(key_type: KeyType) -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r}: choose one of {', '.join(KEY_TYPES)}")
 
 
-def signing_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
-    """The hash to sign with for `key` (None for Ed25519, which hashes internally)."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+def signing_hash(key: PrivateKey | PublicKey) -> hashes.SHA256 | hashes.SHA384 | None:
+    """The hash to sign (or verify) with for `key` (None for Ed25519, which hashes internally)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
         return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
+
+
+def sign_message(key: PrivateKey, message: bytes) -> bytes:
+    """`key`'s signature over `message`: ECDSA with the curve's hash, Ed25519, or RSA PKCS#1 v1.5 SHA-256."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(message)
+    digest = signing_hash(key)
+    assert digest is not None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(message, ec.ECDSA(digest))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(message, padding.PKCS1v15(), digest)
+    raise TypeError(f"cannot sign with a {type(key).__name__}: use an EC, Ed25519 or RSA key")
+
+
+def verify_message(public_key: PublicKey, signature: bytes, message: bytes) -> bool:
+    """Whether `signature` is `public_key`'s signature over `message` (the algorithm `sign_message` uses)."""
+    digest = signing_hash(public_key)
+    try:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, message)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey) and digest is not None:
+            public_key.verify(signature, message, ec.ECDSA(digest))
+        elif isinstance(public_key, rsa.RSAPublicKey) and digest is not None:
+            public_key.verify(signature, message, padding.PKCS1v15(), digest)
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def spki_der(public_key: PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a public key."""
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_spki(der: bytes) -> PublicKey:
+    """A public key from DER SubjectPublicKeyInfo; ValueError if it is not an EC, Ed25519 or RSA key."""
+    key = serialization.load_der_public_key(der)
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        raise ValueError(f"unsupported public key type {type(key).__name__}")
+    return key
 
 
 def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
@@ -68,8 +112,7 @@ def build_csr(
 
 def spki_sha256(public_key: PublicKey) -> str:
     """Hex SHA-256 of the SubjectPublicKeyInfo (the key's stable identity)."""
-    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
+    return hashlib.sha256(spki_der(public_key)).hexdigest()
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:

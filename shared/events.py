@@ -273,13 +273,22 @@ class CertificateRevoked(Event):
     revoked_at: datetime
     revocation_request_id: str
     requested_by: str
+    # What authorised it: the holder's proof, an operator's order, or (for the other certificates
+    # with a compromised key) a keyCompromise revocation; `ca_compromise` is kept for revocations
+    # that follow a CA's compromise. None on events from before it was recorded.
+    authorised_by: Literal["holder", "operator", "key_compromise", "ca_compromise"] | None = None
 
 
 # --- revocation requests --------------------------------------------------------------------
 
 
 class RevocationRequested(Event):
-    """Someone asks for a certificate, named by serial, to be revoked."""
+    """A certificate's holder asks for it, named by serial, to be revoked.
+
+    `proof` is the base64 signature, made with the certificate's private key, over
+    `revocation_message(aggregate_id, serial, reason)`; without a valid one the request is refused
+    (an operator revokes with `RevocationOrdered` instead).
+    """
 
     aggregate: ClassVar[str] = "revoke"
     verb: ClassVar[str] = "requested"
@@ -288,6 +297,19 @@ class RevocationRequested(Event):
     serial: str
     reason: str
     requested_by: str
+    proof: str | None = None
+
+
+class RevocationOrdered(Event):
+    """An operator orders a certificate, named by serial, revoked (NATS lets only operators publish it)."""
+
+    aggregate: ClassVar[str] = "revoke"
+    verb: ClassVar[str] = "ordered"
+    event_type: Literal["RevocationOrdered"] = "RevocationOrdered"
+
+    serial: str
+    reason: str
+    operator: str
 
 
 class RevocationRejected(Event):
@@ -435,6 +457,11 @@ class AuditCheckpointSigned(Event):
         return checkpoint_message(stream, self.stream_seq, self.chain_hash, self.signed_at)
 
 
+def revocation_message(request_id: str, serial: str, reason: str) -> bytes:
+    """What a holder signs to ask for a revocation: this request, this (normalised) serial, this reason."""
+    return f"certbus-revocation-v1|{request_id}|{serial}|{reason}".encode()
+
+
 def checkpoint_message(stream: str, seq: int, chain_hash: str, signed_at: datetime) -> bytes:
     """What an audit checkpoint signs: the stream, the position, the chain hash and the time."""
     return f"certbus-audit-checkpoint-v1|{stream}|{seq}|{chain_hash}|{signed_at.isoformat()}".encode()
@@ -456,6 +483,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CertificateIssued,
     CertificateRevoked,
     RevocationRequested,
+    RevocationOrdered,
     RevocationRejected,
     CaCreated,
     CrlPublished,
@@ -483,6 +511,7 @@ AnyEvent = Annotated[
     | CertificateIssued
     | CertificateRevoked
     | RevocationRequested
+    | RevocationOrdered
     | RevocationRejected
     | CaCreated
     | CrlPublished
@@ -512,6 +541,7 @@ PRODUCERS: dict[str, str] = {
     "CertificateIssued": "signing",
     "CertificateRevoked": "revocation",
     "RevocationRequested": "requester",
+    "RevocationOrdered": "operator",
     "RevocationRejected": "revocation",
     "CaCreated": "signing",
     "CrlPublished": "signing",

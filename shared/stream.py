@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -56,3 +59,19 @@ async def ensure_object_store(js: JetStreamContext, settings: CommonSettings) ->
                 replicas=settings.stream_replicas,
             ),
         )
+
+
+async def ensure_consumer_filters(js: JetStreamContext, stream: str, durable: str, filters: Sequence[str]) -> None:
+    """Give an existing durable consumer exactly `filters`, keeping its position and the rest of its config.
+
+    A pull subscriber binds to an existing durable as it is, so a release whose service consumes a
+    new event type would otherwise never receive it.
+    """
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return  # the subscriber creates it with these filters
+    config = info.config
+    current = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+    if set(current) != set(filters):
+        await js.add_consumer(stream, config=replace(config, filter_subject=None, filter_subjects=list(filters)))

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
-from shared.crypto import normalise_serial
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from shared.crypto import load_spki, normalise_serial, verify_message
+from shared.events import revocation_message
 from shared.reasons import Reason, reason_flag
 
-__all__ = ["Known", "decide", "normalise_serial"]
+__all__ = ["Ask", "Known", "compromised_by", "decide", "holder_proof_valid", "normalise_serial", "public_key_of"]
+
+Authority = Literal["holder", "operator"]
+AuthorisedBy = Literal["holder", "operator", "key_compromise", "ca_compromise"]
+HOW_TO_ASK = (
+    "sign the request with the certificate's private key (`certbus revoke SERIAL --key key.pem`, "
+    "or `revoke(serial, reason, key=...)` in the SDK), or ask an operator (`certbus revoke SERIAL --operator NAME`)"
+)
 
 
 @dataclass(frozen=True)
@@ -19,16 +34,89 @@ class Known:
     issuer_id: str
     status: str
     spki_sha256: str | None = None
+    spki_der: bytes | None = None
 
 
-def decide(serial: str, reason: str, known: Known | None) -> Known | Reason:
-    """The certificate to revoke, or why the request is refused."""
+@dataclass(frozen=True)
+class Ask:
+    """A revocation request as revocation judges it: who asks, with what authority and proof."""
+
+    request_id: str
+    serial: str
+    reason: str
+    by: str
+    authority: Authority
+    proof: str | None = None
+
+
+def decide(ask: Ask, known: Known | None) -> Known | Reason:
+    """The certificate to revoke, or why the request is refused.
+
+    The reason is checked first, then that the serial was issued, then who asks (the holder's proof
+    or an operator), and last the certificate's state.
+    """
     try:
-        reason_flag(reason)
+        reason_flag(ask.reason)
     except ValueError as exc:
         return Reason(code="reason_invalid", message=str(exc))
     if known is None:
-        return Reason(code="serial_unknown", message=f"no certificate with serial {serial} was issued by Certbus")
+        return Reason(code="serial_unknown", message=f"no certificate with serial {ask.serial} was issued by Certbus")
+    if ask.authority == "holder":
+        refused = _holder_refused(ask, known)
+        if refused is not None:
+            return refused
     if known.status == "revoked":
-        return Reason(code="already_revoked", message=f"certificate {serial} is already revoked")
+        return Reason(code="already_revoked", message=f"certificate {ask.serial} is already revoked")
     return known
+
+
+def _holder_refused(ask: Ask, known: Known) -> Reason | None:
+    """Why a holder's request is not authorised, or None if its proof holds."""
+    if ask.reason == "cACompromise":
+        return Reason(
+            code="not_authorised",
+            message="only an operator may revoke for cACompromise (`certbus revoke SERIAL --operator NAME`)",
+        )
+    if not ask.proof:
+        return Reason(
+            code="not_authorised",
+            message=f"the request for {ask.serial} carries no proof that it comes from the holder: {HOW_TO_ASK}",
+        )
+    if known.spki_der is None:
+        return Reason(
+            code="not_authorised",
+            message=f"certificate {ask.serial} was learnt before revocation kept public keys, so a holder's proof "
+            "cannot be checked: ask an operator (`certbus revoke SERIAL --operator NAME`)",
+        )
+    if not holder_proof_valid(known.spki_der, ask.proof, revocation_message(ask.request_id, ask.serial, ask.reason)):
+        return Reason(
+            code="not_authorised",
+            message=f"the proof is not certificate {ask.serial}'s key's signature over this request "
+            f"(request id, serial and reason): {HOW_TO_ASK}",
+        )
+    return None
+
+
+def compromised_by(serial: str) -> str:
+    """Who revokes the other certificates of a key revoked for keyCompromise with certificate `serial`."""
+    return f"revocation (key of {serial} compromised)"
+
+
+def holder_proof_valid(public_key_der: bytes, proof: str, message: bytes) -> bool:
+    """Whether `proof` (base64) is the signature over `message` by the key in `public_key_der`."""
+    try:
+        signature = base64.b64decode(proof, validate=True)
+        key = load_spki(public_key_der)
+    except (binascii.Error, ValueError):
+        return False
+    return verify_message(key, signature, message)
+
+
+def public_key_of(cert_pem: str) -> tuple[bytes, str] | None:
+    """A certificate's SubjectPublicKeyInfo (DER) and its SHA-256 (hex), or None if it cannot be read."""
+    try:
+        key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+    except ValueError:
+        return None
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der, hashlib.sha256(der).hexdigest()

@@ -1,6 +1,9 @@
-"""Revocation's subscriber: learns issued certificates, decides revocation requests."""
+"""Revocation's subscriber: learns issued certificates, decides revocation requests and orders."""
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 from faststream.nats.annotations import NatsMessage
@@ -12,6 +15,7 @@ from shared.events import (
     CertificateRevoked,
     Event,
     KeyBlocked,
+    RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
 )
@@ -20,6 +24,12 @@ from shared.reasons import printable
 from shared.service import Runtime
 
 NAME = "revocation"
+CONSUMED: tuple[type[Event], ...] = (CertificateIssued, RevocationRequested, RevocationOrdered)
+
+
+def filters(root: str) -> list[str]:
+    """The subjects of everything revocation consumes."""
+    return [event_type.filter(root) for event_type in CONSUMED]
 
 
 def register(rt: Runtime) -> None:
@@ -28,58 +38,130 @@ def register(rt: Runtime) -> None:
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         if isinstance(event, CertificateIssued):
-            await store.add_certificate(conn, event)
-            return []
-        if isinstance(event, RevocationRequested):
+            return await _learn(conn, rt, event)
+        if isinstance(event, RevocationRequested | RevocationOrdered):
             return await _decide(conn, rt, event)
         raise EventRejected(f"revocation does not consume {event.event_type}")
 
     requests = rt.group_commit("requests", apply)
 
-    @rt.consumer("requests", [CertificateIssued.filter(rt.root), RevocationRequested.filter(rt.root)])
-    async def on_event(event: CertificateIssued | RevocationRequested, msg: NatsMessage) -> None:
+    @rt.consumer("requests", filters(rt.root))
+    async def on_event(event: CertificateIssued | RevocationRequested | RevocationOrdered, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
 
 
-async def _decide(conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested) -> list[OutboxEntry]:
+def _envelope(cause: Event, now: datetime) -> dict[str, Any]:
+    return {
+        "occurred_at": now,
+        "correlation_id": cause.correlation_id,
+        "causation_id": str(cause.event_id),
+        "producer": NAME,
+    }
+
+
+async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssued) -> list[OutboxEntry]:
+    """Keep a certificate and its public key; revoke it at once if that key was revoked for keyCompromise
+    (approved before the key was blocked, issued after)."""
+    now = rt.clock.now()
+    key = domain.public_key_of(issued.cert_pem)
+    spki_der, spki_sha256 = key if key is not None else (None, issued.spki_sha256)
+    if not await store.add_certificate(conn, issued, spki_sha256, spki_der):
+        return []
+    compromise = await store.compromised_by(conn, spki_sha256)
+    if compromise is None or issued.not_after <= now:
+        return []
+    serial, request_id = compromise
+    cert = domain.Known(issued.serial, issued.aggregate_id, issued.issuer_id, "good", spki_sha256, spki_der)
+    by = domain.compromised_by(serial)
+    return [await _revoke_one(conn, rt, cert, "keyCompromise", request_id, by, "key_compromise", issued, now)]
+
+
+def _ask(request: RevocationRequested | RevocationOrdered, serial: str) -> domain.Ask:
+    if isinstance(request, RevocationOrdered):
+        return domain.Ask(request.aggregate_id, serial, request.reason, printable(request.operator), "operator")
+    return domain.Ask(
+        request.aggregate_id, serial, request.reason, printable(request.requested_by), "holder", request.proof
+    )
+
+
+async def _decide(
+    conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested | RevocationOrdered
+) -> list[OutboxEntry]:
     now = rt.clock.now()
     # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
     serial = printable(domain.normalise_serial(request.serial))
-    outcome = domain.decide(serial, request.reason, await store.find(conn, serial))
-    envelope = {
-        "occurred_at": now,
-        "correlation_id": request.correlation_id,
-        "causation_id": str(request.event_id),
-        "producer": NAME,
-    }
-    result: Event
-    extra: list[OutboxEntry] = []
+    ask = _ask(request, serial)
+    outcome = domain.decide(ask, await store.find(conn, serial))
     if isinstance(outcome, domain.Known):
-        result = CertificateRevoked(
-            aggregate_id=outcome.cert_id,
-            serial=serial,
-            issuer_id=outcome.issuer_id,
-            reason=request.reason,
-            revoked_at=now,
-            revocation_request_id=request.aggregate_id,
-            requested_by=request.requested_by,
-            **envelope,
-        )
-        await store.mark_revoked(conn, serial, now, request.reason)
+        entries = await _revoke(conn, rt, outcome, ask, request, now)
         label = "revoked"
-        if request.reason == "keyCompromise" and outcome.spki_sha256:
-            blocked = KeyBlocked(
-                aggregate_id=outcome.spki_sha256,
-                spki_sha256=outcome.spki_sha256,
-                reason=f"keyCompromise: certificate {serial} revoked",
-                blocked_by=NAME,
-                **envelope,
-            )
-            extra = [await enqueue(conn, blocked, rt.root)]
     else:
-        result = RevocationRejected(aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **envelope)
+        rejected = RevocationRejected(
+            aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **_envelope(request, now)
+        )
+        entries = [await enqueue(conn, rejected, rt.root)]
         label = f"rejected:{outcome.code}"
-    await store.record_request(
-        conn, request.aggregate_id, serial, printable(request.reason), printable(request.requested_by), label, now
+    await store.record_request(conn, request.aggregate_id, serial, printable(request.reason), ask.by, label, now)
+    return entries
+
+
+async def _revoke(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    cert: domain.Known,
+    ask: domain.Ask,
+    request: RevocationRequested | RevocationOrdered,
+    now: datetime,
+) -> list[OutboxEntry]:
+    """Revoke `cert` as asked; for keyCompromise also block the key and revoke every other live
+    certificate with it (bad-key-revoker), all in the caller's transaction."""
+    entries: list[OutboxEntry] = []
+    if ask.reason == "keyCompromise" and cert.spki_sha256:
+        # Recorded before the other certificates are looked up (see store.record_compromise).
+        # KeyBlocked goes into the outbox first, so it is on the log before the revocations: whoever
+        # has seen the revocation can count on enrollment refusing the key.
+        if await store.record_compromise(conn, cert.spki_sha256, cert.serial, ask.request_id, now):
+            blocked = KeyBlocked(
+                aggregate_id=cert.spki_sha256,
+                spki_sha256=cert.spki_sha256,
+                reason=f"keyCompromise: certificate {cert.serial} revoked",
+                blocked_by=NAME,
+                **_envelope(request, now),
+            )
+            entries.append(await enqueue(conn, blocked, rt.root))
+    entries.append(await _revoke_one(conn, rt, cert, ask.reason, ask.request_id, ask.by, ask.authority, request, now))
+    if ask.reason == "keyCompromise" and cert.spki_sha256:
+        by = domain.compromised_by(cert.serial)
+        for sibling in await store.live_with_key(conn, cert.spki_sha256, now):
+            entries.append(
+                await _revoke_one(
+                    conn, rt, sibling, "keyCompromise", ask.request_id, by, "key_compromise", request, now
+                )
+            )
+    return entries
+
+
+async def _revoke_one(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    cert: domain.Known,
+    reason: str,
+    request_id: str,
+    requested_by: str,
+    authorised_by: domain.AuthorisedBy,
+    cause: Event,
+    now: datetime,
+) -> OutboxEntry:
+    await store.mark_revoked(conn, cert.serial, now, reason)
+    revoked = CertificateRevoked(
+        aggregate_id=cert.cert_id,
+        serial=cert.serial,
+        issuer_id=cert.issuer_id,
+        reason=reason,
+        revoked_at=now,
+        revocation_request_id=request_id,
+        requested_by=requested_by,
+        authorised_by=authorised_by,
+        **_envelope(cause, now),
     )
-    return [await enqueue(conn, result, rt.root), *extra]
+    return await enqueue(conn, revoked, rt.root)

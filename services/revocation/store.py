@@ -9,28 +9,53 @@ import asyncpg
 from services.revocation.domain import Known
 from shared.events import CertificateIssued
 
+_COLUMNS = "serial, cert_id, issuer_id, status, spki_sha256, spki_der"
+# Learning a certificate and recording its key compromised take this transaction lock on the key
+# first, so that with several replicas neither misses the other: the statement after it sees what
+# the other transaction committed (a certificate of the key, or the key's compromise).
+_LOCK_KEY = "WITH key_lock AS (SELECT pg_advisory_xact_lock(hashtext('certbus.revocation.key'), hashtext($1::text)))"
 
-async def add_certificate(conn: asyncpg.Connection, e: CertificateIssued) -> None:
-    """Learn of an issued certificate."""
-    await conn.execute(
-        "INSERT INTO certificates (serial, cert_id, issuer_id, not_after, spki_sha256) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (serial) DO NOTHING",
+
+def _known(row: asyncpg.Record) -> Known:
+    der = row["spki_der"]
+    return Known(
+        row["serial"], row["cert_id"], row["issuer_id"], row["status"], row["spki_sha256"], bytes(der) if der else None
+    )
+
+
+async def add_certificate(
+    conn: asyncpg.Connection, e: CertificateIssued, spki_sha256: str, spki_der: bytes | None
+) -> bool:
+    """Learn of an issued certificate and its public key (holding the key's lock to the end of the
+    transaction); False if it was known already."""
+    added = await conn.fetchval(
+        f"{_LOCK_KEY} INSERT INTO certificates (spki_sha256, serial, cert_id, issuer_id, not_after, spki_der) "
+        "SELECT $1, $2, $3, $4, $5, $6 FROM key_lock ON CONFLICT (serial) DO NOTHING RETURNING true",
+        spki_sha256,
         e.serial,
         e.aggregate_id,
         e.issuer_id,
         e.not_after,
-        e.spki_sha256,
+        spki_der,
     )
+    return bool(added)
 
 
 async def find(conn: asyncpg.Connection, serial: str) -> Known | None:
     """A certificate by serial, locked for this transaction."""
-    row = await conn.fetchrow(
-        "SELECT serial, cert_id, issuer_id, status, spki_sha256 FROM certificates WHERE serial = $1 FOR UPDATE", serial
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM certificates WHERE serial = $1 FOR UPDATE", serial)
+    return None if row is None else _known(row)
+
+
+async def live_with_key(conn: asyncpg.Connection, spki_sha256: str, now: datetime) -> list[Known]:
+    """Every certificate with this key that is neither revoked nor expired, locked, in serial order."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM certificates WHERE spki_sha256 = $1 AND status = 'good' AND not_after > $2 "
+        "ORDER BY serial FOR UPDATE",
+        spki_sha256,
+        now,
     )
-    if row is None:
-        return None
-    return Known(row["serial"], row["cert_id"], row["issuer_id"], row["status"], row["spki_sha256"])
+    return [_known(row) for row in rows]
 
 
 async def mark_revoked(conn: asyncpg.Connection, serial: str, at: datetime, reason: str) -> None:
@@ -41,6 +66,28 @@ async def mark_revoked(conn: asyncpg.Connection, serial: str, at: datetime, reas
         at,
         reason,
     )
+
+
+async def record_compromise(
+    conn: asyncpg.Connection, spki_sha256: str, serial: str, request_id: str, at: datetime
+) -> bool:
+    """Record that a key is compromised (certificate `serial` revoked for keyCompromise by request
+    `request_id`), holding the key's lock to the end of the transaction; False if it was already."""
+    added = await conn.fetchval(
+        f"{_LOCK_KEY} INSERT INTO compromised_keys (spki_sha256, serial, request_id, recorded_at) "
+        "SELECT $1, $2, $3, $4 FROM key_lock ON CONFLICT DO NOTHING RETURNING true",
+        spki_sha256,
+        serial,
+        request_id,
+        at,
+    )
+    return bool(added)
+
+
+async def compromised_by(conn: asyncpg.Connection, spki_sha256: str) -> tuple[str, str] | None:
+    """The serial and request whose keyCompromise revocation recorded this key as compromised, if any."""
+    row = await conn.fetchrow("SELECT serial, request_id FROM compromised_keys WHERE spki_sha256 = $1", spki_sha256)
+    return None if row is None else (row["serial"], row["request_id"])
 
 
 async def record_request(

@@ -24,11 +24,12 @@ from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, 
 from shared.cli.policy import key_app, profile_app, provisioner_app
 from shared.cli.report import audit_report
 from shared.cli.requests import approve, reject, requests_app
+from shared.cli.revoke import revoke
 from shared.client import SERVICES, CertbusClient, Unreachable
 from shared.crypto import KEY_TYPES, build_csr, generate_key, key_pem
 from shared.events import utcnow
 from shared.queries import ReplayProgress
-from shared.reasons import REASONS, printable
+from shared.reasons import printable
 from shared.tokens import create_token
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.add_typer(requests_app, name="requests")
 app.add_typer(audit_app, name="audit")
 app.command()(approve)
 app.command()(reject)
+app.command()(revoke)
 audit_app.command("report")(audit_report)
 
 
@@ -209,24 +211,6 @@ def validate(
         out.print(f"[{colour}]{answer.status}[/] serial {answer.serial}: {answer.detail}")
     if answer.status != "good":
         raise typer.Exit(EXIT_REFUSED)
-
-
-@app.command()
-def revoke(
-    serial: str,
-    reason: Annotated[str, typer.Option(help=f"One of {', '.join(REASONS)}.")] = "unspecified",
-    as_json: JsonOpt = False,
-) -> None:
-    """Revoke a certificate by serial (hex), with an RFC 5280 reason."""
-    if reason not in REASONS:
-        raise typer.BadParameter(f"choose one of {', '.join(REASONS)}", param_hint="--reason")
-    revoked = run(lambda c: c.revoke(serial, reason), requester=os.environ.get("USER", "operator"))
-    if as_json:
-        emit_json(revoked.model_dump(mode="json"))
-    else:
-        out.print(
-            f"revoked serial [bold]{revoked.serial}[/] ({revoked.reason}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
-        )
 
 
 @app.command()

@@ -84,7 +84,7 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
         await asyncio.to_thread(h.spawn(name).wait_healthy, 60)
 
     assert certbus(h, "validate", str(out / "cert.pem")).returncode == 0
-    revoked = certbus(h, "revoke", serial_a, "--reason", "keyCompromise")
+    revoked = certbus(h, "revoke", serial_a, "--reason", "keyCompromise", "--key", str(out / "key.pem"))
     assert revoked.returncode == 0, revoked.stderr
     after = certbus(h, "validate", str(out / "cert.pem"))
     assert after.returncode == 1 and "revoked" in after.stdout

@@ -77,6 +77,9 @@ async def stream(secured_nats: NatsServer) -> NatsServer:
         ("validation", "pki.cert.{id}.revoked"),
         ("audit", "pki.cert.{id}.approved"),
         ("revocation", "pki.ca.{id}.created"),
+        ("requester", "pki.revoke.{id}.ordered"),
+        ("enrollment", "pki.revoke.{id}.ordered"),
+        ("revocation", "pki.revoke.{id}.ordered"),
     ],
 )
 async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user: str, subject: str) -> None:
@@ -101,6 +104,8 @@ async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user:
         ("enrollment", "pki.cert.{id}.approved"),
         ("requester", "pki.cert.{id}.requested"),
         ("operator", "pki.revoke.{id}.requested"),
+        ("operator", "pki.revoke.{id}.ordered"),
+        ("requester", "pki.revoke.{id}.requested"),
     ],
 )
 async def test_each_producer_may_publish_its_own_events(stream: NatsServer, user: str, subject: str) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from harness import Harness
+from shared.crypto import KeyType, PrivateKey, build_csr, generate_key
+from shared.events import CertificateIssued
+
+EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]
 
 
 @pytest.fixture
@@ -13,3 +19,18 @@ async def stack(harness: Harness) -> Harness:
     await harness.register_provisioner()
     await harness.apply_profiles()
     return harness
+
+
+@pytest.fixture
+def enroll_with_key(harness: Harness) -> EnrollWithKey:
+    """Enroll like `Harness.enroll`, but keep the key (or use the one given): returns (key, issued)."""
+
+    async def enroll(
+        *names: str, key: PrivateKey | None = None, key_type: KeyType = "ec-p256", profile: str = "tls-server"
+    ) -> tuple[PrivateKey, CertificateIssued]:
+        key = key or generate_key(key_type)
+        async with harness.client() as c:
+            csr = build_csr(key, list(names)).decode()
+            return key, await c.enroll(csr, harness.token(*names, profile=profile), profile=profile)
+
+    return enroll

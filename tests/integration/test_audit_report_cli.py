@@ -27,7 +27,7 @@ async def _issue_and_revoke(stack: Harness) -> tuple[list[CertificateIssued], Ce
     servers = [await stack.enroll(f"report{i}.corp.internal") for i in range(3)]
     client = await stack.enroll("client.corp.internal", profile="tls-client")
     async with stack.client() as c:
-        await c.revoke(servers[0].serial, "keyCompromise")
+        await c.revoke_as_operator(servers[0].serial, "keyCompromise", "tests")
 
         async def archived() -> ReportAnswer | None:
             report = await c.report()

@@ -292,7 +292,7 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     issued = await harness.enroll("crl-check.corp.internal")
     await harness.stop("signing")
     async with harness.client() as c:
-        await c.revoke(issued.serial, "keyCompromise")
+        await c.revoke_as_operator(issued.serial, "keyCompromise", "tests")
     await asyncio.sleep(0.6)
     missing = await _findings(harness, "crl", bool)
     assert issued.serial in missing[0]["detail"] and "no CRL" in missing[0]["detail"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import nats
@@ -13,15 +14,20 @@ from cryptography import x509
 
 from harness import Harness, eventually
 from shared.client import CertbusClient, CertbusError, Rejected
-from shared.crypto import build_csr, generate_key
+from shared.crypto import PrivateKey, build_csr, generate_key
 from shared.db import create_pool, drop_schema
+from shared.events import CertificateIssued
+
+EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture
 
 
-async def test_a_revocation_is_visible_to_status_validate_and_the_next_crl(stack: Harness) -> None:
-    issued = await stack.enroll("gone.corp.internal")
+async def test_a_revocation_is_visible_to_status_validate_and_the_next_crl(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, issued = await enroll_with_key("gone.corp.internal")
     async with stack.client() as c:
         assert (await c.validate(issued.cert_pem)).status == "good"
-        revoked = await c.revoke(issued.serial, "keyCompromise")
+        revoked = await c.revoke(issued.serial, "keyCompromise", key=key)
         assert revoked.serial == issued.serial
         assert (await c.status(issued.serial)).status == "revoked"
         verdict = await c.validate(issued.cert_pem)
@@ -33,13 +39,13 @@ async def test_a_revocation_is_visible_to_status_validate_and_the_next_crl(stack
 async def test_revoking_twice_or_an_unknown_serial_is_rejected(stack: Harness) -> None:
     issued = await stack.enroll("twice.corp.internal")
     async with stack.client() as c:
-        await c.revoke(issued.serial, "superseded")
+        await c.revoke_as_operator(issued.serial, "superseded", "tests")
         with pytest.raises(Rejected) as again:
-            await c.revoke(issued.serial, "superseded")
+            await c.revoke_as_operator(issued.serial, "superseded", "tests")
         with pytest.raises(Rejected) as unknown:
-            await c.revoke("abcdef0123", "superseded")
+            await c.revoke_as_operator("abcdef0123", "superseded", "tests")
         with pytest.raises(Rejected) as hold:
-            await c.revoke(issued.serial, "certificateHold")
+            await c.revoke_as_operator(issued.serial, "certificateHold", "tests")
     assert again.value.reasons[0].code == "already_revoked"
     assert unknown.value.reasons[0].code == "serial_unknown"
     assert hold.value.reasons[0].code == "reason_invalid"
@@ -48,7 +54,7 @@ async def test_revoking_twice_or_an_unknown_serial_is_rejected(stack: Harness) -
 async def test_a_late_issued_event_never_turns_a_revoked_certificate_good(stack: Harness) -> None:
     issued = await stack.enroll("late.corp.internal")
     async with stack.client() as c:
-        await c.revoke(issued.serial, "keyCompromise")
+        await c.revoke_as_operator(issued.serial, "keyCompromise", "tests")
         stale = issued.model_copy(update={"event_id": uuid.uuid4()})
         await stack.publish_raw(stale.subject(stack.root), stale.model_dump_json().encode())
         pool = await stack.db()
@@ -76,10 +82,10 @@ async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes
     assert archived == 1  # audit keeps even what nobody else can read
 
 
-async def test_audit_history_lists_the_lifecycle_in_log_order(stack: Harness) -> None:
-    issued = await stack.enroll("hist.corp.internal")
+async def test_audit_history_lists_the_lifecycle_in_log_order(stack: Harness, enroll_with_key: EnrollWithKey) -> None:
+    key, issued = await enroll_with_key("hist.corp.internal")
     async with stack.client() as c:
-        await c.revoke(issued.serial, "cessationOfOperation")
+        await c.revoke(issued.serial, "cessationOfOperation", key=key)
 
         async def history() -> list[str]:
             types = [e.event_type for e in (await c.history(issued.serial)).events]
@@ -97,7 +103,7 @@ async def test_audit_history_lists_the_lifecycle_in_log_order(stack: Harness) ->
 async def test_dropping_the_audit_tables_and_replaying_gives_the_same_history(stack: Harness) -> None:
     issued = await stack.enroll("replay.corp.internal")
     async with stack.client() as c:
-        await c.revoke(issued.serial, "superseded")
+        await c.revoke_as_operator(issued.serial, "superseded", "tests")
         await eventually(lambda: _crl_lists(c, issued.serial))  # the last event this test causes
         await eventually(lambda: _archived_all(stack))
         before = await c.history(issued.serial)
@@ -146,10 +152,12 @@ async def _crl_lists(c: CertbusClient, serial: str) -> bool:
     return x509.load_der_x509_crl(der).get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
 
 
-async def test_history_finds_a_revocation_requested_with_an_upper_case_serial(stack: Harness) -> None:
-    issued = await stack.enroll("upper.corp.internal")
+async def test_history_finds_a_revocation_requested_with_an_upper_case_serial(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, issued = await enroll_with_key("upper.corp.internal")
     async with stack.client() as c:
-        await c.revoke("0x" + issued.serial.upper(), "superseded")
+        await c.revoke("0x" + issued.serial.upper(), "superseded", key=key)
 
         async def history() -> list[str]:
             types = [e.event_type for e in (await c.history(issued.serial.upper())).events]
@@ -163,7 +171,7 @@ async def test_a_key_compromise_revocation_blocks_the_key_for_future_enrollments
     csr = build_csr(key, ["leak.corp.internal"]).decode()
     async with stack.client() as c:
         issued = await c.enroll(csr, stack.token("leak.corp.internal"))
-        await c.revoke(issued.serial, "keyCompromise")
+        await c.revoke(issued.serial, "keyCompromise", key=key)
         blocked = await eventually(lambda: stack.stream_messages(f"{stack.root}.key.*.blocked"))
         assert json.loads(blocked[0].data)["spki_sha256"] == issued.spki_sha256
         assert json.loads(blocked[0].data)["producer"] == "revocation"
@@ -176,5 +184,5 @@ async def test_a_key_compromise_revocation_blocks_the_key_for_future_enrollments
         # Another reason does not block the key.
         other = generate_key("ec-p256")
         again = await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))
-        await c.revoke(again.serial, "superseded")
+        await c.revoke(again.serial, "superseded", key=other)
         await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))

@@ -29,8 +29,8 @@ async def enroll_files(h: Harness, name: str, out: Path, profile: str = "tls-ser
 
 async def revoke_as_operator(h: Harness, serial: str, reason: str) -> None:
     """Revoke as an operator would (the recorded identity is the test's)."""
-    async with h.client() as c:
-        await c.revoke(serial, reason)
+    async with h.client("operator") as c:
+        await c.revoke_as_operator(serial, reason, "tests")
 
 
 def mtls_server_context(chain: Path, key: Path, root: Path) -> ssl.SSLContext:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from harness import run_cli
+from shared.crypto import generate_key, key_pem
 from shared.devstack import free_port
 
 
@@ -41,3 +42,26 @@ def test_validate_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
 def test_revoke_with_an_unknown_reason_is_a_usage_error(tmp_path: Path) -> None:
     result = certbus("revoke", "abc", "--reason", "certificateHold", home=tmp_path)
     assert result.returncode == 2
+
+
+def test_revoke_without_a_key_or_an_operator_is_a_usage_error_naming_both_ways(tmp_path: Path) -> None:
+    result = certbus("revoke", "abc", "--reason", "superseded", home=tmp_path)
+    assert result.returncode == 2
+    assert "--key" in result.stderr and "--operator" in result.stderr
+
+
+def test_revoke_with_both_a_key_and_an_operator_is_a_usage_error(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_bytes(key_pem(generate_key("ec-p256")))
+    result = certbus("revoke", "abc", "--key", str(key), "--operator", "carol", home=tmp_path)
+    assert result.returncode == 2
+    assert "not both" in result.stderr
+
+
+def test_revoke_with_a_file_that_is_not_a_private_key_says_so(tmp_path: Path) -> None:
+    key = tmp_path / "cert.pem"
+    key.write_text("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")
+    result = certbus("revoke", "abc", "--key", str(key), home=tmp_path)
+    assert result.returncode == 1
+    assert "not an unencrypted PEM private key" in result.stderr
+    assert "Traceback" not in result.stderr

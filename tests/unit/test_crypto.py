@@ -12,13 +12,18 @@ from cryptography.x509.oid import NameOID
 
 from pki_builders import NOW
 from shared.crypto import (
+    KEY_TYPES,
     build_csr,
     csr_names,
     generate_key,
     key_pem,
+    load_spki,
     serial_hex,
+    sign_message,
     signing_hash,
+    spki_der,
     spki_sha256,
+    verify_message,
 )
 
 
@@ -121,3 +126,42 @@ def test_key_pem_with_passphrase_is_encrypted(p256_key: ec.EllipticCurvePrivateK
 
 def test_key_pem_without_passphrase_is_plain(p256_key: ec.EllipticCurvePrivateKey) -> None:
     assert key_pem(p256_key).startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_sign_message_verifies_with_the_public_key(key_type: str) -> None:
+    key = generate_key(key_type)  # type: ignore[arg-type]
+    assert verify_message(key.public_key(), sign_message(key, b"message"), b"message")
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_a_signature_does_not_verify_another_message(key_type: str) -> None:
+    key = generate_key(key_type)  # type: ignore[arg-type]
+    assert not verify_message(key.public_key(), sign_message(key, b"message"), b"messagf")
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_a_signature_does_not_verify_under_another_key_of_the_same_type(key_type: str) -> None:
+    key, other = generate_key(key_type), generate_key(key_type)  # type: ignore[arg-type]
+    assert not verify_message(other.public_key(), sign_message(key, b"message"), b"message")
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00" * 64, b"not a signature"], ids=["empty", "zeros", "text"])
+@pytest.mark.parametrize("key_type", ["ec-p256", "ed25519", "rsa-2048"])
+def test_a_malformed_signature_does_not_verify(key_type: str, garbage: bytes) -> None:
+    assert not verify_message(generate_key(key_type).public_key(), garbage, b"message")  # type: ignore[arg-type]
+
+
+def test_ecdsa_p384_signs_with_sha384() -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    key.public_key().verify(sign_message(key, b"message"), b"message", ec.ECDSA(hashes.SHA384()))
+
+
+def test_load_spki_round_trips(p256_key: ec.EllipticCurvePrivateKey) -> None:
+    der = spki_der(p256_key.public_key())
+    assert spki_der(load_spki(der)) == der
+
+
+def test_load_spki_refuses_garbage() -> None:
+    with pytest.raises(ValueError):
+        load_spki(b"not a key")

@@ -37,10 +37,12 @@ from shared.events import (
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
+    RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
     event_json_schemas,
     parse_event,
+    revocation_message,
 )
 from shared.reasons import Reason
 
@@ -142,9 +144,13 @@ SAMPLES: dict[type[Event], Event] = {
         revoked_at=NOW,
         revocation_request_id="rev-1",
         requested_by="alice",
+        authorised_by="holder",
     ),
     RevocationRequested: RevocationRequested(
-        **ENVELOPE, producer="requester", serial="0xABC123", reason="superseded", requested_by="alice"
+        **ENVELOPE, producer="requester", serial="0xABC123", reason="superseded", requested_by="alice", proof="AAAA"
+    ),
+    RevocationOrdered: RevocationOrdered(
+        **ENVELOPE, producer="operator", serial="abc123", reason="keyCompromise", operator="bob"
     ),
     RevocationRejected: RevocationRejected(
         **ENVELOPE,
@@ -293,6 +299,7 @@ def test_events_get_distinct_random_ids() -> None:
         (EnrollmentApproved, "pki.cert.req-1.approved"),
         (CertificateIssued, "pki.cert.req-1.issued"),
         (RevocationRequested, "pki.revoke.req-1.requested"),
+        (RevocationOrdered, "pki.revoke.req-1.ordered"),
         (CrlPublished, "pki.ca.req-1.crl_published"),
         (ProvisionerRegistered, "pki.provisioner.req-1.registered"),
         (ProvisionerDisabled, "pki.provisioner.req-1.disabled"),
@@ -319,6 +326,7 @@ def test_subject_is_root_aggregate_id_verb(event_type: type[Event], subject: str
         (EnrollmentApproved, "pki.cert.*.approved"),
         (CertificateRevoked, "pki.cert.*.revoked"),
         (RevocationRejected, "pki.revoke.*.rejected"),
+        (RevocationOrdered, "pki.revoke.*.ordered"),
         (CaCreated, "pki.ca.*.created"),
         (ProfileApplied, "pki.profile.*.applied"),
         (KeyBlocked, "pki.key.*.blocked"),
@@ -401,3 +409,36 @@ def test_profile_applied_refuses_an_invalid_profile(change: dict[str, Any]) -> N
 def test_parse_event_refuses_bad_new_fields(event_type: type[Event], field: str, value: Any) -> None:
     with pytest.raises(pydantic.ValidationError):
         parse_event(_json(SAMPLES[event_type], **{field: value}))
+
+
+def test_a_revocation_request_without_proof_or_authority_still_parses() -> None:
+    data = json.loads(SAMPLES[RevocationRequested].model_dump_json())
+    del data["proof"]
+    parsed = parse_event(json.dumps(data))
+    assert isinstance(parsed, RevocationRequested) and parsed.proof is None
+    revoked = json.loads(SAMPLES[CertificateRevoked].model_dump_json())
+    del revoked["authorised_by"]
+    assert parse_event(json.dumps(revoked)).authorised_by is None  # type: ignore[attr-defined]
+
+
+def test_a_revocation_order_is_the_operators_alone() -> None:
+    assert PRODUCERS["RevocationOrdered"] == "operator"
+    assert PRODUCERS["RevocationRequested"] == "requester"
+
+
+def test_the_revocation_message_has_its_own_context() -> None:
+    assert revocation_message("req-1", "abc123", "keyCompromise") == b"certbus-revocation-v1|req-1|abc123|keyCompromise"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [("req-2", "abc123", "keyCompromise"), ("req-1", "abc124", "keyCompromise"), ("req-1", "abc123", "superseded")],
+    ids=["request", "serial", "reason"],
+)
+def test_the_revocation_message_changes_with_each_field(other: tuple[str, str, str]) -> None:
+    assert revocation_message(*other) != revocation_message("req-1", "abc123", "keyCompromise")
+
+
+def test_authorised_by_takes_only_known_authorities() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(_json(SAMPLES[CertificateRevoked], authorised_by="anyone"))

@@ -1,44 +1,167 @@
-"""Revocation decisions and serial normalisation."""
+"""Revocation decisions: reasons, who may revoke (the holder's proof or an operator), serial normalisation."""
 
 from __future__ import annotations
 
-import pytest
+import base64
+from collections.abc import Callable
+from datetime import timedelta
 
-from services.revocation.domain import Known, decide, normalise_serial
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pki_builders import NOW
+from services.revocation.domain import Ask, Known, compromised_by, decide, normalise_serial, public_key_of
+from shared.crypto import KEY_TYPES, PrivateKey, generate_key, sign_message, spki_der, spki_sha256
+from shared.events import revocation_message
 from shared.reasons import Reason
 
-ISSUED = Known(serial="abc123", cert_id="req-1", issuer_id="issuing-1", status="good")
+HOLDER_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def test_decide_revokes_a_known_good_certificate() -> None:
-    assert decide("abc123", "keyCompromise", ISSUED) == ISSUED
+def _known(key: PrivateKey | None = HOLDER_KEY, status: str = "good") -> Known:
+    der = spki_der(key.public_key()) if key is not None else None
+    spki = spki_sha256(key.public_key()) if key is not None else None
+    return Known(serial="abc123", cert_id="req-1", issuer_id="issuing-1", status=status, spki_sha256=spki, spki_der=der)
 
 
-def test_decide_refuses_unknown_reason() -> None:
-    outcome = decide("abc123", "certificateHold", ISSUED)
-    assert isinstance(outcome, Reason)
-    assert outcome.code == "reason_invalid"
-    assert "keyCompromise" in outcome.message
+def _proof(key: PrivateKey, request_id: str = "rev-1", serial: str = "abc123", reason: str = "keyCompromise") -> str:
+    return base64.b64encode(sign_message(key, revocation_message(request_id, serial, reason))).decode()
+
+
+def _holder(reason: str = "keyCompromise", proof: str | None = None, serial: str = "abc123") -> Ask:
+    return Ask("rev-1", serial, reason, "alice", "holder", proof if proof is not None else _proof(HOLDER_KEY))
+
+
+def _operator(reason: str = "keyCompromise", serial: str = "abc123") -> Ask:
+    return Ask("rev-1", serial, reason, "bob", "operator")
+
+
+def _refusal(outcome: Known | Reason) -> Reason:
+    assert isinstance(outcome, Reason), outcome
+    return outcome
+
+
+# --- who may revoke -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_the_holder_revokes_with_a_proof_made_with_the_certificates_key(key_type: str) -> None:
+    key = generate_key(key_type)  # type: ignore[arg-type]
+    known = _known(key)
+    assert decide(_holder(proof=_proof(key)), known) == known
+
+
+def test_an_operator_revokes_without_a_proof() -> None:
+    assert decide(_operator(), _known()) == _known()
+
+
+def test_an_operator_revokes_a_certificate_whose_key_revocation_never_learnt() -> None:
+    assert decide(_operator(), _known(key=None)) == _known(key=None)
+
+
+def test_a_request_without_proof_is_not_authorised_and_says_both_ways_to_revoke() -> None:
+    refused = _refusal(decide(Ask("rev-1", "abc123", "superseded", "mallory", "holder", None), _known()))
+    assert refused.code == "not_authorised"
+    assert "--key" in refused.message and "--operator" in refused.message
+
+
+def test_a_proof_made_with_another_key_is_not_authorised() -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    refused = _refusal(decide(_holder(proof=_proof(other)), _known()))
+    assert refused.code == "not_authorised"
+    assert "private key" in refused.message and "operator" in refused.message
+
+
+@pytest.mark.parametrize(
+    "signed",
+    [
+        {"request_id": "rev-2"},
+        {"serial": "abc124"},
+        {"reason": "superseded"},
+    ],
+    ids=["another_request", "another_serial", "another_reason"],
+)
+def test_a_proof_replayed_for_another_request_serial_or_reason_is_not_authorised(signed: dict[str, str]) -> None:
+    refused = _refusal(decide(_holder(proof=_proof(HOLDER_KEY, **signed)), _known()))
+    assert refused.code == "not_authorised"
+
+
+@pytest.mark.parametrize("proof", ["not base64!", "AAAA", base64.b64encode(b"\x00" * 72).decode()])
+def test_a_malformed_proof_is_not_authorised(proof: str) -> None:
+    assert _refusal(decide(_holder(proof=proof), _known())).code == "not_authorised"
+
+
+def test_a_holder_proof_for_a_certificate_learnt_without_its_key_says_to_ask_an_operator() -> None:
+    refused = _refusal(decide(_holder(), _known(key=None)))
+    assert refused.code == "not_authorised"
+    assert "ask an operator" in refused.message
+
+
+def test_a_holder_may_not_declare_its_ca_compromised() -> None:
+    refused = _refusal(decide(_holder("cACompromise", proof=_proof(HOLDER_KEY, reason="cACompromise")), _known()))
+    assert refused.code == "not_authorised"
+    assert decide(_operator("cACompromise"), _known()) == _known()
+
+
+def test_an_unauthorised_request_for_a_revoked_certificate_is_refused_as_unauthorised() -> None:
+    outcome = decide(Ask("rev-1", "abc123", "superseded", "mallory", "holder", None), _known(status="revoked"))
+    assert _refusal(outcome).code == "not_authorised"
+
+
+# --- reasons and state ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["certificateHold", "removeFromCRL", "aACompromise", "bogus"])
+@pytest.mark.parametrize("ask", [_holder, _operator], ids=["holder", "operator"])
+def test_reasons_outside_rfc_5280s_final_ones_are_refused(ask: Callable[[str], Ask], reason: str) -> None:
+    refused = _refusal(decide(ask(reason), _known()))
+    assert refused.code == "reason_invalid"
+    assert "keyCompromise" in refused.message
 
 
 def test_decide_refuses_unknown_serial() -> None:
-    outcome = decide("abc123", "superseded", None)
-    assert isinstance(outcome, Reason)
-    assert outcome.code == "serial_unknown"
-    assert "abc123" in outcome.message
+    refused = _refusal(decide(_operator("superseded"), None))
+    assert refused.code == "serial_unknown"
+    assert "abc123" in refused.message
 
 
 def test_decide_refuses_already_revoked_certificate() -> None:
-    revoked = Known(serial="abc123", cert_id="req-1", issuer_id="issuing-1", status="revoked")
-    outcome = decide("abc123", "superseded", revoked)
-    assert isinstance(outcome, Reason)
-    assert outcome.code == "already_revoked"
+    assert _refusal(decide(_operator("superseded"), _known(status="revoked"))).code == "already_revoked"
+    assert _refusal(decide(_holder(), _known(status="revoked"))).code == "already_revoked"
 
 
 def test_decide_checks_the_reason_before_the_serial() -> None:
-    outcome = decide("abc123", "bogus", None)
-    assert isinstance(outcome, Reason)
-    assert outcome.code == "reason_invalid"
+    assert _refusal(decide(_operator("bogus"), None)).code == "reason_invalid"
+
+
+# --- what revocation learns and records ---------------------------------------------------------------
+
+
+def test_public_key_of_reads_the_certificates_subject_public_key_info() -> None:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "holder")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(HOLDER_KEY.public_key())
+        .serial_number(0xABC123)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(HOLDER_KEY, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    assert public_key_of(pem) == (spki_der(HOLDER_KEY.public_key()), spki_sha256(HOLDER_KEY.public_key()))
+
+
+def test_public_key_of_an_unreadable_certificate_is_none() -> None:
+    assert public_key_of("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n") is None
+
+
+def test_the_other_certificates_of_a_compromised_key_name_the_revocation_that_compromised_it() -> None:
+    assert compromised_by("abc123") == "revocation (key of abc123 compromised)"
 
 
 @pytest.mark.parametrize(

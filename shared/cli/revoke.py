@@ -1,0 +1,81 @@
+"""`certbus revoke`: as the certificate's holder (signed with its key) or as an operator (named)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
+from shared.crypto import PrivateKey
+from shared.reasons import REASONS
+
+TWO_WAYS = (
+    "say who revokes: --key key.pem (the certificate's holder: the request is signed with its private "
+    "key) or --operator NAME / --as-operator (an operator, named on the revocation)"
+)
+
+
+def load_holder_key(path: Path) -> PrivateKey:
+    """The certificate holder's own private key (PEM, unencrypted): never a CA key."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ValueError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{path}: a {type(key).__name__} cannot sign a revocation request: use EC, Ed25519 or RSA")
+    return key
+
+
+def revoke(
+    serial: str,
+    reason: Annotated[str, typer.Option(help=f"One of {', '.join(REASONS)}.")] = "unspecified",
+    key: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="The certificate's private key: revoke as its holder."),
+    ] = None,
+    who: Annotated[
+        str | None, typer.Option("--operator", help="Revoke as this operator (named on the revocation).")
+    ] = None,
+    as_operator: Annotated[
+        bool, typer.Option("--as-operator", help="Revoke as an operator ($CERTBUS_OPERATOR or $USER).")
+    ] = False,
+    timeout: float = 15.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a certificate by serial (hex), with an RFC 5280 reason, as its holder or as an operator.
+
+    keyCompromise also blocks the key for every future enrollment and revokes every other live
+    certificate with it. Exit 0 revoked, 1 refused (the reason is printed), 2 usage error, 3 unreachable.
+    """
+    if reason not in REASONS:
+        raise typer.BadParameter(f"choose one of {', '.join(REASONS)}", param_hint="--reason")
+    by_operator = as_operator or who is not None
+    if key is not None and by_operator:
+        raise typer.BadParameter(f"give one, not both: {TWO_WAYS}")
+    if key is None and not by_operator:
+        raise typer.BadParameter(TWO_WAYS)
+    if key is not None:
+        try:
+            holder_key = load_holder_key(key)
+        except ValueError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(EXIT_REFUSED) from None
+        requester = os.environ.get("USER", "holder")
+        revoked = run(lambda c: c.revoke(serial, reason, timeout, key=holder_key), requester=requester)
+    else:
+        name = operator(who)
+        revoked = run(lambda c: c.revoke_as_operator(serial, reason, name, timeout), requester="operator")
+    if as_json:
+        emit_json(revoked.model_dump(mode="json"))
+        return
+    out.print(
+        f"revoked serial [bold]{revoked.serial}[/] ({revoked.reason}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+        f", requested by {revoked.requested_by}"
+    )
+    if revoked.reason == "keyCompromise":
+        out.print("the key is blocked for future enrollments; every other live certificate with it is revoked too")
