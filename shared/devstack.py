@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.settings import ValidationSettings
+
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -288,9 +290,18 @@ PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.to
 
 
 def _register_policy(env: dict[str, str]) -> None:
-    """Register the local provisioner and apply the shipped profiles (deploy/profiles.toml)."""
+    """Register the local provisioner and validation's own (it enrolls for its OCSP responder
+    certificate with it), and apply the shipped profiles (deploy/profiles.toml)."""
     cli = [sys.executable, "-m", "shared.cli.main"]
     subprocess.run([*cli, "provisioner", "init"], env=env, check=True)
+    validation = ValidationSettings(ocsp_provisioner_key_file=Path(env["CERTBUS_OCSP_PROVISIONER_KEY_FILE"]))
+    provisioner_id = env.get("CERTBUS_OCSP_PROVISIONER_ID", validation.ocsp_provisioner_id)
+    public_key = validation.ocsp_provisioner_public_key_file  # validation wrote it before it was healthy
+    subprocess.run(
+        [*cli, "provisioner", "add", provisioner_id, "--public-key", str(public_key)],
+        env=env,
+        check=True,
+    )
     profiles = Path(env.get("CERTBUS_PROFILES_FILE", str(PROFILES_FILE)))
     subprocess.run([*cli, "profile", "apply", str(profiles), "--operator", "make-run"], env=env, check=True)
 
@@ -319,6 +330,8 @@ def run_local() -> int:
         print(f"certbus: started a local PostgreSQL cluster at {pg.url}", flush=True)
     env.setdefault("CERTBUS_CA_PASSPHRASE_FILE", str(ensure_passphrase_file(home)))
     env.setdefault("CERTBUS_KEY_DIR", str(home / "signing" / "keys"))
+    env.setdefault("CERTBUS_OCSP_KEY_DIR", str(home / "validation" / "ocsp"))
+    env.setdefault("CERTBUS_OCSP_PROVISIONER_KEY_FILE", str(home / "validation" / "ocsp-provisioner.key.pem"))
     procs = [ServiceProcess(name, service_env(env, name, DEFAULT_HTTP_PORTS[name])) for name in SERVICES]
     stopping = False
 

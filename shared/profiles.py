@@ -18,11 +18,12 @@ from typing import Literal
 import idna
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.reasons import Reason
 
-Usage = Literal["server", "client", "both"]
+Usage = Literal["server", "client", "both", "ocsp"]
 ProfileKeyType = Literal["ec-p256", "ec-p384", "rsa", "ed25519"]
 PROFILE_KEY_TYPES: tuple[ProfileKeyType, ...] = ("ec-p256", "ec-p384", "rsa", "ed25519")
 MAX_VALIDITY_DAYS = 397  # the hard ceiling, whatever a profile says
@@ -91,6 +92,20 @@ class Profile(BaseModel):
     def ekus(self) -> tuple[bool, bool]:
         """(serverAuth, clientAuth)."""
         return self.usage in ("server", "both"), self.usage in ("client", "both")
+
+    def eku_oids(self) -> list[x509.ObjectIdentifier]:
+        """The extended key usages its certificates carry, in order: serverAuth and/or clientAuth, or,
+        for a delegated OCSP responder (usage "ocsp"), id-kp-OCSPSigning alone."""
+        if self.usage == "ocsp":
+            return [ExtendedKeyUsageOID.OCSP_SIGNING]
+        server, client = self.ekus()
+        return [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+
+    @property
+    def ocsp_responder(self) -> bool:
+        """Whether its certificates are delegated OCSP responders (id-kp-OCSPSigning with
+        id-pkix-ocsp-nocheck: relying parties do not check the responder's own status)."""
+        return self.usage == "ocsp"
 
     def template_name(self) -> str:
         """A DNS name this profile allows, used in its lint template (a wildcard if it allows them,
@@ -303,7 +318,7 @@ def names_problems(profile: Profile, dns: list[str], ips: list[str], emails: lis
 
 def requested_extension_problems(profile: Profile, extensions: x509.Extensions) -> list[Reason]:
     """Reasons against extensions a CSR asks for beyond what the profile gives (none is copied anyway)."""
-    server, client = profile.ekus()
+    allowed = set(profile.eku_oids())
     reasons = []
     for ext in extensions:
         value = ext.value
@@ -314,8 +329,6 @@ def requested_extension_problems(profile: Profile, extensions: x509.Extensions) 
         if isinstance(value, x509.KeyUsage) and not (value.key_cert_sign or value.crl_sign):
             continue
         if isinstance(value, x509.ExtendedKeyUsage):
-            allowed = {x509.oid.ExtendedKeyUsageOID.SERVER_AUTH} if server else set()
-            allowed |= {x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH} if client else set()
             extra = [oid.dotted_string for oid in value if oid not in allowed]
             if not extra:
                 continue
@@ -328,6 +341,8 @@ def requested_extension_problems(profile: Profile, extensions: x509.Extensions) 
             )
             continue
         if isinstance(value, x509.SubjectKeyIdentifier):
+            continue
+        if isinstance(value, x509.OCSPNoCheck) and profile.ocsp_responder:
             continue
         name = getattr(ext.oid, "_name", None) or ext.oid.dotted_string
         reasons.append(

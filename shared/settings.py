@@ -86,9 +86,25 @@ class SigningSettings(ServiceSettings):
 
 
 class ValidationSettings(ServiceSettings):
-    """Validation: the relying-party HTTP endpoint (CRLs, CA certificates)."""
+    """Validation: the relying-party HTTP endpoint (CRLs, CA certificates, OCSP) and its delegated
+    OCSP responder, whose certificate it enrolls for with a provisioner key of its own."""
 
     http_port: int = 8440
+    # The base URL signing embeds in certificates; validation also serves under its path, if any.
+    public_base_url: str = "http://127.0.0.1:8440"
+    ocsp_key_dir: Path = Path(".certbus/validation/ocsp")
+    ocsp_provisioner_id: str = "ocsp-validation"
+    ocsp_provisioner_key_file: Path = Path(".certbus/validation/ocsp-provisioner.key.pem")
+    ocsp_profile: str = "ocsp-responder"
+    ocsp_responder_name: str = "validation.ocsp.internal"
+    ocsp_validity_s: int = 3600
+    ocsp_check_interval_s: float = 60.0
+
+    @property
+    def ocsp_provisioner_public_key_file(self) -> Path:
+        """Where validation writes its provisioner's public key, for `certbus provisioner add --public-key`."""
+        path = self.ocsp_provisioner_key_file
+        return path.with_name(path.name.removesuffix(".pem").removesuffix(".key") + ".pub.pem")
 
 
 class RevocationSettings(ServiceSettings):

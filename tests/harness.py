@@ -24,6 +24,7 @@ from faststream import FastStream
 
 from shared.cli import provisioner
 from shared.client import CertbusClient
+from shared.clock import Clock
 from shared.crypto import build_csr, generate_key
 from shared.devstack import SERVICES, ServiceProcess, free_port
 from shared.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
@@ -90,6 +91,7 @@ class Harness:
         self.lint_exempt: set[str] = set()
         self.lint_at_close = True
         self.overrides: dict[str, dict[str, Any]] = {}
+        self.clocks: dict[str, Clock] = {}  # injected into services started in this process
 
     # --- configuration -----------------------------------------------------------------
 
@@ -106,6 +108,13 @@ class Harness:
                 checkpoint_key_file=self.tmp / "audit" / "checkpoint.key.pem",
                 checkpoint_interval_s=0.5,
                 check_interval_s=1.0,
+            )
+        if name == "validation":
+            extra.update(
+                public_base_url=f"http://127.0.0.1:{self.http_ports['validation']}",
+                ocsp_key_dir=self.tmp / "validation" / "ocsp",
+                ocsp_provisioner_key_file=self.tmp / "validation" / "ocsp-provisioner.key.pem",
+                ocsp_check_interval_s=1.0,
             )
         if name == "signing":
             extra.update(
@@ -163,7 +172,7 @@ class Harness:
         }
         # Signing first: it declares the CAs that the others learn about.
         for name in sorted(names or SERVICES, key=lambda n: n != "signing"):
-            app, rt = builders[name](self.settings(name))  # type: ignore[operator]
+            app, rt = builders[name](self.settings(name), clock=self.clocks.get(name))  # type: ignore[operator]
             await app.start()
             self.apps[name] = (app, rt)
 
@@ -173,7 +182,7 @@ class Harness:
         from services.validation.app import build as validation
 
         builders = {"signing": signing, "validation": validation}
-        app, rt = builders[name](self.settings(name, http_port=free_port()))  # type: ignore[operator]
+        app, rt = builders[name](self.settings(name, http_port=free_port()), clock=self.clocks.get(name))  # type: ignore[operator]
         await app.start()
         self.apps[replica] = (app, rt)
 
@@ -220,6 +229,27 @@ class Harness:
                     producer="operator",
                     name=provisioner_id,
                     public_key_pem=provisioner.public_pem(self.provisioner_key),
+                    registered_by="tests",
+                )
+            )
+
+    async def register_ocsp_provisioner(self, timeout: float = 30.0) -> None:
+        """Register validation's own provisioner from the public key it wrote on start (what `make
+        run` does), so that validation can enroll for its OCSP responder certificate. Not part of
+        the `stack` fixture: the responder's issuance would change what other tests count."""
+        settings = self.settings("validation")
+        assert isinstance(settings, ValidationSettings)
+        path = settings.ocsp_provisioner_public_key_file
+        await eventually(lambda: asyncio.sleep(0, path.exists()), timeout=timeout)
+        async with self.client("operator") as c:
+            await c.publish(
+                ProvisionerRegistered(
+                    aggregate_id=settings.ocsp_provisioner_id,
+                    occurred_at=utcnow(),
+                    correlation_id="tests",
+                    producer="operator",
+                    name=settings.ocsp_provisioner_id,
+                    public_key_pem=path.read_text(),
                     registered_by="tests",
                 )
             )

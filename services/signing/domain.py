@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
 from shared import der
 from shared.crypto import PrivateKey, PublicKey, csr_names, signing_hash
@@ -43,6 +43,10 @@ class Urls:
     def ca_cert(self, ca_id: str) -> str:
         """Where the certificate of `ca_id` is served."""
         return f"{self.base.rstrip('/')}/ca/{ca_id}.crt"
+
+    def ocsp(self) -> str:
+        """Where OCSP is answered, for every issuing CA (the request names its issuer)."""
+        return f"{self.base.rstrip('/')}/ocsp"
 
 
 def _ca_name(organization: str, common_name: str) -> x509.Name:
@@ -131,10 +135,13 @@ def _crl_dp(url: str) -> x509.CRLDistributionPoints:
     )
 
 
-def _aia(ca_url: str) -> x509.AuthorityInformationAccess:
-    return x509.AuthorityInformationAccess(
-        [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url))]
-    )
+def _aia(ca_url: str, ocsp_url: str | None = None) -> x509.AuthorityInformationAccess:
+    """caIssuers, after the OCSP responder when there is one (the order most certificates use)."""
+    issuer = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_url))
+    if ocsp_url is None:
+        return x509.AuthorityInformationAccess([issuer])
+    ocsp = x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))
+    return x509.AuthorityInformationAccess([ocsp, issuer])
 
 
 @dataclass(frozen=True)
@@ -215,12 +222,12 @@ def leaf_builder(
 ) -> x509.CertificateBuilder:
     """A leaf certificate as `profile` says: the approved names and the CSR's key, nothing else
     from the request. The subject is the first DNS name as CN when it fits (64 characters), else
-    empty, and then the SAN is critical (RFC 5280 4.2.1.6)."""
+    empty, and then the SAN is critical (RFC 5280 4.2.1.6). The AIA names the OCSP responder and
+    the issuer's certificate; a delegated OCSP responder's own certificate instead carries
+    id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1) and no OCSP URL, since nobody checks it."""
     subject = _leaf_subject(names)
-    server, client = profile.ekus()
-    ekus = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
-    ekus += [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-    return (
+    server, _ = profile.ekus()
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.cert.subject)
@@ -244,12 +251,17 @@ def leaf_builder(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(profile.eku_oids()), critical=False)
+    )
+    if profile.ocsp_responder:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+    ocsp_url = None if profile.ocsp_responder else urls.ocsp()
+    return (
+        builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer.cert), critical=False)
         .add_extension(x509.SubjectAlternativeName(names.general_names()), critical=len(subject) == 0)
         .add_extension(_crl_dp(urls.crl(issuer.ca_id)), critical=False)
-        .add_extension(_aia(urls.ca_cert(issuer.ca_id)), critical=False)
+        .add_extension(_aia(urls.ca_cert(issuer.ca_id), ocsp_url), critical=False)
     )
 
 

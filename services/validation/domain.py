@@ -100,3 +100,12 @@ def validate(
             record.reason,
         )
     return Verdict("good", "chains to a Certbus root, within its validity, not revoked", serial, tuple(chain))
+
+
+RENEW_WHEN_REMAINING = 1 / 3
+
+
+def renewal_due(cert: x509.Certificate, now: datetime, when_remaining: float = RENEW_WHEN_REMAINING) -> bool:
+    """Whether less than `when_remaining` of the certificate's lifetime is left at `now`."""
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return cert.not_valid_after_utc - now < lifetime * when_remaining

@@ -81,6 +81,12 @@ class Unauthorized(OcspError):
     status = ocsp.OCSPResponseStatus.UNAUTHORIZED
 
 
+class TryLater(OcspError):
+    """A request about a served issuer whose responder certificate is not there yet (RFC 6960 tryLater)."""
+
+    status = ocsp.OCSPResponseStatus.TRY_LATER
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """What the responder says about a serial: good, revoked (when, why) or unknown (never issued)."""
@@ -191,6 +197,15 @@ def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
     return h.finalize()
 
 
+CertIdKey = tuple[str, bytes, bytes]  # (hash name, issuer name hash, issuer key hash)
+
+
+def issuer_cert_ids(issuer: x509.Certificate) -> frozenset[CertIdKey]:
+    """The issuer halves of every CertID a request about a certificate of `issuer` may carry."""
+    name, public_key = issuer.subject.public_bytes(), _subject_public_key(issuer)
+    return frozenset((a.name, _digest(a, name), _digest(a, public_key)) for a in CERT_ID_HASHES)
+
+
 class Responder:
     """An issuing CA's delegated responder: its certificate (id-kp-OCSPSigning) and private key."""
 
@@ -216,8 +231,7 @@ class Responder:
         self.key = key
         self.not_after = cert.not_valid_after_utc
         self._hash = signing_hash(key)
-        name, public_key = issuer.subject.public_bytes(), _subject_public_key(issuer)
-        self.cert_ids = frozenset((a.name, _digest(a, name), _digest(a, public_key)) for a in CERT_ID_HASHES)
+        self.cert_ids = issuer_cert_ids(issuer)
 
     def sign(self, request: OcspRequest, status: Status, this_update: datetime, next_update: datetime) -> bytes:
         """A signed basic response for `request` (nonce echoed), identified by the responder's key hash."""
@@ -315,7 +329,9 @@ class ResponderSet:
     Requests with a nonce are always signed afresh and never cached; others reuse a cached response
     while its status is current and more than `refresh_margin` (default half the validity) remains
     before its nextUpdate. Responses for unknown serials are not cached, so random serials cannot
-    flush the cache. Not thread-safe: one event loop, no awaits inside."""
+    flush the cache. Requests about an issuer given to `expect` (and, while no responder has been
+    added, about any issuer) get tryLater until its responder is added. Not thread-safe: one event
+    loop, no awaits inside."""
 
     def __init__(
         self,
@@ -333,7 +349,8 @@ class ResponderSet:
                 f"need validity > 0, 0 <= refresh_margin < validity and backdate >= 0; got {validity}, "
                 f"{refresh_margin}, {backdate}"
             )
-        self._by_cert_id: dict[tuple[str, bytes, bytes], Responder] = {}
+        self._by_cert_id: dict[CertIdKey, Responder] = {}
+        self._awaited: dict[CertIdKey, str] = {}  # issuers served once their responder arrives
         self._lookup = lookup
         self.cache = ResponseCache() if cache is None else cache
         self.validity, self.refresh_margin, self.backdate = validity, refresh_margin, backdate
@@ -345,13 +362,23 @@ class ResponderSet:
         """Serve `responder`'s issuer, replacing its previous responder (after a renewal)."""
         self._by_cert_id.update(dict.fromkeys(responder.cert_ids, responder))
 
+    def expect(self, ca_id: str, issuer: x509.Certificate) -> None:
+        """Answer tryLater, not unauthorized, about `issuer` until a responder for it is added."""
+        self._awaited.update(dict.fromkeys(issuer_cert_ids(issuer), ca_id))
+
+    def responder(self, ca_id: str) -> Responder | None:
+        """The current responder of CA `ca_id`, if any."""
+        return next((r for r in self._by_cert_id.values() if r.ca_id == ca_id), None)
+
     def prepare(self, request_der: bytes) -> tuple[OcspRequest, Responder]:
-        """The parsed request and the responder of its issuer; MalformedRequest or Unauthorized."""
+        """The parsed request and the responder of its issuer; MalformedRequest, Unauthorized, or
+        TryLater while the issuer (or, before the first responder, any issuer) awaits its responder."""
         request = parse_request(request_der)
-        responder = self._by_cert_id.get(
-            (request.hash_algorithm.name, request.issuer_name_hash, request.issuer_key_hash)
-        )
+        key = (request.hash_algorithm.name, request.issuer_name_hash, request.issuer_key_hash)
+        responder = self._by_cert_id.get(key)
         if responder is None:
+            if key in self._awaited or not self._by_cert_id:
+                raise TryLater(f"no responder certificate yet for CA {self._awaited.get(key, '(not yet known)')}")
             raise Unauthorized(f"no served CA matches the request's issuer ({request.hash_algorithm.name} CertID)")
         return request, responder
 

@@ -515,8 +515,18 @@ def test_review_refuses_an_unknown_extension_request(critical: bool) -> None:
         ("client", [ExtendedKeyUsageOID.SERVER_AUTH]),
         ("both", [ExtendedKeyUsageOID.CODE_SIGNING]),
         ("both", [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE]),
+        ("both", [ExtendedKeyUsageOID.OCSP_SIGNING]),
+        ("ocsp", [ExtendedKeyUsageOID.SERVER_AUTH]),
     ],
-    ids=["client_on_server", "both_on_server", "server_on_client", "code_signing", "any_eku"],
+    ids=[
+        "client_on_server",
+        "both_on_server",
+        "server_on_client",
+        "code_signing",
+        "any_eku",
+        "ocsp_on_tls",
+        "tls_on_ocsp",
+    ],
 )
 def test_review_refuses_an_eku_the_profile_does_not_give(usage: str, ekus: list[x509.ObjectIdentifier]) -> None:
     profile = make_profile(name="p", usage=usage)  # type: ignore[arg-type]
@@ -543,8 +553,9 @@ def test_review_refuses_a_ca_key_usage_request(bit: str) -> None:
         ("server", [_key_usage(digital_signature=True, key_encipherment=True)]),
         ("server", [x509.BasicConstraints(ca=False, path_length=None)]),
         ("server", [x509.SubjectKeyIdentifier(b"\x01" * 20)]),
+        ("ocsp", [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), x509.OCSPNoCheck()]),
     ],
-    ids=["ku_and_server_eku", "client_eku", "both_ekus", "key_encipherment", "not_ca", "ski"],
+    ids=["ku_and_server_eku", "client_eku", "both_ekus", "key_encipherment", "not_ca", "ski", "ocsp_signing"],
 )
 def test_review_accepts_harmless_extension_requests(usage: str, extensions: list[x509.ExtensionType]) -> None:
     profile = make_profile(name="p", usage=usage)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from services.validation.ocsp import (
     ResponderSet,
     ResponseCache,
     Status,
+    TryLater,
     decode_get,
     parse_request,
 )
@@ -450,6 +451,24 @@ def test_a_request_for_two_certificates_is_malformed(pki: Pki, responders: Respo
     _run(["ocsp", "-issuer", "issuer.pem", "-cert", "cert.pem", "-cert", "cert.pem", "-reqout", "two.der"], pki.dir)
     response = responders.respond((pki.dir / "two.der").read_bytes(), REAL_NOW)
     assert _status(response) is x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_before_any_responder_every_request_gets_try_later(pki: Pki, other_pki: Pki) -> None:
+    responders = ResponderSet([])
+    with pytest.raises(TryLater):
+        responders.prepare(_request(other_pki.leaf, other_pki.issuing.cert))
+
+
+def test_an_expected_issuer_gets_try_later_until_its_responder_arrives(pki: Pki, other_pki: Pki) -> None:
+    responders = ResponderSet([pki.responder])
+    responders.expect(other_pki.issuing.ca_id, other_pki.issuing.cert)
+    with pytest.raises(TryLater, match=other_pki.issuing.ca_id) as early:
+        responders.prepare(_request(other_pki.leaf, other_pki.issuing.cert))
+    assert _status(early.value.response) is x509_ocsp.OCSPResponseStatus.TRY_LATER
+    responders.add(other_pki.responder)
+    assert responders.prepare(_request(other_pki.leaf, other_pki.issuing.cert))[1] is other_pki.responder
+    assert responders.responder(other_pki.issuing.ca_id) is other_pki.responder
+    assert responders.responder("no-such-ca") is None
 
 
 def test_a_request_about_another_issuer_is_unauthorized(

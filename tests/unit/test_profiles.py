@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki_builders import PROFILES_TOML, TLS_SERVER, make_profile, shipped_profiles
 from shared.profiles import (
@@ -25,7 +27,7 @@ from shared.profiles import (
     validity_problem,
 )
 
-SHIPPED = ("tls-server", "tls-client", "service", "high-assurance")
+SHIPPED = ("tls-server", "tls-client", "service", "high-assurance", "ocsp-responder")
 
 
 def _code(reason: object) -> str | None:
@@ -154,6 +156,34 @@ def test_ekus_follow_usage(usage: str, ekus: tuple[bool, bool]) -> None:
     assert make_profile(usage=usage).ekus() == ekus  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("usage", "oids"),
+    [
+        ("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
+        ("client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ("both", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ("ocsp", [ExtendedKeyUsageOID.OCSP_SIGNING]),
+    ],
+)
+def test_eku_oids_follow_usage(usage: str, oids: list[x509.ObjectIdentifier]) -> None:
+    assert make_profile(usage=usage).eku_oids() == oids  # type: ignore[arg-type]
+
+
+def test_an_ocsp_profile_gives_neither_tls_usage() -> None:
+    profile = make_profile(usage="ocsp")
+    assert (profile.ekus(), profile.ocsp_responder) == ((False, False), True)
+    assert not TLS_SERVER.ocsp_responder
+
+
+def test_shipped_ocsp_responder_is_short_lived_p256_and_ocsp_only() -> None:
+    profile = shipped_profiles()["ocsp-responder"]
+    assert profile.eku_oids() == [ExtendedKeyUsageOID.OCSP_SIGNING]
+    assert (profile.default_validity_days, profile.max_validity_days, profile.max_sans) == (2, 7, 1)
+    assert profile.key_types == ["ec-p256"]
+    assert name_allowed(profile, "validation.ocsp.internal")
+    assert not name_allowed(profile, "web.internal")
+
+
 def test_template_name_is_allowed_by_its_profile() -> None:
     assert TLS_SERVER.template_name() == "template.example.internal"
     by_pattern = Profile(name="p", usage="server", dns_patterns=["*.db.internal"])
@@ -165,7 +195,7 @@ def test_template_name_is_allowed_by_its_profile() -> None:
 # --- load_profiles ----------------------------------------------------------------------------
 
 
-def test_shipped_profiles_are_the_four() -> None:
+def test_shipped_profiles_are_the_five() -> None:
     assert [p.name for p in load_profiles(PROFILES_TOML)] == list(SHIPPED)
 
 
@@ -173,7 +203,7 @@ def test_shipped_profiles_are_the_four() -> None:
 def test_shipped_profile_values_are_sensible(name: str) -> None:
     profile = shipped_profiles()[name]
     assert 1 <= profile.default_validity_days <= profile.max_validity_days <= 397
-    assert profile.dns_suffixes == ["internal"]
+    assert profile.dns_suffixes == (["ocsp.internal"] if name == "ocsp-responder" else ["internal"])
     assert not profile.allow_wildcards and not profile.allow_emails
     assert 1 <= profile.max_sans <= 100
     assert profile.min_rsa_bits >= 2048

@@ -268,13 +268,37 @@ def test_leaf_with_name_too_long_for_cn_has_empty_subject_and_critical_san(
     assert _ext(cert, x509.SubjectAlternativeName).critical
 
 
-def test_leaf_points_to_issuer_crl_and_certificate(leaf: x509.Certificate) -> None:
+def test_leaf_points_to_issuer_crl_ocsp_and_certificate(leaf: x509.Certificate) -> None:
     dp = _ext(leaf, x509.CRLDistributionPoints).value
     aia = _ext(leaf, x509.AuthorityInformationAccess).value
     assert [n.value for n in dp[0].full_name] == ["https://pki.example.test/crl/issuing-1.crl"]
     assert [(d.access_method, d.access_location.value) for d in aia] == [
-        (AuthorityInformationAccessOID.CA_ISSUERS, "https://pki.example.test/ca/issuing-1.crt")
+        (AuthorityInformationAccessOID.OCSP, "https://pki.example.test/ocsp"),
+        (AuthorityInformationAccessOID.CA_ISSUERS, "https://pki.example.test/ca/issuing-1.crt"),
     ]
+
+
+def test_an_ocsp_responder_leaf_signs_ocsp_only_and_is_not_checked(
+    p256_key: ec.EllipticCurvePrivateKey, issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    profile = make_profile(name="ocsp-responder", usage="ocsp")
+    cert = _sign(p256_key.public_key(), NAMES, issuing, issuing_key, profile=profile)
+    assert list(_ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.OCSP_SIGNING]
+    assert not _ext(cert, x509.OCSPNoCheck).critical
+    assert _ext(cert, x509.KeyUsage).value.digital_signature
+    assert not _ext(cert, x509.KeyUsage).value.key_encipherment
+    aia = _ext(cert, x509.AuthorityInformationAccess).value
+    assert [d.access_method for d in aia] == [AuthorityInformationAccessOID.CA_ISSUERS]  # nobody checks it
+
+
+def test_only_an_ocsp_responder_leaf_carries_ocsp_nocheck(leaf: x509.Certificate) -> None:
+    with pytest.raises(x509.ExtensionNotFound):
+        leaf.extensions.get_extension_for_class(x509.OCSPNoCheck)
+
+
+def test_the_issuing_ca_names_no_ocsp_responder(issuing: signing.CaIdentity) -> None:
+    aia = _ext(issuing.cert, x509.AuthorityInformationAccess).value
+    assert [d.access_method for d in aia] == [AuthorityInformationAccessOID.CA_ISSUERS]
 
 
 def test_leaf_issuer_is_the_issuing_ca(leaf: x509.Certificate, issuing: signing.CaIdentity) -> None:
@@ -893,7 +917,8 @@ SHIPPED_CASES = [
 
 def _realistic_names(profile: Profile) -> signing.Sans:
     ips = ("10.1.2.3", "fd00::1") if profile.allow_ip_sans else ()
-    return signing.Sans(("web.prod.internal", "web-1.eu.prod.internal")[: profile.max_sans], ips)
+    suffix = profile.dns_suffixes[0]
+    return signing.Sans((f"web.prod.{suffix}", f"web-1.eu.prod.{suffix}")[: profile.max_sans], ips)
 
 
 @pytest.mark.parametrize(("profile_name", "key_type"), SHIPPED_CASES)

@@ -1,0 +1,148 @@
+"""Validation's HTTP for relying parties that know nothing of NATS: CRLs, CA certificates and OCSP.
+
+OCSP (RFC 6960 A.1) is answered at `/ocsp` by POST (body: the DER request) and at
+`/ocsp/{base64 request}` by GET. The status is read from the read model on every request, and a
+signed response is reused while the status it was signed for is still the status (see
+`ResponderSet`), so a response cached by this replica is never stale, whichever replica consumed
+the revocation. GET answers with a definite status and no nonce carry RFC 5019 caching headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+from email.utils import format_datetime
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from cryptography.x509 import ocsp as x509_ocsp
+from prometheus_client import Counter
+
+from services.validation import domain, store
+from services.validation.ocsp import (
+    UNKNOWN,
+    MalformedRequest,
+    OcspError,
+    ResponderSet,
+    Status,
+    decode_get,
+    unsuccessful,
+)
+from shared.consumer import TRANSIENT_ERRORS
+from shared.service import Runtime
+from shared.settings import ValidationSettings
+
+log = logging.getLogger("certbus.validation.http")
+MAX_OCSP_REQUEST_BYTES = 4096  # a one-certificate request with a nonce is ~100 bytes
+OCSP_REQUEST = "application/ocsp-request"
+OCSP_RESPONSE = "application/ocsp-response"
+NOT_CACHEABLE = {"Cache-Control": "no-store"}
+TRY_LATER = unsuccessful(x509_ocsp.OCSPResponseStatus.TRY_LATER)
+OCSP_RESPONSES = Counter("certbus_ocsp_responses_total", "OCSP responses sent, by outcome", ["outcome"])
+
+
+def routes(rt: Runtime, settings: ValidationSettings, responders: ResponderSet) -> list[web.RouteDef]:
+    """The relying-party routes, at the root and, if the public base URL has a path, under it too
+    (so URLs embedded in certificates work with or without a path-stripping proxy in front)."""
+
+    async def get_crl(request: web.Request) -> web.Response:
+        async with rt.pool.acquire() as conn:
+            row = await store.crl(conn, request.match_info["ca_id"])
+        if row is None:
+            raise web.HTTPNotFound(text="no CRL for that issuer")
+        return web.Response(
+            body=row["der"],
+            content_type="application/pkix-crl",
+            headers={"Cache-Control": "public, max-age=60"},
+        )
+
+    async def get_ca(request: web.Request) -> web.Response:
+        async with rt.pool.acquire() as conn:
+            der = await store.ca_der(conn, request.match_info["ca_id"])
+        if der is None:
+            raise web.HTTPNotFound(text="no such CA")
+        return web.Response(body=der, content_type="application/pkix-cert")
+
+    async def answer(request_der: bytes) -> tuple[bytes, bool]:
+        """The DER response, and whether HTTP caches may keep it (a definite status, no nonce)."""
+        try:
+            ocsp_request, responder = responders.prepare(request_der)
+        except OcspError as exc:
+            OCSP_RESPONSES.labels(exc.status.name.lower()).inc()
+            return exc.response, False
+        try:
+            status = await _status(rt, ocsp_request.serial, responder.ca_id)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("OCSP status lookup failed", extra={"error": repr(exc)})
+            OCSP_RESPONSES.labels("try_later").inc()
+            return TRY_LATER, False
+        response = responders.answer(ocsp_request, responder, status, rt.clock.now())
+        if response == TRY_LATER:  # the responder certificate expired before its renewal
+            OCSP_RESPONSES.labels("try_later").inc()
+            return response, False
+        OCSP_RESPONSES.labels(status.kind).inc()
+        return response, ocsp_request.nonce is None and status.kind != "unknown"
+
+    async def post_ocsp(request: web.Request) -> web.Response:
+        if request.content_type != OCSP_REQUEST:
+            raise web.HTTPUnsupportedMediaType(text=f"send the DER request as Content-Type: {OCSP_REQUEST}")
+        response, _ = await answer(await _body(request))
+        return web.Response(body=response, content_type=OCSP_RESPONSE)
+
+    async def get_ocsp(request: web.Request) -> web.Response:
+        try:
+            request_der = decode_get(request.match_info["request"])
+            if len(request_der) > MAX_OCSP_REQUEST_BYTES:
+                raise MalformedRequest(f"the request is over {MAX_OCSP_REQUEST_BYTES} bytes")
+        except MalformedRequest as exc:
+            OCSP_RESPONSES.labels(exc.status.name.lower()).inc()
+            return web.Response(body=exc.response, content_type=OCSP_RESPONSE, headers=NOT_CACHEABLE)
+        response, cacheable = await answer(request_der)
+        headers = _cache_headers(response, rt.clock.now()) if cacheable else NOT_CACHEABLE
+        return web.Response(body=response, content_type=OCSP_RESPONSE, headers=headers)
+
+    found = []
+    for prefix in dict.fromkeys(["", urlsplit(settings.public_base_url).path.rstrip("/")]):
+        found += [
+            web.get(f"{prefix}/crl/{{ca_id}}.crl", get_crl),
+            web.get(f"{prefix}/ca/{{ca_id}}.crt", get_ca),
+            web.post(f"{prefix}/ocsp", post_ocsp),
+            web.get(f"{prefix}/ocsp/{{request:.+}}", get_ocsp),  # base64 may hold '/' (or %2F)
+        ]
+    return found
+
+
+async def _status(rt: Runtime, serial: str, ca_id: str) -> Status:
+    """What the read model says of `serial` as issued by CA `ca_id` (unknown if that CA never did)."""
+    async with rt.pool.acquire() as conn:
+        row = await store.status(conn, serial)
+    if row is None or row["issuer_id"] != ca_id:
+        return UNKNOWN
+    return Status.from_record(domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"]))
+
+
+async def _body(request: web.Request) -> bytes:
+    """The request body, refused (413) beyond MAX_OCSP_REQUEST_BYTES whatever Content-Length says."""
+    if request.content_length is not None and request.content_length > MAX_OCSP_REQUEST_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_OCSP_REQUEST_BYTES, actual_size=request.content_length)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1024):
+        body += chunk
+        if len(body) > MAX_OCSP_REQUEST_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_OCSP_REQUEST_BYTES, actual_size=len(body))
+    return bytes(body)
+
+
+def _cache_headers(response: bytes, now: datetime) -> dict[str, str]:
+    """RFC 5019 6.2: cacheable until nextUpdate, dated by thisUpdate, tagged by content."""
+    parsed = x509_ocsp.load_der_ocsp_response(response)
+    if parsed.response_status is not x509_ocsp.OCSPResponseStatus.SUCCESSFUL or parsed.next_update_utc is None:
+        return NOT_CACHEABLE
+    max_age = max(0, int((parsed.next_update_utc - now).total_seconds()))
+    return {
+        "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+        "Last-Modified": format_datetime(parsed.this_update_utc, usegmt=True),
+        "Expires": format_datetime(parsed.next_update_utc, usegmt=True),
+        "ETag": f'"{hashlib.sha256(response).hexdigest()}"',
+    }
