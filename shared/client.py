@@ -12,7 +12,7 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel
 
 from shared.crypto import PrivateKey, normalise_serial, sign_message
@@ -410,6 +411,32 @@ class CertbusClient:
                 raise Unreachable(f"validation does not show {serial} as {'/'.join(statuses)} yet")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    async def revocations(
+        self, since: datetime | None = None, issuer_id: str | None = None
+    ) -> AsyncIterator[CertificateRevoked]:
+        """Yield revocations as they happen, in log order (optionally only one issuer's).
+
+        Without `since`, a plain subscription to `<root>.cert.*.revoked` (what any requester may
+        read; revocations while disconnected are missed: check `status` after a reconnect). With
+        `since`, an ordered JetStream consumer replays the log from that time and then follows it,
+        missing nothing (the NATS user must be allowed to create consumers on the stream).
+        """
+        subject = CertificateRevoked.filter(self.settings.subject_root)
+        if since is None:
+            sub = await self.nc.subscribe(subject)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
+            sub = await self.nc.jetstream().subscribe(
+                subject, stream=self.settings.stream, ordered_consumer=True, config=config
+            )
+        try:
+            async for msg in sub.messages:
+                revoked = CertificateRevoked.model_validate_json(msg.data)
+                if issuer_id is None or revoked.issuer_id == issuer_id:
+                    yield revoked
+        finally:
+            await sub.unsubscribe()
 
     async def status(self, serial: str) -> StatusAnswer:
         """What validation knows of a serial."""

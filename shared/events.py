@@ -279,6 +279,22 @@ class CertificateRevoked(Event):
     authorised_by: Literal["holder", "operator", "key_compromise", "ca_compromise"] | None = None
 
 
+class CertificateRenewalDue(Event):
+    """A certificate's holder should renew it now (aggregate id: the certificate id): its renewal
+    point came (`schedule`), or it was revoked because its key or its CA was compromised. Agents
+    subscribe to `<root>.cert.*.renewal_due`."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "renewal_due"
+    event_type: Literal["CertificateRenewalDue"] = "CertificateRenewalDue"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    issuer_id: str
+    due_at: datetime
+    cause: Literal["schedule", "key_compromise", "ca_compromise"]
+    rekey: bool = True
+
+
 # --- revocation requests --------------------------------------------------------------------
 
 
@@ -482,6 +498,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     EnrollmentRejected,
     CertificateIssued,
     CertificateRevoked,
+    CertificateRenewalDue,
     RevocationRequested,
     RevocationOrdered,
     RevocationRejected,
@@ -510,6 +527,7 @@ AnyEvent = Annotated[
     | EnrollmentRejected
     | CertificateIssued
     | CertificateRevoked
+    | CertificateRenewalDue
     | RevocationRequested
     | RevocationOrdered
     | RevocationRejected
@@ -540,6 +558,7 @@ PRODUCERS: dict[str, str] = {
     "EnrollmentRejected": "enrollment|signing",
     "CertificateIssued": "signing",
     "CertificateRevoked": "revocation",
+    "CertificateRenewalDue": "enrollment|revocation",
     "RevocationRequested": "requester",
     "RevocationOrdered": "operator",
     "RevocationRejected": "revocation",

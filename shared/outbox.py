@@ -51,6 +51,27 @@ async def enqueue(conn: asyncpg.Connection, event: Event, subject_root: str) -> 
     return OutboxEntry(row_id, str(event.event_id), subject, payload)
 
 
+async def enqueue_many(conn: asyncpg.Connection, events: Sequence[Event], subject_root: str) -> list[OutboxEntry]:
+    """Add many events to the outbox in the caller's transaction, in one statement (in order)."""
+    if not events:
+        return []
+    subjects = [e.subject(subject_root) for e in events]
+    payloads = [e.model_dump_json().encode() for e in events]
+    rows = await conn.fetch(
+        "INSERT INTO outbox (event_id, subject, payload) SELECT e, s, p "
+        "FROM unnest($1::uuid[], $2::text[], $3::bytea[]) WITH ORDINALITY AS t(e, s, p, n) ORDER BY n "
+        "RETURNING id, event_id",
+        [e.event_id for e in events],
+        subjects,
+        payloads,
+    )
+    ids = {row["event_id"]: row["id"] for row in rows}
+    return [
+        OutboxEntry(ids[e.event_id], str(e.event_id), subject, payload)
+        for e, subject, payload in zip(events, subjects, payloads, strict=True)
+    ]
+
+
 class OutboxRelay:
     """Publishes committed outbox rows; safe to run in several replicas at once."""
 

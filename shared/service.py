@@ -27,7 +27,7 @@ from shared.events import Event
 from shared.outbox import OutboxEntry, OutboxRelay
 from shared.queries import Failure
 from shared.settings import ServiceSettings
-from shared.stream import ensure_object_store, ensure_stream
+from shared.stream import ensure_consumer_filters, ensure_object_store, ensure_stream
 
 log = logging.getLogger("certbus.service")
 VERSION = "0.1.0"
@@ -49,6 +49,7 @@ class Runtime:
     stopping: bool = False
     _assembled: bool = False
     _pool: asyncpg.Pool | None = None
+    consumers: dict[str, list[str]] = field(default_factory=dict)  # durable -> filter subjects
     _relay: OutboxRelay | None = None
 
     @property
@@ -86,6 +87,7 @@ class Runtime:
         handlers hand their events to a `GroupCommit` so that they share one transaction.
         """
         durable = self.durable(purpose)
+        self.consumers[durable] = list(filters)
         return self.events.subscriber(
             f"{self.root}.>",
             stream=JStream(self.settings.stream, declare=False),
@@ -198,6 +200,9 @@ def create_service(
         await broker.connect()
         await ensure_stream(runtime.js, settings)
         await ensure_object_store(runtime.js, settings)
+        for durable, filters in runtime.consumers.items():
+            # A durable made by an earlier release keeps its old filters unless told otherwise.
+            await ensure_consumer_filters(runtime.js, settings.stream, durable, filters)
         runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
         runtime.relay.loop.start()
         if on_start is not None:

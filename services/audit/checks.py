@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
 from shared.events import PRODUCERS
@@ -208,6 +207,8 @@ class Checker:
                     found.append(Finding("crl", latest.stream_seq, f"CRL #{latest.crl_number} of {issuer}: {problem}"))
                     continue
             for r in revoked:
+                if r.stream_seq > self._crls_end(issuer):
+                    continue  # the CA no longer signs CRLs: it is itself revoked in its parent's CRL
                 when = r.revoked_at or now
                 if latest is not None and r.stream_seq < latest.stream_seq and listed is not None:
                     cutoff = (latest.this_update or now) - grace
@@ -229,6 +230,13 @@ class Checker:
                         )
                     )
         return found
+
+    def _crls_end(self, ca: str) -> int | float:
+        """The log position after which a CA signs no CRL: its compromise, or its key's destruction."""
+        ends = [self._key_destroyed.get(ca, float("inf"))]
+        if ca in self._closed and self._closed[ca][0] == "compromised":
+            ends.append(self._closed[ca][1])
+        return min(ends)
 
     def _flag(self, check: str, seq: int, detail: str) -> None:
         self.findings.append(Finding(check, seq, detail))
@@ -281,14 +289,11 @@ def profile_problems(profile: Profile, data: dict[str, Any]) -> list[str]:
     span = cert.not_valid_after_utc - cert.not_valid_before_utc
     if span > timedelta(days=profile.max_validity_days):
         problems.append(f"it is valid for {span}, more than the profile's {profile.max_validity_days} days")
-    server, client = profile.ekus()
     try:
         ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
         ekus = set()
-    wanted = {ExtendedKeyUsageOID.SERVER_AUTH} if server else set()
-    wanted |= {ExtendedKeyUsageOID.CLIENT_AUTH} if client else set()
-    if ekus != wanted:
+    if ekus != set(profile.eku_oids()):
         names = sorted(getattr(oid, "_name", oid.dotted_string) for oid in ekus)
         problems.append(f"its extended key usages {names} are not the profile's usage {profile.usage!r}")
     try:

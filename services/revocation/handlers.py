@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from faststream.nats.annotations import NatsMessage
@@ -11,7 +12,9 @@ from faststream.nats.annotations import NatsMessage
 from services.revocation import domain, store
 from shared.consumer import Delivery, EventRejected
 from shared.events import (
+    CaCompromised,
     CertificateIssued,
+    CertificateRenewalDue,
     CertificateRevoked,
     Event,
     KeyBlocked,
@@ -19,12 +22,13 @@ from shared.events import (
     RevocationRejected,
     RevocationRequested,
 )
-from shared.outbox import OutboxEntry, enqueue
+from shared.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.reasons import printable
 from shared.service import Runtime
 
 NAME = "revocation"
-CONSUMED: tuple[type[Event], ...] = (CertificateIssued, RevocationRequested, RevocationOrdered)
+log = logging.getLogger("certbus.revocation")
+CONSUMED: tuple[type[Event], ...] = (CertificateIssued, RevocationRequested, RevocationOrdered, CaCompromised)
 
 
 def filters(root: str) -> list[str]:
@@ -41,12 +45,16 @@ def register(rt: Runtime) -> None:
             return await _learn(conn, rt, event)
         if isinstance(event, RevocationRequested | RevocationOrdered):
             return await _decide(conn, rt, event)
+        if isinstance(event, CaCompromised):
+            return await _issuer_compromised(conn, rt, event)
         raise EventRejected(f"revocation does not consume {event.event_type}")
 
     requests = rt.group_commit("requests", apply)
 
     @rt.consumer("requests", filters(rt.root))
-    async def on_event(event: CertificateIssued | RevocationRequested | RevocationOrdered, msg: NatsMessage) -> None:
+    async def on_event(
+        event: CertificateIssued | RevocationRequested | RevocationOrdered | CaCompromised, msg: NatsMessage
+    ) -> None:
         await requests.submit(event, Delivery.of(msg))
 
 
@@ -67,11 +75,19 @@ async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssue
     spki_der, spki_sha256 = key if key is not None else (None, issued.spki_sha256)
     if not await store.add_certificate(conn, issued, spki_sha256, spki_der):
         return []
+    if issued.not_after <= now:
+        return []
+    cert = domain.Known(issued.serial, issued.aggregate_id, issued.issuer_id, "good", spki_sha256, spki_der)
+    if await store.issuer_compromised(conn, issued.issuer_id):
+        # Released by its CA just before the compromise was declared, learnt here after it.
+        entries = [
+            await _revoke_one(conn, rt, cert, "cACompromise", issued.aggregate_id, NAME, "ca_compromise", issued, now)
+        ]
+        return entries + await enqueue_many(conn, [_renewal_due(cert, "ca_compromise", issued, now)], rt.root)
     compromise = await store.compromised_by(conn, spki_sha256)
-    if compromise is None or issued.not_after <= now:
+    if compromise is None:
         return []
     serial, request_id = compromise
-    cert = domain.Known(issued.serial, issued.aggregate_id, issued.issuer_id, "good", spki_sha256, spki_der)
     by = domain.compromised_by(serial)
     return [await _revoke_one(conn, rt, cert, "keyCompromise", request_id, by, "key_compromise", issued, now)]
 
@@ -165,3 +181,45 @@ async def _revoke_one(
         **_envelope(cause, now),
     )
     return await enqueue(conn, revoked, rt.root)
+
+
+async def _issuer_compromised(conn: asyncpg.Connection, rt: Runtime, event: CaCompromised) -> list[OutboxEntry]:
+    """An operator declared an issuing CA compromised: revoke every live certificate it issued
+    (cACompromise, in one statement) and tell each holder to renew with a new key."""
+    now = rt.clock.now()
+    if not await store.record_issuer_compromise(conn, event.ca_id, printable(event.declared_by), now):
+        return []
+    rows = await store.revoke_all_of_issuer(conn, event.ca_id, now)
+    events: list[Event] = []
+    for row in rows:
+        cert = domain.Known(row["serial"], row["cert_id"], event.ca_id, "revoked")
+        events.append(
+            CertificateRevoked(
+                aggregate_id=cert.cert_id,
+                serial=cert.serial,
+                issuer_id=event.ca_id,
+                reason="cACompromise",
+                revoked_at=now,
+                revocation_request_id=event.aggregate_id,
+                requested_by=printable(event.declared_by),
+                authorised_by="ca_compromise",
+                **_envelope(event, now),
+            )
+        )
+        events.append(_renewal_due(cert, "ca_compromise", event, now))
+    log.warning("revoked every certificate of a compromised CA", extra={"ca": event.ca_id, "certificates": len(rows)})
+    return await enqueue_many(conn, events, rt.root)
+
+
+def _renewal_due(
+    cert: domain.Known, cause: Literal["key_compromise", "ca_compromise"], because: Event, now: datetime
+) -> CertificateRenewalDue:
+    return CertificateRenewalDue(
+        aggregate_id=cert.cert_id,
+        serial=cert.serial,
+        issuer_id=cert.issuer_id,
+        due_at=now,
+        cause=cause,
+        rekey=True,
+        **_envelope(because, now),
+    )

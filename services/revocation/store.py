@@ -103,3 +103,30 @@ async def record_request(
         outcome,
         at,
     )
+
+
+async def record_issuer_compromise(conn: asyncpg.Connection, ca_id: str, by: str, at: datetime) -> bool:
+    """Record an issuing CA as compromised (locking its row to the end of the transaction, so that a
+    certificate of it learnt concurrently is revoked by one side or the other); False if it was already."""
+    added = await conn.fetchval(
+        "INSERT INTO compromised_issuers VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true", ca_id, by, at
+    )
+    return bool(added)
+
+
+async def issuer_compromised(conn: asyncpg.Connection, ca_id: str) -> bool:
+    """Whether an issuer was declared compromised (waits for a declaration being committed)."""
+    row = await conn.fetchval("SELECT true FROM compromised_issuers WHERE ca_id = $1 FOR SHARE", ca_id)
+    return bool(row)
+
+
+async def revoke_all_of_issuer(conn: asyncpg.Connection, ca_id: str, at: datetime) -> list[asyncpg.Record]:
+    """Revoke every live certificate of an issuer (cACompromise) in one statement; returns their
+    serial, cert_id and not_after in serial order."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "UPDATE certificates SET status = 'revoked', revoked_at = $2, reason = 'cACompromise' "
+        "WHERE issuer_id = $1 AND status = 'good' AND not_after > $2 RETURNING serial, cert_id",
+        ca_id,
+        at,
+    )
+    return sorted(rows, key=lambda r: r["serial"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from typing import Literal
 
 import asyncpg
 from cryptography import x509
@@ -79,52 +80,75 @@ class CaRegistry:
             if self.issuing_id is not None:
                 return
             now = rt.clock.now()
-            key_type: KeyType = self.settings.ca_key_type  # type: ignore[assignment]
-            root_id, issuing_id = uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
-            root_key = generate_key(key_type)
+            root_id = uuid.uuid4().hex[:16]
+            root_key = generate_key(self._key_type)
             root_cert = domain.root_certificate(
                 root_key, root_id, self.settings.organization, now, self.settings.root_validity_days
             )
-            root = domain.CaIdentity(root_id, root_cert)
-            issuing_key = generate_key(key_type)
-            issuing_cert = domain.issuing_certificate(
-                issuing_key.public_key(),
-                issuing_id,
-                root,
-                root_key,
-                self.settings.organization,
-                self.urls,
-                now,
-                self.settings.issuing_validity_days,
-            )
             self.keys.save(root_id, root_key)
-            self.keys.save(issuing_id, issuing_key)
-            for ca_id, role, parent, cert in (
-                (root_id, "root", None, root_cert),
-                (issuing_id, "issuing", root_id, issuing_cert),
-            ):
-                der = cert.public_bytes(serialization.Encoding.DER)
-                await store.add_ca(conn, ca_id, role, parent, der, now)
-                await enqueue(
-                    conn,
-                    CaCreated(
-                        aggregate_id=ca_id,
-                        occurred_at=now,
-                        correlation_id=f"bootstrap-{root_id}",
-                        producer="signing",
-                        ca_id=ca_id,
-                        role=role,
-                        parent_id=parent,
-                        subject_dn=cert.subject.rfc4514_string(),
-                        cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-                        not_before=cert.not_valid_before_utc,
-                        not_after=cert.not_valid_after_utc,
-                        spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
-                    ),
-                    rt.root,
-                )
+            await self._record(conn, rt, root_id, "root", None, root_cert, f"bootstrap-{root_id}")
             await self.load(conn)
-            log.info(
-                "created CAs",
-                extra={"root": root_id, "issuing": issuing_id, "fingerprint": hashlib.sha256(der).hexdigest()},
-            )
+            issuing_id = await self.create_issuing(conn, rt, root_id, f"bootstrap-{root_id}")
+            log.info("created CAs", extra={"root": root_id, "issuing": issuing_id})
+
+    @property
+    def _key_type(self) -> KeyType:
+        return self.settings.ca_key_type  # type: ignore[return-value]
+
+    async def create_issuing(self, conn: asyncpg.Connection, rt: Runtime, root_id: str, correlation_id: str) -> str:
+        """In the caller's transaction: a new issuing CA under `root_id`, announced with CaCreated;
+        it becomes the current issuing CA (registry reloaded)."""
+        now = rt.clock.now()
+        issuing_id = uuid.uuid4().hex[:16]
+        issuing_key = generate_key(self._key_type)
+        issuing_cert = domain.issuing_certificate(
+            issuing_key.public_key(),
+            issuing_id,
+            self.get(root_id),
+            self.key(root_id),
+            self.settings.organization,
+            self.urls,
+            now,
+            self.settings.issuing_validity_days,
+        )
+        self.keys.save(issuing_id, issuing_key)
+        await self._record(conn, rt, issuing_id, "issuing", root_id, issuing_cert, correlation_id)
+        await self.load(conn)
+        return issuing_id
+
+    async def _record(
+        self,
+        conn: asyncpg.Connection,
+        rt: Runtime,
+        ca_id: str,
+        role: Literal["root", "issuing"],
+        parent: str | None,
+        cert: x509.Certificate,
+        correlation_id: str,
+    ) -> None:
+        now = rt.clock.now()
+        der = cert.public_bytes(serialization.Encoding.DER)
+        await store.add_ca(conn, ca_id, role, parent, der, now)
+        await enqueue(
+            conn,
+            CaCreated(
+                aggregate_id=ca_id,
+                occurred_at=now,
+                correlation_id=correlation_id,
+                producer="signing",
+                ca_id=ca_id,
+                role=role,
+                parent_id=parent,
+                subject_dn=cert.subject.rfc4514_string(),
+                cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
+            ),
+            rt.root,
+        )
+        log.info("created a CA", extra={"ca": ca_id, "role": role, "fingerprint": hashlib.sha256(der).hexdigest()})
+
+    def parent(self, ca_id: str) -> str | None:
+        """The CA that issued `ca_id` (None for a root)."""
+        return self._parents.get(ca_id)

@@ -8,6 +8,7 @@ import io
 import logging
 from datetime import timedelta
 
+import nats.js.errors
 from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
@@ -18,6 +19,7 @@ from shared.outbox import enqueue
 from shared.service import Runtime
 
 log = logging.getLogger("certbus.signing.crl")
+KEEP_CRLS = 5  # CRL objects kept per issuer in the object store
 
 
 class CrlPublisher:
@@ -85,4 +87,16 @@ class CrlPublisher:
                 rt.root,
             )
         log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
+        await self._forget(ca_id, number - KEEP_CRLS)
         return number
+
+    async def _forget(self, ca_id: str, number: int) -> None:
+        """Delete an old CRL object (the newest KEEP_CRLS of each issuer stay, so a consumer that is a
+        few CRLs behind can still fetch what its event names); a missing one is fine."""
+        if number < 1:
+            return
+        try:
+            obj = await self._rt.js.object_store(self._cas.settings.crl_bucket)
+            await obj.delete(f"{ca_id}/{number}.crl")
+        except nats.js.errors.NotFoundError:
+            pass

@@ -21,6 +21,7 @@ from services.signing.templates import TemplateBook, Verdict
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
 from shared.events import (
+    CaCompromised,
     CaCreated,
     CertificateIssued,
     CertificateLintFailed,
@@ -69,10 +70,14 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
     """Attach signing's consumers. Signing accepts work only from approvals and revocations, and
     reads profiles in the same consumer so that an approval is judged by the profiles before it."""
     rt.publishes(CertificateIssued, EnrollmentRejected, CaCreated, CrlPublished, ProfileLinted, CertificateLintFailed)
-    approvals: GroupCommit[Event] = GroupCommit(lambda items: issue(rt, cas, book, items), rt.publish_pending)
+    approvals: GroupCommit[Event] = GroupCommit(lambda items: work(rt, cas, book, crls, items), rt.publish_pending)
 
-    @rt.consumer("approved", [EnrollmentApproved.filter(rt.root), ProfileApplied.filter(rt.root)])
-    async def on_approved(event: EnrollmentApproved | ProfileApplied, msg: NatsMessage) -> None:
+    # A CA compromise is read in the same consumer as the approvals, so that every approval after it
+    # on the log is judged with the replacement CA.
+    filters = [EnrollmentApproved.filter(rt.root), ProfileApplied.filter(rt.root), CaCompromised.filter(rt.root)]
+
+    @rt.consumer("approved", filters)
+    async def on_approved(event: EnrollmentApproved | ProfileApplied | CaCompromised, msg: NatsMessage) -> None:
         await approvals.submit(event, Delivery.of(msg))
 
     async def remember(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
@@ -144,6 +149,53 @@ async def _profile_for(rt: Runtime, book: TemplateBook, approved: EnrollmentAppr
     return book.profiles[digest], digest
 
 
+async def work(
+    rt: Runtime, cas: CaRegistry, book: TemplateBook, crls: CrlPublisher, items: list[tuple[Event, Delivery]]
+) -> list[OutboxEntry]:
+    """Apply a group in log order: what comes before a CA compromise, the compromise, what comes after."""
+    for at, (event, _) in enumerate(items):
+        if isinstance(event, CaCompromised):
+            entries = await issue(rt, cas, book, items[:at])
+            entries += await compromise(rt, cas, crls, items[at])
+            return entries + await work(rt, cas, book, crls, items[at + 1 :])
+    return await issue(rt, cas, book, items)
+
+
+async def compromise(
+    rt: Runtime, cas: CaRegistry, crls: CrlPublisher, item: tuple[Event, Delivery]
+) -> list[OutboxEntry]:
+    """An operator declared a CA compromised: never sign with it again, revoke its certificate in
+    its parent's CRL (cACompromise) and, if it was the issuing CA, create its replacement."""
+    event = item[0]
+    assert isinstance(event, CaCompromised)
+
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
+        assert isinstance(event, CaCompromised)
+        row = await store.lock_ca(conn, event.ca_id)
+        if row is None or row["status"] != "active":
+            log.warning("compromise of a CA that is unknown or not active", extra={"ca": event.ca_id})
+            return []
+        if row["role"] == "root":
+            # Replacing a root means new trust anchors everywhere: an operator's job, not this service's.
+            log.error("a root CA was declared compromised: stop trusting it", extra={"ca": event.ca_id})
+            await store.set_ca_status(conn, event.ca_id, "compromised")
+            return []
+        await store.set_ca_status(conn, event.ca_id, "compromised")
+        cert = x509.load_der_x509_certificate(row["cert_der"])
+        await store.add_revoked(conn, row["parent_id"], cert.serial_number, event.occurred_at, "cACompromise")
+        log.error("CA declared compromised; replacing it", extra={"ca": event.ca_id, "by": event.declared_by})
+        if cas.issuing_id == event.ca_id:
+            await cas.create_issuing(conn, rt, row["parent_id"], event.correlation_id)
+        return []
+
+    async with rt.pool.acquire() as conn, conn.transaction():
+        entries = await apply_events(conn, rt.durable("approved"), [item], apply)
+    async with rt.pool.acquire() as conn:
+        await cas.load(conn)
+    crls.wake()
+    return entries
+
+
 async def issue(
     rt: Runtime, cas: CaRegistry, book: TemplateBook, items: list[tuple[Event, Delivery]]
 ) -> list[OutboxEntry]:
@@ -153,7 +205,12 @@ async def issue(
     redelivered or repeated approval signs the recorded serial again, or nothing if it was stored
     or refused. Each signed certificate is checked against its linted template before release.
     """
+    if not items:
+        return []
     now = rt.clock.now()
+    async with rt.pool.acquire() as conn:
+        if await store.current_issuing(conn) != cas.issuing_id:
+            await cas.load(conn)  # another replica replaced a compromised CA
     issuer_id = cas.issuing().ca_id
     verdicts: dict[str, Verdict] = {}
     work: dict[str, Job | list[Reason]] = {}
@@ -172,8 +229,11 @@ async def issue(
     intents = await _record_intents(rt, cas, to_sign) if to_sign else {}
     signed: dict[str, x509.Certificate] = {}
     refused: dict[str, tuple[x509.Certificate, list[Reason]]] = {}
+    stale: set[str] = set()  # planned under a CA declared compromised since: never signed
     for rid, intent in intents.items():
-        if intent.cert_der is None and not intent.refused:
+        if intent.cert_der is None and not intent.refused and intent.issuer_id not in cas.ids():
+            stale.add(rid)
+        elif intent.cert_der is None and not intent.refused:
             cert, deviations = await _sign_checked(cas, book, to_sign[rid], intent, now)
             if deviations:
                 refused[rid] = (cert, deviations)
@@ -195,9 +255,17 @@ async def issue(
             bad, deviations = refused[event.aggregate_id]
             return await _refuse(conn, rt, item, bad, deviations)
         cert = signed.get(event.aggregate_id)
-        if cert is None:
+        if cert is None and event.aggregate_id not in stale:
             return []  # decided before: its event is already in the outbox
-        return await _store_signed(conn, rt, cas, event, intents[event.aggregate_id], cert)
+        intent = intents[event.aggregate_id]
+        if cert is None or await store.ca_status(conn, intent.issuer_id) != "active":
+            # Its CA was declared compromised after the intent: the certificate is never released.
+            reason = Reason(
+                code="issuer_compromised",
+                message=f"issuer {intent.issuer_id} was declared compromised before release: request again",
+            )
+            return [await _reject(conn, rt, event, [reason])]
+        return await _store_signed(conn, rt, cas, event, intent, cert)
 
     async with rt.pool.acquire() as conn, conn.transaction():
         return await apply_events(conn, rt.durable("approved"), items, apply)

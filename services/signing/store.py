@@ -39,6 +39,33 @@ async def add_ca(
     await conn.execute("INSERT INTO crl_state (ca_id) VALUES ($1)", ca_id)
 
 
+async def lock_ca(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
+    """A CA's row, locked for this transaction (a compromise waits for releases under way)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT ca_id, role, parent_id, cert_der, status FROM cas WHERE ca_id = $1 FOR UPDATE", ca_id
+    )
+    return row
+
+
+async def set_ca_status(conn: asyncpg.Connection, ca_id: str, status: str) -> None:
+    """Mark a CA compromised or retired: it is never loaded for signing again."""
+    await conn.execute("UPDATE cas SET status = $2 WHERE ca_id = $1", ca_id, status)
+
+
+async def ca_status(conn: asyncpg.Connection, ca_id: str) -> str | None:
+    """A CA's status, share-locked for this transaction (a release and a compromise serialise)."""
+    value: str | None = await conn.fetchval("SELECT status FROM cas WHERE ca_id = $1 FOR SHARE", ca_id)
+    return value
+
+
+async def current_issuing(conn: asyncpg.Connection) -> str | None:
+    """The newest active issuing CA."""
+    value: str | None = await conn.fetchval(
+        "SELECT ca_id FROM cas WHERE role = 'issuing' AND status = 'active' ORDER BY created_at DESC LIMIT 1"
+    )
+    return value
+
+
 async def active_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Active CAs, newest first."""
     rows: list[asyncpg.Record] = await conn.fetch(

@@ -1,4 +1,4 @@
-"""Validation's subscribers (the read model), queries and relying-party HTTP endpoints."""
+"""Validation's subscribers (the read model) and queries (its HTTP endpoints are in `endpoints`)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import base64
 import functools
 import hashlib
 import io
+import logging
 
 import asyncpg
-from aiohttp import web
+import nats.js.errors
 from cryptography import x509
 from faststream.nats.annotations import NatsMessage
 
 from services.validation import domain, store
+from services.validation.ocsp import ResponderSet
+from services.validation.responder import ResponderKeeper
 from shared.consumer import Delivery, EventRejected
 from shared.crypto import normalise_serial, serial_hex
-from shared.events import CaCreated, CertificateIssued, CertificateRevoked, CrlPublished, Event
+from shared.events import CaCompromised, CaCreated, CertificateIssued, CertificateRevoked, CrlPublished, Event
 from shared.queries import (
     CrlAnswer,
     CrlQuery,
@@ -28,12 +31,15 @@ from shared.queries import (
 from shared.service import Runtime
 
 NAME = "validation"
+log = logging.getLogger("certbus.validation")
 
 
-def register(rt: Runtime) -> None:
-    """Attach validation's consumer and queries."""
+def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> None:
+    """Attach validation's consumer and queries. Once a revocation is committed, the OCSP responses
+    cached about its serial are dropped; once a new issuing CA is, the keeper gets it a responder."""
 
-    filters = [e.filter(rt.root) for e in (CertificateIssued, CertificateRevoked, CaCreated, CrlPublished)]
+    consumed = (CertificateIssued, CertificateRevoked, CaCreated, CrlPublished, CaCompromised)
+    filters = [e.filter(rt.root) for e in consumed]
 
     crl_bytes: dict[str, bytes] = {}  # fetched before the transaction that stores them
 
@@ -47,6 +53,8 @@ def register(rt: Runtime) -> None:
         elif isinstance(event, CrlPublished):
             der = crl_bytes[event.object_name]
             await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, der)
+        elif isinstance(event, CaCompromised):
+            await store.apply_compromise(conn, event.ca_id, event.occurred_at)
         else:
             raise EventRejected(f"validation does not consume {event.event_type}")
 
@@ -54,12 +62,25 @@ def register(rt: Runtime) -> None:
 
     @rt.consumer("status", filters)
     async def on_event(
-        event: CertificateIssued | CertificateRevoked | CaCreated | CrlPublished, msg: NatsMessage
+        event: CertificateIssued | CertificateRevoked | CaCreated | CrlPublished | CaCompromised, msg: NatsMessage
     ) -> None:
         if not isinstance(event, CrlPublished):
-            await read_model.submit(event, Delivery.of(msg))
+            await read_model.submit(event, Delivery.of(msg))  # returns once the transaction committed
+            if isinstance(event, CertificateRevoked):
+                # Frees memory only: a cached response is reused solely while the status read from
+                # the database per request equals the one it was signed for, so replicas that never
+                # see this event (one replica consumes each) never serve a stale "good".
+                responders.invalidate(event.issuer_id, event.serial)
+                keeper.certificate_revoked(event.issuer_id, event.serial)
+            elif isinstance(event, CaCreated) and event.role == "issuing":
+                keeper.wake()
             return
-        crl_bytes[event.object_name] = await _fetch_crl(rt, event)
+        try:
+            crl_bytes[event.object_name] = await _fetch_crl(rt, event)
+        except nats.js.errors.NotFoundError:
+            # Signing keeps only the newest few CRL objects: a newer CRL is already on the log.
+            log.warning("CRL object gone (superseded); skipped", extra={"object": event.object_name})
+            return
         try:
             await read_model.submit(event, Delivery.of(msg))
         finally:
@@ -148,27 +169,3 @@ async def _fetch_crl(rt: Runtime, event: CrlPublished) -> bytes:
     if hashlib.sha256(der).hexdigest() != event.sha256 or len(der) != event.size:
         raise EventRejected(f"CRL object {event.object_name} does not match the digest on the event")
     return der
-
-
-def routes(rt: Runtime) -> list[web.RouteDef]:
-    """HTTP for relying parties that know nothing of NATS: CRLs and CA certificates."""
-
-    async def get_crl(request: web.Request) -> web.Response:
-        async with rt.pool.acquire() as conn:
-            row = await store.crl(conn, request.match_info["ca_id"])
-        if row is None:
-            raise web.HTTPNotFound(text="no CRL for that issuer")
-        return web.Response(
-            body=row["der"],
-            content_type="application/pkix-crl",
-            headers={"Cache-Control": "public, max-age=60"},
-        )
-
-    async def get_ca(request: web.Request) -> web.Response:
-        async with rt.pool.acquire() as conn:
-            der = await store.ca_der(conn, request.match_info["ca_id"])
-        if der is None:
-            raise web.HTTPNotFound(text="no such CA")
-        return web.Response(body=der, content_type="application/pkix-cert")
-
-    return [web.get("/crl/{ca_id}.crl", get_crl), web.get("/ca/{ca_id}.crt", get_ca)]

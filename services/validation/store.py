@@ -71,12 +71,24 @@ async def apply_crl(
 
 async def status(conn: asyncpg.Connection, serial: str) -> asyncpg.Record | None:
     """The status row of a serial."""
+    # A certificate of a CA declared compromised is revoked from the declaration on, whether or not
+    # revocation's own event for it has arrived yet.
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT serial, cert_id, issuer_id, status, not_before, not_after, dns_names, fingerprint, "
-        "revoked_at, reason FROM certificates WHERE serial = $1",
+        "SELECT c.serial, c.cert_id, c.issuer_id, c.not_before, c.not_after, c.dns_names, c.fingerprint, "
+        "CASE WHEN a.compromised_at IS NOT NULL THEN 'revoked' ELSE c.status END AS status, "
+        "CASE WHEN c.status = 'revoked' THEN c.revoked_at ELSE a.compromised_at END AS revoked_at, "
+        "CASE WHEN c.status = 'revoked' THEN c.reason WHEN a.compromised_at IS NOT NULL THEN 'cACompromise' END "
+        "AS reason FROM certificates c LEFT JOIN cas a ON a.ca_id = c.issuer_id WHERE c.serial = $1",
         serial,
     )
     return row
+
+
+async def apply_compromise(conn: asyncpg.Connection, ca_id: str, at: datetime) -> None:
+    """Record a CA as compromised (the first declaration's time is kept)."""
+    await conn.execute(
+        "UPDATE cas SET compromised_at = LEAST(COALESCE(compromised_at, $2), $2) WHERE ca_id = $1", ca_id, at
+    )
 
 
 async def cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -97,3 +109,11 @@ async def ca_der(conn: asyncpg.Connection, ca_id: str) -> bytes | None:
     """A CA certificate's DER."""
     value: bytes | None = await conn.fetchval("SELECT cert_der FROM cas WHERE ca_id = $1", ca_id)
     return value
+
+
+async def issuing_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """The issuing CAs known from the log, the one that expires last (the newest) first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT ca_id, cert_der, not_after FROM cas WHERE role = 'issuing' ORDER BY not_after DESC"
+    )
+    return rows

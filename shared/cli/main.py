@@ -20,6 +20,7 @@ from rich.table import Table
 
 from shared.cli import provisioner
 from shared.cli.audit_views import print_replay, print_verify, replay_failed
+from shared.cli.ca import ca_app
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run
 from shared.cli.policy import key_app, profile_app, provisioner_app
 from shared.cli.report import audit_report
@@ -45,6 +46,7 @@ app.add_typer(profile_app, name="profile")
 app.add_typer(key_app, name="key")
 app.add_typer(requests_app, name="requests")
 app.add_typer(audit_app, name="audit")
+app.add_typer(ca_app, name="ca")
 app.command()(approve)
 app.command()(reject)
 app.command()(revoke)

@@ -58,7 +58,10 @@ def audit_report(
         except OSError as exc:
             err.print(f"[red]error:[/] cannot write the HTML report: {exc}")
             raise typer.Exit(EXIT_REFUSED) from None
-        err.print(f"wrote {html_file}: {answer.certificates} certificates, log through seq {answer.through_seq}")
+        err.print(
+            f"wrote {html_file}: {answer.certificates} certificates, log through seq {answer.through_seq}",
+            soft_wrap=True,
+        )
     if as_json:
         emit_json(answer.model_dump(mode="json"))
     elif as_csv:

@@ -80,6 +80,9 @@ async def stream(secured_nats: NatsServer) -> NatsServer:
         ("requester", "pki.revoke.{id}.ordered"),
         ("enrollment", "pki.revoke.{id}.ordered"),
         ("revocation", "pki.revoke.{id}.ordered"),
+        ("requester", "pki.ca.{id}.compromised"),
+        ("signing", "pki.ca.{id}.compromised"),
+        ("requester", "pki.cert.{id}.renewal_due"),
     ],
 )
 async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user: str, subject: str) -> None:
@@ -106,6 +109,8 @@ async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user:
         ("operator", "pki.revoke.{id}.requested"),
         ("operator", "pki.revoke.{id}.ordered"),
         ("requester", "pki.revoke.{id}.requested"),
+        ("operator", "pki.ca.{id}.compromised"),
+        ("revocation", "pki.cert.{id}.renewal_due"),
     ],
 )
 async def test_each_producer_may_publish_its_own_events(stream: NatsServer, user: str, subject: str) -> None:

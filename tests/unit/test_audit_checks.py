@@ -240,3 +240,10 @@ def test_a_revocation_with_no_crl_after_it_is_found_once_the_grace_has_passed() 
     found = checker.crl_findings({}, NOW + timedelta(minutes=5), GRACE)
     assert [(f.check, f.stream_seq) for f in found] == [("crl", 4)]
     assert "no CRL of ca1 was published since" in found[0].detail
+
+
+def test_revocations_after_a_ca_compromise_need_not_be_in_its_crl() -> None:
+    revoke = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1", revoked_at=NOW.isoformat())
+    compromised = _e("CaCompromised", "operator", ca_id="ca1", reason="leak", declared_by="alice")
+    checker = check_all(enumerate([CA, _approve("r1"), _issue("r1", "a1"), compromised, revoke], start=1))
+    assert checker.crl_findings({}, NOW + timedelta(hours=1), GRACE) == []

@@ -23,6 +23,7 @@ from shared.events import (
     CaRetired,
     CertificateIssued,
     CertificateLintFailed,
+    CertificateRenewalDue,
     CertificateRevoked,
     CrlPublished,
     EnrollmentApproved,
@@ -183,6 +184,9 @@ SAMPLES: dict[type[Event], Event] = {
         sha256="33" * 32,
         size=512,
     ),
+    CertificateRenewalDue: CertificateRenewalDue(
+        **ENVELOPE, producer="revocation", serial="abc123", issuer_id="issuing-1", due_at=NOW, cause="ca_compromise"
+    ),
     CaCompromised: CaCompromised(
         **ENVELOPE, producer="operator", ca_id="issuing-1", reason="key copied off the HSM", declared_by="alice"
     ),
@@ -313,6 +317,7 @@ def test_events_get_distinct_random_ids() -> None:
         (CertificateLintFailed, "pki.finding.req-1.lint_failed"),
         (CaCompromised, "pki.ca.req-1.compromised"),
         (CaKeyDestroyed, "pki.ca.req-1.key_destroyed"),
+        (CertificateRenewalDue, "pki.cert.req-1.renewal_due"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else v,
 )

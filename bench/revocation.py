@@ -1,0 +1,370 @@
+"""`make bench` (revocation part): OCSP throughput, revocation propagation, CRL size, CA compromise.
+
+The five services run as processes on a throwaway NATS and database. Then:
+1. SEED (default 100,000) certificates of the issuing CA are written into revocation's and
+   validation's read models (what they would hold after that many issuances; issuing them one by
+   one through signing would take the bench a quarter of an hour), and PROBES certificates are
+   issued through the real pipeline.
+2. Propagation, one revocation at a time (an operator's order): from publishing it to validation's
+   OCSP (HTTP) answering `revoked`, and to the CRL served over HTTP listing it. p50 / p99.
+3. OCSP responses per second over HTTP, cached (no nonce, the same SEED-sized set of serials
+   round-robin) and with a nonce (signed afresh each time), CONCURRENCY clients. Reference, same
+   run: the responder core answering the same requests in this process, nothing else.
+4. CRL publish time with SEED revoked entries: SEED revocations are written into signing's table,
+   then one real revocation; time until the CRL served over HTTP lists it. Reference: building and
+   signing that CRL in this process.
+5. CA compromise with SEED + PROBES certificates: `certbus ca compromise`; time until revocation has
+   revoked them all (committed), until validation answers `revoked` for them, until every
+   CertificateRevoked is on the log.
+Read medians and ratios: the machine is a shared 2-core box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import nats
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from bench.environment import bench_harness
+from harness import Harness, eventually
+from services.signing import domain as signing
+from services.validation import ocsp as responder_core
+from shared.crypto import generate_key
+
+SEED = int(os.environ.get("BENCH_SEED", "100000"))
+PROBES = int(os.environ.get("BENCH_PROBES", "40"))
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+OCSP_SECONDS = float(os.environ.get("BENCH_OCSP_SECONDS", "5"))
+OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def ocsp_request(issuer: x509.Certificate, serial: int, nonce: bool = False) -> bytes:
+    """An OCSP request (SHA-1 CertID, as openssl sends) for `serial` of `issuer`."""
+    name_hash = hashes.Hash(hashes.SHA1())
+    name_hash.update(issuer.subject.public_bytes())
+    key_bytes = issuer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    spki = serialization.load_der_public_key(key_bytes)
+    key_hash = x509.SubjectKeyIdentifier.from_public_key(spki).digest  # type: ignore[arg-type]
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash.finalize(), key_hash, serial, hashes.SHA1())
+    if nonce:
+        builder = builder.add_extension(x509.OCSPNonce(secrets.token_bytes(16)), critical=False)
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+async def seed_certificates(h: Harness, issuer_id: str, n: int) -> list[int]:
+    """Write n live certificates of `issuer_id` into revocation's and validation's read models."""
+    pool = await h.db()
+    serials = [x509.random_serial_number() for _ in range(n)]
+    hexes = [format(s, "x") for s in serials]
+    ids = [f"seed-{i}" for i in range(n)]
+    now = datetime.now(UTC)
+    after = now + timedelta(days=30)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO revocation.certificates (serial, cert_id, issuer_id, not_after, spki_sha256) "
+            "SELECT s, c, $3, $4, md5(s) FROM unnest($1::text[], $2::text[]) AS t(s, c)",
+            hexes,
+            ids,
+            issuer_id,
+            after,
+        )
+        await conn.execute(
+            "INSERT INTO validation.certificates (serial, cert_id, issuer_id, status, not_before, not_after) "
+            "SELECT s, c, $3, 'good', $4, $5 FROM unnest($1::text[], $2::text[]) AS t(s, c)",
+            hexes,
+            ids,
+            issuer_id,
+            now,
+            after,
+        )
+    return serials
+
+
+async def ocsp_status(session: aiohttp.ClientSession, url: str, request: bytes) -> ocsp.OCSPCertStatus | None:
+    async with session.post(url, data=request, headers=OCSP_HEADERS) as response:
+        answer = ocsp.load_der_ocsp_response(await response.read())
+    if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return None
+    return answer.certificate_status
+
+
+def crl_lists(crl_url: str, serial: int) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(crl_url, timeout=5) as response:
+        crl = x509.load_der_x509_crl(response.read())
+    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+async def propagation(
+    h: Harness, session: aiohttp.ClientSession, issuer: x509.Certificate, certs: list[tuple[str, str]]
+) -> tuple[list[float], list[float]]:
+    """Revoke each (serial, issuer id) in turn; seconds until OCSP says revoked and until the CRL lists it."""
+    base = f"http://127.0.0.1:{h.http_ports['validation']}"
+    to_ocsp, to_crl = [], []
+    async with h.client("operator") as c:
+        for serial, issuer_id in certs:
+            request = ocsp_request(issuer, int(serial, 16))
+            start = time.perf_counter()
+            revoking = asyncio.create_task(c.revoke_as_operator(serial, "keyCompromise", operator="bench"))
+            ocsp_at = crl_at = None
+            while ocsp_at is None or crl_at is None:
+                if ocsp_at is None and await ocsp_status(session, f"{base}/ocsp", request) == (
+                    ocsp.OCSPCertStatus.REVOKED
+                ):
+                    ocsp_at = time.perf_counter()
+                if crl_at is None and await asyncio.to_thread(
+                    crl_lists, f"{base}/crl/{issuer_id}.crl", int(serial, 16)
+                ):
+                    crl_at = time.perf_counter()
+                if time.perf_counter() - start > 60:
+                    raise RuntimeError(f"revocation of {serial} did not propagate in 60 s")
+                await asyncio.sleep(0.002)
+            await revoking
+            to_ocsp.append(ocsp_at - start)
+            to_crl.append(crl_at - start)
+    return to_ocsp, to_crl
+
+
+async def ocsp_rate(url: str, requests: list[bytes], seconds: float, fresh: bool, issuer: x509.Certificate) -> float:
+    """Responses per second from CONCURRENCY clients over HTTP for `seconds`."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+    serials = [ocsp.load_der_ocsp_request(r).serial_number for r in requests]
+
+    async def client(offset: int) -> None:
+        nonlocal done
+        async with aiohttp.ClientSession() as session:
+            i = offset
+            while time.perf_counter() < deadline:
+                body = (
+                    ocsp_request(issuer, serials[i % len(serials)], nonce=True)
+                    if fresh
+                    else requests[i % len(requests)]
+                )
+                async with session.post(url, data=body, headers=OCSP_HEADERS) as response:
+                    await response.read()
+                    assert response.status == 200
+                done += 1
+                i += CONCURRENCY
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(CONCURRENCY)))
+    return done / (time.perf_counter() - start)
+
+
+def reference_ocsp(issuer_key_type: str, requests: list[bytes]) -> tuple[float, float]:
+    """The responder core alone, in this process: (cached responses/s, nonce responses/s)."""
+    now = datetime.now(UTC)
+    ca_key = generate_key(issuer_key_type)  # type: ignore[arg-type]
+    ca = signing.CaIdentity("ref", signing.root_certificate(ca_key, "ref", "Bench", now, 365))
+    key = generate_key("ec-p256")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "ocsp")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    responders = responder_core.ResponderSet(
+        [responder_core.Responder("ref", ca.cert, cert, key)], lambda ca_id, serial: responder_core.GOOD
+    )
+    serials = [ocsp.load_der_ocsp_request(r).serial_number for r in requests]
+    cached = [ocsp_request(ca.cert, s) for s in serials]
+    for r in cached:
+        responders.respond(r, now)
+    start = time.perf_counter()
+    for r in cached:
+        responders.respond(r, now)
+    cached_rate = len(cached) / (time.perf_counter() - start)
+    fresh = [ocsp_request(ca.cert, s, nonce=True) for s in serials[:2000]]
+    start = time.perf_counter()
+    for r in fresh:
+        responders.respond(r, now)
+    return cached_rate, len(fresh) / (time.perf_counter() - start)
+
+
+async def crl_with_seeded_revocations(
+    h: Harness,
+    session: aiohttp.ClientSession,
+    issuer: x509.Certificate,
+    issuer_id: str,
+    seeded: list[int],
+    probes: list[tuple[str, str]],
+) -> tuple[list[float], int]:
+    """Write len(seeded) revocations into signing's table, then time real revocations to the CRL."""
+    pool = await h.db()
+    now = datetime.now(UTC)
+    await pool.execute(
+        "INSERT INTO signing.revoked (issuer_id, serial, revoked_at, reason) "
+        "SELECT $1, s::numeric, $3, 'superseded' FROM unnest($2::text[]) AS t(s) ON CONFLICT DO NOTHING",
+        issuer_id,
+        [str(s) for s in seeded],
+        now,
+    )
+    _, to_crl = await propagation(h, session, issuer, probes)
+    size = len(await asyncio.to_thread(_fetch, f"http://127.0.0.1:{h.http_ports['validation']}/crl/{issuer_id}.crl"))
+    return to_crl, size
+
+
+def _fetch(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
+
+
+def reference_crl(n: int) -> float:
+    """Seconds to build and sign a CRL of n entries with `cryptography` in this process."""
+    now = datetime.now(UTC)
+    key = generate_key("ec-p384")
+    ca = signing.CaIdentity("ref", signing.root_certificate(key, "ref", "Bench", now, 365))
+    entries = [signing.RevokedEntry(x509.random_serial_number(), now, "superseded") for _ in range(n)]
+    start = time.perf_counter()
+    signing.crl(ca, key, 1, entries, now, now + timedelta(days=1)).public_bytes(serialization.Encoding.DER)
+    return time.perf_counter() - start
+
+
+async def compromise(h: Harness, issuer_id: str, sample: list[int], expected: int) -> dict[str, float]:
+    """Declare the issuing CA compromised; seconds until revocation committed every revocation, until
+    validation answers revoked for a sample, until every CertificateRevoked is on the log."""
+    pool = await h.db()
+    start = time.perf_counter()
+    result = await h.cli("ca", "compromise", issuer_id, "--reason", "bench", operator="bench")
+    assert result.returncode == 0, result.stderr
+    marks: dict[str, float] = {}
+
+    async def committed() -> bool:
+        left = await pool.fetchval(
+            "SELECT count(*) FROM revocation.certificates WHERE issuer_id = $1 AND status = 'good'", issuer_id
+        )
+        return left == 0
+
+    async def validation_sees() -> bool:
+        async with h.client() as c:
+            return all([(await c.status(format(s, "x"))).status == "revoked" for s in sample])
+
+    nc = await nats.connect(h.nats_url)
+    js = nc.jetstream()
+
+    async def on_log() -> bool:
+        info = await js.stream_info(h.common["stream"], subjects_filter=f"{h.root}.cert.*.revoked")
+        return len(info.state.subjects or {}) >= expected
+
+    pending = {
+        "revocation_committed_s": committed,
+        "validation_reports_revoked_s": validation_sees,
+        "events_on_log_s": on_log,
+    }
+    try:
+        while pending and time.perf_counter() - start < 900:
+            for name, check in list(pending.items()):
+                if await check():
+                    marks[name] = round(time.perf_counter() - start, 2)
+                    del pending[name]
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    return marks
+
+
+async def main() -> None:
+    async with bench_harness() as h:
+        await run(h)
+
+
+async def run(h: Harness) -> None:
+    print(
+        f"certbus revocation bench: {SEED} certificates seeded, {PROBES} probes, five services as processes", flush=True
+    )
+    await asyncio.to_thread(h.spawn_all)
+    await h.register_provisioner()
+    await h.register_ocsp_provisioner()
+    await h.apply_profiles()
+    probes = [await h.enroll(f"probe{i}.bench.internal") for i in range(PROBES * 2)]
+    issuer_id = probes[0].issuer_id
+    issuer = x509.load_pem_x509_certificate(probes[0].chain_pem.encode())
+    base = f"http://127.0.0.1:{h.http_ports['validation']}"
+    seeded = await seed_certificates(h, issuer_id, SEED)
+    print(f"  seeded {SEED} certificates of issuer {issuer_id}", flush=True)
+    async with aiohttp.ClientSession() as session:
+        first = ocsp_request(issuer, int(probes[0].serial, 16))
+        await eventually(lambda: ocsp_status(session, f"{base}/ocsp", first), timeout=60)  # responder ready
+        to_ocsp, to_crl = await propagation(h, session, issuer, [(p.serial, issuer_id) for p in probes[:PROBES]])
+        print(
+            f"  propagation to OCSP: p50 {pct(to_ocsp, 50) * 1000:.0f} ms p99 {pct(to_ocsp, 99) * 1000:.0f} ms; "
+            f"to the CRL: p50 {pct(to_crl, 50) * 1000:.0f} ms p99 {pct(to_crl, 99) * 1000:.0f} ms",
+            flush=True,
+        )
+        requests = [ocsp_request(issuer, s) for s in seeded[:20000]]
+        cached = await ocsp_rate(f"{base}/ocsp", requests, 1.0, False, issuer)  # warms the cache
+        cached = await ocsp_rate(f"{base}/ocsp", requests, OCSP_SECONDS, False, issuer)
+        fresh = await ocsp_rate(f"{base}/ocsp", requests, OCSP_SECONDS, True, issuer)
+        ref_cached, ref_fresh = await asyncio.to_thread(reference_ocsp, "ec-p256", requests)
+        print(
+            f"  OCSP over HTTP: cached {cached:.0f}/s, with nonce {fresh:.0f}/s "
+            f"(responder core alone: {ref_cached:.0f}/s and {ref_fresh:.0f}/s)",
+            flush=True,
+        )
+        crl_big, crl_size = await crl_with_seeded_revocations(
+            h, session, issuer, issuer_id, seeded, [(p.serial, issuer_id) for p in probes[PROBES : PROBES + 5]]
+        )
+        ref_crl = await asyncio.to_thread(reference_crl, SEED)
+        print(
+            f"  with {SEED} revoked entries: revocation to CRL p50 {statistics.median(crl_big):.2f} s "
+            f"(CRL {crl_size / 1e6:.1f} MB); building and signing it alone {ref_crl:.2f} s",
+            flush=True,
+        )
+    live = SEED + PROBES - 5  # the probes not revoked above
+    marks = await compromise(h, issuer_id, seeded[-20:], live)
+    print(f"  CA compromise with {live} live certificates: {marks}", flush=True)
+    result = {
+        "seeded_certificates": SEED,
+        "propagation_ocsp_p50_ms": round(pct(to_ocsp, 50) * 1000, 1),
+        "propagation_ocsp_p99_ms": round(pct(to_ocsp, 99) * 1000, 1),
+        "propagation_crl_p50_ms": round(pct(to_crl, 50) * 1000, 1),
+        "propagation_crl_p99_ms": round(pct(to_crl, 99) * 1000, 1),
+        "ocsp_cached_per_s": round(cached, 1),
+        "ocsp_nonce_per_s": round(fresh, 1),
+        "reference_ocsp_cached_per_s": round(ref_cached, 1),
+        "reference_ocsp_nonce_per_s": round(ref_fresh, 1),
+        "ratio_ocsp_cached_over_reference": round(cached / ref_cached, 4),
+        "ratio_ocsp_nonce_over_reference": round(fresh / ref_fresh, 4),
+        "crl_at_seed_revoked_p50_s": round(statistics.median(crl_big), 2),
+        "crl_at_seed_revoked_bytes": crl_size,
+        "reference_crl_build_s": round(ref_crl, 2),
+        "ca_compromise": marks,
+    }
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "revocation.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

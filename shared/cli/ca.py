@@ -1,0 +1,38 @@
+"""`certbus ca`: the operator's CA lifecycle commands, each an event on the audited log."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import typer
+
+from shared.cli.common import JsonOpt, OperatorOpt, emit_json, operator, out, run
+from shared.client import operator_envelope
+from shared.events import CaCompromised
+
+ca_app = typer.Typer(help="Certificate authorities: compromise.", no_args_is_help=True)
+
+
+@ca_app.command("compromise")
+def ca_compromise(
+    issuer_id: Annotated[str, typer.Argument(help="The issuing CA whose key is compromised.")],
+    reason: Annotated[str, typer.Option("--reason", help="What happened (recorded on the log).")],
+    who: OperatorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Declare an issuing CA's key compromised. Signing stops using it at once, revokes its
+    certificate in the root's CRL and creates a replacement issuing CA; revocation revokes every
+    certificate it issued (cACompromise) and tells each holder to renew; validation answers
+    `revoked` for all of them from this event on."""
+    event = CaCompromised(
+        **operator_envelope(issuer_id, f"compromise-{uuid.uuid4()}"),
+        ca_id=issuer_id,
+        reason=reason,
+        declared_by=operator(who),
+    )
+    seq = run(lambda c: c.publish(event), requester="operator")
+    if as_json:
+        emit_json({"ca_id": issuer_id, "stream_seq": seq, "event_id": str(event.event_id)})
+    else:
+        out.print(f"[red]CA {issuer_id} compromised[/] (log position {seq}); replacement and revocations follow")
