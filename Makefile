@@ -45,6 +45,7 @@ docs: install
 bench: install
 	$(PY) -m bench.issuance
 	$(PY) -m bench.audit
+	$(PY) -m bench.revocation
 
 clean:
 	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

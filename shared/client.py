@@ -341,7 +341,13 @@ class CertbusClient:
         return await self._ask("enrollment", "provisioners", None, ProvisionersAnswer)
 
     async def revoke(
-        self, serial: str, reason: str, timeout: float = 15.0, *, key: PrivateKey | None = None
+        self,
+        serial: str,
+        reason: str,
+        timeout: float = 15.0,
+        *,
+        key: PrivateKey | None = None,
+        invalidity_date: datetime | None = None,
     ) -> CertificateRevoked:
         """Ask, as the certificate's holder, for it to be revoked; returns the revoked event or raises Rejected.
 
@@ -363,11 +369,18 @@ class CertbusClient:
             reason=reason,
             requested_by=self.requester,
             proof=proof,
+            invalidity_date=invalidity_date,
         )
         return await self._revocation(request, timeout)
 
     async def revoke_as_operator(
-        self, serial: str, reason: str, operator: str, timeout: float = 15.0
+        self,
+        serial: str,
+        reason: str,
+        operator: str,
+        timeout: float = 15.0,
+        *,
+        invalidity_date: datetime | None = None,
     ) -> CertificateRevoked:
         """Order, as `operator` (recorded on the revocation), a certificate revoked; raises Rejected if refused.
 
@@ -379,6 +392,7 @@ class CertbusClient:
             serial=normalise_serial(serial),
             reason=reason,
             operator=operator,
+            invalidity_date=invalidity_date,
         )
         return await self._revocation(order, timeout)
 

@@ -277,6 +277,7 @@ class CertificateRevoked(Event):
     # with a compromised key) a keyCompromise revocation; `ca_compromise` is kept for revocations
     # that follow a CA's compromise. None on events from before it was recorded.
     authorised_by: Literal["holder", "operator", "key_compromise", "ca_compromise"] | None = None
+    invalidity_date: datetime | None = None  # RFC 5280 5.3.2: goes into the CRL entry
 
 
 class CertificateRenewalDue(Event):
@@ -314,6 +315,7 @@ class RevocationRequested(Event):
     reason: str
     requested_by: str
     proof: str | None = None
+    invalidity_date: datetime | None = None  # when the key is known or suspected to have been compromised
 
 
 class RevocationOrdered(Event):
@@ -326,6 +328,7 @@ class RevocationOrdered(Event):
     serial: str
     reason: str
     operator: str
+    invalidity_date: datetime | None = None
 
 
 class RevocationRejected(Event):

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from cryptography import x509
@@ -47,9 +48,10 @@ class Ask:
     by: str
     authority: Authority
     proof: str | None = None
+    invalidity_date: datetime | None = None
 
 
-def decide(ask: Ask, known: Known | None) -> Known | Reason:
+def decide(ask: Ask, known: Known | None, now: datetime | None = None) -> Known | Reason:
     """The certificate to revoke, or why the request is refused.
 
     The reason is checked first, then that the serial was issued, then who asks (the holder's proof
@@ -59,6 +61,12 @@ def decide(ask: Ask, known: Known | None) -> Known | Reason:
         reason_flag(ask.reason)
     except ValueError as exc:
         return Reason(code="reason_invalid", message=str(exc))
+    if ask.invalidity_date is not None and now is not None and ask.invalidity_date > now:
+        return Reason(
+            code="invalidity_date_invalid",
+            message=f"the invalidity date {ask.invalidity_date.isoformat()} is in the future: give when the key "
+            "was (or may have been) compromised",
+        )
     if known is None:
         return Reason(code="serial_unknown", message=f"no certificate with serial {ask.serial} was issued by Certbus")
     if ask.authority == "holder":

@@ -94,9 +94,22 @@ async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssue
 
 def _ask(request: RevocationRequested | RevocationOrdered, serial: str) -> domain.Ask:
     if isinstance(request, RevocationOrdered):
-        return domain.Ask(request.aggregate_id, serial, request.reason, printable(request.operator), "operator")
+        return domain.Ask(
+            request.aggregate_id,
+            serial,
+            request.reason,
+            printable(request.operator),
+            "operator",
+            invalidity_date=request.invalidity_date,
+        )
     return domain.Ask(
-        request.aggregate_id, serial, request.reason, printable(request.requested_by), "holder", request.proof
+        request.aggregate_id,
+        serial,
+        request.reason,
+        printable(request.requested_by),
+        "holder",
+        request.proof,
+        request.invalidity_date,
     )
 
 
@@ -107,7 +120,7 @@ async def _decide(
     # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
     serial = printable(domain.normalise_serial(request.serial))
     ask = _ask(request, serial)
-    outcome = domain.decide(ask, await store.find(conn, serial))
+    outcome = domain.decide(ask, await store.find(conn, serial), now)
     if isinstance(outcome, domain.Known):
         entries = await _revoke(conn, rt, outcome, ask, request, now)
         label = "revoked"
@@ -145,13 +158,26 @@ async def _revoke(
                 **_envelope(request, now),
             )
             entries.append(await enqueue(conn, blocked, rt.root))
-    entries.append(await _revoke_one(conn, rt, cert, ask.reason, ask.request_id, ask.by, ask.authority, request, now))
+    entries.append(
+        await _revoke_one(
+            conn, rt, cert, ask.reason, ask.request_id, ask.by, ask.authority, request, now, ask.invalidity_date
+        )
+    )
     if ask.reason == "keyCompromise" and cert.spki_sha256:
         by = domain.compromised_by(cert.serial)
         for sibling in await store.live_with_key(conn, cert.spki_sha256, now):
             entries.append(
                 await _revoke_one(
-                    conn, rt, sibling, "keyCompromise", ask.request_id, by, "key_compromise", request, now
+                    conn,
+                    rt,
+                    sibling,
+                    "keyCompromise",
+                    ask.request_id,
+                    by,
+                    "key_compromise",
+                    request,
+                    now,
+                    ask.invalidity_date,
                 )
             )
     return entries
@@ -167,6 +193,7 @@ async def _revoke_one(
     authorised_by: domain.AuthorisedBy,
     cause: Event,
     now: datetime,
+    invalidity_date: datetime | None = None,
 ) -> OutboxEntry:
     await store.mark_revoked(conn, cert.serial, now, reason)
     revoked = CertificateRevoked(
@@ -178,6 +205,7 @@ async def _revoke_one(
         revocation_request_id=request_id,
         requested_by=requested_by,
         authorised_by=authorised_by,
+        invalidity_date=invalidity_date,
         **_envelope(cause, now),
     )
     return await enqueue(conn, revoked, rt.root)

@@ -58,7 +58,9 @@ class CrlPublisher:
             number = int(state["crl_number"]) + 1
             now = rt.clock.now()
             next_update = now + timedelta(seconds=settings.crl_validity_s)
-            entries = [domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"]) for r in rows]
+            entries = [
+                domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"], r["invalidity_date"]) for r in rows
+            ]
             crl = await asyncio.to_thread(
                 domain.crl, self._cas.get(ca_id), self._cas.key(ca_id), number, entries, now, next_update
             )

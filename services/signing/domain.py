@@ -374,6 +374,7 @@ class RevokedEntry:
     serial: int
     revoked_at: datetime
     reason: str
+    invalidity_date: datetime | None = None
 
 
 def crl(
@@ -390,6 +391,8 @@ def crl(
         builder = x509.RevokedCertificateBuilder().serial_number(entry.serial).revocation_date(entry.revoked_at)
         if entry.reason != "unspecified":  # RFC 5280: omit the reasonCode for unspecified
             builder = builder.add_extension(x509.CRLReason(reason_flag(entry.reason)), critical=False)
+        if entry.invalidity_date is not None:
+            builder = builder.add_extension(x509.InvalidityDate(entry.invalidity_date), critical=False)
         revoked.append(builder.build())
     return (
         x509.CertificateRevocationListBuilder(revoked_certificates=revoked)

@@ -83,7 +83,9 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
     async def remember(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, CertificateRevoked):
             raise EventRejected(f"signing's revocation consumer does not take {event.event_type}")
-        await store.add_revoked(conn, event.issuer_id, int(event.serial, 16), event.revoked_at, event.reason)
+        await store.add_revoked(
+            conn, event.issuer_id, int(event.serial, 16), event.revoked_at, event.reason, event.invalidity_date
+        )
 
     revocations = rt.group_commit("revoked", remember)
 

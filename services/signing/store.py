@@ -122,14 +122,23 @@ async def record_signed(
     return row is not None
 
 
-async def add_revoked(conn: asyncpg.Connection, issuer_id: str, serial: int, revoked_at: datetime, reason: str) -> None:
+async def add_revoked(
+    conn: asyncpg.Connection,
+    issuer_id: str,
+    serial: int,
+    revoked_at: datetime,
+    reason: str,
+    invalidity_date: datetime | None = None,
+) -> None:
     """Remember a revocation for the issuer's next CRL."""
     await conn.execute(
-        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason, invalidity_date) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT DO NOTHING",
         issuer_id,
         serial,
         revoked_at,
         reason,
+        invalidity_date,
     )
 
 
@@ -156,7 +165,7 @@ async def lock_crl_state(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record
 async def revoked_entries(conn: asyncpg.Connection, ca_id: str) -> tuple[list[asyncpg.Record], int]:
     """Every revocation of an issuer, and the highest revocation id among them."""
     rows = await conn.fetch(
-        "SELECT id, serial, revoked_at, reason FROM revoked WHERE issuer_id = $1 ORDER BY id", ca_id
+        "SELECT id, serial, revoked_at, reason, invalidity_date FROM revoked WHERE issuer_id = $1 ORDER BY id", ca_id
     )
     return rows, max((r["id"] for r in rows), default=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,15 @@ def revoke(
     as_operator: Annotated[
         bool, typer.Option("--as-operator", help="Revoke as an operator ($CERTBUS_OPERATOR or $USER).")
     ] = False,
+    invalid_since: Annotated[
+        datetime | None,
+        typer.Option(
+            "--invalid-since",
+            formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
+            help="When the key was (or may have been) compromised, UTC unless an offset is given: the CRL "
+            "entry's invalidityDate.",
+        ),
+    ] = None,
     timeout: float = 15.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -59,6 +69,7 @@ def revoke(
         raise typer.BadParameter(f"give one, not both: {TWO_WAYS}")
     if key is None and not by_operator:
         raise typer.BadParameter(TWO_WAYS)
+    since = invalid_since.replace(tzinfo=invalid_since.tzinfo or UTC) if invalid_since else None
     if key is not None:
         try:
             holder_key = load_holder_key(key)
@@ -66,10 +77,14 @@ def revoke(
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(EXIT_REFUSED) from None
         requester = os.environ.get("USER", "holder")
-        revoked = run(lambda c: c.revoke(serial, reason, timeout, key=holder_key), requester=requester)
+        revoked = run(
+            lambda c: c.revoke(serial, reason, timeout, key=holder_key, invalidity_date=since), requester=requester
+        )
     else:
         name = operator(who)
-        revoked = run(lambda c: c.revoke_as_operator(serial, reason, name, timeout), requester="operator")
+        revoked = run(
+            lambda c: c.revoke_as_operator(serial, reason, name, timeout, invalidity_date=since), requester="operator"
+        )
     if as_json:
         emit_json(revoked.model_dump(mode="json"))
         return

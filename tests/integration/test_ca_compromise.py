@@ -135,3 +135,33 @@ async def test_a_subscriber_sees_revocations_as_they_happen_and_can_replay_them(
     assert (await asyncio.wait_for(live, timeout=10)).serial == second.serial
     replayed = await asyncio.wait_for(next_revocation(since=True), timeout=10)
     assert replayed.serial == first.serial  # from the log: the earlier one comes first
+
+
+async def test_an_invalidity_date_reaches_the_crl_entry_and_a_future_one_is_refused(stack: Harness) -> None:
+    """`certbus revoke --invalid-since`: the date the key may have been compromised is on the
+    revocation event and in the certificate's CRL entry (RFC 5280 invalidityDate)."""
+    issued = await stack.enroll("leaked.corp.internal")
+    future = await stack.cli(
+        "revoke", issued.serial, "--reason", "keyCompromise", "--operator", "ops", "--invalid-since", "2999-01-01"
+    )
+    assert future.returncode == 1 and "invalidity_date_invalid" in future.stdout + future.stderr
+    result = await stack.cli(
+        "revoke",
+        issued.serial,
+        "--reason",
+        "keyCompromise",
+        "--operator",
+        "ops",
+        "--invalid-since",
+        "2026-01-02T03:04:05+00:00",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["invalidity_date"].startswith("2026-01-02T03:04:05")
+
+    def listed() -> x509.RevokedCertificate | None:
+        return _crl(stack, issued.issuer_id).get_revoked_certificate_by_serial_number(int(issued.serial, 16))
+
+    entry = await eventually(lambda: asyncio.to_thread(listed))
+    since = entry.extensions.get_extension_for_class(x509.InvalidityDate).value.invalidity_date_utc
+    assert since.isoformat() == "2026-01-02T03:04:05+00:00"

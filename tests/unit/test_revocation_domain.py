@@ -197,3 +197,11 @@ def test_the_other_certificates_of_a_compromised_key_name_the_revocation_that_co
 )
 def test_normalise_serial(given: str, expected: str) -> None:
     assert normalise_serial(given) == expected
+
+
+def test_an_invalidity_date_in_the_future_is_refused() -> None:
+    ask = Ask("rev-1", "abc123", "keyCompromise", "bob", "operator", invalidity_date=NOW + timedelta(hours=1))
+    refused = decide(ask, _known(), NOW)
+    assert isinstance(refused, Reason) and refused.code == "invalidity_date_invalid"
+    past = Ask("rev-1", "abc123", "keyCompromise", "bob", "operator", invalidity_date=NOW - timedelta(days=1))
+    assert decide(past, _known(), NOW) == _known()

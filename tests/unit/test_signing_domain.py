@@ -986,6 +986,21 @@ def revocation_list(
     return signing.crl(issuing, issuing_key, 42, ENTRIES, NOW, NOW + timedelta(days=7))
 
 
+def test_a_crl_entry_carries_the_invalidity_date_when_one_was_given(
+    issuing: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    since = NOW - timedelta(days=3)
+    entries = [*ENTRIES, signing.RevokedEntry(0xD4, NOW, "keyCompromise", invalidity_date=since)]
+    crl = signing.crl(issuing, issuing_key, 43, entries, NOW, NOW + timedelta(days=7))
+    entry = crl.get_revoked_certificate_by_serial_number(0xD4)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.InvalidityDate).value.invalidity_date_utc == since
+    other = crl.get_revoked_certificate_by_serial_number(0xA1)
+    assert other is not None
+    with pytest.raises(x509.ExtensionNotFound):
+        other.extensions.get_extension_for_class(x509.InvalidityDate)
+
+
 def test_crl_verifies_with_issuer_key(
     revocation_list: x509.CertificateRevocationList, issuing_key: ec.EllipticCurvePrivateKey
 ) -> None:
