@@ -28,6 +28,7 @@ import secrets
 import statistics
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -109,11 +110,8 @@ async def ocsp_status(session: aiohttp.ClientSession, url: str, request: bytes) 
 
 
 def crl_lists(crl_url: str, serial: int) -> bool:
-    import urllib.request
-
-    with urllib.request.urlopen(crl_url, timeout=5) as response:
-        crl = x509.load_der_x509_crl(response.read())
-    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+    """Whether the CRL served at `crl_url` lists `serial`."""
+    return x509.load_der_x509_crl(_fetch(crl_url)).get_revoked_certificate_by_serial_number(serial) is not None
 
 
 async def propagation(
@@ -232,8 +230,6 @@ async def crl_with_seeded_revocations(
 
 
 def _fetch(url: str) -> bytes:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=10) as response:
         return bytes(response.read())
 

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.files import write_new
 from shared.settings import ValidationSettings
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
@@ -280,9 +281,7 @@ def ensure_passphrase_file(home: Path) -> Path:
     path = home / "secrets" / "ca-passphrase"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
+        write_new(path, secrets.token_urlsafe(32).encode())
     return path
 
 

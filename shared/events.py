@@ -575,6 +575,15 @@ PRODUCERS: dict[str, str] = {
     "AuditFindingRaised": "audit",
 }
 
+_ALLOWED = {event_type: frozenset(producers.split("|")) for event_type, producers in PRODUCERS.items()}
+
+
+def producer_allowed(event_type: str, producer: object) -> bool:
+    """Whether `producer` may publish `event_type` (an event type Certbus does not define: yes)."""
+    allowed = _ALLOWED.get(event_type)
+    return allowed is None or producer in allowed
+
+
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 
 

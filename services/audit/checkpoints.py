@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.audit import store
+from shared.crypto import key_pem
 from shared.events import AuditCheckpointSigned, checkpoint_message
+from shared.files import write_new
 from shared.loops import WakeableLoop
 from shared.outbox import enqueue
 from shared.service import Runtime
@@ -35,15 +36,10 @@ def load_or_create_key(path: Path) -> ed25519.Ed25519PrivateKey:
         return key
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new(path, key_pem(key))
     except FileExistsError:  # another replica created it just now
         return load_or_create_key(path)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
     log.info("created the audit checkpoint key", extra={"path": str(path)})
     return key
 

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography import x509
 from pydantic import ValidationError
 
-from shared.events import PRODUCERS
+from shared.events import PRODUCERS, producer_allowed
 from shared.profiles import Profile, key_problem, names_problems
 
 
@@ -89,10 +89,9 @@ class Checker:
         if not isinstance(data, dict):
             return
         kind = str(data.get("event_type", ""))
-        allowed = PRODUCERS.get(kind)
         producer = str(data.get("producer", ""))
-        if allowed is not None and producer not in allowed.split("|"):
-            self._flag("producer", seq, f"{kind} published by {producer!r}; only {allowed} may publish it")
+        if not producer_allowed(kind, producer):
+            self._flag("producer", seq, f"{kind} published by {producer!r}; only {PRODUCERS[kind]} may publish it")
             return  # a forged event says nothing about what the real producer did
         ca = str(data.get("ca_id"))
         if kind == "CaCreated":

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from shared.events import PRODUCERS
+from shared.events import producer_allowed
 from shared.queries import Breakdown, DayCount, ExpiringCertificate, ReportAnswer, Tally
 from shared.reasons import printable
 
@@ -87,8 +87,7 @@ class Inventory:
         fold = _FOLDS.get(kind)
         if fold is None:
             return
-        allowed = PRODUCERS.get(kind)
-        if allowed is not None and data.get("producer") not in allowed.split("|"):
+        if not producer_allowed(kind, data.get("producer")):
             self.ignored += 1
             return
         try:

@@ -31,11 +31,6 @@ log = logging.getLogger("certbus.revocation")
 CONSUMED: tuple[type[Event], ...] = (CertificateIssued, RevocationRequested, RevocationOrdered, CaCompromised)
 
 
-def filters(root: str) -> list[str]:
-    """The subjects of everything revocation consumes."""
-    return [event_type.filter(root) for event_type in CONSUMED]
-
-
 def register(rt: Runtime) -> None:
     """Attach revocation's consumer."""
     rt.publishes(CertificateRevoked, RevocationRejected, KeyBlocked)
@@ -51,7 +46,7 @@ def register(rt: Runtime) -> None:
 
     requests = rt.group_commit("requests", apply)
 
-    @rt.consumer("requests", filters(rt.root))
+    @rt.consumer("requests", [event_type.filter(rt.root) for event_type in CONSUMED])
     async def on_event(
         event: CertificateIssued | RevocationRequested | RevocationOrdered | CaCompromised, msg: NatsMessage
     ) -> None:

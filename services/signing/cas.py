@@ -148,7 +148,3 @@ class CaRegistry:
             rt.root,
         )
         log.info("created a CA", extra={"ca": ca_id, "role": role, "fingerprint": hashlib.sha256(der).hexdigest()})
-
-    def parent(self, ca_id: str) -> str | None:
-        """The CA that issued `ca_id` (None for a root)."""
-        return self._parents.get(ca_id)

@@ -32,7 +32,8 @@ from services.validation.domain import renewal_due
 from services.validation.ocsp import Responder, ResponderSet
 from shared.client import CertbusClient, Pending
 from shared.clock import Clock, SystemClock
-from shared.crypto import build_csr, normalise_serial, serial_hex
+from shared.crypto import build_csr, key_pem, normalise_serial, serial_hex
+from shared.files import write_new
 from shared.service import Runtime
 from shared.settings import ValidationSettings
 from shared.tokens import ProvisionerKey, create_token
@@ -43,20 +44,6 @@ TOKEN_TTL = timedelta(minutes=5)
 ENROLL_TIMEOUT_S = 30.0
 FIRST_RETRY_S = 0.5
 _SAFE_CA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` (never over an existing file) and sync it to disk."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _private_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    return key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption())
 
 
 def _public_pem(key: ProvisionerKey) -> bytes:
@@ -85,7 +72,7 @@ def load_or_create_provisioner_key(path: Path, public_path: Path) -> Provisioner
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = ed25519.Ed25519PrivateKey.generate()
         try:
-            _write_new(path, _private_pem(key), 0o600)
+            write_new(path, key_pem(key))
         except FileExistsError:  # another replica created it just now
             return load_or_create_provisioner_key(path, public_path)
         log.info("created validation's OCSP provisioner key", extra={"path": str(path)})
@@ -112,8 +99,8 @@ class ResponderFiles:
         """Keep a responder's key and certificate (the key first: a certificate alone is useless)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         stem = self._stem(ca_id, cert)
-        _write_new(self.directory / f"{stem}.key.pem", _private_pem(key), 0o600)
-        _write_new(self.directory / f"{stem}.crt.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_new(self.directory / f"{stem}.key.pem", key_pem(key))
+        write_new(self.directory / f"{stem}.crt.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def newest(self, ca_id: str, issuer: x509.Certificate, now: datetime) -> Responder | None:
         """The stored responder of CA `ca_id` that expires last, if one is still valid at `now`."""

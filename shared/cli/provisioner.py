@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from shared.crypto import key_pem
+from shared.files import write_new
 from shared.tokens import ProvisionerKey
 
 DEFAULT_ID = "default"
@@ -35,10 +36,7 @@ def load_or_create(
     new: ProvisionerKey = (
         ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
     )
-    pem = new.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    write_new(path, key_pem(new))
     return new, True
 
 
