@@ -8,6 +8,7 @@ Schemas only grow: add optional fields, never rename or retype (tests/contract s
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -185,6 +186,7 @@ class EnrollmentApproved(Event):
     emails: list[str] = []
     profile_digest: str | None = None
     approved_by: str = "policy"
+    supersedes: str | None = None  # a renewal: the serial of the certificate it replaces
 
 
 class EnrollmentPending(Event):
@@ -258,6 +260,85 @@ class CertificateIssued(Event):
     spki_sha256: str
     fingerprint_sha256: str
     emails: list[str] = []
+    supersedes: str | None = None  # a renewal: the serial of the certificate this one replaces
+
+
+class RenewalRequested(Event):
+    """A holder asks to renew its certificate with a new key (aggregate id: the new request's id,
+    which becomes the new certificate's id). No token: `proof` is the base64 signature, made with
+    the CURRENT certificate's private key, over `renewal_message(aggregate_id, renews_serial,
+    csr DER)`; the CSR's own signature proves possession of the new key."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "renewal_requested"
+    event_type: Literal["RenewalRequested"] = "RenewalRequested"
+
+    csr_pem: str
+    renews_serial: str = Field(pattern=r"^[0-9a-f]+$")
+    proof: str
+    requester: str
+    profile: str | None = None  # None: the current certificate's profile
+    validity_days: int | None = None
+
+
+class CertificateSuperseded(Event):
+    """A renewal replaced this certificate (aggregate id: the old certificate's id). It stays valid
+    until it expires or is revoked; its holder is expected to destroy its key."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "superseded"
+    event_type: Literal["CertificateSuperseded"] = "CertificateSuperseded"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    issuer_id: str
+    superseded_by: str = Field(pattern=r"^[0-9a-f]+$")
+    superseded_by_id: str
+    not_after: datetime
+
+
+class CertificateExpired(Event):
+    """A certificate reached its notAfter (aggregate id: the certificate id)."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "expired"
+    event_type: Literal["CertificateExpired"] = "CertificateExpired"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    issuer_id: str
+    not_after: datetime
+
+
+class KeyDestroyed(Event):
+    """A holder attests that it destroyed a certificate's private key (aggregate id: the key's
+    SPKI SHA-256). `proof` is the key's last signature, over `key_destroyed_message(serial,
+    spki_sha256, destroyed_at)`, made just before the key was overwritten; never the key."""
+
+    aggregate: ClassVar[str] = "key"
+    verb: ClassVar[str] = "destroyed"
+    event_type: Literal["KeyDestroyed"] = "KeyDestroyed"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    destroyed_at: datetime
+    destroyed_by: str
+    proof: str
+
+
+class CertificateDestroyed(Event):
+    """A certificate was retired for good (aggregate id: the certificate id): revoked first if it
+    was still valid; projections purge their copies of its body; it can never be renewed."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "destroyed"
+    event_type: Literal["CertificateDestroyed"] = "CertificateDestroyed"
+
+    serial: str = Field(pattern=r"^[0-9a-f]+$")
+    issuer_id: str
+    fingerprint_sha256: str
+    destroyed_at: datetime
+    destruction_request_id: str
+    ordered_by: str
+    reason: str = ""
 
 
 class CertificateRevoked(Event):
@@ -329,6 +410,19 @@ class RevocationOrdered(Event):
     reason: str
     operator: str
     invalidity_date: datetime | None = None
+
+
+class DestructionOrdered(Event):
+    """An operator orders a certificate, named by serial, destroyed (revoked first if still valid);
+    only operators may publish it. Refusals come back as `RevocationRejected` on the same id."""
+
+    aggregate: ClassVar[str] = "revoke"
+    verb: ClassVar[str] = "destroy_ordered"
+    event_type: Literal["DestructionOrdered"] = "DestructionOrdered"
+
+    serial: str
+    operator: str
+    reason: str = ""
 
 
 class RevocationRejected(Event):
@@ -481,6 +575,16 @@ def revocation_message(request_id: str, serial: str, reason: str) -> bytes:
     return f"certbus-revocation-v1|{request_id}|{serial}|{reason}".encode()
 
 
+def renewal_message(request_id: str, serial: str, csr_der: bytes) -> bytes:
+    """What a holder signs with its current key to renew: this request, this serial, this CSR."""
+    return f"certbus-renewal-v1|{request_id}|{serial}|{hashlib.sha256(csr_der).hexdigest()}".encode()
+
+
+def key_destroyed_message(serial: str, spki_sha256: str, destroyed_at: datetime) -> bytes:
+    """What a key signs, as its last act, to attest its own destruction."""
+    return f"certbus-key-destroyed-v1|{serial}|{spki_sha256}|{destroyed_at.isoformat()}".encode()
+
+
 def checkpoint_message(stream: str, seq: int, chain_hash: str, signed_at: datetime) -> bytes:
     """What an audit checkpoint signs: the stream, the position, the chain hash and the time."""
     return f"certbus-audit-checkpoint-v1|{stream}|{seq}|{chain_hash}|{signed_at.isoformat()}".encode()
@@ -502,8 +606,14 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CertificateIssued,
     CertificateRevoked,
     CertificateRenewalDue,
+    RenewalRequested,
+    CertificateSuperseded,
+    CertificateExpired,
+    KeyDestroyed,
+    CertificateDestroyed,
     RevocationRequested,
     RevocationOrdered,
+    DestructionOrdered,
     RevocationRejected,
     CaCreated,
     CrlPublished,
@@ -531,8 +641,14 @@ AnyEvent = Annotated[
     | CertificateIssued
     | CertificateRevoked
     | CertificateRenewalDue
+    | RenewalRequested
+    | CertificateSuperseded
+    | CertificateExpired
+    | KeyDestroyed
+    | CertificateDestroyed
     | RevocationRequested
     | RevocationOrdered
+    | DestructionOrdered
     | RevocationRejected
     | CaCreated
     | CrlPublished
@@ -562,8 +678,14 @@ PRODUCERS: dict[str, str] = {
     "CertificateIssued": "signing",
     "CertificateRevoked": "revocation",
     "CertificateRenewalDue": "enrollment|revocation",
+    "RenewalRequested": "requester",
+    "CertificateSuperseded": "enrollment",
+    "CertificateExpired": "enrollment",
+    "KeyDestroyed": "requester",
+    "CertificateDestroyed": "revocation",
     "RevocationRequested": "requester",
     "RevocationOrdered": "operator",
+    "DestructionOrdered": "operator",
     "RevocationRejected": "revocation",
     "CaCreated": "signing",
     "CrlPublished": "signing",

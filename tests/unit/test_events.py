@@ -21,23 +21,29 @@ from shared.events import (
     CaCreated,
     CaKeyDestroyed,
     CaRetired,
+    CertificateDestroyed,
+    CertificateExpired,
     CertificateIssued,
     CertificateLintFailed,
     CertificateRenewalDue,
     CertificateRevoked,
+    CertificateSuperseded,
     CrlPublished,
+    DestructionOrdered,
     EnrollmentApproved,
     EnrollmentPending,
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
     KeyBlocked,
+    KeyDestroyed,
     LintResult,
     ProfileApplied,
     ProfileLinted,
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
+    RenewalRequested,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
@@ -187,6 +193,44 @@ SAMPLES: dict[type[Event], Event] = {
     CertificateRenewalDue: CertificateRenewalDue(
         **ENVELOPE, producer="revocation", serial="abc123", issuer_id="issuing-1", due_at=NOW, cause="ca_compromise"
     ),
+    RenewalRequested: RenewalRequested(
+        **ENVELOPE, producer="requester", csr_pem=PEM, renews_serial="abc123", proof="c2ln", requester="svc"
+    ),
+    CertificateSuperseded: CertificateSuperseded(
+        **ENVELOPE,
+        producer="enrollment",
+        serial="abc123",
+        issuer_id="issuing-1",
+        superseded_by="def456",
+        superseded_by_id="req-2",
+        not_after=NOW,
+    ),
+    CertificateExpired: CertificateExpired(
+        **ENVELOPE, producer="enrollment", serial="abc123", issuer_id="issuing-1", not_after=NOW
+    ),
+    KeyDestroyed: KeyDestroyed(
+        **ENVELOPE,
+        producer="requester",
+        serial="abc123",
+        spki_sha256="33" * 32,
+        destroyed_at=NOW,
+        destroyed_by="svc",
+        proof="c2ln",
+    ),
+    CertificateDestroyed: CertificateDestroyed(
+        **ENVELOPE,
+        producer="revocation",
+        serial="abc123",
+        issuer_id="issuing-1",
+        fingerprint_sha256="44" * 32,
+        destroyed_at=NOW,
+        destruction_request_id="req-9",
+        ordered_by="alice",
+        reason="service decommissioned",
+    ),
+    DestructionOrdered: DestructionOrdered(
+        **ENVELOPE, producer="operator", serial="abc123", operator="alice", reason="service decommissioned"
+    ),
     CaCompromised: CaCompromised(
         **ENVELOPE, producer="operator", ca_id="issuing-1", reason="key copied off the HSM", declared_by="alice"
     ),
@@ -318,6 +362,12 @@ def test_events_get_distinct_random_ids() -> None:
         (CaCompromised, "pki.ca.req-1.compromised"),
         (CaKeyDestroyed, "pki.ca.req-1.key_destroyed"),
         (CertificateRenewalDue, "pki.cert.req-1.renewal_due"),
+        (RenewalRequested, "pki.cert.req-1.renewal_requested"),
+        (CertificateSuperseded, "pki.cert.req-1.superseded"),
+        (CertificateExpired, "pki.cert.req-1.expired"),
+        (CertificateDestroyed, "pki.cert.req-1.destroyed"),
+        (KeyDestroyed, "pki.key.req-1.destroyed"),
+        (DestructionOrdered, "pki.revoke.req-1.destroy_ordered"),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else v,
 )
