@@ -27,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel
 
-from shared.crypto import PrivateKey, normalise_serial, sign_message
+from shared.crypto import PrivateKey, normalise_serial, serial_hex, sign_message
 from shared.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -39,10 +39,12 @@ from shared.events import (
     Event,
     ProfileApplied,
     ProfileLinted,
+    RenewalRequested,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
     parse_event,
+    renewal_message,
     revocation_message,
     utcnow,
 )
@@ -127,6 +129,40 @@ def enrollment_request(
         token=jwt_part,
         token_proof=prove(holder, request_id, csr_der),
         requester=requester,
+        validity_days=validity_days,
+    )
+
+
+def renewal_request(
+    cert_pem: str,
+    current_key: PrivateKey,
+    csr_pem: str,
+    requester: str,
+    profile: str | None = None,
+    validity_days: int | None = None,
+    request_id: str | None = None,
+) -> RenewalRequested:
+    """The event asking to renew `cert_pem`: the CSR for the NEW key, signed over by the CURRENT key.
+
+    `request_id` (default: a new one) becomes the new certificate's id; reuse it to retry the same
+    renewal (enrollment decides a request id once)."""
+    request_id = request_id or str(uuid.uuid4())
+    serial = serial_hex(x509.load_pem_x509_certificate(cert_pem.encode()))
+    try:
+        csr_der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
+        csr_der = csr_pem.encode()  # enrollment will reject it with a reason
+    proof = sign_message(current_key, renewal_message(request_id, serial, csr_der))
+    return RenewalRequested(
+        aggregate_id=request_id,
+        occurred_at=utcnow(),
+        correlation_id=request_id,
+        producer="requester",
+        csr_pem=csr_pem,
+        renews_serial=serial,
+        proof=base64.b64encode(proof).decode(),
+        requester=requester,
+        profile=profile,
         validity_days=validity_days,
     )
 
