@@ -44,59 +44,19 @@ def mtls_server_context(chain: Path, key: Path, root: Path) -> ssl.SSLContext:
 async def test_mutual_tls_with_certbus_certificates(stack: Harness, tmp_path: Path) -> None:
     server_chain, server_key, root = await enroll_files(stack, "api.corp.internal", tmp_path / "server")
     client_chain, client_key, _ = await enroll_files(stack, "client.corp.internal", tmp_path / "client", "tls-client")
-
-    server_ctx = mtls_server_context(server_chain, server_key, root)
-    seen: list[str] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peercert")
-        seen.append(dict(x[0] for x in peer["subject"])["commonName"])
-        writer.write(b"hello " + (await reader.readline()))
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
     client_ctx = ssl.create_default_context(cafile=str(root))
     client_ctx.load_cert_chain(client_chain, client_key)
-    async with server:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_ctx, server_hostname="api.corp.internal"
-        )
-        writer.write(b"certbus\n")
-        await writer.drain()
-        assert await reader.readline() == b"hello certbus\n"
-        writer.close()
-    assert seen == ["client.corp.internal"]
+    answer, peers = await _handshake(mtls_server_context(server_chain, server_key, root), client_ctx)
+    assert answer == b"hello certbus\n"
+    assert peers == ["client.corp.internal"]
 
 
 async def test_a_client_without_a_certbus_certificate_is_refused(stack: Harness, tmp_path: Path) -> None:
     server_chain, server_key, root = await enroll_files(stack, "api.corp.internal", tmp_path / "server")
-    server_ctx = mtls_server_context(server_chain, server_key, root)
-
-    served: list[bool] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        served.append(True)
-        writer.write(b"welcome\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
     anonymous = ssl.create_default_context(cafile=str(root))  # trusts the server, presents no certificate
-    async with server:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=anonymous, server_hostname="api.corp.internal"
-        )
-        writer.write(b"x\n")
-        try:
-            data = await asyncio.wait_for(reader.read(), timeout=5)
-        except (ssl.SSLError, ConnectionResetError):
-            data = b""
-        writer.close()
-    assert data == b""  # TLS 1.3: the server's alert closes the connection after the handshake
-    assert served == []  # the server never accepted the anonymous client
+    answer, peers = await _handshake(mtls_server_context(server_chain, server_key, root), anonymous)
+    assert answer == b""  # TLS 1.3: the server's alert closes the connection after the handshake
+    assert peers == []  # the server never accepted the anonymous client
 
 
 def fetch_crl_pem(cert_file: Path) -> tuple[int, str]:
@@ -111,10 +71,14 @@ def fetch_crl_pem(cert_file: Path) -> tuple[int, str]:
     return number, crl.public_bytes(serialization.Encoding.PEM).decode()
 
 
-async def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> bytes:
-    """Connect, send a line, return what the server answered (b"" if it refused the client)."""
+async def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[bytes, list[str]]:
+    """Connect, send a line; return what the server answered (b"" if it refused the client) and the
+    common names of the client certificates the server accepted."""
+    peers: list[str] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peercert")
+        peers.append(dict(x[0] for x in peer["subject"])["commonName"])
         writer.write(b"hello " + (await reader.readline()))
         await writer.drain()
         writer.close()
@@ -131,7 +95,7 @@ async def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> 
         except (ssl.SSLError, ConnectionResetError):
             data = b""
         writer.close()
-    return data
+    return data, peers
 
 
 async def test_a_server_checking_the_crl_refuses_a_revoked_client_certificate(stack: Harness, tmp_path: Path) -> None:
@@ -151,7 +115,7 @@ async def test_a_server_checking_the_crl_refuses_a_revoked_client_certificate(st
         return ctx
 
     number, crl_pem = await eventually(lambda: asyncio.to_thread(fetch_crl_pem, client_chain))
-    assert await _handshake(crl_checking_server(crl_pem, "before.crl"), client_ctx) == b"hello certbus\n"
+    assert (await _handshake(crl_checking_server(crl_pem, "before.crl"), client_ctx))[0] == b"hello certbus\n"
 
     serial = format(x509.load_pem_x509_certificate(client_chain.read_bytes()).serial_number, "x")
     await revoke_as_operator(stack, serial, "keyCompromise")
@@ -161,4 +125,4 @@ async def test_a_server_checking_the_crl_refuses_a_revoked_client_certificate(st
         return fetched if fetched[0] > number else None
 
     _, revoked_pem = await eventually(republished)
-    assert await _handshake(crl_checking_server(revoked_pem, "after.crl"), client_ctx) == b""
+    assert (await _handshake(crl_checking_server(revoked_pem, "after.crl"), client_ctx))[0] == b""
