@@ -53,6 +53,9 @@ class EnrollmentSettings(ServiceSettings):
     http_port: int = 8441
     max_token_ttl_s: int = 3600
     pending_sweep_s: float = 30.0
+    renewal_check_s: float = 30.0  # how often the schedule sends renewal-due / expired events
+    renewal_grace_s: int = 3600  # how long after notAfter a certificate may still be renewed
+    renewal_batch: int = 100  # scheduled events sent per transaction
 
 
 class SigningSettings(ServiceSettings):

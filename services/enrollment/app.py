@@ -7,6 +7,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from services.enrollment.handlers import NAME, expire_overdue, register
+from services.enrollment.schedule import RenewalSchedule
 from shared.clock import Clock
 from shared.loops import WakeableLoop
 from shared.service import Runtime, create_service
@@ -19,14 +20,18 @@ def build(settings: EnrollmentSettings | None = None, clock: Clock | None = None
 
     async def on_start(rt: Runtime) -> None:
         expiry.start()
+        schedule.loop.start()
 
     async def on_stop(rt: Runtime) -> None:
         await expiry.stop()
+        await schedule.loop.stop()
 
     app, rt = create_service(
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
     # Pending approvals whose window closed are rejected (checked every pending_sweep_s).
     expiry = WakeableLoop("approval-expiry", lambda: expire_overdue(rt), idle_s=settings.pending_sweep_s)
-    register(rt, settings)
+    # Renewal-due, expired and superseded events, sent when due (checked every renewal_check_s).
+    schedule = RenewalSchedule(rt, settings)
+    register(rt, settings, schedule)
     return app, rt

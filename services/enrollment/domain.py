@@ -8,6 +8,7 @@ fixes everything in one round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -207,3 +208,18 @@ def _common_name_problems(csr: x509.CertificateSigningRequest, names: Names) -> 
                 )
             )
     return reasons
+
+
+_PROFILES: dict[str, Profile] = {}
+
+
+def profile_of(body: dict[str, Any], digest: str) -> Profile:
+    """The Profile of a stored body, parsed once per process per version (keyed by its digest,
+    which names its content; the body is still read from the table, so a new version applies at once)."""
+    profile = _PROFILES.get(digest)
+    if profile is None:
+        profile = Profile.model_validate(body)
+        if len(_PROFILES) > 256:
+            _PROFILES.clear()
+        _PROFILES[digest] = profile
+    return profile

@@ -2,7 +2,9 @@
 
 One durable consumer reads requests and the policy events that govern them (provisioners,
 profiles, blocked keys, operator approvals) in log order, so a request is always judged by the
-policy that was on the log before it: a provisioner disabled before a request refuses it.
+policy that was on the log before it: a provisioner disabled before a request refuses it. The
+same consumer follows every certificate's life (issued, revoked, destroyed, and the schedule's own
+events), so a renewal is judged by the certificate's state as the log had it.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from faststream.nats.annotations import NatsMessage
 from pydantic import Field
 
-from services.enrollment import domain, store
+from services.enrollment import domain, renewal, store
+from services.enrollment.domain import profile_of
+from services.enrollment.schedule import RenewalSchedule
 from shared.consumer import Delivery, EventRejected
 from shared.crypto import spki_sha256
 from shared.events import (
     ApprovalDenied,
     ApprovalGranted,
+    CertificateDestroyed,
+    CertificateExpired,
     CertificateIssued,
+    CertificateRenewalDue,
+    CertificateRevoked,
+    CertificateSuperseded,
     EnrollmentApproved,
     EnrollmentPending,
     EnrollmentRejected,
@@ -37,6 +46,7 @@ from shared.events import (
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
+    RenewalRequested,
 )
 from shared.outbox import OutboxEntry, enqueue
 from shared.profiles import Profile, key_type_of
@@ -62,6 +72,7 @@ log = logging.getLogger("certbus.enrollment")
 # Requests and the policy that governs them, in log order (one discriminated union for FastStream).
 Consumed = Annotated[
     EnrollmentRequested
+    | RenewalRequested
     | ApprovalGranted
     | ApprovalDenied
     | ProvisionerRegistered
@@ -71,22 +82,43 @@ Consumed = Annotated[
     | ProfileLinted
     | KeyBlocked
     | CertificateIssued
-    | EnrollmentRejected,
+    | EnrollmentRejected
+    | CertificateRevoked
+    | CertificateDestroyed
+    | CertificateRenewalDue
+    | CertificateExpired
+    | CertificateSuperseded,
     Field(discriminator="event_type"),
 ]
+# The certificate lifecycle events the renewal schedule's projection applies.
+LIFECYCLE = (CertificateRevoked, CertificateDestroyed, CertificateRenewalDue, CertificateExpired, CertificateSuperseded)
 CONSUMED: tuple[type[Event], ...] = get_args(get_args(Consumed)[0])
 
 
-def register(rt: Runtime, settings: EnrollmentSettings) -> None:
+def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedule) -> None:
     """Attach enrollment's consumer and queries to the runtime."""
-    rt.publishes(EnrollmentApproved, EnrollmentRejected, EnrollmentPending)
+    rt.publishes(
+        EnrollmentApproved,
+        EnrollmentRejected,
+        EnrollmentPending,
+        CertificateRenewalDue,
+        CertificateExpired,
+        CertificateSuperseded,
+    )
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         if isinstance(event, EnrollmentRequested):
             return [await _decide(conn, rt, settings, event, delivery.accepted_at)]
+        if isinstance(event, RenewalRequested):
+            return await _renew(conn, rt, settings, event, delivery.accepted_at)
         if isinstance(event, ApprovalGranted | ApprovalDenied):
-            return await _operator_decision(conn, rt, event)
+            return await _operator_decision(conn, rt, settings, event)
+        if isinstance(event, LIFECYCLE):
+            await schedule.project(conn, event, delivery.seq)
+            return []
         await _apply_policy(conn, event, delivery.seq)
+        if isinstance(event, CertificateIssued):
+            await schedule.project(conn, event, delivery.seq)
         return []
 
     requests = rt.group_commit("requests", apply)
@@ -94,6 +126,8 @@ def register(rt: Runtime, settings: EnrollmentSettings) -> None:
     @rt.consumer("requests", [cls.filter(rt.root) for cls in CONSUMED])
     async def on_event(event: Consumed, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
+        if isinstance(event, CertificateIssued):
+            schedule.wake()  # committed: it may supersede another, or already be due
 
     @rt.query("requests")
     async def list_requests(query: RequestsQuery) -> RequestsAnswer:
@@ -162,21 +196,6 @@ def _envelope(cause: Event, at: datetime) -> dict[str, Any]:
         "causation_id": str(cause.event_id),
         "producer": NAME,
     }
-
-
-_PROFILES: dict[str, Profile] = {}
-
-
-def profile_of(body: dict[str, Any], digest: str) -> Profile:
-    """The Profile of a stored body, parsed once per process per version (keyed by its digest,
-    which names its content; the body is still read from the table, so a new version applies at once)."""
-    profile = _PROFILES.get(digest)
-    if profile is None:
-        profile = Profile.model_validate(body)
-        if len(_PROFILES) > 256:
-            _PROFILES.clear()
-        _PROFILES[digest] = profile
-    return profile
 
 
 @functools.lru_cache(maxsize=256)
@@ -254,6 +273,7 @@ def _approved(
         token_id=token_id,
         requester=record.requester,
         approved_by=by,
+        supersedes=record.renews_serial,
         **envelope,
     )
 
@@ -329,8 +349,118 @@ def _provisioner_key(provisioner_id: str, ctx: store.Context) -> ProvisionerPubl
     return key  # type: ignore[return-value]
 
 
+async def _renew(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    settings: EnrollmentSettings,
+    request: RenewalRequested,
+    accepted_at: datetime,
+) -> list[OutboxEntry]:
+    """Decide a renewal: approve (or hold for an operator) a new key for the same names, or refuse."""
+    if await store.request(conn, request.aggregate_id) is not None:
+        # A request id is decided once: a retry of it (or a clash with another request) changes nothing.
+        log.warning("a request with this id was already decided", extra={"request": request.aggregate_id})
+        return []
+    now = rt.clock.now()
+    record = store.RequestRecord(
+        request_id=request.aggregate_id,
+        requester=printable(request.requester),
+        profile=printable(request.profile or ""),
+        status="rejected",
+        requested_at=request.occurred_at,
+        decided_at=now,
+        validity_days=request.validity_days,
+        # Not a token: marks the request as a renewal (never spent in token_uses).
+        token_id=f"renewal:{request.aggregate_id}",
+        decided_by=NAME,
+        renews_serial=request.renews_serial,
+    )
+    # Judged at the time the log accepted the request, like a token: not refused for enrollment's delay.
+    outcome = await _check_renewal(conn, request, record, accepted_at, timedelta(seconds=settings.renewal_grace_s))
+    envelope = _envelope(request, now)
+    decision: Event
+    if isinstance(outcome, list):
+        record.reasons = outcome
+        decision = EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
+    else:
+        approval, profile = outcome
+        record.csr_pem = request.csr_pem
+        record.dns_names = approval.dns_names
+        record.ip_addresses = list(approval.ip_addresses)
+        record.emails = list(approval.emails)
+        record.validity_days = approval.validity_days
+        if profile.require_approval:
+            record.status = "pending"
+            record.decided_by = None
+            record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
+            decision = EnrollmentPending(
+                profile=profile.name,
+                dns_names=approval.dns_names,
+                ip_addresses=list(approval.ip_addresses),
+                emails=list(approval.emails),
+                validity_days=approval.validity_days,
+                requester=request.requester,
+                expires_at=record.expires_at,
+                **envelope,
+            )
+        else:
+            record.status = "approved"
+            decision = _approved(
+                record, request.csr_pem, record.provisioner_id or "", record.token_id or "", "policy", envelope
+            )
+    await store.record_request(conn, record)
+    return [await enqueue(conn, decision, rt.root)]
+
+
+async def _check_renewal(
+    conn: asyncpg.Connection,
+    request: RenewalRequested,
+    record: store.RequestRecord,
+    at: datetime,
+    grace: timedelta,
+) -> tuple[domain.Approval, Profile] | list[Reason]:
+    csr = domain.load_csr(request.csr_pem)
+    if isinstance(csr, Reason):
+        return [csr]
+    try:
+        new_key = spki_sha256(csr.public_key()) if key_type_of(csr.public_key()) else None  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        new_key = None
+    cert = await store.certificate_by_serial(conn, request.renews_serial)
+    name = printable(request.profile or (cert.profile if cert is not None else ""))
+    policy = await store.renewal_policy(conn, name, new_key)
+    profile = profile_of(policy.profile_body, policy.profile_digest or "") if policy.profile_body is not None else None
+    ctx = renewal.RenewalContext(
+        certificate=cert,
+        profile=profile,
+        profile_name=name,
+        profile_unusable=policy.profile_lint_failed,
+        key_certified_as=policy.key_certified_as,
+        key_blocked=policy.key_blocked,
+    )
+    ask = renewal.RenewalRequest(request.aggregate_id, request.renews_serial, request.proof, request.validity_days)
+    record.profile = name
+    if cert is not None:
+        record.provisioner_id = cert.provisioner_id
+    outcome = renewal.review_renewal(ask, csr, ctx, at, grace)
+    if isinstance(outcome, list):
+        return outcome
+    assert profile is not None
+    record.profile_digest = policy.profile_digest
+    return outcome, profile
+
+
+async def _still_renewable(conn: asyncpg.Connection, serial: str, at: datetime, grace: timedelta) -> list[Reason]:
+    """Why a pending renewal can no longer be approved: its certificate changed while it waited."""
+    cert = await store.certificate_by_serial(conn, serial)
+    if cert is None:
+        return [Reason(code="certificate_unknown", message=f"no certificate with serial {serial} is known")]
+    problem = renewal.certificate_problem(cert, at, grace)
+    return [] if problem is None else [problem]
+
+
 async def _operator_decision(
-    conn: asyncpg.Connection, rt: Runtime, event: ApprovalGranted | ApprovalDenied
+    conn: asyncpg.Connection, rt: Runtime, settings: EnrollmentSettings, event: ApprovalGranted | ApprovalDenied
 ) -> list[OutboxEntry]:
     """An operator approves or refuses a pending request (anything else is recorded and ignored)."""
     record = await store.request(conn, event.aggregate_id, lock=True)
@@ -353,6 +483,8 @@ async def _operator_decision(
         ]
     # Judge again under the profile as it is now: it may have changed while the request waited.
     reasons, digest = await _still_acceptable(conn, record)
+    if not reasons and record.renews_serial is not None:
+        reasons = await _still_renewable(conn, record.renews_serial, now, timedelta(seconds=settings.renewal_grace_s))
     if reasons:
         await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
         return [await enqueue(conn, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), rt.root)]

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from services.enrollment.domain import Names
+from services.enrollment.renewal import Certified
 from shared.reasons import Reason
 
 
@@ -44,6 +46,7 @@ class RequestRecord:
     profile_digest: str | None = None
     expires_at: datetime | None = None
     decided_by: str | None = None
+    renews_serial: str | None = None  # a renewal: the serial of the certificate it renews
 
 
 # --- provisioners -------------------------------------------------------------------------------
@@ -208,13 +211,14 @@ _COLUMNS = (
     "request_id, requester, profile, status, requested_at, decided_at, reasons, dns_names, ip_addresses, emails, "
     "csr_pem, validity_days, provisioner_id, token_id, profile_digest, expires_at, decided_by"
 )
+_RECORD_COLUMNS = f"{_COLUMNS}, renews_serial"
 
 
 async def record_request(conn: asyncpg.Connection, r: RequestRecord) -> None:
     """Keep a request and its first outcome (a redelivered request changes nothing)."""
     await conn.execute(
-        f"INSERT INTO requests ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
-        "$15, $16, $17) ON CONFLICT (request_id) DO NOTHING",
+        f"INSERT INTO requests ({_RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+        "$14, $15, $16, $17, $18) ON CONFLICT (request_id) DO NOTHING",
         r.request_id,
         r.requester,
         r.profile,
@@ -232,11 +236,12 @@ async def record_request(conn: asyncpg.Connection, r: RequestRecord) -> None:
         r.profile_digest,
         r.expires_at,
         r.decided_by,
+        r.renews_serial,
     )
 
 
 def _record(row: asyncpg.Record) -> RequestRecord:
-    data = {k: row[k] for k in _COLUMNS.split(", ")}
+    data = {k: row[k] for k in _RECORD_COLUMNS.split(", ")}
     data["reasons"] = [Reason(**x) for x in data["reasons"]]
     return RequestRecord(**data)
 
@@ -244,7 +249,7 @@ def _record(row: asyncpg.Record) -> RequestRecord:
 async def request(conn: asyncpg.Connection, request_id: str, lock: bool = False) -> RequestRecord | None:
     """One request (locked for this transaction when `lock`)."""
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM requests WHERE request_id = $1" + (" FOR UPDATE" if lock else ""), request_id
+        f"SELECT {_RECORD_COLUMNS} FROM requests WHERE request_id = $1" + (" FOR UPDATE" if lock else ""), request_id
     )
     return None if row is None else _record(row)
 
@@ -252,7 +257,7 @@ async def request(conn: asyncpg.Connection, request_id: str, lock: bool = False)
 async def request_detail(conn: asyncpg.Connection, request_id: str) -> dict[str, Any] | None:
     """One request with what became of it (serial, issuer, expiry of the certificate)."""
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS}, serial, issuer_id, not_after FROM requests WHERE request_id = $1", request_id
+        f"SELECT {_RECORD_COLUMNS}, serial, issuer_id, not_after FROM requests WHERE request_id = $1", request_id
     )
     return None if row is None else dict(row)
 
@@ -317,9 +322,194 @@ async def mark_rejected_by_signing(conn: asyncpg.Connection, request_id: str, re
 async def overdue_pending(conn: asyncpg.Connection, now: datetime, limit: int) -> list[RequestRecord]:
     """Pending requests whose approval window has closed (locked; other replicas skip them)."""
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM requests WHERE status = 'pending' AND expires_at <= $1 "
+        f"SELECT {_RECORD_COLUMNS} FROM requests WHERE status = 'pending' AND expires_at <= $1 "
         "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         now,
         limit,
     )
     return [_record(r) for r in rows]
+
+
+# --- certificates and their renewal schedule ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate as the projection keeps it (from CertificateIssued and the certificate itself)."""
+
+    cert_id: str
+    serial: str
+    issuer_id: str
+    profile: str
+    not_before: datetime
+    not_after: datetime
+    spki_sha256: str
+    fingerprint_sha256: str
+    spki_der: bytes
+    dns_names: list[str]
+    ip_addresses: list[str]
+    emails: list[str]
+    renew_at: datetime | None
+    seq: int
+
+
+@dataclass(frozen=True)
+class Due:
+    """A certificate with a scheduled event to send, and which."""
+
+    cert_id: str
+    serial: str
+    issuer_id: str
+    not_after: datetime
+    renew_at: datetime | None
+    superseded_by: str | None
+    superseded_by_id: str | None
+    renewal_due: bool
+    expired: bool
+    superseded: bool
+
+
+async def save_certificate(conn: asyncpg.Connection, c: IssuedCertificate) -> None:
+    """Keep an issued certificate (with its request's provisioner) and remember its key as certified."""
+    await conn.execute(
+        "INSERT INTO certificates (cert_id, serial, issuer_id, profile, not_before, not_after, spki_sha256, "
+        "fingerprint_sha256, spki_der, dns_names, ip_addresses, emails, renew_at, issued_seq, provisioner_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+        "(SELECT provisioner_id FROM requests WHERE request_id = $1)) ON CONFLICT (cert_id) DO NOTHING",
+        c.cert_id,
+        c.serial,
+        c.issuer_id,
+        c.profile,
+        c.not_before,
+        c.not_after,
+        c.spki_sha256,
+        c.fingerprint_sha256,
+        c.spki_der,
+        c.dns_names,
+        c.ip_addresses,
+        c.emails,
+        c.renew_at,
+        c.seq,
+    )
+    await conn.execute(
+        "INSERT INTO certified_keys VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", c.spki_sha256, c.cert_id, c.serial
+    )
+
+
+async def supersede(conn: asyncpg.Connection, old_serial: str, new_serial: str, new_cert_id: str) -> bool:
+    """Record that `new_serial` renewed the certificate `old_serial`; False if unknown or already done."""
+    row = await conn.fetchval(
+        "UPDATE certificates SET superseded_by = $2, superseded_by_id = $3, "
+        "state = CASE WHEN state = 'live' THEN 'superseded' ELSE state END "
+        "WHERE cert_id = (SELECT cert_id FROM certificates WHERE serial = $1 ORDER BY issued_seq DESC LIMIT 1) "
+        "AND superseded_by IS NULL RETURNING 1",
+        old_serial,
+        new_serial,
+        new_cert_id,
+    )
+    return row is not None
+
+
+async def mark_revoked(conn: asyncpg.Connection, cert_id: str, reason: str, authorised_by: str | None) -> None:
+    """A certificate was revoked (the first revocation's reason is kept)."""
+    await conn.execute(
+        "UPDATE certificates SET revoked_by = CASE WHEN revoked_reason IS NULL THEN $3 ELSE revoked_by END, "
+        "revoked_reason = coalesce(revoked_reason, $2), "
+        "state = CASE WHEN state = 'destroyed' THEN state ELSE 'revoked' END WHERE cert_id = $1",
+        cert_id,
+        reason,
+        authorised_by,
+    )
+
+
+async def mark_destroyed(conn: asyncpg.Connection, cert_id: str) -> None:
+    """A certificate was destroyed: purge its body (public key, names, CSR); keep serial, hashes, history."""
+    await conn.execute(
+        "UPDATE certificates SET destroyed = true, state = 'destroyed', spki_der = NULL, dns_names = '{}', "
+        "ip_addresses = '{}', emails = '{}' WHERE cert_id = $1",
+        cert_id,
+    )
+    await conn.execute("UPDATE requests SET csr_pem = NULL WHERE request_id = $1", cert_id)
+
+
+_SENT = {
+    "renewal_due": "renewal_due_sent = true",
+    "expired": "expired_sent = true, state = CASE WHEN state = 'live' THEN 'expired' ELSE state END",
+    "superseded": "superseded_sent = true",
+}
+
+
+async def mark_sent(conn: asyncpg.Connection, kind: str, cert_ids: list[str]) -> None:
+    """Record that enrollment's `kind` event (renewal_due, expired, superseded) of these certificates is sent."""
+    if cert_ids:
+        await conn.execute(f"UPDATE certificates SET {_SENT[kind]} WHERE cert_id = ANY($1::text[])", cert_ids)
+
+
+_RENEWAL_DUE = "(state = 'live' AND NOT renewal_due_sent AND renew_at <= $1)"
+_EXPIRED = "(NOT destroyed AND NOT expired_sent AND not_after <= $1)"
+_SUPERSEDED = "(superseded_by IS NOT NULL AND NOT superseded_sent)"
+
+
+async def due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Due]:
+    """Certificates with a scheduled event to send at `now` (locked; other replicas skip them)."""
+    rows = await conn.fetch(
+        f"SELECT cert_id, serial, issuer_id, not_after, renew_at, superseded_by, superseded_by_id, "
+        f"{_RENEWAL_DUE} AS renewal_due, {_EXPIRED} AS expired, {_SUPERSEDED} AS superseded "
+        f"FROM certificates WHERE {_RENEWAL_DUE} OR {_EXPIRED} OR {_SUPERSEDED} "
+        "ORDER BY cert_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+    return [Due(**dict(r)) for r in rows]
+
+
+async def certificate_by_serial(conn: asyncpg.Connection, serial: str) -> Certified | None:
+    """The certificate a renewal names, with the renewal of it already pending or approved, if any."""
+    row = await conn.fetchrow(
+        "SELECT c.*, (SELECT r.request_id FROM requests r WHERE r.renews_serial = c.serial "
+        "AND r.status IN ('pending', 'approved') ORDER BY r.requested_at LIMIT 1) AS in_flight "
+        "FROM certificates c WHERE c.serial = $1 ORDER BY c.issued_seq DESC LIMIT 1",
+        serial,
+    )
+    if row is None:
+        return None
+    return Certified(
+        cert_id=row["cert_id"],
+        serial=row["serial"],
+        profile=row["profile"],
+        not_after=row["not_after"],
+        spki_sha256=row["spki_sha256"],
+        spki_der=row["spki_der"],
+        names=Names(list(row["dns_names"]), list(row["ip_addresses"]), list(row["emails"])),
+        destroyed=row["destroyed"],
+        revoked_reason=row["revoked_reason"],
+        revoked_by=row["revoked_by"],
+        superseded_by=row["superseded_by"],
+        renewal_in_flight=row["in_flight"],
+        provisioner_id=row["provisioner_id"],
+    )
+
+
+@dataclass(frozen=True)
+class RenewalPolicy:
+    """The profile a renewal asks for and what is known of its new key, read in one round trip."""
+
+    profile_body: dict[str, Any] | None
+    profile_digest: str | None
+    profile_lint_failed: bool
+    key_blocked: bool
+    key_certified_as: str | None
+
+
+async def renewal_policy(conn: asyncpg.Connection, profile: str, spki: str | None) -> RenewalPolicy:
+    """The current version of `profile`, and whether the new key is blocked or was ever certified."""
+    row = await conn.fetchrow(
+        "SELECT f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
+        "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $2) AS blocked, "
+        "(SELECT serial FROM certified_keys WHERE spki_sha256 = $2) AS certified_as "
+        "FROM (SELECT 1) one LEFT JOIN profiles f ON f.name = $1",
+        profile,
+        spki,
+    )
+    assert row is not None
+    return RenewalPolicy(row["body"], row["digest"], row["lint_failed"], row["blocked"], row["certified_as"])

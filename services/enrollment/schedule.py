@@ -1,0 +1,175 @@
+"""The certificate projection and its schedule: renewal-due, expired and superseded events.
+
+The projection follows the log (issued, revoked, destroyed) in the `requests` consumer. The
+schedule's own events are sent only by the timer, never by the consumer, and only once the
+consumer has caught up with the log: each is marked sent in the transaction that puts it in the
+outbox, and marked again when it is read back from the log. A replay from an empty schema (or a
+restart) therefore reads back what was sent before it can send anything, and sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import asyncpg
+from cryptography import x509
+from nats.js.errors import NotFoundError
+
+from services.enrollment import renewal, store
+from services.enrollment.domain import profile_of
+from shared.consumer import EventRejected
+from shared.crypto import spki_der, spki_sha256
+from shared.events import (
+    CertificateDestroyed,
+    CertificateExpired,
+    CertificateIssued,
+    CertificateRenewalDue,
+    CertificateRevoked,
+    CertificateSuperseded,
+    Event,
+    producer_allowed,
+)
+from shared.loops import WakeableLoop
+from shared.outbox import enqueue_many
+from shared.service import Runtime
+from shared.settings import EnrollmentSettings
+
+log = logging.getLogger("certbus.enrollment.schedule")
+
+
+class RenewalSchedule:
+    """Sends each certificate's renewal-due (at its renewal point), expired (at notAfter) and
+    superseded (once renewed) events, once each, through the outbox, in bounded batches."""
+
+    def __init__(self, rt: Runtime, settings: EnrollmentSettings) -> None:
+        self._rt = rt
+        self._grace = timedelta(seconds=settings.renewal_grace_s)
+        self._batch = settings.renewal_batch
+        self._caught_up = False
+        self.loop = WakeableLoop("renewal-schedule", self.step, idle_s=settings.renewal_check_s)
+
+    def wake(self) -> None:
+        """Look for due events soon (a certificate was just issued or renewed)."""
+        self.loop.wake()
+
+    async def project(self, conn: asyncpg.Connection, event: Event, seq: int) -> None:
+        """Apply a certificate's lifecycle event (or one of the schedule's own, read back) to the projection."""
+        if not producer_allowed(event.event_type, event.producer):
+            raise EventRejected(f"{event.event_type} published by {event.producer!r}, which may not publish it")
+        if isinstance(event, CertificateIssued):
+            await _issued(conn, event, seq)
+        elif isinstance(event, CertificateRevoked):
+            await store.mark_revoked(conn, event.aggregate_id, event.reason, event.authorised_by)
+        elif isinstance(event, CertificateDestroyed):
+            await store.mark_destroyed(conn, event.aggregate_id)
+        elif isinstance(event, CertificateRenewalDue):
+            if event.producer == self._rt.name and event.cause == "schedule":
+                await store.mark_sent(conn, "renewal_due", [event.aggregate_id])
+        elif isinstance(event, CertificateExpired):
+            await store.mark_sent(conn, "expired", [event.aggregate_id])
+        elif isinstance(event, CertificateSuperseded):
+            await store.mark_sent(conn, "superseded", [event.aggregate_id])
+        else:
+            raise EventRejected(f"the certificate projection does not apply {event.event_type}")
+
+    async def caught_up(self) -> bool:
+        """Whether the `requests` consumer has applied the whole log once since this process started.
+
+        Only a consumer that starts behind (a replay, a restart after downtime) can have unread
+        events of the schedule's own on the log; once it has been seen with nothing pending and
+        nothing unacknowledged, every event the schedule sent earlier has been read back."""
+        if not self._caught_up:
+            rt = self._rt
+            try:
+                info = await rt.js.consumer_info(rt.settings.stream, rt.durable("requests"))
+            except NotFoundError:
+                return False  # not created yet: the consumer starts after the timer
+            self._caught_up = info.num_pending == 0 and info.num_ack_pending == 0
+        return self._caught_up
+
+    async def step(self) -> int:
+        """Send every scheduled event due now; returns how many certificates were handled."""
+        if not await self.caught_up():
+            return 0
+        handled = 0
+        while True:
+            async with self._rt.pool.acquire() as conn, conn.transaction():
+                now = self._rt.clock.now()
+                rows = await store.due(conn, now, self._batch)
+                first, then = self._events(rows, now)
+                await store.mark_sent(conn, "renewal_due", [r.cert_id for r in rows if r.renewal_due])
+                await store.mark_sent(conn, "expired", [r.cert_id for r in rows if r.expired])
+                await store.mark_sent(conn, "superseded", [r.cert_id for r in rows if r.superseded])
+                early = await enqueue_many(conn, first, self._rt.root)
+                late = await enqueue_many(conn, then, self._rt.root)
+            # A certificate's renewal-due goes out before its expiry (publishes are concurrent).
+            await self._rt.publish_pending(early)
+            await self._rt.publish_pending(late)
+            handled += len(rows)
+            if len(rows) < self._batch:
+                return handled
+
+    def _events(self, rows: list[store.Due], now: datetime) -> tuple[list[Event], list[Event]]:
+        """The events to send for `rows`: (superseded and renewal-due, then expired)."""
+        first: list[Event] = []
+        then: list[Event] = []
+        for row in rows:
+            envelope = {
+                "aggregate_id": row.cert_id,
+                "occurred_at": now,
+                "correlation_id": row.cert_id,
+                "producer": self._rt.name,
+                "serial": row.serial,
+                "issuer_id": row.issuer_id,
+            }
+            if row.superseded:
+                assert row.superseded_by is not None and row.superseded_by_id is not None
+                first.append(
+                    CertificateSuperseded(
+                        superseded_by=row.superseded_by,
+                        superseded_by_id=row.superseded_by_id,
+                        not_after=row.not_after,
+                        **envelope,
+                    )
+                )
+            # Past the renewal grace a renewal would be refused: the due event is skipped, not sent.
+            if row.renewal_due and row.renew_at is not None and now <= row.not_after + self._grace:
+                first.append(CertificateRenewalDue(due_at=row.renew_at, cause="schedule", rekey=True, **envelope))
+            if row.expired:
+                then.append(CertificateExpired(not_after=row.not_after, **envelope))
+        return first, then
+
+
+async def _issued(conn: asyncpg.Connection, event: CertificateIssued, seq: int) -> None:
+    try:
+        public_key = x509.load_pem_x509_certificate(event.cert_pem.encode()).public_key()
+        key_der, key_hash = spki_der(public_key), spki_sha256(public_key)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise EventRejected(f"the issued certificate cannot be parsed: {exc}") from exc
+    current = await store.current_profile(conn, event.profile)
+    profile = profile_of(current[0], current[1]) if current is not None else None
+    await store.save_certificate(
+        conn,
+        store.IssuedCertificate(
+            cert_id=event.aggregate_id,
+            serial=event.serial,
+            issuer_id=event.issuer_id,
+            profile=event.profile,
+            not_before=event.not_before,
+            not_after=event.not_after,
+            spki_sha256=key_hash,
+            fingerprint_sha256=event.fingerprint_sha256,
+            spki_der=key_der,
+            dns_names=event.dns_names,
+            ip_addresses=event.ip_addresses,
+            emails=event.emails,
+            renew_at=renewal.renew_at(event.not_before, event.not_after, profile),
+            seq=seq,
+        ),
+    )
+    # Signing copies `supersedes` from the approval; the request record says the same if it does not.
+    record = await store.request(conn, event.aggregate_id)
+    old_serial = event.supersedes or (record.renews_serial if record is not None else None)
+    if old_serial is not None and not await store.supersede(conn, old_serial, event.serial, event.aggregate_id):
+        log.warning("a renewal names a certificate already superseded or unknown", extra={"serial": old_serial})

@@ -1,0 +1,325 @@
+"""Renewal over the real stack: a renewal request signed with the current key, refusals, and the
+schedule's renewal-due / expired / superseded events, sent once each across restarts and a rebuild
+of enrollment's schema from the log."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import nats
+import pytest
+from integration.conftest import EnrollWithKey
+
+from harness import Harness, eventually
+from services.enrollment.renewal import renew_at
+from shared.client import UnknownRequest, renewal_request
+from shared.clock import FixedClock
+from shared.crypto import PrivateKey, build_csr, generate_key
+from shared.db import create_pool, drop_schema
+from shared.events import (
+    CertificateDestroyed,
+    CertificateExpired,
+    CertificateIssued,
+    CertificateRenewalDue,
+    CertificateSuperseded,
+    EnrollmentApproved,
+    utcnow,
+)
+from shared.queries import RequestDetail
+
+NAME = "renew.corp.internal"
+
+
+async def _renew(
+    harness: Harness,
+    issued: CertificateIssued,
+    signer: PrivateKey,
+    new_key: PrivateKey | None = None,
+    names: list[str] | None = None,
+) -> str:
+    """Publish a renewal of `issued` for `new_key` (default: a fresh one), signed by `signer`; its request id."""
+    csr = build_csr(new_key or generate_key("ec-p256"), names or issued.dns_names).decode()
+    request = renewal_request(issued.cert_pem, signer, csr, "tests")
+    async with harness.client() as c:
+        await c.publish(request)
+    return request.aggregate_id
+
+
+async def _decided(harness: Harness, request_id: str) -> RequestDetail:
+    """The request once it is issued or rejected."""
+
+    async def check() -> RequestDetail | None:
+        async with harness.client() as c:
+            try:
+                detail = await c.request(request_id)
+            except UnknownRequest:
+                return None
+        return detail if detail.status in ("issued", "rejected") else None
+
+    result: RequestDetail = await eventually(check, timeout=20)
+    return result
+
+
+async def _refusal(harness: Harness, request_id: str) -> tuple[str, str]:
+    detail = await _decided(harness, request_id)
+    assert detail.status == "rejected", detail
+    assert len(detail.reasons) == 1, detail.reasons
+    return detail.reasons[0]["code"], detail.reasons[0]["message"]
+
+
+async def _events(harness: Harness, cert_id: str, verb: str) -> list[bytes]:
+    return [m.data for m in await harness.stream_messages(f"{harness.root}.cert.{cert_id}.{verb}")]
+
+
+async def _one(harness: Harness, cert_id: str, verb: str) -> bytes:
+    found: list[bytes] = await eventually(lambda: _events(harness, cert_id, verb), timeout=20)
+    assert len(found) == 1, f"{len(found)} {verb} events for {cert_id}"
+    return found[0]
+
+
+# --- renewal requests -----------------------------------------------------------------------------
+
+
+async def test_a_renewal_is_issued_for_a_new_key_and_supersedes_the_old_certificate(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, old = await enroll_with_key(NAME)
+    new_key = generate_key("ec-p256")
+    request_id = await _renew(stack, old, key, new_key)
+    detail = await _decided(stack, request_id)
+    assert detail.status == "issued" and detail.serial is not None, detail.reasons
+    assert detail.token_id == f"renewal:{request_id}" and detail.provisioner_id == "default"
+
+    approved = EnrollmentApproved.model_validate_json(await _one(stack, request_id, "approved"))
+    assert approved.supersedes == old.serial and approved.dns_names == [NAME]
+    issued = CertificateIssued.model_validate_json(await _one(stack, request_id, "issued"))
+    assert issued.supersedes == old.serial and issued.spki_sha256 != old.spki_sha256
+
+    superseded = CertificateSuperseded.model_validate_json(await _one(stack, old.aggregate_id, "superseded"))
+    assert (superseded.serial, superseded.superseded_by, superseded.superseded_by_id) == (
+        old.serial,
+        issued.serial,
+        request_id,
+    )
+    assert superseded.not_after == old.not_after and superseded.producer == "enrollment"
+
+
+async def test_a_renewal_not_signed_by_the_current_key_is_refused(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    _, old = await enroll_with_key(NAME)
+    code, _ = await _refusal(stack, await _renew(stack, old, generate_key("ec-p256")))
+    assert code == "renewal_proof_invalid"
+    assert not await _events(stack, old.aggregate_id, "superseded")
+
+
+async def test_renewing_a_revoked_certificate_is_refused(stack: Harness, enroll_with_key: EnrollWithKey) -> None:
+    key, old = await enroll_with_key(NAME)
+    async with stack.client() as c:
+        await c.revoke(old.serial, "superseded", key=key)
+    code, message = await _refusal(stack, await _renew(stack, old, key))
+    assert code == "certificate_revoked" and "superseded" in message
+
+
+async def test_renewing_with_the_current_key_or_a_key_certified_before_is_refused(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, old = await enroll_with_key(NAME)
+    other_key, _ = await enroll_with_key("other.corp.internal")
+    code, message = await _refusal(stack, await _renew(stack, old, key, new_key=key))
+    assert code == "key_reused" and "NEW key" in message
+    code, _ = await _refusal(stack, await _renew(stack, old, key, new_key=other_key))
+    assert code == "key_reused"
+
+
+async def test_a_certificate_is_renewed_once_and_a_second_renewal_names_the_successor(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, old = await enroll_with_key(NAME)
+    first = await _decided(stack, await _renew(stack, old, key))
+    assert first.status == "issued"
+    code, message = await _refusal(stack, await _renew(stack, old, key))
+    assert code == "certificate_superseded" and str(first.serial) in message
+
+
+async def test_a_renewal_that_changes_the_names_is_refused(stack: Harness, enroll_with_key: EnrollWithKey) -> None:
+    key, old = await enroll_with_key(NAME)
+    code, message = await _refusal(stack, await _renew(stack, old, key, names=[NAME, "more.corp.internal"]))
+    assert code == "names_changed" and "more.corp.internal" in message
+
+
+async def test_renewing_a_destroyed_certificate_is_refused_and_its_body_is_purged(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    # The destroy flow is revocation's; its event is published here as revocation would publish it.
+    key, old = await enroll_with_key(NAME)
+    destroyed = CertificateDestroyed(
+        aggregate_id=old.aggregate_id,
+        occurred_at=utcnow(),
+        correlation_id="tests",
+        producer="revocation",
+        serial=old.serial,
+        issuer_id=old.issuer_id,
+        fingerprint_sha256=old.fingerprint_sha256,
+        destroyed_at=utcnow(),
+        destruction_request_id=str(uuid.uuid4()),
+        ordered_by="tests",
+    )
+    await stack.publish_raw(destroyed.subject(stack.root), destroyed.model_dump_json().encode())
+    code, _ = await _refusal(stack, await _renew(stack, old, key))
+    assert code == "certificate_destroyed"
+    pool = await stack.db()
+    row = await pool.fetchrow(
+        "SELECT c.state, c.spki_der, c.dns_names, c.spki_sha256, r.csr_pem FROM enrollment.certificates c "
+        "JOIN enrollment.requests r ON r.request_id = c.cert_id WHERE c.cert_id = $1",
+        old.aggregate_id,
+    )
+    assert row is not None
+    assert (row["state"], row["spki_der"], row["dns_names"], row["csr_pem"]) == ("destroyed", None, [], None)
+    assert row["spki_sha256"]  # the key's hash is kept: it may never be certified again
+
+
+async def test_a_renewal_under_a_profile_that_needs_approval_waits_for_an_operator(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, old = await enroll_with_key(NAME)
+    csr = build_csr(generate_key("ec-p384"), [NAME]).decode()
+    request = renewal_request(old.cert_pem, key, csr, "tests", profile="high-assurance")
+    async with stack.client() as c:
+        await c.publish(request)
+        await _one(stack, request.aggregate_id, "pending")
+        issued = await c.approve(request.aggregate_id, "ops")
+    assert issued.supersedes == old.serial and issued.profile == "high-assurance"
+    await _one(stack, old.aggregate_id, "superseded")
+    row = await (await stack.db()).fetchrow(
+        "SELECT renew_at, provisioner_id FROM enrollment.certificates WHERE cert_id = $1", request.aggregate_id
+    )
+    assert row is not None and tuple(row) == (None, "default")  # high-assurance does not renew by itself
+
+
+async def test_a_renewal_with_a_malformed_csr_is_refused(stack: Harness, enroll_with_key: EnrollWithKey) -> None:
+    key, old = await enroll_with_key(NAME)
+    request = renewal_request(old.cert_pem, key, "not a CSR\x00", "tests\x00")
+    async with stack.client() as c:
+        await c.publish(request)
+    code, _ = await _refusal(stack, request.aggregate_id)
+    assert code == "csr_malformed"
+
+
+async def test_an_enrollment_consumer_from_before_renewal_is_given_the_new_filters(stack: Harness) -> None:
+    """A durable created by the previous release keeps its position and gains the renewal events."""
+    await stack.stop("enrollment")
+    nc = await nats.connect(stack.nats_url)
+    try:
+        js = nc.jetstream()
+        stream = stack.common["stream"]
+        config = (await js.consumer_info(stream, "enrollment-requests")).config
+        old = [f for f in config.filter_subjects or [] if not f.endswith(("renewal_requested", "destroyed"))]
+        await js.add_consumer(stream, config=replace(config, filter_subjects=old))
+        assert set((await js.consumer_info(stream, "enrollment-requests")).config.filter_subjects or []) == set(old)
+        await stack.start("enrollment")
+        filters = (await js.consumer_info(stream, "enrollment-requests")).config.filter_subjects or []
+    finally:
+        await nc.close()
+    assert f"{stack.root}.cert.*.renewal_requested" in filters and f"{stack.root}.cert.*.destroyed" in filters
+
+
+# --- the schedule -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pinned(harness: Harness) -> tuple[Harness, FixedClock]:
+    """The stack with enrollment and signing on one pinned clock, and the schedule checked often."""
+    clock = FixedClock(utcnow())
+    harness.clocks["enrollment"] = harness.clocks["signing"] = clock
+    harness.overrides["enrollment"] = {"renewal_check_s": 0.1}
+    await harness.start()
+    await harness.register_provisioner()
+    await harness.apply_profiles()
+    return harness, clock
+
+
+def _advance_to(clock: FixedClock, when: datetime) -> None:
+    clock.advance(when - clock.now() + timedelta(seconds=1))
+
+
+def _renew_at(issued: CertificateIssued) -> datetime:
+    due = renew_at(issued.not_before, issued.not_after, None)  # tls-server: a third of the lifetime left
+    assert due is not None
+    return due
+
+
+async def _renewed_and_expired(
+    harness: Harness, clock: FixedClock, enroll_with_key: EnrollWithKey
+) -> tuple[CertificateIssued, CertificateIssued]:
+    """A certificate that fell due, was renewed (superseded) and expired; returns (old, new)."""
+    key, old = await enroll_with_key(NAME)
+    _advance_to(clock, _renew_at(old))
+    due = CertificateRenewalDue.model_validate_json(await _one(harness, old.aggregate_id, "renewal_due"))
+    assert (due.cause, due.due_at, due.serial, due.rekey) == ("schedule", _renew_at(old), old.serial, True)
+    request_id = await _renew(harness, old, key)
+    assert (await _decided(harness, request_id)).status == "issued"
+    new = CertificateIssued.model_validate_json(await _one(harness, request_id, "issued"))
+    await _one(harness, old.aggregate_id, "superseded")
+    _advance_to(clock, old.not_after)
+    expired = CertificateExpired.model_validate_json(await _one(harness, old.aggregate_id, "expired"))
+    assert expired.not_after == old.not_after
+    return old, new
+
+
+async def _sent_once_each(harness: Harness, old: CertificateIssued, new: CertificateIssued) -> None:
+    """After the schedule has run again (the new certificate falls due), nothing was sent twice."""
+    clock = harness.clocks["enrollment"]
+    assert isinstance(clock, FixedClock)
+    _advance_to(clock, _renew_at(new))
+    await _one(harness, new.aggregate_id, "renewal_due")
+    for verb in ("renewal_due", "superseded", "expired"):
+        assert len(await _events(harness, old.aggregate_id, verb)) == 1, verb
+    assert not await _events(harness, new.aggregate_id, "expired")
+
+
+async def test_the_schedule_sends_renewal_due_superseded_and_expired_once_even_after_a_restart(
+    pinned: tuple[Harness, FixedClock], enroll_with_key: EnrollWithKey
+) -> None:
+    harness, clock = pinned
+    old, new = await _renewed_and_expired(harness, clock, enroll_with_key)
+    await harness.stop("enrollment")
+    await harness.start("enrollment")
+    await _sent_once_each(harness, old, new)
+
+
+async def test_rebuilding_enrollment_from_the_log_resends_nothing(
+    pinned: tuple[Harness, FixedClock], enroll_with_key: EnrollWithKey
+) -> None:
+    harness, clock = pinned
+    old, new = await _renewed_and_expired(harness, clock, enroll_with_key)
+    await harness.stop("enrollment")
+    pool = await create_pool(harness.database_url, "enrollment")
+    try:
+        await drop_schema(pool, "enrollment")
+    finally:
+        await pool.close()
+    nc = await nats.connect(harness.nats_url)
+    try:
+        await nc.jetstream().delete_consumer(harness.common["stream"], "enrollment-requests")
+    finally:
+        await nc.close()
+    # One event per transaction: the schedule, woken by each certificate replayed, gets a chance to
+    # run between a certificate and the events it had sent about it.
+    harness.overrides["enrollment"]["fetch_batch"] = 1
+    await harness.start("enrollment")
+
+    async def rebuilt() -> bool:
+        row = await (await harness.db()).fetchrow(
+            "SELECT state, superseded_by, renewal_due_sent, superseded_sent, expired_sent "
+            "FROM enrollment.certificates WHERE cert_id = $1",
+            old.aggregate_id,
+        )
+        return row is not None and tuple(row) == ("superseded", new.serial, True, True, True)
+
+    await eventually(rebuilt, timeout=20)
+    async with harness.client() as c:
+        assert (await c.request(new.aggregate_id)).status == "issued"
+    await _sent_once_each(harness, old, new)
