@@ -10,6 +10,7 @@ from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
 from services.signing.handlers import NAME, load_profiles, register
 from services.signing.keystore import KeyStore
+from services.signing.retire import Retirements
 from services.signing.templates import TemplateBook
 from shared.clock import Clock
 from shared.service import Runtime, create_service
@@ -27,8 +28,11 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
         await load_profiles(rt, cas, book)  # every current profile's templates linted before issuing
         await crls.publish_due()  # a new CA has a CRL before it issues anything
         crls.loop.start()
+        retirements.loop.start()
+        retirements.loop.wake()  # resume a retirement a crash or an outage left unfinished
 
     async def on_stop(rt: Runtime) -> None:
+        await retirements.loop.stop()
         await crls.loop.stop()
 
     app, rt = create_service(
@@ -36,5 +40,6 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
     )
     crls = CrlPublisher(rt, cas)  # the hooks above run after this line, at start-up
     book = TemplateBook(cas)
-    register(rt, cas, crls, book)
+    retirements = Retirements(rt, cas, crls)
+    register(rt, cas, crls, book, retirements)
     return app, rt

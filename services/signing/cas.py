@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
-from services.signing.keystore import KeyStore
+from services.signing.keystore import KeyStore, KeyStoreError
 from shared.crypto import KeyType, PrivateKey, generate_key, spki_sha256
 from shared.events import CaCreated
 from shared.outbox import enqueue
@@ -48,8 +48,17 @@ class CaRegistry:
         return self._cas[self.issuing_id]
 
     def key(self, ca_id: str) -> PrivateKey:
-        """The private key of `ca_id`."""
+        """The private key of an active CA; a retired, compromised or unknown CA signs nothing."""
+        if ca_id not in self._cas:
+            raise KeyStoreError(f"CA {ca_id} is not active (retired, compromised or unknown): it signs nothing")
         return self.keys.load(ca_id)
+
+    def final_signer(self, ca_id: str, cert_der: bytes) -> tuple[domain.CaIdentity, PrivateKey] | None:
+        """A retired CA and its key, for its final CRL only (the caller holds its retirement row);
+        None if its key file is gone."""
+        if not self.keys.has(ca_id):
+            return None
+        return domain.CaIdentity(ca_id, x509.load_der_x509_certificate(cert_der)), self.keys.load(ca_id)
 
     def chain_pem(self, ca_id: str) -> str:
         """The PEM chain from `ca_id` up to its root."""
@@ -62,15 +71,19 @@ class CaRegistry:
 
     async def load(self, conn: asyncpg.Connection) -> None:
         """Load the active CAs from signing's tables and check their keys decrypt."""
-        self._cas.clear()
-        self.issuing_id = None
-        for row in reversed(await store.active_cas(conn)):
+        rows = await store.active_cas(conn)
+        cas: dict[str, domain.CaIdentity] = {}
+        issuing_id = None
+        for row in reversed(rows):
             cert = x509.load_der_x509_certificate(row["cert_der"])
-            self._cas[row["ca_id"]] = domain.CaIdentity(row["ca_id"], cert)
+            cas[row["ca_id"]] = domain.CaIdentity(row["ca_id"], cert)
             self._parents[row["ca_id"]] = row["parent_id"]
             if row["role"] == "issuing":
-                self.issuing_id = row["ca_id"]
+                issuing_id = row["ca_id"]
             self.keys.load(row["ca_id"])
+        # Swapped in at once: the approvals consumer and the background loops read the registry meanwhile.
+        self._cas, self.issuing_id = cas, issuing_id
+        self.keys.retain(cas)  # a CA closed since (here or by another replica) leaves no key in memory
 
     async def bootstrap(self, rt: Runtime) -> None:
         """Create a root and an issuing CA if there are none (once, whatever the replica count)."""

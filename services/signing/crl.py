@@ -6,13 +6,15 @@ import asyncio
 import hashlib
 import io
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import asyncpg
 import nats.js.errors
 from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
+from shared.crypto import PrivateKey
 from shared.events import CrlPublished
 from shared.loops import WakeableLoop
 from shared.outbox import enqueue
@@ -54,45 +56,61 @@ class CrlPublisher:
             state = await store.lock_crl_state(conn, ca_id)
             if state is None:
                 return None  # another replica is signing this issuer's CRL
-            rows, through = await store.revoked_entries(conn, ca_id)
-            number = int(state["crl_number"]) + 1
+            if await store.ca_status(conn, ca_id) != "active":
+                # Retired (its final CRL is out, or on its way) or compromised since it was found due.
+                log.info("skipped the CRL of a CA that is no longer active", extra={"issuer": ca_id})
+                return None
+            if ca_id not in self._cas.ids():
+                await self._cas.load(conn)  # another replica created it
             now = rt.clock.now()
-            next_update = now + timedelta(seconds=settings.crl_validity_s)
-            entries = [
-                domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"], r["invalidity_date"]) for r in rows
-            ]
-            crl = await asyncio.to_thread(
-                domain.crl, self._cas.get(ca_id), self._cas.key(ca_id), number, entries, now, next_update
-            )
-            der = crl.public_bytes(serialization.Encoding.DER)
-            name = f"{ca_id}/{number}.crl"
-            obj = await rt.js.object_store(settings.crl_bucket)
-            await obj.put(name, io.BytesIO(der))
-            await store.save_crl_state(conn, ca_id, number, through, now, next_update)
-            await enqueue(
-                conn,
-                CrlPublished(
-                    aggregate_id=ca_id,
-                    occurred_at=now,
-                    correlation_id=f"crl-{ca_id}-{number}",
-                    producer="signing",
-                    ca_id=ca_id,
-                    crl_number=number,
-                    this_update=now,
-                    next_update=next_update,
-                    revoked_count=len(entries),
-                    object_bucket=settings.crl_bucket,
-                    object_name=name,
-                    sha256=hashlib.sha256(der).hexdigest(),
-                    size=len(der),
-                ),
-                rt.root,
-            )
-        log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
-        await self._forget(ca_id, number - KEEP_CRLS)
+            issuer, key = self._cas.get(ca_id), self._cas.key(ca_id)
+            number, _ = await self.sign(conn, issuer, key, state, now + timedelta(seconds=settings.crl_validity_s))
+        await self.forget(ca_id, number - KEEP_CRLS)
         return number
 
-    async def _forget(self, ca_id: str, number: int) -> None:
+    async def sign(
+        self,
+        conn: asyncpg.Connection,
+        issuer: domain.CaIdentity,
+        key: PrivateKey,
+        state: asyncpg.Record,
+        next_update: datetime,
+    ) -> tuple[int, CrlPublished]:
+        """In the caller's transaction, holding the issuer's CRL state (`store.lock_crl_state`): sign
+        its next CRL with every revocation, store it in the object store, and say so in the outbox."""
+        rt, settings, ca_id = self._rt, self._cas.settings, issuer.ca_id
+        rows, through = await store.revoked_entries(conn, ca_id)
+        number = int(state["crl_number"]) + 1
+        now = rt.clock.now()
+        entries = [
+            domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"], r["invalidity_date"]) for r in rows
+        ]
+        crl = await asyncio.to_thread(domain.crl, issuer, key, number, entries, now, next_update)
+        der = crl.public_bytes(serialization.Encoding.DER)
+        name = f"{ca_id}/{number}.crl"
+        obj = await rt.js.object_store(settings.crl_bucket)
+        await obj.put(name, io.BytesIO(der))
+        await store.save_crl_state(conn, ca_id, number, through, now, next_update)
+        published = CrlPublished(
+            aggregate_id=ca_id,
+            occurred_at=now,
+            correlation_id=f"crl-{ca_id}-{number}",
+            producer="signing",
+            ca_id=ca_id,
+            crl_number=number,
+            this_update=now,
+            next_update=next_update,
+            revoked_count=len(entries),
+            object_bucket=settings.crl_bucket,
+            object_name=name,
+            sha256=hashlib.sha256(der).hexdigest(),
+            size=len(der),
+        )
+        await enqueue(conn, published, rt.root)
+        log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
+        return number, published
+
+    async def forget(self, ca_id: str, number: int) -> None:
         """Delete an old CRL object (the newest KEEP_CRLS of each issuer stay, so a consumer that is a
         few CRLs behind can still fetch what its event names); a missing one is fine."""
         if number < 1:

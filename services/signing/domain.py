@@ -403,3 +403,64 @@ def crl(
         .add_extension(_aki(issuer.cert), critical=False)
         .sign(key, signing_hash(key))
     )
+
+
+@dataclass(frozen=True)
+class CaRecord:
+    """A CA as signing's table records it (no key): what retirement is judged by."""
+
+    ca_id: str
+    role: str
+    status: str
+    parent_id: str | None
+
+
+def current_issuing(cas: list[CaRecord]) -> str | None:
+    """The CA that signs new leaves: the newest active issuing CA (`cas` newest first)."""
+    return next((c.ca_id for c in cas if c.role == "issuing" and c.status == "active"), None)
+
+
+def retirement_problems(ca_id: str, cas: list[CaRecord]) -> list[Reason]:
+    """Why CA `ca_id` cannot be retired now (empty: it can). `cas` is every CA, newest first."""
+    by_id = {c.ca_id: c for c in cas}
+    target = by_id.get(ca_id)
+    if target is None:
+        known = ", ".join(f"{c.ca_id} ({c.role}, {c.status})" for c in cas) or "none"
+        return [Reason(code="ca_unknown", message=f"signing knows no CA {ca_id!r}; its CAs are: {known}")]
+    if target.status == "retired":
+        return [Reason(code="ca_already_retired", message=f"CA {ca_id} is already retired; its key is destroyed")]
+    if target.status != "active":
+        return [
+            Reason(
+                code="ca_not_active",
+                message=f"CA {ca_id} is {target.status}: it signs nothing already, and no final CRL can be "
+                "trusted from its key",
+            )
+        ]
+    if target.role == "root":
+        live = [c.ca_id for c in cas if c.parent_id == ca_id and c.status == "active"]
+        if live:
+            return [
+                Reason(
+                    code="ca_has_live_issuing_cas",
+                    message=f"root {ca_id} still has active issuing CAs ({', '.join(live)}): retire them first",
+                )
+            ]
+    elif current_issuing(cas) == ca_id:
+        parent = by_id.get(target.parent_id or "")
+        if parent is None or parent.status != "active":
+            return [
+                Reason(
+                    code="ca_no_replacement",
+                    message=f"CA {ca_id} is the current issuing CA and its root {target.parent_id} is not active, "
+                    "so no replacement can be created under it: nothing could be issued afterwards",
+                )
+            ]
+    return []
+
+
+def final_crl_next_update(ca_cert: x509.Certificate, now: datetime, fallback: timedelta) -> datetime:
+    """nextUpdate of a CA's final CRL: its certificate's notAfter (no CRL will ever supersede it, and
+    nothing it signed is valid later), or `now + fallback` if that is already past."""
+    not_after = ca_cert.not_valid_after_utc
+    return not_after if not_after > now else now + fallback

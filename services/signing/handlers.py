@@ -17,12 +17,15 @@ from faststream.nats.annotations import NatsMessage
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
+from services.signing.retire import Retirements
 from services.signing.templates import TemplateBook, Verdict
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
 from shared.events import (
     CaCompromised,
     CaCreated,
+    CaKeyDestroyed,
+    CaRetired,
     CertificateIssued,
     CertificateLintFailed,
     CertificateRevoked,
@@ -37,6 +40,7 @@ from shared.events import (
 from shared.lint import errors, lint_certificate
 from shared.outbox import OutboxEntry, enqueue
 from shared.profiles import Profile, ProfileKeyType, key_type_of
+from shared.queries import RetireCheckAnswer, RetireCheckQuery
 from shared.reasons import Reason
 from shared.service import Runtime
 
@@ -66,23 +70,53 @@ class Job:
         return kind
 
 
-def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBook) -> None:
+def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBook, retirements: Retirements) -> None:
     """Attach signing's consumers. Signing accepts work only from approvals and revocations, and
     reads profiles in the same consumer so that an approval is judged by the profiles before it."""
-    rt.publishes(CertificateIssued, EnrollmentRejected, CaCreated, CrlPublished, ProfileLinted, CertificateLintFailed)
-    approvals: GroupCommit[Event] = GroupCommit(lambda items: work(rt, cas, book, crls, items), rt.publish_pending)
+    rt.publishes(
+        CertificateIssued,
+        EnrollmentRejected,
+        CaCreated,
+        CrlPublished,
+        CaKeyDestroyed,
+        ProfileLinted,
+        CertificateLintFailed,
+    )
+    approvals: GroupCommit[Event] = GroupCommit(
+        lambda items: work(rt, cas, book, crls, retirements, items), rt.publish_pending
+    )
 
-    # A CA compromise is read in the same consumer as the approvals, so that every approval after it
-    # on the log is judged with the replacement CA.
-    filters = [EnrollmentApproved.filter(rt.root), ProfileApplied.filter(rt.root), CaCompromised.filter(rt.root)]
+    # A CA's compromise or retirement is read in the same consumer as the approvals, so that every
+    # approval after it on the log is judged with the replacement CA.
+    filters = [
+        EnrollmentApproved.filter(rt.root),
+        ProfileApplied.filter(rt.root),
+        CaCompromised.filter(rt.root),
+        CaRetired.filter(rt.root),
+    ]
 
     @rt.consumer("approved", filters)
-    async def on_approved(event: EnrollmentApproved | ProfileApplied | CaCompromised, msg: NatsMessage) -> None:
+    async def on_approved(
+        event: EnrollmentApproved | ProfileApplied | CaCompromised | CaRetired, msg: NatsMessage
+    ) -> None:
         await approvals.submit(event, Delivery.of(msg))
+
+    @rt.query("retire_check")
+    async def retire_check(query: RetireCheckQuery) -> RetireCheckAnswer:
+        """Why a CA cannot be retired now (empty: it can); `certbus ca retire` asks before publishing."""
+        async with rt.pool.acquire() as conn:
+            records = await store.ca_records(conn)
+        return RetireCheckAnswer(reasons=domain.retirement_problems(query.ca_id, records))
 
     async def remember(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, CertificateRevoked):
             raise EventRejected(f"signing's revocation consumer does not take {event.event_type}")
+        if await store.ca_status(conn, event.issuer_id) == "retired":
+            log.warning(
+                "revocation of a certificate of a retired CA: its final CRL is out and its key destroyed, "
+                "so no CRL will list it (validation and OCSP still answer revoked)",
+                extra={"issuer": event.issuer_id, "serial": event.serial},
+            )
         await store.add_revoked(
             conn, event.issuer_id, int(event.serial, 16), event.revoked_at, event.reason, event.invalidity_date
         )
@@ -152,15 +186,45 @@ async def _profile_for(rt: Runtime, book: TemplateBook, approved: EnrollmentAppr
 
 
 async def work(
-    rt: Runtime, cas: CaRegistry, book: TemplateBook, crls: CrlPublisher, items: list[tuple[Event, Delivery]]
+    rt: Runtime,
+    cas: CaRegistry,
+    book: TemplateBook,
+    crls: CrlPublisher,
+    retirements: Retirements,
+    items: list[tuple[Event, Delivery]],
 ) -> list[OutboxEntry]:
-    """Apply a group in log order: what comes before a CA compromise, the compromise, what comes after."""
+    """Apply a group in log order: what comes before a CA's compromise or retirement, that event,
+    what comes after."""
     for at, (event, _) in enumerate(items):
-        if isinstance(event, CaCompromised):
+        if isinstance(event, CaCompromised | CaRetired):
             entries = await issue(rt, cas, book, items[:at])
-            entries += await compromise(rt, cas, crls, items[at])
-            return entries + await work(rt, cas, book, crls, items[at + 1 :])
+            if isinstance(event, CaCompromised):
+                entries += await compromise(rt, cas, crls, items[at])
+            else:
+                entries += await retire(rt, cas, crls, retirements, items[at])
+            return entries + await work(rt, cas, book, crls, retirements, items[at + 1 :])
     return await issue(rt, cas, book, items)
+
+
+async def retire(
+    rt: Runtime, cas: CaRegistry, crls: CrlPublisher, retirements: Retirements, item: tuple[Event, Delivery]
+) -> list[OutboxEntry]:
+    """An operator retired a CA: it issues nothing more from here on the log; its final CRL and key
+    destruction follow in the background (resumable, see retire.py)."""
+
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
+        assert isinstance(event, CaRetired)
+        await retirements.retire(conn, event, delivery)
+        return []
+
+    async with rt.pool.acquire() as conn, conn.transaction():
+        entries = await apply_events(conn, rt.durable("approved"), [item], apply)
+    async with rt.pool.acquire() as conn:
+        await cas.load(conn)
+    await rt.publish_pending()  # a replacement's CaCreated is on the log before anything it issues
+    crls.wake()  # the replacement's first CRL
+    retirements.loop.wake()
+    return entries
 
 
 async def compromise(
@@ -231,7 +295,7 @@ async def issue(
     intents = await _record_intents(rt, cas, to_sign) if to_sign else {}
     signed: dict[str, x509.Certificate] = {}
     refused: dict[str, tuple[x509.Certificate, list[Reason]]] = {}
-    stale: set[str] = set()  # planned under a CA declared compromised since: never signed
+    stale: set[str] = set()  # planned under a CA declared compromised or retired since: never signed
     for rid, intent in intents.items():
         if intent.cert_der is None and not intent.refused and intent.issuer_id not in cas.ids():
             stale.add(rid)
@@ -260,17 +324,24 @@ async def issue(
         if cert is None and event.aggregate_id not in stale:
             return []  # decided before: its event is already in the outbox
         intent = intents[event.aggregate_id]
-        if cert is None or await store.ca_status(conn, intent.issuer_id) != "active":
-            # Its CA was declared compromised after the intent: the certificate is never released.
-            reason = Reason(
-                code="issuer_compromised",
-                message=f"issuer {intent.issuer_id} was declared compromised before release: request again",
-            )
-            return [await _reject(conn, rt, event, [reason])]
+        status = await store.ca_status(conn, intent.issuer_id)
+        if cert is None or status != "active":
+            # Its CA was declared compromised or retired after the intent: the certificate is never released.
+            return [await _reject(conn, rt, event, [_closed_issuer(intent.issuer_id, status)])]
         return await _store_signed(conn, rt, cas, event, intent, cert)
 
     async with rt.pool.acquire() as conn, conn.transaction():
         return await apply_events(conn, rt.durable("approved"), items, apply)
+
+
+def _closed_issuer(issuer_id: str, status: str | None) -> Reason:
+    """Why a certificate planned under a CA closed since is not released."""
+    if status == "retired":
+        return Reason(code="issuer_retired", message=f"issuer {issuer_id} was retired before release: request again")
+    return Reason(
+        code="issuer_compromised",
+        message=f"issuer {issuer_id} was declared compromised before release: request again",
+    )
 
 
 async def _judge(
@@ -391,6 +462,7 @@ async def _store_signed(
         emails=approved.emails,
         spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
         fingerprint_sha256=fingerprint_sha256(cert),
+        supersedes=approved.supersedes,
     )
     tbs = hashlib.sha256(cert.tbs_certificate_bytes).hexdigest()
     if not await store.record_signed(conn, approved.aggregate_id, der, tbs, rt.clock.now()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +43,24 @@ class KeyStore:
         os.replace(tmp, path)
         self._cache[ca_id] = key
 
+    def has(self, ca_id: str) -> bool:
+        """Whether the key file of `ca_id` exists."""
+        return self._path(ca_id).exists()
+
+    def destroy(self, ca_id: str) -> bool:
+        """Destroy the key of `ca_id`: shred its file (and any half-written one), forget the decrypted
+        key; False if there was no file (destroyed before, e.g. by a run that crashed before saying so)."""
+        self._cache.pop(ca_id, None)
+        path = self._path(ca_id)
+        shred(path.with_suffix(".tmp"))
+        return shred(path)
+
+    def retain(self, ca_ids: Iterable[str]) -> None:
+        """Forget every decrypted key but those of `ca_ids` (CAs closed since are never used again)."""
+        keep = set(ca_ids)
+        for ca_id in [c for c in self._cache if c not in keep]:
+            del self._cache[ca_id]
+
     def load(self, ca_id: str) -> PrivateKey:
         """The decrypted key of `ca_id` (decrypted once, then kept in memory)."""
         if ca_id in self._cache:
@@ -59,3 +78,27 @@ class KeyStore:
             raise KeyStoreError(f"the key of CA {ca_id} is of an unsupported type")
         self._cache[ca_id] = key
         return key
+
+
+def shred(path: Path) -> bool:
+    """Overwrite a file with random bytes, fsync it, unlink it and fsync its directory; False if it
+    did not exist. On a journaling or copy-on-write file system, or flash, old blocks may survive the
+    overwrite: the key is encrypted at rest, so this removes the ciphertext's last easy copy."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        remaining = os.fstat(fd).st_size
+        while remaining > 0:
+            remaining -= os.write(fd, os.urandom(min(remaining, 1 << 16)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the unlink itself survives a crash
+    finally:
+        os.close(directory)
+    return True

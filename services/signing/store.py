@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from services.signing import domain
+
 
 @dataclass(frozen=True)
 class Intent:
@@ -232,3 +234,79 @@ async def record_refused(conn: asyncpg.Connection, request_id: str, findings: li
         findings,
     )
     return row is not None
+
+
+async def ca_records(conn: asyncpg.Connection) -> list[domain.CaRecord]:
+    """Every CA signing created, whatever its status, newest first."""
+    rows = await conn.fetch("SELECT ca_id, role, status, parent_id FROM cas ORDER BY created_at DESC")
+    return [domain.CaRecord(r["ca_id"], r["role"], r["status"], r["parent_id"]) for r in rows]
+
+
+async def ca_cert(conn: asyncpg.Connection, ca_id: str) -> bytes | None:
+    """A CA's certificate (DER), whatever its status."""
+    value: bytes | None = await conn.fetchval("SELECT cert_der FROM cas WHERE ca_id = $1", ca_id)
+    return value
+
+
+async def record_retirement(
+    conn: asyncpg.Connection,
+    ca_id: str,
+    event_id: uuid.UUID,
+    stream_seq: int,
+    correlation_id: str,
+    retired_by: str,
+    at: datetime,
+) -> None:
+    """Mark a CA retired and start its way to key destruction."""
+    await conn.execute("UPDATE cas SET status = 'retired' WHERE ca_id = $1", ca_id)
+    await conn.execute(
+        "INSERT INTO retirements (ca_id, event_id, stream_seq, correlation_id, retired_by, retired_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        ca_id,
+        event_id,
+        stream_seq,
+        correlation_id,
+        retired_by,
+        at,
+    )
+
+
+async def unfinished_retirements(conn: asyncpg.Connection) -> list[str]:
+    """Retired CAs whose key is not destroyed yet, oldest first."""
+    rows = await conn.fetch("SELECT ca_id FROM retirements WHERE key_destroyed_at IS NULL ORDER BY retired_at")
+    return [r["ca_id"] for r in rows]
+
+
+async def lock_retirement(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
+    """A retirement not finished yet, locked for this transaction (None if finished or another
+    replica is at it)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT ca_id, stream_seq, correlation_id, final_crl_number, final_crl_event_id, final_crl_at FROM retirements "
+        "WHERE ca_id = $1 AND key_destroyed_at IS NULL FOR UPDATE SKIP LOCKED",
+        ca_id,
+    )
+    return row
+
+
+async def save_final_crl(
+    conn: asyncpg.Connection, ca_id: str, number: int | None, event_id: uuid.UUID | None, at: datetime
+) -> None:
+    """Record that a retired CA's final CRL was signed (number None: none could be)."""
+    await conn.execute(
+        "UPDATE retirements SET final_crl_number = $2, final_crl_event_id = $3, final_crl_at = $4 WHERE ca_id = $1",
+        ca_id,
+        number,
+        event_id,
+        at,
+    )
+
+
+async def event_published(conn: asyncpg.Connection, event_id: uuid.UUID) -> bool:
+    """Whether an event of this service's outbox is on the log (a row no longer kept was published)."""
+    value = await conn.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1", event_id)
+    return value is None or bool(value)
+
+
+async def save_key_destroyed(conn: asyncpg.Connection, ca_id: str, at: datetime) -> None:
+    """Record that a retired CA's key is destroyed (its retirement is finished)."""
+    await conn.execute("UPDATE retirements SET key_destroyed_at = $2 WHERE ca_id = $1", ca_id, at)

@@ -9,9 +9,9 @@ import typer
 
 from shared.cli.common import JsonOpt, OperatorOpt, emit_json, operator, out, run
 from shared.client import operator_envelope
-from shared.events import CaCompromised
+from shared.events import CaCompromised, CaKeyDestroyed
 
-ca_app = typer.Typer(help="Certificate authorities: compromise.", no_args_is_help=True)
+ca_app = typer.Typer(help="Certificate authorities: compromise, retire.", no_args_is_help=True)
 
 
 @ca_app.command("compromise")
@@ -36,3 +36,25 @@ def ca_compromise(
         emit_json({"ca_id": issuer_id, "stream_seq": seq, "event_id": str(event.event_id)})
     else:
         out.print(f"[red]CA {issuer_id} compromised[/] (log position {seq}); replacement and revocations follow")
+
+
+@ca_app.command("retire")
+def ca_retire(
+    issuer_id: Annotated[str, typer.Argument(help="The CA to retire (an issuing CA, or a root with none left).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the log).")],
+    who: OperatorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retire a CA for good: it issues nothing more (a current issuing CA is first replaced under the
+    same root), signing publishes its final CRL (nextUpdate: the CA's notAfter) and then destroys its
+    private key, saying so with CaKeyDestroyed. Refused (exit 1, with a code) for an unknown,
+    compromised or already retired CA, and for a root that still has active issuing CAs."""
+    destroyed = run(lambda c: c.retire_ca(issuer_id, reason, operator(who)), requester="operator")
+    assert isinstance(destroyed, CaKeyDestroyed)
+    if as_json:
+        emit_json(destroyed.model_dump(mode="json"))
+    else:
+        out.print(
+            f"[red]CA {issuer_id} retired[/]: final CRL #{destroyed.final_crl_number}, "
+            f"key destroyed at {destroyed.destroyed_at:%Y-%m-%d %H:%M:%S} UTC (SPKI sha256 {destroyed.spki_sha256})"
+        )
