@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.reasons import Reason
+
 
 class Query(BaseModel):
     """Base of every query and answer."""
@@ -21,7 +23,10 @@ class StatusQuery(Query):
 
 
 class StatusAnswer(Query):
-    """What validation knows of a serial: good, revoked or unknown."""
+    """What validation knows of a serial: good, revoked, expired, destroyed or unknown.
+
+    A destroyed certificate is also revoked (`revoked_at`, `reason`); a superseded one stays good
+    (until it expires or is revoked) and names its replacement in `superseded_by`."""
 
     serial: str
     status: str
@@ -32,6 +37,10 @@ class StatusAnswer(Query):
     dns_names: list[str] = []
     revoked_at: datetime | None = None
     reason: str | None = None
+    superseded_by: str | None = None
+    superseded_by_id: str | None = None
+    destroyed_at: datetime | None = None
+    fingerprint_sha256: str | None = None
 
 
 class ValidateQuery(Query):
@@ -166,6 +175,19 @@ class RequestDetail(RequestSummary):
     profile_digest: str | None = None
     issuer_id: str | None = None
     not_after: datetime | None = None
+    renews_serial: str | None = None  # a renewal: the serial of the certificate it renews
+
+
+class RetireCheckQuery(Query):
+    """May this CA be retired now? (`certbus ca retire` asks signing before publishing anything.)"""
+
+    ca_id: str
+
+
+class RetireCheckAnswer(Query):
+    """Why the CA cannot be retired now; empty if it can."""
+
+    reasons: list[Reason] = []
 
 
 class ProfileInfo(Query):

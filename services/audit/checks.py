@@ -12,6 +12,9 @@ Each check reads the events in log order and reports findings with the position 
 - `profile`: a certificate that its profile (the exact version its approval names) does not allow:
   names, key, validity, key usages, a CA flag; or whose body disagrees with its event (re-linted
   from the certificate bytes, not from what the event says);
+- `renewal`: a certificate issued as a renewal (`supersedes`) whose approval does not name the same
+  superseded serial (or the other way round), that renews a serial never issued, or that renews a
+  certificate destroyed before it was issued;
 - `crl` (`crl_findings`, given the CRL bytes from the object store): a revoked certificate missing
   from its issuer's latest CRL, a CRL whose bytes or signature are wrong, or none published since
   a revocation.
@@ -76,6 +79,9 @@ class Checker:
     _closed: dict[str, tuple[str, int]] = field(default_factory=dict)
     _key_destroyed: dict[str, int] = field(default_factory=dict)
     _serials: dict[tuple[str, str], int] = field(default_factory=dict)
+    _approved_supersedes: dict[str, str | None] = field(default_factory=dict)
+    _issued_serials: set[str] = field(default_factory=set)
+    _destroyed: dict[str, int] = field(default_factory=dict)
     revocations: dict[str, list[Revoked]] = field(default_factory=dict)
     latest_crl: dict[str, LatestCrl] = field(default_factory=dict)
 
@@ -107,12 +113,15 @@ class Checker:
             self._approvals[request] = self._approvals.get(request, 0) + 1
             if data.get("profile_digest"):
                 self._approved_digest[request] = str(data["profile_digest"])
+            self._approved_supersedes[request] = _serial(data.get("supersedes"))
         elif kind == "CertificateIssued":
             self._issued(seq, data)
         elif kind == "CertificateRevoked":
             self._revoked(seq, data)
         elif kind == "CrlPublished":
             self._crl(seq, data)
+        elif kind == "CertificateDestroyed":
+            self._destroyed.setdefault(str(data.get("serial")), seq)
 
     def _profile_applied(self, data: dict[str, Any]) -> None:
         try:
@@ -133,6 +142,8 @@ class Checker:
         if issuer not in self._cas:
             self._flag("issuer", seq, f"certificate {serial} names issuer {issuer}, which signing never announced")
         self._after_close(seq, issuer, f"certificate {serial}")
+        self._renewal(seq, request, serial, _serial(data.get("supersedes")))
+        self._issued_serials.add(serial)
         first = self._serials.setdefault((issuer, serial), seq)
         if first != seq:
             self._flag("serial", seq, f"serial {serial} of {issuer} was already issued at {first}")
@@ -149,6 +160,27 @@ class Checker:
             else:
                 for problem in profile_problems(profile, data):
                     self._flag("profile", seq, f"certificate {serial} ({profile.name}): {problem}")
+
+    def _renewal(self, seq: int, request: str, serial: str, supersedes: str | None) -> None:
+        """A renewal's certificate must supersede what its approval says, an issued, undestroyed serial."""
+        approved = self._approved_supersedes.get(request)
+        if request in self._approved_supersedes and approved != supersedes:
+            self._flag(
+                "renewal",
+                seq,
+                f"certificate {serial} for request {request} supersedes {supersedes or 'nothing'}, "
+                f"but its approval supersedes {approved or 'nothing'}",
+            )
+        if supersedes is None:
+            return
+        if supersedes not in self._issued_serials:
+            self._flag("renewal", seq, f"certificate {serial} renews serial {supersedes}, which was never issued")
+        elif supersedes in self._destroyed:
+            self._flag(
+                "renewal",
+                seq,
+                f"certificate {serial} renews certificate {supersedes}, destroyed at {self._destroyed[supersedes]}",
+            )
 
     def _revoked(self, seq: int, data: dict[str, Any]) -> None:
         issuer, serial = str(data.get("issuer_id")), str(data.get("serial"))
@@ -231,14 +263,19 @@ class Checker:
         return found
 
     def _crls_end(self, ca: str) -> int | float:
-        """The log position after which a CA signs no CRL: its compromise, or its key's destruction."""
+        """The log position after which a CA signs no CRL that must list a revocation: its compromise,
+        its retirement (the final CRL lists what was revoked before it) or its key's destruction."""
         ends = [self._key_destroyed.get(ca, float("inf"))]
-        if ca in self._closed and self._closed[ca][0] == "compromised":
+        if ca in self._closed:
             ends.append(self._closed[ca][1])
         return min(ends)
 
     def _flag(self, check: str, seq: int, detail: str) -> None:
         self.findings.append(Finding(check, seq, detail))
+
+
+def _serial(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value else None
 
 
 def _time(value: Any) -> datetime | None:

@@ -35,6 +35,14 @@ class Described:
     occurred_at: datetime | None
     serial: str | None
     cert_id: str | None
+    # Serials of other certificates the event is about (a renewal's old certificate): its history
+    # lists the event, but the event's certificate id is not theirs.
+    related_serials: tuple[str, ...] = ()
+
+
+# Fields that name another certificate's serial: the one a renewal request renews, the one a
+# renewal's approval and certificate supersede.
+_RELATED_SERIAL_FIELDS = ("renews_serial", "supersedes")
 
 
 def describe(subject: str, raw: bytes) -> Described:
@@ -49,6 +57,11 @@ def describe(subject: str, raw: bytes) -> Described:
     parts = subject.split(".")
     cert_id = parts[2] if len(parts) == 4 and parts[1] == "cert" else None
     serial = data.get("serial")
+    related = {
+        printable(normalise_serial(value))
+        for value in (data.get(name) for name in _RELATED_SERIAL_FIELDS)
+        if isinstance(value, str) and value
+    }
     # Every text is made printable: a hostile NUL must not stop the archive (Postgres text refuses it).
     return Described(
         event_id=str(data.get("event_id")) if data.get("event_id") else None,
@@ -58,6 +71,7 @@ def describe(subject: str, raw: bytes) -> Described:
         occurred_at=occurred,
         serial=printable(normalise_serial(serial)) if isinstance(serial, str) else None,
         cert_id=cert_id,
+        related_serials=tuple(sorted(related)),
     )
 
 
@@ -71,6 +85,8 @@ _ACTOR_FIELDS = (
     "retired_by",
     "applied_by",
     "blocked_by",
+    "ordered_by",
+    "destroyed_by",
     "requester",
 )
 

@@ -40,6 +40,8 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
         rows.append((seq, subject, raw, event_id, d.event_type, d.aggregate_id, d.producer, d.occurred_at, digest))
         if d.serial:
             refs.append((d.serial, seq, d.cert_id))
+        # Never with a cert id: `history` takes a serial's certificate id from its own events only.
+        refs.extend((related, seq, None) for related in d.related_serials if related != d.serial)
     if not rows:
         return 0
     inserted = await conn.fetch(

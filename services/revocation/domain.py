@@ -16,7 +16,16 @@ from shared.crypto import load_spki, normalise_serial, verify_message
 from shared.events import revocation_message
 from shared.reasons import Reason, reason_flag
 
-__all__ = ["Ask", "Known", "compromised_by", "decide", "holder_proof_valid", "normalise_serial", "public_key_of"]
+__all__ = [
+    "Ask",
+    "Known",
+    "compromised_by",
+    "decide",
+    "decide_destruction",
+    "holder_proof_valid",
+    "normalise_serial",
+    "public_key_of",
+]
 
 Authority = Literal["holder", "operator"]
 AuthorisedBy = Literal["holder", "operator", "key_compromise", "ca_compromise"]
@@ -36,6 +45,8 @@ class Known:
     status: str
     spki_sha256: str | None = None
     spki_der: bytes | None = None
+    fingerprint_sha256: str | None = None
+    destroyed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ def decide(ask: Ask, known: Known | None, now: datetime | None = None) -> Known 
         )
     if known is None:
         return Reason(code="serial_unknown", message=f"no certificate with serial {ask.serial} was issued by Certbus")
+    if known.destroyed_at is not None:
+        return _destroyed(known)
     if ask.authority == "holder":
         refused = _holder_refused(ask, known)
         if refused is not None:
@@ -76,6 +89,34 @@ def decide(ask: Ask, known: Known | None, now: datetime | None = None) -> Known 
     if known.status == "revoked":
         return Reason(code="already_revoked", message=f"certificate {ask.serial} is already revoked")
     return known
+
+
+def decide_destruction(serial: str, producer: str, known: Known | None) -> Known | Reason:
+    """The certificate to destroy, or why the order is refused: only an operator orders it, for a
+    certificate Certbus issued and did not destroy already."""
+    if producer != "operator":
+        return Reason(
+            code="not_authorised",
+            message=f"only an operator may destroy a certificate (`certbus destroy {serial} --operator NAME`); "
+            f"this order was published by {producer!r}",
+        )
+    if known is None:
+        return Reason(
+            code="certificate_unknown",
+            message=f"no certificate with serial {serial} was issued by Certbus: check the serial "
+            "(`certbus status SERIAL`, hex)",
+        )
+    if known.destroyed_at is not None:
+        return _destroyed(known)
+    return known
+
+
+def _destroyed(known: Known) -> Reason:
+    at = known.destroyed_at.isoformat() if known.destroyed_at else "?"
+    return Reason(
+        code="certificate_destroyed",
+        message=f"certificate {known.serial} was destroyed at {at} (and revoked): nothing more can be done with it",
+    )
 
 
 def _holder_refused(ask: Ask, known: Known) -> Reason | None:

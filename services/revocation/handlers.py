@@ -1,4 +1,5 @@
-"""Revocation's subscriber: learns issued certificates, decides revocation requests and orders."""
+"""Revocation's subscriber: learns issued certificates, decides revocation requests and orders, and
+carries out operators' destruction orders."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from services.revocation import domain, store
 from shared.consumer import Delivery, EventRejected
 from shared.events import (
     CaCompromised,
+    CertificateDestroyed,
     CertificateIssued,
     CertificateRenewalDue,
     CertificateRevoked,
+    DestructionOrdered,
     Event,
     KeyBlocked,
     RevocationOrdered,
@@ -28,12 +31,18 @@ from shared.service import Runtime
 
 NAME = "revocation"
 log = logging.getLogger("certbus.revocation")
-CONSUMED: tuple[type[Event], ...] = (CertificateIssued, RevocationRequested, RevocationOrdered, CaCompromised)
+CONSUMED: tuple[type[Event], ...] = (
+    CertificateIssued,
+    RevocationRequested,
+    RevocationOrdered,
+    CaCompromised,
+    DestructionOrdered,
+)
 
 
 def register(rt: Runtime) -> None:
     """Attach revocation's consumer."""
-    rt.publishes(CertificateRevoked, RevocationRejected, KeyBlocked)
+    rt.publishes(CertificateRevoked, RevocationRejected, KeyBlocked, CertificateDestroyed)
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         if isinstance(event, CertificateIssued):
@@ -42,13 +51,16 @@ def register(rt: Runtime) -> None:
             return await _decide(conn, rt, event)
         if isinstance(event, CaCompromised):
             return await _issuer_compromised(conn, rt, event)
+        if isinstance(event, DestructionOrdered):
+            return await _destroy(conn, rt, event)
         raise EventRejected(f"revocation does not consume {event.event_type}")
 
     requests = rt.group_commit("requests", apply)
 
     @rt.consumer("requests", [event_type.filter(rt.root) for event_type in CONSUMED])
     async def on_event(
-        event: CertificateIssued | RevocationRequested | RevocationOrdered | CaCompromised, msg: NatsMessage
+        event: CertificateIssued | RevocationRequested | RevocationOrdered | CaCompromised | DestructionOrdered,
+        msg: NatsMessage,
     ) -> None:
         await requests.submit(event, Delivery.of(msg))
 
@@ -126,6 +138,47 @@ async def _decide(
         entries = [await enqueue(conn, rejected, rt.root)]
         label = f"rejected:{outcome.code}"
     await store.record_request(conn, request.aggregate_id, serial, printable(request.reason), ask.by, label, now)
+    return entries
+
+
+async def _destroy(conn: asyncpg.Connection, rt: Runtime, order: DestructionOrdered) -> list[OutboxEntry]:
+    """Retire a certificate for good: revoke it (cessationOfOperation) if it is not revoked yet, then
+    mark it destroyed, both events in this transaction (the outbox keeps their order)."""
+    now = rt.clock.now()
+    serial = printable(domain.normalise_serial(order.serial))
+    operator, reason = printable(order.operator), printable(order.reason)
+    outcome = domain.decide_destruction(serial, order.producer, await store.find(conn, serial))
+    if not isinstance(outcome, domain.Known):
+        rejected = RevocationRejected(
+            aggregate_id=order.aggregate_id, serial=serial, reason=outcome, **_envelope(order, now)
+        )
+        await store.record_request(
+            conn, order.aggregate_id, serial, "destroy", operator, f"rejected:{outcome.code}", now
+        )
+        return [await enqueue(conn, rejected, rt.root)]
+    entries = []
+    if outcome.status != "revoked":
+        entries.append(
+            await _revoke_one(
+                conn, rt, outcome, "cessationOfOperation", order.aggregate_id, operator, "operator", order, now
+            )
+        )
+    await store.mark_destroyed(conn, serial, now)
+    destroyed = CertificateDestroyed(
+        aggregate_id=outcome.cert_id,
+        serial=serial,
+        issuer_id=outcome.issuer_id,
+        # Certificates learnt before revocation kept fingerprints have none: the audit archive has it.
+        fingerprint_sha256=outcome.fingerprint_sha256 or "",
+        destroyed_at=now,
+        destruction_request_id=order.aggregate_id,
+        ordered_by=operator,
+        reason=reason,
+        **_envelope(order, now),
+    )
+    entries.append(await enqueue(conn, destroyed, rt.root))
+    await store.record_request(conn, order.aggregate_id, serial, "destroy", operator, "destroyed", now)
+    log.info("destroyed a certificate", extra={"serial": serial, "ordered_by": operator})
     return entries
 
 

@@ -9,7 +9,7 @@ import asyncpg
 from services.revocation.domain import Known
 from shared.events import CertificateIssued
 
-_COLUMNS = "serial, cert_id, issuer_id, status, spki_sha256, spki_der"
+_COLUMNS = "serial, cert_id, issuer_id, status, spki_sha256, spki_der, fingerprint_sha256, destroyed_at"
 # Learning a certificate and recording its key compromised take this transaction lock on the key
 # first, so that with several replicas neither misses the other: the statement after it sees what
 # the other transaction committed (a certificate of the key, or the key's compromise).
@@ -19,7 +19,14 @@ _LOCK_KEY = "WITH key_lock AS (SELECT pg_advisory_xact_lock(hashtext('certbus.re
 def _known(row: asyncpg.Record) -> Known:
     der = row["spki_der"]
     return Known(
-        row["serial"], row["cert_id"], row["issuer_id"], row["status"], row["spki_sha256"], bytes(der) if der else None
+        row["serial"],
+        row["cert_id"],
+        row["issuer_id"],
+        row["status"],
+        row["spki_sha256"],
+        bytes(der) if der else None,
+        row["fingerprint_sha256"],
+        row["destroyed_at"],
     )
 
 
@@ -29,14 +36,16 @@ async def add_certificate(
     """Learn of an issued certificate and its public key (holding the key's lock to the end of the
     transaction); False if it was known already."""
     added = await conn.fetchval(
-        f"{_LOCK_KEY} INSERT INTO certificates (spki_sha256, serial, cert_id, issuer_id, not_after, spki_der) "
-        "SELECT $1, $2, $3, $4, $5, $6 FROM key_lock ON CONFLICT (serial) DO NOTHING RETURNING true",
+        f"{_LOCK_KEY} INSERT INTO certificates (spki_sha256, serial, cert_id, issuer_id, not_after, spki_der, "
+        "fingerprint_sha256) SELECT $1, $2, $3, $4, $5, $6, $7 FROM key_lock ON CONFLICT (serial) DO NOTHING "
+        "RETURNING true",
         spki_sha256,
         e.serial,
         e.aggregate_id,
         e.issuer_id,
         e.not_after,
         spki_der,
+        e.fingerprint_sha256,
     )
     return bool(added)
 
@@ -65,6 +74,15 @@ async def mark_revoked(conn: asyncpg.Connection, serial: str, at: datetime, reas
         serial,
         at,
         reason,
+    )
+
+
+async def mark_destroyed(conn: asyncpg.Connection, serial: str, at: datetime) -> None:
+    """Set a certificate destroyed and drop its public key's DER (the SPKI hash stays, for key blocking)."""
+    await conn.execute(
+        "UPDATE certificates SET destroyed_at = $2, spki_der = NULL WHERE serial = $1 AND destroyed_at IS NULL",
+        serial,
+        at,
     )
 
 

@@ -17,6 +17,22 @@ class StatusRecord:
     status: str
     revoked_at: datetime | None = None
     reason: str | None = None
+    destroyed_at: datetime | None = None
+
+
+def public_status(status: str, expired_at: datetime | None, destroyed_at: datetime | None) -> str:
+    """What `status` answers for a certificate: destroyed, else revoked, else expired, else good.
+
+    `status` is the revocation status (good or revoked) that OCSP and CRLs go by: a destroyed
+    certificate stays revoked there. A superseded certificate stays good until it expires.
+    """
+    if destroyed_at is not None:
+        return "destroyed"
+    if status == "revoked":
+        return "revoked"
+    if expired_at is not None:
+        return "expired"
+    return status
 
 
 @dataclass(frozen=True)
@@ -91,9 +107,10 @@ def validate(
             "unknown", "a Certbus CA signed this serial but the log has no issuance for it", serial, tuple(chain)
         )
     if record.status == "revoked":
+        destroyed = f"; destroyed at {record.destroyed_at.isoformat()}" if record.destroyed_at else ""
         return Verdict(
             "revoked",
-            f"revoked at {record.revoked_at.isoformat() if record.revoked_at else '?'} ({record.reason})",
+            f"revoked at {record.revoked_at.isoformat() if record.revoked_at else '?'} ({record.reason}){destroyed}",
             serial,
             tuple(chain),
             record.revoked_at,

@@ -18,7 +18,17 @@ from services.validation.ocsp import ResponderSet
 from services.validation.responder import ResponderKeeper
 from shared.consumer import Delivery, EventRejected
 from shared.crypto import normalise_serial, serial_hex
-from shared.events import CaCompromised, CaCreated, CertificateIssued, CertificateRevoked, CrlPublished, Event
+from shared.events import (
+    CaCompromised,
+    CaCreated,
+    CertificateDestroyed,
+    CertificateExpired,
+    CertificateIssued,
+    CertificateRevoked,
+    CertificateSuperseded,
+    CrlPublished,
+    Event,
+)
 from shared.queries import (
     CrlAnswer,
     CrlQuery,
@@ -38,7 +48,16 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
     """Attach validation's consumer and queries. Once a revocation is committed, the OCSP responses
     cached about its serial are dropped; once a new issuing CA is, the keeper gets it a responder."""
 
-    consumed = (CertificateIssued, CertificateRevoked, CaCreated, CrlPublished, CaCompromised)
+    consumed = (
+        CertificateIssued,
+        CertificateRevoked,
+        CaCreated,
+        CrlPublished,
+        CaCompromised,
+        CertificateSuperseded,
+        CertificateExpired,
+        CertificateDestroyed,
+    )
     filters = [e.filter(rt.root) for e in consumed]
 
     crl_bytes: dict[str, bytes] = {}  # fetched before the transaction that stores them
@@ -55,6 +74,12 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
             await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, der)
         elif isinstance(event, CaCompromised):
             await store.apply_compromise(conn, event.ca_id, event.occurred_at)
+        elif isinstance(event, CertificateSuperseded):
+            await store.apply_superseded(conn, event)
+        elif isinstance(event, CertificateExpired):
+            await store.apply_expired(conn, event)
+        elif isinstance(event, CertificateDestroyed):
+            await store.apply_destroyed(conn, event)
         else:
             raise EventRejected(f"validation does not consume {event.event_type}")
 
@@ -62,7 +87,15 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
 
     @rt.consumer("status", filters)
     async def on_event(
-        event: CertificateIssued | CertificateRevoked | CaCreated | CrlPublished | CaCompromised, msg: NatsMessage
+        event: CertificateIssued
+        | CertificateRevoked
+        | CaCreated
+        | CrlPublished
+        | CaCompromised
+        | CertificateSuperseded
+        | CertificateExpired
+        | CertificateDestroyed,
+        msg: NatsMessage,
     ) -> None:
         if not isinstance(event, CrlPublished):
             await read_model.submit(event, Delivery.of(msg))  # returns once the transaction committed
@@ -94,7 +127,7 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
             return StatusAnswer(serial=query.serial, status="unknown")
         return StatusAnswer(
             serial=row["serial"],
-            status=row["status"],
+            status=domain.public_status(row["status"], row["expired_at"], row["destroyed_at"]),
             cert_id=row["cert_id"],
             issuer_id=row["issuer_id"],
             not_before=row["not_before"],
@@ -102,6 +135,10 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
             dns_names=row["dns_names"],
             revoked_at=row["revoked_at"],
             reason=row["reason"],
+            superseded_by=row["superseded_by"],
+            superseded_by_id=row["superseded_by_id"],
+            destroyed_at=row["destroyed_at"],
+            fingerprint_sha256=row["fingerprint"],
         )
 
     @rt.query("validate")
@@ -114,7 +151,11 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
             cas = {r["ca_id"]: _ca_certificate(r["cert_der"]) for r in await store.cas(conn)}
             row = await store.status(conn, serial_hex(cert))
         record = (
-            None if row is None else domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"])
+            None
+            if row is None
+            else domain.StatusRecord(
+                row["serial"], row["status"], row["revoked_at"], row["reason"], row["destroyed_at"]
+            )
         )
         verdict = domain.validate(cert, cas, record, rt.clock.now())
         return ValidateAnswer(

@@ -6,16 +6,25 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.events import CaCreated, CertificateIssued, CertificateRevoked
+from shared.events import (
+    CaCreated,
+    CertificateDestroyed,
+    CertificateExpired,
+    CertificateIssued,
+    CertificateRevoked,
+    CertificateSuperseded,
+)
 
 
 async def apply_issued(conn: asyncpg.Connection, e: CertificateIssued, cert_der: bytes) -> None:
-    """Record an issued certificate; a revocation that arrived first keeps its status."""
+    """Record an issued certificate; a revocation that arrived first keeps its status, and the body of
+    a destroyed certificate is never stored again."""
     await conn.execute(
         "INSERT INTO certificates (serial, cert_id, issuer_id, status, not_before, not_after, dns_names, "
         "fingerprint, cert_der) VALUES ($1, $2, $3, 'good', $4, $5, $6, $7, $8) "
         "ON CONFLICT (serial) DO UPDATE SET cert_id = $2, issuer_id = $3, not_before = $4, "
-        "not_after = $5, dns_names = $6, fingerprint = $7, cert_der = $8",
+        "not_after = $5, dns_names = $6, fingerprint = $7, "
+        "cert_der = CASE WHEN certificates.destroyed_at IS NULL THEN $8 END",
         e.serial,
         e.aggregate_id,
         e.issuer_id,
@@ -39,6 +48,37 @@ async def apply_revoked(conn: asyncpg.Connection, e: CertificateRevoked) -> None
         e.issuer_id,
         e.revoked_at,
         e.reason,
+    )
+
+
+async def apply_superseded(conn: asyncpg.Connection, e: CertificateSuperseded) -> None:
+    """Record which certificate replaced this one (it stays good until it expires or is revoked)."""
+    await conn.execute(
+        "UPDATE certificates SET superseded_by = $2, superseded_by_id = $3 WHERE serial = $1",
+        e.serial,
+        e.superseded_by,
+        e.superseded_by_id,
+    )
+
+
+async def apply_expired(conn: asyncpg.Connection, e: CertificateExpired) -> None:
+    """Record that a certificate reached its notAfter."""
+    await conn.execute(
+        "UPDATE certificates SET expired_at = $2 WHERE serial = $1 AND expired_at IS NULL", e.serial, e.not_after
+    )
+
+
+async def apply_destroyed(conn: asyncpg.Connection, e: CertificateDestroyed) -> None:
+    """Mark a certificate destroyed and purge its body (it stays revoked for OCSP and CRLs)."""
+    await conn.execute(
+        "INSERT INTO certificates (serial, cert_id, issuer_id, status, fingerprint, destroyed_at) "
+        "VALUES ($1, $2, $3, 'revoked', NULLIF($4, ''), $5) ON CONFLICT (serial) DO UPDATE SET cert_der = NULL, "
+        "destroyed_at = COALESCE(certificates.destroyed_at, $5)",
+        e.serial,
+        e.aggregate_id,
+        e.issuer_id,
+        e.fingerprint_sha256,
+        e.destroyed_at,
     )
 
 
@@ -75,6 +115,7 @@ async def status(conn: asyncpg.Connection, serial: str) -> asyncpg.Record | None
     # revocation's own event for it has arrived yet.
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT c.serial, c.cert_id, c.issuer_id, c.not_before, c.not_after, c.dns_names, c.fingerprint, "
+        "c.superseded_by, c.superseded_by_id, c.expired_at, c.destroyed_at, "
         "CASE WHEN a.compromised_at IS NOT NULL THEN 'revoked' ELSE c.status END AS status, "
         "CASE WHEN c.status = 'revoked' THEN c.revoked_at ELSE a.compromised_at END AS revoked_at, "
         "CASE WHEN c.status = 'revoked' THEN c.reason WHEN a.compromised_at IS NOT NULL THEN 'cACompromise' END "

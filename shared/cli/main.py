@@ -19,13 +19,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from shared.cli import provisioner
+from shared.cli.agent import agent, renew
 from shared.cli.audit_views import print_replay, print_verify, replay_failed
 from shared.cli.ca import ca_app
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run
 from shared.cli.policy import key_app, profile_app, provisioner_app
 from shared.cli.report import audit_report
 from shared.cli.requests import approve, reject, requests_app
-from shared.cli.revoke import revoke
+from shared.cli.revoke import destroy, revoke
 from shared.client import SERVICES, CertbusClient, Unreachable
 from shared.crypto import KEY_TYPES, build_csr, generate_key, key_pem
 from shared.events import utcnow
@@ -50,6 +51,9 @@ app.add_typer(ca_app, name="ca")
 app.command()(approve)
 app.command()(reject)
 app.command()(revoke)
+app.command()(renew)
+app.command()(agent)
+app.command()(destroy)
 audit_app.command("report")(audit_report)
 
 
@@ -252,14 +256,31 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
+# How a history row names another certificate (a renewal's old or new one) and a few other facts.
+_HISTORY_LINKS = (
+    ("renews_serial", "renews"),
+    ("supersedes", "renewal of"),
+    ("superseded_by", "superseded by"),
+    ("cause", "cause"),
+)
+
+
 def history_detail(event: dict[str, Any]) -> str:
-    """The few facts of a history event worth a column: names, profile, serial, reason."""
+    """The few facts of a history event worth a column: names, profile, serial, renewal links, reason."""
     parts = []
     if names := event.get("dns_names"):
         parts.append(", ".join(map(str, names[:3])) + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
     for key in ("profile", "issuer_id", "serial", "provisioner_id"):
         if isinstance(event.get(key), str):
             parts.append(f"{key.removesuffix('_id')} {event[key]}")
+    for key, label in _HISTORY_LINKS:
+        if isinstance(event.get(key), str) and event[key]:
+            parts.append(f"{label} {event[key]}")
+    if event.get("event_type") == "KeyDestroyed" and isinstance(event.get("spki_sha256"), str):
+        parts.append(f"key {event['spki_sha256'][:16]}… destroyed by its holder")
+    if event.get("event_type") == "CertificateDestroyed":
+        fingerprint = str(event.get("fingerprint_sha256") or "?")
+        parts.append(f"fingerprint {fingerprint[:16]}…; body purged from projections")
     if event.get("not_after"):
         parts.append(f"until {str(event['not_after'])[:10]}")
     reason = event.get("reason")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
 from shared.crypto import PrivateKey
+from shared.events import CertificateDestroyed
 from shared.reasons import REASONS
 
 TWO_WAYS = (
@@ -94,3 +95,32 @@ def revoke(
     )
     if revoked.reason == "keyCompromise":
         out.print("the key is blocked for future enrollments; every other live certificate with it is revoked too")
+
+
+def destroy(
+    serial: str,
+    who: Annotated[
+        str | None,
+        typer.Option("--operator", help="Who orders it (recorded on the events; default $CERTBUS_OPERATOR or $USER)."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why, in words (recorded on the destroyed event).")] = "",
+    timeout: float = 15.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retire a certificate for good, by serial (hex), as an operator: revoked first (cessationOfOperation)
+    if it is not revoked yet, then destroyed; validation and revocation purge their copies of its body
+    (the audit archive keeps the log verbatim), and it can never be renewed.
+
+    Exit 0 destroyed, 1 refused (certificate_unknown, certificate_destroyed, not_authorised), 3 unreachable.
+    """
+    name = operator(who)
+    destroyed = run(lambda c: c.destroy(serial, name, reason, timeout), requester="operator")
+    assert isinstance(destroyed, CertificateDestroyed)
+    if as_json:
+        emit_json(destroyed.model_dump(mode="json"))
+        return
+    out.print(
+        f"destroyed serial [bold]{destroyed.serial}[/] at {destroyed.destroyed_at:%Y-%m-%d %H:%M:%S} UTC, "
+        f"ordered by {destroyed.ordered_by}"
+    )
+    out.print("it is revoked, its body is purged from the projections, and it can never be renewed")

@@ -78,10 +78,10 @@ def test_each_certificate_is_in_the_state_it_has_at_the_time_of_the_report() -> 
         _issued("r3", "a3"),
         _revoked("a3", "keyCompromise"),
         _issued("r4", "a4"),
-        _e("CertificateSuperseded", "signing", aggregate_id="r4"),
+        _e("CertificateSuperseded", "enrollment", aggregate_id="r4"),
         _issued("r5", "a5"),
         _revoked("a5", "superseded"),
-        _e("CertificateDestroyed", "signing", aggregate_id="x", issuer_id="ca1", serial="a5"),
+        _e("CertificateDestroyed", "revocation", aggregate_id="x", issuer_id="ca1", serial="a5"),
     )
     assert _counts(report.by_state) == {"valid": 1, "expired": 1, "revoked": 1, "superseded": 1, "destroyed": 1}
     assert report.certificates == 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pki_builders import NOW
-from services.revocation.domain import Ask, Known, compromised_by, decide, normalise_serial, public_key_of
+from services.revocation.domain import (
+    Ask,
+    Known,
+    compromised_by,
+    decide,
+    decide_destruction,
+    normalise_serial,
+    public_key_of,
+)
 from shared.crypto import KEY_TYPES, PrivateKey, generate_key, sign_message, spki_der, spki_sha256
 from shared.events import revocation_message
 from shared.reasons import Reason
@@ -205,3 +214,41 @@ def test_an_invalidity_date_in_the_future_is_refused() -> None:
     assert isinstance(refused, Reason) and refused.code == "invalidity_date_invalid"
     past = Ask("rev-1", "abc123", "keyCompromise", "bob", "operator", invalidity_date=NOW - timedelta(days=1))
     assert decide(past, _known(), NOW) == _known()
+
+
+# --- destruction --------------------------------------------------------------------------------
+
+
+def test_an_operator_destroys_a_certificate_revocation_knows() -> None:
+    known = _known()
+    assert decide_destruction("abc123", "operator", known) == known
+
+
+def test_only_an_operator_may_order_a_destruction() -> None:
+    refusal = _refusal(decide_destruction("abc123", "requester", _known()))
+    assert refusal.code == "not_authorised"
+    assert "certbus destroy abc123 --operator" in refusal.message
+
+
+def test_destroying_an_unknown_serial_is_refused() -> None:
+    refusal = _refusal(decide_destruction("feed", "operator", None))
+    assert refusal.code == "certificate_unknown"
+    assert "feed" in refusal.message
+
+
+def test_destroying_a_destroyed_certificate_is_refused() -> None:
+    destroyed = replace(_known(status="revoked"), destroyed_at=NOW)
+    refusal = _refusal(decide_destruction("abc123", "operator", destroyed))
+    assert refusal.code == "certificate_destroyed"
+    assert NOW.isoformat() in refusal.message
+
+
+def test_a_revoked_certificate_can_still_be_destroyed() -> None:
+    revoked = _known(status="revoked")
+    assert decide_destruction("abc123", "operator", revoked) == revoked
+
+
+def test_revoking_a_destroyed_certificate_says_it_was_destroyed() -> None:
+    destroyed = replace(_known(status="revoked"), destroyed_at=NOW)
+    assert _refusal(decide(_operator(), destroyed)).code == "certificate_destroyed"
+    assert _refusal(decide(_holder(), destroyed)).code == "certificate_destroyed"

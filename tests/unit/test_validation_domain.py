@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki_builders import BASE_URL, NOW, ORG, issue_leaf
 from services.signing import domain as signing
-from services.validation.domain import StatusRecord, validate
+from services.validation.domain import StatusRecord, public_status, validate
 
 SOON = NOW + timedelta(days=1)
 
@@ -127,3 +127,33 @@ def test_expired_issuing_ca_makes_the_leaf_invalid(
     assert verdict.status == "expired"
     assert "CA short-1" in verdict.detail
     assert not verdict.good
+
+
+# --- what `status` answers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expired", "destroyed", "answer"),
+    [
+        ("good", False, False, "good"),
+        ("good", True, False, "expired"),
+        ("revoked", False, False, "revoked"),
+        ("revoked", True, False, "revoked"),
+        ("revoked", False, True, "destroyed"),
+        ("revoked", True, True, "destroyed"),
+        ("good", True, True, "destroyed"),
+    ],
+)
+def test_status_says_destroyed_then_revoked_then_expired(
+    status: str, expired: bool, destroyed: bool, answer: str
+) -> None:
+    assert public_status(status, NOW if expired else None, NOW if destroyed else None) == answer
+
+
+def test_a_destroyed_certificate_presented_for_validation_is_revoked_and_says_destroyed(
+    leaf: x509.Certificate, cas: dict[str, x509.Certificate]
+) -> None:
+    record = StatusRecord(format(leaf.serial_number, "x"), "revoked", NOW, "cessationOfOperation", destroyed_at=NOW)
+    verdict = validate(leaf, cas, record, SOON)
+    assert verdict.status == "revoked"
+    assert f"destroyed at {NOW.isoformat()}" in verdict.detail
