@@ -3,16 +3,20 @@
 async with CertbusClient() as cb:
     issued = await cb.enroll(csr_pem, token)
     print(issued.serial, (await cb.status(issued.serial)).status)
+    renewed = await cb.renew(issued.cert_pem, key)  # a new key, proven by the current one
+    await cb.attest_key_destroyed(issued.serial, key, "me")  # then destroy the old key file
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -20,6 +24,7 @@ import nats
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -27,23 +32,31 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel
 
-from shared.crypto import PrivateKey, normalise_serial, serial_hex, sign_message
+from shared.crypto import PrivateKey, build_csr, normalise_serial, serial_hex, sign_message, spki_sha256
 from shared.events import (
     ApprovalDenied,
     ApprovalGranted,
+    CaKeyDestroyed,
+    CaRetired,
+    CertificateDestroyed,
     CertificateIssued,
+    CertificateRenewalDue,
     CertificateRevoked,
+    DestructionOrdered,
     EnrollmentPending,
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    KeyDestroyed,
     ProfileApplied,
     ProfileLinted,
     RenewalRequested,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
+    key_destroyed_message,
     parse_event,
+    producer_allowed,
     renewal_message,
     revocation_message,
     utcnow,
@@ -69,13 +82,15 @@ from shared.queries import (
     RequestQuery,
     RequestsAnswer,
     RequestsQuery,
+    RetireCheckAnswer,
+    RetireCheckQuery,
     StatusAnswer,
     StatusQuery,
     ValidateAnswer,
     ValidateQuery,
     VerifyAnswer,
 )
-from shared.reasons import Reason
+from shared.reasons import Reason, printable
 from shared.settings import CommonSettings
 from shared.tokens import prove, split_token
 
@@ -98,6 +113,10 @@ class Rejected(CertbusError):
     def __init__(self, reasons: list[Reason]) -> None:
         super().__init__("; ".join(f"{r.code}: {r.message}" for r in reasons))
         self.reasons = reasons
+
+
+class UnknownRequest(CertbusError):
+    """Enrollment has no request with this id (never sent, or not consumed yet)."""
 
 
 class Pending(CertbusError):
@@ -167,6 +186,81 @@ def renewal_request(
     )
 
 
+def new_key_like(key: PrivateKey) -> PrivateKey:
+    """A new private key of the same type as `key` (same curve, same RSA size)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return ed25519.Ed25519PrivateKey.generate()
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return ec.generate_private_key(key.curve)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return rsa.generate_private_key(65537, key.key_size)
+    raise TypeError(f"cannot renew a {type(key).__name__}: use an EC, Ed25519 or RSA key")
+
+
+def load_private_key(pem: bytes, source: str = "key") -> PrivateKey:
+    """A holder's private key from unencrypted PEM; ValueError says what is wrong (never the key)."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"{source}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{source}: a {type(key).__name__} cannot be renewed: use an EC, Ed25519 or RSA key")
+    return key
+
+
+def renewal_csr(cert_pem: str, new_key: PrivateKey) -> str:
+    """A PEM CSR for `new_key` asking for the names (DNS, IP, email) of the certificate `cert_pem`."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ValueError(f"certificate {serial_hex(cert)} names nothing (no subjectAltName) to renew") from None
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    emails = san.get_values_for_type(x509.RFC822Name)
+    return build_csr(new_key, dns, ips, emails).decode()
+
+
+def key_destroyed_attestation(
+    serial: str, key: PrivateKey, destroyed_by: str, destroyed_at: datetime | None = None, correlation_id: str = ""
+) -> KeyDestroyed:
+    """The event attesting that `key` (of certificate `serial`) is being destroyed, signed by the key itself.
+
+    Build it while the key still exists; publish it (again, the same event, if a retry is needed),
+    then destroy the key. It carries the key's SPKI hash and signature, never the key."""
+    destroyed_at = destroyed_at or utcnow()
+    serial = normalise_serial(serial)
+    spki = spki_sha256(key.public_key())
+    proof = sign_message(key, key_destroyed_message(serial, spki, destroyed_at))
+    return KeyDestroyed(
+        aggregate_id=spki,
+        occurred_at=destroyed_at,
+        correlation_id=correlation_id or spki,
+        producer="requester",
+        serial=serial,
+        spki_sha256=spki,
+        destroyed_at=destroyed_at,
+        destroyed_by=destroyed_by,
+        proof=base64.b64encode(proof).decode(),
+    )
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """A renewal's outcome: the new certificate and its new private key (write the key 0600)."""
+
+    issued: CertificateIssued
+    key: PrivateKey = field(repr=False)
+
+    @property
+    def request_id(self) -> str:
+        """The renewal's request id, which is the new certificate's id."""
+        return self.issued.aggregate_id
+
+
+LifecycleEvent = CertificateRenewalDue | CertificateRevoked
+
+
 def operator_envelope(aggregate_id: str, correlation_id: str) -> dict[str, Any]:
     """The envelope fields of an event an operator publishes (policy, approvals, key blocks, revocations)."""
     return {
@@ -221,6 +315,11 @@ class CertbusClient:
             await self._nc.drain()
 
     @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up (it is not re-established: connect again)."""
+        return self._nc is not None and self._nc.is_connected
+
+    @property
     def nc(self) -> Client:
         """The NATS connection."""
         if self._nc is None:
@@ -256,10 +355,11 @@ class CertbusClient:
             raise Unreachable("the Certbus stream did not acknowledge the request") from exc
         return ack.seq
 
-    async def _await_outcome(
-        self, subjects: list[str], publish: Event, timeout: float, accept: Callable[[Event], bool] = lambda _: True
-    ) -> Event:
-        """Subscribe to the outcome subjects, publish the request, wait for the first accepted outcome."""
+    @contextlib.asynccontextmanager
+    async def _outcomes(
+        self, subjects: list[str], accept: Callable[[Event], bool] = lambda _: True
+    ) -> AsyncIterator[asyncio.Future[Event]]:
+        """While open, subscribed to `subjects`: the future gets the first accepted outcome."""
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
 
         async def on_msg(msg: Msg) -> None:
@@ -275,13 +375,30 @@ class CertbusClient:
 
         subs = [await self.nc.subscribe(s, cb=on_msg) for s in subjects]
         try:
-            await self.publish(publish)
+            yield outcome
+        finally:
+            if not outcome.done():
+                outcome.cancel()
+            elif not outcome.cancelled():
+                outcome.exception()  # retrieved, so asyncio does not log it as lost
+            for sub in subs:
+                with contextlib.suppress(nats.errors.ConnectionClosedError):
+                    await sub.unsubscribe()
+
+    @staticmethod
+    async def _within(outcome: asyncio.Future[Event], timeout: float, request_id: str) -> Event:
+        try:
             return await asyncio.wait_for(asyncio.shield(outcome), timeout)
         except TimeoutError as exc:
-            raise Unreachable(f"no outcome for request {publish.aggregate_id} within {timeout:.0f} s") from exc
-        finally:
-            for sub in subs:
-                await sub.unsubscribe()
+            raise Unreachable(f"no outcome for request {request_id} within {timeout:.0f} s") from exc
+
+    async def _await_outcome(
+        self, subjects: list[str], publish: Event, timeout: float, accept: Callable[[Event], bool] = lambda _: True
+    ) -> Event:
+        """Subscribe to the outcome subjects, publish the request, wait for the first accepted outcome."""
+        async with self._outcomes(subjects, accept) as outcome:
+            await self.publish(publish)
+            return await self._within(outcome, timeout, publish.aggregate_id)
 
     async def enroll(
         self,
@@ -307,19 +424,106 @@ class CertbusClient:
     ) -> CertificateIssued:
         """Publish `publish` and wait for the certificate of request `request_id_of.aggregate_id`."""
         request_id = request_id_of.aggregate_id
-        root = self.settings.subject_root
-        wanted = [f"{root}.cert.{request_id}.{verb}" for verb in ("issued", "rejected", "pending")]
         result = await self._await_outcome(
-            wanted, publish, timeout, accept=lambda e: not (wait_for_approval and isinstance(e, EnrollmentPending))
+            self._outcome_subjects(request_id),
+            publish,
+            timeout,
+            accept=lambda e: not (wait_for_approval and isinstance(e, EnrollmentPending)),
         )
+        return await self._certificate(result, request_id, timeout, wait_visible)
+
+    def _outcome_subjects(self, request_id: str) -> list[str]:
+        root = self.settings.subject_root
+        return [f"{root}.cert.{request_id}.{verb}" for verb in ("issued", "rejected", "pending")]
+
+    async def _certificate(
+        self, result: Event, request_id: str, timeout: float, wait_visible: bool
+    ) -> CertificateIssued:
+        """The certificate an outcome gives, or the Rejected / Pending it means."""
         if isinstance(result, EnrollmentRejected):
             raise Rejected(result.reasons)
         if isinstance(result, EnrollmentPending):
             raise Pending(request_id, result.expires_at)
-        assert isinstance(result, CertificateIssued)
+        if not isinstance(result, CertificateIssued):
+            raise CertbusError(f"unexpected outcome {result.event_type} for request {request_id}")
         if wait_visible:
             await self._until_validation_says(result.serial, {"good", "revoked"}, timeout)
         return result
+
+    async def renew(
+        self,
+        cert_pem: str,
+        current_key: PrivateKey,
+        new_key: PrivateKey | None = None,
+        profile: str | None = None,
+        validity_days: int | None = None,
+        request_id: str | None = None,
+        timeout: float = 30.0,
+        wait_visible: bool = True,
+    ) -> Renewed:
+        """Renew a certificate with a new key (default: a new one of the current key's type), proving
+        possession of the current key; no token is needed. Returns the new certificate and key.
+
+        Raises Rejected with the reasons (e.g. `certificate_revoked`), Pending, or Unreachable. To
+        retry after Unreachable or Pending, pass the same `new_key` and `request_id`
+        (`Pending.request_id`): enrollment is asked first, so the request is never sent twice.
+        """
+        new_key = new_key or new_key_like(current_key)
+        csr_pem = renewal_csr(cert_pem, new_key)
+        request = renewal_request(cert_pem, current_key, csr_pem, self.requester, profile, validity_days, request_id)
+        if request_id is None:
+            issued = await self._issued(request, request, timeout, wait_visible, wait_for_approval=False)
+        else:
+            issued = await self.submit(request, timeout, wait_visible)
+        return Renewed(issued, new_key)
+
+    async def submit(
+        self, request: EnrollmentRequested | RenewalRequested, timeout: float = 30.0, wait_visible: bool = True
+    ) -> CertificateIssued:
+        """Send a request, or follow it if enrollment already knows its id: a retry never sends it twice.
+
+        Keep the request event (its id, event id and CSR) and call again with the SAME event after
+        Unreachable; if enrollment has not recorded it, it is published again with the same
+        `Nats-Msg-Id`, so the stream drops a copy it already holds. Raises like `enroll`.
+        """
+        return await self._follow(request.aggregate_id, request, timeout, wait_visible)
+
+    async def follow(self, request_id: str, timeout: float = 30.0, wait_visible: bool = True) -> CertificateIssued:
+        """What became of a request sent before: its certificate, or Rejected / Pending; waits up to
+        `timeout` for an outcome still to come (then Unreachable). UnknownRequest if enrollment has
+        no such request."""
+        return await self._follow(request_id, None, timeout, wait_visible)
+
+    async def _follow(
+        self, request_id: str, resend: Event | None, timeout: float, wait_visible: bool
+    ) -> CertificateIssued:
+        async with self._outcomes(self._outcome_subjects(request_id)) as outcome:
+            try:
+                detail = await self.request(request_id)
+            except UnknownRequest:
+                if resend is None:
+                    raise
+                await self.publish(resend)
+            else:
+                if detail.status == "issued" and detail.serial is not None:
+                    issued = await self._issued_event(request_id, detail.serial)
+                    return await self._certificate(issued, request_id, timeout, wait_visible)
+                if detail.status == "rejected":
+                    raise Rejected([Reason(**r) for r in detail.reasons])
+                if detail.status == "pending":
+                    raise Pending(request_id, detail.expires_at or utcnow())
+                if detail.status == "expired":
+                    message = f"request {request_id} waited for an operator's approval and expired: send a new one"
+                    raise Rejected([Reason(code="request_expired", message=message)])
+            result = await self._within(outcome, timeout, request_id)
+            return await self._certificate(result, request_id, timeout, wait_visible)
+
+    async def _issued_event(self, request_id: str, serial: str) -> CertificateIssued:
+        """The issued event of an issued request, from the audit archive (what `requests fetch` uses)."""
+        for entry in (await self.history(serial)).events:
+            if entry.event_type == "CertificateIssued" and entry.event.get("aggregate_id") == request_id:
+                return CertificateIssued.model_validate(entry.event)
+        raise Unreachable(f"request {request_id} is issued (serial {serial}) but audit has not archived it yet")
 
     async def approve(
         self, request_id: str, operator: str, comment: str = "", timeout: float = 30.0
@@ -365,8 +569,16 @@ class CertbusClient:
         return await self._ask("enrollment", "requests", RequestsQuery(status=status, limit=limit), RequestsAnswer)
 
     async def request(self, request_id: str) -> RequestDetail:
-        """One enrollment request's whole state."""
-        return await self._ask("enrollment", "request", RequestQuery(request_id=request_id), RequestDetail)
+        """One enrollment request's whole state (UnknownRequest if enrollment has none by that id)."""
+        try:
+            return await self._ask("enrollment", "request", RequestQuery(request_id=request_id), RequestDetail)
+        except Unreachable:
+            raise
+        except CertbusError as exc:
+            # enrollment's only refusal of this query: "no enrollment request '<id>'"
+            if str(exc).startswith("no enrollment request"):
+                raise UnknownRequest(str(exc)) from None
+            raise
 
     async def profiles(self) -> ProfilesAnswer:
         """Every current profile and its lint verdict."""
@@ -449,7 +661,7 @@ class CertbusClient:
         if isinstance(result, RevocationRejected):
             raise Rejected([result.reason])
         assert isinstance(result, CertificateRevoked)
-        await self._until_validation_says(result.serial, {"revoked"}, timeout)
+        await self._until_validation_says(result.serial, {"revoked", "destroyed"}, timeout)
         return result
 
     async def _until_validation_says(self, serial: str, statuses: set[str], timeout: float) -> None:
@@ -487,6 +699,53 @@ class CertbusClient:
                     yield revoked
         finally:
             await sub.unsubscribe()
+
+    async def lifecycle(self, serials: Container[str]) -> AsyncIterator[LifecycleEvent]:
+        """Yield renewal-due and revocation events of the certificates in `serials` as they happen.
+
+        `serials` is consulted on each event, so a set the caller updates (after a renewal) works.
+        Plain subscriptions to `<root>.cert.*.renewal_due` and `<root>.cert.*.revoked` (what a
+        requester may read): events while disconnected are missed, so check `status` after
+        reconnecting. The iterator ends when the connection closes.
+        """
+        root = self.settings.subject_root
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+
+        async def pump(subject: str) -> None:
+            try:
+                sub = await self.nc.subscribe(subject)
+                async for msg in sub.messages:
+                    queue.put_nowait(msg)
+            finally:
+                queue.put_nowait(None)
+
+        subjects = (CertificateRenewalDue.filter(root), CertificateRevoked.filter(root))
+        pumps = [asyncio.create_task(pump(subject)) for subject in subjects]
+        try:
+            while (msg := await queue.get()) is not None:
+                try:
+                    event = parse_event(msg.data)
+                except ValueError:
+                    log.warning("malformed lifecycle event ignored", extra={"subject": printable(msg.subject)})
+                    continue
+                if not isinstance(event, LifecycleEvent) or not producer_allowed(event.event_type, event.producer):
+                    log.warning("unexpected lifecycle event ignored", extra={"subject": printable(msg.subject)})
+                    continue
+                if event.serial in serials:
+                    yield event
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def attest_key_destroyed(
+        self, serial: str, key: PrivateKey, destroyed_by: str, destroyed_at: datetime | None = None
+    ) -> KeyDestroyed:
+        """Publish the key's own signed attestation that it is being destroyed; call it BEFORE
+        destroying the key file (`shared.files.destroy_file`), while the key can still sign."""
+        event = key_destroyed_attestation(serial, key, destroyed_by, destroyed_at)
+        await self.publish(event)
+        return event
 
     async def status(self, serial: str) -> StatusAnswer:
         """What validation knows of a serial."""
@@ -543,6 +802,46 @@ class CertbusClient:
             return await task
         finally:
             task.cancel()
+
+    async def destroy(
+        self, serial: str, operator: str, reason: str = "", timeout: float = 15.0
+    ) -> CertificateDestroyed:
+        """Order, as `operator`, a certificate retired for good (revoked first if it is not yet); returns
+        its `CertificateDestroyed` once validation shows it destroyed, or raises Rejected
+        (`certificate_unknown`, `certificate_destroyed`). NATS lets only the operator user publish the order."""
+        request_id, root = str(uuid.uuid4()), self.settings.subject_root
+        order = DestructionOrdered(
+            **operator_envelope(request_id, request_id),
+            serial=normalise_serial(serial),
+            operator=operator,
+            reason=reason,
+        )
+        result = await self._await_outcome(
+            [f"{root}.revoke.{request_id}.rejected", CertificateDestroyed.filter(root)],
+            order,
+            timeout,
+            accept=lambda e: not isinstance(e, CertificateDestroyed) or e.destruction_request_id == request_id,
+        )
+        if isinstance(result, RevocationRejected):
+            raise Rejected([result.reason])
+        assert isinstance(result, CertificateDestroyed)
+        await self._until_validation_says(result.serial, {"destroyed"}, timeout)
+        return result
+
+    async def retire_ca(self, ca_id: str, reason: str, operator: str, timeout: float = 60.0) -> CaKeyDestroyed:
+        """Retire a CA as `operator`: signing publishes its final CRL, then destroys its key; returns
+        the CaKeyDestroyed event. Raises Rejected (codes ca_unknown, ca_already_retired, ca_not_active,
+        ca_has_live_issuing_cas, ca_no_replacement) before publishing anything if signing refuses."""
+        check = await self._ask("signing", "retire_check", RetireCheckQuery(ca_id=ca_id), RetireCheckAnswer)
+        if check.reasons:
+            raise Rejected(check.reasons)
+        retired = CaRetired(
+            **operator_envelope(ca_id, f"retire-{uuid.uuid4()}"), ca_id=ca_id, reason=reason, retired_by=operator
+        )
+        subject = f"{self.settings.subject_root}.ca.{ca_id}.key_destroyed"
+        destroyed = await self._await_outcome([subject], retired, timeout)
+        assert isinstance(destroyed, CaKeyDestroyed)
+        return destroyed
 
     async def health(self, service: str, timeout: float = 2.0) -> dict[str, Any]:
         """One service's health report (raises Unreachable if it does not answer)."""

@@ -1,0 +1,679 @@
+"""`certbus agent`: keeps certificates fresh and their old keys destroyed, with no human in the loop.
+
+A certificate is renewed when less than `renew_fraction` of its lifetime is left (read from the
+certificate file, checked on a timer), when enrollment says its renewal is due, and when it is
+revoked. A renewal is a small state machine kept on disk beside the key, so that a crash or a retry
+resumes it and never sends a second request:
+
+    <key>.next            the new key (0600), written before anything is sent
+    <key>.renewal.json    the request as first built (request id, event id), then the issued
+                          certificate, then how far the installation got
+    <key>.old             a hard link to the old key's file (the same data, not a copy) while the
+                          old key waits to sign its own destruction and be destroyed
+
+On success: chain, cert to `<cert>.next`, rename the key, rename the cert, run the reload command,
+publish the old key's signed KeyDestroyed, overwrite and unlink the old key. Failures back off with
+full jitter: short for transient ones (NATS or a service unreachable, no outcome yet), long for
+refusals. One loop does everything, one request at a time, and reconnects lazily, once per slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import tomllib
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.client import (
+    CertbusClient,
+    CertbusError,
+    LifecycleEvent,
+    Pending,
+    Rejected,
+    Unreachable,
+    enrollment_request,
+    key_destroyed_attestation,
+    load_private_key,
+    new_key_like,
+    renewal_csr,
+    renewal_request,
+)
+from shared.clock import Clock, SystemClock
+from shared.crypto import key_pem, serial_hex
+from shared.events import (
+    CertificateIssued,
+    CertificateRenewalDue,
+    CertificateRevoked,
+    EnrollmentRequested,
+    Event,
+    KeyDestroyed,
+    RenewalRequested,
+)
+from shared.files import destroy_file, fsync_dir, write_atomic
+from shared.queries import StatusAnswer
+from shared.settings import CommonSettings
+
+log = logging.getLogger("certbus.agent")
+
+
+class AgentSettings(BaseSettings):
+    """When the agent renews and how it backs off (`CERTBUS_AGENT_*`, or `[agent]` in its config file)."""
+
+    model_config = SettingsConfigDict(env_prefix="CERTBUS_AGENT_", extra="forbid")
+
+    requester: str = "agent"
+    renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)  # renew when less than this much lifetime is left
+    check_interval_s: float = Field(default=60.0, gt=0)  # the timer: re-read the certificate files
+    transient_base_s: float = Field(default=1.0, gt=0)
+    transient_cap_s: float = Field(default=300.0, gt=0)
+    terminal_base_s: float = Field(default=600.0, gt=0)
+    terminal_cap_s: float = Field(default=6 * 3600.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    command_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class CertificateEntry(BaseModel):
+    """One certificate the agent looks after (a `[[certificate]]` table of the config file)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    cert: Path
+    key: Path
+    chain: Path | None = None  # default: chain.pem beside cert.pem, else <cert stem>.chain.pem
+    profile: str | None = None  # default: the current certificate's profile
+    reload: str | None = Field(default=None, alias="exec")  # shell command run after a renewal
+    token_command: str | None = None  # prints a one-time enrollment token: re-enroll when renewal is refused
+    validity_days: int | None = None
+
+    @property
+    def chain_path(self) -> Path:
+        """Where the chain is written."""
+        if self.chain is not None:
+            return self.chain
+        return self.cert.with_name("chain.pem" if self.cert.name == "cert.pem" else f"{self.cert.stem}.chain.pem")
+
+    def beside_key(self, suffix: str) -> Path:
+        """A file of the renewal in progress, beside the key (`.next`, `.renewal.json`, `.old`)."""
+        return self.key.with_name(self.key.name + suffix)
+
+
+class AgentConfig(BaseModel):
+    """The agent's TOML config file: `[agent]` settings and one or more `[[certificate]]` entries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: dict[str, Any] = {}
+    certificate: list[CertificateEntry] = Field(min_length=1)
+
+
+def load_config(path: Path) -> tuple[AgentSettings, list[CertificateEntry]]:
+    """Settings and entries from a TOML file (relative paths are relative to the file); ValueError says
+    what to change."""
+    try:
+        data = tomllib.loads(path.read_text())
+        config = AgentConfig.model_validate(data)
+        settings = AgentSettings(**config.agent)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the agent config ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {problems}") from None
+    base = path.parent
+    entries = [
+        entry.model_copy(
+            update={
+                name: base / value
+                for name in ("cert", "key", "chain")
+                if (value := getattr(entry, name)) is not None and not value.is_absolute()
+            }
+        )
+        for entry in config.certificate
+    ]
+    check_entries(entries)
+    return settings, entries
+
+
+def check_entries(entries: list[CertificateEntry]) -> None:
+    """Refuse two entries that share a key or certificate file (they would renew over each other)."""
+    for name in ("key", "cert"):
+        paths = [getattr(e, name).resolve() for e in entries]
+        shared = sorted({str(p) for p in paths if paths.count(p) > 1})
+        if shared:
+            raise ValueError(f"two [[certificate]] entries use the same {name} file {shared[0]}: give each its own")
+
+
+# --- pure decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Full-jitter exponential backoff: after n failures, wait uniformly in [0, min(cap, base * 2^(n-1)))."""
+
+    base_s: float
+    cap_s: float
+
+    def ceiling(self, failures: int) -> float:
+        """The longest wait after `failures` consecutive failures."""
+        return min(self.cap_s, self.base_s * math.pow(2, min(max(failures - 1, 0), 64)))
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """How long to wait after `failures` consecutive failures."""
+        return rng.uniform(0, self.ceiling(failures))
+
+
+def renewal_point(not_before: datetime, not_after: datetime, fraction: float) -> datetime:
+    """When less than `fraction` of the certificate's lifetime is left."""
+    return not_after - (not_after - not_before) * fraction
+
+
+@dataclass
+class Tracked:
+    """What the agent knows of one certificate (in memory; the renewal in progress is on disk)."""
+
+    entry: CertificateEntry
+    serial: str = ""
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    revoked_reason: str | None = None  # from a revocation event or a status check
+    due_cause: str | None = None  # from a renewal-due event
+    use_token: bool = False  # renewal was refused: re-enroll with a token (if a token_command is set)
+    failures: int = 0  # consecutive failures of `failure_kind`
+    failure_kind: Literal["transient", "terminal"] = "transient"
+    retry_at: datetime | None = None
+    waiting_for_connection: bool = False
+    check_status: bool = False
+    renewals: int = 0
+
+    def renewal_reason(self, now: datetime, fraction: float) -> str | None:
+        """Why this certificate should be renewed now, or None."""
+        if self.revoked_reason is not None:
+            return f"revoked ({self.revoked_reason})"
+        if self.due_cause is not None:
+            return f"renewal due ({self.due_cause})"
+        if self.not_before is None or self.not_after is None:
+            return None
+        if now >= self.not_after:
+            return "expired"
+        if now >= renewal_point(self.not_before, self.not_after, fraction):
+            return "less than the renewal fraction of its lifetime left"
+        return None
+
+    def method(self) -> Literal["renewal", "enrollment"]:
+        """Renew with the current key's proof, or (revoked other than by CA compromise, or renewal
+        refused) re-enroll with a one-time token, if the entry can get one."""
+        lost_proof = self.revoked_reason is not None and self.revoked_reason != "cACompromise"
+        if self.entry.token_command and (self.use_token or lost_proof):
+            return "enrollment"
+        return "renewal"
+
+
+class RenewalState(BaseModel):
+    """A renewal in progress, as kept in `<key>.renewal.json` (no secret: requests, certificates, proofs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    renews_serial: str
+    request: Annotated[RenewalRequested | EnrollmentRequested, Field(discriminator="event_type")]
+    issued: CertificateIssued | None = None
+    installed: bool = False
+    reloaded: bool = False
+    attestation: KeyDestroyed | None = None
+
+
+# --- effects -------------------------------------------------------------------------------------
+
+
+class AgentClient(Protocol):
+    """What the agent needs of `CertbusClient` (tests pass a fake)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def submit(
+        self, request: EnrollmentRequested | RenewalRequested, timeout: float = 30.0, wait_visible: bool = True
+    ) -> CertificateIssued: ...
+
+    async def status(self, serial: str) -> StatusAnswer: ...
+
+    async def publish(self, event: Event, timeout: float = 5.0) -> int: ...
+
+    def lifecycle(self, serials: Container[str]) -> AsyncIterator[LifecycleEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+class CommandFailed(Exception):
+    """A token command failed or printed nothing."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a shell command ended: its exit code (None: killed at the time limit) and its output."""
+
+    exit_code: int | None
+    stdout: str = field(repr=False)
+
+
+async def run_command(command: str, env: dict[str, str], timeout: float) -> CommandResult:
+    """Run `command` with the shell, in its own process group, killed (with its children) at `timeout`."""
+    proc = await asyncio.create_subprocess_shell(
+        command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    try:
+        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return CommandResult(None, "")
+    return CommandResult(proc.returncode, stdout.decode(errors="replace"))
+
+
+def install(entry: CertificateEntry, issued: CertificateIssued) -> None:
+    """Put the new certificate and key in place; idempotent, so a crash half-way is finished by a rerun.
+
+    The chain first, then the certificate to `<cert>.next`; then the old key is linked to `<key>.old`
+    (to be destroyed later, no copy of it is made) and the new key renamed over it; last, the
+    certificate renamed into place."""
+    next_cert = entry.cert.with_name(entry.cert.name + ".next")
+    next_key, old_key = entry.beside_key(".next"), entry.beside_key(".old")
+    write_atomic(entry.chain_path, issued.chain_pem.encode(), 0o644)
+    write_atomic(next_cert, issued.cert_pem.encode(), 0o644)
+    if next_key.exists():
+        if not old_key.exists():
+            os.link(entry.key, old_key)
+        os.replace(next_key, entry.key)
+        fsync_dir(entry.key.parent)
+    os.replace(next_cert, entry.cert)
+    fsync_dir(entry.cert.parent)
+
+
+# --- the agent -----------------------------------------------------------------------------------
+
+
+class NotConnected(Unreachable):
+    """No NATS connection right now (the agent reconnects on its own schedule)."""
+
+
+class Agent:
+    """Looks after certificates: renews, installs, reloads, destroys old keys; retries gently."""
+
+    def __init__(
+        self,
+        entries: list[CertificateEntry],
+        settings: AgentSettings | None = None,
+        common: CommonSettings | None = None,
+        *,
+        connect: Callable[[], Awaitable[AgentClient]] | None = None,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        check_entries(entries)
+        self.settings = settings or AgentSettings()
+        self.common = common or CommonSettings()
+        self.tracked = [Tracked(entry) for entry in entries]
+        self.stats: Counter[str] = Counter()  # connects, submits, status checks, attestations, renewals
+        self._connect = connect or self._connect_nats
+        self._clock = clock or SystemClock()
+        self._sleep = sleep
+        self._rng = rng or random.SystemRandom()
+        self._transient = Backoff(self.settings.transient_base_s, self.settings.transient_cap_s)
+        self._terminal = Backoff(self.settings.terminal_base_s, self.settings.terminal_cap_s)
+        self._client: AgentClient | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._connect_failures = 0
+        self._connect_at = self._clock.now()
+        self._serials: set[str] = set()
+        self._wake = asyncio.Event()
+
+    async def _connect_nats(self) -> AgentClient:
+        client = CertbusClient(self.common, requester=self.settings.requester)
+        await client.connect()
+        return client
+
+    async def run(self) -> None:
+        """Look after the certificates until cancelled."""
+        try:
+            while True:
+                await self.step()
+                await self._idle(self.next_wake_in())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop listening and close the connection."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+            self._listener = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+    async def step(self) -> None:
+        """One pass: keep the connection, then move each certificate along as far as it can go now."""
+        await self._keep_connected()
+        for tracked in self.tracked:
+            await self._tend(tracked)
+
+    def next_wake_in(self) -> float:
+        """Seconds until the next thing to do (events wake the agent earlier)."""
+        now = self._clock.now()
+        times = [now + timedelta(seconds=self.settings.check_interval_s)]
+        if self._client is None:
+            times.append(self._connect_at)
+        for t in self.tracked:
+            if t.waiting_for_connection:
+                continue
+            if t.retry_at is not None:
+                times.append(t.retry_at)
+            elif t.not_before is not None and t.not_after is not None:
+                point = renewal_point(t.not_before, t.not_after, self.settings.renew_fraction)
+                times.extend(p for p in (point, t.not_after) if p > now)
+        return max((min(times) - now).total_seconds(), 0.0)
+
+    def wake(self) -> None:
+        """Look again now."""
+        self._wake.set()
+
+    async def _idle(self, seconds: float) -> None:
+        if not self._wake.is_set():
+            sleeper = asyncio.ensure_future(self._sleep(seconds))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, waker):
+                    task.cancel()
+                await asyncio.gather(sleeper, waker, return_exceptions=True)
+        self._wake.clear()
+
+    # --- the connection and the events on it -------------------------------------------------------
+
+    async def _keep_connected(self) -> None:
+        now = self._clock.now()
+        listening = self._listener is not None and not self._listener.done()
+        if self._client is not None and not (self._client.connected and listening):
+            log.warning("lost the NATS connection: reconnecting after a jittered delay")
+            await self.close()
+            self._connect_failures = 1
+            self._connect_at = now + timedelta(seconds=self._transient.delay(1, self._rng))
+        if self._client is not None or now < self._connect_at:
+            return
+        self.stats["connects"] += 1
+        try:
+            self._client = await self._connect()
+        except (Unreachable, OSError) as exc:
+            self._connect_failures += 1
+            delay = self._transient.delay(self._connect_failures, self._rng)
+            self._connect_at = now + timedelta(seconds=delay)
+            log.warning("NATS unreachable", extra={"error": str(exc), "retry_in_s": round(delay, 1)})
+            return
+        self._connect_failures = 0
+        self._listener = asyncio.create_task(self._listen(self._client), name="certbus-agent-listener")
+        for t in self.tracked:
+            t.check_status = True  # revocations while disconnected were missed
+            if t.waiting_for_connection:
+                t.waiting_for_connection = False
+                t.retry_at = None
+        log.info("connected to NATS", extra={"certificates": len(self.tracked)})
+
+    async def _listen(self, client: AgentClient) -> None:
+        try:
+            async for event in client.lifecycle(self._serials):
+                self._on_event(event)
+        except Exception as exc:  # noqa: BLE001 - a broken subscription means reconnecting, not dying
+            log.warning("lifecycle subscription ended", extra={"error": repr(exc)})
+        finally:
+            self.wake()
+
+    def _on_event(self, event: LifecycleEvent) -> None:
+        for t in self.tracked:
+            if t.serial != event.serial:
+                continue
+            if isinstance(event, CertificateRevoked):
+                t.revoked_reason = event.reason
+            elif isinstance(event, CertificateRenewalDue):
+                t.due_cause = event.cause
+                if event.cause != "schedule":
+                    compromised = {"ca_compromise": "cACompromise", "key_compromise": "keyCompromise"}[event.cause]
+                    t.revoked_reason = t.revoked_reason or compromised
+            t.retry_at = None  # news about the certificate: act at once, whatever the backoff said
+            log.info(
+                "lifecycle event", extra={"cert": str(t.entry.cert), "serial": t.serial, "event": event.event_type}
+            )
+            self.wake()
+
+    def _require_client(self) -> AgentClient:
+        if self._client is None or not self._client.connected:
+            raise NotConnected("not connected to NATS")
+        return self._client
+
+    # --- one certificate -----------------------------------------------------------------------------
+
+    def _read_cert(self, t: Tracked) -> None:
+        cert = x509.load_pem_x509_certificate(t.entry.cert.read_bytes())
+        serial = serial_hex(cert)
+        if serial != t.serial:
+            if t.serial:
+                self._serials.discard(t.serial)
+            t.serial, t.revoked_reason, t.due_cause, t.use_token = serial, None, None, False
+            self._serials.add(serial)
+        t.not_before, t.not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+
+    def _load_state(self, t: Tracked) -> RenewalState | None:
+        path = t.entry.beside_key(".renewal.json")
+        if not path.exists():
+            return None
+        state = RenewalState.model_validate_json(path.read_bytes())
+        if state.issued is None and state.renews_serial != t.serial:
+            log.warning("discarding a renewal of a certificate that was replaced", extra={"cert": str(t.entry.cert)})
+            self._discard(t.entry)
+            return None
+        return state
+
+    def _save(self, entry: CertificateEntry, state: RenewalState) -> None:
+        write_atomic(entry.beside_key(".renewal.json"), state.model_dump_json().encode(), 0o600)
+
+    def _discard(self, entry: CertificateEntry) -> None:
+        destroy_file(entry.beside_key(".next"), missing_ok=True)
+        entry.beside_key(".renewal.json").unlink(missing_ok=True)
+        fsync_dir(entry.key.parent)
+
+    async def _tend(self, t: Tracked) -> None:
+        now = self._clock.now()
+        extra = {"cert": str(t.entry.cert)}
+        try:
+            self._read_cert(t)
+            state = self._load_state(t)
+        except (OSError, ValueError) as exc:
+            self._failed(t, "terminal", f"cannot read the certificate or its renewal state: {exc}")
+            return
+        if t.retry_at is not None and now < t.retry_at:
+            return
+        await self._check_status(t)
+        why = t.renewal_reason(now, self.settings.renew_fraction)
+        if state is None and why is None:
+            return
+        extra |= {"serial": t.serial}
+        try:
+            await self._advance(t, state, why or "resuming")
+        except NotConnected:
+            t.waiting_for_connection = True
+        except Pending as exc:
+            self._failed(t, "transient", f"waiting for an operator's approval of request {exc.request_id}")
+        except Unreachable as exc:
+            self._failed(t, "transient", str(exc))
+        except Rejected as exc:
+            self._discard(t.entry)
+            codes = ", ".join(r.code for r in exc.reasons)
+            if t.entry.token_command and not t.use_token:
+                log.warning("renewal refused: re-enrolling with a token", extra={**extra, "codes": codes})
+                t.use_token, t.retry_at, t.failures = True, None, 0
+                self.wake()
+            else:
+                self._failed(t, "terminal", f"refused: {exc}")
+        except (CommandFailed, CertbusError, OSError, ValueError) as exc:  # ValueError: TokenError too
+            self._failed(t, "terminal", str(exc))
+
+    async def _check_status(self, t: Tracked) -> None:
+        if not t.check_status or self._client is None or not self._client.connected:
+            return
+        t.check_status = False
+        self.stats["status checks"] += 1
+        try:
+            answer = await self._client.status(t.serial)
+        except CertbusError as exc:
+            log.info("status check failed", extra={"cert": str(t.entry.cert), "error": str(exc)})
+            return
+        if answer.status in ("revoked", "destroyed") and t.revoked_reason is None:
+            t.revoked_reason = answer.reason or answer.status
+
+    def _failed(self, t: Tracked, kind: Literal["transient", "terminal"], why: str) -> None:
+        t.failures = t.failures + 1 if t.failure_kind == kind else 1
+        t.failure_kind = kind
+        backoff = self._transient if kind == "transient" else self._terminal
+        delay = backoff.delay(t.failures, self._rng)
+        t.retry_at = self._clock.now() + timedelta(seconds=delay)
+        level = logging.WARNING if kind == "transient" else logging.ERROR
+        log.log(
+            level,
+            f"renewal failed ({kind}): {why}",
+            extra={"cert": str(t.entry.cert), "serial": t.serial, "failures": t.failures, "retry_in_s": round(delay)},
+        )
+
+    async def _advance(self, t: Tracked, state: RenewalState | None, why: str) -> None:
+        entry = t.entry
+        if state is None:
+            state = await self._prepare(t, why)
+        request_id = state.request.aggregate_id
+        extra = {"cert": str(entry.cert), "request_id": request_id}
+        issued = state.issued
+        if issued is None:
+            client = self._require_client()
+            self.stats["submits"] += 1
+            issued = await client.submit(state.request, self.settings.request_timeout_s)
+            state = state.model_copy(update={"issued": issued})
+            self._save(entry, state)
+            log.info("new certificate issued", extra={**extra, "serial": issued.serial})
+        if not state.installed:
+            install(entry, issued)
+            state = state.model_copy(update={"installed": True})
+            self._save(entry, state)
+        if not state.reloaded:
+            await self._reload(entry, issued)
+            state = state.model_copy(update={"reloaded": True})
+            self._save(entry, state)
+        await self._destroy_old_key(entry, state)
+        entry.beside_key(".renewal.json").unlink(missing_ok=True)
+        fsync_dir(entry.key.parent)
+        self._read_cert(t)
+        t.failures, t.retry_at, t.renewals = 0, None, t.renewals + 1
+        self.stats["renewals"] += 1
+        log.info("renewed", extra={**extra, "serial": t.serial, "not_after": t.not_after})
+
+    async def _prepare(self, t: Tracked, why: str) -> RenewalState:
+        """A new key (written first, 0600) and the request for it, saved before anything is sent."""
+        entry = t.entry
+        cert_pem = entry.cert.read_text()
+        current_key = load_private_key(entry.key.read_bytes(), str(entry.key))
+        next_key = entry.beside_key(".next")
+        if next_key.exists():  # a crash after writing the key, before saving the request
+            new_key = load_private_key(next_key.read_bytes(), str(next_key))
+        else:
+            new_key = new_key_like(current_key)
+            write_atomic(next_key, key_pem(new_key), 0o600)
+        csr_pem = renewal_csr(cert_pem, new_key)
+        request: RenewalRequested | EnrollmentRequested
+        if t.method() == "enrollment":
+            assert entry.token_command is not None
+            token = await self._token(entry.token_command)
+            profile = entry.profile or "tls-server"
+            request = enrollment_request(csr_pem, token, self.settings.requester, profile, entry.validity_days)
+        else:
+            request = renewal_request(
+                cert_pem, current_key, csr_pem, self.settings.requester, entry.profile, entry.validity_days
+            )
+        state = RenewalState(renews_serial=t.serial, request=request)
+        self._save(entry, state)
+        log.info(
+            "renewal started",
+            extra={
+                "cert": str(entry.cert),
+                "serial": t.serial,
+                "why": why,
+                "how": t.method(),
+                "request_id": request.aggregate_id,
+            },
+        )
+        return state
+
+    async def _token(self, command: str) -> str:
+        result = await run_command(command, {}, self.settings.command_timeout_s)
+        token = result.stdout.strip()
+        if result.exit_code != 0 or not token:
+            ended = "timed out" if result.exit_code is None else f"exit code {result.exit_code}"
+            raise CommandFailed(f"token_command printed no token ({ended}): check it prints one token and exits 0")
+        return token
+
+    async def _reload(self, entry: CertificateEntry, issued: CertificateIssued) -> None:
+        if not entry.reload:
+            return
+        env = {
+            "CERTBUS_CERT": str(entry.cert),
+            "CERTBUS_KEY": str(entry.key),
+            "CERTBUS_CHAIN": str(entry.chain_path),
+            "CERTBUS_SERIAL": issued.serial,
+        }
+        result = await run_command(entry.reload, env, self.settings.command_timeout_s)
+        extra = {"cert": str(entry.cert), "exit_code": result.exit_code}
+        if result.exit_code == 0:
+            log.info("reload command ran", extra=extra)
+        else:
+            log.error("reload command failed (the new certificate is in place)", extra=extra)
+
+    async def _destroy_old_key(self, entry: CertificateEntry, state: RenewalState) -> None:
+        """The old key signs its own destruction (published), then its file is overwritten and unlinked."""
+        old_key_file = entry.beside_key(".old")
+        if not old_key_file.exists():
+            return
+        if state.attestation is None:
+            old_key = load_private_key(old_key_file.read_bytes(), str(old_key_file))
+            attestation = key_destroyed_attestation(
+                state.renews_serial,
+                old_key,
+                self.settings.requester,
+                self._clock.now(),
+                correlation_id=state.request.aggregate_id,
+            )
+            state = state.model_copy(update={"attestation": attestation})
+            self._save(entry, state)
+        assert state.attestation is not None
+        client = self._require_client()
+        self.stats["attestations"] += 1
+        await client.publish(state.attestation)
+        destroy_file(old_key_file)
+        log.info("old key destroyed", extra={"cert": str(entry.cert), "serial": state.renews_serial})

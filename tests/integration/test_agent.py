@@ -1,0 +1,131 @@
+"""The renewal agent over the real stack: enrollment says renewal is due, the agent renews with a new
+key, installs it, reloads, and attests and destroys the old key; `certbus renew` by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from integration.conftest import EnrollWithKey
+
+from harness import Harness, eventually
+from shared.agent import Agent, AgentSettings, CertificateEntry
+from shared.client import load_private_key
+from shared.crypto import PrivateKey, key_pem, serial_hex, spki_sha256
+from shared.events import CertificateIssued, KeyDestroyed, RenewalRequested
+from shared.settings import CommonSettings
+
+
+class PinnableClock:
+    """The real time until pinned, then a fixed time."""
+
+    def __init__(self) -> None:
+        self.at: datetime | None = None
+
+    def now(self) -> datetime:
+        return self.at or datetime.now(UTC)
+
+
+@pytest.fixture
+async def renewing(harness: Harness) -> tuple[Harness, PinnableClock]:
+    """The stack with enrollment on a clock the test can move to a certificate's renewal point."""
+    clock = PinnableClock()
+    harness.clocks["enrollment"] = clock
+    harness.overrides["enrollment"] = {"renewal_check_s": 0.2}
+    await harness.start()
+    await harness.register_provisioner()
+    await harness.apply_profiles()
+    return harness, clock
+
+
+def holder_files(tmp: Path, key: PrivateKey, issued: CertificateIssued) -> tuple[Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "cert.pem").write_text(issued.cert_pem)
+    fd = os.open(tmp / "key.pem", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, key_pem(key))
+    os.close(fd)
+    return tmp / "cert.pem", tmp / "key.pem"
+
+
+def subsequence(wanted: list[str], seen: list[str]) -> bool:
+    it = iter(seen)
+    return all(any(s == w for s in it) for w in wanted)
+
+
+async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old_key(
+    renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
+) -> None:
+    h, enrollment_clock = renewing
+    old_key, old = await enroll_with_key("agent.corp.internal")
+    cert_file, key_file = holder_files(tmp_path / "web", old_key, old)
+    marker = tmp_path / "reloaded"
+    entry = CertificateEntry(cert=cert_file, key=key_file, reload=f'echo "$CERTBUS_SERIAL" > {marker}')
+    agent = Agent([entry], AgentSettings(request_timeout_s=20), CommonSettings(**h.common))
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(2)  # the renewed certificate starts later: its own renewal point is not reached
+        lifetime = old.not_after - old.not_before
+        # Half a second past the renewal point (whole seconds): the new certificate's comes later.
+        enrollment_clock.at = (old.not_after - lifetime / 3).replace(microsecond=500_000)
+        await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60)
+        await eventually(lambda: asyncio.sleep(0, not (tmp_path / "web" / "key.pem.old").exists()), timeout=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    new_cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    new_serial = serial_hex(new_cert)
+    new_key = load_private_key(key_file.read_bytes())
+    assert new_serial != old.serial
+    assert spki_sha256(new_key.public_key()) != spki_sha256(old_key.public_key())
+    assert spki_sha256(new_key.public_key()) == spki_sha256(new_cert.public_key())  # type: ignore[arg-type]
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert marker.read_text().strip() == new_serial
+    assert sorted(p.name for p in (tmp_path / "web").iterdir()) == ["cert.pem", "chain.pem", "key.pem"]
+
+    renewals = await h.stream_messages(f"{h.root}.cert.*.renewal_requested")
+    assert len(renewals) == 1
+    request = RenewalRequested.model_validate_json(renewals[0].data)
+    assert request.renews_serial == old.serial
+    (issued_msg,) = await h.stream_messages(f"{h.root}.cert.{request.aggregate_id}.issued")
+    assert CertificateIssued.model_validate_json(issued_msg.data).supersedes == old.serial
+    destroyed = await h.stream_messages(f"{h.root}.key.*.destroyed")
+    assert [KeyDestroyed.model_validate_json(m.data).spki_sha256 for m in destroyed] == [old.spki_sha256]
+
+    async def history() -> list[str] | None:
+        async with h.client() as c:
+            types = [e.event_type for e in (await c.history(old.serial)).events]
+        return types if {"CertificateSuperseded", "KeyDestroyed"} <= set(types) else None
+
+    types = await eventually(history, timeout=30, interval=0.3)
+    in_order = ["EnrollmentRequested", "CertificateIssued", "CertificateRenewalDue", "RenewalRequested"]
+    assert subsequence([*in_order, "CertificateIssued", "CertificateSuperseded"], types), types
+    assert subsequence([*in_order, "CertificateIssued", "KeyDestroyed"], types), types
+
+
+async def test_certbus_renew_writes_a_new_key_and_certificate(
+    stack: Harness, enroll_with_key: EnrollWithKey, tmp_path: Path
+) -> None:
+    old_key, old = await enroll_with_key("manual.corp.internal")
+    cert_file, key_file = holder_files(tmp_path / "old", old_key, old)
+    out = tmp_path / "new"
+    done = await stack.cli("renew", "--cert", str(cert_file), "--key", str(key_file), "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    new_key = load_private_key((out / "key.pem").read_bytes())
+    new_cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert spki_sha256(new_key.public_key()) == spki_sha256(new_cert.public_key())  # type: ignore[arg-type]
+    assert spki_sha256(new_key.public_key()) != old.spki_sha256
+    assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
+    assert (out / "chain.pem").read_text()
+    assert key_file.read_bytes() == key_pem(old_key)  # the old key is left alone
+
+    same_dir = await stack.cli(
+        "renew", "--cert", str(cert_file), "--key", str(key_file), "--out", str(tmp_path / "old")
+    )
+    assert same_dir.returncode == 2
+    assert "is the current key" in " ".join(same_dir.stderr.replace("│", " ").split())  # the box wraps lines
