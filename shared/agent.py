@@ -655,12 +655,24 @@ class Agent:
         else:
             log.error("reload command failed (the new certificate is in place)", extra=extra)
 
+    async def _until_superseded(self, state: RenewalState) -> None:
+        """A renewed certificate's key is destroyed once Certbus shows the old certificate superseded
+        by the new one (so the log reads renewed, superseded, key destroyed); until then the old key
+        waits in `<key>.old` and the step is retried like any transient failure."""
+        if not isinstance(state.request, RenewalRequested) or state.issued is None:
+            return  # a re-enrollment with a token supersedes nothing
+        self.stats["status checks"] += 1
+        answer = await self._require_client().status(state.renews_serial)
+        if answer.superseded_by != state.issued.serial and answer.status in ("good", "expired"):
+            raise Unreachable(f"{state.renews_serial} is not shown superseded by {state.issued.serial} yet")
+
     async def _destroy_old_key(self, entry: CertificateEntry, state: RenewalState) -> None:
         """The old key signs its own destruction (published), then its file is overwritten and unlinked."""
         old_key_file = entry.beside_key(".old")
         if not old_key_file.exists():
             return
         if state.attestation is None:
+            await self._until_superseded(state)
             old_key = load_private_key(old_key_file.read_bytes(), str(old_key_file))
             attestation = key_destroyed_attestation(
                 state.renews_serial,

@@ -104,6 +104,8 @@ class FakeCertbus:
         self.token: str | None = None
         self.certs: dict[str, x509.Certificate] = {}
         self.revoked: dict[str, str] = {}
+        self.superseded: dict[str, str] = {}  # old serial -> the serial of the renewal that replaced it
+        self.shows_superseded = True  # validation's status shows it
         self.published: list[Event] = []
         self.outcomes: dict[str, CertificateIssued | list[Reason]] = {}
         self.clients: list[FakeClient] = []
@@ -132,6 +134,8 @@ class FakeCertbus:
         )
         serial = serial_hex(cert)
         self.certs[serial] = cert
+        if supersedes is not None:
+            self.superseded[supersedes] = serial
         return CertificateIssued(
             aggregate_id=request_id,
             occurred_at=self.vt.now(),
@@ -234,7 +238,12 @@ class FakeClient:
     async def status(self, serial: str) -> StatusAnswer:
         self.ca.status_queries += 1
         reason = self.ca.revoked.get(serial)
-        return StatusAnswer(serial=serial, status="revoked" if reason else "good", reason=reason)
+        return StatusAnswer(
+            serial=serial,
+            status="revoked" if reason else "good",
+            reason=reason,
+            superseded_by=self.ca.superseded.get(serial) if self.ca.shows_superseded else None,
+        )
 
     async def publish(self, event: Event, timeout: float = 5.0) -> int:
         if not self.connected:
@@ -358,6 +367,22 @@ async def test_renews_once_a_third_of_the_lifetime_is_left_and_destroys_the_old_
     message = key_destroyed_message(old_serial, attested.spki_sha256, attested.destroyed_at)
     assert verify_message(old_key.public_key(), proof, message)  # the old key's last signature
     assert files_in(tmp_path) == ["cert.pem", "chain.pem", "key.pem", "reloaded"]  # no .old, .next, state
+
+
+async def test_the_old_key_is_destroyed_only_once_certbus_shows_the_old_certificate_superseded(
+    ca: FakeCertbus, vt: VirtualTime, tmp_path: Path
+) -> None:
+    entry, _, old_serial = enrolled(ca, tmp_path)
+    ca.shows_superseded = False  # the new certificate is issued, but validation does not show the old one superseded
+    task = await running(make_agent(ca, vt, entry))
+    await vt.run_until(START + timedelta(hours=2, minutes=1))
+    assert current_serial(entry) != old_serial
+    assert ca.attestations() == [] and entry.beside_key(".old").exists()
+    ca.shows_superseded = True
+    await vt.run_until(START + timedelta(hours=2, minutes=10))
+    await stop(task)
+    assert [a.serial for a in ca.attestations()] == [old_serial]
+    assert not entry.beside_key(".old").exists()
 
 
 async def test_an_unanswered_request_is_retried_on_the_short_schedule_with_the_same_request(
@@ -593,7 +618,7 @@ async def test_a_lost_connection_is_re_established_lazily_and_the_revocations_mi
     await vt.run_until(START + timedelta(minutes=16))
     await stop(task)
     assert ca.connects == connects + 1  # one reconnect when its slot came, no burst
-    assert ca.status_queries == 2
+    assert ca.status_queries == 3  # at the first connection, after the reconnect, and before destroying the old key
     assert current_serial(entry) != serial
 
 
