@@ -73,6 +73,7 @@ class Checker:
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
     _approvals: dict[str, int] = field(default_factory=dict)
+    _approved_at: dict[str, int] = field(default_factory=dict)  # request id -> its first approval's position
     _approved_digest: dict[str, str] = field(default_factory=dict)
     _profiles: dict[str, Profile] = field(default_factory=dict)
     _cas: dict[str, str] = field(default_factory=dict)
@@ -111,6 +112,7 @@ class Checker:
         elif kind == "EnrollmentApproved":
             request = str(data.get("aggregate_id"))
             self._approvals[request] = self._approvals.get(request, 0) + 1
+            self._approved_at.setdefault(request, seq)
             if data.get("profile_digest"):
                 self._approved_digest[request] = str(data["profile_digest"])
             self._approved_supersedes[request] = _serial(data.get("supersedes"))
@@ -141,7 +143,7 @@ class Checker:
             )
         if issuer not in self._cas:
             self._flag("issuer", seq, f"certificate {serial} names issuer {issuer}, which signing never announced")
-        self._after_close(seq, issuer, f"certificate {serial}")
+        self._after_close(seq, issuer, f"certificate {serial}", self._approved_at.get(request))
         self._renewal(seq, request, serial, _serial(data.get("supersedes")))
         self._issued_serials.add(serial)
         first = self._serials.setdefault((issuer, serial), seq)
@@ -214,13 +216,18 @@ class Checker:
             sha256=str(data.get("sha256", "")),
         )
 
-    def _after_close(self, seq: int, ca: str, what: str) -> None:
+    def _after_close(self, seq: int, ca: str, what: str, approved_at: int | None = None) -> None:
+        """Flag what a CA signed after its key's destruction, or after it was declared compromised or
+        retired; a certificate approved before a retirement and released just after it (signing read
+        the approval first) is the retired CA's last legitimate work, not a finding."""
         if ca in self._key_destroyed:
             self._flag(
                 "ca_closed", seq, f"{what} signed by {ca} after its key was destroyed at {self._key_destroyed[ca]}"
             )
         elif ca in self._closed:
             state, at = self._closed[ca]
+            if state == "retired" and approved_at is not None and approved_at < at:
+                return
             self._flag("ca_closed", seq, f"{what} issued by {ca} after it was declared {state} at {at}")
 
     def crl_findings(self, crls: dict[str, bytes | None], now: datetime, grace: timedelta) -> list[Finding]:

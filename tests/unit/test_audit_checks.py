@@ -97,6 +97,12 @@ def test_a_retired_ca_may_publish_a_final_crl_but_nothing_once_its_key_is_destro
     assert _checks(*log) == [("ca_closed", 5), ("ca_closed", 7)]
 
 
+def test_a_certificate_approved_before_a_retirement_may_be_released_after_it_but_not_one_approved_after() -> None:
+    retired = _e("CaRetired", "operator", ca_id="ca1", reason="rotated", retired_by="alice")
+    log = [CA, _approve("r1"), retired, _issue("r1", "a1"), _approve("r2"), _issue("r2", "a2")]
+    assert _checks(*log) == [("ca_closed", 6)]
+
+
 def test_a_crl_signed_after_compromise_is_found_and_a_forged_compromise_counts_for_nothing() -> None:
     forged = _e("CaCompromised", "requester", ca_id="ca1", reason="x", declared_by="mallory")
     real = _e("CaCompromised", "operator", ca_id="ca1", reason="x", declared_by="alice")

@@ -117,6 +117,35 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
     assert subsequence(in_order, types), types
 
 
+async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request_and_renews_when_it_returns(
+    renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
+) -> None:
+    """The CA (signing) is down when renewal falls due: enrollment approves the agent's one request,
+    nothing is issued; the agent asks what became of it on its backoff (accelerated here) and sends
+    nothing more; signing comes back, works off the approval it missed, and the agent renews."""
+    h, enrollment_clock = renewing
+    old_key, old = await enroll_with_key("outage.corp.internal")
+    cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
+    settings = AgentSettings(request_timeout_s=1, transient_base_s=0.2, transient_cap_s=1)
+    agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], settings, CommonSettings(**h.common))
+    await h.stop("signing")
+    task = asyncio.create_task(agent.run())
+    try:
+        enrollment_clock.at = (old.not_after - (old.not_after - old.not_before) / 3).replace(microsecond=500_000)
+        await eventually(lambda: asyncio.sleep(0, agent.stats["submits"] >= 4), timeout=60)
+        assert len(await h.stream_messages(f"{h.root}.cert.*.renewal_requested")) == 1
+        assert serial_hex(x509.load_pem_x509_certificate(cert_file.read_bytes())) == old.serial
+        tracked = agent.tracked[0]
+        assert (tracked.failure_kind, tracked.failures >= 3) == ("transient", True)  # no outcome yet: short backoff
+        await h.start("signing")
+        await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert serial_hex(x509.load_pem_x509_certificate(cert_file.read_bytes())) != old.serial
+    assert len(await h.stream_messages(f"{h.root}.cert.*.renewal_requested")) == 1  # never a second request
+
+
 async def test_certbus_renew_writes_a_new_key_and_certificate(
     stack: Harness, enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
