@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -134,5 +136,17 @@ def agent(
         for path in (entry.cert, entry.key):
             if not path.is_file():
                 raise typer.BadParameter(f"{path} does not exist: enroll first (`certbus enroll`)")
-    out.print(f"certbus agent: looking after {len(entries)} certificate(s); Ctrl-C stops")
-    asyncio.run(Agent(entries, settings, common).run())
+    out.print(f"certbus agent: looking after {len(entries)} certificate(s); Ctrl-C or SIGTERM stops")
+    asyncio.run(_until_signalled(Agent(entries, settings, common)))
+
+
+async def _until_signalled(agent: Agent) -> None:
+    """Run the agent until SIGTERM or SIGINT, then stop it cleanly (exit 0): a renewal cut short
+    resumes from its saved state at the next start."""
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    out.print("certbus agent: stopped")

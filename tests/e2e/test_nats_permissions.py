@@ -83,6 +83,16 @@ async def stream(secured_nats: NatsServer) -> NatsServer:
         ("requester", "pki.ca.{id}.compromised"),
         ("signing", "pki.ca.{id}.compromised"),
         ("requester", "pki.cert.{id}.renewal_due"),
+        ("requester", "pki.cert.{id}.superseded"),
+        ("requester", "pki.cert.{id}.expired"),
+        ("requester", "pki.cert.{id}.destroyed"),
+        ("requester", "pki.revoke.{id}.destroy_ordered"),
+        ("requester", "pki.ca.{id}.retired"),
+        ("requester", "pki.ca.{id}.key_destroyed"),
+        ("enrollment", "pki.cert.{id}.destroyed"),
+        ("revocation", "pki.revoke.{id}.destroy_ordered"),
+        ("operator", "pki.ca.{id}.key_destroyed"),
+        ("signing", "pki.ca.{id}.retired"),
     ],
 )
 async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user: str, subject: str) -> None:
@@ -111,6 +121,15 @@ async def test_a_forged_event_is_refused_by_the_server(stream: NatsServer, user:
         ("requester", "pki.revoke.{id}.requested"),
         ("operator", "pki.ca.{id}.compromised"),
         ("revocation", "pki.cert.{id}.renewal_due"),
+        ("requester", "pki.cert.{id}.renewal_requested"),
+        ("requester", "pki.key.{id}.destroyed"),
+        ("enrollment", "pki.cert.{id}.renewal_due"),
+        ("enrollment", "pki.cert.{id}.superseded"),
+        ("enrollment", "pki.cert.{id}.expired"),
+        ("operator", "pki.revoke.{id}.destroy_ordered"),
+        ("revocation", "pki.cert.{id}.destroyed"),
+        ("operator", "pki.ca.{id}.retired"),
+        ("signing", "pki.ca.{id}.key_destroyed"),
     ],
 )
 async def test_each_producer_may_publish_its_own_events(stream: NatsServer, user: str, subject: str) -> None:
@@ -120,3 +139,38 @@ async def test_each_producer_may_publish_its_own_events(stream: NatsServer, user
     finally:
         await nc.close()
     assert ack.stream == "CERTBUS"
+
+
+async def test_an_agent_as_requester_hears_renewal_due_and_revocations_and_may_ask_for_a_history(
+    stream: NatsServer,
+) -> None:
+    """What `certbus agent` needs with the requester's credentials: its certificates' renewal-due and
+    revocation events (core subscriptions) and audit's history query (to fetch a certificate issued
+    while it was not listening); the query has no responder here, which is not a permission error."""
+    errors: list[str] = []
+    agent = await connect(stream, "requester", errors)
+    enrollment = await connect(stream, "enrollment", [])
+    revocation = await connect(stream, "revocation", [])
+    try:
+        heard: list[str] = []
+
+        async def hear(msg: nats.aio.msg.Msg) -> None:
+            heard.append(msg.subject)
+
+        for subject in ("pki.cert.*.renewal_due", "pki.cert.*.revoked"):
+            await agent.subscribe(subject, cb=hear)
+        await agent.flush()
+        await enrollment.publish("pki.cert.c1.renewal_due", b"{}")
+        await revocation.publish("pki.cert.c1.revoked", b"{}")
+        for _ in range(50):
+            if len(heard) == 2:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(nats.errors.NoRespondersError):
+            await agent.request("certbus.q.audit.history", b"{}", timeout=1.0)
+        await asyncio.sleep(0.2)
+    finally:
+        for nc in (agent, enrollment, revocation):
+            await nc.close()
+    assert sorted(heard) == ["pki.cert.c1.renewal_due", "pki.cert.c1.revoked"]
+    assert not any("permissions violation" in e.lower() for e in errors), errors

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
+import sys
+from asyncio.subprocess import PIPE
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -144,6 +147,57 @@ async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request
         await asyncio.gather(task, return_exceptions=True)
     assert serial_hex(x509.load_pem_x509_certificate(cert_file.read_bytes())) != old.serial
     assert len(await h.stream_messages(f"{h.root}.cert.*.renewal_requested")) == 1  # never a second request
+
+
+async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_cleanly_on_sigterm(
+    renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
+) -> None:
+    """`certbus agent --config` as an operator runs it: one process, two certificates, each with its
+    reload command; renewal-due events from enrollment drive both; SIGTERM stops it with exit 0."""
+    h, enrollment_clock = renewing
+    olds, config = {}, ['[agent]\nrequester = "agent-under-test"\n']
+    for name in ("alpha", "beta"):
+        key, issued = await enroll_with_key(f"{name}.corp.internal")
+        holder_files(tmp_path / name, key, issued)
+        olds[name] = issued
+        config.append(
+            f'[[certificate]]\ncert = "{name}/cert.pem"\nkey = "{name}/key.pem"\n'
+            f'exec = "echo $CERTBUS_SERIAL > {name}/reloaded"\n'
+        )
+    (tmp_path / "agent.toml").write_text("\n".join(config))
+    env = h.env("enrollment")
+    env.update(CERTBUS_HOME=str(tmp_path / "home"))
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli.main", "agent", "--config", str(tmp_path / "agent.toml"),
+        env=env, cwd=tmp_path, stdout=PIPE, stderr=PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(3)  # connected and listening; the renewed certificates' renewal points come later
+        latest = max(o.not_after - (o.not_after - o.not_before) / 3 for o in olds.values())
+        enrollment_clock.at = latest.replace(microsecond=500_000)
+
+        def renewed() -> bool:
+            return all((tmp_path / name / "reloaded").exists() for name in olds)
+
+        await eventually(lambda: asyncio.sleep(0, renewed()), timeout=60, interval=0.2)
+        await eventually(
+            lambda: asyncio.sleep(0, not any((tmp_path / n / "key.pem.old").exists() for n in olds)), timeout=30
+        )
+    finally:
+        if agent.returncode is None:
+            agent.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(agent.communicate(), timeout=30)
+    assert agent.returncode == 0, stderr.decode()
+    assert "certbus agent: stopped" in stdout.decode()
+    for name, old in olds.items():
+        cert = x509.load_pem_x509_certificate((tmp_path / name / "cert.pem").read_bytes())
+        assert serial_hex(cert) != old.serial
+        assert (tmp_path / name / "reloaded").read_text().strip() == serial_hex(cert)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["cert.pem", "chain.pem", "key.pem", "reloaded"]
+    messages = await h.stream_messages(f"{h.root}.cert.*.renewal_requested")
+    requests = [RenewalRequested.model_validate_json(m.data) for m in messages]
+    assert sorted(r.renews_serial for r in requests) == sorted(o.serial for o in olds.values())
+    assert {r.requester for r in requests} == {"agent-under-test"}
 
 
 async def test_certbus_renew_writes_a_new_key_and_certificate(
