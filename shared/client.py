@@ -100,7 +100,11 @@ A = TypeVar("A", bound=BaseModel)
 
 
 class CertbusError(Exception):
-    """Base of the SDK's errors."""
+    """Base of the SDK's errors; `code` names the case when the answering service gave one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Unreachable(CertbusError):
@@ -336,8 +340,9 @@ class CertbusClient:
         except (NatsTimeout, NoRespondersError) as exc:
             raise Unreachable(f"the {service} service did not answer {query!r}") from exc
         data = json.loads(reply.data)
-        if isinstance(data, dict) and set(data) == {"error"}:
-            raise CertbusError(Failure(**data).error)
+        if isinstance(data, dict) and "error" in data and set(data) <= {"error", "code"}:
+            failure = Failure(**data)
+            raise CertbusError(failure.error, failure.code)
         return answer.model_validate(data)
 
     async def publish(self, event: Event, timeout: float = 5.0) -> int:
@@ -575,9 +580,8 @@ class CertbusClient:
         except Unreachable:
             raise
         except CertbusError as exc:
-            # enrollment's only refusal of this query: "no enrollment request '<id>'"
-            if str(exc).startswith("no enrollment request"):
-                raise UnknownRequest(str(exc)) from None
+            if exc.code == "request_unknown":
+                raise UnknownRequest(str(exc), exc.code) from None
             raise
 
     async def profiles(self) -> ProfilesAnswer:

@@ -123,9 +123,10 @@ class ReplayAnswer(Query):
 
 
 class Failure(Query):
-    """A query that could not be answered, and why."""
+    """A query that could not be answered, and why (`code`: a stable name for the case, if it has one)."""
 
     error: str
+    code: str | None = None
 
 
 class RequestsQuery(Query):

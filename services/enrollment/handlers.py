@@ -140,7 +140,7 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         async with rt.pool.acquire() as conn:
             row = await store.request_detail(conn, query.request_id)
         if row is None:
-            return Failure(error=f"no enrollment request {query.request_id!r}")
+            return Failure(error=f"no enrollment request {query.request_id!r}", code="request_unknown")
         return RequestDetail(**row)
 
     @rt.query("profiles")
