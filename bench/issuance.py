@@ -29,9 +29,9 @@ from bench.environment import bench_harness
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
-from shared.client import enrollment_request
 from shared.crypto import build_csr, generate_key, signing_hash
 from shared.events import parse_event
+from shared.holder import enrollment_request
 from shared.lint import errors, lint_certificate
 from shared.profiles import Profile
 from shared.tokens import TokenClaims

@@ -14,9 +14,10 @@ import typer
 from shared import logs
 from shared.agent import Agent, AgentSettings, CertificateEntry, check_entries, load_config
 from shared.cli.common import JsonOpt, emit_json, err, out, run
-from shared.client import CertbusClient, Pending, Rejected, Renewed, load_private_key, new_key_like
+from shared.client import CertbusClient, Pending, Rejected, Renewed
 from shared.crypto import key_pem
 from shared.files import destroy_file, write_atomic
+from shared.holder import load_private_key, new_key_like
 from shared.settings import CommonSettings
 
 

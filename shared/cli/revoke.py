@@ -8,29 +8,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
-from shared.crypto import PrivateKey
 from shared.events import CertificateDestroyed
+from shared.holder import load_private_key
 from shared.reasons import REASONS
 
 TWO_WAYS = (
     "say who revokes: --key key.pem (the certificate's holder: the request is signed with its private "
     "key) or --operator NAME / --as-operator (an operator, named on the revocation)"
 )
-
-
-def load_holder_key(path: Path) -> PrivateKey:
-    """The certificate holder's own private key (PEM, unencrypted): never a CA key."""
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError, OSError) as exc:
-        raise ValueError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{path}: a {type(key).__name__} cannot sign a revocation request: use EC, Ed25519 or RSA")
-    return key
 
 
 def revoke(
@@ -73,8 +60,8 @@ def revoke(
     since = invalid_since.replace(tzinfo=invalid_since.tzinfo or UTC) if invalid_since else None
     if key is not None:
         try:
-            holder_key = load_holder_key(key)
-        except ValueError as exc:
+            holder_key = load_private_key(key.read_bytes(), str(key))
+        except (OSError, ValueError) as exc:
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(EXIT_REFUSED) from None
         requester = os.environ.get("USER", "holder")

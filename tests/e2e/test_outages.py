@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 
 from harness import Harness, eventually
-from shared.client import enrollment_request
 from shared.crypto import build_csr, generate_key
 from shared.devstack import NatsServer, PostgresCluster
 from shared.events import EnrollmentRequested
+from shared.holder import enrollment_request
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 20

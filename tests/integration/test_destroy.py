@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from harness import Harness, eventually
-from shared.client import Rejected, renewal_request
+from shared.client import Rejected
 from shared.crypto import PrivateKey, build_csr, generate_key
 from shared.events import (
     CertificateDestroyed,
@@ -32,6 +32,7 @@ from shared.events import (
     RevocationRejected,
     utcnow,
 )
+from shared.holder import renewal_request
 from shared.queries import StatusAnswer
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture

@@ -11,9 +11,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from harness import Harness, eventually
-from shared.client import Rejected, enrollment_request
+from shared.client import Rejected
 from shared.crypto import build_csr, generate_key
 from shared.events import EnrollmentRequested, utcnow
+from shared.holder import enrollment_request
 from shared.tokens import prove, split_token
 
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import Harness
-from shared.client import SERVICES, Rejected, enrollment_request
+from shared.client import SERVICES, Rejected
+from shared.holder import enrollment_request
 from shared.profiles import Profile, dns_problem, email_problem, ip_problem, key_problem
 
 PROFILE = Profile(

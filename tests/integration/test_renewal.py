@@ -14,7 +14,7 @@ from integration.conftest import EnrollWithKey
 
 from harness import Harness, eventually
 from services.enrollment.renewal import renew_at
-from shared.client import UnknownRequest, renewal_request
+from shared.client import UnknownRequest
 from shared.clock import FixedClock
 from shared.crypto import PrivateKey, build_csr, generate_key
 from shared.db import create_pool, drop_schema
@@ -27,6 +27,7 @@ from shared.events import (
     EnrollmentApproved,
     utcnow,
 )
+from shared.holder import renewal_request
 from shared.queries import RequestDetail
 
 NAME = "renew.corp.internal"

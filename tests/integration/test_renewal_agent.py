@@ -18,9 +18,9 @@ from integration.conftest import EnrollWithKey
 
 from harness import Harness, eventually
 from shared.agent import Agent, AgentSettings, CertificateEntry
-from shared.client import load_private_key
 from shared.crypto import PrivateKey, key_pem, serial_hex, spki_sha256
 from shared.events import CertificateIssued, KeyDestroyed, RenewalRequested
+from shared.holder import load_private_key
 from shared.settings import CommonSettings
 
 

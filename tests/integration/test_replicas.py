@@ -9,9 +9,9 @@ import uuid
 import nats
 
 from harness import Harness, eventually
-from shared.client import enrollment_request
 from shared.crypto import build_csr, generate_key
 from shared.events import EnrollmentApproved, parse_event
+from shared.holder import enrollment_request
 
 N = 30
 

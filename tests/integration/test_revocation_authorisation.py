@@ -14,7 +14,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from harness import Harness, eventually
-from shared.client import Rejected, enrollment_request
+from shared.client import Rejected
 from shared.crypto import KeyType, PrivateKey, build_csr, generate_key, key_pem, sign_message
 from shared.events import (
     CertificateIssued,
@@ -25,6 +25,7 @@ from shared.events import (
     revocation_message,
     utcnow,
 )
+from shared.holder import enrollment_request
 from shared.reasons import Reason
 from shared.settings import CommonSettings
 from shared.stream import ensure_stream

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-import shared.agent as agent_module
+import shared.agent.host as agent_module
 from shared.agent import Agent, AgentSettings, Backoff, CertificateEntry, load_config, run_command
-from shared.client import LifecycleEvent, Rejected, Unreachable, load_private_key
+from shared.client import LifecycleEvent, Rejected, Unreachable
 from shared.clock import FixedClock
 from shared.crypto import (
     PrivateKey,
@@ -44,6 +44,7 @@ from shared.events import (
     renewal_message,
     utcnow,
 )
+from shared.holder import load_private_key
 from shared.queries import StatusAnswer
 from shared.reasons import Reason
 from shared.tokens import create_token

@@ -15,8 +15,7 @@ NON_CA_KEY_LOADERS = {
     "shared/cli/provisioner.py": "the operator's provisioner key, on the operator's side",
     "services/audit/checkpoints.py": "audit's own checkpoint-signing key",
     "services/validation/responder.py": "validation's delegated OCSP responder key and its own provisioner key",
-    "shared/cli/revoke.py": "a certificate holder's own key, signing its revocation request on the holder's side",
-    "shared/client.py": "a certificate holder's own key (renewal, key-destroyed attestation), on the holder's side",
+    "shared/holder.py": "a certificate holder's own key (revocations, renewals, key-destroyed attestations)",
 }
 
 

@@ -22,22 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import random
-import signal
-import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Container
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from datetime import timedelta
+from typing import Literal, Protocol
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.agent.config import AgentSettings, CertificateEntry, check_entries
+from shared.agent.host import CommandFailed, install, run_command
+from shared.agent.state import Backoff, RenewalState, Tracked, renewal_point
 from shared.client import (
     CertbusClient,
     CertbusError,
@@ -45,12 +40,6 @@ from shared.client import (
     Pending,
     Rejected,
     Unreachable,
-    enrollment_request,
-    key_destroyed_attestation,
-    load_private_key,
-    new_key_like,
-    renewal_csr,
-    renewal_request,
 )
 from shared.clock import Clock, SystemClock
 from shared.crypto import key_pem, serial_hex
@@ -60,183 +49,21 @@ from shared.events import (
     CertificateRevoked,
     EnrollmentRequested,
     Event,
-    KeyDestroyed,
     RenewalRequested,
 )
 from shared.files import destroy_file, fsync_dir, write_atomic
+from shared.holder import (
+    enrollment_request,
+    key_destroyed_attestation,
+    load_private_key,
+    new_key_like,
+    renewal_csr,
+    renewal_request,
+)
 from shared.queries import StatusAnswer
 from shared.settings import CommonSettings
 
 log = logging.getLogger("certbus.agent")
-
-
-class AgentSettings(BaseSettings):
-    """When the agent renews and how it backs off (`CERTBUS_AGENT_*`, or `[agent]` in its config file)."""
-
-    model_config = SettingsConfigDict(env_prefix="CERTBUS_AGENT_", extra="forbid")
-
-    requester: str = "agent"
-    renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)  # renew when less than this much lifetime is left
-    check_interval_s: float = Field(default=60.0, gt=0)  # the timer: re-read the certificate files
-    transient_base_s: float = Field(default=1.0, gt=0)
-    transient_cap_s: float = Field(default=300.0, gt=0)
-    terminal_base_s: float = Field(default=600.0, gt=0)
-    terminal_cap_s: float = Field(default=6 * 3600.0, gt=0)
-    request_timeout_s: float = Field(default=30.0, gt=0)
-    command_timeout_s: float = Field(default=60.0, gt=0)
-
-
-class CertificateEntry(BaseModel):
-    """One certificate the agent looks after (a `[[certificate]]` table of the config file)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    cert: Path
-    key: Path
-    chain: Path | None = None  # default: chain.pem beside cert.pem, else <cert stem>.chain.pem
-    profile: str | None = None  # default: the current certificate's profile
-    reload: str | None = Field(default=None, alias="exec")  # shell command run after a renewal
-    token_command: str | None = None  # prints a one-time enrollment token: re-enroll when renewal is refused
-    validity_days: int | None = None
-
-    @property
-    def chain_path(self) -> Path:
-        """Where the chain is written."""
-        if self.chain is not None:
-            return self.chain
-        return self.cert.with_name("chain.pem" if self.cert.name == "cert.pem" else f"{self.cert.stem}.chain.pem")
-
-    def beside_key(self, suffix: str) -> Path:
-        """A file of the renewal in progress, beside the key (`.next`, `.renewal.json`, `.old`)."""
-        return self.key.with_name(self.key.name + suffix)
-
-
-class AgentConfig(BaseModel):
-    """The agent's TOML config file: `[agent]` settings and one or more `[[certificate]]` entries."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agent: dict[str, Any] = {}
-    certificate: list[CertificateEntry] = Field(min_length=1)
-
-
-def load_config(path: Path) -> tuple[AgentSettings, list[CertificateEntry]]:
-    """Settings and entries from a TOML file (relative paths are relative to the file); ValueError says
-    what to change."""
-    try:
-        data = tomllib.loads(path.read_text())
-        config = AgentConfig.model_validate(data)
-        settings = AgentSettings(**config.agent)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the agent config ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from None
-    base = path.parent
-    entries = [
-        entry.model_copy(
-            update={
-                name: base / value
-                for name in ("cert", "key", "chain")
-                if (value := getattr(entry, name)) is not None and not value.is_absolute()
-            }
-        )
-        for entry in config.certificate
-    ]
-    check_entries(entries)
-    return settings, entries
-
-
-def check_entries(entries: list[CertificateEntry]) -> None:
-    """Refuse two entries that share a key or certificate file (they would renew over each other)."""
-    for name in ("key", "cert"):
-        paths = [getattr(e, name).resolve() for e in entries]
-        shared = sorted({str(p) for p in paths if paths.count(p) > 1})
-        if shared:
-            raise ValueError(f"two [[certificate]] entries use the same {name} file {shared[0]}: give each its own")
-
-
-# --- pure decisions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Full-jitter exponential backoff: after n failures, wait uniformly in [0, min(cap, base * 2^(n-1)))."""
-
-    base_s: float
-    cap_s: float
-
-    def ceiling(self, failures: int) -> float:
-        """The longest wait after `failures` consecutive failures."""
-        return min(self.cap_s, self.base_s * math.pow(2, min(max(failures - 1, 0), 64)))
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """How long to wait after `failures` consecutive failures."""
-        return rng.uniform(0, self.ceiling(failures))
-
-
-def renewal_point(not_before: datetime, not_after: datetime, fraction: float) -> datetime:
-    """When less than `fraction` of the certificate's lifetime is left."""
-    return not_after - (not_after - not_before) * fraction
-
-
-@dataclass
-class Tracked:
-    """What the agent knows of one certificate (in memory; the renewal in progress is on disk)."""
-
-    entry: CertificateEntry
-    serial: str = ""
-    not_before: datetime | None = None
-    not_after: datetime | None = None
-    revoked_reason: str | None = None  # from a revocation event or a status check
-    due_cause: str | None = None  # from a renewal-due event
-    use_token: bool = False  # renewal was refused: re-enroll with a token (if a token_command is set)
-    failures: int = 0  # consecutive failures of `failure_kind`
-    failure_kind: Literal["transient", "terminal"] = "transient"
-    retry_at: datetime | None = None
-    waiting_for_connection: bool = False
-    check_status: bool = False
-    renewals: int = 0
-
-    def renewal_reason(self, now: datetime, fraction: float) -> str | None:
-        """Why this certificate should be renewed now, or None."""
-        if self.revoked_reason is not None:
-            return f"revoked ({self.revoked_reason})"
-        if self.due_cause is not None:
-            return f"renewal due ({self.due_cause})"
-        if self.not_before is None or self.not_after is None:
-            return None
-        if now >= self.not_after:
-            return "expired"
-        if now >= renewal_point(self.not_before, self.not_after, fraction):
-            return "less than the renewal fraction of its lifetime left"
-        return None
-
-    def method(self) -> Literal["renewal", "enrollment"]:
-        """Renew with the current key's proof, or (revoked other than by CA compromise, or renewal
-        refused) re-enroll with a one-time token, if the entry can get one."""
-        lost_proof = self.revoked_reason is not None and self.revoked_reason != "cACompromise"
-        if self.entry.token_command and (self.use_token or lost_proof):
-            return "enrollment"
-        return "renewal"
-
-
-class RenewalState(BaseModel):
-    """A renewal in progress, as kept in `<key>.renewal.json` (no secret: requests, certificates, proofs)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    renews_serial: str
-    request: Annotated[RenewalRequested | EnrollmentRequested, Field(discriminator="event_type")]
-    issued: CertificateIssued | None = None
-    installed: bool = False
-    reloaded: bool = False
-    attestation: KeyDestroyed | None = None
-
-
-# --- effects -------------------------------------------------------------------------------------
 
 
 class AgentClient(Protocol):
@@ -256,59 +83,6 @@ class AgentClient(Protocol):
     def lifecycle(self, serials: Container[str]) -> AsyncIterator[LifecycleEvent]: ...
 
     async def close(self) -> None: ...
-
-
-class CommandFailed(Exception):
-    """A token command failed or printed nothing."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """How a shell command ended: its exit code (None: killed at the time limit) and its output."""
-
-    exit_code: int | None
-    stdout: str = field(repr=False)
-
-
-async def run_command(command: str, env: dict[str, str], timeout: float) -> CommandResult:
-    """Run `command` with the shell, in its own process group, killed (with its children) at `timeout`."""
-    proc = await asyncio.create_subprocess_shell(
-        command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
-        start_new_session=True,
-    )
-    try:
-        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        return CommandResult(None, "")
-    return CommandResult(proc.returncode, stdout.decode(errors="replace"))
-
-
-def install(entry: CertificateEntry, issued: CertificateIssued) -> None:
-    """Put the new certificate and key in place; idempotent, so a crash half-way is finished by a rerun.
-
-    The chain first, then the certificate to `<cert>.next`; then the old key is linked to `<key>.old`
-    (to be destroyed later, no copy of it is made) and the new key renamed over it; last, the
-    certificate renamed into place."""
-    next_cert = entry.cert.with_name(entry.cert.name + ".next")
-    next_key, old_key = entry.beside_key(".next"), entry.beside_key(".old")
-    write_atomic(entry.chain_path, issued.chain_pem.encode(), 0o644)
-    write_atomic(next_cert, issued.cert_pem.encode(), 0o644)
-    if next_key.exists():
-        if not old_key.exists():
-            os.link(entry.key, old_key)
-        os.replace(next_key, entry.key)
-        fsync_dir(entry.key.parent)
-    os.replace(next_cert, entry.cert)
-    fsync_dir(entry.cert.parent)
-
-
-# --- the agent -----------------------------------------------------------------------------------
 
 
 class NotConnected(Unreachable):
