@@ -200,6 +200,68 @@ async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_
     assert {r.requester for r in requests} == {"agent-under-test"}
 
 
+async def test_after_its_ca_is_compromised_the_agent_renews_at_once_under_the_replacement_ca(
+    stack: Harness, enroll_with_key: EnrollWithKey, tmp_path: Path
+) -> None:
+    """No clock is moved: revocation's CertificateRenewalDue (cause ca_compromise) alone makes the agent
+    renew, by proof of its key (still only its own), with a new key, from the replacement CA."""
+    old_key, old = await enroll_with_key("ca-hit.corp.internal")
+    cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
+    agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], AgentSettings(), CommonSettings(**stack.common))
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)
+        await asyncio.sleep(0.5)  # subscribed
+        done = await stack.cli(
+            "ca", "compromise", old.issuer_id, "--reason", "HSM backup copied", settings_of="signing"
+        )
+        assert done.returncode == 0, done.stderr
+        await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60, interval=0.2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    (message,) = await stack.stream_messages(f"{stack.root}.cert.*.renewal_requested")
+    request = RenewalRequested.model_validate_json(message.data)
+    (issued_msg,) = await stack.stream_messages(f"{stack.root}.cert.{request.aggregate_id}.issued")
+    issued = CertificateIssued.model_validate_json(issued_msg.data)
+    assert request.renews_serial == old.serial and issued.supersedes == old.serial
+    assert issued.issuer_id != old.issuer_id  # the replacement CA
+    assert issued.spki_sha256 != old.spki_sha256
+    assert serial_hex(x509.load_pem_x509_certificate(cert_file.read_bytes())) == issued.serial
+    async with stack.client() as c:
+        assert (await c.status(issued.serial)).status == "good"
+
+
+async def test_after_a_key_compromise_the_agent_re_enrolls_with_a_token_and_a_new_key(
+    stack: Harness, enroll_with_key: EnrollWithKey, tmp_path: Path
+) -> None:
+    """The old key proves nothing after keyCompromise, so enrollment refuses a key-proof renewal; the
+    agent's token_command gives it a one-time token and it enrolls a new key at once."""
+    old_key, old = await enroll_with_key("leaked.corp.internal")
+    cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
+    (tmp_path / "token").write_text(stack.token("leaked.corp.internal"))
+    entry = CertificateEntry(cert=cert_file, key=key_file, token_command=f"cat {tmp_path / 'token'}")
+    agent = Agent([entry], AgentSettings(), CommonSettings(**stack.common))
+    task = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)
+        await asyncio.sleep(0.5)  # subscribed
+        async with stack.client() as c:
+            await c.revoke(old.serial, "keyCompromise", key=old_key)
+        await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60, interval=0.2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await stack.stream_messages(f"{stack.root}.cert.*.renewal_requested") == []  # no key proof was tried
+    new = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    assert serial_hex(new) != old.serial
+    assert spki_sha256(load_private_key(key_file.read_bytes()).public_key()) != old.spki_sha256
+    async with stack.client() as c:
+        assert (await c.status(serial_hex(new))).status == "good"
+    # the compromised key's file is gone like any superseded key's (it is blocked at enrollment anyway)
+    assert sorted(p.name for p in (tmp_path / "svc").iterdir()) == ["cert.pem", "chain.pem", "key.pem"]
+
+
 async def test_certbus_renew_writes_a_new_key_and_certificate(
     stack: Harness, enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
