@@ -46,6 +46,7 @@ bench: install
 	$(PY) -m bench.issuance
 	$(PY) -m bench.audit
 	$(PY) -m bench.revocation
+	$(PY) -m bench.renewal
 
 clean:
 	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
 from shared.crypto import build_csr, generate_key, signing_hash
-from shared.events import parse_event
+from shared.events import CertificateIssued, Event, parse_event
 from shared.holder import enrollment_request
 from shared.lint import errors, lint_certificate
 from shared.profiles import Profile
@@ -97,10 +98,20 @@ async def end_to_end(h: Harness, csrs: list[bytes], concurrency: int = CONCURREN
         enrollment_request(pem.decode(), h.token(f"svc{i}.bench.internal", ttl=timedelta(minutes=30)), "bench")
         for i, pem in enumerate(csrs)
     ]
+    rate, latencies, _ = await publish_and_wait(h, requests, concurrency)
+    return rate, latencies
+
+
+async def publish_and_wait(
+    h: Harness, requests: Sequence[Event], concurrency: int = CONCURRENCY
+) -> tuple[float, list[float], dict[str, CertificateIssued]]:
+    """Publish requests (at most `concurrency` waiting for their outcome) and wait for every
+    CertificateIssued: (certificates per second, latencies in s, the issued events by request id)."""
     nc = await nats.connect(h.nats_url)
     js = nc.jetstream()
     sent: dict[str, float] = {}
     done: dict[str, float] = {}
+    issued: dict[str, CertificateIssued] = {}
     finished = asyncio.Event()
     slots = asyncio.Semaphore(concurrency)
 
@@ -108,7 +119,9 @@ async def end_to_end(h: Harness, csrs: list[bytes], concurrency: int = CONCURREN
         event = parse_event(msg.data)
         if event.aggregate_id in sent and event.aggregate_id not in done:
             done[event.aggregate_id] = time.perf_counter()
-            if event.event_type != "CertificateIssued":
+            if isinstance(event, CertificateIssued):
+                issued[event.aggregate_id] = event
+            else:
                 print(f"  unexpected outcome {event.event_type}: {msg.data[:200]!r}", file=sys.stderr)
             slots.release()
             if len(done) == len(requests):
@@ -129,7 +142,7 @@ async def end_to_end(h: Harness, csrs: list[bytes], concurrency: int = CONCURREN
     await asyncio.wait_for(finished.wait(), timeout=600)
     elapsed = max(done.values()) - start
     await nc.close()
-    return len(requests) / elapsed, [done[r] - sent[r] for r in sent]
+    return len(requests) / elapsed, [done[r] - sent[r] for r in sent], issued
 
 
 def pct(values: list[float], p: float) -> float:

@@ -47,8 +47,9 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def destroy_file(path: Path, missing_ok: bool = False) -> None:
-    """Overwrite `path` in place with random bytes of its size, sync, unlink, and sync the directory.
+def destroy_file(path: Path, missing_ok: bool = False) -> bool:
+    """Overwrite `path` in place with random bytes of its size, sync, unlink, and sync the directory;
+    False if it did not exist (and `missing_ok`).
 
     Every hard link to the file sees the overwrite (they share the data). On a copy-on-write or
     journalling file system, or a flash device, old blocks may survive an overwrite: this removes
@@ -58,7 +59,7 @@ def destroy_file(path: Path, missing_ok: bool = False) -> None:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
         if missing_ok:
-            return
+            return False
         raise
     with os.fdopen(fd, "wb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -67,3 +68,4 @@ def destroy_file(path: Path, missing_ok: bool = False) -> None:
         os.fsync(f.fileno())
     path.unlink()
     fsync_dir(path.parent)
+    return True

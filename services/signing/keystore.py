@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from shared.crypto import PrivateKey, key_pem
+from shared.files import destroy_file
 
 
 class KeyStoreError(Exception):
@@ -52,8 +53,8 @@ class KeyStore:
         key; False if there was no file (destroyed before, e.g. by a run that crashed before saying so)."""
         self._cache.pop(ca_id, None)
         path = self._path(ca_id)
-        shred(path.with_suffix(".tmp"))
-        return shred(path)
+        destroy_file(path.with_suffix(".tmp"), missing_ok=True)
+        return destroy_file(path, missing_ok=True)
 
     def retain(self, ca_ids: Iterable[str]) -> None:
         """Forget every decrypted key but those of `ca_ids` (CAs closed since are never used again)."""
@@ -78,27 +79,3 @@ class KeyStore:
             raise KeyStoreError(f"the key of CA {ca_id} is of an unsupported type")
         self._cache[ca_id] = key
         return key
-
-
-def shred(path: Path) -> bool:
-    """Overwrite a file with random bytes, fsync it, unlink it and fsync its directory; False if it
-    did not exist. On a journaling or copy-on-write file system, or flash, old blocks may survive the
-    overwrite: the key is encrypted at rest, so this removes the ciphertext's last easy copy."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        remaining = os.fstat(fd).st_size
-        while remaining > 0:
-            remaining -= os.write(fd, os.urandom(min(remaining, 1 << 16)))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.unlink(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the unlink itself survives a crash
-    finally:
-        os.close(directory)
-    return True

@@ -59,7 +59,7 @@ def test_destroy_file_overwrites_the_data_in_place_then_unlinks(tmp_path: Path) 
     write_new(path, secret)
     witness = tmp_path / "witness"
     os.link(path, witness)  # shares the data: shows what the file's blocks hold afterwards
-    destroy_file(path)
+    assert destroy_file(path) is True
     assert not path.exists()
     left = witness.read_bytes()
     assert len(left) == len(secret)
@@ -70,4 +70,4 @@ def test_destroy_file_overwrites_the_data_in_place_then_unlinks(tmp_path: Path) 
 def test_destroy_file_of_a_missing_file_raises_unless_missing_is_fine(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         destroy_file(tmp_path / "gone.pem")
-    destroy_file(tmp_path / "gone.pem", missing_ok=True)
+    assert destroy_file(tmp_path / "gone.pem", missing_ok=True) is False

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pki_builders import NOW
 from services.signing import domain as signing
 from services.signing.domain import CaRecord
-from services.signing.keystore import KeyStore, KeyStoreError, shred
+from services.signing.keystore import KeyStore, KeyStoreError
+from shared.files import destroy_file
 
 PASSPHRASE = b"unit-test-passphrase-0123456789"
 ROOT = CaRecord("root1", "root", "active", None)
@@ -74,7 +75,9 @@ def test_the_final_crl_of_an_expired_ca_lasts_the_usual_crl_validity(issuing: si
     assert signing.final_crl_next_update(issuing.cert, late, timedelta(days=7)) == late + timedelta(days=7)
 
 
-def test_shred_overwrites_and_syncs_before_it_unlinks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_destroying_a_key_file_overwrites_and_syncs_before_it_unlinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "k.pem"
     path.write_bytes(b"S" * 100_000)
     calls: list[str] = []
@@ -92,13 +95,9 @@ def test_shred_overwrites_and_syncs_before_it_unlinks(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(os, "unlink", unlink)
     monkeypatch.setattr(os, "fsync", fsync)
-    assert shred(path) is True
+    assert destroy_file(path) is True
     assert not path.exists()
     assert calls == ["fsync", "unlink", "fsync"]  # the overwrite, then the directory entry
-
-
-def test_shred_of_a_missing_file_says_so(tmp_path: Path) -> None:
-    assert shred(tmp_path / "gone.pem") is False
 
 
 def test_a_destroyed_key_cannot_be_loaded_again(tmp_path: Path) -> None:
