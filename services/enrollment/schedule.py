@@ -97,6 +97,8 @@ class RenewalSchedule:
             async with self._rt.pool.acquire() as conn, conn.transaction():
                 now = self._rt.clock.now()
                 rows = await store.due(conn, now, self._batch)
+                if not rows:
+                    return handled
                 first, then = self._events(rows, now)
                 await store.mark_sent(conn, "renewal_due", [r.cert_id for r in rows if r.renewal_due])
                 await store.mark_sent(conn, "expired", [r.cert_id for r in rows if r.expired])
