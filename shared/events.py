@@ -311,7 +311,8 @@ class CertificateExpired(Event):
 class KeyDestroyed(Event):
     """A holder attests that it destroyed a certificate's private key (aggregate id: the key's
     SPKI SHA-256). `proof` is the key's last signature, over `key_destroyed_message(serial,
-    spki_sha256, destroyed_at)`, made just before the key was overwritten; never the key."""
+    spki_sha256, destroyed_at)`, made just before the key was overwritten; `public_key` is its public
+    half (hashing to `spki_sha256`), so audit checks the proof; never the private key."""
 
     aggregate: ClassVar[str] = "key"
     verb: ClassVar[str] = "destroyed"
@@ -322,6 +323,7 @@ class KeyDestroyed(Event):
     destroyed_at: datetime
     destroyed_by: str
     proof: str
+    public_key: str  # base64 SPKI DER of the destroyed key (public), so anyone can check `proof`
 
 
 class CertificateDestroyed(Event):

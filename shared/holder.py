@@ -13,7 +13,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from shared.crypto import PrivateKey, build_csr, normalise_serial, serial_hex, sign_message, spki_sha256
+from shared.crypto import PrivateKey, build_csr, normalise_serial, serial_hex, sign_message, spki_der, spki_sha256
 from shared.events import (
     EnrollmentRequested,
     KeyDestroyed,
@@ -129,6 +129,7 @@ def key_destroyed_attestation(
     serial = normalise_serial(serial)
     spki = spki_sha256(key.public_key())
     proof = sign_message(key, key_destroyed_message(serial, spki, destroyed_at))
+    public_key = base64.b64encode(spki_der(key.public_key())).decode()
     return KeyDestroyed(
         aggregate_id=spki,
         occurred_at=destroyed_at,
@@ -139,4 +140,5 @@ def key_destroyed_attestation(
         destroyed_at=destroyed_at,
         destroyed_by=destroyed_by,
         proof=base64.b64encode(proof).decode(),
+        public_key=public_key,
     )

@@ -15,6 +15,8 @@ Each check reads the events in log order and reports findings with the position 
 - `renewal`: a certificate issued as a renewal (`supersedes`) whose approval does not name the same
   superseded serial (or the other way round), that renews a serial never issued, or that renews a
   certificate destroyed before it was issued;
+- `key_destroyed`: a holder's key-destroyed attestation for a serial never issued, for another key
+  than the certificate's, or whose proof is not that key's signature;
 - `crl` (`crl_findings`, given the CRL bytes from the object store): a revoked certificate missing
   from its issuer's latest CRL, a CRL whose bytes or signature are wrong, or none published since
   a revocation.
@@ -22,6 +24,8 @@ Each check reads the events in log order and reports findings with the position 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Iterable
@@ -30,9 +34,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from pydantic import ValidationError
 
-from shared.events import PRODUCERS, producer_allowed
+from shared.crypto import load_spki, verify_message
+from shared.events import PRODUCERS, KeyDestroyed, key_destroyed_message, producer_allowed
 from shared.profiles import Profile, key_problem, names_problems
 
 
@@ -83,6 +89,7 @@ class Checker:
     _approved_supersedes: dict[str, str | None] = field(default_factory=dict)
     _issued_serials: set[str] = field(default_factory=set)
     _destroyed: dict[str, int] = field(default_factory=dict)
+    _spki_of: dict[str, str] = field(default_factory=dict)  # serial -> its certificate's SPKI SHA-256
     revocations: dict[str, list[Revoked]] = field(default_factory=dict)
     latest_crl: dict[str, LatestCrl] = field(default_factory=dict)
 
@@ -124,6 +131,8 @@ class Checker:
             self._crl(seq, data)
         elif kind == "CertificateDestroyed":
             self._destroyed.setdefault(str(data.get("serial")), seq)
+        elif kind == "KeyDestroyed":
+            self._key_attested(seq, data)
 
     def _profile_applied(self, data: dict[str, Any]) -> None:
         try:
@@ -146,6 +155,7 @@ class Checker:
         self._after_close(seq, issuer, f"certificate {serial}", self._approved_at.get(request))
         self._renewal(seq, request, serial, _serial(data.get("supersedes")))
         self._issued_serials.add(serial)
+        self._spki_of.setdefault(serial, str(data.get("spki_sha256")))
         first = self._serials.setdefault((issuer, serial), seq)
         if first != seq:
             self._flag("serial", seq, f"serial {serial} of {issuer} was already issued at {first}")
@@ -183,6 +193,22 @@ class Checker:
                 seq,
                 f"certificate {serial} renews certificate {supersedes}, destroyed at {self._destroyed[supersedes]}",
             )
+
+    def _key_attested(self, seq: int, data: dict[str, Any]) -> None:
+        """A holder's attestation must name an issued certificate's own key and carry that key's signature."""
+        try:
+            attested = KeyDestroyed.model_validate(data)
+        except ValidationError as exc:
+            self._flag("key_destroyed", seq, f"a malformed key-destroyed attestation: {exc.error_count()} errors")
+            return
+        serial = attested.serial
+        certified = self._spki_of.get(serial)
+        if certified is None:
+            self._flag("key_destroyed", seq, f"the key of serial {serial} is attested destroyed; it was never issued")
+        elif certified != attested.spki_sha256:
+            self._flag("key_destroyed", seq, f"the attestation for serial {serial} names a key it was not issued for")
+        elif not _attestation_signed(attested):
+            self._flag("key_destroyed", seq, f"the attestation for serial {serial} is not signed by the key it names")
 
     def _revoked(self, seq: int, data: dict[str, Any]) -> None:
         issuer, serial = str(data.get("issuer_id")), str(data.get("serial"))
@@ -279,6 +305,18 @@ class Checker:
 
     def _flag(self, check: str, seq: int, detail: str) -> None:
         self.findings.append(Finding(check, seq, detail))
+
+
+def _attestation_signed(attested: KeyDestroyed) -> bool:
+    """Whether the attestation's public key hashes to its SPKI hash and signed its message."""
+    try:
+        der = base64.b64decode(attested.public_key, validate=True)
+        proof = base64.b64decode(attested.proof, validate=True)
+        public_key = load_spki(der)
+    except (binascii.Error, ValueError, UnsupportedAlgorithm):
+        return False
+    message = key_destroyed_message(attested.serial, attested.spki_sha256, attested.destroyed_at)
+    return hashlib.sha256(der).hexdigest() == attested.spki_sha256 and verify_message(public_key, proof, message)
 
 
 def _serial(value: Any) -> str | None:

@@ -28,11 +28,10 @@ from shared.events import (
     EnrollmentApproved,
     EnrollmentRequested,
     Event,
-    KeyDestroyed,
     RevocationRejected,
     utcnow,
 )
-from shared.holder import renewal_request
+from shared.holder import key_destroyed_attestation, renewal_request
 from shared.queries import StatusAnswer
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture
@@ -344,14 +343,7 @@ async def test_the_history_of_a_renewed_certificate_shows_its_whole_lifecycle_in
             superseded_by_id=new_id,
             not_after=now + timedelta(days=1),
         ),
-        KeyDestroyed(
-            **env("f" * 64, "requester"),
-            serial=old_serial,
-            spki_sha256="f" * 64,
-            destroyed_at=now,
-            destroyed_by="agent",
-            proof="sig",
-        ),
+        key_destroyed_attestation(old_serial, old_key, "agent", now),
     ]
     async with harness.client() as c:
         for event in chain:

@@ -118,6 +118,8 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
         "KeyDestroyed",
     ]
     assert subsequence(in_order, types), types
+    async with h.client() as c:  # the attestation names the certificate's key and is signed by it
+        assert (await c.check()).findings == []
 
 
 async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request_and_renews_when_it_returns(

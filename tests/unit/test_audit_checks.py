@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pki_builders import NOW, issue_leaf, make_profile
 from services.audit.checks import Checker, check_all
 from services.signing import domain as signing
-from shared.crypto import PrivateKey
+from shared.crypto import PrivateKey, spki_der
+from shared.holder import key_destroyed_attestation
 from shared.profiles import Profile
 
 
@@ -253,3 +254,36 @@ def test_revocations_after_a_ca_compromise_need_not_be_in_its_crl() -> None:
     compromised = _e("CaCompromised", "operator", ca_id="ca1", reason="leak", declared_by="alice")
     checker = check_all(enumerate([CA, _approve("r1"), _issue("r1", "a1"), compromised, revoke], start=1))
     assert checker.crl_findings({}, NOW + timedelta(hours=1), GRACE) == []
+
+
+# --- holders' key-destroyed attestations --------------------------------------------------------
+
+
+def _attested(serial: str, key: PrivateKey, **changes: Any) -> bytes:
+    data = json.loads(key_destroyed_attestation(serial, key, "agent-1", NOW).model_dump_json())
+    return json.dumps({**data, **changes}).encode()
+
+
+def _issued_for(request: str, serial: str, key: PrivateKey) -> bytes:
+    spki = hashlib.sha256(spki_der(key.public_key())).hexdigest()
+    return _e("CertificateIssued", "signing", aggregate_id=request, serial=serial, issuer_id="ca1", spki_sha256=spki)
+
+
+def test_a_key_destroyed_attestation_signed_by_the_certificates_key_is_accepted() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert _checks(CA, _approve("r1"), _issued_for("r1", "a1", key), _attested("a1", key)) == []
+
+
+def test_a_key_destroyed_attestation_for_another_key_or_serial_or_with_a_forged_proof_is_found() -> None:
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    forged = json.loads(_attested("a1", other))["proof"]
+    log = [
+        CA,
+        _approve("r1"),
+        _issued_for("r1", "a1", key),
+        _attested("a1", other),  # another key than the certificate's
+        _attested("b2", key),  # a serial never issued
+        _attested("a1", key, proof=forged),  # the right key named, another key's signature
+        _attested("a1", key, destroyed_by="agent-1", destroyed_at="2020-01-01T00:00:00Z"),  # signed another time
+    ]
+    assert _checks(*log) == [("key_destroyed", 4), ("key_destroyed", 5), ("key_destroyed", 6), ("key_destroyed", 7)]

@@ -216,6 +216,7 @@ SAMPLES: dict[type[Event], Event] = {
         destroyed_at=NOW,
         destroyed_by="svc",
         proof="c2ln",
+        public_key="cHVi",
     ),
     CertificateDestroyed: CertificateDestroyed(
         **ENVELOPE,
