@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from services.audit.checks import check_all
 from services.audit.domain import actor, describe
 from shared.cli.main import history_detail
+from shared.crypto import spki_sha256
+from shared.holder import key_destroyed_attestation
 
 OLD, NEW = "a1", "b2"
 
@@ -122,14 +126,25 @@ ORIGINAL = [CA, _approve("r1"), _issue("r1", OLD)]
 
 
 def test_a_consistent_renewal_chain_has_no_findings() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    attestation = key_destroyed_attestation(OLD, key, "agent-1").model_dump_json().encode()
     chain = [
-        *ORIGINAL,
+        CA,
+        _approve("r1"),
+        _raw(
+            "CertificateIssued",
+            "signing",
+            aggregate_id="r1",
+            serial=OLD,
+            issuer_id="ca1",
+            spki_sha256=spki_sha256(key.public_key()),
+        ),
         _raw("CertificateRenewalDue", "enrollment", aggregate_id="r1", serial=OLD, issuer_id="ca1", cause="schedule"),
         _raw("RenewalRequested", "requester", aggregate_id="r2", renews_serial=OLD),
         _approve("r2", OLD),
         _issue("r2", NEW, OLD),
         _raw("CertificateSuperseded", "enrollment", aggregate_id="r1", serial=OLD, superseded_by=NEW),
-        _raw("KeyDestroyed", "requester", aggregate_id="f" * 64, serial=OLD),
+        attestation,
         _raw("DestructionOrdered", "operator", aggregate_id="d1", serial=NEW, operator="carol"),
         _raw("CertificateRevoked", "revocation", aggregate_id="r2", serial=NEW, issuer_id="ca1"),
         _raw("CertificateDestroyed", "revocation", aggregate_id="r2", serial=NEW, issuer_id="ca1"),
