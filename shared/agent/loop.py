@@ -148,10 +148,11 @@ class Agent:
             self._client = None
 
     async def step(self) -> None:
-        """One pass: keep the connection, then move each certificate along as far as it can go now."""
+        """One pass: keep the connection, then move every certificate along as far as it can go now,
+        side by side (one waiting for an outcome does not hold up the others; each has at most one
+        request in flight)."""
         await self._keep_connected()
-        for tracked in self.tracked:
-            await self._tend(tracked)
+        await asyncio.gather(*(self._tend(tracked) for tracked in self.tracked))
 
     def next_wake_in(self) -> float:
         """Seconds until the next thing to do (events wake the agent earlier)."""

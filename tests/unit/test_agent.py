@@ -107,6 +107,8 @@ class FakeCertbus:
         self.certs: dict[str, x509.Certificate] = {}
         self.revoked: dict[str, str] = {}
         self.superseded: dict[str, str] = {}  # old serial -> the serial of the renewal that replaced it
+        self.held: set[str] = set()  # serials whose renewal's outcome waits for `release`
+        self.release = asyncio.Event()
         self.shows_superseded = True  # validation's status shows it
         self.published: list[Event] = []
         self.outcomes: dict[str, CertificateIssued | list[Reason]] = {}
@@ -228,6 +230,8 @@ class FakeClient:
             request_id = request.aggregate_id
             if request_id not in {r.aggregate_id for r in ca.requests()}:
                 ca.published.append(request)
+            if isinstance(request, RenewalRequested) and request.renews_serial in ca.held:
+                await ca.release.wait()  # this one's outcome is slow to come
             if not ca.issuing:
                 raise Unreachable(f"no outcome for request {request_id} within {timeout:.0f} s")
             outcome = ca.outcomes.setdefault(request_id, ca.decide(request))
@@ -385,6 +389,26 @@ async def test_the_old_key_is_destroyed_only_once_certbus_shows_the_old_certific
     await stop(task)
     assert [a.serial for a in ca.attestations()] == [old_serial]
     assert not entry.beside_key(".old").exists()
+
+
+async def test_a_certificate_waiting_for_its_outcome_does_not_hold_up_the_others(
+    ca: FakeCertbus, vt: VirtualTime, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    slow, _, slow_serial = enrolled(ca, tmp_path / "a", age=timedelta(hours=2, minutes=1))
+    fast, _, fast_serial = enrolled(ca, tmp_path / "b", age=timedelta(hours=2, minutes=1))
+    ca.held.add(slow_serial)
+    task = await running(make_agent(ca, vt, slow, fast))
+    async with asyncio.timeout(10):  # the agent's step waits on the slow outcome: no virtual sleep comes
+        while current_serial(fast) == fast_serial:
+            await asyncio.sleep(0.01)
+    assert current_serial(slow) == slow_serial  # its outcome has not come; the other did not wait for it
+    ca.release.set()
+    await vt.run_until(START + timedelta(minutes=2))
+    await stop(task)
+    assert current_serial(slow) != slow_serial
+    assert len(ca.requests()) == 2
 
 
 async def test_an_unanswered_request_is_retried_on_the_short_schedule_with_the_same_request(
