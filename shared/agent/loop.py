@@ -14,7 +14,8 @@ resumes it and never sends a second request:
 On success: chain, cert to `<cert>.next`, rename the key, rename the cert, run the reload command,
 publish the old key's signed KeyDestroyed, overwrite and unlink the old key. Failures back off with
 full jitter: short for transient ones (NATS or a service unreachable, no outcome yet), long for
-refusals. One loop does everything, one request at a time, and reconnects lazily, once per slot.
+refusals. One loop tends every certificate side by side, each with at most one request in flight,
+and reconnects lazily, once per slot.
 """
 
 from __future__ import annotations
