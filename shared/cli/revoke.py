@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
-from shared.events import CertificateDestroyed
 from shared.holder import load_private_key
 from shared.reasons import REASONS
 
@@ -102,7 +101,6 @@ def destroy(
     """
     name = operator(who)
     destroyed = run(lambda c: c.destroy(serial, name, reason, timeout), requester="operator")
-    assert isinstance(destroyed, CertificateDestroyed)
     if as_json:
         emit_json(destroyed.model_dump(mode="json"))
         return
