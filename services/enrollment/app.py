@@ -7,6 +7,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from services.enrollment.handlers import NAME, expire_overdue, register
+from services.enrollment.replay import LogPosition
 from services.enrollment.schedule import RenewalSchedule
 from shared.clock import Clock
 from shared.loops import WakeableLoop
@@ -19,6 +20,7 @@ def build(settings: EnrollmentSettings | None = None, clock: Clock | None = None
     settings = settings or EnrollmentSettings()
 
     async def on_start(rt: Runtime) -> None:
+        await position.mark_start()  # before the consumer runs: what was on the log before this process
         expiry.start()
         schedule.loop.start()
 
@@ -30,8 +32,9 @@ def build(settings: EnrollmentSettings | None = None, clock: Clock | None = None
         NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
     )
     # Pending approvals whose window closed are rejected (checked every pending_sweep_s).
-    expiry = WakeableLoop("approval-expiry", lambda: expire_overdue(rt), idle_s=settings.pending_sweep_s)
+    position = LogPosition(rt)
+    expiry = WakeableLoop("approval-expiry", lambda: expire_overdue(rt, position), idle_s=settings.pending_sweep_s)
     # Renewal-due, expired and superseded events, sent when due (checked every renewal_check_s).
-    schedule = RenewalSchedule(rt, settings)
-    register(rt, settings, schedule)
+    schedule = RenewalSchedule(rt, settings, position)
+    register(rt, settings, schedule, position)
     return app, rt

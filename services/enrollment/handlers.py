@@ -23,6 +23,7 @@ from pydantic import Field
 
 from services.enrollment import domain, renewal, store
 from services.enrollment.domain import profile_of
+from services.enrollment.replay import LogPosition
 from services.enrollment.schedule import RenewalSchedule
 from shared.consumer import Delivery, EventRejected
 from shared.crypto import spki_sha256
@@ -95,7 +96,7 @@ LIFECYCLE = (CertificateRevoked, CertificateDestroyed, CertificateRenewalDue, Ce
 CONSUMED: tuple[type[Event], ...] = get_args(get_args(Consumed)[0])
 
 
-def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedule) -> None:
+def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedule, position: LogPosition) -> None:
     """Attach enrollment's consumer and queries to the runtime."""
     rt.publishes(
         EnrollmentApproved,
@@ -107,12 +108,14 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
     )
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, EnrollmentRequested):
-            return [await _decide(conn, rt, settings, event, delivery.accepted_at)]
-        if isinstance(event, RenewalRequested):
-            return await _renew(conn, rt, settings, event, delivery.accepted_at)
-        if isinstance(event, ApprovalGranted | ApprovalDenied):
-            return await _operator_decision(conn, rt, settings, event)
+        if isinstance(event, EnrollmentRequested | RenewalRequested | ApprovalGranted | ApprovalDenied):
+            # Judged again when the tables are rebuilt from the log, but answered only once.
+            publish = not await position.answered(event.aggregate_id, delivery.seq)
+            if isinstance(event, EnrollmentRequested):
+                return await _decide(conn, rt, settings, event, delivery.accepted_at, publish)
+            if isinstance(event, RenewalRequested):
+                return await _renew(conn, rt, settings, event, delivery.accepted_at, publish)
+            return await _operator_decision(conn, rt, settings, event, publish)
         if isinstance(event, LIFECYCLE):
             await schedule.project(conn, event, delivery.seq)
             return []
@@ -211,7 +214,8 @@ async def _decide(
     settings: EnrollmentSettings,
     request: EnrollmentRequested,
     accepted_at: datetime,
-) -> OutboxEntry:
+    publish: bool = True,
+) -> list[OutboxEntry]:
     now = rt.clock.now()
     record = store.RequestRecord(
         request_id=request.aggregate_id,
@@ -255,7 +259,7 @@ async def _decide(
             record.status = "approved"
             decision = _approved(record, request.csr_pem, claims.provisioner_id, claims.token_id, "policy", envelope)
     await store.record_request(conn, record)
-    return await enqueue(conn, decision, rt.root)
+    return await _answer(conn, rt, decision, publish)
 
 
 def _approved(
@@ -355,6 +359,7 @@ async def _renew(
     settings: EnrollmentSettings,
     request: RenewalRequested,
     accepted_at: datetime,
+    publish: bool = True,
 ) -> list[OutboxEntry]:
     """Decide a renewal: approve (or hold for an operator) a new key for the same names, or refuse."""
     if await store.request(conn, request.aggregate_id) is not None:
@@ -409,7 +414,7 @@ async def _renew(
                 record, request.csr_pem, record.provisioner_id or "", record.token_id or "", "policy", envelope
             )
     await store.record_request(conn, record)
-    return [await enqueue(conn, decision, rt.root)]
+    return await _answer(conn, rt, decision, publish)
 
 
 async def _check_renewal(
@@ -460,9 +465,14 @@ async def _still_renewable(conn: asyncpg.Connection, serial: str, at: datetime, 
 
 
 async def _operator_decision(
-    conn: asyncpg.Connection, rt: Runtime, settings: EnrollmentSettings, event: ApprovalGranted | ApprovalDenied
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    settings: EnrollmentSettings,
+    event: ApprovalGranted | ApprovalDenied,
+    publish: bool = True,
 ) -> list[OutboxEntry]:
-    """An operator approves or refuses a pending request (anything else is recorded and ignored)."""
+    """An operator approves or refuses a pending request (anything else is recorded and ignored).
+    Re-read from the log (`publish` False) it is judged at the time the operator decided."""
     record = await store.request(conn, event.aggregate_id, lock=True)
     if record is None or record.status != "pending":
         log.warning(
@@ -471,29 +481,29 @@ async def _operator_decision(
         )
         return []
     now = rt.clock.now()
+    at = now if publish else event.occurred_at
     envelope = _envelope(event, now)
     assert record.expires_at is not None
-    if event.occurred_at > record.expires_at or now > record.expires_at:
-        return [await _expire(conn, rt, record, envelope)]
+    if event.occurred_at > record.expires_at or at > record.expires_at:
+        return await _expire(conn, rt, record, envelope, publish)
     if isinstance(event, ApprovalDenied):
         reason = Reason(code="operator_rejected", message=f"rejected by {event.operator}: {event.reason}")
         await store.decide(conn, record.request_id, "rejected", [reason], event.operator, now)
-        return [
-            await enqueue(conn, EnrollmentRejected(reasons=[reason], rejected_by=event.operator, **envelope), rt.root)
-        ]
+        denied = EnrollmentRejected(reasons=[reason], rejected_by=event.operator, **envelope)
+        return await _answer(conn, rt, denied, publish)
     # Judge again under the profile as it is now: it may have changed while the request waited.
     reasons, digest = await _still_acceptable(conn, record)
     if not reasons and record.renews_serial is not None:
-        reasons = await _still_renewable(conn, record.renews_serial, now, timedelta(seconds=settings.renewal_grace_s))
+        reasons = await _still_renewable(conn, record.renews_serial, at, timedelta(seconds=settings.renewal_grace_s))
     if reasons:
         await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
-        return [await enqueue(conn, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), rt.root)]
+        return await _answer(conn, rt, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), publish)
     record.profile_digest = digest
     await store.decide(conn, record.request_id, "approved", [], event.operator, now, digest)
     approved = _approved(
         record, record.csr_pem or "", record.provisioner_id or "", record.token_id or "", event.operator, envelope
     )
-    return [await enqueue(conn, approved, rt.root)]
+    return await _answer(conn, rt, approved, publish)
 
 
 async def _still_acceptable(conn: asyncpg.Connection, record: store.RequestRecord) -> tuple[list[Reason], str | None]:
@@ -512,19 +522,32 @@ async def _still_acceptable(conn: asyncpg.Connection, record: store.RequestRecor
 
 
 async def _expire(
-    conn: asyncpg.Connection, rt: Runtime, record: store.RequestRecord, envelope: dict[str, Any]
-) -> OutboxEntry:
+    conn: asyncpg.Connection, rt: Runtime, record: store.RequestRecord, envelope: dict[str, Any], publish: bool = True
+) -> list[OutboxEntry]:
     assert record.expires_at is not None
     reason = Reason(
         code="approval_expired",
         message=f"no operator approved the request before {record.expires_at:%Y-%m-%d %H:%M} UTC: request again",
     )
     await store.decide(conn, record.request_id, "expired", [reason], NAME, rt.clock.now())
-    return await enqueue(conn, EnrollmentRejected(reasons=[reason], rejected_by=NAME, **envelope), rt.root)
+    return await _answer(conn, rt, EnrollmentRejected(reasons=[reason], rejected_by=NAME, **envelope), publish)
 
 
-async def expire_overdue(rt: Runtime, batch: int = 100) -> int:
-    """Reject pending requests whose approval window closed; returns how many."""
+async def _answer(conn: asyncpg.Connection, rt: Runtime, decision: Event, publish: bool) -> list[OutboxEntry]:
+    """Put a decision in the outbox; unless the log already has the answer (the tables are being
+    rebuilt from it), in which case the decision only rebuilt them."""
+    if not publish:
+        log.debug("already answered on the log", extra={"request": decision.aggregate_id})
+        return []
+    return [await enqueue(conn, decision, rt.root)]
+
+
+async def expire_overdue(rt: Runtime, position: LogPosition, batch: int = 100) -> int:
+    """Reject pending requests whose approval window closed; returns how many. Not before the
+    consumer has caught up with the log: a request pending in rebuilt tables may have been decided
+    later on the log."""
+    if not await position.caught_up():
+        return 0
     expired = 0
     while True:
         async with rt.pool.acquire() as conn, conn.transaction():
@@ -538,7 +561,7 @@ async def expire_overdue(rt: Runtime, batch: int = 100) -> int:
                     "causation_id": None,
                     "producer": NAME,
                 }
-                entries.append(await _expire(conn, rt, record, envelope))
+                entries.extend(await _expire(conn, rt, record, envelope))
         await rt.publish_pending(entries)
         expired += len(overdue)
         if len(overdue) < batch:

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from cryptography import x509
-from nats.js.errors import NotFoundError
 
 from services.enrollment import renewal, store
 from services.enrollment.domain import profile_of
+from services.enrollment.replay import LogPosition
 from shared.consumer import EventRejected
 from shared.crypto import spki_der, spki_sha256
 from shared.events import (
@@ -42,11 +42,11 @@ class RenewalSchedule:
     """Sends each certificate's renewal-due (at its renewal point), expired (at notAfter) and
     superseded (once renewed) events, once each, through the outbox, in bounded batches."""
 
-    def __init__(self, rt: Runtime, settings: EnrollmentSettings) -> None:
+    def __init__(self, rt: Runtime, settings: EnrollmentSettings, position: LogPosition) -> None:
         self._rt = rt
+        self._position = position
         self._grace = timedelta(seconds=settings.renewal_grace_s)
         self._batch = settings.renewal_batch
-        self._caught_up = False
         self.loop = WakeableLoop("renewal-schedule", self.step, idle_s=settings.renewal_check_s)
 
     def wake(self) -> None:
@@ -73,24 +73,9 @@ class RenewalSchedule:
         else:
             raise EventRejected(f"the certificate projection does not apply {event.event_type}")
 
-    async def caught_up(self) -> bool:
-        """Whether the `requests` consumer has applied the whole log once since this process started.
-
-        Only a consumer that starts behind (a replay, a restart after downtime) can have unread
-        events of the schedule's own on the log; once it has been seen with nothing pending and
-        nothing unacknowledged, every event the schedule sent earlier has been read back."""
-        if not self._caught_up:
-            rt = self._rt
-            try:
-                info = await rt.js.consumer_info(rt.settings.stream, rt.durable("requests"))
-            except NotFoundError:
-                return False  # not created yet: the consumer starts after the timer
-            self._caught_up = info.num_pending == 0 and info.num_ack_pending == 0
-        return self._caught_up
-
     async def step(self) -> int:
         """Send every scheduled event due now; returns how many certificates were handled."""
-        if not await self.caught_up():
+        if not await self._position.caught_up():
             return 0
         handled = 0
         while True:

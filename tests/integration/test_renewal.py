@@ -323,4 +323,9 @@ async def test_rebuilding_enrollment_from_the_log_resends_nothing(
     await eventually(rebuilt, timeout=20)
     async with harness.client() as c:
         assert (await c.request(new.aggregate_id)).status == "issued"
+        assert (await c.request(old.aggregate_id)).status == "issued"
     await _sent_once_each(harness, old, new)
+    # The requests were judged again to rebuild the tables, and answered once: no decision twice.
+    for cert_id in (old.aggregate_id, new.aggregate_id):
+        assert len(await _events(harness, cert_id, "approved")) == 1
+        assert await _events(harness, cert_id, "rejected") == []

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki_builders import NOW, TLS_SERVER, csr_pem, make_csr, make_profile, patched_csr
 from services.enrollment.domain import Approval, Names, csr_der, load_csr
+from services.enrollment.handlers import expire_overdue
 from services.enrollment.renewal import (
     Certified,
     RenewalContext,
@@ -299,3 +300,18 @@ def test_renewal_falls_due_when_the_profile_says() -> None:
 
 def test_a_profile_that_does_not_renew_automatically_schedules_no_renewal() -> None:
     assert renew_at(NOW, NOW + timedelta(days=30), make_profile(auto_renew=False)) is None
+
+
+# --- timers wait until the log has been read through ----------------------------------------------
+
+
+class _Behind:
+    """A log position whose consumer has not caught up yet (a rebuild in progress)."""
+
+    async def caught_up(self) -> bool:
+        return False
+
+
+async def test_pending_requests_are_not_expired_while_the_consumer_is_still_reading_the_log() -> None:
+    # The runtime is never touched: the sweep stops before reading any table.
+    assert await expire_overdue(object(), _Behind()) == 0  # type: ignore[arg-type]

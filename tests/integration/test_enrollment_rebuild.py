@@ -1,0 +1,79 @@
+"""Enrollment's tables dropped and rebuilt from the log: every request is judged again to rebuild
+them, but answered only once (its decision is already on the log), and the approval-expiry timer
+does not expire, from stale tables, a request the log shows an operator approved."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import nats
+
+from harness import Harness, eventually
+from shared.client import Pending, UnknownRequest
+from shared.clock import FixedClock
+from shared.crypto import build_csr, generate_key
+from shared.db import create_pool, drop_schema
+from shared.events import utcnow
+
+
+async def _decisions(h: Harness, request_id: str) -> dict[str, int]:
+    counts = {}
+    for verb in ("pending", "approved", "rejected"):
+        counts[verb] = len(await h.stream_messages(f"{h.root}.cert.{request_id}.{verb}"))
+    return counts
+
+
+async def test_a_rebuild_answers_nothing_again_not_even_an_approved_pending_request_long_past_its_window(
+    harness: Harness,
+) -> None:
+    clock = FixedClock(utcnow())
+    harness.clocks["enrollment"] = clock
+    harness.overrides["enrollment"] = {"pending_sweep_s": 0.1}
+    await harness.start()
+    await harness.register_provisioner()
+    await harness.apply_profiles()
+    key = generate_key("ec-p384")
+    async with harness.client() as c:
+        csr = build_csr(key, ["vault.corp.internal"]).decode()
+        try:
+            await c.enroll(csr, harness.token("vault.corp.internal", profile="high-assurance"), "high-assurance")
+            raise AssertionError("high-assurance waits for an operator")
+        except Pending as waiting:
+            pending_id = waiting.request_id
+        approved = await c.approve(pending_id, "alice")
+        plain = await harness.enroll("plain.corp.internal")
+    before = {rid: await _decisions(harness, rid) for rid in (pending_id, plain.aggregate_id)}
+    assert before[pending_id] == {"pending": 1, "approved": 1, "rejected": 0}
+    assert before[plain.aggregate_id] == {"pending": 0, "approved": 1, "rejected": 0}
+
+    await harness.stop("enrollment")
+    pool = await create_pool(harness.database_url, "enrollment")
+    try:
+        await drop_schema(pool, "enrollment")
+    finally:
+        await pool.close()
+    nc = await nats.connect(harness.nats_url)
+    try:
+        await nc.jetstream().delete_consumer(harness.common["stream"], "enrollment-requests")
+    finally:
+        await nc.close()
+    clock.advance(timedelta(hours=100))  # past the 72 h approval window: rebuilt tables see it pending first
+    harness.overrides["enrollment"]["fetch_batch"] = 1  # one event per transaction: the sweeper can run between
+    await harness.start("enrollment")
+
+    async def rebuilt() -> bool:
+        async with harness.client() as c:
+            for rid in (pending_id, plain.aggregate_id):
+                try:
+                    if (await c.request(rid)).status != "issued":
+                        return False
+                except UnknownRequest:
+                    return False
+        return True
+
+    await eventually(rebuilt, timeout=30, interval=0.2)
+    async with harness.client() as c:
+        detail = await c.request(pending_id)
+    assert (detail.serial, detail.decided_by) == (approved.serial, "alice")
+    for rid, counts in before.items():
+        assert await _decisions(harness, rid) == counts  # nothing answered twice, nothing expired
