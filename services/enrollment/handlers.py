@@ -433,7 +433,7 @@ async def _check_renewal(
         new_key = None
     cert = await store.certificate_by_serial(conn, request.renews_serial)
     name = printable(request.profile or (cert.profile if cert is not None else ""))
-    policy = await store.renewal_policy(conn, name, new_key)
+    policy = await store.renewal_policy(conn, name, new_key, cert.provisioner_id if cert is not None else None)
     profile = profile_of(policy.profile_body, policy.profile_digest or "") if policy.profile_body is not None else None
     ctx = renewal.RenewalContext(
         certificate=cert,
@@ -442,6 +442,7 @@ async def _check_renewal(
         profile_unusable=policy.profile_lint_failed,
         key_certified_as=policy.key_certified_as,
         key_blocked=policy.key_blocked,
+        provisioner_status=policy.provisioner_status,
     )
     ask = renewal.RenewalRequest(request.aggregate_id, request.renews_serial, request.proof, request.validity_days)
     record.profile = name

@@ -55,6 +55,7 @@ class RenewalContext:
     profile_unusable: bool = False
     key_certified_as: str | None = None  # the serial the CSR's key was certified under, if ever
     key_blocked: bool = False
+    provisioner_status: str | None = "active"  # of the provisioner that enrolled the certificate
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ def review_renewal(
                 f"follow that one (`certbus requests show {cert.renewal_in_flight}`)",
             )
         ]
+    if (refused := provisioner_problem(cert, ctx.provisioner_status)) is not None:
+        return [refused]
     if ctx.profile is None:
         return [
             Reason(
@@ -193,6 +196,24 @@ def review_renewal(
     if not isinstance(names, Reason) and (changed := names_changed(cert.names, names)) is not None:
         reasons.append(changed)
     return reasons or outcome
+
+
+def provisioner_problem(cert: Certified, status: str | None) -> Reason | None:
+    """A certificate is renewed on the authority of the provisioner whose token first enrolled it (as
+    step-ca does): once that provisioner is disabled or removed, its certificates are not renewed."""
+    if cert.provisioner_id is None or status == "active":
+        return None
+    if status == "disabled":
+        return Reason(
+            code="provisioner_disabled",
+            message=f"certificate {cert.serial} was enrolled through provisioner {cert.provisioner_id!r}, which is "
+            "disabled: it cannot be renewed; enroll a new key with a token from an active provisioner",
+        )
+    return Reason(
+        code="provisioner_unknown",
+        message=f"certificate {cert.serial} was enrolled through provisioner {cert.provisioner_id!r}, which is no "
+        "longer registered: enroll a new key with a token from an active provisioner",
+    )
 
 
 def names_changed(current: Names, requested: Names) -> Reason | None:

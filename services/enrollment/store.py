@@ -499,17 +499,25 @@ class RenewalPolicy:
     profile_lint_failed: bool
     key_blocked: bool
     key_certified_as: str | None
+    provisioner_status: str | None  # of the provisioner that enrolled the certificate (None: not registered)
 
 
-async def renewal_policy(conn: asyncpg.Connection, profile: str, spki: str | None) -> RenewalPolicy:
-    """The current version of `profile`, and whether the new key is blocked or was ever certified."""
+async def renewal_policy(
+    conn: asyncpg.Connection, profile: str, spki: str | None, provisioner_id: str | None
+) -> RenewalPolicy:
+    """The current version of `profile`, whether the new key is blocked or was ever certified, and the
+    status of the provisioner that enrolled the certificate."""
     row = await conn.fetchrow(
         "SELECT f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
         "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $2) AS blocked, "
-        "(SELECT serial FROM certified_keys WHERE spki_sha256 = $2) AS certified_as "
+        "(SELECT serial FROM certified_keys WHERE spki_sha256 = $2) AS certified_as, "
+        "(SELECT status FROM provisioners WHERE provisioner_id = $3) AS provisioner_status "
         "FROM (SELECT 1) one LEFT JOIN profiles f ON f.name = $1",
         profile,
         spki,
+        provisioner_id,
     )
     assert row is not None
-    return RenewalPolicy(row["body"], row["digest"], row["lint_failed"], row["blocked"], row["certified_as"])
+    return RenewalPolicy(
+        row["body"], row["digest"], row["lint_failed"], row["blocked"], row["certified_as"], row["provisioner_status"]
+    )

@@ -124,6 +124,16 @@ async def test_renewing_a_revoked_certificate_is_refused(stack: Harness, enroll_
     assert code == "certificate_revoked" and "superseded" in message
 
 
+async def test_a_certificate_whose_provisioner_was_disabled_is_not_renewed(
+    stack: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    key, old = await enroll_with_key(NAME)
+    done = await stack.cli("provisioner", "disable", "default", "--reason", "its key leaked")
+    assert done.returncode == 0, done.stderr
+    code, message = await _refusal(stack, await _renew(stack, old, key))
+    assert code == "provisioner_disabled" and "'default'" in message
+
+
 async def test_renewing_with_the_current_key_or_a_key_certified_before_is_refused(
     stack: Harness, enroll_with_key: EnrollWithKey
 ) -> None:

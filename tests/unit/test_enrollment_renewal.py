@@ -127,6 +127,15 @@ def test_a_certificate_just_expired_can_be_renewed_within_the_grace(
 # --- the certificate ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("status", "code"), [("disabled", "provisioner_disabled"), ("removed", "provisioner_unknown")])
+def test_a_certificate_whose_provisioner_is_disabled_or_removed_is_not_renewed(
+    current_key: PrivateKey, new_key: PrivateKey, status: str, code: str
+) -> None:
+    outcome = _review(current_key, new_key, provisioner_status=status)
+    assert isinstance(outcome, list) and [r.code for r in outcome] == [code]
+    assert "prov-1" in outcome[0].message and "token" in outcome[0].message
+
+
 def test_an_unknown_serial_is_refused(current_key: PrivateKey, new_key: PrivateKey) -> None:
     outcome = _review(current_key, new_key, certificate=None)
     assert _codes(outcome) == ["certificate_unknown"]
