@@ -27,7 +27,7 @@ from shared.events import Event
 from shared.outbox import OutboxEntry, OutboxRelay
 from shared.queries import Failure
 from shared.settings import ServiceSettings
-from shared.stream import ensure_consumer_filters, ensure_object_store, ensure_stream
+from shared.stream import ensure_consumer, ensure_object_store, ensure_stream
 
 log = logging.getLogger("certbus.service")
 VERSION = "0.1.0"
@@ -201,8 +201,15 @@ def create_service(
         await ensure_stream(runtime.js, settings)
         await ensure_object_store(runtime.js, settings)
         for durable, filters in runtime.consumers.items():
-            # A durable made by an earlier release keeps its old filters unless told otherwise.
-            await ensure_consumer_filters(runtime.js, settings.stream, durable, filters)
+            # A durable made by an earlier release (or other settings) keeps its config unless told otherwise.
+            await ensure_consumer(
+                runtime.js,
+                settings.stream,
+                durable,
+                filters,
+                ack_wait_s=settings.ack_wait_s,
+                max_deliver=settings.max_deliver,
+            )
         runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
         runtime.relay.loop.start()
         if on_start is not None:

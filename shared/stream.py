@@ -61,17 +61,35 @@ async def ensure_object_store(js: JetStreamContext, settings: CommonSettings) ->
         )
 
 
-async def ensure_consumer_filters(js: JetStreamContext, stream: str, durable: str, filters: Sequence[str]) -> None:
-    """Give an existing durable consumer exactly `filters`, keeping its position and the rest of its config.
+async def ensure_consumer(
+    js: JetStreamContext,
+    stream: str,
+    durable: str,
+    filters: Sequence[str],
+    *,
+    ack_wait_s: float,
+    max_deliver: int,
+) -> None:
+    """Give an existing durable consumer exactly `filters`, `ack_wait_s` and `max_deliver`, keeping
+    its position and the rest of its config.
 
     A pull subscriber binds to an existing durable as it is, so a release whose service consumes a
-    new event type would otherwise never receive it.
+    new event type would otherwise never receive it, and a changed setting would never apply.
     """
     try:
         info = await js.consumer_info(stream, durable)
     except NotFoundError:
-        return  # the subscriber creates it with these filters
+        return  # the subscriber creates it with these settings
     config = info.config
     current = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
-    if set(current) != set(filters):
-        await js.add_consumer(stream, config=replace(config, filter_subject=None, filter_subjects=list(filters)))
+    if set(current) != set(filters) or config.ack_wait != ack_wait_s or config.max_deliver != max_deliver:
+        await js.add_consumer(
+            stream,
+            config=replace(
+                config,
+                filter_subject=None,
+                filter_subjects=list(filters),
+                ack_wait=ack_wait_s,
+                max_deliver=max_deliver,
+            ),
+        )

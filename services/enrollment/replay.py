@@ -15,9 +15,13 @@ with the log once, so that they never act on a state the log has already moved p
 
 from __future__ import annotations
 
+import logging
+
 from nats.js.errors import NotFoundError
 
 from shared.service import Runtime
+
+log = logging.getLogger("certbus.enrollment.replay")
 
 # Verbs that ask rather than answer: a later one of these says nothing about a decision.
 _ASKING = frozenset({"requested", "renewal_requested", "granted", "denied"})
@@ -30,6 +34,7 @@ class LogPosition:
         self._rt = rt
         self.start_seq = 0
         self._caught_up = False
+        self._told = False
 
     async def mark_start(self) -> None:
         """Remember the stream's last sequence (call at start, before the consumer runs)."""
@@ -54,7 +59,9 @@ class LogPosition:
 
         Only a consumer that starts behind (a rebuild, a restart after downtime) can have unread
         events that change what a timer would do; once it has been seen with nothing pending and
-        nothing unacknowledged, that is over for the life of the process."""
+        nothing unacknowledged, that is over for the life of the process. A message delivered to a
+        process that died (or was stopped while fetching it) stays unacknowledged until ack_wait
+        passes and it is redelivered: after a restart the timers may wait that long."""
         if not self._caught_up:
             rt = self._rt
             try:
@@ -62,4 +69,12 @@ class LogPosition:
             except NotFoundError:
                 return False  # not created yet: the consumer starts after the timers
             self._caught_up = info.num_pending == 0 and info.num_ack_pending == 0
+            if info.num_pending == 0 and info.num_ack_pending and not self._told:
+                # Messages delivered to a process that stopped before acknowledging them come back
+                # after ack_wait: the timers wait for them (at most ack_wait after a restart).
+                log.info(
+                    "timers wait for unacknowledged messages to be redelivered",
+                    extra={"unacknowledged": info.num_ack_pending, "ack_wait_s": rt.settings.ack_wait_s},
+                )
+                self._told = True
         return self._caught_up

@@ -29,6 +29,7 @@ from shared.events import (
 )
 from shared.holder import renewal_request
 from shared.queries import RequestDetail
+from shared.settings import ServiceSettings
 
 NAME = "renew.corp.internal"
 
@@ -74,8 +75,8 @@ async def _events(harness: Harness, cert_id: str, verb: str) -> list[bytes]:
     return [m.data for m in await harness.stream_messages(f"{harness.root}.cert.{cert_id}.{verb}")]
 
 
-async def _one(harness: Harness, cert_id: str, verb: str) -> bytes:
-    found: list[bytes] = await eventually(lambda: _events(harness, cert_id, verb), timeout=20)
+async def _one(harness: Harness, cert_id: str, verb: str, timeout: float = 20) -> bytes:
+    found: list[bytes] = await eventually(lambda: _events(harness, cert_id, verb), timeout=timeout)
     assert len(found) == 1, f"{len(found)} {verb} events for {cert_id}"
     return found[0]
 
@@ -219,8 +220,11 @@ async def test_a_renewal_with_a_malformed_csr_is_refused(stack: Harness, enroll_
     assert code == "csr_malformed"
 
 
-async def test_an_enrollment_consumer_from_before_renewal_is_given_the_new_filters(stack: Harness) -> None:
-    """A durable created by the previous release keeps its position and gains the renewal events."""
+async def test_an_enrollment_consumer_from_before_renewal_is_given_the_new_filters_and_settings(
+    stack: Harness,
+) -> None:
+    """A durable created by the previous release keeps its position and gains the renewal events;
+    a changed ack_wait or max_deliver setting applies to it at the next start."""
     await stack.stop("enrollment")
     nc = await nats.connect(stack.nats_url)
     try:
@@ -229,27 +233,36 @@ async def test_an_enrollment_consumer_from_before_renewal_is_given_the_new_filte
         config = (await js.consumer_info(stream, "enrollment-requests")).config
         old = [f for f in config.filter_subjects or [] if not f.endswith(("renewal_requested", "destroyed"))]
         await js.add_consumer(stream, config=replace(config, filter_subjects=old))
-        assert set((await js.consumer_info(stream, "enrollment-requests")).config.filter_subjects or []) == set(old)
+        before = await js.consumer_info(stream, "enrollment-requests")
+        assert set(before.config.filter_subjects or []) == set(old)
+        stack.overrides.setdefault("enrollment", {}).update(ack_wait_s=12.5, max_deliver=7)
         await stack.start("enrollment")
-        filters = (await js.consumer_info(stream, "enrollment-requests")).config.filter_subjects or []
+        after = await js.consumer_info(stream, "enrollment-requests")
     finally:
         await nc.close()
+    filters = after.config.filter_subjects or []
     assert f"{stack.root}.cert.*.renewal_requested" in filters and f"{stack.root}.cert.*.destroyed" in filters
+    assert (after.config.ack_wait, after.config.max_deliver) == (12.5, 7)
+    assert after.delivered.stream_seq == before.delivered.stream_seq  # its position is kept
 
 
 # --- the schedule -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def pinned(harness: Harness) -> tuple[Harness, FixedClock]:
-    """The stack with enrollment and signing on one pinned clock, and the schedule checked often."""
+async def _pin(harness: Harness, **enrollment: object) -> tuple[Harness, FixedClock]:
     clock = FixedClock(utcnow())
     harness.clocks["enrollment"] = harness.clocks["signing"] = clock
-    harness.overrides["enrollment"] = {"renewal_check_s": 0.1}
+    harness.overrides["enrollment"] = {"renewal_check_s": 0.1, **enrollment}
     await harness.start()
     await harness.register_provisioner()
     await harness.apply_profiles()
     return harness, clock
+
+
+@pytest.fixture
+async def pinned(harness: Harness) -> tuple[Harness, FixedClock]:
+    """The stack with enrollment and signing on one pinned clock, and the schedule checked often."""
+    return await _pin(harness)
 
 
 def _advance_to(clock: FixedClock, when: datetime) -> None:
@@ -285,7 +298,8 @@ async def _sent_once_each(harness: Harness, old: CertificateIssued, new: Certifi
     clock = harness.clocks["enrollment"]
     assert isinstance(clock, FixedClock)
     _advance_to(clock, _renew_at(new))
-    await _one(harness, new.aggregate_id, "renewal_due")
+    # A message fetched as enrollment stopped comes back after ack_wait; the schedule waits for it.
+    await _one(harness, new.aggregate_id, "renewal_due", timeout=ServiceSettings().ack_wait_s + 20)
     for verb in ("renewal_due", "superseded", "expired"):
         assert len(await _events(harness, old.aggregate_id, verb)) == 1, verb
     assert not await _events(harness, new.aggregate_id, "expired")
@@ -339,3 +353,36 @@ async def test_rebuilding_enrollment_from_the_log_resends_nothing(
     for cert_id in (old.aggregate_id, new.aggregate_id):
         assert len(await _events(harness, cert_id, "approved")) == 1
         assert await _events(harness, cert_id, "rejected") == []
+
+
+async def test_the_schedule_waits_for_an_event_stranded_by_a_stopped_process(
+    harness: Harness, enroll_with_key: EnrollWithKey
+) -> None:
+    """A revocation delivered to an enrollment that stopped before acknowledging it comes back after
+    ack_wait; until then the schedule sends nothing, so no renewal-due goes out for a revoked certificate."""
+    harness, clock = await _pin(harness, ack_wait_s=3.0)
+    key, cert = await enroll_with_key(NAME)
+    await harness.stop("enrollment")
+    async with harness.client() as c:
+        await c.revoke(cert.serial, "keyCompromise", key=key)
+    nc = await nats.connect(harness.nats_url)
+    try:
+        js = nc.jetstream()
+        stream = harness.common["stream"]
+        assert (await js.consumer_info(stream, "enrollment-requests")).config.ack_wait == 3.0
+        stranded = await js.pull_subscribe_bind("enrollment-requests", stream)
+        # Fetched, never acknowledged: as if the process died (key compromise also blocks the key).
+        msgs = await stranded.fetch(10, timeout=2)
+        assert f"{harness.root}.cert.{cert.aggregate_id}.revoked" in [m.subject for m in msgs]
+    finally:
+        await nc.close()
+    _advance_to(clock, cert.not_after)  # both the renewal point and notAfter have passed
+    await harness.start("enrollment")
+
+    expired = CertificateExpired.model_validate_json(await _one(harness, cert.aggregate_id, "expired"))
+    assert expired.serial == cert.serial
+    assert await _events(harness, cert.aggregate_id, "renewal_due") == []
+    state = await (await harness.db()).fetchval(
+        "SELECT state FROM enrollment.certificates WHERE cert_id = $1", cert.aggregate_id
+    )
+    assert state == "revoked"
