@@ -293,13 +293,35 @@ async def _renewed_and_expired(
     return old, new
 
 
+async def _schedule_state(harness: Harness, cert: CertificateIssued) -> str:
+    """What the schedule sees of `cert`, and how far enrollment's consumer is (for a failure message)."""
+    row = await (await harness.db()).fetchrow(
+        "SELECT state, renew_at, renewal_due_sent, expired_sent, superseded_sent FROM enrollment.certificates "
+        "WHERE cert_id = $1",
+        cert.aggregate_id,
+    )
+    nc = await nats.connect(harness.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(harness.common["stream"], "enrollment-requests")
+    finally:
+        await nc.close()
+    clock = harness.clocks["enrollment"]
+    return (
+        f"clock {clock.now() if clock else None}, certificate {dict(row) if row else None}, consumer: "
+        f"pending {info.num_pending}, unacknowledged {info.num_ack_pending}, redelivered {info.num_redelivered}"
+    )
+
+
 async def _sent_once_each(harness: Harness, old: CertificateIssued, new: CertificateIssued) -> None:
     """After the schedule has run again (the new certificate falls due), nothing was sent twice."""
     clock = harness.clocks["enrollment"]
     assert isinstance(clock, FixedClock)
     _advance_to(clock, _renew_at(new))
     # A message fetched as enrollment stopped comes back after ack_wait; the schedule waits for it.
-    await _one(harness, new.aggregate_id, "renewal_due", timeout=ServiceSettings().ack_wait_s + 20)
+    try:
+        await _one(harness, new.aggregate_id, "renewal_due", timeout=ServiceSettings().ack_wait_s + 20)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; {await _schedule_state(harness, new)}") from exc
     for verb in ("renewal_due", "superseded", "expired"):
         assert len(await _events(harness, old.aggregate_id, verb)) == 1, verb
     assert not await _events(harness, new.aggregate_id, "expired")
