@@ -70,10 +70,11 @@ class LogPosition:
                 return False  # not created yet: the consumer starts after the timers
             self._caught_up = info.num_pending == 0 and info.num_ack_pending == 0
             if info.num_pending == 0 and info.num_ack_pending and not self._told:
-                # Messages delivered to a process that stopped before acknowledging them come back
-                # after ack_wait: the timers wait for them (at most ack_wait after a restart).
+                # In flight here, or delivered to a process that stopped before acknowledging them
+                # (those come back after ack_wait): the timers wait for them either way.
                 log.info(
-                    "timers wait for unacknowledged messages to be redelivered",
+                    "timers wait until every message delivered is acknowledged (one fetched by a "
+                    "stopped process comes back after ack_wait)",
                     extra={"unacknowledged": info.num_ack_pending, "ack_wait_s": rt.settings.ack_wait_s},
                 )
                 self._told = True
