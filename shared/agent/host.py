@@ -17,6 +17,10 @@ class CommandFailed(Exception):
     """A token command failed or printed nothing."""
 
 
+class ReloadFailed(Exception):
+    """The reload command failed: the new certificate is in place, but not in use yet."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """How a shell command ended: its exit code (None: killed at the time limit) and its output."""

@@ -12,7 +12,8 @@ resumes it and never sends a second request:
                           old key waits to sign its own destruction and be destroyed
 
 On success: chain, cert to `<cert>.next`, rename the key, rename the cert, run the reload command,
-publish the old key's signed KeyDestroyed, overwrite and unlink the old key. Failures back off with
+publish the old key's signed KeyDestroyed, overwrite and unlink the old key. A failed reload is
+retried on the short schedule, and the old key waits until one succeeds. Failures back off with
 full jitter: short for transient ones (NATS or a service unreachable, no outcome yet), long for
 refusals. One loop tends every certificate side by side, each with at most one request in flight,
 and reconnects lazily, once per slot.
@@ -32,7 +33,7 @@ from typing import Literal, Protocol
 from cryptography import x509
 
 from shared.agent.config import AgentSettings, CertificateEntry, check_entries
-from shared.agent.host import CommandFailed, install, run_command
+from shared.agent.host import CommandFailed, ReloadFailed, install, run_command
 from shared.agent.state import Backoff, RenewalState, Tracked, renewal_point
 from shared.client import (
     CertbusClient,
@@ -303,6 +304,9 @@ class Agent:
             self._failed(t, "transient", f"waiting for an operator's approval of request {exc.request_id}")
         except Unreachable as exc:
             self._failed(t, "transient", str(exc))
+        except ReloadFailed as exc:
+            # Local and cheap: retried on the short schedule, the old key kept until it succeeds.
+            self._failed(t, "transient", str(exc), logging.ERROR)
         except Rejected as exc:
             self._discard(t.entry)
             codes = ", ".join(r.code for r in exc.reasons)
@@ -328,13 +332,14 @@ class Agent:
         if answer.status in ("revoked", "destroyed") and t.revoked_reason is None:
             t.revoked_reason = answer.reason or answer.status
 
-    def _failed(self, t: Tracked, kind: Literal["transient", "terminal"], why: str) -> None:
+    def _failed(self, t: Tracked, kind: Literal["transient", "terminal"], why: str, level: int | None = None) -> None:
         t.failures = t.failures + 1 if t.failure_kind == kind else 1
         t.failure_kind = kind
         backoff = self._transient if kind == "transient" else self._terminal
         delay = backoff.delay(t.failures, self._rng)
         t.retry_at = self._clock.now() + timedelta(seconds=delay)
-        level = logging.WARNING if kind == "transient" else logging.ERROR
+        if level is None:
+            level = logging.WARNING if kind == "transient" else logging.ERROR
         log.log(
             level,
             f"renewal failed ({kind}): {why}",
@@ -425,11 +430,13 @@ class Agent:
             "CERTBUS_SERIAL": issued.serial,
         }
         result = await run_command(entry.reload, env, self.settings.command_timeout_s)
-        extra = {"cert": str(entry.cert), "exit_code": result.exit_code}
-        if result.exit_code == 0:
-            log.info("reload command ran", extra=extra)
-        else:
-            log.error("reload command failed (the new certificate is in place)", extra=extra)
+        if result.exit_code != 0:
+            ended = "timed out" if result.exit_code is None else f"exit code {result.exit_code}"
+            raise ReloadFailed(
+                f"the reload command failed ({ended}): serial {issued.serial} is in place but not in use; "
+                "the old key is kept until a reload succeeds"
+            )
+        log.info("reload command ran", extra={"cert": str(entry.cert), "serial": issued.serial})
 
     async def _until_superseded(self, state: RenewalState) -> None:
         """A renewed certificate's key is destroyed once Certbus shows the old certificate superseded

@@ -391,6 +391,30 @@ async def test_the_old_key_is_destroyed_only_once_certbus_shows_the_old_certific
     assert not entry.beside_key(".old").exists()
 
 
+async def test_a_failed_reload_is_retried_and_the_old_key_waits_until_one_succeeds(
+    ca: FakeCertbus, vt: VirtualTime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken, tries, marker = tmp_path / "broken", tmp_path / "tries", tmp_path / "reloaded"
+    broken.touch()
+    reload = f'echo x >> {tries}; test ! -e {broken} && echo "$CERTBUS_SERIAL" > {marker}'
+    entry, _, old_serial = enrolled(ca, tmp_path, age=timedelta(hours=2, minutes=1), exec=reload)
+    task = await running(make_agent(ca, vt, entry))
+    await vt.run_until(START + timedelta(minutes=30))
+    new_serial = current_serial(entry)
+    assert new_serial != old_serial and len(ca.requests()) == 1  # installed, and never requested again
+    attempts = len(tries.read_text().split())
+    assert 5 <= attempts <= 40, attempts  # retried on the short schedule (1 s up to 5 min), not hammered
+    assert not marker.exists() and ca.attestations() == [] and entry.beside_key(".old").exists()
+    failed = [r for r in caplog.records if "reload command failed (exit code 1)" in r.getMessage()]
+    assert failed and all(r.levelname == "ERROR" for r in failed)
+    broken.unlink()
+    await vt.run_until(START + timedelta(minutes=40))
+    await stop(task)
+    assert marker.read_text().strip() == new_serial
+    assert [a.serial for a in ca.attestations()] == [old_serial] and len(ca.requests()) == 1
+    assert files_in(tmp_path) == ["cert.pem", "chain.pem", "key.pem", "reloaded", "tries"]
+
+
 async def test_a_certificate_waiting_for_its_outcome_does_not_hold_up_the_others(
     ca: FakeCertbus, vt: VirtualTime, tmp_path: Path
 ) -> None:
