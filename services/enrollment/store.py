@@ -446,7 +446,7 @@ async def mark_sent(conn: asyncpg.Connection, kind: str, cert_ids: list[str]) ->
 
 
 _RENEWAL_DUE = "(state = 'live' AND NOT renewal_due_sent AND renew_at <= $1)"
-_EXPIRED = "(NOT destroyed AND NOT expired_sent AND not_after <= $1)"
+_EXPIRED = "(NOT destroyed AND NOT expired_sent AND not_after < $1)"  # notAfter is still valid (RFC 5280)
 _SUPERSEDED = "(superseded_by IS NOT NULL AND NOT superseded_sent)"
 
 

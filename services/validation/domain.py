@@ -20,17 +20,25 @@ class StatusRecord:
     destroyed_at: datetime | None = None
 
 
-def public_status(status: str, expired_at: datetime | None, destroyed_at: datetime | None) -> str:
+def public_status(
+    status: str,
+    expired_at: datetime | None,
+    destroyed_at: datetime | None,
+    not_after: datetime | None = None,
+    now: datetime | None = None,
+) -> str:
     """What `status` answers for a certificate: destroyed, else revoked, else expired, else good.
 
     `status` is the revocation status (good or revoked) that OCSP and CRLs go by: a destroyed
-    certificate stays revoked there. A superseded certificate stays good until it expires.
+    certificate stays revoked there. A superseded certificate stays good until it expires. A
+    certificate is expired once its notAfter (the last valid second, RFC 5280) has passed, whether
+    or not enrollment's `CertificateExpired` has arrived yet.
     """
     if destroyed_at is not None:
         return "destroyed"
     if status == "revoked":
         return "revoked"
-    if expired_at is not None:
+    if expired_at is not None or (not_after is not None and now is not None and now > not_after):
         return "expired"
     return status
 

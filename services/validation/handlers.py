@@ -127,7 +127,9 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
             return StatusAnswer(serial=query.serial, status="unknown")
         return StatusAnswer(
             serial=row["serial"],
-            status=domain.public_status(row["status"], row["expired_at"], row["destroyed_at"]),
+            status=domain.public_status(
+                row["status"], row["expired_at"], row["destroyed_at"], row["not_after"], rt.clock.now()
+            ),
             cert_id=row["cert_id"],
             issuer_id=row["issuer_id"],
             not_before=row["not_before"],

@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from harness import Harness, eventually
 from shared.client import Rejected
+from shared.clock import FixedClock
 from shared.crypto import PrivateKey, build_csr, generate_key
 from shared.events import (
     CertificateDestroyed,
@@ -263,6 +264,24 @@ async def test_status_shows_superseded_then_expired_then_destroyed(stack: Harnes
         await c.destroy(old.serial, "carol", "expired and replaced")
         assert (await c.status(old.serial)).status == "destroyed"
         assert (await c.status(new.serial)).status == "good"
+
+
+async def test_status_says_expired_once_not_after_has_passed_even_with_enrollment_down(harness: Harness) -> None:
+    clock = FixedClock(utcnow())
+    harness.clocks["validation"] = clock
+    await harness.start()
+    await harness.register_provisioner()
+    await harness.apply_profiles()
+    cert = await harness.enroll("late.corp.internal")
+    await harness.stop("enrollment")  # no CertificateExpired will come
+    async with harness.client() as c:
+        assert (await c.status(cert.serial)).status == "good"
+        clock.advance(cert.not_after - clock.now())
+        assert (await c.status(cert.serial)).status == "good"  # notAfter itself is still valid
+        clock.advance(timedelta(seconds=1))
+        answer = await c.status(cert.serial)
+        assert (answer.status, answer.not_after) == ("expired", cert.not_after)
+        assert (await c.validate(cert.cert_pem)).status == "expired"
 
 
 # --- audit's history of a renewal chain -------------------------------------------------------------

@@ -150,6 +150,14 @@ def test_status_says_destroyed_then_revoked_then_expired(
     assert public_status(status, NOW if expired else None, NOW if destroyed else None) == answer
 
 
+def test_status_says_expired_from_not_after_on_before_the_expired_event_arrives() -> None:
+    later, second = NOW + timedelta(days=1), timedelta(seconds=1)
+    assert public_status("good", None, None, later, later) == "good"  # notAfter is the last valid second
+    assert public_status("good", None, None, later, later + second) == "expired"
+    assert public_status("revoked", None, None, later, later + second) == "revoked"
+    assert public_status("good", None, None, None, later) == "good"  # a row learnt from a revocation only
+
+
 def test_a_destroyed_certificate_presented_for_validation_is_revoked_and_says_destroyed(
     leaf: x509.Certificate, cas: dict[str, x509.Certificate]
 ) -> None:
