@@ -66,6 +66,8 @@ from shared.queries import (
     FindingsQuery,
     HistoryAnswer,
     HistoryQuery,
+    IssuedAnswer,
+    IssuedQuery,
     ProfilesAnswer,
     ProvisionersAnswer,
     ReplayAnswer,
@@ -401,11 +403,18 @@ class CertbusClient:
             return await self._certificate(result, request_id, timeout, wait_visible)
 
     async def _issued_event(self, request_id: str, serial: str) -> CertificateIssued:
-        """The issued event of an issued request, from the audit archive (what `requests fetch` uses)."""
-        for entry in (await self.history(serial)).events:
-            if entry.event_type == "CertificateIssued" and entry.event.get("aggregate_id") == request_id:
-                return CertificateIssued.model_validate(entry.event)
-        raise Unreachable(f"request {request_id} is issued (serial {serial}) but audit has not archived it yet")
+        """The issued event of an issued request, from the audit archive."""
+        issued = await self.issued_certificate(request_id)
+        if issued is None:
+            raise Unreachable(f"request {request_id} is issued (serial {serial}) but audit has not archived it yet")
+        return issued
+
+    async def issued_certificate(self, request_id: str) -> CertificateIssued | None:
+        """The certificate issued for request `request_id` (None if audit has archived none).
+
+        What a requester may read of the archive: its own request's certificate, not a whole history."""
+        answer = await self._ask("audit", "issued", IssuedQuery(request_id=request_id), IssuedAnswer)
+        return CertificateIssued.model_validate(answer.event) if answer.event is not None else None
 
     async def approve(
         self, request_id: str, operator: str, comment: str = "", timeout: float = 30.0

@@ -102,6 +102,19 @@ class HistoryAnswer(Query):
     events: list[HistoryEntry]
 
 
+class IssuedQuery(Query):
+    """The certificate issued for one request (what its requester may fetch), by request id."""
+
+    request_id: str
+
+
+class IssuedAnswer(Query):
+    """The request's `CertificateIssued` event as archived (None: none archived yet)."""
+
+    request_id: str
+    event: dict[str, Any] | None = None
+
+
 class ReplayQuery(Query):
     """Rebuild the archive from stream sequence 1; with `verify`, verify the result afterwards."""
 

@@ -44,6 +44,8 @@ from shared.queries import (
     HistoryAnswer,
     HistoryEntry,
     HistoryQuery,
+    IssuedAnswer,
+    IssuedQuery,
     ReplayAnswer,
     ReplayProgress,
     ReplayQuery,
@@ -97,6 +99,12 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
             cert_id=cert_id,
             events=[_entry(r) for r in rows],
         )
+
+    @rt.query("issued")
+    async def issued(query: IssuedQuery) -> IssuedAnswer:
+        async with rt.pool.acquire() as conn:
+            raw = await store.issued_event(conn, query.request_id)
+        return IssuedAnswer(request_id=query.request_id, event=json.loads(bytes(raw)) if raw is not None else None)
 
     @rt.query("findings")
     async def findings(query: FindingsQuery) -> FindingsAnswer:

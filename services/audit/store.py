@@ -109,6 +109,16 @@ async def history(conn: asyncpg.Connection, serial: str) -> tuple[str | None, li
     return cert_id, rows
 
 
+async def issued_event(conn: asyncpg.Connection, request_id: str) -> bytes | None:
+    """The archived `CertificateIssued` of a request, if any (the first: redeliveries carry the same event)."""
+    raw: bytes | None = await conn.fetchval(
+        "SELECT raw FROM archive WHERE aggregate_id = $1 AND event_type = 'CertificateIssued' "
+        "ORDER BY stream_seq LIMIT 1",
+        request_id,
+    )
+    return raw
+
+
 async def events_of_types(conn: asyncpg.Connection, event_types: list[str], limit: int) -> list[asyncpg.Record]:
     """The newest archived events of the given types."""
     rows: list[asyncpg.Record] = await conn.fetch(

@@ -73,11 +73,7 @@ def requests_fetch(
         detail = await c.request(request_id)
         if detail.serial is None:
             return None
-        history = await c.history(detail.serial)
-        for entry in history.events:
-            if entry.event_type == "CertificateIssued":
-                return CertificateIssued.model_validate(entry.event)
-        return None
+        return await c.issued_certificate(request_id)
 
     issued = run(fetch)
     if issued is None:

@@ -82,6 +82,14 @@ async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes
     assert archived == 1  # audit keeps even what nobody else can read
 
 
+async def test_a_requester_fetches_the_certificate_issued_for_its_request_and_nothing_else(stack: Harness) -> None:
+    issued = await stack.enroll("fetch.corp.internal")
+    async with stack.client() as c:
+        fetched = await eventually(lambda: c.issued_certificate(issued.aggregate_id))
+        assert fetched == issued
+        assert await c.issued_certificate(str(uuid.uuid4())) is None
+
+
 async def test_audit_history_lists_the_lifecycle_in_log_order(stack: Harness, enroll_with_key: EnrollWithKey) -> None:
     key, issued = await enroll_with_key("hist.corp.internal")
     async with stack.client() as c:
