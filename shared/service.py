@@ -170,6 +170,7 @@ def create_service(
         logger=None,
         max_reconnect_attempts=-1,
         graceful_timeout=15.0,
+        drain_timeout=settings.drain_timeout_s,
         inbox_prefix=settings.inbox_prefix,
     )
     runtime: Runtime = Runtime(

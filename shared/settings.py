@@ -45,6 +45,9 @@ class ServiceSettings(CommonSettings):
     max_deliver: int = 10
     ack_wait_s: float = 30.0
     fetch_batch: int = 64
+    # At shutdown, how long NATS may take to drain subscriptions before the connection is closed
+    # anyway (anything unacknowledged is redelivered): a stop stays within a 30 s grace period.
+    drain_timeout_s: int = 10
 
 
 class EnrollmentSettings(ServiceSettings):
