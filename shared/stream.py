@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -93,3 +94,21 @@ async def ensure_consumer(
                 max_deliver=max_deliver,
             ),
         )
+
+
+async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
+    """An object's bytes from the object store, read to the end even if the caller is cancelled.
+
+    nats-py reads an object through an ordered consumer that it unsubscribes only once the last
+    chunk has arrived: cancelled half-way (a service stopping), the subscription is left with
+    chunks nobody reads, and draining the connection then waits its whole timeout. An object
+    (a CRL) is small, so the read is shielded and finishes; the caller's cancellation still
+    propagates. Raises nats-py's errors (NotFoundError, DigestMismatchError, ...) as they are.
+    """
+
+    async def read() -> bytes:
+        store = await js.object_store(bucket)
+        result = await store.get(name)
+        return bytes(result.data or b"")
+
+    return await asyncio.shield(asyncio.ensure_future(read()))

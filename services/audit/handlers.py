@@ -55,6 +55,7 @@ from shared.queries import (
 )
 from shared.service import Runtime
 from shared.settings import AuditSettings
+from shared.stream import read_object
 
 NAME = "audit"
 log = logging.getLogger("certbus.audit")
@@ -173,11 +174,9 @@ async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[chec
 async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
     """An object's bytes, or None if the object store does not have it."""
     try:
-        store_ = await rt.js.object_store(bucket)
-        result = await store_.get(name)
+        return await read_object(rt.js, bucket, name)
     except (nats.js.errors.NotFoundError, nats.js.errors.BadObjectMetaError, nats.js.errors.DigestMismatchError):
         return None
-    return bytes(result.data or b"")
 
 
 async def raise_findings(rt: Runtime, crl_grace_s: float) -> int:

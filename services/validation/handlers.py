@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import io
 import logging
 
 import asyncpg
@@ -39,6 +38,7 @@ from shared.queries import (
     ValidateQuery,
 )
 from shared.service import Runtime
+from shared.stream import read_object
 
 NAME = "validation"
 log = logging.getLogger("certbus.validation")
@@ -205,10 +205,7 @@ def _pem_to_der(pem: str) -> bytes:
 
 
 async def _fetch_crl(rt: Runtime, event: CrlPublished) -> bytes:
-    store_ = await rt.js.object_store(event.object_bucket)
-    buffer = io.BytesIO()
-    await store_.get(event.object_name, writeinto=buffer)
-    der = buffer.getvalue()
+    der = await read_object(rt.js, event.object_bucket, event.object_name)
     if hashlib.sha256(der).hexdigest() != event.sha256 or len(der) != event.size:
         raise EventRejected(f"CRL object {event.object_name} does not match the digest on the event")
     return der
