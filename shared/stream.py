@@ -111,4 +111,7 @@ async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
         result = await store.get(name)
         return bytes(result.data or b"")
 
-    return await asyncio.shield(asyncio.ensure_future(read()))
+    task = asyncio.ensure_future(read())
+    # Once the caller is gone nobody awaits the task: its outcome is retrieved here, not warned about.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)
