@@ -229,37 +229,58 @@ async def _decide(
         decided_by=NAME,
     )
     outcome = await _check(conn, rt, settings, request, accepted_at, record)
-    envelope = _envelope(request, now)
-    decision: Event
     if isinstance(outcome, list):
-        record.reasons = outcome
-        decision = EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
+        decision = _judged(record, request, outcome, accepted_at, _envelope(request, now))
     else:
         approval, claims, profile = outcome
-        record.csr_pem = request.csr_pem  # a parsed CSR: PEM text without NUL
-        record.dns_names = approval.dns_names
-        record.ip_addresses = list(approval.ip_addresses)
-        record.emails = list(approval.emails)
-        record.validity_days = approval.validity_days
-        if profile.require_approval:
-            record.status = "pending"
-            record.decided_by = None
-            record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
-            decision = EnrollmentPending(
-                profile=profile.name,
-                dns_names=approval.dns_names,
-                ip_addresses=list(approval.ip_addresses),
-                emails=list(approval.emails),
-                validity_days=approval.validity_days,
-                requester=request.requester,
-                expires_at=record.expires_at,
-                **envelope,
-            )
-        else:
-            record.status = "approved"
-            decision = _approved(record, request.csr_pem, claims.provisioner_id, claims.token_id, "policy", envelope)
+        decision = _judged(
+            record,
+            request,
+            (approval, profile),
+            accepted_at,
+            _envelope(request, now),
+            provisioner_id=claims.provisioner_id,
+            token_id=claims.token_id,
+        )
     await store.record_request(conn, record)
     return await _answer(conn, rt, decision, publish)
+
+
+def _judged(
+    record: store.RequestRecord,
+    request: EnrollmentRequested | RenewalRequested,
+    outcome: tuple[domain.Approval, Profile] | list[Reason],
+    accepted_at: datetime,
+    envelope: dict[str, Any],
+    provisioner_id: str = "",
+    token_id: str = "",
+) -> Event:
+    """The decision on a judged enrollment or renewal (rejected, pending or approved), noted on `record`."""
+    if isinstance(outcome, list):
+        record.reasons = outcome
+        return EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
+    approval, profile = outcome
+    record.csr_pem = request.csr_pem  # a parsed CSR: PEM text without NUL
+    record.dns_names = approval.dns_names
+    record.ip_addresses = list(approval.ip_addresses)
+    record.emails = list(approval.emails)
+    record.validity_days = approval.validity_days
+    if profile.require_approval:
+        record.status = "pending"
+        record.decided_by = None
+        record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
+        return EnrollmentPending(
+            profile=profile.name,
+            dns_names=approval.dns_names,
+            ip_addresses=list(approval.ip_addresses),
+            emails=list(approval.emails),
+            validity_days=approval.validity_days,
+            requester=request.requester,
+            expires_at=record.expires_at,
+            **envelope,
+        )
+    record.status = "approved"
+    return _approved(record, request.csr_pem, provisioner_id, token_id, "policy", envelope)
 
 
 def _approved(
@@ -382,37 +403,15 @@ async def _renew(
     )
     # Judged at the time the log accepted the request, like a token: not refused for enrollment's delay.
     outcome = await _check_renewal(conn, request, record, accepted_at, timedelta(seconds=settings.renewal_grace_s))
-    envelope = _envelope(request, now)
-    decision: Event
-    if isinstance(outcome, list):
-        record.reasons = outcome
-        decision = EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
-    else:
-        approval, profile = outcome
-        record.csr_pem = request.csr_pem
-        record.dns_names = approval.dns_names
-        record.ip_addresses = list(approval.ip_addresses)
-        record.emails = list(approval.emails)
-        record.validity_days = approval.validity_days
-        if profile.require_approval:
-            record.status = "pending"
-            record.decided_by = None
-            record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
-            decision = EnrollmentPending(
-                profile=profile.name,
-                dns_names=approval.dns_names,
-                ip_addresses=list(approval.ip_addresses),
-                emails=list(approval.emails),
-                validity_days=approval.validity_days,
-                requester=request.requester,
-                expires_at=record.expires_at,
-                **envelope,
-            )
-        else:
-            record.status = "approved"
-            decision = _approved(
-                record, request.csr_pem, record.provisioner_id or "", record.token_id or "", "policy", envelope
-            )
+    decision = _judged(
+        record,
+        request,
+        outcome,
+        accepted_at,
+        _envelope(request, now),
+        provisioner_id=record.provisioner_id or "",
+        token_id=record.token_id or "",
+    )
     await store.record_request(conn, record)
     return await _answer(conn, rt, decision, publish)
 
