@@ -26,6 +26,7 @@ from shared.cli import provisioner
 from shared.client import CertbusClient
 from shared.clock import Clock
 from shared.crypto import build_csr, generate_key
+from shared.db import create_pool, drop_schema
 from shared.devstack import SERVICES, ServiceProcess, free_port
 from shared.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
 from shared.lint import errors, lint_certificate
@@ -189,6 +190,20 @@ class Harness:
     async def stop(self, name: str) -> None:
         app, _ = self.apps.pop(name)
         await app.stop()
+
+    async def forget(self, name: str, durable: str) -> None:
+        """Drop stopped service `name`'s schema and delete its durable consumer `durable`, so that
+        its next start rebuilds its tables from the log (sequence 1)."""
+        pool = await create_pool(self.database_url, name)
+        try:
+            await drop_schema(pool, name)
+        finally:
+            await pool.close()
+        nc = await nats.connect(self.nats_url)
+        try:
+            await nc.jetstream().delete_consumer(self.common["stream"], durable)
+        finally:
+            await nc.close()
 
     def runtime(self, name: str) -> Runtime:
         return self.apps[name][1]

@@ -13,7 +13,7 @@ import typer
 
 from shared import logs
 from shared.agent import Agent, AgentSettings, CertificateEntry, check_entries, load_config
-from shared.cli.common import JsonOpt, emit_json, err, out, run
+from shared.cli.common import JsonOpt, err, out, run, write_issued
 from shared.client import CertbusClient, Pending, Rejected, Renewed
 from shared.crypto import key_pem
 from shared.files import destroy_file, write_atomic
@@ -67,23 +67,8 @@ def renew(
 
     renewed = run(renew_with, requester=os.environ.get("USER", "cli"))
     issued = renewed.issued
-    write_atomic(out_dir / "cert.pem", issued.cert_pem.encode())
-    write_atomic(out_dir / "chain.pem", issued.chain_pem.encode())
-    result = {
-        "serial": issued.serial,
-        "supersedes": issued.supersedes,
-        "issuer": issued.issuer_id,
-        "not_after": issued.not_after,
-        "dns_names": issued.dns_names,
-        "dir": str(out_dir),
-    }
-    if as_json:
-        emit_json(result)
-    else:
-        out.print(
-            f"renewed: serial [bold]{issued.serial}[/] by {issued.issuer_id}, "
-            f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
-        )
+    write_issued(issued, out_dir, as_json, "renewed")
+    if not as_json:
         out.print(f"wrote {key_file} (0600), {out_dir / 'cert.pem'}, {out_dir / 'chain.pem'}")
 
 

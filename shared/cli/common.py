@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 
 from shared.client import CertbusClient, CertbusError, Pending, Rejected, Unreachable
+from shared.events import CertificateIssued
+from shared.files import write_atomic
 from shared.tokens import TokenError
 
 out = Console()
@@ -74,3 +76,27 @@ def refused(exc: Rejected) -> typer.Exit:
 def emit_json(data: Any) -> None:
     """Print JSON for scripts."""
     out.print_json(json.dumps(data, default=str))
+
+
+def write_issued(issued: CertificateIssued, out_dir: Path, as_json: bool, said: str) -> None:
+    """Write `out_dir`/cert.pem and chain.pem (atomically) and say what was issued: JSON for
+    scripts, or `said` ("issued", "renewed", ...) with the serial, issuer and validity."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "cert.pem", issued.cert_pem.encode())
+    write_atomic(out_dir / "chain.pem", issued.chain_pem.encode())
+    result = {
+        "serial": issued.serial,
+        "issuer": issued.issuer_id,
+        "not_after": issued.not_after,
+        "dns_names": issued.dns_names,
+        "dir": str(out_dir),
+    }
+    if issued.supersedes is not None:
+        result["supersedes"] = issued.supersedes
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(
+            f"{said}: serial [bold]{issued.serial}[/] by {issued.issuer_id}, "
+            f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
+        )

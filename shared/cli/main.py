@@ -22,7 +22,7 @@ from shared.cli import provisioner
 from shared.cli.agent import agent, renew
 from shared.cli.audit_views import print_replay, print_verify, replay_failed
 from shared.cli.ca import ca_app
-from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run
+from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run, write_issued
 from shared.cli.policy import key_app, profile_app, provisioner_app
 from shared.cli.report import audit_report
 from shared.cli.requests import approve, reject, requests_app
@@ -160,22 +160,8 @@ def enroll(
         os.chmod(key_file, 0o600)
     requester = os.environ.get("USER", "cli")
     issued = run(lambda c: c.enroll(csr_pem, token, profile, timeout, True, days, wait), requester=requester)
-    (out_dir / "cert.pem").write_text(issued.cert_pem)
-    (out_dir / "chain.pem").write_text(issued.chain_pem)
-    result = {
-        "serial": issued.serial,
-        "issuer": issued.issuer_id,
-        "not_after": issued.not_after,
-        "dns_names": issued.dns_names,
-        "dir": str(out_dir),
-    }
-    if as_json:
-        emit_json(result)
-    else:
-        out.print(
-            f"issued serial [bold]{issued.serial}[/] by {issued.issuer_id}, "
-            f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
-        )
+    write_issued(issued, out_dir, as_json, "issued")
+    if not as_json:
         written = [str(key_file) + " (0600)"] if csr is None else []
         out.print(f"wrote {', '.join([*written, str(out_dir / 'cert.pem'), str(out_dir / 'chain.pem')])}")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shared.cli.common import EXIT_REFUSED, JsonOpt, OperatorOpt, emit_json, err, operator, out, run
+from shared.cli.common import EXIT_REFUSED, JsonOpt, OperatorOpt, emit_json, err, operator, out, run, write_issued
 from shared.client import CertbusClient
 from shared.events import CertificateIssued
 
@@ -79,18 +79,7 @@ def requests_fetch(
     if issued is None:
         err.print(f"no certificate has been issued for request {request_id} (see `certbus requests show`)")
         raise typer.Exit(EXIT_REFUSED)
-    _write(issued, out_dir, as_json)
-
-
-def _write(issued: CertificateIssued, out_dir: Path, as_json: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "cert.pem").write_text(issued.cert_pem)
-    (out_dir / "chain.pem").write_text(issued.chain_pem)
-    result = {"serial": issued.serial, "issuer": issued.issuer_id, "not_after": issued.not_after, "dir": str(out_dir)}
-    if as_json:
-        emit_json(result)
-    else:
-        out.print(f"serial [bold]{issued.serial}[/], valid until {issued.not_after:%Y-%m-%d %H:%M} UTC: {out_dir}")
+    write_issued(issued, out_dir, as_json, "fetched")
 
 
 def approve(

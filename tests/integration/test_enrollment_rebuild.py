@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import nats
-
 from harness import Harness, eventually
 from shared.client import Pending, UnknownRequest
 from shared.clock import FixedClock
 from shared.crypto import build_csr, generate_key
-from shared.db import create_pool, drop_schema
 from shared.events import utcnow
 
 
@@ -47,16 +44,7 @@ async def test_a_rebuild_answers_nothing_again_not_even_an_approved_pending_requ
     assert before[plain.aggregate_id] == {"pending": 0, "approved": 1, "rejected": 0}
 
     await harness.stop("enrollment")
-    pool = await create_pool(harness.database_url, "enrollment")
-    try:
-        await drop_schema(pool, "enrollment")
-    finally:
-        await pool.close()
-    nc = await nats.connect(harness.nats_url)
-    try:
-        await nc.jetstream().delete_consumer(harness.common["stream"], "enrollment-requests")
-    finally:
-        await nc.close()
+    await harness.forget("enrollment", "enrollment-requests")
     clock.advance(timedelta(hours=100))  # past the 72 h approval window: rebuilt tables see it pending first
     harness.overrides["enrollment"]["fetch_batch"] = 1  # one event per transaction: the sweeper can run between
     await harness.start("enrollment")

@@ -17,7 +17,6 @@ from services.enrollment.renewal import renew_at
 from shared.client import UnknownRequest
 from shared.clock import FixedClock
 from shared.crypto import PrivateKey, build_csr, generate_key
-from shared.db import create_pool, drop_schema
 from shared.events import (
     CertificateDestroyed,
     CertificateExpired,
@@ -343,16 +342,7 @@ async def test_rebuilding_enrollment_from_the_log_resends_nothing(
     harness, clock = pinned
     old, new = await _renewed_and_expired(harness, clock, enroll_with_key)
     await harness.stop("enrollment")
-    pool = await create_pool(harness.database_url, "enrollment")
-    try:
-        await drop_schema(pool, "enrollment")
-    finally:
-        await pool.close()
-    nc = await nats.connect(harness.nats_url)
-    try:
-        await nc.jetstream().delete_consumer(harness.common["stream"], "enrollment-requests")
-    finally:
-        await nc.close()
+    await harness.forget("enrollment", "enrollment-requests")
     # One event per transaction: the schedule, woken by each certificate replayed, gets a chance to
     # run between a certificate and the events it had sent about it.
     harness.overrides["enrollment"]["fetch_batch"] = 1
