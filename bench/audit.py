@@ -17,13 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import nats
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bench.environment import bench_harness
+from bench.environment import bench_harness, save_result
 from harness import Harness
 from services.audit import domain
 from services.signing import domain as signing
@@ -249,9 +248,7 @@ async def main() -> None:
             f"ratios to the reference: replay {result['ratio_replay_over_reference']}, "
             f"verify {result['ratio_verify_over_reference']}"
         )
-        out = Path(__file__).parent / "results"
-        out.mkdir(exist_ok=True)
-        (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+        save_result("audit", result)
 
 
 if __name__ == "__main__":

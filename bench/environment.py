@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -45,3 +47,10 @@ async def bench_harness() -> AsyncIterator[Harness]:
         await conn.close()
         if cluster is not None:
             cluster.cleanup()
+
+
+def save_result(name: str, result: dict[str, Any]) -> None:
+    """Write a benchmark's figures to bench/results/<name>.json."""
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -9,7 +9,6 @@ on one core. Figures are medians over ROUNDS; the machine is shared, so read rat
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench.environment import bench_harness
+from bench.environment import bench_harness, save_result
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
@@ -211,9 +210,7 @@ async def run(h: Harness) -> None:
     print(f"enrollment review of one request (CSR, names, profile, token claims): {review:.1f} us")
     print(f"pkilint of one full certificate: {lint:.1f} certs/s ({1000 / lint:.2f} ms each)")
     print(f"ratio end to end / reference: {e2e / ref:.3f}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "issuance.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("issuance", result)
 
 
 if __name__ == "__main__":

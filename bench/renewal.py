@@ -11,17 +11,15 @@ check, CSR and profile checks, names). Medians over ROUNDS; read ratios, not abs
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import nats
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from bench.environment import bench_harness
+from bench.environment import bench_harness, save_result
 from bench.issuance import CONCURRENCY, ROUNDS, N, pct, publish_and_wait
 from harness import Harness
 from services.enrollment import domain, renewal
@@ -155,9 +153,7 @@ async def run(h: Harness) -> None:
     print(f"ratio renewal / enrollment: {renew / enroll:.3f}")
     print(f"every old certificate superseded {result['all_superseded_after_last_renewal_s']} s after the last renewal")
     print(f"enrollment's renewal decision in one process: {result['renewal_decision_us_per_request']} us/request")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "renewal.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("renewal", result)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from cryptography.x509 import ocsp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench.environment import bench_harness
+from bench.environment import bench_harness, save_result
 from harness import Harness, eventually
 from services.signing import domain as signing
 from services.validation import ocsp as responder_core
@@ -357,9 +357,7 @@ async def run(h: Harness) -> None:
         "reference_crl_build_s": round(ref_crl, 2),
         "ca_compromise": marks,
     }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "revocation.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("revocation", result)
     print(json.dumps(result, indent=2))
 
 
