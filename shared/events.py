@@ -3,22 +3,58 @@
 Subjects are `<root>.<aggregate>.<id>.<verb>`. A certificate's aggregate id is the id of the
 enrollment request that created it, so one filter (`pki.cert.<id>.>`) reads the certificate's
 whole life, from request to revocation, and a requester waits on its own request id.
+
+Each event type has exactly one publisher (`Event.publisher`): a service, or an operator. NATS
+lets only that identity publish the type's subject, and a consumer accepts an event only on the
+subject its class names (`shared.binding`), so the subject an event arrived on says what it is and
+who published it; the `producer` field in a body is data, never authority. Every string and list
+is bounded (`shared.bounds`).
 Schemas only grow: add optional fields, never rename or retype (tests/contract snapshots them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from shared.bounds import (
+    MAX_FINDINGS,
+    MAX_REASONS,
+    MAX_SCOPE,
+    MAX_SIGNATURES,
+    Base64,
+    ChainPem,
+    Id,
+    Names,
+    NameText,
+    Pem,
+    Ref,
+    Serial,
+    SerialText,
+    Sha256Hex,
+    Short,
+    Text,
+    Token,
+)
 from shared.profiles import Profile
 from shared.reasons import Reason
 
 SCHEMA_VERSION = 1
+
+# Who may publish an event type: one of the services, or an operator (a person, whose commands are
+# signed with a key registered on the log). Requesters publish nothing on the log itself: their
+# requests go to the ingress stream, and the service that owns them admits them onto the log.
+Publisher = Literal["enrollment", "signing", "validation", "revocation", "audit", "operator"]
+PUBLISHERS: tuple[Publisher, ...] = ("enrollment", "signing", "validation", "revocation", "audit", "operator")
+
+Count = Annotated[int, Field(ge=0, lt=2**63)]
+Days = Annotated[int, Field(ge=-(2**31), lt=2**31)]  # judged by policy, bounded here only as a number
+EmptyOrSha256 = Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
 
 
 def new_event_id() -> uuid.UUID:
@@ -33,15 +69,16 @@ class Event(BaseModel):
 
     aggregate: ClassVar[str]
     verb: ClassVar[str]
+    publisher: ClassVar[Publisher]
 
     event_id: uuid.UUID = Field(default_factory=new_event_id)
     event_type: str
-    aggregate_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    aggregate_id: Id
     occurred_at: datetime
-    correlation_id: str
-    causation_id: str | None = None
-    producer: str
-    schema_version: int = SCHEMA_VERSION
+    correlation_id: Short
+    causation_id: Short | None = None
+    producer: Short  # data: who the body says published it; the subject is the authority
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, lt=2**31)
 
     def subject(self, root: str) -> str:
         """The log subject this event is published on."""
@@ -58,47 +95,117 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class OperatorSignature(BaseModel):
+    """One operator's signature over a command (`operator_message`), by the key registered for them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    operator: Id  # the operator's registered name: whose key made the signature
+    signature: Base64
+
+
+class OperatorCommand(Event):
+    """An event only an operator publishes. It counts only with enough valid `signatures` by
+    operator keys registered on the log before it (`shared.operators`): the NATS credential that
+    carried it is not enough, and the operator recorded is whoever signed it."""
+
+    publisher: ClassVar[Publisher] = "operator"
+
+    signatures: list[OperatorSignature] = Field(default=[], max_length=MAX_SIGNATURES)
+
+
+# --- operators (who may command Certbus, and how many must agree) ----------------------------
+
+
+class OperatorRegistered(OperatorCommand):
+    """An operator's public key (aggregate id: the operator's name), with which they sign commands.
+
+    The first registration on an empty log is the genesis: signed by its own key. Every later one
+    (a new operator, or a new key) is signed by operators already registered, as many as the
+    `operator` quorum asks."""
+
+    aggregate: ClassVar[str] = "operator"
+    verb: ClassVar[str] = "registered"
+    event_type: Literal["OperatorRegistered"] = "OperatorRegistered"
+
+    public_key: Base64  # base64 SubjectPublicKeyInfo DER: Ed25519 or EC P-256
+    registered_by: Short
+
+
+class OperatorRemoved(OperatorCommand):
+    """An operator's key no longer counts (aggregate id: the operator's name)."""
+
+    aggregate: ClassVar[str] = "operator"
+    verb: ClassVar[str] = "removed"
+    event_type: Literal["OperatorRemoved"] = "OperatorRemoved"
+
+    reason: Text = ""
+    removed_by: Short
+
+
+QuorumCommand = Literal["operator", "ca_compromise", "ca_retire"]
+
+
+class QuorumSet(OperatorCommand):
+    """How many operators must sign one kind of command (aggregate id: the kind): the two-person
+    rule. `operator` covers registering and removing operators and changing quorums; approvals take
+    their count from the profile (`approvals_required`)."""
+
+    aggregate: ClassVar[str] = "quorum"
+    verb: ClassVar[str] = "set"
+    event_type: Literal["QuorumSet"] = "QuorumSet"
+
+    required: int = Field(ge=1, le=MAX_SIGNATURES)
+    set_by: Short
+
+
 # --- provisioners and profiles (operator policy; every change is on the audited log) --------
 
 
-class ProvisionerRegistered(Event):
+class ProvisionerRegistered(OperatorCommand):
     """An operator added (or re-keyed) a provisioner whose key signs one-time enrollment tokens.
 
     The key is Ed25519 (tokens signed with EdDSA) or EC P-256 (ES256). Registering again enables
-    a disabled provisioner.
+    a disabled provisioner. A provisioner may be scoped: to some profiles, to names under some
+    suffixes, to some requesters (their authenticated identities), and to a number of
+    certificates an hour; None means no limit of that kind.
     """
 
     aggregate: ClassVar[str] = "provisioner"
     verb: ClassVar[str] = "registered"
     event_type: Literal["ProvisionerRegistered"] = "ProvisionerRegistered"
 
-    name: str
-    public_key_pem: str
-    registered_by: str
+    name: Short
+    public_key_pem: Pem
+    registered_by: Short
+    profiles: list[Short] | None = Field(default=None, max_length=MAX_SCOPE)
+    name_suffixes: list[NameText] | None = Field(default=None, max_length=MAX_SCOPE)
+    requesters: list[Short] | None = Field(default=None, max_length=MAX_SCOPE)
+    max_per_hour: int | None = Field(default=None, ge=0, lt=2**31)
 
 
-class ProvisionerDisabled(Event):
+class ProvisionerDisabled(OperatorCommand):
     """An operator disabled a provisioner: its tokens stop working at once."""
 
     aggregate: ClassVar[str] = "provisioner"
     verb: ClassVar[str] = "disabled"
     event_type: Literal["ProvisionerDisabled"] = "ProvisionerDisabled"
 
-    reason: str
-    disabled_by: str
+    reason: Text
+    disabled_by: Short
 
 
-class ProvisionerRemoved(Event):
+class ProvisionerRemoved(OperatorCommand):
     """An operator removed a provisioner for good (its tokens never work again)."""
 
     aggregate: ClassVar[str] = "provisioner"
     verb: ClassVar[str] = "removed"
     event_type: Literal["ProvisionerRemoved"] = "ProvisionerRemoved"
 
-    removed_by: str
+    removed_by: Short
 
 
-class ProfileApplied(Event):
+class ProfileApplied(OperatorCommand):
     """An operator applied a certificate profile (aggregate id: the profile name)."""
 
     aggregate: ClassVar[str] = "profile"
@@ -106,8 +213,8 @@ class ProfileApplied(Event):
     event_type: Literal["ProfileApplied"] = "ProfileApplied"
 
     profile: Profile
-    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
-    applied_by: str
+    digest: Sha256Hex
+    applied_by: Short
 
 
 class LintResult(BaseModel):
@@ -115,10 +222,16 @@ class LintResult(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    severity: str
-    code: str
-    message: str = ""
-    key_type: str | None = None
+    severity: Short
+    code: Short
+    message: Text = ""
+    key_type: Short | None = None
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _shortened(cls, value: object) -> object:
+        """Lint messages quote what they read: cut to the bound rather than lose the finding."""
+        return value[:2048] if isinstance(value, str) else value
 
 
 class ProfileLinted(Event):
@@ -126,24 +239,27 @@ class ProfileLinted(Event):
 
     aggregate: ClassVar[str] = "profile"
     verb: ClassVar[str] = "linted"
+    publisher: ClassVar[Publisher] = "signing"
     event_type: Literal["ProfileLinted"] = "ProfileLinted"
 
-    digest: str
-    issuer_id: str
+    digest: Sha256Hex
+    issuer_id: Id
     usable: bool
-    findings: list[LintResult]
+    findings: list[LintResult] = Field(max_length=MAX_FINDINGS)
 
 
-class KeyBlocked(Event):
-    """A public key (by SPKI SHA-256) may never be certified again (aggregate id: the hash)."""
+class KeyBlocked(OperatorCommand):
+    """An operator ruled that a public key (by SPKI SHA-256) may never be certified again (aggregate
+    id: the hash). A key revoked for keyCompromise is blocked by enrollment itself, from the
+    revocation, without an event of its own."""
 
     aggregate: ClassVar[str] = "key"
     verb: ClassVar[str] = "blocked"
     event_type: Literal["KeyBlocked"] = "KeyBlocked"
 
-    spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    reason: str
-    blocked_by: str
+    spki_sha256: Sha256Hex
+    reason: Text
+    blocked_by: Short
 
 
 # --- enrollment -----------------------------------------------------------------------------
@@ -152,20 +268,24 @@ class KeyBlocked(Event):
 class EnrollmentRequested(Event):
     """A requester asks for a certificate: a CSR plus a one-time token and its holder proof.
 
+    The requester puts it on the ingress stream; enrollment admits it onto the log, with
+    `requester` set to the identity NATS authenticated (whatever the requester wrote there).
     The token carries no secret: it names a holder public key, and `token_proof` is that key's
     signature over this request, so a reader of the log cannot reuse the token.
     """
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "requested"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["EnrollmentRequested"] = "EnrollmentRequested"
 
-    csr_pem: str
-    profile: str = "tls-server"
-    token: str
-    token_proof: str
-    requester: str
-    validity_days: int | None = None
+    csr_pem: Pem
+    profile: Short = "tls-server"
+    token: Token
+    token_proof: Base64
+    requester: Short
+    validity_days: Days | None = None
+    accepted_at: datetime | None = None  # when the ingress stream took it (set on admission)
 
 
 class EnrollmentApproved(Event):
@@ -173,20 +293,22 @@ class EnrollmentApproved(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "approved"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["EnrollmentApproved"] = "EnrollmentApproved"
 
-    csr_pem: str
-    profile: str
-    dns_names: list[str]
-    ip_addresses: list[str] = []
-    validity_days: int
-    provisioner_id: str
-    token_id: str
-    requester: str
-    emails: list[str] = []
-    profile_digest: str | None = None
-    approved_by: str = "policy"
-    supersedes: str | None = None  # a renewal: the serial of the certificate it replaces
+    csr_pem: Pem
+    profile: Short
+    dns_names: Names
+    ip_addresses: Names = []
+    validity_days: Days
+    provisioner_id: Short
+    token_id: Short
+    requester: Short
+    emails: Names = []
+    profile_digest: Sha256Hex | None = None
+    approved_by: Short = "policy"
+    supersedes: Serial | None = None  # a renewal: the serial of the certificate it replaces
+    approvers: list[Short] = Field(default=[], max_length=MAX_SIGNATURES)  # operators whose approvals counted
 
 
 class EnrollmentPending(Event):
@@ -194,48 +316,65 @@ class EnrollmentPending(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "pending"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["EnrollmentPending"] = "EnrollmentPending"
 
-    profile: str
-    dns_names: list[str]
-    ip_addresses: list[str] = []
-    emails: list[str] = []
-    validity_days: int
-    requester: str
+    profile: Short
+    dns_names: Names
+    ip_addresses: Names = []
+    emails: Names = []
+    validity_days: Days
+    requester: Short
     expires_at: datetime
+    approvals_required: int = Field(default=1, ge=1, le=MAX_SIGNATURES)
 
 
-class ApprovalGranted(Event):
-    """An operator approved a pending enrollment request."""
+class ApprovalGranted(OperatorCommand):
+    """An operator approved a pending enrollment request (a profile may ask for several)."""
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "granted"
     event_type: Literal["ApprovalGranted"] = "ApprovalGranted"
 
-    operator: str
-    comment: str = ""
+    operator: Short
+    comment: Text = ""
 
 
-class ApprovalDenied(Event):
+class ApprovalDenied(OperatorCommand):
     """An operator refused a pending enrollment request."""
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "denied"
     event_type: Literal["ApprovalDenied"] = "ApprovalDenied"
 
-    operator: str
-    reason: str
+    operator: Short
+    reason: Text
 
 
 class EnrollmentRejected(Event):
-    """An enrollment request was refused; nothing will be issued for it."""
+    """Enrollment refused a request; nothing will be issued for it."""
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "rejected"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["EnrollmentRejected"] = "EnrollmentRejected"
 
-    reasons: list[Reason]
-    rejected_by: str
+    reasons: list[Reason] = Field(max_length=MAX_REASONS)
+    rejected_by: Short
+    # Set when the request was refused at admission (it never reached the log): who sent it.
+    requester: Short | None = None
+
+
+class IssuanceRefused(Event):
+    """Signing refused to sign an approved request (its own policy checks, a CA that may no longer
+    issue, a certificate that failed its check before release); nothing will be issued for it."""
+
+    aggregate: ClassVar[str] = "cert"
+    verb: ClassVar[str] = "refused"
+    publisher: ClassVar[Publisher] = "signing"
+    event_type: Literal["IssuanceRefused"] = "IssuanceRefused"
+
+    reasons: list[Reason] = Field(max_length=MAX_REASONS)
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -246,39 +385,43 @@ class CertificateIssued(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "issued"
+    publisher: ClassVar[Publisher] = "signing"
     event_type: Literal["CertificateIssued"] = "CertificateIssued"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    issuer_id: str
-    profile: str
-    cert_pem: str
-    chain_pem: str
+    serial: Serial
+    issuer_id: Id
+    profile: Short
+    cert_pem: Pem
+    chain_pem: ChainPem
     not_before: datetime
     not_after: datetime
-    dns_names: list[str]
-    ip_addresses: list[str] = []
-    spki_sha256: str
-    fingerprint_sha256: str
-    emails: list[str] = []
-    supersedes: str | None = None  # a renewal: the serial of the certificate this one replaces
+    dns_names: Names
+    ip_addresses: Names = []
+    spki_sha256: Sha256Hex
+    fingerprint_sha256: Sha256Hex
+    emails: Names = []
+    supersedes: Serial | None = None  # a renewal: the serial of the certificate this one replaces
 
 
 class RenewalRequested(Event):
     """A holder asks to renew its certificate with a new key (aggregate id: the new request's id,
     which becomes the new certificate's id). No token: `proof` is the base64 signature, made with
     the CURRENT certificate's private key, over `renewal_message(aggregate_id, renews_serial,
-    csr DER)`; the CSR's own signature proves possession of the new key."""
+    csr DER)`; the CSR's own signature proves possession of the new key. Admitted onto the log by
+    enrollment from the ingress stream, like an enrollment request."""
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "renewal_requested"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["RenewalRequested"] = "RenewalRequested"
 
-    csr_pem: str
-    renews_serial: str = Field(pattern=r"^[0-9a-f]+$")
-    proof: str
-    requester: str
-    profile: str | None = None  # None: the current certificate's profile
-    validity_days: int | None = None
+    csr_pem: Pem
+    renews_serial: Serial
+    proof: Base64
+    requester: Short
+    profile: Short | None = None  # None: the current certificate's profile
+    validity_days: Days | None = None
+    accepted_at: datetime | None = None  # when the ingress stream took it (set on admission)
 
 
 class CertificateSuperseded(Event):
@@ -287,12 +430,13 @@ class CertificateSuperseded(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "superseded"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["CertificateSuperseded"] = "CertificateSuperseded"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    issuer_id: str
-    superseded_by: str = Field(pattern=r"^[0-9a-f]+$")
-    superseded_by_id: str
+    serial: Serial
+    issuer_id: Id
+    superseded_by: Serial
+    superseded_by_id: Id
     not_after: datetime
 
 
@@ -301,10 +445,11 @@ class CertificateExpired(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "expired"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["CertificateExpired"] = "CertificateExpired"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    issuer_id: str
+    serial: Serial
+    issuer_id: Id
     not_after: datetime
 
 
@@ -312,18 +457,21 @@ class KeyDestroyed(Event):
     """A holder attests that it destroyed a certificate's private key (aggregate id: the key's
     SPKI SHA-256). `proof` is the key's last signature, over `key_destroyed_message(serial,
     spki_sha256, destroyed_at)`, made just before the key was overwritten; `public_key` is its public
-    half (hashing to `spki_sha256`), so audit checks the proof; never the private key."""
+    half (hashing to `spki_sha256`), so audit checks the proof; never the private key. The holder
+    puts it on the ingress stream and revocation admits it onto the log."""
 
     aggregate: ClassVar[str] = "key"
     verb: ClassVar[str] = "destroyed"
+    publisher: ClassVar[Publisher] = "revocation"
     event_type: Literal["KeyDestroyed"] = "KeyDestroyed"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    serial: Serial
+    spki_sha256: Sha256Hex
     destroyed_at: datetime
-    destroyed_by: str
-    proof: str
-    public_key: str  # base64 SPKI DER of the destroyed key (public), so anyone can check `proof`
+    destroyed_by: Short
+    proof: Base64
+    public_key: Base64  # base64 SPKI DER of the destroyed key (public), so anyone can check `proof`
+    accepted_at: datetime | None = None  # when the ingress stream took it (set on admission)
 
 
 class CertificateDestroyed(Event):
@@ -332,15 +480,16 @@ class CertificateDestroyed(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "destroyed"
+    publisher: ClassVar[Publisher] = "revocation"
     event_type: Literal["CertificateDestroyed"] = "CertificateDestroyed"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    issuer_id: str
-    fingerprint_sha256: str
+    serial: Serial
+    issuer_id: Id
+    fingerprint_sha256: EmptyOrSha256
     destroyed_at: datetime
-    destruction_request_id: str
-    ordered_by: str
-    reason: str = ""
+    destruction_request_id: Id
+    ordered_by: Short
+    reason: Text = ""
 
 
 class CertificateRevoked(Event):
@@ -348,14 +497,15 @@ class CertificateRevoked(Event):
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "revoked"
+    publisher: ClassVar[Publisher] = "revocation"
     event_type: Literal["CertificateRevoked"] = "CertificateRevoked"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    issuer_id: str
-    reason: str
+    serial: Serial
+    issuer_id: Id
+    reason: Short
     revoked_at: datetime
-    revocation_request_id: str
-    requested_by: str
+    revocation_request_id: Id
+    requested_by: Short
     # What authorised it: the holder's proof, an operator's order, or (for the other certificates
     # with a compromised key) a keyCompromise revocation; `ca_compromise` is kept for revocations
     # that follow a CA's compromise. None on events from before it was recorded.
@@ -365,15 +515,16 @@ class CertificateRevoked(Event):
 
 class CertificateRenewalDue(Event):
     """A certificate's holder should renew it now (aggregate id: the certificate id): its renewal
-    point came (`schedule`), or it was revoked because its key or its CA was compromised. Agents
-    subscribe to `<root>.cert.*.renewal_due`."""
+    point came (`schedule`), or it was revoked because its key or its CA was compromised (enrollment
+    sends it when it reads such a revocation). Agents subscribe to `<root>.cert.*.renewal_due`."""
 
     aggregate: ClassVar[str] = "cert"
     verb: ClassVar[str] = "renewal_due"
+    publisher: ClassVar[Publisher] = "enrollment"
     event_type: Literal["CertificateRenewalDue"] = "CertificateRenewalDue"
 
-    serial: str = Field(pattern=r"^[0-9a-f]+$")
-    issuer_id: str
+    serial: Serial
+    issuer_id: Id
     due_at: datetime
     cause: Literal["schedule", "key_compromise", "ca_compromise"]
     rekey: bool = True
@@ -383,7 +534,9 @@ class CertificateRenewalDue(Event):
 
 
 class RevocationRequested(Event):
-    """A certificate's holder asks for it, named by serial, to be revoked.
+    """A certificate's holder asks for it, named by serial, to be revoked (put on the ingress stream
+    by the holder, admitted onto the log by revocation with `requested_by` set to the identity NATS
+    authenticated).
 
     `proof` is the base64 signature, made with the certificate's private key, over
     `revocation_message(aggregate_id, serial, reason)`; without a valid one the request is refused
@@ -392,39 +545,41 @@ class RevocationRequested(Event):
 
     aggregate: ClassVar[str] = "revoke"
     verb: ClassVar[str] = "requested"
+    publisher: ClassVar[Publisher] = "revocation"
     event_type: Literal["RevocationRequested"] = "RevocationRequested"
 
-    serial: str
-    reason: str
-    requested_by: str
-    proof: str | None = None
+    serial: SerialText
+    reason: Short
+    requested_by: Short
+    proof: Base64 | None = None
     invalidity_date: datetime | None = None  # when the key is known or suspected to have been compromised
+    accepted_at: datetime | None = None  # when the ingress stream took it (set on admission)
 
 
-class RevocationOrdered(Event):
-    """An operator orders a certificate, named by serial, revoked (NATS lets only operators publish it)."""
+class RevocationOrdered(OperatorCommand):
+    """An operator orders a certificate, named by serial, revoked."""
 
     aggregate: ClassVar[str] = "revoke"
     verb: ClassVar[str] = "ordered"
     event_type: Literal["RevocationOrdered"] = "RevocationOrdered"
 
-    serial: str
-    reason: str
-    operator: str
+    serial: SerialText
+    reason: Short
+    operator: Short
     invalidity_date: datetime | None = None
 
 
-class DestructionOrdered(Event):
-    """An operator orders a certificate, named by serial, destroyed (revoked first if still valid);
-    only operators may publish it. Refusals come back as `RevocationRejected` on the same id."""
+class DestructionOrdered(OperatorCommand):
+    """An operator orders a certificate, named by serial, destroyed (revoked first if still valid).
+    Refusals come back as `RevocationRejected` on the same id."""
 
     aggregate: ClassVar[str] = "revoke"
     verb: ClassVar[str] = "destroy_ordered"
     event_type: Literal["DestructionOrdered"] = "DestructionOrdered"
 
-    serial: str
-    operator: str
-    reason: str = ""
+    serial: SerialText
+    operator: Short
+    reason: Text = ""
 
 
 class RevocationRejected(Event):
@@ -432,9 +587,10 @@ class RevocationRejected(Event):
 
     aggregate: ClassVar[str] = "revoke"
     verb: ClassVar[str] = "rejected"
+    publisher: ClassVar[Publisher] = "revocation"
     event_type: Literal["RevocationRejected"] = "RevocationRejected"
 
-    serial: str
+    serial: Text  # as the request named it (escaped), which may be no serial at all
     reason: Reason
 
 
@@ -446,16 +602,17 @@ class CaCreated(Event):
 
     aggregate: ClassVar[str] = "ca"
     verb: ClassVar[str] = "created"
+    publisher: ClassVar[Publisher] = "signing"
     event_type: Literal["CaCreated"] = "CaCreated"
 
-    ca_id: str
+    ca_id: Id
     role: Literal["root", "issuing"]
-    parent_id: str | None
-    subject_dn: str
-    cert_pem: str
+    parent_id: Id | None
+    subject_dn: Text
+    cert_pem: Pem
     not_before: datetime
     not_after: datetime
-    spki_sha256: str
+    spki_sha256: Sha256Hex
 
 
 class CrlPublished(Event):
@@ -463,20 +620,21 @@ class CrlPublished(Event):
 
     aggregate: ClassVar[str] = "ca"
     verb: ClassVar[str] = "crl_published"
+    publisher: ClassVar[Publisher] = "signing"
     event_type: Literal["CrlPublished"] = "CrlPublished"
 
-    ca_id: str
-    crl_number: int
+    ca_id: Id
+    crl_number: int = Field(ge=0, lt=2**159)  # RFC 5280 5.2.3: at most 20 octets
     this_update: datetime
     next_update: datetime
-    revoked_count: int
-    object_bucket: str
-    object_name: str
-    sha256: str
-    size: int
+    revoked_count: Count
+    object_bucket: Short
+    object_name: Ref
+    sha256: Sha256Hex
+    size: Count
 
 
-class CaCompromised(Event):
+class CaCompromised(OperatorCommand):
     """An operator declared a CA's key compromised (aggregate id: the CA id). From here on nothing
     may be issued or signed by it; its certificates are to be revoked and their holders re-enroll."""
 
@@ -484,12 +642,12 @@ class CaCompromised(Event):
     verb: ClassVar[str] = "compromised"
     event_type: Literal["CaCompromised"] = "CaCompromised"
 
-    ca_id: str
-    reason: str
-    declared_by: str
+    ca_id: Id
+    reason: Text
+    declared_by: Short
 
 
-class CaRetired(Event):
+class CaRetired(OperatorCommand):
     """An operator retired a CA (aggregate id: the CA id): it issues nothing more; signing publishes
     a final CRL, then destroys the key."""
 
@@ -497,9 +655,9 @@ class CaRetired(Event):
     verb: ClassVar[str] = "retired"
     event_type: Literal["CaRetired"] = "CaRetired"
 
-    ca_id: str
-    reason: str
-    retired_by: str
+    ca_id: Id
+    reason: Text
+    retired_by: Short
 
 
 class CaKeyDestroyed(Event):
@@ -507,46 +665,54 @@ class CaKeyDestroyed(Event):
 
     aggregate: ClassVar[str] = "ca"
     verb: ClassVar[str] = "key_destroyed"
+    publisher: ClassVar[Publisher] = "signing"
     event_type: Literal["CaKeyDestroyed"] = "CaKeyDestroyed"
 
-    ca_id: str
-    spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ca_id: Id
+    spki_sha256: Sha256Hex
     destroyed_at: datetime
-    final_crl_number: int | None = None
+    final_crl_number: int | None = Field(default=None, ge=0, lt=2**159)
 
 
 # --- findings ---------------------------------------------------------------------------------
 
 
 class CertificateLintFailed(Event):
-    """A certificate failed a check: before release (signing did not publish it) or after issuance
-    (audit's pkilint of every issued certificate). Operators are alerted; aggregate id is random."""
+    """A certificate failed its check before release: signing did not publish it (aggregate id is
+    random). Operators are alerted. (Audit's pkilint of issued certificates raises
+    `AuditFindingRaised` with check `pkilint`; older logs have `stage: post-issuance` here.)"""
 
     aggregate: ClassVar[str] = "finding"
     verb: ClassVar[str] = "lint_failed"
+    publisher: ClassVar[Publisher] = "signing"
     event_type: Literal["CertificateLintFailed"] = "CertificateLintFailed"
 
     stage: Literal["pre-release", "post-issuance"]
-    request_id: str
-    serial: str | None = None
-    profile: str
-    findings: list[LintResult]
+    request_id: Id
+    serial: Serial | None = None
+    profile: Short
+    findings: list[LintResult] = Field(max_length=MAX_FINDINGS)
 
 
 # --- audit ------------------------------------------------------------------------------------
 
 
 class AuditFindingRaised(Event):
-    """Audit's scheduled consistency checks found an inconsistency on the log (aggregate id:
-    `<check>-<stream seq>`, so each finding is raised once)."""
+    """Audit found something wrong on the log (aggregate id: `<check>-<stream seq>`, so each finding
+    is raised once): an inconsistency its scheduled checks found, a message it archived but that is
+    not a valid event on its subject, or an issued certificate that fails pkilint (`pkilint`, with
+    the certificate's serial and the findings)."""
 
     aggregate: ClassVar[str] = "finding"
     verb: ClassVar[str] = "raised"
+    publisher: ClassVar[Publisher] = "audit"
     event_type: Literal["AuditFindingRaised"] = "AuditFindingRaised"
 
-    check: str
-    stream_seq: int
-    detail: str
+    check: Short
+    stream_seq: Count
+    detail: Text
+    serial: Serial | None = None
+    findings: list[LintResult] = Field(default=[], max_length=MAX_FINDINGS)
 
 
 class AuditCheckpointSigned(Event):
@@ -558,14 +724,15 @@ class AuditCheckpointSigned(Event):
 
     aggregate: ClassVar[str] = "audit"
     verb: ClassVar[str] = "checkpoint"
+    publisher: ClassVar[Publisher] = "audit"
     event_type: Literal["AuditCheckpointSigned"] = "AuditCheckpointSigned"
 
-    stream_seq: int
-    chain_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    events: int
+    stream_seq: Count
+    chain_hash: Sha256Hex
+    events: Count
     signed_at: datetime
-    public_key: str
-    signature: str
+    public_key: Base64
+    signature: Base64
 
     def message(self, stream: str) -> bytes:
         """The bytes the signature covers."""
@@ -592,7 +759,19 @@ def checkpoint_message(stream: str, seq: int, chain_hash: str, signed_at: dateti
     return f"certbus-audit-checkpoint-v1|{stream}|{seq}|{chain_hash}|{signed_at.isoformat()}".encode()
 
 
+def operator_message(payload: dict[str, Any]) -> bytes:
+    """What an operator signs: the command as it travels (its JSON object without `signatures`),
+    canonically encoded (sorted keys, no spaces), so that a field added to the schema later cannot
+    change what an old signature covers."""
+    body = {k: v for k, v in payload.items() if k != "signatures"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return b"certbus-operator-command-v1|" + canonical.encode()
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
+    OperatorRegistered,
+    OperatorRemoved,
+    QuorumSet,
     ProvisionerRegistered,
     ProvisionerDisabled,
     ProvisionerRemoved,
@@ -605,6 +784,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ApprovalDenied,
     EnrollmentApproved,
     EnrollmentRejected,
+    IssuanceRefused,
     CertificateIssued,
     CertificateRevoked,
     CertificateRenewalDue,
@@ -628,7 +808,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 )
 
 AnyEvent = Annotated[
-    ProvisionerRegistered
+    OperatorRegistered
+    | OperatorRemoved
+    | QuorumSet
+    | ProvisionerRegistered
     | ProvisionerDisabled
     | ProvisionerRemoved
     | ProfileApplied
@@ -640,6 +823,7 @@ AnyEvent = Annotated[
     | ApprovalDenied
     | EnrollmentApproved
     | EnrollmentRejected
+    | IssuanceRefused
     | CertificateIssued
     | CertificateRevoked
     | CertificateRenewalDue
@@ -663,49 +847,34 @@ AnyEvent = Annotated[
     Field(discriminator="event_type"),
 ]
 
-# Which service may publish each event type (the audit flags any other producer).
-PRODUCERS: dict[str, str] = {
-    "ProvisionerRegistered": "operator",
-    "ProvisionerDisabled": "operator",
-    "ProvisionerRemoved": "operator",
-    "ProfileApplied": "operator",
-    "ProfileLinted": "signing",
-    "KeyBlocked": "operator|revocation",
-    "EnrollmentRequested": "requester",
-    "EnrollmentPending": "enrollment",
-    "ApprovalGranted": "operator",
-    "ApprovalDenied": "operator",
-    "EnrollmentApproved": "enrollment",
-    "EnrollmentRejected": "enrollment|signing",
-    "CertificateIssued": "signing",
-    "CertificateRevoked": "revocation",
-    "CertificateRenewalDue": "enrollment|revocation",
-    "RenewalRequested": "requester",
-    "CertificateSuperseded": "enrollment",
-    "CertificateExpired": "enrollment",
-    "KeyDestroyed": "requester",
-    "CertificateDestroyed": "revocation",
-    "RevocationRequested": "requester",
-    "RevocationOrdered": "operator",
-    "DestructionOrdered": "operator",
-    "RevocationRejected": "revocation",
-    "CaCreated": "signing",
-    "CrlPublished": "signing",
-    "CaCompromised": "operator",
-    "CaRetired": "operator",
-    "CaKeyDestroyed": "signing",
-    "CertificateLintFailed": "signing|audit",
-    "AuditCheckpointSigned": "audit",
-    "AuditFindingRaised": "audit",
+EVENT_CLASSES: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_TYPES}
+# The event type each subject carries: (aggregate, verb) names exactly one class.
+BY_SUBJECT: dict[tuple[str, str], type[Event]] = {(cls.aggregate, cls.verb): cls for cls in EVENT_TYPES}
+assert len(BY_SUBJECT) == len(EVENT_TYPES), "two event types share a subject"
+# Who publishes each event type (NATS permissions are generated from this; audit flags any other).
+PRODUCERS: dict[str, Publisher] = {cls.__name__: cls.publisher for cls in EVENT_TYPES}
+# Events from older logs whose type two services published before each subject had one publisher:
+# signing's refusals were `EnrollmentRejected`, audit's pkilint alerts `CertificateLintFailed`,
+# revocation blocked keys and sent renewal-due itself. Audit reads them as history, and flags none.
+LEGACY_PRODUCERS: dict[str, frozenset[str]] = {
+    "EnrollmentRejected": frozenset({"signing"}),
+    "CertificateLintFailed": frozenset({"audit"}),
+    "KeyBlocked": frozenset({"revocation"}),
+    "CertificateRenewalDue": frozenset({"revocation"}),
+    "EnrollmentRequested": frozenset({"requester"}),
+    "RenewalRequested": frozenset({"requester"}),
+    "RevocationRequested": frozenset({"requester"}),
+    "KeyDestroyed": frozenset({"requester"}),
 }
-
-_ALLOWED = {event_type: frozenset(producers.split("|")) for event_type, producers in PRODUCERS.items()}
 
 
 def producer_allowed(event_type: str, producer: object) -> bool:
-    """Whether `producer` may publish `event_type` (an event type Certbus does not define: yes)."""
-    allowed = _ALLOWED.get(event_type)
-    return allowed is None or producer in allowed
+    """Whether a body saying `producer` is consistent with `event_type`'s publisher (an event type
+    Certbus does not define: yes). This checks the data; the subject is what NATS guards."""
+    publisher = PRODUCERS.get(event_type)
+    if publisher is None:
+        return True
+    return isinstance(producer, str) and (producer == publisher or producer in LEGACY_PRODUCERS.get(event_type, ()))
 
 
 _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
@@ -714,6 +883,12 @@ _adapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 def parse_event(data: bytes | str) -> Event:
     """Parse one event from its JSON bytes; raises pydantic.ValidationError if malformed."""
     event: Event = _adapter.validate_json(data)
+    return event
+
+
+def event_from(data: dict[str, Any]) -> Event:
+    """An event from its decoded JSON object (see `shared.binding.bind`); raises ValidationError."""
+    event: Event = _adapter.validate_python(data)
     return event
 
 

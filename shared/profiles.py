@@ -13,13 +13,13 @@ import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import idna
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shared.reasons import Reason
 
@@ -30,6 +30,8 @@ MAX_VALIDITY_DAYS = 397  # the hard ceiling, whatever a profile says
 MAX_RSA_BITS = 8192
 _NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Fields added after profiles were first applied (see Profile.digest), in the order they came.
+_ADDED_LATER = ("provisioners", "approvals_required")
 _EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
 
 
@@ -39,15 +41,15 @@ class Profile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=_NAME)
-    description: str = ""
+    description: str = Field(default="", max_length=1024)
     usage: Usage
-    dns_suffixes: list[str] = []
-    dns_patterns: list[str] = []
+    dns_suffixes: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default=[], max_length=256)
+    dns_patterns: list[Annotated[str, StringConstraints(max_length=253)]] = Field(default=[], max_length=256)
     allow_wildcards: bool = False
     allow_ip_sans: bool = False
-    ip_ranges: list[str] = []
+    ip_ranges: list[Annotated[str, StringConstraints(max_length=64)]] = Field(default=[], max_length=256)
     allow_emails: bool = False
-    key_types: list[ProfileKeyType] = ["ec-p256", "ec-p384", "rsa", "ed25519"]
+    key_types: list[ProfileKeyType] = Field(default=["ec-p256", "ec-p384", "rsa", "ed25519"], max_length=8)
     min_rsa_bits: int = Field(default=2048, ge=2048, le=MAX_RSA_BITS)
     default_validity_days: int = Field(default=30, ge=1, le=MAX_VALIDITY_DAYS)
     max_validity_days: int = Field(default=90, ge=1, le=MAX_VALIDITY_DAYS)
@@ -57,6 +59,11 @@ class Profile(BaseModel):
     auto_renew: bool = True
     renew_when_remaining: float = Field(default=1 / 3, gt=0, lt=1)
     lint: Literal["template", "full"] = "template"
+    # Which provisioners' tokens may enroll under this profile (None: any provisioner whose own
+    # scope allows it). The OCSP responder profile names validation's provisioner only.
+    provisioners: list[Annotated[str, StringConstraints(max_length=128)]] | None = Field(default=None, max_length=256)
+    # How many distinct operators must approve a request (with require_approval): the two-person rule.
+    approvals_required: int = Field(default=1, ge=1, le=16)
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -86,8 +93,11 @@ class Profile(BaseModel):
         return self
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON: the identity of this exact version of the profile."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        """SHA-256 of the canonical JSON: the identity of this exact version of the profile. Fields
+        added to the schema later are left out while they keep their defaults, so that a profile
+        applied before they existed keeps the digest its events carry."""
+        later = {name for name in _ADDED_LATER if getattr(self, name) == type(self).model_fields[name].default}
+        return hashlib.sha256(self.model_dump_json(exclude=later).encode()).hexdigest()
 
     def ekus(self) -> tuple[bool, bool]:
         """(serverAuth, clientAuth)."""

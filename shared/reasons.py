@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_MESSAGE = 2048
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
 
 
@@ -21,13 +22,14 @@ class Reason(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    code: str
-    message: str
+    code: str = Field(max_length=128)
+    message: str = Field(max_length=MAX_MESSAGE)
 
-    @field_validator("message")
+    @field_validator("message", mode="before")
     @classmethod
-    def _printable(cls, value: str) -> str:
-        return printable(value)
+    def _printable(cls, value: object) -> object:
+        """Escaped, and cut to the bound: a reason quoting a huge hostile name still says why."""
+        return printable(value)[:MAX_MESSAGE] if isinstance(value, str) else value
 
 
 # certificateHold is deliberately absent: a revocation is final. removeFromCRL and

@@ -22,10 +22,25 @@ def _snapshot() -> dict[str, Any]:
     return data
 
 
+# Bounds (lengths, counts, ranges, patterns) may be set and tuned: what a field holds stays the same.
+BOUNDS = {"maxLength", "minLength", "maxItems", "minItems", "maximum", "minimum", "exclusiveMaximum", "pattern"}
+
+
+def _shape(value: Any) -> Any:
+    """A schema fragment without its bounds and its documentation."""
+    if isinstance(value, dict):
+        return {
+            k: _shape(v) for k, v in value.items() if k not in BOUNDS and k not in ("title", "description", "default")
+        }
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return value
+
+
 def _properties(schema: dict[str, Any]) -> dict[str, Any]:
     props: dict[str, Any] = schema.get("properties", {})
     return {
-        k: {key: v.get(key) for key in ("type", "anyOf", "$ref", "items", "format", "pattern", "const", "enum")}
+        k: {key: _shape(v.get(key)) for key in ("type", "anyOf", "$ref", "items", "format", "const", "enum")}
         for k, v in props.items()
     }
 

@@ -35,19 +35,26 @@ from shared.events import (
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    IssuanceRefused,
     KeyBlocked,
     KeyDestroyed,
     LintResult,
+    OperatorCommand,
+    OperatorRegistered,
+    OperatorRemoved,
+    OperatorSignature,
     ProfileApplied,
     ProfileLinted,
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
+    QuorumSet,
     RenewalRequested,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
     event_json_schemas,
+    operator_message,
     parse_event,
     revocation_message,
 )
@@ -86,13 +93,13 @@ SAMPLES: dict[type[Event], Event] = {
     ),
     KeyBlocked: KeyBlocked(
         **{**ENVELOPE, "aggregate_id": "44" * 32},
-        producer="revocation",
+        producer="operator",
         spki_sha256="44" * 32,
         reason="keyCompromise",
         blocked_by="alice",
     ),
     EnrollmentRequested: EnrollmentRequested(
-        **ENVELOPE, producer="requester", csr_pem=PEM, token="a.b.c", token_proof="sig", requester="alice"
+        **ENVELOPE, producer="enrollment", csr_pem=PEM, token="a.b.c", token_proof="sig", requester="alice"
     ),
     EnrollmentApproved: EnrollmentApproved(
         **ENVELOPE,
@@ -154,7 +161,7 @@ SAMPLES: dict[type[Event], Event] = {
         authorised_by="holder",
     ),
     RevocationRequested: RevocationRequested(
-        **ENVELOPE, producer="requester", serial="0xABC123", reason="superseded", requested_by="alice", proof="AAAA"
+        **ENVELOPE, producer="revocation", serial="0xABC123", reason="superseded", requested_by="alice", proof="AAAA"
     ),
     RevocationOrdered: RevocationOrdered(
         **ENVELOPE, producer="operator", serial="abc123", reason="keyCompromise", operator="bob"
@@ -191,10 +198,10 @@ SAMPLES: dict[type[Event], Event] = {
         size=512,
     ),
     CertificateRenewalDue: CertificateRenewalDue(
-        **ENVELOPE, producer="revocation", serial="abc123", issuer_id="issuing-1", due_at=NOW, cause="ca_compromise"
+        **ENVELOPE, producer="enrollment", serial="abc123", issuer_id="issuing-1", due_at=NOW, cause="ca_compromise"
     ),
     RenewalRequested: RenewalRequested(
-        **ENVELOPE, producer="requester", csr_pem=PEM, renews_serial="abc123", proof="c2ln", requester="svc"
+        **ENVELOPE, producer="enrollment", csr_pem=PEM, renews_serial="abc123", proof="c2ln", requester="svc"
     ),
     CertificateSuperseded: CertificateSuperseded(
         **ENVELOPE,
@@ -210,7 +217,7 @@ SAMPLES: dict[type[Event], Event] = {
     ),
     KeyDestroyed: KeyDestroyed(
         **ENVELOPE,
-        producer="requester",
+        producer="revocation",
         serial="abc123",
         spki_sha256="33" * 32,
         destroyed_at=NOW,
@@ -241,12 +248,28 @@ SAMPLES: dict[type[Event], Event] = {
     ),
     CertificateLintFailed: CertificateLintFailed(
         **ENVELOPE,
-        producer="audit",
-        stage="post-issuance",
+        producer="signing",
+        stage="pre-release",
         request_id="req-1",
         serial="abc123",
         profile="tls-server",
         findings=[FINDING],
+    ),
+    IssuanceRefused: IssuanceRefused(
+        **ENVELOPE, producer="signing", reasons=[Reason(code="ca_compromised", message="the CA may not issue")]
+    ),
+    OperatorRegistered: OperatorRegistered(
+        **{**ENVELOPE, "aggregate_id": "alice"},
+        producer="operator",
+        public_key="MCowBQYDK2VwAyEA" + "A" * 44,
+        registered_by="alice",
+        signatures=[OperatorSignature(operator="alice", signature="c2ln")],
+    ),
+    OperatorRemoved: OperatorRemoved(
+        **{**ENVELOPE, "aggregate_id": "bob"}, producer="operator", reason="left", removed_by="alice"
+    ),
+    QuorumSet: QuorumSet(
+        **{**ENVELOPE, "aggregate_id": "ca_compromise"}, producer="operator", required=2, set_by="alice"
     ),
     AuditFindingRaised: AuditFindingRaised(
         **{**ENVELOPE, "aggregate_id": "approval-7"},
@@ -479,7 +502,46 @@ def test_a_revocation_request_without_proof_or_authority_still_parses() -> None:
 
 def test_a_revocation_order_is_the_operators_alone() -> None:
     assert PRODUCERS["RevocationOrdered"] == "operator"
-    assert PRODUCERS["RevocationRequested"] == "requester"
+    assert PRODUCERS["RevocationRequested"] == "revocation"  # admitted from the ingress stream
+
+
+def test_every_subject_has_exactly_one_publisher() -> None:
+    subjects = [(cls.aggregate, cls.verb) for cls in EVENT_TYPES]
+    assert len(set(subjects)) == len(subjects)
+    assert all(isinstance(cls.publisher, str) for cls in EVENT_TYPES)
+
+
+def test_operator_commands_are_the_operators_and_carry_signatures() -> None:
+    commands = {cls for cls in EVENT_TYPES if issubclass(cls, OperatorCommand)}
+    assert commands == {cls for cls in EVENT_TYPES if cls.publisher == "operator"}
+    assert all("signatures" in cls.model_fields for cls in commands)
+
+
+def test_the_operator_message_leaves_out_the_signatures_and_ignores_key_order() -> None:
+    body = json.loads(SAMPLES[OperatorRegistered].model_dump_json())
+    signed = operator_message(body)
+    reordered = dict(reversed(list({**body, "signatures": []}.items())))
+    assert operator_message(reordered) == signed
+    assert b"signatures" not in signed
+    assert operator_message({**body, "registered_by": "mallory"}) != signed
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "value"),
+    [
+        (EnrollmentRequested, "csr_pem", "A" * (40 * 1024)),
+        (EnrollmentApproved, "dns_names", ["a.internal"] * 1001),
+        (CertificateRevoked, "requested_by", "x" * 129),
+        (ApprovalGranted, "comment", "c" * 2049),
+        (CrlPublished, "crl_number", 2**160),
+        (EnrollmentRejected, "reasons", [{"code": "x", "message": "y"}] * 33),
+        (CertificateIssued, "serial", "a" * 65),
+    ],
+    ids=["pem", "names", "short", "text", "crl_number", "reasons", "serial"],
+)
+def test_every_field_is_bounded(event_type: type[Event], field: str, value: Any) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_event(_json(SAMPLES[event_type], **{field: value}))
 
 
 def test_the_revocation_message_has_its_own_context() -> None:
