@@ -28,7 +28,6 @@ from shared.events import (
     CertificateRevoked,
     CertificateSuperseded,
     Event,
-    producer_allowed,
 )
 from shared.loops import WakeableLoop
 from shared.outbox import enqueue_many
@@ -54,18 +53,25 @@ class RenewalSchedule:
         self.loop.wake()
 
     async def project(self, conn: asyncpg.Connection, event: Event, seq: int) -> None:
-        """Apply a certificate's lifecycle event (or one of the schedule's own, read back) to the projection."""
-        if not producer_allowed(event.event_type, event.producer):
-            raise EventRejected(f"{event.event_type} published by {event.producer!r}, which may not publish it")
+        """Apply a certificate's lifecycle event (or one of the schedule's own, read back) to the projection.
+
+        A revocation because the certificate's CA was compromised marks its holder to be told to
+        renew at once; one for keyCompromise blocks the key (so that no request after it on the
+        log gets that key certified again)."""
         if isinstance(event, CertificateIssued):
             await _issued(conn, event, seq)
         elif isinstance(event, CertificateRevoked):
-            await store.mark_revoked(conn, event.aggregate_id, event.reason, event.authorised_by)
+            compromise = "ca_compromise" if event.reason == "cACompromise" else None
+            spki = await store.mark_revoked(conn, event.aggregate_id, event.reason, event.authorised_by, compromise)
+            if event.reason == "keyCompromise" and spki is not None:
+                why = f"keyCompromise: certificate {event.serial} revoked"
+                await store.block_key(conn, spki, why, event.requested_by, event.revoked_at)
         elif isinstance(event, CertificateDestroyed):
             await store.mark_destroyed(conn, event.aggregate_id)
         elif isinstance(event, CertificateRenewalDue):
-            if event.producer == self._rt.name and event.cause == "schedule":
-                await store.mark_sent(conn, "renewal_due", [event.aggregate_id])
+            # Read back: the schedule's own, or (on older logs) revocation's after a compromise.
+            kind = "renewal_due" if event.cause == "schedule" else "compromise_due"
+            await store.mark_sent(conn, kind, [event.aggregate_id])
         elif isinstance(event, CertificateExpired):
             await store.mark_sent(conn, "expired", [event.aggregate_id])
         elif isinstance(event, CertificateSuperseded):
@@ -88,6 +94,7 @@ class RenewalSchedule:
                 await store.mark_sent(conn, "renewal_due", [r.cert_id for r in rows if r.renewal_due])
                 await store.mark_sent(conn, "expired", [r.cert_id for r in rows if r.expired])
                 await store.mark_sent(conn, "superseded", [r.cert_id for r in rows if r.superseded])
+                await store.mark_sent(conn, "compromise_due", [r.cert_id for r in rows if r.compromise_due])
                 early = await enqueue_many(conn, first, self._rt.root)
                 late = await enqueue_many(conn, then, self._rt.root)
             # A certificate's renewal-due goes out before its expiry (publishes are concurrent).
@@ -120,6 +127,8 @@ class RenewalSchedule:
                         **envelope,
                     )
                 )
+            if row.compromise_due == "ca_compromise":
+                first.append(CertificateRenewalDue(due_at=now, cause="ca_compromise", rekey=True, **envelope))
             # Past the renewal grace a renewal would be refused: the due event is skipped, not sent.
             if row.renewal_due and row.renew_at is not None and now <= row.not_after + self._grace:
                 first.append(CertificateRenewalDue(due_at=row.renew_at, cause="schedule", rekey=True, **envelope))

@@ -16,5 +16,5 @@ def build(settings: RevocationSettings | None = None, clock: Clock | None = None
     """Wire the revocation service."""
     settings = settings or RevocationSettings()
     app, rt = create_service(NAME, settings, Path(__file__).parent / "migrations", clock=clock)
-    register(rt)
+    register(rt, settings)
     return app, rt

@@ -91,15 +91,10 @@ def decide(ask: Ask, known: Known | None, now: datetime | None = None) -> Known 
     return known
 
 
-def decide_destruction(serial: str, producer: str, known: Known | None) -> Known | Reason:
-    """The certificate to destroy, or why the order is refused: only an operator orders it, for a
-    certificate Certbus issued and did not destroy already."""
-    if producer != "operator":
-        return Reason(
-            code="not_authorised",
-            message=f"only an operator may destroy a certificate (`certbus destroy {serial} --operator NAME`); "
-            f"this order was published by {producer!r}",
-        )
+def decide_destruction(serial: str, known: Known | None) -> Known | Reason:
+    """The certificate to destroy, or why the order is refused: a certificate Certbus issued and did
+    not destroy already. (Only an operator can have ordered it: the order's subject says so, and its
+    signatures were checked before it got here.)"""
     if known is None:
         return Reason(
             code="certificate_unknown",

@@ -5,33 +5,42 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 from faststream.nats.annotations import NatsMessage
 
 from services.revocation import domain, store
+from shared.admission import Admission
+from shared.binding import Unbound, loads
+from shared.bounds import MAX_REQUEST_BYTES
 from shared.consumer import Delivery, EventRejected
 from shared.events import (
     CaCompromised,
     CertificateDestroyed,
     CertificateIssued,
-    CertificateRenewalDue,
     CertificateRevoked,
     DestructionOrdered,
     Event,
-    KeyBlocked,
+    KeyDestroyed,
+    OperatorRegistered,
+    OperatorRemoved,
+    QuorumSet,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
 )
+from shared.ingress import Kind
+from shared.operators import REGISTRY, recorded
 from shared.outbox import OutboxEntry, enqueue, enqueue_many
-from shared.reasons import printable
+from shared.reasons import Reason, printable
 from shared.service import Runtime
+from shared.settings import RevocationSettings
 
 NAME = "revocation"
 log = logging.getLogger("certbus.revocation")
 CONSUMED: tuple[type[Event], ...] = (
+    *REGISTRY,
     CertificateIssued,
     RevocationRequested,
     RevocationOrdered,
@@ -40,29 +49,64 @@ CONSUMED: tuple[type[Event], ...] = (
 )
 
 
-def register(rt: Runtime) -> None:
-    """Attach revocation's consumer."""
-    rt.publishes(CertificateRevoked, RevocationRejected, KeyBlocked, CertificateDestroyed)
+def register(rt: Runtime, settings: RevocationSettings) -> None:
+    """Attach revocation's consumer and its admission of holders' requests and key-destroyed
+    attestations from the ingress stream."""
+    rt.publishes(CertificateRevoked, RevocationRejected, CertificateDestroyed, RevocationRequested, KeyDestroyed)
+
+    async def refuse(
+        conn: asyncpg.Connection, kind: Kind, request_id: str, identity: str, reason: Reason, raw: bytes
+    ) -> Event | None:
+        if kind != "revoke":
+            return None  # an attestation has no answer to wait for: refused and parked
+        now = rt.clock.now()
+        return RevocationRejected(
+            aggregate_id=request_id,
+            serial=_serial_named(raw),
+            reason=reason,
+            correlation_id=request_id,
+            occurred_at=now,
+            producer=NAME,
+        )
+
+    Admission(rt, ["revoke", "key_destroyed"], refuse, settings.admission_rate_per_min).register()
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         if isinstance(event, CertificateIssued):
             return await _learn(conn, rt, event)
+        # An operator's command is recorded as its signers' (checked before it got here).
         if isinstance(event, RevocationRequested | RevocationOrdered):
-            return await _decide(conn, rt, event)
+            return await _decide(conn, rt, event, recorded(delivery.signers))
         if isinstance(event, CaCompromised):
-            return await _issuer_compromised(conn, rt, event)
+            return await _issuer_compromised(conn, rt, event, recorded(delivery.signers))
         if isinstance(event, DestructionOrdered):
-            return await _destroy(conn, rt, event)
+            return await _destroy(conn, rt, event, recorded(delivery.signers))
         raise EventRejected(f"revocation does not consume {event.event_type}")
 
     requests = rt.group_commit("requests", apply)
 
-    @rt.consumer("requests", [event_type.filter(rt.root) for event_type in CONSUMED])
+    @rt.consumer("requests", CONSUMED)
     async def on_event(
-        event: CertificateIssued | RevocationRequested | RevocationOrdered | CaCompromised | DestructionOrdered,
+        event: OperatorRegistered
+        | OperatorRemoved
+        | QuorumSet
+        | CertificateIssued
+        | RevocationRequested
+        | RevocationOrdered
+        | CaCompromised
+        | DestructionOrdered,
         msg: NatsMessage,
     ) -> None:
         await requests.submit(event, Delivery.of(msg))
+
+
+def _serial_named(raw: bytes) -> str:
+    """The serial a refused request named, shown escaped and short (it may be anything)."""
+    try:
+        serial = loads(raw, MAX_REQUEST_BYTES).get("serial")
+    except Unbound:
+        return ""
+    return printable(serial[:128]) if isinstance(serial, str) else ""
 
 
 def _envelope(cause: Event, now: datetime) -> dict[str, Any]:
@@ -86,11 +130,11 @@ async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssue
         return []
     cert = domain.Known(issued.serial, issued.aggregate_id, issued.issuer_id, "good", spki_sha256, spki_der)
     if await store.issuer_compromised(conn, issued.issuer_id):
-        # Released by its CA just before the compromise was declared, learnt here after it.
-        entries = [
+        # Released by its CA just before the compromise was declared, learnt here after it
+        # (enrollment tells the holder to renew when it reads the revocation).
+        return [
             await _revoke_one(conn, rt, cert, "cACompromise", issued.aggregate_id, NAME, "ca_compromise", issued, now)
         ]
-        return entries + await enqueue_many(conn, [_renewal_due(cert, "ca_compromise", issued, now)], rt.root)
     compromise = await store.compromised_by(conn, spki_sha256)
     if compromise is None:
         return []
@@ -99,13 +143,13 @@ async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssue
     return [await _revoke_one(conn, rt, cert, "keyCompromise", request_id, by, "key_compromise", issued, now)]
 
 
-def _ask(request: RevocationRequested | RevocationOrdered, serial: str) -> domain.Ask:
+def _ask(request: RevocationRequested | RevocationOrdered, serial: str, operator: str) -> domain.Ask:
     if isinstance(request, RevocationOrdered):
         return domain.Ask(
             request.aggregate_id,
             serial,
             request.reason,
-            printable(request.operator),
+            operator,
             "operator",
             invalidity_date=request.invalidity_date,
         )
@@ -121,12 +165,12 @@ def _ask(request: RevocationRequested | RevocationOrdered, serial: str) -> domai
 
 
 async def _decide(
-    conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested | RevocationOrdered
+    conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested | RevocationOrdered, operator: str
 ) -> list[OutboxEntry]:
     now = rt.clock.now()
     # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
     serial = printable(domain.normalise_serial(request.serial))
-    ask = _ask(request, serial)
+    ask = _ask(request, serial, operator)
     outcome = domain.decide(ask, await store.find(conn, serial), now)
     if isinstance(outcome, domain.Known):
         entries = await _revoke(conn, rt, outcome, ask, request, now)
@@ -141,13 +185,15 @@ async def _decide(
     return entries
 
 
-async def _destroy(conn: asyncpg.Connection, rt: Runtime, order: DestructionOrdered) -> list[OutboxEntry]:
+async def _destroy(
+    conn: asyncpg.Connection, rt: Runtime, order: DestructionOrdered, operator: str
+) -> list[OutboxEntry]:
     """Retire a certificate for good: revoke it (cessationOfOperation) if it is not revoked yet, then
     mark it destroyed, both events in this transaction (the outbox keeps their order)."""
     now = rt.clock.now()
     serial = printable(domain.normalise_serial(order.serial))
-    operator, reason = printable(order.operator), printable(order.reason)
-    outcome = domain.decide_destruction(serial, order.producer, await store.find(conn, serial))
+    reason = printable(order.reason)
+    outcome = domain.decide_destruction(serial, await store.find(conn, serial))
     if not isinstance(outcome, domain.Known):
         rejected = RevocationRejected(
             aggregate_id=order.aggregate_id, serial=serial, reason=outcome, **_envelope(order, now)
@@ -190,22 +236,13 @@ async def _revoke(
     request: RevocationRequested | RevocationOrdered,
     now: datetime,
 ) -> list[OutboxEntry]:
-    """Revoke `cert` as asked; for keyCompromise also block the key and revoke every other live
-    certificate with it (bad-key-revoker), all in the caller's transaction."""
+    """Revoke `cert` as asked; for keyCompromise also revoke every other live certificate with the
+    same key (bad-key-revoker), all in the caller's transaction. Enrollment blocks the key itself
+    when it reads a keyCompromise revocation, so no request after it on the log gets the key certified."""
     entries: list[OutboxEntry] = []
     if ask.reason == "keyCompromise" and cert.spki_sha256:
         # Recorded before the other certificates are looked up (see store.record_compromise).
-        # KeyBlocked goes into the outbox first, so it is on the log before the revocations: whoever
-        # has seen the revocation can count on enrollment refusing the key.
-        if await store.record_compromise(conn, cert.spki_sha256, cert.serial, ask.request_id, now):
-            blocked = KeyBlocked(
-                aggregate_id=cert.spki_sha256,
-                spki_sha256=cert.spki_sha256,
-                reason=f"keyCompromise: certificate {cert.serial} revoked",
-                blocked_by=NAME,
-                **_envelope(request, now),
-            )
-            entries.append(await enqueue(conn, blocked, rt.root))
+        await store.record_compromise(conn, cert.spki_sha256, cert.serial, ask.request_id, now)
     entries.append(
         await _revoke_one(
             conn, rt, cert, ask.reason, ask.request_id, ask.by, ask.authority, request, now, ask.invalidity_date
@@ -259,11 +296,13 @@ async def _revoke_one(
     return await enqueue(conn, revoked, rt.root)
 
 
-async def _issuer_compromised(conn: asyncpg.Connection, rt: Runtime, event: CaCompromised) -> list[OutboxEntry]:
-    """An operator declared an issuing CA compromised: revoke every live certificate it issued
-    (cACompromise, in one statement) and tell each holder to renew with a new key."""
+async def _issuer_compromised(
+    conn: asyncpg.Connection, rt: Runtime, event: CaCompromised, operator: str
+) -> list[OutboxEntry]:
+    """Operators declared an issuing CA compromised: revoke every live certificate it issued
+    (cACompromise, in one statement); enrollment tells each holder to renew with a new key."""
     now = rt.clock.now()
-    if not await store.record_issuer_compromise(conn, event.ca_id, printable(event.declared_by), now):
+    if not await store.record_issuer_compromise(conn, event.ca_id, operator, now):
         return []
     rows = await store.revoke_all_of_issuer(conn, event.ca_id, now)
     events: list[Event] = []
@@ -277,25 +316,10 @@ async def _issuer_compromised(conn: asyncpg.Connection, rt: Runtime, event: CaCo
                 reason="cACompromise",
                 revoked_at=now,
                 revocation_request_id=event.aggregate_id,
-                requested_by=printable(event.declared_by),
+                requested_by=operator,
                 authorised_by="ca_compromise",
                 **_envelope(event, now),
             )
         )
-        events.append(_renewal_due(cert, "ca_compromise", event, now))
     log.warning("revoked every certificate of a compromised CA", extra={"ca": event.ca_id, "certificates": len(rows)})
     return await enqueue_many(conn, events, rt.root)
-
-
-def _renewal_due(
-    cert: domain.Known, cause: Literal["key_compromise", "ca_compromise"], because: Event, now: datetime
-) -> CertificateRenewalDue:
-    return CertificateRenewalDue(
-        aggregate_id=cert.cert_id,
-        serial=cert.serial,
-        issuer_id=cert.issuer_id,
-        due_at=now,
-        cause=cause,
-        rekey=True,
-        **_envelope(because, now),
-    )

@@ -31,13 +31,17 @@ from shared.events import (
     CertificateRevoked,
     CrlPublished,
     EnrollmentApproved,
-    EnrollmentRejected,
     Event,
+    IssuanceRefused,
     LintResult,
+    OperatorRegistered,
+    OperatorRemoved,
     ProfileApplied,
     ProfileLinted,
+    QuorumSet,
 )
 from shared.lint import errors, lint_certificate
+from shared.operators import REGISTRY
 from shared.outbox import OutboxEntry, enqueue
 from shared.profiles import Profile, ProfileKeyType, key_type_of
 from shared.queries import RetireCheckAnswer, RetireCheckQuery
@@ -75,7 +79,7 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
     reads profiles in the same consumer so that an approval is judged by the profiles before it."""
     rt.publishes(
         CertificateIssued,
-        EnrollmentRejected,
+        IssuanceRefused,
         CaCreated,
         CrlPublished,
         CaKeyDestroyed,
@@ -88,16 +92,16 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
 
     # A CA's compromise or retirement is read in the same consumer as the approvals, so that every
     # approval after it on the log is judged with the replacement CA.
-    filters = [
-        EnrollmentApproved.filter(rt.root),
-        ProfileApplied.filter(rt.root),
-        CaCompromised.filter(rt.root),
-        CaRetired.filter(rt.root),
-    ]
-
-    @rt.consumer("approved", filters)
+    @rt.consumer("approved", [*REGISTRY, EnrollmentApproved, ProfileApplied, CaCompromised, CaRetired])
     async def on_approved(
-        event: EnrollmentApproved | ProfileApplied | CaCompromised | CaRetired, msg: NatsMessage
+        event: OperatorRegistered
+        | OperatorRemoved
+        | QuorumSet
+        | EnrollmentApproved
+        | ProfileApplied
+        | CaCompromised
+        | CaRetired,
+        msg: NatsMessage,
     ) -> None:
         await approvals.submit(event, Delivery.of(msg))
 
@@ -123,7 +127,7 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
 
     revocations = rt.group_commit("revoked", remember)
 
-    @rt.consumer("revoked", [CertificateRevoked.filter(rt.root)])
+    @rt.consumer("revoked", [CertificateRevoked])
     async def on_revoked(event: CertificateRevoked, msg: NatsMessage) -> None:
         await revocations.submit(event, Delivery.of(msg))
         crls.wake()
@@ -289,7 +293,7 @@ async def issue(
         elif isinstance(event, EnrollmentApproved):
             if event.aggregate_id not in work:
                 work[event.aggregate_id] = await _judge(rt, book, event, issuer_id, now)
-        else:
+        elif not isinstance(event, REGISTRY):  # the operators' registry: applied by apply_events
             raise EventRejected(f"signing does not take {event.event_type} as an approval")
     to_sign = {rid: job for rid, job in work.items() if isinstance(job, Job)}
     intents = await _record_intents(rt, cas, to_sign) if to_sign else {}
@@ -474,13 +478,12 @@ async def _store_signed(
 async def _reject(
     conn: asyncpg.Connection, rt: Runtime, approved: EnrollmentApproved, problems: list[Reason]
 ) -> OutboxEntry:
-    rejected = EnrollmentRejected(
+    rejected = IssuanceRefused(
         aggregate_id=approved.aggregate_id,
         occurred_at=rt.clock.now(),
         correlation_id=approved.correlation_id,
         causation_id=str(approved.event_id),
         producer=NAME,
         reasons=problems,
-        rejected_by=NAME,
     )
     return await enqueue(conn, rejected, rt.root)

@@ -20,6 +20,7 @@ from shared.consumer import Delivery
 from shared.crypto import spki_sha256
 from shared.events import CaKeyDestroyed, CaRetired
 from shared.loops import WakeableLoop
+from shared.operators import recorded
 from shared.outbox import OutboxEntry, enqueue
 from shared.service import Runtime
 
@@ -59,10 +60,11 @@ class Retirements:
             return
         target = next(r for r in records if r.ca_id == event.ca_id)
         replace = domain.current_issuing(records) == event.ca_id
+        by = recorded(delivery.signers)  # the operators who signed the retirement
         await store.record_retirement(
-            conn, event.ca_id, event.event_id, delivery.seq, event.correlation_id, event.retired_by, event.occurred_at
+            conn, event.ca_id, event.event_id, delivery.seq, event.correlation_id, by, event.occurred_at
         )
-        log.warning("CA retired: it issues nothing more", extra={"ca": event.ca_id, "by": event.retired_by})
+        log.warning("CA retired: it issues nothing more", extra={"ca": event.ca_id, "by": by})
         if replace:
             assert target.parent_id is not None  # an issuing CA; retirement_problems checked its root
             await self._cas.create_issuing(conn, rt, target.parent_id, event.correlation_id)

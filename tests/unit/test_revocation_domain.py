@@ -221,31 +221,25 @@ def test_an_invalidity_date_in_the_future_is_refused() -> None:
 
 def test_an_operator_destroys_a_certificate_revocation_knows() -> None:
     known = _known()
-    assert decide_destruction("abc123", "operator", known) == known
-
-
-def test_only_an_operator_may_order_a_destruction() -> None:
-    refusal = _refusal(decide_destruction("abc123", "requester", _known()))
-    assert refusal.code == "not_authorised"
-    assert "certbus destroy abc123 --operator" in refusal.message
+    assert decide_destruction("abc123", known) == known
 
 
 def test_destroying_an_unknown_serial_is_refused() -> None:
-    refusal = _refusal(decide_destruction("feed", "operator", None))
+    refusal = _refusal(decide_destruction("feed", None))
     assert refusal.code == "certificate_unknown"
     assert "feed" in refusal.message
 
 
 def test_destroying_a_destroyed_certificate_is_refused() -> None:
     destroyed = replace(_known(status="revoked"), destroyed_at=NOW)
-    refusal = _refusal(decide_destruction("abc123", "operator", destroyed))
+    refusal = _refusal(decide_destruction("abc123", destroyed))
     assert refusal.code == "certificate_destroyed"
     assert NOW.isoformat() in refusal.message
 
 
 def test_a_revoked_certificate_can_still_be_destroyed() -> None:
     revoked = _known(status="revoked")
-    assert decide_destruction("abc123", "operator", revoked) == revoked
+    assert decide_destruction("abc123", revoked) == revoked
 
 
 def test_revoking_a_destroyed_certificate_says_it_was_destroyed() -> None:
