@@ -1,7 +1,15 @@
 """Consistency checks over the archived log (in the spirit of Boulder's cert-checker): pure, no I/O.
 
-Each check reads the events in log order and reports findings with the position that shows them:
-- `producer`: an event whose producer is not the service allowed to publish its type;
+Each check reads the events in log order and reports findings with the position that shows them.
+A message that is not a valid event on its own subject (`shared.binding`, then its class) counts
+for nothing in the other checks and is itself a finding, under the binding code:
+- `oversize`, `malformed` (not one JSON object of bounded depth, or a body its class refuses),
+  `unknown_type`, `subject_mismatch` (a body on a subject other than its own: a forgery);
+- `producer`: an event whose body names another producer than its type's publisher (the subject
+  says who published it; a body that disagrees is inconsistent data, and counts for nothing);
+- `operator_signature`: an operator command without enough valid signatures by the operators
+  registered before it (`shared.operators`, judged by the registry as the log had it just before
+  the command, as every consumer judges it): the consumers park it, so it counts for nothing;
 - `approval`: a certificate issued without exactly one approved enrollment before it;
 - `issuer`: a certificate issued by a CA that signing never announced (no `CaCreated`);
 - `serial`: a serial issued twice by one issuer;
@@ -27,19 +35,32 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from pydantic import ValidationError
 
+from services.audit import domain
 from shared.crypto import load_spki, verify_message
-from shared.events import PRODUCERS, KeyDestroyed, key_destroyed_message, producer_allowed
+from shared.events import (
+    PRODUCERS,
+    CertificateRevoked,
+    CrlPublished,
+    KeyDestroyed,
+    OperatorCommand,
+    key_destroyed_message,
+    producer_allowed,
+)
+from shared.operators import NotAuthorised, Registry, applied, signers
 from shared.profiles import Profile, key_problem, names_problems
+
+# What reading a hostile certificate or CRL may raise (lazily, as its extensions are read).
+_UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
 @dataclass(frozen=True)
@@ -74,8 +95,10 @@ class LatestCrl:
 
 @dataclass
 class Checker:
-    """Feed events in log order with `add`; read `findings` (and call `crl_findings` for the CRLs)."""
+    """Feed messages in log order with `add`; read `findings` (and call `crl_findings` for the CRLs).
+    `root` is the log's subject root, against which each message is bound to its subject."""
 
+    root: str
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
     _approvals: dict[str, int] = field(default_factory=dict)
@@ -92,21 +115,26 @@ class Checker:
     _spki_of: dict[str, str] = field(default_factory=dict)  # serial -> its certificate's SPKI SHA-256
     revocations: dict[str, list[Revoked]] = field(default_factory=dict)
     latest_crl: dict[str, LatestCrl] = field(default_factory=dict)
+    _operators: Registry = field(default_factory=lambda: Registry({}, {}))
+    _commands: set[uuid.UUID] = field(default_factory=set)  # the operator commands accepted, by event id
 
-    def add(self, seq: int, raw: bytes) -> None:
-        """Check one archived event (malformed ones are the archive's business, not these checks')."""
+    def add(self, seq: int, subject: str, raw: bytes) -> None:
+        """Check one archived message; one that is not a valid event on `subject` is only a finding."""
         self.events += 1
-        try:
-            data: Any = json.loads(raw)
-        except (ValueError, RecursionError):
+        reading = domain.read(subject, self.root, raw)
+        if reading.problem is not None:
+            self._flag(reading.problem.check, seq, reading.problem.detail)
             return
-        if not isinstance(data, dict):
-            return
-        kind = str(data.get("event_type", ""))
-        producer = str(data.get("producer", ""))
+        data, event = reading.data, reading.event
+        assert data is not None and event is not None  # read gives both when there is no problem
+        kind, producer = event.event_type, event.producer
         if not producer_allowed(kind, producer):
-            self._flag("producer", seq, f"{kind} published by {producer!r}; only {PRODUCERS[kind]} may publish it")
-            return  # a forged event says nothing about what the real producer did
+            self._flag(
+                "producer", seq, f"{kind} says it was published by {producer!r}; its publisher is {PRODUCERS[kind]}"
+            )
+            return  # inconsistent data says nothing about what the real producer did
+        if isinstance(event, OperatorCommand) and not self._authorised(seq, event):
+            return
         ca = str(data.get("ca_id"))
         if kind == "CaCreated":
             self._cas[ca] = str(data.get("cert_pem", ""))
@@ -125,14 +153,28 @@ class Checker:
             self._approved_supersedes[request] = _serial(data.get("supersedes"))
         elif kind == "CertificateIssued":
             self._issued(seq, data)
-        elif kind == "CertificateRevoked":
-            self._revoked(seq, data)
-        elif kind == "CrlPublished":
-            self._crl(seq, data)
+        elif isinstance(event, CertificateRevoked):
+            self._revoked(seq, event)
+        elif isinstance(event, CrlPublished):
+            self._crl(seq, event)
         elif kind == "CertificateDestroyed":
             self._destroyed.setdefault(str(data.get("serial")), seq)
-        elif kind == "KeyDestroyed":
-            self._key_attested(seq, data)
+        elif isinstance(event, KeyDestroyed):
+            self._key_attested(seq, event)
+
+    def _authorised(self, seq: int, command: OperatorCommand) -> bool:
+        """Whether an operator command counts: judged, and applied if it changes the registry, as every
+        consumer does (`shared.operators.authorise`); one that does not is a finding."""
+        if command.event_id in self._commands:
+            return False  # a redelivery of an accepted command: the consumers skip it by its event id
+        try:
+            signers(command, self._operators)  # `command` was parsed from the wire: its set fields are signed
+            self._operators = applied(command, self._operators)
+        except NotAuthorised as exc:
+            self._flag("operator_signature", seq, f"{command.event_type} {command.aggregate_id}: {exc}")
+            return False
+        self._commands.add(command.event_id)
+        return True
 
     def _profile_applied(self, data: dict[str, Any]) -> None:
         try:
@@ -194,13 +236,8 @@ class Checker:
                 f"certificate {serial} renews certificate {supersedes}, destroyed at {self._destroyed[supersedes]}",
             )
 
-    def _key_attested(self, seq: int, data: dict[str, Any]) -> None:
+    def _key_attested(self, seq: int, attested: KeyDestroyed) -> None:
         """A holder's attestation must name an issued certificate's own key and carry that key's signature."""
-        try:
-            attested = KeyDestroyed.model_validate(data)
-        except ValidationError as exc:
-            self._flag("key_destroyed", seq, f"a malformed key-destroyed attestation: {exc.error_count()} errors")
-            return
         serial = attested.serial
         certified = self._spki_of.get(serial)
         if certified is None:
@@ -210,36 +247,35 @@ class Checker:
         elif not _attestation_signed(attested):
             self._flag("key_destroyed", seq, f"the attestation for serial {serial} is not signed by the key it names")
 
-    def _revoked(self, seq: int, data: dict[str, Any]) -> None:
-        issuer, serial = str(data.get("issuer_id")), str(data.get("serial"))
+    def _revoked(self, seq: int, revoked: CertificateRevoked) -> None:
+        issuer, serial = revoked.issuer_id, revoked.serial
         if (issuer, serial) not in self._serials:
             self._flag("revoked_unknown", seq, f"serial {serial} of {issuer} was revoked but never issued")
             return
-        self.revocations.setdefault(issuer, []).append(Revoked(serial, seq, _time(data.get("revoked_at"))))
+        self.revocations.setdefault(issuer, []).append(Revoked(serial, seq, _utc(revoked.revoked_at)))
 
-    def _crl(self, seq: int, data: dict[str, Any]) -> None:
-        ca = str(data.get("ca_id"))
+    def _crl(self, seq: int, crl: CrlPublished) -> None:
+        ca = crl.ca_id
         destroyed = self._key_destroyed.get(ca)
         if destroyed is not None:
             self._flag(
                 "ca_closed",
                 seq,
-                f"CRL #{data.get('crl_number')} of {ca} signed after its key was destroyed at {destroyed}",
+                f"CRL #{crl.crl_number} of {ca} signed after its key was destroyed at {destroyed}",
             )
         elif ca in self._closed and self._closed[ca][0] == "compromised":
             self._flag(
                 "ca_closed",
                 seq,
-                f"CRL #{data.get('crl_number')} signed by {ca} after it was declared "
-                f"compromised at {self._closed[ca][1]}",
+                f"CRL #{crl.crl_number} signed by {ca} after it was declared compromised at {self._closed[ca][1]}",
             )
         self.latest_crl[ca] = LatestCrl(
             stream_seq=seq,
-            crl_number=int(data.get("crl_number") or 0),
-            this_update=_time(data.get("this_update")),
-            bucket=str(data.get("object_bucket", "")),
-            name=str(data.get("object_name", "")),
-            sha256=str(data.get("sha256", "")),
+            crl_number=crl.crl_number,
+            this_update=_utc(crl.this_update),
+            bucket=crl.object_bucket,
+            name=crl.object_name,
+            sha256=crl.sha256,
         )
 
     def _after_close(self, seq: int, ca: str, what: str, approved_at: int | None = None) -> None:
@@ -275,7 +311,7 @@ class Checker:
                     continue  # the CA no longer signs CRLs: it is itself revoked in its parent's CRL
                 when = r.revoked_at or now
                 if latest is not None and r.stream_seq < latest.stream_seq and listed is not None:
-                    cutoff = (latest.this_update or now) - grace
+                    cutoff = _before(latest.this_update or now, grace)
                     if when <= cutoff and int(r.serial, 16) not in listed:
                         found.append(
                             Finding(
@@ -304,7 +340,7 @@ class Checker:
         return min(ends)
 
     def _flag(self, check: str, seq: int, detail: str) -> None:
-        self.findings.append(Finding(check, seq, detail))
+        self.findings.append(Finding(check, seq, domain.safe_text(detail)))
 
 
 def _attestation_signed(attested: KeyDestroyed) -> bool:
@@ -319,15 +355,16 @@ def _attestation_signed(attested: KeyDestroyed) -> bool:
     return hashlib.sha256(der).hexdigest() == attested.spki_sha256 and verify_message(public_key, proof, message)
 
 
+def _utc(at: datetime) -> datetime | None:
+    """`at` in UTC (a time without a zone is taken to be UTC already); None if out of range there."""
+    try:
+        return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
 def _serial(value: Any) -> str | None:
     return str(value) if isinstance(value, str) and value else None
-
-
-def _time(value: Any) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(value)) if value else None
-    except ValueError:
-        return None
 
 
 def _read_crl(der: bytes | None, latest: LatestCrl, issuer_pem: str) -> tuple[set[int] | None, str | None]:
@@ -339,19 +376,31 @@ def _read_crl(der: bytes | None, latest: LatestCrl, issuer_pem: str) -> tuple[se
     try:
         crl = x509.load_der_x509_crl(der)
         issuer = x509.load_pem_x509_certificate(issuer_pem.encode())
-    except ValueError as exc:
+        if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return None, "not signed by its issuer"
+        return {entry.serial_number for entry in crl}, None
+    except _UNREADABLE as exc:
         return None, f"unreadable: {exc}"
-    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-        return None, "not signed by its issuer"
-    return {entry.serial_number for entry in crl}, None
+
+
+def _before(at: datetime, span: timedelta) -> datetime:
+    """`at - span`, or the earliest time there is (a time near year 1 is still a time)."""
+    try:
+        return at - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def profile_problems(profile: Profile, data: dict[str, Any]) -> list[str]:
     """Everything about an issued certificate (its DER, re-read) that its profile does not allow."""
     try:
         cert = x509.load_pem_x509_certificate(str(data.get("cert_pem", "")).encode())
-    except ValueError as exc:
+        return _certificate_problems(profile, cert, data)
+    except _UNREADABLE as exc:
         return [f"the certificate cannot be parsed: {exc}"]
+
+
+def _certificate_problems(profile: Profile, cert: x509.Certificate, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     if f"{cert.serial_number:x}" != str(data.get("serial")):
         problems.append(f"the certificate's serial is {cert.serial_number:x}, not the event's")
@@ -385,9 +434,9 @@ def profile_problems(profile: Profile, data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_all(rows: Iterable[tuple[int, bytes]]) -> Checker:
-    """Run every check over (seq, raw) rows in log order."""
-    checker = Checker()
-    for seq, raw in rows:
-        checker.add(seq, raw)
+def check_all(rows: Iterable[tuple[int, str, bytes]], root: str) -> Checker:
+    """Run every check over (seq, subject, raw) rows of the log under `root`, in log order."""
+    checker = Checker(root)
+    for seq, subject, raw in rows:
+        checker.add(seq, subject, raw)
     return checker

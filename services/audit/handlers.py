@@ -11,7 +11,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import nats.js.errors
@@ -19,22 +20,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from services.audit import checks, domain, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
+from shared.binding import Unbound, loads
+from shared.bounds import MAX_FINDINGS
 from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.crypto import normalise_serial
 from shared.events import (
     AuditCheckpointSigned,
     AuditFindingRaised,
     CertificateIssued,
-    CertificateLintFailed,
+    CertificateRevoked,
     Event,
     LintResult,
 )
 from shared.lint import errors, lint_certificate
 from shared.metrics import EVENTS_CONSUMED
-from shared.outbox import OutboxEntry, enqueue
+from shared.outbox import OutboxEntry, enqueue_many
 from shared.queries import (
     CheckAnswer,
     CheckFinding,
@@ -51,6 +55,8 @@ from shared.queries import (
     ReplayQuery,
     ReportAnswer,
     ReportQuery,
+    RevocationsAnswer,
+    RevocationsQuery,
     VerifyAnswer,
 )
 from shared.service import Runtime
@@ -66,25 +72,31 @@ LINTED = Counter(
 
 def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -> None:
     """Attach audit's consumers and queries."""
-    rt.publishes(CertificateLintFailed, AuditCheckpointSigned, AuditFindingRaised)
+    rt.publishes(AuditCheckpointSigned, AuditFindingRaised)
     if settings.lint_after_issuance:
         linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
 
-        @rt.consumer("lint", [CertificateIssued.filter(rt.root)])
+        @rt.consumer("lint", [CertificateIssued])
         async def on_issued(event: CertificateIssued, msg: NatsMessage) -> None:
             """pkilint every issued certificate, off the signing path; a finding is an operator alert."""
             await linter.submit(event, Delivery.of(msg))
 
     async def archive(items: list[tuple[tuple[str, bytes], Delivery]]) -> list[OutboxEntry]:
+        """Archive a group verbatim and, in the same transaction, raise a finding for each new message
+        that is not a valid event on its subject (the scheduled check then finds it raised already)."""
         async with rt.pool.acquire() as conn, conn.transaction():
-            n = await store.archive(conn, [(delivery.seq, subject, data) for (subject, data), delivery in items])
-        EVENTS_CONSUMED.labels(NAME, "any").inc(n)
-        checkpointer.archived(n)
-        return []
+            messages = [(delivery.seq, subject, data) for (subject, data), delivery in items]
+            archived = await store.archive(conn, messages, rt.root)
+            found = [checks.Finding(p.check, seq, p.detail) for seq, p in archived.problems]
+            entries = await enqueue_findings(conn, rt, found)
+        EVENTS_CONSUMED.labels(NAME, "any").inc(archived.count)
+        checkpointer.archived(archived.count)
+        return entries
 
     archiver: GroupCommit[tuple[str, bytes]] = GroupCommit(archive, rt.publish_pending)
 
-    @rt.consumer("archive", [f"{rt.root}.>"])
+    # A raw consumer: its messages reach the handler undecoded (see Runtime.consumer).
+    @rt.consumer("archive", None)
     async def on_message(msg: NatsMessage) -> None:
         """Archive every message verbatim, readable or not: the archive is the evidence."""
         raw = msg.raw_message
@@ -104,8 +116,20 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
     @rt.query("issued")
     async def issued(query: IssuedQuery) -> IssuedAnswer:
         async with rt.pool.acquire() as conn:
-            raw = await store.issued_event(conn, query.request_id)
-        return IssuedAnswer(request_id=query.request_id, event=json.loads(bytes(raw)) if raw is not None else None)
+            raws = await store.issued_events(conn, query.request_id)
+        return IssuedAnswer(request_id=query.request_id, event=_first_issued(raws))
+
+    @rt.query("revocations")
+    async def revocations(query: RevocationsQuery) -> RevocationsAnswer:
+        """A page of revocations (public: every CRL lists them), validated on their own subject."""
+        async with rt.pool.acquire() as conn:
+            rows = await store.revocations(conn, query.after, query.since, query.limit)
+            through, _, _ = await store.head(conn)
+        valid = []
+        for seq, raw in rows:
+            with contextlib.suppress(ValidationError):
+                valid.append((seq, CertificateRevoked.model_validate_json(raw).model_dump(mode="json")))
+        return RevocationsAnswer(events=valid, through=through)
 
     @rt.query("findings")
     async def findings(query: FindingsQuery) -> FindingsAnswer:
@@ -126,27 +150,35 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
     @rt.query("report")
     async def run_report(query: ReportQuery) -> ReportAnswer:
         started = time.perf_counter()
-        inventory = report.Inventory()
+        inventory = report.Inventory(root=rt.root)
         async with rt.pool.acquire() as conn:
             async for row in store.archive_rows(conn):
-                inventory.add(row["stream_seq"], bytes(row["raw"]))
+                inventory.add(row.seq, row.subject, row.raw)
         answer = report.summarise(inventory, query.now or rt.clock.now(), query.expiring_days, query.limit)
         return answer.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
 
     @rt.query("verify")
-    async def run_verify() -> VerifyAnswer:
-        return await verify.verify(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, checkpointer.public_key)
+    async def run_verify() -> VerifyAnswer | Failure:
+        try:
+            return await verify.verify(rt.pool, rt.js, rt.settings.stream, rt.root, NAME, checkpointer.public_key)
+        except replay.StreamUnreadable as exc:
+            return Failure(error=str(exc), code="stream_unreadable")
 
     progress = replay.Progress()
 
     @rt.query("replay")
     async def run_replay(query: ReplayQuery) -> ReplayAnswer | Failure:
         try:
-            answer = await replay.replay(rt.pool, rt.js, rt.settings.stream, f"{rt.root}.>", NAME, progress)
+            answer = await replay.replay(rt.pool, rt.js, rt.settings.stream, rt.root, NAME, progress)
         except replay.ReplayBusy as exc:
             return Failure(error=str(exc))
+        except replay.StreamUnreadable as exc:
+            return Failure(error=str(exc), code="stream_unreadable")
         if query.verify:
-            answer = answer.model_copy(update={"verified": await run_verify()})
+            verified = await run_verify()
+            if isinstance(verified, Failure):
+                return verified
+            answer = answer.model_copy(update={"verified": verified})
         return answer
 
     @rt.query("replay_progress")
@@ -156,16 +188,19 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
         )
 
 
+# What `findings` lists: signing's refusals before release (and, on older logs, audit's pkilint alerts),
+# profile lint verdicts, and audit's findings (pkilint after issuance, messages that are not valid
+# events on their subject, the scheduled checks).
 FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted", "AuditFindingRaised"]
 
 
 async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[checks.Finding]]:
     """Run the consistency checks over the whole archive, in log order, then check each issuer's
     latest CRL (fetched from the object store) against the revocations before it."""
-    checker = checks.Checker()
+    checker = checks.Checker(rt.root)
     async with rt.pool.acquire() as conn:
         async for row in store.archive_rows(conn):
-            checker.add(row["stream_seq"], bytes(row["raw"]))
+            checker.add(row.seq, row.subject, row.raw)
     crls = {issuer: await _fetch(rt, crl.bucket, crl.name) for issuer, crl in checker.latest_crl.items()}
     grace = timedelta(seconds=crl_grace_s)
     return checker.events, checker.findings + checker.crl_findings(crls, rt.clock.now(), grace)
@@ -182,35 +217,76 @@ async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
 async def raise_findings(rt: Runtime, crl_grace_s: float) -> int:
     """The scheduled run: publish each finding not raised before as AuditFindingRaised."""
     _, found = await check_archive(rt, crl_grace_s)
-    entries = []
     async with rt.pool.acquire() as conn, conn.transaction():
-        for f in found:
-            if not await store.new_finding(conn, f.check, f.stream_seq, f.detail, rt.clock.now()):
-                continue
-            log.error("consistency check failed", extra={"check": f.check, "seq": f.stream_seq, "detail": f.detail})
-            finding = AuditFindingRaised(
-                aggregate_id=f"{f.check}-{f.stream_seq}",
-                occurred_at=rt.clock.now(),
-                correlation_id=f"check-{f.check}-{f.stream_seq}",
-                producer=NAME,
-                check=f.check,
-                stream_seq=f.stream_seq,
-                detail=f.detail,
-            )
-            entries.append(await enqueue(conn, finding, rt.root))
+        entries = await enqueue_findings(conn, rt, found)
     await rt.publish_pending(entries)
     return len(entries)
 
 
+async def enqueue_findings(
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    found: list[checks.Finding],
+    *,
+    cause: CertificateIssued | None = None,
+    lint: list[LintResult] | None = None,
+) -> list[OutboxEntry]:
+    """Enqueue an AuditFindingRaised (aggregate id `<check>-<seq>`) for each finding not raised before,
+    in the caller's transaction; `cause` and `lint` are the issued certificate and its pkilint errors."""
+    now = rt.clock.now()
+    new = await store.new_findings(conn, [(f.check, f.stream_seq, f.detail) for f in found], now)
+    events = []
+    for f in found:
+        if (f.check, f.stream_seq) not in new:
+            continue
+        new.discard((f.check, f.stream_seq))  # once, even if a group names it twice
+        log.error("audit finding", extra={"check": f.check, "seq": f.stream_seq, "detail": f.detail})
+        events.append(
+            AuditFindingRaised(
+                aggregate_id=f"{f.check}-{f.stream_seq}",
+                occurred_at=now,
+                correlation_id=cause.correlation_id if cause is not None else f"check-{f.check}-{f.stream_seq}",
+                causation_id=str(cause.event_id) if cause is not None else None,
+                producer=NAME,
+                check=f.check,
+                stream_seq=f.stream_seq,
+                detail=domain.safe_text(f.detail),
+                serial=cause.serial if cause is not None else None,
+                findings=(lint or [])[:MAX_FINDINGS],
+            )
+        )
+    return await enqueue_many(conn, events, rt.root)
+
+
+def _first_issued(raws: list[bytes]) -> dict[str, Any] | None:
+    """The first of a request's archived `CertificateIssued` bodies that its schema accepts."""
+    for raw in raws:
+        try:
+            CertificateIssued.model_validate_json(raw)
+        except ValidationError:
+            continue
+        event: dict[str, Any] = domain.displayable(json.loads(raw))
+        return event
+    return None
+
+
+# An entry whose occurred_at the archive could not read (the answer's schema requires a time).
+UNKNOWN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _entry(row: asyncpg.Record) -> HistoryEntry:
-    event = json.loads(bytes(row["raw"]))
+    """A history or findings entry; the archived body is shown as it is, or described if unreadable."""
+    try:
+        event = domain.displayable(loads(bytes(row["raw"])))
+    except Unbound as exc:
+        event = {"unreadable": domain.safe_text(str(exc))}
     return HistoryEntry(
         stream_seq=row["stream_seq"],
-        event_type=row["event_type"],
+        event_type=domain.safe_text(row["event_type"], domain.SHORT_MAX),
         subject=row["subject"],
         producer=row["producer"] or "?",
-        actor=domain.actor(event) if isinstance(event, dict) else "?",
-        occurred_at=row["occurred_at"],
+        actor=domain.actor(event),
+        occurred_at=row["occurred_at"] or UNKNOWN_TIME,
         event=event,
     )
 
@@ -230,23 +306,14 @@ async def lint_issued(rt: Runtime, items: list[tuple[Event, Delivery]]) -> list[
         LINTED.labels("error" if found else "clean").inc()
         if not found:
             return []
+        codes = sorted({f.code for f in found})
         log.error(
             "an issued certificate fails pkilint",
-            extra={"serial": event.serial, "profile": event.profile, "codes": [f.code for f in found]},
+            extra={"serial": event.serial, "profile": event.profile, "codes": codes},
         )
-        alert = CertificateLintFailed(
-            aggregate_id=str(uuid.uuid4()),
-            occurred_at=rt.clock.now(),
-            correlation_id=event.correlation_id,
-            causation_id=str(event.event_id),
-            producer=NAME,
-            stage="post-issuance",
-            request_id=event.aggregate_id,
-            serial=event.serial,
-            profile=event.profile,
-            findings=found,
-        )
-        return [await enqueue(conn, alert, rt.root)]
+        detail = f"certificate {event.serial} ({event.profile}) fails pkilint: {', '.join(codes)}"
+        finding = checks.Finding("pkilint", delivery.seq, detail)
+        return await enqueue_findings(conn, rt, [finding], cause=event, lint=found)
 
     async with rt.pool.acquire() as conn, conn.transaction():
         return await apply_events(conn, rt.durable("lint"), items, apply)

@@ -52,10 +52,8 @@ async def _connected(settings: AuditSettings) -> AsyncIterator[tuple[JetStreamCo
             connect_timeout=5,
             allow_reconnect=False,
             max_reconnect_attempts=1,
-            user=settings.nats_user,
-            password=settings.nats_password.get_secret_value() if settings.nats_password else None,
-            inbox_prefix=settings.inbox_prefix,
             name="certbus-audit-offline",
+            **settings.connect_options(),  # audit's identity, as the service connects
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise Unavailable(f"cannot reach NATS at {settings.nats_url}: {exc}") from exc
@@ -67,7 +65,7 @@ async def _connected(settings: AuditSettings) -> AsyncIterator[tuple[JetStreamCo
         raise Unavailable(f"cannot reach the audit database: {exc}") from exc
     try:
         await db.migrate(pool, NAME, [replay.MIGRATIONS])
-        yield nc.jetstream(), pool
+        yield nc.jetstream(prefix=settings.js_prefix), pool
     finally:
         await pool.close()
         await nc.close()
@@ -94,10 +92,10 @@ async def run_replay(
     """Replay the archive from the stream in this process (and verify it if asked)."""
     key = _public_key(settings, public_key) if then_verify else None
     async with _connected(settings) as (js, pool):
-        subject = f"{settings.subject_root}.>"
-        answer = await replay.replay(pool, js, settings.stream, subject, NAME, progress)
+        root = settings.subject_root
+        answer = await replay.replay(pool, js, settings.stream, root, NAME, progress)
         if key is not None:
-            verified = await verify.verify(pool, js, settings.stream, subject, NAME, key)
+            verified = await verify.verify(pool, js, settings.stream, root, NAME, key)
             answer = answer.model_copy(update={"verified": verified})
         return answer
 
@@ -106,7 +104,7 @@ async def run_verify(settings: AuditSettings, public_key: str | None) -> VerifyA
     """Verify the archive against the stream and the signed checkpoints, in this process."""
     key = _public_key(settings, public_key)
     async with _connected(settings) as (js, pool):
-        return await verify.verify(pool, js, settings.stream, f"{settings.subject_root}.>", NAME, key)
+        return await verify.verify(pool, js, settings.stream, settings.subject_root, NAME, key)
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
@@ -118,6 +116,9 @@ def _run(main: Callable[[], Awaitable[T]]) -> T:
     except replay.ReplayBusy as exc:
         err.print(f"[red]busy:[/] {exc}")
         raise typer.Exit(EXIT_TAMPERED) from None
+    except replay.StreamUnreadable as exc:
+        err.print(f"[red]unreadable:[/] {exc}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
 
 
 @app.command("replay")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -17,13 +19,19 @@ from shared.queries import ReplayAnswer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BATCH = 1000
+_COMPARED = "stream_seq, subject, subject_exact, raw, hash"  # what a replay must reproduce exactly
 
 
 class ReplayBusy(Exception):
     """Another replay of the same archive is running (in the audit service or a standalone one)."""
 
 
-Batches = asyncio.Queue[list[tuple[int, str, bytes]] | None]
+class StreamUnreadable(Exception):
+    """The stream could not be read up to the position a replay or a verification began at."""
+
+
+Message = tuple[int, str, bytes]  # stream seq, subject, payload
+Batches = asyncio.Queue[list[Message] | None]
 
 
 @dataclass
@@ -45,7 +53,7 @@ async def read_stream(
     js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH
 ) -> tuple[Batches, asyncio.Task[None]]:
     """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it)."""
-    queue: asyncio.Queue[list[tuple[int, str, bytes]] | None] = asyncio.Queue(maxsize=8)
+    queue: Batches = asyncio.Queue(maxsize=8)
 
     async def pump() -> None:
         sub = await js.pull_subscribe(
@@ -73,15 +81,33 @@ async def read_stream(
     return queue, asyncio.create_task(pump(), name="replay-reader")
 
 
+async def read_all(queue: Batches, reader: asyncio.Task[None], through: int) -> AsyncIterator[list[Message]]:
+    """The batches `read_stream` feeds, then the reader's own failure if it stopped before `through`
+    (a partial read must never pass for the whole log)."""
+    last = 0
+    try:
+        while (chunk := await queue.get()) is not None:
+            last = max(last, *(seq for seq, _, _ in chunk))
+            yield chunk
+        await reader
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise StreamUnreadable(f"the stream could not be read past {last} of {through}: {exc!r}") from exc
+    finally:
+        reader.cancel()
+    if last < through:
+        raise StreamUnreadable(f"the stream could not be read past {last} of {through}")
+
+
 async def replay(
     pool: asyncpg.Pool,
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    root: str,
     live_schema: str,
     progress: Progress | None = None,
 ) -> ReplayAnswer:
-    """Rebuild the archive from the stream, compare with the live one, and adopt the rebuilt rows."""
+    """Rebuild the archive from the stream (every message under `root`), compare with the live one,
+    and adopt the rebuilt rows."""
     progress = progress or Progress()
     scratch = f"{live_schema}_replay"
     # One replay per archive at a time, wherever it runs: a session-level advisory lock, held on a
@@ -94,7 +120,7 @@ async def replay(
             info = await js.stream_info(stream)
             through = info.state.last_seq
             progress.running, progress.done, progress.total, progress.started = True, 0, through, started
-            return await _replay(pool, js, stream, subject, live_schema, scratch, started, through, progress)
+            return await _replay(pool, js, stream, root, live_schema, scratch, started, through, progress)
         finally:
             progress.running = False
             await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"replay:{live_schema}")
@@ -104,7 +130,7 @@ async def _replay(
     pool: asyncpg.Pool,
     js: JetStreamContext,
     stream: str,
-    subject: str,
+    root: str,
     live_schema: str,
     scratch: str,
     started: float,
@@ -115,17 +141,17 @@ async def _replay(
     await db.migrate(pool, scratch, [MIGRATIONS])
     events = 0
     if through > 0:
-        queue, reader = await read_stream(js, stream, subject, through)
+        queue, reader = await read_stream(js, stream, f"{root}.>", through)
         async with pool.acquire() as conn:
             await conn.execute(f"SET search_path TO {scratch}, public")
             try:
-                while (chunk := await queue.get()) is not None:
+                async for chunk in read_all(queue, reader, through):
                     async with conn.transaction():
-                        events += await store.archive(conn, chunk)
+                        events += (await store.archive(conn, chunk, root)).count
                     progress.done = chunk[-1][0]
             finally:
+                reader.cancel()  # also when archiving a batch failed: the generator closes only later
                 await conn.execute(f"SET search_path TO {live_schema}, public")
-                reader.cancel()
     seconds = time.perf_counter() - started
     await _let_live_catch_up(pool, live_schema, through)
     async with pool.acquire() as conn, conn.transaction():
@@ -138,10 +164,10 @@ async def _replay(
         new = await conn.fetchrow(f"SELECT seq, hash FROM {scratch}.chain_head")
         assert old is not None and new is not None
         differs = await conn.fetchval(
-            f"SELECT count(*) FROM ((SELECT stream_seq, subject, raw, hash FROM {scratch}.archive EXCEPT "
-            f"SELECT stream_seq, subject, raw, hash FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
-            f"(SELECT stream_seq, subject, raw, hash FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
-            f"SELECT stream_seq, subject, raw, hash FROM {scratch}.archive)) d",
+            f"SELECT count(*) FROM ((SELECT {_COMPARED} FROM {scratch}.archive EXCEPT "
+            f"SELECT {_COMPARED} FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
+            f"(SELECT {_COMPARED} FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
+            f"SELECT {_COMPARED} FROM {scratch}.archive)) d",
             through,
         )
         equal = differs == 0

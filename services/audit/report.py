@@ -1,11 +1,13 @@
 """The certificate inventory for `certbus audit report`, folded from the archived log: pure, no I/O.
 
-`Inventory.add` reads events in log order and, like the consistency checks, never raises on what
-it cannot read: unreadable events are counted as `malformed`; events from a producer not allowed
-to publish their type, duplicates, and events about certificates never issued are counted as
-`ignored` (`certbus audit check` says why). `summarise` judges every certificate at a given time
-and returns aggregates only, plus the capped list of certificates expiring soon, so the answer
-stays small whatever the inventory's size.
+`Inventory.add` reads messages in log order and, like the consistency checks, never raises on what
+it cannot read, whatever JSON value any field holds: a message that is not an event (over the
+bounds, not one JSON object, an unknown type) or whose fields are not what its type says is counted
+as `malformed`; a body on a subject other than its own (a forgery), an event whose body names
+another producer than its type's publisher, duplicates, and events about certificates never issued
+are counted as `ignored` (`certbus audit check` says why). `summarise` judges every certificate at
+a given time and returns aggregates only, plus the capped list of certificates expiring soon, so
+the answer stays small whatever the inventory's size.
 
 A certificate's state, first that applies: destroyed, revoked, superseded, expired (not_after
 before the time of the report), valid. `CertificateSuperseded` and `CertificateDestroyed` are not
@@ -14,16 +16,16 @@ published yet; they are read by name, matched on (issuer_id, serial) or on the c
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from services.audit.domain import safe_text, utc_time
+from shared.binding import Unbound, bind
 from shared.events import producer_allowed
 from shared.queries import Breakdown, DayCount, ExpiringCertificate, ReportAnswer, Tally
-from shared.reasons import printable
 
 STATES = ("valid", "expired", "revoked", "superseded", "destroyed")
 TOP = 100  # values listed per breakdown; the certificates of the others are summed
@@ -61,8 +63,10 @@ class Certificate:
 
 @dataclass
 class Inventory:
-    """Feed events in log order with `add`; read `certificates` or pass it to `summarise`."""
+    """Feed messages in log order with `add`; read `certificates` or pass it to `summarise`. `root`
+    is the log's subject root, against which each message is bound to its subject."""
 
+    root: str
     events: int = 0
     malformed: int = 0
     ignored: int = 0
@@ -71,28 +75,29 @@ class Inventory:
     _by_id: dict[str, tuple[str, str]] = field(default_factory=dict)
     _requesters: dict[str, str] = field(default_factory=dict)
 
-    def add(self, seq: int, raw: bytes) -> None:
-        """Fold one archived event into the inventory."""
+    def add(self, seq: int, subject: str, raw: bytes) -> None:
+        """Fold one archived message (on `subject`) into the inventory."""
         self.events += 1
         self.through_seq = max(self.through_seq, seq)
         try:
-            data: Any = json.loads(raw)
-        except (ValueError, RecursionError):
-            self.malformed += 1
+            data = bind(subject, self.root, raw)
+        except Unbound as exc:
+            if exc.code == "subject_mismatch":
+                self.ignored += 1
+            else:
+                self.malformed += 1
             return
-        kind = data.get("event_type") if isinstance(data, dict) else None
-        if not isinstance(kind, str):
-            self.malformed += 1
-            return
+        kind: str = data["event_type"]  # bind checked it names a type Certbus defines
         fold = _FOLDS.get(kind)
         if fold is None:
             return
-        if not producer_allowed(kind, data.get("producer")):
+        producer = data.get("producer")
+        if not isinstance(producer, str) or not producer_allowed(kind, producer):
             self.ignored += 1
             return
         try:
             fold(self, data)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             self.malformed += 1
 
     def _requested(self, data: dict[str, Any]) -> None:
@@ -161,11 +166,11 @@ _FOLDS: dict[str, Callable[[Inventory, dict[str, Any]], None]] = {
 }
 
 
-def inventory_of(rows: Iterable[tuple[int, bytes]]) -> Inventory:
-    """Fold (seq, raw) rows in log order."""
-    inventory = Inventory()
-    for seq, raw in rows:
-        inventory.add(seq, raw)
+def inventory_of(rows: Iterable[tuple[int, str, bytes]], root: str) -> Inventory:
+    """Fold (seq, subject, raw) rows of the log under `root`, in log order."""
+    inventory = Inventory(root)
+    for seq, subject, raw in rows:
+        inventory.add(seq, subject, raw)
     return inventory
 
 
@@ -250,14 +255,15 @@ def _text(value: Any) -> str:
     """Text from an event, printable and at most TEXT_MAX characters (ValueError if not text)."""
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {type(value).__name__}")
-    text = printable(value)
-    return text if len(text) <= TEXT_MAX else text[: TEXT_MAX - 1] + "…"
+    return safe_text(value, TEXT_MAX)
 
 
 def _time(value: Any) -> datetime:
-    if not isinstance(value, str):
+    """A time from an event, in UTC (ValueError if not an ISO 8601 time)."""
+    at = utc_time(value)
+    if at is None:
         raise ValueError(f"expected an ISO 8601 time, got {type(value).__name__}")
-    return _utc(datetime.fromisoformat(value))
+    return at
 
 
 def _utc(at: datetime) -> datetime:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
@@ -13,9 +13,28 @@ from cryptography.hazmat.primitives import serialization
 from services.audit import domain
 
 
-async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, bytes]]) -> int:
-    """Archive raw messages (seq, subject, bytes) and extend the hash chain; returns how many were new.
+@dataclass(frozen=True)
+class Archived:
+    """What one `archive` call added: how many messages were new, and the problem of each new one
+    that is not a valid event on its subject (by stream sequence, in order)."""
 
+    count: int
+    problems: list[tuple[int, domain.Problem]] = field(default_factory=list)
+
+
+class ArchivedRow(NamedTuple):
+    """One archived message as the chain covers it: position, exact subject, bytes, stored hash."""
+
+    seq: int
+    subject: str
+    raw: bytes
+    hash: bytes | None
+
+
+async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, bytes]], root: str) -> Archived:
+    """Archive raw messages (seq, subject, bytes) verbatim and extend the hash chain; returns what was new.
+
+    Whatever a message holds, its row is written: what is indexed of it is bounded (`domain.describe`).
     In the usual case the batch continues the chain exactly (it starts at head + 1, without gaps),
     so the hashes are computed here and written with the rows. Otherwise (a redelivery arriving
     out of order) the rows wait unhashed and the chain is extended over what is contiguous.
@@ -26,30 +45,43 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
     ordered = [m for m in ordered if m[0] > head["seq"]]  # already archived and chained
     contiguous = [m[0] for m in ordered] == list(range(head["seq"] + 1, head["seq"] + 1 + len(ordered)))
     current = bytes(head["hash"])
-    rows, refs = [], []
+    rows, refs, problems = [], [], {}
     for seq, subject, raw in ordered:
-        d = domain.describe(subject, raw)
-        try:
-            event_id = uuid.UUID(d.event_id) if d.event_id else None
-        except ValueError:
-            event_id = None
+        d = domain.describe(subject, raw, root=root)
         digest = None
         if contiguous:
             current = domain.link(current, seq, subject, raw)
             digest = current
-        rows.append((seq, subject, raw, event_id, d.event_type, d.aggregate_id, d.producer, d.occurred_at, digest))
+        rows.append(
+            (
+                seq,
+                d.subject,
+                raw,
+                d.event_id,
+                d.event_type,
+                d.aggregate_id,
+                d.producer,
+                d.occurred_at,
+                digest,
+                d.subject_exact,
+            )
+        )
         if d.serial:
             refs.append((d.serial, seq, d.cert_id))
         # Never with a cert id: `history` takes a serial's certificate id from its own events only.
-        refs.extend((related, seq, None) for related in d.related_serials if related != d.serial)
+        refs.extend((related, seq, None) for related in d.related_serials)
+        if d.problem is not None:
+            problems[seq] = d.problem
     if not rows:
-        return 0
+        return Archived(0)
     inserted = await conn.fetch(
         "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at, "
-        "hash) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], "
-        "$7::text[], $8::timestamptz[], $9::bytea[]) ON CONFLICT DO NOTHING RETURNING stream_seq",
+        "hash, subject_exact) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], "
+        "$6::text[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) ON CONFLICT DO NOTHING "
+        "RETURNING stream_seq",
         *[list(col) for col in zip(*rows, strict=True)],
     )
+    new = sorted(r["stream_seq"] for r in inserted)
     if refs:
         await conn.executemany("INSERT INTO serial_refs VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", refs)
     if contiguous and len(inserted) == len(rows):
@@ -60,7 +92,7 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
         if contiguous:  # some rows existed unhashed already: recompute from the head
             await conn.execute("UPDATE archive SET hash = NULL WHERE stream_seq > $1", head["seq"])
         await advance_chain(conn)
-    return len(inserted)
+    return Archived(len(new), [(seq, problems[seq]) for seq in new if seq in problems])
 
 
 async def advance_chain(conn: asyncpg.Connection) -> None:
@@ -70,7 +102,8 @@ async def advance_chain(conn: asyncpg.Connection) -> None:
     seq, current = head["seq"], bytes(head["hash"])
     while True:
         rows = await conn.fetch(
-            "SELECT stream_seq, subject, raw FROM archive WHERE stream_seq > $1 ORDER BY stream_seq LIMIT 5000",
+            "SELECT stream_seq, subject, subject_exact, raw FROM archive WHERE stream_seq > $1 "
+            "ORDER BY stream_seq LIMIT 5000",
             seq,
         )
         updates = []
@@ -78,13 +111,18 @@ async def advance_chain(conn: asyncpg.Connection) -> None:
             if row["stream_seq"] != seq + 1:
                 break
             seq = row["stream_seq"]
-            current = domain.link(current, seq, row["subject"], bytes(row["raw"]))
+            current = domain.link(current, seq, _subject(row), bytes(row["raw"]))
             updates.append((seq, current))
         if updates:
             await conn.executemany("UPDATE archive SET hash = $2 WHERE stream_seq = $1", updates)
         if len(updates) < 5000:
             break
     await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, current)
+
+
+def _subject(row: asyncpg.Record) -> str:
+    exact = row["subject_exact"]
+    return domain.exact_subject(row["subject"], bytes(exact) if exact is not None else None)
 
 
 async def head(conn: asyncpg.Connection) -> tuple[int, bytes, int]:
@@ -109,14 +147,31 @@ async def history(conn: asyncpg.Connection, serial: str) -> tuple[str | None, li
     return cert_id, rows
 
 
-async def issued_event(conn: asyncpg.Connection, request_id: str) -> bytes | None:
-    """The archived `CertificateIssued` of a request, if any (the first: redeliveries carry the same event)."""
-    raw: bytes | None = await conn.fetchval(
+async def issued_events(conn: asyncpg.Connection, request_id: str, limit: int = 10) -> list[bytes]:
+    """The first archived `CertificateIssued` messages of a request, in log order (redeliveries carry
+    the same event; only messages on their own subject are indexed as one)."""
+    rows = await conn.fetch(
         "SELECT raw FROM archive WHERE aggregate_id = $1 AND event_type = 'CertificateIssued' "
-        "ORDER BY stream_seq LIMIT 1",
+        "ORDER BY stream_seq LIMIT $2",
         request_id,
+        limit,
     )
-    return raw
+    return [bytes(r["raw"]) for r in rows]
+
+
+async def revocations(
+    conn: asyncpg.Connection, after: int, since: datetime | None, limit: int
+) -> list[tuple[int, bytes]]:
+    """Archived `CertificateRevoked` messages after stream sequence `after` (revoked at or after
+    `since`), in log order; only messages on their own subject are indexed as one."""
+    rows = await conn.fetch(
+        "SELECT stream_seq, raw FROM archive WHERE event_type = 'CertificateRevoked' AND stream_seq > $1 "
+        "AND ($2::timestamptz IS NULL OR occurred_at >= $2) ORDER BY stream_seq LIMIT $3",
+        after,
+        since,
+        limit,
+    )
+    return [(r["stream_seq"], bytes(r["raw"])) for r in rows]
 
 
 async def events_of_types(conn: asyncpg.Connection, event_types: list[str], limit: int) -> list[asyncpg.Record]:
@@ -168,22 +223,36 @@ async def save_checkpoint(
     return row is not None
 
 
-async def archive_rows(conn: asyncpg.Connection, batch: int = 5000) -> AsyncIterator[asyncpg.Record]:
-    """Every archived row (seq, subject, raw, hash) in sequence order, read in batches."""
+async def archive_rows(conn: asyncpg.Connection, batch: int = 5000) -> AsyncIterator[ArchivedRow]:
+    """Every archived message (seq, exact subject, raw, hash) in sequence order, read in batches."""
     after = 0
     while rows := await conn.fetch(
-        "SELECT stream_seq, subject, raw, hash FROM archive WHERE stream_seq > $1 ORDER BY stream_seq LIMIT $2",
+        "SELECT stream_seq, subject, subject_exact, raw, hash FROM archive WHERE stream_seq > $1 "
+        "ORDER BY stream_seq LIMIT $2",
         after,
         batch,
     ):
         for row in rows:
-            yield row
+            stored = row["hash"]
+            yield ArchivedRow(
+                row["stream_seq"], _subject(row), bytes(row["raw"]), bytes(stored) if stored is not None else None
+            )
         after = rows[-1]["stream_seq"]
 
 
-async def new_finding(conn: asyncpg.Connection, check: str, seq: int, detail: str, at: datetime) -> bool:
-    """Remember a finding; False if it was raised before."""
-    row = await conn.fetchval(
-        "INSERT INTO findings VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1", check, seq, detail, at
+async def new_findings(
+    conn: asyncpg.Connection, found: Sequence[tuple[str, int, str]], at: datetime
+) -> set[tuple[str, int]]:
+    """Remember findings (check, stream seq, detail); returns the (check, seq) of those not raised before."""
+    if not found:
+        return set()
+    checks, seqs, details = (list(col) for col in zip(*found, strict=True))
+    rows = await conn.fetch(
+        "INSERT INTO findings SELECT c, s, d, $4 FROM unnest($1::text[], $2::bigint[], $3::text[]) AS t(c, s, d) "
+        "ON CONFLICT DO NOTHING RETURNING check_name, stream_seq",
+        checks,
+        seqs,
+        details,
+        at,
     )
-    return row is not None
+    return {(r["check_name"], r["stream_seq"]) for r in rows}

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from services.audit import domain, replay, store
+from shared.binding import Unbound, bind
 from shared.events import AuditCheckpointSigned
 from shared.queries import VerifyAnswer, VerifyProblem
 
@@ -38,13 +39,13 @@ class _Seen:
 
 
 async def verify(
-    pool: asyncpg.Pool, js: JetStreamContext, stream: str, subject: str, live_schema: str, public_key: str
+    pool: asyncpg.Pool, js: JetStreamContext, stream: str, root: str, live_schema: str, public_key: str
 ) -> VerifyAnswer:
-    """Verify the live archive against the stream and the signed checkpoints."""
+    """Verify the live archive against the stream (every message under `root`) and the signed checkpoints."""
     started = time.perf_counter()
     through = (await js.stream_info(stream)).state.last_seq
     await replay._let_live_catch_up(pool, live_schema, through)
-    logged, checkpoints = await _read_log(js, stream, subject, through)
+    logged, checkpoints = await _read_log(js, stream, root, through)
     archived, pure_at, stored_mismatch = await _walk_archive(pool, {c.stream_seq for c in checkpoints}, through)
     problems: dict[int, set[str]] = {}
     details: dict[tuple[int, str], str] = {}
@@ -83,25 +84,29 @@ async def verify(
 
 
 async def _read_log(
-    js: JetStreamContext, stream: str, subject: str, through: int
+    js: JetStreamContext, stream: str, root: str, through: int
 ) -> tuple[dict[int, _Seen], list[AuditCheckpointSigned]]:
     logged: dict[int, _Seen] = {}
     checkpoints: list[AuditCheckpointSigned] = []
     if through == 0:
         return logged, checkpoints
-    queue, reader = await replay.read_stream(js, stream, subject, through)
-    try:
-        while (chunk := await queue.get()) is not None:
-            for seq, subj, raw in chunk:
-                logged[seq] = _Seen(subj, hashlib.sha256(raw).digest())
-                if subj.endswith(".checkpoint"):
-                    try:
-                        checkpoints.append(AuditCheckpointSigned.model_validate_json(raw))
-                    except ValidationError:
-                        pass  # a forged or malformed checkpoint is just an event here
-    finally:
-        reader.cancel()
+    queue, reader = await replay.read_stream(js, stream, f"{root}.>", through)
+    async for chunk in replay.read_all(queue, reader, through):
+        for seq, subj, raw in chunk:
+            logged[seq] = _Seen(subj, hashlib.sha256(raw).digest())
+            if (checkpoint := _checkpoint(subj, root, raw)) is not None:
+                checkpoints.append(checkpoint)
     return logged, checkpoints
+
+
+def _checkpoint(subject: str, root: str, raw: bytes) -> AuditCheckpointSigned | None:
+    """A checkpoint on its own subject; anything else (a forged or malformed one) is just a message here."""
+    if not subject.endswith(f".{AuditCheckpointSigned.verb}"):
+        return None
+    try:
+        return AuditCheckpointSigned.model_validate(bind(subject, root, raw, (AuditCheckpointSigned,)))
+    except (Unbound, ValidationError):
+        return None
 
 
 async def _walk_archive(
@@ -116,14 +121,12 @@ async def _walk_archive(
     mismatched: list[int] = []
     pure = local = domain.GENESIS
     async with pool.acquire() as conn:
-        async for row in store.archive_rows(conn):
-            seq, subject, raw = row["stream_seq"], row["subject"], bytes(row["raw"])
+        async for seq, subject, raw, stored in store.archive_rows(conn):
             if seq > through:
                 break
             archived[seq] = _Seen(subject, hashlib.sha256(raw).digest())
             pure = domain.link(pure, seq, subject, raw)
-            if row["hash"] is not None:
-                stored = bytes(row["hash"])
+            if stored is not None:
                 if domain.link(local, seq, subject, raw) != stored:
                     mismatched.append(seq)
                 local = stored  # resynchronise, so one change is reported once

@@ -50,7 +50,7 @@ async def head(pool: asyncpg.Pool) -> tuple[int, bytes]:
 async def test_any_arrival_order_gives_the_same_chain(pool: asyncpg.Pool, batches: list) -> None:  # type: ignore[type-arg]
     for batch in batches:
         async with pool.acquire() as conn, conn.transaction():
-            await store.archive(conn, batch)
+            await store.archive(conn, batch, "pki")
     assert await head(pool) == (len(EVENTS), expected_head())
     hashes = [bytes(r["hash"]) for r in await pool.fetch("SELECT hash FROM audit.archive ORDER BY stream_seq")]
     running = list(itertools.accumulate(EVENTS, lambda h, e: domain.link(h, *e), initial=domain.GENESIS))[1:]
@@ -59,8 +59,8 @@ async def test_any_arrival_order_gives_the_same_chain(pool: asyncpg.Pool, batche
 
 async def test_a_gap_holds_the_chain_until_it_is_filled(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await store.archive(conn, [EVENTS[0], EVENTS[2]])
+        await store.archive(conn, [EVENTS[0], EVENTS[2]], "pki")
     assert (await head(pool))[0] == 1
     async with pool.acquire() as conn, conn.transaction():
-        await store.archive(conn, [EVENTS[1]])
+        await store.archive(conn, [EVENTS[1]], "pki")
     assert (await head(pool))[0] == 3

@@ -26,7 +26,7 @@ async def _issue_and_revoke(stack: Harness) -> tuple[list[CertificateIssued], Ce
     """Three tls-server certificates (30 days, one then revoked) and a tls-client one (7 days)."""
     servers = [await stack.enroll(f"report{i}.corp.internal") for i in range(3)]
     client = await stack.enroll("client.corp.internal", profile="tls-client")
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         await c.revoke_as_operator(servers[0].serial, "keyCompromise", "tests")
 
         async def archived() -> ReportAnswer | None:

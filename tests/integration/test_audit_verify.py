@@ -16,7 +16,6 @@ from subprocess import PIPE
 from typing import Any
 
 import asyncpg
-import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -32,12 +31,12 @@ async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
     for i in range(certs):
         await h.enroll(f"v{i}.corp.internal")
     pool = await h.db()
-    nc = await nats.connect(h.nats_url)
+    nc = await h.connect("admin")
     try:
         stable_since, last = time.monotonic(), -1
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            through = (await nc.jetstream().stream_info(h.common["stream"])).state.last_seq
+            through = (await h.js(nc).stream_info(h.common["stream"])).state.last_seq
             head = await pool.fetchval("SELECT seq FROM audit.chain_head")
             signed = await pool.fetchval("SELECT count(*) FROM audit.checkpoints")
             if head != through or not signed or through != last:
@@ -51,7 +50,7 @@ async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
 
 
 async def _verify(h: Harness) -> VerifyAnswer:
-    async with h.client() as c:
+    async with h.client("operator") as c:
         return await c.verify()
 
 
@@ -207,7 +206,7 @@ async def test_audit_replay_through_the_cli_reports_equal_and_progress_is_querya
     assert result.returncode == 0, result.stderr
     assert "equal" in result.stdout
     seen: list[ReplayProgress] = []
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         answer = await c.replay(on_progress=seen.append)  # small: may finish before the first poll
         idle = await c._ask("audit", "replay_progress", None, ReplayProgress)
     assert answer.equal
@@ -223,7 +222,7 @@ async def test_replay_and_verify_need_no_certbus_service(stack: Harness) -> None
     for name in list(stack.apps):
         await stack.stop(name)
     through = await pool.fetchval("SELECT seq FROM audit.chain_head")
-    result = await stack.cli("audit", "replay", "--verify", "--json", settings_of="audit")
+    result = await _as_audit(stack, "shared.cli.main", "audit", "replay", "--verify", "--json")
     assert result.returncode == 0, result.stderr
     assert "no audit service answers" in result.stderr
     answer = json.loads(result.stdout)
@@ -233,15 +232,15 @@ async def test_replay_and_verify_need_no_certbus_service(stack: Harness) -> None
     middle = through // 2
     await pool.execute("DELETE FROM audit.serial_refs WHERE stream_seq = $1", middle)
     await pool.execute("DELETE FROM audit.archive WHERE stream_seq = $1", middle)
-    verify = await stack.cli("audit", "verify", settings_of="audit")
+    verify = await stack.cli("audit", "verify")
     assert verify.returncode == 3, "verify asks the audit service, which is not running"
-    offline = await _offline(stack, "verify", "--json")
+    offline = await _as_audit(stack, "services.audit.offline", "verify", "--json")
     assert offline.returncode == 1 and json.loads(offline.stdout)["first_seq"] == middle
-    rebuilt = await stack.cli("audit", "replay", "--verify", settings_of="audit")
+    rebuilt = await _as_audit(stack, "shared.cli.main", "audit", "replay", "--verify")
     assert rebuilt.returncode == 1, "a replay that differed from the archive fails the command"
     assert "differed; archive rebuilt from the log" in rebuilt.stdout and "clean" in rebuilt.stdout
     assert await pool.fetchval("SELECT count(*) FROM audit.archive") == through
-    again = await _offline(stack, "replay", "--json")
+    again = await _as_audit(stack, "services.audit.offline", "replay", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["equal"]
 
 
@@ -250,19 +249,20 @@ async def test_a_second_replay_is_refused_while_one_runs(stack: Harness) -> None
     async with pool.acquire() as conn:
         await conn.fetchval("SELECT pg_advisory_lock(hashtext('replay:audit'))")
         try:
-            busy = await stack.cli("audit", "replay", "--standalone", settings_of="audit")
+            busy = await _as_audit(stack, "shared.cli.main", "audit", "replay", "--standalone")
             assert busy.returncode == 1 and "already running" in busy.stderr
-            async with stack.client() as c:
+            async with stack.client("operator") as c:
                 with pytest.raises(CertbusError, match="already running"):
                     await c.replay()
         finally:
             await conn.fetchval("SELECT pg_advisory_unlock(hashtext('replay:audit'))")
 
 
-async def _offline(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
-    """`certbus-audit` (the standalone auditor tool) with audit's settings."""
+async def _as_audit(h: Harness, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `module` (the `certbus` CLI, or `certbus-audit`, the standalone auditor tool) with audit's
+    settings: its identity on the bus and its database, as an auditor's machine has them."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.audit.offline", *args, env=h.env("audit"), stdout=PIPE, stderr=PIPE
+        sys.executable, "-m", module, *args, env=h.env("audit"), stdout=PIPE, stderr=PIPE
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode is not None
@@ -291,7 +291,7 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     await harness.apply_profiles()
     issued = await harness.enroll("crl-check.corp.internal")
     await harness.stop("signing")
-    async with harness.client() as c:
+    async with harness.client("operator") as c:
         await c.revoke_as_operator(issued.serial, "keyCompromise", "tests")
     await asyncio.sleep(0.6)
     missing = await _findings(harness, "crl", bool)
@@ -301,9 +301,9 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     await _findings(harness, "crl", lambda found: not found)
     crl_events = await harness.stream_messages(f"{harness.root}.ca.*.crl_published")
     latest = json.loads(crl_events[-1].data)
-    nc = await nats.connect(harness.nats_url)
+    nc = await harness.connect("signing")  # whoever can write CRLs: only signing
     try:
-        bucket = await nc.jetstream().object_store(latest["object_bucket"])
+        bucket = await harness.js(nc, "signing").object_store(latest["object_bucket"])
         await bucket.put(latest["object_name"], b"not the CRL that was signed")
     finally:
         await nc.close()

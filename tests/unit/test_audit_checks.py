@@ -1,4 +1,4 @@
-"""Audit's consistency checks, each caught on a deliberately inconsistent log."""
+"""Audit's consistency checks, each caught on a deliberately inconsistent log of otherwise valid events."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from test_audit_samples import JUNK_SUBJECT, ROOT, event, genesis, rows, signed
 
 from pki_builders import NOW, issue_leaf, make_profile
 from services.audit.checks import Checker, check_all
@@ -20,10 +21,12 @@ from shared.profiles import Profile
 
 
 def _e(kind: str, producer: str, **fields: Any) -> bytes:
-    return json.dumps({"event_type": kind, "producer": producer, **fields}).encode()
+    """A valid event of type `kind` whose body names `producer`, with `fields`."""
+    return event(kind, producer=producer, **fields)
 
 
 CA = _e("CaCreated", "signing", ca_id="ca1")
+GENESIS = genesis()  # starts every log that carries operator commands (signed by alice, see `signed`)
 
 
 def _issue(request: str, serial: str, issuer: str = "ca1", producer: str = "signing") -> bytes:
@@ -34,16 +37,59 @@ def _approve(request: str) -> bytes:
     return _e("EnrollmentApproved", "enrollment", aggregate_id=request)
 
 
+def _check_all(*raws: bytes) -> Checker:
+    return check_all(rows(*raws), ROOT)
+
+
 def _checks(*raws: bytes) -> list[tuple[str, int]]:
-    return [(f.check, f.stream_seq) for f in check_all(enumerate(raws, start=1)).findings]
+    return [(f.check, f.stream_seq) for f in _check_all(*raws).findings]
 
 
 def test_a_consistent_log_has_no_findings() -> None:
     revoked = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1")
-    assert _checks(CA, _approve("r1"), _issue("r1", "a1"), revoked, b"{not json") == []
+    assert _checks(CA, _approve("r1"), _issue("r1", "a1"), revoked) == []
 
 
-def test_an_event_from_the_wrong_producer_is_found() -> None:
+def test_a_message_that_is_no_event_is_a_finding_and_counts_for_nothing() -> None:
+    checker = Checker(ROOT)
+    checker.add(1, JUNK_SUBJECT, b"{not json")
+    checker.add(2, JUNK_SUBJECT, b"x" * 300_000)
+    checker.add(3, JUNK_SUBJECT, json.dumps({"event_type": "CertificateHeld", "aggregate_id": "junk"}).encode())
+    assert [(f.check, f.stream_seq) for f in checker.findings] == [
+        ("malformed", 1),
+        ("oversize", 2),
+        ("unknown_type", 3),
+    ]
+    assert checker.events == 3
+
+
+def test_an_event_on_another_types_subject_is_a_forgery_that_counts_for_nothing() -> None:
+    """A CA announced on a request's subject (which its publisher may use) does not make it an issuer."""
+    forged = _e("CaCreated", "signing", ca_id="ca2", aggregate_id="ca2")
+    checker = Checker(ROOT)
+    for seq, (subject, raw) in enumerate(
+        [(f"{ROOT}.cert.r9.requested", forged), *[(s, r) for _, s, r in rows(_approve("r1"))]], start=1
+    ):
+        checker.add(seq, subject, raw)
+    checker.add(3, f"{ROOT}.cert.r1.issued", _issue("r1", "a1", issuer="ca2"))
+    found = [(f.check, f.stream_seq) for f in checker.findings]
+    assert found == [("subject_mismatch", 1), ("issuer", 3)]
+    assert "pki.ca.ca2.created" in checker.findings[0].detail
+
+
+def test_a_body_its_class_refuses_is_malformed_and_counts_for_nothing() -> None:
+    huge = _e("CrlPublished", "signing", ca_id="ca1", crl_number=2**200)
+    text = _e("CrlPublished", "signing", ca_id="ca1", crl_number="twelve")
+    listy = _e("CaCreated", "signing", ca_id=["ca1"])
+    assert _checks(huge, text, listy, _approve("r1"), _issue("r1", "a1")) == [
+        ("malformed", 1),
+        ("malformed", 2),
+        ("malformed", 3),
+        ("issuer", 5),
+    ]
+
+
+def test_an_event_whose_body_names_another_producer_than_its_publisher_is_found() -> None:
     assert _checks(CA, _approve("r1"), _issue("r1", "a1", producer="enrollment")) == [("producer", 3)]
 
 
@@ -74,48 +120,48 @@ def test_a_serial_issued_twice_by_one_issuer_is_found() -> None:
 
 
 def test_a_revocation_of_a_certificate_never_issued_is_found() -> None:
-    assert _checks(CA, _e("CertificateRevoked", "revocation", serial="zz", issuer_id="ca1")) == [("revoked_unknown", 2)]
+    assert _checks(CA, _e("CertificateRevoked", "revocation", serial="ff", issuer_id="ca1")) == [("revoked_unknown", 2)]
 
 
 # --- a CA after compromise, retirement and key destruction -------------------------------------
 
 
 def _crl_event(ca: str = "ca1", number: int = 1, **fields: Any) -> bytes:
-    return _e("CrlPublished", "signing", ca_id=ca, crl_number=number, **fields)
+    return _e("CrlPublished", "signing", aggregate_id=ca, ca_id=ca, crl_number=number, **fields)
 
 
 def test_a_certificate_issued_after_its_ca_was_declared_compromised_is_found() -> None:
-    compromised = _e("CaCompromised", "operator", ca_id="ca1", reason="key leaked", declared_by="alice")
-    log = [CA, _approve("r1"), _issue("r1", "a1"), compromised, _approve("r2"), _issue("r2", "a2")]
-    assert _checks(*log) == [("ca_closed", 6)]
-    assert "declared compromised at 4" in check_all(enumerate(log, start=1)).findings[0].detail
+    compromised = signed("CaCompromised", ca_id="ca1", reason="key leaked", declared_by="alice")
+    log = [GENESIS, CA, _approve("r1"), _issue("r1", "a1"), compromised, _approve("r2"), _issue("r2", "a2")]
+    assert _checks(*log) == [("ca_closed", 7)]
+    assert "declared compromised at 5" in _check_all(*log).findings[0].detail
 
 
 def test_a_retired_ca_may_publish_a_final_crl_but_nothing_once_its_key_is_destroyed() -> None:
-    retired = _e("CaRetired", "operator", ca_id="ca1", reason="rotated", retired_by="alice")
+    retired = signed("CaRetired", ca_id="ca1", reason="rotated", retired_by="alice")
     destroyed = _e("CaKeyDestroyed", "signing", ca_id="ca1", spki_sha256="00" * 32)
-    log = [CA, retired, _crl_event(number=9), destroyed, _crl_event(number=10), _approve("r1"), _issue("r1", "a1")]
-    assert _checks(*log) == [("ca_closed", 5), ("ca_closed", 7)]
+    log = [GENESIS, CA, retired, _crl_event(number=9), destroyed, _crl_event(number=10), _approve("r1")]
+    assert _checks(*log, _issue("r1", "a1")) == [("ca_closed", 6), ("ca_closed", 8)]
 
 
 def test_a_certificate_approved_before_a_retirement_may_be_released_after_it_but_not_one_approved_after() -> None:
-    retired = _e("CaRetired", "operator", ca_id="ca1", reason="rotated", retired_by="alice")
-    log = [CA, _approve("r1"), retired, _issue("r1", "a1"), _approve("r2"), _issue("r2", "a2")]
-    assert _checks(*log) == [("ca_closed", 6)]
+    retired = signed("CaRetired", ca_id="ca1", reason="rotated", retired_by="alice")
+    log = [GENESIS, CA, _approve("r1"), retired, _issue("r1", "a1"), _approve("r2"), _issue("r2", "a2")]
+    assert _checks(*log) == [("ca_closed", 7)]
 
 
 def test_a_crl_signed_after_compromise_is_found_and_a_forged_compromise_counts_for_nothing() -> None:
-    forged = _e("CaCompromised", "requester", ca_id="ca1", reason="x", declared_by="mallory")
-    real = _e("CaCompromised", "operator", ca_id="ca1", reason="x", declared_by="alice")
-    log = [CA, forged, _approve("r1"), _issue("r1", "a1"), real, _crl_event()]
-    assert _checks(*log) == [("producer", 2), ("ca_closed", 6)]
+    forged = signed("CaCompromised", ca_id="ca1", reason="x", declared_by="mallory", producer="requester")
+    real = signed("CaCompromised", ca_id="ca1", reason="x", declared_by="alice")
+    log = [GENESIS, CA, forged, _approve("r1"), _issue("r1", "a1"), real, _crl_event()]
+    assert _checks(*log) == [("producer", 3), ("ca_closed", 7)]
 
 
 # --- re-linting each certificate against the profile version its approval names ----------------
 
 
 def _applied(profile: Profile) -> bytes:
-    return _e("ProfileApplied", "operator", profile=profile.model_dump(mode="json"), digest=profile.digest())
+    return signed("ProfileApplied", profile=profile.model_dump(mode="json"), digest=profile.digest())
 
 
 def _issued_cert(request: str, cert: x509.Certificate, dns_names: list[str] | None = None) -> bytes:
@@ -137,7 +183,7 @@ def _approved_under(request: str, profile: Profile) -> bytes:
 def test_a_certificate_its_profile_allows_has_no_finding(issuing: signing.CaIdentity, issuing_key: PrivateKey) -> None:
     profile = make_profile()
     cert = issue_leaf(issuing, issuing_key, ["web.corp.internal"], validity_days=30, profile=profile)
-    assert _checks(CA, _applied(profile), _approved_under("r1", profile), _issued_cert("r1", cert)) == []
+    assert _checks(GENESIS, CA, _applied(profile), _approved_under("r1", profile), _issued_cert("r1", cert)) == []
 
 
 def test_a_certificate_its_profile_does_not_allow_is_found(
@@ -148,10 +194,10 @@ def test_a_certificate_its_profile_does_not_allow_is_found(
     broad = make_profile(usage="both", dns_suffixes=["corp.internal", "evil.example"], max_validity_days=200)
     narrow = make_profile(dns_suffixes=["example.internal"], max_validity_days=30)
     cert = issue_leaf(issuing, issuing_key, ["web.evil.example"], validity_days=200, profile=broad)
-    log = [CA, _applied(narrow), _approved_under("r1", narrow), _issued_cert("r1", cert, ["web.evil.example"])]
-    findings = check_all(enumerate(log, start=1)).findings
+    log = [GENESIS, CA, _applied(narrow), _approved_under("r1", narrow), _issued_cert("r1", cert, ["web.evil.example"])]
+    findings = _check_all(*log).findings
     details = " | ".join(f.detail for f in findings)
-    assert {(f.check, f.stream_seq) for f in findings} == {("profile", 4)}
+    assert {(f.check, f.stream_seq) for f in findings} == {("profile", 5)}
     assert "web.evil.example" in details and "200 days" in details and "extended key usages" in details
 
 
@@ -160,8 +206,8 @@ def test_a_certificate_whose_event_lies_about_its_names_is_found(
 ) -> None:
     profile = make_profile()
     cert = issue_leaf(issuing, issuing_key, ["web.corp.internal"], validity_days=30, profile=profile)
-    log = [CA, _applied(profile), _approved_under("r1", profile), _issued_cert("r1", cert, ["other.corp.internal"])]
-    assert _checks(*log) == [("profile", 4)]
+    log = [GENESIS, CA, _applied(profile), _approved_under("r1", profile)]
+    assert _checks(*log, _issued_cert("r1", cert, ["other.corp.internal"])) == [("profile", 5)]
 
 
 def test_an_approval_under_a_profile_version_never_applied_is_found(
@@ -169,7 +215,7 @@ def test_an_approval_under_a_profile_version_never_applied_is_found(
 ) -> None:
     profile = make_profile()
     cert = issue_leaf(issuing, issuing_key, ["web.corp.internal"], validity_days=30, profile=profile)
-    findings = check_all(enumerate([CA, _approved_under("r1", profile), _issued_cert("r1", cert)], start=1)).findings
+    findings = _check_all(CA, _approved_under("r1", profile), _issued_cert("r1", cert)).findings
     assert [(f.check, f.stream_seq) for f in findings] == [("profile", 3)]
     assert "never applied" in findings[0].detail
 
@@ -193,7 +239,7 @@ def _crl_log(
         sha256=hashlib.sha256(der).hexdigest(),
     )
     log = [ca, _approve("r1"), _issue("r1", "a1"), _approve("r2"), _issue("r2", "b2"), revoke, crl]
-    return check_all(enumerate(log, start=1)), log
+    return _check_all(*log), log
 
 
 def _signed_crl(issuing: signing.CaIdentity, key: PrivateKey, serials: list[int], at: datetime) -> bytes:
@@ -242,7 +288,7 @@ def test_a_crl_that_is_missing_altered_or_signed_by_another_key_is_found(
 
 def test_a_revocation_with_no_crl_after_it_is_found_once_the_grace_has_passed() -> None:
     revoke = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1", revoked_at=NOW.isoformat())
-    checker = check_all(enumerate([CA, _approve("r1"), _issue("r1", "a1"), revoke], start=1))
+    checker = _check_all(CA, _approve("r1"), _issue("r1", "a1"), revoke)
     assert checker.crl_findings({}, NOW + timedelta(seconds=10), GRACE) == []
     found = checker.crl_findings({}, NOW + timedelta(minutes=5), GRACE)
     assert [(f.check, f.stream_seq) for f in found] == [("crl", 4)]
@@ -251,8 +297,8 @@ def test_a_revocation_with_no_crl_after_it_is_found_once_the_grace_has_passed() 
 
 def test_revocations_after_a_ca_compromise_need_not_be_in_its_crl() -> None:
     revoke = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1", revoked_at=NOW.isoformat())
-    compromised = _e("CaCompromised", "operator", ca_id="ca1", reason="leak", declared_by="alice")
-    checker = check_all(enumerate([CA, _approve("r1"), _issue("r1", "a1"), compromised, revoke], start=1))
+    compromised = signed("CaCompromised", ca_id="ca1", reason="leak", declared_by="alice")
+    checker = _check_all(GENESIS, CA, _approve("r1"), _issue("r1", "a1"), compromised, revoke)
     assert checker.crl_findings({}, NOW + timedelta(hours=1), GRACE) == []
 
 

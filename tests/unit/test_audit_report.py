@@ -9,6 +9,7 @@ import re
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
+from test_audit_samples import ROOT, rows
 from typer.testing import CliRunner
 
 from services.audit.report import TEXT_MAX, TOP, Inventory, inventory_of, summarise
@@ -56,11 +57,14 @@ def _issued(
 
 
 def _revoked(serial: str, reason: str, issuer: str = "ca1") -> bytes:
-    return _e("CertificateRevoked", "revocation", serial=serial, issuer_id=issuer, reason=reason)
+    return _e(
+        "CertificateRevoked", "revocation", aggregate_id=f"c-{serial}", serial=serial, issuer_id=issuer, reason=reason
+    )
 
 
 def _fold(*raws: bytes) -> Inventory:
-    return inventory_of(enumerate(raws, start=1))
+    """The inventory of `raws`, each on the subject its own type and aggregate id give."""
+    return inventory_of(rows(*raws), ROOT)
 
 
 def _counts(breakdown: Breakdown) -> dict[str, int]:
@@ -187,7 +191,7 @@ def test_unreadable_events_are_counted_and_skipped() -> None:
         _e("CertificateIssued", "signing", aggregate_id="r1", serial="a1"),
         _e("CertificateIssued", "signing", aggregate_id="r2", serial="a2", issuer_id="ca1", profile="p", **_times("x")),
         _e("CertificateIssued", "signing", aggregate_id="r3", serial=7, issuer_id="ca1", profile="p"),
-        _e("CertificateRevoked", "revocation", serial="a1"),
+        _e("CertificateRevoked", "revocation", aggregate_id="r1", serial="a1"),
         _issued("r4", "a4"),
         _e("ProfileApplied", "operator", aggregate_id="whatever"),
     )
@@ -202,8 +206,29 @@ def _times(value: str) -> dict[str, str]:
 def test_events_from_a_producer_not_allowed_to_publish_them_are_not_counted() -> None:
     forged = _issued("r2", "a2").replace(b'"producer": "signing"', b'"producer": "requester"')
     revoked = _revoked("a1", "keyCompromise").replace(b'"revocation"', b'"operator"')
-    report = _report(_issued("r1", "a1"), forged, revoked)
-    assert (report.certificates, report.ignored, _counts(report.by_state)["valid"]) == (1, 2, 1)
+    listed = _issued("r3", "a3").replace(b'"producer": "signing"', b'"producer": ["signing"]')
+    report = _report(_issued("r1", "a1"), forged, revoked, listed)
+    assert (report.certificates, report.ignored, _counts(report.by_state)["valid"]) == (1, 3, 1)
+
+
+def test_an_event_on_another_types_subject_is_a_forgery_and_not_counted() -> None:
+    inventory = Inventory(ROOT)
+    inventory.add(1, f"{ROOT}.cert.r1.requested", _issued("r1", "a1"))
+    inventory.add(2, f"{ROOT}.cert.r2.issued", _issued("r1", "a2"))  # r1's certificate on r2's subject
+    inventory.add(3, f"{ROOT}.cert.r3.issued", _issued("r3", "a3"))
+    assert (inventory.ignored, list(inventory.certificates)) == (2, [("ca1", "a3")])
+
+
+def test_a_message_over_the_bounds_is_malformed_without_being_read() -> None:
+    inventory = _fold(_issued("r1", "a1", names=["n" * 100] * 3000))
+    assert (inventory.malformed, inventory.certificates) == (1, {})
+
+
+def test_times_out_of_range_once_in_utc_are_malformed() -> None:
+    early = _e("CertificateIssued", "signing", aggregate_id="r1", serial="a1", issuer_id="ca1", profile="p")
+    data = json.loads(early) | {"occurred_at": "0001-01-01T00:00:00+14:00", "not_after": "2030-01-01T00:00:00"}
+    inventory = _fold(json.dumps(data).encode())
+    assert (inventory.malformed, inventory.certificates) == (1, {})
 
 
 def test_text_from_events_is_made_printable_and_shortened() -> None:
@@ -229,18 +254,19 @@ def test_a_breakdown_lists_the_largest_values_and_sums_the_rest() -> None:
 
 
 def test_the_answer_stays_small_for_a_hundred_thousand_certificates_of_distinct_requesters() -> None:
-    inventory = Inventory()
+    inventory = Inventory(ROOT)
     long = "r" * 1000
     for i in range(100_000):
-        inventory.add(2 * i + 1, _requested(f"q{i}", f"{long}{i}"))
-        inventory.add(2 * i + 2, _issued(f"q{i}", f"{i:x}", expires_in=timedelta(days=i % 60), names=["n"] * 50))
+        inventory.add(2 * i + 1, f"{ROOT}.cert.q{i}.requested", _requested(f"q{i}", f"{long}{i}"))
+        issued = _issued(f"q{i}", f"{i:x}", expires_in=timedelta(days=i % 60), names=["n"] * 50)
+        inventory.add(2 * i + 2, f"{ROOT}.cert.q{i}.issued", issued)
     size = len(summarise(inventory, NOW, 30, 1000).model_dump_json())
     assert size < 600_000, size
 
 
 def test_negative_windows_are_refused() -> None:
     try:
-        summarise(Inventory(), NOW, -1, 10)
+        summarise(Inventory(ROOT), NOW, -1, 10)
     except ValueError as exc:
         assert "must not be negative" in str(exc)
     else:
@@ -327,7 +353,7 @@ def test_the_html_fetches_nothing_and_runs_nothing() -> None:
 
 
 def test_the_html_of_an_empty_log_says_so() -> None:
-    page = render_html(summarise(Inventory(), NOW))
+    page = render_html(summarise(Inventory(ROOT), NOW))
     assert page.count('<rect class="bar"') == 0
     assert "no certificates in this period" in page
 
