@@ -21,13 +21,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel
 
+from shared import operators
+from shared.binding import bind
 from shared.crypto import PrivateKey, normalise_serial, sign_message
 from shared.events import (
     ApprovalDenied,
@@ -43,19 +45,28 @@ from shared.events import (
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    IssuanceRefused,
     KeyDestroyed,
+    OperatorCommand,
     ProfileApplied,
     ProfileLinted,
     RenewalRequested,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
-    parse_event,
-    producer_allowed,
+    event_from,
     revocation_message,
     utcnow,
 )
-from shared.holder import enrollment_request, key_destroyed_attestation, new_key_like, renewal_csr, renewal_request
+from shared.holder import (
+    enrollment_request,
+    key_destroyed_attestation,
+    load_private_key,
+    new_key_like,
+    renewal_csr,
+    renewal_request,
+)
+from shared.ingress import KIND_OF, ingress_subject
 from shared.profiles import Profile
 from shared.queries import (
     CheckAnswer,
@@ -81,6 +92,8 @@ from shared.queries import (
     RequestsQuery,
     RetireCheckAnswer,
     RetireCheckQuery,
+    RevocationsAnswer,
+    RevocationsQuery,
     StatusAnswer,
     StatusQuery,
     ValidateAnswer,
@@ -91,6 +104,7 @@ from shared.reasons import Reason, printable
 from shared.settings import CommonSettings
 
 log = logging.getLogger("certbus.client")
+BACKLOG_FULL = 10077  # JetStream: "maximum messages per subject exceeded" (discard new per subject)
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 A = TypeVar("A", bound=BaseModel)
 
@@ -113,6 +127,11 @@ class Rejected(CertbusError):
     def __init__(self, reasons: list[Reason]) -> None:
         super().__init__("; ".join(f"{r.code}: {r.message}" for r in reasons))
         self.reasons = reasons
+
+
+class Throttled(CertbusError):
+    """The ingress stream holds as many of this identity's requests as it may (`code`
+    `backlog_full`): wait until some are answered, then send again."""
 
 
 class UnknownRequest(CertbusError):
@@ -184,10 +203,8 @@ class CertbusClient:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # 0 would mean "retry forever" in nats-py
                 error_cb=_quiet,
-                user=s.nats_user,
-                password=s.nats_password.get_secret_value() if s.nats_password else None,
-                name=f"certbus-client-{self.requester}",
-                inbox_prefix=s.inbox_prefix,
+                name=f"certbus-client-{self.identity}",
+                **s.connect_options(),
             )
         except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
             raise Unreachable(f"cannot reach NATS at {s.nats_url}: {exc}") from exc
@@ -224,19 +241,55 @@ class CertbusClient:
             raise CertbusError(failure.error, failure.code)
         return answer.model_validate(data)
 
+    def signed(self, command: OperatorCommand) -> OperatorCommand:
+        """`command` signed with this client's operator key, as the operator this client is."""
+        key_file = self.settings.operator_key_file
+        if key_file is None:
+            raise CertbusError(
+                "an operator command must be signed by a registered operator's key: set "
+                "CERTBUS_OPERATOR_KEY_FILE (or keep it in $CERTBUS_HOME/operators/<name>.key.pem)"
+            )
+        return operators.sign(command, self.identity, load_private_key(key_file.read_bytes()))
+
+    @property
+    def identity(self) -> str:
+        """Who this client is on the bus: its configured identity (its NATS user), else `requester`."""
+        return self.settings.who or self.requester
+
     async def publish(self, event: Event, timeout: float = 5.0) -> int:
-        """Publish an event to the log with `Nats-Msg-Id`; returns its stream sequence."""
-        js = self.nc.jetstream()
+        """Send an event with `Nats-Msg-Id` (its event id, so a retry is deduplicated); returns its
+        stream sequence. A request (enrollment, renewal, revocation, key destroyed) goes to the
+        ingress stream under this client's identity, for its service to admit onto the log; an
+        operator's command goes onto the log itself. Raises Throttled when this identity's backlog
+        of requests waiting for admission is full."""
+        if isinstance(event, OperatorCommand) and not event.signatures:
+            event = self.signed(event)
+        kind = KIND_OF.get(type(event))
+        if kind is not None:
+            subject, stream = (
+                ingress_subject(self.settings.ingress_root, self.identity, kind),
+                self.settings.ingress_stream,
+            )
+        else:
+            subject, stream = event.subject(self.settings.subject_root), self.settings.stream
         try:
-            ack = await js.publish(
-                event.subject(self.settings.subject_root),
+            ack = await self.nc.jetstream().publish(
+                subject,
                 event.model_dump_json().encode(),
-                stream=self.settings.stream,
+                stream=stream,
                 headers={"Nats-Msg-Id": str(event.event_id)},
                 timeout=timeout,
             )
         except (NatsTimeout, NoRespondersError) as exc:
             raise Unreachable("the Certbus stream did not acknowledge the request") from exc
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == BACKLOG_FULL:
+                raise Throttled(
+                    f"{self.identity} already has {self.settings.ingress_backlog} requests of this kind waiting "
+                    "for admission: wait for their outcomes, then send again",
+                    "backlog_full",
+                ) from None
+            raise CertbusError(f"the Certbus stream refused the event: {exc.description}") from exc
         return ack.seq
 
     @contextlib.asynccontextmanager
@@ -249,12 +302,8 @@ class CertbusClient:
         async def on_msg(msg: Msg) -> None:
             if outcome.done():
                 return
-            try:
-                event = parse_event(msg.data)
-            except ValueError as exc:
-                outcome.set_exception(CertbusError(f"malformed outcome on {msg.subject}: {exc}"))
-                return
-            if accept(event):
+            event = self._event(msg)
+            if event is not None and accept(event):
                 outcome.set_result(event)
 
         subs = [await self.nc.subscribe(s, cb=on_msg) for s in subjects]
@@ -268,6 +317,18 @@ class CertbusClient:
             for sub in subs:
                 with contextlib.suppress(nats.errors.ConnectionClosedError):
                     await sub.unsubscribe()
+
+    def _event(self, msg: Msg) -> Event | None:
+        """The event a message on the log is, or None (logged) if it is not a valid event on its own
+        subject: a junk message on an outcome subject never fails a waiting call."""
+        try:
+            return event_from(bind(msg.subject, self.settings.subject_root, msg.data))
+        except ValueError as exc:  # Unbound and pydantic's ValidationError
+            log.warning(
+                "ignored a message that is not a valid event on its subject",
+                extra={"subject": printable(msg.subject[:200]), "error": printable(str(exc)[:300])},
+            )
+            return None
 
     @staticmethod
     async def _within(outcome: asyncio.Future[Event], timeout: float, request_id: str) -> Event:
@@ -318,13 +379,13 @@ class CertbusClient:
 
     def _outcome_subjects(self, request_id: str) -> list[str]:
         root = self.settings.subject_root
-        return [f"{root}.cert.{request_id}.{verb}" for verb in ("issued", "rejected", "pending")]
+        return [f"{root}.cert.{request_id}.{verb}" for verb in ("issued", "rejected", "refused", "pending")]
 
     async def _certificate(
         self, result: Event, request_id: str, timeout: float, wait_visible: bool
     ) -> CertificateIssued:
         """The certificate an outcome gives, or the Rejected / Pending it means."""
-        if isinstance(result, EnrollmentRejected):
+        if isinstance(result, EnrollmentRejected | IssuanceRefused):
             raise Rejected(result.reasons)
         if isinstance(result, EnrollmentPending):
             raise Pending(request_id, result.expires_at)
@@ -569,24 +630,56 @@ class CertbusClient:
     ) -> AsyncIterator[CertificateRevoked]:
         """Yield revocations as they happen, in log order (optionally only one issuer's).
 
-        Without `since`, a plain subscription to `<root>.cert.*.revoked` (what any requester may
-        read; revocations while disconnected are missed: check `status` after a reconnect). With
-        `since`, an ordered JetStream consumer replays the log from that time and then follows it,
-        missing nothing (the NATS user must be allowed to create consumers on the stream).
+        A subscription to `<root>.cert.*.revoked` (what the log republishes, which any requester may
+        hear). With `since`, the revocations from that time on are first read from audit's archive
+        (its `revocations` query), then the live ones, so nothing is missed; whenever a live one
+        arrives, what the archive holds before it is read first. Without `since`, revocations while
+        disconnected are missed: check `status` after a reconnect.
         """
         subject = CertificateRevoked.filter(self.settings.subject_root)
-        if since is None:
-            sub = await self.nc.subscribe(subject)
-        else:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since)
-            sub = await self.nc.jetstream().subscribe(
-                subject, stream=self.settings.stream, ordered_consumer=True, config=config
-            )
+        sub = await self.nc.subscribe(subject)
+        last = 0  # the stream sequence of the last revocation yielded
+
+        async def archived_until(seq: int | None) -> AsyncIterator[CertificateRevoked]:
+            """The archive's revocations after `last`, and before stream sequence `seq` if given
+            (then waiting, up to 10 s, for audit to have archived everything before it)."""
+            nonlocal last
+            waited = 0.0
+            while True:
+                page = await self._ask(
+                    "audit", "revocations", RevocationsQuery(after=last, since=since), RevocationsAnswer
+                )
+                for at, data in page.events:
+                    if seq is not None and at >= seq:
+                        return
+                    last = at
+                    revoked = CertificateRevoked.model_validate(data)
+                    if issuer_id is None or revoked.issuer_id == issuer_id:
+                        yield revoked
+                if len(page.events) == RevocationsQuery().limit:
+                    continue  # more pages
+                if seq is None or page.through >= seq - 1:
+                    return
+                if waited >= 10.0:
+                    raise Unreachable(f"audit has not archived the log up to sequence {seq - 1} yet")
+                await asyncio.sleep(0.2)
+                waited += 0.2
+
         try:
-            async for msg in sub.messages:
-                revoked = CertificateRevoked.model_validate_json(msg.data)
-                if issuer_id is None or revoked.issuer_id == issuer_id:
+            if since is not None:
+                async for revoked in archived_until(None):
                     yield revoked
+            async for msg in sub.messages:
+                seq = int((msg.headers or {}).get("Nats-Sequence", 0))
+                if since is not None and seq > last + 1:
+                    async for revoked in archived_until(seq):
+                        yield revoked
+                if seq and seq <= last:
+                    continue  # read from the archive already
+                event = self._event(msg)
+                if isinstance(event, CertificateRevoked) and (issuer_id is None or event.issuer_id == issuer_id):
+                    last = max(last, seq)
+                    yield event
         finally:
             await sub.unsubscribe()
 
@@ -613,15 +706,8 @@ class CertbusClient:
         pumps = [asyncio.create_task(pump(subject)) for subject in subjects]
         try:
             while (msg := await queue.get()) is not None:
-                try:
-                    event = parse_event(msg.data)
-                except ValueError:
-                    log.warning("malformed lifecycle event ignored", extra={"subject": printable(msg.subject)})
-                    continue
-                if not isinstance(event, LifecycleEvent) or not producer_allowed(event.event_type, event.producer):
-                    log.warning("unexpected lifecycle event ignored", extra={"subject": printable(msg.subject)})
-                    continue
-                if event.serial in serials:
+                event = self._event(msg)
+                if isinstance(event, LifecycleEvent) and event.serial in serials:
                     yield event
         finally:
             for task in pumps:

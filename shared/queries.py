@@ -115,6 +115,23 @@ class IssuedAnswer(Query):
     event: dict[str, Any] | None = None
 
 
+class RevocationsQuery(Query):
+    """Revocations archived after stream sequence `after` (and at or after `since`, if given), in log
+    order: how a subscriber catches up on what it missed (`CertbusClient.revocations(since=...)`)."""
+
+    after: int = Field(default=0, ge=0)
+    since: datetime | None = None
+    limit: int = Field(default=500, ge=1, le=1000)
+
+
+class RevocationsAnswer(Query):
+    """A page of archived `CertificateRevoked` events with their stream sequences; fewer than the
+    limit asked for means there are no more (yet)."""
+
+    events: list[tuple[int, dict[str, Any]]]
+    through: int = 0  # the archive holds every message up to this stream sequence
+
+
 class ReplayQuery(Query):
     """Rebuild the archive from stream sequence 1; with `verify`, verify the result afterwards."""
 
@@ -190,6 +207,7 @@ class RequestDetail(RequestSummary):
     issuer_id: str | None = None
     not_after: datetime | None = None
     renews_serial: str | None = None  # a renewal: the serial of the certificate it renews
+    accepted_at: datetime | None = None  # when the ingress stream took it
 
 
 class RetireCheckQuery(Query):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,21 +18,63 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CERTBUS_", extra="ignore")
 
     nats_url: str = DEFAULT_NATS_URL
+    # How this process proves who it is to NATS: an NKey seed file (0600; `make run` writes one
+    # per identity under .certbus/identities), or a user and password.
+    nats_seed_file: Path | None = None
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    # Who this process is on the bus: a service's name, a requester's or an operator's name. It
+    # names the process's ingress subjects and reply inbox, which NATS lets only it use.
+    identity: str | None = None
+    # An operator's signing key (PEM, 0600): the SDK signs operator commands with it, as `identity`.
+    operator_key_file: Path | None = None
     stream: str = "CERTBUS"
     subject_root: str = "pki"
     query_root: str = "certbus.q"
     crl_bucket: str = "certbus-crl"
+    # Requests wait on the ingress stream until the service that owns them admits them to the log.
+    ingress_stream: str = "CERTBUS_IN"
+    ingress_root: str = "certbus.in"
+    # Where the log republishes what it stored, for core subscribers in other accounts.
+    events_root: str = "certbus.ev"
+    # Where JetStream's API is found: the log lives in an account of its own, and the others reach
+    # it through imports under this prefix (`$JS.API` only for the log's own account, admin).
+    js_prefix: str = "certbus.js"
     stream_replicas: int = 1
     duplicate_window_s: float = 120.0
+    # The log's limits: once one is reached new events are refused (and services alarm and retry);
+    # the log never deletes history to make room. JetStream reserves the bytes when the stream is
+    # created, so they must fit the server's (and the account's) file storage: size them for the
+    # deployment (a certificate's whole life is a few events of 1-4 KiB).
+    stream_max_bytes: int = 8 * 1024**3
+    stream_max_msgs: int = 1_000_000_000
+    # Requests of one kind one identity may have waiting for admission (the server refuses more),
+    # and the ingress stream's size.
+    ingress_backlog: int = 1000
+    ingress_max_bytes: int = 256 * 1024**2
+    crl_store_max_bytes: int = 2 * 1024**3  # the CRL object store (signing keeps a few CRLs per issuer)
     log_level: str = "INFO"
     log_format: str = "text"
 
     @property
+    def who(self) -> str | None:
+        """This process's identity on the bus (its NATS user when no identity is set)."""
+        return self.identity or self.nats_user
+
+    def connect_options(self) -> dict[str, Any]:
+        """The credentials and inbox nats-py's `connect` (and FastStream's broker) take."""
+        options: dict[str, Any] = {"inbox_prefix": self.inbox_prefix}
+        if self.nats_seed_file is not None:
+            options["nkeys_seed"] = str(self.nats_seed_file)
+        elif self.nats_user and self.nats_password:
+            options["user"] = self.nats_user
+            options["password"] = self.nats_password.get_secret_value()
+        return options
+
+    @property
     def inbox_prefix(self) -> str:
-        """A per-user reply inbox (`_INBOX_<user>`), so no NATS user can read another's replies."""
-        return f"_INBOX_{self.nats_user}" if self.nats_user else "_INBOX"
+        """A per-identity reply inbox (`_INBOX_<identity>`), so no identity can read another's replies."""
+        return f"_INBOX_{self.who}" if self.who else "_INBOX"
 
 
 class ServiceSettings(CommonSettings):
@@ -48,6 +91,8 @@ class ServiceSettings(CommonSettings):
     # At shutdown, how long NATS may take to drain subscriptions before the connection is closed
     # anyway (anything unacknowledged is redelivered): a stop stays within a 30 s grace period.
     drain_timeout_s: int = 10
+    # How many requests of one identity a service admits from the ingress stream a minute.
+    admission_rate_per_min: int = 600
 
 
 class EnrollmentSettings(ServiceSettings):

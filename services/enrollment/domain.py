@@ -7,6 +7,7 @@ fixes everything in one round.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from shared.crypto import spki_sha256
+from shared.events import ProvisionerRegistered
 from shared.profiles import (
     Profile,
     key_problem,
@@ -211,6 +213,95 @@ def _common_name_problems(csr: x509.CertificateSigningRequest, names: Names) -> 
 
 
 _PROFILES: dict[str, Profile] = {}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a provisioner may enroll for (None: no limit of that kind)."""
+
+    profiles: tuple[str, ...] | None = None
+    name_suffixes: tuple[str, ...] | None = None
+    requesters: tuple[str, ...] | None = None
+    max_per_hour: int | None = None
+
+    @classmethod
+    def of(cls, registered: ProvisionerRegistered) -> Scope:
+        """The scope a registration gives."""
+
+        def tupled(values: list[str] | None) -> tuple[str, ...] | None:
+            return tuple(values) if values is not None else None
+
+        return cls(
+            tupled(registered.profiles),
+            tupled(registered.name_suffixes),
+            tupled(registered.requesters),
+            registered.max_per_hour,
+        )
+
+
+def scope_problems(
+    provisioner_id: str,
+    scope: Scope,
+    profile: Profile,
+    names: Sequence[str],
+    requester: str,
+    issued_last_hour: int,
+) -> list[Reason]:
+    """Why a provisioner's token may not enroll this request: the profile, a name or the requester
+    is outside the provisioner's scope, the profile is reserved for other provisioners, or the
+    provisioner enrolled its hourly limit already."""
+    reasons = []
+    if profile.provisioners is not None and provisioner_id not in profile.provisioners:
+        reasons.append(
+            Reason(
+                code="provisioner_not_allowed",
+                message=f"profile {profile.name!r} may be enrolled only with the tokens of "
+                f"{', '.join(profile.provisioners) or 'no provisioner'}, not {provisioner_id!r}'s",
+            )
+        )
+    if scope.profiles is not None and profile.name not in scope.profiles:
+        reasons.append(
+            Reason(
+                code="provisioner_scope",
+                message=f"provisioner {provisioner_id!r} may enroll only under "
+                f"{', '.join(scope.profiles) or 'no profile'}, not {profile.name!r}",
+            )
+        )
+    if scope.name_suffixes is not None:
+        for name in names:
+            domain = name.rsplit("@", 1)[-1].lower().rstrip(".")
+            if ":" in domain or all(c.isdigit() or c == "." for c in domain):
+                continue  # an IP address: the profile's ip_ranges govern it
+            if not any(_under(domain, suffix) for suffix in scope.name_suffixes):
+                reasons.append(
+                    Reason(
+                        code="provisioner_scope",
+                        message=f"provisioner {provisioner_id!r} may enroll names under "
+                        f"{', '.join(scope.name_suffixes) or 'no suffix'} only, not {name!r}",
+                    )
+                )
+    if scope.requesters is not None and requester not in scope.requesters:
+        reasons.append(
+            Reason(
+                code="provisioner_scope",
+                message=f"provisioner {provisioner_id!r}'s tokens may be used only by "
+                f"{', '.join(scope.requesters) or 'nobody'}, not by {requester!r}",
+            )
+        )
+    if scope.max_per_hour is not None and issued_last_hour >= scope.max_per_hour:
+        reasons.append(
+            Reason(
+                code="rate_limited",
+                message=f"provisioner {provisioner_id!r} enrolled its limit of {scope.max_per_hour} certificates "
+                "in the last hour: try later, or ask an operator to raise its limit",
+            )
+        )
+    return reasons
+
+
+def _under(name: str, suffix: str) -> bool:
+    suffix = suffix.lower().strip(".")
+    return name == suffix or name.endswith("." + suffix)
 
 
 def profile_of(body: dict[str, Any], digest: str) -> Profile:

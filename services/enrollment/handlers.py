@@ -25,6 +25,7 @@ from services.enrollment import domain, renewal, store
 from services.enrollment.domain import profile_of
 from services.enrollment.replay import LogPosition
 from services.enrollment.schedule import RenewalSchedule
+from shared.admission import Admission
 from shared.consumer import Delivery, EventRejected
 from shared.crypto import spki_sha256
 from shared.events import (
@@ -41,14 +42,20 @@ from shared.events import (
     EnrollmentRejected,
     EnrollmentRequested,
     Event,
+    IssuanceRefused,
     KeyBlocked,
+    OperatorRegistered,
+    OperatorRemoved,
     ProfileApplied,
     ProfileLinted,
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
+    QuorumSet,
     RenewalRequested,
 )
+from shared.ingress import Kind
+from shared.operators import recorded
 from shared.outbox import OutboxEntry, enqueue
 from shared.profiles import Profile, key_type_of
 from shared.queries import (
@@ -72,7 +79,10 @@ NAME = "enrollment"
 log = logging.getLogger("certbus.enrollment")
 # Requests and the policy that governs them, in log order (one discriminated union for FastStream).
 Consumed = Annotated[
-    EnrollmentRequested
+    OperatorRegistered
+    | OperatorRemoved
+    | QuorumSet
+    | EnrollmentRequested
     | RenewalRequested
     | ApprovalGranted
     | ApprovalDenied
@@ -83,6 +93,7 @@ Consumed = Annotated[
     | ProfileLinted
     | KeyBlocked
     | CertificateIssued
+    | IssuanceRefused
     | EnrollmentRejected
     | CertificateRevoked
     | CertificateDestroyed
@@ -97,8 +108,19 @@ CONSUMED: tuple[type[Event], ...] = get_args(get_args(Consumed)[0])
 
 
 def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedule, position: LogPosition) -> None:
-    """Attach enrollment's consumer and queries to the runtime."""
+    """Attach enrollment's consumer, its admission of requests from the ingress stream, and its queries."""
+
+    async def refuse(
+        conn: asyncpg.Connection, kind: Kind, request_id: str, identity: str, reason: Reason, raw: bytes
+    ) -> Event:
+        now = rt.clock.now()
+        envelope = {"aggregate_id": request_id, "occurred_at": now, "correlation_id": request_id, "producer": NAME}
+        return EnrollmentRejected(reasons=[reason], rejected_by=NAME, requester=identity, **envelope)
+
+    Admission(rt, ["enroll", "renew"], refuse, settings.admission_rate_per_min).register()
     rt.publishes(
+        EnrollmentRequested,
+        RenewalRequested,
         EnrollmentApproved,
         EnrollmentRejected,
         EnrollmentPending,
@@ -111,26 +133,29 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         if isinstance(event, EnrollmentRequested | RenewalRequested | ApprovalGranted | ApprovalDenied):
             # Judged again when the tables are rebuilt from the log, but answered only once.
             publish = not await position.answered(event.aggregate_id, delivery.seq)
+            # Judged at the time the ingress stream took the request (admission records it).
             if isinstance(event, EnrollmentRequested):
-                return await _decide(conn, rt, settings, event, delivery.accepted_at, publish)
+                return await _decide(conn, rt, settings, event, event.accepted_at or delivery.accepted_at, publish)
             if isinstance(event, RenewalRequested):
-                return await _renew(conn, rt, settings, event, delivery.accepted_at, publish)
-            return await _operator_decision(conn, rt, settings, event, publish)
+                return await _renew(conn, rt, settings, event, event.accepted_at or delivery.accepted_at, publish)
+            return await _operator_decision(conn, rt, settings, event, recorded(delivery.signers), publish)
         if isinstance(event, LIFECYCLE):
             await schedule.project(conn, event, delivery.seq)
             return []
-        await _apply_policy(conn, event, delivery.seq)
+        await _apply_policy(conn, event, delivery)
         if isinstance(event, CertificateIssued):
             await schedule.project(conn, event, delivery.seq)
         return []
 
     requests = rt.group_commit("requests", apply)
 
-    @rt.consumer("requests", [cls.filter(rt.root) for cls in CONSUMED])
+    @rt.consumer("requests", CONSUMED)
     async def on_event(event: Consumed, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
-        if isinstance(event, CertificateIssued):
-            schedule.wake()  # committed: it may supersede another, or already be due
+        if isinstance(event, CertificateIssued) or (
+            isinstance(event, CertificateRevoked) and event.reason == "cACompromise"
+        ):
+            schedule.wake()  # committed: it may supersede another, be due already, or its CA was compromised
 
     @rt.query("requests")
     async def list_requests(query: RequestsQuery) -> RequestsAnswer:
@@ -157,36 +182,55 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
             return ProvisionersAnswer(provisioners=[ProvisionerInfo(**row) for row in await store.provisioners(conn)])
 
 
-async def _apply_policy(conn: asyncpg.Connection, event: Event, seq: int) -> None:
+async def _apply_policy(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
     """Provisioners, profiles, blocked keys, and what became of approved requests. Provisioner and
-    profile changes carry their stream sequence: a late older event never undoes a newer one."""
+    profile changes carry their stream sequence: a late older event never undoes a newer one. The
+    operator recorded for a change is whoever signed it (never what the command says)."""
+    seq, by = delivery.seq, recorded(delivery.signers)
     if isinstance(event, ProvisionerRegistered):
         await store.save_provisioner(
-            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, event.registered_by, seq
+            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, by, seq
         )
+        await store.save_scope(conn, event.aggregate_id, domain.Scope.of(event))
     elif isinstance(event, ProvisionerDisabled):
         await store.set_provisioner_status(
-            conn, event.aggregate_id, "disabled", event.reason, event.disabled_by, event.occurred_at, seq
+            conn, event.aggregate_id, "disabled", event.reason, by, event.occurred_at, seq
         )
     elif isinstance(event, ProvisionerRemoved):
-        await store.set_provisioner_status(
-            conn, event.aggregate_id, "removed", "", event.removed_by, event.occurred_at, seq
-        )
+        await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", by, event.occurred_at, seq)
     elif isinstance(event, ProfileApplied):
         if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
             raise EventRejected("the profile's digest or name does not match its content")
         body = event.profile.model_dump(mode="json")
-        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, event.applied_by, seq)
+        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, by, seq)
     elif isinstance(event, ProfileLinted):
         findings = [f.model_dump() for f in event.findings]
         await store.record_lint(conn, event.digest, event.usable, findings)
     elif isinstance(event, KeyBlocked):
-        await store.block_key(conn, event.spki_sha256, event.reason, event.blocked_by, event.occurred_at)
+        await store.block_key(conn, event.spki_sha256, event.reason, by, event.occurred_at)
     elif isinstance(event, CertificateIssued):
         await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
+    elif isinstance(event, IssuanceRefused):
+        await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
     elif isinstance(event, EnrollmentRejected):
-        if event.producer == "signing":
+        # On logs from before IssuanceRefused, signing refused with an EnrollmentRejected of its own.
+        if event.rejected_by == "signing":
             await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
+        elif event.requester is not None:
+            # Refused at admission: the request never reached the log; its refusal is its record.
+            await store.record_request(
+                conn,
+                store.RequestRecord(
+                    request_id=event.aggregate_id,
+                    requester=event.requester,
+                    profile="",
+                    status="rejected",
+                    requested_at=event.occurred_at,
+                    decided_at=event.occurred_at,
+                    reasons=list(event.reasons),
+                    decided_by=NAME,
+                ),
+            )
     else:
         raise EventRejected(f"enrollment does not consume {event.event_type}")
 
@@ -227,6 +271,7 @@ async def _decide(
         decided_at=now,
         validity_days=request.validity_days,
         decided_by=NAME,
+        accepted_at=accepted_at,
     )
     outcome = await _check(conn, rt, settings, request, accepted_at, record)
     if isinstance(outcome, list):
@@ -277,6 +322,7 @@ def _judged(
             validity_days=approval.validity_days,
             requester=request.requester,
             expires_at=record.expires_at,
+            approvals_required=profile.approvals_required,
             **envelope,
         )
     record.status = "approved"
@@ -321,7 +367,7 @@ async def _check(
         spki = None
     try:
         provisioner_id = provisioner_id_of(request.token)
-        ctx = await store.context(conn, printable(provisioner_id), printable(request.profile), spki)
+        ctx = await store.context(conn, printable(provisioner_id), printable(request.profile), spki, accepted_at)
         key = _provisioner_key(provisioner_id, ctx)
         claims = verify_token(
             request.token,
@@ -357,8 +403,13 @@ async def _check(
     record.profile_digest = ctx.profile_digest
     blocked = frozenset({spki}) if ctx.key_blocked and spki else frozenset()
     decision = domain.review(csr, claims, profile, request.validity_days, blocked)
-    if isinstance(decision, list):
-        return decision
+    names = domain.requested_names(csr)
+    named = [*names.dns, *names.ips, *names.emails] if isinstance(names, domain.Names) else []
+    out_of_scope = domain.scope_problems(
+        claims.provisioner_id, ctx.scope, profile, named, request.requester, ctx.issued_last_hour
+    )
+    if isinstance(decision, list) or out_of_scope:
+        return [*out_of_scope, *(decision if isinstance(decision, list) else [])]
     return decision, claims, profile
 
 
@@ -469,10 +520,13 @@ async def _operator_decision(
     rt: Runtime,
     settings: EnrollmentSettings,
     event: ApprovalGranted | ApprovalDenied,
+    operator: str,
     publish: bool = True,
 ) -> list[OutboxEntry]:
-    """An operator approves or refuses a pending request (anything else is recorded and ignored).
-    Re-read from the log (`publish` False) it is judged at the time the operator decided."""
+    """An operator (`operator`: whoever signed the decision) approves or refuses a pending request
+    (anything else is recorded and ignored). One refusal rejects it; it is approved once as many
+    distinct operators as its profile asks (`approvals_required`) have approved it. Re-read from the
+    log (`publish` False) it is judged at the time the operator decided."""
     record = await store.request(conn, event.aggregate_id, lock=True)
     if record is None or record.status != "pending":
         log.warning(
@@ -487,10 +541,18 @@ async def _operator_decision(
     if event.occurred_at > record.expires_at or at > record.expires_at:
         return await _expire(conn, rt, record, envelope, publish)
     if isinstance(event, ApprovalDenied):
-        reason = Reason(code="operator_rejected", message=f"rejected by {event.operator}: {event.reason}")
-        await store.decide(conn, record.request_id, "rejected", [reason], event.operator, now)
-        denied = EnrollmentRejected(reasons=[reason], rejected_by=event.operator, **envelope)
+        reason = Reason(code="operator_rejected", message=f"rejected by {operator}: {event.reason}")
+        await store.decide(conn, record.request_id, "rejected", [reason], operator, now)
+        denied = EnrollmentRejected(reasons=[reason], rejected_by=operator, **envelope)
         return await _answer(conn, rt, denied, publish)
+    approvers = await store.approve(conn, record.request_id, operator.split("+"), event.occurred_at)
+    required = await store.approvals_required(conn, record.profile)
+    if len(approvers) < required:
+        log.info(
+            "approved by too few operators yet",
+            extra={"request": record.request_id, "approvers": approvers, "required": required},
+        )
+        return []
     # Judge again under the profile as it is now: it may have changed while the request waited.
     reasons, digest = await _still_acceptable(conn, record)
     if not reasons and record.renews_serial is not None:
@@ -499,10 +561,10 @@ async def _operator_decision(
         await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
         return await _answer(conn, rt, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), publish)
     record.profile_digest = digest
-    await store.decide(conn, record.request_id, "approved", [], event.operator, now, digest)
-    approved = _approved(
-        record, record.csr_pem or "", record.provisioner_id or "", record.token_id or "", event.operator, envelope
-    )
+    by = recorded(approvers)
+    await store.decide(conn, record.request_id, "approved", [], by, now, digest)
+    approved = _approved(record, record.csr_pem or "", record.provisioner_id or "", record.token_id or "", by, envelope)
+    approved = approved.model_copy(update={"approvers": approvers})
     return await _answer(conn, rt, approved, publish)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from services.enrollment.domain import Names
+from services.enrollment.domain import Names, Scope
 from services.enrollment.renewal import Certified
 from shared.reasons import Reason
 
@@ -23,6 +23,8 @@ class Context:
     profile_digest: str | None
     profile_lint_failed: bool
     key_blocked: bool
+    scope: Scope = field(default_factory=Scope)
+    issued_last_hour: int = 0
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RequestRecord:
     expires_at: datetime | None = None
     decided_by: str | None = None
     renews_serial: str | None = None  # a renewal: the serial of the certificate it renews
+    accepted_at: datetime | None = None  # when the ingress stream took it
 
 
 # --- provisioners -------------------------------------------------------------------------------
@@ -164,19 +167,32 @@ async def blocked(conn: asyncpg.Connection, spki_sha256: str) -> bool:
 # --- deciding requests --------------------------------------------------------------------------
 
 
-async def context(conn: asyncpg.Connection, provisioner_id: str, profile: str, spki: str | None) -> Context:
-    """The provisioner, the profile and whether the key is blocked, in one round trip."""
+async def context(
+    conn: asyncpg.Connection, provisioner_id: str, profile: str, spki: str | None, at: datetime
+) -> Context:
+    """The provisioner (with its scope and how many requests it enrolled in the hour before `at`),
+    the profile and whether the key is blocked, in one round trip."""
     row = await conn.fetchrow(
-        "SELECT p.public_key_pem, p.status, f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
-        "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $3) AS blocked "
+        "SELECT p.public_key_pem, p.status, p.scope_profiles, p.scope_name_suffixes, p.scope_requesters, "
+        "p.max_per_hour, f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
+        "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $3) AS blocked, "
+        "CASE WHEN p.max_per_hour IS NULL THEN 0 ELSE (SELECT count(*) FROM requests r "
+        "WHERE r.provisioner_id = $1 AND r.status IN ('approved', 'pending', 'issued') "
+        "AND r.accepted_at > $4::timestamptz - interval '1 hour' AND r.accepted_at <= $4::timestamptz) "
+        "END AS last_hour "
         "FROM (SELECT 1) one "
         "LEFT JOIN provisioners p ON p.provisioner_id = $1 "
         "LEFT JOIN profiles f ON f.name = $2",
         provisioner_id,
         profile,
         spki,
+        at,
     )
     assert row is not None
+
+    def tupled(values: list[str] | None) -> tuple[str, ...] | None:
+        return tuple(values) if values is not None else None
+
     return Context(
         provisioner_key_pem=row["public_key_pem"],
         provisioner_status=row["status"],
@@ -184,6 +200,26 @@ async def context(conn: asyncpg.Connection, provisioner_id: str, profile: str, s
         profile_digest=row["digest"],
         profile_lint_failed=row["lint_failed"],
         key_blocked=row["blocked"],
+        scope=Scope(
+            tupled(row["scope_profiles"]),
+            tupled(row["scope_name_suffixes"]),
+            tupled(row["scope_requesters"]),
+            row["max_per_hour"],
+        ),
+        issued_last_hour=row["last_hour"],
+    )
+
+
+async def save_scope(conn: asyncpg.Connection, provisioner_id: str, scope: Scope) -> None:
+    """A provisioner's scope, as its latest registration gave it."""
+    await conn.execute(
+        "UPDATE provisioners SET scope_profiles = $2, scope_name_suffixes = $3, scope_requesters = $4, "
+        "max_per_hour = $5 WHERE provisioner_id = $1",
+        provisioner_id,
+        list(scope.profiles) if scope.profiles is not None else None,
+        list(scope.name_suffixes) if scope.name_suffixes is not None else None,
+        list(scope.requesters) if scope.requesters is not None else None,
+        scope.max_per_hour,
     )
 
 
@@ -211,14 +247,14 @@ _COLUMNS = (
     "request_id, requester, profile, status, requested_at, decided_at, reasons, dns_names, ip_addresses, emails, "
     "csr_pem, validity_days, provisioner_id, token_id, profile_digest, expires_at, decided_by"
 )
-_RECORD_COLUMNS = f"{_COLUMNS}, renews_serial"
+_RECORD_COLUMNS = f"{_COLUMNS}, renews_serial, accepted_at"
 
 
 async def record_request(conn: asyncpg.Connection, r: RequestRecord) -> None:
     """Keep a request and its first outcome (a redelivered request changes nothing)."""
     await conn.execute(
         f"INSERT INTO requests ({_RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-        "$14, $15, $16, $17, $18) ON CONFLICT (request_id) DO NOTHING",
+        "$14, $15, $16, $17, $18, $19) ON CONFLICT (request_id) DO NOTHING",
         r.request_id,
         r.requester,
         r.profile,
@@ -237,6 +273,7 @@ async def record_request(conn: asyncpg.Connection, r: RequestRecord) -> None:
         r.expires_at,
         r.decided_by,
         r.renews_serial,
+        r.accepted_at,
     )
 
 
@@ -319,6 +356,24 @@ async def mark_rejected_by_signing(conn: asyncpg.Connection, request_id: str, re
     )
 
 
+async def approve(conn: asyncpg.Connection, request_id: str, operators: list[str], at: datetime) -> list[str]:
+    """Record operators' approvals of a pending request; returns every operator who approved it."""
+    await conn.executemany(
+        "INSERT INTO approvals (request_id, operator, approved_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [(request_id, operator, at) for operator in operators],
+    )
+    rows = await conn.fetch(
+        "SELECT operator FROM approvals WHERE request_id = $1 ORDER BY approved_at, operator", request_id
+    )
+    return [r["operator"] for r in rows]
+
+
+async def approvals_required(conn: asyncpg.Connection, profile: str) -> int:
+    """How many distinct operators must approve a request of `profile` (as the profile is now)."""
+    body = await conn.fetchval("SELECT body FROM profiles WHERE name = $1", profile)
+    return int(body.get("approvals_required", 1)) if isinstance(body, dict) else 1
+
+
 async def overdue_pending(conn: asyncpg.Connection, now: datetime, limit: int) -> list[RequestRecord]:
     """Pending requests whose approval window has closed (locked; other replicas skip them)."""
     rows = await conn.fetch(
@@ -367,6 +422,7 @@ class Due:
     renewal_due: bool
     expired: bool
     superseded: bool
+    compromise_due: str | None = None  # a renewal-due to send now: its CA (or key) was compromised
 
 
 async def save_certificate(conn: asyncpg.Connection, c: IssuedCertificate) -> None:
@@ -410,16 +466,23 @@ async def supersede(conn: asyncpg.Connection, old_serial: str, new_serial: str, 
     return row is not None
 
 
-async def mark_revoked(conn: asyncpg.Connection, cert_id: str, reason: str, authorised_by: str | None) -> None:
-    """A certificate was revoked (the first revocation's reason is kept)."""
-    await conn.execute(
+async def mark_revoked(
+    conn: asyncpg.Connection, cert_id: str, reason: str, authorised_by: str | None, compromise: str | None
+) -> str | None:
+    """A certificate was revoked (the first revocation's reason is kept); `compromise` (a cause of
+    renewal-due) marks the holder to be told to renew. Returns the certificate's SPKI SHA-256."""
+    spki: str | None = await conn.fetchval(
         "UPDATE certificates SET revoked_by = CASE WHEN revoked_reason IS NULL THEN $3 ELSE revoked_by END, "
         "revoked_reason = coalesce(revoked_reason, $2), "
-        "state = CASE WHEN state = 'destroyed' THEN state ELSE 'revoked' END WHERE cert_id = $1",
+        "compromise_due = coalesce(compromise_due, $4), "
+        "state = CASE WHEN state = 'destroyed' THEN state ELSE 'revoked' END WHERE cert_id = $1 "
+        "RETURNING spki_sha256",
         cert_id,
         reason,
         authorised_by,
+        compromise,
     )
+    return spki
 
 
 async def mark_destroyed(conn: asyncpg.Connection, cert_id: str) -> None:
@@ -434,6 +497,7 @@ async def mark_destroyed(conn: asyncpg.Connection, cert_id: str) -> None:
 
 _SENT = {
     "renewal_due": "renewal_due_sent = true",
+    "compromise_due": "compromise_due_sent = true",
     "expired": "expired_sent = true, state = CASE WHEN state = 'live' THEN 'expired' ELSE state END",
     "superseded": "superseded_sent = true",
 }
@@ -448,14 +512,16 @@ async def mark_sent(conn: asyncpg.Connection, kind: str, cert_ids: list[str]) ->
 _RENEWAL_DUE = "(state = 'live' AND NOT renewal_due_sent AND renew_at <= $1)"
 _EXPIRED = "(NOT destroyed AND NOT expired_sent AND not_after < $1)"  # notAfter is still valid (RFC 5280)
 _SUPERSEDED = "(superseded_by IS NOT NULL AND NOT superseded_sent)"
+_COMPROMISE_DUE = "(compromise_due IS NOT NULL AND NOT compromise_due_sent AND NOT destroyed)"
 
 
 async def due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Due]:
     """Certificates with a scheduled event to send at `now` (locked; other replicas skip them)."""
     rows = await conn.fetch(
         f"SELECT cert_id, serial, issuer_id, not_after, renew_at, superseded_by, superseded_by_id, "
-        f"{_RENEWAL_DUE} AS renewal_due, {_EXPIRED} AS expired, {_SUPERSEDED} AS superseded "
-        f"FROM certificates WHERE {_RENEWAL_DUE} OR {_EXPIRED} OR {_SUPERSEDED} "
+        f"{_RENEWAL_DUE} AS renewal_due, {_EXPIRED} AS expired, {_SUPERSEDED} AS superseded, "
+        f"CASE WHEN {_COMPROMISE_DUE} THEN compromise_due END AS compromise_due "
+        f"FROM certificates WHERE {_RENEWAL_DUE} OR {_EXPIRED} OR {_SUPERSEDED} OR {_COMPROMISE_DUE} "
         "ORDER BY cert_id LIMIT $2 FOR UPDATE SKIP LOCKED",
         now,
         limit,

@@ -27,7 +27,11 @@ from shared.events import (
     CertificateSuperseded,
     CrlPublished,
     Event,
+    OperatorRegistered,
+    OperatorRemoved,
+    QuorumSet,
 )
+from shared.operators import REGISTRY
 from shared.queries import (
     CrlAnswer,
     CrlQuery,
@@ -48,7 +52,8 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
     """Attach validation's consumer and queries. Once a revocation is committed, the OCSP responses
     cached about its serial are dropped; once a new issuing CA is, the keeper gets it a responder."""
 
-    consumed = (
+    consumed: tuple[type[Event], ...] = (
+        *REGISTRY,
         CertificateIssued,
         CertificateRevoked,
         CaCreated,
@@ -58,8 +63,6 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
         CertificateExpired,
         CertificateDestroyed,
     )
-    filters = [e.filter(rt.root) for e in consumed]
-
     crl_bytes: dict[str, bytes] = {}  # fetched before the transaction that stores them
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
@@ -85,9 +88,12 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
 
     read_model = rt.group_commit("status", apply)
 
-    @rt.consumer("status", filters)
+    @rt.consumer("status", consumed)
     async def on_event(
-        event: CertificateIssued
+        event: OperatorRegistered
+        | OperatorRemoved
+        | QuorumSet
+        | CertificateIssued
         | CertificateRevoked
         | CaCreated
         | CrlPublished

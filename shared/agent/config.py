@@ -15,6 +15,8 @@ class AgentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CERTBUS_AGENT_", extra="forbid")
 
+    # The name the agent writes into its requests' bodies: data only, since admission records the
+    # identity the agent connected as (CERTBUS_IDENTITY / its NKey), whatever this says.
     requester: str = "agent"
     renew_fraction: float = Field(default=1 / 3, gt=0, lt=1)  # renew when less than this much lifetime is left
     check_interval_s: float = Field(default=60.0, gt=0)  # the timer: re-read the certificate files

@@ -41,6 +41,7 @@ from shared.client import (
     LifecycleEvent,
     Pending,
     Rejected,
+    Throttled,
     Unreachable,
 )
 from shared.clock import Clock, SystemClock
@@ -302,7 +303,7 @@ class Agent:
             t.waiting_for_connection = True
         except Pending as exc:
             self._failed(t, "transient", f"waiting for an operator's approval of request {exc.request_id}")
-        except Unreachable as exc:
+        except (Unreachable, Throttled) as exc:  # Throttled: the server holds enough of ours already
             self._failed(t, "transient", str(exc))
         except ReloadFailed as exc:
             # Local and cheap: retried on the short schedule, the old key kept until it succeeds.
@@ -310,7 +311,9 @@ class Agent:
         except Rejected as exc:
             self._discard(t.entry)
             codes = ", ".join(r.code for r in exc.reasons)
-            if t.entry.token_command and not t.use_token:
+            if {r.code for r in exc.reasons} == {"rate_limited"}:
+                self._failed(t, "transient", f"rate limited, a new request later: {exc}")  # not a verdict
+            elif t.entry.token_command and not t.use_token:
                 log.warning("renewal refused: re-enrolling with a token", extra={**extra, "codes": codes})
                 t.use_token, t.retry_at, t.failures = True, None, 0
                 self.wake()
