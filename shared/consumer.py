@@ -4,8 +4,10 @@ Durable pull consumers with explicit ack; FastStream's ack policy is NACK_ON_ERR
 that an unexpected error is retried (up to `max_deliver`) rather than dropped on the first try.
 Around every handler this middleware decides what a failure means:
 
-- a malformed event or a broken invariant (`ValidationError`, `EventRejected`) can never be
-  applied: it is parked in the service's `parked` table with its reason, and acked;
+- a message that is not a valid event on its own subject (`Unbound`: over the bounds, not JSON,
+  an unknown type, or a body on another type's subject), a malformed event or a broken invariant
+  (`ValidationError`, `EventRejected`) can never be applied: it is parked in the service's
+  `parked` table with its reason, and acked;
 - an infrastructure outage (Postgres or NATS unreachable) is not the message's fault: the
   handler is retried in place with backoff, keeping the message in progress, so no delivery
   is spent and nothing accepted is ever parked because a database restarted;
@@ -18,7 +20,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -30,9 +32,12 @@ from faststream.message import StreamMessage
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from shared.events import Event
+from shared import operators
+from shared.binding import Unbound
+from shared.events import Event, OperatorCommand
 from shared.metrics import EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_PARKED, HANDLER_SECONDS
 from shared.outbox import OutboxEntry
+from shared.reasons import printable
 
 log = logging.getLogger("certbus.consumer")
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
@@ -70,10 +75,12 @@ Process = Callable[[list[tuple[T, "Delivery"]]], Awaitable[list[OutboxEntry]]]
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where and when the log accepted a message (its stream sequence and stored time)."""
+    """Where and when the log accepted a message (its stream sequence and stored time), and for an
+    operator command, the operators whose signatures authorise it (see `shared.operators`)."""
 
     seq: int
     accepted_at: datetime
+    signers: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, msg: StreamMessage[Any]) -> Delivery:
@@ -91,7 +98,7 @@ async def park_message(conn: asyncpg.Connection, service: str, raw: Msg, reason:
     await conn.execute(
         "INSERT INTO parked (consumer, subject, stream_seq, payload, reason) VALUES ($1, $2, $3, $4, $5)",
         raw.metadata.consumer,
-        raw.subject,
+        printable(raw.subject[:1000]),  # NATS takes a NUL in a subject; Postgres text does not
         seq,
         raw.data,
         reason[:4000],
@@ -128,6 +135,9 @@ def event_middleware(
             while True:
                 try:
                     return await call_next(msg)
+                except Unbound as exc:
+                    await park(msg, str(exc))
+                    return None
                 except (ValidationError, EventRejected) as exc:
                     await park(msg, f"{type(exc).__name__}: {exc}")
                     return None
@@ -261,6 +271,16 @@ async def apply_events(
             continue
         claimed.discard(event.event_id)  # a copy later in the same group is a duplicate
         correlation_id.set(event.correlation_id)
+        if isinstance(event, OperatorCommand):
+            # Judged by the operators' registry as the log had it just before this command (the
+            # registry's own events are applied here too); what fails is parked, never applied.
+            try:
+                delivery = replace(delivery, signers=await operators.authorise(conn, event, delivery.seq))
+            except operators.NotAuthorised as exc:
+                raise EventRejected(f"operator_signature: {exc}") from None
+            if isinstance(event, operators.REGISTRY):
+                EVENTS_CONSUMED.labels(consumer, event.event_type).inc()
+                continue
         with HANDLER_SECONDS.labels(consumer, event.event_type).time():
             entries.extend(await apply(conn, event, delivery) or ())
         EVENTS_CONSUMED.labels(consumer, event.event_type).inc()

@@ -13,12 +13,11 @@ import typer
 
 from shared import logs
 from shared.agent import Agent, AgentSettings, CertificateEntry, check_entries, load_config
-from shared.cli.common import JsonOpt, err, out, run, write_issued
+from shared.cli.common import JsonOpt, client_settings, err, out, run, write_issued
 from shared.client import CertbusClient, Pending, Rejected, Renewed
 from shared.crypto import key_pem
 from shared.files import destroy_file, write_atomic
 from shared.holder import load_private_key, new_key_like
-from shared.settings import CommonSettings
 
 
 def renew(
@@ -96,7 +95,7 @@ def agent(
     old key after attesting it. Runs until interrupted; logs one line per event.
 
     Either --cert and --key (one certificate) or --config FILE (several)."""
-    common = CommonSettings()
+    common = client_settings()  # its identity: CERTBUS_NATS_SEED_FILE, or $CERTBUS_HOME/identities
     logs.configure(common.log_level, common.log_format)
     if config is not None:
         if cert is not None or key is not None:

@@ -15,6 +15,8 @@ from rich.console import Console
 from shared.client import CertbusClient, CertbusError, Pending, Rejected, Unreachable
 from shared.events import CertificateIssued
 from shared.files import write_atomic
+from shared.identities import IdentityStore
+from shared.settings import CommonSettings
 from shared.tokens import TokenError
 
 out = Console()
@@ -23,7 +25,12 @@ T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 OperatorOpt = Annotated[
     str | None,
-    typer.Option("--operator", help="Who is acting (recorded on the event; default $CERTBUS_OPERATOR or $USER)."),
+    typer.Option(
+        "--operator",
+        help="Which operator acts: connects as that operator and signs with its key "
+        "($CERTBUS_HOME/operators/NAME.key.pem); recorded as the key's owner. Default $CERTBUS_OPERATOR "
+        "or `operator`.",
+    ),
 ]
 # Exit codes: 0 success, 1 refused / revoked / invalid, 2 usage error (typer), 3 unreachable,
 # 4 waiting for an operator's approval.
@@ -36,15 +43,38 @@ def home() -> Path:
 
 
 def operator(name: str | None = None) -> str:
-    """The identity recorded on operator events."""
-    return name or os.environ.get("CERTBUS_OPERATOR") or os.environ.get("USER") or "operator"
+    """The operator who acts: their identity on the bus and the owner of the key that signs."""
+    return name or os.environ.get("CERTBUS_OPERATOR") or "operator"
 
 
-def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli") -> T:
-    """Run one client call; map Certbus errors to messages and exit codes."""
+def client_settings(operator: str | None = None) -> CommonSettings:
+    """How the CLI connects: the credentials in the environment if any (CERTBUS_NATS_SEED_FILE, or a
+    user and password), else an identity from the identities directory (CERTBUS_IDENTITIES, default
+    `$CERTBUS_HOME/identities`, which `make run` fills): the requester named by CERTBUS_REQUESTER
+    (default `requester`), or for an operator's command, operator `operator`, who signs it with its
+    key (CERTBUS_OPERATOR_KEY_FILE, default `$CERTBUS_HOME/operators/<name>.key.pem`)."""
+    settings = CommonSettings()
+    name = operator
+    if name is not None and settings.operator_key_file is None:
+        key_file = home() / "operators" / f"{name}.key.pem"
+        if key_file.exists():
+            settings = settings.model_copy(update={"operator_key_file": key_file})
+    if settings.nats_seed_file is not None or settings.nats_user is not None:
+        return settings
+    store = IdentityStore(Path(os.environ.get("CERTBUS_IDENTITIES", str(home() / "identities"))))
+    name = name or os.environ.get("CERTBUS_REQUESTER", "requester")
+    if store.get(name) is None:
+        return settings  # no credentials: the server will say so
+    return settings.model_copy(update={"identity": name, "nats_seed_file": store.seed_file(name)})
+
+
+def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli", operator: str | None = None) -> T:
+    """Run one client call; map Certbus errors to messages and exit codes. With `operator`, the call
+    is that operator's: it connects as the operator and signs operator commands with its key."""
 
     async def main() -> T:
-        async with CertbusClient(requester=requester) as client:
+        settings = client_settings(operator)
+        async with CertbusClient(settings, requester=settings.who or requester) as client:
             return await fn(client)
 
     try:

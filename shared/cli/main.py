@@ -22,7 +22,19 @@ from shared.cli import provisioner
 from shared.cli.agent import agent, renew
 from shared.cli.audit_views import print_replay, print_verify, replay_failed
 from shared.cli.ca import ca_app
-from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, home, out, run, write_issued
+from shared.cli.common import (
+    EXIT_REFUSED,
+    JsonOpt,
+    client_settings,
+    emit_json,
+    err,
+    home,
+    operator,
+    out,
+    run,
+    write_issued,
+)
+from shared.cli.operators import operator_app
 from shared.cli.policy import key_app, profile_app, provisioner_app
 from shared.cli.report import audit_report
 from shared.cli.requests import approve, reject, requests_app
@@ -43,6 +55,7 @@ token_app = typer.Typer(help="One-time enrollment tokens.", no_args_is_help=True
 audit_app = typer.Typer(help="The audit archive: history and replay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(provisioner_app, name="provisioner")
+app.add_typer(operator_app, name="operator")
 app.add_typer(profile_app, name="profile")
 app.add_typer(key_app, name="key")
 app.add_typer(requests_app, name="requests")
@@ -82,18 +95,22 @@ def health(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(reports)
     else:
-        table = Table("service", "status", "database", "nats", "pid", "uptime (s)")
+        table = Table("service", "status", "database", "nats", "log used", "pid", "uptime (s)")
         for r in reports:
             colour = "green" if r["status"] == "ok" else "red"
+            used = r.get("log_used")
             table.add_row(
                 r["service"],
                 f"[{colour}]{r['status']}[/]",
                 str(r.get("database", "")),
                 str(r.get("nats", "")),
+                f"{used:.1%}" if isinstance(used, float | int) else "",
                 str(r.get("pid", "")),
                 str(r.get("uptime_s", "")),
             )
         out.print(table)
+        for warning in sorted({w for r in reports for w in r.get("warnings", [])}):
+            err.print(f"[yellow]warning:[/] {warning}")
     if any(r["status"] != "ok" for r in reports):
         raise typer.Exit(EXIT_REFUSED)
 
@@ -226,7 +243,7 @@ def crl(
 @audit_app.command("history")
 def audit_history(serial: str, as_json: JsonOpt = False) -> None:
     """Every event of a certificate, in log order, from its request to now."""
-    answer = run(lambda c: c.history(serial))
+    answer = run(lambda c: c.history(serial), operator=operator())
     if not answer.events and not as_json:
         err.print(f"no events on the log name serial or certificate {serial}")
         raise typer.Exit(EXIT_REFUSED)
@@ -279,28 +296,45 @@ def history_detail(event: dict[str, Any]) -> str:
 
 @audit_app.command("findings")
 def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
-    """Lint findings, newest first: certificates refused before release, pkilint errors found after
-    issuance, and profiles whose templates fail lint. Exit 1 if there is any error finding."""
-    answer = run(lambda c: c.findings(limit))
-    alarms = [e for e in answer.findings if e.event_type == "CertificateLintFailed" or e.event.get("usable") is False]
+    """Findings, newest first: certificates refused before release, issued certificates that fail
+    pkilint, messages on the log that are not valid events on their subject (oversize, malformed,
+    unknown_type, subject_mismatch), what the scheduled consistency checks found, and profiles whose
+    templates fail lint. Exit 1 if there is any finding but a usable profile's verdict."""
+    from rich.markup import escape  # findings quote what hostile messages hold: never markup
+
+    def text(value: Any, limit: int = 200) -> str:
+        """A field of a finding as printable, escaped text ("" unless it is a string or a number)."""
+        shown = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+        return escape(printable(shown[:limit]))
+
+    answer = run(lambda c: c.findings(limit), operator=operator())
+    alarms = [
+        e
+        for e in answer.findings
+        if e.event_type in ("CertificateLintFailed", "AuditFindingRaised") or e.event.get("usable") is False
+    ]
     if as_json:
         emit_json([e.model_dump(mode="json") for e in answer.findings])
     else:
-        table = Table("seq", "when (UTC)", "what", "profile / serial", "findings")
+        table = Table("seq", "when (UTC)", "what", "about", "findings")
         for e in answer.findings:
             ev = e.event
-            what = f"{ev.get('stage')} lint failed" if e.event_type == "CertificateLintFailed" else "profile linted"
-            if e.event_type == "ProfileLinted":
-                what += ": usable" if ev.get("usable") else ": [red]UNUSABLE[/]"
-            codes = ", ".join(sorted({f["code"] for f in ev.get("findings", [])}))
-            table.add_row(
-                str(e.stream_seq),
-                f"{e.occurred_at:%Y-%m-%d %H:%M:%S}",
-                what,
-                f"{e.subject.split('.')[2] if e.event_type == 'ProfileLinted' else ev.get('profile')}"
-                + (f" / {ev['serial']}" if ev.get("serial") else ""),
-                codes,
-            )
+            lint = found if isinstance(found := ev.get("findings"), list) else []
+            codes = ", ".join(sorted({text(f.get("code")) for f in lint if isinstance(f, dict)} - {""}))
+            serial = f" / {text(ev.get('serial'))}" if text(ev.get("serial")) else ""
+            if e.event_type == "AuditFindingRaised":
+                check = text(ev.get("check"), 64) or "?"
+                what = "pkilint failed after issuance" if check == "pkilint" else f"audit: {check}"
+                about = f"seq {text(ev.get('stream_seq'))}{serial}"
+                codes = codes or text(ev.get("detail"))
+            elif e.event_type == "CertificateLintFailed":
+                what = f"{text(ev.get('stage'), 32) or '?'} lint failed"
+                about = f"{text(ev.get('profile')) or '?'}{serial}"
+            else:
+                what = "profile linted" + (": usable" if ev.get("usable") is True else ": [red]UNUSABLE[/]")
+                parts = e.subject.split(".")
+                about = f"{text(parts[2]) if len(parts) == 4 else '?'}{serial}"
+            table.add_row(str(e.stream_seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", what, about, codes)
         out.print(table)
     if alarms:
         raise typer.Exit(EXIT_REFUSED)
@@ -310,7 +344,7 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
 def audit_check(as_json: JsonOpt = False) -> None:
     """Consistency checks over the whole log: producers, one approval per certificate, announced
     issuers, unique serials, revocations of issued certificates. Exit 0 consistent, 1 findings."""
-    answer = run(lambda c: c.check())
+    answer = run(lambda c: c.check(), operator=operator())
     if as_json:
         emit_json(answer.model_dump(mode="json"))
     elif not answer.findings:
@@ -329,7 +363,7 @@ def audit_verify(as_json: JsonOpt = False) -> None:
     """Recompute the archive's hash chain, check every signed checkpoint and compare the archive with
     the stream. Exit 0 clean, 1 tampered (the first position and what happened there are printed).
     `certbus-audit verify` does the same with no audit service running."""
-    answer = run(lambda c: c.verify())
+    answer = run(lambda c: c.verify(), operator=operator())
     emit_json(answer.model_dump(mode="json")) if as_json else print_verify(answer)
     if not answer.clean:
         raise typer.Exit(EXIT_REFUSED)
@@ -361,7 +395,7 @@ def audit_replay(
         def show(p: ReplayProgress) -> None:
             bar.update(task, total=p.total or None, completed=p.done, rate=f"{p.rate_per_s:.0f} events/s")
 
-        answer = run(lambda c: c.replay(on_progress=show, verify=then_verify))
+        answer = run(lambda c: c.replay(on_progress=show, verify=then_verify), operator=operator())
     emit_json(answer.model_dump(mode="json")) if as_json else print_replay(answer)
     if replay_failed(answer):
         raise typer.Exit(EXIT_REFUSED)
@@ -372,7 +406,7 @@ def audit_answers() -> bool:
 
     async def ask() -> bool:
         try:
-            async with CertbusClient(requester="cli") as client:
+            async with CertbusClient(client_settings(operator())) as client:
                 await client.health("audit")
         except Unreachable:
             return False

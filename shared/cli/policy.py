@@ -24,14 +24,21 @@ profile_app = typer.Typer(help="Certificate profiles: what each kind of certific
 key_app = typer.Typer(help="Public keys that may never be certified (e.g. after a compromise).", no_args_is_help=True)
 
 
-def _register(provisioner_id: str, public_key_pem: str, by: str) -> int:
+ScopeOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Repeat to scope the provisioner: it may enroll only these (default: any)."),
+]
+
+
+def _register(provisioner_id: str, public_key_pem: str, who: str | None, **scope: Any) -> int:
     event = ProvisionerRegistered(
         **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
         name=provisioner_id,
         public_key_pem=public_key_pem,
-        registered_by=by,
+        registered_by=operator(who),
+        **scope,
     )
-    return run(lambda c: c.publish(event), requester="operator")
+    return run(lambda c: c.publish(event), operator=operator(who))
 
 
 @provisioner_app.command("add")
@@ -44,11 +51,21 @@ def provisioner_add(
     algorithm: Annotated[str, typer.Option(help="EdDSA or ES256, for a key created here.")] = "EdDSA",
     who: OperatorOpt = None,
     as_json: JsonOpt = False,
+    profile: Annotated[
+        list[str] | None, typer.Option("--profile", help="Scope: a profile it may enroll under.")
+    ] = None,
+    suffix: Annotated[list[str] | None, typer.Option("--suffix", help="Scope: names under this suffix only.")] = None,
+    requester: Annotated[
+        list[str] | None, typer.Option("--requester", help="Scope: a requester identity that may use its tokens.")
+    ] = None,
+    max_per_hour: Annotated[int | None, typer.Option(help="Scope: at most this many certificates an hour.")] = None,
 ) -> None:
     """Register a provisioner: its public key verifies the tokens it signs.
 
     Without --public-key, a key is created under CERTBUS_HOME (mode 0600), so that
-    `certbus token create --provisioner ID` can sign with it.
+    `certbus token create --provisioner ID` can sign with it. --profile, --suffix and --requester
+    (each repeatable) and --max-per-hour scope what its tokens may enroll; registering again
+    replaces the scope.
     """
     if public_key is not None:
         try:
@@ -62,7 +79,15 @@ def provisioner_add(
     else:
         key, created = provisioner.load_or_create(home(), provisioner_id, algorithm)
         algorithm, pem = algorithm_for(key), provisioner.public_pem(key)
-    seq = _register(provisioner_id, pem, operator(who))
+    seq = _register(
+        provisioner_id,
+        pem,
+        who,
+        profiles=profile,
+        name_suffixes=suffix,
+        requesters=requester,
+        max_per_hour=max_per_hour,
+    )
     result = {"provisioner": provisioner_id, "algorithm": algorithm, "created_key": created, "stream_seq": seq}
     if as_json:
         emit_json(result)
@@ -76,13 +101,13 @@ def provisioner_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Create the local provisioner key if missing and register it (what `make run` does)."""
-    provisioner_add(provisioner_id, None, "EdDSA", None, as_json)
+    provisioner_add(provisioner_id, None, "EdDSA", None, as_json, None, None, None, None)
 
 
 @provisioner_app.command("list")
 def provisioner_list(as_json: JsonOpt = False) -> None:
-    """Every provisioner, with its status."""
-    answer = run(lambda c: c.provisioners())
+    """Every provisioner, with its status (an operator's query)."""
+    answer = run(lambda c: c.provisioners(), operator=operator())
     if as_json:
         emit_json([p.model_dump(mode="json", exclude={"public_key_pem"}) for p in answer.provisioners])
         return
@@ -111,7 +136,7 @@ def provisioner_disable(
         reason=reason,
         disabled_by=operator(who),
     )
-    seq = run(lambda c: c.publish(event), requester="operator")
+    seq = run(lambda c: c.publish(event), operator=operator(who))
     out.print(f"disabled provisioner [bold]{provisioner_id}[/] (log seq {seq})")
 
 
@@ -121,7 +146,7 @@ def provisioner_remove(provisioner_id: str, who: OperatorOpt = None) -> None:
     event = ProvisionerRemoved(
         **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"), removed_by=operator(who)
     )
-    seq = run(lambda c: c.publish(event), requester="operator")
+    seq = run(lambda c: c.publish(event), operator=operator(who))
     out.print(f"removed provisioner [bold]{provisioner_id}[/] (log seq {seq})")
 
 
@@ -155,7 +180,7 @@ def profile_apply(
             )
         return results
 
-    results = run(apply_all, requester="operator")
+    results = run(apply_all, operator=operator(who))
     if as_json:
         emit_json(results)
     else:
@@ -233,5 +258,5 @@ def key_block(
         reason=reason,
         blocked_by=operator(who),
     )
-    seq = run(lambda c: c.publish(event), requester="operator")
+    seq = run(lambda c: c.publish(event), operator=operator(who))
     out.print(f"blocked key [bold]{digest}[/] (log seq {seq})")

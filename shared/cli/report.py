@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, out, run
+from shared.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
 from shared.cli.report_html import render_html
 from shared.queries import Breakdown, DayCount, ReportAnswer
 
@@ -51,7 +51,7 @@ def audit_report(
     the expiry timeline; the certificates expiring within --days. As tables, --json, --csv, --html FILE."""
     if as_json and as_csv:
         raise typer.BadParameter("choose --json or --csv, not both")
-    answer = run(lambda c: c.report(expiring_days=days, limit=limit))
+    answer = run(lambda c: c.report(expiring_days=days, limit=limit), operator=operator())
     if html_file is not None:
         try:
             html_file.write_text(render_html(answer), encoding="utf-8")

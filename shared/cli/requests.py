@@ -24,9 +24,9 @@ def requests_list(
     limit: int = 100,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enrollment requests, newest first."""
+    """Enrollment requests, newest first (an operator's query)."""
     wanted = "pending" if pending else status
-    answer = run(lambda c: c.requests(wanted, limit))
+    answer = run(lambda c: c.requests(wanted, limit), operator=operator())
     if as_json:
         emit_json([r.model_dump(mode="json") for r in answer.requests])
         return
@@ -89,7 +89,7 @@ def approve(
     as_json: JsonOpt = False,
 ) -> None:
     """Approve a pending request (as --operator); waits for its certificate."""
-    issued = run(lambda c: c.approve(request_id, operator(who), comment), requester="operator")
+    issued = run(lambda c: c.approve(request_id, operator(who), comment), operator=operator(who))
     result = {"request": request_id, "serial": issued.serial, "approved_by": operator(who)}
     if as_json:
         emit_json(result)
@@ -104,7 +104,7 @@ def reject(
     as_json: JsonOpt = False,
 ) -> None:
     """Refuse a pending request (as --operator), saying why."""
-    rejected = run(lambda c: c.reject(request_id, operator(who), reason), requester="operator")
+    rejected = run(lambda c: c.reject(request_id, operator(who), reason), operator=operator(who))
     if as_json:
         emit_json(rejected.model_dump(mode="json"))
     else:

@@ -27,10 +27,11 @@ def revoke(
         typer.Option(exists=True, dir_okay=False, help="The certificate's private key: revoke as its holder."),
     ] = None,
     who: Annotated[
-        str | None, typer.Option("--operator", help="Revoke as this operator (named on the revocation).")
+        str | None,
+        typer.Option("--operator", help="Revoke as this operator (who signs the order with its key)."),
     ] = None,
     as_operator: Annotated[
-        bool, typer.Option("--as-operator", help="Revoke as an operator ($CERTBUS_OPERATOR or $USER).")
+        bool, typer.Option("--as-operator", help="Revoke as the operator $CERTBUS_OPERATOR (default `operator`).")
     ] = False,
     invalid_since: Annotated[
         datetime | None,
@@ -70,7 +71,7 @@ def revoke(
     else:
         name = operator(who)
         revoked = run(
-            lambda c: c.revoke_as_operator(serial, reason, name, timeout, invalidity_date=since), requester="operator"
+            lambda c: c.revoke_as_operator(serial, reason, name, timeout, invalidity_date=since), operator=name
         )
     if as_json:
         emit_json(revoked.model_dump(mode="json"))
@@ -100,7 +101,7 @@ def destroy(
     Exit 0 destroyed, 1 refused (certificate_unknown, certificate_destroyed, not_authorised), 3 unreachable.
     """
     name = operator(who)
-    destroyed = run(lambda c: c.destroy(serial, name, reason, timeout), requester="operator")
+    destroyed = run(lambda c: c.destroy(serial, name, reason, timeout), operator=name)
     if as_json:
         emit_json(destroyed.model_dump(mode="json"))
         return
