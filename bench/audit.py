@@ -1,16 +1,18 @@
 """`make bench` (audit part): archive, verify and replay rates over a log of AUDIT_N events.
 
 AUDIT_N (default 100,000) realistic lifecycle events (request, approval, issuance with a real
-certificate, some revocations) are published straight to a fresh stream; then the audit service
-archives them live, `audit verify` checks them and `audit replay` rebuilds the archive from
-sequence 1. Reference, measured in the same run: hashing the same bytes into the chain in one
-process with nothing else (SHA-256 over sequence, subject and payload). Read ratios, not absolutes.
+certificate, some revocations) are published straight to a fresh log, each by its event type's
+publisher (as the services would); then the audit service archives them live, `audit verify`
+checks them and `audit replay` rebuilds the archive from sequence 1. Reference, measured in the
+same run: hashing the same bytes into the chain in one process with nothing else (SHA-256 over
+sequence, subject and payload). Read ratios, not absolutes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -18,7 +20,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import nats
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -26,7 +27,9 @@ from bench.environment import bench_harness, save_result
 from harness import Harness
 from services.audit import domain
 from services.signing import domain as signing
-from shared.crypto import generate_key, signing_hash
+from shared import operators
+from shared.binding import publisher_of
+from shared.crypto import PrivateKey, generate_key, signing_hash
 from shared.events import (
     CaCreated,
     CertificateIssued,
@@ -37,9 +40,8 @@ from shared.events import (
     Event,
     ProfileApplied,
 )
+from shared.holder import load_private_key
 from shared.profiles import Profile
-from shared.settings import CommonSettings
-from shared.stream import ensure_object_store, stream_config
 
 N = int(os.environ.get("AUDIT_N", "100000"))
 
@@ -52,10 +54,17 @@ class BenchLog:
     objects: dict[str, bytes] = field(default_factory=dict)
 
 
-def realistic_log(n: int, root: str, bucket: str) -> BenchLog:
-    """About n events: the CA, the profile, per certificate a request, an approval under that
-    profile version and an issuance of its own real certificate (1 in 10 revoked), and at the end a
-    CRL listing every revocation (its DER for the object store): what `audit check` expects."""
+# Certificates whose events are published stage by stage, as that many concurrent requests would
+# be: every request and approval (enrollment), then every issuance (signing), then the revocations.
+BLOCK = 500
+
+
+def realistic_log(n: int, root: str, bucket: str, operator: tuple[str, PrivateKey]) -> BenchLog:
+    """About n events: the CA, the profile (applied by `operator`, signed with its registered key),
+    per certificate a request as enrollment admits it, an approval under that profile version and an
+    issuance of its own real certificate (1 in 10 revoked), in blocks of BLOCK certificates, and at
+    the end a CRL listing every revocation (its DER for the object store): what `audit check`
+    expects."""
     now = datetime.now(UTC).replace(microsecond=0)
     ca_key = generate_key("ec-p256")
     ca = signing.CaIdentity("bench", signing.root_certificate(ca_key, "bench", "Bench", now, 365))
@@ -66,6 +75,7 @@ def realistic_log(n: int, root: str, bucket: str) -> BenchLog:
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(leaf_key, signing_hash(leaf_key))
     csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
     ca_pem = ca.cert.public_bytes(serialization.Encoding.PEM).decode()
+    operator_name, operator_key = operator
     setup: list[Event] = [
         CaCreated(
             aggregate_id="bench",
@@ -81,75 +91,93 @@ def realistic_log(n: int, root: str, bucket: str) -> BenchLog:
             not_after=ca.cert.not_valid_after_utc,
             spki_sha256="0" * 64,
         ),
-        ProfileApplied(
-            aggregate_id=profile.name,
-            occurred_at=now,
-            correlation_id="bench",
-            producer="operator",
-            profile=profile,
-            digest=profile.digest(),
-            applied_by="bench",
+        operators.sign(
+            ProfileApplied(
+                aggregate_id=profile.name,
+                occurred_at=now,
+                correlation_id="bench",
+                producer="operator",
+                profile=profile,
+                digest=profile.digest(),
+                applied_by=operator_name,
+            ),
+            operator_name,
+            operator_key,
         ),
     ]
     out: list[tuple[str, bytes]] = [(e.subject(root), e.model_dump_json().encode()) for e in setup]
     revoked: dict[str, signing.RevokedEntry] = {}
     i = 0
     while len(out) < n - 1:
-        rid = str(uuid.uuid4())
-        names = [f"svc{i}.bench.internal"]
-        leaf = signing.leaf_builder(
-            profile, signing.Sans(tuple(names)), leaf_key.public_key(), ca, signing.plan_leaf(ca, 30, now), urls
-        ).sign(ca_key, signing_hash(ca_key))
-        pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
-        serial = format(leaf.serial_number, "x")
-        common = {"aggregate_id": rid, "occurred_at": now, "correlation_id": rid}
-        batch: list[Event] = [
-            EnrollmentRequested(
-                **common, producer="requester", csr_pem=csr_pem, token="t", token_proof="p", requester="bench"
-            ),
-            EnrollmentApproved(
-                **common,
-                producer="enrollment",
-                csr_pem=csr_pem,
-                profile="tls-server",
-                dns_names=names,
-                validity_days=30,
-                provisioner_id="p",
-                token_id=rid,
-                requester="bench",
-                profile_digest=profile.digest(),
-            ),
-            CertificateIssued(
-                **common,
-                producer="signing",
-                serial=serial,
-                issuer_id="bench",
-                profile="tls-server",
-                cert_pem=pem,
-                chain_pem=pem,
-                not_before=plan.not_before,
-                not_after=plan.not_after,
-                dns_names=names,
-                spki_sha256="0" * 64,
-                fingerprint_sha256="0" * 64,
-            ),
-        ]
-        if i % 10 == 0:
-            revoked[serial] = signing.RevokedEntry(leaf.serial_number, now, "superseded")
-            batch.append(
-                CertificateRevoked(
+        requested: list[Event] = []
+        issued: list[Event] = []
+        revocations: list[Event] = []
+        for _ in range(BLOCK):
+            if len(out) + len(requested) + len(issued) + len(revocations) >= n - 1:
+                break
+            rid = str(uuid.uuid4())
+            names = [f"svc{i}.bench.internal"]
+            leaf = signing.leaf_builder(
+                profile, signing.Sans(tuple(names)), leaf_key.public_key(), ca, signing.plan_leaf(ca, 30, now), urls
+            ).sign(ca_key, signing_hash(ca_key))
+            pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
+            serial = format(leaf.serial_number, "x")
+            common = {"aggregate_id": rid, "occurred_at": now, "correlation_id": rid}
+            requested += [
+                EnrollmentRequested(
                     **common,
-                    producer="revocation",
+                    producer="enrollment",
+                    csr_pem=csr_pem,
+                    token="t",
+                    token_proof="p",
+                    requester="bench",
+                    accepted_at=now,
+                ),
+                EnrollmentApproved(
+                    **common,
+                    producer="enrollment",
+                    csr_pem=csr_pem,
+                    profile="tls-server",
+                    dns_names=names,
+                    validity_days=30,
+                    provisioner_id="p",
+                    token_id=rid,
+                    requester="bench",
+                    profile_digest=profile.digest(),
+                ),
+            ]
+            issued.append(
+                CertificateIssued(
+                    **common,
+                    producer="signing",
                     serial=serial,
                     issuer_id="bench",
-                    reason="superseded",
-                    revoked_at=now,
-                    revocation_request_id=rid,
-                    requested_by="b",
+                    profile="tls-server",
+                    cert_pem=pem,
+                    chain_pem=pem,
+                    not_before=plan.not_before,
+                    not_after=plan.not_after,
+                    dns_names=names,
+                    spki_sha256="0" * 64,
+                    fingerprint_sha256="0" * 64,
                 )
             )
-        out += [(e.subject(root), e.model_dump_json().encode()) for e in batch]
-        i += 1
+            if i % 10 == 0:
+                revoked[serial] = signing.RevokedEntry(leaf.serial_number, now, "superseded")
+                revocations.append(
+                    CertificateRevoked(
+                        **common,
+                        producer="revocation",
+                        serial=serial,
+                        issuer_id="bench",
+                        reason="superseded",
+                        revoked_at=now,
+                        revocation_request_id=rid,
+                        requested_by="b",
+                    )
+                )
+            i += 1
+        out += [(e.subject(root), e.model_dump_json().encode()) for e in [*requested, *issued, *revocations]]
     out = out[: n - 1]
     listed = [revoked[json.loads(raw)["serial"]] for subject, raw in out if subject.endswith(".revoked")]
     der = signing.crl(ca, ca_key, 1, listed, now, now + timedelta(days=7)).public_bytes(serialization.Encoding.DER)
@@ -172,29 +200,54 @@ def realistic_log(n: int, root: str, bucket: str) -> BenchLog:
     return BenchLog(out, {crl.object_name: der})
 
 
-async def publish(h: Harness, log: BenchLog) -> float:
-    """Put the log's objects in the object store, then publish its events in order on one
-    connection (core publishes, then wait until the stream holds them all: concurrent JetStream
-    publishes could reorder them); returns events per second."""
-    settings = CommonSettings(**h.common)
-    nc = await nats.connect(h.nats_url)
-    js = nc.jetstream()
-    await js.add_stream(stream_config(settings))
-    await ensure_object_store(js, settings)
-    bucket = await js.object_store(settings.crl_bucket)
-    for name, data in log.objects.items():
-        await bucket.put(name, data)
-    start = time.perf_counter()
-    for at, (subject, data) in enumerate(log.events):
-        await nc.publish(subject, data, headers={"Nats-Msg-Id": str(uuid.uuid4())})
-        if at % 1000 == 999:
-            await nc.flush()
-    await nc.flush()
-    while (await js.stream_info(h.common["stream"])).state.messages < len(log.events):
-        await asyncio.sleep(0.05)
-    rate = len(log.events) / (time.perf_counter() - start)
-    await nc.close()
-    return rate
+def harness_operator(h: Harness) -> tuple[str, PrivateKey]:
+    """The operator the harness registered on its log, and its signing key."""
+    return "operator", load_private_key(h.operator_key_file.read_bytes())
+
+
+@dataclass(frozen=True)
+class Published:
+    """How fast a log was published, and the log's last sequence after it."""
+
+    events_per_s: float
+    last_seq: int
+
+
+async def publish(h: Harness, log: BenchLog) -> Published:
+    """Put the log's objects in the CRL store (as signing), then publish its events in order, each
+    as its type's publisher: a run of consecutive events with one publisher goes out as core
+    publishes on that publisher's connection and ends with an acknowledged publish, so that the next
+    run (on another connection) lands after it (concurrent JetStream publishes could reorder them)."""
+
+    def publisher(event: tuple[str, bytes]) -> str:
+        name = publisher_of(event[0], h.root)
+        assert name is not None, f"nobody may publish {event[0]!r}"
+        return name
+
+    names = {publisher(event) for event in log.events} | {"signing"}
+    connections = {name: await h.connect(name) for name in sorted(names)}
+    try:
+        bucket = await h.js(connections["signing"], "signing").object_store(h.common["crl_bucket"])
+        for name, data in log.objects.items():
+            await bucket.put(name, data)
+        start, last_seq = time.perf_counter(), 0
+        for name, grouped in itertools.groupby(log.events, key=publisher):
+            run = list(grouped)
+            nc = connections[name]
+            for at, (subject, data) in enumerate(run[:-1]):
+                await nc.publish(subject, data, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+                if at % 1000 == 999:
+                    await nc.flush()
+            subject, data = run[-1]
+            ack = await h.js(nc, name).publish(
+                subject, data, stream=h.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())}, timeout=30
+            )
+            last_seq = ack.seq
+        rate = len(log.events) / (time.perf_counter() - start)
+    finally:
+        for nc in connections.values():
+            await nc.close()
+    return Published(rate, last_seq)
 
 
 def reference_rate(events: list[tuple[str, bytes]]) -> float:
@@ -207,20 +260,20 @@ def reference_rate(events: list[tuple[str, bytes]]) -> float:
 
 async def main() -> None:
     async with bench_harness() as h:
-        print(f"certbus audit bench: {N} events published straight to the stream, audit in-process", flush=True)
-        log = await asyncio.to_thread(realistic_log, N, h.root, h.common["crl_bucket"])
+        print(f"certbus audit bench: {N} events published straight to the log, audit in-process", flush=True)
+        log = await asyncio.to_thread(realistic_log, N, h.root, h.common["crl_bucket"], harness_operator(h))
         events = log.events
         published = await publish(h, log)
-        print(f"  published {len(events)} events at {published:.0f}/s", flush=True)
+        print(f"  published {len(events)} events at {published.events_per_s:.0f}/s", flush=True)
         start = time.perf_counter()
         # pkilint of 25,000 certificates (~7.5 ms each) or checks every second would measure something else
         h.overrides["audit"] = {"lint_after_issuance": False, "check_interval_s": 3600.0}
         await h.start("audit")
         pool = await h.db()
-        while (await pool.fetchval("SELECT seq FROM audit.chain_head")) < len(events):
+        while (await pool.fetchval("SELECT seq FROM audit.chain_head")) < published.last_seq:
             await asyncio.sleep(0.2)
         archive_rate = len(events) / (time.perf_counter() - start)
-        async with h.client() as c:
+        async with h.client("operator") as c:  # audit's verify, replay and check are the operator's
             verified = await c.verify()
             replayed = await c.replay()
             checked = await c.check()

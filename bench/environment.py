@@ -1,9 +1,11 @@
-"""A throwaway NATS server and a fresh database for a benchmark, as a harness (cleaned up after)."""
+"""A throwaway Certbus for a benchmark, as a harness (its own nats-server and a fresh database;
+cleaned up after)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -17,14 +19,20 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness import Harness
-from shared.devstack import NatsServer, PostgresCluster, port_open
+from shared.devstack import PostgresCluster, port_open
+
+# The requester the benchmarks send their requests as (added to the harness's identities).
+REQUESTER = "bench"
+# A benchmark measures throughput, not the per-identity admission rate (600 a minute by default):
+# one requester sends every request here.
+ADMISSION_RATE_PER_MIN = 10_000_000
 
 
 @asynccontextmanager
 async def bench_harness() -> AsyncIterator[Harness]:
-    """A Harness on a throwaway nats-server and a fresh database (the machine's PostgreSQL, the one
-    in CERTBUS_TEST_DATABASE_URL, or a throwaway cluster); everything is removed afterwards."""
-    nats_server = NatsServer().start()
+    """A Harness (its own nats-server in the production trust model, opened) on a fresh database
+    (the machine's PostgreSQL, the one in CERTBUS_TEST_DATABASE_URL, or a throwaway cluster), with
+    requester REQUESTER; everything is removed afterwards (but the services' logs, after a failure)."""
     cluster = None
     admin = os.environ.get("CERTBUS_TEST_DATABASE_URL")
     if admin is None and port_open("127.0.0.1", 5432):
@@ -36,12 +44,22 @@ async def bench_harness() -> AsyncIterator[Harness]:
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{db}"')
     await conn.close()
-    h = Harness(nats_server.url, admin.rsplit("/", 1)[0] + f"/{db}", Path(tempfile.mkdtemp(prefix="certbus-bench-")))
+    tmp = Path(tempfile.mkdtemp(prefix="certbus-bench-"))
+    h = Harness(admin.rsplit("/", 1)[0] + f"/{db}", tmp)
+    for service in ("enrollment", "revocation"):
+        h.overrides[service] = {"admission_rate_per_min": ADMISSION_RATE_PER_MIN}
+    finished = False
     try:
+        await h.open()
+        await h.identity(REQUESTER)
         yield h
+        finished = True
     finally:
         await h.close()
-        nats_server.cleanup()
+        if finished:  # after a failure, the services' logs stay in `tmp`
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"bench: the services' logs are in {tmp}", file=sys.stderr)
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await conn.close()

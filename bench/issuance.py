@@ -1,7 +1,7 @@
 """`make bench`: end-to-end issuance through the five services vs. the same work in-process.
 
-End to end: N EnrollmentRequested events are published (at most CONCURRENCY in flight) and the
-clock stops when each one's CertificateIssued event arrives. Reference, measured in the same run:
+End to end: N EnrollmentRequested events are sent on the ingress stream (at most CONCURRENCY in
+flight) and the clock stops when each one's CertificateIssued event arrives. Reference, measured in the same run:
 CSR parse + signature check + key check + certificate build + sign + PEM with `cryptography` alone,
 on one core. Figures are medians over ROUNDS; the machine is shared, so read ratios, not absolutes.
 """
@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench.environment import bench_harness, save_result
+from bench.environment import REQUESTER, bench_harness, save_result
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
 from shared.crypto import build_csr, generate_key, signing_hash
 from shared.events import CertificateIssued, Event, parse_event
 from shared.holder import enrollment_request
+from shared.ingress import KIND_OF, ingress_subject
 from shared.lint import errors, lint_certificate
 from shared.profiles import Profile
 from shared.tokens import TokenClaims
@@ -104,10 +105,11 @@ async def end_to_end(h: Harness, csrs: list[bytes], concurrency: int = CONCURREN
 async def publish_and_wait(
     h: Harness, requests: Sequence[Event], concurrency: int = CONCURRENCY
 ) -> tuple[float, list[float], dict[str, CertificateIssued]]:
-    """Publish requests (at most `concurrency` waiting for their outcome) and wait for every
-    CertificateIssued: (certificates per second, latencies in s, the issued events by request id)."""
-    nc = await nats.connect(h.nats_url)
-    js = nc.jetstream()
+    """Send requests as requester REQUESTER (on its ingress subjects, at most `concurrency` waiting
+    for their outcome) and wait for every CertificateIssued: (certificates per second, latencies in
+    s, the issued events by request id)."""
+    nc = await h.connect(REQUESTER)
+    js = h.js(nc, REQUESTER)
     sent: dict[str, float] = {}
     done: dict[str, float] = {}
     issued: dict[str, CertificateIssued] = {}
@@ -126,16 +128,16 @@ async def publish_and_wait(
             if len(done) == len(requests):
                 finished.set()
 
-    await nc.subscribe(f"{h.root}.cert.*.issued", cb=on_outcome)
-    await nc.subscribe(f"{h.root}.cert.*.rejected", cb=on_outcome)
+    for verb in ("issued", "rejected", "refused"):  # what a requester hears, republished from the log
+        await nc.subscribe(f"{h.root}.cert.*.{verb}", cb=on_outcome)
     start = time.perf_counter()
     for req in requests:
         await slots.acquire()
         sent[req.aggregate_id] = time.perf_counter()
         await js.publish(
-            req.subject(h.root),
+            ingress_subject(h.common["ingress_root"], REQUESTER, KIND_OF[type(req)]),
             req.model_dump_json().encode(),
-            stream=h.common["stream"],
+            stream=h.common["ingress_stream"],
             headers={"Nats-Msg-Id": str(req.event_id)},
         )
     await asyncio.wait_for(finished.wait(), timeout=600)

@@ -19,7 +19,7 @@ import nats
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from bench.environment import bench_harness, save_result
+from bench.environment import REQUESTER, bench_harness, save_result
 from bench.issuance import CONCURRENCY, ROUNDS, N, pct, publish_and_wait
 from harness import Harness
 from services.enrollment import domain, renewal
@@ -90,7 +90,7 @@ async def renew_all(
         if old <= seen:
             all_superseded.set()
 
-    nc = await nats.connect(h.nats_url)
+    nc = await h.connect(REQUESTER)  # a requester hears superseded events, republished from the log
     try:
         await nc.subscribe(f"{h.root}.cert.*.superseded", cb=on_superseded)
         rate, latencies, renewed = await publish_and_wait(h, requests)

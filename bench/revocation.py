@@ -124,7 +124,7 @@ async def propagation(
         for serial, issuer_id in certs:
             request = ocsp_request(issuer, int(serial, 16))
             start = time.perf_counter()
-            revoking = asyncio.create_task(c.revoke_as_operator(serial, "keyCompromise", operator="bench"))
+            revoking = asyncio.create_task(c.revoke_as_operator(serial, "keyCompromise", operator="operator"))
             ocsp_at = crl_at = None
             while ocsp_at is None or crl_at is None:
                 if ocsp_at is None and await ocsp_status(session, f"{base}/ocsp", request) == (
@@ -251,7 +251,7 @@ async def compromise(h: Harness, issuer_id: str, sample: list[int], expected: in
     validation answers revoked for a sample, until every CertificateRevoked is on the log."""
     pool = await h.db()
     start = time.perf_counter()
-    result = await h.cli("ca", "compromise", issuer_id, "--reason", "bench", operator="bench")
+    result = await h.cli("ca", "compromise", issuer_id, "--reason", "bench")  # as the harness's operator
     assert result.returncode == 0, result.stderr
     marks: dict[str, float] = {}
 

@@ -6,7 +6,9 @@ start their own throwaway NATS and database on free loopback ports.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -21,8 +23,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.files import write_new
-from shared.settings import ValidationSettings
+import nats
+
+from shared.admin import init_log
+from shared.files import write_atomic, write_new
+from shared.identities import IdentityStore
+from shared.settings import CommonSettings, ValidationSettings
+from shared.trust import Names, render
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
@@ -110,7 +117,7 @@ class NatsServer:
             str(self.store_dir),
         ]
         if self.config_file is not None:
-            cmd += ["-c", str(self.config_file)]
+            cmd += ["-c", str(self.config_file), "-P", str(self.config_file.with_name("nats-server.pid"))]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
@@ -123,6 +130,21 @@ class NatsServer:
                         return self
             time.sleep(0.05)
         raise TimeoutError("nats-server did not become ready")
+
+    def reload(self, timeout: float = 5.0) -> None:
+        """Make the running server read its configuration file again (new identities, permissions)."""
+        assert self.proc is not None and self.proc.poll() is None, "nats-server is not running"
+        url = f"http://127.0.0.1:{self.monitor_port}/varz"
+        with urllib.request.urlopen(url, timeout=1) as response:
+            loaded = json.loads(response.read())["config_load_time"]
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+                if json.loads(response.read())["config_load_time"] != loaded:
+                    return
+            time.sleep(0.02)
+        raise TimeoutError("nats-server did not reload its configuration")
 
     def stop(self, kill: bool = False) -> None:
         """Stop the server (SIGKILL if `kill`); the store directory survives for a restart."""
@@ -149,16 +171,23 @@ def _run_checked(cmd: list[str]) -> None:
 
 @dataclass
 class PostgresCluster:
-    """A throwaway PostgreSQL cluster from the machine's binaries (run as `postgres` if root)."""
+    """A throwaway PostgreSQL cluster from the machine's binaries (run as `postgres` if root). With
+    a `password`, every connection must give one (scram-sha-256): the superuser's is `password`."""
 
     port: int = field(default_factory=free_port)
     data_dir: Path | None = None
+    password: str | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
-        """A DSN for the `certbus` database on this cluster."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/certbus"
+        """A DSN for the `certbus` database on this cluster, as the superuser."""
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/certbus"
+
+    def url_of(self, role: str, password: str, database: str = "certbus") -> str:
+        """A DSN for `role` (a service's own login role)."""
+        return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{database}"
 
     def _as_owner(self, cmd: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
@@ -176,11 +205,18 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(parent, "postgres")
         if not (self.data_dir / "PG_VERSION").exists():
-            _run_checked(
-                self._as_owner(
-                    [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--no-sync"]
-                )
-            )
+            init = [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--no-sync"]
+            if self.password is None:
+                _run_checked(self._as_owner([*init, "--auth=trust"]))
+            else:
+                pwfile = parent / ".superuser-password"
+                write_new(pwfile, self.password.encode())
+                if os.geteuid() == 0:
+                    shutil.chown(pwfile, "postgres")
+                try:
+                    _run_checked(self._as_owner([*init, "--auth=scram-sha-256", f"--pwfile={pwfile}"]))
+                finally:
+                    pwfile.unlink()
             with open(self.data_dir / "postgresql.conf", "a") as conf:
                 conf.write(
                     f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
@@ -274,64 +310,160 @@ def service_env(base: dict[str, str], name: str, http_port: int) -> dict[str, st
     return env
 
 
-def ensure_passphrase_file(home: Path) -> Path:
-    """A random CA-key passphrase file for local use (mode 0600), created once."""
-    import secrets
-
-    path = home / "secrets" / "ca-passphrase"
+def _secret(home: Path, name: str) -> str:
+    """A random secret kept in `home`/secrets/`name` (mode 0600), created once."""
+    path = home / "secrets" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_new(path, secrets.token_urlsafe(32).encode())
-    return path
+    return path.read_text().strip()
+
+
+def ensure_passphrase_file(home: Path) -> Path:
+    """A random CA-key passphrase file for local use (mode 0600), created once."""
+    _secret(home, "ca-passphrase")
+    return home / "secrets" / "ca-passphrase"
 
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.toml"
+DATABASE_INIT = Path(__file__).resolve().parent.parent / "deploy" / "postgres" / "init.sql"
 
 
-def _register_policy(env: dict[str, str]) -> None:
-    """Register the local provisioner and validation's own (it enrolls for its OCSP responder
-    certificate with it), and apply the shipped profiles (deploy/profiles.toml)."""
+def ensure_identities(home: Path, operator: str) -> IdentityStore:
+    """Every identity `make run` uses, with its NKey seed (created once under `home`/identities)."""
+    store = IdentityStore(home / "identities")
+    for service in SERVICES:
+        store.ensure(service, service)  # type: ignore[arg-type]
+    store.ensure("admin", "admin")
+    store.ensure(operator, "operator")
+    store.ensure("requester", "requester")
+    return store
+
+
+def write_nats_config(home: Path, store: IdentityStore, settings: CommonSettings) -> Path:
+    """The nats-server configuration of `make run`: the accounts `shared.trust` renders (the same
+    as deploy/nats) for these identities; no anonymous user, so no unauthenticated connection."""
+    directory = home / "nats"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(directory / "accounts.conf", render(store.all(), Names.of(settings)).encode(), mode=0o600)
+    conf = directory / "server.conf"
+    write_atomic(conf, b"max_payload: 1MB\ninclude ./accounts.conf\n", mode=0o600)
+    return conf
+
+
+def provision_database(pg: PostgresCluster, home: Path) -> dict[str, str]:
+    """Create the `certbus` database, one login role per service owning its schema, with password
+    authentication (deploy/postgres/init.sql, run once); returns each service's DSN."""
+    passwords = {service: _secret(home, f"db-{service}") for service in SERVICES}
+    marker = home / "pg" / ".provisioned"
+    if not marker.exists():
+        env = dict(os.environ, PGPASSWORD=pg.password or "")
+        env.update({f"CERTBUS_DB_{s.upper()}_PASSWORD": pw for s, pw in passwords.items()})
+        psql = PG_BIN_DIRS[0] / "psql"
+        admin = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
+        result = subprocess.run(
+            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(DATABASE_INIT), admin],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"setting up the database failed: {result.stderr.strip()}")
+        marker.touch()
+    return {service: pg.url_of(service, pw) for service, pw in passwords.items()}
+
+
+def _register_policy(env: dict[str, str], operator: str, fresh: bool) -> None:
+    """On a new log, register the operator (the genesis); then the local provisioner, validation's
+    own (scoped to its OCSP responder certificate, for validation alone), and the shipped profiles
+    (deploy/profiles.toml), all as that operator."""
     cli = [sys.executable, "-m", "shared.cli.main"]
+    if fresh:
+        subprocess.run([*cli, "operator", "request", operator, "--submit"], env=env, check=True)
     subprocess.run([*cli, "provisioner", "init"], env=env, check=True)
     validation = ValidationSettings(ocsp_provisioner_key_file=Path(env["CERTBUS_OCSP_PROVISIONER_KEY_FILE"]))
     provisioner_id = env.get("CERTBUS_OCSP_PROVISIONER_ID", validation.ocsp_provisioner_id)
     public_key = validation.ocsp_provisioner_public_key_file  # validation wrote it before it was healthy
+    scope = ["--profile", validation.ocsp_profile, "--requester", "validation", "--suffix", "ocsp.internal"]
     subprocess.run(
-        [*cli, "provisioner", "add", provisioner_id, "--public-key", str(public_key)],
-        env=env,
-        check=True,
+        [*cli, "provisioner", "add", provisioner_id, "--public-key", str(public_key), *scope], env=env, check=True
     )
     profiles = Path(env.get("CERTBUS_PROFILES_FILE", str(PROFILES_FILE)))
-    subprocess.run([*cli, "profile", "apply", str(profiles), "--operator", "make-run"], env=env, check=True)
+    subprocess.run([*cli, "profile", "apply", str(profiles)], env=env, check=True)
+
+
+async def _log_is_new(settings: CommonSettings) -> bool:
+    nc = await nats.connect(settings.nats_url, connect_timeout=3, allow_reconnect=False, **settings.connect_options())
+    try:
+        info = await nc.jetstream(prefix=settings.js_prefix).stream_info(settings.stream)
+        return bool(info.state.messages == 0)
+    finally:
+        await nc.close()
 
 
 def run_local() -> int:
-    """`make run`: start NATS and PostgreSQL if needed, then the five services, until Ctrl-C."""
+    """`make run`: NATS with the production accounts and PostgreSQL with password authentication
+    (both started here, credentials under .certbus/), the log, then the five services, each with
+    its own identity, until Ctrl-C. The CLI run from the checkout finds the requester's and the
+    operator's credentials in .certbus/."""
     home = Path(os.environ.get("CERTBUS_HOME", ".certbus")).resolve()
+    # Readable by the `postgres` user (its cluster lives here); secrets, identities and operators'
+    # keys are in directories of their own, mode 0700.
     home.mkdir(parents=True, exist_ok=True)
+    if (home / "nats").exists() and not (home / "identities").exists():
+        print(
+            f"certbus: {home} was made by an older Certbus, without identities or authentication: "
+            "move it away (or `make clean`) and run again",
+            file=sys.stderr,
+        )
+        return 1
     env = dict(os.environ)
     env["CERTBUS_HOME"] = str(home)
-    started: list[NatsServer | PostgresCluster] = []
-    nats_url = env.setdefault("CERTBUS_NATS_URL", "nats://127.0.0.1:14222")
-    host, _, port = nats_url.removeprefix("nats://").rpartition(":")
+    operator = env.setdefault("CERTBUS_OPERATOR", "operator")
+    env.setdefault("CERTBUS_NATS_URL", "nats://127.0.0.1:14222")
+    settings = CommonSettings(nats_url=env["CERTBUS_NATS_URL"])
+    host, _, port = settings.nats_url.removeprefix("nats://").rpartition(":")
     if port_open(host, int(port)):
-        print(f"certbus: using the NATS server at {nats_url}", flush=True)
-    else:
-        nats = NatsServer(port=int(port), store_dir=home / "nats").start()
-        started.append(nats)
-        print(f"certbus: started nats-server (JetStream) at {nats_url}, store {home / 'nats'}", flush=True)
+        print(f"certbus: something already listens at {settings.nats_url}: stop it first", file=sys.stderr)
+        return 1
+    store = ensure_identities(home, operator)
+    started: list[NatsServer | PostgresCluster] = []
+    conf = write_nats_config(home, store, settings)
+    nats_server = NatsServer(port=int(port), store_dir=home / "nats" / "store", config_file=conf).start()
+    started.append(nats_server)
+    print(f"certbus: started nats-server (JetStream, accounts, NKeys) at {settings.nats_url}", flush=True)
+    admin = settings.model_copy(update={"identity": "admin", "nats_seed_file": store.seed_file("admin")})
+    asyncio.run(init_log(admin))
+    fresh = asyncio.run(_log_is_new(admin))
     if "CERTBUS_DATABASE_URL" in env:
-        print("certbus: using PostgreSQL at CERTBUS_DATABASE_URL", flush=True)
+        print("certbus: using PostgreSQL at CERTBUS_DATABASE_URL (one connection for every service)", flush=True)
+        databases = dict.fromkeys(SERVICES, env["CERTBUS_DATABASE_URL"])
     else:
-        pg = PostgresCluster(port=int(env.get("CERTBUS_PG_PORT", "15432")), data_dir=home / "pg" / "data").start()
+        pg = PostgresCluster(
+            port=int(env.get("CERTBUS_PG_PORT", "15432")),
+            data_dir=home / "pg" / "data",
+            password=_secret(home, "db-superuser"),
+        ).start()
         started.append(pg)
-        env["CERTBUS_DATABASE_URL"] = pg.url
-        print(f"certbus: started a local PostgreSQL cluster at {pg.url}", flush=True)
+        databases = provision_database(pg, home)
+        print(f"certbus: started PostgreSQL at 127.0.0.1:{pg.port} (password authentication, a role per service)")
     env.setdefault("CERTBUS_CA_PASSPHRASE_FILE", str(ensure_passphrase_file(home)))
     env.setdefault("CERTBUS_KEY_DIR", str(home / "signing" / "keys"))
     env.setdefault("CERTBUS_OCSP_KEY_DIR", str(home / "validation" / "ocsp"))
     env.setdefault("CERTBUS_OCSP_PROVISIONER_KEY_FILE", str(home / "validation" / "ocsp-provisioner.key.pem"))
-    procs = [ServiceProcess(name, service_env(env, name, DEFAULT_HTTP_PORTS[name])) for name in SERVICES]
+    # CERTBUS_HTTP_PORT_BASE moves the five HTTP ports (validation first) off their defaults.
+    base = int(env.get("CERTBUS_HTTP_PORT_BASE", DEFAULT_HTTP_PORTS["validation"]))
+    ports = {name: base + DEFAULT_HTTP_PORTS[name] - DEFAULT_HTTP_PORTS["validation"] for name in SERVICES}
+    procs = []
+    for name in SERVICES:
+        own = dict(
+            env,
+            CERTBUS_IDENTITY=name,
+            CERTBUS_NATS_SEED_FILE=str(store.seed_file(name)),
+            CERTBUS_DATABASE_URL=databases[name],
+        )
+        procs.append(ServiceProcess(name, service_env(own, name, ports[name])))
     stopping = False
 
     def on_signal(signum: int, _: object) -> None:
@@ -345,8 +477,12 @@ def run_local() -> int:
             p.start()
         for p in procs:
             p.wait_healthy(60)
-        _register_policy(env)
-        print("certbus: all five services are up. In another shell: .venv/bin/certbus health", flush=True)
+        _register_policy(env, operator, fresh)
+        print(
+            "certbus: all five services are up. In another shell: .venv/bin/certbus health "
+            f"(it connects as `requester`, and as operator `{operator}` for operator commands)",
+            flush=True,
+        )
         while not stopping:
             time.sleep(0.5)
             for p in procs:

@@ -15,19 +15,24 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from faststream import AckPolicy, ExceptionMiddleware, FastStream
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, NatsUserPassword, PullSub
+from faststream.message import StreamMessage
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.security import NatsNKey, NatsUserPassword
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from shared import db, logs
+from shared.binding import bind
 from shared.clock import Clock, SystemClock
 from shared.consumer import Apply, GroupCommit, applying, event_middleware
 from shared.events import Event
+from shared.ingress import Kind, ingress_filter
+from shared.metrics import LOG_USED
 from shared.outbox import OutboxEntry, OutboxRelay
 from shared.queries import Failure
 from shared.settings import ServiceSettings
-from shared.stream import ensure_consumer, ensure_object_store, ensure_stream
+from shared.stream import ensure_consumer, require_log
 
 log = logging.getLogger("certbus.service")
 VERSION = "0.1.0"
@@ -50,6 +55,7 @@ class Runtime:
     _assembled: bool = False
     _pool: asyncpg.Pool | None = None
     consumers: dict[str, list[str]] = field(default_factory=dict)  # durable -> filter subjects
+    ingress_consumers: dict[str, list[str]] = field(default_factory=dict)  # the same, on the ingress stream
     _relay: OutboxRelay | None = None
 
     @property
@@ -68,8 +74,8 @@ class Runtime:
 
     @property
     def js(self) -> JetStreamContext:
-        """JetStream on the broker's own connection."""
-        return self.broker.connection.jetstream()
+        """JetStream on the broker's own connection (its API reached under the deployment's prefix)."""
+        return self.broker.connection.jetstream(prefix=self.settings.js_prefix)
 
     @property
     def root(self) -> str:
@@ -80,26 +86,52 @@ class Runtime:
         """The request-reply subject of a query (not captured by the stream)."""
         return f"{self.settings.query_root}.{service or self.name}.{query}"
 
-    def consumer(self, purpose: str, filters: Sequence[str]) -> Callable[[Any], Any]:
-        """Decorate a handler as a durable pull consumer of `filters` on the stream.
+    def consumer(self, purpose: str, consumes: Sequence[type[Event]] | None) -> Callable[[Any], Any]:
+        """Decorate a handler as a durable pull consumer of the event types `consumes` on the log
+        (None: every message, undecoded: audit's archive).
 
-        FastStream runs the handlers of one pull (up to `fetch_batch` messages) concurrently;
-        handlers hand their events to a `GroupCommit` so that they share one transaction.
+        Every message is bound to its subject before it is parsed (`shared.binding.bind`): an event
+        on a subject other than its own, or over the bounds, never reaches the handler but is parked
+        with the reason. FastStream runs the handlers of one pull (up to `fetch_batch` messages)
+        concurrently; handlers hand their events to a `GroupCommit` so that they share one transaction.
         """
         durable = self.durable(purpose)
-        self.consumers[durable] = list(filters)
+        filters = [cls.filter(self.root) for cls in consumes] if consumes is not None else [f"{self.root}.>"]
+        self.consumers[durable] = filters
+        if consumes is None:
+            return self._pull(self.settings.stream, self.root, durable, filters, _undecoded)
+        accept, root = tuple(consumes), self.root
+
+        async def bound(msg: StreamMessage[Any]) -> Any:
+            return bind(msg.raw_message.subject, root, msg.body, accept)
+
+        return self._pull(self.settings.stream, self.root, durable, filters, bound)
+
+    def ingress_consumer(self, purpose: str, kinds: Sequence[Kind]) -> Callable[[Any], Any]:
+        """Decorate a handler as the durable pull consumer of the ingress stream's requests of
+        `kinds` (every identity's): the handler gets each message undecoded (see `shared.admission`)."""
+        durable = self.durable(purpose)
+        filters = [ingress_filter(self.settings.ingress_root, kind) for kind in kinds]
+        self.ingress_consumers[durable] = filters
+        return self._pull(self.settings.ingress_stream, self.settings.ingress_root, durable, filters, _undecoded)
+
+    def _pull(
+        self, stream: str, root: str, durable: str, filters: list[str], decoder: Callable[[Any], Any]
+    ) -> Callable[[Any], Any]:
+        """A FastStream pull subscriber on a durable of `stream`, with this service's settings."""
         return self.events.subscriber(
-            f"{self.root}.>",
-            stream=JStream(self.settings.stream, declare=False),
+            f"{root}.>",
+            stream=JStream(stream, declare=False),
             durable=durable,
             pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=5.0),
             inbox_prefix=f"{self.settings.inbox_prefix}.".encode(),
             ack_policy=AckPolicy.NACK_ON_ERROR,
             config=ConsumerConfig(
-                filter_subjects=list(filters),
+                filter_subjects=filters,
                 max_deliver=self.settings.max_deliver,
                 ack_wait=self.settings.ack_wait_s,
             ),
+            decoder=decoder,
             title=durable,
         )
 
@@ -161,17 +193,14 @@ def create_service(
     logs.configure(settings.log_level, settings.log_format)
     broker = NatsBroker(
         settings.nats_url,
-        security=(
-            NatsUserPassword(settings.nats_user, settings.nats_password.get_secret_value())
-            if settings.nats_user and settings.nats_password
-            else None
-        ),
         name=f"certbus-{name}",
         logger=None,
         max_reconnect_attempts=-1,
         graceful_timeout=15.0,
         drain_timeout=settings.drain_timeout_s,
+        js_options={"prefix": settings.js_prefix},
         inbox_prefix=settings.inbox_prefix,
+        security=_security(settings),
     )
     runtime: Runtime = Runtime(
         name=name,
@@ -199,18 +228,20 @@ def create_service(
         if applied:
             log.info("applied migrations", extra={"migrations": applied})
         await broker.connect()
-        await ensure_stream(runtime.js, settings)
-        await ensure_object_store(runtime.js, settings)
-        for durable, filters in runtime.consumers.items():
-            # A durable made by an earlier release (or other settings) keeps its config unless told otherwise.
-            await ensure_consumer(
-                runtime.js,
-                settings.stream,
-                durable,
-                filters,
-                ack_wait_s=settings.ack_wait_s,
-                max_deliver=settings.max_deliver,
-            )
+        used = [settings.stream, f"OBJ_{settings.crl_bucket}"]
+        await require_log(runtime.js, used + [settings.ingress_stream] * bool(runtime.ingress_consumers))
+        durables = [(settings.stream, runtime.consumers), (settings.ingress_stream, runtime.ingress_consumers)]
+        for stream, consumers in durables:
+            for durable, filters in consumers.items():
+                # A durable made by an earlier release (or other settings) keeps its config unless told otherwise.
+                await ensure_consumer(
+                    runtime.js,
+                    stream,
+                    durable,
+                    filters,
+                    ack_wait_s=settings.ack_wait_s,
+                    max_deliver=settings.max_deliver,
+                )
         runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
         runtime.relay.loop.start()
         if on_start is not None:
@@ -251,6 +282,37 @@ def create_service(
     return app, runtime
 
 
+async def _undecoded(msg: StreamMessage[Any]) -> bytes:
+    """A message's body as it came: a raw consumer's handler reads it itself (FastStream would parse
+    it as JSON first, and a hostile body nested deep enough would fail there, never handled)."""
+    body: bytes = msg.body
+    return body
+
+
+def _security(settings: ServiceSettings) -> NatsNKey | NatsUserPassword | None:
+    """How the service proves who it is to NATS (its NKey seed, or a user and password)."""
+    if settings.nats_seed_file is not None:
+        return NatsNKey.from_file(settings.nats_seed_file)
+    if settings.nats_user and settings.nats_password:
+        return NatsUserPassword(settings.nats_user, settings.nats_password.get_secret_value())
+    return None
+
+
+LOG_WARN_AT = 0.8  # how full the log may be before health warns (at 100% new events are refused)
+
+
+async def _log_usage(runtime: Runtime) -> float | None:
+    """How full the log is (the larger of its byte and message limits' shares), or None if unknown."""
+    try:
+        info = await runtime.js.stream_info(runtime.settings.stream)
+    except Exception:  # noqa: BLE001 - reported as unknown, not raised
+        return None
+    limits = [(info.state.bytes, info.config.max_bytes or 0), (info.state.messages, info.config.max_msgs or 0)]
+    used = max(value / limit if limit > 0 else 0.0 for value, limit in limits)
+    LOG_USED.set(used)
+    return used
+
+
 async def _health(runtime: Runtime) -> dict[str, Any]:
     db_ok = True
     try:
@@ -258,10 +320,18 @@ async def _health(runtime: Runtime) -> dict[str, Any]:
             await conn.fetchval("SELECT 1")
     except Exception:  # noqa: BLE001 - reported, not raised
         db_ok = False
+    used = await _log_usage(runtime)
+    warnings = []
+    if used is not None and used >= 1.0:
+        warnings.append("the log is full: new events are refused (raise its limits: CERTBUS_STREAM_MAX_BYTES)")
+    elif used is not None and used >= LOG_WARN_AT:
+        warnings.append(f"the log is {used:.0%} full: raise its limits before it refuses new events")
     return {
         "service": runtime.name,
-        "status": "ok" if db_ok else "degraded",
+        "status": "ok" if db_ok and (used is None or used < 1.0) else "degraded",
         "database": db_ok,
+        "log_used": None if used is None else round(used, 4),
+        "warnings": warnings,
         "nats": runtime.broker.connection.is_connected,
         "version": VERSION,
         "pid": os.getpid(),

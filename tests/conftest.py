@@ -53,9 +53,10 @@ async def database_url(pg_admin_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def harness(nats_server: NatsServer, database_url: str, tmp_path) -> AsyncIterator[Harness]:  # type: ignore[no-untyped-def]
-    h = Harness(nats_server.url, database_url, tmp_path)
+async def harness(database_url: str, tmp_path) -> AsyncIterator[Harness]:  # type: ignore[no-untyped-def]
+    h = Harness(database_url, tmp_path)
     try:
+        await h.open()
         yield h
         failures = await h.lint_issued()
         assert not failures, f"issued certificates fail pkilint: {failures}"

@@ -1,5 +1,8 @@
-"""A Certbus deployment for tests: isolated stream and subjects on a shared NATS server, a fresh
-database, and the five services either in this process (fast) or as separate processes (e2e)."""
+"""A Certbus deployment for tests, in the production trust model: a nats-server of its own with the
+accounts and NKey identities `shared.trust` renders (the same as `make run` and deploy/nats), the
+log created by the admin, a fresh database, and the five services either in this process (fast)
+or as separate processes (e2e). Every test process, service, client and CLI call authenticates as
+one identity; nothing connects anonymously."""
 
 from __future__ import annotations
 
@@ -21,14 +24,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from faststream import FastStream
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from shared import operators
+from shared.admin import init_log
+from shared.binding import publisher_of
 from shared.cli import provisioner
 from shared.client import CertbusClient
 from shared.clock import Clock
-from shared.crypto import build_csr, generate_key
+from shared.crypto import build_csr, generate_key, key_pem
 from shared.db import create_pool, drop_schema
-from shared.devstack import SERVICES, ServiceProcess, free_port
+from shared.devstack import SERVICES, NatsServer, ServiceProcess, free_port
 from shared.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
+from shared.files import write_new
+from shared.identities import IdentityStore
+from shared.ingress import sender
 from shared.lint import errors, lint_certificate
 from shared.profiles import Profile, load_profiles
 from shared.service import Runtime
@@ -42,6 +52,7 @@ from shared.settings import (
     ValidationSettings,
 )
 from shared.tokens import create_token
+from shared.trust import Names, Role, render
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.toml"
 
@@ -53,6 +64,8 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "audit": AuditSettings,
 }
 PASSPHRASE = "test-passphrase-not-a-secret-0123456789"
+# The requesters every harness knows; others are added (and the server reloaded) when first used.
+REQUESTERS = ("tests", "alice", "bob", "mallory", "agent", "holder-app", "requester")
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
@@ -68,19 +81,27 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
 
 
 class Harness:
-    """One isolated Certbus: its own stream name, subject roots, CRL bucket and database."""
+    """One isolated Certbus: its own nats-server (`nats`, which a test may kill and start again),
+    identities, stream names, subject roots, CRL bucket and database. `await open()` before use."""
 
-    def __init__(self, nats_url: str, database_url: str, tmp: Path) -> None:
+    def __init__(self, database_url: str, tmp: Path, nats_store: Path | None = None) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.nats_url = nats_url
+        self.nats = NatsServer(store_dir=nats_store, config_file=tmp / "nats" / "server.conf")
+        self.nats_url = self.nats.url
         self.database_url = database_url
         self.tmp = tmp
+        self.identities = IdentityStore(tmp / "identities")
         self.common: dict[str, Any] = {
-            "nats_url": nats_url,
+            "nats_url": self.nats_url,
             "stream": f"T{tag}",
             "subject_root": f"t{tag}",
             "query_root": f"tq{tag}",
             "crl_bucket": f"crl-{tag}",
+            "ingress_stream": f"T{tag}_IN",
+            "ingress_root": f"tin{tag}",
+            # Every test's streams live on one server, which reserves each stream's bytes.
+            "stream_max_bytes": 256 * 1024**2,
+            "ingress_max_bytes": 16 * 1024**2,
         }
         self.root = self.common["subject_root"]
         self.http_ports = {name: free_port() for name in SERVICES}
@@ -94,6 +115,76 @@ class Harness:
         self.overrides: dict[str, dict[str, Any]] = {}
         self.clocks: dict[str, Clock] = {}  # injected into services started in this process
 
+    # --- the bus ------------------------------------------------------------------------------
+
+    async def open(self) -> Harness:
+        """Create the identities, start the nats-server with their accounts, and create the log as
+        the admin (what `make run` does)."""
+        for service in SERVICES:
+            self.identities.ensure(service, service)  # type: ignore[arg-type]
+        self.identities.ensure("admin", "admin")
+        self.identities.ensure("operator", "operator")
+        for name in REQUESTERS:
+            self.identities.ensure(name, "requester")
+        self._write_config()
+        await asyncio.to_thread(self.nats.start)
+        await init_log(self.client_settings("admin"))
+        # The operator's key, registered on the log first (the genesis): it signs operator commands.
+        key = ed25519.Ed25519PrivateKey.generate()
+        self.operator_key_file.parent.mkdir(parents=True, exist_ok=True)
+        write_new(self.operator_key_file, key_pem(key))
+        async with self.client("operator") as c:
+            await c.publish(operators.registration("operator", key, "operator", utcnow()))
+        return self
+
+    @property
+    def operator_key_file(self) -> Path:
+        return self.tmp / "operators" / "operator.key.pem"
+
+    def _write_config(self) -> None:
+        conf = self.tmp / "nats" / "server.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        (conf.parent / "accounts.conf").write_text(render(self.identities.all(), self.names))
+        conf.write_text("max_payload: 1MB\ninclude ./accounts.conf\n")
+
+    @property
+    def names(self) -> Names:
+        return Names.of(CommonSettings(**self.common))
+
+    async def identity(self, name: str, role: Role = "requester") -> str:
+        """Make sure identity `name` exists (adding it reloads the server's configuration)."""
+        if self.identities.get(name) is None:
+            self.identities.ensure(name, role)
+            self._write_config()
+            await asyncio.to_thread(self.nats.reload)
+        return name
+
+    def role_of(self, name: str) -> Role:
+        identity = self.identities.get(name)
+        assert identity is not None, f"no identity {name!r}: use `await harness.identity(...)` first"
+        return identity.role
+
+    def client_settings(self, name: str = "tests") -> CommonSettings:
+        """Settings that connect as identity `name` (a service, `admin`, `operator` or a requester);
+        the operator's also sign operator commands with the registered operator key."""
+        key = self.operator_key_file if self.role_of(name) == "operator" else None
+        return CommonSettings(
+            **self.common, identity=name, nats_seed_file=self.identities.seed_file(name), operator_key_file=key
+        )
+
+    async def connect(self, name: str = "admin", **options: Any) -> nats.NATS:
+        """A raw NATS connection as identity `name`; `js(nc, name)` gives its JetStream."""
+        return await nats.connect(self.nats_url, **self.client_settings(name).connect_options(), **options)
+
+    def js(self, nc: nats.NATS, name: str = "admin") -> Any:
+        """JetStream for a connection made as `name` (every identity reaches the log's JetStream API
+        through its account's imports, under the deployment's prefix)."""
+        return nc.jetstream(prefix=self.common_settings.js_prefix)
+
+    @property
+    def common_settings(self) -> CommonSettings:
+        return CommonSettings(**self.common)
+
     # --- configuration -----------------------------------------------------------------
 
     def settings(self, name: str, **overrides: Any) -> ServiceSettings:
@@ -101,6 +192,8 @@ class Harness:
             "database_url": self.database_url,
             "http_port": self.http_ports[name],
             "log_level": "WARNING",
+            "identity": name,
+            "nats_seed_file": self.identities.seed_file(name),
         }
         if name == "enrollment":
             extra.update(pending_sweep_s=0.2)
@@ -139,14 +232,29 @@ class Harness:
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
         return env
 
-    async def cli(
-        self, *args: str, operator: str = "tests", settings_of: str = "enrollment"
-    ) -> subprocess.CompletedProcess[str]:
+    def cli_env(self) -> dict[str, str]:
+        """The environment of a `certbus` CLI run against this deployment (CERTBUS_HOME in the tmp dir,
+        the identities here): it connects as requester `tests`, and for an operator's command as the
+        operator `operator`, signing with its registered key."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
+        for key, value in self.common_settings.model_dump().items():
+            if value is not None and key not in ("identity", "nats_seed_file", "nats_user", "nats_password"):
+                env[f"CERTBUS_{key.upper()}"] = str(value)
+        env.update(
+            CERTBUS_HOME=str(self.tmp / "home"),
+            CERTBUS_IDENTITIES=str(self.identities.directory),
+            CERTBUS_REQUESTER="tests",
+            CERTBUS_OPERATOR="operator",
+            CERTBUS_OPERATOR_KEY_FILE=str(self.operator_key_file),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+        )
+        return env
+
+    async def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the `certbus` CLI against this deployment as a separate process, without blocking the
-        event loop (the services may run in it); CERTBUS_HOME is in the test's tmp dir. The CLI gets
-        the CERTBUS_* settings of service `settings_of`."""
-        env = self.env(settings_of)
-        env.update(CERTBUS_HOME=str(self.tmp / "home"), CERTBUS_OPERATOR=operator)
+        event loop (the services may run in it)."""
+        env = self.cli_env()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shared.cli.main", *args, env=env, stdout=PIPE, stderr=PIPE
         )
@@ -199,9 +307,9 @@ class Harness:
             await drop_schema(pool, name)
         finally:
             await pool.close()
-        nc = await nats.connect(self.nats_url)
+        nc = await self.connect("admin")
         try:
-            await nc.jetstream().delete_consumer(self.common["stream"], durable)
+            await self.js(nc).delete_consumer(self.common["stream"], durable)
         finally:
             await nc.close()
 
@@ -223,8 +331,10 @@ class Harness:
 
     # --- clients ----------------------------------------------------------------------------
 
-    def client(self, requester: str = "tests") -> CertbusClient:
-        return CertbusClient(CommonSettings(**self.common), requester=requester)
+    def client(self, name: str = "tests") -> CertbusClient:
+        """A client connected as identity `name` (a requester by default; `operator` for operator
+        commands; a service's name to act, in a test, with that service's credentials)."""
+        return CertbusClient(self.client_settings(name), requester=name)
 
     async def apply_profiles(self, *extra: Profile) -> dict[str, ProfileLinted]:
         """Apply the shipped profiles (deploy/profiles.toml) and `extra`; returns signing's verdicts."""
@@ -293,34 +403,47 @@ class Harness:
         assert self._pool is not None
         return self._pool
 
-    async def publish_raw(self, subject: str, payload: bytes) -> None:
-        """Put bytes on the stream under a fresh Nats-Msg-Id (a copy, a redelivery, or garbage)."""
-        nc = await nats.connect(self.nats_url)
+    async def publish_raw(self, subject: str, payload: bytes, as_: str | None = None) -> None:
+        """Put bytes on the log (or the ingress stream) under a fresh Nats-Msg-Id (a copy, a
+        redelivery, or garbage), as identity `as_`: by default the one allowed to publish `subject`
+        (the service or operator its event type names; on the ingress stream, the requester it names)."""
+        settings = self.common_settings
+        if as_ is None:
+            if subject.startswith(settings.ingress_root + "."):
+                as_ = sender(subject, settings.ingress_root)[0]
+            else:
+                publisher = publisher_of(subject, self.root)
+                assert publisher is not None, f"nobody may publish {subject!r}: say as whom"
+                as_ = publisher
+        stream = settings.ingress_stream if subject.startswith(settings.ingress_root + ".") else settings.stream
+        nc = await self.connect(as_)
         try:
-            await nc.jetstream().publish(
-                subject, payload, stream=self.common["stream"], headers={"Nats-Msg-Id": str(uuid.uuid4())}
-            )
+            await self.js(nc, as_).publish(subject, payload, stream=stream, headers={"Nats-Msg-Id": str(uuid.uuid4())})
         finally:
             await nc.close()
 
     async def stream_messages(self, subject_filter: str) -> list[Any]:
-        """Every message in the stream matching `subject_filter` (read with an ephemeral consumer)."""
-        nc = await nats.connect(self.nats_url)
+        """Every message in the log matching `subject_filter`, read as the admin with an ephemeral
+        pull consumer (the admin reaches the log's account only through imports, so no push)."""
+        nc = await self.connect("admin")
         try:
-            js = nc.jetstream()
+            js = self.js(nc)
             info = await js.stream_info(self.common["stream"])
             if info.state.messages == 0:
                 return []
-            sub = await js.subscribe(subject_filter, stream=self.common["stream"], ordered_consumer=True)
-            found = []
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0
+            )
+            sub = await js.pull_subscribe(subject_filter, durable=None, stream=self.common["stream"], config=config)
+            found: list[Any] = []
             try:
                 while True:
                     try:
-                        msg = await sub.next_msg(timeout=0.5)
+                        batch = await sub.fetch(1000, timeout=0.5)
                     except nats.errors.TimeoutError:
                         return found
-                    found.append(msg)
-                    if msg.metadata.num_pending == 0:
+                    found.extend(batch)
+                    if batch[-1].metadata.num_pending == 0:
                         return found
             finally:
                 await sub.unsubscribe()
@@ -359,6 +482,7 @@ class Harness:
             proc.stop(kill=True)
         if self._pool is not None:
             await self._pool.close()
+        self.nats.cleanup()
         assert not stuck, f"services did not stop within 30 s: {stuck} (task stacks on stderr)"
 
 
