@@ -21,10 +21,6 @@ pytestmark = pytest.mark.e2e
 OPENSSL = shutil.which("openssl")
 
 
-def certbus(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(h.env("validation"), *args)
-
-
 def stream_count(msgs: list) -> dict[str, int]:  # type: ignore[type-arg]
     counts: dict[str, int] = {}
     for m in msgs:
@@ -38,12 +34,12 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     await asyncio.to_thread(h.spawn_all)
     await h.register_provisioner()
     await h.apply_profiles()
-    assert certbus(h, "health").returncode == 0
+    assert (await h.cli("health")).returncode == 0
 
     # Enroll with the CLI: key generated locally, files written, openssl accepts the chain.
     out = tmp_path / "a"
-    enrolled = certbus(
-        h, "enroll", "--token", h.token("a.corp.internal"), "--san", "a.corp.internal", "--out", str(out), "--json"
+    enrolled = await h.cli(
+        "enroll", "--token", h.token("a.corp.internal"), "--san", "a.corp.internal", "--out", str(out), "--json"
     )
     assert enrolled.returncode == 0, enrolled.stderr
     serial_a = json.loads(enrolled.stdout)["serial"]
@@ -83,17 +79,17 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     for name in ("validation", "audit"):
         await asyncio.to_thread(h.spawn(name).wait_healthy, 60)
 
-    assert certbus(h, "validate", str(out / "cert.pem")).returncode == 0
-    revoked = certbus(h, "revoke", serial_a, "--reason", "keyCompromise", "--key", str(out / "key.pem"))
+    assert (await h.cli("validate", str(out / "cert.pem"))).returncode == 0
+    revoked = await h.cli("revoke", serial_a, "--reason", "keyCompromise", "--key", str(out / "key.pem"))
     assert revoked.returncode == 0, revoked.stderr
-    after = certbus(h, "validate", str(out / "cert.pem"))
+    after = await h.cli("validate", str(out / "cert.pem"))
     assert after.returncode == 1 and "revoked" in after.stdout
 
     # The CRL, fetched by the CLI, verifies under the issuing CA and lists the serial.
     crl_file = tmp_path / "x.crl"
 
     async def crl_lists_a() -> bool:
-        if certbus(h, "crl", "--out", str(crl_file)).returncode != 0:
+        if (await h.cli("crl", "--out", str(crl_file))).returncode != 0:
             return False
         text = subprocess.run(
             [
@@ -140,7 +136,7 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     )
     assert checked.returncode != 0 and "certificate revoked" in checked.stdout + checked.stderr
 
-    history = certbus(h, "audit", "history", serial_a, "--json")
+    history = await h.cli("audit", "history", serial_a, "--json")
     assert history.returncode == 0, history.stderr
     events = json.loads(history.stdout)["events"]
     types = [e["event_type"] for e in events]
@@ -148,7 +144,11 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     actors = [e["actor"] for e in events]
     assert actors[:3] == [events[0]["event"]["requester"], "enrollment (policy)", "signing"]
     assert actors[3] == actors[4] == events[3]["event"]["requested_by"]
-    table = run_cli({**h.env("validation"), "COLUMNS": "250"}, "audit", "history", serial_a)
+    # The requester named is the identity the CLI authenticated as (`tests`), written in by the
+    # service that admitted the request from the ingress stream.
+    assert (events[0]["event"]["requester"], events[0]["event"]["producer"]) == ("tests", "enrollment")
+    assert (events[3]["event"]["requested_by"], events[3]["event"]["producer"]) == ("tests", "revocation")
+    table = await asyncio.to_thread(run_cli, {**h.cli_env(), "COLUMNS": "250"}, "audit", "history", serial_a)
     assert table.returncode == 0 and "enrollment (policy)" in table.stdout and "keyCompromise" in table.stdout
     assert types == [
         "EnrollmentRequested",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -11,7 +11,7 @@ import pytest
 
 from harness import Harness, eventually
 from shared.crypto import build_csr, generate_key
-from shared.devstack import NatsServer, PostgresCluster
+from shared.devstack import PostgresCluster
 from shared.events import EnrollmentRequested
 from shared.holder import enrollment_request
 
@@ -40,46 +40,33 @@ async def issued_exactly_once(h: Harness, requests: list[EnrollmentRequested], t
 
 
 @pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(store_dir=tmp_path / "nats-store").start()
-    yield server
-    server.stop(kill=True)
-
-
-@pytest.fixture
 async def own_postgres() -> AsyncIterator[PostgresCluster]:
     cluster = await asyncio.to_thread(PostgresCluster().start)
     yield cluster
     cluster.cleanup()
 
 
-async def test_killing_nats_mid_stream_loses_and_duplicates_nothing(
-    own_nats: NatsServer, database_url: str, tmp_path: Path
-) -> None:
-    h = Harness(own_nats.url, database_url, tmp_path)
-    try:
-        await asyncio.to_thread(h.spawn_all)
-        await h.register_provisioner()
-        await h.apply_profiles()
-        requests = requests_for(h, REQUESTS)
-        async with h.client() as c:
-            for r in requests:
-                await c.publish(r)  # acknowledged by the stream: accepted
-        own_nats.stop(kill=True)
-        await asyncio.sleep(1.0)
-        own_nats.start()
-        await issued_exactly_once(h, requests)
-        for name, proc in h.procs.items():
-            assert proc.proc is not None and proc.proc.poll() is None, f"{name} died"
-    finally:
-        await h.close()
+async def test_killing_nats_mid_stream_loses_and_duplicates_nothing(harness: Harness) -> None:
+    h = harness
+    await asyncio.to_thread(h.spawn_all)
+    await h.register_provisioner()
+    await h.apply_profiles()
+    requests = requests_for(h, REQUESTS)
+    async with h.client() as c:
+        for r in requests:
+            await c.publish(r)  # acknowledged by the ingress stream: accepted
+    h.nats.stop(kill=True)  # the harness's own server: same port and store when it comes back
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(h.nats.start)
+    await issued_exactly_once(h, requests)
+    for name, proc in h.procs.items():
+        assert proc.proc is not None and proc.proc.poll() is None, f"{name} died"
 
 
-async def test_killing_postgres_loses_and_duplicates_nothing(
-    nats_server: NatsServer, own_postgres: PostgresCluster, tmp_path: Path
-) -> None:
-    h = Harness(nats_server.url, own_postgres.url, tmp_path)
+async def test_killing_postgres_loses_and_duplicates_nothing(own_postgres: PostgresCluster, tmp_path: Path) -> None:
+    h = Harness(own_postgres.url, tmp_path)
     try:
+        await h.open()
         await asyncio.to_thread(h.spawn_all)
         await h.register_provisioner()
         await h.apply_profiles()
@@ -89,7 +76,7 @@ async def test_killing_postgres_loses_and_duplicates_nothing(
                 await c.publish(r)
             own_postgres.stop("immediate")  # a crash: no shutdown checkpoint
             for r in requests[REQUESTS // 2 :]:
-                await c.publish(r)  # accepted by the log while the database is down
+                await c.publish(r)  # accepted by the ingress stream while the database is down
             await asyncio.sleep(2.0)
             await asyncio.to_thread(own_postgres.start)
         await issued_exactly_once(h, requests, timeout=90)

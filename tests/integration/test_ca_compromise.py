@@ -1,8 +1,9 @@
 """CA compromise end to end, and subscribers that react to revocations.
 
 `certbus ca compromise` declares an issuing CA compromised: signing stops using it, revokes it in
-the root's CRL and creates a replacement; revocation revokes everything it issued and tells each
-holder to renew; relying parties (openssl with the CRLs, validation) see the certificates revoked.
+the root's CRL and creates a replacement; revocation revokes everything it issued; enrollment, reading
+those revocations, tells each holder to renew; relying parties (openssl with the CRLs, validation)
+see the certificates revoked.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ async def test_a_compromised_issuing_ca_is_replaced_and_everything_it_issued_is_
     root_id = (await stack.stream_messages(f"{stack.root}.ca.*.created"))[0]
     root_id = json.loads(root_id.data)["ca_id"]
 
-    result = await stack.cli("ca", "compromise", old, "--reason", "HSM backup copied", operator="alice")
+    # The CLI acts as the operator "operator" and signs the declaration with its registered key.
+    result = await stack.cli("ca", "compromise", old, "--reason", "HSM backup copied")
     assert result.returncode == 0, result.stderr
 
-    # Revocation: every certificate of the CA revoked (cACompromise, by the declaring operator),
-    # and a renewal-due event per certificate, so that agents re-enroll with a new key.
+    # Revocation: every certificate of the CA revoked (cACompromise, recorded as the operator who
+    # signed the declaration); enrollment: a renewal-due event per certificate, so that agents
+    # re-enroll with a new key.
     async def all_revoked() -> list[CertificateRevoked] | None:
         found = [
             CertificateRevoked.model_validate_json(m.data)
@@ -53,13 +56,19 @@ async def test_a_compromised_issuing_ca_is_replaced_and_everything_it_issued_is_
     revoked = await eventually(all_revoked, timeout=20)
     assert {r.serial for r in revoked} == {i.serial for i in issued}
     assert {(r.reason, r.requested_by, r.authorised_by) for r in revoked} == {
-        ("cACompromise", "alice", "ca_compromise")
+        ("cACompromise", "operator", "ca_compromise")
     }
-    due = [
-        CertificateRenewalDue.model_validate_json(m.data)
-        for m in await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.*.renewal_due"))
-    ]
-    assert {d.serial for d in due} == {i.serial for i in issued} and {d.cause for d in due} == {"ca_compromise"}
+
+    async def all_due() -> list[CertificateRenewalDue] | None:
+        found = [
+            CertificateRenewalDue.model_validate_json(m.data)
+            for m in await stack.stream_messages(f"{stack.root}.cert.*.renewal_due")
+        ]
+        return found if len(found) >= len(issued) else None
+
+    due = await eventually(all_due, timeout=20)
+    assert sorted(d.serial for d in due) == sorted(i.serial for i in issued)  # one each, none twice
+    assert {(d.cause, d.rekey, d.producer) for d in due} == {("ca_compromise", True, "enrollment")}
     async with stack.client() as c:
         for cert in issued:
             status = await c.status(cert.serial)
@@ -117,10 +126,12 @@ async def test_a_compromised_issuing_ca_is_replaced_and_everything_it_issued_is_
 async def test_a_subscriber_sees_revocations_as_they_happen_and_can_replay_them(
     stack: Harness,
 ) -> None:
+    """A requester hears revocations live (republished from the log) and replays earlier ones from
+    audit's archive; the revocations are an operator's orders."""
     first, second = await stack.enroll("a.corp.internal"), await stack.enroll("b.corp.internal")
     started = utcnow() - timedelta(seconds=1)
-    async with stack.client() as c:
-        await c.revoke_as_operator(first.serial, "superseded", operator="ops")
+    async with stack.client("operator") as c:
+        await c.revoke_as_operator(first.serial, "superseded", "operator")
 
     async def next_revocation(since: bool) -> CertificateRevoked:
         async with stack.client() as c:
@@ -130,8 +141,8 @@ async def test_a_subscriber_sees_revocations_as_they_happen_and_can_replay_them(
 
     live = asyncio.create_task(next_revocation(since=False))
     await asyncio.sleep(0.3)  # subscribed before the next revocation
-    async with stack.client() as c:
-        await c.revoke_as_operator(second.serial, "keyCompromise", operator="ops")
+    async with stack.client("operator") as c:
+        await c.revoke_as_operator(second.serial, "keyCompromise", "operator")
     assert (await asyncio.wait_for(live, timeout=10)).serial == second.serial
     replayed = await asyncio.wait_for(next_revocation(since=True), timeout=10)
     assert replayed.serial == first.serial  # from the log: the earlier one comes first
@@ -142,7 +153,7 @@ async def test_an_invalidity_date_reaches_the_crl_entry_and_a_future_one_is_refu
     revocation event and in the certificate's CRL entry (RFC 5280 invalidityDate)."""
     issued = await stack.enroll("leaked.corp.internal")
     future = await stack.cli(
-        "revoke", issued.serial, "--reason", "keyCompromise", "--operator", "ops", "--invalid-since", "2999-01-01"
+        "revoke", issued.serial, "--reason", "keyCompromise", "--as-operator", "--invalid-since", "2999-01-01"
     )
     assert future.returncode == 1 and "invalidity_date_invalid" in future.stdout + future.stderr
     result = await stack.cli(
@@ -150,8 +161,7 @@ async def test_an_invalidity_date_reaches_the_crl_entry_and_a_future_one_is_refu
         issued.serial,
         "--reason",
         "keyCompromise",
-        "--operator",
-        "ops",
+        "--as-operator",
         "--invalid-since",
         "2026-01-02T03:04:05+00:00",
         "--json",

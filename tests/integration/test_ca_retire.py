@@ -83,12 +83,13 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
     old = revoked_before.issuer_id
     old_cert = x509.load_pem_x509_certificate(revoked_before.chain_pem.encode())
     async with stack.client("operator") as c:
-        await c.revoke_as_operator(revoked_before.serial, "superseded", operator="ops")
+        await c.revoke_as_operator(revoked_before.serial, "superseded", "operator")
     # No wait for signing to read the revocation: its final CRL waits for that itself.
     key_file = stack.key_dir / f"{old}.key.pem"
     assert key_file.exists()
 
-    result = await stack.cli("ca", "retire", old, "--reason", "yearly rotation", "--json", operator="alice")
+    # The CLI acts as the operator "operator" and signs the retirement with its registered key.
+    result = await stack.cli("ca", "retire", old, "--reason", "yearly rotation", "--json")
     assert result.returncode == 0, result.stderr
     destroyed = CaKeyDestroyed.model_validate(json.loads(result.stdout))
     assert destroyed.ca_id == old and destroyed.final_crl_number is not None
@@ -101,7 +102,10 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
     final = [e for _, e in events if isinstance(e, CrlPublished) and e.crl_number == destroyed.final_crl_number]
     assert len(final) == 1 and kinds.index("CrlPublished", retired_at) < len(kinds) - 1
     assert final[0].next_update == old_cert.not_valid_after_utc and final[0].revoked_count == 1
-    assert isinstance(events[retired_at][1], CaRetired) and events[retired_at][1].retired_by == "alice"
+    retired = events[retired_at][1]
+    assert isinstance(retired, CaRetired) and [s.operator for s in retired.signatures] == ["operator"]
+    pool = await stack.db()
+    assert await pool.fetchval("SELECT retired_by FROM signing.retirements WHERE ca_id = $1", old) == "operator"
 
     # On disk: the key file is gone; the registry and key store refuse to produce a signer for it.
     assert not key_file.exists() and not list(stack.key_dir.glob(f"{old}.*"))
@@ -140,8 +144,8 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
     # A later revocation of one of its certificates yields no CRL for it, and signing stays healthy:
     # the replacement's CRL after a later revocation shows the CRL publisher ran past it.
     async with stack.client("operator") as c:
-        await c.revoke_as_operator(kept.serial, "cessationOfOperation", operator="ops")
-        await c.revoke_as_operator(fresh.serial, "superseded", operator="ops")
+        await c.revoke_as_operator(kept.serial, "cessationOfOperation", "operator")
+        await c.revoke_as_operator(fresh.serial, "superseded", "operator")
     await eventually(lambda: _revoked_in_signing(stack, fresh.serial))
 
     async def replacement_crl_lists_fresh() -> bool:
@@ -175,7 +179,17 @@ async def _applied_by_signing(h: Harness, event_id: uuid.UUID) -> bool:
 
 
 def _retired(ca_id: str) -> CaRetired:
+    """A retirement as a script would publish it, without the CLI's check (unsigned: the operator's
+    client signs it; `retired_by` is only what the body says)."""
     return CaRetired(**operator_envelope(ca_id, f"retire-{ca_id}"), ca_id=ca_id, reason="tests", retired_by="tests")
+
+
+async def _signed(h: Harness, command: CaRetired) -> CaRetired:
+    """`command` signed by the registered operator, as it will travel."""
+    async with h.client("operator") as c:
+        signed = c.signed(command)
+    assert isinstance(signed, CaRetired)
+    return signed
 
 
 async def test_a_refused_retirement_publishes_nothing_and_signing_refuses_one_that_skips_the_check(
@@ -216,13 +230,15 @@ async def test_a_retirement_resumes_after_a_crash_and_redeliveries_and_restarts_
         raise RuntimeError("simulated crash between the final CRL and the key's destruction")
 
     monkeypatch.setattr(Retirements, "_destroy_key", crash)
-    retired = _retired(old)
+    retired = await _signed(stack, _retired(old))
     async with stack.client("operator") as c:
         await c.publish(retired)
     pool = await stack.db()
     final_number = await eventually(
         lambda: pool.fetchval("SELECT final_crl_number FROM signing.retirements WHERE final_crl_at IS NOT NULL")
     )
+    # Recorded as the operator who signed it, not as the `retired_by` its body carries.
+    assert await pool.fetchval("SELECT retired_by FROM signing.retirements WHERE ca_id = $1", old) == "operator"
     await stack.stop("signing")
     assert key_file.exists() and await stack.stream_messages(f"{stack.root}.ca.{old}.key_destroyed") == []
 
@@ -235,7 +251,7 @@ async def test_a_retirement_resumes_after_a_crash_and_redeliveries_and_restarts_
 
     # The same CaRetired redelivered, a second one, and a restart with the key file gone change nothing.
     await stack.publish_raw(retired.subject(stack.root), retired.model_dump_json().encode())
-    again = retired.model_copy(update={"event_id": uuid.uuid4()})
+    again = await _signed(stack, _retired(old))
     await stack.publish_raw(again.subject(stack.root), again.model_dump_json().encode())
     await eventually(lambda: _applied_by_signing(stack, again.event_id))
     await stack.stop("signing")

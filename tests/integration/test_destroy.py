@@ -4,17 +4,20 @@ history of a renewal chain."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+import nats
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from harness import Harness, eventually
+from shared import operators
 from shared.client import Rejected
 from shared.clock import FixedClock
 from shared.crypto import PrivateKey, build_csr, generate_key
@@ -29,7 +32,6 @@ from shared.events import (
     EnrollmentApproved,
     EnrollmentRequested,
     Event,
-    RevocationRejected,
     utcnow,
 )
 from shared.holder import key_destroyed_attestation, renewal_request
@@ -68,6 +70,7 @@ async def _events_of(stack: Harness, serial: str, *kinds: type[Event]) -> list[E
 async def test_destroying_a_live_certificate_revokes_it_then_destroys_it_and_purges_its_body(stack: Harness) -> None:
     issued = await stack.enroll("retire.corp.internal")
     async with stack.client("operator") as c:
+        # The order names "carol", but the events record the operator who signed it.
         destroyed = await c.destroy(issued.serial, "carol", "service decommissioned")
         assert isinstance(destroyed, CertificateDestroyed)
         status = await c.status(issued.serial)
@@ -80,7 +83,7 @@ async def test_destroying_a_live_certificate_revokes_it_then_destroys_it_and_pur
     )
     assert (destroyed.fingerprint_sha256, destroyed.ordered_by, destroyed.reason) == (
         issued.fingerprint_sha256,
-        "carol",
+        "operator",
         "service decommissioned",
     )
     revoked, gone = await _events_of(stack, issued.serial, CertificateRevoked, CertificateDestroyed)
@@ -88,7 +91,7 @@ async def test_destroying_a_live_certificate_revokes_it_then_destroys_it_and_pur
     assert (revoked.reason, revoked.authorised_by, revoked.requested_by) == (
         "cessationOfOperation",
         "operator",
-        "carol",
+        "operator",
     )
     assert revoked.revocation_request_id == gone.destruction_request_id == destroyed.destruction_request_id
 
@@ -111,7 +114,7 @@ async def test_destroying_a_live_certificate_revokes_it_then_destroys_it_and_pur
     assert (key["spki_der"], key["spki_sha256"]) == (None, issued.spki_sha256)
 
     async def history_has_both() -> list[str]:
-        async with stack.client() as c:
+        async with stack.client("operator") as c:  # audit's history is an operator's query
             kinds = [e.event_type for e in (await c.history(issued.serial)).events]
         return kinds if "CertificateDestroyed" in kinds else []
 
@@ -128,8 +131,8 @@ async def test_destroying_a_live_certificate_revokes_it_then_destroys_it_and_pur
 async def test_destroying_a_revoked_certificate_only_destroys_it(stack: Harness) -> None:
     issued = await stack.enroll("revoked-first.corp.internal")
     async with stack.client("operator") as c:
-        await c.revoke_as_operator(issued.serial, "keyCompromise", "dave")
-        await c.destroy(issued.serial, "carol")
+        await c.revoke_as_operator(issued.serial, "keyCompromise", "operator")
+        await c.destroy(issued.serial, "operator")
         status = await c.status(issued.serial)
     revocations = await _events_of(stack, issued.serial, CertificateRevoked)
     assert [r.reason for r in revocations if isinstance(r, CertificateRevoked)] == ["keyCompromise"]
@@ -140,13 +143,13 @@ async def test_destroying_an_unknown_serial_or_twice_is_refused_and_changes_noth
     issued = await stack.enroll("once.corp.internal")
     async with stack.client("operator") as c:
         with pytest.raises(Rejected) as unknown:
-            await c.destroy("abcdef0123", "carol")
-        first = await c.destroy(issued.serial, "carol")
+            await c.destroy("abcdef0123", "operator")
+        first = await c.destroy(issued.serial, "operator")
         assert isinstance(first, CertificateDestroyed)
         with pytest.raises(Rejected) as again:
-            await c.destroy(issued.serial, "carol")
+            await c.destroy(issued.serial, "operator")
         with pytest.raises(Rejected) as revoke_after:
-            await c.revoke_as_operator(issued.serial, "superseded", "dave")
+            await c.revoke_as_operator(issued.serial, "superseded", "operator")
         status = await c.status(issued.serial)
     assert unknown.value.reasons[0].code == "certificate_unknown"
     assert "abcdef0123" in unknown.value.reasons[0].message
@@ -157,29 +160,83 @@ async def test_destroying_an_unknown_serial_or_twice_is_refused_and_changes_noth
     assert status.destroyed_at == first.destroyed_at
 
 
-async def test_a_destruction_order_not_from_an_operator_is_refused(stack: Harness) -> None:
-    issued = await stack.enroll("forged-order.corp.internal")
+def _order(serial: str, operator: str = "operator") -> DestructionOrdered:
     order_id = str(uuid.uuid4())
-    forged = DestructionOrdered(
+    return DestructionOrdered(
         aggregate_id=order_id,
         occurred_at=utcnow(),
         correlation_id=order_id,
-        producer="requester",
-        serial=issued.serial,
-        operator="mallory",
+        producer="operator",
+        serial=serial,
+        operator=operator,
     )
-    async with stack.client("mallory") as c:
-        await c.publish(forged)
-    found = await eventually(lambda: stack.stream_messages(f"{stack.root}.revoke.{order_id}.rejected"))
-    assert RevocationRejected.model_validate_json(found[0].data).reason.code == "not_authorised"
+
+
+async def test_a_requester_cannot_publish_a_destruction_order(stack: Harness) -> None:
+    """NATS lets only operators publish orders: a requester's is refused by the server and never
+    reaches the log."""
+    issued = await stack.enroll("forged-order.corp.internal")
+    forged = _order(issued.serial, operator="mallory")
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await stack.connect("mallory", error_cb=on_error)
+    try:
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await stack.js(nc, "mallory").publish(
+                forged.subject(stack.root),
+                forged.model_dump_json().encode(),
+                stream=stack.common["stream"],
+                timeout=1.0,
+            )
+        await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    assert any("permissions violation" in e.lower() for e in errors), errors
+    assert await stack.stream_messages(f"{stack.root}.revoke.{forged.aggregate_id}.>") == []
     async with stack.client() as c:
         assert (await c.status(issued.serial)).status == "good"
+
+
+async def test_an_order_without_a_registered_operators_signature_is_parked_and_changes_nothing(
+    stack: Harness,
+) -> None:
+    """The operator's NATS credential is not enough: an unsigned order, or one signed by a key no
+    operator registered, reaches the log but revocation parks it; nothing is revoked or destroyed."""
+    issued = await stack.enroll("unsigned-order.corp.internal")
+    unsigned = _order(issued.serial)
+    forged = operators.sign(_order(issued.serial), "operator", generate_key("ed25519"))
+    stranger = operators.sign(_order(issued.serial, operator="mallory"), "mallory", generate_key("ec-p256"))
+    orders = (unsigned, forged, stranger)
+    for order in orders:
+        await stack.publish_raw(order.subject(stack.root), order.model_dump_json().encode())  # as the operator
+    pool = await stack.db()
+
+    async def parked() -> list[str]:
+        rows = await pool.fetch(
+            "SELECT subject, reason FROM revocation.parked WHERE subject = ANY($1::text[])",
+            [order.subject(stack.root) for order in orders],
+        )
+        return [r["reason"] for r in rows] if len(rows) == len(orders) else []
+
+    reasons = await eventually(parked)
+    assert all("operator_signature" in reason for reason in reasons), reasons
+    # A later order, signed, takes effect; nothing came of the ones before it.
+    other = await stack.enroll("other.corp.internal")
+    async with stack.client("operator") as c:
+        await c.destroy(other.serial, "operator")
+        assert (await c.status(issued.serial)).status == "good"
+    for order in orders:
+        assert await stack.stream_messages(f"{stack.root}.revoke.{order.aggregate_id}.rejected") == []
+    assert [e.serial for e in await _events_of(stack, issued.serial, CertificateRevoked, CertificateDestroyed)] == []
 
 
 async def test_a_late_copy_of_the_issued_event_never_brings_a_destroyed_body_back(stack: Harness) -> None:
     issued = await stack.enroll("no-resurrection.corp.internal")
     async with stack.client("operator") as c:
-        await c.destroy(issued.serial, "carol")
+        await c.destroy(issued.serial, "operator")
     stale = issued.model_copy(update={"event_id": uuid.uuid4()})
     await stack.publish_raw(stale.subject(stack.root), stale.model_dump_json().encode())
     pool = await stack.db()
@@ -194,13 +251,14 @@ async def test_a_late_copy_of_the_issued_event_never_brings_a_destroyed_body_bac
 
 async def test_the_cli_destroys_and_exits_1_when_refused(stack: Harness) -> None:
     issued = await stack.enroll("cli-destroy.corp.internal")
-    done = await stack.cli("destroy", issued.serial, "--operator", "erin", "--reason", "host gone", "--json")
+    # The CLI orders it as the operator "operator", signing with its registered key.
+    done = await stack.cli("destroy", issued.serial, "--reason", "host gone", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["ordered_by"] == "erin"
-    again = await stack.cli("destroy", issued.serial, "--operator", "erin")
+    assert json.loads(done.stdout)["ordered_by"] == "operator"
+    again = await stack.cli("destroy", issued.serial)
     assert again.returncode == 1
     assert "certificate_destroyed" in again.stderr
-    unknown = await stack.cli("destroy", "feedbeef", "--operator", "erin")
+    unknown = await stack.cli("destroy", "feedbeef")
     assert (unknown.returncode, "certificate_unknown" in unknown.stderr) == (1, True)
     status = await stack.cli("status", issued.serial, "--json")
     assert (status.returncode, json.loads(status.stdout)["status"]) == (1, "destroyed")
@@ -212,13 +270,13 @@ async def test_the_cli_destroys_and_exits_1_when_refused(stack: Harness) -> None
         return rows[0] if rows else {}
 
     row = await eventually(destroyed_in_history, timeout=30, interval=0.2)
-    assert row["actor"] == "erin"
+    assert row["actor"] == "operator"
 
 
 async def test_audit_check_is_clean_after_destructions(stack: Harness) -> None:
     issued = await stack.enroll("checked.corp.internal")
     async with stack.client("operator") as c:
-        await c.destroy(issued.serial, "carol")
+        await c.destroy(issued.serial, "operator")
     check = await stack.cli("audit", "check", "--json")
     assert check.returncode == 0, check.stdout
     assert json.loads(check.stdout)["findings"] == []
@@ -242,8 +300,8 @@ async def test_status_shows_superseded_then_expired_then_destroyed(stack: Harnes
             answer = await c.status(old.serial)
         return answer if answer.status == wanted and answer.superseded_by else None
 
-    async with stack.client("enrollment") as c:
-        await c.publish(
+    async with stack.client("enrollment") as enrollment:  # enrollment's credentials: its subjects only
+        await enrollment.publish(
             CertificateSuperseded(
                 **env(),
                 serial=old.serial,
@@ -255,13 +313,14 @@ async def test_status_shows_superseded_then_expired_then_destroyed(stack: Harnes
         )
         good = await eventually(lambda: status_is("good"))
         assert (good.superseded_by, good.superseded_by_id) == (new.serial, new.aggregate_id)
-        assert (await c.validate(old.cert_pem)).status == "good"  # superseded is still valid
-        await c.publish(
+        async with stack.client() as c:
+            assert (await c.validate(old.cert_pem)).status == "good"  # superseded is still valid
+        await enrollment.publish(
             CertificateExpired(**env(), serial=old.serial, issuer_id=old.issuer_id, not_after=old.not_after)
         )
         await eventually(lambda: status_is("expired"))
     async with stack.client("operator") as c:
-        await c.destroy(old.serial, "carol", "expired and replaced")
+        await c.destroy(old.serial, "operator", "expired and replaced")
         assert (await c.status(old.serial)).status == "destroyed"
         assert (await c.status(new.serial)).status == "good"
 
@@ -288,7 +347,8 @@ async def test_status_says_expired_once_not_after_has_passed_even_with_enrollmen
 
 
 async def test_the_history_of_a_renewed_certificate_shows_its_whole_lifecycle_in_log_order(harness: Harness) -> None:
-    """Only audit runs: the chain is published as it would be (synthetic events, real schemas), so
+    """Only audit runs: the chain is published as it would be, each event on its own subject by its
+    one publisher (requests as admitted onto the log), with synthetic contents and real schemas, so
     that the test does not depend on how enrollment decides renewals."""
     old_key, new_key = generate_key("ec-p256"), generate_key("ec-p256")
     old_serial, new_serial, old_id = "a1b2c3", "d4e5f6", "req-old"
@@ -336,7 +396,7 @@ async def test_the_history_of_a_renewed_certificate_shows_its_whole_lifecycle_in
     new_id = renewal.aggregate_id
     chain: list[Event] = [
         EnrollmentRequested(
-            **env(old_id, "requester"),
+            **env(old_id, "enrollment"),
             csr_pem="csr",
             token="t",
             token_proof="p",
@@ -351,7 +411,7 @@ async def test_the_history_of_a_renewed_certificate_shows_its_whole_lifecycle_in
             due_at=now,
             cause="schedule",
         ),
-        renewal,
+        renewal.model_copy(update={"producer": "enrollment"}),  # admitted by enrollment
         approved(new_id, old_serial),
         issued(new_id, new_serial, old_serial),
         CertificateSuperseded(
@@ -362,11 +422,11 @@ async def test_the_history_of_a_renewed_certificate_shows_its_whole_lifecycle_in
             superseded_by_id=new_id,
             not_after=now + timedelta(days=1),
         ),
-        key_destroyed_attestation(old_serial, old_key, "agent", now),
+        key_destroyed_attestation(old_serial, old_key, "agent", now).model_copy(update={"producer": "revocation"}),
     ]
-    async with harness.client() as c:
-        for event in chain:
-            await c.publish(event)
+    for event in chain:
+        await harness.publish_raw(event.subject(harness.root), event.model_dump_json().encode())
+    async with harness.client("operator") as c:  # audit's history is an operator's query
 
         async def full(serial: str, n: int) -> list[str]:
             answer = await c.history(serial)
@@ -407,7 +467,7 @@ async def test_a_real_renewal_shows_in_the_old_serials_history_and_a_destroyed_c
     assert new.supersedes == old.serial
 
     async def old_history() -> list[str]:
-        async with stack.client() as c:
+        async with stack.client("operator") as c:  # audit's history and check are an operator's queries
             answer = await c.history(old.serial)
         kinds = [e.event_type for e in answer.events]
         return kinds if "CertificateSuperseded" in kinds and answer.cert_id == old.aggregate_id else []
@@ -415,11 +475,9 @@ async def test_a_real_renewal_shows_in_the_old_serials_history_and_a_destroyed_c
     kinds = await eventually(old_history)
     assert kinds.index("CertificateIssued") < kinds.index("RenewalRequested") < kinds.index("CertificateSuperseded")
     assert kinds.count("CertificateIssued") == 2  # its own, and the renewal's (which supersedes it)
-    async with stack.client() as c:
-        assert (await c.check()).findings == []  # the renewal's approval and certificate agree
-
     async with stack.client("operator") as c:
-        await c.destroy(new.serial, "carol", "no longer needed")
+        assert (await c.check()).findings == []  # the renewal's approval and certificate agree
+        await c.destroy(new.serial, "operator", "no longer needed")
     async with stack.client("agent") as c:
         with pytest.raises(Rejected) as refused:
             await c.renew(new.cert_pem, renewed.key)

@@ -72,6 +72,18 @@ async def test_a_name_outside_the_token_is_rejected(stack: Harness) -> None:
     assert await refused(stack, csr, stack.token("e.corp.internal")) == ["name_not_allowed"]
 
 
+async def test_the_ocsp_responder_profile_may_be_enrolled_only_with_validations_provisioner(stack: Harness) -> None:
+    """A valid token of another provisioner, for a name and key the profile allows, is still refused:
+    the profile names `ocsp-validation` as the only provisioner whose tokens may enroll under it."""
+    csr = build_csr(generate_key("ec-p256"), ["validation.ocsp.internal"]).decode()
+    token = stack.token("validation.ocsp.internal", profile="ocsp-responder")
+    async with stack.client() as c:
+        with pytest.raises(Rejected) as info:
+            await c.enroll(csr, token, "ocsp-responder")
+    assert [r.code for r in info.value.reasons] == ["provisioner_not_allowed"]
+    assert "ocsp-validation" in info.value.reasons[0].message
+
+
 async def test_a_token_copied_from_the_log_cannot_enroll_another_csr(stack: Harness) -> None:
     """The log carries the token's JWT but not its holder key: a reader cannot reuse it."""
     jwt_part, holder = split_token(stack.token("f.corp.internal"))

@@ -37,8 +37,10 @@ async def test_a_rebuild_answers_nothing_again_not_even_an_approved_pending_requ
             raise AssertionError("high-assurance waits for an operator")
         except Pending as waiting:
             pending_id = waiting.request_id
-        approved = await c.approve(pending_id, "alice")
-        plain = await harness.enroll("plain.corp.internal")
+    async with harness.client("operator") as operator:
+        # The body names "alice"; the operator recorded is whoever signed it.
+        approved = await operator.approve(pending_id, "alice")
+    plain = await harness.enroll("plain.corp.internal")
     before = {rid: await _decisions(harness, rid) for rid in (pending_id, plain.aggregate_id)}
     assert before[pending_id] == {"pending": 1, "approved": 1, "rejected": 0}
     assert before[plain.aggregate_id] == {"pending": 0, "approved": 1, "rejected": 0}
@@ -62,6 +64,6 @@ async def test_a_rebuild_answers_nothing_again_not_even_an_approved_pending_requ
     await eventually(rebuilt, timeout=30, interval=0.2)
     async with harness.client() as c:
         detail = await c.request(pending_id)
-    assert (detail.serial, detail.decided_by) == (approved.serial, "alice")
+    assert (detail.serial, detail.decided_by) == (approved.serial, "operator")
     for rid, counts in before.items():
         assert await _decisions(harness, rid) == counts  # nothing answered twice, nothing expired

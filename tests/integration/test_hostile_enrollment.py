@@ -4,18 +4,32 @@ own reason code, nothing is issued for any of them, and every service keeps runn
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import hostile
+import nats.js.errors
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import ValidationError
 
-from harness import Harness
-from shared.client import SERVICES, Rejected
+from harness import Harness, eventually
+from shared.client import SERVICES, Rejected, UnknownRequest
 from shared.crypto import spki_sha256
-from shared.events import KeyBlocked, ProvisionerDisabled, ProvisionerRegistered, utcnow
+from shared.events import (
+    EnrollmentRejected,
+    KeyBlocked,
+    ProvisionerDisabled,
+    ProvisionerRegistered,
+    parse_event,
+    utcnow,
+)
+from shared.holder import enrollment_request
+from shared.queries import RequestDetail
 from shared.tokens import create_token
 
 SUFFIX = "hostile.internal"
@@ -101,7 +115,8 @@ CASES = [
         "email_not_allowed",
         token_names=(*NAMES, f"ops@{SUFFIX}"),
     ),
-    Case("1,000 SANs", lambda: hostile.many_sans(1000, SUFFIX), "too_many_names"),
+    # 150 names: over the profile's 100 (a CSR of 1,000 is over the request bound; see below).
+    Case("150 SANs", lambda: hostile.many_sans(150, SUFFIX), "too_many_names"),
     Case(
         "a 300-character label",
         lambda: hostile.long_label(300, SUFFIX),
@@ -219,3 +234,75 @@ async def test_a_token_copied_from_the_log_cannot_be_reused_for_another_csr(stac
             assert [r.code for r in exc.reasons] == ["token_proof_invalid"]
         else:
             raise AssertionError("a token without its holder key enrolled")
+
+
+async def _rejection(h: Harness, request_id: str) -> EnrollmentRejected:
+    [msg] = await eventually(lambda: h.stream_messages(f"{h.root}.cert.{request_id}.rejected"), timeout=20)
+    rejected = parse_event(msg.data)
+    assert isinstance(rejected, EnrollmentRejected)
+    return rejected
+
+
+async def _recorded(h: Harness, request_id: str) -> RequestDetail | None:
+    async with h.client() as c:
+        try:
+            return await c.request(request_id)
+        except UnknownRequest:
+            return None
+
+
+async def test_a_request_the_sdk_cannot_build_is_refused_at_admission(stack: Harness) -> None:
+    """A CSR of 1,000 names is over the 32 KiB a request's CSR may have: the SDK refuses to build
+    it; put raw on the requester's own ingress subject, admission refuses it (`request_malformed`)
+    with a rejection on the log, and nothing reaches enrollment's judgement or signing."""
+    huge = hostile.many_sans(1000, SUFFIX)
+    assert len(huge) > 32 * 1024
+    token = stack.token(*NAMES)
+    with pytest.raises(ValidationError):
+        enrollment_request(huge, token, "tests")
+
+    body = json.loads(enrollment_request(_good(), token, "tests").model_dump_json())
+    request_id = body["aggregate_id"]
+    body.update(csr_pem=huge, requester="someone-else")
+    await stack.publish_raw(f"{stack.common['ingress_root']}.tests.enroll", json.dumps(body).encode())
+    rejected = await _rejection(stack, request_id)
+    assert [r.code for r in rejected.reasons] == ["request_malformed"]
+    assert "csr_pem" in rejected.reasons[0].message
+    assert (rejected.requester, rejected.producer) == ("tests", "enrollment")  # who sent it, as NATS said
+    detail = await eventually(lambda: _recorded(stack, request_id))  # enrollment keeps the refusal
+    assert (detail.status, detail.requester) == ("rejected", "tests")
+    assert await stack.stream_messages(f"{stack.root}.cert.{request_id}.requested") == []
+
+    # Over the 64 KiB a request may have at all: the ingress stream itself refuses to take it.
+    oversize = dict(body, aggregate_id=str(uuid.uuid4()), csr_pem=huge + huge)
+    with pytest.raises(nats.js.errors.APIError):
+        await stack.publish_raw(f"{stack.common['ingress_root']}.tests.enroll", json.dumps(oversize).encode())
+    assert await stack.stream_messages(f"{stack.root}.cert.{oversize['aggregate_id']}.>") == []
+    # Nothing was issued, and enrollment still admits and answers a good request.
+    assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []
+    assert (await stack.enroll(f"after.{SUFFIX}")).dns_names == [f"after.{SUFFIX}"]
+
+
+async def test_junk_on_the_ingress_subject_is_refused_at_admission_with_its_reason(stack: Harness) -> None:
+    """What only a hand-made message can be: another event type on the enroll subject, a body that is
+    not an event, or not JSON at all. Each is refused (`request_malformed`), never admitted."""
+    ingress = f"{stack.common['ingress_root']}.tests.enroll"
+    renewal_id, junk_id = str(uuid.uuid4()), str(uuid.uuid4())
+    wrong_type = json.loads(enrollment_request(_good(), stack.token(*NAMES), "tests").model_dump_json())
+    wrong_type.update(aggregate_id=renewal_id, event_type="CertificateIssued")
+    await stack.publish_raw(ingress, json.dumps(wrong_type).encode())
+    await stack.publish_raw(ingress, json.dumps({"aggregate_id": junk_id, "csr_pem": 42}).encode())
+    await stack.publish_raw(ingress, b"\xff\x00 not json {")
+    for request_id in (renewal_id, junk_id):
+        rejected = await _rejection(stack, request_id)
+        assert [r.code for r in rejected.reasons] == ["request_malformed"], rejected.reasons
+        assert await stack.stream_messages(f"{stack.root}.cert.{request_id}.requested") == []
+    pool = await stack.db()
+
+    async def parked() -> bool:
+        n = await pool.fetchval("SELECT count(*) FROM enrollment.parked WHERE consumer = 'enrollment-admit'")
+        return bool(n >= 3)
+
+    await eventually(parked)
+    assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []
+    assert (await stack.enroll(f"after.{SUFFIX}")).dns_names == [f"after.{SUFFIX}"]

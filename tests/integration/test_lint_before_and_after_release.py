@@ -59,7 +59,7 @@ async def test_a_profile_whose_template_fails_lint_cannot_be_used(
     assert {f.code for f in verdict.findings} == {"pkix.authority_key_identifier_extension_absent"}
     codes = await _rejection(stack, "x.corp.internal", "broken")
     assert codes == ["profile_unusable"]
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         listed = {p.name: p for p in (await c.profiles()).profiles}
     assert listed["broken"].lint_failed
     assert not listed["tls-server"].lint_failed  # linted before the fault, still usable
@@ -72,6 +72,8 @@ async def test_signing_refuses_to_release_a_certificate_that_deviates_from_its_t
     codes = await _rejection(stack, "odd.corp.internal", "tls-server")
     assert codes == ["template_deviation"]
     assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []
+    refused = await stack.stream_messages(f"{stack.root}.cert.*.refused")  # signing's refusal, not enrollment's
+    assert [json.loads(m.data)["event_type"] for m in refused] == ["IssuanceRefused"]
     alerts = await eventually(lambda: stack.stream_messages(f"{stack.root}.finding.*.lint_failed"))
     alert = json.loads(alerts[0].data)
     assert alert["stage"] == "pre-release"
@@ -127,21 +129,30 @@ def _nonconforming_issued(h: Harness, request_id: str) -> tuple[CertificateIssue
 
 
 async def test_after_issuance_lint_raises_a_finding_for_a_nonconforming_certificate(stack: Harness) -> None:
+    """Audit lints every issued certificate after issuance; one that fails is audit's own finding
+    (`AuditFindingRaised`, check `pkilint`), raised for the issued event's position on the log."""
     good = await stack.enroll("good.corp.internal")
     event, serial = _nonconforming_issued(stack, str(uuid.uuid4()))
     stack.lint_exempt.add(serial)  # deliberately non-conforming
-    await stack.publish_raw(event.subject(stack.root), event.model_dump_json().encode())
-    alerts = await eventually(lambda: stack.stream_messages(f"{stack.root}.finding.*.lint_failed"))
-    assert len(alerts) == 1  # the good certificate raised nothing
-    alert = json.loads(alerts[0].data)
-    assert alert["stage"] == "post-issuance"
+    payload = event.model_dump_json().encode()
+    await stack.publish_raw(event.subject(stack.root), payload)  # as signing, the only publisher of issued
+    pool = await stack.db()
+    seq = await eventually(lambda: pool.fetchval("SELECT stream_seq FROM audit.archive WHERE raw = $1", payload))
+    raised = await eventually(lambda: stack.stream_messages(f"{stack.root}.finding.pkilint-{seq}.raised"))
+    alert = json.loads(raised[0].data)
+    assert (alert["event_type"], alert["check"], alert["stream_seq"]) == ("AuditFindingRaised", "pkilint", seq)
     assert alert["serial"] == serial != good.serial
     assert alert["producer"] == "audit"
     assert "pkix.authority_key_identifier_extension_absent" in {f["code"] for f in alert["findings"]}
+    # The good certificate, linted before the bad one (audit lints in log order), raised nothing.
+    every = [json.loads(m.data) for m in await stack.stream_messages(f"{stack.root}.finding.*.raised")]
+    assert [e["serial"] for e in every if e["check"] == "pkilint"] == [serial]
+    assert await stack.stream_messages(f"{stack.root}.finding.*.lint_failed") == []  # signing's alerts, not audit's
 
     async def listed() -> Any:
         result = await stack.cli("audit", "findings", "--json")
-        return result if any(f["event_type"] == "CertificateLintFailed" for f in json.loads(result.stdout)) else None
+        found = [e["event"] for e in json.loads(result.stdout) if e["event_type"] == "AuditFindingRaised"]
+        return result if any(f["check"] == "pkilint" and f["serial"] == serial for f in found) else None
 
     result = await eventually(listed)
     assert result.returncode == 1  # an error finding is an alarm

@@ -8,7 +8,6 @@ import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-import nats
 import pytest
 from integration.conftest import EnrollWithKey
 
@@ -200,8 +199,9 @@ async def test_a_renewal_under_a_profile_that_needs_approval_waits_for_an_operat
     request = renewal_request(old.cert_pem, key, csr, "tests", profile="high-assurance")
     async with stack.client() as c:
         await c.publish(request)
-        await _one(stack, request.aggregate_id, "pending")
-        issued = await c.approve(request.aggregate_id, "ops")
+    await _one(stack, request.aggregate_id, "pending")
+    async with stack.client("operator") as operator:
+        issued = await operator.approve(request.aggregate_id, "ops")
     assert issued.supersedes == old.serial and issued.profile == "high-assurance"
     await _one(stack, old.aggregate_id, "superseded")
     row = await (await stack.db()).fetchrow(
@@ -225,9 +225,9 @@ async def test_an_enrollment_consumer_from_before_renewal_is_given_the_new_filte
     """A durable created by the previous release keeps its position and gains the renewal events;
     a changed ack_wait or max_deliver setting applies to it at the next start."""
     await stack.stop("enrollment")
-    nc = await nats.connect(stack.nats_url)
+    nc = await stack.connect("admin")
     try:
-        js = nc.jetstream()
+        js = stack.js(nc)
         stream = stack.common["stream"]
         config = (await js.consumer_info(stream, "enrollment-requests")).config
         old = [f for f in config.filter_subjects or [] if not f.endswith(("renewal_requested", "destroyed"))]
@@ -299,9 +299,9 @@ async def _schedule_state(harness: Harness, cert: CertificateIssued) -> str:
         "WHERE cert_id = $1",
         cert.aggregate_id,
     )
-    nc = await nats.connect(harness.nats_url)
+    nc = await harness.connect("admin")
     try:
-        info = await nc.jetstream().consumer_info(harness.common["stream"], "enrollment-requests")
+        info = await harness.js(nc).consumer_info(harness.common["stream"], "enrollment-requests")
     finally:
         await nc.close()
     clock = harness.clocks["enrollment"]
@@ -377,13 +377,13 @@ async def test_the_schedule_waits_for_an_event_stranded_by_a_stopped_process(
     await harness.stop("enrollment")
     async with harness.client() as c:
         await c.revoke(cert.serial, "keyCompromise", key=key)
-    nc = await nats.connect(harness.nats_url)
+    nc = await harness.connect("enrollment")  # enrollment's own credentials, as its process had them
     try:
-        js = nc.jetstream()
+        js = harness.js(nc, "enrollment")
         stream = harness.common["stream"]
         assert (await js.consumer_info(stream, "enrollment-requests")).config.ack_wait == 3.0
         stranded = await js.pull_subscribe_bind("enrollment-requests", stream)
-        # Fetched, never acknowledged: as if the process died (key compromise also blocks the key).
+        # Fetched, never acknowledged: as if the process died (enrollment also blocks the key from it).
         msgs = await stranded.fetch(10, timeout=2)
         assert f"{harness.root}.cert.{cert.aggregate_id}.revoked" in [m.subject for m in msgs]
     finally:

@@ -21,7 +21,6 @@ from shared.agent import Agent, AgentSettings, CertificateEntry
 from shared.crypto import PrivateKey, key_pem, serial_hex, spki_sha256
 from shared.events import CertificateIssued, KeyDestroyed, RenewalRequested
 from shared.holder import load_private_key
-from shared.settings import CommonSettings
 
 
 class PinnableClock:
@@ -55,6 +54,16 @@ def holder_files(tmp: Path, key: PrivateKey, issued: CertificateIssued) -> tuple
     return tmp / "cert.pem", tmp / "key.pem"
 
 
+def _process_env(h: Harness, identity: str) -> dict[str, str]:
+    """The environment of a Certbus process (the agent) that connects as `identity`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
+    for key, value in h.client_settings(identity).model_dump().items():
+        if value is not None:
+            env[f"CERTBUS_{key.upper()}"] = str(value)
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    return env
+
+
 def subsequence(wanted: list[str], seen: list[str]) -> bool:
     it = iter(seen)
     return all(any(s == w for s in it) for w in wanted)
@@ -68,7 +77,7 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
     cert_file, key_file = holder_files(tmp_path / "web", old_key, old)
     marker = tmp_path / "reloaded"
     entry = CertificateEntry(cert=cert_file, key=key_file, reload=f'echo "$CERTBUS_SERIAL" > {marker}')
-    agent = Agent([entry], AgentSettings(request_timeout_s=20), CommonSettings(**h.common))
+    agent = Agent([entry], AgentSettings(request_timeout_s=20), h.client_settings("agent"))
     task = asyncio.create_task(agent.run())
     try:
         await asyncio.sleep(2)  # the renewed certificate starts later: its own renewal point is not reached
@@ -101,7 +110,7 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
     assert [KeyDestroyed.model_validate_json(m.data).spki_sha256 for m in destroyed] == [old.spki_sha256]
 
     async def history() -> list[str] | None:
-        async with h.client() as c:
+        async with h.client("operator") as c:  # a certificate's whole history is an operator's query
             types = [e.event_type for e in (await c.history(old.serial)).events]
         return types if {"CertificateSuperseded", "KeyDestroyed"} <= set(types) else None
 
@@ -118,7 +127,7 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
         "KeyDestroyed",
     ]
     assert subsequence(in_order, types), types
-    async with h.client() as c:  # the attestation names the certificate's key and is signed by it
+    async with h.client("operator") as c:  # the attestation names the certificate's key and is signed by it
         assert (await c.check()).findings == []
 
 
@@ -132,7 +141,7 @@ async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request
     old_key, old = await enroll_with_key("outage.corp.internal")
     cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
     settings = AgentSettings(request_timeout_s=1, transient_base_s=0.2, transient_cap_s=1)
-    agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], settings, CommonSettings(**h.common))
+    agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], settings, h.client_settings("agent"))
     await h.stop("signing")
     task = asyncio.create_task(agent.run())
     try:
@@ -155,9 +164,11 @@ async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_
     renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
     """`certbus agent --config` as an operator runs it: one process, two certificates, each with its
-    reload command; renewal-due events from enrollment drive both; SIGTERM stops it with exit 0."""
+    reload command; renewal-due events from enrollment drive both; SIGTERM stops it with exit 0. Its
+    requests are recorded as from the identity it connects as (its own NKey user)."""
     h, enrollment_clock = renewing
-    olds, config = {}, ['[agent]\nrequester = "agent-under-test"\n']
+    await h.identity("agent-under-test")
+    olds, config = {}, []
     for name in ("alpha", "beta"):
         key, issued = await enroll_with_key(f"{name}.corp.internal")
         holder_files(tmp_path / name, key, issued)
@@ -167,7 +178,7 @@ async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_
             f'exec = "echo $CERTBUS_SERIAL > {name}/reloaded"\n'
         )
     (tmp_path / "agent.toml").write_text("\n".join(config))
-    env = h.env("enrollment")
+    env = _process_env(h, "agent-under-test")
     env.update(CERTBUS_HOME=str(tmp_path / "home"))
     agent = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "shared.cli.main", "agent", "--config", str(tmp_path / "agent.toml"),
@@ -205,18 +216,16 @@ async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_
 async def test_after_its_ca_is_compromised_the_agent_renews_at_once_under_the_replacement_ca(
     stack: Harness, enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
-    """No clock is moved: revocation's CertificateRenewalDue (cause ca_compromise) alone makes the agent
+    """No clock is moved: enrollment's CertificateRenewalDue (cause ca_compromise) alone makes the agent
     renew, by proof of its key (still only its own), with a new key, from the replacement CA."""
     old_key, old = await enroll_with_key("ca-hit.corp.internal")
     cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
-    agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], AgentSettings(), CommonSettings(**stack.common))
+    agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], AgentSettings(), stack.client_settings("agent"))
     task = asyncio.create_task(agent.run())
     try:
         await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)
         await asyncio.sleep(0.5)  # subscribed
-        done = await stack.cli(
-            "ca", "compromise", old.issuer_id, "--reason", "HSM backup copied", settings_of="signing"
-        )
+        done = await stack.cli("ca", "compromise", old.issuer_id, "--reason", "HSM backup copied")
         assert done.returncode == 0, done.stderr
         await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60, interval=0.2)
     finally:
@@ -243,7 +252,7 @@ async def test_after_a_key_compromise_the_agent_re_enrolls_with_a_token_and_a_ne
     cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
     (tmp_path / "token").write_text(stack.token("leaked.corp.internal"))
     entry = CertificateEntry(cert=cert_file, key=key_file, token_command=f"cat {tmp_path / 'token'}")
-    agent = Agent([entry], AgentSettings(), CommonSettings(**stack.common))
+    agent = Agent([entry], AgentSettings(), stack.client_settings("agent"))
     task = asyncio.create_task(agent.run())
     try:
         await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)

@@ -6,8 +6,6 @@ import asyncio
 import json
 import uuid
 
-import nats
-
 from harness import Harness, eventually
 from shared.crypto import build_csr, generate_key
 from shared.events import EnrollmentApproved, parse_event
@@ -34,10 +32,11 @@ async def test_two_signing_replicas_fed_duplicate_approvals_issue_each_request_o
         found = [parse_event(m.data) for m in await stack.stream_messages(f"{stack.root}.cert.*.approved")]
         return [e for e in found if isinstance(e, EnrollmentApproved)] if len(found) == N else []
 
-    # Hand every approval to signing twice more, as concurrent redeliveries to either replica would.
-    nc = await nats.connect(stack.nats_url)
+    # Hand every approval to signing twice more, as concurrent redeliveries to either replica would
+    # (published with enrollment's credentials: only enrollment may publish approvals).
+    nc = await stack.connect("enrollment")
     try:
-        js = nc.jetstream()
+        js = stack.js(nc, "enrollment")
         copies = [a for a in await eventually(approvals) for _ in range(2)]
         await asyncio.gather(
             *(

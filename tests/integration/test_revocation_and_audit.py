@@ -1,4 +1,6 @@
-"""Revocation, validation, CRLs, parking of bad events and audit replay, over real NATS and Postgres."""
+"""Revocation, validation, CRLs, parking of bad events and requests, and audit replay, over real NATS
+and Postgres. Requesters revoke with their certificate's key; the operator revokes by order and asks
+audit (history, replay)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ async def test_a_revocation_is_visible_to_status_validate_and_the_next_crl(
 
 async def test_revoking_twice_or_an_unknown_serial_is_rejected(stack: Harness) -> None:
     issued = await stack.enroll("twice.corp.internal")
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         await c.revoke_as_operator(issued.serial, "superseded", "tests")
         with pytest.raises(Rejected) as again:
             await c.revoke_as_operator(issued.serial, "superseded", "tests")
@@ -53,8 +55,9 @@ async def test_revoking_twice_or_an_unknown_serial_is_rejected(stack: Harness) -
 
 async def test_a_late_issued_event_never_turns_a_revoked_certificate_good(stack: Harness) -> None:
     issued = await stack.enroll("late.corp.internal")
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         await c.revoke_as_operator(issued.serial, "keyCompromise", "tests")
+        # Signing's issued event again, under a new id (a late redelivery from signing's outbox).
         stale = issued.model_copy(update={"event_id": uuid.uuid4()})
         await stack.publish_raw(stale.subject(stack.root), stale.model_dump_json().encode())
         pool = await stack.db()
@@ -63,23 +66,71 @@ async def test_a_late_issued_event_never_turns_a_revoked_certificate_good(stack:
 
 
 async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes_on(stack: Harness) -> None:
+    """A requester cannot put junk on the log at all (the server refuses it); junk from the one
+    identity that may publish there (enrollment, gone wrong) is parked by its consumer with the
+    reason, and the consumer goes on."""
+    nc = await stack.connect("mallory")
+    try:
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await stack.js(nc, "mallory").publish(
+                f"{stack.root}.cert.bogus.requested", b"{not json", stream=stack.common["stream"], timeout=1
+            )
+    finally:
+        await nc.close()
+    assert await stack.stream_messages(f"{stack.root}.cert.bogus.requested") == []
     await stack.publish_raw(f"{stack.root}.cert.bogus.requested", b"{not json")
-    await stack.publish_raw(f"{stack.root}.cert.bogus2.requested", b'{"event_type": "EnrollmentRequested"}')
+    await stack.publish_raw(
+        f"{stack.root}.cert.bogus2.requested", b'{"event_type": "EnrollmentRequested", "aggregate_id": "bogus2"}'
+    )
     pool = await stack.db()
 
     async def parked() -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await pool.fetch("SELECT subject, reason FROM enrollment.parked ORDER BY id")
+        rows: list[asyncpg.Record] = await pool.fetch(
+            "SELECT subject, reason FROM enrollment.parked WHERE consumer = 'enrollment-requests' ORDER BY id"
+        )
         return rows if len(rows) == 2 else []
 
     rows = await eventually(parked)
-    assert sorted(r["subject"].rsplit(".", 2)[1] for r in rows) == ["bogus", "bogus2"]
-    assert all("ValidationError" in r["reason"] for r in rows)
+    reasons = {r["subject"].rsplit(".", 2)[1]: r["reason"] for r in rows}
+    assert reasons.keys() == {"bogus", "bogus2"}
+    assert reasons["bogus"].startswith("malformed: not JSON"), reasons
+    assert "ValidationError" in reasons["bogus2"], reasons
     issued = await stack.enroll("after.corp.internal")  # the consumer is not blocked
     assert issued.serial
     archived = await eventually(
         lambda: pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = 'malformed'")
     )
     assert archived == 1  # audit keeps even what nobody else can read
+
+
+async def test_a_malformed_request_is_refused_at_admission_with_its_reason_and_admission_goes_on(
+    stack: Harness,
+) -> None:
+    """A requester's junk never reaches the log: enrollment refuses it at admission, parks it with the
+    reason, answers a request whose id it can read with `request_malformed`, and admits what follows."""
+    ingress = stack.common["ingress_root"]
+    await stack.publish_raw(f"{ingress}.tests.enroll", b"{not json")
+    await stack.publish_raw(
+        f"{ingress}.tests.enroll", b'{"event_type": "EnrollmentRequested", "aggregate_id": "bogus3"}'
+    )
+    pool = await stack.db()
+
+    async def parked() -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await pool.fetch(
+            "SELECT subject, reason FROM enrollment.parked WHERE consumer = 'enrollment-admit' ORDER BY id"
+        )
+        return rows if len(rows) == 2 else []
+
+    rows = await eventually(parked)
+    assert [r["subject"] for r in rows] == [f"{ingress}.tests.enroll"] * 2
+    assert all(r["reason"].startswith("request_malformed: ") for r in rows), rows
+    rejected = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.bogus3.rejected"))
+    rejection = json.loads(rejected[0].data)
+    assert [r["code"] for r in rejection["reasons"]] == ["request_malformed"]
+    assert (rejection["requester"], rejection["producer"]) == ("tests", "enrollment")
+    assert await stack.stream_messages(f"{stack.root}.cert.*.requested") == [], "junk was admitted onto the log"
+    issued = await stack.enroll("after-junk.corp.internal")  # admission is not blocked
+    assert issued.serial
 
 
 async def test_a_requester_fetches_the_certificate_issued_for_its_request_and_nothing_else(stack: Harness) -> None:
@@ -92,8 +143,9 @@ async def test_a_requester_fetches_the_certificate_issued_for_its_request_and_no
 
 async def test_audit_history_lists_the_lifecycle_in_log_order(stack: Harness, enroll_with_key: EnrollWithKey) -> None:
     key, issued = await enroll_with_key("hist.corp.internal")
-    async with stack.client() as c:
-        await c.revoke(issued.serial, "cessationOfOperation", key=key)
+    async with stack.client() as holder:
+        await holder.revoke(issued.serial, "cessationOfOperation", key=key)
+    async with stack.client("operator") as c:
 
         async def history() -> list[str]:
             types = [e.event_type for e in (await c.history(issued.serial)).events]
@@ -110,7 +162,7 @@ async def test_audit_history_lists_the_lifecycle_in_log_order(stack: Harness, en
 
 async def test_dropping_the_audit_tables_and_replaying_gives_the_same_history(stack: Harness) -> None:
     issued = await stack.enroll("replay.corp.internal")
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         await c.revoke_as_operator(issued.serial, "superseded", "tests")
         await eventually(lambda: _crl_lists(c, issued.serial))  # the last event this test causes
         await eventually(lambda: _archived_all(stack))
@@ -123,7 +175,7 @@ async def test_dropping_the_audit_tables_and_replaying_gives_the_same_history(st
     finally:
         await pool.close()
     await stack.start("audit")
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         assert (await c.history(issued.serial)).events == []
         answer = await c.replay()
         after = await c.history(issued.serial)
@@ -136,16 +188,16 @@ async def test_dropping_the_audit_tables_and_replaying_gives_the_same_history(st
 async def test_replay_of_an_intact_archive_reports_equal(stack: Harness) -> None:
     await stack.enroll("intact.corp.internal")
     await eventually(lambda: _archived_all(stack))
-    async with stack.client() as c:
+    async with stack.client("operator") as c:
         answer = await c.replay()
     assert answer.equal
     assert answer.previous_head_hash == answer.head_hash
 
 
 async def _archived_all(h: Harness) -> bool:
-    nc = await nats.connect(h.nats_url)
+    nc = await h.connect("admin")
     try:
-        last = (await nc.jetstream().stream_info(h.common["stream"])).state.last_seq
+        last = (await h.js(nc).stream_info(h.common["stream"])).state.last_seq
     finally:
         await nc.close()
     pool = await h.db()
@@ -164,8 +216,9 @@ async def test_history_finds_a_revocation_requested_with_an_upper_case_serial(
     stack: Harness, enroll_with_key: EnrollWithKey
 ) -> None:
     key, issued = await enroll_with_key("upper.corp.internal")
-    async with stack.client() as c:
-        await c.revoke("0x" + issued.serial.upper(), "superseded", key=key)
+    async with stack.client() as holder:
+        await holder.revoke("0x" + issued.serial.upper(), "superseded", key=key)
+    async with stack.client("operator") as c:
 
         async def history() -> list[str]:
             types = [e.event_type for e in (await c.history(issued.serial.upper())).events]
@@ -180,15 +233,19 @@ async def test_a_key_compromise_revocation_blocks_the_key_for_future_enrollments
     async with stack.client() as c:
         issued = await c.enroll(csr, stack.token("leak.corp.internal"))
         await c.revoke(issued.serial, "keyCompromise", key=key)
-        blocked = await eventually(lambda: stack.stream_messages(f"{stack.root}.key.*.blocked"))
-        assert json.loads(blocked[0].data)["spki_sha256"] == issued.spki_sha256
-        assert json.loads(blocked[0].data)["producer"] == "revocation"
 
-        # The block is on the log before this request (same transaction as the revocation), and
-        # enrollment applies the log in order: refused the first time.
+        # The revocation is on the log before this request, and enrollment applies the log in order
+        # (the revocation blocks the key in its tables): refused the first time, without waiting.
         with pytest.raises(Rejected) as refused:
             await c.enroll(csr, stack.token("leak.corp.internal"))
         assert [r.code for r in refused.value.reasons] == ["key_blocked"]
+        pool = await stack.db()
+        reason = await pool.fetchval(
+            "SELECT reason FROM enrollment.blocked_keys WHERE spki_sha256 = $1", issued.spki_sha256
+        )
+        assert reason is not None and issued.serial in reason
+        # Enrollment blocks the key itself: no one publishes a KeyBlocked for a revocation anymore.
+        assert await stack.stream_messages(f"{stack.root}.key.*.blocked") == []
         # Another reason does not block the key.
         other = generate_key("ec-p256")
         again = await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))

@@ -1,5 +1,6 @@
-"""Who may revoke (the holder, proving it with the certificate's key, or a named operator) and what a
-keyCompromise revocation does to the key's other certificates, through the real services."""
+"""Who may revoke (the holder, proving it with the certificate's key, or an operator, recorded as the
+one who signed the order) and what a keyCompromise revocation does to the key and its other
+certificates, through the real services."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
@@ -19,7 +19,6 @@ from shared.crypto import KeyType, PrivateKey, build_csr, generate_key, key_pem,
 from shared.events import (
     CertificateIssued,
     CertificateRevoked,
-    KeyBlocked,
     RevocationRejected,
     RevocationRequested,
     revocation_message,
@@ -27,8 +26,6 @@ from shared.events import (
 )
 from shared.holder import enrollment_request
 from shared.reasons import Reason
-from shared.settings import CommonSettings
-from shared.stream import ensure_stream
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture
 
@@ -44,7 +41,7 @@ def _signed_request(key: PrivateKey, serial: str, reason: str, request_id: str |
         producer="requester",
         serial=serial,
         reason=reason,
-        requested_by="tests",
+        requested_by="someone-else",  # admission writes the identity NATS authenticated instead
         proof=proof,
     )
 
@@ -61,6 +58,12 @@ async def _refused(stack: Harness, request: RevocationRequested) -> Reason:
 async def _status(stack: Harness, serial: str) -> str:
     async with stack.client() as c:
         return (await c.status(serial)).status
+
+
+async def _blocked_keys(stack: Harness) -> list[str]:
+    """The keys enrollment refuses to certify (by SPKI SHA-256)."""
+    pool = await stack.db()
+    return [r["spki_sha256"] for r in await pool.fetch("SELECT spki_sha256 FROM enrollment.blocked_keys")]
 
 
 async def _revocations(stack: Harness) -> list[CertificateRevoked]:
@@ -88,14 +91,14 @@ async def test_the_holder_revokes_with_the_certificates_key(
 async def test_a_proof_made_with_another_key_is_not_authorised_and_the_certificate_stays_good(
     stack: Harness, enroll_with_key: EnrollWithKey
 ) -> None:
-    _, issued = await enroll_with_key("victim.corp.internal")
+    key, issued = await enroll_with_key("victim.corp.internal")
     async with stack.client("mallory") as c:
         with pytest.raises(Rejected) as refused:
             await c.revoke(issued.serial, "keyCompromise", key=generate_key("ec-p256"))
     assert [r.code for r in refused.value.reasons] == ["not_authorised"]
     assert "private key" in refused.value.reasons[0].message and "operator" in refused.value.reasons[0].message
     assert await _status(stack, issued.serial) == "good"
-    assert not await stack.stream_messages(f"{stack.root}.key.*.blocked")
+    await enroll_with_key("victim-2.corp.internal", key=key)  # the refused keyCompromise blocked nothing
 
 
 async def test_a_request_without_proof_is_not_authorised(stack: Harness) -> None:
@@ -124,12 +127,13 @@ async def test_a_holders_proof_replayed_for_another_serial_reason_or_request_is_
     for replay in (other_serial, other_reason, other_request):
         assert (await _refused(stack, replay)).code == "not_authorised", replay
     assert await _status(stack, mine.serial) == await _status(stack, theirs.serial) == "good"
-    assert not await stack.stream_messages(f"{stack.root}.key.*.blocked")
+    await enroll_with_key("mine-2.corp.internal", key=key)  # the refused keyCompromise blocked nothing
 
     async with stack.client() as c:  # the proof itself was good: for its own request it revokes
         await c.publish(signed)
     await eventually(lambda: _status_is(stack, mine.serial, "revoked"))
     assert [r.serial for r in await _revocations(stack)] == [mine.serial]
+    assert (await _revocations(stack))[0].requested_by == "tests"  # the identity NATS authenticated
 
 
 async def _status_is(stack: Harness, serial: str, wanted: str) -> bool:
@@ -156,13 +160,18 @@ async def test_the_cli_revokes_as_the_holder_with_the_key_file(
 async def test_an_operator_revokes_and_is_named_on_the_revocation_and_in_the_audit_history(stack: Harness) -> None:
     issued = await stack.enroll("ordered.corp.internal")
     async with stack.client("operator") as c:
+        # The order's `operator` field says "carol"; the revocation records who signed it.
         revoked = await c.revoke_as_operator(issued.serial, "privilegeWithdrawn", "carol")
-    assert (revoked.requested_by, revoked.authorised_by, revoked.reason) == ("carol", "operator", "privilegeWithdrawn")
+    assert (revoked.requested_by, revoked.authorised_by, revoked.reason) == (
+        "operator",
+        "operator",
+        "privilegeWithdrawn",
+    )
 
     by_cli = await stack.enroll("ordered-cli.corp.internal")
-    result = await stack.cli("revoke", by_cli.serial, "--reason", "superseded", "--operator", "dave")
+    result = await stack.cli("revoke", by_cli.serial, "--reason", "superseded", "--as-operator")
     assert result.returncode == 0, result.stderr
-    assert "requested by dave" in result.stdout
+    assert "requested by operator" in result.stdout
 
     async def history(serial: str) -> list[tuple[str, str]]:
         answer = await stack.cli("audit", "history", serial, "--json")
@@ -170,13 +179,12 @@ async def test_an_operator_revokes_and_is_named_on_the_revocation_and_in_the_aud
         pairs = [(e["event_type"], e["actor"]) for e in events]
         return pairs if ("CertificateRevoked" in dict(pairs)) else []
 
-    assert (await eventually(lambda: history(issued.serial)))[-2:] == [
-        ("RevocationOrdered", "carol"),
-        ("CertificateRevoked", "carol"),
-    ]
+    ordered = await eventually(lambda: history(issued.serial))
+    assert [kind for kind, _ in ordered[-2:]] == ["RevocationOrdered", "CertificateRevoked"]
+    assert ordered[-1] == ("CertificateRevoked", "operator")
     assert (await eventually(lambda: history(by_cli.serial)))[-2:] == [
-        ("RevocationOrdered", "dave"),
-        ("CertificateRevoked", "dave"),
+        ("RevocationOrdered", "operator"),
+        ("CertificateRevoked", "operator"),
     ]
     check = await stack.cli("audit", "check", "--json")
     assert not [f for f in json.loads(check.stdout)["findings"] if f["check"] == "producer"]
@@ -184,10 +192,9 @@ async def test_an_operator_revokes_and_is_named_on_the_revocation_and_in_the_aud
 
 async def test_an_operator_order_reaches_a_revocation_consumer_made_by_an_earlier_release(harness: Harness) -> None:
     """A durable consumer created before orders existed is given the new filter at start."""
-    nc = await nats.connect(harness.nats_url)
+    nc = await harness.connect("admin")  # the log's admin manages its consumers
     try:
-        js = nc.jetstream()
-        await ensure_stream(js, CommonSettings(**harness.common))
+        js = harness.js(nc, "admin")
         old_filters = [f"{harness.root}.cert.*.issued", f"{harness.root}.revoke.*.requested"]
         durable = "revocation-requests"
         config = ConsumerConfig(durable_name=durable, filter_subjects=old_filters, ack_policy=AckPolicy.EXPLICIT)
@@ -199,8 +206,8 @@ async def test_an_operator_order_reaches_a_revocation_consumer_made_by_an_earlie
     await harness.apply_profiles()
     issued = await harness.enroll("upgraded.corp.internal")
     async with harness.client("operator") as c:
-        revoked = await c.revoke_as_operator(issued.serial, "superseded", "erin")
-    assert revoked.requested_by == "erin"
+        revoked = await c.revoke_as_operator(issued.serial, "superseded", "operator")
+    assert (revoked.requested_by, revoked.authorised_by) == ("operator", "operator")
 
 
 # --- key compromise (bad-key-revoker) --------------------------------------------------------------
@@ -228,15 +235,14 @@ async def test_key_compromise_revokes_every_certificate_with_the_key_and_blocks_
         assert r.requested_by == f"revocation (key of {first.serial} compromised)"
         assert r.revocation_request_id == revoked.revocation_request_id
         assert r.aggregate_id == sibling.aggregate_id
-    blocked = [
-        KeyBlocked.model_validate_json(m.data) for m in await stack.stream_messages(f"{stack.root}.key.*.blocked")
-    ]
-    assert [b.spki_sha256 for b in blocked] == [first.spki_sha256]
-
-    async with stack.client() as c:  # the key never gets a certificate again
+    # Enrollment blocks the key itself, from the revocation: no KeyBlocked event (that is an
+    # operator's ruling), and the key never gets a certificate again.
+    async with stack.client() as c:
         with pytest.raises(Rejected) as refused:
             await c.enroll(build_csr(key, ["k4.corp.internal"]).decode(), stack.token("k4.corp.internal"))
     assert [r.code for r in refused.value.reasons] == ["key_blocked"]
+    assert await _blocked_keys(stack) == [first.spki_sha256]
+    assert await stack.stream_messages(f"{stack.root}.key.*.blocked") == []
 
     # A redelivered request changes nothing: no second revocation, no second block.
     original = next(
@@ -244,9 +250,10 @@ async def test_key_compromise_revokes_every_certificate_with_the_key_and_blocks_
     )
     await stack.publish_raw(original.subject, original.data)
     async with stack.client("operator") as c:  # a later request: once it is decided, the copy was too
-        await c.revoke_as_operator(bystander.serial, "superseded", "tests")
+        await c.revoke_as_operator(bystander.serial, "superseded", "operator")
     assert len(await _revocations(stack)) == 4
-    assert len(await stack.stream_messages(f"{stack.root}.key.*.blocked")) == 1
+    assert await _blocked_keys(stack) == [first.spki_sha256]
+    assert await stack.stream_messages(f"{stack.root}.key.*.blocked") == []
 
 
 async def test_an_operators_key_compromise_revokes_the_keys_other_certificates(
@@ -255,8 +262,8 @@ async def test_an_operators_key_compromise_revokes_the_keys_other_certificates(
     key, first = await enroll_with_key("op-k1.corp.internal", key_type="rsa-2048")
     _, second = await enroll_with_key("op-k2.corp.internal", key=key)
     async with stack.client("operator") as c:
-        revoked = await c.revoke_as_operator(second.serial, "keyCompromise", "frank")
-    assert (revoked.serial, revoked.requested_by) == (second.serial, "frank")
+        revoked = await c.revoke_as_operator(second.serial, "keyCompromise", "operator")
+    assert (revoked.serial, revoked.requested_by) == (second.serial, "operator")
     await eventually(lambda: _status_is(stack, first.serial, "revoked"))
 
 

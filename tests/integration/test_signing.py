@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import nats
 import pytest
 from cryptography import x509
 
@@ -97,9 +96,9 @@ async def test_the_issued_certificate_carries_what_its_profile_says(
 
 
 async def _consumer_idle(h: Harness, durable: str) -> bool:
-    nc = await nats.connect(h.nats_url)
+    nc = await h.connect("admin")
     try:
-        info = await nc.jetstream().consumer_info(h.common["stream"], durable)
+        info = await h.js(nc).consumer_info(h.common["stream"], durable)
         return info.num_pending == 0 and info.num_ack_pending == 0
     finally:
         await nc.close()

@@ -28,7 +28,7 @@ async def enroll_files(h: Harness, name: str, out: Path, profile: str = "tls-ser
 
 
 async def revoke_as_operator(h: Harness, serial: str, reason: str) -> None:
-    """Revoke as an operator would (the recorded identity is the test's)."""
+    """Revoke as an operator would (recorded as the operator whose key signs the order)."""
     async with h.client("operator") as c:
         await c.revoke_as_operator(serial, reason, "tests")
 
