@@ -150,34 +150,38 @@ class Admission:
             claimed[key] = verdict.identity or ""
 
     async def _events(self, conn: asyncpg.Connection, verdicts: list[_Verdict]) -> list[Event]:
-        """Claim the ids of what goes on the log and build its events (in stream order)."""
+        """Claim, in one statement, the ids of what goes on the log, then build its events (in
+        stream order): the admitted requests, and the rejections of refusals within the budget."""
+        going = [v for v in verdicts if isinstance(v.outcome, Admitted) or v.publish]
+        claims = [(_claim_key(v), _identity_of(v.subject, self._rt) or "", _label(v.outcome)) for v in going]
+        won = await _claim_all(conn, [(key, identity, label) for key, identity, label in claims if key is not None])
         events: list[Event] = []
         for verdict in verdicts:
             outcome = verdict.outcome
+            if isinstance(outcome, Refused):
+                REFUSED.labels(self._rt.name, outcome.code).inc()
+                if verdict.park or verdict.publish:  # beyond the budget a flood is only counted
+                    log.warning(
+                        "refused a request at admission",
+                        extra={
+                            "identity": verdict.identity,
+                            "request": outcome.request_id,
+                            "code": outcome.code,
+                            "reason": printable(outcome.message[:300]),
+                        },
+                    )
+            key = _claim_key(verdict)
+            if key is None or key not in won or not (isinstance(outcome, Admitted) or verdict.publish):
+                continue
             if isinstance(outcome, Admitted):
-                if await _claim(conn, _claim_key(verdict), outcome.identity, "admitted"):
-                    events.append(outcome.event)
-                    ADMITTED.labels(self._rt.name, outcome.kind).inc()
-                continue
-            REFUSED.labels(self._rt.name, outcome.code).inc()
-            log.warning(
-                "refused a request at admission",
-                extra={
-                    "identity": verdict.identity,
-                    "request": outcome.request_id,
-                    "code": outcome.code,
-                    "reason": printable(outcome.message[:300]),
-                },
-            )
-            if not verdict.publish or outcome.request_id is None or verdict.identity is None:
-                continue
-            _, kind = sender(verdict.subject, self._rt.settings.ingress_root)
-            if not await _claim(conn, _claim_key(verdict), verdict.identity, outcome.code):
-                continue
-            reason = Reason(code=outcome.code, message=outcome.message)
-            rejection = await self._refusal(conn, kind, outcome.request_id, verdict.identity, reason, verdict.raw)
-            if rejection is not None:
-                events.append(rejection)
+                events.append(outcome.event)
+                ADMITTED.labels(self._rt.name, outcome.kind).inc()
+            elif outcome.request_id is not None and verdict.identity is not None:
+                _, kind = sender(verdict.subject, self._rt.settings.ingress_root)
+                reason = Reason(code=outcome.code, message=outcome.message)
+                rejection = await self._refusal(conn, kind, outcome.request_id, verdict.identity, reason, verdict.raw)
+                if rejection is not None:
+                    events.append(rejection)
         return events
 
 
@@ -212,20 +216,25 @@ async def _claimed(conn: asyncpg.Connection, keys: list[tuple[str, str] | None])
     return {(r["aggregate"], r["aggregate_id"]): r["identity"] for r in rows}
 
 
-async def _claim(conn: asyncpg.Connection, key: tuple[str, str] | None, identity: str, outcome: str) -> bool:
-    """Claim a request id for good (False: another replica answered it first)."""
-    if key is None:
-        return True
-    return bool(
-        await conn.fetchval(
-            "INSERT INTO admission_claims (aggregate, aggregate_id, identity, outcome) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING RETURNING true",
-            key[0],
-            key[1],
-            identity,
-            outcome,
-        )
+def _label(outcome: Admitted | Refused) -> str:
+    return "admitted" if isinstance(outcome, Admitted) else outcome.code
+
+
+async def _claim_all(conn: asyncpg.Connection, claims: list[tuple[tuple[str, str], str, str]]) -> set[tuple[str, str]]:
+    """Claim request ids for good, in one statement: the ids this transaction won (another
+    replica may have answered some first)."""
+    if not claims:
+        return set()
+    rows = await conn.fetch(
+        "INSERT INTO admission_claims (aggregate, aggregate_id, identity, outcome) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING "
+        "RETURNING aggregate, aggregate_id",
+        [key[0] for key, _, _ in claims],
+        [key[1] for key, _, _ in claims],
+        [identity for _, identity, _ in claims],
+        [label for _, _, label in claims],
     )
+    return {(r["aggregate"], r["aggregate_id"]) for r in rows}
 
 
 async def _lock_windows(
