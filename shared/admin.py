@@ -55,7 +55,8 @@ async def init_log(settings: CommonSettings) -> None:
         await nc.close()
 
 
-async def _init_with_retries(settings: CommonSettings, attempts: int) -> int:
+async def init_with_retries(settings: CommonSettings, attempts: int) -> int:
+    """`init_log`, tried every 2 s while the server starts; 0 once the log is ready."""
     for attempt in range(1, attempts + 1):
         try:
             await init_log(settings)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = CommonSettings()
     if args.command == "init":
-        return asyncio.run(_init_with_retries(settings, args.attempts))
+        return asyncio.run(init_with_retries(settings, args.attempts))
     if args.command == "identity":
         return _add_identity(args.name, args.role, settings)
     if args.command == "identities":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nats
 
-from shared.admin import init_log
+from shared.admin import init_with_retries
 from shared.files import write_atomic, write_new
 from shared.identities import IdentityStore
 from shared.settings import CommonSettings, ValidationSettings
@@ -85,11 +85,13 @@ def nats_server_binary() -> str:
 
 @dataclass
 class NatsServer:
-    """A nats-server with JetStream and a private store directory."""
+    """A nats-server with JetStream and a private store directory. `monitor` opens the HTTP
+    monitoring port (unauthenticated: the tests use it; `make run` leaves it closed)."""
 
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
     store_dir: Path | None = None
+    monitor: bool = True
     config_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -100,7 +102,8 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
-        """Start and wait until /healthz says JetStream is ready."""
+        """Start and wait until /healthz says JetStream is ready (without monitoring: until the
+        client port accepts connections; JetStream may take a moment more)."""
         if self.store_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="certbus-nats-")
             self.store_dir = Path(self._tmp.name)
@@ -110,8 +113,7 @@ class NatsServer:
             "127.0.0.1",
             "-p",
             str(self.port),
-            "-m",
-            str(self.monitor_port),
+            *(["-m", str(self.monitor_port)] if self.monitor else []),
             "-js",
             "-sd",
             str(self.store_dir),
@@ -124,6 +126,8 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
+            if not self.monitor and port_open("127.0.0.1", self.port):
+                return self
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -430,11 +434,13 @@ def run_local() -> int:
     store = ensure_identities(home, operator)
     started: list[NatsServer | PostgresCluster] = []
     conf = write_nats_config(home, store, settings)
-    nats_server = NatsServer(port=int(port), store_dir=home / "nats" / "store", config_file=conf).start()
-    started.append(nats_server)
+    # No monitoring port: nothing unauthenticated is left open (it would list every connection).
+    nats_server = NatsServer(port=int(port), store_dir=home / "nats" / "store", config_file=conf, monitor=False)
+    started.append(nats_server.start())
     print(f"certbus: started nats-server (JetStream, accounts, NKeys) at {settings.nats_url}", flush=True)
     admin = settings.model_copy(update={"identity": "admin", "nats_seed_file": store.seed_file("admin")})
-    asyncio.run(init_log(admin))
+    if asyncio.run(init_with_retries(admin, attempts=30)) != 0:
+        raise RuntimeError("the log could not be created (see above)")
     fresh = asyncio.run(_log_is_new(admin))
     if "CERTBUS_DATABASE_URL" in env:
         print("certbus: using PostgreSQL at CERTBUS_DATABASE_URL (one connection for every service)", flush=True)

@@ -106,6 +106,10 @@ async def test_make_run_refuses_anonymous_nats_and_password_less_postgres(make_r
             await conn.fetchval("SELECT count(*) FROM signing.cas")
     finally:
         await conn.close()
+    # No monitoring port (unauthenticated, it would list every connection) is opened.
+    pid = (home / "nats" / "nats-server.pid").read_text().strip()
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"-m" not in args and b"--http_port" not in args, args
     # Secrets, seeds and keys are the owner's alone.
     for path in [*(home / "identities").glob("*.nk"), *(home / "secrets").iterdir(), *(home / "operators").iterdir()]:
         assert path.stat().st_mode & 0o077 == 0, path
