@@ -285,6 +285,13 @@ class Harness:
             await app.start()
             self.apps[name] = (app, rt)
 
+    async def serve(self) -> Harness:
+        """The five services in this process, the test provisioner and the shipped profiles."""
+        await self.start()
+        await self.register_provisioner()
+        await self.apply_profiles()
+        return self
+
     async def start_replica(self, name: str, replica: str) -> None:
         """Start one more instance of service `name` in this process (it shares the durable consumers)."""
         from services.signing.app import build as signing

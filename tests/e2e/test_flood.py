@@ -67,10 +67,7 @@ async def flooded(database_url: str, tmp_path: Path) -> Harness:
     h.overrides["enrollment"] = {"admission_rate_per_min": RATE}
     try:
         await h.open()
-        await h.start()
-        await h.register_provisioner()
-        await h.apply_profiles()
-        yield h
+        yield await h.serve()
     finally:
         await h.close()
 

@@ -131,10 +131,7 @@ async def _publish(nc: nats.NATS, subject: str, body: bytes) -> int | None:
 async def test_every_forgery_is_refused_or_parked_and_flagged_and_changes_nothing(
     harness: Harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    h = harness
-    await h.start()
-    await h.register_provisioner()
-    await h.apply_profiles()
+    h = await harness.serve()
     names = Names.of(h.common_settings)
     root = names.subject_root
     # What a forger would like to change: a live certificate, its CA, and a request waiting for approval.

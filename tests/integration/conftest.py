@@ -15,10 +15,7 @@ EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]
 
 @pytest.fixture
 async def stack(harness: Harness) -> Harness:
-    await harness.start()
-    await harness.register_provisioner()
-    await harness.apply_profiles()
-    return harness
+    return await harness.serve()
 
 
 @pytest.fixture

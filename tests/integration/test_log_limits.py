@@ -26,10 +26,7 @@ async def small_log(database_url: str, tmp_path: Path) -> Harness:
     h.common["stream_max_msgs"] = LIMIT
     try:
         await h.open()
-        await h.start()
-        await h.register_provisioner()
-        await h.apply_profiles()
-        yield h
+        yield await h.serve()
     finally:
         await h.close()
 
