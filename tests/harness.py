@@ -444,14 +444,17 @@ class Harness:
             sub = await js.pull_subscribe(subject_filter, durable=None, stream=self.common["stream"], config=config)
             found: list[Any] = []
             try:
-                while True:
+                # The consumer's pending count at creation is exactly what matches: fetch until all of
+                # it arrived, so a slow server (a loaded machine) cannot make an answer look empty.
+                expected = (await sub.consumer_info()).num_pending
+                deadline = asyncio.get_running_loop().time() + 30
+                while len(found) < expected:
                     try:
-                        batch = await sub.fetch(1000, timeout=0.5)
-                    except nats.errors.TimeoutError:
-                        return found
-                    found.extend(batch)
-                    if batch[-1].metadata.num_pending == 0:
-                        return found
+                        found.extend(await sub.fetch(min(1000, expected - len(found)), timeout=2))
+                    except TimeoutError:  # nats-py raises its own subclass or the bare builtin
+                        if asyncio.get_running_loop().time() > deadline:
+                            raise
+                return found
             finally:
                 await sub.unsubscribe()
         finally:
