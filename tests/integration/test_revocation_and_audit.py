@@ -84,13 +84,7 @@ async def test_a_malformed_event_is_parked_with_its_reason_and_the_consumer_goes
     )
     pool = await stack.db()
 
-    async def parked() -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await pool.fetch(
-            "SELECT subject, reason FROM enrollment.parked WHERE consumer = 'enrollment-requests' ORDER BY id"
-        )
-        return rows if len(rows) == 2 else []
-
-    rows = await eventually(parked)
+    rows = await eventually(lambda: _parked(pool, "enrollment-requests", 2))
     reasons = {r["subject"].rsplit(".", 2)[1]: r["reason"] for r in rows}
     assert reasons.keys() == {"bogus", "bogus2"}
     assert reasons["bogus"].startswith("malformed: not JSON"), reasons
@@ -115,13 +109,7 @@ async def test_a_malformed_request_is_refused_at_admission_with_its_reason_and_a
     )
     pool = await stack.db()
 
-    async def parked() -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await pool.fetch(
-            "SELECT subject, reason FROM enrollment.parked WHERE consumer = 'enrollment-admit' ORDER BY id"
-        )
-        return rows if len(rows) == 2 else []
-
-    rows = await eventually(parked)
+    rows = await eventually(lambda: _parked(pool, "enrollment-admit", 2))
     assert [r["subject"] for r in rows] == [f"{ingress}.tests.enroll"] * 2
     assert all(r["reason"].startswith("request_malformed: ") for r in rows), rows
     rejected = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.bogus3.rejected"))
@@ -251,3 +239,11 @@ async def test_a_key_compromise_revocation_blocks_the_key_for_future_enrollments
         again = await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))
         await c.revoke(again.serial, "superseded", key=other)
         await c.enroll(build_csr(other, ["ok.corp.internal"]).decode(), stack.token("ok.corp.internal"))
+
+
+async def _parked(pool: asyncpg.Pool, consumer: str, count: int) -> list[asyncpg.Record]:
+    """What enrollment's `consumer` parked, once it parked `count` messages (else nothing yet)."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT subject, reason FROM enrollment.parked WHERE consumer = $1 ORDER BY id", consumer
+    )
+    return rows if len(rows) == count else []
