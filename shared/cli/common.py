@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,8 +20,20 @@ from shared.identities import IdentityStore
 from shared.settings import CommonSettings
 from shared.tokens import TokenError
 
-out = Console()
-err = Console(stderr=True)
+UNBOUNDED_WIDTH = 1_000_000  # off a terminal: no line is ever wrapped
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that, writing to a terminal, fits its width; writing anywhere else (a pipe, a file),
+    never wraps, folds or shrinks a line or a table cell, so serials and names arrive whole."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream is not None and stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
+
+
+out = _console()
+err = _console(stderr=True)
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 OperatorOpt = Annotated[

@@ -65,3 +65,23 @@ def test_revoke_with_a_file_that_is_not_a_private_key_says_so(tmp_path: Path) ->
     assert result.returncode == 1
     assert "not an unencrypted PEM private key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_output_into_a_pipe_is_never_wrapped_so_names_and_paths_arrive_whole(tmp_path: Path) -> None:
+    """Off a terminal the CLI writes each line whole, however long: a script reading `| cat` or a
+    file gets every name, serial and path on one line (a terminal's width does not apply)."""
+    name = "an-operator-whose-registered-name-is-as-long-as-a-name-may-be-0"
+    key_dir = tmp_path / "operators"
+    key_dir.mkdir()
+    (key_dir / f"{name}.key.pem").write_bytes(key_pem(generate_key("ed25519")))
+    command_file = tmp_path / ("a-command-file-in-a-deep-directory-" * 3 + ".json")
+    written = certbus(
+        "operator", "quorum", "operator", "2", "--operator", name, "--out", str(command_file), home=tmp_path
+    )
+    assert written.returncode == 0, written.stderr
+    line = f"signed by {name}; others add their signatures with `certbus operator cosign {command_file}`"
+    assert written.stdout.splitlines() == [line]
+    shown = certbus("operator", "show", str(command_file), home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f'"set_by": "{name}"' in [line.strip().rstrip(",") for line in shown.stdout.splitlines()]
+    assert shown.stdout.splitlines()[-1] == f"signed by: {name}"
