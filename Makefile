@@ -16,12 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: install
-	$(PY) -m shared.devstack
+	$(PY) -m deploy.local.devstack
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services deploy
 	$(VENV)/bin/lint-imports
 
 test: lint chromium

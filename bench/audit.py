@@ -27,10 +27,8 @@ from bench.environment import bench_harness, save_result
 from harness import Harness
 from services.audit import domain
 from services.signing import domain as signing
-from shared import operators
-from shared.binding import publisher_of
-from shared.crypto import PrivateKey, generate_key, signing_hash
-from shared.events import (
+from shared.contract.binding import publisher_of
+from shared.contract.events import (
     CaCreated,
     CertificateIssued,
     CertificateRevoked,
@@ -40,8 +38,10 @@ from shared.events import (
     Event,
     ProfileApplied,
 )
-from shared.holder import load_private_key
-from shared.profiles import Profile
+from shared.contract.profiles import Profile
+from shared.pki.crypto import PrivateKey, generate_key, signing_hash
+from shared.pki.holder import load_private_key
+from shared.trust import operators
 
 N = int(os.environ.get("AUDIT_N", "100000"))
 

@@ -18,8 +18,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from deploy.local.devstack import PostgresCluster, port_open
 from harness import Harness
-from shared.devstack import PostgresCluster, port_open
 
 # The requester the benchmarks send their requests as (added to the harness's identities).
 REQUESTER = "bench"

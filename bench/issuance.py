@@ -29,13 +29,13 @@ from bench.environment import REQUESTER, bench_harness, save_result
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
-from shared.crypto import build_csr, generate_key, signing_hash
-from shared.events import CertificateIssued, Event, parse_event
-from shared.holder import enrollment_request
-from shared.ingress import KIND_OF, ingress_subject
-from shared.lint import errors, lint_certificate
-from shared.profiles import Profile
-from shared.tokens import TokenClaims
+from shared.contract.events import CertificateIssued, Event, parse_event
+from shared.contract.ingress import KIND_OF, ingress_subject
+from shared.contract.profiles import Profile
+from shared.pki.crypto import build_csr, generate_key, signing_hash
+from shared.pki.holder import enrollment_request
+from shared.pki.lint import errors, lint_certificate
+from shared.pki.tokens import TokenClaims
 
 N = int(os.environ.get("BENCH_N", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))

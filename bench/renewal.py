@@ -23,10 +23,10 @@ from bench.environment import REQUESTER, bench_harness, save_result
 from bench.issuance import CONCURRENCY, ROUNDS, N, pct, publish_and_wait
 from harness import Harness
 from services.enrollment import domain, renewal
-from shared.crypto import PrivateKey, build_csr, generate_key, spki_der, spki_sha256
-from shared.events import CertificateIssued, RenewalRequested
-from shared.holder import enrollment_request, renewal_csr, renewal_request
-from shared.profiles import Profile
+from shared.contract.events import CertificateIssued, RenewalRequested
+from shared.contract.profiles import Profile
+from shared.pki.crypto import PrivateKey, build_csr, generate_key, spki_der, spki_sha256
+from shared.pki.holder import enrollment_request, renewal_csr, renewal_request
 
 PROFILE = Profile(name="tls-server", usage="server", dns_suffixes=["internal"])
 

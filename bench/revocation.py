@@ -43,7 +43,7 @@ from bench.environment import bench_harness, save_result
 from harness import Harness, eventually
 from services.signing import domain as signing
 from services.validation import ocsp as responder_core
-from shared.crypto import generate_key
+from shared.pki.crypto import generate_key
 
 SEED = int(os.environ.get("BENCH_SEED", "100000"))
 PROBES = int(os.environ.get("BENCH_PROBES", "40"))

@@ -17,14 +17,14 @@ from services.enrollment.app import build as enrollment
 from services.revocation.app import build as revocation
 from services.signing.app import build as signing
 from services.validation.app import build as validation
-from shared.service import VERSION
-from shared.settings import (
+from shared.base.settings import (
     AuditSettings,
     EnrollmentSettings,
     RevocationSettings,
     SigningSettings,
     ValidationSettings,
 )
+from shared.runtime.service import VERSION
 
 OUTPUT = Path(__file__).with_name("asyncapi.json")
 

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from deploy.local.devstack import NatsServer, PostgresCluster, port_open
 from harness import Harness
-from shared.devstack import NatsServer, PostgresCluster, port_open
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """A Certbus deployment for tests, in the production trust model: a nats-server of its own with the
-accounts and NKey identities `shared.trust` renders (the same as `make run` and deploy/nats), the
+accounts and NKey identities `shared.trust.accounts` renders (the same as `make run` and deploy/nats), the
 log created by the admin, a fresh database, and the five services either in this process (fast)
 or as separate processes (e2e). Every test process, service, client and CLI call authenticates as
 one identity; nothing connects anonymously."""
@@ -26,23 +26,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from faststream import FastStream
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from shared import operators
+from deploy.local.devstack import SERVICES, NatsServer, ServiceProcess, free_port
 from shared.admin import init_log
-from shared.binding import publisher_of
-from shared.cli import provisioner
-from shared.client import CertbusClient
-from shared.clock import Clock
-from shared.crypto import build_csr, generate_key, key_pem
-from shared.db import create_pool, drop_schema
-from shared.devstack import SERVICES, NatsServer, ServiceProcess, free_port
-from shared.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
-from shared.files import write_new
-from shared.identities import IdentityStore
-from shared.ingress import sender
-from shared.lint import errors, lint_certificate
-from shared.profiles import Profile, load_profiles
-from shared.service import Runtime
-from shared.settings import (
+from shared.base.clock import Clock
+from shared.base.files import write_new
+from shared.base.settings import (
     AuditSettings,
     CommonSettings,
     EnrollmentSettings,
@@ -51,8 +39,20 @@ from shared.settings import (
     SigningSettings,
     ValidationSettings,
 )
-from shared.tokens import create_token
-from shared.trust import Names, Role, render
+from shared.client.cli import provisioner
+from shared.client.sdk import CertbusClient
+from shared.contract.binding import publisher_of
+from shared.contract.events import CertificateIssued, ProfileLinted, ProvisionerRegistered, utcnow
+from shared.contract.ingress import sender
+from shared.contract.profiles import Profile, load_profiles
+from shared.pki.crypto import build_csr, generate_key, key_pem
+from shared.pki.lint import errors, lint_certificate
+from shared.pki.tokens import create_token
+from shared.runtime.db import create_pool, drop_schema
+from shared.runtime.service import Runtime
+from shared.trust import operators
+from shared.trust.accounts import Names, Role, render
+from shared.trust.identities import IdentityStore
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.toml"
 
@@ -256,7 +256,7 @@ class Harness:
         event loop (the services may run in it)."""
         env = self.cli_env()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli.main", *args, env=env, stdout=PIPE, stderr=PIPE
+            sys.executable, "-m", "shared.client.cli.main", *args, env=env, stdout=PIPE, stderr=PIPE
         )
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
         assert proc.returncode is not None
@@ -499,7 +499,7 @@ class Harness:
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run the `certbus` CLI as a separate process with `env`."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
+        [sys.executable, "-m", "shared.client.cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

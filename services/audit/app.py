@@ -8,10 +8,10 @@ from faststream import FastStream
 
 from services.audit.checkpoints import Checkpointer
 from services.audit.handlers import NAME, raise_findings, register
-from shared.clock import Clock
-from shared.loops import WakeableLoop
-from shared.service import Runtime, create_service
-from shared.settings import AuditSettings
+from shared.base.clock import Clock
+from shared.base.settings import AuditSettings
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.service import Runtime, create_service
 
 
 def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:

@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from services.audit import store
-from shared.crypto import key_pem
-from shared.events import AuditCheckpointSigned, checkpoint_message
-from shared.files import write_new
-from shared.loops import WakeableLoop
-from shared.outbox import enqueue
-from shared.service import Runtime
-from shared.settings import AuditSettings
+from shared.base.files import write_new
+from shared.base.settings import AuditSettings
+from shared.contract.events import AuditCheckpointSigned, checkpoint_message
+from shared.pki.crypto import key_pem
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.outbox import enqueue
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.audit.checkpoints")
 NAME = "audit"

@@ -1,14 +1,14 @@
 """Consistency checks over the archived log (in the spirit of Boulder's cert-checker): pure, no I/O.
 
 Each check reads the events in log order and reports findings with the position that shows them.
-A message that is not a valid event on its own subject (`shared.binding`, then its class) counts
+A message that is not a valid event on its own subject (`shared.contract.binding`, then its class) counts
 for nothing in the other checks and is itself a finding, under the binding code:
 - `oversize`, `malformed` (not one JSON object of bounded depth, or a body its class refuses),
   `unknown_type`, `subject_mismatch` (a body on a subject other than its own: a forgery);
 - `producer`: an event whose body names another producer than its type's publisher (the subject
   says who published it; a body that disagrees is inconsistent data, and counts for nothing);
 - `operator_signature`: an operator command without enough valid signatures by the operators
-  registered before it (`shared.operators`, judged by the registry as the log had it just before
+  registered before it (`shared.trust.operators`, judged by the registry as the log had it just before
   the command, as every consumer judges it): the consumers park it, so it counts for nothing;
 - `approval`: a certificate issued without exactly one approved enrollment before it;
 - `issuer`: a certificate issued by a CA that signing never announced (no `CaCreated`);
@@ -46,8 +46,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from pydantic import ValidationError
 
 from services.audit import domain
-from shared.crypto import load_spki, verify_message
-from shared.events import (
+from shared.contract.events import (
     PRODUCERS,
     CertificateRevoked,
     CrlPublished,
@@ -56,8 +55,9 @@ from shared.events import (
     key_destroyed_message,
     producer_allowed,
 )
-from shared.operators import NotAuthorised, Registry, applied, signers
-from shared.profiles import Profile, key_problem, names_problems
+from shared.contract.profiles import Profile, key_problem, names_problems
+from shared.pki.crypto import load_spki, verify_message
+from shared.trust.operators import NotAuthorised, Registry, applied, signers
 
 # What reading a hostile certificate or CRL may raise (lazily, as its extensions are read).
 _UNREADABLE = (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
@@ -164,7 +164,7 @@ class Checker:
 
     def _authorised(self, seq: int, command: OperatorCommand) -> bool:
         """Whether an operator command counts: judged, and applied if it changes the registry, as every
-        consumer does (`shared.operators.authorise`); one that does not is a finding."""
+        consumer does (`shared.trust.operators.authorise`); one that does not is a finding."""
         if command.event_id in self._commands:
             return False  # a redelivery of an accepted command: the consumers skip it by its event id
         try:

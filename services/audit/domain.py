@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.binding import Unbound, bind
-from shared.crypto import normalise_serial
-from shared.events import EVENT_CLASSES, Event, event_from
-from shared.reasons import printable
+from shared.contract.binding import Unbound, bind
+from shared.contract.events import EVENT_CLASSES, Event, event_from
+from shared.contract.reasons import printable
+from shared.pki.crypto import normalise_serial
 
 GENESIS = bytes(32)
 DETAIL_MAX = 2048  # characters of a finding's detail (an event's `Text` bound)
@@ -70,7 +70,7 @@ def exact_subject(shown: str, exact: bytes | None) -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    """Why an archived message is not a valid event on its subject: the `shared.binding` code
+    """Why an archived message is not a valid event on its subject: the `shared.contract.binding` code
     (oversize, malformed, unknown_type, subject_mismatch), or `malformed` for a body its class
     refuses; `detail` is bounded and printable."""
 
@@ -200,7 +200,7 @@ def utc_time(value: Any) -> datetime | None:
 
 def displayable(value: Any) -> Any:
     """A decoded JSON value that any JSON encoder takes (lone surrogates escaped in strings and keys;
-    `shared.binding` bounds its depth)."""
+    `shared.contract.binding` bounds its depth)."""
     if isinstance(value, str):
         return _encodable(value)
     if isinstance(value, dict):

@@ -24,11 +24,10 @@ from pydantic import ValidationError
 
 from services.audit import checks, domain, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
-from shared.binding import Unbound, loads
-from shared.bounds import MAX_FINDINGS
-from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
-from shared.crypto import normalise_serial
-from shared.events import (
+from shared.base.settings import AuditSettings
+from shared.contract.binding import Unbound, loads
+from shared.contract.bounds import MAX_FINDINGS
+from shared.contract.events import (
     AuditCheckpointSigned,
     AuditFindingRaised,
     CertificateIssued,
@@ -36,10 +35,7 @@ from shared.events import (
     Event,
     LintResult,
 )
-from shared.lint import errors, lint_certificate
-from shared.metrics import EVENTS_CONSUMED
-from shared.outbox import OutboxEntry, enqueue_many
-from shared.queries import (
+from shared.contract.queries import (
     CheckAnswer,
     CheckFinding,
     Failure,
@@ -59,9 +55,13 @@ from shared.queries import (
     RevocationsQuery,
     VerifyAnswer,
 )
-from shared.service import Runtime
-from shared.settings import AuditSettings
-from shared.stream import read_object
+from shared.pki.crypto import normalise_serial
+from shared.pki.lint import errors, lint_certificate
+from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, apply_events
+from shared.runtime.metrics import EVENTS_CONSUMED
+from shared.runtime.outbox import OutboxEntry, enqueue_many
+from shared.runtime.service import Runtime
+from shared.runtime.stream import read_object
 
 NAME = "audit"
 log = logging.getLogger("certbus.audit")

@@ -22,11 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from services.audit import checkpoints, replay, verify
 from services.audit.handlers import NAME
-from shared import db
-from shared.cli.audit_views import print_replay, print_verify, replay_failed
-from shared.cli.common import JsonOpt, emit_json, err
-from shared.queries import ReplayAnswer, VerifyAnswer
-from shared.settings import AuditSettings
+from shared.base.settings import AuditSettings
+from shared.client.api import JsonOpt, emit_json, err, print_replay, print_verify, replay_failed
+from shared.contract.queries import ReplayAnswer, VerifyAnswer
+from shared.runtime import db
 
 app = typer.Typer(help="Replay and verify the audit archive without any Certbus service.", no_args_is_help=True)
 T = TypeVar("T")

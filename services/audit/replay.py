@@ -14,8 +14,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.audit import store
-from shared import db
-from shared.queries import ReplayAnswer
+from shared.contract.queries import ReplayAnswer
+from shared.runtime import db
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BATCH = 1000

@@ -23,9 +23,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from services.audit.domain import safe_text, utc_time
-from shared.binding import Unbound, bind
-from shared.events import producer_allowed
-from shared.queries import Breakdown, DayCount, ExpiringCertificate, ReportAnswer, Tally
+from shared.contract.binding import Unbound, bind
+from shared.contract.events import producer_allowed
+from shared.contract.queries import Breakdown, DayCount, ExpiringCertificate, ReportAnswer, Tally
 
 STATES = ("valid", "expired", "revoked", "superseded", "destroyed")
 TOP = 100  # values listed per breakdown; the certificates of the others are summed

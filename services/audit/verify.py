@@ -20,9 +20,9 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from services.audit import domain, replay, store
-from shared.binding import Unbound, bind
-from shared.events import AuditCheckpointSigned
-from shared.queries import VerifyAnswer, VerifyProblem
+from shared.contract.binding import Unbound, bind
+from shared.contract.events import AuditCheckpointSigned
+from shared.contract.queries import VerifyAnswer, VerifyProblem
 
 # When several things are wrong at one position, the most specific explanation wins.
 _PRIORITY = ["reordered", "inserted", "dropped", "truncated", "changed", "checkpoint_mismatch", "checkpoint_invalid"]

@@ -9,10 +9,10 @@ from faststream import FastStream
 from services.enrollment.handlers import NAME, expire_overdue, register
 from services.enrollment.replay import LogPosition
 from services.enrollment.schedule import RenewalSchedule
-from shared.clock import Clock
-from shared.loops import WakeableLoop
-from shared.service import Runtime, create_service
-from shared.settings import EnrollmentSettings
+from shared.base.clock import Clock
+from shared.base.settings import EnrollmentSettings
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.service import Runtime, create_service
 
 
 def build(settings: EnrollmentSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:

@@ -15,17 +15,17 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from shared.crypto import spki_sha256
-from shared.events import ProvisionerRegistered
-from shared.profiles import (
+from shared.contract.events import ProvisionerRegistered
+from shared.contract.profiles import (
     Profile,
     key_problem,
     names_problems,
     requested_extension_problems,
     validity_problem,
 )
-from shared.reasons import Reason
-from shared.tokens import TokenClaims
+from shared.contract.reasons import Reason
+from shared.pki.crypto import spki_sha256
+from shared.pki.tokens import TokenClaims
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,8 @@ from services.enrollment import domain, renewal, store
 from services.enrollment.domain import profile_of
 from services.enrollment.replay import LogPosition
 from services.enrollment.schedule import RenewalSchedule
-from shared.admission import Admission
-from shared.consumer import Delivery, EventRejected
-from shared.crypto import spki_sha256
-from shared.events import (
+from shared.base.settings import EnrollmentSettings
+from shared.contract.events import (
     ApprovalDenied,
     ApprovalGranted,
     CertificateDestroyed,
@@ -54,11 +52,9 @@ from shared.events import (
     QuorumSet,
     RenewalRequested,
 )
-from shared.ingress import Kind
-from shared.operators import recorded
-from shared.outbox import OutboxEntry, enqueue
-from shared.profiles import Profile, key_type_of
-from shared.queries import (
+from shared.contract.ingress import Kind
+from shared.contract.profiles import Profile, key_type_of
+from shared.contract.queries import (
     Failure,
     ProfileInfo,
     ProfilesAnswer,
@@ -70,10 +66,21 @@ from shared.queries import (
     RequestsQuery,
     RequestSummary,
 )
-from shared.reasons import Reason, printable
-from shared.service import Runtime
-from shared.settings import EnrollmentSettings
-from shared.tokens import ProvisionerPublicKey, TokenClaims, TokenError, algorithm_for, provisioner_id_of, verify_token
+from shared.contract.reasons import Reason, printable
+from shared.pki.crypto import spki_sha256
+from shared.pki.tokens import (
+    ProvisionerPublicKey,
+    TokenClaims,
+    TokenError,
+    algorithm_for,
+    provisioner_id_of,
+    verify_token,
+)
+from shared.runtime.admission import Admission
+from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.outbox import OutboxEntry, enqueue
+from shared.runtime.service import Runtime
+from shared.trust.operators import recorded
 
 NAME = "enrollment"
 log = logging.getLogger("certbus.enrollment")

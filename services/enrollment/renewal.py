@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from services.enrollment.domain import Approval, Names, csr_der, judge, requested_names
-from shared.crypto import load_spki, spki_sha256, verify_message
-from shared.events import renewal_message
-from shared.profiles import Profile
-from shared.reasons import Reason
+from shared.contract.events import renewal_message
+from shared.contract.profiles import Profile
+from shared.contract.reasons import Reason
+from shared.pki.crypto import load_spki, spki_sha256, verify_message
 
 # Revocations that leave the key the holder's own: its CA, not the key, was compromised.
 CA_COMPROMISE_REASON = "cACompromise"

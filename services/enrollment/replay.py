@@ -19,7 +19,7 @@ import logging
 
 from nats.js.errors import NotFoundError
 
-from shared.service import Runtime
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.enrollment.replay")
 

@@ -18,9 +18,8 @@ from cryptography import x509
 from services.enrollment import renewal, store
 from services.enrollment.domain import profile_of
 from services.enrollment.replay import LogPosition
-from shared.consumer import EventRejected
-from shared.crypto import spki_der, spki_sha256
-from shared.events import (
+from shared.base.settings import EnrollmentSettings
+from shared.contract.events import (
     CertificateDestroyed,
     CertificateExpired,
     CertificateIssued,
@@ -29,10 +28,11 @@ from shared.events import (
     CertificateSuperseded,
     Event,
 )
-from shared.loops import WakeableLoop
-from shared.outbox import enqueue_many
-from shared.service import Runtime
-from shared.settings import EnrollmentSettings
+from shared.pki.crypto import spki_der, spki_sha256
+from shared.runtime.consumer import EventRejected
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.outbox import enqueue_many
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.enrollment.schedule")
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from services.enrollment.domain import Names, Scope
 from services.enrollment.renewal import Certified
-from shared.reasons import Reason
+from shared.contract.reasons import Reason
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 from faststream import FastStream
 
 from services.revocation.handlers import NAME, register
-from shared.clock import Clock
-from shared.service import Runtime, create_service
-from shared.settings import RevocationSettings
+from shared.base.clock import Clock
+from shared.base.settings import RevocationSettings
+from shared.runtime.service import Runtime, create_service
 
 
 def build(settings: RevocationSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:

@@ -12,9 +12,9 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from shared.crypto import load_spki, normalise_serial, verify_message
-from shared.events import revocation_message
-from shared.reasons import Reason, reason_flag
+from shared.contract.events import revocation_message
+from shared.contract.reasons import Reason, reason_flag
+from shared.pki.crypto import load_spki, normalise_serial, verify_message
 
 __all__ = [
     "Ask",

@@ -11,11 +11,10 @@ import asyncpg
 from faststream.nats.annotations import NatsMessage
 
 from services.revocation import domain, store
-from shared.admission import Admission
-from shared.binding import Unbound, loads
-from shared.bounds import MAX_REQUEST_BYTES
-from shared.consumer import Delivery, EventRejected
-from shared.events import (
+from shared.base.settings import RevocationSettings
+from shared.contract.binding import Unbound, loads
+from shared.contract.bounds import MAX_REQUEST_BYTES
+from shared.contract.events import (
     CaCompromised,
     CertificateDestroyed,
     CertificateIssued,
@@ -30,12 +29,13 @@ from shared.events import (
     RevocationRejected,
     RevocationRequested,
 )
-from shared.ingress import Kind
-from shared.operators import REGISTRY, recorded
-from shared.outbox import OutboxEntry, enqueue, enqueue_many
-from shared.reasons import Reason, printable
-from shared.service import Runtime
-from shared.settings import RevocationSettings
+from shared.contract.ingress import Kind
+from shared.contract.reasons import Reason, printable
+from shared.runtime.admission import Admission
+from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
+from shared.runtime.service import Runtime
+from shared.trust.operators import REGISTRY, recorded
 
 NAME = "revocation"
 log = logging.getLogger("certbus.revocation")

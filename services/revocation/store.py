@@ -7,7 +7,7 @@ from datetime import datetime
 import asyncpg
 
 from services.revocation.domain import Known
-from shared.events import CertificateIssued
+from shared.contract.events import CertificateIssued
 
 _COLUMNS = "serial, cert_id, issuer_id, status, spki_sha256, spki_der, fingerprint_sha256, destroyed_at"
 # Learning a certificate and recording its key compromised take this transaction lock on the key

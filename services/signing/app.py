@@ -12,9 +12,9 @@ from services.signing.handlers import NAME, load_profiles, register
 from services.signing.keystore import KeyStore
 from services.signing.retire import Retirements
 from services.signing.templates import TemplateBook
-from shared.clock import Clock
-from shared.service import Runtime, create_service
-from shared.settings import SigningSettings
+from shared.base.clock import Clock
+from shared.base.settings import SigningSettings
+from shared.runtime.service import Runtime, create_service
 
 
 def build(settings: SigningSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:

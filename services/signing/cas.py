@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
 from services.signing.keystore import KeyStore, KeyStoreError
-from shared.crypto import KeyType, PrivateKey, generate_key, spki_sha256
-from shared.events import CaCreated
-from shared.outbox import enqueue
-from shared.service import Runtime
-from shared.settings import SigningSettings
+from shared.base.settings import SigningSettings
+from shared.contract.events import CaCreated
+from shared.pki.crypto import KeyType, PrivateKey, generate_key, spki_sha256
+from shared.runtime.outbox import enqueue
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.signing.cas")
 

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
-from shared.crypto import PrivateKey
-from shared.events import CrlPublished
-from shared.loops import WakeableLoop
-from shared.outbox import enqueue
-from shared.service import Runtime
+from shared.contract.events import CrlPublished
+from shared.pki.crypto import PrivateKey
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.outbox import enqueue
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.signing.crl")
 KEEP_CRLS = 5  # CRL objects kept per issuer in the object store

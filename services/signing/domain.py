@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
-from shared import der
-from shared.crypto import PrivateKey, PublicKey, csr_names, signing_hash
-from shared.events import EnrollmentApproved
-from shared.profiles import Profile, key_problem, key_type_of, names_problems, validity_problem
-from shared.reasons import Reason, reason_flag
+from shared.contract.events import EnrollmentApproved
+from shared.contract.profiles import Profile, key_problem, key_type_of, names_problems, validity_problem
+from shared.contract.reasons import Reason, reason_flag
+from shared.pki import der
+from shared.pki.crypto import PrivateKey, PublicKey, csr_names, signing_hash
 
 BACKDATE = timedelta(minutes=1)
 

@@ -19,9 +19,7 @@ from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
 from services.signing.retire import Retirements
 from services.signing.templates import TemplateBook, Verdict
-from shared.consumer import Delivery, EventRejected, GroupCommit, apply_events
-from shared.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
-from shared.events import (
+from shared.contract.events import (
     CaCompromised,
     CaCreated,
     CaKeyDestroyed,
@@ -40,13 +38,15 @@ from shared.events import (
     ProfileLinted,
     QuorumSet,
 )
-from shared.lint import errors, lint_certificate
-from shared.operators import REGISTRY
-from shared.outbox import OutboxEntry, enqueue
-from shared.profiles import Profile, ProfileKeyType, key_type_of
-from shared.queries import RetireCheckAnswer, RetireCheckQuery
-from shared.reasons import Reason
-from shared.service import Runtime
+from shared.contract.profiles import Profile, ProfileKeyType, key_type_of
+from shared.contract.queries import RetireCheckAnswer, RetireCheckQuery
+from shared.contract.reasons import Reason
+from shared.pki.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
+from shared.pki.lint import errors, lint_certificate
+from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, apply_events
+from shared.runtime.outbox import OutboxEntry, enqueue
+from shared.runtime.service import Runtime
+from shared.trust.operators import REGISTRY
 
 NAME = "signing"
 log = logging.getLogger("certbus.signing")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from shared.crypto import PrivateKey, key_pem
-from shared.files import destroy_file
+from shared.base.files import destroy_file
+from shared.pki.crypto import PrivateKey, key_pem
 
 
 class KeyStoreError(Exception):

@@ -16,13 +16,13 @@ from cryptography import x509
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
 from services.signing.crl import KEEP_CRLS, CrlPublisher
-from shared.consumer import Delivery
-from shared.crypto import spki_sha256
-from shared.events import CaKeyDestroyed, CaRetired
-from shared.loops import WakeableLoop
-from shared.operators import recorded
-from shared.outbox import OutboxEntry, enqueue
-from shared.service import Runtime
+from shared.contract.events import CaKeyDestroyed, CaRetired
+from shared.pki.crypto import spki_sha256
+from shared.runtime.consumer import Delivery
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.outbox import OutboxEntry, enqueue
+from shared.runtime.service import Runtime
+from shared.trust.operators import recorded
 
 log = logging.getLogger("certbus.signing.retire")
 

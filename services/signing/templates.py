@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain
 from services.signing.cas import CaRegistry
-from shared.crypto import PublicKey, generate_key, signing_hash
-from shared.events import LintResult
-from shared.lint import errors, lint_certificate
-from shared.profiles import Profile, ProfileKeyType
+from shared.contract.events import LintResult
+from shared.contract.profiles import Profile, ProfileKeyType
+from shared.pki.crypto import PublicKey, generate_key, signing_hash
+from shared.pki.lint import errors, lint_certificate
 
 log = logging.getLogger("certbus.signing.templates")
 _TEMPLATE_KEY_TYPES = {"ec-p256": "ec-p256", "ec-p384": "ec-p384", "rsa": "rsa-2048", "ed25519": "ed25519"}

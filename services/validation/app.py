@@ -11,9 +11,9 @@ from services.validation.endpoints import routes
 from services.validation.handlers import NAME, register
 from services.validation.ocsp import ResponderSet
 from services.validation.responder import ResponderKeeper
-from shared.clock import Clock
-from shared.service import Runtime, create_service
-from shared.settings import ValidationSettings
+from shared.base.clock import Clock
+from shared.base.settings import ValidationSettings
+from shared.runtime.service import Runtime, create_service
 
 
 def build(settings: ValidationSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:

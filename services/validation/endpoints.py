@@ -29,9 +29,9 @@ from services.validation.ocsp import (
     decode_get,
     unsuccessful,
 )
-from shared.consumer import TRANSIENT_ERRORS
-from shared.service import Runtime
-from shared.settings import ValidationSettings
+from shared.base.settings import ValidationSettings
+from shared.runtime.consumer import TRANSIENT_ERRORS
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.validation.http")
 MAX_OCSP_REQUEST_BYTES = 4096  # a one-certificate request with a nonce is ~100 bytes

@@ -15,9 +15,7 @@ from faststream.nats.annotations import NatsMessage
 from services.validation import domain, store
 from services.validation.ocsp import ResponderSet
 from services.validation.responder import ResponderKeeper
-from shared.consumer import Delivery, EventRejected
-from shared.crypto import normalise_serial, serial_hex
-from shared.events import (
+from shared.contract.events import (
     CaCompromised,
     CaCreated,
     CertificateDestroyed,
@@ -31,8 +29,7 @@ from shared.events import (
     OperatorRemoved,
     QuorumSet,
 )
-from shared.operators import REGISTRY
-from shared.queries import (
+from shared.contract.queries import (
     CrlAnswer,
     CrlQuery,
     Failure,
@@ -41,8 +38,11 @@ from shared.queries import (
     ValidateAnswer,
     ValidateQuery,
 )
-from shared.service import Runtime
-from shared.stream import read_object
+from shared.pki.crypto import normalise_serial, serial_hex
+from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.service import Runtime
+from shared.runtime.stream import read_object
+from shared.trust.operators import REGISTRY
 
 NAME = "validation"
 log = logging.getLogger("certbus.validation")

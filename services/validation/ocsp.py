@@ -22,9 +22,9 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.validation.domain import StatusRecord
-from shared import der
-from shared.crypto import PrivateKey, normalise_serial, signing_hash
-from shared.reasons import reason_flag
+from shared.contract.reasons import reason_flag
+from shared.pki import der
+from shared.pki.crypto import PrivateKey, normalise_serial, signing_hash
 
 DEFAULT_VALIDITY = timedelta(hours=1)
 BACKDATE = timedelta(minutes=1)  # thisUpdate lies this far in the past, for relying parties' clock skew

@@ -30,13 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from services.validation import store
 from services.validation.domain import renewal_due
 from services.validation.ocsp import Responder, ResponderSet
-from shared.client import CertbusClient, Pending
-from shared.clock import Clock, SystemClock
-from shared.crypto import build_csr, key_pem, normalise_serial, serial_hex
-from shared.files import write_new
-from shared.service import Runtime
-from shared.settings import ValidationSettings
-from shared.tokens import ProvisionerKey, create_token
+from shared.base.clock import Clock, SystemClock
+from shared.base.files import write_new
+from shared.base.settings import ValidationSettings
+from shared.client.api import CertbusClient, Pending
+from shared.pki.crypto import build_csr, key_pem, normalise_serial, serial_hex
+from shared.pki.tokens import ProvisionerKey, create_token
+from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.validation.responder")
 NAME = "validation"

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.events import (
+from shared.contract.events import (
     CaCreated,
     CertificateDestroyed,
     CertificateExpired,

@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 
 from harness import Harness, eventually
-from shared.agent import Agent, AgentSettings, CertificateEntry
-from shared.crypto import build_csr, generate_key, key_pem, serial_hex
+from shared.client.agent import Agent, AgentSettings, CertificateEntry
+from shared.pki.crypto import build_csr, generate_key, key_pem, serial_hex
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness import Harness
-from shared.crypto import build_csr, generate_key
+from shared.pki.crypto import build_csr, generate_key
 
 pytestmark = pytest.mark.e2e
 # The flooding requester, in a process of its own (as it would be): as many enrollment requests as
@@ -24,10 +24,10 @@ pytestmark = pytest.mark.e2e
 FLOODER = """
 import asyncio, json, sys, time
 import nats, nats.js.errors
-from shared.client import BACKLOG_FULL
-from shared.holder import enrollment_request
-from shared.ingress import ingress_subject
-from shared.settings import CommonSettings
+from shared.client.sdk import BACKLOG_FULL
+from shared.pki.holder import enrollment_request
+from shared.contract.ingress import ingress_subject
+from shared.base.settings import CommonSettings
 
 async def main():
     given = json.loads(sys.argv[1]); seconds = float(sys.argv[2])

@@ -4,7 +4,7 @@ on its own subject and on every subject that credential may publish. Each forger
 by the server, refused at admission, or land on the log and be parked by every consumer and
 flagged by audit; none may change any service's state. The matrix is printed.
 
-Over the production trust model: the harness's nats-server runs the accounts `shared.trust`
+Over the production trust model: the harness's nats-server runs the accounts `shared.trust.accounts`
 renders (the same as deploy/nats and `make run`), with real NKey identities.
 """
 
@@ -26,13 +26,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness import Harness, eventually
-from shared import operators
-from shared.binding import Unbound, bind
-from shared.client import Pending
-from shared.crypto import build_csr, generate_key
-from shared.events import EVENT_TYPES, Event, OperatorCommand, event_from
-from shared.ingress import INTAKES, ingress_subject
-from shared.trust import Names, publishes
+from shared.client.sdk import Pending
+from shared.contract.binding import Unbound, bind
+from shared.contract.events import EVENT_TYPES, Event, OperatorCommand, event_from
+from shared.contract.ingress import INTAKES, ingress_subject
+from shared.pki.crypto import build_csr, generate_key
+from shared.trust import operators
+from shared.trust.accounts import Names, publishes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_audit_samples import sample

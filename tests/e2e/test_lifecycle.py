@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from deploy.local.devstack import SERVICES
 from harness import Harness, eventually, run_cli
-from shared.crypto import build_csr, generate_key
-from shared.devstack import SERVICES
+from shared.pki.crypto import build_csr, generate_key
 
 pytestmark = pytest.mark.e2e
 OPENSSL = shutil.which("openssl")

@@ -20,7 +20,7 @@ import nats
 import nats.errors
 import pytest
 
-from shared.devstack import free_port
+from deploy.local.devstack import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`python -m shared.devstack` (what `make run` runs) on free ports, until it says it is up."""
+    """`python -m deploy.local.devstack` (what `make run` runs) on free ports, until it says it is up."""
     tmp_path = tmp_path_factory.mktemp("make-run")
     # Under a directory the `postgres` user may enter (pytest's are the test user's alone): `make run`
     # runs its PostgreSQL cluster as that user, in $CERTBUS_HOME/pg.
@@ -48,7 +48,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         PYTHONPATH=str(ROOT),
     )
     log = open(tmp_path / "make-run.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.devstack"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.local.devstack"], env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 180
         while b"all five services are up" not in (tmp_path / "make-run.log").read_bytes():
@@ -80,7 +80,12 @@ def _free(port: int) -> bool:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=90
+        [sys.executable, "-m", "shared.client.cli.main", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
 
 

@@ -1,5 +1,5 @@
 """The NATS configuration the harness runs, served by a real nats-server: who may publish, hear and
-ask what. It is `shared.trust.render` over NKey identities, the same configuration as
+ask what. It is `shared.trust.accounts.render` over NKey identities, the same configuration as
 deploy/nats/accounts.conf (`certbus-admin render`) and `make run`.
 
 A refused publish is seen in one of two ways. A user with publish permissions (a requester, the
@@ -23,7 +23,7 @@ import nats.js.errors
 import pytest
 
 from harness import Harness, eventually
-from shared.events import (
+from shared.contract.events import (
     EVENT_TYPES,
     CaCompromised,
     CaCreated,
@@ -42,8 +42,8 @@ from shared.events import (
     RevocationOrdered,
     RevocationRequested,
 )
-from shared.identities import new_seed
-from shared.ingress import INTAKES
+from shared.contract.ingress import INTAKES
+from shared.trust.identities import new_seed
 
 pytestmark = pytest.mark.e2e
 # One identity of each role: the five services, the operator, a requester and the admin.

@@ -9,11 +9,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from deploy.local.devstack import PostgresCluster
 from harness import Harness, eventually
-from shared.crypto import build_csr, generate_key
-from shared.devstack import PostgresCluster
-from shared.events import EnrollmentRequested
-from shared.holder import enrollment_request
+from shared.contract.events import EnrollmentRequested
+from shared.pki.crypto import build_csr, generate_key
+from shared.pki.holder import enrollment_request
 
 pytestmark = pytest.mark.e2e
 REQUESTS = 20

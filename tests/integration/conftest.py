@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from harness import Harness
-from shared.crypto import KeyType, PrivateKey, build_csr, generate_key
-from shared.events import CertificateIssued
+from shared.contract.events import CertificateIssued
+from shared.pki.crypto import KeyType, PrivateKey, build_csr, generate_key
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]
 

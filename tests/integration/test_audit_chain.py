@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from services.audit import domain, store
-from shared import db
+from shared.runtime import db
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 EVENTS = [(seq, f"pki.cert.c{seq}.requested", f'{{"n": {seq}}}'.encode()) for seq in range(1, 7)]

@@ -23,8 +23,8 @@ import pytest
 
 from harness import Harness, eventually
 from services.audit import domain, store
-from shared import db
-from shared.events import CrlPublished, EnrollmentRequested, ProvisionerRegistered, utcnow
+from shared.contract.events import CrlPublished, EnrollmentRequested, ProvisionerRegistered, utcnow
+from shared.runtime import db
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

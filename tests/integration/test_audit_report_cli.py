@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from harness import Harness, eventually
-from shared.events import CertificateIssued
-from shared.queries import ReportAnswer
+from shared.contract.events import CertificateIssued
+from shared.contract.queries import ReportAnswer
 
 CHROMIUM_TIMEOUT_S = 60
-ISSUANCE_BLUE, REVOKED_RED = (0x15, 0x65, 0xC0), (0xC6, 0x28, 0x28)  # shared/cli/report_html.py's bar colours
+ISSUANCE_BLUE, REVOKED_RED = (0x15, 0x65, 0xC0), (0xC6, 0x28, 0x28)  # shared/client/cli/report_html.py's bar colours
 
 
 async def _issue_and_revoke(stack: Harness) -> tuple[list[CertificateIssued], CertificateIssued]:

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from harness import Harness, eventually
 from services.audit import domain
-from shared.client import CertbusError
-from shared.events import AuditCheckpointSigned, checkpoint_message
-from shared.queries import ReplayProgress, VerifyAnswer
+from shared.client.sdk import CertbusError
+from shared.contract.events import AuditCheckpointSigned, checkpoint_message
+from shared.contract.queries import ReplayProgress, VerifyAnswer
 
 
 async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
@@ -222,7 +222,7 @@ async def test_replay_and_verify_need_no_certbus_service(stack: Harness) -> None
     for name in list(stack.apps):
         await stack.stop(name)
     through = await pool.fetchval("SELECT seq FROM audit.chain_head")
-    result = await _as_audit(stack, "shared.cli.main", "audit", "replay", "--verify", "--json")
+    result = await _as_audit(stack, "shared.client.cli.main", "audit", "replay", "--verify", "--json")
     assert result.returncode == 0, result.stderr
     assert "no audit service answers" in result.stderr
     answer = json.loads(result.stdout)
@@ -236,7 +236,7 @@ async def test_replay_and_verify_need_no_certbus_service(stack: Harness) -> None
     assert verify.returncode == 3, "verify asks the audit service, which is not running"
     offline = await _as_audit(stack, "services.audit.offline", "verify", "--json")
     assert offline.returncode == 1 and json.loads(offline.stdout)["first_seq"] == middle
-    rebuilt = await _as_audit(stack, "shared.cli.main", "audit", "replay", "--verify")
+    rebuilt = await _as_audit(stack, "shared.client.cli.main", "audit", "replay", "--verify")
     assert rebuilt.returncode == 1, "a replay that differed from the archive fails the command"
     assert "differed; archive rebuilt from the log" in rebuilt.stdout and "clean" in rebuilt.stdout
     assert await pool.fetchval("SELECT count(*) FROM audit.archive") == through
@@ -249,7 +249,7 @@ async def test_a_second_replay_is_refused_while_one_runs(stack: Harness) -> None
     async with pool.acquire() as conn:
         await conn.fetchval("SELECT pg_advisory_lock(hashtext('replay:audit'))")
         try:
-            busy = await _as_audit(stack, "shared.cli.main", "audit", "replay", "--standalone")
+            busy = await _as_audit(stack, "shared.client.cli.main", "audit", "replay", "--standalone")
             assert busy.returncode == 1 and "already running" in busy.stderr
             async with stack.client("operator") as c:
                 with pytest.raises(CertbusError, match="already running"):

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from harness import Harness, eventually
-from shared.events import CertificateRenewalDue, CertificateRevoked, utcnow
+from shared.contract.events import CertificateRenewalDue, CertificateRevoked, utcnow
 
 
 def _crl(h: Harness, ca_id: str) -> x509.CertificateRevocationList:

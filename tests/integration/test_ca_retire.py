@@ -22,8 +22,9 @@ from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
 from services.signing.keystore import KeyStore, KeyStoreError
 from services.signing.retire import Retirements
-from shared.client import Rejected, operator_envelope
-from shared.events import (
+from shared.base.settings import SigningSettings
+from shared.client.sdk import Rejected, operator_envelope
+from shared.contract.events import (
     CaCreated,
     CaKeyDestroyed,
     CaRetired,
@@ -32,7 +33,6 @@ from shared.events import (
     EnrollmentApproved,
     parse_event,
 )
-from shared.settings import SigningSettings
 
 
 async def _ca_events(h: Harness, ca_id: str) -> list[tuple[int, Any]]:

@@ -17,11 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from harness import Harness, eventually
-from shared import operators
-from shared.client import Rejected
-from shared.clock import FixedClock
-from shared.crypto import PrivateKey, build_csr, generate_key
-from shared.events import (
+from shared.base.clock import FixedClock
+from shared.client.sdk import Rejected
+from shared.contract.events import (
     CertificateDestroyed,
     CertificateExpired,
     CertificateIssued,
@@ -34,8 +32,10 @@ from shared.events import (
     Event,
     utcnow,
 )
-from shared.holder import key_destroyed_attestation, renewal_request
-from shared.queries import StatusAnswer
+from shared.contract.queries import StatusAnswer
+from shared.pki.crypto import PrivateKey, build_csr, generate_key
+from shared.pki.holder import key_destroyed_attestation, renewal_request
+from shared.trust import operators
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture
 

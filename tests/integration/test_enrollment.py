@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from harness import Harness, eventually
-from shared.client import Rejected
-from shared.crypto import build_csr, generate_key
-from shared.events import EnrollmentRequested, utcnow
-from shared.holder import enrollment_request
-from shared.tokens import prove, split_token
+from shared.client.sdk import Rejected
+from shared.contract.events import EnrollmentRequested, utcnow
+from shared.pki.crypto import build_csr, generate_key
+from shared.pki.holder import enrollment_request
+from shared.pki.tokens import prove, split_token
 
 
 async def refused(h: Harness, csr_pem: str, token: str) -> list[str]:

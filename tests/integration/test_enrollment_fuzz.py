@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from harness import Harness, eventually
-from shared.bounds import MAX_REQUEST_BYTES
-from shared.client import SERVICES, Rejected
-from shared.events import EnrollmentRejected, parse_event
-from shared.holder import enrollment_request
-from shared.profiles import Profile, dns_problem, email_problem, ip_problem, key_problem
+from shared.client.sdk import SERVICES, Rejected
+from shared.contract.bounds import MAX_REQUEST_BYTES
+from shared.contract.events import EnrollmentRejected, parse_event
+from shared.contract.profiles import Profile, dns_problem, email_problem, ip_problem, key_problem
+from shared.pki.holder import enrollment_request
 
 PROFILE = Profile(
     name="fuzz",

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from harness import Harness, eventually
-from shared.client import Pending, UnknownRequest
-from shared.clock import FixedClock
-from shared.crypto import build_csr, generate_key
-from shared.events import utcnow
+from shared.base.clock import FixedClock
+from shared.client.sdk import Pending, UnknownRequest
+from shared.contract.events import utcnow
+from shared.pki.crypto import build_csr, generate_key
 
 
 async def _decisions(h: Harness, request_id: str) -> dict[str, int]:

@@ -18,9 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
 from harness import Harness, eventually
-from shared.client import SERVICES, Rejected, UnknownRequest
-from shared.crypto import spki_sha256
-from shared.events import (
+from shared.client.sdk import SERVICES, Rejected, UnknownRequest
+from shared.contract.events import (
     EnrollmentRejected,
     KeyBlocked,
     ProvisionerDisabled,
@@ -28,9 +27,10 @@ from shared.events import (
     parse_event,
     utcnow,
 )
-from shared.holder import enrollment_request
-from shared.queries import RequestDetail
-from shared.tokens import create_token
+from shared.contract.queries import RequestDetail
+from shared.pki.crypto import spki_sha256
+from shared.pki.holder import enrollment_request
+from shared.pki.tokens import create_token
 
 SUFFIX = "hostile.internal"
 NAMES = (f"app.{SUFFIX}",)

@@ -19,10 +19,10 @@ from cryptography.x509.oid import ExtensionOID
 
 from harness import Harness, eventually
 from services.signing import domain
-from shared.client import Rejected
-from shared.crypto import build_csr, generate_key
-from shared.events import CertificateIssued
-from shared.profiles import Profile
+from shared.client.sdk import Rejected
+from shared.contract.events import CertificateIssued
+from shared.contract.profiles import Profile
+from shared.pki.crypto import build_csr, generate_key
 
 
 def _without_aki(original: Any) -> Any:

@@ -13,9 +13,9 @@ import nats.js.errors
 import pytest
 
 from harness import Harness, eventually
-from shared.client import Unreachable
-from shared.crypto import build_csr, generate_key
-from shared.holder import enrollment_request
+from shared.client.sdk import Unreachable
+from shared.pki.crypto import build_csr, generate_key
+from shared.pki.holder import enrollment_request
 
 LIMIT = 400  # messages: room for the set-up, not for much more
 

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import DigestMismatchError, NotFoundError
 
 from harness import Harness
-from shared.stream import read_object
+from shared.runtime.stream import read_object
 
 SIZE = 3 * 1024 * 1024  # many chunks (nats-py writes 128 KiB each)
 

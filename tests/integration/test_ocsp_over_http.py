@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
+from deploy.local.devstack import SERVICES
 from harness import Harness, eventually
-from shared.devstack import SERVICES
-from shared.events import CertificateIssued, EnrollmentApproved
+from shared.contract.events import CertificateIssued, EnrollmentApproved
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")

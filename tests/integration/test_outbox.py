@@ -11,9 +11,9 @@ import pytest
 from nats.js import JetStreamContext
 
 from harness import Harness
-from shared import db
-from shared.events import CertificateExpired
-from shared.outbox import ALARM, OutboxRelay, enqueue
+from shared.contract.events import CertificateExpired
+from shared.runtime import db
+from shared.runtime.outbox import ALARM, OutboxRelay, enqueue
 
 
 @pytest.fixture

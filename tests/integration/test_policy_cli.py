@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from harness import Harness, eventually
-from shared import operators
-from shared.client import CertbusClient, Pending, Rejected, operator_envelope
-from shared.crypto import build_csr, generate_key, key_pem
-from shared.events import ApprovalGranted, utcnow
-from shared.holder import enrollment_request, load_private_key
-from shared.profiles import Profile
-from shared.queries import RequestDetail
+from shared.client.sdk import CertbusClient, Pending, Rejected, operator_envelope
+from shared.contract.events import ApprovalGranted, utcnow
+from shared.contract.profiles import Profile
+from shared.contract.queries import RequestDetail
+from shared.pki.crypto import build_csr, generate_key, key_pem
+from shared.pki.holder import enrollment_request, load_private_key
+from shared.trust import operators
 
 CA_CHAIN = "chain.pem"
 

@@ -13,10 +13,10 @@ from integration.conftest import EnrollWithKey
 
 from harness import Harness, eventually
 from services.enrollment.renewal import renew_at
-from shared.client import UnknownRequest
-from shared.clock import FixedClock
-from shared.crypto import PrivateKey, build_csr, generate_key
-from shared.events import (
+from shared.base.clock import FixedClock
+from shared.base.settings import ServiceSettings
+from shared.client.sdk import UnknownRequest
+from shared.contract.events import (
     CertificateDestroyed,
     CertificateExpired,
     CertificateIssued,
@@ -25,9 +25,9 @@ from shared.events import (
     EnrollmentApproved,
     utcnow,
 )
-from shared.holder import renewal_request
-from shared.queries import RequestDetail
-from shared.settings import ServiceSettings
+from shared.contract.queries import RequestDetail
+from shared.pki.crypto import PrivateKey, build_csr, generate_key
+from shared.pki.holder import renewal_request
 
 NAME = "renew.corp.internal"
 

@@ -17,10 +17,10 @@ from cryptography import x509
 from integration.conftest import EnrollWithKey
 
 from harness import Harness, eventually
-from shared.agent import Agent, AgentSettings, CertificateEntry
-from shared.crypto import PrivateKey, key_pem, serial_hex, spki_sha256
-from shared.events import CertificateIssued, KeyDestroyed, RenewalRequested
-from shared.holder import load_private_key
+from shared.client.agent import Agent, AgentSettings, CertificateEntry
+from shared.contract.events import CertificateIssued, KeyDestroyed, RenewalRequested
+from shared.pki.crypto import PrivateKey, key_pem, serial_hex, spki_sha256
+from shared.pki.holder import load_private_key
 
 
 class PinnableClock:
@@ -181,7 +181,7 @@ async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_
     env = _process_env(h, "agent-under-test")
     env.update(CERTBUS_HOME=str(tmp_path / "home"))
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli.main", "agent", "--config", str(tmp_path / "agent.toml"),
+        sys.executable, "-m", "shared.client.cli.main", "agent", "--config", str(tmp_path / "agent.toml"),
         env=env, cwd=tmp_path, stdout=PIPE, stderr=PIPE,
     )  # fmt: skip
     try:

@@ -7,9 +7,9 @@ import json
 import uuid
 
 from harness import Harness, eventually
-from shared.crypto import build_csr, generate_key
-from shared.events import EnrollmentApproved, parse_event
-from shared.holder import enrollment_request
+from shared.contract.events import EnrollmentApproved, parse_event
+from shared.pki.crypto import build_csr, generate_key
+from shared.pki.holder import enrollment_request
 
 N = 30
 

@@ -15,10 +15,10 @@ import pytest
 from cryptography import x509
 
 from harness import Harness, eventually
-from shared.client import CertbusClient, CertbusError, Rejected
-from shared.crypto import PrivateKey, build_csr, generate_key
-from shared.db import create_pool, drop_schema
-from shared.events import CertificateIssued
+from shared.client.sdk import CertbusClient, CertbusError, Rejected
+from shared.contract.events import CertificateIssued
+from shared.pki.crypto import PrivateKey, build_csr, generate_key
+from shared.runtime.db import create_pool, drop_schema
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture
 

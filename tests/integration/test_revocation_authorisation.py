@@ -14,9 +14,8 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from harness import Harness, eventually
-from shared.client import Rejected
-from shared.crypto import KeyType, PrivateKey, build_csr, generate_key, key_pem, sign_message
-from shared.events import (
+from shared.client.sdk import Rejected
+from shared.contract.events import (
     CertificateIssued,
     CertificateRevoked,
     RevocationRejected,
@@ -24,8 +23,9 @@ from shared.events import (
     revocation_message,
     utcnow,
 )
-from shared.holder import enrollment_request
-from shared.reasons import Reason
+from shared.contract.reasons import Reason
+from shared.pki.crypto import KeyType, PrivateKey, build_csr, generate_key, key_pem, sign_message
+from shared.pki.holder import enrollment_request
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]  # the `enroll_with_key` fixture
 

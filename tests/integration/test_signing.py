@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 
 from harness import PASSPHRASE, Harness, eventually
-from shared.crypto import build_csr, generate_key
-from shared.events import EnrollmentApproved, parse_event
+from shared.contract.events import EnrollmentApproved, parse_event
+from shared.pki.crypto import build_csr, generate_key
 
 
 async def approval_of(h: Harness, request_id: str) -> EnrollmentApproved:

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from harness import Harness, eventually
-from shared.crypto import build_csr, generate_key, key_pem
+from shared.pki.crypto import build_csr, generate_key, key_pem
 
 
 async def enroll_files(h: Harness, name: str, out: Path, profile: str = "tls-server") -> tuple[Path, Path, Path]:

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from services.signing import domain as signing
-from shared.crypto import PrivateKey, signing_hash
-from shared.events import EnrollmentApproved
-from shared.profiles import Profile, Usage, load_profiles
-from shared.tokens import TokenClaims
+from shared.contract.events import EnrollmentApproved
+from shared.contract.profiles import Profile, Usage, load_profiles
+from shared.pki.crypto import PrivateKey, signing_hash
+from shared.pki.tokens import TokenClaims
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ORG = "Certbus Test"

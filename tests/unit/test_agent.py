@@ -20,19 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-import shared.agent.host as agent_module
-from shared.agent import Agent, AgentSettings, Backoff, CertificateEntry, load_config, run_command
-from shared.client import LifecycleEvent, Rejected, Unreachable
-from shared.clock import FixedClock
-from shared.crypto import (
-    PrivateKey,
-    fingerprint_sha256,
-    key_pem,
-    serial_hex,
-    spki_sha256,
-    verify_message,
-)
-from shared.events import (
+import shared.client.agent.host as agent_module
+from shared.base.clock import FixedClock
+from shared.client.agent import Agent, AgentSettings, Backoff, CertificateEntry, load_config, run_command
+from shared.client.sdk import LifecycleEvent, Rejected, Unreachable
+from shared.contract.events import (
     CertificateIssued,
     CertificateRenewalDue,
     CertificateRevoked,
@@ -44,10 +36,18 @@ from shared.events import (
     renewal_message,
     utcnow,
 )
-from shared.holder import load_private_key
-from shared.queries import StatusAnswer
-from shared.reasons import Reason
-from shared.tokens import create_token
+from shared.contract.queries import StatusAnswer
+from shared.contract.reasons import Reason
+from shared.pki.crypto import (
+    PrivateKey,
+    fingerprint_sha256,
+    key_pem,
+    serial_hex,
+    spki_sha256,
+    verify_message,
+)
+from shared.pki.holder import load_private_key
+from shared.pki.tokens import create_token
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 LIFETIME = timedelta(hours=3)  # renewal point: one hour before expiry

@@ -15,9 +15,9 @@ from test_audit_samples import JUNK_SUBJECT, ROOT, event, genesis, rows, signed
 from pki_builders import NOW, issue_leaf, make_profile
 from services.audit.checks import Checker, check_all
 from services.signing import domain as signing
-from shared.crypto import PrivateKey, spki_der
-from shared.holder import key_destroyed_attestation
-from shared.profiles import Profile
+from shared.contract.profiles import Profile
+from shared.pki.crypto import PrivateKey, spki_der
+from shared.pki.holder import key_destroyed_attestation
 
 
 def _e(kind: str, producer: str, **fields: Any) -> bytes:

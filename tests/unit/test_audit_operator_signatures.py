@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_audit_samples import ALICE, AT, ROOT, event, genesis, rows, sample, signed
 
 from services.audit.checks import Checker, check_all
-from shared.crypto import sign_message
-from shared.events import OperatorCommand, operator_message
-from shared.operators import registration, sign
+from shared.contract.events import OperatorCommand, operator_message
+from shared.pki.crypto import sign_message
+from shared.trust.operators import registration, sign
 
 BOB = Ed25519PrivateKey.generate()
 MALLORY = Ed25519PrivateKey.generate()

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from test_audit_samples import ROOT, event, sample, subject_of
 
 from services.audit import checks, domain, handlers, report
-from shared.binding import bind
-from shared.events import EVENT_CLASSES, AuditFindingRaised, event_from
+from shared.contract.binding import bind
+from shared.contract.events import EVENT_CLASSES, AuditFindingRaised, event_from
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 CODES = {"oversize", "malformed", "unknown_type", "subject_mismatch"}

@@ -10,9 +10,9 @@ from test_audit_samples import ROOT, event, genesis, rows, signed
 
 from services.audit.checks import check_all
 from services.audit.domain import actor, describe
-from shared.cli.main import history_detail
-from shared.crypto import spki_sha256
-from shared.holder import key_destroyed_attestation
+from shared.client.cli.main import history_detail
+from shared.pki.crypto import spki_sha256
+from shared.pki.holder import key_destroyed_attestation
 
 OLD, NEW = "a1", "b2"
 

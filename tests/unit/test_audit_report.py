@@ -13,10 +13,10 @@ from test_audit_samples import ROOT, rows
 from typer.testing import CliRunner
 
 from services.audit.report import TEXT_MAX, TOP, Inventory, inventory_of, summarise
-from shared.cli.main import app
-from shared.cli.report import report_csv
-from shared.cli.report_html import render_html
-from shared.queries import Breakdown, ReportAnswer
+from shared.client.cli.main import app
+from shared.client.cli.report import report_csv
+from shared.client.cli.report_html import render_html
+from shared.contract.queries import Breakdown, ReportAnswer
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

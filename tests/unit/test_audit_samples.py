@@ -13,8 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.audit.domain import read
-from shared.crypto import PrivateKey
-from shared.events import (
+from shared.contract.events import (
     EVENT_CLASSES,
     EVENT_TYPES,
     PRODUCERS,
@@ -24,9 +23,10 @@ from shared.events import (
     OperatorSignature,
     event_from,
 )
-from shared.operators import registration, sign
-from shared.profiles import Profile
-from shared.reasons import Reason
+from shared.contract.profiles import Profile
+from shared.contract.reasons import Reason
+from shared.pki.crypto import PrivateKey
+from shared.trust.operators import registration, sign
 
 ROOT = "pki"
 AT = datetime(2026, 1, 1, tzinfo=UTC)

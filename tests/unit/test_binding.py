@@ -1,4 +1,4 @@
-"""An event is what its subject says it is: shared.binding.bind, the check every consumer runs."""
+"""An event is what its subject says it is: shared.contract.binding.bind, the check every consumer runs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 from test_events import SAMPLES
 
-from shared.binding import Unbound, bind, loads, publisher_of, subject_class
-from shared.bounds import MAX_EVENT_BYTES, MAX_JSON_DEPTH
-from shared.events import (
+from shared.contract.binding import Unbound, bind, loads, publisher_of, subject_class
+from shared.contract.bounds import MAX_EVENT_BYTES, MAX_JSON_DEPTH
+from shared.contract.events import (
     EVENT_TYPES,
     CertificateIssued,
     Event,

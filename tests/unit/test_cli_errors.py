@@ -7,9 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from deploy.local.devstack import free_port
 from harness import run_cli
-from shared.crypto import generate_key, key_pem
-from shared.devstack import free_port
+from shared.pki.crypto import generate_key, key_pem
 
 
 def certbus(*args: str, home: Path) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from pki_builders import NOW
-from shared.crypto import (
+from shared.pki.crypto import (
     KEY_TYPES,
     build_csr,
     csr_names,

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared import der
+from shared.pki import der
 
 
 def _cert(critical_san: bool = False) -> x509.Certificate:

@@ -22,9 +22,9 @@ from services.enrollment.domain import (
     requested_names,
     review,
 )
-from shared.crypto import spki_sha256
-from shared.profiles import Profile
-from shared.reasons import Reason
+from shared.contract.profiles import Profile
+from shared.contract.reasons import Reason
+from shared.pki.crypto import spki_sha256
 
 NAMES = ["www.example.internal", "api.example.internal"]
 ONE = ["app.example.internal"]

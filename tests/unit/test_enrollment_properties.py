@@ -23,9 +23,9 @@ from test_events import SAMPLES
 
 from pki_builders import claims_for
 from services.enrollment.domain import Approval, Names, load_csr, requested_names, review
-from shared.events import EVENT_TYPES, Event, parse_event
-from shared.profiles import Profile, dns_problem, email_problem, ip_problem, key_problem
-from shared.reasons import Reason
+from shared.contract.events import EVENT_TYPES, Event, parse_event
+from shared.contract.profiles import Profile, dns_problem, email_problem, ip_problem, key_problem
+from shared.contract.reasons import Reason
 
 PROFILE = Profile(
     name="svc",

@@ -21,9 +21,9 @@ from services.enrollment.renewal import (
     renew_at,
     review_renewal,
 )
-from shared.crypto import PrivateKey, sign_message, spki_der, spki_sha256
-from shared.events import renewal_message
-from shared.reasons import Reason
+from shared.contract.events import renewal_message
+from shared.contract.reasons import Reason
+from shared.pki.crypto import PrivateKey, sign_message, spki_der, spki_sha256
 
 NAMES = ["app.example.internal", "api.example.internal"]
 SERIAL = "1a2b3c"

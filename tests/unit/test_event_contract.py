@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.events import event_json_schemas
+from shared.contract.events import event_json_schemas
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "contract" / "event_schemas.json"
 

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 
 from pki_builders import NOW, shipped_profiles
-from shared.events import (
+from shared.contract.events import (
     EVENT_TYPES,
     PRODUCERS,
     ApprovalDenied,
@@ -58,7 +58,7 @@ from shared.events import (
     parse_event,
     revocation_message,
 )
-from shared.reasons import Reason
+from shared.contract.reasons import Reason
 
 ENVELOPE: dict[str, Any] = {
     "aggregate_id": "req-1",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.files import destroy_file, write_atomic, write_new
+from shared.base.files import destroy_file, write_atomic, write_new
 
 
 def mode(path: Path) -> int:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.consumer import Delivery, EventRejected, GroupCommit
-from shared.outbox import OutboxEntry
+from shared.runtime.consumer import Delivery, EventRejected, GroupCommit
+from shared.runtime.outbox import OutboxEntry
 
 
 def at(seq: int) -> Delivery:

@@ -1,4 +1,4 @@
-"""shared.ingress.admit: a request is admitted in the name its subject gives, or refused saying why."""
+"""shared.contract.ingress.admit: a request is admitted in the name its subject gives, or refused saying why."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from test_events import SAMPLES
 
-from shared.bounds import MAX_REQUEST_BYTES
-from shared.events import EnrollmentRequested, KeyDestroyed, RevocationRequested
-from shared.ingress import INTAKES, Refused, admit, ingress_subject, sender
+from shared.contract.bounds import MAX_REQUEST_BYTES
+from shared.contract.events import EnrollmentRequested, KeyDestroyed, RevocationRequested
+from shared.contract.ingress import INTAKES, Refused, admit, ingress_subject, sender
 
 ROOT = "certbus.in"
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)

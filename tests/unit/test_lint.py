@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from pki_builders import NOW, ORG
-from shared.lint import DECODE_FAILED, LintFinding, errors, lint_certificate
+from shared.pki.lint import DECODE_FAILED, LintFinding, errors, lint_certificate
 
 CA_NAME = x509.Name(
     [x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORG), x509.NameAttribute(NameOID.COMMON_NAME, "Lint Test CA")]

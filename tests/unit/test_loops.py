@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.loops import WakeableLoop
+from shared.runtime.loops import WakeableLoop
 
 
 async def test_a_loop_woken_as_it_is_stopped_still_stops() -> None:

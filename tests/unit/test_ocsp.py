@@ -34,7 +34,7 @@ from services.validation.ocsp import (
     decode_get,
     parse_request,
 )
-from shared.crypto import PrivateKey, serial_hex, signing_hash
+from shared.pki.crypto import PrivateKey, serial_hex, signing_hash
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")

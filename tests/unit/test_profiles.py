@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki_builders import PROFILES_TOML, TLS_SERVER, make_profile, shipped_profiles
-from shared.profiles import (
+from shared.contract.profiles import (
     MAX_VALIDITY_DAYS,
     Profile,
     dns_problem,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 
-from shared.reasons import REASONS, reason_flag
+from shared.contract.reasons import REASONS, reason_flag
 
 
 @pytest.mark.parametrize(

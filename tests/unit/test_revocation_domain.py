@@ -23,9 +23,9 @@ from services.revocation.domain import (
     normalise_serial,
     public_key_of,
 )
-from shared.crypto import KEY_TYPES, PrivateKey, generate_key, sign_message, spki_der, spki_sha256
-from shared.events import revocation_message
-from shared.reasons import Reason
+from shared.contract.events import revocation_message
+from shared.contract.reasons import Reason
+from shared.pki.crypto import KEY_TYPES, PrivateKey, generate_key, sign_message, spki_der, spki_sha256
 
 HOLDER_KEY = ec.generate_private_key(ec.SECP256R1())
 

@@ -26,9 +26,9 @@ from pki_builders import (
     shipped_profiles,
 )
 from services.signing import domain as signing
-from shared.crypto import PrivateKey, PublicKey, signing_hash
-from shared.lint import errors, lint_certificate
-from shared.profiles import Profile, ProfileKeyType
+from shared.contract.profiles import Profile, ProfileKeyType
+from shared.pki.crypto import PrivateKey, PublicKey, signing_hash
+from shared.pki.lint import errors, lint_certificate
 
 NAMES = ["www.example.internal", "api.example.internal"]
 MAX_VALIDITY = TLS_SERVER.max_validity_days

@@ -13,7 +13,7 @@ from pki_builders import NOW
 from services.signing import domain as signing
 from services.signing.domain import CaRecord
 from services.signing.keystore import KeyStore, KeyStoreError
-from shared.files import destroy_file
+from shared.base.files import destroy_file
 
 PASSPHRASE = b"unit-test-passphrase-0123456789"
 ROOT = CaRecord("root1", "root", "active", None)

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from pki_builders import NOW
-from shared.tokens import (
+from shared.pki.tokens import (
     AUDIENCE,
     TokenError,
     create_token,

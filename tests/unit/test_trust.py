@@ -1,4 +1,4 @@
-"""shared.trust: the NATS configuration is generated from one source, and says what the code says."""
+"""shared.trust.accounts: the NATS configuration is generated from one source, and says what the code says."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local.devstack import nats_server_binary
 from shared.admin import TEMPLATE_HEADER
-from shared.devstack import nats_server_binary
-from shared.events import EVENT_TYPES
-from shared.identities import new_seed, public_key
-from shared.settings import AuditSettings, CommonSettings, SigningSettings, ValidationSettings
-from shared.trust import (
+from shared.base.settings import AuditSettings, CommonSettings, SigningSettings, ValidationSettings
+from shared.contract.events import EVENT_TYPES
+from shared.trust.accounts import (
     ACCOUNTS,
     DURABLES,
     SERVICES,
@@ -24,6 +23,7 @@ from shared.trust import (
     render,
     template_identities,
 )
+from shared.trust.identities import new_seed, public_key
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 NAMES = Names.of(CommonSettings())

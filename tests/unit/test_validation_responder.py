@@ -14,8 +14,8 @@ from pki_builders import NOW, issue_leaf, make_profile
 from services.signing import domain as signing
 from services.validation.domain import renewal_due
 from services.validation.responder import ResponderFiles, load_or_create_provisioner_key
-from shared.crypto import signing_hash
-from shared.settings import ValidationSettings
+from shared.base.settings import ValidationSettings
+from shared.pki.crypto import signing_hash
 
 OCSP = make_profile(name="ocsp-responder", usage="ocsp")
 

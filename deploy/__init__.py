@@ -1,0 +1,1 @@
+"""Deployment helpers kept out of the installed package."""

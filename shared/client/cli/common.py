@@ -1,0 +1,145 @@
+"""What every `certbus` command shares: running a client call, printing, exit codes, identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from shared.base.files import write_atomic
+from shared.base.settings import CommonSettings
+from shared.client.sdk import CertbusClient, CertbusError, Pending, Rejected, Unreachable
+from shared.contract.events import CertificateIssued
+from shared.pki.tokens import TokenError
+from shared.trust.identities import IdentityStore
+
+UNBOUNDED_WIDTH = 1_000_000  # off a terminal: no line is ever wrapped
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that, writing to a terminal, fits its width; writing anywhere else (a pipe, a file),
+    never wraps, folds or shrinks a line or a table cell, so serials and names arrive whole."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream is not None and stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
+
+
+out = _console()
+err = _console(stderr=True)
+T = TypeVar("T")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+OperatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--operator",
+        help="Which operator acts: connects as that operator and signs with its key "
+        "($CERTBUS_HOME/operators/NAME.key.pem); recorded as the key's owner. Default $CERTBUS_OPERATOR "
+        "or `operator`.",
+    ),
+]
+# Exit codes: 0 success, 1 refused / revoked / invalid, 2 usage error (typer), 3 unreachable,
+# 4 waiting for an operator's approval.
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_PENDING = 1, 3, 4
+
+
+def home() -> Path:
+    """The operator's local Certbus directory (CERTBUS_HOME, default ./.certbus)."""
+    return Path(os.environ.get("CERTBUS_HOME", ".certbus"))
+
+
+def operator(name: str | None = None) -> str:
+    """The operator who acts: their identity on the bus and the owner of the key that signs."""
+    return name or os.environ.get("CERTBUS_OPERATOR") or "operator"
+
+
+def client_settings(operator: str | None = None) -> CommonSettings:
+    """How the CLI connects: the credentials in the environment if any (CERTBUS_NATS_SEED_FILE, or a
+    user and password), else an identity from the identities directory (CERTBUS_IDENTITIES, default
+    `$CERTBUS_HOME/identities`, which `make run` fills): the requester named by CERTBUS_REQUESTER
+    (default `requester`), or for an operator's command, operator `operator`, who signs it with its
+    key (CERTBUS_OPERATOR_KEY_FILE, default `$CERTBUS_HOME/operators/<name>.key.pem`)."""
+    settings = CommonSettings()
+    name = operator
+    if name is not None and settings.operator_key_file is None:
+        key_file = home() / "operators" / f"{name}.key.pem"
+        if key_file.exists():
+            settings = settings.model_copy(update={"operator_key_file": key_file})
+    if settings.nats_seed_file is not None or settings.nats_user is not None:
+        return settings
+    store = IdentityStore(Path(os.environ.get("CERTBUS_IDENTITIES", str(home() / "identities"))))
+    name = name or os.environ.get("CERTBUS_REQUESTER", "requester")
+    if store.get(name) is None:
+        return settings  # no credentials: the server will say so
+    return settings.model_copy(update={"identity": name, "nats_seed_file": store.seed_file(name)})
+
+
+def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli", operator: str | None = None) -> T:
+    """Run one client call; map Certbus errors to messages and exit codes. With `operator`, the call
+    is that operator's: it connects as the operator and signs operator commands with its key."""
+
+    async def main() -> T:
+        settings = client_settings(operator)
+        async with CertbusClient(settings, requester=settings.who or requester) as client:
+            return await fn(client)
+
+    try:
+        return asyncio.run(main())
+    except Unreachable as exc:
+        err.print(f"[red]unreachable:[/] {exc}")
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except Rejected as exc:
+        raise refused(exc) from None
+    except Pending as exc:
+        err.print(f"[yellow]pending:[/] {exc}")
+        err.print(
+            f"  an operator runs `certbus approve {exc.request_id}`; then `certbus requests fetch {exc.request_id}`"
+        )
+        raise typer.Exit(EXIT_PENDING) from None
+    except (CertbusError, TokenError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+def refused(exc: Rejected) -> typer.Exit:
+    """Print every reason of a refusal (code and what to do) and return the exit to raise."""
+    err.print("[red]refused:[/]")
+    for reason in exc.reasons:
+        err.print(f"  [bold]{reason.code}[/]: {reason.message}")
+    return typer.Exit(EXIT_REFUSED)
+
+
+def emit_json(data: Any) -> None:
+    """Print JSON for scripts."""
+    out.print_json(json.dumps(data, default=str))
+
+
+def write_issued(issued: CertificateIssued, out_dir: Path, as_json: bool, said: str) -> None:
+    """Write `out_dir`/cert.pem and chain.pem (atomically) and say what was issued: JSON for
+    scripts, or `said` ("issued", "renewed", ...) with the serial, issuer and validity."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "cert.pem", issued.cert_pem.encode())
+    write_atomic(out_dir / "chain.pem", issued.chain_pem.encode())
+    result = {
+        "serial": issued.serial,
+        "issuer": issued.issuer_id,
+        "not_after": issued.not_after,
+        "dns_names": issued.dns_names,
+        "dir": str(out_dir),
+    }
+    if issued.supersedes is not None:
+        result["supersedes"] = issued.supersedes
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(
+            f"{said}: serial [bold]{issued.serial}[/] by {issued.issuer_id}, "
+            f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC"
+        )

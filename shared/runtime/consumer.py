@@ -1,0 +1,286 @@
+"""Exactly-once effects on at-least-once delivery.
+
+Durable pull consumers with explicit ack; FastStream's ack policy is NACK_ON_ERROR, chosen so
+that an unexpected error is retried (up to `max_deliver`) rather than dropped on the first try.
+Around every handler this middleware decides what a failure means:
+
+- a message that is not a valid event on its own subject (`Unbound`: over the bounds, not JSON,
+  an unknown type, or a body on another type's subject), a malformed event or a broken invariant
+  (`ValidationError`, `EventRejected`) can never be applied: it is parked in the service's
+  `parked` table with its reason, and acked;
+- an infrastructure outage (Postgres or NATS unreachable) is not the message's fault: the
+  handler is retried in place with backoff, keeping the message in progress, so no delivery
+  is spent and nothing accepted is ever parked because a database restarted;
+- anything else is nacked and redelivered, and parked on its last delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+import nats.errors
+import nats.js.errors
+from faststream import BaseMiddleware
+from faststream.message import StreamMessage
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from shared.base import logs
+from shared.contract.binding import Unbound
+from shared.contract.events import Event, OperatorCommand
+from shared.contract.reasons import printable
+from shared.runtime.metrics import EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_PARKED, HANDLER_SECONDS
+from shared.runtime.outbox import OutboxEntry
+from shared.trust import operators
+
+log = logging.getLogger("certbus.consumer")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    ConnectionError,
+    OSError,
+    TimeoutError,  # includes nats.errors.TimeoutError
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    nats.js.errors.NoStreamResponseError,
+)
+
+
+class EventRejected(Exception):
+    """An event that can never be applied (a broken invariant); it is parked, not retried."""
+
+
+PoolGetter = Callable[[], asyncpg.Pool]
+T = TypeVar("T")
+Apply = Callable[[asyncpg.Connection, Event, "Delivery"], Awaitable[Sequence[OutboxEntry] | None]]
+Process = Callable[[list[tuple[T, "Delivery"]]], Awaitable[list[OutboxEntry]]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where and when the log accepted a message (its stream sequence and stored time), and for an
+    operator command, the operators whose signatures authorise it (see `shared.trust.operators`)."""
+
+    seq: int
+    accepted_at: datetime
+    signers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, msg: StreamMessage[Any]) -> Delivery:
+        """The delivery metadata of a JetStream message."""
+        meta = msg.raw_message.metadata
+        return cls(meta.sequence.stream, meta.timestamp)
+
+
+Publish = Callable[[list[OutboxEntry]], Awaitable[None]]
+
+
+async def park_message(conn: asyncpg.Connection, service: str, raw: Msg, reason: str) -> None:
+    """Keep a message that can never be applied, with the reason, in the service's `parked` table."""
+    seq = raw.metadata.sequence.stream
+    await conn.execute(
+        "INSERT INTO parked (consumer, subject, stream_seq, payload, reason) VALUES ($1, $2, $3, $4, $5)",
+        raw.metadata.consumer,
+        printable(raw.subject[:1000]),  # NATS takes a NUL in a subject; Postgres text does not
+        seq,
+        raw.data,
+        reason[:4000],
+    )
+    EVENTS_PARKED.labels(service).inc()
+    log.error(
+        "parked a message that cannot be applied",
+        extra={"subject": raw.subject, "stream_seq": seq, "reason": reason[:500]},
+    )
+
+
+def event_middleware(
+    service: str,
+    pool: PoolGetter,
+    max_deliver: int,
+    stopping: Callable[[], bool],
+    max_backoff_s: float = 10.0,
+) -> type[BaseMiddleware]:
+    """Build the middleware class that parks, retries or nacks for `service`'s consumers.
+
+    `stopping` says the service is shutting down: an in-place retry then gives up and the message
+    is nacked for redelivery, so shutdown never waits on an outage.
+    """
+
+    async def park(msg: StreamMessage[Any], reason: str) -> None:
+        async with pool().acquire() as conn:
+            await park_message(conn, service, msg.raw_message, reason)
+
+    class EventMiddleware(BaseMiddleware):
+        async def consume_scope(
+            self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+        ) -> Any:
+            delay = 0.2
+            while True:
+                try:
+                    return await call_next(msg)
+                except Unbound as exc:
+                    await park(msg, str(exc))
+                    return None
+                except (ValidationError, EventRejected) as exc:
+                    await park(msg, f"{type(exc).__name__}: {exc}")
+                    return None
+                except TRANSIENT_ERRORS as exc:
+                    if stopping():
+                        raise
+                    log.warning(
+                        "infrastructure unavailable, retrying in place",
+                        extra={"error": repr(exc), "retry_in_s": delay},
+                    )
+                    await msg.in_progress()  # type: ignore[attr-defined]
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, max_backoff_s)
+                except Exception as exc:
+                    delivered = msg.raw_message.metadata.num_delivered
+                    if delivered >= max_deliver:
+                        await park(msg, f"failed {delivered} deliveries: {exc!r}")
+                        return None
+                    log.exception("handler failed; the message will be redelivered")
+                    raise
+
+    return EventMiddleware
+
+
+class GroupCommit(Generic[T]):
+    """Applies the events that arrive together in one transaction (group commit).
+
+    FastStream hands every message of a pull to its own handler task at once. Each handler
+    `submit`s its event and waits; the events submitted while the previous transaction ran are
+    applied together, in stream order, in the next one, then published, and only then does each
+    handler return (and FastStream ack its message). If a group's transaction fails for any reason
+    but an outage, its events are applied again one per transaction, so that one bad event fails
+    (and is parked or retried by the middleware) on its own and the others still apply.
+    """
+
+    def __init__(self, process: Process[T], publish: Publish) -> None:
+        self._process = process
+        self._publish = publish
+        self._queue: list[tuple[T, Delivery, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T, delivery: Delivery) -> None:
+        """Apply `item` (with the group it arrives in); raises this item's own error, if any."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, delivery, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        group: list[tuple[T, Delivery, asyncio.Future[None]]] = []
+        try:
+            # Let every other handler of the same pull reach submit(): FastStream starts them all at
+            # once, so the queue stops growing within a few loop turns. A group then holds the whole
+            # pull, and events are applied in stream order (the next pull waits for this one).
+            quiet, size = 0, -1
+            for _ in range(200):
+                await asyncio.sleep(0)
+                quiet, size = (quiet + 1, size) if len(self._queue) == size else (0, len(self._queue))
+                if quiet >= 8:
+                    break
+            while self._queue:
+                group = sorted(self._queue, key=lambda entry: entry[1].seq)
+                self._queue = []
+                await self._commit(group)
+        except BaseException:
+            # Cancelled (the service is stopping): nobody may wait forever; the messages are
+            # nacked by their handlers and come back.
+            for *_, done in [*group, *self._queue]:
+                _settle(done, ConnectionError("the service is stopping"))
+            self._queue = []
+            raise
+
+    async def _commit(self, group: list[tuple[T, Delivery, asyncio.Future[None]]]) -> None:
+        try:
+            entries = await self._process([(item, delivery) for item, delivery, _ in group])
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting handler
+            if len(group) == 1 or isinstance(exc, TRANSIENT_ERRORS):
+                for *_, done in group:
+                    _settle(done, exc)
+                return
+            log.warning("group commit failed; applying its events one by one", extra={"error": repr(exc)})
+            for entry in group:
+                await self._commit([entry])
+            return
+        await self._publish(entries)
+        for *_, done in group:
+            _settle(done, None)
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
+
+
+def applying(pool: Callable[[], asyncpg.Pool], consumer: str, apply: Apply) -> Process[Event]:
+    """A group-commit step that applies events with `apply`, each at most once per consumer."""
+
+    async def process(items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
+        async with pool().acquire() as conn, conn.transaction():
+            return await apply_events(conn, consumer, items, apply)
+
+    return process
+
+
+async def apply_events(
+    conn: asyncpg.Connection, consumer: str, items: Sequence[tuple[Event, Delivery]], apply: Apply
+) -> list[OutboxEntry]:
+    """In the caller's transaction: claim tracking rows for `items` in one statement, then apply
+    the events this consumer had not applied yet; returns the outbox entries they wrote."""
+    if not items:
+        return []
+    claimed = {
+        r["event_id"]
+        for r in await conn.fetch(
+            "INSERT INTO tracking (consumer, event_id, stream_seq) SELECT $1, e, s "
+            "FROM unnest($2::uuid[], $3::bigint[]) AS t(e, s) ON CONFLICT DO NOTHING RETURNING event_id",
+            consumer,
+            [event.event_id for event, _ in items],
+            [delivery.seq for _, delivery in items],
+        )
+    }
+    entries: list[OutboxEntry] = []
+    for event, delivery in items:
+        if event.event_id not in claimed:
+            EVENTS_DUPLICATE.labels(consumer).inc()
+            continue
+        claimed.discard(event.event_id)  # a copy later in the same group is a duplicate
+        logs.correlation_id.set(event.correlation_id)
+        if isinstance(event, OperatorCommand):
+            # Judged by the operators' registry as the log had it just before this command (the
+            # registry's own events are applied here too); what fails is parked, never applied.
+            try:
+                delivery = replace(delivery, signers=await operators.authorise(conn, event, delivery.seq))
+            except operators.NotAuthorised as exc:
+                raise EventRejected(f"operator_signature: {exc}") from None
+            if isinstance(event, operators.REGISTRY):
+                EVENTS_CONSUMED.labels(consumer, event.event_type).inc()
+                continue
+        with HANDLER_SECONDS.labels(consumer, event.event_type).time():
+            entries.extend(await apply(conn, event, delivery) or ())
+        EVENTS_CONSUMED.labels(consumer, event.event_type).inc()
+    return entries

@@ -1,0 +1,182 @@
+"""The transactional outbox: events decided in a transaction are published after it commits.
+
+The event id is generated once, stored with the row, and sent as `Nats-Msg-Id` on every attempt,
+so the server deduplicates a retried publish. A `duplicate` answer on the first attempt means
+somebody pre-empted the id: that is logged as an alarm and kept on the row.
+
+Two paths publish a row. The handler that committed it publishes it at once (one round trip to
+NATS, one to mark it published). The relay picks up what that path left behind (a crash, NATS
+down) once it is `stale_s` old, holding a row lock while it publishes so replicas never race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from shared.contract.events import Event
+from shared.runtime.loops import WakeableLoop
+from shared.runtime.metrics import EVENTS_PUBLISHED, PUBLISH_ALARMS
+
+log = logging.getLogger("certbus.outbox")
+ALARM = "duplicate on first publish: event id possibly pre-empted"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One committed-to-be event waiting in the outbox."""
+
+    id: int
+    event_id: str
+    subject: str
+    payload: bytes
+    attempts: int = 0
+
+
+async def enqueue(conn: asyncpg.Connection, event: Event, subject_root: str) -> OutboxEntry:
+    """Add `event` to the outbox in the caller's transaction."""
+    subject = event.subject(subject_root)
+    payload = event.model_dump_json().encode()
+    row_id = await conn.fetchval(
+        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3) RETURNING id",
+        event.event_id,
+        subject,
+        payload,
+    )
+    return OutboxEntry(row_id, str(event.event_id), subject, payload)
+
+
+async def enqueue_many(conn: asyncpg.Connection, events: Sequence[Event], subject_root: str) -> list[OutboxEntry]:
+    """Add many events to the outbox in the caller's transaction, in one statement (in order)."""
+    if not events:
+        return []
+    subjects = [e.subject(subject_root) for e in events]
+    payloads = [e.model_dump_json().encode() for e in events]
+    rows = await conn.fetch(
+        "INSERT INTO outbox (event_id, subject, payload) SELECT e, s, p "
+        "FROM unnest($1::uuid[], $2::text[], $3::bytea[]) WITH ORDINALITY AS t(e, s, p, n) ORDER BY n "
+        "RETURNING id, event_id",
+        [e.event_id for e in events],
+        subjects,
+        payloads,
+    )
+    ids = {row["event_id"]: row["id"] for row in rows}
+    return [
+        OutboxEntry(ids[e.event_id], str(e.event_id), subject, payload)
+        for e, subject, payload in zip(events, subjects, payloads, strict=True)
+    ]
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows; safe to run in several replicas at once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        stream: str,
+        producer: str,
+        publish_timeout_s: float = 5.0,
+        batch: int = 256,
+        stale_s: float = 2.0,
+    ) -> None:
+        self._pool = pool
+        self._js = js
+        self._stream = stream
+        self._producer = producer
+        self._timeout = publish_timeout_s
+        self._batch = batch
+        self._stale_s = stale_s
+        self.loop = WakeableLoop(f"outbox-{producer}", lambda: self.flush(stale_s), idle_s=stale_s)
+
+    def notify(self) -> None:
+        """Tell the background loop there is something to publish."""
+        self.loop.wake()
+
+    async def _send(self, entry: OutboxEntry) -> tuple[int, str | None]:
+        ack = await self._js.publish(
+            entry.subject,
+            entry.payload,
+            stream=self._stream,
+            headers={"Nats-Msg-Id": entry.event_id},
+            timeout=self._timeout,
+        )
+        alarm = None
+        if ack.duplicate and entry.attempts == 0:
+            alarm = ALARM
+            PUBLISH_ALARMS.labels(self._producer).inc()
+            log.error(
+                "outbox publish answered duplicate on first attempt",
+                extra={"event_id": entry.event_id, "subject": entry.subject},
+            )
+        EVENTS_PUBLISHED.labels(self._producer, entry.subject.rsplit(".", 1)[-1]).inc()
+        return ack.seq, alarm
+
+    async def publish(self, entries: Sequence[OutboxEntry]) -> None:
+        """Publish rows the caller just committed, then mark them published (the fast path).
+
+        The publishes are pipelined (each awaits its own acknowledgement); they are events of
+        different aggregates, so their relative order does not matter. What fails stays unpublished
+        for the relay, and the first failure is raised after the successes are recorded.
+        """
+        results = await asyncio.gather(*(self._send(entry) for entry in entries), return_exceptions=True)
+        done = [(e.id, r[0], r[1]) for e, r in zip(entries, results, strict=True) if not isinstance(r, BaseException)]
+        failed = [e.id for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]
+        if done:
+            await self._pool.execute(
+                "UPDATE outbox o SET attempts = o.attempts + 1, published_at = now(), stream_seq = v.seq, "
+                "alarm = v.alarm FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, seq, alarm) "
+                "WHERE o.id = v.id AND o.published_at IS NULL",
+                [d[0] for d in done],
+                [d[1] for d in done],
+                [d[2] for d in done],
+            )
+        if failed:
+            # A failed publish may still have landed: count the attempt, so that the relay's
+            # `duplicate` answer later is not mistaken for pre-emption.
+            await self._pool.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", failed)
+            raise next(r for r in results if isinstance(r, BaseException))
+
+    async def flush(self, stale_s: float = 0.0) -> int:
+        """Publish every pending row at least `stale_s` old; returns how many were published."""
+        total = 0
+        while True:
+            n = await self._publish_batch(stale_s)
+            total += n
+            if n < self._batch:
+                return total
+
+    async def _publish_batch(self, stale_s: float) -> int:
+        failure: Exception | None = None
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
+                "AND created_at <= now() - make_interval(secs => $2) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch,
+                stale_s,
+            )
+            for row in rows:
+                entry = OutboxEntry(row["id"], str(row["event_id"]), row["subject"], row["payload"], row["attempts"])
+                try:
+                    seq, alarm = await self._send(entry)
+                except Exception as exc:  # noqa: BLE001 - counted, committed, then re-raised
+                    # The publish may have landed: count the attempt so that a later
+                    # `duplicate` answer is not mistaken for pre-emption.
+                    await conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row["id"])
+                    failure = exc
+                    break
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, published_at = now(), stream_seq = $2, "
+                    "alarm = $3 WHERE id = $1",
+                    row["id"],
+                    seq,
+                    alarm,
+                )
+        if failure is not None:
+            raise failure
+        return len(rows)

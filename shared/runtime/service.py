@@ -1,0 +1,374 @@
+"""What every Certbus service process is made of: a FastStream app over NATS, a Postgres pool on
+its own schema, an outbox relay, a health query and an HTTP endpoint with /healthz and /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from faststream import AckPolicy, ExceptionMiddleware, FastStream
+from faststream.message import StreamMessage
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.security import NatsNKey, NatsUserPassword
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from shared.base import logs
+from shared.base.clock import Clock, SystemClock
+from shared.base.settings import ServiceSettings
+from shared.contract.binding import bind
+from shared.contract.events import Event
+from shared.contract.ingress import Kind, ingress_filter
+from shared.contract.queries import Failure
+from shared.runtime import db
+from shared.runtime.consumer import Apply, GroupCommit, applying, event_middleware
+from shared.runtime.metrics import LOG_USED
+from shared.runtime.outbox import OutboxEntry, OutboxRelay
+from shared.runtime.stream import ensure_consumer, require_log
+
+log = logging.getLogger("certbus.service")
+VERSION = "0.1.0"
+
+Hook = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """A running service's resources, created once by the composition root."""
+
+    name: str
+    settings: ServiceSettings
+    broker: NatsBroker
+    events: NatsRouter
+    queries: NatsRouter
+    clock: Clock = field(default_factory=SystemClock)
+    started_at: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+    _assembled: bool = False
+    _pool: asyncpg.Pool | None = None
+    consumers: dict[str, list[str]] = field(default_factory=dict)  # durable -> filter subjects
+    ingress_consumers: dict[str, list[str]] = field(default_factory=dict)  # the same, on the ingress stream
+    _relay: OutboxRelay | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The service's Postgres pool (available once the service has started)."""
+        if self._pool is None:
+            raise RuntimeError(f"{self.name}: the database pool is not open yet")
+        return self._pool
+
+    @property
+    def relay(self) -> OutboxRelay:
+        """The service's outbox relay."""
+        if self._relay is None:
+            raise RuntimeError(f"{self.name}: the outbox relay is not running yet")
+        return self._relay
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream on the broker's own connection (its API reached under the deployment's prefix)."""
+        return self.broker.connection.jetstream(prefix=self.settings.js_prefix)
+
+    @property
+    def root(self) -> str:
+        """The root of event subjects."""
+        return self.settings.subject_root
+
+    def query_subject(self, query: str, service: str | None = None) -> str:
+        """The request-reply subject of a query (not captured by the stream)."""
+        return f"{self.settings.query_root}.{service or self.name}.{query}"
+
+    def consumer(self, purpose: str, consumes: Sequence[type[Event]] | None) -> Callable[[Any], Any]:
+        """Decorate a handler as a durable pull consumer of the event types `consumes` on the log
+        (None: every message, undecoded: audit's archive).
+
+        Every message is bound to its subject before it is parsed (`shared.contract.binding.bind`): an event
+        on a subject other than its own, or over the bounds, never reaches the handler but is parked
+        with the reason. FastStream runs the handlers of one pull (up to `fetch_batch` messages)
+        concurrently; handlers hand their events to a `GroupCommit` so that they share one transaction.
+        """
+        durable = self.durable(purpose)
+        filters = [cls.filter(self.root) for cls in consumes] if consumes is not None else [f"{self.root}.>"]
+        self.consumers[durable] = filters
+        if consumes is None:
+            return self._pull(self.settings.stream, self.root, durable, filters, _undecoded)
+        accept, root = tuple(consumes), self.root
+
+        async def bound(msg: StreamMessage[Any]) -> Any:
+            return bind(msg.raw_message.subject, root, msg.body, accept)
+
+        return self._pull(self.settings.stream, self.root, durable, filters, bound)
+
+    def ingress_consumer(self, purpose: str, kinds: Sequence[Kind]) -> Callable[[Any], Any]:
+        """Decorate a handler as the durable pull consumer of the ingress stream's requests of
+        `kinds` (every identity's): the handler gets each message undecoded (see `shared.runtime.admission`)."""
+        durable = self.durable(purpose)
+        filters = [ingress_filter(self.settings.ingress_root, kind) for kind in kinds]
+        self.ingress_consumers[durable] = filters
+        return self._pull(self.settings.ingress_stream, self.settings.ingress_root, durable, filters, _undecoded)
+
+    def _pull(
+        self, stream: str, root: str, durable: str, filters: list[str], decoder: Callable[[Any], Any]
+    ) -> Callable[[Any], Any]:
+        """A FastStream pull subscriber on a durable of `stream`, with this service's settings."""
+        return self.events.subscriber(
+            f"{root}.>",
+            stream=JStream(stream, declare=False),
+            durable=durable,
+            pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=5.0),
+            inbox_prefix=f"{self.settings.inbox_prefix}.".encode(),
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            config=ConsumerConfig(
+                filter_subjects=filters,
+                max_deliver=self.settings.max_deliver,
+                ack_wait=self.settings.ack_wait_s,
+            ),
+            decoder=decoder,
+            title=durable,
+        )
+
+    def group_commit(self, purpose: str, apply: Apply) -> GroupCommit[Event]:
+        """Group commit for a consumer whose events are applied one by one with `apply`."""
+        return GroupCommit(applying(lambda: self.pool, self.durable(purpose), apply), self.publish_pending)
+
+    def publishes(self, *event_types: type[Event]) -> None:
+        """Declare the events this service publishes (through its outbox), for the AsyncAPI document."""
+        for event_type in event_types:
+            self.broker.publisher(
+                f"{self.root}.{event_type.aggregate}.{{{event_type.aggregate}_id}}.{event_type.verb}",
+                schema=event_type,
+                title=event_type.__name__,
+                description=(event_type.__doc__ or "").strip(),
+            )
+
+    def assemble(self) -> None:
+        """Attach the event and query routers to the broker (once; after every handler is declared)."""
+        if not self._assembled:
+            self.broker.include_router(self.events)
+            self.broker.include_router(self.queries)
+            self._assembled = True
+
+    def durable(self, purpose: str) -> str:
+        """The name of one of this service's durable consumers (and of its tracking rows)."""
+        return f"{self.name}-{purpose}"
+
+    def query(self, query: str) -> Callable[[Any], Any]:
+        """Decorate a handler that answers a request-reply query (one replica answers)."""
+        return self.queries.subscriber(self.query_subject(query), queue=self.name)
+
+    async def publish_pending(self, entries: Sequence[OutboxEntry] | None = None) -> None:
+        """Publish what a transaction just committed to the outbox (all pending rows if None).
+
+        A failure is logged, not raised: the relay publishes the rows later with the same ids.
+        """
+        try:
+            if entries is None:
+                await self.relay.flush()
+            elif entries:
+                await self.relay.publish(entries)
+        except Exception as exc:  # noqa: BLE001 - the relay publishes it later
+            log.warning("immediate publish failed; relay will retry", extra={"error": repr(exc)})
+            self.relay.notify()
+
+
+def create_service(
+    name: str,
+    settings: ServiceSettings,
+    migrations: Path,
+    *,
+    clock: Clock | None = None,
+    on_start: Hook | None = None,
+    on_stop: Hook | None = None,
+    routes: Callable[[Runtime], list[web.RouteDef]] | None = None,
+) -> tuple[FastStream, Runtime]:
+    """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint."""
+    logs.configure(settings.log_level, settings.log_format)
+    broker = NatsBroker(
+        settings.nats_url,
+        name=f"certbus-{name}",
+        logger=None,
+        max_reconnect_attempts=-1,
+        graceful_timeout=15.0,
+        drain_timeout=settings.drain_timeout_s,
+        js_options={"prefix": settings.js_prefix},
+        inbox_prefix=settings.inbox_prefix,
+        security=_security(settings),
+    )
+    runtime: Runtime = Runtime(
+        name=name,
+        settings=settings,
+        broker=broker,
+        events=NatsRouter(
+            middlewares=[event_middleware(name, lambda: runtime.pool, settings.max_deliver, lambda: runtime.stopping)]
+        ),
+        queries=NatsRouter(middlewares=[_query_errors()]),
+    )
+    if clock is not None:
+        runtime.clock = clock
+    app = FastStream(broker, logger=logging.getLogger(f"certbus.{name}"))
+    http_runner: list[web.AppRunner] = []
+
+    @runtime.query("health")
+    async def health() -> dict[str, Any]:
+        return await _health(runtime)
+
+    @app.on_startup
+    async def start() -> None:
+        await db.ensure_database(settings.database_url)
+        runtime._pool = await db.create_pool(settings.database_url, name, settings.db_pool_min, settings.db_pool_max)
+        applied = await db.migrate(runtime.pool, name, [migrations])
+        if applied:
+            log.info("applied migrations", extra={"migrations": applied})
+        await broker.connect()
+        used = [settings.stream, f"OBJ_{settings.crl_bucket}"]
+        await require_log(runtime.js, used + [settings.ingress_stream] * bool(runtime.ingress_consumers))
+        durables = [(settings.stream, runtime.consumers), (settings.ingress_stream, runtime.ingress_consumers)]
+        for stream, consumers in durables:
+            for durable, filters in consumers.items():
+                # A durable made by an earlier release (or other settings) keeps its config unless told otherwise.
+                await ensure_consumer(
+                    runtime.js,
+                    stream,
+                    durable,
+                    filters,
+                    ack_wait_s=settings.ack_wait_s,
+                    max_deliver=settings.max_deliver,
+                )
+        runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
+        runtime.relay.loop.start()
+        if on_start is not None:
+            await on_start(runtime)
+        runtime.assemble()
+
+    @app.after_startup
+    async def serve_http() -> None:
+        web_app = web.Application()
+        web_app.add_routes(_common_routes(runtime))
+        if routes is not None:
+            web_app.add_routes(routes(runtime))
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        http_runner.append(runner)
+        log.info(
+            "service ready",
+            extra={"service": name, "http": f"{settings.http_host}:{settings.http_port}"},
+        )
+
+    @app.on_shutdown
+    async def stop() -> None:
+        runtime.stopping = True
+        for runner in http_runner:
+            await runner.cleanup()
+        if on_stop is not None:
+            await on_stop(runtime)
+        if runtime._relay is not None:
+            await runtime.relay.loop.stop()
+
+    @app.after_shutdown
+    async def close_pool() -> None:
+        if runtime._pool is not None:
+            await runtime.pool.close()
+
+    return app, runtime
+
+
+async def _undecoded(msg: StreamMessage[Any]) -> bytes:
+    """A message's body as it came: a raw consumer's handler reads it itself (FastStream would parse
+    it as JSON first, and a hostile body nested deep enough would fail there, never handled)."""
+    body: bytes = msg.body
+    return body
+
+
+def _security(settings: ServiceSettings) -> NatsNKey | NatsUserPassword | None:
+    """How the service proves who it is to NATS (its NKey seed, or a user and password)."""
+    if settings.nats_seed_file is not None:
+        return NatsNKey.from_file(settings.nats_seed_file)
+    if settings.nats_user and settings.nats_password:
+        return NatsUserPassword(settings.nats_user, settings.nats_password.get_secret_value())
+    return None
+
+
+LOG_WARN_AT = 0.8  # how full the log may be before health warns (at 100% new events are refused)
+
+
+async def _log_usage(runtime: Runtime) -> float | None:
+    """How full the log is (the larger of its byte and message limits' shares), or None if unknown."""
+    try:
+        info = await runtime.js.stream_info(runtime.settings.stream)
+    except Exception:  # noqa: BLE001 - reported as unknown, not raised
+        return None
+    limits = [(info.state.bytes, info.config.max_bytes or 0), (info.state.messages, info.config.max_msgs or 0)]
+    used = max(value / limit if limit > 0 else 0.0 for value, limit in limits)
+    LOG_USED.set(used)
+    return used
+
+
+async def _health(runtime: Runtime) -> dict[str, Any]:
+    db_ok = True
+    try:
+        async with runtime.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception:  # noqa: BLE001 - reported, not raised
+        db_ok = False
+    used = await _log_usage(runtime)
+    warnings = []
+    if used is not None and used >= 1.0:
+        warnings.append("the log is full: new events are refused (raise its limits: CERTBUS_STREAM_MAX_BYTES)")
+    elif used is not None and used >= LOG_WARN_AT:
+        warnings.append(f"the log is {used:.0%} full: raise its limits before it refuses new events")
+    return {
+        "service": runtime.name,
+        "status": "ok" if db_ok and (used is None or used < 1.0) else "degraded",
+        "database": db_ok,
+        "log_used": None if used is None else round(used, 4),
+        "warnings": warnings,
+        "nats": runtime.broker.connection.is_connected,
+        "version": VERSION,
+        "pid": os.getpid(),
+        "uptime_s": round(time.monotonic() - runtime.started_at, 1),
+    }
+
+
+def _query_errors() -> ExceptionMiddleware:
+    """Answer a query that failed with a Failure saying why, instead of leaving the caller to time out."""
+    middleware = ExceptionMiddleware()
+
+    @middleware.add_handler(ValidationError, publish=True)
+    async def bad_query(exc: ValidationError) -> dict[str, str]:
+        return Failure(error=f"malformed query: {exc.error_count()} error(s): {exc.errors()[0]['msg']}").model_dump()
+
+    @middleware.add_handler(Exception, publish=True)
+    async def failed(exc: Exception) -> dict[str, str]:
+        log.error("query failed", exc_info=exc)
+        return Failure(error=f"the service could not answer: {type(exc).__name__}").model_dump()
+
+    return middleware
+
+
+def _common_routes(runtime: Runtime) -> list[web.RouteDef]:
+    async def healthz(_: web.Request) -> web.Response:
+        report = await _health(runtime)
+        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/healthz", healthz), web.get("/metrics", metrics)]
+
+
+def run(app: FastStream) -> None:
+    """Run a service until SIGINT or SIGTERM."""
+    import asyncio
+
+    asyncio.run(app.run())
