@@ -1,6 +1,6 @@
 """Enrollment decisions: pure functions of a CSR, a verified token and a profile; no I/O.
 
-Every refusal carries a stable code (tested, documented in the README) and a message that says
+Every refusal carries a stable code (tested, documented in docs/requesting.md) and a message that says
 what to change. `review` collects every reason rather than stopping at the first, so a requester
 fixes everything in one round.
 """

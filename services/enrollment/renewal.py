@@ -2,7 +2,7 @@
 
 A renewal needs no token: the request is signed with the current certificate's key (possession)
 and carries a CSR for a new key, for exactly the names the current certificate has. Every refusal
-carries a stable code (documented in the README) and a message that says what to do instead.
+carries a stable code (documented in docs/requesting.md) and a message that says what to do instead.
 """
 
 from __future__ import annotations

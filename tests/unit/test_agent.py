@@ -654,7 +654,7 @@ async def test_an_hour_without_the_ca_costs_a_few_dozen_tries_and_renewal_follow
     tmp_path: Path, outage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """AGENT_OUTAGE_SEEDS=30 runs 30 seeded hours per outage and prints the spread (for the figures in
-    the README); by default one."""
+    docs/requesting.md); by default one."""
     runs = []
     for seed in range(11, 11 + int(os.environ.get("AGENT_OUTAGE_SEEDS", "1"))):
         (tmp_path / str(seed)).mkdir()
