@@ -144,7 +144,7 @@ def responders_missing(
     (`issuing`: its id and notAfter, compromised CAs left out) a responder valid at `now` (`served`:
     each responder's notAfter by CA). `why` is the last reason the responder could not be had."""
     if not issuing:
-        return ["validation knows of no live issuing CA yet (signing announces one when it creates it)"]
+        return ["no live issuing CA known yet (signing announces one when it creates it)"]
     because = f" ({why})" if why else ""
     return [
         f"no current OCSP responder certificate for issuing CA {ca_id}: OCSP answers tryLater about it{because}"
