@@ -5,6 +5,7 @@ from the checkout finds the requester's and the operator's credentials and works
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -19,17 +20,21 @@ import asyncpg
 import nats
 import nats.errors
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from deploy.local.devstack import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+OPENSSL = shutil.which("openssl")
 
 
-@pytest.fixture(scope="module")
-def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`python -m deploy.local.devstack` (what `make run` runs) on free ports, until it says it is up."""
-    tmp_path = tmp_path_factory.mktemp("make-run")
+@contextlib.contextmanager
+def devstack(tmp_path: Path, wait_until_up: bool = True) -> Iterator[tuple[dict[str, str], subprocess.Popen[bytes]]]:
+    """`python -m deploy.local.devstack` (what `make run` runs) on free ports with its own
+    CERTBUS_HOME; with `wait_until_up`, until it says it is up. Yields the CLI's environment and
+    the process; stopped with Ctrl-C after, and it must exit 0."""
     # Under a directory the `postgres` user may enter (pytest's are the test user's alone): `make run`
     # runs its PostgreSQL cluster as that user, in $CERTBUS_HOME/pg.
     outer = Path(tempfile.mkdtemp(prefix="certbus-make-run-"))
@@ -47,15 +52,16 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(ROOT),
     )
-    log = open(tmp_path / "make-run.log", "wb")
+    log_path = tmp_path / "make-run.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "deploy.local.devstack"], env=env, cwd=ROOT, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 180
-        while b"all five services are up" not in (tmp_path / "make-run.log").read_bytes():
-            assert proc.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "make-run.log").read_text()[-3000:]
+        while wait_until_up and b"all five services are up" not in log_path.read_bytes():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.3)
-        yield {**env, "CERTBUS_PG_PORT": str(pg_port)}
+        yield env, proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -64,7 +70,14 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             proc.kill()
         log.close()
         shutil.rmtree(outer, ignore_errors=True)
-    assert proc.returncode == 0, (tmp_path / "make-run.log").read_text()[-3000:]
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The local stack, once it says it is up."""
+    with devstack(tmp_path_factory.mktemp("make-run")) as (env, _):
+        yield env
 
 
 def _free(port: int) -> bool:
@@ -87,6 +100,40 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=90,
     )
+
+
+# First in the file: it runs its own stack, stopped before the module's `make_run` starts.
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is the relying party here")
+def test_the_moment_health_first_says_ready_enroll_and_ocsp_work(tmp_path: Path) -> None:
+    with devstack(tmp_path, wait_until_up=False) as (env, proc):
+        deadline, polls = time.monotonic() + 180, 0
+        while (health := _cli(env, "health")).returncode != 0:
+            assert proc.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, health.stdout + health.stderr
+            polls += 1
+            time.sleep(0.1)
+        assert polls > 0, "health was ready before anything could have been"  # the poll saw it not ready
+        # At once: enroll with the CLI, then ask validation's OCSP URL (from the certificate) about it.
+        token = _cli(env, "token", "create", "--san", "ready.make-run.internal")
+        assert token.returncode == 0, token.stderr
+        out = tmp_path / "ready"
+        args = ["--token", token.stdout.strip(), "--san", "ready.make-run.internal", "--out", str(out)]
+        enrolled = _cli(env, "enroll", *args)
+        assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+        cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        [url] = [d.access_location.value for d in aia if d.access_method == AuthorityInformationAccessOID.OCSP]
+        assert OPENSSL is not None
+        asked = subprocess.run(
+            [OPENSSL, "ocsp", "-issuer", "chain.pem", "-cert", "cert.pem", "-url", url, "-CAfile", "chain.pem"],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert asked.returncode == 0 and "Response verify OK" in asked.stderr + asked.stdout, asked.stderr
+        assert "cert.pem: good" in asked.stdout, asked.stdout + asked.stderr
 
 
 async def test_make_run_refuses_anonymous_nats_and_password_less_postgres(make_run: dict[str, str]) -> None:
