@@ -34,7 +34,8 @@ from shared.trust.identities import IdentityStore, write_nats_config
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
-READY_TIMEOUT_S = 120.0  # from the profiles applied to validation's OCSP responder certificates
+# From the profiles applied to validation's OCSP responder certificates (CERTBUS_READY_TIMEOUT_S).
+READY_TIMEOUT_S = 120.0
 
 
 def pg_bin_dir() -> Path:
@@ -498,9 +499,10 @@ def run_local() -> int:
         requester = settings.model_copy(
             update={"identity": "requester", "nats_seed_file": store.seed_file("requester")}
         )
-        missing = asyncio.run(wait_ready(requester, READY_TIMEOUT_S, give_up=lambda: stopping))
+        ready_timeout = float(env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
+        missing = asyncio.run(wait_ready(requester, ready_timeout, give_up=lambda: stopping))
         if missing and not stopping:
-            print(f"certbus: not ready after {READY_TIMEOUT_S:.0f} s; still missing:", file=sys.stderr, flush=True)
+            print(f"certbus: not ready after {ready_timeout:g} s; still missing:", file=sys.stderr, flush=True)
             for line in missing:
                 print(f"  {line}", file=sys.stderr, flush=True)
             return 1
