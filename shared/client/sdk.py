@@ -834,9 +834,13 @@ class CertbusClient:
 
         async def one(name: str) -> dict[str, Any]:
             try:
-                return await self.health(name, timeout)
+                report = await self.health(name, timeout)
             except Unreachable:
                 return {"service": name, "status": "down"}
+            if "status" not in report:  # a Failure: the service could not answer its health query
+                failed = f"its health query failed: {report.get('error', report)}"
+                return {"service": name, "status": "failed", "missing": [failed]}
+            return report
 
         return judge_readiness(list(await asyncio.gather(*(one(s) for s in SERVICES))))
 
