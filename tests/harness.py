@@ -386,6 +386,19 @@ class Harness:
                 )
             )
 
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every service is ready (what `certbus health` judges before it exits 0); fail
+        naming what is still missing."""
+        missing: list[str] = []
+        deadline = time.monotonic() + timeout
+        async with self.client() as c:
+            while time.monotonic() < deadline:
+                missing = [f"{r['service']}: {m}" for r in await c.readiness() for m in r["missing"]]
+                if not missing:
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"not ready within {timeout} s: {missing}")
+
     def token(
         self,
         *names: str,

@@ -20,6 +20,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +29,13 @@ import nats
 from shared.admin import init_with_retries
 from shared.base.files import write_new
 from shared.base.settings import CommonSettings, ValidationSettings
+from shared.client.sdk import CertbusClient
 from shared.trust.identities import IdentityStore, write_nats_config
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
+# From the profiles applied to validation's OCSP responder certificates (CERTBUS_READY_TIMEOUT_S).
+READY_TIMEOUT_S = 120.0
 
 
 def pg_bin_dir() -> Path:
@@ -390,6 +394,21 @@ def _register_policy(env: dict[str, str], operator: str, fresh: bool) -> None:
     subprocess.run([*cli, "profile", "apply", str(profiles)], env=env, check=True)
 
 
+async def wait_ready(
+    settings: CommonSettings, timeout: float, give_up: Callable[[], bool] = lambda: False
+) -> list[str]:
+    """Poll the readiness `certbus health` judges until the system can do its job; what is still
+    missing (one line per thing) when `timeout` seconds passed or `give_up()` said so; [] once ready."""
+    deadline = time.monotonic() + timeout
+    async with CertbusClient(settings, requester=settings.identity or "requester") as client:
+        while True:
+            reports = await client.readiness()
+            missing = [f"{r['service']}: {m}" for r in reports for m in r["missing"]]
+            if not missing or time.monotonic() >= deadline or give_up():
+                return missing
+            await asyncio.sleep(0.25)
+
+
 async def _log_is_new(settings: CommonSettings) -> bool:
     nc = await nats.connect(settings.nats_url, connect_timeout=3, allow_reconnect=False, **settings.connect_options())
     try:
@@ -477,11 +496,23 @@ def run_local() -> int:
         for p in procs:
             p.wait_healthy(60)
         _register_policy(env, operator, fresh)
-        print(
-            "certbus: all five services are up. In another shell: .venv/bin/certbus health "
-            f"(it connects as `requester`, and as operator `{operator}` for operator commands)",
-            flush=True,
+        requester = settings.model_copy(
+            update={"identity": "requester", "nats_seed_file": store.seed_file("requester")}
         )
+        ready_timeout = float(env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
+        missing = asyncio.run(wait_ready(requester, ready_timeout, give_up=lambda: stopping))
+        if missing and not stopping:
+            print(f"certbus: not ready after {ready_timeout:g} s; still missing:", file=sys.stderr, flush=True)
+            for line in missing:
+                print(f"  {line}", file=sys.stderr, flush=True)
+            return 1
+        if not stopping:
+            print(
+                "certbus: all five services are up and ready (an issuing CA, profiles applied, OCSP responders). "
+                "In another shell: .venv/bin/certbus health "
+                f"(it connects as `requester`, and as operator `{operator}` for operator commands)",
+                flush=True,
+            )
         while not stopping:
             time.sleep(0.5)
             for p in procs:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from faststream import FastStream
 
-from services.enrollment.handlers import NAME, expire_overdue, register
+from services.enrollment.handlers import NAME, expire_overdue, readiness, register
 from services.enrollment.replay import LogPosition
 from services.enrollment.schedule import RenewalSchedule
 from shared.base.clock import Clock
@@ -29,7 +29,13 @@ def build(settings: EnrollmentSettings | None = None, clock: Clock | None = None
         await schedule.loop.stop()
 
     app, rt = create_service(
-        NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
+        NAME,
+        settings,
+        Path(__file__).parent / "migrations",
+        clock=clock,
+        on_start=on_start,
+        on_stop=on_stop,
+        readiness=readiness,
     )
     # Pending approvals whose window closed are rejected (checked every pending_sweep_s).
     position = LogPosition(rt)

@@ -314,3 +314,12 @@ def profile_of(body: dict[str, Any], digest: str) -> Profile:
             _PROFILES.clear()
         _PROFILES[digest] = profile
     return profile
+
+
+def readiness_missing(applied: int, usable: int) -> list[str]:
+    """What enrollment lacks to approve any request: a profile applied, and one that passed lint."""
+    if applied == 0:
+        return ["no profile is applied (certbus profile apply deploy/profiles.toml): every request is refused"]
+    if usable == 0:
+        return [f"all {applied} applied profile(s) failed signing's lint check: fix them and apply them again"]
+    return []

@@ -79,7 +79,7 @@ from shared.pki.tokens import (
 from shared.runtime.admission import Admission
 from shared.runtime.consumer import Delivery, EventRejected
 from shared.runtime.outbox import OutboxEntry, enqueue
-from shared.runtime.service import Runtime
+from shared.runtime.service import Readiness, Runtime
 from shared.trust.operators import recorded
 
 NAME = "enrollment"
@@ -187,6 +187,13 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
     async def list_provisioners() -> ProvisionersAnswer:
         async with rt.pool.acquire() as conn:
             return ProvisionersAnswer(provisioners=[ProvisionerInfo(**row) for row in await store.provisioners(conn)])
+
+
+async def readiness(rt: Runtime) -> Readiness:
+    """Ready once a usable profile is applied (until then every request is refused: profile_unknown)."""
+    async with rt.pool.acquire() as conn:
+        applied, usable = await store.profile_counts(conn)
+    return Readiness(missing=domain.readiness_missing(applied, usable), facts={"profiles_usable": usable})
 
 
 async def _apply_policy(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:

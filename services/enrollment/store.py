@@ -152,6 +152,15 @@ async def profiles(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+async def profile_counts(conn: asyncpg.Connection) -> tuple[int, int]:
+    """How many profiles are applied, and how many of them did not fail lint."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS applied, count(*) FILTER (WHERE NOT lint_failed) AS usable FROM profiles"
+    )
+    assert row is not None
+    return int(row["applied"]), int(row["usable"])
+
+
 async def block_key(conn: asyncpg.Connection, spki_sha256: str, reason: str, by: str, at: datetime) -> None:
     """Add a public key to the blocklist."""
     await conn.execute(

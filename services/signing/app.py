@@ -36,7 +36,13 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
         await crls.loop.stop()
 
     app, rt = create_service(
-        NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
+        NAME,
+        settings,
+        Path(__file__).parent / "migrations",
+        clock=clock,
+        on_start=on_start,
+        on_stop=on_stop,
+        readiness=cas.readiness,
     )
     crls = CrlPublisher(rt, cas)  # the hooks above run after this line, at start-up
     book = TemplateBook(cas)

@@ -17,7 +17,7 @@ from shared.base.settings import SigningSettings
 from shared.contract.events import CaCreated
 from shared.pki.crypto import KeyType, PrivateKey, generate_key, spki_sha256
 from shared.runtime.outbox import enqueue
-from shared.runtime.service import Runtime
+from shared.runtime.service import Readiness, Runtime
 
 log = logging.getLogger("certbus.signing.cas")
 
@@ -46,6 +46,12 @@ class CaRegistry:
         if self.issuing_id is None:
             raise RuntimeError("no active issuing CA")
         return self._cas[self.issuing_id]
+
+    async def readiness(self, _: Runtime) -> Readiness:
+        """Ready while an issuing CA is active; its id is what validation must have a responder for."""
+        if self.issuing_id is None:
+            return Readiness(missing=["no active issuing CA: nothing can be issued"])
+        return Readiness(facts={"issuing_ca": self.issuing_id})
 
     def key(self, ca_id: str) -> PrivateKey:
         """The private key of an active CA; a retired, compromised or unknown CA signs nothing."""

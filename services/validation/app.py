@@ -29,6 +29,7 @@ def build(settings: ValidationSettings | None = None, clock: Clock | None = None
         on_start=keeper.start,
         on_stop=keeper.stop,
         routes=lambda rt: routes(rt, settings, responders),
+        readiness=keeper.readiness,
     )
     register(rt, responders, keeper)
     return app, rt

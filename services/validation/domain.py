@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -134,3 +135,19 @@ def renewal_due(cert: x509.Certificate, now: datetime, when_remaining: float = R
     """Whether less than `when_remaining` of the certificate's lifetime is left at `now`."""
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     return cert.not_valid_after_utc - now < lifetime * when_remaining
+
+
+def responders_missing(
+    issuing: Sequence[tuple[str, datetime]], served: Mapping[str, datetime], now: datetime, why: str | None = None
+) -> list[str]:
+    """What validation lacks to answer OCSP: an issuing CA heard of, and for each live one
+    (`issuing`: its id and notAfter, compromised CAs left out) a responder valid at `now` (`served`:
+    each responder's notAfter by CA). `why` is the last reason the responder could not be had."""
+    if not issuing:
+        return ["no live issuing CA known yet (signing announces one when it creates it)"]
+    because = f" ({why})" if why else ""
+    return [
+        f"no current OCSP responder certificate for issuing CA {ca_id}: OCSP answers tryLater about it{because}"
+        for ca_id, not_after in issuing
+        if not_after > now and served.get(ca_id, now) <= now
+    ]

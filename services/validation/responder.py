@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from services.validation import store
-from services.validation.domain import renewal_due
+from services.validation.domain import renewal_due, responders_missing
 from services.validation.ocsp import Responder, ResponderSet
 from shared.base.clock import Clock, SystemClock
 from shared.base.files import write_new
@@ -36,7 +36,7 @@ from shared.base.settings import ValidationSettings
 from shared.client.api import CertbusClient, Pending
 from shared.pki.crypto import build_csr, key_pem, normalise_serial, serial_hex
 from shared.pki.tokens import ProvisionerKey, create_token
-from shared.runtime.service import Runtime
+from shared.runtime.service import Readiness, Runtime
 
 log = logging.getLogger("certbus.validation.responder")
 NAME = "validation"
@@ -167,6 +167,17 @@ class ResponderKeeper:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=10)
+
+    async def readiness(self, rt: Runtime) -> Readiness:
+        """Ready once every live issuing CA has a responder valid now; the CAs served are reported
+        for the CLI to compare with signing's issuing CA."""
+        now = rt.clock.now()
+        async with rt.pool.acquire() as conn:
+            issuing = await store.live_issuing_cas(conn, now)
+        served = {ca_id: r.not_after for ca_id, _ in issuing if (r := self.responders.responder(ca_id)) is not None}
+        missing = responders_missing(issuing, served, now, self._reported)
+        current = {ca_id: not_after.isoformat() for ca_id, not_after in served.items() if not_after > now}
+        return Readiness(missing=missing, facts={"ocsp_responders": current})
 
     def wake(self) -> None:
         """Check now (a new issuing CA appeared)."""

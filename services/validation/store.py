@@ -158,3 +158,13 @@ async def issuing_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         "SELECT ca_id, cert_der, not_after FROM cas WHERE role = 'issuing' ORDER BY not_after DESC"
     )
     return rows
+
+
+async def live_issuing_cas(conn: asyncpg.Connection, now: datetime) -> list[tuple[str, datetime]]:
+    """The issuing CAs known from the log that are neither expired nor compromised: id and notAfter."""
+    rows = await conn.fetch(
+        "SELECT ca_id, not_after FROM cas WHERE role = 'issuing' AND compromised_at IS NULL AND not_after > $1 "
+        "ORDER BY not_after DESC",
+        now,
+    )
+    return [(r["ca_id"], r["not_after"]) for r in rows]

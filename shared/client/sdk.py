@@ -827,3 +827,46 @@ class CertbusClient:
             raise Unreachable(f"{service} did not answer") from exc
         report: dict[str, Any] = json.loads(reply.data)
         return report
+
+    async def readiness(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """Every service's health report, each judged by `judge_readiness`: the system can do its
+        job only if every report says `ready` (what is not is listed under `missing`)."""
+
+        async def one(name: str) -> dict[str, Any]:
+            try:
+                report = await self.health(name, timeout)
+            except Unreachable:
+                return {"service": name, "status": "down"}
+            if "status" not in report:  # a Failure: the service could not answer its health query
+                failed = f"its health query failed: {report.get('error', report)}"
+                return {"service": name, "status": "failed", "missing": [failed]}
+            return report
+
+        return judge_readiness(list(await asyncio.gather(*(one(s) for s in SERVICES))))
+
+
+def judge_readiness(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The services' health reports with `ready` and `missing` settled: a service that did not
+    answer, or is not ok, is not ready (a service too old to report readiness is judged by its
+    status alone); validation is not ready unless it serves the issuing CA signing issues from
+    (it may not have heard of a new one yet)."""
+    judged = []
+    for report in reports:
+        missing = list(report.get("missing", []))
+        if report.get("status") == "down":
+            missing.append("it does not answer")
+        elif report.get("status") != "ok" and not missing:
+            missing.append(f"its status is {report.get('status')}")
+        judged.append({**report, "missing": missing})
+    by_name = {r["service"]: r for r in judged}
+    issuing, validation = by_name.get("signing", {}).get("issuing_ca"), by_name.get("validation")
+    if issuing and validation is not None and validation.get("status") == "ok":
+        served = validation.get("ocsp_responders")
+        if served is not None and issuing not in served and not any(issuing in m for m in validation["missing"]):
+            validation["missing"].append(
+                f"no current OCSP responder certificate for signing's issuing CA {issuing}: "
+                "OCSP answers tryLater about it"
+            )
+    for report in judged:
+        report["ready"] = not report["missing"] and report.get("status") == "ok" and report.get("ready", True)
+    return judged

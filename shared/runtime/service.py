@@ -1,9 +1,11 @@
 """What every Certbus service process is made of: a FastStream app over NATS, a Postgres pool on
-its own schema, an outbox relay, a health query and an HTTP endpoint with /healthz and /metrics.
+its own schema, an outbox relay, a health query and an HTTP endpoint with /healthz (alive), /readyz
+(able to do its job) and /metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -41,6 +43,18 @@ VERSION = "0.1.0"
 Hook = Callable[["Runtime"], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """What a live service still lacks to do its job (nothing: ready), and facts the CLI compares
+    across services (for example the issuing CA signing uses, the CAs validation has responders for)."""
+
+    missing: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+ReadinessCheck = Callable[["Runtime"], Awaitable[Readiness]]
+
+
 @dataclass
 class Runtime:
     """A running service's resources, created once by the composition root."""
@@ -58,6 +72,7 @@ class Runtime:
     consumers: dict[str, list[str]] = field(default_factory=dict)  # durable -> filter subjects
     ingress_consumers: dict[str, list[str]] = field(default_factory=dict)  # the same, on the ingress stream
     _relay: OutboxRelay | None = None
+    readiness: ReadinessCheck | None = None  # the service's own conditions, beyond being alive
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -189,8 +204,10 @@ def create_service(
     on_start: Hook | None = None,
     on_stop: Hook | None = None,
     routes: Callable[[Runtime], list[web.RouteDef]] | None = None,
+    readiness: ReadinessCheck | None = None,
 ) -> tuple[FastStream, Runtime]:
-    """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint."""
+    """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint. `readiness`
+    says what the service still lacks to do its job (reported by health, /readyz)."""
     logs.configure(settings.log_level, settings.log_format)
     broker = NatsBroker(
         settings.nats_url,
@@ -211,6 +228,7 @@ def create_service(
             middlewares=[event_middleware(name, lambda: runtime.pool, settings.max_deliver, lambda: runtime.stopping)]
         ),
         queries=NatsRouter(middlewares=[_query_errors()]),
+        readiness=readiness,
     )
     if clock is not None:
         runtime.clock = clock
@@ -315,6 +333,8 @@ async def _log_usage(runtime: Runtime) -> float | None:
 
 
 async def _health(runtime: Runtime) -> dict[str, Any]:
+    """Liveness (`status`: ok while the database answers and the log takes events) and readiness
+    (`ready`, with one line per thing `missing` for the service to do its job)."""
     db_ok = True
     try:
         async with runtime.pool.acquire(timeout=2) as conn:
@@ -327,17 +347,40 @@ async def _health(runtime: Runtime) -> dict[str, Any]:
         warnings.append("the log is full: new events are refused (raise its limits: CERTBUS_STREAM_MAX_BYTES)")
     elif used is not None and used >= LOG_WARN_AT:
         warnings.append(f"the log is {used:.0%} full: raise its limits before it refuses new events")
+    connected = runtime.broker.connection.is_connected
+    readiness = await _readiness(runtime) if db_ok else Readiness()
+    missing = [
+        *(["its database does not answer"] if not db_ok else []),
+        *(["its NATS connection is down"] if not connected else []),
+        *(["the log is full: new events are refused"] if used is not None and used >= 1.0 else []),
+        *readiness.missing,
+    ]
     return {
         "service": runtime.name,
         "status": "ok" if db_ok and (used is None or used < 1.0) else "degraded",
+        "ready": not missing,
+        "missing": missing,
+        **readiness.facts,
         "database": db_ok,
         "log_used": None if used is None else round(used, 4),
         "warnings": warnings,
-        "nats": runtime.broker.connection.is_connected,
+        "nats": connected,
         "version": VERSION,
         "pid": os.getpid(),
         "uptime_s": round(time.monotonic() - runtime.started_at, 1),
     }
+
+
+async def _readiness(runtime: Runtime) -> Readiness:
+    """The service's own readiness check, if it has one; a check that fails is reported as missing."""
+    if runtime.readiness is None:
+        return Readiness()
+    try:
+        async with asyncio.timeout(3):
+            return await runtime.readiness(runtime)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        log.warning("readiness check failed", extra={"error": repr(exc)})
+        return Readiness(missing=[f"its readiness could not be checked ({type(exc).__name__})"])
 
 
 def _query_errors() -> ExceptionMiddleware:
@@ -361,14 +404,16 @@ def _common_routes(runtime: Runtime) -> list[web.RouteDef]:
         report = await _health(runtime)
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
+    async def readyz(_: web.Request) -> web.Response:
+        report = await _health(runtime)
+        return web.json_response(report, status=200 if report["ready"] else 503)
+
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return [web.get("/healthz", healthz), web.get("/metrics", metrics)]
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
 
 
 def run(app: FastStream) -> None:
     """Run a service until SIGINT or SIGTERM."""
-    import asyncio
-
     asyncio.run(app.run())

@@ -2,69 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from deploy.local.devstack import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from local_stack import devstack
 
 
 @pytest.fixture(scope="module")
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`python -m deploy.local.devstack` (what `make run` runs) on free ports, until it says it is up."""
-    tmp_path = tmp_path_factory.mktemp("make-run")
-    # Under a directory the `postgres` user may enter (pytest's are the test user's alone): `make run`
-    # runs its PostgreSQL cluster as that user, in $CERTBUS_HOME/pg.
-    outer = Path(tempfile.mkdtemp(prefix="certbus-make-run-"))
-    outer.chmod(0o755)
-    home = outer / "home"
-    nats_port, pg_port = free_port(), free_port()
-    http_base = next(port for port in iter(free_port, None) if all(_free(port + i) for i in range(1, 5)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
-    env.update(
-        CERTBUS_HOME=str(home),
-        CERTBUS_NATS_URL=f"nats://127.0.0.1:{nats_port}",
-        CERTBUS_PG_PORT=str(pg_port),
-        CERTBUS_HTTP_PORT_BASE=str(http_base),
-        CERTBUS_PUBLIC_BASE_URL=f"http://127.0.0.1:{http_base}",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(ROOT),
-    )
-    log = open(tmp_path / "make-run.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.local.devstack"], env=env, cwd=ROOT, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 180
-        while b"all five services are up" not in (tmp_path / "make-run.log").read_bytes():
-            assert proc.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "make-run.log").read_text()[-3000:]
-            time.sleep(0.3)
-        yield {**env, "CERTBUS_PG_PORT": str(pg_port)}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(outer, ignore_errors=True)
-    assert proc.returncode == 0, (tmp_path / "make-run.log").read_text()[-3000:]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """`python -m deploy.local.devstack` (what `make run` runs) on free ports, once it says it is up."""
+    with devstack(tmp_path_factory.mktemp("make-run")) as (env, _):
+        yield env

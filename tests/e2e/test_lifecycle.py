@@ -34,6 +34,8 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     await asyncio.to_thread(h.spawn_all)
     await h.register_provisioner()
     await h.apply_profiles()
+    await h.register_ocsp_provisioner()  # as `make run` does: validation is ready once it has its responder
+    await h.wait_ready()
     assert (await h.cli("health")).returncode == 0
 
     # Enroll with the CLI: key generated locally, files written, openssl accepts the chain.
@@ -52,10 +54,12 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     )
     assert verify.returncode == 0 and "OK" in verify.stdout, verify.stderr
 
-    # Every service serves /healthz and Prometheus /metrics.
+    # Every service serves /healthz (alive), /readyz (ready: 200 now) and Prometheus /metrics.
     for name, port in h.http_ports.items():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
             assert json.loads(r.read())["service"] == name
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read())["missing"] == []
     with urllib.request.urlopen(f"http://127.0.0.1:{h.http_ports['enrollment']}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert 'certbus_events_consumed_total{event_type="EnrollmentRequested",service="enrollment-requests"}' in metrics
@@ -168,7 +172,8 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     for name in SERVICES:
         assert await pool.fetchval(f"SELECT count(*) FROM {name}.parked") == 0, name
         assert await pool.fetchval(f"SELECT count(*) FROM {name}.outbox WHERE published_at IS NULL") == 0, name
-    assert await pool.fetchval("SELECT count(*) FROM signing.issuances") == 2
+    # a and b, and validation's OCSP responder certificate
+    assert await pool.fetchval("SELECT count(*) FROM signing.issuances") == 3
 
     async def audit_caught_up() -> bool:
         last = len(await h.stream_messages(f"{h.root}.>"))

@@ -5,17 +5,24 @@ from the checkout finds the requester's and the operator's credentials and works
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
 import nats
 import nats.errors
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from local_stack import devstack
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+OPENSSL = shutil.which("openssl")
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -27,6 +34,40 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=90,
     )
+
+
+# First in the file: it runs its own stack, stopped before the module's `make_run` starts.
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is the relying party here")
+def test_the_moment_health_first_says_ready_enroll_and_ocsp_work(tmp_path: Path) -> None:
+    with devstack(tmp_path, wait_until_up=False) as (env, proc):
+        deadline, polls = time.monotonic() + 180, 0
+        while (health := _cli(env, "health")).returncode != 0:
+            assert proc.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, health.stdout + health.stderr
+            polls += 1
+            time.sleep(0.1)
+        assert polls > 0, "health was ready before anything could have been"  # the poll saw it not ready
+        # At once: enroll with the CLI, then ask validation's OCSP URL (from the certificate) about it.
+        token = _cli(env, "token", "create", "--san", "ready.make-run.internal")
+        assert token.returncode == 0, token.stderr
+        out = tmp_path / "ready"
+        args = ["--token", token.stdout.strip(), "--san", "ready.make-run.internal", "--out", str(out)]
+        enrolled = _cli(env, "enroll", *args)
+        assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+        cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        [url] = [d.access_location.value for d in aia if d.access_method == AuthorityInformationAccessOID.OCSP]
+        assert OPENSSL is not None
+        asked = subprocess.run(
+            [OPENSSL, "ocsp", "-issuer", "chain.pem", "-cert", "cert.pem", "-url", url, "-CAfile", "chain.pem"],
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert asked.returncode == 0 and "Response verify OK" in asked.stderr + asked.stdout, asked.stderr
+        assert "cert.pem: good" in asked.stdout, asked.stdout + asked.stderr
 
 
 async def test_make_run_refuses_anonymous_nats_and_password_less_postgres(make_run: dict[str, str]) -> None:

@@ -39,7 +39,7 @@ from shared.client.cli.policy import key_app, profile_app, provisioner_app
 from shared.client.cli.report import audit_report
 from shared.client.cli.requests import approve, reject, requests_app
 from shared.client.cli.revoke import destroy, revoke
-from shared.client.sdk import SERVICES, CertbusClient, Unreachable
+from shared.client.sdk import CertbusClient, Unreachable
 from shared.contract.events import utcnow
 from shared.contract.queries import ReplayProgress
 from shared.contract.reasons import printable
@@ -80,28 +80,21 @@ def _parse_ttl(text: str) -> timedelta:
 
 @app.command()
 def health(as_json: JsonOpt = False) -> None:
-    """Ask each of the five services whether it is up; exit 0 only if all answer ok."""
-
-    async def ask(client: CertbusClient) -> list[dict[str, Any]]:
-        async def one(name: str) -> dict[str, Any]:
-            try:
-                return await client.health(name)
-            except Unreachable:
-                return {"service": name, "status": "down"}
-
-        return list(await asyncio.gather(*(one(s) for s in SERVICES)))
-
-    reports = run(ask)
+    """Ask each of the five services whether it is up and ready; exit 0 only if the system can do
+    its job: every service answers, an issuing CA exists, a profile is applied, and validation has
+    a current OCSP responder certificate for every issuing CA. Prints what is missing otherwise."""
+    reports = run(lambda client: client.readiness())
     if as_json:
         emit_json(reports)
     else:
-        table = Table("service", "status", "database", "nats", "log used", "pid", "uptime (s)")
+        table = Table("service", "status", "ready", "database", "nats", "log used", "pid", "uptime (s)")
         for r in reports:
             colour = "green" if r["status"] == "ok" else "red"
             used = r.get("log_used")
             table.add_row(
                 r["service"],
                 f"[{colour}]{r['status']}[/]",
+                "[green]yes[/]" if r["ready"] else "[red]no[/]",
                 str(r.get("database", "")),
                 str(r.get("nats", "")),
                 f"{used:.1%}" if isinstance(used, float | int) else "",
@@ -111,7 +104,10 @@ def health(as_json: JsonOpt = False) -> None:
         out.print(table)
         for warning in sorted({w for r in reports for w in r.get("warnings", [])}):
             err.print(f"[yellow]warning:[/] {warning}")
-    if any(r["status"] != "ok" for r in reports):
+        for r in reports:
+            for missing in r["missing"]:
+                err.print(f"not ready: {r['service']}: {missing}", markup=False, highlight=False)
+    if not all(r["ready"] for r in reports):
         raise typer.Exit(EXIT_REFUSED)
 
 

@@ -1,0 +1,131 @@
+"""Readiness without servers: what each service says it lacks, and how the CLI's verdict combines them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pki_builders import NOW
+from services.enrollment.domain import readiness_missing
+from services.signing.cas import CaRegistry
+from services.signing.keystore import KeyStore
+from services.validation.domain import responders_missing
+from shared.base.settings import SigningSettings
+from shared.client.sdk import SERVICES, judge_readiness
+from shared.runtime.service import Runtime
+
+LATER = NOW + timedelta(days=30)
+
+
+def _ready(service: str, **facts: Any) -> dict[str, Any]:
+    return {"service": service, "status": "ok", "ready": True, "missing": [], **facts}
+
+
+def _reports(**changed: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every service ready (signing issuing from CA `ca1`, validation serving it) but those `changed`."""
+    usual = {
+        "signing": _ready("signing", issuing_ca="ca1"),
+        "validation": _ready("validation", ocsp_responders={"ca1": LATER.isoformat()}),
+    }
+    return [changed.get(name) or usual.get(name) or _ready(name) for name in SERVICES]
+
+
+def _missing(reports: list[dict[str, Any]]) -> list[str]:
+    return [f"{r['service']}: {m}" for r in judge_readiness(reports) for m in r["missing"]]
+
+
+# --- enrollment: a usable profile ---------------------------------------------------------------
+
+
+def test_enrollment_without_a_profile_is_not_ready_and_says_how_to_apply_one() -> None:
+    [missing] = readiness_missing(applied=0, usable=0)
+    assert "no profile is applied" in missing and "certbus profile apply" in missing
+
+
+def test_enrollment_whose_every_profile_failed_lint_is_not_ready() -> None:
+    [missing] = readiness_missing(applied=2, usable=0)
+    assert "failed signing's lint check" in missing
+
+
+def test_enrollment_with_one_usable_profile_is_ready() -> None:
+    assert readiness_missing(applied=3, usable=1) == []
+
+
+# --- signing: an issuing CA ---------------------------------------------------------------------
+
+
+def test_signing_without_an_issuing_ca_is_not_ready(tmp_path: Path) -> None:
+    registry = CaRegistry(KeyStore(tmp_path, b"unit-test-passphrase-0123456789"), SigningSettings())
+    readiness = asyncio.run(registry.readiness(Runtime.__new__(Runtime)))
+    assert readiness.missing == ["no active issuing CA: nothing can be issued"]
+    assert "issuing_ca" not in readiness.facts
+
+
+def test_signing_with_an_issuing_ca_is_ready_and_names_it(tmp_path: Path) -> None:
+    registry = CaRegistry(KeyStore(tmp_path, b"unit-test-passphrase-0123456789"), SigningSettings())
+    registry.issuing_id = "ca1"
+    readiness = asyncio.run(registry.readiness(Runtime.__new__(Runtime)))
+    assert readiness.missing == [] and readiness.facts == {"issuing_ca": "ca1"}
+
+
+# --- validation: a current responder per live issuing CA ----------------------------------------
+
+
+def test_validation_that_knows_no_issuing_ca_is_not_ready() -> None:
+    [missing] = responders_missing([], {}, NOW)
+    assert "no live issuing CA" in missing
+
+
+def test_validation_without_a_responder_for_an_issuing_ca_names_the_ca_and_why() -> None:
+    why = "provisioner 'ocsp-validation' is not registered"
+    [missing] = responders_missing([("ca1", LATER), ("ca2", LATER)], {"ca2": LATER}, NOW, why)
+    assert "ca1" in missing and "OCSP responder" in missing and why in missing
+
+
+def test_an_expired_responder_is_not_current() -> None:
+    [missing] = responders_missing([("ca1", LATER)], {"ca1": NOW}, NOW)
+    assert "ca1" in missing
+
+
+def test_validation_with_a_current_responder_for_every_live_issuing_ca_is_ready() -> None:
+    expired_ca = ("old", NOW - timedelta(seconds=1))
+    assert responders_missing([("ca1", LATER), expired_ca], {"ca1": NOW + timedelta(hours=1)}, NOW) == []
+
+
+# --- the verdict the CLI gives --------------------------------------------------------------------
+
+
+def test_the_system_is_ready_when_every_service_is() -> None:
+    judged = judge_readiness(_reports())
+    assert all(r["ready"] for r in judged) and _missing(_reports()) == []
+
+
+def test_a_service_that_does_not_answer_is_missing() -> None:
+    judged = {r["service"]: r for r in judge_readiness(_reports(audit={"service": "audit", "status": "down"}))}
+    assert judged["audit"]["ready"] is False and judged["audit"]["missing"] == ["it does not answer"]
+    assert all(r["ready"] for name, r in judged.items() if name != "audit")
+
+
+def test_each_thing_a_service_lacks_is_one_line() -> None:
+    enrollment = {**_ready("enrollment"), "ready": False, "missing": ["no profile is applied"]}
+    signing = {**_ready("signing"), "ready": False, "missing": ["no active issuing CA: nothing can be issued"]}
+    lines = _missing(_reports(enrollment=enrollment, signing=signing))
+    assert lines == ["enrollment: no profile is applied", "signing: no active issuing CA: nothing can be issued"]
+
+
+def test_validation_is_not_ready_until_it_serves_the_ca_signing_issues_from() -> None:
+    # Signing has moved to a new issuing CA that validation has not heard of yet.
+    lines = _missing(_reports(signing=_ready("signing", issuing_ca="ca2")))
+    assert len(lines) == 1 and lines[0].startswith("validation: ") and "ca2" in lines[0]
+
+
+def test_a_degraded_service_is_not_ready() -> None:
+    degraded = {**_ready("revocation"), "status": "degraded"}
+    assert _missing(_reports(revocation=degraded)) == ["revocation: its status is degraded"]
+
+
+def test_a_service_that_does_not_report_readiness_is_judged_by_its_status() -> None:
+    older = {"service": "audit", "status": "ok"}
+    assert _missing(_reports(audit=older)) == []
