@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from shared.base.files import write_atomic
-from shared.base.settings import CommonSettings
-from shared.client.sdk import CertbusClient, CertbusError, Pending, Rejected, Unreachable
-from shared.contract.events import CertificateIssued
-from shared.pki.tokens import TokenError
-from shared.trust.identities import IdentityStore
+from shared.client.errors import CertbusError, Pending, Rejected, Unreachable
+
+# What a command needs only once it runs is imported there: `certbus --help` loads none of it.
+if TYPE_CHECKING:
+    from shared.base.settings import CommonSettings
+    from shared.client.sdk import CertbusClient
+    from shared.contract.events import CertificateIssued
 
 UNBOUNDED_WIDTH = 1_000_000  # off a terminal: no line is ever wrapped
 
@@ -66,6 +67,9 @@ def client_settings(operator: str | None = None) -> CommonSettings:
     `$CERTBUS_HOME/identities`, which `make run` fills): the requester named by CERTBUS_REQUESTER
     (default `requester`), or for an operator's command, operator `operator`, who signs it with its
     key (CERTBUS_OPERATOR_KEY_FILE, default `$CERTBUS_HOME/operators/<name>.key.pem`)."""
+    from shared.base.settings import CommonSettings
+    from shared.trust.identities import IdentityStore
+
     settings = CommonSettings()
     name = operator
     if name is not None and settings.operator_key_file is None:
@@ -84,6 +88,10 @@ def client_settings(operator: str | None = None) -> CommonSettings:
 def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli", operator: str | None = None) -> T:
     """Run one client call; map Certbus errors to messages and exit codes. With `operator`, the call
     is that operator's: it connects as the operator and signs operator commands with its key."""
+    import asyncio
+
+    from shared.client.sdk import CertbusClient
+    from shared.pki.tokens import TokenError
 
     async def main() -> T:
         settings = client_settings(operator)

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import os
 import re
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from shared.client.cli import provisioner
@@ -39,12 +36,14 @@ from shared.client.cli.policy import key_app, profile_app, provisioner_app
 from shared.client.cli.report import audit_report
 from shared.client.cli.requests import approve, reject, requests_app
 from shared.client.cli.revoke import destroy, revoke
-from shared.client.sdk import SERVICES, CertbusClient, Unreachable
-from shared.contract.events import utcnow
-from shared.contract.queries import ReplayProgress
-from shared.contract.reasons import printable
-from shared.pki.crypto import KEY_TYPES, build_csr, generate_key, key_pem
-from shared.pki.tokens import create_token
+from shared.client.errors import SERVICES, Unreachable
+from shared.pki.key_types import KEY_TYPES
+
+# Each command imports the SDK (NATS), the contract and cryptography when it runs: `certbus --help`
+# and a mistyped command never pay for them.
+if TYPE_CHECKING:
+    from shared.client.sdk import CertbusClient
+    from shared.contract.queries import ReplayProgress
 
 app = typer.Typer(
     help="Certbus: a private CA and certificate lifecycle manager.",
@@ -124,6 +123,9 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a one-time enrollment token for the given names (keep it secret; it works once)."""
+    from shared.contract.events import utcnow
+    from shared.pki.tokens import create_token
+
     path = provisioner.key_path(home(), provisioner_id)
     if not path.exists():
         err.print(f"[red]no provisioner key at {path}[/]: run `certbus provisioner init` (make run does)")
@@ -159,6 +161,8 @@ def enroll(
     """
     if key_type not in KEY_TYPES:
         raise typer.BadParameter(f"choose one of {', '.join(KEY_TYPES)}", param_hint="--key-type")
+    from shared.pki.crypto import build_csr, generate_key, key_pem
+
     if (csr is None) == (not san):
         raise typer.BadParameter("give --san names (a key is generated here) or --csr FILE, not both")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +188,8 @@ def enroll(
 
 
 def _is_ip(text: str) -> bool:
+    import ipaddress
+
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -270,6 +276,8 @@ _HISTORY_LINKS = (
 
 def history_detail(event: dict[str, Any]) -> str:
     """The few facts of a history event worth a column: names, profile, serial, renewal links, reason."""
+    from shared.contract.reasons import printable
+
     parts = []
     if names := event.get("dns_names"):
         parts.append(", ".join(map(str, names[:3])) + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
@@ -301,6 +309,8 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
     unknown_type, subject_mismatch), what the scheduled consistency checks found, and profiles whose
     templates fail lint. Exit 1 if there is any finding but a usable profile's verdict."""
     from rich.markup import escape  # findings quote what hostile messages hold: never markup
+
+    from shared.contract.reasons import printable
 
     def text(value: Any, limit: int = 200) -> str:
         """A field of a finding as printable, escaped text ("" unless it is a string or a number)."""
@@ -382,6 +392,10 @@ def audit_replay(
 
     It needs only NATS and audit's database: when no audit service answers (or with --standalone)
     the replay runs in this process (`certbus-audit replay`, with audit's CERTBUS_* settings)."""
+    import subprocess
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     if standalone or not audit_answers():
         if not standalone:
             err.print("no audit service answers: replaying in this process")
@@ -403,6 +417,7 @@ def audit_replay(
 
 def audit_answers() -> bool:
     """Whether an audit service answers its health query."""
+    from shared.client.sdk import CertbusClient
 
     async def ask() -> bool:
         try:

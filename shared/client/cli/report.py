@@ -6,15 +6,16 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
-from shared.client.cli.report_html import render_html
-from shared.contract.queries import Breakdown, DayCount, ReportAnswer
+
+if TYPE_CHECKING:
+    from shared.contract.queries import Breakdown, DayCount, ReportAnswer
 
 CSV_COLUMNS = ("section", "key", "value", "serial", "issuer", "profile", "requester", "not_after", "dns_names")
 BREAKDOWNS = ("state", "issuer", "profile", "requester", "revoked_reason")
@@ -53,6 +54,8 @@ def audit_report(
         raise typer.BadParameter("choose --json or --csv, not both")
     answer = run(lambda c: c.report(expiring_days=days, limit=limit), operator=operator())
     if html_file is not None:
+        from shared.client.cli.report_html import render_html
+
         try:
             html_file.write_text(render_html(answer), encoding="utf-8")
         except OSError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,8 +19,10 @@ from shared.client.cli.common import (
     run,
     write_issued,
 )
-from shared.client.sdk import CertbusClient
-from shared.contract.events import CertificateIssued
+
+if TYPE_CHECKING:
+    from shared.client.sdk import CertbusClient
+    from shared.contract.events import CertificateIssued
 
 requests_app = typer.Typer(help="Enrollment requests: list, inspect, fetch what was issued.", no_args_is_help=True)
 
