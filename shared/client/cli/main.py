@@ -28,6 +28,7 @@ from shared.client.cli.common import (
     home,
     operator,
     out,
+    print_table,
     run,
     write_issued,
 )
@@ -207,7 +208,7 @@ def status(serial: str, as_json: JsonOpt = False) -> None:
         table = Table(show_header=False)
         for k, v in answer.model_dump().items():
             table.add_row(k, str(v))
-        out.print(table)
+        print_table(table)
     if answer.status != "good":
         raise typer.Exit(EXIT_REFUSED)
 
@@ -260,7 +261,7 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
         for e in answer.events:
             when = f"{e.occurred_at:%Y-%m-%d %H:%M:%S}"
             table.add_row(str(e.stream_seq), when, e.event_type, e.actor, e.producer, history_detail(e.event))
-        out.print(table)
+        print_table(table)
     if not answer.events:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -345,7 +346,7 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
                 parts = e.subject.split(".")
                 about = f"{text(parts[2]) if len(parts) == 4 else '?'}{serial}"
             table.add_row(str(e.stream_seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", what, about, codes)
-        out.print(table)
+        print_table(table)
     if alarms:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -363,7 +364,7 @@ def audit_check(as_json: JsonOpt = False) -> None:
         table = Table("seq", "check", "finding")
         for f in answer.findings:
             table.add_row(str(f.stream_seq), f.check, f.detail)
-        out.print(table)
+        print_table(table)
     if answer.findings:
         raise typer.Exit(EXIT_REFUSED)
 

@@ -11,7 +11,18 @@ import typer
 from rich.table import Table
 
 from shared.client.cli import provisioner
-from shared.client.cli.common import EXIT_REFUSED, JsonOpt, OperatorOpt, emit_json, err, home, operator, out, run
+from shared.client.cli.common import (
+    EXIT_REFUSED,
+    JsonOpt,
+    OperatorOpt,
+    emit_json,
+    err,
+    home,
+    operator,
+    out,
+    print_table,
+    run,
+)
 
 if TYPE_CHECKING:
     from shared.client.sdk import CertbusClient
@@ -125,7 +136,7 @@ def provisioner_list(as_json: JsonOpt = False) -> None:
             p.status_by or p.registered_by,
             p.status_reason or "",
         )
-    out.print(table)
+    print_table(table)
 
 
 @provisioner_app.command("disable")
@@ -226,7 +237,7 @@ def profile_list(as_json: JsonOpt = False) -> None:
             "[red]failed[/]" if p.lint_failed else f"[green]{b['lint']}[/]",
             p.applied_by,
         )
-    out.print(table)
+    print_table(table)
 
 
 def _spki_of(path: Path) -> str:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
+from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, print_table, run
 
 if TYPE_CHECKING:
     from shared.contract.queries import Breakdown, DayCount, ReportAnswer
@@ -141,9 +141,10 @@ def print_report(report: ReportAnswer) -> None:
             table.add_row(Text(t.key), str(t.count))
         if breakdown.others:
             table.add_row(Text(f"({breakdown.other_keys} more)", style="italic"), str(breakdown.others))
-        out.print(table)
-    out.print(_day_table("Issued per day (UTC), latest", report.issued_per_day[-TERMINAL_DAYS:]))
-    out.print(_day_table(f"Expiry timeline, next {report.timeline_days} days", report.expiry_timeline[:TERMINAL_DAYS]))
+        print_table(table)
+    print_table(_day_table("Issued per day (UTC), latest", report.issued_per_day[-TERMINAL_DAYS:]))
+    timeline = f"Expiry timeline, next {report.timeline_days} days"
+    print_table(_day_table(timeline, report.expiry_timeline[:TERMINAL_DAYS]))
     table = Table(
         "not after (UTC)",
         "serial",
@@ -164,7 +165,7 @@ def print_report(report: ReportAnswer) -> None:
             Text(c.requester),
             Text(", ".join(c.dns_names)),
         )
-    out.print(table)
+    print_table(table)
 
 
 def _day_table(title: str, days: Sequence[DayCount]) -> Table:

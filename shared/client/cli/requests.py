@@ -16,6 +16,7 @@ from shared.client.cli.common import (
     err,
     operator,
     out,
+    print_table,
     run,
     write_issued,
 )
@@ -54,7 +55,7 @@ def requests_list(
             f"{r.requested_at:%Y-%m-%d %H:%M:%S}",
             tail,
         )
-    out.print(table)
+    print_table(table)
 
 
 @requests_app.command("show")
@@ -68,7 +69,7 @@ def requests_show(request_id: str, as_json: JsonOpt = False) -> None:
     for key, value in detail.model_dump(exclude={"csr_pem", "reasons"}).items():
         if value not in (None, [], ""):
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    out.print(table)
+    print_table(table)
     for reason in detail.reasons:
         out.print(f"  [bold]{reason['code']}[/]: {reason['message']}")
 
