@@ -47,6 +47,7 @@ bench: install
 	$(PY) -m bench.audit
 	$(PY) -m bench.revocation
 	$(PY) -m bench.renewal
+	$(PY) -m bench.cli_startup
 
 clean:
 	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,13 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel
 
 from shared.base.settings import CommonSettings
+from shared.client.errors import SERVICES as SERVICES  # these names are the SDK's, kept light for the CLI
+from shared.client.errors import CertbusError as CertbusError
+from shared.client.errors import Pending as Pending
+from shared.client.errors import Rejected as Rejected
+from shared.client.errors import Throttled as Throttled
+from shared.client.errors import UnknownRequest as UnknownRequest
+from shared.client.errors import Unreachable as Unreachable
 from shared.contract.binding import bind
 from shared.contract.events import (
     ApprovalDenied,
@@ -105,46 +112,7 @@ from shared.trust import operators
 
 log = logging.getLogger("certbus.client")
 BACKLOG_FULL = 10077  # JetStream: "maximum messages per subject exceeded" (discard new per subject)
-SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 A = TypeVar("A", bound=BaseModel)
-
-
-class CertbusError(Exception):
-    """Base of the SDK's errors; `code` names the case when the answering service gave one."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Unreachable(CertbusError):
-    """NATS or the service that answers this call could not be reached in time."""
-
-
-class Rejected(CertbusError):
-    """A request was refused; `reasons` say why (machine code and human message)."""
-
-    def __init__(self, reasons: list[Reason]) -> None:
-        super().__init__("; ".join(f"{r.code}: {r.message}" for r in reasons))
-        self.reasons = reasons
-
-
-class Throttled(CertbusError):
-    """The ingress stream holds as many of this identity's requests as it may (`code`
-    `backlog_full`): wait until some are answered, then send again."""
-
-
-class UnknownRequest(CertbusError):
-    """Enrollment has no request with this id (never sent, or not consumed yet)."""
-
-
-class Pending(CertbusError):
-    """The profile needs an operator's approval: the request waits (see `certbus requests show`)."""
-
-    def __init__(self, request_id: str, expires_at: datetime) -> None:
-        super().__init__(f"request {request_id} waits for an operator's approval until {expires_at:%Y-%m-%d %H:%M} UTC")
-        self.request_id = request_id
-        self.expires_at = expires_at
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.contract.revocation_reasons import REVOCATION_REASONS
+
 MAX_MESSAGE = 2048
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
 
@@ -32,17 +34,8 @@ class Reason(BaseModel):
         return printable(value)[:MAX_MESSAGE] if isinstance(value, str) else value
 
 
-# certificateHold is deliberately absent: a revocation is final. removeFromCRL and
-# aACompromise have no meaning for this CA.
-REASONS: dict[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "keyCompromise": x509.ReasonFlags.key_compromise,
-    "cACompromise": x509.ReasonFlags.ca_compromise,
-    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
-    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
-}
+# Each name is its x509 reason flag's value.
+REASONS: dict[str, x509.ReasonFlags] = {name: x509.ReasonFlags(name) for name in REVOCATION_REASONS}
 
 
 def reason_flag(name: str) -> x509.ReasonFlags:

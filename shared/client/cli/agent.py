@@ -7,17 +7,18 @@ import contextlib
 import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.base import logs
 from shared.base.files import destroy_file, write_atomic
-from shared.client.agent import Agent, AgentSettings, CertificateEntry, check_entries, load_config
 from shared.client.cli.common import JsonOpt, client_settings, err, out, run, write_issued
-from shared.client.sdk import CertbusClient, Pending, Rejected, Renewed
-from shared.pki.crypto import key_pem
-from shared.pki.holder import load_private_key, new_key_like
+from shared.client.errors import Pending, Rejected
+
+# The agent, the SDK and cryptography load when `renew` or `agent` runs, not with every command.
+if TYPE_CHECKING:
+    from shared.client.agent import Agent
+    from shared.client.sdk import CertbusClient, Renewed
 
 
 def renew(
@@ -38,6 +39,9 @@ def renew(
     (`certbus agent` does all of this by itself). Exit 0 renewed, 1 refused (every reason is
     printed), 3 unreachable, 4 waiting for an operator.
     """
+    from shared.pki.crypto import key_pem
+    from shared.pki.holder import load_private_key, new_key_like
+
     key_file = out_dir / "key.pem"
     if key_file.exists() and key_file.resolve() == key.resolve():
         raise typer.BadParameter(
@@ -95,6 +99,9 @@ def agent(
     old key after attesting it. Runs until interrupted; logs one line per event.
 
     Either --cert and --key (one certificate) or --config FILE (several)."""
+    from shared.base import logs
+    from shared.client.agent import Agent, AgentSettings, CertificateEntry, check_entries, load_config
+
     common = client_settings()  # its identity: CERTBUS_NATS_SEED_FILE, or $CERTBUS_HOME/identities
     logs.configure(common.log_level, common.log_format)
     if config is not None:

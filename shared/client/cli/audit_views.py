@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from shared.client.cli.common import out
-from shared.contract.queries import ReplayAnswer, VerifyAnswer
+
+if TYPE_CHECKING:
+    from shared.contract.queries import ReplayAnswer, VerifyAnswer
 
 
 def print_verify(answer: VerifyAnswer) -> None:

@@ -9,8 +9,6 @@ import typer
 
 from shared.client.cli.common import JsonOpt, OperatorOpt, emit_json, operator, out, run
 from shared.client.cli.operators import OutOpt, publish_or_write
-from shared.client.sdk import operator_envelope
-from shared.contract.events import CaCompromised, CaRetired
 
 ca_app = typer.Typer(help="Certificate authorities: compromise, retire.", no_args_is_help=True)
 
@@ -28,6 +26,9 @@ def ca_compromise(
     certificate it issued (cACompromise) and enrollment tells each holder to renew; validation
     answers `revoked` for all of them from this event on. With a `ca_compromise` quorum above one,
     write it with `--out FILE`; the other operators `certbus operator cosign FILE`, one `submit`s it."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import CaCompromised
+
     event = CaCompromised(
         **operator_envelope(issuer_id, f"compromise-{uuid.uuid4()}"),
         ca_id=issuer_id,
@@ -50,6 +51,9 @@ def ca_retire(
     private key, saying so with CaKeyDestroyed. Refused (exit 1, with a code) for an unknown,
     compromised or already retired CA, and for a root that still has active issuing CAs. With a
     `ca_retire` quorum above one, write it with `--out FILE` for the others to co-sign and submit."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import CaRetired
+
     if out_file is not None:
         retired = CaRetired(
             **operator_envelope(issuer_id, f"retire-{uuid.uuid4()}"),

@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from shared.base.files import write_atomic
-from shared.base.settings import CommonSettings
-from shared.client.sdk import CertbusClient, CertbusError, Pending, Rejected, Unreachable
-from shared.contract.events import CertificateIssued
-from shared.pki.tokens import TokenError
-from shared.trust.identities import IdentityStore
+from shared.client.errors import CertbusError, Pending, Rejected, Unreachable
+
+# What a command needs only once it runs is imported there: `certbus --help` loads none of it.
+if TYPE_CHECKING:
+    from shared.base.settings import CommonSettings
+    from shared.client.sdk import CertbusClient
+    from shared.contract.events import CertificateIssued
 
 UNBOUNDED_WIDTH = 1_000_000  # off a terminal: no line is ever wrapped
+# A cell printed as one field of one line: tabs and line breaks inside it are written as escapes.
+_ONE_FIELD = str.maketrans({"\t": "\\t", "\n": "\\n"})
+
+
+def _is_terminal(stream: Any) -> bool:
+    return stream is not None and bool(stream.isatty())
 
 
 def _console(stderr: bool = False) -> Console:
     """A console that, writing to a terminal, fits its width; writing anywhere else (a pipe, a file),
     never wraps, folds or shrinks a line or a table cell, so serials and names arrive whole."""
-    stream = sys.stderr if stderr else sys.stdout
-    if stream is not None and stream.isatty():
+    if _is_terminal(sys.stderr if stderr else sys.stdout):
         return Console(stderr=stderr)
     return Console(stderr=stderr, width=UNBOUNDED_WIDTH, soft_wrap=True)
 
@@ -66,6 +74,9 @@ def client_settings(operator: str | None = None) -> CommonSettings:
     `$CERTBUS_HOME/identities`, which `make run` fills): the requester named by CERTBUS_REQUESTER
     (default `requester`), or for an operator's command, operator `operator`, who signs it with its
     key (CERTBUS_OPERATOR_KEY_FILE, default `$CERTBUS_HOME/operators/<name>.key.pem`)."""
+    from shared.base.settings import CommonSettings
+    from shared.trust.identities import IdentityStore
+
     settings = CommonSettings()
     name = operator
     if name is not None and settings.operator_key_file is None:
@@ -84,6 +95,10 @@ def client_settings(operator: str | None = None) -> CommonSettings:
 def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli", operator: str | None = None) -> T:
     """Run one client call; map Certbus errors to messages and exit codes. With `operator`, the call
     is that operator's: it connects as the operator and signs operator commands with its key."""
+    import asyncio
+
+    from shared.client.sdk import CertbusClient
+    from shared.pki.tokens import TokenError
 
     async def main() -> T:
         settings = client_settings(operator)
@@ -114,6 +129,30 @@ def refused(exc: Rejected) -> typer.Exit:
     for reason in exc.reasons:
         err.print(f"  [bold]{reason.code}[/]: {reason.message}")
     return typer.Exit(EXIT_REFUSED)
+
+
+def print_table(table: Table) -> None:
+    """Print `table` to stdout: drawn by rich on a terminal; anywhere else (a pipe, a file) as plain
+    lines a script splits on tabs: its title if it has one, the header, then one line per row, every
+    cell whole and without markup."""
+    if _is_terminal(out.file):
+        out.print(table)
+        return
+    lines = [_plain(table.title)] if table.title is not None else []
+    if table.show_header:
+        lines.append("\t".join(_plain(column.header) for column in table.columns))
+    rows = zip(*(column.cells for column in table.columns), strict=True)
+    lines.extend("\t".join(_plain(cell) for cell in row) for row in rows)
+    for line in lines:
+        print(line, file=out.file)
+
+
+def _plain(cell: RenderableType) -> str:
+    """A cell's text as the table shows it (a string is rich markup), on one line."""
+    if isinstance(cell, str):
+        cell = Text.from_markup(cell)
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return text.translate(_ONE_FIELD)
 
 
 def emit_json(data: Any) -> None:

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import os
 import re
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from shared.client.cli import provisioner
@@ -31,6 +28,7 @@ from shared.client.cli.common import (
     home,
     operator,
     out,
+    print_table,
     run,
     write_issued,
 )
@@ -39,12 +37,13 @@ from shared.client.cli.policy import key_app, profile_app, provisioner_app
 from shared.client.cli.report import audit_report
 from shared.client.cli.requests import approve, reject, requests_app
 from shared.client.cli.revoke import destroy, revoke
-from shared.client.sdk import CertbusClient, Unreachable
-from shared.contract.events import utcnow
-from shared.contract.queries import ReplayProgress
-from shared.contract.reasons import printable
-from shared.pki.crypto import KEY_TYPES, build_csr, generate_key, key_pem
-from shared.pki.tokens import create_token
+from shared.client.errors import Unreachable
+from shared.pki.key_types import KEY_TYPES
+
+# Each command imports the SDK (NATS), the contract and cryptography when it runs: `certbus --help`
+# and a mistyped command never pay for them.
+if TYPE_CHECKING:
+    from shared.contract.queries import ReplayProgress
 
 app = typer.Typer(
     help="Certbus: a private CA and certificate lifecycle manager.",
@@ -101,7 +100,7 @@ def health(as_json: JsonOpt = False) -> None:
                 str(r.get("pid", "")),
                 str(r.get("uptime_s", "")),
             )
-        out.print(table)
+        print_table(table)
         for warning in sorted({w for r in reports for w in r.get("warnings", [])}):
             err.print(f"[yellow]warning:[/] {warning}")
         for r in reports:
@@ -120,6 +119,9 @@ def token_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Print a one-time enrollment token for the given names (keep it secret; it works once)."""
+    from shared.contract.events import utcnow
+    from shared.pki.tokens import create_token
+
     path = provisioner.key_path(home(), provisioner_id)
     if not path.exists():
         err.print(f"[red]no provisioner key at {path}[/]: run `certbus provisioner init` (make run does)")
@@ -155,6 +157,8 @@ def enroll(
     """
     if key_type not in KEY_TYPES:
         raise typer.BadParameter(f"choose one of {', '.join(KEY_TYPES)}", param_hint="--key-type")
+    from shared.pki.crypto import build_csr, generate_key, key_pem
+
     if (csr is None) == (not san):
         raise typer.BadParameter("give --san names (a key is generated here) or --csr FILE, not both")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +184,8 @@ def enroll(
 
 
 def _is_ip(text: str) -> bool:
+    import ipaddress
+
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -197,7 +203,7 @@ def status(serial: str, as_json: JsonOpt = False) -> None:
         table = Table(show_header=False)
         for k, v in answer.model_dump().items():
             table.add_row(k, str(v))
-        out.print(table)
+        print_table(table)
     if answer.status != "good":
         raise typer.Exit(EXIT_REFUSED)
 
@@ -250,7 +256,7 @@ def audit_history(serial: str, as_json: JsonOpt = False) -> None:
         for e in answer.events:
             when = f"{e.occurred_at:%Y-%m-%d %H:%M:%S}"
             table.add_row(str(e.stream_seq), when, e.event_type, e.actor, e.producer, history_detail(e.event))
-        out.print(table)
+        print_table(table)
     if not answer.events:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -266,6 +272,8 @@ _HISTORY_LINKS = (
 
 def history_detail(event: dict[str, Any]) -> str:
     """The few facts of a history event worth a column: names, profile, serial, renewal links, reason."""
+    from shared.contract.reasons import printable
+
     parts = []
     if names := event.get("dns_names"):
         parts.append(", ".join(map(str, names[:3])) + (f" (+{len(names) - 3})" if len(names) > 3 else ""))
@@ -297,6 +305,8 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
     unknown_type, subject_mismatch), what the scheduled consistency checks found, and profiles whose
     templates fail lint. Exit 1 if there is any finding but a usable profile's verdict."""
     from rich.markup import escape  # findings quote what hostile messages hold: never markup
+
+    from shared.contract.reasons import printable
 
     def text(value: Any, limit: int = 200) -> str:
         """A field of a finding as printable, escaped text ("" unless it is a string or a number)."""
@@ -331,7 +341,7 @@ def audit_findings(limit: int = 50, as_json: JsonOpt = False) -> None:
                 parts = e.subject.split(".")
                 about = f"{text(parts[2]) if len(parts) == 4 else '?'}{serial}"
             table.add_row(str(e.stream_seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", what, about, codes)
-        out.print(table)
+        print_table(table)
     if alarms:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -349,7 +359,7 @@ def audit_check(as_json: JsonOpt = False) -> None:
         table = Table("seq", "check", "finding")
         for f in answer.findings:
             table.add_row(str(f.stream_seq), f.check, f.detail)
-        out.print(table)
+        print_table(table)
     if answer.findings:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -378,6 +388,10 @@ def audit_replay(
 
     It needs only NATS and audit's database: when no audit service answers (or with --standalone)
     the replay runs in this process (`certbus-audit replay`, with audit's CERTBUS_* settings)."""
+    import subprocess
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     if standalone or not audit_answers():
         if not standalone:
             err.print("no audit service answers: replaying in this process")
@@ -399,6 +413,7 @@ def audit_replay(
 
 def audit_answers() -> bool:
     """Whether an audit service answers its health query."""
+    from shared.client.sdk import CertbusClient
 
     async def ask() -> bool:
         try:

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from pydantic import TypeAdapter, ValidationError
 
 from shared.base.files import write_atomic, write_new
-from shared.base.settings import CommonSettings
 from shared.client.cli.common import EXIT_REFUSED, JsonOpt, OperatorOpt, emit_json, err, home, operator, out, run
-from shared.client.sdk import operator_envelope
-from shared.contract.events import AnyEvent, OperatorCommand, OperatorRemoved, QuorumSet, utcnow
-from shared.pki.crypto import PrivateKey, generate_key, key_pem
-from shared.pki.holder import load_private_key
-from shared.trust import operators
+
+if TYPE_CHECKING:
+    from shared.contract.events import OperatorCommand
+    from shared.pki.crypto import PrivateKey
 
 operator_app = typer.Typer(help="Operators: their keys, quorums, and commands several must sign.", no_args_is_help=True)
 OutOpt = Annotated[
@@ -32,7 +29,6 @@ OutOpt = Annotated[
         "--out", help="Write the signed command to FILE for other operators to co-sign, instead of publishing."
     ),
 ]
-_COMMAND: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 
 def key_file(name: str) -> Path:
@@ -41,6 +37,9 @@ def key_file(name: str) -> Path:
 
 
 def _key(name: str) -> PrivateKey:
+    from shared.base.settings import CommonSettings
+    from shared.pki.holder import load_private_key
+
     configured = CommonSettings().operator_key_file  # CERTBUS_OPERATOR_KEY_FILE, if set
     path = configured if configured is not None else key_file(name)
     try:
@@ -52,6 +51,8 @@ def _key(name: str) -> PrivateKey:
 
 def publish_or_write(command: OperatorCommand, who: str, out_file: Path | None, as_json: bool) -> None:
     """Sign `command` as `who`, then publish it, or write it to `out_file` for co-signing."""
+    from shared.trust import operators
+
     signed = operators.sign(command, who, _key(who))
     if out_file is not None:
         write_atomic(out_file, signed.model_dump_json(indent=2).encode() + b"\n", mode=0o600)
@@ -69,8 +70,13 @@ def publish_or_write(command: OperatorCommand, who: str, out_file: Path | None, 
 
 def load_command(path: Path) -> OperatorCommand:
     """An operator command from a file written by `--out` (or `operator request`)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.contract.events import AnyEvent, OperatorCommand
+
+    adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
     try:
-        command = _COMMAND.validate_json(path.read_bytes())
+        command = adapter.validate_json(path.read_bytes())
     except (OSError, ValidationError) as exc:
         err.print(f"[red]error:[/] {path}: not an operator command: {exc}")
         raise typer.Exit(EXIT_REFUSED) from None
@@ -91,6 +97,10 @@ def operator_request(
     """Create NAME's signing key (if missing) and its registration, signed by that key. On a log
     with no operator yet, `--submit` publishes it: the genesis. Otherwise write it (`--out`) for the
     registered operators to co-sign (`operator cosign`) and publish (`operator submit`)."""
+    from shared.contract.events import utcnow
+    from shared.pki.crypto import generate_key, key_pem
+    from shared.trust import operators
+
     path = key_file(name)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -109,6 +119,8 @@ def operator_request(
 @operator_app.command("cosign")
 def operator_cosign(path: Path, who: OperatorOpt = None) -> None:
     """Add your signature to a command in FILE (check what it says first: `cat FILE`)."""
+    from shared.trust import operators
+
     command = load_command(path)
     name = operator(who)
     if any(s.operator == name for s in command.signatures):
@@ -141,6 +153,9 @@ def operator_remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an operator: their key no longer counts (needs the `operator` quorum)."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import OperatorRemoved
+
     command = OperatorRemoved(**operator_envelope(name, f"operator-{name}"), reason=reason, removed_by=operator(who))
     publish_or_write(command, operator(who), out_file, as_json)
 
@@ -156,6 +171,9 @@ def operator_quorum(
     """Set how many operators must sign a kind of command (the two-person rule): `operator` for
     registering and removing operators and for quorums, `ca_compromise`, `ca_retire`. Approvals
     take theirs from the profile (`approvals_required`)."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import QuorumSet
+
     command = QuorumSet(**operator_envelope(kind, f"quorum-{kind}"), required=required, set_by=operator(who))
     publish_or_write(command, operator(who), out_file, as_json)
 

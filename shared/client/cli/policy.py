@@ -5,19 +5,27 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from rich.table import Table
 
 from shared.client.cli import provisioner
-from shared.client.cli.common import EXIT_REFUSED, JsonOpt, OperatorOpt, emit_json, err, home, operator, out, run
-from shared.client.sdk import CertbusClient, operator_envelope
-from shared.contract.events import KeyBlocked, ProvisionerDisabled, ProvisionerRegistered, ProvisionerRemoved
-from shared.contract.profiles import load_profiles
-from shared.pki.tokens import algorithm_for
+from shared.client.cli.common import (
+    EXIT_REFUSED,
+    JsonOpt,
+    OperatorOpt,
+    emit_json,
+    err,
+    home,
+    operator,
+    out,
+    print_table,
+    run,
+)
+
+if TYPE_CHECKING:
+    from shared.client.sdk import CertbusClient
 
 provisioner_app = typer.Typer(help="Provisioners: the keys that sign one-time enrollment tokens.", no_args_is_help=True)
 profile_app = typer.Typer(help="Certificate profiles: what each kind of certificate may contain.", no_args_is_help=True)
@@ -31,6 +39,9 @@ ScopeOpt = Annotated[
 
 
 def _register(provisioner_id: str, public_key_pem: str, who: str | None, **scope: Any) -> int:
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import ProvisionerRegistered
+
     event = ProvisionerRegistered(
         **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
         name=provisioner_id,
@@ -67,6 +78,10 @@ def provisioner_add(
     (each repeatable) and --max-per-hour scope what its tokens may enroll; registering again
     replaces the scope.
     """
+    from cryptography.hazmat.primitives import serialization
+
+    from shared.pki.tokens import algorithm_for
+
     if public_key is not None:
         try:
             loaded = serialization.load_pem_public_key(public_key.read_bytes())
@@ -121,7 +136,7 @@ def provisioner_list(as_json: JsonOpt = False) -> None:
             p.status_by or p.registered_by,
             p.status_reason or "",
         )
-    out.print(table)
+    print_table(table)
 
 
 @provisioner_app.command("disable")
@@ -131,6 +146,9 @@ def provisioner_disable(
     who: OperatorOpt = None,
 ) -> None:
     """Disable a provisioner: its tokens stop working at once (register it again to enable it)."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import ProvisionerDisabled
+
     event = ProvisionerDisabled(
         **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
         reason=reason,
@@ -143,6 +161,9 @@ def provisioner_disable(
 @provisioner_app.command("remove")
 def provisioner_remove(provisioner_id: str, who: OperatorOpt = None) -> None:
     """Remove a provisioner for good."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import ProvisionerRemoved
+
     event = ProvisionerRemoved(
         **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"), removed_by=operator(who)
     )
@@ -160,6 +181,8 @@ def profile_apply(
 
     Exit 1 if any profile failed lint (it cannot be used until fixed).
     """
+    from shared.contract.profiles import load_profiles
+
     try:
         profiles = load_profiles(file)
     except ValueError as exc:
@@ -214,11 +237,14 @@ def profile_list(as_json: JsonOpt = False) -> None:
             "[red]failed[/]" if p.lint_failed else f"[green]{b['lint']}[/]",
             p.applied_by,
         )
-    out.print(table)
+    print_table(table)
 
 
 def _spki_of(path: Path) -> str:
     """The SPKI SHA-256 of the key in a PEM certificate, CSR or public key file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     data = path.read_bytes()
     for load in (x509.load_pem_x509_certificate, x509.load_pem_x509_csr):
         try:
@@ -229,6 +255,8 @@ def _spki_of(path: Path) -> str:
 
 
 def _spki_hash(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
@@ -243,6 +271,9 @@ def key_block(
     who: OperatorOpt = None,
 ) -> None:
     """Block a public key: no enrollment with it is ever approved again."""
+    from shared.client.sdk import operator_envelope
+    from shared.contract.events import KeyBlocked
+
     if (spki is None) == (source is None):
         raise typer.BadParameter("give exactly one of --spki or --from")
     try:

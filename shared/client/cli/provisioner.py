@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from typing import TYPE_CHECKING
 
 from shared.base.files import write_new
-from shared.pki.crypto import key_pem
-from shared.pki.tokens import ProvisionerKey
+
+# cryptography loads where a key is touched: every `certbus` start imports this module (DEFAULT_ID).
+if TYPE_CHECKING:
+    from shared.pki.tokens import ProvisionerKey
 
 DEFAULT_ID = "default"
 
@@ -24,6 +24,11 @@ def load_or_create(
 ) -> tuple[ProvisionerKey, bool]:
     """The provisioner key, created (mode 0600; Ed25519 for EdDSA, P-256 for ES256) if missing;
     the flag says it was created."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    from shared.pki.crypto import key_pem
+
     path = key_path(home, provisioner_id)
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -42,6 +47,8 @@ def load_or_create(
 
 def public_pem(key: ProvisionerKey) -> str:
     """The provisioner's public key as PEM (what goes on the log)."""
+    from cryptography.hazmat.primitives import serialization
+
     return (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

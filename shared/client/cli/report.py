@@ -6,15 +6,16 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
-from shared.client.cli.report_html import render_html
-from shared.contract.queries import Breakdown, DayCount, ReportAnswer
+from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, print_table, run
+
+if TYPE_CHECKING:
+    from shared.contract.queries import Breakdown, DayCount, ReportAnswer
 
 CSV_COLUMNS = ("section", "key", "value", "serial", "issuer", "profile", "requester", "not_after", "dns_names")
 BREAKDOWNS = ("state", "issuer", "profile", "requester", "revoked_reason")
@@ -53,6 +54,8 @@ def audit_report(
         raise typer.BadParameter("choose --json or --csv, not both")
     answer = run(lambda c: c.report(expiring_days=days, limit=limit), operator=operator())
     if html_file is not None:
+        from shared.client.cli.report_html import render_html
+
         try:
             html_file.write_text(render_html(answer), encoding="utf-8")
         except OSError as exc:
@@ -138,9 +141,10 @@ def print_report(report: ReportAnswer) -> None:
             table.add_row(Text(t.key), str(t.count))
         if breakdown.others:
             table.add_row(Text(f"({breakdown.other_keys} more)", style="italic"), str(breakdown.others))
-        out.print(table)
-    out.print(_day_table("Issued per day (UTC), latest", report.issued_per_day[-TERMINAL_DAYS:]))
-    out.print(_day_table(f"Expiry timeline, next {report.timeline_days} days", report.expiry_timeline[:TERMINAL_DAYS]))
+        print_table(table)
+    print_table(_day_table("Issued per day (UTC), latest", report.issued_per_day[-TERMINAL_DAYS:]))
+    timeline = f"Expiry timeline, next {report.timeline_days} days"
+    print_table(_day_table(timeline, report.expiry_timeline[:TERMINAL_DAYS]))
     table = Table(
         "not after (UTC)",
         "serial",
@@ -161,7 +165,7 @@ def print_report(report: ReportAnswer) -> None:
             Text(c.requester),
             Text(", ".join(c.dns_names)),
         )
-    out.print(table)
+    print_table(table)
 
 
 def _day_table(title: str, days: Sequence[DayCount]) -> Table:

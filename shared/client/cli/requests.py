@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,11 +16,14 @@ from shared.client.cli.common import (
     err,
     operator,
     out,
+    print_table,
     run,
     write_issued,
 )
-from shared.client.sdk import CertbusClient
-from shared.contract.events import CertificateIssued
+
+if TYPE_CHECKING:
+    from shared.client.sdk import CertbusClient
+    from shared.contract.events import CertificateIssued
 
 requests_app = typer.Typer(help="Enrollment requests: list, inspect, fetch what was issued.", no_args_is_help=True)
 
@@ -52,7 +55,7 @@ def requests_list(
             f"{r.requested_at:%Y-%m-%d %H:%M:%S}",
             tail,
         )
-    out.print(table)
+    print_table(table)
 
 
 @requests_app.command("show")
@@ -66,7 +69,7 @@ def requests_show(request_id: str, as_json: JsonOpt = False) -> None:
     for key, value in detail.model_dump(exclude={"csr_pem", "reasons"}).items():
         if value not in (None, [], ""):
             table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    out.print(table)
+    print_table(table)
     for reason in detail.reasons:
         out.print(f"  [bold]{reason['code']}[/]: {reason['message']}")
 

@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 
 from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
-from shared.contract.reasons import REASONS
-from shared.pki.holder import load_private_key
+from shared.contract.revocation_reasons import REVOCATION_REASONS
 
 TWO_WAYS = (
     "say who revokes: --key key.pem (the certificate's holder: the request is signed with its private "
@@ -21,7 +20,7 @@ TWO_WAYS = (
 
 def revoke(
     serial: str,
-    reason: Annotated[str, typer.Option(help=f"One of {', '.join(REASONS)}.")] = "unspecified",
+    reason: Annotated[str, typer.Option(help=f"One of {', '.join(REVOCATION_REASONS)}.")] = "unspecified",
     key: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="The certificate's private key: revoke as its holder."),
@@ -50,8 +49,8 @@ def revoke(
     keyCompromise also blocks the key for every future enrollment and revokes every other live
     certificate with it. Exit 0 revoked, 1 refused (the reason is printed), 2 usage error, 3 unreachable.
     """
-    if reason not in REASONS:
-        raise typer.BadParameter(f"choose one of {', '.join(REASONS)}", param_hint="--reason")
+    if reason not in REVOCATION_REASONS:
+        raise typer.BadParameter(f"choose one of {', '.join(REVOCATION_REASONS)}", param_hint="--reason")
     by_operator = as_operator or who is not None
     if key is not None and by_operator:
         raise typer.BadParameter(f"give one, not both: {TWO_WAYS}")
@@ -59,6 +58,8 @@ def revoke(
         raise typer.BadParameter(TWO_WAYS)
     since = invalid_since.replace(tzinfo=invalid_since.tzinfo or UTC) if invalid_since else None
     if key is not None:
+        from shared.pki.holder import load_private_key
+
         try:
             holder_key = load_private_key(key.read_bytes(), str(key))
         except (OSError, ValueError) as exc:

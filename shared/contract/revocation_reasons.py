@@ -1,0 +1,27 @@
+"""The RFC 5280 revocation reasons Certbus accepts, by name: no imports, so a command line lists
+them without loading cryptography (`reasons.REASONS` maps them to x509 reason flags)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# certificateHold is deliberately absent: a revocation is final. removeFromCRL and
+# aACompromise have no meaning for this CA.
+RevocationReason = Literal[
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+]
+REVOCATION_REASONS: tuple[RevocationReason, ...] = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+)
