@@ -26,9 +26,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from shared.contract.events import (
     CaCompromised,
@@ -43,6 +41,9 @@ from shared.contract.events import (
     operator_message,
 )
 from shared.pki.crypto import PrivateKey, PublicKey, load_spki, sign_message, spki_der, verify_message
+
+if TYPE_CHECKING:  # the registry reads a service's database; a client signing commands needs no driver
+    import asyncpg
 
 # The registry's own events: applied by every consumer of operator commands.
 REGISTRY: tuple[type[Event], ...] = (OperatorRegistered, OperatorRemoved, QuorumSet)

@@ -92,11 +92,37 @@ def client_settings(operator: str | None = None) -> CommonSettings:
     return settings.model_copy(update={"identity": name, "nats_seed_file": store.seed_file(name)})
 
 
+def _import_nats_without_websockets() -> None:
+    """Import nats-py without aiohttp, unless the NATS URL is a WebSocket one.
+
+    nats-py imports aiohttp (and multidict) for its WebSocket transport only, falling back to
+    none when they are missing; that import is about a third of a command's start-up. The CLI
+    hides aiohttp while it imports nats (a None in sys.modules makes the import fail) and then
+    un-hides it, so anything else may still import aiohttp; only ws:// and wss:// need it.
+    """
+    if "nats" in sys.modules or "aiohttp" in sys.modules:
+        return
+    from shared.base.settings import CommonSettings
+
+    try:
+        url = CommonSettings().nats_url
+    except Exception:  # noqa: BLE001 - the command reports bad settings itself; import nats as usual
+        return
+    if "ws://" in url or "wss://" in url:
+        return
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]
+    try:
+        import nats  # noqa: F401
+    finally:
+        del sys.modules["aiohttp"]
+
+
 def run(fn: Callable[[CertbusClient], Awaitable[T]], requester: str = "cli", operator: str | None = None) -> T:
     """Run one client call; map Certbus errors to messages and exit codes. With `operator`, the call
     is that operator's: it connects as the operator and signs operator commands with its key."""
     import asyncio
 
+    _import_nats_without_websockets()
     from shared.client.sdk import CertbusClient
     from shared.pki.tokens import TokenError
 
