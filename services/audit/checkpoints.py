@@ -81,11 +81,11 @@ class Checkpointer:
             signature = self._key.sign(checkpoint_message(rt.settings.stream, seq, hex_hash, signed_at))
             if not await store.save_checkpoint(conn, seq, chain_hash, signed_at, signature, self._key.public_key()):
                 return None  # another replica signed this position
-            event = AuditCheckpointSigned(
-                aggregate_id=str(seq),
-                occurred_at=signed_at,
-                correlation_id=f"checkpoint-{seq}",
+            event = AuditCheckpointSigned.first(
+                str(seq),
                 producer=NAME,
+                at=signed_at,
+                correlation_id=f"checkpoint-{seq}",
                 stream_seq=seq,
                 chain_hash=hex_hash,
                 events=events,

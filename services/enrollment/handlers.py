@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import datetime, timedelta
-from typing import Annotated, Any, get_args
+from typing import Annotated, get_args
 
 import asyncpg
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -120,9 +120,9 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
     async def refuse(
         conn: asyncpg.Connection, kind: Kind, request_id: str, identity: str, reason: Reason, raw: bytes
     ) -> Event:
-        now = rt.clock.now()
-        envelope = {"aggregate_id": request_id, "occurred_at": now, "correlation_id": request_id, "producer": NAME}
-        return EnrollmentRejected(reasons=[reason], rejected_by=NAME, requester=identity, **envelope)
+        return EnrollmentRejected.first(
+            request_id, producer=NAME, at=rt.clock.now(), reasons=[reason], rejected_by=NAME, requester=identity
+        )
 
     Admission(rt, ["enroll", "renew"], refuse, settings.admission_rate_per_min).register()
     rt.publishes(
@@ -242,16 +242,6 @@ async def _apply_policy(conn: asyncpg.Connection, event: Event, delivery: Delive
         raise EventRejected(f"enrollment does not consume {event.event_type}")
 
 
-def _envelope(cause: Event, at: datetime) -> dict[str, Any]:
-    return {
-        "aggregate_id": cause.aggregate_id,
-        "occurred_at": at,
-        "correlation_id": cause.correlation_id,
-        "causation_id": str(cause.event_id),
-        "producer": NAME,
-    }
-
-
 @functools.lru_cache(maxsize=256)
 def _public_key(pem: str) -> PublicKeyTypes:
     """A provisioner's key parsed once per process (read from the table on every request, so a
@@ -282,15 +272,15 @@ async def _decide(
     )
     outcome = await _check(conn, rt, settings, request, accepted_at, record)
     if isinstance(outcome, list):
-        decision = _judged(record, request, outcome, accepted_at, _envelope(request, now))
+        decision = _judged(record, request, outcome, accepted_at=accepted_at, at=now)
     else:
         approval, claims, profile = outcome
         decision = _judged(
             record,
             request,
             (approval, profile),
-            accepted_at,
-            _envelope(request, now),
+            accepted_at=accepted_at,
+            at=now,
             provisioner_id=claims.provisioner_id,
             token_id=claims.token_id,
         )
@@ -302,15 +292,16 @@ def _judged(
     record: store.RequestRecord,
     request: EnrollmentRequested | RenewalRequested,
     outcome: tuple[domain.Approval, Profile] | list[Reason],
+    *,
     accepted_at: datetime,
-    envelope: dict[str, Any],
+    at: datetime,
     provisioner_id: str = "",
     token_id: str = "",
 ) -> Event:
     """The decision on a judged enrollment or renewal (rejected, pending or approved), noted on `record`."""
     if isinstance(outcome, list):
         record.reasons = outcome
-        return EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
+        return EnrollmentRejected.caused_by(request, producer=NAME, at=at, reasons=outcome, rejected_by=NAME)
     approval, profile = outcome
     record.csr_pem = request.csr_pem  # a parsed CSR: PEM text without NUL
     record.dns_names = approval.dns_names
@@ -321,7 +312,10 @@ def _judged(
         record.status = "pending"
         record.decided_by = None
         record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
-        return EnrollmentPending(
+        return EnrollmentPending.caused_by(
+            request,
+            producer=NAME,
+            at=at,
             profile=profile.name,
             dns_names=approval.dns_names,
             ip_addresses=list(approval.ip_addresses),
@@ -330,16 +324,28 @@ def _judged(
             requester=request.requester,
             expires_at=record.expires_at,
             approvals_required=profile.approvals_required,
-            **envelope,
         )
     record.status = "approved"
-    return _approved(record, request.csr_pem, provisioner_id, token_id, "policy", envelope)
+    return _approved(
+        record, cause=request, at=at, csr_pem=request.csr_pem, provisioner_id=provisioner_id, token_id=token_id
+    )
 
 
 def _approved(
-    record: store.RequestRecord, csr_pem: str, provisioner_id: str, token_id: str, by: str, envelope: dict[str, Any]
+    record: store.RequestRecord,
+    *,
+    cause: Event,
+    at: datetime,
+    csr_pem: str,
+    provisioner_id: str,
+    token_id: str,
+    by: str = "policy",
 ) -> EnrollmentApproved:
-    return EnrollmentApproved(
+    """The approval of `record`'s request (`by`: policy, or the operators who approved it)."""
+    return EnrollmentApproved.caused_by(
+        cause,
+        producer=NAME,
+        at=at,
         csr_pem=csr_pem,
         profile=record.profile,
         profile_digest=record.profile_digest,
@@ -352,7 +358,6 @@ def _approved(
         requester=record.requester,
         approved_by=by,
         supersedes=record.renews_serial,
-        **envelope,
     )
 
 
@@ -465,8 +470,8 @@ async def _renew(
         record,
         request,
         outcome,
-        accepted_at,
-        _envelope(request, now),
+        accepted_at=accepted_at,
+        at=now,
         provisioner_id=record.provisioner_id or "",
         token_id=record.token_id or "",
     )
@@ -543,14 +548,13 @@ async def _operator_decision(
         return []
     now = rt.clock.now()
     at = now if publish else event.occurred_at
-    envelope = _envelope(event, now)
     assert record.expires_at is not None
     if event.occurred_at > record.expires_at or at > record.expires_at:
-        return await _expire(conn, rt, record, envelope, publish)
+        return await _expire(conn, rt, record, cause=event, at=now, publish=publish)
     if isinstance(event, ApprovalDenied):
         reason = Reason(code="operator_rejected", message=f"rejected by {operator}: {event.reason}")
         await store.decide(conn, record.request_id, "rejected", [reason], operator, now)
-        denied = EnrollmentRejected(reasons=[reason], rejected_by=operator, **envelope)
+        denied = EnrollmentRejected.caused_by(event, producer=NAME, at=now, reasons=[reason], rejected_by=operator)
         return await _answer(conn, rt, denied, publish)
     approvers = await store.approve(conn, record.request_id, operator.split("+"), event.occurred_at)
     required = await store.approvals_required(conn, record.profile)
@@ -566,11 +570,20 @@ async def _operator_decision(
         reasons = await _still_renewable(conn, record.renews_serial, at, timedelta(seconds=settings.renewal_grace_s))
     if reasons:
         await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
-        return await _answer(conn, rt, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), publish)
+        rejected = EnrollmentRejected.caused_by(event, producer=NAME, at=now, reasons=reasons, rejected_by=NAME)
+        return await _answer(conn, rt, rejected, publish)
     record.profile_digest = digest
     by = recorded(approvers)
     await store.decide(conn, record.request_id, "approved", [], by, now, digest)
-    approved = _approved(record, record.csr_pem or "", record.provisioner_id or "", record.token_id or "", by, envelope)
+    approved = _approved(
+        record,
+        cause=event,
+        at=now,
+        csr_pem=record.csr_pem or "",
+        provisioner_id=record.provisioner_id or "",
+        token_id=record.token_id or "",
+        by=by,
+    )
     approved = approved.model_copy(update={"approvers": approvers})
     return await _answer(conn, rt, approved, publish)
 
@@ -591,15 +604,27 @@ async def _still_acceptable(conn: asyncpg.Connection, record: store.RequestRecor
 
 
 async def _expire(
-    conn: asyncpg.Connection, rt: Runtime, record: store.RequestRecord, envelope: dict[str, Any], publish: bool = True
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    record: store.RequestRecord,
+    *,
+    cause: Event | None,
+    at: datetime,
+    publish: bool = True,
 ) -> list[OutboxEntry]:
+    """Reject a pending request whose approval window closed (`cause`: the late operator decision, if any)."""
     assert record.expires_at is not None
     reason = Reason(
         code="approval_expired",
         message=f"no operator approved the request before {record.expires_at:%Y-%m-%d %H:%M} UTC: request again",
     )
     await store.decide(conn, record.request_id, "expired", [reason], NAME, rt.clock.now())
-    return await _answer(conn, rt, EnrollmentRejected(reasons=[reason], rejected_by=NAME, **envelope), publish)
+    rejected = (
+        EnrollmentRejected.first(record.request_id, producer=NAME, at=at, reasons=[reason], rejected_by=NAME)
+        if cause is None
+        else EnrollmentRejected.caused_by(cause, producer=NAME, at=at, reasons=[reason], rejected_by=NAME)
+    )
+    return await _answer(conn, rt, rejected, publish)
 
 
 async def _answer(conn: asyncpg.Connection, rt: Runtime, decision: Event, publish: bool) -> list[OutboxEntry]:
@@ -623,14 +648,7 @@ async def expire_overdue(rt: Runtime, position: LogPosition, batch: int = 100) -
             overdue = await store.overdue_pending(conn, rt.clock.now(), batch)
             entries = []
             for record in overdue:
-                envelope = {
-                    "aggregate_id": record.request_id,
-                    "occurred_at": rt.clock.now(),
-                    "correlation_id": record.request_id,
-                    "causation_id": None,
-                    "producer": NAME,
-                }
-                entries.extend(await _expire(conn, rt, record, envelope))
+                entries.extend(await _expire(conn, rt, record, cause=None, at=rt.clock.now()))
         await rt.publish_pending(entries)
         expired += len(overdue)
         if len(overdue) < batch:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from faststream.nats.annotations import NatsMessage
@@ -59,14 +58,8 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
     ) -> Event | None:
         if kind != "revoke":
             return None  # an attestation has no answer to wait for: refused and parked
-        now = rt.clock.now()
-        return RevocationRejected(
-            aggregate_id=request_id,
-            serial=_serial_named(raw),
-            reason=reason,
-            correlation_id=request_id,
-            occurred_at=now,
-            producer=NAME,
+        return RevocationRejected.first(
+            request_id, producer=NAME, at=rt.clock.now(), serial=_serial_named(raw), reason=reason
         )
 
     Admission(rt, ["revoke", "key_destroyed"], refuse, settings.admission_rate_per_min).register()
@@ -107,15 +100,6 @@ def _serial_named(raw: bytes) -> str:
     except Unbound:
         return ""
     return printable(serial[:128]) if isinstance(serial, str) else ""
-
-
-def _envelope(cause: Event, now: datetime) -> dict[str, Any]:
-    return {
-        "occurred_at": now,
-        "correlation_id": cause.correlation_id,
-        "causation_id": str(cause.event_id),
-        "producer": NAME,
-    }
 
 
 async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssued) -> list[OutboxEntry]:
@@ -176,9 +160,7 @@ async def _decide(
         entries = await _revoke(conn, rt, outcome, ask, request, now)
         label = "revoked"
     else:
-        rejected = RevocationRejected(
-            aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **_envelope(request, now)
-        )
+        rejected = RevocationRejected.caused_by(request, producer=NAME, at=now, serial=serial, reason=outcome)
         entries = [await enqueue(conn, rejected, rt.root)]
         label = f"rejected:{outcome.code}"
     await store.record_request(conn, request.aggregate_id, serial, printable(request.reason), ask.by, label, now)
@@ -195,9 +177,7 @@ async def _destroy(
     reason = printable(order.reason)
     outcome = domain.decide_destruction(serial, await store.find(conn, serial))
     if not isinstance(outcome, domain.Known):
-        rejected = RevocationRejected(
-            aggregate_id=order.aggregate_id, serial=serial, reason=outcome, **_envelope(order, now)
-        )
+        rejected = RevocationRejected.caused_by(order, producer=NAME, at=now, serial=serial, reason=outcome)
         await store.record_request(
             conn, order.aggregate_id, serial, "destroy", operator, f"rejected:{outcome.code}", now
         )
@@ -210,7 +190,10 @@ async def _destroy(
             )
         )
     await store.mark_destroyed(conn, serial, now)
-    destroyed = CertificateDestroyed(
+    destroyed = CertificateDestroyed.caused_by(
+        order,
+        producer=NAME,
+        at=now,
         aggregate_id=outcome.cert_id,
         serial=serial,
         issuer_id=outcome.issuer_id,
@@ -220,7 +203,6 @@ async def _destroy(
         destruction_request_id=order.aggregate_id,
         ordered_by=operator,
         reason=reason,
-        **_envelope(order, now),
     )
     entries.append(await enqueue(conn, destroyed, rt.root))
     await store.record_request(conn, order.aggregate_id, serial, "destroy", operator, "destroyed", now)
@@ -281,7 +263,10 @@ async def _revoke_one(
     invalidity_date: datetime | None = None,
 ) -> OutboxEntry:
     await store.mark_revoked(conn, cert.serial, now, reason)
-    revoked = CertificateRevoked(
+    revoked = CertificateRevoked.caused_by(
+        cause,
+        producer=NAME,
+        at=now,
         aggregate_id=cert.cert_id,
         serial=cert.serial,
         issuer_id=cert.issuer_id,
@@ -291,7 +276,6 @@ async def _revoke_one(
         requested_by=requested_by,
         authorised_by=authorised_by,
         invalidity_date=invalidity_date,
-        **_envelope(cause, now),
     )
     return await enqueue(conn, revoked, rt.root)
 
@@ -309,7 +293,10 @@ async def _issuer_compromised(
     for row in rows:
         cert = domain.Known(row["serial"], row["cert_id"], event.ca_id, "revoked")
         events.append(
-            CertificateRevoked(
+            CertificateRevoked.caused_by(
+                event,
+                producer=NAME,
+                at=now,
                 aggregate_id=cert.cert_id,
                 serial=cert.serial,
                 issuer_id=event.ca_id,
@@ -318,7 +305,6 @@ async def _issuer_compromised(
                 revocation_request_id=event.aggregate_id,
                 requested_by=operator,
                 authorised_by="ca_compromise",
-                **_envelope(event, now),
             )
         )
     log.warning("revoked every certificate of a compromised CA", extra={"ca": event.ca_id, "certificates": len(rows)})

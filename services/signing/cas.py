@@ -144,11 +144,11 @@ class CaRegistry:
         await store.add_ca(conn, ca_id, role, parent, der, now)
         await enqueue(
             conn,
-            CaCreated(
-                aggregate_id=ca_id,
-                occurred_at=now,
-                correlation_id=correlation_id,
+            CaCreated.first(
+                ca_id,
                 producer="signing",
+                at=now,
+                correlation_id=correlation_id,
                 ca_id=ca_id,
                 role=role,
                 parent_id=parent,

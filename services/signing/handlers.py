@@ -158,16 +158,30 @@ async def _record_verdict(
     if not first and cause is None:
         return []  # linted before under this issuer, and nobody is waiting for the answer
     profile = book.profiles[verdict.digest]
-    linted = ProfileLinted(
-        aggregate_id=profile.name,
-        occurred_at=rt.clock.now(),
-        correlation_id=cause.correlation_id if cause else f"lint-{verdict.digest[:16]}",
-        causation_id=str(cause.event_id) if cause else None,
-        producer=NAME,
-        digest=verdict.digest,
-        issuer_id=verdict.issuer_id,
-        usable=verdict.usable,
-        findings=list(verdict.findings),
+    now = rt.clock.now()
+    found = list(verdict.findings)
+    linted = (
+        ProfileLinted.caused_by(
+            cause,
+            producer=NAME,
+            at=now,
+            aggregate_id=profile.name,
+            digest=verdict.digest,
+            issuer_id=verdict.issuer_id,
+            usable=verdict.usable,
+            findings=found,
+        )
+        if cause is not None
+        else ProfileLinted.first(
+            profile.name,
+            producer=NAME,
+            at=now,
+            correlation_id=f"lint-{verdict.digest[:16]}",
+            digest=verdict.digest,
+            issuer_id=verdict.issuer_id,
+            usable=verdict.usable,
+            findings=found,
+        )
     )
     return [await enqueue(conn, linted, rt.root)]
 
@@ -411,12 +425,11 @@ async def _refuse(
         "refused to release a certificate that failed its pre-release check",
         extra={"request": approved.aggregate_id, "serial": serial_hex(cert), "profile": job.profile.name},
     )
-    alert = CertificateLintFailed(
-        aggregate_id=str(uuid.uuid4()),
-        occurred_at=rt.clock.now(),
-        correlation_id=approved.correlation_id,
-        causation_id=str(approved.event_id),
+    alert = CertificateLintFailed.caused_by(
+        approved,
         producer=NAME,
+        at=rt.clock.now(),
+        aggregate_id=str(uuid.uuid4()),
         stage="pre-release",
         request_id=approved.aggregate_id,
         serial=serial_hex(cert),
@@ -447,13 +460,11 @@ async def _store_signed(
     cert: x509.Certificate,
 ) -> list[OutboxEntry]:
     der = cert.public_bytes(serialization.Encoding.DER)
-    issued = CertificateIssued(
-        event_id=intent.issued_event_id,
-        aggregate_id=approved.aggregate_id,
-        occurred_at=rt.clock.now(),
-        correlation_id=approved.correlation_id,
-        causation_id=str(approved.event_id),
+    issued = CertificateIssued.caused_by(
+        approved,
         producer=NAME,
+        at=rt.clock.now(),
+        event_id=intent.issued_event_id,
         serial=serial_hex(cert),
         issuer_id=intent.issuer_id,
         profile=approved.profile,
@@ -478,12 +489,5 @@ async def _store_signed(
 async def _reject(
     conn: asyncpg.Connection, rt: Runtime, approved: EnrollmentApproved, problems: list[Reason]
 ) -> OutboxEntry:
-    rejected = IssuanceRefused(
-        aggregate_id=approved.aggregate_id,
-        occurred_at=rt.clock.now(),
-        correlation_id=approved.correlation_id,
-        causation_id=str(approved.event_id),
-        producer=NAME,
-        reasons=problems,
-    )
+    rejected = IssuanceRefused.caused_by(approved, producer=NAME, at=rt.clock.now(), reasons=problems)
     return await enqueue(conn, rejected, rt.root)

@@ -147,11 +147,11 @@ class Retirements:
         existed = self._cas.keys.destroy(ca_id)
         now = rt.clock.now()
         await store.save_key_destroyed(conn, ca_id, now)
-        destroyed = CaKeyDestroyed(
-            aggregate_id=ca_id,
-            occurred_at=now,
-            correlation_id=row["correlation_id"],
+        destroyed = CaKeyDestroyed.first(
+            ca_id,
             producer="signing",
+            at=now,
+            correlation_id=row["correlation_id"],
             ca_id=ca_id,
             spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
             destroyed_at=now,
