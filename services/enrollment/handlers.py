@@ -12,14 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import datetime, timedelta
-from typing import Annotated, get_args
 
 import asyncpg
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from faststream.nats.annotations import NatsMessage
-from pydantic import Field
 
 from services.enrollment import domain, renewal, store
 from services.enrollment.domain import profile_of
@@ -42,14 +40,11 @@ from shared.contract.events import (
     Event,
     IssuanceRefused,
     KeyBlocked,
-    OperatorRegistered,
-    OperatorRemoved,
     ProfileApplied,
     ProfileLinted,
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
-    QuorumSet,
     RenewalRequested,
 )
 from shared.contract.ingress import Kind
@@ -77,41 +72,13 @@ from shared.pki.tokens import (
     verify_token,
 )
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.consumer import Delivery, EventRejected, Projections, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue
 from shared.runtime.service import Runtime
 from shared.trust.operators import recorded
 
 NAME = "enrollment"
 log = logging.getLogger("certbus.enrollment")
-# Requests and the policy that governs them, in log order (one discriminated union for FastStream).
-Consumed = Annotated[
-    OperatorRegistered
-    | OperatorRemoved
-    | QuorumSet
-    | EnrollmentRequested
-    | RenewalRequested
-    | ApprovalGranted
-    | ApprovalDenied
-    | ProvisionerRegistered
-    | ProvisionerDisabled
-    | ProvisionerRemoved
-    | ProfileApplied
-    | ProfileLinted
-    | KeyBlocked
-    | CertificateIssued
-    | IssuanceRefused
-    | EnrollmentRejected
-    | CertificateRevoked
-    | CertificateDestroyed
-    | CertificateRenewalDue
-    | CertificateExpired
-    | CertificateSuperseded,
-    Field(discriminator="event_type"),
-]
-# The certificate lifecycle events the renewal schedule's projection applies.
-LIFECYCLE = (CertificateRevoked, CertificateDestroyed, CertificateRenewalDue, CertificateExpired, CertificateSuperseded)
-CONSUMED: tuple[type[Event], ...] = get_args(get_args(Consumed)[0])
 
 
 def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedule, position: LogPosition) -> None:
@@ -136,28 +103,59 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         CertificateSuperseded,
     )
 
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, EnrollmentRequested | RenewalRequested | ApprovalGranted | ApprovalDenied):
-            # Judged again when the tables are rebuilt from the log, but answered only once.
-            publish = not await position.answered(event.aggregate_id, delivery.seq)
-            # Judged at the time the ingress stream took the request (admission records it).
-            if isinstance(event, EnrollmentRequested):
-                return await _decide(conn, rt, settings, event, event.accepted_at or delivery.accepted_at, publish)
-            if isinstance(event, RenewalRequested):
-                return await _renew(conn, rt, settings, event, event.accepted_at or delivery.accepted_at, publish)
-            return await _operator_decision(conn, rt, settings, event, recorded(delivery.signers), publish)
-        if isinstance(event, LIFECYCLE):
-            await schedule.project(conn, event, delivery.seq)
-            return []
-        await _apply_policy(conn, event, delivery)
-        if isinstance(event, CertificateIssued):
-            await schedule.project(conn, event, delivery.seq)
-        return []
+    async def unanswered(event: Event, delivery: Delivery) -> bool:
+        """Whether to answer a request: it is judged again when the tables are rebuilt from the log,
+        but answered only once."""
+        return not await position.answered(event.aggregate_id, delivery.seq)
 
-    requests = rt.group_commit("requests", apply)
+    # A request is judged at the time the ingress stream took it (admission records it).
+    async def enrollment(conn: asyncpg.Connection, event: EnrollmentRequested, delivery: Delivery) -> list[OutboxEntry]:
+        at = event.accepted_at or delivery.accepted_at
+        return await _decide(conn, rt, settings, event, at, await unanswered(event, delivery))
 
-    @rt.consumer("requests", CONSUMED)
-    async def on_event(event: Consumed, msg: NatsMessage) -> None:
+    async def renewal(conn: asyncpg.Connection, event: RenewalRequested, delivery: Delivery) -> list[OutboxEntry]:
+        at = event.accepted_at or delivery.accepted_at
+        return await _renew(conn, rt, settings, event, at, await unanswered(event, delivery))
+
+    async def operator_decision(
+        conn: asyncpg.Connection, event: ApprovalGranted | ApprovalDenied, delivery: Delivery
+    ) -> list[OutboxEntry]:
+        publish = await unanswered(event, delivery)
+        return await _operator_decision(conn, rt, settings, event, recorded(delivery.signers), publish)
+
+    async def issued(conn: asyncpg.Connection, event: CertificateIssued, delivery: Delivery) -> None:
+        await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
+        await schedule.project(conn, event, delivery.seq)
+
+    async def lifecycle(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
+        await schedule.project(conn, event, delivery.seq)
+
+    # Requests, the policy that governs them, and what became of the certificates, in log order.
+    projections: Projections = {
+        EnrollmentRequested: enrollment,
+        RenewalRequested: renewal,
+        ApprovalGranted: operator_decision,
+        ApprovalDenied: operator_decision,
+        ProvisionerRegistered: _provisioner_registered,
+        ProvisionerDisabled: _provisioner_disabled,
+        ProvisionerRemoved: _provisioner_removed,
+        ProfileApplied: _profile_applied,
+        ProfileLinted: _profile_linted,
+        KeyBlocked: _key_blocked,
+        CertificateIssued: issued,
+        IssuanceRefused: _issuance_refused,
+        EnrollmentRejected: _rejected,
+        # The certificate lifecycle events only the renewal schedule's projection applies.
+        CertificateRevoked: lifecycle,
+        CertificateDestroyed: lifecycle,
+        CertificateRenewalDue: lifecycle,
+        CertificateExpired: lifecycle,
+        CertificateSuperseded: lifecycle,
+    }
+    requests = rt.group_commit("requests", dispatching(NAME, projections))
+
+    @rt.consumer("requests", projections, tagged=True)
+    async def on_event(event: Event, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
         if isinstance(event, CertificateIssued) or (
             isinstance(event, CertificateRevoked) and event.reason == "cACompromise"
@@ -189,57 +187,71 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
             return ProvisionersAnswer(provisioners=[ProvisionerInfo(**row) for row in await store.provisioners(conn)])
 
 
-async def _apply_policy(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
-    """Provisioners, profiles, blocked keys, and what became of approved requests. Provisioner and
-    profile changes carry their stream sequence: a late older event never undoes a newer one. The
-    operator recorded for a change is whoever signed it (never what the command says)."""
-    seq, by = delivery.seq, recorded(delivery.signers)
-    if isinstance(event, ProvisionerRegistered):
-        await store.save_provisioner(
-            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, by, seq
-        )
-        await store.save_scope(conn, event.aggregate_id, domain.Scope.of(event))
-    elif isinstance(event, ProvisionerDisabled):
-        await store.set_provisioner_status(
-            conn, event.aggregate_id, "disabled", event.reason, by, event.occurred_at, seq
-        )
-    elif isinstance(event, ProvisionerRemoved):
-        await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", by, event.occurred_at, seq)
-    elif isinstance(event, ProfileApplied):
-        if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
-            raise EventRejected("the profile's digest or name does not match its content")
-        body = event.profile.model_dump(mode="json")
-        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, by, seq)
-    elif isinstance(event, ProfileLinted):
-        findings = [f.model_dump() for f in event.findings]
-        await store.record_lint(conn, event.digest, event.usable, findings)
-    elif isinstance(event, KeyBlocked):
-        await store.block_key(conn, event.spki_sha256, event.reason, by, event.occurred_at)
-    elif isinstance(event, CertificateIssued):
-        await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
-    elif isinstance(event, IssuanceRefused):
+# Provisioners, profiles, blocked keys, and what became of approved requests. Provisioner and
+# profile changes carry their stream sequence: a late older event never undoes a newer one. The
+# operator recorded for a change is whoever signed it (never what the command says).
+
+
+async def _provisioner_registered(conn: asyncpg.Connection, event: ProvisionerRegistered, delivery: Delivery) -> None:
+    by = recorded(delivery.signers)
+    await store.save_provisioner(
+        conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, by, delivery.seq
+    )
+    await store.save_scope(conn, event.aggregate_id, domain.Scope.of(event))
+
+
+async def _provisioner_disabled(conn: asyncpg.Connection, event: ProvisionerDisabled, delivery: Delivery) -> None:
+    by = recorded(delivery.signers)
+    await store.set_provisioner_status(
+        conn, event.aggregate_id, "disabled", event.reason, by, event.occurred_at, delivery.seq
+    )
+
+
+async def _provisioner_removed(conn: asyncpg.Connection, event: ProvisionerRemoved, delivery: Delivery) -> None:
+    by = recorded(delivery.signers)
+    await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", by, event.occurred_at, delivery.seq)
+
+
+async def _profile_applied(conn: asyncpg.Connection, event: ProfileApplied, delivery: Delivery) -> None:
+    if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
+        raise EventRejected("the profile's digest or name does not match its content")
+    body = event.profile.model_dump(mode="json")
+    by = recorded(delivery.signers)
+    await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, by, delivery.seq)
+
+
+async def _profile_linted(conn: asyncpg.Connection, event: ProfileLinted, delivery: Delivery) -> None:
+    findings = [f.model_dump() for f in event.findings]
+    await store.record_lint(conn, event.digest, event.usable, findings)
+
+
+async def _key_blocked(conn: asyncpg.Connection, event: KeyBlocked, delivery: Delivery) -> None:
+    await store.block_key(conn, event.spki_sha256, event.reason, recorded(delivery.signers), event.occurred_at)
+
+
+async def _issuance_refused(conn: asyncpg.Connection, event: IssuanceRefused, delivery: Delivery) -> None:
+    await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
+
+
+async def _rejected(conn: asyncpg.Connection, event: EnrollmentRejected, delivery: Delivery) -> None:
+    # On logs from before IssuanceRefused, signing refused with an EnrollmentRejected of its own.
+    if event.rejected_by == "signing":
         await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
-    elif isinstance(event, EnrollmentRejected):
-        # On logs from before IssuanceRefused, signing refused with an EnrollmentRejected of its own.
-        if event.rejected_by == "signing":
-            await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
-        elif event.requester is not None:
-            # Refused at admission: the request never reached the log; its refusal is its record.
-            await store.record_request(
-                conn,
-                store.RequestRecord(
-                    request_id=event.aggregate_id,
-                    requester=event.requester,
-                    profile="",
-                    status="rejected",
-                    requested_at=event.occurred_at,
-                    decided_at=event.occurred_at,
-                    reasons=list(event.reasons),
-                    decided_by=NAME,
-                ),
-            )
-    else:
-        raise EventRejected(f"enrollment does not consume {event.event_type}")
+    elif event.requester is not None:
+        # Refused at admission: the request never reached the log; its refusal is its record.
+        await store.record_request(
+            conn,
+            store.RequestRecord(
+                request_id=event.aggregate_id,
+                requester=event.requester,
+                profile="",
+                status="rejected",
+                requested_at=event.occurred_at,
+                decided_at=event.occurred_at,
+                reasons=list(event.reasons),
+                decided_by=NAME,
+            ),
+        )
 
 
 @functools.lru_cache(maxsize=256)

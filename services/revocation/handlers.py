@@ -21,9 +21,6 @@ from shared.contract.events import (
     DestructionOrdered,
     Event,
     KeyDestroyed,
-    OperatorRegistered,
-    OperatorRemoved,
-    QuorumSet,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
@@ -31,21 +28,13 @@ from shared.contract.events import (
 from shared.contract.ingress import Kind
 from shared.contract.reasons import Reason, printable
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.consumer import Delivery, Projections, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Runtime
-from shared.trust.operators import REGISTRY, recorded
+from shared.trust.operators import recorded
 
 NAME = "revocation"
 log = logging.getLogger("certbus.revocation")
-CONSUMED: tuple[type[Event], ...] = (
-    *REGISTRY,
-    CertificateIssued,
-    RevocationRequested,
-    RevocationOrdered,
-    CaCompromised,
-    DestructionOrdered,
-)
 
 
 def register(rt: Runtime, settings: RevocationSettings) -> None:
@@ -64,32 +53,18 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
 
     Admission(rt, ["revoke", "key_destroyed"], refuse, settings.admission_rate_per_min).register()
 
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, CertificateIssued):
-            return await _learn(conn, rt, event)
-        # An operator's command is recorded as its signers' (checked before it got here).
-        if isinstance(event, RevocationRequested | RevocationOrdered):
-            return await _decide(conn, rt, event, recorded(delivery.signers))
-        if isinstance(event, CaCompromised):
-            return await _issuer_compromised(conn, rt, event, recorded(delivery.signers))
-        if isinstance(event, DestructionOrdered):
-            return await _destroy(conn, rt, event, recorded(delivery.signers))
-        raise EventRejected(f"revocation does not consume {event.event_type}")
+    # An operator's command is recorded as its signers' (checked before it got here).
+    projections: Projections = {
+        CertificateIssued: lambda conn, event, _: _learn(conn, rt, event),
+        RevocationRequested: lambda conn, event, delivery: _decide(conn, rt, event, recorded(delivery.signers)),
+        RevocationOrdered: lambda conn, event, delivery: _decide(conn, rt, event, recorded(delivery.signers)),
+        CaCompromised: lambda conn, event, delivery: _issuer_compromised(conn, rt, event, recorded(delivery.signers)),
+        DestructionOrdered: lambda conn, event, delivery: _destroy(conn, rt, event, recorded(delivery.signers)),
+    }
+    requests = rt.group_commit("requests", dispatching(NAME, projections))
 
-    requests = rt.group_commit("requests", apply)
-
-    @rt.consumer("requests", CONSUMED)
-    async def on_event(
-        event: OperatorRegistered
-        | OperatorRemoved
-        | QuorumSet
-        | CertificateIssued
-        | RevocationRequested
-        | RevocationOrdered
-        | CaCompromised
-        | DestructionOrdered,
-        msg: NatsMessage,
-    ) -> None:
+    @rt.consumer("requests", projections)
+    async def on_event(event: Event, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
 
 

@@ -32,11 +32,8 @@ from shared.contract.events import (
     Event,
     IssuanceRefused,
     LintResult,
-    OperatorRegistered,
-    OperatorRemoved,
     ProfileApplied,
     ProfileLinted,
-    QuorumSet,
 )
 from shared.contract.profiles import Profile, ProfileKeyType, key_type_of
 from shared.contract.queries import RetireCheckAnswer, RetireCheckQuery
@@ -50,6 +47,10 @@ from shared.trust.operators import REGISTRY
 
 NAME = "signing"
 log = logging.getLogger("certbus.signing")
+# What the approvals consumer reads, applied a group at a time by `work`. A CA's compromise or
+# retirement is read in the same consumer as the approvals, so that every approval after it on the
+# log is judged with the replacement CA.
+APPROVALS: tuple[type[Event], ...] = (EnrollmentApproved, ProfileApplied, CaCompromised, CaRetired)
 
 
 class ProfileNotYetKnown(Exception):
@@ -90,19 +91,8 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
         lambda items: work(rt, cas, book, crls, retirements, items), rt.publish_pending
     )
 
-    # A CA's compromise or retirement is read in the same consumer as the approvals, so that every
-    # approval after it on the log is judged with the replacement CA.
-    @rt.consumer("approved", [*REGISTRY, EnrollmentApproved, ProfileApplied, CaCompromised, CaRetired])
-    async def on_approved(
-        event: OperatorRegistered
-        | OperatorRemoved
-        | QuorumSet
-        | EnrollmentApproved
-        | ProfileApplied
-        | CaCompromised
-        | CaRetired,
-        msg: NatsMessage,
-    ) -> None:
+    @rt.consumer("approved", APPROVALS)
+    async def on_approved(event: Event, msg: NatsMessage) -> None:
         await approvals.submit(event, Delivery.of(msg))
 
     @rt.query("retire_check")
