@@ -9,14 +9,11 @@ events), so a renewal is judged by the certificate's state as the log had it.
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import datetime, timedelta
 
 import asyncpg
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography import x509
 from faststream.nats.annotations import NatsMessage
 
 from services.enrollment import domain, renewal, store
@@ -48,7 +45,7 @@ from shared.contract.events import (
     RenewalRequested,
 )
 from shared.contract.ingress import Kind
-from shared.contract.profiles import Profile, key_type_of
+from shared.contract.profiles import Profile
 from shared.contract.queries import (
     Failure,
     ProfileInfo,
@@ -64,12 +61,8 @@ from shared.contract.queries import (
 from shared.contract.reasons import Reason, printable
 from shared.pki.crypto import spki_sha256
 from shared.pki.tokens import (
-    ProvisionerPublicKey,
-    TokenClaims,
     TokenError,
-    algorithm_for,
     provisioner_id_of,
-    verify_token,
 )
 from shared.runtime.admission import Admission
 from shared.runtime.consumer import Delivery, EventRejected, Projections, dispatching
@@ -254,13 +247,6 @@ async def _rejected(conn: asyncpg.Connection, event: EnrollmentRejected, deliver
         )
 
 
-@functools.lru_cache(maxsize=256)
-def _public_key(pem: str) -> PublicKeyTypes:
-    """A provisioner's key parsed once per process (read from the table on every request, so a
-    change of key takes effect at once; only the parsing is cached, by the PEM itself)."""
-    return serialization.load_pem_public_key(pem.encode())
-
-
 async def _decide(
     conn: asyncpg.Connection,
     rt: Runtime,
@@ -269,6 +255,8 @@ async def _decide(
     accepted_at: datetime,
     publish: bool = True,
 ) -> list[OutboxEntry]:
+    """Decide a first enrollment: read its context, judge it (`domain.review_enrollment`), spend
+    its token, then record and answer the decision."""
     now = rt.clock.now()
     record = store.RequestRecord(
         request_id=request.aggregate_id,
@@ -282,22 +270,64 @@ async def _decide(
         decided_by=NAME,
         accepted_at=accepted_at,
     )
-    outcome = await _check(conn, rt, settings, request, accepted_at, record)
-    if isinstance(outcome, list):
-        decision = _judged(record, request, outcome, accepted_at=accepted_at, at=now)
+    csr = domain.load_csr(request.csr_pem)
+    ctx = await _enrollment_context(conn, request, csr, accepted_at)
+    max_ttl = timedelta(seconds=settings.max_token_ttl_s)
+    verdict = domain.review_enrollment(request, csr, ctx, at=accepted_at, max_token_ttl=max_ttl)
+    outcome: tuple[domain.Approval, Profile] | list[Reason]
+    if isinstance(verdict.outcome, list):
+        outcome = verdict.outcome
     else:
-        approval, claims, profile = outcome
-        decision = _judged(
-            record,
-            request,
-            (approval, profile),
-            accepted_at=accepted_at,
-            at=now,
-            provisioner_id=claims.provisioner_id,
-            token_id=claims.token_id,
-        )
+        assert verdict.profile is not None  # an approval is always under a profile
+        outcome = (verdict.outcome, verdict.profile)
+    claims = verdict.claims
+    if claims is not None:
+        record.provisioner_id, record.token_id = claims.provisioner_id, printable(claims.token_id)
+        # The token is spent by a primary key, whatever else is wrong with the request.
+        if await store.spend_token(conn, record.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
+            record.profile_digest = verdict.profile_digest
+        else:
+            outcome = [domain.TOKEN_REUSED]
+    decision = _judged(
+        record,
+        request,
+        outcome,
+        accepted_at=accepted_at,
+        at=now,
+        provisioner_id=claims.provisioner_id if claims is not None else "",
+        token_id=claims.token_id if claims is not None else "",
+    )
     await store.record_request(conn, record)
     return await _answer(conn, rt, decision, publish)
+
+
+async def _enrollment_context(
+    conn: asyncpg.Connection,
+    request: EnrollmentRequested,
+    csr: x509.CertificateSigningRequest | Reason,
+    at: datetime,
+) -> domain.EnrollmentContext | None:
+    """What a first enrollment is judged by, in one round trip: the token's provisioner, the profile
+    and whether the CSR's key is blocked. None (nothing read) if the CSR cannot be parsed or the
+    token names no provisioner: the request is refused for that alone."""
+    if isinstance(csr, Reason):
+        return None
+    try:
+        provisioner_id = provisioner_id_of(request.token)
+    except TokenError:
+        return None
+    spki = domain.key_id(csr)
+    row = await store.context(conn, printable(provisioner_id), printable(request.profile), spki, at)
+    return domain.EnrollmentContext(
+        provisioner_key_pem=row.provisioner_key_pem,
+        provisioner_status=row.provisioner_status,
+        profile_body=row.profile_body,
+        profile_digest=row.profile_digest,
+        profile_unusable=row.profile_lint_failed,
+        blocked_keys=frozenset({spki}) if row.key_blocked and spki else frozenset(),
+        scope=row.scope,
+        issued_last_hour=row.issued_last_hour,
+    )
 
 
 def _judged(
@@ -373,82 +403,6 @@ def _approved(
     )
 
 
-async def _check(
-    conn: asyncpg.Connection,
-    rt: Runtime,
-    settings: EnrollmentSettings,
-    request: EnrollmentRequested,
-    accepted_at: datetime,
-    record: store.RequestRecord,
-) -> tuple[domain.Approval, TokenClaims, Profile] | list[Reason]:
-    csr = domain.load_csr(request.csr_pem)
-    if isinstance(csr, Reason):
-        return [csr]
-    try:
-        public_key = csr.public_key()
-        spki = spki_sha256(public_key) if key_type_of(public_key) else None  # type: ignore[arg-type]
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        spki = None
-    try:
-        provisioner_id = provisioner_id_of(request.token)
-        ctx = await store.context(conn, printable(provisioner_id), printable(request.profile), spki, accepted_at)
-        key = _provisioner_key(provisioner_id, ctx)
-        claims = verify_token(
-            request.token,
-            request.token_proof,
-            key,
-            request.aggregate_id,
-            domain.csr_der(csr),
-            # A token is judged at the time the log accepted the request, not when enrollment got
-            # to it: a request accepted while enrollment was down is not refused for that.
-            accepted_at,
-            timedelta(seconds=settings.max_token_ttl_s),
-        )
-    except TokenError as exc:
-        return [Reason(code=exc.code, message=exc.message)]
-    record.provisioner_id, record.token_id = claims.provisioner_id, printable(claims.token_id)
-    # The token is spent by a primary key, whatever else is wrong with the request.
-    if not await store.spend_token(conn, record.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
-        return [Reason(code="token_reused", message="the token has already been used: each token enrolls once")]
-    if ctx.profile_body is None:
-        return [
-            Reason(
-                code="profile_unknown", message=f"there is no profile {request.profile!r}: see `certbus profile list`"
-            )
-        ]
-    if ctx.profile_lint_failed:
-        return [
-            Reason(
-                code="profile_unusable",
-                message=f"profile {request.profile!r} failed its lint check and cannot be used until it is fixed",
-            )
-        ]
-    profile = profile_of(ctx.profile_body, ctx.profile_digest or "")
-    record.profile_digest = ctx.profile_digest
-    blocked = frozenset({spki}) if ctx.key_blocked and spki else frozenset()
-    decision = domain.review(csr, claims, profile, request.validity_days, blocked)
-    names = domain.requested_names(csr)
-    named = [*names.dns, *names.ips, *names.emails] if isinstance(names, domain.Names) else []
-    out_of_scope = domain.scope_problems(
-        claims.provisioner_id, ctx.scope, profile, named, request.requester, ctx.issued_last_hour
-    )
-    if isinstance(decision, list) or out_of_scope:
-        return [*out_of_scope, *(decision if isinstance(decision, list) else [])]
-    return decision, claims, profile
-
-
-def _provisioner_key(provisioner_id: str, ctx: store.Context) -> ProvisionerPublicKey:
-    if ctx.provisioner_key_pem is None or ctx.provisioner_status == "removed":
-        raise TokenError("provisioner_unknown", f"the token's provisioner {provisioner_id!r} is not registered")
-    if ctx.provisioner_status == "disabled":
-        raise TokenError(
-            "provisioner_disabled", f"provisioner {provisioner_id!r} is disabled: its tokens no longer work"
-        )
-    key = _public_key(ctx.provisioner_key_pem)
-    algorithm_for(key)  # raises for a key type no token can be signed with
-    return key  # type: ignore[return-value]
-
-
 async def _renew(
     conn: asyncpg.Connection,
     rt: Runtime,
@@ -501,10 +455,7 @@ async def _check_renewal(
     csr = domain.load_csr(request.csr_pem)
     if isinstance(csr, Reason):
         return [csr]
-    try:
-        new_key = spki_sha256(csr.public_key()) if key_type_of(csr.public_key()) else None  # type: ignore[arg-type]
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        new_key = None
+    new_key = domain.key_id(csr)
     cert = await store.certificate_by_serial(conn, request.renews_serial)
     name = printable(request.profile or (cert.profile if cert is not None else ""))
     policy = await store.renewal_policy(conn, name, new_key, cert.provisioner_id if cert is not None else None)
