@@ -79,7 +79,15 @@ class Checkpointer:
             signed_at = rt.clock.now()
             hex_hash = chain_hash.hex()
             signature = self._key.sign(checkpoint_message(rt.settings.stream, seq, hex_hash, signed_at))
-            if not await store.save_checkpoint(conn, seq, chain_hash, signed_at, signature, self._key.public_key()):
+            saved = await store.save_checkpoint(
+                conn,
+                seq,
+                chain_hash=chain_hash,
+                signed_at=signed_at,
+                signature=signature,
+                public_key=self._key.public_key(),
+            )
+            if not saved:
                 return None  # another replica signed this position
             event = AuditCheckpointSigned.first(
                 str(seq),

@@ -160,7 +160,14 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
     @rt.query("verify")
     async def run_verify() -> VerifyAnswer | Failure:
         try:
-            return await verify.verify(rt.pool, rt.js, rt.settings.stream, rt.root, NAME, checkpointer.public_key)
+            return await verify.verify(
+                rt.pool,
+                rt.js,
+                stream=rt.settings.stream,
+                root=rt.root,
+                live_schema=NAME,
+                public_key=checkpointer.public_key,
+            )
         except replay.StreamUnreadable as exc:
             return Failure(error=str(exc), code="stream_unreadable")
 
@@ -169,7 +176,9 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
     @rt.query("replay")
     async def run_replay(query: ReplayQuery) -> ReplayAnswer | Failure:
         try:
-            answer = await replay.replay(rt.pool, rt.js, rt.settings.stream, rt.root, NAME, progress)
+            answer = await replay.replay(
+                rt.pool, rt.js, stream=rt.settings.stream, root=rt.root, live_schema=NAME, progress=progress
+            )
         except replay.ReplayBusy as exc:
             return Failure(error=str(exc))
         except replay.StreamUnreadable as exc:

@@ -254,6 +254,7 @@ def scope_problems(
     provisioner_id: str,
     scope: Scope,
     profile: Profile,
+    *,
     names: Sequence[str],
     requester: str,
     issued_last_hour: int,
@@ -405,7 +406,12 @@ def review_enrollment(
     names = requested_names(csr)
     named = [*names.dns, *names.ips, *names.emails] if isinstance(names, Names) else []
     out_of_scope = scope_problems(
-        claims.provisioner_id, ctx.scope, profile, named, request.requester, ctx.issued_last_hour
+        claims.provisioner_id,
+        ctx.scope,
+        profile,
+        names=named,
+        requester=request.requester,
+        issued_last_hour=ctx.issued_last_hour,
     )
     if isinstance(decision, list) or out_of_scope:
         decision = [*out_of_scope, *(decision if isinstance(decision, list) else [])]

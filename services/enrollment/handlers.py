@@ -104,17 +104,17 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
     # A request is judged at the time the ingress stream took it (admission records it).
     async def enrollment(conn: asyncpg.Connection, event: EnrollmentRequested, delivery: Delivery) -> list[OutboxEntry]:
         at = event.accepted_at or delivery.accepted_at
-        return await _decide(conn, rt, settings, event, at, await unanswered(event, delivery))
+        return await _decide(conn, rt, settings, event, accepted_at=at, publish=await unanswered(event, delivery))
 
     async def renewal(conn: asyncpg.Connection, event: RenewalRequested, delivery: Delivery) -> list[OutboxEntry]:
         at = event.accepted_at or delivery.accepted_at
-        return await _renew(conn, rt, settings, event, at, await unanswered(event, delivery))
+        return await _renew(conn, rt, settings, event, accepted_at=at, publish=await unanswered(event, delivery))
 
     async def operator_decision(
         conn: asyncpg.Connection, event: ApprovalGranted | ApprovalDenied, delivery: Delivery
     ) -> list[OutboxEntry]:
         publish = await unanswered(event, delivery)
-        return await _operator_decision(conn, rt, settings, event, recorded(delivery.signers), publish)
+        return await _operator_decision(conn, rt, settings, event, operator=recorded(delivery.signers), publish=publish)
 
     async def issued(conn: asyncpg.Connection, event: CertificateIssued, delivery: Delivery) -> None:
         await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
@@ -252,6 +252,7 @@ async def _decide(
     rt: Runtime,
     settings: EnrollmentSettings,
     request: EnrollmentRequested,
+    *,
     accepted_at: datetime,
     publish: bool = True,
 ) -> list[OutboxEntry]:
@@ -408,6 +409,7 @@ async def _renew(
     rt: Runtime,
     settings: EnrollmentSettings,
     request: RenewalRequested,
+    *,
     accepted_at: datetime,
     publish: bool = True,
 ) -> list[OutboxEntry]:
@@ -431,7 +433,8 @@ async def _renew(
         renews_serial=request.renews_serial,
     )
     # Judged at the time the log accepted the request, like a token: not refused for enrollment's delay.
-    outcome = await _check_renewal(conn, request, record, accepted_at, timedelta(seconds=settings.renewal_grace_s))
+    grace = timedelta(seconds=settings.renewal_grace_s)
+    outcome = await _check_renewal(conn, request, record, at=accepted_at, grace=grace)
     decision = _judged(
         record,
         request,
@@ -449,6 +452,7 @@ async def _check_renewal(
     conn: asyncpg.Connection,
     request: RenewalRequested,
     record: store.RequestRecord,
+    *,
     at: datetime,
     grace: timedelta,
 ) -> tuple[domain.Approval, Profile] | list[Reason]:
@@ -495,6 +499,7 @@ async def _operator_decision(
     rt: Runtime,
     settings: EnrollmentSettings,
     event: ApprovalGranted | ApprovalDenied,
+    *,
     operator: str,
     publish: bool = True,
 ) -> list[OutboxEntry]:
@@ -516,7 +521,7 @@ async def _operator_decision(
         return await _expire(conn, rt, record, cause=event, at=now, publish=publish)
     if isinstance(event, ApprovalDenied):
         reason = Reason(code="operator_rejected", message=f"rejected by {operator}: {event.reason}")
-        await store.decide(conn, record.request_id, "rejected", [reason], operator, now)
+        await store.decide(conn, record.request_id, "rejected", [reason], decided_by=operator, at=now)
         denied = EnrollmentRejected.caused_by(event, producer=NAME, at=now, reasons=[reason], rejected_by=operator)
         return await _answer(conn, rt, denied, publish)
     approvers = await store.approve(conn, record.request_id, operator.split("+"), event.occurred_at)
@@ -532,12 +537,12 @@ async def _operator_decision(
     if not reasons and record.renews_serial is not None:
         reasons = await _still_renewable(conn, record.renews_serial, at, timedelta(seconds=settings.renewal_grace_s))
     if reasons:
-        await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
+        await store.decide(conn, record.request_id, "rejected", reasons, decided_by=NAME, at=now)
         rejected = EnrollmentRejected.caused_by(event, producer=NAME, at=now, reasons=reasons, rejected_by=NAME)
         return await _answer(conn, rt, rejected, publish)
     record.profile_digest = digest
     by = recorded(approvers)
-    await store.decide(conn, record.request_id, "approved", [], by, now, digest)
+    await store.decide(conn, record.request_id, "approved", [], decided_by=by, at=now, profile_digest=digest)
     approved = _approved(
         record,
         cause=event,
@@ -581,7 +586,7 @@ async def _expire(
         code="approval_expired",
         message=f"no operator approved the request before {record.expires_at:%Y-%m-%d %H:%M} UTC: request again",
     )
-    await store.decide(conn, record.request_id, "expired", [reason], NAME, rt.clock.now())
+    await store.decide(conn, record.request_id, "expired", [reason], decided_by=NAME, at=rt.clock.now())
     rejected = (
         EnrollmentRejected.first(record.request_id, producer=NAME, at=at, reasons=[reason], rejected_by=NAME)
         if cause is None

@@ -92,14 +92,35 @@ async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssue
         # Released by its CA just before the compromise was declared, learnt here after it
         # (enrollment tells the holder to renew when it reads the revocation).
         return [
-            await _revoke_one(conn, rt, cert, "cACompromise", issued.aggregate_id, NAME, "ca_compromise", issued, now)
+            await _revoke_one(
+                conn,
+                rt,
+                cert,
+                reason="cACompromise",
+                request_id=issued.aggregate_id,
+                requested_by=NAME,
+                authorised_by="ca_compromise",
+                cause=issued,
+                now=now,
+            )
         ]
     compromise = await store.compromised_by(conn, spki_sha256)
     if compromise is None:
         return []
     serial, request_id = compromise
     by = domain.compromised_by(serial)
-    return [await _revoke_one(conn, rt, cert, "keyCompromise", request_id, by, "key_compromise", issued, now)]
+    revoked = await _revoke_one(
+        conn,
+        rt,
+        cert,
+        reason="keyCompromise",
+        request_id=request_id,
+        requested_by=by,
+        authorised_by="key_compromise",
+        cause=issued,
+        now=now,
+    )
+    return [revoked]
 
 
 def _ask(request: RevocationRequested | RevocationOrdered, serial: str, operator: str) -> domain.Ask:
@@ -132,13 +153,15 @@ async def _decide(
     ask = _ask(request, serial, operator)
     outcome = domain.decide(ask, await store.find(conn, serial), now)
     if isinstance(outcome, domain.Known):
-        entries = await _revoke(conn, rt, outcome, ask, request, now)
+        entries = await _revoke(conn, rt, outcome, ask, cause=request, now=now)
         label = "revoked"
     else:
         rejected = RevocationRejected.caused_by(request, producer=NAME, at=now, serial=serial, reason=outcome)
         entries = [await enqueue(conn, rejected, rt.root)]
         label = f"rejected:{outcome.code}"
-    await store.record_request(conn, request.aggregate_id, serial, printable(request.reason), ask.by, label, now)
+    await store.record_request(
+        conn, request.aggregate_id, serial, reason=printable(request.reason), by=ask.by, outcome=label, at=now
+    )
     return entries
 
 
@@ -154,14 +177,22 @@ async def _destroy(
     if not isinstance(outcome, domain.Known):
         rejected = RevocationRejected.caused_by(order, producer=NAME, at=now, serial=serial, reason=outcome)
         await store.record_request(
-            conn, order.aggregate_id, serial, "destroy", operator, f"rejected:{outcome.code}", now
+            conn, order.aggregate_id, serial, reason="destroy", by=operator, outcome=f"rejected:{outcome.code}", at=now
         )
         return [await enqueue(conn, rejected, rt.root)]
     entries = []
     if outcome.status != "revoked":
         entries.append(
             await _revoke_one(
-                conn, rt, outcome, "cessationOfOperation", order.aggregate_id, operator, "operator", order, now
+                conn,
+                rt,
+                outcome,
+                reason="cessationOfOperation",
+                request_id=order.aggregate_id,
+                requested_by=operator,
+                authorised_by="operator",
+                cause=order,
+                now=now,
             )
         )
     await store.mark_destroyed(conn, serial, now)
@@ -180,7 +211,9 @@ async def _destroy(
         reason=reason,
     )
     entries.append(await enqueue(conn, destroyed, rt.root))
-    await store.record_request(conn, order.aggregate_id, serial, "destroy", operator, "destroyed", now)
+    await store.record_request(
+        conn, order.aggregate_id, serial, reason="destroy", by=operator, outcome="destroyed", at=now
+    )
     log.info("destroyed a certificate", extra={"serial": serial, "ordered_by": operator})
     return entries
 
@@ -190,7 +223,8 @@ async def _revoke(
     rt: Runtime,
     cert: domain.Known,
     ask: domain.Ask,
-    request: RevocationRequested | RevocationOrdered,
+    *,
+    cause: RevocationRequested | RevocationOrdered,
     now: datetime,
 ) -> list[OutboxEntry]:
     """Revoke `cert` as asked; for keyCompromise also revoke every other live certificate with the
@@ -199,10 +233,19 @@ async def _revoke(
     entries: list[OutboxEntry] = []
     if ask.reason == "keyCompromise" and cert.spki_sha256:
         # Recorded before the other certificates are looked up (see store.record_compromise).
-        await store.record_compromise(conn, cert.spki_sha256, cert.serial, ask.request_id, now)
+        await store.record_compromise(conn, cert.spki_sha256, cert.serial, request_id=ask.request_id, at=now)
     entries.append(
         await _revoke_one(
-            conn, rt, cert, ask.reason, ask.request_id, ask.by, ask.authority, request, now, ask.invalidity_date
+            conn,
+            rt,
+            cert,
+            reason=ask.reason,
+            request_id=ask.request_id,
+            requested_by=ask.by,
+            authorised_by=ask.authority,
+            cause=cause,
+            now=now,
+            invalidity_date=ask.invalidity_date,
         )
     )
     if ask.reason == "keyCompromise" and cert.spki_sha256:
@@ -213,13 +256,13 @@ async def _revoke(
                     conn,
                     rt,
                     sibling,
-                    "keyCompromise",
-                    ask.request_id,
-                    by,
-                    "key_compromise",
-                    request,
-                    now,
-                    ask.invalidity_date,
+                    reason="keyCompromise",
+                    request_id=ask.request_id,
+                    requested_by=by,
+                    authorised_by="key_compromise",
+                    cause=cause,
+                    now=now,
+                    invalidity_date=ask.invalidity_date,
                 )
             )
     return entries
@@ -229,6 +272,7 @@ async def _revoke_one(
     conn: asyncpg.Connection,
     rt: Runtime,
     cert: domain.Known,
+    *,
     reason: str,
     request_id: str,
     requested_by: str,

@@ -90,7 +90,7 @@ class CrlPublisher:
         name = f"{ca_id}/{number}.crl"
         obj = await rt.js.object_store(settings.crl_bucket)
         await obj.put(name, io.BytesIO(der))
-        await store.save_crl_state(conn, ca_id, number, through, now, next_update)
+        await store.save_crl_state(conn, ca_id, number, built_through=through, this_update=now, next_update=next_update)
         published = CrlPublished.first(
             ca_id,
             producer="signing",

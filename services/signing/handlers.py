@@ -44,7 +44,7 @@ log = logging.getLogger("certbus.signing")
 APPROVALS: tuple[type[Event], ...] = (EnrollmentApproved, ProfileApplied, CaCompromised, CaRetired)
 
 
-def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBook, retirements: Retirements) -> None:
+def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: TemplateBook, retirements: Retirements) -> None:
     """Attach signing's consumers. Signing accepts work only from approvals and revocations, and
     reads profiles in the same consumer so that an approval is judged by the profiles before it."""
     rt.publishes(
@@ -57,7 +57,7 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
         CertificateLintFailed,
     )
     approvals: GroupCommit[Event] = GroupCommit(
-        lambda items: work(rt, cas, book, crls, retirements, items), rt.publish_pending
+        lambda items: work(rt, items, cas=cas, book=book, crls=crls, retirements=retirements), rt.publish_pending
     )
 
     @rt.consumer("approved", APPROVALS)
@@ -81,7 +81,12 @@ def register(rt: Runtime, cas: CaRegistry, crls: CrlPublisher, book: TemplateBoo
                 extra={"issuer": event.issuer_id, "serial": event.serial},
             )
         await store.add_revoked(
-            conn, event.issuer_id, int(event.serial, 16), event.revoked_at, event.reason, event.invalidity_date
+            conn,
+            event.issuer_id,
+            int(event.serial, 16),
+            revoked_at=event.revoked_at,
+            reason=event.reason,
+            invalidity_date=event.invalidity_date,
         )
 
     revocations = rt.group_commit("revoked", remember)
@@ -105,15 +110,17 @@ async def load_profiles(rt: Runtime, cas: CaRegistry, book: TemplateBook) -> Non
     for digest in current:
         verdict = await book.lint(digest, cas.issuing().ca_id, rt.clock.now())
         async with rt.pool.acquire() as conn, conn.transaction():
-            entries += await _record_verdict(conn, rt, book, verdict, None)
+            entries += await _record_verdict(conn, rt, book, verdict, cause=None)
     await rt.publish_pending(entries)
 
 
 async def _record_verdict(
-    conn: asyncpg.Connection, rt: Runtime, book: TemplateBook, verdict: Verdict, cause: Event | None
+    conn: asyncpg.Connection, rt: Runtime, book: TemplateBook, verdict: Verdict, *, cause: Event | None
 ) -> list[OutboxEntry]:
     findings = [f.model_dump() for f in verdict.findings]
-    first = await store.record_lint(conn, verdict.digest, verdict.issuer_id, verdict.usable, findings, rt.clock.now())
+    first = await store.record_lint(
+        conn, verdict.digest, verdict.issuer_id, usable=verdict.usable, findings=findings, at=rt.clock.now()
+    )
     if not first and cause is None:
         return []  # linted before under this issuer, and nobody is waiting for the answer
     profile = book.profiles[verdict.digest]
@@ -147,11 +154,12 @@ async def _record_verdict(
 
 async def work(
     rt: Runtime,
+    items: list[tuple[Event, Delivery]],
+    *,
     cas: CaRegistry,
     book: TemplateBook,
     crls: CrlPublisher,
     retirements: Retirements,
-    items: list[tuple[Event, Delivery]],
 ) -> list[OutboxEntry]:
     """Apply a group in log order: what comes before a CA's compromise or retirement, that event,
     what comes after."""
@@ -161,13 +169,14 @@ async def work(
             if isinstance(event, CaCompromised):
                 entries += await compromise(rt, cas, crls, items[at])
             else:
-                entries += await retire(rt, cas, crls, retirements, items[at])
-            return entries + await work(rt, cas, book, crls, retirements, items[at + 1 :])
+                entries += await retire(rt, items[at], cas=cas, crls=crls, retirements=retirements)
+            rest = items[at + 1 :]
+            return entries + await work(rt, rest, cas=cas, book=book, crls=crls, retirements=retirements)
     return await issue(rt, cas, book, items)
 
 
 async def retire(
-    rt: Runtime, cas: CaRegistry, crls: CrlPublisher, retirements: Retirements, item: tuple[Event, Delivery]
+    rt: Runtime, item: tuple[Event, Delivery], *, cas: CaRegistry, crls: CrlPublisher, retirements: Retirements
 ) -> list[OutboxEntry]:
     """An operator retired a CA: it issues nothing more from here on the log; its final CRL and key
     destruction follow in the background (resumable, see retire.py)."""
@@ -208,7 +217,9 @@ async def compromise(
             return []
         await store.set_ca_status(conn, event.ca_id, "compromised")
         cert = x509.load_der_x509_certificate(row["cert_der"])
-        await store.add_revoked(conn, row["parent_id"], cert.serial_number, event.occurred_at, "cACompromise")
+        await store.add_revoked(
+            conn, row["parent_id"], cert.serial_number, revoked_at=event.occurred_at, reason="cACompromise"
+        )
         log.error("CA declared compromised; replacing it", extra={"ca": event.ca_id, "by": event.declared_by})
         if cas.issuing_id == event.ca_id:
             await cas.create_issuing(conn, rt, row["parent_id"], event.correlation_id)
@@ -254,7 +265,7 @@ async def issue(
         if isinstance(event, ProfileApplied):
             body = event.profile.model_dump(mode="json")
             await store.save_profile(conn, event.digest, event.profile.name, body, event.occurred_at)
-            return await _record_verdict(conn, rt, book, verdicts[event.digest], event)
+            return await _record_verdict(conn, rt, book, verdicts[event.digest], cause=event)
         assert isinstance(event, EnrollmentApproved)
         return await issuance.release(conn, event)
 

@@ -52,7 +52,9 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
 
     async def crl_published(conn: asyncpg.Connection, event: CrlPublished, delivery: Delivery) -> None:
         der = crl_bytes[event.object_name]
-        await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, der)
+        await store.apply_crl(
+            conn, event.ca_id, event.crl_number, this_update=event.this_update, next_update=event.next_update, der=der
+        )
 
     # The read model: what each event type does to it.
     projections: Projections = {
