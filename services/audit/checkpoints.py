@@ -79,13 +79,21 @@ class Checkpointer:
             signed_at = rt.clock.now()
             hex_hash = chain_hash.hex()
             signature = self._key.sign(checkpoint_message(rt.settings.stream, seq, hex_hash, signed_at))
-            if not await store.save_checkpoint(conn, seq, chain_hash, signed_at, signature, self._key.public_key()):
+            saved = await store.save_checkpoint(
+                conn,
+                seq,
+                chain_hash=chain_hash,
+                signed_at=signed_at,
+                signature=signature,
+                public_key=self._key.public_key(),
+            )
+            if not saved:
                 return None  # another replica signed this position
-            event = AuditCheckpointSigned(
-                aggregate_id=str(seq),
-                occurred_at=signed_at,
-                correlation_id=f"checkpoint-{seq}",
+            event = AuditCheckpointSigned.first(
+                str(seq),
                 producer=NAME,
+                at=signed_at,
+                correlation_id=f"checkpoint-{seq}",
                 stream_seq=seq,
                 chain_hash=hex_hash,
                 events=events,

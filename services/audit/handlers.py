@@ -160,7 +160,14 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
     @rt.query("verify")
     async def run_verify() -> VerifyAnswer | Failure:
         try:
-            return await verify.verify(rt.pool, rt.js, rt.settings.stream, rt.root, NAME, checkpointer.public_key)
+            return await verify.verify(
+                rt.pool,
+                rt.js,
+                stream=rt.settings.stream,
+                root=rt.root,
+                live_schema=NAME,
+                public_key=checkpointer.public_key,
+            )
         except replay.StreamUnreadable as exc:
             return Failure(error=str(exc), code="stream_unreadable")
 
@@ -169,7 +176,9 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
     @rt.query("replay")
     async def run_replay(query: ReplayQuery) -> ReplayAnswer | Failure:
         try:
-            answer = await replay.replay(rt.pool, rt.js, rt.settings.stream, rt.root, NAME, progress)
+            answer = await replay.replay(
+                rt.pool, rt.js, stream=rt.settings.stream, root=rt.root, live_schema=NAME, progress=progress
+            )
         except replay.ReplayBusy as exc:
             return Failure(error=str(exc))
         except replay.StreamUnreadable as exc:
@@ -241,18 +250,31 @@ async def enqueue_findings(
             continue
         new.discard((f.check, f.stream_seq))  # once, even if a group names it twice
         log.error("audit finding", extra={"check": f.check, "seq": f.stream_seq, "detail": f.detail})
+        aggregate_id = f"{f.check}-{f.stream_seq}"
+        detail = domain.safe_text(f.detail)
+        findings = (lint or [])[:MAX_FINDINGS]
         events.append(
-            AuditFindingRaised(
-                aggregate_id=f"{f.check}-{f.stream_seq}",
-                occurred_at=now,
-                correlation_id=cause.correlation_id if cause is not None else f"check-{f.check}-{f.stream_seq}",
-                causation_id=str(cause.event_id) if cause is not None else None,
+            AuditFindingRaised.caused_by(
+                cause,
                 producer=NAME,
+                at=now,
+                aggregate_id=aggregate_id,
                 check=f.check,
                 stream_seq=f.stream_seq,
-                detail=domain.safe_text(f.detail),
-                serial=cause.serial if cause is not None else None,
-                findings=(lint or [])[:MAX_FINDINGS],
+                detail=detail,
+                serial=cause.serial,
+                findings=findings,
+            )
+            if cause is not None
+            else AuditFindingRaised.first(
+                aggregate_id,
+                producer=NAME,
+                at=now,
+                correlation_id=f"check-{f.check}-{f.stream_seq}",
+                check=f.check,
+                stream_seq=f.stream_seq,
+                detail=detail,
+                findings=findings,
             )
         )
     return await enqueue_many(conn, events, rt.root)

@@ -92,9 +92,11 @@ async def run_replay(
     key = _public_key(settings, public_key) if then_verify else None
     async with _connected(settings) as (js, pool):
         root = settings.subject_root
-        answer = await replay.replay(pool, js, settings.stream, root, NAME, progress)
+        answer = await replay.replay(pool, js, stream=settings.stream, root=root, live_schema=NAME, progress=progress)
         if key is not None:
-            verified = await verify.verify(pool, js, settings.stream, root, NAME, key)
+            verified = await verify.verify(
+                pool, js, stream=settings.stream, root=root, live_schema=NAME, public_key=key
+            )
             answer = answer.model_copy(update={"verified": verified})
         return answer
 
@@ -103,7 +105,9 @@ async def run_verify(settings: AuditSettings, public_key: str | None) -> VerifyA
     """Verify the archive against the stream and the signed checkpoints, in this process."""
     key = _public_key(settings, public_key)
     async with _connected(settings) as (js, pool):
-        return await verify.verify(pool, js, settings.stream, settings.subject_root, NAME, key)
+        return await verify.verify(
+            pool, js, stream=settings.stream, root=settings.subject_root, live_schema=NAME, public_key=key
+        )
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:

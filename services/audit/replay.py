@@ -101,6 +101,7 @@ async def read_all(queue: Batches, reader: asyncio.Task[None], through: int) -> 
 async def replay(
     pool: asyncpg.Pool,
     js: JetStreamContext,
+    *,
     stream: str,
     root: str,
     live_schema: str,
@@ -120,7 +121,17 @@ async def replay(
             info = await js.stream_info(stream)
             through = info.state.last_seq
             progress.running, progress.done, progress.total, progress.started = True, 0, through, started
-            return await _replay(pool, js, stream, root, live_schema, scratch, started, through, progress)
+            return await _replay(
+                pool,
+                js,
+                stream=stream,
+                root=root,
+                live_schema=live_schema,
+                scratch=scratch,
+                started=started,
+                through=through,
+                progress=progress,
+            )
         finally:
             progress.running = False
             await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"replay:{live_schema}")
@@ -129,6 +140,7 @@ async def replay(
 async def _replay(
     pool: asyncpg.Pool,
     js: JetStreamContext,
+    *,
     stream: str,
     root: str,
     live_schema: str,

@@ -208,7 +208,7 @@ async def checkpoint_due(conn: asyncpg.Connection, checkpoint_type: str) -> tupl
 
 
 async def save_checkpoint(
-    conn: asyncpg.Connection, seq: int, chain_hash: bytes, signed_at: datetime, signature: bytes, public_key: Any
+    conn: asyncpg.Connection, seq: int, *, chain_hash: bytes, signed_at: datetime, signature: bytes, public_key: Any
 ) -> bool:
     """Keep a signed checkpoint; False if one for this position exists (another replica signed it)."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

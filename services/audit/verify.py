@@ -39,7 +39,7 @@ class _Seen:
 
 
 async def verify(
-    pool: asyncpg.Pool, js: JetStreamContext, stream: str, root: str, live_schema: str, public_key: str
+    pool: asyncpg.Pool, js: JetStreamContext, *, stream: str, root: str, live_schema: str, public_key: str
 ) -> VerifyAnswer:
     """Verify the live archive against the stream (every message under `root`) and the signed checkpoints."""
     started = time.perf_counter()
@@ -58,9 +58,9 @@ async def verify(
         flag(seq, "changed", "the archived bytes no longer hash to the stored chain value")
     where = {seen: seq for seq, seen in logged.items()}
     for seq in sorted(set(logged) | set(archived)):
-        _compare(seq, logged, archived, where, through, flag)
+        _compare(seq, logged=logged, archived=archived, where=where, through=through, flag=flag)
     for cp in checkpoints:
-        _check_checkpoint(cp, stream, public_key, pure_at, flag)
+        _check_checkpoint(cp, stream=stream, public_key=public_key, pure_at=pure_at, flag=flag)
     first = min(problems, default=None)
     listed = [
         VerifyProblem(stream_seq=seq, kind=kind, detail=details[(seq, kind)])
@@ -137,6 +137,7 @@ async def _walk_archive(
 
 def _compare(
     seq: int,
+    *,
     logged: dict[int, _Seen],
     archived: dict[int, _Seen],
     where: dict[_Seen, int],
@@ -172,7 +173,7 @@ def _compare(
 
 
 def _check_checkpoint(
-    cp: AuditCheckpointSigned, stream: str, public_key: str, pure_at: dict[int, str], flag: Flag
+    cp: AuditCheckpointSigned, *, stream: str, public_key: str, pure_at: dict[int, str], flag: Flag
 ) -> None:
     try:
         if cp.public_key != public_key:

@@ -7,25 +7,36 @@ fixes everything in one round.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from shared.contract.events import ProvisionerRegistered
+from shared.contract.events import EnrollmentRequested, ProvisionerRegistered
 from shared.contract.profiles import (
     Profile,
     key_problem,
+    key_type_of,
     names_problems,
     requested_extension_problems,
     validity_problem,
 )
 from shared.contract.reasons import Reason
 from shared.pki.crypto import spki_sha256
-from shared.pki.tokens import TokenClaims
+from shared.pki.tokens import (
+    ProvisionerPublicKey,
+    TokenClaims,
+    TokenError,
+    algorithm_for,
+    provisioner_id_of,
+    verify_token,
+)
 
 
 @dataclass(frozen=True)
@@ -243,6 +254,7 @@ def scope_problems(
     provisioner_id: str,
     scope: Scope,
     profile: Profile,
+    *,
     names: Sequence[str],
     requester: str,
     issued_last_hour: int,
@@ -323,3 +335,113 @@ def readiness_missing(applied: int, usable: int) -> list[str]:
     if usable == 0:
         return [f"all {applied} applied profile(s) failed signing's lint check: fix them and apply them again"]
     return []
+
+
+# --- a first enrollment: judged by a one-time token, the profile and the provisioner's scope -----
+
+
+@dataclass(frozen=True)
+class EnrollmentContext:
+    """Everything a first enrollment is judged by besides the request itself (read in one round trip)."""
+
+    provisioner_key_pem: str | None = None  # None: no such provisioner
+    provisioner_status: str | None = None
+    profile_body: dict[str, Any] | None = None  # the current version of the profile asked for
+    profile_digest: str | None = None
+    profile_unusable: bool = False  # it failed its lint check
+    blocked_keys: frozenset[str] = frozenset()  # the CSR's key, if it is blocked
+    scope: Scope = field(default_factory=Scope)
+    issued_last_hour: int = 0  # requests the provisioner enrolled in the hour before the request
+
+
+@dataclass(frozen=True)
+class EnrollmentDecision:
+    """The verdict on a first enrollment, before its token is spent.
+
+    `claims` is the verified token, to be spent whatever else is wrong with the request (None: it
+    did not verify, and nothing is spent); a token spent before turns the verdict into `token_reused`.
+    `profile` and `profile_digest` are those the request was judged under, once it got that far.
+    """
+
+    outcome: Approval | list[Reason]
+    claims: TokenClaims | None = None
+    profile: Profile | None = None
+    profile_digest: str | None = None
+
+
+TOKEN_REUSED = Reason(code="token_reused", message="the token has already been used: each token enrolls once")
+
+
+def key_id(csr: x509.CertificateSigningRequest) -> str | None:
+    """The SHA-256 of the CSR's public key (how blocked keys are named), None for a key it cannot be."""
+    try:
+        public_key = csr.public_key()
+        return spki_sha256(public_key) if key_type_of(public_key) else None  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+
+
+def review_enrollment(
+    request: EnrollmentRequested,
+    csr: x509.CertificateSigningRequest | Reason,
+    ctx: EnrollmentContext | None,
+    *,
+    at: datetime,
+    max_token_ttl: timedelta,
+) -> EnrollmentDecision:
+    """Judge a first enrollment: its CSR, its token (at `at`, when the log accepted the request: a
+    request accepted while enrollment was down is not refused for that), then the profile, the
+    token's allowances and the provisioner's scope. `ctx` is None only when the CSR or the token
+    could not even name what to read."""
+    if isinstance(csr, Reason):
+        return EnrollmentDecision([csr])
+    try:
+        provisioner_id = provisioner_id_of(request.token)
+        assert ctx is not None
+        key = provisioner_key(provisioner_id, ctx)
+        claims = verify_token(
+            request.token, request.token_proof, key, request.aggregate_id, csr_der(csr), at, max_token_ttl
+        )
+    except TokenError as exc:
+        return EnrollmentDecision([Reason(code=exc.code, message=exc.message)])
+    if ctx.profile_body is None:
+        message = f"there is no profile {request.profile!r}: see `certbus profile list`"
+        return EnrollmentDecision([Reason(code="profile_unknown", message=message)], claims)
+    if ctx.profile_unusable:
+        message = f"profile {request.profile!r} failed its lint check and cannot be used until it is fixed"
+        return EnrollmentDecision([Reason(code="profile_unusable", message=message)], claims)
+    profile = profile_of(ctx.profile_body, ctx.profile_digest or "")
+    decision = review(csr, claims, profile, request.validity_days, ctx.blocked_keys)
+    names = requested_names(csr)
+    named = [*names.dns, *names.ips, *names.emails] if isinstance(names, Names) else []
+    out_of_scope = scope_problems(
+        claims.provisioner_id,
+        ctx.scope,
+        profile,
+        names=named,
+        requester=request.requester,
+        issued_last_hour=ctx.issued_last_hour,
+    )
+    if isinstance(decision, list) or out_of_scope:
+        decision = [*out_of_scope, *(decision if isinstance(decision, list) else [])]
+    return EnrollmentDecision(decision, claims, profile, ctx.profile_digest)
+
+
+def provisioner_key(provisioner_id: str, ctx: EnrollmentContext) -> ProvisionerPublicKey:
+    """The key that signs the provisioner's tokens; TokenError if it is unknown, removed or disabled."""
+    if ctx.provisioner_key_pem is None or ctx.provisioner_status == "removed":
+        raise TokenError("provisioner_unknown", f"the token's provisioner {provisioner_id!r} is not registered")
+    if ctx.provisioner_status == "disabled":
+        raise TokenError(
+            "provisioner_disabled", f"provisioner {provisioner_id!r} is disabled: its tokens no longer work"
+        )
+    key = _public_key(ctx.provisioner_key_pem)
+    algorithm_for(key)  # raises for a key type no token can be signed with
+    return key  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(pem: str) -> PublicKeyTypes:
+    """A provisioner's key parsed once per process (read from the table on every request, so a
+    change of key takes effect at once; only the parsing is cached, by the PEM itself)."""
+    return serialization.load_pem_public_key(pem.encode())

@@ -9,17 +9,12 @@ events), so a renewal is judged by the certificate's state as the log had it.
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import datetime, timedelta
-from typing import Annotated, Any, get_args
 
 import asyncpg
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography import x509
 from faststream.nats.annotations import NatsMessage
-from pydantic import Field
 
 from services.enrollment import domain, renewal, store
 from services.enrollment.domain import profile_of
@@ -42,18 +37,15 @@ from shared.contract.events import (
     Event,
     IssuanceRefused,
     KeyBlocked,
-    OperatorRegistered,
-    OperatorRemoved,
     ProfileApplied,
     ProfileLinted,
     ProvisionerDisabled,
     ProvisionerRegistered,
     ProvisionerRemoved,
-    QuorumSet,
     RenewalRequested,
 )
 from shared.contract.ingress import Kind
-from shared.contract.profiles import Profile, key_type_of
+from shared.contract.profiles import Profile
 from shared.contract.queries import (
     Failure,
     ProfileInfo,
@@ -69,49 +61,17 @@ from shared.contract.queries import (
 from shared.contract.reasons import Reason, printable
 from shared.pki.crypto import spki_sha256
 from shared.pki.tokens import (
-    ProvisionerPublicKey,
-    TokenClaims,
     TokenError,
-    algorithm_for,
     provisioner_id_of,
-    verify_token,
 )
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.consumer import Delivery, EventRejected, Projections, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue
 from shared.runtime.service import Readiness, Runtime
 from shared.trust.operators import recorded
 
 NAME = "enrollment"
 log = logging.getLogger("certbus.enrollment")
-# Requests and the policy that governs them, in log order (one discriminated union for FastStream).
-Consumed = Annotated[
-    OperatorRegistered
-    | OperatorRemoved
-    | QuorumSet
-    | EnrollmentRequested
-    | RenewalRequested
-    | ApprovalGranted
-    | ApprovalDenied
-    | ProvisionerRegistered
-    | ProvisionerDisabled
-    | ProvisionerRemoved
-    | ProfileApplied
-    | ProfileLinted
-    | KeyBlocked
-    | CertificateIssued
-    | IssuanceRefused
-    | EnrollmentRejected
-    | CertificateRevoked
-    | CertificateDestroyed
-    | CertificateRenewalDue
-    | CertificateExpired
-    | CertificateSuperseded,
-    Field(discriminator="event_type"),
-]
-# The certificate lifecycle events the renewal schedule's projection applies.
-LIFECYCLE = (CertificateRevoked, CertificateDestroyed, CertificateRenewalDue, CertificateExpired, CertificateSuperseded)
-CONSUMED: tuple[type[Event], ...] = get_args(get_args(Consumed)[0])
 
 
 def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedule, position: LogPosition) -> None:
@@ -120,9 +80,9 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
     async def refuse(
         conn: asyncpg.Connection, kind: Kind, request_id: str, identity: str, reason: Reason, raw: bytes
     ) -> Event:
-        now = rt.clock.now()
-        envelope = {"aggregate_id": request_id, "occurred_at": now, "correlation_id": request_id, "producer": NAME}
-        return EnrollmentRejected(reasons=[reason], rejected_by=NAME, requester=identity, **envelope)
+        return EnrollmentRejected.first(
+            request_id, producer=NAME, at=rt.clock.now(), reasons=[reason], rejected_by=NAME, requester=identity
+        )
 
     Admission(rt, ["enroll", "renew"], refuse, settings.admission_rate_per_min).register()
     rt.publishes(
@@ -136,28 +96,59 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         CertificateSuperseded,
     )
 
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, EnrollmentRequested | RenewalRequested | ApprovalGranted | ApprovalDenied):
-            # Judged again when the tables are rebuilt from the log, but answered only once.
-            publish = not await position.answered(event.aggregate_id, delivery.seq)
-            # Judged at the time the ingress stream took the request (admission records it).
-            if isinstance(event, EnrollmentRequested):
-                return await _decide(conn, rt, settings, event, event.accepted_at or delivery.accepted_at, publish)
-            if isinstance(event, RenewalRequested):
-                return await _renew(conn, rt, settings, event, event.accepted_at or delivery.accepted_at, publish)
-            return await _operator_decision(conn, rt, settings, event, recorded(delivery.signers), publish)
-        if isinstance(event, LIFECYCLE):
-            await schedule.project(conn, event, delivery.seq)
-            return []
-        await _apply_policy(conn, event, delivery)
-        if isinstance(event, CertificateIssued):
-            await schedule.project(conn, event, delivery.seq)
-        return []
+    async def unanswered(event: Event, delivery: Delivery) -> bool:
+        """Whether to answer a request: it is judged again when the tables are rebuilt from the log,
+        but answered only once."""
+        return not await position.answered(event.aggregate_id, delivery.seq)
 
-    requests = rt.group_commit("requests", apply)
+    # A request is judged at the time the ingress stream took it (admission records it).
+    async def enrollment(conn: asyncpg.Connection, event: EnrollmentRequested, delivery: Delivery) -> list[OutboxEntry]:
+        at = event.accepted_at or delivery.accepted_at
+        return await _decide(conn, rt, settings, event, accepted_at=at, publish=await unanswered(event, delivery))
 
-    @rt.consumer("requests", CONSUMED)
-    async def on_event(event: Consumed, msg: NatsMessage) -> None:
+    async def renewal(conn: asyncpg.Connection, event: RenewalRequested, delivery: Delivery) -> list[OutboxEntry]:
+        at = event.accepted_at or delivery.accepted_at
+        return await _renew(conn, rt, settings, event, accepted_at=at, publish=await unanswered(event, delivery))
+
+    async def operator_decision(
+        conn: asyncpg.Connection, event: ApprovalGranted | ApprovalDenied, delivery: Delivery
+    ) -> list[OutboxEntry]:
+        publish = await unanswered(event, delivery)
+        return await _operator_decision(conn, rt, settings, event, operator=recorded(delivery.signers), publish=publish)
+
+    async def issued(conn: asyncpg.Connection, event: CertificateIssued, delivery: Delivery) -> None:
+        await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
+        await schedule.project(conn, event, delivery.seq)
+
+    async def lifecycle(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
+        await schedule.project(conn, event, delivery.seq)
+
+    # Requests, the policy that governs them, and what became of the certificates, in log order.
+    projections: Projections = {
+        EnrollmentRequested: enrollment,
+        RenewalRequested: renewal,
+        ApprovalGranted: operator_decision,
+        ApprovalDenied: operator_decision,
+        ProvisionerRegistered: _provisioner_registered,
+        ProvisionerDisabled: _provisioner_disabled,
+        ProvisionerRemoved: _provisioner_removed,
+        ProfileApplied: _profile_applied,
+        ProfileLinted: _profile_linted,
+        KeyBlocked: _key_blocked,
+        CertificateIssued: issued,
+        IssuanceRefused: _issuance_refused,
+        EnrollmentRejected: _rejected,
+        # The certificate lifecycle events only the renewal schedule's projection applies.
+        CertificateRevoked: lifecycle,
+        CertificateDestroyed: lifecycle,
+        CertificateRenewalDue: lifecycle,
+        CertificateExpired: lifecycle,
+        CertificateSuperseded: lifecycle,
+    }
+    requests = rt.group_commit("requests", dispatching(NAME, projections))
+
+    @rt.consumer("requests", projections, tagged=True)
+    async def on_event(event: Event, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
         if isinstance(event, CertificateIssued) or (
             isinstance(event, CertificateRevoked) and event.reason == "cACompromise"
@@ -196,74 +187,71 @@ async def readiness(rt: Runtime) -> Readiness:
     return Readiness(missing=domain.readiness_missing(applied, usable), facts={"profiles_usable": usable})
 
 
-async def _apply_policy(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
-    """Provisioners, profiles, blocked keys, and what became of approved requests. Provisioner and
-    profile changes carry their stream sequence: a late older event never undoes a newer one. The
-    operator recorded for a change is whoever signed it (never what the command says)."""
-    seq, by = delivery.seq, recorded(delivery.signers)
-    if isinstance(event, ProvisionerRegistered):
-        await store.save_provisioner(
-            conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, by, seq
-        )
-        await store.save_scope(conn, event.aggregate_id, domain.Scope.of(event))
-    elif isinstance(event, ProvisionerDisabled):
-        await store.set_provisioner_status(
-            conn, event.aggregate_id, "disabled", event.reason, by, event.occurred_at, seq
-        )
-    elif isinstance(event, ProvisionerRemoved):
-        await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", by, event.occurred_at, seq)
-    elif isinstance(event, ProfileApplied):
-        if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
-            raise EventRejected("the profile's digest or name does not match its content")
-        body = event.profile.model_dump(mode="json")
-        await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, by, seq)
-    elif isinstance(event, ProfileLinted):
-        findings = [f.model_dump() for f in event.findings]
-        await store.record_lint(conn, event.digest, event.usable, findings)
-    elif isinstance(event, KeyBlocked):
-        await store.block_key(conn, event.spki_sha256, event.reason, by, event.occurred_at)
-    elif isinstance(event, CertificateIssued):
-        await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
-    elif isinstance(event, IssuanceRefused):
+# Provisioners, profiles, blocked keys, and what became of approved requests. Provisioner and
+# profile changes carry their stream sequence: a late older event never undoes a newer one. The
+# operator recorded for a change is whoever signed it (never what the command says).
+
+
+async def _provisioner_registered(conn: asyncpg.Connection, event: ProvisionerRegistered, delivery: Delivery) -> None:
+    by = recorded(delivery.signers)
+    await store.save_provisioner(
+        conn, event.aggregate_id, event.name, event.public_key_pem, event.occurred_at, by, delivery.seq
+    )
+    await store.save_scope(conn, event.aggregate_id, domain.Scope.of(event))
+
+
+async def _provisioner_disabled(conn: asyncpg.Connection, event: ProvisionerDisabled, delivery: Delivery) -> None:
+    by = recorded(delivery.signers)
+    await store.set_provisioner_status(
+        conn, event.aggregate_id, "disabled", event.reason, by, event.occurred_at, delivery.seq
+    )
+
+
+async def _provisioner_removed(conn: asyncpg.Connection, event: ProvisionerRemoved, delivery: Delivery) -> None:
+    by = recorded(delivery.signers)
+    await store.set_provisioner_status(conn, event.aggregate_id, "removed", "", by, event.occurred_at, delivery.seq)
+
+
+async def _profile_applied(conn: asyncpg.Connection, event: ProfileApplied, delivery: Delivery) -> None:
+    if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
+        raise EventRejected("the profile's digest or name does not match its content")
+    body = event.profile.model_dump(mode="json")
+    by = recorded(delivery.signers)
+    await store.save_profile(conn, event.aggregate_id, event.digest, body, event.occurred_at, by, delivery.seq)
+
+
+async def _profile_linted(conn: asyncpg.Connection, event: ProfileLinted, delivery: Delivery) -> None:
+    findings = [f.model_dump() for f in event.findings]
+    await store.record_lint(conn, event.digest, event.usable, findings)
+
+
+async def _key_blocked(conn: asyncpg.Connection, event: KeyBlocked, delivery: Delivery) -> None:
+    await store.block_key(conn, event.spki_sha256, event.reason, recorded(delivery.signers), event.occurred_at)
+
+
+async def _issuance_refused(conn: asyncpg.Connection, event: IssuanceRefused, delivery: Delivery) -> None:
+    await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
+
+
+async def _rejected(conn: asyncpg.Connection, event: EnrollmentRejected, delivery: Delivery) -> None:
+    # On logs from before IssuanceRefused, signing refused with an EnrollmentRejected of its own.
+    if event.rejected_by == "signing":
         await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
-    elif isinstance(event, EnrollmentRejected):
-        # On logs from before IssuanceRefused, signing refused with an EnrollmentRejected of its own.
-        if event.rejected_by == "signing":
-            await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
-        elif event.requester is not None:
-            # Refused at admission: the request never reached the log; its refusal is its record.
-            await store.record_request(
-                conn,
-                store.RequestRecord(
-                    request_id=event.aggregate_id,
-                    requester=event.requester,
-                    profile="",
-                    status="rejected",
-                    requested_at=event.occurred_at,
-                    decided_at=event.occurred_at,
-                    reasons=list(event.reasons),
-                    decided_by=NAME,
-                ),
-            )
-    else:
-        raise EventRejected(f"enrollment does not consume {event.event_type}")
-
-
-def _envelope(cause: Event, at: datetime) -> dict[str, Any]:
-    return {
-        "aggregate_id": cause.aggregate_id,
-        "occurred_at": at,
-        "correlation_id": cause.correlation_id,
-        "causation_id": str(cause.event_id),
-        "producer": NAME,
-    }
-
-
-@functools.lru_cache(maxsize=256)
-def _public_key(pem: str) -> PublicKeyTypes:
-    """A provisioner's key parsed once per process (read from the table on every request, so a
-    change of key takes effect at once; only the parsing is cached, by the PEM itself)."""
-    return serialization.load_pem_public_key(pem.encode())
+    elif event.requester is not None:
+        # Refused at admission: the request never reached the log; its refusal is its record.
+        await store.record_request(
+            conn,
+            store.RequestRecord(
+                request_id=event.aggregate_id,
+                requester=event.requester,
+                profile="",
+                status="rejected",
+                requested_at=event.occurred_at,
+                decided_at=event.occurred_at,
+                reasons=list(event.reasons),
+                decided_by=NAME,
+            ),
+        )
 
 
 async def _decide(
@@ -271,9 +259,12 @@ async def _decide(
     rt: Runtime,
     settings: EnrollmentSettings,
     request: EnrollmentRequested,
+    *,
     accepted_at: datetime,
     publish: bool = True,
 ) -> list[OutboxEntry]:
+    """Decide a first enrollment: read its context, judge it (`domain.review_enrollment`), spend
+    its token, then record and answer the decision."""
     now = rt.clock.now()
     record = store.RequestRecord(
         request_id=request.aggregate_id,
@@ -287,37 +278,80 @@ async def _decide(
         decided_by=NAME,
         accepted_at=accepted_at,
     )
-    outcome = await _check(conn, rt, settings, request, accepted_at, record)
-    if isinstance(outcome, list):
-        decision = _judged(record, request, outcome, accepted_at, _envelope(request, now))
+    csr = domain.load_csr(request.csr_pem)
+    ctx = await _enrollment_context(conn, request, csr, accepted_at)
+    max_ttl = timedelta(seconds=settings.max_token_ttl_s)
+    verdict = domain.review_enrollment(request, csr, ctx, at=accepted_at, max_token_ttl=max_ttl)
+    outcome: tuple[domain.Approval, Profile] | list[Reason]
+    if isinstance(verdict.outcome, list):
+        outcome = verdict.outcome
     else:
-        approval, claims, profile = outcome
-        decision = _judged(
-            record,
-            request,
-            (approval, profile),
-            accepted_at,
-            _envelope(request, now),
-            provisioner_id=claims.provisioner_id,
-            token_id=claims.token_id,
-        )
+        assert verdict.profile is not None  # an approval is always under a profile
+        outcome = (verdict.outcome, verdict.profile)
+    claims = verdict.claims
+    if claims is not None:
+        record.provisioner_id, record.token_id = claims.provisioner_id, printable(claims.token_id)
+        # The token is spent by a primary key, whatever else is wrong with the request.
+        if await store.spend_token(conn, record.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
+            record.profile_digest = verdict.profile_digest
+        else:
+            outcome = [domain.TOKEN_REUSED]
+    decision = _judged(
+        record,
+        request,
+        outcome,
+        accepted_at=accepted_at,
+        at=now,
+        provisioner_id=claims.provisioner_id if claims is not None else "",
+        token_id=claims.token_id if claims is not None else "",
+    )
     await store.record_request(conn, record)
     return await _answer(conn, rt, decision, publish)
+
+
+async def _enrollment_context(
+    conn: asyncpg.Connection,
+    request: EnrollmentRequested,
+    csr: x509.CertificateSigningRequest | Reason,
+    at: datetime,
+) -> domain.EnrollmentContext | None:
+    """What a first enrollment is judged by, in one round trip: the token's provisioner, the profile
+    and whether the CSR's key is blocked. None (nothing read) if the CSR cannot be parsed or the
+    token names no provisioner: the request is refused for that alone."""
+    if isinstance(csr, Reason):
+        return None
+    try:
+        provisioner_id = provisioner_id_of(request.token)
+    except TokenError:
+        return None
+    spki = domain.key_id(csr)
+    row = await store.context(conn, printable(provisioner_id), printable(request.profile), spki, at)
+    return domain.EnrollmentContext(
+        provisioner_key_pem=row.provisioner_key_pem,
+        provisioner_status=row.provisioner_status,
+        profile_body=row.profile_body,
+        profile_digest=row.profile_digest,
+        profile_unusable=row.profile_lint_failed,
+        blocked_keys=frozenset({spki}) if row.key_blocked and spki else frozenset(),
+        scope=row.scope,
+        issued_last_hour=row.issued_last_hour,
+    )
 
 
 def _judged(
     record: store.RequestRecord,
     request: EnrollmentRequested | RenewalRequested,
     outcome: tuple[domain.Approval, Profile] | list[Reason],
+    *,
     accepted_at: datetime,
-    envelope: dict[str, Any],
+    at: datetime,
     provisioner_id: str = "",
     token_id: str = "",
 ) -> Event:
     """The decision on a judged enrollment or renewal (rejected, pending or approved), noted on `record`."""
     if isinstance(outcome, list):
         record.reasons = outcome
-        return EnrollmentRejected(reasons=outcome, rejected_by=NAME, **envelope)
+        return EnrollmentRejected.caused_by(request, producer=NAME, at=at, reasons=outcome, rejected_by=NAME)
     approval, profile = outcome
     record.csr_pem = request.csr_pem  # a parsed CSR: PEM text without NUL
     record.dns_names = approval.dns_names
@@ -328,7 +362,10 @@ def _judged(
         record.status = "pending"
         record.decided_by = None
         record.expires_at = accepted_at + timedelta(hours=profile.approval_timeout_hours)
-        return EnrollmentPending(
+        return EnrollmentPending.caused_by(
+            request,
+            producer=NAME,
+            at=at,
             profile=profile.name,
             dns_names=approval.dns_names,
             ip_addresses=list(approval.ip_addresses),
@@ -337,16 +374,28 @@ def _judged(
             requester=request.requester,
             expires_at=record.expires_at,
             approvals_required=profile.approvals_required,
-            **envelope,
         )
     record.status = "approved"
-    return _approved(record, request.csr_pem, provisioner_id, token_id, "policy", envelope)
+    return _approved(
+        record, cause=request, at=at, csr_pem=request.csr_pem, provisioner_id=provisioner_id, token_id=token_id
+    )
 
 
 def _approved(
-    record: store.RequestRecord, csr_pem: str, provisioner_id: str, token_id: str, by: str, envelope: dict[str, Any]
+    record: store.RequestRecord,
+    *,
+    cause: Event,
+    at: datetime,
+    csr_pem: str,
+    provisioner_id: str,
+    token_id: str,
+    by: str = "policy",
 ) -> EnrollmentApproved:
-    return EnrollmentApproved(
+    """The approval of `record`'s request (`by`: policy, or the operators who approved it)."""
+    return EnrollmentApproved.caused_by(
+        cause,
+        producer=NAME,
+        at=at,
         csr_pem=csr_pem,
         profile=record.profile,
         profile_digest=record.profile_digest,
@@ -359,84 +408,7 @@ def _approved(
         requester=record.requester,
         approved_by=by,
         supersedes=record.renews_serial,
-        **envelope,
     )
-
-
-async def _check(
-    conn: asyncpg.Connection,
-    rt: Runtime,
-    settings: EnrollmentSettings,
-    request: EnrollmentRequested,
-    accepted_at: datetime,
-    record: store.RequestRecord,
-) -> tuple[domain.Approval, TokenClaims, Profile] | list[Reason]:
-    csr = domain.load_csr(request.csr_pem)
-    if isinstance(csr, Reason):
-        return [csr]
-    try:
-        public_key = csr.public_key()
-        spki = spki_sha256(public_key) if key_type_of(public_key) else None  # type: ignore[arg-type]
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        spki = None
-    try:
-        provisioner_id = provisioner_id_of(request.token)
-        ctx = await store.context(conn, printable(provisioner_id), printable(request.profile), spki, accepted_at)
-        key = _provisioner_key(provisioner_id, ctx)
-        claims = verify_token(
-            request.token,
-            request.token_proof,
-            key,
-            request.aggregate_id,
-            domain.csr_der(csr),
-            # A token is judged at the time the log accepted the request, not when enrollment got
-            # to it: a request accepted while enrollment was down is not refused for that.
-            accepted_at,
-            timedelta(seconds=settings.max_token_ttl_s),
-        )
-    except TokenError as exc:
-        return [Reason(code=exc.code, message=exc.message)]
-    record.provisioner_id, record.token_id = claims.provisioner_id, printable(claims.token_id)
-    # The token is spent by a primary key, whatever else is wrong with the request.
-    if not await store.spend_token(conn, record.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
-        return [Reason(code="token_reused", message="the token has already been used: each token enrolls once")]
-    if ctx.profile_body is None:
-        return [
-            Reason(
-                code="profile_unknown", message=f"there is no profile {request.profile!r}: see `certbus profile list`"
-            )
-        ]
-    if ctx.profile_lint_failed:
-        return [
-            Reason(
-                code="profile_unusable",
-                message=f"profile {request.profile!r} failed its lint check and cannot be used until it is fixed",
-            )
-        ]
-    profile = profile_of(ctx.profile_body, ctx.profile_digest or "")
-    record.profile_digest = ctx.profile_digest
-    blocked = frozenset({spki}) if ctx.key_blocked and spki else frozenset()
-    decision = domain.review(csr, claims, profile, request.validity_days, blocked)
-    names = domain.requested_names(csr)
-    named = [*names.dns, *names.ips, *names.emails] if isinstance(names, domain.Names) else []
-    out_of_scope = domain.scope_problems(
-        claims.provisioner_id, ctx.scope, profile, named, request.requester, ctx.issued_last_hour
-    )
-    if isinstance(decision, list) or out_of_scope:
-        return [*out_of_scope, *(decision if isinstance(decision, list) else [])]
-    return decision, claims, profile
-
-
-def _provisioner_key(provisioner_id: str, ctx: store.Context) -> ProvisionerPublicKey:
-    if ctx.provisioner_key_pem is None or ctx.provisioner_status == "removed":
-        raise TokenError("provisioner_unknown", f"the token's provisioner {provisioner_id!r} is not registered")
-    if ctx.provisioner_status == "disabled":
-        raise TokenError(
-            "provisioner_disabled", f"provisioner {provisioner_id!r} is disabled: its tokens no longer work"
-        )
-    key = _public_key(ctx.provisioner_key_pem)
-    algorithm_for(key)  # raises for a key type no token can be signed with
-    return key  # type: ignore[return-value]
 
 
 async def _renew(
@@ -444,6 +416,7 @@ async def _renew(
     rt: Runtime,
     settings: EnrollmentSettings,
     request: RenewalRequested,
+    *,
     accepted_at: datetime,
     publish: bool = True,
 ) -> list[OutboxEntry]:
@@ -467,13 +440,14 @@ async def _renew(
         renews_serial=request.renews_serial,
     )
     # Judged at the time the log accepted the request, like a token: not refused for enrollment's delay.
-    outcome = await _check_renewal(conn, request, record, accepted_at, timedelta(seconds=settings.renewal_grace_s))
+    grace = timedelta(seconds=settings.renewal_grace_s)
+    outcome = await _check_renewal(conn, request, record, at=accepted_at, grace=grace)
     decision = _judged(
         record,
         request,
         outcome,
-        accepted_at,
-        _envelope(request, now),
+        accepted_at=accepted_at,
+        at=now,
         provisioner_id=record.provisioner_id or "",
         token_id=record.token_id or "",
     )
@@ -485,16 +459,14 @@ async def _check_renewal(
     conn: asyncpg.Connection,
     request: RenewalRequested,
     record: store.RequestRecord,
+    *,
     at: datetime,
     grace: timedelta,
 ) -> tuple[domain.Approval, Profile] | list[Reason]:
     csr = domain.load_csr(request.csr_pem)
     if isinstance(csr, Reason):
         return [csr]
-    try:
-        new_key = spki_sha256(csr.public_key()) if key_type_of(csr.public_key()) else None  # type: ignore[arg-type]
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        new_key = None
+    new_key = domain.key_id(csr)
     cert = await store.certificate_by_serial(conn, request.renews_serial)
     name = printable(request.profile or (cert.profile if cert is not None else ""))
     policy = await store.renewal_policy(conn, name, new_key, cert.provisioner_id if cert is not None else None)
@@ -534,6 +506,7 @@ async def _operator_decision(
     rt: Runtime,
     settings: EnrollmentSettings,
     event: ApprovalGranted | ApprovalDenied,
+    *,
     operator: str,
     publish: bool = True,
 ) -> list[OutboxEntry]:
@@ -550,14 +523,13 @@ async def _operator_decision(
         return []
     now = rt.clock.now()
     at = now if publish else event.occurred_at
-    envelope = _envelope(event, now)
     assert record.expires_at is not None
     if event.occurred_at > record.expires_at or at > record.expires_at:
-        return await _expire(conn, rt, record, envelope, publish)
+        return await _expire(conn, rt, record, cause=event, at=now, publish=publish)
     if isinstance(event, ApprovalDenied):
         reason = Reason(code="operator_rejected", message=f"rejected by {operator}: {event.reason}")
-        await store.decide(conn, record.request_id, "rejected", [reason], operator, now)
-        denied = EnrollmentRejected(reasons=[reason], rejected_by=operator, **envelope)
+        await store.decide(conn, record.request_id, "rejected", [reason], decided_by=operator, at=now)
+        denied = EnrollmentRejected.caused_by(event, producer=NAME, at=now, reasons=[reason], rejected_by=operator)
         return await _answer(conn, rt, denied, publish)
     approvers = await store.approve(conn, record.request_id, operator.split("+"), event.occurred_at)
     required = await store.approvals_required(conn, record.profile)
@@ -572,12 +544,21 @@ async def _operator_decision(
     if not reasons and record.renews_serial is not None:
         reasons = await _still_renewable(conn, record.renews_serial, at, timedelta(seconds=settings.renewal_grace_s))
     if reasons:
-        await store.decide(conn, record.request_id, "rejected", reasons, NAME, now)
-        return await _answer(conn, rt, EnrollmentRejected(reasons=reasons, rejected_by=NAME, **envelope), publish)
+        await store.decide(conn, record.request_id, "rejected", reasons, decided_by=NAME, at=now)
+        rejected = EnrollmentRejected.caused_by(event, producer=NAME, at=now, reasons=reasons, rejected_by=NAME)
+        return await _answer(conn, rt, rejected, publish)
     record.profile_digest = digest
     by = recorded(approvers)
-    await store.decide(conn, record.request_id, "approved", [], by, now, digest)
-    approved = _approved(record, record.csr_pem or "", record.provisioner_id or "", record.token_id or "", by, envelope)
+    await store.decide(conn, record.request_id, "approved", [], decided_by=by, at=now, profile_digest=digest)
+    approved = _approved(
+        record,
+        cause=event,
+        at=now,
+        csr_pem=record.csr_pem or "",
+        provisioner_id=record.provisioner_id or "",
+        token_id=record.token_id or "",
+        by=by,
+    )
     approved = approved.model_copy(update={"approvers": approvers})
     return await _answer(conn, rt, approved, publish)
 
@@ -598,15 +579,27 @@ async def _still_acceptable(conn: asyncpg.Connection, record: store.RequestRecor
 
 
 async def _expire(
-    conn: asyncpg.Connection, rt: Runtime, record: store.RequestRecord, envelope: dict[str, Any], publish: bool = True
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    record: store.RequestRecord,
+    *,
+    cause: Event | None,
+    at: datetime,
+    publish: bool = True,
 ) -> list[OutboxEntry]:
+    """Reject a pending request whose approval window closed (`cause`: the late operator decision, if any)."""
     assert record.expires_at is not None
     reason = Reason(
         code="approval_expired",
         message=f"no operator approved the request before {record.expires_at:%Y-%m-%d %H:%M} UTC: request again",
     )
-    await store.decide(conn, record.request_id, "expired", [reason], NAME, rt.clock.now())
-    return await _answer(conn, rt, EnrollmentRejected(reasons=[reason], rejected_by=NAME, **envelope), publish)
+    await store.decide(conn, record.request_id, "expired", [reason], decided_by=NAME, at=rt.clock.now())
+    rejected = (
+        EnrollmentRejected.first(record.request_id, producer=NAME, at=at, reasons=[reason], rejected_by=NAME)
+        if cause is None
+        else EnrollmentRejected.caused_by(cause, producer=NAME, at=at, reasons=[reason], rejected_by=NAME)
+    )
+    return await _answer(conn, rt, rejected, publish)
 
 
 async def _answer(conn: asyncpg.Connection, rt: Runtime, decision: Event, publish: bool) -> list[OutboxEntry]:
@@ -630,14 +623,7 @@ async def expire_overdue(rt: Runtime, position: LogPosition, batch: int = 100) -
             overdue = await store.overdue_pending(conn, rt.clock.now(), batch)
             entries = []
             for record in overdue:
-                envelope = {
-                    "aggregate_id": record.request_id,
-                    "occurred_at": rt.clock.now(),
-                    "correlation_id": record.request_id,
-                    "causation_id": None,
-                    "producer": NAME,
-                }
-                entries.extend(await _expire(conn, rt, record, envelope))
+                entries.extend(await _expire(conn, rt, record, cause=None, at=rt.clock.now()))
         await rt.publish_pending(entries)
         expired += len(overdue)
         if len(overdue) < batch:

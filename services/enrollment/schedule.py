@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 from cryptography import x509
@@ -109,31 +110,37 @@ class RenewalSchedule:
         first: list[Event] = []
         then: list[Event] = []
         for row in rows:
-            envelope = {
-                "aggregate_id": row.cert_id,
-                "occurred_at": now,
-                "correlation_id": row.cert_id,
-                "producer": self._rt.name,
-                "serial": row.serial,
-                "issuer_id": row.issuer_id,
-            }
+            # About the certificate (its aggregate), and caused by the clock, not by an event on the log.
+            by = self._rt.name
+            cert: dict[str, Any] = {"serial": row.serial, "issuer_id": row.issuer_id}
             if row.superseded:
                 assert row.superseded_by is not None and row.superseded_by_id is not None
                 first.append(
-                    CertificateSuperseded(
+                    CertificateSuperseded.first(
+                        row.cert_id,
                         superseded_by=row.superseded_by,
                         superseded_by_id=row.superseded_by_id,
                         not_after=row.not_after,
-                        **envelope,
+                        producer=by,
+                        at=now,
+                        **cert,
                     )
                 )
             if row.compromise_due == "ca_compromise":
-                first.append(CertificateRenewalDue(due_at=now, cause="ca_compromise", rekey=True, **envelope))
+                first.append(
+                    CertificateRenewalDue.first(
+                        row.cert_id, due_at=now, cause="ca_compromise", rekey=True, producer=by, at=now, **cert
+                    )
+                )
             # Past the renewal grace a renewal would be refused: the due event is skipped, not sent.
             if row.renewal_due and row.renew_at is not None and now <= row.not_after + self._grace:
-                first.append(CertificateRenewalDue(due_at=row.renew_at, cause="schedule", rekey=True, **envelope))
+                first.append(
+                    CertificateRenewalDue.first(
+                        row.cert_id, due_at=row.renew_at, cause="schedule", rekey=True, producer=by, at=now, **cert
+                    )
+                )
             if row.expired:
-                then.append(CertificateExpired(not_after=row.not_after, **envelope))
+                then.append(CertificateExpired.first(row.cert_id, not_after=row.not_after, producer=by, at=now, **cert))
         return first, then
 
 

@@ -325,6 +325,7 @@ async def decide(
     request_id: str,
     status: str,
     reasons: list[Reason],
+    *,
     decided_by: str,
     at: datetime,
     profile_digest: str | None = None,

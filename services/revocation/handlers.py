@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from faststream.nats.annotations import NatsMessage
@@ -22,9 +21,6 @@ from shared.contract.events import (
     DestructionOrdered,
     Event,
     KeyDestroyed,
-    OperatorRegistered,
-    OperatorRemoved,
-    QuorumSet,
     RevocationOrdered,
     RevocationRejected,
     RevocationRequested,
@@ -32,21 +28,13 @@ from shared.contract.events import (
 from shared.contract.ingress import Kind
 from shared.contract.reasons import Reason, printable
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.consumer import Delivery, Projections, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Runtime
-from shared.trust.operators import REGISTRY, recorded
+from shared.trust.operators import recorded
 
 NAME = "revocation"
 log = logging.getLogger("certbus.revocation")
-CONSUMED: tuple[type[Event], ...] = (
-    *REGISTRY,
-    CertificateIssued,
-    RevocationRequested,
-    RevocationOrdered,
-    CaCompromised,
-    DestructionOrdered,
-)
 
 
 def register(rt: Runtime, settings: RevocationSettings) -> None:
@@ -59,44 +47,24 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
     ) -> Event | None:
         if kind != "revoke":
             return None  # an attestation has no answer to wait for: refused and parked
-        now = rt.clock.now()
-        return RevocationRejected(
-            aggregate_id=request_id,
-            serial=_serial_named(raw),
-            reason=reason,
-            correlation_id=request_id,
-            occurred_at=now,
-            producer=NAME,
+        return RevocationRejected.first(
+            request_id, producer=NAME, at=rt.clock.now(), serial=_serial_named(raw), reason=reason
         )
 
     Admission(rt, ["revoke", "key_destroyed"], refuse, settings.admission_rate_per_min).register()
 
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, CertificateIssued):
-            return await _learn(conn, rt, event)
-        # An operator's command is recorded as its signers' (checked before it got here).
-        if isinstance(event, RevocationRequested | RevocationOrdered):
-            return await _decide(conn, rt, event, recorded(delivery.signers))
-        if isinstance(event, CaCompromised):
-            return await _issuer_compromised(conn, rt, event, recorded(delivery.signers))
-        if isinstance(event, DestructionOrdered):
-            return await _destroy(conn, rt, event, recorded(delivery.signers))
-        raise EventRejected(f"revocation does not consume {event.event_type}")
+    # An operator's command is recorded as its signers' (checked before it got here).
+    projections: Projections = {
+        CertificateIssued: lambda conn, event, _: _learn(conn, rt, event),
+        RevocationRequested: lambda conn, event, delivery: _decide(conn, rt, event, recorded(delivery.signers)),
+        RevocationOrdered: lambda conn, event, delivery: _decide(conn, rt, event, recorded(delivery.signers)),
+        CaCompromised: lambda conn, event, delivery: _issuer_compromised(conn, rt, event, recorded(delivery.signers)),
+        DestructionOrdered: lambda conn, event, delivery: _destroy(conn, rt, event, recorded(delivery.signers)),
+    }
+    requests = rt.group_commit("requests", dispatching(NAME, projections))
 
-    requests = rt.group_commit("requests", apply)
-
-    @rt.consumer("requests", CONSUMED)
-    async def on_event(
-        event: OperatorRegistered
-        | OperatorRemoved
-        | QuorumSet
-        | CertificateIssued
-        | RevocationRequested
-        | RevocationOrdered
-        | CaCompromised
-        | DestructionOrdered,
-        msg: NatsMessage,
-    ) -> None:
+    @rt.consumer("requests", projections)
+    async def on_event(event: Event, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
 
 
@@ -107,15 +75,6 @@ def _serial_named(raw: bytes) -> str:
     except Unbound:
         return ""
     return printable(serial[:128]) if isinstance(serial, str) else ""
-
-
-def _envelope(cause: Event, now: datetime) -> dict[str, Any]:
-    return {
-        "occurred_at": now,
-        "correlation_id": cause.correlation_id,
-        "causation_id": str(cause.event_id),
-        "producer": NAME,
-    }
 
 
 async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssued) -> list[OutboxEntry]:
@@ -133,14 +92,35 @@ async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssue
         # Released by its CA just before the compromise was declared, learnt here after it
         # (enrollment tells the holder to renew when it reads the revocation).
         return [
-            await _revoke_one(conn, rt, cert, "cACompromise", issued.aggregate_id, NAME, "ca_compromise", issued, now)
+            await _revoke_one(
+                conn,
+                rt,
+                cert,
+                reason="cACompromise",
+                request_id=issued.aggregate_id,
+                requested_by=NAME,
+                authorised_by="ca_compromise",
+                cause=issued,
+                now=now,
+            )
         ]
     compromise = await store.compromised_by(conn, spki_sha256)
     if compromise is None:
         return []
     serial, request_id = compromise
     by = domain.compromised_by(serial)
-    return [await _revoke_one(conn, rt, cert, "keyCompromise", request_id, by, "key_compromise", issued, now)]
+    revoked = await _revoke_one(
+        conn,
+        rt,
+        cert,
+        reason="keyCompromise",
+        request_id=request_id,
+        requested_by=by,
+        authorised_by="key_compromise",
+        cause=issued,
+        now=now,
+    )
+    return [revoked]
 
 
 def _ask(request: RevocationRequested | RevocationOrdered, serial: str, operator: str) -> domain.Ask:
@@ -173,15 +153,15 @@ async def _decide(
     ask = _ask(request, serial, operator)
     outcome = domain.decide(ask, await store.find(conn, serial), now)
     if isinstance(outcome, domain.Known):
-        entries = await _revoke(conn, rt, outcome, ask, request, now)
+        entries = await _revoke(conn, rt, outcome, ask, cause=request, now=now)
         label = "revoked"
     else:
-        rejected = RevocationRejected(
-            aggregate_id=request.aggregate_id, serial=serial, reason=outcome, **_envelope(request, now)
-        )
+        rejected = RevocationRejected.caused_by(request, producer=NAME, at=now, serial=serial, reason=outcome)
         entries = [await enqueue(conn, rejected, rt.root)]
         label = f"rejected:{outcome.code}"
-    await store.record_request(conn, request.aggregate_id, serial, printable(request.reason), ask.by, label, now)
+    await store.record_request(
+        conn, request.aggregate_id, serial, reason=printable(request.reason), by=ask.by, outcome=label, at=now
+    )
     return entries
 
 
@@ -195,22 +175,31 @@ async def _destroy(
     reason = printable(order.reason)
     outcome = domain.decide_destruction(serial, await store.find(conn, serial))
     if not isinstance(outcome, domain.Known):
-        rejected = RevocationRejected(
-            aggregate_id=order.aggregate_id, serial=serial, reason=outcome, **_envelope(order, now)
-        )
+        rejected = RevocationRejected.caused_by(order, producer=NAME, at=now, serial=serial, reason=outcome)
         await store.record_request(
-            conn, order.aggregate_id, serial, "destroy", operator, f"rejected:{outcome.code}", now
+            conn, order.aggregate_id, serial, reason="destroy", by=operator, outcome=f"rejected:{outcome.code}", at=now
         )
         return [await enqueue(conn, rejected, rt.root)]
     entries = []
     if outcome.status != "revoked":
         entries.append(
             await _revoke_one(
-                conn, rt, outcome, "cessationOfOperation", order.aggregate_id, operator, "operator", order, now
+                conn,
+                rt,
+                outcome,
+                reason="cessationOfOperation",
+                request_id=order.aggregate_id,
+                requested_by=operator,
+                authorised_by="operator",
+                cause=order,
+                now=now,
             )
         )
     await store.mark_destroyed(conn, serial, now)
-    destroyed = CertificateDestroyed(
+    destroyed = CertificateDestroyed.caused_by(
+        order,
+        producer=NAME,
+        at=now,
         aggregate_id=outcome.cert_id,
         serial=serial,
         issuer_id=outcome.issuer_id,
@@ -220,10 +209,11 @@ async def _destroy(
         destruction_request_id=order.aggregate_id,
         ordered_by=operator,
         reason=reason,
-        **_envelope(order, now),
     )
     entries.append(await enqueue(conn, destroyed, rt.root))
-    await store.record_request(conn, order.aggregate_id, serial, "destroy", operator, "destroyed", now)
+    await store.record_request(
+        conn, order.aggregate_id, serial, reason="destroy", by=operator, outcome="destroyed", at=now
+    )
     log.info("destroyed a certificate", extra={"serial": serial, "ordered_by": operator})
     return entries
 
@@ -233,7 +223,8 @@ async def _revoke(
     rt: Runtime,
     cert: domain.Known,
     ask: domain.Ask,
-    request: RevocationRequested | RevocationOrdered,
+    *,
+    cause: RevocationRequested | RevocationOrdered,
     now: datetime,
 ) -> list[OutboxEntry]:
     """Revoke `cert` as asked; for keyCompromise also revoke every other live certificate with the
@@ -242,10 +233,19 @@ async def _revoke(
     entries: list[OutboxEntry] = []
     if ask.reason == "keyCompromise" and cert.spki_sha256:
         # Recorded before the other certificates are looked up (see store.record_compromise).
-        await store.record_compromise(conn, cert.spki_sha256, cert.serial, ask.request_id, now)
+        await store.record_compromise(conn, cert.spki_sha256, cert.serial, request_id=ask.request_id, at=now)
     entries.append(
         await _revoke_one(
-            conn, rt, cert, ask.reason, ask.request_id, ask.by, ask.authority, request, now, ask.invalidity_date
+            conn,
+            rt,
+            cert,
+            reason=ask.reason,
+            request_id=ask.request_id,
+            requested_by=ask.by,
+            authorised_by=ask.authority,
+            cause=cause,
+            now=now,
+            invalidity_date=ask.invalidity_date,
         )
     )
     if ask.reason == "keyCompromise" and cert.spki_sha256:
@@ -256,13 +256,13 @@ async def _revoke(
                     conn,
                     rt,
                     sibling,
-                    "keyCompromise",
-                    ask.request_id,
-                    by,
-                    "key_compromise",
-                    request,
-                    now,
-                    ask.invalidity_date,
+                    reason="keyCompromise",
+                    request_id=ask.request_id,
+                    requested_by=by,
+                    authorised_by="key_compromise",
+                    cause=cause,
+                    now=now,
+                    invalidity_date=ask.invalidity_date,
                 )
             )
     return entries
@@ -272,6 +272,7 @@ async def _revoke_one(
     conn: asyncpg.Connection,
     rt: Runtime,
     cert: domain.Known,
+    *,
     reason: str,
     request_id: str,
     requested_by: str,
@@ -281,7 +282,10 @@ async def _revoke_one(
     invalidity_date: datetime | None = None,
 ) -> OutboxEntry:
     await store.mark_revoked(conn, cert.serial, now, reason)
-    revoked = CertificateRevoked(
+    revoked = CertificateRevoked.caused_by(
+        cause,
+        producer=NAME,
+        at=now,
         aggregate_id=cert.cert_id,
         serial=cert.serial,
         issuer_id=cert.issuer_id,
@@ -291,7 +295,6 @@ async def _revoke_one(
         requested_by=requested_by,
         authorised_by=authorised_by,
         invalidity_date=invalidity_date,
-        **_envelope(cause, now),
     )
     return await enqueue(conn, revoked, rt.root)
 
@@ -309,7 +312,10 @@ async def _issuer_compromised(
     for row in rows:
         cert = domain.Known(row["serial"], row["cert_id"], event.ca_id, "revoked")
         events.append(
-            CertificateRevoked(
+            CertificateRevoked.caused_by(
+                event,
+                producer=NAME,
+                at=now,
                 aggregate_id=cert.cert_id,
                 serial=cert.serial,
                 issuer_id=event.ca_id,
@@ -318,7 +324,6 @@ async def _issuer_compromised(
                 revocation_request_id=event.aggregate_id,
                 requested_by=operator,
                 authorised_by="ca_compromise",
-                **_envelope(event, now),
             )
         )
     log.warning("revoked every certificate of a compromised CA", extra={"ca": event.ca_id, "certificates": len(rows)})

@@ -87,7 +87,7 @@ async def mark_destroyed(conn: asyncpg.Connection, serial: str, at: datetime) ->
 
 
 async def record_compromise(
-    conn: asyncpg.Connection, spki_sha256: str, serial: str, request_id: str, at: datetime
+    conn: asyncpg.Connection, spki_sha256: str, serial: str, *, request_id: str, at: datetime
 ) -> bool:
     """Record that a key is compromised (certificate `serial` revoked for keyCompromise by request
     `request_id`), holding the key's lock to the end of the transaction; False if it was already."""
@@ -109,7 +109,7 @@ async def compromised_by(conn: asyncpg.Connection, spki_sha256: str) -> tuple[st
 
 
 async def record_request(
-    conn: asyncpg.Connection, request_id: str, serial: str, reason: str, by: str, outcome: str, at: datetime
+    conn: asyncpg.Connection, request_id: str, serial: str, *, reason: str, by: str, outcome: str, at: datetime
 ) -> None:
     """Keep a request's outcome."""
     await conn.execute(

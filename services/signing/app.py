@@ -47,5 +47,5 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
     crls = CrlPublisher(rt, cas)  # the hooks above run after this line, at start-up
     book = TemplateBook(cas)
     retirements = Retirements(rt, cas, crls)
-    register(rt, cas, crls, book, retirements)
+    register(rt, cas=cas, crls=crls, book=book, retirements=retirements)
     return app, rt

@@ -105,7 +105,9 @@ class CaRegistry:
                 root_key, root_id, self.settings.organization, now, self.settings.root_validity_days
             )
             self.keys.save(root_id, root_key)
-            await self._record(conn, rt, root_id, "root", None, root_cert, f"bootstrap-{root_id}")
+            await self._record(
+                conn, rt, root_cert, ca_id=root_id, role="root", parent=None, correlation_id=f"bootstrap-{root_id}"
+            )
             await self.load(conn)
             issuing_id = await self.create_issuing(conn, rt, root_id, f"bootstrap-{root_id}")
             log.info("created CAs", extra={"root": root_id, "issuing": issuing_id})
@@ -131,7 +133,9 @@ class CaRegistry:
             self.settings.issuing_validity_days,
         )
         self.keys.save(issuing_id, issuing_key)
-        await self._record(conn, rt, issuing_id, "issuing", root_id, issuing_cert, correlation_id)
+        await self._record(
+            conn, rt, issuing_cert, ca_id=issuing_id, role="issuing", parent=root_id, correlation_id=correlation_id
+        )
         await self.load(conn)
         return issuing_id
 
@@ -139,22 +143,23 @@ class CaRegistry:
         self,
         conn: asyncpg.Connection,
         rt: Runtime,
+        cert: x509.Certificate,
+        *,
         ca_id: str,
         role: Literal["root", "issuing"],
         parent: str | None,
-        cert: x509.Certificate,
         correlation_id: str,
     ) -> None:
         now = rt.clock.now()
         der = cert.public_bytes(serialization.Encoding.DER)
-        await store.add_ca(conn, ca_id, role, parent, der, now)
+        await store.add_ca(conn, ca_id, role=role, parent_id=parent, cert_der=der, at=now)
         await enqueue(
             conn,
-            CaCreated(
-                aggregate_id=ca_id,
-                occurred_at=now,
-                correlation_id=correlation_id,
+            CaCreated.first(
+                ca_id,
                 producer="signing",
+                at=now,
+                correlation_id=correlation_id,
                 ca_id=ca_id,
                 role=role,
                 parent_id=parent,

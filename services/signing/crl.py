@@ -90,12 +90,12 @@ class CrlPublisher:
         name = f"{ca_id}/{number}.crl"
         obj = await rt.js.object_store(settings.crl_bucket)
         await obj.put(name, io.BytesIO(der))
-        await store.save_crl_state(conn, ca_id, number, through, now, next_update)
-        published = CrlPublished(
-            aggregate_id=ca_id,
-            occurred_at=now,
-            correlation_id=f"crl-{ca_id}-{number}",
+        await store.save_crl_state(conn, ca_id, number, built_through=through, this_update=now, next_update=next_update)
+        published = CrlPublished.first(
+            ca_id,
             producer="signing",
+            at=now,
+            correlation_id=f"crl-{ca_id}-{number}",
             ca_id=ca_id,
             crl_number=number,
             this_update=now,

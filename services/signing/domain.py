@@ -329,14 +329,14 @@ def template_deviations(
     subject = _leaf_subject(names)
     if got.subject != subject.public_bytes():
         found.append("subject is not the first approved DNS name")
-    found += _extension_deviations(got, want, names, public_key, empty_subject=len(subject) == 0)
+    found += _extension_deviations(got, want, names=names, public_key=public_key, empty_subject=len(subject) == 0)
     if names_problems(profile, list(names.dns), list(names.ips), list(names.emails)):
         found.append("names are outside the profile")
     return [Reason(code="template_deviation", message=f"certificate {cert.serial_number:x}: {f}") for f in found]
 
 
 def _extension_deviations(
-    got: der.TbsParts, want: der.TbsParts, names: Sans, public_key: PublicKey, empty_subject: bool
+    got: der.TbsParts, want: der.TbsParts, *, names: Sans, public_key: PublicKey, empty_subject: bool
 ) -> list[str]:
     if [e.oid for e in got.extensions] != [e.oid for e in want.extensions]:
         extra = sorted(_oid_text(o) for o in {e.oid for e in got.extensions} ^ {e.oid for e in want.extensions})

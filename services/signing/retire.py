@@ -62,7 +62,13 @@ class Retirements:
         replace = domain.current_issuing(records) == event.ca_id
         by = recorded(delivery.signers)  # the operators who signed the retirement
         await store.record_retirement(
-            conn, event.ca_id, event.event_id, delivery.seq, event.correlation_id, by, event.occurred_at
+            conn,
+            event.ca_id,
+            event_id=event.event_id,
+            stream_seq=delivery.seq,
+            correlation_id=event.correlation_id,
+            retired_by=by,
+            at=event.occurred_at,
         )
         log.warning("CA retired: it issues nothing more", extra={"ca": event.ca_id, "by": by})
         if replace:
@@ -147,11 +153,11 @@ class Retirements:
         existed = self._cas.keys.destroy(ca_id)
         now = rt.clock.now()
         await store.save_key_destroyed(conn, ca_id, now)
-        destroyed = CaKeyDestroyed(
-            aggregate_id=ca_id,
-            occurred_at=now,
-            correlation_id=row["correlation_id"],
+        destroyed = CaKeyDestroyed.first(
+            ca_id,
             producer="signing",
+            at=now,
+            correlation_id=row["correlation_id"],
             ca_id=ca_id,
             spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
             destroyed_at=now,

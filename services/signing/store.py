@@ -27,7 +27,7 @@ class Intent:
 
 
 async def add_ca(
-    conn: asyncpg.Connection, ca_id: str, role: str, parent_id: str | None, cert_der: bytes, at: datetime
+    conn: asyncpg.Connection, ca_id: str, *, role: str, parent_id: str | None, cert_der: bytes, at: datetime
 ) -> None:
     """Record a CA signing created, and its CRL state."""
     await conn.execute(
@@ -128,6 +128,7 @@ async def add_revoked(
     conn: asyncpg.Connection,
     issuer_id: str,
     serial: int,
+    *,
     revoked_at: datetime,
     reason: str,
     invalidity_date: datetime | None = None,
@@ -173,7 +174,13 @@ async def revoked_entries(conn: asyncpg.Connection, ca_id: str) -> tuple[list[as
 
 
 async def save_crl_state(
-    conn: asyncpg.Connection, ca_id: str, number: int, built_through: int, this_update: datetime, next_update: datetime
+    conn: asyncpg.Connection,
+    ca_id: str,
+    number: int,
+    *,
+    built_through: int,
+    this_update: datetime,
+    next_update: datetime,
 ) -> None:
     """Advance an issuer's CRL state."""
     await conn.execute(
@@ -212,7 +219,13 @@ async def current_digest(conn: asyncpg.Connection, name: str) -> str | None:
 
 
 async def record_lint(
-    conn: asyncpg.Connection, digest: str, issuer_id: str, usable: bool, findings: list[dict[str, Any]], at: datetime
+    conn: asyncpg.Connection,
+    digest: str,
+    issuer_id: str,
+    *,
+    usable: bool,
+    findings: list[dict[str, Any]],
+    at: datetime,
 ) -> bool:
     """Keep a lint verdict; False if this profile version was already linted under this issuer."""
     row = await conn.fetchval(
@@ -251,6 +264,7 @@ async def ca_cert(conn: asyncpg.Connection, ca_id: str) -> bytes | None:
 async def record_retirement(
     conn: asyncpg.Connection,
     ca_id: str,
+    *,
     event_id: uuid.UUID,
     stream_seq: int,
     correlation_id: str,

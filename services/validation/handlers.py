@@ -25,9 +25,6 @@ from shared.contract.events import (
     CertificateSuperseded,
     CrlPublished,
     Event,
-    OperatorRegistered,
-    OperatorRemoved,
-    QuorumSet,
 )
 from shared.contract.queries import (
     CrlAnswer,
@@ -39,10 +36,9 @@ from shared.contract.queries import (
     ValidateQuery,
 )
 from shared.pki.crypto import normalise_serial, serial_hex
-from shared.runtime.consumer import Delivery, EventRejected
+from shared.runtime.consumer import Delivery, EventRejected, Projections, dispatching
 from shared.runtime.service import Runtime
 from shared.runtime.stream import read_object
-from shared.trust.operators import REGISTRY
 
 NAME = "validation"
 log = logging.getLogger("certbus.validation")
@@ -52,57 +48,29 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
     """Attach validation's consumer and queries. Once a revocation is committed, the OCSP responses
     cached about its serial are dropped; once a new issuing CA is, the keeper gets it a responder."""
 
-    consumed: tuple[type[Event], ...] = (
-        *REGISTRY,
-        CertificateIssued,
-        CertificateRevoked,
-        CaCreated,
-        CrlPublished,
-        CaCompromised,
-        CertificateSuperseded,
-        CertificateExpired,
-        CertificateDestroyed,
-    )
     crl_bytes: dict[str, bytes] = {}  # fetched before the transaction that stores them
 
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
-        if isinstance(event, CertificateIssued):
-            await store.apply_issued(conn, event, _pem_to_der(event.cert_pem))
-        elif isinstance(event, CertificateRevoked):
-            await store.apply_revoked(conn, event)
-        elif isinstance(event, CaCreated):
-            await store.apply_ca(conn, event, _pem_to_der(event.cert_pem))
-        elif isinstance(event, CrlPublished):
-            der = crl_bytes[event.object_name]
-            await store.apply_crl(conn, event.ca_id, event.crl_number, event.this_update, event.next_update, der)
-        elif isinstance(event, CaCompromised):
-            await store.apply_compromise(conn, event.ca_id, event.occurred_at)
-        elif isinstance(event, CertificateSuperseded):
-            await store.apply_superseded(conn, event)
-        elif isinstance(event, CertificateExpired):
-            await store.apply_expired(conn, event)
-        elif isinstance(event, CertificateDestroyed):
-            await store.apply_destroyed(conn, event)
-        else:
-            raise EventRejected(f"validation does not consume {event.event_type}")
+    async def crl_published(conn: asyncpg.Connection, event: CrlPublished, delivery: Delivery) -> None:
+        der = crl_bytes[event.object_name]
+        await store.apply_crl(
+            conn, event.ca_id, event.crl_number, this_update=event.this_update, next_update=event.next_update, der=der
+        )
 
-    read_model = rt.group_commit("status", apply)
+    # The read model: what each event type does to it.
+    projections: Projections = {
+        CertificateIssued: lambda conn, event, _: store.apply_issued(conn, event, _pem_to_der(event.cert_pem)),
+        CertificateRevoked: lambda conn, event, _: store.apply_revoked(conn, event),
+        CaCreated: lambda conn, event, _: store.apply_ca(conn, event, _pem_to_der(event.cert_pem)),
+        CrlPublished: crl_published,
+        CaCompromised: lambda conn, event, _: store.apply_compromise(conn, event.ca_id, event.occurred_at),
+        CertificateSuperseded: lambda conn, event, _: store.apply_superseded(conn, event),
+        CertificateExpired: lambda conn, event, _: store.apply_expired(conn, event),
+        CertificateDestroyed: lambda conn, event, _: store.apply_destroyed(conn, event),
+    }
+    read_model = rt.group_commit("status", dispatching(NAME, projections))
 
-    @rt.consumer("status", consumed)
-    async def on_event(
-        event: OperatorRegistered
-        | OperatorRemoved
-        | QuorumSet
-        | CertificateIssued
-        | CertificateRevoked
-        | CaCreated
-        | CrlPublished
-        | CaCompromised
-        | CertificateSuperseded
-        | CertificateExpired
-        | CertificateDestroyed,
-        msg: NatsMessage,
-    ) -> None:
+    @rt.consumer("status", projections)
+    async def on_event(event: Event, msg: NatsMessage) -> None:
         if not isinstance(event, CrlPublished):
             await read_model.submit(event, Delivery.of(msg))  # returns once the transaction committed
             if isinstance(event, CertificateRevoked):

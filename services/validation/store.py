@@ -95,7 +95,7 @@ async def apply_ca(conn: asyncpg.Connection, e: CaCreated, cert_der: bytes) -> N
 
 
 async def apply_crl(
-    conn: asyncpg.Connection, ca_id: str, number: int, this_update: datetime, next_update: datetime, der: bytes
+    conn: asyncpg.Connection, ca_id: str, number: int, *, this_update: datetime, next_update: datetime, der: bytes
 ) -> None:
     """Keep the newest CRL of an issuer (an older one arriving late changes nothing)."""
     await conn.execute(

@@ -527,11 +527,10 @@ class CertbusClient:
         proof = None
         if key is not None:
             proof = base64.b64encode(sign_message(key, revocation_message(request_id, serial, reason))).decode()
-        request = RevocationRequested(
-            aggregate_id=request_id,
-            occurred_at=utcnow(),
-            correlation_id=request_id,
+        request = RevocationRequested.first(
+            request_id,
             producer="requester",
+            at=utcnow(),
             serial=serial,
             reason=reason,
             requested_by=self.requester,

@@ -18,7 +18,7 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -79,6 +79,35 @@ class Event(BaseModel):
     causation_id: Short | None = None
     producer: Short  # data: who the body says published it; the subject is the authority
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, lt=2**31)
+
+    @classmethod
+    def caused_by(
+        cls, cause: Event, *, producer: str, at: datetime, aggregate_id: str | None = None, **fields: Any
+    ) -> Self:
+        """A new event caused by `cause`: its correlation carried on, `cause` its causation, and on
+        `cause`'s aggregate unless `aggregate_id` says otherwise."""
+        return cls(
+            aggregate_id=cause.aggregate_id if aggregate_id is None else aggregate_id,
+            occurred_at=at,
+            correlation_id=cause.correlation_id,
+            causation_id=str(cause.event_id),
+            producer=producer,
+            **fields,
+        )
+
+    @classmethod
+    def first(
+        cls, aggregate_id: str, *, producer: str, at: datetime, correlation_id: str | None = None, **fields: Any
+    ) -> Self:
+        """A new event that no event on the log caused: it correlates with its own aggregate unless
+        `correlation_id` says otherwise."""
+        return cls(
+            aggregate_id=aggregate_id,
+            occurred_at=at,
+            correlation_id=aggregate_id if correlation_id is None else correlation_id,
+            producer=producer,
+            **fields,
+        )
 
     def subject(self, root: str) -> str:
         """The log subject this event is published on."""

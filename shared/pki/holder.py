@@ -35,11 +35,10 @@ def enrollment_request(
         csr_der = x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
     except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
         csr_der = csr_pem.encode()  # enrollment will reject it with a reason
-    return EnrollmentRequested(
-        aggregate_id=request_id,
-        occurred_at=utcnow(),
-        correlation_id=request_id,
+    return EnrollmentRequested.first(
+        request_id,
         producer="requester",
+        at=utcnow(),
         csr_pem=csr_pem,
         profile=profile,
         token=jwt_part,
@@ -69,11 +68,10 @@ def renewal_request(
     except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
         csr_der = csr_pem.encode()  # enrollment will reject it with a reason
     proof = sign_message(current_key, renewal_message(request_id, serial, csr_der))
-    return RenewalRequested(
-        aggregate_id=request_id,
-        occurred_at=utcnow(),
-        correlation_id=request_id,
+    return RenewalRequested.first(
+        request_id,
         producer="requester",
+        at=utcnow(),
         csr_pem=csr_pem,
         renews_serial=serial,
         proof=base64.b64encode(proof).decode(),
@@ -130,11 +128,11 @@ def key_destroyed_attestation(
     spki = spki_sha256(key.public_key())
     proof = sign_message(key, key_destroyed_message(serial, spki, destroyed_at))
     public_key = base64.b64encode(spki_der(key.public_key())).decode()
-    return KeyDestroyed(
-        aggregate_id=spki,
-        occurred_at=destroyed_at,
-        correlation_id=correlation_id or spki,
+    return KeyDestroyed.first(
+        spki,
         producer="requester",
+        at=destroyed_at,
+        correlation_id=correlation_id or spki,
         serial=serial,
         spki_sha256=spki,
         destroyed_at=destroyed_at,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -69,6 +69,10 @@ class EventRejected(Exception):
 PoolGetter = Callable[[], asyncpg.Pool]
 T = TypeVar("T")
 Apply = Callable[[asyncpg.Connection, Event, "Delivery"], Awaitable[Sequence[OutboxEntry] | None]]
+# What a consumer does with one type of event (its parameter is that type, hence Any here).
+Projection = Callable[[asyncpg.Connection, Any, "Delivery"], Awaitable[Sequence[OutboxEntry] | None]]
+# A consumer's table, from event type to what it does with it: the one list of what it consumes.
+Projections = Mapping[type[Event], Projection]
 Process = Callable[[list[tuple[T, "Delivery"]]], Awaitable[list[OutboxEntry]]]
 
 
@@ -234,6 +238,18 @@ def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(exc)
+
+
+def dispatching(consumer: str, projections: Projections) -> Apply:
+    """Apply each event with the projection its type has in `projections`."""
+
+    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> Sequence[OutboxEntry] | None:
+        project = projections.get(type(event))
+        if project is None:
+            raise EventRejected(f"{consumer} does not consume {event.event_type}")
+        return await project(conn, event, delivery)
+
+    return apply
 
 
 def applying(pool: Callable[[], asyncpg.Pool], consumer: str, apply: Apply) -> Process[Event]:

@@ -6,13 +6,16 @@ its own schema, an outbox relay, a health query and an HTTP endpoint with /healt
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
+import operator
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
@@ -22,13 +25,13 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, Pul
 from faststream.nats.security import NatsNKey, NatsUserPassword
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from shared.base import logs
 from shared.base.clock import Clock, SystemClock
 from shared.base.settings import ServiceSettings
 from shared.contract.binding import bind
-from shared.contract.events import Event
+from shared.contract.events import Event, OperatorCommand
 from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
 from shared.runtime import db
@@ -36,6 +39,7 @@ from shared.runtime.consumer import Apply, GroupCommit, applying, event_middlewa
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
 from shared.runtime.stream import ensure_consumer, require_log
+from shared.trust.operators import REGISTRY
 
 log = logging.getLogger("certbus.service")
 VERSION = "0.1.0"
@@ -102,9 +106,18 @@ class Runtime:
         """The request-reply subject of a query (not captured by the stream)."""
         return f"{self.settings.query_root}.{service or self.name}.{query}"
 
-    def consumer(self, purpose: str, consumes: Sequence[type[Event]] | None) -> Callable[[Any], Any]:
-        """Decorate a handler as a durable pull consumer of the event types `consumes` on the log
-        (None: every message, undecoded: audit's archive).
+    def consumer(
+        self, purpose: str, consumes: Iterable[type[Event]] | None, *, tagged: bool = False
+    ) -> Callable[[Any], Any]:
+        """Decorate a handler as a durable pull consumer of the event types `consumes` on the log (a
+        service's table of projections, or the types themselves; None: every message, undecoded:
+        audit's archive).
+
+        The subject filters and the type of the handler's first parameter (what FastStream parses the
+        message into, and documents) are derived from `consumes`: the handler declares it as `Event`.
+        A consumer of operator commands also reads the operators' registry that authorises them.
+        `tagged` parses by `event_type` (a discriminated union: a malformed event is reported against
+        its own type only) rather than trying each type in turn.
 
         Every message is bound to its subject before it is parsed (`shared.contract.binding.bind`): an event
         on a subject other than its own, or over the bounds, never reaches the handler but is parked
@@ -112,16 +125,25 @@ class Runtime:
         concurrently; handlers hand their events to a `GroupCommit` so that they share one transaction.
         """
         durable = self.durable(purpose)
-        filters = [cls.filter(self.root) for cls in consumes] if consumes is not None else [f"{self.root}.>"]
-        self.consumers[durable] = filters
         if consumes is None:
-            return self._pull(self.settings.stream, self.root, durable, filters, _undecoded)
-        accept, root = tuple(consumes), self.root
+            self.consumers[durable] = [f"{self.root}.>"]
+            return self._pull(self.settings.stream, self.root, durable, self.consumers[durable], _undecoded)
+        accept, root = _with_registry(consumes), self.root
+        filters = [cls.filter(root) for cls in accept]
+        self.consumers[durable] = filters
 
         async def bound(msg: StreamMessage[Any]) -> Any:
             return bind(msg.raw_message.subject, root, msg.body, accept)
 
-        return self._pull(self.settings.stream, self.root, durable, filters, bound)
+        subscribe = self._pull(self.settings.stream, self.root, durable, filters, bound)
+        message = _message_type(accept, tagged=tagged)
+
+        def decorate(handler: Callable[..., Any]) -> Any:
+            first = next(iter(inspect.signature(handler).parameters))
+            handler.__annotations__[first] = message
+            return subscribe(handler)
+
+        return decorate
 
     def ingress_consumer(self, purpose: str, kinds: Sequence[Kind]) -> Callable[[Any], Any]:
         """Decorate a handler as the durable pull consumer of the ingress stream's requests of
@@ -299,6 +321,21 @@ def create_service(
             await runtime.pool.close()
 
     return app, runtime
+
+
+def _with_registry(consumes: Iterable[type[Event]]) -> tuple[type[Event], ...]:
+    """The event types a consumer reads: `consumes`, after the operators' registry if any of them is
+    an operator command (it is authorised by the registry as the same consumer read it)."""
+    types = tuple(consumes)
+    if any(issubclass(cls, OperatorCommand) for cls in types):
+        types = (*REGISTRY, *(cls for cls in types if cls not in REGISTRY))
+    return types
+
+
+def _message_type(types: tuple[type[Event], ...], *, tagged: bool) -> Any:
+    """The type a consumer's messages are parsed into: one event type, or their union."""
+    union = functools.reduce(operator.or_, types)
+    return Annotated[union, Field(discriminator="event_type")] if tagged and len(types) > 1 else union
 
 
 async def _undecoded(msg: StreamMessage[Any]) -> bytes:

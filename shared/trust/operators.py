@@ -85,11 +85,11 @@ def sign(command: OperatorCommand, operator: str, key: PrivateKey) -> OperatorCo
 def registration(name: str, key: PrivateKey, registered_by: str, at: datetime) -> OperatorRegistered:
     """An operator's registration of its own key, signed by that key (the proof of possession). On
     an empty log it is the genesis as it is; otherwise the `operator` quorum co-signs it."""
-    command = OperatorRegistered(
-        aggregate_id=name,
-        occurred_at=at,
-        correlation_id=f"operator-{name}",
+    command = OperatorRegistered.first(
+        name,
         producer="operator",
+        at=at,
+        correlation_id=f"operator-{name}",
         public_key=public_key_b64(key.public_key()),
         registered_by=registered_by,
     )

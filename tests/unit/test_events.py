@@ -560,3 +560,55 @@ def test_the_revocation_message_changes_with_each_field(other: tuple[str, str, s
 def test_authorised_by_takes_only_known_authorities() -> None:
     with pytest.raises(pydantic.ValidationError):
         parse_event(_json(SAMPLES[CertificateRevoked], authorised_by="anyone"))
+
+
+def test_caused_by_carries_the_correlation_and_names_the_cause() -> None:
+    cause = RevocationRequested.first(
+        "req-1", producer="requester", at=NOW, serial="01", reason="superseded", requested_by="svc-a"
+    )
+    later = NOW + timedelta(seconds=1)
+    rejected = RevocationRejected.caused_by(
+        cause, producer="revocation", at=later, serial="01", reason=Reason(code="x", message="y")
+    )
+    assert (rejected.aggregate_id, rejected.correlation_id) == ("req-1", "req-1")
+    assert rejected.causation_id == str(cause.event_id)
+    assert (rejected.producer, rejected.occurred_at) == ("revocation", later)
+    assert rejected.event_id != cause.event_id
+
+
+def test_caused_by_may_name_another_aggregate() -> None:
+    cause = RevocationRequested.first(
+        "req-1", producer="requester", at=NOW, serial="01", reason="superseded", requested_by="svc-a"
+    )
+    alert = CertificateLintFailed.caused_by(
+        cause,
+        producer="signing",
+        at=NOW,
+        aggregate_id="alert-1",
+        stage="pre-release",
+        request_id="req-1",
+        profile="web",
+        findings=[],
+    )
+    assert (alert.aggregate_id, alert.correlation_id) == ("alert-1", "req-1")
+
+
+def test_first_correlates_with_its_own_aggregate_unless_told() -> None:
+    own = CrlPublished.first("ca-1", producer="signing", at=NOW, **_crl_fields())
+    told = CrlPublished.first("ca-1", producer="signing", at=NOW, correlation_id="crl-ca-1-2", **_crl_fields())
+    assert (own.correlation_id, own.causation_id) == ("ca-1", None)
+    assert told.correlation_id == "crl-ca-1-2"
+
+
+def _crl_fields() -> dict[str, Any]:
+    return {
+        "ca_id": "ca-1",
+        "crl_number": 2,
+        "this_update": NOW,
+        "next_update": NOW + timedelta(days=1),
+        "revoked_count": 0,
+        "object_bucket": "crls",
+        "object_name": "ca-1/2.crl",
+        "sha256": "0" * 64,
+        "size": 1,
+    }
