@@ -71,7 +71,9 @@ def test_the_import_linter_contracts_hold() -> None:
     linter = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(linter)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    kept = {line.removesuffix(" KEPT") for line in result.stdout.replace(" \n", " ").splitlines() if line.endswith(" KEPT")}
+    kept = {
+        line.removesuffix(" KEPT") for line in result.stdout.replace(" \n", " ").splitlines() if line.endswith(" KEPT")
+    }
     assert {
         "Services never import one another",
         "Shared code never imports a service",
