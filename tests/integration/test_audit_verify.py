@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from subprocess import PIPE
 from typing import Any
 
@@ -19,11 +19,13 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from clock import TestClock
 from harness import Harness, eventually
 from services.audit import domain
 from shared.client.sdk import CertbusError
 from shared.contract.events import AuditCheckpointSigned, checkpoint_message
 from shared.contract.queries import ReplayProgress, VerifyAnswer
+from signals import applied
 
 
 async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
@@ -196,8 +198,19 @@ async def test_audit_check_finds_a_certificate_issued_without_approval(stack: Ha
     seq = found[0]["stream_seq"]
     raised = await eventually(lambda: stack.stream_messages(f"{stack.root}.finding.approval-{seq}.raised"))
     assert json.loads(raised[0].data)["check"] == "approval"
-    await asyncio.sleep(1.5)  # another scheduled run raises nothing new
-    assert len(await stack.stream_messages(f"{stack.root}.finding.*.raised")) == len(raised)
+    # Another scheduled run raises nothing new: a second such certificate, put on the log only now,
+    # is found by a later run, which would raise the first again if it were not remembered.
+    issued.update(aggregate_id="also-never-requested", serial="abc124", event_id=str(uuid.uuid4()))
+    await stack.publish_raw(f"{stack.root}.cert.also-never-requested.issued", json.dumps(issued).encode())
+    stack.lint_exempt.add("abc124")
+
+    async def both_raised() -> bool:
+        return len(await stack.stream_messages(f"{stack.root}.finding.*.raised")) >= 2
+
+    await eventually(both_raised)
+    await applied(stack)  # all that run raised is on the log
+    everything = await stack.stream_messages(f"{stack.root}.finding.*.raised")
+    assert len(everything) == 2, [m.subject for m in everything]
 
 
 async def test_audit_replay_through_the_cli_reports_equal_and_progress_is_queryable(stack: Harness) -> None:
@@ -285,7 +298,9 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     """Signing is down when a certificate is revoked, so no CRL lists it: once the grace has passed
     the check reports it; when signing is back and publishes a CRL the finding is gone. A CRL whose
     bytes in the object store were replaced is reported too."""
-    harness.overrides["audit"] = {"crl_check_grace_s": 0.5}
+    clock = TestClock()
+    harness.clocks["audit"] = clock
+    harness.overrides["audit"] = {"crl_check_grace_s": 60.0}
     await harness.start()
     await harness.register_provisioner()
     await harness.apply_profiles()
@@ -293,7 +308,7 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     await harness.stop("signing")
     async with harness.client("operator") as c:
         await c.revoke_as_operator(issued.serial, "keyCompromise", "tests")
-    await asyncio.sleep(0.6)
+    clock.advance(timedelta(seconds=61))  # audit's time passes the grace; no real time need pass
     missing = await _findings(harness, "crl", bool)
     assert issued.serial in missing[0]["detail"] and "no CRL" in missing[0]["detail"]
 
