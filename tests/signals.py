@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import urllib.request
+import uuid
 
 from deploy.local.devstack import SERVICES
 from harness import Harness, eventually
+from shared.contract.events import CertificateIssued
 
 
 async def subscribed(h: Harness, identity: str, *subjects: str, timeout: float = 10.0) -> None:
@@ -52,3 +55,31 @@ async def applied(h: Harness, timeout: float = 30.0) -> None:
         await eventually(idle, timeout=timeout)
     finally:
         await nc.close()
+
+
+async def audit_checks_ran(h: Harness, timeout: float = 30.0) -> None:
+    """Wait for a whole run of audit's scheduled checks that began after this call. Only those runs
+    find a certificate issued without an approval: this puts one on the log (a copy of an issued one
+    under a request id nobody made, its serial exempt from the closing lint) and waits until its
+    finding is raised and the log applied (what a run raises is committed together)."""
+    template = next(
+        issued for m in await h.stream_messages(f"{h.root}.cert.*.issued") if (issued := _issued(m.data)) is not None
+    )
+    serial = secrets.token_hex(8)
+    probe = template.model_copy(update={"aggregate_id": f"probe-{serial}", "serial": serial, "event_id": uuid.uuid4()})
+    h.lint_exempt.add(serial)
+    await h.publish_raw(probe.subject(h.root), probe.model_dump_json().encode())
+
+    async def raised() -> bool:
+        found = [json.loads(m.data) for m in await h.stream_messages(f"{h.root}.finding.*.raised")]
+        return any(f["check"] == "approval" and probe.aggregate_id in f["detail"] for f in found)
+
+    await eventually(raised, timeout=timeout)
+    await applied(h, timeout=timeout)
+
+
+def _issued(data: bytes) -> CertificateIssued | None:
+    try:
+        return CertificateIssued.model_validate_json(data)
+    except ValueError:
+        return None

@@ -25,6 +25,7 @@ from harness import Harness, eventually
 from services.audit import domain, store
 from shared.contract.events import CrlPublished, EnrollmentRequested, ProvisionerRegistered, utcnow
 from shared.runtime import db
+from signals import audit_checks_ran
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -216,7 +217,7 @@ async def test_poison_on_the_log_is_archived_flagged_and_stops_nothing(stack: Ha
         assert replayed.equal and replayed.verified is not None and replayed.verified.clean, replayed
 
     # The scheduled checks (every second here) raise nothing about them a second time.
-    await asyncio.sleep(2.5)
+    await audit_checks_ran(stack)
     finding_messages = await stack.stream_messages(f"{root}.finding.*.raised")
     about = [json.loads(m.data)["stream_seq"] for m in finding_messages]
     assert sorted(seq for seq in about if seq in poisoned) == sorted(poisoned)
