@@ -54,7 +54,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         while b"all five services are up" not in (tmp_path / "make-run.log").read_bytes():
             assert proc.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "make-run.log").read_text()[-3000:]
-            time.sleep(0.3)
+            time.sleep(0.05)
         yield {**env, "CERTBUS_PG_PORT": str(pg_port)}
     finally:
         proc.send_signal(signal.SIGINT)
