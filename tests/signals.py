@@ -30,31 +30,30 @@ async def subscribed(h: Harness, identity: str, *subjects: str, timeout: float =
     await eventually(lambda: asyncio.to_thread(held), timeout=timeout)
 
 
-async def applied(h: Harness, timeout: float = 30.0) -> None:
-    """Wait until everything on the log has been applied: no service's outbox holds an unpublished
-    event, and every durable consumer of the log and of the ingress stream has had everything
-    delivered and acknowledged (outboxes first: an event they publish lands before its cause is acked)."""
+async def idle(h: Harness) -> bool:
+    """Whether everything on the log has been applied: no service's outbox holds an unpublished event,
+    and every durable consumer of the log and of the ingress stream has had everything delivered and
+    acknowledged (outboxes first: an event they publish lands before its cause is acknowledged)."""
     pool = await h.db()
-    streams = (h.common["stream"], h.common["ingress_stream"])
+    for service in SERVICES:
+        if await pool.fetchval("SELECT to_regclass($1)", f"{service}.outbox") is None:
+            continue  # never started here
+        if await pool.fetchval(f"SELECT count(*) FROM {service}.outbox WHERE published_at IS NULL"):
+            return False
     nc = await h.connect("admin")
-    js = h.js(nc)
-
-    async def idle() -> bool:
-        for service in SERVICES:
-            if await pool.fetchval("SELECT to_regclass($1)", f"{service}.outbox") is None:
-                continue  # never started here
-            if await pool.fetchval(f"SELECT count(*) FROM {service}.outbox WHERE published_at IS NULL"):
-                return False
-        for stream in streams:
-            for info in await js.consumers_info(stream):
+    try:
+        for stream in (h.common["stream"], h.common["ingress_stream"]):
+            for info in await h.js(nc).consumers_info(stream):
                 if info.config.durable_name and (info.num_pending or info.num_ack_pending):
                     return False
-        return True
-
-    try:
-        await eventually(idle, timeout=timeout)
     finally:
         await nc.close()
+    return True
+
+
+async def applied(h: Harness, timeout: float = 30.0) -> None:
+    """Wait until everything on the log has been applied (`idle`)."""
+    await eventually(lambda: idle(h), timeout=timeout)
 
 
 async def audit_checks_ran(h: Harness, timeout: float = 30.0) -> None:
