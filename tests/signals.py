@@ -56,6 +56,33 @@ async def applied(h: Harness, timeout: float = 30.0) -> None:
     await eventually(lambda: idle(h), timeout=timeout)
 
 
+async def audit_caught_up(h: Harness, timeout: float = 30.0) -> None:
+    """Wait until audit archived the whole log and signed a checkpoint after which only checkpoints
+    were archived: it has nothing left to sign, so the log stays as it is until something happens."""
+    pool = await h.db()
+
+    async def checkpointed() -> bool:
+        nc = await h.connect("admin")
+        try:
+            through = (await h.js(nc).stream_info(h.common["stream"])).state.last_seq
+        finally:
+            await nc.close()
+        return bool(
+            await pool.fetchval(
+                "SELECT h.seq = $1 AND c.last IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit.archive a "
+                "WHERE a.stream_seq > c.last AND a.event_type <> 'AuditCheckpointSigned') "
+                "FROM audit.chain_head h, (SELECT max(stream_seq) AS last FROM audit.checkpoints) c",
+                through,
+            )
+        )
+
+    async def settled() -> bool:
+        # Idle on both sides: a checkpoint signed in between is still in an outbox or a consumer.
+        return await idle(h) and await checkpointed() and await idle(h)
+
+    await eventually(settled, timeout=timeout)
+
+
 async def audit_checks_ran(h: Harness, timeout: float = 30.0) -> None:
     """Wait for a whole run of audit's scheduled checks that began after this call. Only those runs
     find a certificate issued without an approval: this puts one on the log (a copy of an issued one

@@ -24,37 +24,15 @@ from services.audit import domain
 from shared.client.sdk import CertbusError
 from shared.contract.events import AuditCheckpointSigned, checkpoint_message
 from shared.contract.queries import ReplayProgress, VerifyAnswer
-from signals import audit_checks_ran, idle
+from signals import audit_caught_up, audit_checks_ran
 
 
 async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
-    """Issue a few certificates, then wait until audit archived everything and signed a checkpoint
-    after which only checkpoints were archived: it has nothing left to sign, so the log stays put."""
+    """Issue a few certificates, then wait until audit archived everything and has nothing left to sign."""
     for i in range(certs):
         await h.enroll(f"v{i}.corp.internal")
-    pool = await h.db()
-
-    async def checkpointed() -> bool:
-        nc = await h.connect("admin")
-        try:
-            through = (await h.js(nc).stream_info(h.common["stream"])).state.last_seq
-        finally:
-            await nc.close()
-        return bool(
-            await pool.fetchval(
-                "SELECT h.seq = $1 AND c.last IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit.archive a "
-                "WHERE a.stream_seq > c.last AND a.event_type <> 'AuditCheckpointSigned') "
-                "FROM audit.chain_head h, (SELECT max(stream_seq) AS last FROM audit.checkpoints) c",
-                through,
-            )
-        )
-
-    async def settled() -> bool:
-        # Idle on both sides: a checkpoint signed in between is still in an outbox or a consumer.
-        return await idle(h) and await checkpointed() and await idle(h)
-
-    await eventually(settled, timeout=30)
-    return pool
+    await audit_caught_up(h)
+    return await h.db()
 
 
 async def _verify(h: Harness) -> VerifyAnswer:
