@@ -1,5 +1,5 @@
-"""What tests wait for instead of sleeping: each waits, up to a deadline, until the nats-server or
-the database shows the condition itself."""
+"""What tests wait for instead of sleeping: conditions read from the nats-server, the log and the
+services' databases, each waited for with `harness.eventually` up to a deadline."""
 
 from __future__ import annotations
 
