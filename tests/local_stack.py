@@ -50,7 +50,7 @@ def devstack(tmp_path: Path, wait_until_up: bool = True) -> Iterator[tuple[dict[
         while wait_until_up and b"all five services are up" not in log_path.read_bytes():
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.3)
+            time.sleep(0.05)
         yield env, proc
     finally:
         proc.send_signal(signal.SIGINT)

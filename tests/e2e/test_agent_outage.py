@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from clock import TestClock
 from harness import Harness, eventually
 from shared.client.agent import Agent, AgentSettings, CertificateEntry
 from shared.pki.crypto import build_csr, generate_key, key_pem, serial_hex
@@ -18,14 +19,12 @@ from shared.pki.crypto import build_csr, generate_key, key_pem, serial_hex
 pytestmark = pytest.mark.e2e
 
 
-class OffsetClock:
-    """The real time moved by `offset` (which the test sets)."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
+OUTAGE_S = 5.0
+# How far into the outage the renewal falls due. Signing, a process on the system clock, dates the renewed
+# certificate, so its renewal point leads the old one's only by the real time between the two issuances,
+# while the agent's clock runs on through the outage (its backoff needs that): the renewal point put this
+# far into the outage stays ahead of the agent's clock for as long after the renewal.
+DUE_INTO_OUTAGE = timedelta(seconds=3)
 
 
 async def test_nats_down_when_renewal_is_due_the_agent_backs_off_and_renews_once_it_is_back(
@@ -46,19 +45,19 @@ async def test_nats_down_when_renewal_is_due_the_agent_backs_off_and_renews_once
     os.write(fd, key_pem(key))
     os.close(fd)
 
-    clock = OffsetClock()
+    clock = TestClock()
     settings = AgentSettings(transient_base_s=0.2, transient_cap_s=1.0, request_timeout_s=20)
     entry = CertificateEntry(cert=holder / "cert.pem", key=holder / "key.pem")
     agent = Agent([entry], settings, h.client_settings("agent"), clock=clock)
     task = asyncio.create_task(agent.run())
     try:
         await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)
-        await asyncio.sleep(3)  # so the renewed certificate's renewal point stays ahead of the agent's clock
         h.nats.stop(kill=True)  # the harness's own server: same port and store when it comes back
         lifetime = old.not_after - old.not_before
-        clock.offset = (old.not_after - lifetime / 3 + timedelta(seconds=0.5)) - datetime.now(UTC)  # due now
+        clock.run_from(old.not_after - lifetime / 3 + timedelta(seconds=0.5) - DUE_INTO_OUTAGE)
         connects_before = agent.stats["connects"]
-        await asyncio.sleep(5)  # the outage
+        # The outage is what is measured: the agent's connection attempts over real seconds of it.
+        await asyncio.sleep(OUTAGE_S)
         during = agent.stats["connects"] - connects_before
         assert agent.stats["renewals"] == 0 and agent.stats["submits"] == 0
         assert 2 <= during <= 30, during  # one attempt per jittered slot (mean 0.5 s at the cap): no spinning

@@ -33,6 +33,7 @@ from shared.contract.ingress import INTAKES, ingress_subject
 from shared.pki.crypto import build_csr, generate_key
 from shared.trust import operators
 from shared.trust.accounts import Names, publishes
+from signals import applied
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_audit_samples import sample
@@ -142,7 +143,7 @@ async def test_every_forgery_is_refused_or_parked_and_flagged_and_changes_nothin
             await c.enroll(csr, h.token("approve-me.corp.internal", profile="high-assurance"), "high-assurance")
     pending = waiting.value.request_id
     targets = {"serial": issued.serial, "ca": issued.issuer_id, "request": pending, "cert": issued.aggregate_id}
-    await asyncio.sleep(1.0)  # everything of the set-up applied
+    await applied(h)  # everything of the set-up
     pool = await h.db()
     before = await _state(pool)
 
@@ -238,7 +239,7 @@ async def test_every_forgery_is_refused_or_parked_and_flagged_and_changes_nothin
     admitted_as = await admitted_requests()
     assert len(admitted_as) == judged  # every one admitted, and in its sender's name (never the "alice" it claimed)
     assert admitted_as == {event_id: sent_by[event_id] for event_id in admitted_as}
-    await asyncio.sleep(2.0)  # the last judgements applied
+    await applied(h, timeout=120)  # the last judgements
     after = await _state(pool)
 
     legend = (

@@ -66,12 +66,17 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
 
     # Kill signing (SIGKILL) while a request is in flight; restart it; the request is still served.
     h.procs["signing"].stop(kill=True)
+    approvals = len(await h.stream_messages(f"{h.root}.cert.*.approved"))
+
+    async def approved() -> bool:
+        return len(await h.stream_messages(f"{h.root}.cert.*.approved")) > approvals
+
     async with h.client() as c:
         key = generate_key("ec-p256")
         pending = asyncio.create_task(
             c.enroll(build_csr(key, ["b.corp.internal"]).decode(), h.token("b.corp.internal"), timeout=60)
         )
-        await asyncio.sleep(1.0)
+        await eventually(approved, timeout=30)  # in flight: enrollment approved it, only signing is missing
         assert not pending.done()
         h.spawn("signing")
         issued_b = await pending

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, Literal
 
 import asyncpg
 import pytest
 
-from deploy.local.devstack import PostgresCluster
+from deploy.local.devstack import PostgresCluster, ServiceProcess
 from harness import Harness, eventually
 from shared.contract.events import EnrollmentRequested
 from shared.pki.crypto import build_csr, generate_key
@@ -39,6 +43,24 @@ async def issued_exactly_once(h: Harness, requests: list[EnrollmentRequested], t
     await eventually(all_issued, timeout=timeout, interval=0.5)
 
 
+def _health(proc: ServiceProcess) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{proc.env['CERTBUS_HTTP_PORT']}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as degraded:  # 503 and the same report
+        return json.loads(degraded.read())
+
+
+async def every_service_lost(h: Harness, what: Literal["nats", "database"]) -> None:
+    """Wait until every service's /healthz says it lost `what`: the outage has reached them all."""
+
+    def lost() -> bool:
+        return not any(_health(proc)[what] for proc in h.procs.values())
+
+    await eventually(lambda: asyncio.to_thread(lost), timeout=60, interval=0.2)
+
+
 @pytest.fixture
 async def own_postgres() -> AsyncIterator[PostgresCluster]:
     cluster = await asyncio.to_thread(PostgresCluster().start)
@@ -56,7 +78,7 @@ async def test_killing_nats_mid_stream_loses_and_duplicates_nothing(harness: Har
         for r in requests:
             await c.publish(r)  # acknowledged by the ingress stream: accepted
     h.nats.stop(kill=True)  # the harness's own server: same port and store when it comes back
-    await asyncio.sleep(1.0)
+    await every_service_lost(h, "nats")
     await asyncio.to_thread(h.nats.start)
     await issued_exactly_once(h, requests)
     for name, proc in h.procs.items():
@@ -77,7 +99,7 @@ async def test_killing_postgres_loses_and_duplicates_nothing(own_postgres: Postg
             own_postgres.stop("immediate")  # a crash: no shutdown checkpoint
             for r in requests[REQUESTS // 2 :]:
                 await c.publish(r)  # accepted by the ingress stream while the database is down
-            await asyncio.sleep(2.0)
+            await every_service_lost(h, "database")
             await asyncio.to_thread(own_postgres.start)
         await issued_exactly_once(h, requests, timeout=90)
         conn = await asyncpg.connect(own_postgres.url)

@@ -171,7 +171,7 @@ def _wait_until_healthy(env: dict[str, str]) -> None:
         if health.returncode == 0:
             return
         assert time.monotonic() < deadline, f"certbus health never exited 0:\n{health.stdout}{health.stderr}"
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def _run(

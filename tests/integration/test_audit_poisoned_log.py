@@ -25,6 +25,7 @@ from harness import Harness, eventually
 from services.audit import domain, store
 from shared.contract.events import CrlPublished, EnrollmentRequested, ProvisionerRegistered, utcnow
 from shared.runtime import db
+from signals import audit_caught_up, audit_checks_ran
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -194,6 +195,7 @@ async def test_poison_on_the_log_is_archived_flagged_and_stops_nothing(stack: Ha
     assert all(r["hash"] is not None for r in hashes)  # chained, like any other message
 
     await eventually(lambda: stack.stream_messages(f"{root}.audit.*.checkpoint"))  # signed past the poison
+    await audit_caught_up(stack)  # and nothing more to sign: the log stays put while it is read
 
     async with stack.client("operator") as c:  # an operator may ask audit anything
         history = await c.history(issued.serial)
@@ -216,7 +218,7 @@ async def test_poison_on_the_log_is_archived_flagged_and_stops_nothing(stack: Ha
         assert replayed.equal and replayed.verified is not None and replayed.verified.clean, replayed
 
     # The scheduled checks (every second here) raise nothing about them a second time.
-    await asyncio.sleep(2.5)
+    await audit_checks_ran(stack)
     finding_messages = await stack.stream_messages(f"{root}.finding.*.raised")
     about = [json.loads(m.data)["stream_seq"] for m in finding_messages]
     assert sorted(seq for seq in about if seq in poisoned) == sorted(poisoned)

@@ -8,10 +8,9 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from subprocess import PIPE
 from typing import Any
 
@@ -19,34 +18,21 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from clock import TestClock
 from harness import Harness, eventually
 from services.audit import domain
 from shared.client.sdk import CertbusError
 from shared.contract.events import AuditCheckpointSigned, checkpoint_message
 from shared.contract.queries import ReplayProgress, VerifyAnswer
+from signals import audit_caught_up, audit_checks_ran
 
 
 async def _settled(h: Harness, certs: int = 3) -> asyncpg.Pool:
-    """Issue a few certificates, then wait until audit archived everything and signed a checkpoint."""
+    """Issue a few certificates, then wait until audit archived everything and has nothing left to sign."""
     for i in range(certs):
         await h.enroll(f"v{i}.corp.internal")
-    pool = await h.db()
-    nc = await h.connect("admin")
-    try:
-        stable_since, last = time.monotonic(), -1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            through = (await h.js(nc).stream_info(h.common["stream"])).state.last_seq
-            head = await pool.fetchval("SELECT seq FROM audit.chain_head")
-            signed = await pool.fetchval("SELECT count(*) FROM audit.checkpoints")
-            if head != through or not signed or through != last:
-                stable_since, last = time.monotonic(), through
-            elif time.monotonic() - stable_since > 1.5:
-                return pool
-            await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
-    raise AssertionError("audit did not settle")
+    await audit_caught_up(h)
+    return await h.db()
 
 
 async def _verify(h: Harness) -> VerifyAnswer:
@@ -196,8 +182,9 @@ async def test_audit_check_finds_a_certificate_issued_without_approval(stack: Ha
     seq = found[0]["stream_seq"]
     raised = await eventually(lambda: stack.stream_messages(f"{stack.root}.finding.approval-{seq}.raised"))
     assert json.loads(raised[0].data)["check"] == "approval"
-    await asyncio.sleep(1.5)  # another scheduled run raises nothing new
-    assert len(await stack.stream_messages(f"{stack.root}.finding.*.raised")) == len(raised)
+    await audit_checks_ran(stack)  # another scheduled run raises nothing new (but its probe's finding)
+    everything = await stack.stream_messages(f"{stack.root}.finding.*.raised")
+    assert len(everything) == len(raised) + 1, [m.subject for m in everything]
 
 
 async def test_audit_replay_through_the_cli_reports_equal_and_progress_is_queryable(stack: Harness) -> None:
@@ -285,7 +272,9 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     """Signing is down when a certificate is revoked, so no CRL lists it: once the grace has passed
     the check reports it; when signing is back and publishes a CRL the finding is gone. A CRL whose
     bytes in the object store were replaced is reported too."""
-    harness.overrides["audit"] = {"crl_check_grace_s": 0.5}
+    clock = TestClock()
+    harness.clocks["audit"] = clock
+    harness.overrides["audit"] = {"crl_check_grace_s": 60.0}
     await harness.start()
     await harness.register_provisioner()
     await harness.apply_profiles()
@@ -293,7 +282,7 @@ async def test_audit_check_finds_a_revocation_missing_from_the_crl(harness: Harn
     await harness.stop("signing")
     async with harness.client("operator") as c:
         await c.revoke_as_operator(issued.serial, "keyCompromise", "tests")
-    await asyncio.sleep(0.6)
+    clock.advance(timedelta(seconds=61))  # audit's time passes the grace; no real time need pass
     missing = await _findings(harness, "crl", bool)
     assert issued.serial in missing[0]["detail"] and "no CRL" in missing[0]["detail"]
 

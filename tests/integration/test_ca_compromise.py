@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from harness import Harness, eventually
 from shared.contract.events import CertificateRenewalDue, CertificateRevoked, utcnow
+from signals import subscribed
 
 
 def _crl(h: Harness, ca_id: str) -> x509.CertificateRevocationList:
@@ -140,7 +141,7 @@ async def test_a_subscriber_sees_revocations_as_they_happen_and_can_replay_them(
         raise AssertionError("the iterator ended")
 
     live = asyncio.create_task(next_revocation(since=False))
-    await asyncio.sleep(0.3)  # subscribed before the next revocation
+    await subscribed(stack, "tests", CertificateRevoked.filter(stack.root))  # before the next revocation
     async with stack.client("operator") as c:
         await c.revoke_as_operator(second.serial, "keyCompromise", "operator")
     assert (await asyncio.wait_for(live, timeout=10)).serial == second.serial

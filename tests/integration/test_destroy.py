@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from clock import TestClock
 from harness import Harness, eventually
-from shared.base.clock import FixedClock
 from shared.client.sdk import Rejected
 from shared.contract.events import (
     CertificateDestroyed,
@@ -326,7 +326,7 @@ async def test_status_shows_superseded_then_expired_then_destroyed(stack: Harnes
 
 
 async def test_status_says_expired_once_not_after_has_passed_even_with_enrollment_down(harness: Harness) -> None:
-    clock = FixedClock(utcnow())
+    clock = TestClock(utcnow())
     harness.clocks["validation"] = clock
     await harness.start()
     await harness.register_provisioner()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from clock import TestClock
 from harness import Harness, eventually
 from shared.client.sdk import Rejected
 from shared.contract.events import EnrollmentRequested, utcnow
@@ -129,7 +129,9 @@ async def test_a_token_is_judged_when_the_log_accepted_the_request_not_when_enro
     request = enrollment_request(build_csr(generate_key("ec-p256"), ["late.corp.internal"]).decode(), token, "tests")
     async with stack.client() as c:
         await c.publish(request)  # accepted while the token is valid; enrollment is down
-    await asyncio.sleep(2.5)  # the token expires before enrollment is back
+    late = TestClock()
+    late.advance(timedelta(minutes=1))  # the token has expired when enrollment is back
+    stack.clocks["enrollment"] = late
     await stack.start("enrollment")
     msgs = await eventually(lambda: stack.stream_messages(f"{stack.root}.cert.{request.aggregate_id}.issued"))
     assert len(msgs) == 1

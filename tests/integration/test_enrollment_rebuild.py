@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from clock import TestClock
 from harness import Harness, eventually
-from shared.base.clock import FixedClock
 from shared.client.sdk import Pending, UnknownRequest
 from shared.contract.events import utcnow
 from shared.pki.crypto import build_csr, generate_key
@@ -23,7 +23,7 @@ async def _decisions(h: Harness, request_id: str) -> dict[str, int]:
 async def test_a_rebuild_answers_nothing_again_not_even_an_approved_pending_request_long_past_its_window(
     harness: Harness,
 ) -> None:
-    clock = FixedClock(utcnow())
+    clock = TestClock(utcnow())
     harness.clocks["enrollment"] = clock
     harness.overrides["enrollment"] = {"pending_sweep_s": 0.1}
     await harness.start()

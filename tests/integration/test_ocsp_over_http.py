@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
+from clock import TestClock
 from deploy.local.devstack import SERVICES
 from harness import Harness, eventually
 from shared.contract.events import CertificateIssued, EnrollmentApproved
@@ -287,16 +288,6 @@ async def test_bad_posts_are_refused(ocsp_stack: Harness) -> None:
     assert ocsp.load_der_ocsp_response(body).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
-class ShiftedClock:
-    """The real time plus an offset that a test moves (openssl, outside, keeps the real time)."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-
 def _responder_of(response: ocsp.OCSPResponse) -> x509.Certificate:
     assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
     [responder] = response.certificates
@@ -311,7 +302,7 @@ async def _responder_issuances(h: Harness) -> list[CertificateIssued]:
 async def test_the_responder_renews_its_certificate_when_a_third_of_its_life_is_left(
     harness: Harness, tmp_path: Path
 ) -> None:
-    clock = ShiftedClock()
+    clock = TestClock()  # running: the responder's loop waits on it (openssl, outside, keeps the real time)
     harness.clocks = dict.fromkeys(SERVICES, clock)
     harness.overrides["validation"] = {"ocsp_check_interval_s": 0.2}
     await harness.start()
@@ -324,11 +315,15 @@ async def test_the_responder_renews_its_certificate_when_a_third_of_its_life_is_
     first = _responder_of(await post(harness, request))
     assert first.not_valid_after_utc - first.not_valid_before_utc == timedelta(days=2)
 
-    clock.offset = timedelta(days=1, hours=7)  # 17 h of 48 left: more than a third, nothing happens
-    await asyncio.sleep(1.0)
+    clock.advance(timedelta(days=1, hours=7))  # 17 h of 48 left: more than a third, nothing happens
+    # The responder's check reads the clock once a pass: its second read from here on starts the
+    # pass after one that judged the certificate at this time.
+    seen = clock.reads_by("ocsp-responder")
+    await eventually(lambda: asyncio.sleep(0, clock.reads_by("ocsp-responder") >= seen + 2))
     assert _responder_of(await post(harness, request)).serial_number == first.serial_number
 
-    clock.offset = timedelta(days=1, hours=8, minutes=1)  # under a third left: renewed within a check
+    clock.advance(timedelta(hours=1, minutes=1))  # under a third left: renewed within a check
+    moved = timedelta(days=1, hours=8, minutes=1)
 
     async def renewed() -> ocsp.OCSPResponse | None:
         response = await post(harness, request)
@@ -336,7 +331,7 @@ async def test_the_responder_renews_its_certificate_when_a_third_of_its_life_is_
 
     response = await eventually(renewed, timeout=30, interval=0.2)
     second = _responder_of(response)
-    assert second.not_valid_before_utc >= first.not_valid_before_utc + clock.offset - timedelta(minutes=1)
+    assert second.not_valid_before_utc >= first.not_valid_before_utc + moved - timedelta(minutes=1)
     assert second.public_key() != first.public_key()  # a fresh key, not the old one re-certified
     public_key = second.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)

@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 import pytest
 from integration.conftest import EnrollWithKey
 
+from clock import TestClock
 from harness import Harness, eventually
 from services.enrollment.renewal import renew_at
-from shared.base.clock import FixedClock
 from shared.base.settings import ServiceSettings
 from shared.client.sdk import UnknownRequest
 from shared.contract.events import (
@@ -248,8 +248,8 @@ async def test_an_enrollment_consumer_from_before_renewal_is_given_the_new_filte
 # --- the schedule -----------------------------------------------------------------------------------
 
 
-async def _pin(harness: Harness, **enrollment: object) -> tuple[Harness, FixedClock]:
-    clock = FixedClock(utcnow())
+async def _pin(harness: Harness, **enrollment: object) -> tuple[Harness, TestClock]:
+    clock = TestClock(utcnow())
     harness.clocks["enrollment"] = harness.clocks["signing"] = clock
     harness.overrides["enrollment"] = {"renewal_check_s": 0.1, **enrollment}
     await harness.start()
@@ -259,12 +259,12 @@ async def _pin(harness: Harness, **enrollment: object) -> tuple[Harness, FixedCl
 
 
 @pytest.fixture
-async def pinned(harness: Harness) -> tuple[Harness, FixedClock]:
+async def pinned(harness: Harness) -> tuple[Harness, TestClock]:
     """The stack with enrollment and signing on one pinned clock, and the schedule checked often."""
     return await _pin(harness)
 
 
-def _advance_to(clock: FixedClock, when: datetime) -> None:
+def _advance_to(clock: TestClock, when: datetime) -> None:
     clock.advance(when - clock.now() + timedelta(seconds=1))
 
 
@@ -275,7 +275,7 @@ def _renew_at(issued: CertificateIssued) -> datetime:
 
 
 async def _renewed_and_expired(
-    harness: Harness, clock: FixedClock, enroll_with_key: EnrollWithKey
+    harness: Harness, clock: TestClock, enroll_with_key: EnrollWithKey
 ) -> tuple[CertificateIssued, CertificateIssued]:
     """A certificate that fell due, was renewed (superseded) and expired; returns (old, new)."""
     key, old = await enroll_with_key(NAME)
@@ -314,7 +314,7 @@ async def _schedule_state(harness: Harness, cert: CertificateIssued) -> str:
 async def _sent_once_each(harness: Harness, old: CertificateIssued, new: CertificateIssued) -> None:
     """After the schedule has run again (the new certificate falls due), nothing was sent twice."""
     clock = harness.clocks["enrollment"]
-    assert isinstance(clock, FixedClock)
+    assert isinstance(clock, TestClock)
     _advance_to(clock, _renew_at(new))
     # A message fetched as enrollment stopped comes back after ack_wait; the schedule waits for it.
     try:
@@ -327,7 +327,7 @@ async def _sent_once_each(harness: Harness, old: CertificateIssued, new: Certifi
 
 
 async def test_the_schedule_sends_renewal_due_superseded_and_expired_once_even_after_a_restart(
-    pinned: tuple[Harness, FixedClock], enroll_with_key: EnrollWithKey
+    pinned: tuple[Harness, TestClock], enroll_with_key: EnrollWithKey
 ) -> None:
     harness, clock = pinned
     old, new = await _renewed_and_expired(harness, clock, enroll_with_key)
@@ -337,7 +337,7 @@ async def test_the_schedule_sends_renewal_due_superseded_and_expired_once_even_a
 
 
 async def test_rebuilding_enrollment_from_the_log_resends_nothing(
-    pinned: tuple[Harness, FixedClock], enroll_with_key: EnrollWithKey
+    pinned: tuple[Harness, TestClock], enroll_with_key: EnrollWithKey
 ) -> None:
     harness, clock = pinned
     old, new = await _renewed_and_expired(harness, clock, enroll_with_key)

@@ -9,40 +9,47 @@ import signal
 import stat
 import sys
 from asyncio.subprocess import PIPE
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from integration.conftest import EnrollWithKey
 
+from clock import TestClock
 from harness import Harness, eventually
 from shared.client.agent import Agent, AgentSettings, CertificateEntry
-from shared.contract.events import CertificateIssued, KeyDestroyed, RenewalRequested
+from shared.contract.events import (
+    CertificateIssued,
+    CertificateRenewalDue,
+    CertificateRevoked,
+    KeyDestroyed,
+    RenewalRequested,
+)
 from shared.pki.crypto import PrivateKey, key_pem, serial_hex, spki_sha256
 from shared.pki.holder import load_private_key
+from signals import applied, subscribed
 
-
-class PinnableClock:
-    """The real time until pinned, then a fixed time."""
-
-    def __init__(self) -> None:
-        self.at: datetime | None = None
-
-    def now(self) -> datetime:
-        return self.at or datetime.now(UTC)
+Renewing = tuple[Harness, TestClock, TestClock]
 
 
 @pytest.fixture
-async def renewing(harness: Harness) -> tuple[Harness, PinnableClock]:
-    """The stack with enrollment on a clock the test can move to a certificate's renewal point."""
-    clock = PinnableClock()
-    harness.clocks["enrollment"] = clock
+async def renewing(harness: Harness) -> Renewing:
+    """The stack with enrollment on a clock the test can pin at a certificate's renewal point, and
+    signing on one it can move on (so that a renewed certificate starts later than the one it renews)."""
+    enrollment_clock, signing_clock = TestClock(), TestClock()
+    harness.clocks.update(enrollment=enrollment_clock, signing=signing_clock)
     harness.overrides["enrollment"] = {"renewal_check_s": 0.2}
     await harness.start()
     await harness.register_provisioner()
     await harness.apply_profiles()
-    return harness, clock
+    return harness, enrollment_clock, signing_clock
+
+
+async def listening(h: Harness, identity: str, timeout: float = 10.0) -> None:
+    """Wait until an agent connected as `identity` hears its certificates' renewal-due and revoked events."""
+    subjects = (CertificateRenewalDue.filter(h.root), CertificateRevoked.filter(h.root))
+    await subscribed(h, identity, *subjects, timeout=timeout)
 
 
 def holder_files(tmp: Path, key: PrivateKey, issued: CertificateIssued) -> tuple[Path, Path]:
@@ -70,9 +77,9 @@ def subsequence(wanted: list[str], seen: list[str]) -> bool:
 
 
 async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old_key(
-    renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
+    renewing: Renewing, enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
-    h, enrollment_clock = renewing
+    h, enrollment_clock, signing_clock = renewing
     old_key, old = await enroll_with_key("agent.corp.internal")
     cert_file, key_file = holder_files(tmp_path / "web", old_key, old)
     marker = tmp_path / "reloaded"
@@ -80,10 +87,11 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
     agent = Agent([entry], AgentSettings(request_timeout_s=20), h.client_settings("agent"))
     task = asyncio.create_task(agent.run())
     try:
-        await asyncio.sleep(2)  # the renewed certificate starts later: its own renewal point is not reached
+        await listening(h, "agent")
+        signing_clock.advance(timedelta(seconds=10))  # the renewed certificate starts 10 s after the old one
         lifetime = old.not_after - old.not_before
         # Half a second past the renewal point (whole seconds): the new certificate's comes later.
-        enrollment_clock.at = (old.not_after - lifetime / 3).replace(microsecond=500_000)
+        enrollment_clock.pin((old.not_after - lifetime / 3).replace(microsecond=500_000))
         await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60)
         await eventually(lambda: asyncio.sleep(0, not (tmp_path / "web" / "key.pem.old").exists()), timeout=30)
     finally:
@@ -100,6 +108,7 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
     assert marker.read_text().strip() == new_serial
     assert sorted(p.name for p in (tmp_path / "web").iterdir()) == ["cert.pem", "chain.pem", "key.pem"]
 
+    await applied(h)  # the attestation the agent handed to the ingress stream is on the log
     renewals = await h.stream_messages(f"{h.root}.cert.*.renewal_requested")
     assert len(renewals) == 1
     request = RenewalRequested.model_validate_json(renewals[0].data)
@@ -132,12 +141,12 @@ async def test_the_agent_renews_when_renewal_is_due_reloads_and_destroys_the_old
 
 
 async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request_and_renews_when_it_returns(
-    renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
+    renewing: Renewing, enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
     """The CA (signing) is down when renewal falls due: enrollment approves the agent's one request,
     nothing is issued; the agent asks what became of it on its backoff (accelerated here) and sends
     nothing more; signing comes back, works off the approval it missed, and the agent renews."""
-    h, enrollment_clock = renewing
+    h, enrollment_clock, _ = renewing
     old_key, old = await enroll_with_key("outage.corp.internal")
     cert_file, key_file = holder_files(tmp_path / "svc", old_key, old)
     settings = AgentSettings(request_timeout_s=1, transient_base_s=0.2, transient_cap_s=1)
@@ -145,7 +154,8 @@ async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request
     await h.stop("signing")
     task = asyncio.create_task(agent.run())
     try:
-        enrollment_clock.at = (old.not_after - (old.not_after - old.not_before) / 3).replace(microsecond=500_000)
+        await listening(h, "agent")
+        enrollment_clock.pin((old.not_after - (old.not_after - old.not_before) / 3).replace(microsecond=500_000))
         await eventually(lambda: asyncio.sleep(0, agent.stats["submits"] >= 4), timeout=60)
         assert len(await h.stream_messages(f"{h.root}.cert.*.renewal_requested")) == 1
         assert serial_hex(x509.load_pem_x509_certificate(cert_file.read_bytes())) == old.serial
@@ -161,12 +171,12 @@ async def test_with_signing_down_when_renewal_is_due_the_agent_sends_one_request
 
 
 async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_cleanly_on_sigterm(
-    renewing: tuple[Harness, PinnableClock], enroll_with_key: EnrollWithKey, tmp_path: Path
+    renewing: Renewing, enroll_with_key: EnrollWithKey, tmp_path: Path
 ) -> None:
     """`certbus agent --config` as an operator runs it: one process, two certificates, each with its
     reload command; renewal-due events from enrollment drive both; SIGTERM stops it with exit 0. Its
     requests are recorded as from the identity it connects as (its own NKey user)."""
-    h, enrollment_clock = renewing
+    h, enrollment_clock, signing_clock = renewing
     await h.identity("agent-under-test")
     olds, config = {}, []
     for name in ("alpha", "beta"):
@@ -185,9 +195,10 @@ async def test_the_certbus_agent_process_looks_after_two_certificates_and_stops_
         env=env, cwd=tmp_path, stdout=PIPE, stderr=PIPE,
     )  # fmt: skip
     try:
-        await asyncio.sleep(3)  # connected and listening; the renewed certificates' renewal points come later
+        await listening(h, "agent-under-test", timeout=30)  # a process of its own: started, connected
+        signing_clock.advance(timedelta(seconds=10))  # the renewed certificates' renewal points come later
         latest = max(o.not_after - (o.not_after - o.not_before) / 3 for o in olds.values())
-        enrollment_clock.at = latest.replace(microsecond=500_000)
+        enrollment_clock.pin(latest.replace(microsecond=500_000))
 
         def renewed() -> bool:
             return all((tmp_path / name / "reloaded").exists() for name in olds)
@@ -223,8 +234,7 @@ async def test_after_its_ca_is_compromised_the_agent_renews_at_once_under_the_re
     agent = Agent([CertificateEntry(cert=cert_file, key=key_file)], AgentSettings(), stack.client_settings("agent"))
     task = asyncio.create_task(agent.run())
     try:
-        await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)
-        await asyncio.sleep(0.5)  # subscribed
+        await listening(stack, "agent")
         done = await stack.cli("ca", "compromise", old.issuer_id, "--reason", "HSM backup copied")
         assert done.returncode == 0, done.stderr
         await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60, interval=0.2)
@@ -255,8 +265,7 @@ async def test_after_a_key_compromise_the_agent_re_enrolls_with_a_token_and_a_ne
     agent = Agent([entry], AgentSettings(), stack.client_settings("agent"))
     task = asyncio.create_task(agent.run())
     try:
-        await eventually(lambda: asyncio.sleep(0, agent.stats["connects"] >= 1), timeout=10)
-        await asyncio.sleep(0.5)  # subscribed
+        await listening(stack, "agent")
         async with stack.client() as c:
             await c.revoke(old.serial, "keyCompromise", key=old_key)
         await eventually(lambda: asyncio.sleep(0, agent.stats["renewals"] >= 1), timeout=60, interval=0.2)

@@ -10,6 +10,7 @@ from harness import Harness, eventually
 from shared.contract.events import EnrollmentApproved, parse_event
 from shared.pki.crypto import build_csr, generate_key
 from shared.pki.holder import enrollment_request
+from signals import applied
 
 N = 30
 
@@ -56,8 +57,8 @@ async def test_two_signing_replicas_fed_duplicate_approvals_issue_each_request_o
         msgs = await stack.stream_messages(f"{stack.root}.cert.*.issued")
         return [m.subject.split(".")[2] for m in msgs] if len(msgs) >= N else []
 
-    issued = await eventually(all_issued, timeout=30)
-    await asyncio.sleep(1.0)  # let the replicas drain every copy
+    await eventually(all_issued, timeout=30)
+    await applied(stack)  # both replicas have worked off and acknowledged every copy
     issued = await all_issued()
     assert sorted(issued) == sorted(ids)  # each request exactly once
     pool = await stack.db()

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 import shared.client.agent.host as agent_module
-from shared.base.clock import FixedClock
+from clock import TestClock
 from shared.client.agent import Agent, AgentSettings, Backoff, CertificateEntry, load_config, run_command
 from shared.client.sdk import LifecycleEvent, Rejected, Unreachable
 from shared.contract.events import (
@@ -58,7 +58,7 @@ class VirtualTime:
     """A clock that jumps when the agent sleeps, up to a horizon the test moves."""
 
     def __init__(self) -> None:
-        self.clock = FixedClock(START)
+        self.clock = TestClock(START)
         self.horizon = START
         self._moved = asyncio.Event()
         self.parked = asyncio.Event()

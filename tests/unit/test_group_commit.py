@@ -90,7 +90,7 @@ async def test_cancelling_the_flush_releases_every_waiting_handler() -> None:
 
     async def hang(items: list[tuple[str, Delivery]]) -> list[OutboxEntry]:
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # until cancelled
         return []
 
     async def publish(_: list[OutboxEntry]) -> None:
