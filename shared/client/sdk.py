@@ -131,16 +131,6 @@ class Renewed:
 LifecycleEvent = CertificateRenewalDue | CertificateRevoked
 
 
-def operator_envelope(aggregate_id: str, correlation_id: str) -> dict[str, Any]:
-    """The envelope fields of an event an operator publishes (policy, approvals, key blocks, revocations)."""
-    return {
-        "aggregate_id": aggregate_id,
-        "occurred_at": utcnow(),
-        "correlation_id": correlation_id,
-        "producer": "operator",
-    }
-
-
 async def _quiet(exc: Exception) -> None:
     """nats-py prints connection errors with tracebacks by default; the client raises instead."""
     log.debug("nats client error", extra={"error": repr(exc)})
@@ -450,13 +440,13 @@ class CertbusClient:
     ) -> CertificateIssued:
         """Approve a pending request as `operator`; returns the certificate issued for it."""
         await self._pending(request_id)
-        grant = ApprovalGranted(**operator_envelope(request_id, request_id), operator=operator, comment=comment)
+        grant = ApprovalGranted.first(request_id, producer="operator", at=utcnow(), operator=operator, comment=comment)
         return await self._issued(grant, grant, timeout, wait_visible=True, wait_for_approval=False)
 
     async def reject(self, request_id: str, operator: str, reason: str, timeout: float = 15.0) -> EnrollmentRejected:
         """Refuse a pending request as `operator`, saying why."""
         await self._pending(request_id)
-        deny = ApprovalDenied(**operator_envelope(request_id, request_id), operator=operator, reason=reason)
+        deny = ApprovalDenied.first(request_id, producer="operator", at=utcnow(), operator=operator, reason=reason)
         subject = f"{self.settings.subject_root}.cert.{request_id}.rejected"
         result = await self._await_outcome([subject], deny, timeout)
         assert isinstance(result, EnrollmentRejected)
@@ -471,8 +461,11 @@ class CertbusClient:
     async def apply_profile(self, profile: Profile, applied_by: str, timeout: float = 30.0) -> ProfileLinted:
         """Apply a profile; returns signing's lint verdict on its templates."""
         digest = profile.digest()
-        applied = ProfileApplied(
-            **operator_envelope(profile.name, f"profile-{profile.name}-{digest[:12]}"),
+        applied = ProfileApplied.first(
+            profile.name,
+            producer="operator",
+            at=utcnow(),
+            correlation_id=f"profile-{profile.name}-{digest[:12]}",
             profile=profile,
             digest=digest,
             applied_by=applied_by,
@@ -553,8 +546,10 @@ class CertbusClient:
         NATS lets only the operator user publish orders: connect with the operator's credentials.
         """
         request_id = str(uuid.uuid4())
-        order = RevocationOrdered(
-            **operator_envelope(request_id, request_id),
+        order = RevocationOrdered.first(
+            request_id,
+            producer="operator",
+            at=utcnow(),
             serial=normalise_serial(serial),
             reason=reason,
             operator=operator,
@@ -753,8 +748,10 @@ class CertbusClient:
         its `CertificateDestroyed` once validation shows it destroyed, or raises Rejected
         (`certificate_unknown`, `certificate_destroyed`). NATS lets only the operator user publish the order."""
         request_id, root = str(uuid.uuid4()), self.settings.subject_root
-        order = DestructionOrdered(
-            **operator_envelope(request_id, request_id),
+        order = DestructionOrdered.first(
+            request_id,
+            producer="operator",
+            at=utcnow(),
             serial=normalise_serial(serial),
             operator=operator,
             reason=reason,
@@ -778,8 +775,14 @@ class CertbusClient:
         check = await self._ask("signing", "retire_check", RetireCheckQuery(ca_id=ca_id), RetireCheckAnswer)
         if check.reasons:
             raise Rejected(check.reasons)
-        retired = CaRetired(
-            **operator_envelope(ca_id, f"retire-{uuid.uuid4()}"), ca_id=ca_id, reason=reason, retired_by=operator
+        retired = CaRetired.first(
+            ca_id,
+            producer="operator",
+            at=utcnow(),
+            correlation_id=f"retire-{uuid.uuid4()}",
+            ca_id=ca_id,
+            reason=reason,
+            retired_by=operator,
         )
         subject = f"{self.settings.subject_root}.ca.{ca_id}.key_destroyed"
         destroyed = await self._await_outcome([subject], retired, timeout)

@@ -3,7 +3,7 @@ them without loading cryptography (`reasons.REASONS` maps them to x509 reason fl
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 # certificateHold is deliberately absent: a revocation is final. removeFromCRL and
 # aACompromise have no meaning for this CA.
@@ -16,12 +16,4 @@ RevocationReason = Literal[
     "cessationOfOperation",
     "privilegeWithdrawn",
 ]
-REVOCATION_REASONS: tuple[RevocationReason, ...] = (
-    "unspecified",
-    "keyCompromise",
-    "cACompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "privilegeWithdrawn",
-)
+REVOCATION_REASONS: tuple[RevocationReason, ...] = get_args(RevocationReason)  # in RFC 5280's order

@@ -23,7 +23,7 @@ from services.signing.crl import CrlPublisher
 from services.signing.keystore import KeyStore, KeyStoreError
 from services.signing.retire import Retirements
 from shared.base.settings import SigningSettings
-from shared.client.sdk import Rejected, operator_envelope
+from shared.client.sdk import Rejected
 from shared.contract.events import (
     CaCreated,
     CaKeyDestroyed,
@@ -32,6 +32,7 @@ from shared.contract.events import (
     CrlPublished,
     EnrollmentApproved,
     parse_event,
+    utcnow,
 )
 
 
@@ -181,7 +182,15 @@ async def _applied_by_signing(h: Harness, event_id: uuid.UUID) -> bool:
 def _retired(ca_id: str) -> CaRetired:
     """A retirement as a script would publish it, without the CLI's check (unsigned: the operator's
     client signs it; `retired_by` is only what the body says)."""
-    return CaRetired(**operator_envelope(ca_id, f"retire-{ca_id}"), ca_id=ca_id, reason="tests", retired_by="tests")
+    return CaRetired.first(
+        ca_id,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"retire-{ca_id}",
+        ca_id=ca_id,
+        reason="tests",
+        retired_by="tests",
+    )
 
 
 async def _signed(h: Harness, command: CaRetired) -> CaRetired:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from harness import Harness, eventually
-from shared.client.sdk import CertbusClient, Pending, Rejected, operator_envelope
+from shared.client.sdk import CertbusClient, Pending, Rejected
 from shared.contract.events import ApprovalGranted, utcnow
 from shared.contract.profiles import Profile
 from shared.contract.queries import RequestDetail
@@ -324,7 +324,7 @@ async def test_a_profile_that_needs_two_approvals_is_issued_only_after_two_disti
         # an approval counts for whoever signed it.
         for claimed in ("operator", "carol"):
             seq = await c.publish(
-                ApprovalGranted(**operator_envelope(request_id, request_id), operator=claimed, comment="")
+                ApprovalGranted.first(request_id, producer="operator", at=utcnow(), operator=claimed, comment="")
             )
     await eventually(lambda: _enrollment_consumed(stack, seq))
     assert (await _request_detail(stack, request_id)).status == "pending"

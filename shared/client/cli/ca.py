@@ -26,11 +26,13 @@ def ca_compromise(
     certificate it issued (cACompromise) and enrollment tells each holder to renew; validation
     answers `revoked` for all of them from this event on. With a `ca_compromise` quorum above one,
     write it with `--out FILE`; the other operators `certbus operator cosign FILE`, one `submit`s it."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import CaCompromised
+    from shared.contract.events import CaCompromised, utcnow
 
-    event = CaCompromised(
-        **operator_envelope(issuer_id, f"compromise-{uuid.uuid4()}"),
+    event = CaCompromised.first(
+        issuer_id,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"compromise-{uuid.uuid4()}",
         ca_id=issuer_id,
         reason=reason,
         declared_by=operator(who),
@@ -51,12 +53,14 @@ def ca_retire(
     private key, saying so with CaKeyDestroyed. Refused (exit 1, with a code) for an unknown,
     compromised or already retired CA, and for a root that still has active issuing CAs. With a
     `ca_retire` quorum above one, write it with `--out FILE` for the others to co-sign and submit."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import CaRetired
+    from shared.contract.events import CaRetired, utcnow
 
     if out_file is not None:
-        retired = CaRetired(
-            **operator_envelope(issuer_id, f"retire-{uuid.uuid4()}"),
+        retired = CaRetired.first(
+            issuer_id,
+            producer="operator",
+            at=utcnow(),
+            correlation_id=f"retire-{uuid.uuid4()}",
             ca_id=issuer_id,
             reason=reason,
             retired_by=operator(who),

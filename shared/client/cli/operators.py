@@ -153,10 +153,16 @@ def operator_remove(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove an operator: their key no longer counts (needs the `operator` quorum)."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import OperatorRemoved
+    from shared.contract.events import OperatorRemoved, utcnow
 
-    command = OperatorRemoved(**operator_envelope(name, f"operator-{name}"), reason=reason, removed_by=operator(who))
+    command = OperatorRemoved.first(
+        name,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"operator-{name}",
+        reason=reason,
+        removed_by=operator(who),
+    )
     publish_or_write(command, operator(who), out_file, as_json)
 
 
@@ -171,10 +177,11 @@ def operator_quorum(
     """Set how many operators must sign a kind of command (the two-person rule): `operator` for
     registering and removing operators and for quorums, `ca_compromise`, `ca_retire`. Approvals
     take theirs from the profile (`approvals_required`)."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import QuorumSet
+    from shared.contract.events import QuorumSet, utcnow
 
-    command = QuorumSet(**operator_envelope(kind, f"quorum-{kind}"), required=required, set_by=operator(who))
+    command = QuorumSet.first(
+        kind, producer="operator", at=utcnow(), correlation_id=f"quorum-{kind}", required=required, set_by=operator(who)
+    )
     publish_or_write(command, operator(who), out_file, as_json)
 
 

@@ -39,11 +39,13 @@ ScopeOpt = Annotated[
 
 
 def _register(provisioner_id: str, public_key_pem: str, who: str | None, **scope: Any) -> int:
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import ProvisionerRegistered
+    from shared.contract.events import ProvisionerRegistered, utcnow
 
-    event = ProvisionerRegistered(
-        **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
+    event = ProvisionerRegistered.first(
+        provisioner_id,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"provisioner-{provisioner_id}",
         name=provisioner_id,
         public_key_pem=public_key_pem,
         registered_by=operator(who),
@@ -146,11 +148,13 @@ def provisioner_disable(
     who: OperatorOpt = None,
 ) -> None:
     """Disable a provisioner: its tokens stop working at once (register it again to enable it)."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import ProvisionerDisabled
+    from shared.contract.events import ProvisionerDisabled, utcnow
 
-    event = ProvisionerDisabled(
-        **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"),
+    event = ProvisionerDisabled.first(
+        provisioner_id,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"provisioner-{provisioner_id}",
         reason=reason,
         disabled_by=operator(who),
     )
@@ -161,11 +165,14 @@ def provisioner_disable(
 @provisioner_app.command("remove")
 def provisioner_remove(provisioner_id: str, who: OperatorOpt = None) -> None:
     """Remove a provisioner for good."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import ProvisionerRemoved
+    from shared.contract.events import ProvisionerRemoved, utcnow
 
-    event = ProvisionerRemoved(
-        **operator_envelope(provisioner_id, f"provisioner-{provisioner_id}"), removed_by=operator(who)
+    event = ProvisionerRemoved.first(
+        provisioner_id,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"provisioner-{provisioner_id}",
+        removed_by=operator(who),
     )
     seq = run(lambda c: c.publish(event), operator=operator(who))
     out.print(f"removed provisioner [bold]{provisioner_id}[/] (log seq {seq})")
@@ -271,8 +278,7 @@ def key_block(
     who: OperatorOpt = None,
 ) -> None:
     """Block a public key: no enrollment with it is ever approved again."""
-    from shared.client.sdk import operator_envelope
-    from shared.contract.events import KeyBlocked
+    from shared.contract.events import KeyBlocked, utcnow
 
     if (spki is None) == (source is None):
         raise typer.BadParameter("give exactly one of --spki or --from")
@@ -283,8 +289,11 @@ def key_block(
         raise typer.Exit(EXIT_REFUSED) from None
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise typer.BadParameter("an SPKI SHA-256 is 64 hex digits", param_hint="--spki")
-    event = KeyBlocked(
-        **operator_envelope(digest, f"block-{digest[:16]}"),
+    event = KeyBlocked.first(
+        digest,
+        producer="operator",
+        at=utcnow(),
+        correlation_id=f"block-{digest[:16]}",
         spki_sha256=digest,
         reason=reason,
         blocked_by=operator(who),
