@@ -1,8 +1,8 @@
-"""Time, injected so that tests can pin it."""
+"""Time, injected so that tests can move it (their one clock is tests/clock.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -18,18 +18,3 @@ class SystemClock:
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""
         return datetime.now(UTC)
-
-
-class FixedClock:
-    """A clock that only moves when told to (for tests)."""
-
-    def __init__(self, at: datetime) -> None:
-        self._at = at
-
-    def now(self) -> datetime:
-        """The pinned time."""
-        return self._at
-
-    def advance(self, delta: timedelta) -> None:
-        """Move the pinned time forward."""
-        self._at += delta
