@@ -34,7 +34,7 @@ from shared.trust.identities import IdentityStore, write_nats_config
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
-# From the profiles applied to validation's OCSP responder certificates (CERTBUS_READY_TIMEOUT_S).
+# How long `make run` waits, once the profiles are applied, for the system to be ready (CERTBUS_READY_TIMEOUT_S).
 READY_TIMEOUT_S = 120.0
 
 
