@@ -332,7 +332,13 @@ async def test_a_profile_that_needs_two_approvals_is_issued_only_after_two_disti
 
     async with carol:
         issued = await carol.approve(request_id, "carol")
-    detail = await _request_detail(stack, request_id)
+
+    async def recorded_as_issued() -> RequestDetail | None:
+        # approve returns on CertificateIssued; enrollment records it when its consumer reads it
+        detail = await _request_detail(stack, request_id)
+        return detail if detail.status != "approved" else None
+
+    detail = await eventually(recorded_as_issued)
     assert (detail.status, detail.serial) == ("issued", issued.serial)
     [approval] = await stack.stream_messages(f"{stack.root}.cert.{request_id}.approved")
     assert json.loads(approval.data)["approvers"] == ["operator", "carol"]
