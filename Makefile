@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# `make run CLUSTER=3`: a three-node NATS cluster with the log replicated on each node, and two
+# replicas of every service (REPLICAS=N to choose).
+CLUSTER  ?=
+REPLICAS ?=
+
 run: install
-	$(PY) -m deploy.local.devstack
+	CERTBUS_CLUSTER=$(CLUSTER) CERTBUS_REPLICAS=$(REPLICAS) $(PY) -m deploy.local.devstack
 
 lint: install
 	$(VENV)/bin/ruff check .

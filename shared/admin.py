@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -46,7 +47,9 @@ TEMPLATE_HEADER = """\
 async def init_log(settings: CommonSettings) -> None:
     """Create the log, the ingress stream and the CRL object store, or bring their limits up to
     date; raises RuntimeError if an existing stream captures other subjects."""
-    nc = await nats.connect(settings.nats_url, connect_timeout=3, allow_reconnect=False, **settings.connect_options())
+    nc = await nats.connect(
+        settings.nats_servers, connect_timeout=3, allow_reconnect=False, **settings.connect_options()
+    )
     try:
         js = nc.jetstream(prefix=settings.js_prefix)  # the log's JetStream API, imported
         await ensure_stream(js, settings)
@@ -84,9 +87,10 @@ def _add_identity(name: str, role: Literal["requester", "operator"], settings: C
         print(f"certbus-admin: {exc}", file=sys.stderr)
         return 1
     conf = write_nats_config(home, store, settings)
-    pid_file = conf.with_name("nats-server.pid")
-    if pid_file.exists():
-        os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)  # nats-server reloads its configuration
+    # Every node `make run` started (one, or each of a cluster) reloads its configuration.
+    for pid_file in sorted(conf.parent.glob("*.pid")):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
     print(f"{identity.role} {identity.name}: seed {store.seed_file(name)} (0600), public key {identity.nkey}")
     return 0
 

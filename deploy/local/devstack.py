@@ -26,8 +26,9 @@ from pathlib import Path
 
 import nats
 
+from deploy.cluster import local_nodes, render_node
 from shared.admin import init_with_retries
-from shared.base.files import write_new
+from shared.base.files import write_atomic, write_new
 from shared.base.settings import CommonSettings, ValidationSettings
 from shared.client.sdk import CertbusClient
 from shared.trust.identities import IdentityStore, write_nats_config
@@ -103,6 +104,9 @@ class NatsServer:
     store_dir: Path | None = None
     monitor: bool = True
     config_file: Path | None = None
+    # The configuration file itself says where to listen and store (a cluster node): no flags for those.
+    configured: bool = False
+    pid_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -114,22 +118,15 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         """Start and wait until /healthz says JetStream is ready (without monitoring: until the
         client port accepts connections; JetStream may take a moment more)."""
-        if self.store_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="certbus-nats-")
-            self.store_dir = Path(self._tmp.name)
-        cmd = [
-            nats_server_binary(),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            *(["-m", str(self.monitor_port)] if self.monitor else []),
-            "-js",
-            "-sd",
-            str(self.store_dir),
-        ]
+        cmd = [nats_server_binary(), *(["-m", str(self.monitor_port)] if self.monitor else [])]
+        if not self.configured:
+            if self.store_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="certbus-nats-")
+                self.store_dir = Path(self._tmp.name)
+            cmd += ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         if self.config_file is not None:
-            cmd += ["-c", str(self.config_file), "-P", str(self.config_file.with_name("nats-server.pid"))]
+            pid_file = self.pid_file or self.config_file.with_name("nats-server.pid")
+            cmd += ["-c", str(self.config_file), "-P", str(pid_file)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
@@ -275,7 +272,11 @@ class ServiceProcess:
     name: str
     env: dict[str, str]
     log_file: Path | None = None
+    instance: str = ""  # this replica's name (CERTBUS_INSTANCE); the service's name if it runs alone
     proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.instance = self.instance or self.name
 
     def start(self) -> ServiceProcess:
         """Start `python -m services.<name>`."""
@@ -294,13 +295,13 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode if self.proc else '?'})")
+                raise RuntimeError(f"{self.instance} exited ({self.proc.returncode if self.proc else '?'})")
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
                         return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} did not become healthy in {timeout} s")
+        raise TimeoutError(f"{self.instance} did not become healthy in {timeout} s")
 
     def stop(self, kill: bool = False, timeout: float = 20.0) -> None:
         """SIGTERM (or SIGKILL) and wait."""
@@ -410,7 +411,9 @@ async def wait_ready(
 
 
 async def _log_is_new(settings: CommonSettings) -> bool:
-    nc = await nats.connect(settings.nats_url, connect_timeout=3, allow_reconnect=False, **settings.connect_options())
+    nc = await nats.connect(
+        settings.nats_servers, connect_timeout=3, allow_reconnect=False, **settings.connect_options()
+    )
     try:
         info = await nc.jetstream(prefix=settings.js_prefix).stream_info(settings.stream)
         return bool(info.state.messages == 0)
@@ -418,70 +421,203 @@ async def _log_is_new(settings: CommonSettings) -> bool:
         await nc.close()
 
 
+# In a cluster (CLUSTER=N), the nodes' route ports start here (CERTBUS_NATS_CLUSTER_PORT); their
+# client ports follow CERTBUS_NATS_URL's port (14222, 14223, ...).
+DEFAULT_CLUSTER_PORT = 16222
+# A service's second replica listens for HTTP this many ports above its first, and so on.
+REPLICA_PORT_STEP = 10
+
+
+def say(text: str, error: bool = False) -> None:
+    """One line from `make run`."""
+    print(f"certbus: {text}", file=sys.stderr if error else sys.stdout, flush=True)
+
+
+@dataclass
+class LocalStack:
+    """`make run`'s system: NATS (one server, or a cluster of `cluster` nodes on loopback, each
+    with its own store), PostgreSQL with a role per service, and `replicas` processes of each of
+    the five services. The fault suite drives it piece by piece (kill a replica, a node, the
+    database) through the same object."""
+
+    home: Path
+    env: dict[str, str]
+    cluster: int = 1
+    replicas: int = 1
+    log_dir: Path | None = None  # each service replica's output in a file of its own (else inherited)
+    nats: list[NatsServer] = field(default_factory=list)
+    pg: PostgresCluster | None = None
+    procs: list[ServiceProcess] = field(default_factory=list)
+    fresh: bool = False
+
+    def __post_init__(self) -> None:
+        self.home = self.home.resolve()
+        self.env = dict(self.env, CERTBUS_HOME=str(self.home))
+        self.operator = self.env.setdefault("CERTBUS_OPERATOR", "operator")
+        first = self.env.setdefault("CERTBUS_NATS_URL", "nats://127.0.0.1:14222").split(",")[0]
+        host, _, port = first.strip().removeprefix("nats://").rpartition(":")
+        self.nats_host, self.nats_port = host, int(port)
+        if self.cluster > 1:
+            ports = range(self.nats_port, self.nats_port + self.cluster)
+            self.env["CERTBUS_NATS_URL"] = ",".join(f"nats://{host}:{p}" for p in ports)
+            self.env.setdefault("CERTBUS_STREAM_REPLICAS", str(min(self.cluster, 3)))
+        self.settings = CommonSettings(
+            nats_url=self.env["CERTBUS_NATS_URL"], stream_replicas=int(self.env.get("CERTBUS_STREAM_REPLICAS", "1"))
+        )
+        self.store = ensure_identities(self.home, self.operator)
+
+    def identity_settings(self, identity: str) -> CommonSettings:
+        """How `identity` (admin, requester, a service) connects to this stack's NATS."""
+        return self.settings.model_copy(update={"identity": identity, "nats_seed_file": self.store.seed_file(identity)})
+
+    def replica(self, instance: str) -> ServiceProcess:
+        """The service process named `instance` (`enrollment-2`, or `enrollment` without replicas)."""
+        return next(p for p in self.procs if p.instance == instance)
+
+    def _same_layout(self) -> None:
+        """A home's NATS store is one server's or a cluster's, and one cannot become the other."""
+        layout = self.home / "layout"
+        wanted = f"nats nodes: {self.cluster}\n"
+        if layout.exists() and layout.read_text() != wanted:
+            raise RuntimeError(
+                f"{self.home} holds a log made with {layout.read_text().strip()}, not {self.cluster}: "
+                "run with the same CLUSTER, or move the home away (`make clean`)"
+            )
+        if not layout.exists():
+            write_new(layout, wanted.encode())
+
+    def start_nats(self) -> None:
+        """Start the NATS server, or every node of the cluster (routes authenticated with a secret
+        under home/secrets), with the accounts `shared.trust.accounts` renders."""
+        conf = write_nats_config(self.home, self.store, self.settings)
+        if self.cluster == 1:
+            # No monitoring port: nothing unauthenticated is left open (it would list every connection).
+            server = NatsServer(
+                port=self.nats_port, store_dir=self.home / "nats" / "store", config_file=conf, monitor=False
+            )
+            self.nats = [server.start()]
+            return
+        route_base = int(self.env.get("CERTBUS_NATS_CLUSTER_PORT", DEFAULT_CLUSTER_PORT))
+        client_ports = [self.nats_port + i for i in range(self.cluster)]
+        route_ports = [route_base + i for i in range(self.cluster)]
+        nodes = local_nodes(self.home / "nats" / "cluster", client_ports, route_ports, _secret(self.home, "nats-route"))
+        self.nats = []
+        for node, port in zip(nodes, client_ports, strict=True):
+            node_conf = conf.with_name(f"{node.name}.conf")
+            write_atomic(node_conf, render_node(node).encode(), mode=0o600)
+            server = NatsServer(
+                port=port,
+                config_file=node_conf,
+                configured=True,
+                pid_file=conf.with_name(f"{node.name}.pid"),
+                monitor=False,
+            )
+            self.nats.append(server)
+        for server in self.nats:
+            server.start()
+
+    def start_infrastructure(self) -> None:
+        """NATS, the log (created or brought up to date), and PostgreSQL with a role per service."""
+        for port in range(self.nats_port, self.nats_port + self.cluster):
+            if port_open(self.nats_host, port):
+                raise RuntimeError(f"something already listens at {self.nats_host}:{port}: stop it first")
+        self._same_layout()
+        self.start_nats()
+        nodes = f"a cluster of {self.cluster} nodes" if self.cluster > 1 else "one server"
+        say(f"started nats-server ({nodes}; JetStream, accounts, NKeys) at {self.settings.nats_url}")
+        admin = self.identity_settings("admin")
+        if asyncio.run(init_with_retries(admin, attempts=60)) != 0:
+            raise RuntimeError("the log could not be created (see above)")
+        self.fresh = asyncio.run(_log_is_new(admin))
+        if "CERTBUS_DATABASE_URL" in self.env:
+            say("using PostgreSQL at CERTBUS_DATABASE_URL (one connection for every service)")
+            databases = dict.fromkeys(SERVICES, self.env["CERTBUS_DATABASE_URL"])
+        else:
+            self.pg = PostgresCluster(
+                port=int(self.env.get("CERTBUS_PG_PORT", "15432")),
+                data_dir=self.home / "pg" / "data",
+                password=_secret(self.home, "db-superuser"),
+            ).start()
+            databases = provision_database(self.pg, self.home)
+            say(f"started PostgreSQL at 127.0.0.1:{self.pg.port} (password authentication, a role per service)")
+        env = self.env
+        env.setdefault("CERTBUS_CA_PASSPHRASE_FILE", str(ensure_passphrase_file(self.home)))
+        env.setdefault("CERTBUS_KEY_DIR", str(self.home / "signing" / "keys"))
+        env.setdefault("CERTBUS_OCSP_KEY_DIR", str(self.home / "validation" / "ocsp"))
+        env.setdefault("CERTBUS_OCSP_PROVISIONER_KEY_FILE", str(self.home / "validation" / "ocsp-provisioner.key.pem"))
+        # CERTBUS_HTTP_PORT_BASE moves the five HTTP ports (validation first) off their defaults.
+        base = int(env.get("CERTBUS_HTTP_PORT_BASE", DEFAULT_HTTP_PORTS["validation"]))
+        named = self.cluster > 1 or self.replicas > 1
+        self.procs = []
+        for name in SERVICES:
+            for r in range(self.replicas):
+                port = base + DEFAULT_HTTP_PORTS[name] - DEFAULT_HTTP_PORTS["validation"] + r * REPLICA_PORT_STEP
+                instance = f"{name}-{r + 1}" if named else name
+                own = dict(
+                    env,
+                    CERTBUS_IDENTITY=name,
+                    CERTBUS_INSTANCE=instance,
+                    CERTBUS_NATS_SEED_FILE=str(self.store.seed_file(name)),
+                    CERTBUS_DATABASE_URL=databases[name],
+                )
+                log_file = self.log_dir / f"{instance}.log" if self.log_dir else None
+                self.procs.append(
+                    ServiceProcess(name, service_env(own, name, port), log_file=log_file, instance=instance)
+                )
+
+    def start_services(self, give_up: Callable[[], bool] = lambda: False) -> list[str]:
+        """Start every replica, register the local policy and profiles, and wait until the system
+        is ready; what is still missing ([] once ready)."""
+        for p in self.procs:
+            p.start()
+        for p in self.procs:
+            p.wait_healthy(90)
+        _register_policy(self.env, self.operator, self.fresh)
+        ready_timeout = float(self.env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
+        return asyncio.run(wait_ready(self.identity_settings("requester"), ready_timeout, give_up=give_up))
+
+    def restart_exited(self) -> None:
+        """Start again any replica that exited."""
+        for p in self.procs:
+            if p.proc is not None and p.proc.poll() is not None:
+                say(f"{p.instance} exited with {p.proc.returncode}; restarting")
+                time.sleep(1)
+                p.start()
+
+    def stop(self) -> None:
+        """Stop every replica, then PostgreSQL and NATS."""
+        for p in reversed(self.procs):
+            p.stop()
+        if self.pg is not None:
+            self.pg.stop()
+        for server in reversed(self.nats):
+            server.stop()
+
+
 def run_local() -> int:
-    """`make run`: NATS with the production accounts and PostgreSQL with password authentication
-    (both started here, credentials under .certbus/), the log, then the five services, each with
-    its own identity, until Ctrl-C. The CLI run from the checkout finds the requester's and the
-    operator's credentials in .certbus/."""
+    """`make run`: NATS with the production accounts (`CLUSTER=3`: a three-node cluster, the log
+    replicated on all three) and PostgreSQL with password authentication (both started here,
+    credentials under .certbus/), the log, then the five services (`REPLICAS=2`: two processes
+    of each), each with its own identity, until Ctrl-C. The CLI run from the checkout finds the
+    requester's and the operator's credentials in .certbus/."""
     home = Path(os.environ.get("CERTBUS_HOME", ".certbus")).resolve()
     # Readable by the `postgres` user (its cluster lives here); secrets, identities and operators'
     # keys are in directories of their own, mode 0700.
     home.mkdir(parents=True, exist_ok=True)
     if (home / "nats").exists() and not (home / "identities").exists():
-        print(
-            f"certbus: {home} was made by an older Certbus, without identities or authentication: "
+        say(
+            f"{home} was made by an older Certbus, without identities or authentication: "
             "move it away (or `make clean`) and run again",
-            file=sys.stderr,
+            error=True,
         )
         return 1
-    env = dict(os.environ)
-    env["CERTBUS_HOME"] = str(home)
-    operator = env.setdefault("CERTBUS_OPERATOR", "operator")
-    env.setdefault("CERTBUS_NATS_URL", "nats://127.0.0.1:14222")
-    settings = CommonSettings(nats_url=env["CERTBUS_NATS_URL"])
-    host, _, port = settings.nats_url.removeprefix("nats://").rpartition(":")
-    if port_open(host, int(port)):
-        print(f"certbus: something already listens at {settings.nats_url}: stop it first", file=sys.stderr)
+    cluster = int(os.environ.get("CERTBUS_CLUSTER") or 1)
+    # Cluster mode runs two replicas of every service unless told otherwise.
+    replicas = int(os.environ.get("CERTBUS_REPLICAS") or (2 if cluster > 1 else 1))
+    if cluster < 1 or replicas < 1:
+        say("CLUSTER and REPLICAS must be at least 1", error=True)
         return 1
-    store = ensure_identities(home, operator)
-    started: list[NatsServer | PostgresCluster] = []
-    conf = write_nats_config(home, store, settings)
-    # No monitoring port: nothing unauthenticated is left open (it would list every connection).
-    nats_server = NatsServer(port=int(port), store_dir=home / "nats" / "store", config_file=conf, monitor=False)
-    started.append(nats_server.start())
-    print(f"certbus: started nats-server (JetStream, accounts, NKeys) at {settings.nats_url}", flush=True)
-    admin = settings.model_copy(update={"identity": "admin", "nats_seed_file": store.seed_file("admin")})
-    if asyncio.run(init_with_retries(admin, attempts=30)) != 0:
-        raise RuntimeError("the log could not be created (see above)")
-    fresh = asyncio.run(_log_is_new(admin))
-    if "CERTBUS_DATABASE_URL" in env:
-        print("certbus: using PostgreSQL at CERTBUS_DATABASE_URL (one connection for every service)", flush=True)
-        databases = dict.fromkeys(SERVICES, env["CERTBUS_DATABASE_URL"])
-    else:
-        pg = PostgresCluster(
-            port=int(env.get("CERTBUS_PG_PORT", "15432")),
-            data_dir=home / "pg" / "data",
-            password=_secret(home, "db-superuser"),
-        ).start()
-        started.append(pg)
-        databases = provision_database(pg, home)
-        print(f"certbus: started PostgreSQL at 127.0.0.1:{pg.port} (password authentication, a role per service)")
-    env.setdefault("CERTBUS_CA_PASSPHRASE_FILE", str(ensure_passphrase_file(home)))
-    env.setdefault("CERTBUS_KEY_DIR", str(home / "signing" / "keys"))
-    env.setdefault("CERTBUS_OCSP_KEY_DIR", str(home / "validation" / "ocsp"))
-    env.setdefault("CERTBUS_OCSP_PROVISIONER_KEY_FILE", str(home / "validation" / "ocsp-provisioner.key.pem"))
-    # CERTBUS_HTTP_PORT_BASE moves the five HTTP ports (validation first) off their defaults.
-    base = int(env.get("CERTBUS_HTTP_PORT_BASE", DEFAULT_HTTP_PORTS["validation"]))
-    ports = {name: base + DEFAULT_HTTP_PORTS[name] - DEFAULT_HTTP_PORTS["validation"] for name in SERVICES}
-    procs = []
-    for name in SERVICES:
-        own = dict(
-            env,
-            CERTBUS_IDENTITY=name,
-            CERTBUS_NATS_SEED_FILE=str(store.seed_file(name)),
-            CERTBUS_DATABASE_URL=databases[name],
-        )
-        procs.append(ServiceProcess(name, service_env(own, name, ports[name])))
+    stack = LocalStack(home, dict(os.environ), cluster=cluster, replicas=replicas)
     stopping = False
 
     def on_signal(signum: int, _: object) -> None:
@@ -491,41 +627,31 @@ def run_local() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.wait_healthy(60)
-        _register_policy(env, operator, fresh)
-        requester = settings.model_copy(
-            update={"identity": "requester", "nats_seed_file": store.seed_file("requester")}
-        )
-        ready_timeout = float(env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
-        missing = asyncio.run(wait_ready(requester, ready_timeout, give_up=lambda: stopping))
+        try:
+            stack.start_infrastructure()
+        except RuntimeError as exc:
+            say(str(exc), error=True)
+            return 1
+        missing = stack.start_services(give_up=lambda: stopping)
         if missing and not stopping:
-            print(f"certbus: not ready after {ready_timeout:g} s; still missing:", file=sys.stderr, flush=True)
+            say("not ready in time; still missing:", error=True)
             for line in missing:
                 print(f"  {line}", file=sys.stderr, flush=True)
             return 1
         if not stopping:
-            print(
-                "certbus: all five services are up and ready (an issuing CA, profiles applied, OCSP responders). "
+            each = f" ({replicas} replicas of each)" if replicas > 1 else ""
+            say(
+                f"all five services are up and ready{each} (an issuing CA, profiles applied, OCSP responders). "
                 "In another shell: .venv/bin/certbus health "
-                f"(it connects as `requester`, and as operator `{operator}` for operator commands)",
-                flush=True,
+                f"(it connects as `requester`, and as operator `{stack.operator}` for operator commands)"
             )
         while not stopping:
             time.sleep(0.5)
-            for p in procs:
-                if not stopping and p.proc is not None and p.proc.poll() is not None:
-                    print(f"certbus: {p.name} exited with {p.proc.returncode}; restarting", flush=True)
-                    time.sleep(1)
-                    p.start()
+            if not stopping:
+                stack.restart_exited()
     finally:
-        print("certbus: stopping", flush=True)
-        for p in reversed(procs):
-            p.stop()
-        for s in reversed(started):
-            s.stop()
+        say("stopping")
+        stack.stop()
     return 0
 
 

@@ -47,7 +47,7 @@ class Unavailable(Exception):
 async def _connected(settings: AuditSettings) -> AsyncIterator[tuple[JetStreamContext, asyncpg.Pool]]:
     try:
         nc = await nats.connect(
-            settings.nats_url,
+            settings.nats_servers,
             connect_timeout=5,
             allow_reconnect=False,
             max_reconnect_attempts=1,

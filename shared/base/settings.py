@@ -17,6 +17,8 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CERTBUS_", extra="ignore")
 
+    # One server, or several separated by commas (the nodes of a cluster: a process connects to
+    # whichever answers, and follows the cluster when that one goes away).
     nats_url: str = DEFAULT_NATS_URL
     # How this process proves who it is to NATS: an NKey seed file (0600; `make run` writes one
     # per identity under .certbus/identities), or a user and password.
@@ -55,6 +57,11 @@ class CommonSettings(BaseSettings):
     crl_store_max_bytes: int = 2 * 1024**3  # the CRL object store (signing keeps a few CRLs per issuer)
     log_level: str = "INFO"
     log_format: str = "text"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS servers `nats_url` lists, in order."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
     @property
     def who(self) -> str | None:

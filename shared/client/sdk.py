@@ -156,7 +156,7 @@ class CertbusClient:
         s = self.settings
         try:
             self._nc = await nats.connect(
-                s.nats_url,
+                s.nats_servers,
                 connect_timeout=timeout,
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # 0 would mean "retry forever" in nats-py

@@ -232,7 +232,7 @@ def create_service(
     says what the service still lacks to do its job (reported by health, /readyz)."""
     logs.configure(settings.log_level, settings.log_format)
     broker = NatsBroker(
-        settings.nats_url,
+        settings.nats_servers,
         name=f"certbus-{name}",
         logger=None,
         max_reconnect_attempts=-1,

@@ -88,6 +88,7 @@ async def ensure_stream(js: JetStreamContext, settings: CommonSettings) -> None:
             "max_msgs_per_subject",
             "discard_new_per_subject",
             "republish",
+            "num_replicas",  # a log grown from one server to a cluster is replicated on its nodes
         )
         if any(getattr(info.config, name) != getattr(wanted, name) for name in limits):
             await js.update_stream(replace(info.config, **{name: getattr(wanted, name) for name in limits}))
