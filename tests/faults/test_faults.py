@@ -1,0 +1,151 @@
+"""Nothing accepted is lost, nothing is issued twice, and no false alarm is raised while the
+engines and the services fail under a burst of enrollments, in cluster mode.
+
+Each scenario sends CERTBUS_FAULTS_N enrollments (300 in `make test`, 10,000 in `make faults`),
+64 in flight, publish-and-wait with the same request again after a failure, while one kind of
+fault is injected; afterwards every request has exactly one CertificateIssued on the log (read
+back by subject), none is missing or refused, nothing is parked, no publish alarm was raised,
+`certbus audit verify` is clean, `audit check` finds nothing and every replica is ready again.
+With CERTBUS_FAULTS_RESULTS set, each scenario's figures (rate, p50/p99 latency, the longest
+stall of a request, the time until the system issued again after a fault) go to that JSON file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from burst import Burst, Fault, issued_more_than_once, issued_per_request, parked_and_alarms, run_burst, wait_caught_up
+from deploy.local.devstack import LocalStack, wait_ready
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+N = int(os.environ.get("CERTBUS_FAULTS_N", "300"))
+IN_FLIGHT = int(os.environ.get("CERTBUS_FAULTS_IN_FLIGHT", "64"))
+RESULTS = os.environ.get("CERTBUS_FAULTS_RESULTS")
+# A burst's bound: generous for a loaded 2-core machine (about 10 enrollments a second at worst).
+TIMEOUT_S = 300 + N * 0.3
+
+
+def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.client.cli.main", *args],
+        env=dict(stack.env, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: dict[str, dict[str, int]]) -> None:
+    """The checks every scenario ends with, and its figures recorded."""
+    await wait_caught_up(stack)
+    summary = burst.summary()
+    refused = [o for o in burst.outcomes if o.refused]
+    assert not refused, f"{len(refused)} refused, e.g. {refused[0].refused}"
+    assert summary["issued"] == N, summary
+    issued = await issued_per_request(stack, [o.request_id for o in burst.outcomes])
+    missing = [rid for rid, n in issued.items() if n == 0]
+    twice = [rid for rid, n in issued.items() if n > 1]
+    assert not missing and not twice, f"{len(missing)} missing, {len(twice)} issued more than once"
+    assert await issued_more_than_once(stack) == []
+    after = await parked_and_alarms(stack)
+    grew = {s: {k: after[s][k] - before[s][k] for k in after[s] if after[s][k] != before[s][k]} for s in after}
+    assert not any(grew.values()), f"parked messages or publish alarms appeared: {grew}"
+    verify = await asyncio.to_thread(_cli, stack, "audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    check = await asyncio.to_thread(_cli, stack, "audit", "check", "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["findings"] == [], check.stdout
+    missing_ready = await wait_ready(stack.identity_settings("requester"), 60.0)
+    assert missing_ready == [], missing_ready
+    _record(name, summary)
+
+
+def _record(name: str, summary: dict[str, Any]) -> None:
+    print(f"{name}: {json.dumps(summary)}")
+    if RESULTS:
+        path = Path(RESULTS)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[name] = {**summary, "in_flight": IN_FLIGHT, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _spacing(faults: int) -> float:
+    """Seconds between faults so that they fall within the burst (about 8 enrollments a second)."""
+    return max(2.0, N / 8 / (faults + 2))
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+async def test_kill_minus_nine_each_service_replica_in_turn(cluster: LocalStack) -> None:
+    before = await parked_and_alarms(cluster)
+    procs = list(cluster.procs)
+    spacing = _spacing(len(procs))
+
+    def kill(instance: str) -> Fault:
+        async def fault() -> None:
+            replica = cluster.replica(instance)
+            replica.stop(kill=True)
+            await asyncio.sleep(1.0)
+            replica.start()
+
+        return fault
+
+    faults = [(spacing * (k + 1), kill(p.instance)) for k, p in enumerate(procs)]
+    burst = await run_burst(cluster, N, IN_FLIGHT, faults)
+    await _nothing_lost(cluster, "kill -9 each service replica", burst, before)
+
+
+async def _stream_leader(stack: LocalStack) -> str:
+    settings = stack.identity_settings("admin")
+    nc = await nats.connect(settings.nats_servers, connect_timeout=3, **settings.connect_options())
+    try:
+        info = await nc.jetstream(prefix=settings.js_prefix).stream_info(settings.stream)
+        assert info.cluster is not None and info.cluster.leader, "the log has no leader"
+        return str(info.cluster.leader)
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+async def test_kill_minus_nine_the_nats_node_that_leads_the_stream(cluster: LocalStack) -> None:
+    before = await parked_and_alarms(cluster)
+    killed: list[str] = []
+
+    async def fault() -> None:
+        leader = await _stream_leader(cluster)
+        node = cluster.nats[int(leader.rsplit("-", 1)[1]) - 1]
+        killed.append(leader)
+        node.stop(kill=True)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(node.start)
+
+    burst = await run_burst(cluster, N, IN_FLIGHT, [(_spacing(1), fault)])
+    assert killed, "the fault was never injected"
+    await _nothing_lost(cluster, f"kill -9 the stream's leader ({killed[0]})", burst, before)
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+async def test_crash_stop_postgresql_and_restart_it(cluster: LocalStack) -> None:
+    before = await parked_and_alarms(cluster)
+    pg = cluster.pg
+    assert pg is not None
+
+    async def fault() -> None:
+        await asyncio.to_thread(pg.stop, "immediate")
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(pg.start)
+
+    burst = await run_burst(cluster, N, IN_FLIGHT, [(_spacing(1), fault)])
+    await _nothing_lost(cluster, "crash-stop PostgreSQL", burst, before)
