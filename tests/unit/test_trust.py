@@ -97,7 +97,7 @@ def test_operators_publish_only_operator_commands() -> None:
     )
 
 
-def test_every_service_may_read_the_log_by_sequence_but_no_other_stream() -> None:
+def test_every_service_may_read_the_log_by_sequence_but_not_the_ingress_stream() -> None:
     """Its outbox reads back the message the log holds under an event id answered `duplicate`."""
     for service in SERVICES:
         gets = [call for call in jetstream_api(service, NAMES) if call.startswith("STREAM.MSG.GET.")]
