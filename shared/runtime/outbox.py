@@ -139,19 +139,18 @@ class OutboxRelay:
 
     async def _log_holds(self, entry: OutboxEntry, seq: int) -> bool:
         """Whether the message at `seq` (named by a `duplicate` answer) is `entry` itself: the same
-        subject, payload and `Nats-Msg-Id`. Raises DuplicateUnconfirmed if it cannot be read."""
-        extra = {"event_id": entry.event_id, "subject": entry.subject, "stream_seq": seq}
+        subject, payload and `Nats-Msg-Id`. Raises DuplicateUnconfirmed if it cannot be read (the
+        callers log it and leave the row to be published, and checked, again)."""
         if seq <= 0:  # a clustered log may answer before the first copy has a sequence
-            log.warning("outbox publish answered duplicate without a sequence; will retry", extra=extra)
             raise DuplicateUnconfirmed(f"event {entry.event_id}: the log answered duplicate without a sequence")
         try:
             held = await self._js.get_msg(self._stream, seq)
         except (nats.errors.Error, TimeoutError) as exc:
             # Not found (deleted since), a timeout, no permission: neither accept nor alarm.
-            log.warning("outbox could not read back a duplicate; will retry", extra={**extra, "error": repr(exc)})
             raise DuplicateUnconfirmed(
-                f"event {entry.event_id}: the log answered duplicate, and reading its message {seq} of "
-                f"{self._stream} failed ({exc!r}); the service needs STREAM.MSG.GET on the log"
+                f"event {entry.event_id} on {entry.subject}: the log answered duplicate, and reading its "
+                f"message {seq} of {self._stream} failed ({exc!r}); will retry (the service must be "
+                "allowed STREAM.MSG.GET on the log)"
             ) from exc
         return (
             held.subject == entry.subject
