@@ -6,6 +6,6 @@ EVENTS_CONSUMED = Counter("certbus_events_consumed_total", "Events applied by a 
 EVENTS_DUPLICATE = Counter("certbus_events_redelivered_total", "Redelivered events that changed nothing", ["service"])
 EVENTS_PUBLISHED = Counter("certbus_events_published_total", "Events published from the outbox", ["service", "verb"])
 EVENTS_PARKED = Counter("certbus_events_parked_total", "Messages that could never be applied", ["service"])
-PUBLISH_ALARMS = Counter("certbus_publish_alarms_total", "First publishes answered duplicate", ["service"])
+PUBLISH_ALARMS = Counter("certbus_publish_alarms_total", "Event ids pre-empted on the log", ["service"])
 LOG_USED = Gauge("certbus_log_used_ratio", "How full the log is (of its byte or message limit; 1: refusing)")
 HANDLER_SECONDS = Histogram("certbus_handler_seconds", "Time to apply one event", ["service", "event_type"])

@@ -1,12 +1,18 @@
 """The transactional outbox: events decided in a transaction are published after it commits.
 
 The event id is generated once, stored with the row, and sent as `Nats-Msg-Id` on every attempt,
-so the server deduplicates a retried publish. A `duplicate` answer on the first attempt means
-somebody pre-empted the id: that is logged as an alarm and kept on the row.
+so the server deduplicates a retried publish. A `duplicate` answer says the log already holds a
+message under the id, but not whose: an earlier attempt of ours whose acknowledgement was lost (NATS
+restarted, a timeout) or that raced another path, or somebody who pre-empted the id. So the message
+the log holds is read back and compared: if it is this event, the row is published; if it is not,
+that is logged as an alarm and kept on the row; if it cannot be read, the row stays unpublished and
+the publish (and the comparison) is tried again later, never guessed either way.
 
 Two paths publish a row. The handler that committed it publishes it at once (one round trip to
 NATS, one to mark it published). The relay picks up what that path left behind (a crash, NATS
-down) once it is `stale_s` old, holding a row lock while it publishes so replicas never race.
+down) once it is `stale_s` old, holding a row lock while it publishes so replicas never race; a row
+the fast path has not reported on yet (no attempt counted) it leaves alone until that publish has
+had time to time out, so the two rarely publish the same row at once.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import nats.errors
 from nats.js import JetStreamContext
 
 from shared.contract.events import Event
@@ -24,7 +31,11 @@ from shared.runtime.loops import WakeableLoop
 from shared.runtime.metrics import EVENTS_PUBLISHED, PUBLISH_ALARMS
 
 log = logging.getLogger("certbus.outbox")
-ALARM = "duplicate on first publish: event id possibly pre-empted"
+ALARM = "duplicate publish: the log holds another message under this event id (pre-empted)"
+
+
+class DuplicateUnconfirmed(RuntimeError):
+    """The log answered `duplicate`, and the message it holds under the event id could not be read."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,10 @@ class OutboxRelay:
         self._timeout = publish_timeout_s
         self._batch = batch
         self._stale_s = stale_s
-        self.loop = WakeableLoop(f"outbox-{producer}", lambda: self.flush(stale_s), idle_s=stale_s)
+        unattempted_s = stale_s + publish_timeout_s  # the fast path's publish has timed out by then
+        self.loop = WakeableLoop(
+            f"outbox-{producer}", lambda: self.flush(stale_s, unattempted_s=unattempted_s), idle_s=stale_s
+        )
 
     def notify(self) -> None:
         """Tell the background loop there is something to publish."""
@@ -107,15 +121,42 @@ class OutboxRelay:
             timeout=self._timeout,
         )
         alarm = None
-        if ack.duplicate and entry.attempts == 0:
-            alarm = ALARM
-            PUBLISH_ALARMS.labels(self._producer).inc()
-            log.error(
-                "outbox publish answered duplicate on first attempt",
-                extra={"event_id": entry.event_id, "subject": entry.subject},
-            )
+        if ack.duplicate:
+            if await self._log_holds(entry, ack.seq):
+                log.info(
+                    "outbox publish answered duplicate: an earlier attempt is on the log",
+                    extra={"event_id": entry.event_id, "subject": entry.subject, "stream_seq": ack.seq},
+                )
+            else:
+                alarm = ALARM
+                PUBLISH_ALARMS.labels(self._producer).inc()
+                log.error(
+                    "outbox event id pre-empted: the log holds another message under it",
+                    extra={"event_id": entry.event_id, "subject": entry.subject, "stream_seq": ack.seq},
+                )
         EVENTS_PUBLISHED.labels(self._producer, entry.subject.rsplit(".", 1)[-1]).inc()
         return ack.seq, alarm
+
+    async def _log_holds(self, entry: OutboxEntry, seq: int) -> bool:
+        """Whether the message at `seq` (named by a `duplicate` answer) is `entry` itself: the same
+        subject, payload and `Nats-Msg-Id`. Raises DuplicateUnconfirmed if it cannot be read (the
+        callers log it and leave the row to be published, and checked, again)."""
+        if seq <= 0:  # a clustered log may answer before the first copy has a sequence
+            raise DuplicateUnconfirmed(f"event {entry.event_id}: the log answered duplicate without a sequence")
+        try:
+            held = await self._js.get_msg(self._stream, seq)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Not found (deleted since), a timeout, no permission: neither accept nor alarm.
+            raise DuplicateUnconfirmed(
+                f"event {entry.event_id} on {entry.subject}: the log answered duplicate, and reading its "
+                f"message {seq} of {self._stream} failed ({exc!r}); will retry (the service must be "
+                "allowed STREAM.MSG.GET on the log)"
+            ) from exc
+        return (
+            held.subject == entry.subject
+            and (held.data or b"") == entry.payload
+            and (held.headers or {}).get("Nats-Msg-Id") == entry.event_id
+        )
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> None:
         """Publish rows the caller just committed, then mark them published (the fast path).
@@ -137,36 +178,39 @@ class OutboxRelay:
                 [d[2] for d in done],
             )
         if failed:
-            # A failed publish may still have landed: count the attempt, so that the relay's
-            # `duplicate` answer later is not mistaken for pre-emption.
+            # Count the attempt: the relay then knows this path has given up on the row. (The
+            # publish may still have landed: the relay's `duplicate` answer is then checked.)
             await self._pool.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", failed)
             raise next(r for r in results if isinstance(r, BaseException))
 
-    async def flush(self, stale_s: float = 0.0) -> int:
-        """Publish every pending row at least `stale_s` old; returns how many were published."""
+    async def flush(self, stale_s: float = 0.0, *, unattempted_s: float = 0.0) -> int:
+        """Publish every pending row at least `stale_s` old, and at least `unattempted_s` old if no
+        attempt was counted (the fast path may still be publishing it); returns how many were published."""
         total = 0
         while True:
-            n = await self._publish_batch(stale_s)
+            n = await self._publish_batch(stale_s, unattempted_s)
             total += n
             if n < self._batch:
                 return total
 
-    async def _publish_batch(self, stale_s: float) -> int:
+    async def _publish_batch(self, stale_s: float, unattempted_s: float) -> int:
         failure: Exception | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
-                "AND created_at <= now() - make_interval(secs => $2) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "AND created_at <= now() - make_interval(secs => $2) "
+                "AND (attempts > 0 OR created_at <= now() - make_interval(secs => $3)) "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
                 stale_s,
+                unattempted_s,
             )
             for row in rows:
                 entry = OutboxEntry(row["id"], str(row["event_id"]), row["subject"], row["payload"], row["attempts"])
                 try:
                     seq, alarm = await self._send(entry)
                 except Exception as exc:  # noqa: BLE001 - counted, committed, then re-raised
-                    # The publish may have landed: count the attempt so that a later
-                    # `duplicate` answer is not mistaken for pre-emption.
+                    # The publish may have landed (a later `duplicate` answer is then checked).
                     await conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row["id"])
                     failure = exc
                     break

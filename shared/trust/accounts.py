@@ -13,8 +13,8 @@ The shape (see deploy/README.md):
   (imported, like everyone's) and publishes no event and no request;
 - each service has an account of its own (ENROLLMENT, SIGNING, ...), one user, and reaches the
   log only through what CERTBUS exports to it: the subjects of the events it publishes, the
-  JetStream API calls its own durable consumers need (imported under `js_prefix`), and the queries
-  of the other services it asks;
+  JetStream API calls its own durable consumers and its outbox need (imported under `js_prefix`),
+  and the queries of the other services it asks;
 - operators (OPERATORS) and requesters (REQUESTERS) are people and programs, each with a user of
   their own whose name is their identity: a requester may publish only on its own ingress subjects
   (`<ingress_root>.<name>.<kind>`) and read only its own inbox, an operator only operator commands
@@ -180,6 +180,10 @@ def durables(service: Publisher, names: Names) -> list[tuple[str, str]]:
 def jetstream_api(service: Publisher, names: Names) -> list[str]:
     """The JetStream API subjects (without the `$JS.API.` prefix) a service calls."""
     calls = [f"STREAM.INFO.{names.stream}", f"STREAM.INFO.{names.object_stream}"]
+    # Every service publishes through its outbox, which reads back the message the log holds under
+    # an event id it answered `duplicate` for (shared.runtime.outbox); enrollment also reads the
+    # log by sequence when it rebuilds (has a request been answered?).
+    calls.append(f"STREAM.MSG.GET.{names.stream}")
     for stream, durable in durables(service, names):
         calls += [
             f"STREAM.INFO.{stream}",
@@ -189,8 +193,6 @@ def jetstream_api(service: Publisher, names: Names) -> list[str]:
             f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
             f"CONSUMER.MSG.NEXT.{stream}.{durable}",
         ]
-    if service == "enrollment":
-        calls.append(f"STREAM.MSG.GET.{names.stream}")  # rebuilding: has a request been answered?
     if service == "signing":
         calls += [f"STREAM.MSG.GET.{names.object_stream}", f"STREAM.PURGE.{names.object_stream}"]
     if service in ("validation", "audit"):

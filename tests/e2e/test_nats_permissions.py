@@ -43,6 +43,7 @@ from shared.contract.events import (
     RevocationRequested,
 )
 from shared.contract.ingress import INTAKES
+from shared.trust.accounts import SERVICES
 from shared.trust.identities import new_seed
 
 pytestmark = pytest.mark.e2e
@@ -400,6 +401,22 @@ async def test_a_reply_subject_on_a_request_never_gets_the_acknowledgement_into_
         assert b'"stream"' in await asyncio.wait_for(heard, timeout=5)
         assert await s.publish_stored(f"{root}.validation.renew", h.common["ingress_stream"])  # a barrier
     assert await on_ingress(h, [request, forged]) == {request}
+
+
+# --- reading the log --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SERVICES)
+async def test_a_service_may_read_the_log_by_sequence_but_not_the_ingress_stream(bus: Harness, name: str) -> None:
+    """Every service's outbox reads back the message the log holds under an event id it was answered
+    `duplicate` for (shared.runtime.outbox): STREAM.MSG.GET on the log, granted to each service."""
+    h = bus
+    async with session(h, name) as s:
+        js = h.js(s.nc, name)
+        held = await js.get_msg(h.common["stream"], 1)  # the genesis: the operator's registration
+        assert held.seq == 1 and held.subject.startswith(f"{h.root}.")
+        with pytest.raises(nats.js.errors.ServiceUnavailableError):  # nats-py's "no responders" for the API
+            await js.get_msg(h.common["ingress_stream"], 1)
 
 
 # --- inboxes, hearing and asking --------------------------------------------------------------

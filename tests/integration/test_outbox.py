@@ -1,19 +1,25 @@
-"""The outbox publishes each event once, under its stored id, and flags a pre-empted id. The relay
-publishes as a service does: with the enrollment service's identity, events enrollment publishes."""
+"""The outbox publishes each event once, under its stored id, and flags a pre-empted id (and only
+that: its own earlier publish, answered `duplicate`, is not pre-emption). The relay publishes as a
+service does: with the enrollment service's identity, events enrollment publishes, to a real
+nats-server that deduplicates by `Nats-Msg-Id`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from harness import Harness
 from shared.contract.events import CertificateExpired
 from shared.runtime import db
-from shared.runtime.outbox import ALARM, OutboxRelay, enqueue
+from shared.runtime.outbox import ALARM, DuplicateUnconfirmed, OutboxEntry, OutboxRelay, enqueue
 
 
 @pytest.fixture
@@ -37,6 +43,28 @@ def event(n: int) -> CertificateExpired:
         serial=f"{n:x}",
         issuer_id="ca",
         not_after=at,
+    )
+
+
+async def land(js: JetStreamContext, harness: Harness, entry: OutboxEntry, payload: bytes | None = None) -> int:
+    """Put a message under `entry`'s event id and subject on the log (its own payload unless one is
+    given), as an attempt whose acknowledgement was lost would; returns its sequence."""
+    ack = await js.publish(
+        entry.subject,
+        entry.payload if payload is None else payload,
+        stream=harness.common["stream"],
+        headers={"Nats-Msg-Id": entry.event_id},
+    )
+    return int(ack.seq)
+
+
+def alarms_counted() -> float:
+    return REGISTRY.get_sample_value("certbus_publish_alarms_total", {"service": "enrollment"}) or 0.0
+
+
+async def row(pool: asyncpg.Pool, entry: OutboxEntry) -> Any:
+    return await pool.fetchrow(
+        "SELECT published_at, stream_seq, alarm, attempts FROM outboxtest.outbox WHERE id = $1", entry.id
     )
 
 
@@ -92,3 +120,88 @@ async def test_a_retry_after_a_lost_acknowledgement_is_not_an_alarm(relay, harne
     assert await outbox.flush() == 1
     assert await pool.fetchval("SELECT alarm FROM outboxtest.outbox WHERE id = $1", entry.id) is None
     assert len(await harness.stream_messages(f"{harness.root}.cert.c11.>")) == 1
+
+
+@pytest.mark.parametrize(("path", "n"), [("fast path", 13), ("relay", 14)])
+async def test_a_first_attempt_that_landed_but_was_not_acknowledged_is_published_without_an_alarm(  # type: ignore[no-untyped-def]
+    relay, harness: Harness, caplog: pytest.LogCaptureFixture, path: str, n: int
+) -> None:
+    """NATS was killed (or the fast path and the relay raced): the first attempt is on the log but
+    no attempt was counted, so the next publish is answered `duplicate` on a "first" attempt."""
+    outbox, pool, js = relay
+    async with pool.acquire() as conn, conn.transaction():
+        entry = await enqueue(conn, event(n), harness.root)
+    seq = await land(js, harness, entry)
+    before = alarms_counted()
+    with caplog.at_level(logging.INFO, logger="certbus.outbox"):
+        if path == "fast path":
+            await outbox.publish([entry])
+        else:
+            assert await outbox.flush() == 1
+    published = await row(pool, entry)
+    assert published["published_at"] is not None and published["alarm"] is None
+    assert published["stream_seq"] == seq  # the copy already on the log
+    assert alarms_counted() == before
+    assert [r.message for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert len(await harness.stream_messages(f"{harness.root}.cert.c{n}.>")) == 1
+
+
+@pytest.mark.parametrize(("attempts", "n"), [(0, 15), (1, 16)])
+async def test_another_payload_under_the_event_id_on_its_own_subject_raises_an_alarm(  # type: ignore[no-untyped-def]
+    relay, harness: Harness, caplog: pytest.LogCaptureFixture, attempts: int, n: int
+) -> None:
+    """Someone who may publish the event's subject pre-empts its id with another event: an alarm,
+    whether the answer came to a first attempt or to a retry."""
+    outbox, pool, js = relay
+    async with pool.acquire() as conn, conn.transaction():
+        entry = await enqueue(conn, event(n), harness.root)
+    await pool.execute("UPDATE outboxtest.outbox SET attempts = $2 WHERE id = $1", entry.id, attempts)
+    forged = event(n).model_dump_json().encode()  # the same subject, another event id in the payload
+    seq = await land(js, harness, entry, payload=forged)
+    before = alarms_counted()
+    with caplog.at_level(logging.INFO, logger="certbus.outbox"):
+        assert await outbox.flush() == 1
+    alarmed = await row(pool, entry)
+    assert alarmed["alarm"] == ALARM and alarmed["stream_seq"] == seq
+    assert alarms_counted() == before + 1
+    assert [r.levelno for r in caplog.records if "pre-empted" in r.message] == [logging.ERROR]
+    assert [m.data for m in await harness.stream_messages(f"{harness.root}.cert.c{n}.>")] == [forged]
+
+
+async def test_a_duplicate_that_cannot_be_read_back_stays_unpublished_and_is_checked_again(  # type: ignore[no-untyped-def]
+    relay, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither accepted nor alarmed while the log's copy cannot be read; published once it can."""
+    outbox, pool, js = relay
+    async with pool.acquire() as conn, conn.transaction():
+        entry = await enqueue(conn, event(17), harness.root)
+    await land(js, harness, entry)
+
+    async def unanswered(*args: object, **kwargs: object) -> None:
+        raise nats.errors.TimeoutError
+
+    monkeypatch.setattr(js, "get_msg", unanswered)
+    before = alarms_counted()
+    with pytest.raises(DuplicateUnconfirmed):
+        await outbox.publish([entry])
+    with pytest.raises(DuplicateUnconfirmed):
+        await outbox.flush()
+    pending = await row(pool, entry)
+    assert pending["published_at"] is None and pending["alarm"] is None and pending["attempts"] == 2
+    monkeypatch.undo()
+    assert await outbox.flush() == 1
+    published = await row(pool, entry)
+    assert published["published_at"] is not None and published["alarm"] is None
+    assert alarms_counted() == before
+
+
+async def test_the_relay_leaves_a_row_to_the_fast_path_until_its_publish_has_timed_out(relay, harness: Harness) -> None:  # type: ignore[no-untyped-def]
+    outbox, pool, _ = relay
+    async with pool.acquire() as conn, conn.transaction():
+        in_flight, given_up, crashed = [await enqueue(conn, event(n), harness.root) for n in (18, 19, 20)]
+    await pool.execute("UPDATE outboxtest.outbox SET attempts = 1 WHERE id = $1", given_up.id)  # it failed, and said so
+    await pool.execute("UPDATE outboxtest.outbox SET created_at = now() - interval '61 s' WHERE id = $1", crashed.id)
+    assert await outbox.flush(unattempted_s=60) == 2
+    assert (await row(pool, in_flight))["published_at"] is None
+    assert (await row(pool, given_up))["published_at"] is not None
+    assert (await row(pool, crashed))["published_at"] is not None

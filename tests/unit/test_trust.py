@@ -19,6 +19,7 @@ from shared.trust.accounts import (
     Identity,
     Names,
     heard,
+    jetstream_api,
     publishes,
     render,
     template_identities,
@@ -94,6 +95,14 @@ def test_operators_publish_only_operator_commands() -> None:
         for cls in EVENT_TYPES
         if cls.filter(NAMES.subject_root) in publishes("operator", NAMES)
     )
+
+
+def test_every_service_may_read_the_log_by_sequence_but_not_the_ingress_stream() -> None:
+    """Its outbox reads back the message the log holds under an event id answered `duplicate`."""
+    for service in SERVICES:
+        gets = [call for call in jetstream_api(service, NAMES) if call.startswith("STREAM.MSG.GET.")]
+        assert f"STREAM.MSG.GET.{NAMES.stream}" in gets, service
+        assert f"STREAM.MSG.GET.{NAMES.ingress_stream}" not in gets, service
 
 
 def test_the_durables_are_the_ones_the_services_register(tmp_path: Path) -> None:
