@@ -221,9 +221,9 @@ class Harness:
             )
         return SETTINGS[name](**{**self.common, **extra, **self.overrides.get(name, {}), **overrides})
 
-    def env(self, name: str) -> dict[str, str]:
+    def env(self, name: str, **overrides: Any) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
-        for key, value in self.settings(name).model_dump().items():
+        for key, value in self.settings(name, **overrides).model_dump().items():
             if value is None:
                 continue
             if hasattr(value, "get_secret_value"):
@@ -294,12 +294,14 @@ class Harness:
         return self
 
     async def start_replica(self, name: str, replica: str) -> None:
-        """Start one more instance of service `name` in this process (it shares the durable consumers)."""
+        """Start one more instance of service `name` in this process, named `replica` (it shares the
+        durable consumers; its own instance name, as this process's pid is the first one's too)."""
         from services.signing.app import build as signing
         from services.validation.app import build as validation
 
         builders = {"signing": signing, "validation": validation}
-        app, rt = builders[name](self.settings(name, http_port=free_port()), clock=self.clocks.get(name))  # type: ignore[operator]
+        settings = self.settings(name, http_port=free_port(), instance=replica)
+        app, rt = builders[name](settings, clock=self.clocks.get(name))  # type: ignore[operator]
         await app.start()
         self.apps[replica] = (app, rt)
 
@@ -329,6 +331,15 @@ class Harness:
     def spawn(self, name: str) -> ServiceProcess:
         proc = ServiceProcess(name, self.env(name), log_file=self.tmp / f"{name}.log").start()
         self.procs[name] = proc
+        return proc
+
+    async def spawn_replica(self, name: str, replica: str, timeout: float = 60.0) -> ServiceProcess:
+        """Start one more instance of service `name` as its own process, named `replica`; wait until
+        it is alive."""
+        env = self.env(name, http_port=free_port(), instance=replica)
+        proc = ServiceProcess(name, env, log_file=self.tmp / f"{replica}.log").start()
+        self.procs[replica] = proc
+        await asyncio.to_thread(proc.wait_healthy, timeout)
         return proc
 
     def spawn_all(self) -> None:

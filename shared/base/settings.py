@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/certbus"
+INSTANCE_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class CommonSettings(BaseSettings):
@@ -100,6 +103,17 @@ class ServiceSettings(CommonSettings):
     drain_timeout_s: int = 10
     # How many requests of one identity a service admits from the ingress stream a minute.
     admission_rate_per_min: int = 600
+    # Which replica of its service this process is, in health reports (unset: `<hostname>:<pid>`).
+    # Replicas share the service's name, NATS identity and schema; each needs its own instance name.
+    instance: str | None = Field(default=None, pattern=INSTANCE_PATTERN)
+
+    @property
+    def instance_name(self) -> str:
+        """This replica's name: `instance` if set, else `<hostname>:<pid>` (cut to 128 characters)."""
+        if self.instance is not None:
+            return self.instance
+        pid = f":{os.getpid()}"
+        return socket.gethostname()[: 128 - len(pid)] + pid
 
 
 class EnrollmentSettings(ServiceSettings):

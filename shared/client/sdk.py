@@ -36,6 +36,7 @@ from shared.client.errors import Rejected as Rejected
 from shared.client.errors import Throttled as Throttled
 from shared.client.errors import UnknownRequest as UnknownRequest
 from shared.client.errors import Unreachable as Unreachable
+from shared.client.readiness import judge_readiness as judge_readiness
 from shared.contract.binding import bind
 from shared.contract.events import (
     ApprovalDenied,
@@ -790,7 +791,8 @@ class CertbusClient:
         return destroyed
 
     async def health(self, service: str, timeout: float = 2.0) -> dict[str, Any]:
-        """One service's health report (raises Unreachable if it does not answer)."""
+        """One service's health answer, from whichever replica answers: its own report, and every
+        replica's latest under `replicas` (raises Unreachable if none answers)."""
         try:
             reply = await self.nc.request(self._subject(service, "health"), b"", timeout=timeout)
         except (NatsTimeout, NoRespondersError) as exc:
@@ -799,8 +801,9 @@ class CertbusClient:
         return report
 
     async def readiness(self, timeout: float = 2.0) -> list[dict[str, Any]]:
-        """Every service's health report, each judged by `judge_readiness`: the system can do its
-        job only if every report says `ready` (what is not is listed under `missing`)."""
+        """Every service's health answer, each judged by `judge_readiness` with its replicas: the
+        system can do its job only if every service is `ready` (what is not is listed under
+        `missing`; what only some of its replicas lack, under `warnings`)."""
 
         async def one(name: str) -> dict[str, Any]:
             try:
@@ -813,30 +816,3 @@ class CertbusClient:
             return report
 
         return judge_readiness(list(await asyncio.gather(*(one(s) for s in SERVICES))))
-
-
-def judge_readiness(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The services' health reports with `ready` and `missing` settled: a service that did not
-    answer, or is not ok, is not ready (a service too old to report readiness is judged by its
-    status alone); validation is not ready unless it serves the issuing CA signing issues from
-    (it may not have heard of a new one yet)."""
-    judged = []
-    for report in reports:
-        missing = list(report.get("missing", []))
-        if report.get("status") == "down":
-            missing.append("it does not answer")
-        elif report.get("status") != "ok" and not missing:
-            missing.append(f"its status is {report.get('status')}")
-        judged.append({**report, "missing": missing})
-    by_name = {r["service"]: r for r in judged}
-    issuing, validation = by_name.get("signing", {}).get("issuing_ca"), by_name.get("validation")
-    if issuing and validation is not None and validation.get("status") == "ok":
-        served = validation.get("ocsp_responders")
-        if served is not None and issuing not in served and not any(issuing in m for m in validation["missing"]):
-            validation["missing"].append(
-                f"no current OCSP responder certificate for signing's issuing CA {issuing}: "
-                "OCSP answers tryLater about it"
-            )
-    for report in judged:
-        report["ready"] = not report["missing"] and report.get("status") == "ok" and report.get("ready", True)
-    return judged

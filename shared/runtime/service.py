@@ -1,6 +1,6 @@
 """What every Certbus service process is made of: a FastStream app over NATS, a Postgres pool on
-its own schema, an outbox relay, a health query and an HTTP endpoint with /healthz (alive), /readyz
-(able to do its job) and /metrics.
+its own schema, an outbox relay, a heartbeat, a health query (listing every replica of the service)
+and an HTTP endpoint with /healthz (this replica alive), /readyz (able to do its job) and /metrics.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from shared.contract.binding import bind
 from shared.contract.events import Event, OperatorCommand
 from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
-from shared.runtime import db
+from shared.runtime import db, replicas
 from shared.runtime.consumer import Apply, GroupCommit, applying, event_middleware
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
+from shared.runtime.replicas import Heartbeat
 from shared.runtime.stream import ensure_consumer, require_log
 from shared.trust.operators import REGISTRY
 
@@ -76,6 +77,7 @@ class Runtime:
     consumers: dict[str, list[str]] = field(default_factory=dict)  # durable -> filter subjects
     ingress_consumers: dict[str, list[str]] = field(default_factory=dict)  # the same, on the ingress stream
     _relay: OutboxRelay | None = None
+    _heartbeat: Heartbeat | None = None
     readiness: ReadinessCheck | None = None  # the service's own conditions, beyond being alive
 
     @property
@@ -91,6 +93,11 @@ class Runtime:
         if self._relay is None:
             raise RuntimeError(f"{self.name}: the outbox relay is not running yet")
         return self._relay
+
+    @property
+    def instance(self) -> str:
+        """Which replica of the service this process is (`CERTBUS_INSTANCE`, else `<hostname>:<pid>`)."""
+        return self.settings.instance_name
 
     @property
     def js(self) -> JetStreamContext:
@@ -285,6 +292,8 @@ def create_service(
                 )
         runtime._relay = OutboxRelay(runtime.pool, runtime.js, settings.stream, name)
         runtime.relay.loop.start()
+        runtime._heartbeat = Heartbeat(lambda: runtime.pool, runtime.instance, lambda: _own_health(runtime))
+        runtime._heartbeat.start()
         if on_start is not None:
             await on_start(runtime)
         runtime.assemble()
@@ -308,6 +317,8 @@ def create_service(
     @app.on_shutdown
     async def stop() -> None:
         runtime.stopping = True
+        if runtime._heartbeat is not None:
+            await runtime._heartbeat.stop()  # its row goes first: the other replicas stop listing it
         for runner in http_runner:
             await runner.cleanup()
         if on_stop is not None:
@@ -370,8 +381,27 @@ async def _log_usage(runtime: Runtime) -> float | None:
 
 
 async def _health(runtime: Runtime) -> dict[str, Any]:
-    """Liveness (`status`: ok while the database answers and the log takes events) and readiness
-    (`ready`, with one line per thing `missing` for the service to do its job)."""
+    """The answer to the health query: the answering replica's own report, and under `replicas`
+    every replica's latest (this one's as of now; `silent` if not seen for SILENT_AFTER_S). Without
+    the database only this replica is listed; past MAX_LISTED, `replicas_left_off` says how many
+    were not."""
+    own = await _own_health(runtime)
+    started = runtime._heartbeat.started if runtime._heartbeat is not None else None
+    listed = [{**own, **({"started": started.isoformat()} if started else {}), "seen_s": 0.0, "silent": False}]
+    left_off = 0
+    if own["database"]:
+        try:
+            others, left_off = await replicas.others(runtime.pool, runtime.instance)
+            listed.extend(others)
+        except Exception as exc:  # noqa: BLE001 - health answers with what it knows
+            log.warning("could not list the replicas", extra={"error": repr(exc)})
+    listed.sort(key=lambda r: str(r.get("instance")))
+    return {**own, "replicas": listed, **({"replicas_left_off": left_off} if left_off else {})}
+
+
+async def _own_health(runtime: Runtime) -> dict[str, Any]:
+    """This replica's liveness (`status`: ok while the database answers and the log takes events)
+    and readiness (`ready`, with one line per thing `missing` for the service to do its job)."""
     db_ok = True
     try:
         async with runtime.pool.acquire(timeout=2) as conn:
@@ -394,6 +424,7 @@ async def _health(runtime: Runtime) -> dict[str, Any]:
     ]
     return {
         "service": runtime.name,
+        "instance": runtime.instance,
         "status": "ok" if db_ok and (used is None or used < 1.0) else "degraded",
         "ready": not missing,
         "missing": missing,
@@ -437,12 +468,13 @@ def _query_errors() -> ExceptionMiddleware:
 
 
 def _common_routes(runtime: Runtime) -> list[web.RouteDef]:
+    # A probe asks one replica about itself (a load balancer or Kubernetes steers by it).
     async def healthz(_: web.Request) -> web.Response:
-        report = await _health(runtime)
+        report = await _own_health(runtime)
         return web.json_response(report, status=200 if report["status"] == "ok" else 503)
 
     async def readyz(_: web.Request) -> web.Response:
-        report = await _health(runtime)
+        report = await _own_health(runtime)
         return web.json_response(report, status=200 if report["ready"] else 503)
 
     async def metrics(_: web.Request) -> web.Response:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from shared.client.cli import provisioner
 from shared.client.cli.agent import agent, renew
@@ -79,35 +81,47 @@ def _parse_ttl(text: str) -> timedelta:
 
 @app.command()
 def health(as_json: JsonOpt = False) -> None:
-    """Ask each of the five services whether it is up and ready; exit 0 only if the system can do
-    its job: every service answers, an issuing CA exists, a profile is applied, and validation has
-    a current OCSP responder certificate for every issuing CA. Prints what is missing otherwise."""
+    """Ask each of the five services whether it is up and ready, with one row per replica; exit 0
+    only if the system can do its job: every service answers, an issuing CA exists, a profile is
+    applied, and validation has a current OCSP responder certificate for every issuing CA. A
+    service is ready if any replica that is not silent is; what its other replicas lack is a
+    warning. Prints what is missing otherwise."""
     reports = run(lambda client: client.readiness())
     if as_json:
         emit_json(reports)
     else:
-        table = Table("service", "status", "ready", "database", "nats", "log used", "pid", "uptime (s)")
+        print_table(_health_table(reports))
+        for warning in sorted({w for r in reports for w in r.get("warnings", [])}):
+            err.print(f"[yellow]warning:[/] {escape(warning)}")
         for r in reports:
-            colour = "green" if r["status"] == "ok" else "red"
+            for missing in r["missing"]:
+                err.print(f"not ready: {r['service']}: {missing}", markup=False, highlight=False)
+    if not all(r["ready"] for r in reports):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _health_table(reports: list[dict[str, Any]]) -> Table:
+    """One row per replica of each service, as `judge_readiness` settled them."""
+    table = Table(
+        "service", "replica", "status", "ready", "database", "nats", "log used", "pid", "uptime (s)", "seen (s ago)"
+    )
+    for service in reports:
+        for r in service["replicas"]:
+            status = "silent" if r["silent"] else str(r.get("status", ""))
             used = r.get("log_used")
             table.add_row(
-                r["service"],
-                f"[{colour}]{r['status']}[/]",
+                service["service"],
+                Text(str(r.get("instance", ""))),
+                f"[{'green' if status == 'ok' else 'red'}]{escape(status)}[/]",
                 "[green]yes[/]" if r["ready"] else "[red]no[/]",
                 str(r.get("database", "")),
                 str(r.get("nats", "")),
                 f"{used:.1%}" if isinstance(used, float | int) else "",
                 str(r.get("pid", "")),
                 str(r.get("uptime_s", "")),
+                str(r.get("seen_s", "")),
             )
-        print_table(table)
-        for warning in sorted({w for r in reports for w in r.get("warnings", [])}):
-            err.print(f"[yellow]warning:[/] {warning}")
-        for r in reports:
-            for missing in r["missing"]:
-                err.print(f"not ready: {r['service']}: {missing}", markup=False, highlight=False)
-    if not all(r["ready"] for r in reports):
-        raise typer.Exit(EXIT_REFUSED)
+    return table
 
 
 @token_app.command("create")
