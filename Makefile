@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench docs clean chromium
+.PHONY: install run test unit lint format bench faults soak docs clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,18 @@ bench: install
 	$(PY) -m bench.revocation
 	$(PY) -m bench.renewal
 	$(PY) -m bench.cli_startup
+
+# The fault suite at full size: 10,000 enrollments per scenario in cluster mode (make test runs it
+# with 300); figures go to bench/results/faults.json.
+FAULTS_N ?= 10000
+faults: install
+	CERTBUS_FAULTS_N=$(FAULTS_N) CERTBUS_FAULTS_RESULTS=bench/results/faults.json \
+		$(PY) -m pytest -q -p no:cacheprovider -s tests/faults
+
+# 30 minutes at half the measured capacity in cluster mode; samples to bench/results/soak.json.
+SOAK_MINUTES ?= 30
+soak: install
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --out bench/results/soak.json
 
 clean:
 	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

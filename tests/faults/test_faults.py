@@ -23,7 +23,15 @@ from typing import Any
 import nats
 import pytest
 
-from burst import Burst, Fault, issued_more_than_once, issued_per_request, parked_and_alarms, run_burst, wait_caught_up
+from bench.burst import (
+    Burst,
+    Fault,
+    issued_more_than_once,
+    issued_per_request,
+    parked_and_alarms,
+    run_burst,
+    wait_caught_up,
+)
 from deploy.local.devstack import LocalStack, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -1,7 +1,7 @@
 """A burst of enrollments against a running LocalStack, as requesters send them (publish and wait,
 many in flight, the same request again after a failure), and what the log says afterwards.
 
-Used by the fault suite (tests/faults) and the soak (bench/soak.py)."""
+Used by the fault suite (tests/faults, `make faults`) and the soak (bench/soak.py, `make soak`)."""
 
 from __future__ import annotations
 
