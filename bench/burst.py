@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import socket
 import statistics
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,7 +26,7 @@ import nats
 import nats.errors
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.local.devstack import SERVICES, LocalStack
+from deploy.local.devstack import REPLICA_PORT_STEP, SERVICES, LocalStack, free_port
 from shared.base.settings import CommonSettings
 from shared.client.cli import provisioner
 from shared.client.errors import Pending, Rejected
@@ -32,6 +38,61 @@ from shared.pki.tokens import create_token
 from shared.trust.accounts import DURABLES
 
 Fault = Callable[[], Awaitable[None]]
+NODES = 3  # NATS nodes of the cluster
+REPLICAS = 2  # processes of each service
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_run(width: int, steps: tuple[int, ...] = (0,)) -> int:
+    """A port p such that p+step+i is free for every step and every i below `width`."""
+    for _ in range(200):
+        base = free_port()
+        if all(_free(base + step + i) for step in steps for i in range(width) if step + i):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+@contextlib.contextmanager
+def cluster_stack(keep: bool = False) -> Iterator[LocalStack]:
+    """`make run CLUSTER=3` on free loopback ports with a home of its own, ready; stopped and
+    deleted after (kept with `keep`). Admission does not throttle its one busy requester."""
+    # Under a directory the `postgres` user may enter: the stack runs PostgreSQL as that user.
+    outer = Path(tempfile.mkdtemp(prefix="certbus-cluster-"))
+    outer.chmod(0o755)
+    http_base = free_run(5, steps=tuple(range(0, REPLICA_PORT_STEP * REPLICAS, REPLICA_PORT_STEP)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
+    env.update(
+        CERTBUS_NATS_URL=f"nats://127.0.0.1:{free_run(NODES)}",
+        CERTBUS_NATS_CLUSTER_PORT=str(free_run(NODES)),
+        CERTBUS_PG_PORT=str(free_port()),
+        CERTBUS_HTTP_PORT_BASE=str(http_base),
+        CERTBUS_PUBLIC_BASE_URL=f"http://127.0.0.1:{http_base}",
+        CERTBUS_ADMISSION_RATE_PER_MIN="10000000",
+        PYTHONUNBUFFERED="1",
+    )
+    logs = outer / "logs"
+    logs.mkdir()
+    stack = LocalStack(outer / "home", env, cluster=NODES, replicas=REPLICAS, log_dir=logs)
+    try:
+        stack.start_infrastructure()
+        missing = stack.start_services()
+        if missing:
+            raise RuntimeError(f"the cluster is not ready: {missing}")
+        yield stack
+    finally:
+        stack.stop()
+        if keep:
+            print(f"the cluster's home and logs are kept in {outer}", file=sys.stderr)
+        else:
+            shutil.rmtree(outer, ignore_errors=True)
 
 
 @dataclass
@@ -127,10 +188,14 @@ async def run_burst(
     faults: list[tuple[float, Fault]] | None = None,
     give_up_s: float = 600.0,
     profile: str = "tls-server",
+    rate: float | None = None,
+    observe: Callable[[list[Outcome]], Awaitable[None]] | None = None,
 ) -> Burst:
     """Send `count` enrollments, `in_flight` at a time, each retried with the SAME request (so a
     retry is deduplicated, or followed if enrollment has it) until it is issued or refused; while
-    it runs, each fault `(after_s, fault)` is awaited `after_s` seconds after the start."""
+    it runs, each fault `(after_s, fault)` is awaited `after_s` seconds after the start. With
+    `rate`, request i is not sent before i/rate seconds (an open loop, as long as `in_flight`
+    suffices); `observe` runs beside the burst with the outcomes so far, cancelled at its end."""
     home = stack.home
     signer, _ = provisioner.load_or_create(home)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -150,6 +215,8 @@ async def run_burst(
         return enrollment_request(build_csr(key, [name]).decode(), token, "requester", profile)
 
     async def one(i: int) -> None:
+        if rate is not None:
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
         event = request(i)
         outcome = Outcome(event.aggregate_id, time.monotonic())
         outcomes.append(outcome)
@@ -180,11 +247,12 @@ async def run_burst(
         await fault()
 
     injecting = [asyncio.create_task(inject(after, fault)) for after, fault in faults or []]
+    observing = [asyncio.create_task(observe(outcomes))] if observe is not None else []
     try:
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         await asyncio.gather(*injecting)
     finally:
-        for task in injecting:
+        for task in injecting + observing:
             task.cancel()
         await requester.close()
     return Burst(outcomes, started, time.monotonic(), faults_at)
