@@ -34,6 +34,10 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._held)
 
+    def __contains__(self, msg: object) -> bool:
+        held = self._held.get(id(msg))
+        return held is not None and held[0] is msg
+
     @contextlib.contextmanager
     def holding(self, msg: Msg) -> Iterator[None]:
         """Keep `msg` in progress until the block ends (the caller acks or nacks it after that)."""
@@ -53,9 +57,8 @@ class InFlight:
         due = [msg for msg, since in list(self._held.values()) if now - since >= self.every_s]
         sent, error = 0, None
         for msg in due:
-            held = self._held.get(id(msg))
-            if held is None or held[0] is not msg or msg.is_acked:
-                continue
+            if msg not in self or msg.is_acked:
+                continue  # settled while others were sent
             try:
                 await msg.in_progress()
                 sent += 1
