@@ -3,8 +3,11 @@
 Consumers have a short ack_wait (`CERTBUS_ACK_WAIT_S`, 3 s), so that what a killed replica had
 fetched is redelivered to another within seconds. A live handler may take longer than that (a
 group commit, an outage retried in place, a slow signature), so one task per process tells
-JetStream, every third of ack_wait, that each message held for a third of ack_wait or more is
-still being worked on (`+WPI`, which restarts its ack_wait). A process that dies stops saying so.
+JetStream, every third of ack_wait, that each message held for a sixth of ack_wait or more is
+still being worked on (`+WPI`, which restarts its ack_wait). A message is thus kept in progress
+at most a third of ack_wait after its handler started, and every third after that: a loop stalled
+for most of ack_wait still loses nothing, and a handler done in a moment costs no `+WPI`. A
+process that dies stops saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class InFlight:
         if ack_wait_s <= 0:
             raise ValueError(f"ack_wait must be positive, not {ack_wait_s} s")
         self.every_s = ack_wait_s / 3
+        self._after_s = ack_wait_s / 6  # held this long, a message is due at the next beat
         self._monotonic = monotonic
         self._held: dict[int, tuple[Msg, float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -49,12 +53,12 @@ class InFlight:
             self._held.pop(key, None)
 
     async def beat(self) -> int:
-        """Send `+WPI` for every message held for a third of ack_wait or more; returns how many went.
+        """Send `+WPI` for every message held for a sixth of ack_wait or more; returns how many went.
 
         A message settled while others are sent is skipped; a failure is logged, never raised.
         """
         now = self._monotonic()
-        due = [msg for msg, since in list(self._held.values()) if now - since >= self.every_s]
+        due = [msg for msg, since in list(self._held.values()) if now - since >= self._after_s]
         sent, error = 0, None
         for msg in due:
             if msg not in self or msg.is_acked:

@@ -42,15 +42,15 @@ def test_ack_wait_must_be_positive() -> None:
         InFlight(0)
 
 
-async def test_a_message_held_for_a_third_of_ack_wait_is_kept_in_progress() -> None:
+async def test_a_message_held_for_a_sixth_of_ack_wait_is_kept_in_progress_at_each_beat() -> None:
     clock = FakeMonotonic()
     in_flight = InFlight(3.0, monotonic=clock)
     old, new = FakeMsg(), FakeMsg()
     with in_flight.holding(_msg(old)):
-        clock.now += 0.5
+        clock.now += 0.25
         with in_flight.holding(_msg(new)):
-            clock.now += 0.5
-            assert await in_flight.beat() == 1
+            clock.now += 0.25
+            assert await in_flight.beat() == 1  # `old`, held 0.5 s; `new`, held 0.25 s, is not due yet
             clock.now += 1.0
             assert await in_flight.beat() == 2
     assert (old.progress, new.progress) == (2, 1)
