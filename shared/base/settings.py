@@ -96,7 +96,10 @@ class ServiceSettings(CommonSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
     max_deliver: int = 10
-    ack_wait_s: float = 30.0
+    # How long JetStream waits for a message's ack before it redelivers it (to another replica, if
+    # this process died): handlers that take longer are kept in progress every ack_wait/3 while
+    # their process lives (`shared.runtime.inflight`), so a short wait costs a live handler nothing.
+    ack_wait_s: float = 3.0
     fetch_batch: int = 64
     # At shutdown, how long NATS may take to drain subscriptions before the connection is closed
     # anyway (anything unacknowledged is redelivered): a stop stays within a 30 s grace period.

@@ -12,6 +12,10 @@ Around every handler this middleware decides what a failure means:
   handler is retried in place with backoff, keeping the message in progress, so no delivery
   is spent and nothing accepted is ever parked because a database restarted;
 - anything else is nacked and redelivered, and parked on its last delivery.
+
+While the handler runs, the message is held in the process's `InFlight` registry, whose heartbeat
+keeps it in progress on JetStream (ack_wait is short, see `shared.runtime.inflight`); it is let go
+before FastStream acks or nacks it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from shared.base import logs
 from shared.contract.binding import Unbound
 from shared.contract.events import Event, OperatorCommand
 from shared.contract.reasons import printable
+from shared.runtime.inflight import InFlight
 from shared.runtime.metrics import EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_PARKED, HANDLER_SECONDS
 from shared.runtime.outbox import OutboxEntry
 from shared.trust import operators
@@ -118,12 +123,15 @@ def event_middleware(
     pool: PoolGetter,
     max_deliver: int,
     stopping: Callable[[], bool],
+    *,
+    in_flight: InFlight,
     max_backoff_s: float = 10.0,
 ) -> type[BaseMiddleware]:
     """Build the middleware class that parks, retries or nacks for `service`'s consumers.
 
     `stopping` says the service is shutting down: an in-place retry then gives up and the message
-    is nacked for redelivery, so shutdown never waits on an outage.
+    is nacked for redelivery, so shutdown never waits on an outage. Each message is held in
+    `in_flight` while it is handled (FastStream acks or nacks it only after this middleware returns).
     """
 
     async def park(msg: StreamMessage[Any], reason: str) -> None:
@@ -132,6 +140,12 @@ def event_middleware(
 
     class EventMiddleware(BaseMiddleware):
         async def consume_scope(
+            self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+        ) -> Any:
+            with in_flight.holding(msg.raw_message):
+                return await self._handle(call_next, msg)
+
+        async def _handle(
             self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
         ) -> Any:
             delay = 0.2

@@ -36,6 +36,7 @@ from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
 from shared.runtime import db, replicas
 from shared.runtime.consumer import Apply, GroupCommit, applying, event_middleware
+from shared.runtime.inflight import InFlight
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
 from shared.runtime.replicas import Heartbeat
@@ -69,6 +70,7 @@ class Runtime:
     broker: NatsBroker
     events: NatsRouter
     queries: NatsRouter
+    in_flight: InFlight  # the messages its handlers hold, kept in progress while it lives
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = field(default_factory=time.monotonic)
     stopping: bool = False
@@ -130,6 +132,8 @@ class Runtime:
         on a subject other than its own, or over the bounds, never reaches the handler but is parked
         with the reason. FastStream runs the handlers of one pull (up to `fetch_batch` messages)
         concurrently; handlers hand their events to a `GroupCommit` so that they share one transaction.
+        Each message of the pull is kept in progress (`in_flight`) until its handler returns, so a
+        group that takes longer than ack_wait is not redelivered while this process lives.
         """
         durable = self.durable(purpose)
         if consumes is None:
@@ -249,14 +253,17 @@ def create_service(
         inbox_prefix=settings.inbox_prefix,
         security=_security(settings),
     )
+    in_flight = InFlight(settings.ack_wait_s)
+    middleware = event_middleware(
+        name, lambda: runtime.pool, settings.max_deliver, lambda: runtime.stopping, in_flight=in_flight
+    )
     runtime: Runtime = Runtime(
         name=name,
         settings=settings,
         broker=broker,
-        events=NatsRouter(
-            middlewares=[event_middleware(name, lambda: runtime.pool, settings.max_deliver, lambda: runtime.stopping)]
-        ),
+        events=NatsRouter(middlewares=[middleware]),
         queries=NatsRouter(middlewares=[_query_errors()]),
+        in_flight=in_flight,
         readiness=readiness,
     )
     if clock is not None:
@@ -297,6 +304,7 @@ def create_service(
         if on_start is not None:
             await on_start(runtime)
         runtime.assemble()
+        runtime.in_flight.start()  # before the subscribers: the broker starts them after this hook
 
     @app.after_startup
     async def serve_http() -> None:
@@ -328,6 +336,9 @@ def create_service(
 
     @app.after_shutdown
     async def close_pool() -> None:
+        # Only now: the broker has stopped, and its handlers (which the heartbeat kept in progress
+        # through the graceful stop) are done or cancelled.
+        await runtime.in_flight.stop()
         if runtime._pool is not None:
             await runtime.pool.close()
 

@@ -149,7 +149,11 @@ async def ensure_consumer(
         return  # the subscriber creates it with these settings
     config = info.config
     current = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
-    if set(current) != set(filters) or config.ack_wait != ack_wait_s or config.max_deliver != max_deliver:
+    if (
+        set(current) != set(filters)
+        or not _same_duration(config.ack_wait, ack_wait_s)
+        or config.max_deliver != max_deliver
+    ):
         await js.add_consumer(
             stream,
             config=replace(
@@ -160,6 +164,12 @@ async def ensure_consumer(
                 max_deliver=max_deliver,
             ),
         )
+
+
+def _same_duration(server_s: float | None, wanted_s: float) -> bool:
+    """Whether a duration the server reports (nats-py converts its nanoseconds to float seconds, after
+    truncating what it sent to whole nanoseconds) is the one configured, to the microsecond."""
+    return server_s is not None and abs(server_s - wanted_s) < 1e-6
 
 
 async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:

@@ -185,4 +185,4 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
         row = await pool.fetchrow("SELECT seq, (SELECT count(*) FROM audit.archive) AS n FROM audit.chain_head")
         return row["seq"] == last == row["n"]
 
-    await eventually(audit_caught_up, timeout=45)  # a message unacked when audit was killed: ack_wait 30 s
+    await eventually(audit_caught_up, timeout=45)  # a message unacked when audit was killed comes back after ack_wait
