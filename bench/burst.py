@@ -135,10 +135,16 @@ class Burst:
         return max(self.latencies(), default=0.0)
 
     def until_issuing_again(self) -> float:
-        """The longest time from a fault to the next certificate a requester received."""
+        """The longest time from a fault to the next certificate a requester received (faults
+        injected after the last certificate of the burst do not count)."""
         issued = sorted(o.issued_at for o in self.issued if o.issued_at is not None)
-        gaps = [next((t for t in issued if t > at), self.finished) - at for at in self.faults_at]
+        gaps = [next(t for t in issued if t > at) - at for at in self.faults_at if issued and at < issued[-1]]
         return max(gaps, default=0.0)
+
+    def faults_during(self) -> int:
+        """How many faults were injected while certificates were still being issued."""
+        last = max((o.issued_at for o in self.issued if o.issued_at is not None), default=self.started)
+        return sum(1 for at in self.faults_at if at < last)
 
     def summary(self) -> dict[str, Any]:
         seconds = self.finished - self.started
@@ -153,6 +159,8 @@ class Burst:
             "latency_p99_s": round(self.percentile(0.99), 3),
             "longest_stall_s": round(self.longest_stall(), 3),
             "until_issuing_again_s": round(self.until_issuing_again(), 3),
+            "faults": len(self.faults_at),
+            "faults_during_the_burst": self.faults_during(),
         }
 
 
