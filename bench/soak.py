@@ -3,7 +3,7 @@
 `make soak` (`python -m bench.soak --minutes 30 --out bench/results/soak.json`) starts `make run
 CLUSTER=3` on free loopback ports, measures its capacity with a closed-loop burst (64 in flight),
 then sends enrollments at half that rate for the given minutes. Every `--every` seconds it
-samples the resident memory of every process (each service replica, each NATS node, PostgreSQL
+samples the memory (PSS) of every process (each service replica, each NATS node, PostgreSQL
 with its backends) and the p50/p99 latency, issued, retried and refused counts of the requests
 that finished in that window, and writes everything to the output file as it goes. At the end it
 compares the first third of the run with the last: a process whose memory grew by more than 20%
@@ -25,11 +25,14 @@ from bench.burst import Outcome, cluster_stack, run_burst
 from deploy.local.devstack import LocalStack
 
 
-def rss_kib(pid: int) -> int:
-    """A process's resident set (KiB); 0 if it is gone."""
+def pss_kib(pid: int) -> int:
+    """A process's proportional resident set (PSS, KiB): its private pages plus its share of
+    pages it shares with others, so that PostgreSQL's backends, which all touch the same shared
+    buffers, add up to what they really hold (their RSS would count those buffers once each).
+    0 if the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -50,15 +53,15 @@ def _children(pid: int) -> list[int]:
 
 def memory(stack: LocalStack) -> dict[str, int]:
     """Resident memory (KiB) of every process of the stack, by name."""
-    sizes = {p.instance: rss_kib(p.proc.pid) for p in stack.procs if p.proc is not None}
+    sizes = {p.instance: pss_kib(p.proc.pid) for p in stack.procs if p.proc is not None}
     for i, node in enumerate(stack.nats, start=1):
         if node.proc is not None:
-            sizes[f"nats-{i}"] = rss_kib(node.proc.pid)
+            sizes[f"nats-{i}"] = pss_kib(node.proc.pid)
     if stack.pg is not None and stack.pg.data_dir is not None:
         pid_file = stack.pg.data_dir / "postmaster.pid"
         if pid_file.exists():
             postmaster = int(pid_file.read_text().split()[0])
-            sizes["postgresql"] = rss_kib(postmaster) + sum(rss_kib(c) for c in _children(postmaster))
+            sizes["postgresql"] = pss_kib(postmaster) + sum(pss_kib(c) for c in _children(postmaster))
     return sizes
 
 
@@ -83,9 +86,9 @@ def verdict(samples: list[dict[str, Any]]) -> list[str]:
     third = max(1, len(samples) // 3)
     first, last = samples[:third], samples[-third:]
     growth = []
-    for name in samples[-1]["rss_kib"]:
-        before = statistics.median(s["rss_kib"].get(name, 0) for s in first)
-        after = statistics.median(s["rss_kib"].get(name, 0) for s in last)
+    for name in samples[-1]["pss_kib"]:
+        before = statistics.median(s["pss_kib"].get(name, 0) for s in first)
+        after = statistics.median(s["pss_kib"].get(name, 0) for s in last)
         if before and after > before * 1.2 and after - before > 20 * 1024:
             growth.append(f"{name}: memory {before / 1024:.0f} -> {after / 1024:.0f} MiB")
     p99_before = [s["latency_p99_s"] for s in first if s["latency_p99_s"] is not None]
@@ -116,13 +119,13 @@ async def soak(stack: LocalStack, minutes: float, every: float, out: Path) -> in
             window_start = time.monotonic()
             await asyncio.sleep(every)
             now = time.monotonic()
-            row = {"t_s": round(now - started, 1), **_window(outcomes, window_start, now), "rss_kib": memory(stack)}
+            row = {"t_s": round(now - started, 1), **_window(outcomes, window_start, now), "pss_kib": memory(stack)}
             samples.append(row)
-            total = sum(row["rss_kib"].values()) / 1024
+            total = sum(row["pss_kib"].values()) / 1024
             print(
                 f"t={row['t_s']:>6}s issued {row['issued']:>4}  p50 {row['latency_p50_s']}s  "
                 f"p99 {row['latency_p99_s']}s  retried {row['retried']}  refused {row['refused']}  "
-                f"rss {total:.0f} MiB",
+                f"memory (PSS) {total:.0f} MiB",
                 flush=True,
             )
             out.write_text(json.dumps(report, indent=2) + "\n")
