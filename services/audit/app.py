@@ -26,8 +26,16 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
         await checkpointer.loop.stop()
         await checker.stop()
 
+    # Audit rebuilds itself: after losing its tables it starts, and `certbus audit replay` archives
+    # the log again from sequence 1 (the same chain hashes), so it is not refused.
     app, rt = create_service(
-        NAME, settings, Path(__file__).parent / "migrations", clock=clock, on_start=on_start, on_stop=on_stop
+        NAME,
+        settings,
+        Path(__file__).parent / "migrations",
+        clock=clock,
+        on_start=on_start,
+        on_stop=on_stop,
+        refuse_lost_database=False,
     )
     checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
     register(rt, checkpointer, settings)

@@ -37,6 +37,7 @@ from shared.contract.queries import Failure
 from shared.runtime import db, replicas
 from shared.runtime.consumer import Apply, GroupCommit, applying, event_middleware
 from shared.runtime.inflight import InFlight
+from shared.runtime.lineage import FRESH_SCHEMA, refuse_a_lost_database
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
 from shared.runtime.replicas import Heartbeat
@@ -238,9 +239,12 @@ def create_service(
     on_stop: Hook | None = None,
     routes: Callable[[Runtime], list[web.RouteDef]] | None = None,
     readiness: ReadinessCheck | None = None,
+    refuse_lost_database: bool = True,
 ) -> tuple[FastStream, Runtime]:
     """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint. `readiness`
-    says what the service still lacks to do its job (reported by health, /readyz)."""
+    says what the service still lacks to do its job (reported by health, /readyz). Unless
+    `refuse_lost_database` is False (a service that rebuilds itself from the log), a start on a
+    database that lost what the service's durables had consumed fails (shared.runtime.lineage)."""
     logs.configure(settings.log_level, settings.log_format)
     broker = NatsBroker(
         settings.nats_servers,
@@ -285,6 +289,9 @@ def create_service(
         await broker.connect()
         used = [settings.stream, f"OBJ_{settings.crl_bucket}"]
         await require_log(runtime.js, used + [settings.ingress_stream] * bool(runtime.ingress_consumers))
+        if refuse_lost_database:
+            fresh = FRESH_SCHEMA in applied
+            await refuse_a_lost_database(runtime.pool, runtime.js, name, settings.stream, runtime.consumers, fresh)
         durables = [(settings.stream, runtime.consumers), (settings.ingress_stream, runtime.ingress_consumers)]
         for stream, consumers in durables:
             for durable, filters in consumers.items():
