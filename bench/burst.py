@@ -274,16 +274,26 @@ async def _admin(stack: LocalStack) -> nats.NATS:
     return await nats.connect(settings.nats_servers, connect_timeout=3, **settings.connect_options())
 
 
-async def _issued_counts(stack: LocalStack) -> dict[str, int]:
-    """The number of CertificateIssued events on the log per subject (`pki.cert.<request>.issued`)."""
+async def _counts(stack: LocalStack, subjects: str) -> dict[str, int]:
+    """The number of messages on the log per subject matching `subjects` (under the subject root)."""
     nc = await _admin(stack)
     try:
         js = nc.jetstream(prefix=stack.settings.js_prefix)
-        issued = f"{stack.settings.subject_root}.cert.*.issued"
-        info = await js.stream_info(stack.settings.stream, subjects_filter=issued)
+        wanted = f"{stack.settings.subject_root}.{subjects}"
+        info = await js.stream_info(stack.settings.stream, subjects_filter=wanted)
         return dict(info.state.subjects or {})
     finally:
         await nc.close()
+
+
+async def _issued_counts(stack: LocalStack) -> dict[str, int]:
+    """The number of CertificateIssued events on the log per subject (`pki.cert.<request>.issued`)."""
+    return await _counts(stack, "cert.*.issued")
+
+
+async def findings_raised(stack: LocalStack) -> int:
+    """How many AuditFindingRaised events the log holds."""
+    return sum((await _counts(stack, "finding.*.raised")).values())
 
 
 async def issued_per_request(stack: LocalStack, request_ids: list[str]) -> dict[str, int]:

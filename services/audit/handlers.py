@@ -152,7 +152,8 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
         started = time.perf_counter()
         inventory = report.Inventory(root=rt.root)
         async with rt.pool.acquire() as conn:
-            async for row in store.archive_rows(conn):
+            through, _, _ = await store.head(conn)
+            async for row in store.archive_rows(conn, through=through):
                 inventory.add(row.seq, row.subject, row.raw)
         answer = report.summarise(inventory, query.now or rt.clock.now(), query.expiring_days, query.limit)
         return answer.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
@@ -204,11 +205,14 @@ FINDING_TYPES = ["CertificateLintFailed", "ProfileLinted", "AuditFindingRaised"]
 
 
 async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[checks.Finding]]:
-    """Run the consistency checks over the whole archive, in log order, then check each issuer's
-    latest CRL (fetched from the object store) against the revocations before it."""
+    """Run the consistency checks over the whole chained archive, in log order, then check each
+    issuer's latest CRL (fetched from the object store) against the revocations before it. Only
+    up to the chain's head: replicas archive groups concurrently, and a later event archived
+    before an earlier one (an issuance before its approval) is not the log's order yet."""
     checker = checks.Checker(rt.root)
     async with rt.pool.acquire() as conn:
-        async for row in store.archive_rows(conn):
+        through, _, _ = await store.head(conn)
+        async for row in store.archive_rows(conn, through=through):
             checker.add(row.seq, row.subject, row.raw)
     crls = {issuer: await _fetch(rt, crl.bucket, crl.name) for issuer, crl in checker.latest_crl.items()}
     grace = timedelta(seconds=crl_grace_s)

@@ -223,14 +223,19 @@ async def save_checkpoint(
     return row is not None
 
 
-async def archive_rows(conn: asyncpg.Connection, batch: int = 5000) -> AsyncIterator[ArchivedRow]:
-    """Every archived message (seq, exact subject, raw, hash) in sequence order, read in batches."""
+async def archive_rows(
+    conn: asyncpg.Connection, batch: int = 5000, through: int | None = None
+) -> AsyncIterator[ArchivedRow]:
+    """Every archived message (seq, exact subject, raw, hash) in sequence order, read in batches;
+    with `through`, only up to that sequence (the chained head: what lies beyond it waits for a
+    gap to be filled, so it is not yet the log in order)."""
     after = 0
     while rows := await conn.fetch(
         "SELECT stream_seq, subject, subject_exact, raw, hash FROM archive WHERE stream_seq > $1 "
-        "ORDER BY stream_seq LIMIT $2",
+        "AND ($3::bigint IS NULL OR stream_seq <= $3) ORDER BY stream_seq LIMIT $2",
         after,
         batch,
+        through,
     ):
         for row in rows:
             stored = row["hash"]

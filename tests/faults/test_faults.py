@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import pytest
 from bench.burst import (
     Burst,
     Fault,
+    findings_raised,
     issued_more_than_once,
     issued_per_request,
     parked_and_alarms,
@@ -55,7 +57,7 @@ def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: dict[str, dict[str, int]]) -> None:
+async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: Before) -> None:
     """The checks every scenario ends with, and its figures recorded."""
     await wait_caught_up(stack)
     summary = burst.summary()
@@ -68,8 +70,10 @@ async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: dict
     assert not missing and not twice, f"{len(missing)} missing, {len(twice)} issued more than once"
     assert await issued_more_than_once(stack) == []
     after = await parked_and_alarms(stack)
-    grew = {s: {k: after[s][k] - before[s][k] for k in after[s] if after[s][k] != before[s][k]} for s in after}
+    grew = {s: {k: after[s][k] - before.db[s][k] for k in after[s] if after[s][k] != before.db[s][k]} for s in after}
     assert not any(grew.values()), f"parked messages or publish alarms appeared: {grew}"
+    # Nor did audit's scheduled checks raise a finding while the faults went on (a false alarm).
+    assert await findings_raised(stack) == before.findings
     verify = await asyncio.to_thread(_cli, stack, "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     check = await asyncio.to_thread(_cli, stack, "audit", "check", "--json")
@@ -78,6 +82,18 @@ async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: dict
     missing_ready = await wait_ready(stack.identity_settings("requester"), 60.0)
     assert missing_ready == [], missing_ready
     _record(name, summary)
+
+
+@dataclass
+class Before:
+    """What the checks compare with: parked messages and alarms per service, findings on the log."""
+
+    db: dict[str, dict[str, int]]
+    findings: int
+
+    @classmethod
+    async def of(cls, stack: LocalStack) -> Before:
+        return cls(await parked_and_alarms(stack), await findings_raised(stack))
 
 
 def _record(name: str, summary: dict[str, Any]) -> None:
@@ -98,7 +114,7 @@ def _spacing(faults: int) -> float:
 
 @pytest.mark.timeout(TIMEOUT_S)
 async def test_kill_minus_nine_each_service_replica_in_turn(cluster: LocalStack) -> None:
-    before = await parked_and_alarms(cluster)
+    before = await Before.of(cluster)
     procs = list(cluster.procs)
     spacing = _spacing(len(procs))
 
@@ -129,7 +145,7 @@ async def _stream_leader(stack: LocalStack) -> str:
 
 @pytest.mark.timeout(TIMEOUT_S)
 async def test_kill_minus_nine_the_nats_node_that_leads_the_stream(cluster: LocalStack) -> None:
-    before = await parked_and_alarms(cluster)
+    before = await Before.of(cluster)
     killed: list[str] = []
 
     async def fault() -> None:
@@ -147,7 +163,7 @@ async def test_kill_minus_nine_the_nats_node_that_leads_the_stream(cluster: Loca
 
 @pytest.mark.timeout(TIMEOUT_S)
 async def test_crash_stop_postgresql_and_restart_it(cluster: LocalStack) -> None:
-    before = await parked_and_alarms(cluster)
+    before = await Before.of(cluster)
     pg = cluster.pg
     assert pg is not None
 
