@@ -234,6 +234,8 @@ async def _issuance_refused(conn: asyncpg.Connection, event: IssuanceRefused, de
 
 
 async def _rejected(conn: asyncpg.Connection, event: EnrollmentRejected, delivery: Delivery) -> None:
+    """Record a rejection that nothing else on the log records: signing's, admission's and the timer's
+    (enrollment's other rejections were recorded when what caused them was judged)."""
     # On logs from before IssuanceRefused, signing refused with an EnrollmentRejected of its own.
     if event.rejected_by == "signing":
         await store.mark_rejected_by_signing(conn, event.aggregate_id, event.reasons)
@@ -252,6 +254,14 @@ async def _rejected(conn: asyncpg.Connection, event: EnrollmentRejected, deliver
                 decided_by=NAME,
             ),
         )
+    elif event.rejected_by == NAME and event.causation_id is None:
+        # The approval-expiry timer's: nothing on the log caused it, so the log re-read (a rebuild)
+        # leaves the request pending until this event says it expired, and then the timer need not.
+        record = await store.request(conn, event.aggregate_id, lock=True)
+        if record is not None and record.status == "pending":
+            await store.decide(
+                conn, record.request_id, "expired", list(event.reasons), decided_by=NAME, at=event.occurred_at
+            )
 
 
 async def _decide(

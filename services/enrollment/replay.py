@@ -4,10 +4,12 @@ Enrollment's tables are a projection of the log: dropped, they are rebuilt by re
 sequence 1. Its decisions (approved, rejected, pending) are events on the log too, but each comes
 after the request it answers, so while a request is re-read its old decision has not been re-read
 yet. Enrollment therefore asks the stream, for a request that was on the log before this process
-started (a rebuild, or requests that arrived while enrollment was down), whether anything followed
-it on its own subjects (`<root>.cert.<request id>.*`): a decision, an operator's answer to one, an
-issuance. If so, the request is judged again to rebuild the tables, and nothing is published. A
-request that arrives while enrollment runs costs nothing: it is newer than the start.
+started (a rebuild, or requests that arrived while enrollment was down), whether one of its answers
+(pending, approved, rejected), each on its own subject (`<root>.cert.<request id>.<verb>`), followed
+it. If so, the request is judged again to rebuild the tables, and nothing is published. Not the last
+message on the request's subjects: an operator's approval that is one of two needed answers nothing,
+yet follows the request's `pending`. A request that arrives while enrollment runs costs nothing: it
+is newer than the start.
 
 The timers (pending approvals' expiry, the renewal schedule) wait until the consumer has caught up
 with the log once, so that they never act on a state the log has already moved past.
@@ -19,12 +21,13 @@ import logging
 
 from nats.js.errors import NotFoundError
 
+from shared.contract.events import EnrollmentApproved, EnrollmentPending, EnrollmentRejected
 from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.enrollment.replay")
 
-# Verbs that ask rather than answer: a later one of these says nothing about a decision.
-_ASKING = frozenset({"requested", "renewal_requested", "granted", "denied"})
+# Enrollment's answers to a request or to an operator's decision on it (approved first: the most common).
+_ANSWERS = tuple(answer.verb for answer in (EnrollmentApproved, EnrollmentRejected, EnrollmentPending))
 
 
 class LogPosition:
@@ -47,12 +50,14 @@ class LogPosition:
         if seq > self.start_seq:
             return False  # newer than this process: nothing can have answered it before
         rt = self._rt
-        try:
-            last = await rt.js.get_last_msg(rt.settings.stream, f"{rt.root}.cert.{request_id}.*")
-        except NotFoundError:
-            return False
-        verb = (last.subject or "").rsplit(".", 1)[-1]
-        return last.seq is not None and last.seq > seq and verb not in _ASKING
+        for verb in _ANSWERS:
+            try:
+                last = await rt.js.get_last_msg(rt.settings.stream, f"{rt.root}.cert.{request_id}.{verb}")
+            except NotFoundError:
+                continue
+            if last.seq is not None and last.seq > seq:
+                return True
+        return False
 
     async def caught_up(self) -> bool:
         """Whether the `requests` consumer has applied the whole log once since this process started.
