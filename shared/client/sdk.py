@@ -144,6 +144,7 @@ class CertbusClient:
         self.settings = settings or CommonSettings()
         self.requester = requester
         self._nc: Client | None = None
+        self._waiting: set[asyncio.Future[Event]] = set()  # outcomes awaited now
 
     async def __aenter__(self) -> CertbusClient:
         await self.connect()
@@ -162,11 +163,20 @@ class CertbusClient:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # 0 would mean "retry forever" in nats-py
                 error_cb=_quiet,
+                closed_cb=self._lost,
                 name=f"certbus-client-{self.identity}",
                 **s.connect_options(),
             )
         except (OSError, NatsTimeout, nats.errors.NoServersError) as exc:
             raise Unreachable(f"cannot reach NATS at {s.nats_url}: {exc}") from exc
+
+    async def _lost(self) -> None:
+        """The connection closed (the server went away; it is not re-established): every call
+        waiting for an outcome fails now with Unreachable instead of at its timeout. A request
+        sent may still be decided: send the same one again (`submit`) or `follow` it."""
+        for outcome in list(self._waiting):
+            if not outcome.done():
+                outcome.set_exception(Unreachable("the connection to NATS was lost while waiting for an outcome"))
 
     async def close(self) -> None:
         """Drain and close the connection."""
@@ -266,9 +276,11 @@ class CertbusClient:
                 outcome.set_result(event)
 
         subs = [await self.nc.subscribe(s, cb=on_msg) for s in subjects]
+        self._waiting.add(outcome)
         try:
             yield outcome
         finally:
+            self._waiting.discard(outcome)
             if not outcome.done():
                 outcome.cancel()
             elif not outcome.cancelled():
