@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import nats
 import nats.errors
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from deploy.local.devstack import REPLICA_PORT_STEP, SERVICES, LocalStack, free_port
+from deploy.local.devstack import REPLICA_PORT_STEP, SERVICES, LocalStack, free_port, free_run
 from shared.base.settings import CommonSettings
 from shared.client.cli import provisioner
 from shared.client.errors import Pending, Rejected
@@ -40,24 +39,6 @@ from shared.trust.accounts import DURABLES
 Fault = Callable[[], Awaitable[None]]
 NODES = 3  # NATS nodes of the cluster
 REPLICAS = 2  # processes of each service
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_run(width: int, steps: tuple[int, ...] = (0,)) -> int:
-    """A port p such that p+step+i is free for every step and every i below `width`."""
-    for _ in range(200):
-        base = free_port()
-        if all(_free(base + step + i) for step in steps for i in range(width) if step + i):
-            return base
-    raise RuntimeError("no run of free ports")
 
 
 @contextlib.contextmanager

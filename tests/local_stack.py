@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy.local.devstack import free_port
+from deploy.local.devstack import free_port, free_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,7 @@ def devstack(tmp_path: Path, wait_until_up: bool = True) -> Iterator[tuple[dict[
     outer.chmod(0o755)
     home = outer / "home"
     nats_port, pg_port = free_port(), free_port()
-    http_base = next(port for port in iter(free_port, None) if all(_free(port + i) for i in range(1, 5)))
+    http_base = free_run(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
     env.update(
         CERTBUS_HOME=str(home),
@@ -61,12 +60,3 @@ def devstack(tmp_path: Path, wait_until_up: bool = True) -> Iterator[tuple[dict[
         log.close()
         shutil.rmtree(outer, ignore_errors=True)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -76,6 +76,26 @@ def free_port() -> int:
     raise RuntimeError("no free TCP port below the ephemeral range")
 
 
+def port_free(port: int) -> bool:
+    """True if a TCP port on 127.0.0.1 can be bound right now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_run(width: int, steps: tuple[int, ...] = (0,)) -> int:
+    """A free port p such that p+step+i is free too for every step and every i below `width`
+    (the nodes of a cluster, the HTTP ports of several replicas of the five services)."""
+    for _ in range(200):
+        base = free_port()
+        if all(port_free(base + step + i) for step in steps for i in range(width) if step + i):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True if something accepts TCP connections at host:port."""
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
