@@ -182,7 +182,8 @@ async def run_burst(
 ) -> Burst:
     """Send `count` enrollments, `in_flight` at a time, each retried with the SAME request (so a
     retry is deduplicated, or followed if enrollment has it) until it is issued or refused; while
-    it runs, each fault `(after_s, fault)` is awaited `after_s` seconds after the start. With
+    it runs, each fault `(share, fault)` is awaited once that share of `count` (0 to 1) has been
+    issued, so that faults fall within the burst however fast the machine is. With
     `rate`, request i is not sent before i/rate seconds (an open loop, as long as `in_flight`
     suffices); `observe` runs beside the burst with the outcomes so far, cancelled at its end."""
     home = stack.home
@@ -197,6 +198,7 @@ async def run_burst(
     started = time.monotonic()
     deadline = started + give_up_s
     faults_at: list[float] = []
+    issued = [0]  # certificates received so far
 
     def request(i: int) -> EnrollmentRequested:
         name = f"r{i}.{run}.faults.internal"
@@ -215,6 +217,7 @@ async def run_burst(
                 client = await requester.get()
                 await client.submit(event, timeout=10.0, wait_visible=False)
                 outcome.issued_at = time.monotonic()
+                issued[0] += 1
                 return
             except (Rejected, Pending) as exc:
                 outcome.refused = str(exc)[:300]
@@ -230,8 +233,9 @@ async def run_burst(
                 return
             await one(i)
 
-    async def inject(after_s: float, fault: Fault) -> None:
-        await asyncio.sleep(after_s)
+    async def inject(share: float, fault: Fault) -> None:
+        while issued[0] < share * count:
+            await asyncio.sleep(0.05)
         faults_at.append(time.monotonic())
         await fault()
 

@@ -106,14 +106,8 @@ def _record(name: str, summary: dict[str, Any]) -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _spacing(faults: int) -> float:
-    """Seconds between kills so that they fall within the burst (about 12 enrollments a second
-    while replicas are being killed, on a loaded 2-core machine)."""
-    return max(1.5, N / 12 / (faults + 2))
-
-
-# One fault a quarter into the burst (about 25 enrollments a second otherwise).
-ONE_FAULT_AT = max(2.0, N / 25 / 4)
+# A single fault once a quarter of the burst is issued.
+ONE_FAULT_AT = 0.25
 
 
 def _hit(burst: Burst, at_least: int) -> None:
@@ -125,7 +119,6 @@ def _hit(burst: Burst, at_least: int) -> None:
 async def test_kill_minus_nine_each_service_replica_in_turn(cluster: LocalStack) -> None:
     before = await Before.of(cluster)
     procs = list(cluster.procs)
-    spacing = _spacing(len(procs))
 
     def kill(instance: str) -> Fault:
         async def fault() -> None:
@@ -136,9 +129,10 @@ async def test_kill_minus_nine_each_service_replica_in_turn(cluster: LocalStack)
 
         return fault
 
-    faults = [(spacing * (k + 1), kill(p.instance)) for k, p in enumerate(procs)]
+    # Spread over the burst: the k-th kill once k/(replicas + 1) of it is issued.
+    faults = [((k + 1) / (len(procs) + 1), kill(p.instance)) for k, p in enumerate(procs)]
     burst = await run_burst(cluster, N, IN_FLIGHT, faults)
-    _hit(burst, len(faults) // 2)
+    _hit(burst, len(faults))
     await _nothing_lost(cluster, "kill -9 each service replica", burst, before)
 
 
