@@ -41,8 +41,9 @@ from test_audit_samples import sample
 pytestmark = pytest.mark.e2e
 CREDENTIALS = ("enrollment", "signing", "validation", "revocation", "audit", "operator", "mallory", "admin")
 # Business state: every table of the four deciding services, but their bookkeeping (what they
-# applied, published, parked, refused at admission) and the CRL timer's.
+# applied, published, parked, refused at admission, each replica's heartbeat) and the CRL timer's.
 BOOKKEEPING = {
+    "replicas",
     "tracking",
     "outbox",
     "parked",
