@@ -26,11 +26,16 @@ log = logging.getLogger("certbus.inflight")
 class InFlight:
     """The registry of messages held by this process's handlers, and its one heartbeat task."""
 
-    def __init__(self, ack_wait_s: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ack_wait_s: float, *, max_hold_s: float = 60.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         if ack_wait_s <= 0:
             raise ValueError(f"ack_wait must be positive, not {ack_wait_s} s")
         self.every_s = ack_wait_s / 3
         self._after_s = ack_wait_s / 6  # held this long, a message is due at the next beat
+        # A handler that has not finished in this long is presumed stuck: its messages are no longer
+        # kept in progress, so JetStream redelivers them (to another replica) after ack_wait.
+        self._max_hold_s = max_hold_s
         self._monotonic = monotonic
         self._held: dict[int, tuple[Msg, float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -58,7 +63,14 @@ class InFlight:
         A message settled while others are sent is skipped; a failure is logged, never raised.
         """
         now = self._monotonic()
-        due = [msg for msg, since in list(self._held.values()) if now - since >= self._after_s]
+        held = list(self._held.values())
+        due = [msg for msg, since in held if self._after_s <= now - since < self._max_hold_s]
+        stuck = sum(1 for _, since in held if now - since >= self._max_hold_s)
+        if stuck:
+            log.warning(
+                "messages held too long are no longer kept in progress: they will be redelivered",
+                extra={"stuck": stuck, "max_hold_s": self._max_hold_s},
+            )
         sent, error = 0, None
         for msg in due:
             if msg not in self or msg.is_acked:

@@ -114,3 +114,15 @@ async def test_the_heartbeat_beats_every_third_of_ack_wait_until_stopped_and_sur
 async def _until(condition: Any) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_a_message_held_too_long_is_let_go_for_redelivery() -> None:
+    clock = FakeMonotonic()
+    registry = InFlight(3.0, max_hold_s=60.0, monotonic=clock)
+    fake = FakeMsg()
+    with registry.holding(_msg(fake)):
+        clock.now += 1.0
+        assert await registry.beat() == 1
+        clock.now += 60.0  # a handler stuck this long: JetStream may give the message to another replica
+        assert await registry.beat() == 0
+    assert fake.progress == 1
