@@ -35,7 +35,7 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
         clock=clock,
         on_start=on_start,
         on_stop=on_stop,
-        refuse_lost_database=False,
+        lost_database="ignore",
     )
     checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
     register(rt, checkpointer, settings)

@@ -10,6 +10,7 @@ from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
 from services.signing.handlers import NAME, load_profiles, register
 from services.signing.keystore import KeyStore
+from services.signing.rebuild import adopting
 from services.signing.retire import Retirements
 from services.signing.templates import TemplateBook
 from shared.base.clock import Clock
@@ -20,7 +21,8 @@ from shared.runtime.service import Runtime, create_service
 def build(settings: SigningSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
     """Wire the signing service."""
     settings = settings or SigningSettings()
-    cas = CaRegistry(KeyStore(settings.key_dir, settings.passphrase()), settings)
+    keys = KeyStore(settings.key_dir, settings.passphrase())
+    cas = CaRegistry(keys, settings)
 
     async def on_start(rt: Runtime) -> None:
         await cas.bootstrap(rt)
@@ -43,6 +45,7 @@ def build(settings: SigningSettings | None = None, clock: Clock | None = None) -
         on_start=on_start,
         on_stop=on_stop,
         readiness=cas.readiness,
+        adopt=adopting(keys),  # a lost database: its CAs, certificates and CRL numbers from the log
     )
     crls = CrlPublisher(rt, cas)  # the hooks above run after this line, at start-up
     book = TemplateBook(cas)

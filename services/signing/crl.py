@@ -38,7 +38,10 @@ class CrlPublisher:
         self.loop.wake()
 
     async def publish_due(self) -> list[tuple[str, int]]:
-        """Sign and publish a CRL for every issuer that needs one; returns (issuer, number)."""
+        """Sign and publish a CRL for every issuer that needs one; returns (issuer, number). None
+        while the database is rebuilt from the log: its revocations are not all read again yet."""
+        if self._rt.rebuilding:
+            return []
         async with self._rt.pool.acquire() as conn:
             due = await store.issuers_needing_crl(conn, self._rt.clock.now())
         published = []

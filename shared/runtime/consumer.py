@@ -52,6 +52,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # The schema dropped under the service (its database lost): it stops and rebuilds; meanwhile
+    # nothing is spent or parked (shared.runtime.rebuild).
+    asyncpg.exceptions.UndefinedTableError,
+    asyncpg.exceptions.InvalidSchemaNameError,
     ConnectionError,
     OSError,
     TimeoutError,  # includes nats.errors.TimeoutError

@@ -47,19 +47,20 @@ class OutboxEntry:
     subject: str
     payload: bytes
     attempts: int = 0
+    suppressed: bool = False  # its cause's answer is already on the log (a rebuild): never sent
 
 
 async def enqueue(conn: asyncpg.Connection, event: Event, subject_root: str) -> OutboxEntry:
     """Add `event` to the outbox in the caller's transaction."""
     subject = event.subject(subject_root)
     payload = event.model_dump_json().encode()
-    row_id = await conn.fetchval(
-        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3) RETURNING id",
+    row = await conn.fetchrow(
+        "INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3) RETURNING id, suppressed",
         event.event_id,
         subject,
         payload,
     )
-    return OutboxEntry(row_id, str(event.event_id), subject, payload)
+    return OutboxEntry(row["id"], str(event.event_id), subject, payload, suppressed=row["suppressed"])
 
 
 async def enqueue_many(conn: asyncpg.Connection, events: Sequence[Event], subject_root: str) -> list[OutboxEntry]:
@@ -71,14 +72,14 @@ async def enqueue_many(conn: asyncpg.Connection, events: Sequence[Event], subjec
     rows = await conn.fetch(
         "INSERT INTO outbox (event_id, subject, payload) SELECT e, s, p "
         "FROM unnest($1::uuid[], $2::text[], $3::bytea[]) WITH ORDINALITY AS t(e, s, p, n) ORDER BY n "
-        "RETURNING id, event_id",
+        "RETURNING id, event_id, suppressed",
         [e.event_id for e in events],
         subjects,
         payloads,
     )
-    ids = {row["event_id"]: row["id"] for row in rows}
+    ids = {row["event_id"]: (row["id"], row["suppressed"]) for row in rows}
     return [
-        OutboxEntry(ids[e.event_id], str(e.event_id), subject, payload)
+        OutboxEntry(ids[e.event_id][0], str(e.event_id), subject, payload, suppressed=ids[e.event_id][1])
         for e, subject, payload in zip(events, subjects, payloads, strict=True)
     ]
 
@@ -165,6 +166,9 @@ class OutboxRelay:
         different aggregates, so their relative order does not matter. What fails stays unpublished
         for the relay, and the first failure is raised after the successes are recorded.
         """
+        entries = [e for e in entries if not e.suppressed]
+        if not entries:
+            return
         results = await asyncio.gather(*(self._send(entry) for entry in entries), return_exceptions=True)
         done = [(e.id, r[0], r[1]) for e, r in zip(entries, results, strict=True) if not isinstance(r, BaseException)]
         failed = [e.id for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]

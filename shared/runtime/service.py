@@ -11,11 +11,12 @@ import inspect
 import logging
 import operator
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from aiohttp import web
@@ -31,15 +32,15 @@ from shared.base import logs
 from shared.base.clock import Clock, SystemClock
 from shared.base.settings import ServiceSettings
 from shared.contract.binding import bind
-from shared.contract.events import Event, OperatorCommand
+from shared.contract.events import EVENT_TYPES, Event, OperatorCommand
 from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
-from shared.runtime import db, replicas
+from shared.runtime import db, rebuild, replicas
 from shared.runtime.consumer import Apply, GroupCommit, applying, event_middleware
 from shared.runtime.inflight import InFlight
-from shared.runtime.lineage import FRESH_SCHEMA, refuse_a_lost_database
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
+from shared.runtime.rebuild import FRESH_SCHEMA, Adopt, acknowledged
 from shared.runtime.replicas import Heartbeat
 from shared.runtime.stream import ensure_consumer, require_log
 from shared.trust.operators import REGISTRY
@@ -82,6 +83,9 @@ class Runtime:
     _relay: OutboxRelay | None = None
     _heartbeat: Heartbeat | None = None
     readiness: ReadinessCheck | None = None  # the service's own conditions, beyond being alive
+    rebuilding: bool = False  # its database is being rebuilt from the log: timers must not act yet
+    schema: int | None = None  # the oid of the schema this process started on (a new one: the database was lost)
+    _watch: asyncio.Task[None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -239,12 +243,14 @@ def create_service(
     on_stop: Hook | None = None,
     routes: Callable[[Runtime], list[web.RouteDef]] | None = None,
     readiness: ReadinessCheck | None = None,
-    refuse_lost_database: bool = True,
+    lost_database: Literal["rebuild", "ignore"] = "rebuild",
+    adopt: Adopt | None = None,
 ) -> tuple[FastStream, Runtime]:
     """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint. `readiness`
-    says what the service still lacks to do its job (reported by health, /readyz). Unless
-    `refuse_lost_database` is False (a service that rebuilds itself from the log), a start on a
-    database that lost what the service's durables had consumed fails (shared.runtime.lineage)."""
+    says what the service still lacks to do its job (reported by health, /readyz). A start on a
+    database that lost what the service's durables had consumed rebuilds it
+    from the log (shared.runtime.rebuild, with the service's `adopt` step); `lost_database` "ignore"
+    is for a service that rebuilds itself otherwise (audit)."""
     logs.configure(settings.log_level, settings.log_format)
     broker = NatsBroker(
         settings.nats_servers,
@@ -283,15 +289,34 @@ def create_service(
     async def start() -> None:
         await db.ensure_database(settings.database_url)
         runtime._pool = await db.create_pool(settings.database_url, name, settings.db_pool_min, settings.db_pool_max)
-        applied = await db.migrate(runtime.pool, name, [migrations])
-        if applied:
-            log.info("applied migrations", extra={"migrations": applied})
         await broker.connect()
         used = [settings.stream, f"OBJ_{settings.crl_bucket}"]
         await require_log(runtime.js, used + [settings.ingress_stream] * bool(runtime.ingress_consumers))
-        if refuse_lost_database:
-            fresh = FRESH_SCHEMA in applied
-            await refuse_a_lost_database(runtime.pool, runtime.js, name, settings.stream, runtime.consumers, fresh)
+        # One replica at a time creates or rebuilds the schema: the others wait here, then find it
+        # made (a session lock on a connection of its own, released if this process dies).
+        async with runtime.pool.acquire() as guard:
+            await guard.execute("SELECT pg_advisory_lock(hashtext($1))", f"certbus-start:{name}")
+            try:
+                applied = await db.migrate(runtime.pool, name, [migrations])
+                if applied:
+                    log.info("applied migrations", extra={"migrations": applied})
+                # A schema made now while a durable had acknowledged events: the database was lost.
+                fresh = FRESH_SCHEMA in applied and lost_database == "rebuild"
+                if fresh and await acknowledged(runtime.js, settings.stream, runtime.consumers):
+                    await rebuild.begin(
+                        runtime.pool,
+                        runtime.js,
+                        service=name,
+                        stream=settings.stream,
+                        root=runtime.root,
+                        filters=published_subjects(name, runtime.root),
+                        durables=runtime.consumers,
+                        adopt=adopt,
+                    )
+                runtime.schema = await guard.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", name)
+            finally:
+                await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"certbus-start:{name}")
+        runtime.rebuilding = await rebuild.unfinished(runtime.pool) is not None
         durables = [(settings.stream, runtime.consumers), (settings.ingress_stream, runtime.ingress_consumers)]
         for stream, consumers in durables:
             for durable, filters in consumers.items():
@@ -315,6 +340,11 @@ def create_service(
 
     @app.after_startup
     async def serve_http() -> None:
+        async def watch() -> None:
+            await rebuild.watch(runtime.pool, runtime.js, settings.stream, list(runtime.consumers))
+            runtime.rebuilding = False
+
+        runtime._watch = asyncio.create_task(watch(), name=f"{name}-rebuild-watch")
         web_app = web.Application()
         web_app.add_routes(_common_routes(runtime))
         if routes is not None:
@@ -340,6 +370,8 @@ def create_service(
             await on_stop(runtime)
         if runtime._relay is not None:
             await runtime.relay.loop.stop()
+        if runtime._watch is not None:
+            runtime._watch.cancel()
 
     @app.after_shutdown
     async def close_pool() -> None:
@@ -350,6 +382,11 @@ def create_service(
             await runtime.pool.close()
 
     return app, runtime
+
+
+def published_subjects(service: str, root: str) -> list[str]:
+    """The log subjects of the event types `service` publishes (no other identity may publish there)."""
+    return sorted(cls.filter(root) for cls in EVENT_TYPES if cls.publisher == service)
 
 
 def _with_registry(consumes: Iterable[type[Event]]) -> tuple[type[Event], ...]:
@@ -434,8 +471,16 @@ async def _own_health(runtime: Runtime) -> dict[str, Any]:
         warnings.append(f"the log is {used:.0%} full: raise its limits before it refuses new events")
     connected = runtime.broker.connection.is_connected
     readiness = await _readiness(runtime) if db_ok else Readiness()
+    lost = db_ok and await _schema_replaced(runtime)
+    rebuilding = await rebuild.unfinished(runtime.pool) if db_ok and not lost else None
     missing = [
         *(["its database does not answer"] if not db_ok else []),
+        *(["its database was dropped or replaced under it: restart it to rebuild it from the log"] if lost else []),
+        *(
+            [f"rebuilding its database from the log (through sequence {rebuilding['through_seq']})"]
+            if rebuilding is not None
+            else []
+        ),
         *(["its NATS connection is down"] if not connected else []),
         *(["the log is full: new events are refused"] if used is not None and used >= 1.0 else []),
         *readiness.missing,
@@ -443,7 +488,7 @@ async def _own_health(runtime: Runtime) -> dict[str, Any]:
     return {
         "service": runtime.name,
         "instance": runtime.instance,
-        "status": "ok" if db_ok and (used is None or used < 1.0) else "degraded",
+        "status": "ok" if db_ok and not lost and (used is None or used < 1.0) else "degraded",
         "ready": not missing,
         "missing": missing,
         **readiness.facts,
@@ -455,6 +500,27 @@ async def _own_health(runtime: Runtime) -> dict[str, Any]:
         "pid": os.getpid(),
         "uptime_s": round(time.monotonic() - runtime.started_at, 1),
     }
+
+
+_STOP_ON_LOST_SCHEMA = False  # set by run(): a replica in a process of its own stops itself
+
+
+async def _schema_replaced(runtime: Runtime) -> bool:
+    """Whether the service's schema is gone or another than the one this process started on (the
+    database was lost under it). In a process of its own the replica then stops (SIGTERM to itself),
+    so that its supervisor starts it again and the start rebuilds the database from the log; its
+    handlers meanwhile fail and retry in place, deciding nothing on the new tables."""
+    try:
+        async with runtime.pool.acquire(timeout=2) as conn:
+            oid = await conn.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", runtime.name)
+    except Exception:  # noqa: BLE001 - reported by the database check
+        return False
+    if runtime.schema is None or oid == runtime.schema:
+        return False
+    if _STOP_ON_LOST_SCHEMA and not runtime.stopping:
+        log.error("the service's database was dropped or replaced under it; stopping so that a restart rebuilds it")
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 async def _readiness(runtime: Runtime) -> Readiness:
@@ -502,5 +568,7 @@ def _common_routes(runtime: Runtime) -> list[web.RouteDef]:
 
 
 def run(app: FastStream) -> None:
-    """Run a service until SIGINT or SIGTERM."""
+    """Run a service until SIGINT or SIGTERM (or until its database is lost under it)."""
+    global _STOP_ON_LOST_SCHEMA  # one service per process
+    _STOP_ON_LOST_SCHEMA = True
     asyncio.run(app.run())

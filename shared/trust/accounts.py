@@ -177,6 +177,11 @@ def durables(service: Publisher, names: Names) -> list[tuple[str, str]]:
     return [(streams[kind], f"{service}-{purpose}") for purpose, kind in DURABLES[service]]
 
 
+def rebuild_reader(service: Publisher, names: Names) -> tuple[str, str]:
+    """The named reader with which a service reads back its own events when it rebuilds its database."""
+    return names.stream, f"{service}-rebuild"
+
+
 def jetstream_api(service: Publisher, names: Names) -> list[str]:
     """The JetStream API subjects (without the `$JS.API.` prefix) a service calls."""
     calls = [f"STREAM.INFO.{names.stream}", f"STREAM.INFO.{names.object_stream}"]
@@ -184,7 +189,10 @@ def jetstream_api(service: Publisher, names: Names) -> list[str]:
     # an event id it answered `duplicate` for (shared.runtime.outbox); enrollment also reads the
     # log by sequence when it rebuilds (has a request been answered?).
     calls.append(f"STREAM.MSG.GET.{names.stream}")
-    for stream, durable in durables(service, names):
+    # A service that lost its database deletes its durables on the log (they are made again from
+    # sequence 1) and reads back its own events with a named reader (shared.runtime.rebuild).
+    own = durables(service, names) + ([] if service == "audit" else [rebuild_reader(service, names)])
+    for stream, durable in own:
         calls += [
             f"STREAM.INFO.{stream}",
             f"CONSUMER.INFO.{stream}.{durable}",
@@ -192,6 +200,7 @@ def jetstream_api(service: Publisher, names: Names) -> list[str]:
             f"CONSUMER.CREATE.{stream}.{durable}.>",
             f"CONSUMER.DURABLE.CREATE.{stream}.{durable}",
             f"CONSUMER.MSG.NEXT.{stream}.{durable}",
+            *([f"CONSUMER.DELETE.{stream}.{durable}"] if stream == names.stream and service != "audit" else []),
         ]
     if service == "signing":
         calls += [f"STREAM.MSG.GET.{names.object_stream}", f"STREAM.PURGE.{names.object_stream}"]
@@ -220,7 +229,13 @@ def acks(service: Publisher, names: Names) -> list[str]:
 
 def others_durables(service: Publisher, names: Names) -> list[tuple[str, str]]:
     """Every durable on the log that is not `service`'s own."""
-    return [d for other in SERVICES if other != service for d in durables(other, names) if d[0] == names.stream]
+    return [
+        d
+        for other in SERVICES
+        if other != service
+        for d in [*durables(other, names), *([rebuild_reader(other, names)] if other != "audit" else [])]
+        if d[0] == names.stream
+    ]
 
 
 def queries_asked(role: Role, names: Names) -> list[str]:

@@ -1,15 +1,17 @@
-"""A service whose database is lost while its durables on the log live on refuses to start, says
-why, and decides nothing: signing creates no new CA beside the one it has keys for, and the
-refusal holds on every later start until the database is restored. Audit, which rebuilds itself
-(`certbus audit replay`), is not refused; a service whose durable is new replays as before."""
+"""A service whose whole database is lost while its durables on the log live on rebuilds it from the
+log on its next start: it reads back what it published, applies the log again from sequence 1,
+publishes no decision a second time, and signing creates no CA and signs nothing again. Audit,
+which rebuilds itself (`certbus audit replay`), starts as before."""
 
 from __future__ import annotations
 
 import pytest
 
 from harness import Harness, eventually
+from shared.contract.events import CertificateIssued
+from shared.pki.crypto import PrivateKey, build_csr, generate_key
 from shared.runtime.db import create_pool, drop_schema
-from shared.runtime.lineage import DatabaseLost
+from shared.runtime.service import published_subjects
 
 
 async def _lose_database(stack: Harness, name: str) -> None:
@@ -22,24 +24,73 @@ async def _lose_database(stack: Harness, name: str) -> None:
         await pool.close()
 
 
+async def _published(stack: Harness, name: str) -> list[tuple[str, bytes]]:
+    """Every message the service published on the log (its subjects are its own alone)."""
+    found = []
+    for subject in published_subjects(name, stack.root):
+        found += [(m.subject, m.data) for m in await stack.stream_messages(subject)]
+    return sorted(found)
+
+
+async def _enroll_with_key(stack: Harness, name: str) -> tuple[PrivateKey, CertificateIssued]:
+    key = generate_key("ec-p256")
+    async with stack.client() as c:
+        issued = await c.enroll(build_csr(key, [name]).decode(), stack.token(name), "tls-server")
+    return key, issued
+
+
+async def _rebuilt(stack: Harness, name: str) -> dict[str, object]:
+    """The service's finished rebuild (waits for it)."""
+    pool = await stack.db()
+
+    async def finished() -> bool:
+        row = await pool.fetchrow(f"SELECT finished_at FROM {name}.rebuilds ORDER BY id DESC LIMIT 1")
+        return row is not None and row["finished_at"] is not None
+
+    await eventually(finished, timeout=60)
+    row = await pool.fetchrow(f"SELECT * FROM {name}.rebuilds ORDER BY id DESC LIMIT 1")
+    return dict(row)
+
+
 @pytest.mark.parametrize("service", ["signing", "enrollment", "revocation", "validation"])
-async def test_a_service_that_lost_its_database_refuses_to_start_and_decides_nothing(
+async def test_a_service_that_lost_its_database_rebuilds_it_from_the_log_and_decides_nothing_twice(
     stack: Harness, service: str
 ) -> None:
-    await stack.enroll("lost.corp.internal")
-    cas_before = [m.data for m in await stack.stream_messages(f"{stack.root}.ca.*.created")]
+    _, kept = await _enroll_with_key(stack, "kept.corp.internal")
+    key, revoked = await _enroll_with_key(stack, "revoked.corp.internal")
+    async with stack.client() as c:
+        await c.revoke(revoked.serial, "superseded", key=key)
     keys_before = sorted(p.name for p in stack.key_dir.iterdir())
+    before = await _published(stack, service)
     await _lose_database(stack, service)
-    for _ in range(2):  # and again: the refusal does not vanish because the first start made the schema
-        with pytest.raises(DatabaseLost, match=r"database is new.*already acknowledged events.*Restore it"):
-            await stack.start(service)
-    assert [m.data for m in await stack.stream_messages(f"{stack.root}.ca.*.created")] == cas_before
-    assert sorted(p.name for p in stack.key_dir.iterdir()) == keys_before
-    rows = await (await stack.db()).fetch(f"SELECT durable, ack_floor FROM {service}.lost_database")
-    assert rows and all(r["ack_floor"] > 0 for r in rows)
+
+    await stack.start(service)
+    rebuild = await _rebuilt(stack, service)
+    assert rebuild["through_seq"] > 0 and rebuild["divergent"] == 0, rebuild
+    if service == "revocation":
+        # Revocation decides the holder's request again; the log already holds that answer.
+        assert rebuild["suppressed"] >= 1, rebuild
+    assert await _published(stack, service) == before, "a decision was published again"
+    assert sorted(p.name for p in stack.key_dir.iterdir()) == keys_before, "a key was created"
+    pool = await stack.db()
+    parked = await pool.fetchval(f"SELECT count(*) FROM {service}.parked")
+    assert parked == 0
+
+    # The rebuilt service serves: the old certificates are known as they were, a new one is issued.
+    async with stack.client() as c:
+
+        async def known() -> bool:
+            statuses = [(await c.status(serial)).status for serial in (kept.serial, revoked.serial)]
+            return statuses == ["good", "revoked"]
+
+        await eventually(known, timeout=30)
+    issued = await stack.enroll("after.corp.internal")
+    assert issued.issuer_id == kept.issuer_id
+    after = await _published(stack, service)
+    assert len(after) > len(before) or service in ("validation", "revocation")
 
 
-async def test_audit_is_not_refused_and_a_service_with_a_new_durable_replays(stack: Harness) -> None:
+async def test_audit_starts_as_before_and_a_service_with_a_new_durable_replays(stack: Harness) -> None:
     issued = await stack.enroll("replayed.corp.internal")
     await _lose_database(stack, "audit")
     await stack.start("audit")  # audit rebuilds itself with `certbus audit replay`

@@ -1,0 +1,245 @@
+"""A service that lost its database rebuilds it from the log on start, and decides nothing twice.
+
+The durable consumers live on the log; the tables are a projection of it. When a start creates the
+schema new while a durable of the service had already acknowledged
+events, the database was lost. A service that can rebuild (every one but audit, which has its own
+`certbus audit replay`) then, before its consumers and timers run, under the start-up lock that
+keeps its other replicas waiting:
+
+1. reads back what it published itself, from sequence 1 up to the log's last sequence now (a named
+   reader, `<service>-rebuild`, over its own subjects: the only ones its NATS user may publish on);
+2. records each of those events by cause (causation id, event type, aggregate) in `recorded`, and
+   hands them to the service's `adopt` step, which restores what only its own decisions hold (for
+   signing: its CAs, each certificate it issued or refused, its CRL numbers), so that nothing is
+   created or signed again;
+3. deletes its durables on the log, so that they are made again from sequence 1 and every event is
+   applied again through the same handlers as the first time.
+
+While the log is applied again, a decision whose answer is already on the log is not published a
+second time: the outbox's `recorded` trigger (migration 005) marks the row published, under the
+sequence the log holds it at, as it is inserted, and the relay never sends it. A re-decision that
+answers the same cause differently (another event type on the same aggregate) is not published
+either: the log keeps the first answer, and the row keeps an alarm naming the divergence. The
+`rebuilds` row says how far it is; once every durable has acknowledged the log's last sequence of
+the start, it records the time taken (events per second) and the counts, and the service is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from pydantic import TypeAdapter, ValidationError
+
+from shared.contract.binding import Unbound, bind
+from shared.contract.events import EVENT_CLASSES, Event
+
+log = logging.getLogger("certbus.rebuild")
+FRESH_SCHEMA = "runtime/000_runtime.sql"  # applied by a start that created the schema
+READER = "rebuild"  # the purpose of the named reader: durable `<service>-rebuild`
+BATCH = 1000
+
+Published = list[tuple[int, Event]]  # (stream sequence, event), in log order
+# A service's own step: restore, in the caller's transaction, what only its published events hold.
+Adopt = Callable[[asyncpg.Connection, Published], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Rebuilding:
+    """A rebuild under way: the log's last sequence when it began, and how many events it read back."""
+
+    through: int
+    recorded: int
+
+
+async def acknowledged(js: JetStreamContext, stream: str, durables: Iterable[str]) -> dict[str, int]:
+    """Each existing durable's acknowledgement floor (a stream sequence), for those past 0: on a
+    schema just created, any at all means the database was lost."""
+    floors = {}
+    for durable in durables:
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            continue
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        if floor:
+            floors[durable] = int(floor)
+    return floors
+
+
+async def read_published(
+    js: JetStreamContext, stream: str, durable: str, filters: Sequence[str], through: int, root: str
+) -> Published:
+    """The events on `filters` (the service's own subjects) from sequence 1 to `through`, read with
+    the named reader `durable` (made for this read and deleted after it)."""
+    await _delete(js, stream, durable)
+    if through <= 0 or not filters:
+        return []
+    sub = await js.pull_subscribe(
+        "",
+        durable=durable,
+        stream=stream,
+        config=ConsumerConfig(
+            filter_subjects=list(filters),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            max_ack_pending=-1,
+            inactive_threshold=300.0,
+        ),
+    )
+    published: Published = []
+    try:
+        if (await sub.consumer_info()).num_pending == 0:
+            return []
+        while True:
+            msgs = await sub.fetch(BATCH, timeout=10.0)
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                if seq > through:
+                    return published
+                event = _event(msg.subject, root, msg.data, seq)
+                if event is not None:
+                    published.append((seq, event))
+                if msg.metadata.num_pending == 0:
+                    return published
+    finally:
+        try:
+            await sub.unsubscribe()
+        finally:
+            await _delete(js, stream, durable)
+
+
+def _event(subject: str, root: str, raw: bytes, seq: int) -> Event | None:
+    """One of the service's own events, or None (logged) if it is not one: only the service may
+    publish on its subjects, so that would be a bug or a tampered log, and is not adopted."""
+    try:
+        data = bind(subject, root, raw)
+        cls = EVENT_CLASSES[data["event_type"]]
+        event: Event = TypeAdapter(cls).validate_python(data)
+    except (Unbound, ValidationError) as exc:
+        log.error(
+            "an event on the service's own subject is not valid; not adopted", extra={"seq": seq, "error": str(exc)}
+        )
+        return None
+    return event
+
+
+async def _delete(js: JetStreamContext, stream: str, durable: str) -> None:
+    try:
+        await js.delete_consumer(stream, durable)
+    except NotFoundError:
+        pass
+
+
+async def begin(
+    pool: asyncpg.Pool,
+    js: JetStreamContext,
+    *,
+    service: str,
+    stream: str,
+    root: str,
+    filters: Sequence[str],
+    durables: Iterable[str],
+    adopt: Adopt | None,
+) -> Rebuilding:
+    """Steps 1 to 3 above (the caller holds the start-up lock and has just created the schema)."""
+    started = time.perf_counter()
+    through = (await js.stream_info(stream)).state.last_seq
+    published = await read_published(js, stream, f"{service}-{READER}", filters, through, root)
+    read_s = time.perf_counter() - started
+    caused = [(e.causation_id, e.event_type, e.aggregate_id, e.event_id, seq) for seq, e in published if e.causation_id]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO recorded (causation_id, event_type, aggregate_id, event_id, stream_seq) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::bigint[]) "
+            "ON CONFLICT DO NOTHING",
+            *(list(column) for column in zip(*caused, strict=True)) if caused else ([], [], [], [], []),
+        )
+        if adopt is not None:
+            await adopt(conn, published)
+        await conn.execute(
+            "INSERT INTO rebuilds (through_seq, recorded, read_s) VALUES ($1, $2, $3)", through, len(published), read_s
+        )
+    for durable in durables:
+        await _delete(js, stream, durable)
+    log.warning(
+        "database lost: rebuilding it from the log",
+        extra={"service": service, "through": through, "recorded": len(published), "read_s": round(read_s, 2)},
+    )
+    return Rebuilding(through, len(published))
+
+
+async def unfinished(pool: asyncpg.Pool) -> asyncpg.Record | None:
+    """The rebuild under way, if any (id, through_seq, started_at)."""
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "SELECT id, through_seq, started_at FROM rebuilds WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1"
+    )
+    return row
+
+
+async def progress(js: JetStreamContext, stream: str, durables: Iterable[str]) -> int:
+    """How far every durable has acknowledged the log: the smallest acknowledgement floor of those
+    with work left (a durable with nothing pending or unacknowledged has applied all it reads: it
+    counts as through the end); 0 if a durable is not made yet."""
+    floors = [sys.maxsize]
+    for durable in durables:
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            return 0
+        if info.num_pending or info.num_ack_pending:
+            floors.append(info.ack_floor.stream_seq if info.ack_floor is not None else 0)
+    return min(floors)
+
+
+async def finish(pool: asyncpg.Pool, rebuild_id: int) -> asyncpg.Record:
+    """Record the end of a rebuild: its time, and how many decisions the log already held."""
+    row: asyncpg.Record = await pool.fetchrow(
+        "UPDATE rebuilds SET finished_at = now(), "
+        "suppressed = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NULL), "
+        "divergent = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NOT NULL) "
+        "WHERE id = $1 AND finished_at IS NULL "
+        "RETURNING through_seq, recorded, suppressed, divergent, read_s, "
+        "extract(epoch FROM finished_at - started_at)::float8 AS seconds",
+        rebuild_id,
+    )
+    return row
+
+
+async def watch(
+    pool: asyncpg.Pool, js: JetStreamContext, stream: str, durables: Sequence[str], *, every_s: float = 0.5
+) -> None:
+    """Until the rebuild under way (if any) is over: wait for every durable to pass its last
+    sequence, then record it (any replica may; the first does)."""
+    while (row := await unfinished(pool)) is not None:
+        try:
+            reached = await progress(js, stream, durables)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("could not read the rebuild's progress", extra={"error": repr(exc)})
+            reached = 0
+        if reached >= row["through_seq"]:
+            done = await finish(pool, row["id"])
+            if done is not None:
+                seconds = max(done["seconds"], 1e-6)
+                log.warning(
+                    "database rebuilt from the log",
+                    extra={
+                        "events": done["through_seq"],
+                        "seconds": round(seconds, 2),
+                        "events_per_s": round(done["through_seq"] / seconds, 1),
+                        "recorded": done["recorded"],
+                        "not_published_again": done["suppressed"],
+                        "divergent": done["divergent"],
+                    },
+                )
+            return
+        await asyncio.sleep(every_s)
