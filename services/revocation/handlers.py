@@ -55,11 +55,17 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
 
     # An operator's command is recorded as its signers' (checked before it got here).
     projections: Projections = {
-        CertificateIssued: lambda conn, event, _: _learn(conn, rt, event),
-        RevocationRequested: lambda conn, event, delivery: _decide(conn, rt, event, recorded(delivery.signers)),
-        RevocationOrdered: lambda conn, event, delivery: _decide(conn, rt, event, recorded(delivery.signers)),
+        CertificateIssued: lambda conn, event, delivery: _learn(conn, rt, event, rt.decided_at(delivery)),
+        RevocationRequested: lambda conn, event, delivery: _decide(
+            conn, rt, event, recorded(delivery.signers), rt.decided_at(delivery)
+        ),
+        RevocationOrdered: lambda conn, event, delivery: _decide(
+            conn, rt, event, recorded(delivery.signers), rt.decided_at(delivery)
+        ),
         CaCompromised: lambda conn, event, delivery: _issuer_compromised(conn, rt, event, recorded(delivery.signers)),
-        DestructionOrdered: lambda conn, event, delivery: _destroy(conn, rt, event, recorded(delivery.signers)),
+        DestructionOrdered: lambda conn, event, delivery: _destroy(
+            conn, rt, event, recorded(delivery.signers), rt.decided_at(delivery)
+        ),
     }
     requests = rt.group_commit("requests", dispatching(NAME, projections))
 
@@ -77,10 +83,9 @@ def _serial_named(raw: bytes) -> str:
     return printable(serial[:128]) if isinstance(serial, str) else ""
 
 
-async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssued) -> list[OutboxEntry]:
+async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssued, now: datetime) -> list[OutboxEntry]:
     """Keep a certificate and its public key; revoke it at once if that key was revoked for keyCompromise
     (approved before the key was blocked, issued after)."""
-    now = rt.clock.now()
     key = domain.public_key_of(issued.cert_pem)
     spki_der, spki_sha256 = key if key is not None else (None, issued.spki_sha256)
     if not await store.add_certificate(conn, issued, spki_sha256, spki_der):
@@ -145,9 +150,12 @@ def _ask(request: RevocationRequested | RevocationOrdered, serial: str, operator
 
 
 async def _decide(
-    conn: asyncpg.Connection, rt: Runtime, request: RevocationRequested | RevocationOrdered, operator: str
+    conn: asyncpg.Connection,
+    rt: Runtime,
+    request: RevocationRequested | RevocationOrdered,
+    operator: str,
+    now: datetime,
 ) -> list[OutboxEntry]:
-    now = rt.clock.now()
     # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
     serial = printable(domain.normalise_serial(request.serial))
     ask = _ask(request, serial, operator)
@@ -166,11 +174,10 @@ async def _decide(
 
 
 async def _destroy(
-    conn: asyncpg.Connection, rt: Runtime, order: DestructionOrdered, operator: str
+    conn: asyncpg.Connection, rt: Runtime, order: DestructionOrdered, operator: str, now: datetime
 ) -> list[OutboxEntry]:
     """Retire a certificate for good: revoke it (cessationOfOperation) if it is not revoked yet, then
     mark it destroyed, both events in this transaction (the outbox keeps their order)."""
-    now = rt.clock.now()
     serial = printable(domain.normalise_serial(order.serial))
     reason = printable(order.reason)
     outcome = domain.decide_destruction(serial, await store.find(conn, serial))

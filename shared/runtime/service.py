@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,7 +37,7 @@ from shared.contract.events import EVENT_TYPES, Event, OperatorCommand
 from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
 from shared.runtime import db, rebuild, replicas
-from shared.runtime.consumer import Apply, GroupCommit, applying, event_middleware
+from shared.runtime.consumer import Apply, Delivery, GroupCommit, applying, event_middleware
 from shared.runtime.inflight import InFlight
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
@@ -84,6 +85,7 @@ class Runtime:
     _heartbeat: Heartbeat | None = None
     readiness: ReadinessCheck | None = None  # the service's own conditions, beyond being alive
     rebuilding: bool = False  # its database is being rebuilt from the log: timers must not act yet
+    rebuild_through: int = 0  # the log's last sequence when that rebuild began
     schema: int | None = None  # the oid of the schema this process started on (a new one: the database was lost)
     _watch: asyncio.Task[None] | None = None
 
@@ -115,6 +117,15 @@ class Runtime:
     def root(self) -> str:
         """The root of event subjects."""
         return self.settings.subject_root
+
+    def decided_at(self, delivery: Delivery) -> datetime:
+        """The time a decision on the event at `delivery` is made as: now, or, for an event read
+        again while the database is rebuilt from the log, the time the log took it, so that the
+        decision made again is the one made then (a certificate that expired since is not refused
+        the revocation it got)."""
+        if self.rebuilding and delivery.seq <= self.rebuild_through:
+            return delivery.accepted_at
+        return self.clock.now()
 
     def query_subject(self, query: str, service: str | None = None) -> str:
         """The request-reply subject of a query (not captured by the stream)."""
@@ -316,7 +327,9 @@ def create_service(
                 runtime.schema = await guard.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", name)
             finally:
                 await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"certbus-start:{name}")
-        runtime.rebuilding = await rebuild.unfinished(runtime.pool) is not None
+        under_way = await rebuild.unfinished(runtime.pool)
+        runtime.rebuilding = under_way is not None
+        runtime.rebuild_through = under_way["through_seq"] if under_way is not None else 0
         durables = [(settings.stream, runtime.consumers), (settings.ingress_stream, runtime.ingress_consumers)]
         for stream, consumers in durables:
             for durable, filters in consumers.items():

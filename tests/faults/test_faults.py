@@ -3,7 +3,8 @@ engines and the services fail under a burst of enrollments, in cluster mode.
 
 Each scenario sends CERTBUS_FAULTS_N enrollments (300 by default, 10,000 in `make faults`),
 64 in flight, publish-and-wait with the same request again after a failure, while one kind of
-fault is injected; afterwards every request has exactly one CertificateIssued on the log (read
+fault is injected (a replica killed, the stream's leader killed, PostgreSQL crash-stopped, a
+service's database deleted); afterwards every request has exactly one CertificateIssued on the log (read
 back by subject), none is missing or refused, nothing is parked, no publish alarm was raised,
 `certbus audit verify` is clean, `audit check` finds nothing and every replica is ready again.
 With CERTBUS_FAULTS_RESULTS set, each scenario's figures (rate, p50/p99 latency, the longest
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import nats
 import pytest
 
@@ -57,7 +59,9 @@ def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: Before) -> None:
+async def _nothing_lost(
+    stack: LocalStack, name: str, burst: Burst, before: Before, extra: dict[str, Any] | None = None
+) -> None:
     """The checks every scenario ends with, and its figures recorded."""
     await wait_caught_up(stack)
     summary = burst.summary()
@@ -81,7 +85,7 @@ async def _nothing_lost(stack: LocalStack, name: str, burst: Burst, before: Befo
     assert json.loads(check.stdout)["findings"] == [], check.stdout
     missing_ready = await wait_ready(stack.identity_settings("requester"), 60.0)
     assert missing_ready == [], missing_ready
-    _record(name, summary)
+    _record(name, {**summary, **(extra or {})})
 
 
 @dataclass
@@ -179,3 +183,65 @@ async def test_crash_stop_postgresql_and_restart_it(cluster: LocalStack) -> None
     burst = await run_burst(cluster, N, IN_FLIGHT, [(ONE_FAULT_AT, fault)])
     _hit(burst, 1)
     await _nothing_lost(cluster, "crash-stop PostgreSQL", burst, before)
+
+
+# The services whose database is deleted in `make faults` (one scenario each); `make test` deletes
+# signing's, the one that holds CA keys (CERTBUS_FAULTS_LOSE to choose).
+LOSE = os.environ.get("CERTBUS_FAULTS_LOSE", "signing").split(",")
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+@pytest.mark.parametrize("service", LOSE)
+async def test_delete_a_service_database_and_let_it_rebuild(cluster: LocalStack, service: str) -> None:
+    before = await Before.of(cluster)
+    pg = cluster.pg
+    assert pg is not None
+    keys = cluster.home / "signing" / "keys"
+    keys_before = sorted(p.name for p in keys.iterdir())
+    replicas = [p for p in cluster.procs if p.name == service]
+
+    async def fault() -> None:
+        conn = await asyncpg.connect(pg.url, timeout=10)
+        try:
+            await conn.execute(f"DROP SCHEMA {service} CASCADE")
+        finally:
+            await conn.close()
+        # Each replica notices within a heartbeat and stops itself; its supervisor (here) starts it again.
+        deadline = time.monotonic() + 60
+        while any(p.proc is not None and p.proc.poll() is None for p in replicas):
+            assert time.monotonic() < deadline, f"a {service} replica kept running on a dropped schema"
+            await asyncio.sleep(0.2)
+        for p in replicas:
+            p.start()
+
+    burst = await run_burst(cluster, N, IN_FLIGHT, [(ONE_FAULT_AT, fault)])
+    _hit(burst, 1)
+    rebuild = await _rebuild_of(pg.url, service)
+    await _nothing_lost(cluster, f"delete {service}'s database", burst, before, extra={"rebuild": rebuild})
+    assert sorted(p.name for p in keys.iterdir()) == keys_before, "signing created a key"
+    assert rebuild["divergent"] == 0, rebuild
+
+
+async def _rebuild_of(url: str, service: str, timeout: float = 300.0) -> dict[str, Any]:
+    """The service's finished rebuild: events per second, and how much it did not publish again."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = await conn.fetchrow(f"SELECT * FROM {service}.rebuilds ORDER BY id DESC LIMIT 1")
+            if row is not None and row["finished_at"] is not None:
+                break
+            assert time.monotonic() < deadline, f"{service}'s rebuild did not finish: {row}"
+            await asyncio.sleep(0.5)
+        seconds = (row["finished_at"] - row["started_at"]).total_seconds()
+        return {
+            "events": row["through_seq"],
+            "seconds": round(seconds, 2),
+            "events_per_s": round(row["through_seq"] / seconds, 1),
+            "own_events_read_back": row["recorded"],
+            "read_back_s": round(row["read_s"], 2),
+            "not_published_again": row["suppressed"],
+            "divergent": row["divergent"],
+        }
+    finally:
+        await conn.close()
