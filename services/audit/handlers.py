@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from services.audit import checks, domain, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
+from services.audit.incremental import IncrementalCheck
 from shared.base.settings import AuditSettings
 from shared.contract.binding import Unbound, loads
 from shared.contract.bounds import MAX_FINDINGS
@@ -209,14 +210,15 @@ async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[chec
     issuer's latest CRL (fetched from the object store) against the revocations before it. Only
     up to the chain's head: replicas archive groups concurrently, and a later event archived
     before an earlier one (an issuance before its approval) is not the log's order yet."""
-    checker = checks.Checker(rt.root)
-    async with rt.pool.acquire() as conn:
-        through, _, _ = await store.head(conn)
-        async for row in store.archive_rows(conn, through=through):
-            checker.add(row.seq, row.subject, row.raw)
+    full = IncrementalCheck(rt.root)
+    await full.catch_up(rt.pool)
+    return full.checker.events, full.take_findings() + await crl_findings(rt, full.checker, crl_grace_s)
+
+
+async def crl_findings(rt: Runtime, checker: checks.Checker, crl_grace_s: float) -> list[checks.Finding]:
+    """Each issuer's latest CRL (fetched from the object store) checked against the revocations before it."""
     crls = {issuer: await _fetch(rt, crl.bucket, crl.name) for issuer, crl in checker.latest_crl.items()}
-    grace = timedelta(seconds=crl_grace_s)
-    return checker.events, checker.findings + checker.crl_findings(crls, rt.clock.now(), grace)
+    return checker.crl_findings(crls, rt.clock.now(), timedelta(seconds=crl_grace_s))
 
 
 async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
@@ -227,11 +229,15 @@ async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
         return None
 
 
-async def raise_findings(rt: Runtime, crl_grace_s: float) -> int:
-    """The scheduled run: publish each finding not raised before as AuditFindingRaised."""
-    _, found = await check_archive(rt, crl_grace_s)
+async def raise_findings(rt: Runtime, check: IncrementalCheck, crl_grace_s: float) -> int:
+    """The scheduled run: bring `check` up to the chained head (it reads only what was archived since its
+    last run), then publish each finding not raised before as AuditFindingRaised."""
+    await check.catch_up(rt.pool)
+    found = check.take_findings()
+    crls = await crl_findings(rt, check.checker, crl_grace_s)  # judged again each run, against the latest CRLs
     async with rt.pool.acquire() as conn, conn.transaction():
-        entries = await enqueue_findings(conn, rt, found)
+        entries = await enqueue_findings(conn, rt, found + crls)
+    check.raised(found)
     await rt.publish_pending(entries)
     return len(entries)
 
