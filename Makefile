@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench faults soak docs clean chromium
+.PHONY: install run test unit lint format bench faults soak soak-chart docs clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ faults: install
 SOAK_MINUTES ?= 30
 soak: install
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES) --out bench/results/soak.json
+
+# The soak's samples as charts (memory per process, p50/p99 latency): one page, no script, nothing fetched.
+# Works on a soak still running (its file is rewritten at every sample).
+soak-chart: install
+	$(PY) -m bench.soak_chart bench/results/soak.json --out bench/results/soak.html
 
 clean:
 	rm -rf .certbus build *.egg-info .pytest_cache .mypy_cache .ruff_cache

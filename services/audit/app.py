@@ -8,6 +8,7 @@ from faststream import FastStream
 
 from services.audit.checkpoints import Checkpointer
 from services.audit.handlers import NAME, raise_findings, register
+from services.audit.incremental import IncrementalCheck
 from shared.base.clock import Clock
 from shared.base.settings import AuditSettings
 from shared.runtime.loops import WakeableLoop
@@ -39,8 +40,12 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
     )
     checkpointer = Checkpointer(rt, settings)  # the hooks above run after this line, at start-up
     register(rt, checkpointer, settings)
-    # The consistency checks also run on a schedule; each new finding is published once.
+    # The consistency checks also run on a schedule, each run over what was archived since the last;
+    # each new finding is published once.
+    incremental = IncrementalCheck(rt.root)
     checker = WakeableLoop(
-        "audit-checks", lambda: raise_findings(rt, settings.crl_check_grace_s), idle_s=settings.check_interval_s
+        "audit-checks",
+        lambda: raise_findings(rt, incremental, settings.crl_check_grace_s),
+        idle_s=settings.check_interval_s,
     )
     return app, rt

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ class Finding:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Revoked:
     """A revocation as the log recorded it."""
 
@@ -93,26 +94,56 @@ class LatestCrl:
     sha256: str
 
 
+# A text as a smaller value, equal to another's exactly when the texts are equal (see `_key`).
+Key = int | bytes | str
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX = re.compile(r"[1-9a-f][0-9a-f]{0,127}")
+
+
+def _key(text: str) -> Key:
+    """`text` as a compact key, one per text: a lowercase SHA-256 hex digest as its 32 bytes, a lowercase
+    UUID as its 16 bytes, a lowercase hex number without leading zeros (a serial) as its int, else itself.
+    The scheduled check keeps one per certificate for as long as the process runs."""
+    if len(text) == 64 and _HEX64.fullmatch(text):
+        return bytes.fromhex(text)
+    if len(text) == 36 and _UUID.fullmatch(text):
+        return bytes.fromhex(text.replace("-", ""))
+    if _HEX.fullmatch(text):
+        return int(text, 16)
+    return text
+
+
+@dataclass(slots=True)
+class _Approvals:
+    """What the checks remember of a request's approvals: how many, where the first was, the profile
+    version the last one that named one names, and what the last one supersedes."""
+
+    count: int
+    first_seq: int
+    digest: str | None
+    supersedes: Key | None
+
+
 @dataclass
 class Checker:
     """Feed messages in log order with `add`; read `findings` (and call `crl_findings` for the CRLs).
-    `root` is the log's subject root, against which each message is bound to its subject."""
+    `root` is the log's subject root, against which each message is bound to its subject. What it
+    keeps per certificate is compact (`_key`, no certificate bytes): the scheduled check keeps one
+    Checker for the life of the process and feeds it only what was archived since its last run."""
 
     root: str
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
-    _approvals: dict[str, int] = field(default_factory=dict)
-    _approved_at: dict[str, int] = field(default_factory=dict)  # request id -> its first approval's position
-    _approved_digest: dict[str, str] = field(default_factory=dict)
+    _approvals: dict[Key, _Approvals] = field(default_factory=dict)  # by request id
     _profiles: dict[str, Profile] = field(default_factory=dict)
+    _digests: dict[str, str] = field(default_factory=dict)  # one copy of each profile digest approvals name
     _cas: dict[str, str] = field(default_factory=dict)
     _closed: dict[str, tuple[str, int]] = field(default_factory=dict)
     _key_destroyed: dict[str, int] = field(default_factory=dict)
-    _serials: dict[tuple[str, str], int] = field(default_factory=dict)
-    _approved_supersedes: dict[str, str | None] = field(default_factory=dict)
-    _issued_serials: set[str] = field(default_factory=set)
-    _destroyed: dict[str, int] = field(default_factory=dict)
-    _spki_of: dict[str, str] = field(default_factory=dict)  # serial -> its certificate's SPKI SHA-256
+    _serials: dict[str, dict[Key, int]] = field(default_factory=dict)  # issuer -> serial -> first issuance
+    _destroyed: dict[Key, int] = field(default_factory=dict)
+    _spki_of: dict[Key, Key] = field(default_factory=dict)  # every serial issued -> its first SPKI SHA-256
     revocations: dict[str, list[Revoked]] = field(default_factory=dict)
     latest_crl: dict[str, LatestCrl] = field(default_factory=dict)
     _operators: Registry = field(default_factory=lambda: Registry({}, {}))
@@ -145,12 +176,7 @@ class Checker:
         elif kind == "ProfileApplied":
             self._profile_applied(data)
         elif kind == "EnrollmentApproved":
-            request = str(data.get("aggregate_id"))
-            self._approvals[request] = self._approvals.get(request, 0) + 1
-            self._approved_at.setdefault(request, seq)
-            if data.get("profile_digest"):
-                self._approved_digest[request] = str(data["profile_digest"])
-            self._approved_supersedes[request] = _serial(data.get("supersedes"))
+            self._approved(seq, data)
         elif kind == "CertificateIssued":
             self._issued(seq, data)
         elif isinstance(event, CertificateRevoked):
@@ -158,7 +184,7 @@ class Checker:
         elif isinstance(event, CrlPublished):
             self._crl(seq, event)
         elif kind == "CertificateDestroyed":
-            self._destroyed.setdefault(str(data.get("serial")), seq)
+            self._destroyed.setdefault(_key(str(data.get("serial"))), seq)
         elif isinstance(event, KeyDestroyed):
             self._key_attested(seq, event)
 
@@ -183,9 +209,22 @@ class Checker:
             return  # the consumers refuse it too; nothing can have been approved under it
         self._profiles[profile.digest()] = profile
 
+    def _approved(self, seq: int, data: dict[str, Any]) -> None:
+        request = _key(str(data.get("aggregate_id")))
+        supersedes = _serial(data.get("supersedes"))
+        approvals = self._approvals.get(request)
+        if approvals is None:
+            approvals = self._approvals[request] = _Approvals(0, seq, None, None)
+        approvals.count += 1
+        if data.get("profile_digest"):
+            digest = str(data["profile_digest"])
+            approvals.digest = self._digests.setdefault(digest, digest)
+        approvals.supersedes = _key(supersedes) if supersedes is not None else None
+
     def _issued(self, seq: int, data: dict[str, Any]) -> None:
         request, issuer, serial = str(data.get("aggregate_id")), str(data.get("issuer_id")), str(data.get("serial"))
-        approvals = self._approvals.get(request, 0)
+        approved = self._approvals.get(_key(request))
+        approvals = approved.count if approved is not None else 0
         if approvals != 1:
             self._flag(
                 "approval",
@@ -194,14 +233,14 @@ class Checker:
             )
         if issuer not in self._cas:
             self._flag("issuer", seq, f"certificate {serial} names issuer {issuer}, which signing never announced")
-        self._after_close(seq, issuer, f"certificate {serial}", self._approved_at.get(request))
-        self._renewal(seq, request, serial, _serial(data.get("supersedes")))
-        self._issued_serials.add(serial)
-        self._spki_of.setdefault(serial, str(data.get("spki_sha256")))
-        first = self._serials.setdefault((issuer, serial), seq)
+        self._after_close(seq, issuer, f"certificate {serial}", approved.first_seq if approved is not None else None)
+        self._renewal(seq, request, serial, _serial(data.get("supersedes")), approved)
+        key = _key(serial)
+        self._spki_of.setdefault(key, _key(str(data.get("spki_sha256"))))
+        first = self._serials.setdefault(issuer, {}).setdefault(key, seq)
         if first != seq:
             self._flag("serial", seq, f"serial {serial} of {issuer} was already issued at {first}")
-        digest = self._approved_digest.get(request)
+        digest = approved.digest if approved is not None else None
         if digest is not None:  # approvals before profiles were versioned name no version to judge by
             profile = self._profiles.get(digest)
             if profile is None:
@@ -215,41 +254,43 @@ class Checker:
                 for problem in profile_problems(profile, data):
                     self._flag("profile", seq, f"certificate {serial} ({profile.name}): {problem}")
 
-    def _renewal(self, seq: int, request: str, serial: str, supersedes: str | None) -> None:
+    def _renewal(
+        self, seq: int, request: str, serial: str, supersedes: str | None, approved: _Approvals | None
+    ) -> None:
         """A renewal's certificate must supersede what its approval says, an issued, undestroyed serial."""
-        approved = self._approved_supersedes.get(request)
-        if request in self._approved_supersedes and approved != supersedes:
+        renews = _key(supersedes) if supersedes is not None else None
+        if approved is not None and approved.supersedes != renews:
             self._flag(
                 "renewal",
                 seq,
                 f"certificate {serial} for request {request} supersedes {supersedes or 'nothing'}, "
-                f"but its approval supersedes {approved or 'nothing'}",
+                f"but its approval supersedes {_text(approved.supersedes) or 'nothing'}",
             )
         if supersedes is None:
             return
-        if supersedes not in self._issued_serials:
+        if renews not in self._spki_of:
             self._flag("renewal", seq, f"certificate {serial} renews serial {supersedes}, which was never issued")
-        elif supersedes in self._destroyed:
+        elif renews in self._destroyed:
             self._flag(
                 "renewal",
                 seq,
-                f"certificate {serial} renews certificate {supersedes}, destroyed at {self._destroyed[supersedes]}",
+                f"certificate {serial} renews certificate {supersedes}, destroyed at {self._destroyed[renews]}",
             )
 
     def _key_attested(self, seq: int, attested: KeyDestroyed) -> None:
         """A holder's attestation must name an issued certificate's own key and carry that key's signature."""
         serial = attested.serial
-        certified = self._spki_of.get(serial)
+        certified = self._spki_of.get(_key(serial))
         if certified is None:
             self._flag("key_destroyed", seq, f"the key of serial {serial} is attested destroyed; it was never issued")
-        elif certified != attested.spki_sha256:
+        elif certified != _key(attested.spki_sha256):
             self._flag("key_destroyed", seq, f"the attestation for serial {serial} names a key it was not issued for")
         elif not _attestation_signed(attested):
             self._flag("key_destroyed", seq, f"the attestation for serial {serial} is not signed by the key it names")
 
     def _revoked(self, seq: int, revoked: CertificateRevoked) -> None:
         issuer, serial = revoked.issuer_id, revoked.serial
-        if (issuer, serial) not in self._serials:
+        if _key(serial) not in self._serials.get(issuer, {}):
             self._flag("revoked_unknown", seq, f"serial {serial} of {issuer} was revoked but never issued")
             return
         self.revocations.setdefault(issuer, []).append(Revoked(serial, seq, _utc(revoked.revoked_at)))
@@ -365,6 +406,15 @@ def _utc(at: datetime) -> datetime | None:
 
 def _serial(value: Any) -> str | None:
     return str(value) if isinstance(value, str) and value else None
+
+
+def _text(key: Key | None) -> str | None:
+    """The text `_key` made `key` from."""
+    if isinstance(key, int):
+        return f"{key:x}"
+    if isinstance(key, bytes):
+        return key.hex() if len(key) == 32 else str(uuid.UUID(bytes=key))
+    return key
 
 
 def _read_crl(der: bytes | None, latest: LatestCrl, issuer_pem: str) -> tuple[set[int] | None, str | None]:

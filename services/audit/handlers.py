@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import os
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import nats.js.errors
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
 from pydantic import ValidationError
 
 from services.audit import checks, domain, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
+from services.audit.incremental import IncrementalCheck
+from services.audit.linter import Linter
 from shared.base.settings import AuditSettings
 from shared.contract.binding import Unbound, loads
 from shared.contract.bounds import MAX_FINDINGS
@@ -56,7 +51,6 @@ from shared.contract.queries import (
     VerifyAnswer,
 )
 from shared.pki.crypto import normalise_serial
-from shared.pki.lint import errors, lint_certificate
 from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, apply_events
 from shared.runtime.metrics import EVENTS_CONSUMED
 from shared.runtime.outbox import OutboxEntry, enqueue_many
@@ -209,14 +203,15 @@ async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[chec
     issuer's latest CRL (fetched from the object store) against the revocations before it. Only
     up to the chain's head: replicas archive groups concurrently, and a later event archived
     before an earlier one (an issuance before its approval) is not the log's order yet."""
-    checker = checks.Checker(rt.root)
-    async with rt.pool.acquire() as conn:
-        through, _, _ = await store.head(conn)
-        async for row in store.archive_rows(conn, through=through):
-            checker.add(row.seq, row.subject, row.raw)
+    full = IncrementalCheck(rt.root)
+    await full.catch_up(rt.pool)
+    return full.checker.events, full.take_findings() + await crl_findings(rt, full.checker, crl_grace_s)
+
+
+async def crl_findings(rt: Runtime, checker: checks.Checker, crl_grace_s: float) -> list[checks.Finding]:
+    """Each issuer's latest CRL (fetched from the object store) checked against the revocations before it."""
     crls = {issuer: await _fetch(rt, crl.bucket, crl.name) for issuer, crl in checker.latest_crl.items()}
-    grace = timedelta(seconds=crl_grace_s)
-    return checker.events, checker.findings + checker.crl_findings(crls, rt.clock.now(), grace)
+    return checker.crl_findings(crls, rt.clock.now(), timedelta(seconds=crl_grace_s))
 
 
 async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
@@ -227,11 +222,15 @@ async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
         return None
 
 
-async def raise_findings(rt: Runtime, crl_grace_s: float) -> int:
-    """The scheduled run: publish each finding not raised before as AuditFindingRaised."""
-    _, found = await check_archive(rt, crl_grace_s)
+async def raise_findings(rt: Runtime, check: IncrementalCheck, crl_grace_s: float) -> int:
+    """The scheduled run: bring `check` up to the chained head (it reads only what was archived since its
+    last run), then publish each finding not raised before as AuditFindingRaised."""
+    await check.catch_up(rt.pool)
+    found = check.take_findings()
+    crls = await crl_findings(rt, check.checker, crl_grace_s)  # judged again each run, against the latest CRLs
     async with rt.pool.acquire() as conn, conn.transaction():
-        entries = await enqueue_findings(conn, rt, found)
+        entries = await enqueue_findings(conn, rt, found + crls)
+    check.raised(found)
     await rt.publish_pending(entries)
     return len(entries)
 
@@ -318,13 +317,13 @@ def _entry(row: asyncpg.Record) -> HistoryEntry:
 
 
 async def lint_issued(rt: Runtime, items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
-    """Lint a group of issued certificates in a worker thread, then record findings and progress."""
+    """Lint a group of issued certificates in pkilint's process, then record findings and progress."""
     certs = {}
     for event, _ in items:
         if not isinstance(event, CertificateIssued):
             raise EventRejected(f"audit's lint consumer does not take {event.event_type}")
         certs[event.event_id] = event.cert_pem
-    verdicts = await asyncio.get_running_loop().run_in_executor(_LINT_WORKER, _lint_all, certs)
+    verdicts = await _LINTER.lint(certs)
 
     async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
         assert isinstance(event, CertificateIssued)
@@ -345,26 +344,4 @@ async def lint_issued(rt: Runtime, items: list[tuple[Event, Delivery]]) -> list[
         return await apply_events(conn, rt.durable("lint"), items, apply)
 
 
-def _lowest_priority() -> None:
-    """Run the lint thread at nice 19: pkilint (~8 ms a certificate) then uses only CPU that
-    issuance leaves idle, and catches up after a burst instead of slowing it down."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-_LINT_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkilint", initializer=_lowest_priority)
-
-
-def _lint_all(certs: dict[uuid.UUID, str]) -> dict[uuid.UUID, list[LintResult]]:
-    verdicts = {}
-    for event_id, pem in certs.items():
-        try:
-            der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
-        except ValueError as exc:
-            verdicts[event_id] = [LintResult(severity="FATAL", code="certbus.not_a_certificate", message=str(exc))]
-            continue
-        verdicts[event_id] = [
-            LintResult(severity=f.severity, code=f.code, message=f.message or f.path)
-            for f in errors(lint_certificate(der))
-        ]
-    return verdicts
+_LINTER = Linter()  # pkilint's process, shared by the lint consumer of this process

@@ -230,19 +230,42 @@ async def archive_rows(
     with `through`, only up to that sequence (the chained head: what lies beyond it waits for a
     gap to be filled, so it is not yet the log in order)."""
     after = 0
-    while rows := await conn.fetch(
+    while records := await _records_after(conn, after, through, batch):
+        for record in records:
+            yield _row(record)
+        after = records[-1]["stream_seq"]
+
+
+async def rows_after(conn: asyncpg.Connection, after: int, *, through: int | None, limit: int) -> list[ArchivedRow]:
+    """At most `limit` archived messages after sequence `after` (and up to `through`), in sequence order."""
+    return [_row(record) for record in await _records_after(conn, after, through, limit)]
+
+
+async def _records_after(conn: asyncpg.Connection, after: int, through: int | None, limit: int) -> list[asyncpg.Record]:
+    records: list[asyncpg.Record] = await conn.fetch(
         "SELECT stream_seq, subject, subject_exact, raw, hash FROM archive WHERE stream_seq > $1 "
         "AND ($3::bigint IS NULL OR stream_seq <= $3) ORDER BY stream_seq LIMIT $2",
         after,
-        batch,
+        limit,
         through,
-    ):
-        for row in rows:
-            stored = row["hash"]
-            yield ArchivedRow(
-                row["stream_seq"], _subject(row), bytes(row["raw"]), bytes(stored) if stored is not None else None
-            )
-        after = rows[-1]["stream_seq"]
+    )
+    return records
+
+
+def _row(record: asyncpg.Record) -> ArchivedRow:
+    stored = record["hash"]
+    return ArchivedRow(
+        record["stream_seq"], _subject(record), bytes(record["raw"]), bytes(stored) if stored is not None else None
+    )
+
+
+async def hash_at(conn: asyncpg.Connection, seq: int) -> bytes | None:
+    """The chain's hash at `seq` (the genesis hash at 0), which stands for everything up to it; None if
+    that message is not archived or not chained."""
+    if seq == 0:
+        return domain.GENESIS
+    stored = await conn.fetchval("SELECT hash FROM archive WHERE stream_seq = $1", seq)
+    return bytes(stored) if stored is not None else None
 
 
 async def new_findings(

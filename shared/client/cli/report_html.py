@@ -9,7 +9,7 @@ own names). Charts and tables carry stable ids (`chart-expiry`, `chart-issuance`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
 from html import escape
 
@@ -89,13 +89,18 @@ def render_html(report: ReportAnswer) -> str:
         "</div>",
         _expiring_table(report),
     ]
+    return page(f"Certbus certificate report, {generated}", body)
+
+
+def page(title: str, body: Iterable[str]) -> str:
+    """One self-contained HTML page (inline style, nothing fetched or run) around `body`'s HTML."""
     return "\n".join(
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>Certbus certificate report, {escape(generated)}</title>",
+            f"<title>{escape(title)}</title>",
             f"<style>{STYLE}</style>",
             "</head><body>",
             *body,
@@ -103,6 +108,24 @@ def render_html(report: ReportAnswer) -> str:
             "",
         ]
     )
+
+
+def chart_frame(
+    svg_id: str, top: str, *, width: int = WIDTH, height: int = HEIGHT, plot_end: int | None = None
+) -> list[str]:
+    """The opening of a chart's inline SVG (`width` x `height`): its two axes around the plot area (inside
+    the PAD_* margins, up to x = `plot_end`), the y axis labelled `top` at the top and 0 at the bottom;
+    the caller adds the marks and closes the svg."""
+    plot_h = height - PAD_TOP - PAD_BOTTOM
+    x_end = width - 8 if plot_end is None else plot_end
+    return [
+        f'<svg id="{svg_id}" class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(svg_id)}">',
+        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP + plot_h}" x2="{x_end}" y2="{PAD_TOP + plot_h}"/>',
+        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{PAD_TOP + plot_h}"/>',
+        f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + 8}" text-anchor="end">{escape(top)}</text>',
+        f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + plot_h}" text-anchor="end">0</text>',
+    ]
 
 
 def _card(title: str, value: int, note: str) -> str:
@@ -119,14 +142,7 @@ def _day_chart(svg_id: str, days: Sequence[DayCount], start: date, end: date, co
     slot = plot_w / span
     shown = [d for d in days if start <= d.day <= end]
     top = max((d.count for d in shown), default=0)
-    parts = [
-        f'<svg id="{svg_id}" class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
-        f'role="img" aria-label="{escape(svg_id)}">',
-        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP + plot_h}" x2="{WIDTH - 8}" y2="{PAD_TOP + plot_h}"/>',
-        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{PAD_TOP + plot_h}"/>',
-        f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + 8}" text-anchor="end">{top}</text>',
-        f'<text x="{PAD_LEFT - 6}" y="{PAD_TOP + plot_h}" text-anchor="end">0</text>',
-    ]
+    parts = chart_frame(svg_id, str(top))
     for i, label_day in enumerate((start, start + (end - start) / 2, end)):
         x = PAD_LEFT + slot * ((label_day - start).days + 0.5)
         anchor = ("start", "middle", "end")[i]
