@@ -52,8 +52,13 @@ def _children(pid: int) -> list[int]:
 
 
 def memory(stack: LocalStack) -> dict[str, int]:
-    """Resident memory (KiB) of every process of the stack, by name."""
-    sizes = {p.instance: pss_kib(p.proc.pid) for p in stack.procs if p.proc is not None}
+    """Resident memory (KiB) of every process of the stack, by name (a replica with the processes
+    it started: audit's pkilint worker)."""
+    sizes = {
+        p.instance: pss_kib(p.proc.pid) + sum(pss_kib(c) for c in _children(p.proc.pid))
+        for p in stack.procs
+        if p.proc is not None
+    }
     for i, node in enumerate(stack.nats, start=1):
         if node.proc is not None:
             sizes[f"nats-{i}"] = pss_kib(node.proc.pid)
