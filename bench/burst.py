@@ -30,7 +30,7 @@ from shared.base.settings import CommonSettings
 from shared.client.cli import provisioner
 from shared.client.errors import Pending, Rejected
 from shared.client.sdk import CertbusClient
-from shared.contract.events import EnrollmentRequested, utcnow
+from shared.contract.events import EVENT_TYPES, EnrollmentRequested, utcnow
 from shared.pki.crypto import build_csr
 from shared.pki.holder import enrollment_request
 from shared.pki.tokens import create_token
@@ -291,6 +291,21 @@ async def issued_per_request(stack: LocalStack, request_ids: list[str]) -> dict[
 async def issued_more_than_once(stack: LocalStack) -> list[str]:
     """Every request the whole log issued more than one certificate for."""
     return sorted(subject for subject, n in (await _issued_counts(stack)).items() if n > 1)
+
+
+# A service's events of which an aggregate may have several: a CA's CRLs, a profile's lint verdicts.
+MANY_PER_AGGREGATE = {"crl_published", "linted"}
+
+
+async def published_twice(stack: LocalStack, service: str) -> list[str]:
+    """Every subject of `service`'s own events (one per aggregate: an answer, a decision) that the
+    log holds more than once: a decision it published twice."""
+    twice = []
+    for cls in EVENT_TYPES:
+        if cls.publisher == service and cls.verb not in MANY_PER_AGGREGATE:
+            counts = await _counts(stack, f"{cls.aggregate}.*.{cls.verb}")
+            twice += [subject for subject, n in counts.items() if n > 1]
+    return sorted(twice)
 
 
 async def wait_caught_up(stack: LocalStack, timeout: float = 180.0) -> None:

@@ -309,13 +309,20 @@ class ServiceProcess:
         )
         return self
 
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        """Wait until /healthz answers 200."""
+    def wait_healthy(self, timeout: float = 30.0, restarts: int = 0) -> None:
+        """Wait until /healthz answers 200, starting the process again up to `restarts` times if it
+        exits meanwhile (as a supervisor would: a cluster electing its leaders can time a start out)."""
         url = f"http://127.0.0.1:{self.env['CERTBUS_HTTP_PORT']}/healthz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"{self.instance} exited ({self.proc.returncode if self.proc else '?'})")
+                code = self.proc.returncode if self.proc else "?"
+                if restarts <= 0:
+                    raise RuntimeError(f"{self.instance} exited ({code})")
+                restarts -= 1
+                say(f"{self.instance} exited ({code}) while starting; starting it again (see its log)")
+                time.sleep(1)
+                self.start()
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -591,7 +598,7 @@ class LocalStack:
         for p in self.procs:
             p.start()
         for p in self.procs:
-            p.wait_healthy(90)
+            p.wait_healthy(90, restarts=2)
         _register_policy(self.env, self.operator, self.fresh)
         ready_timeout = float(self.env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
         return asyncio.run(wait_ready(self.identity_settings("requester"), ready_timeout, give_up=give_up))

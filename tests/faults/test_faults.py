@@ -33,6 +33,7 @@ from bench.burst import (
     issued_more_than_once,
     issued_per_request,
     parked_and_alarms,
+    published_twice,
     run_burst,
     wait_caught_up,
 )
@@ -220,6 +221,8 @@ async def test_delete_a_service_database_and_let_it_rebuild(cluster: LocalStack,
     await _nothing_lost(cluster, f"delete {service}'s database", burst, before, extra={"rebuild": rebuild})
     assert sorted(p.name for p in keys.iterdir()) == keys_before, "signing created a key"
     assert rebuild["divergent"] == 0, rebuild
+    twice = await published_twice(cluster, service)
+    assert not twice, f"{service} published {len(twice)} decisions twice, e.g. {twice[:3]}"
 
 
 async def _rebuild_of(url: str, service: str, timeout: float = 300.0) -> dict[str, Any]:
