@@ -21,14 +21,14 @@ sequence the log holds it at, as it is inserted, and the relay never sends it. A
 answers the same cause differently (another event type on the same aggregate) is not published
 either: the log keeps the first answer, and the row keeps an alarm naming the divergence. The
 `rebuilds` row says how far it is; once every durable has acknowledged the log's last sequence of
-the start, it records the time taken (events per second) and the counts, and the service is ready.
+the start, it records the time taken, the events applied again (tracking rows up to that
+sequence) and the counts, and the service is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -151,7 +151,9 @@ async def begin(
     durables: Iterable[str],
     adopt: Adopt | None,
 ) -> Rebuilding:
-    """Steps 1 to 3 above (the caller holds the start-up lock and has just created the schema)."""
+    """Steps 1 to 3 above (the caller holds the start-up lock and has just created the schema);
+    `durables` are those that had acknowledged events."""
+    durables = sorted(durables)
     started = time.perf_counter()
     through = (await js.stream_info(stream)).state.last_seq
     published = await read_published(js, stream, f"{service}-{READER}", filters, through, root)
@@ -167,7 +169,11 @@ async def begin(
         if adopt is not None:
             await adopt(conn, published)
         await conn.execute(
-            "INSERT INTO rebuilds (through_seq, recorded, read_s) VALUES ($1, $2, $3)", through, len(published), read_s
+            "INSERT INTO rebuilds (through_seq, recorded, read_s, durables) VALUES ($1, $2, $3, $4)",
+            through,
+            len(published),
+            read_s,
+            durables,
         )
     for durable in durables:
         await _delete(js, stream, durable)
@@ -179,66 +185,68 @@ async def begin(
 
 
 async def unfinished(pool: asyncpg.Pool) -> asyncpg.Record | None:
-    """The rebuild under way, if any (id, through_seq, started_at)."""
+    """The rebuild under way, if any (id, through_seq, durables, started_at)."""
     row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT id, through_seq, started_at FROM rebuilds WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1"
+        "SELECT id, through_seq, durables, started_at FROM rebuilds WHERE finished_at IS NULL ORDER BY id DESC LIMIT 1"
     )
     return row
 
 
-async def progress(js: JetStreamContext, stream: str, durables: Iterable[str]) -> int:
-    """How far every durable has acknowledged the log: the smallest acknowledgement floor of those
-    with work left (a durable with nothing pending or unacknowledged has applied all it reads: it
-    counts as through the end); 0 if a durable is not made yet."""
-    floors = [sys.maxsize]
-    for durable in durables:
-        try:
-            info = await js.consumer_info(stream, durable)
-        except NotFoundError:
-            return 0
-        if info.num_pending or info.num_ack_pending:
-            floors.append(info.ack_floor.stream_seq if info.ack_floor is not None else 0)
-    return min(floors)
+async def applied_through(js: JetStreamContext, stream: str, durable: str, through: int) -> bool:
+    """Whether the durable made again has applied the log up to `through`: its acknowledgement floor
+    has reached it, or it has delivered and acknowledged everything its filters match (its last
+    matching event may come before `through`). A durable not made yet, or made but that has
+    delivered nothing yet (a new consumer of a clustered stream may report nothing pending for a
+    moment), has not."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return False
+    if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= through:
+        return True
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    return bool(delivered) and not info.num_pending and not info.num_ack_pending
 
 
 async def finish(pool: asyncpg.Pool, rebuild_id: int) -> asyncpg.Record:
-    """Record the end of a rebuild: its time, and how many decisions the log already held."""
+    """Record the end of a rebuild: its time, how many events it applied again, and how many
+    decisions the log already held."""
     row: asyncpg.Record = await pool.fetchrow(
-        "UPDATE rebuilds SET finished_at = now(), "
+        "UPDATE rebuilds SET finished_at = clock_timestamp(), "
+        "applied = (SELECT count(*) FROM tracking WHERE stream_seq <= rebuilds.through_seq), "
         "suppressed = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NULL), "
         "divergent = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NOT NULL) "
         "WHERE id = $1 AND finished_at IS NULL "
-        "RETURNING through_seq, recorded, suppressed, divergent, read_s, "
-        "extract(epoch FROM finished_at - started_at)::float8 AS seconds",
+        "RETURNING through_seq, recorded, applied, suppressed, divergent, read_s, "
+        "extract(epoch FROM clock_timestamp() - started_at)::float8 AS seconds",
         rebuild_id,
     )
     return row
 
 
-async def watch(
-    pool: asyncpg.Pool, js: JetStreamContext, stream: str, durables: Sequence[str], *, every_s: float = 0.5
-) -> None:
-    """Until the rebuild under way (if any) is over: wait for every durable to pass its last
-    sequence, then record it (any replica may; the first does)."""
+async def watch(pool: asyncpg.Pool, js: JetStreamContext, stream: str, *, every_s: float = 0.5) -> None:
+    """Until the rebuild under way (if any) is over: wait for each of its durables to have applied
+    the log up to its last sequence, then record it (any replica may; the first does)."""
     while (row := await unfinished(pool)) is not None:
         try:
-            reached = await progress(js, stream, durables)
+            done = [await applied_through(js, stream, d, row["through_seq"]) for d in row["durables"]]
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("could not read the rebuild's progress", extra={"error": repr(exc)})
-            reached = 0
-        if reached >= row["through_seq"]:
-            done = await finish(pool, row["id"])
-            if done is not None:
-                seconds = max(done["seconds"], 1e-6)
+            done = [False]
+        if all(done):
+            ended = await finish(pool, row["id"])
+            if ended is not None:
+                seconds = max(ended["read_s"] + ended["seconds"], 1e-6)
                 log.warning(
                     "database rebuilt from the log",
                     extra={
-                        "events": done["through_seq"],
+                        "through": ended["through_seq"],
+                        "applied": ended["applied"],
                         "seconds": round(seconds, 2),
-                        "events_per_s": round(done["through_seq"] / seconds, 1),
-                        "recorded": done["recorded"],
-                        "not_published_again": done["suppressed"],
-                        "divergent": done["divergent"],
+                        "events_per_s": round((ended["applied"] + ended["recorded"]) / seconds, 1),
+                        "recorded": ended["recorded"],
+                        "not_published_again": ended["suppressed"],
+                        "divergent": ended["divergent"],
                     },
                 )
             return

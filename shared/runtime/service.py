@@ -313,7 +313,7 @@ def create_service(
                     log.info("applied migrations", extra={"migrations": applied})
                 # A schema made now while a durable had acknowledged events: the database was lost.
                 fresh = FRESH_SCHEMA in applied and lost_database == "rebuild"
-                if fresh and await acknowledged(runtime.js, settings.stream, runtime.consumers):
+                if fresh and (floors := await acknowledged(runtime.js, settings.stream, runtime.consumers)):
                     await rebuild.begin(
                         runtime.pool,
                         runtime.js,
@@ -321,7 +321,7 @@ def create_service(
                         stream=settings.stream,
                         root=runtime.root,
                         filters=published_subjects(name, runtime.root),
-                        durables=runtime.consumers,
+                        durables=floors,
                         adopt=adopt,
                     )
                 runtime.schema = await guard.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", name)
@@ -354,7 +354,7 @@ def create_service(
     @app.after_startup
     async def serve_http() -> None:
         async def watch() -> None:
-            await rebuild.watch(runtime.pool, runtime.js, settings.stream, list(runtime.consumers))
+            await rebuild.watch(runtime.pool, runtime.js, settings.stream)
             runtime.rebuilding = False
 
         runtime._watch = asyncio.create_task(watch(), name=f"{name}-rebuild-watch")

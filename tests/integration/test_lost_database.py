@@ -80,6 +80,7 @@ async def test_a_service_that_lost_its_database_rebuilds_it_from_the_log_and_dec
     await stack.start(service)
     rebuild = await _rebuilt(stack, service)
     assert rebuild["through_seq"] > 0 and rebuild["divergent"] == 0, rebuild
+    assert rebuild["applied"] > 0, f"nothing applied again: {rebuild}"
     if service == "revocation":
         # Revocation decides the holder's request again; the log already holds that answer.
         assert rebuild["suppressed"] >= 1, rebuild

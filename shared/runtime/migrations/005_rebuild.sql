@@ -15,8 +15,10 @@ CREATE TABLE rebuilds (
     through_seq  bigint      NOT NULL,  -- the log's last sequence when it began
     recorded     int         NOT NULL,  -- the service's own events read back
     read_s       float8      NOT NULL,
+    durables     text[]      NOT NULL,  -- those made again from sequence 1
     started_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
+    applied      int,                   -- events its consumers applied again (up to through_seq)
     suppressed   int,                   -- decisions made again that the log already held
     divergent    int                    -- decisions made again that the log answered otherwise
 );
