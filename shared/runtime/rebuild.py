@@ -251,3 +251,43 @@ async def watch(pool: asyncpg.Pool, js: JetStreamContext, stream: str, *, every_
                 )
             return
         await asyncio.sleep(every_s)
+
+
+class Rebuilder:
+    """The one replica that applies the log again while a rebuild is under way.
+
+    Replicas of a service share its durables, and each applies the pulls it fetches: during a
+    rebuild two replicas would apply the history in parallel, a later pull (requests) before an
+    earlier one (the provisioner they name). So while a rebuild is under way one replica alone
+    consumes: the one holding the session lock `certbus-rebuild:<service>` (on a connection of its
+    own, released if it dies). The others wait before starting their consumers; one of them takes
+    the lock over if the rebuilder dies, and goes on from where the durables are."""
+
+    def __init__(self, dsn: str, service: str) -> None:
+        self._dsn = dsn
+        self._key = f"certbus-rebuild:{service}"
+        self._conn: asyncpg.Connection | None = None
+
+    async def wait_turn(self, pool: asyncpg.Pool, every_s: float = 1.0) -> bool:
+        """Until no rebuild is under way (False), or this replica holds the lock while one is (True)."""
+        told = False
+        while await unfinished(pool) is not None:
+            if self._conn is None:
+                self._conn = await asyncpg.connect(self._dsn)
+            if await self._conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._key):
+                if await unfinished(pool) is not None:
+                    return True
+                await self.release()
+                return False
+            if not told:
+                log.info("waiting for another replica to rebuild the database before consuming")
+                told = True
+            await asyncio.sleep(every_s)
+        await self.release()
+        return False
+
+    async def release(self) -> None:
+        """Let the lock go (closing its connection releases it)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()

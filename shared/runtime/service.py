@@ -88,6 +88,10 @@ class Runtime:
     rebuild_through: int = 0  # the log's last sequence when that rebuild began
     schema: int | None = None  # the oid of the schema this process started on (a new one: the database was lost)
     _watch: asyncio.Task[None] | None = None
+    _rebuilder: rebuild.Rebuilder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rebuilder = rebuild.Rebuilder(self.settings.database_url, self.name)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -346,6 +350,9 @@ def create_service(
         runtime.relay.loop.start()
         runtime._heartbeat = Heartbeat(lambda: runtime.pool, runtime.instance, lambda: _own_health(runtime))
         runtime._heartbeat.start()
+        if runtime.rebuilding:  # one replica at a time applies the log again (rebuild.Rebuilder)
+            await runtime._rebuilder.wait_turn(runtime.pool)
+            runtime.rebuilding = await rebuild.unfinished(runtime.pool) is not None
         if on_start is not None:
             await on_start(runtime)
         runtime.assemble()
@@ -354,8 +361,11 @@ def create_service(
     @app.after_startup
     async def serve_http() -> None:
         async def watch() -> None:
-            await rebuild.watch(runtime.pool, runtime.js, settings.stream)
-            runtime.rebuilding = False
+            try:
+                await rebuild.watch(runtime.pool, runtime.js, settings.stream)
+                runtime.rebuilding = False
+            finally:
+                await runtime._rebuilder.release()
 
         runtime._watch = asyncio.create_task(watch(), name=f"{name}-rebuild-watch")
         web_app = web.Application()
