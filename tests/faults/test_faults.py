@@ -186,9 +186,8 @@ async def test_crash_stop_postgresql_and_restart_it(cluster: LocalStack) -> None
     await _nothing_lost(cluster, "crash-stop PostgreSQL", burst, before)
 
 
-# The services whose database is deleted in `make faults` (one scenario each); `make test` deletes
-# signing's, the one that holds CA keys (CERTBUS_FAULTS_LOSE to choose).
-LOSE = os.environ.get("CERTBUS_FAULTS_LOSE", "signing").split(",")
+# The services whose database is deleted, one scenario each (CERTBUS_FAULTS_LOSE to choose).
+LOSE = os.environ.get("CERTBUS_FAULTS_LOSE", "signing,enrollment,revocation,validation").split(",")
 
 
 @pytest.mark.timeout(TIMEOUT_S)
