@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import asyncpg
 import pytest
 
 from harness import Harness
+from services.audit import store
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import KeyType, PrivateKey, build_csr, generate_key
+from shared.runtime import db
 
 EnrollWithKey = Callable[..., Awaitable[tuple[PrivateKey, CertificateIssued]]]
 
@@ -31,3 +35,12 @@ def enroll_with_key(harness: Harness) -> EnrollWithKey:
             return key, await c.enroll(csr, harness.token(*names, profile=profile), profile=profile)
 
     return enroll
+
+
+@pytest.fixture
+async def audit_archive(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on audit's schema, migrated, with no service running (the archive alone)."""
+    pool = await db.create_pool(database_url, "audit")
+    await db.migrate(pool, "audit", [Path(store.__file__).parent / "migrations"])
+    yield pool
+    await pool.close()

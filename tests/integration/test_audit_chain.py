@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from services.audit import domain, store
-from shared.runtime import db
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 EVENTS = [(seq, f"pki.cert.c{seq}.requested", f'{{"n": {seq}}}'.encode()) for seq in range(1, 7)]
@@ -24,11 +22,8 @@ def expected_head() -> bytes:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "audit")
-    await db.migrate(pool, "audit", [MIGRATIONS])
-    yield pool
-    await pool.close()
+def pool(audit_archive: asyncpg.Pool) -> asyncpg.Pool:
+    return audit_archive
 
 
 async def head(pool: asyncpg.Pool) -> tuple[int, bytes]:

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import PIPE
@@ -24,7 +23,6 @@ import pytest
 from harness import Harness, eventually
 from services.audit import domain, store
 from shared.contract.events import CrlPublished, EnrollmentRequested, ProvisionerRegistered, utcnow
-from shared.runtime import db
 from signals import audit_caught_up, audit_checks_ran
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
@@ -111,11 +109,8 @@ def poison(root: str) -> list[tuple[str, bytes, str]]:
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "audit")
-    await db.migrate(pool, "audit", [MIGRATIONS])
-    yield pool
-    await pool.close()
+def pool(audit_archive: asyncpg.Pool) -> asyncpg.Pool:
+    return audit_archive
 
 
 @pytest.mark.parametrize("grouped", [True, False], ids=["one-group", "one-by-one"])

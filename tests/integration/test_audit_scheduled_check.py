@@ -5,7 +5,6 @@ it (a replay adopting other rows) is read again from the beginning."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from bench.audit import realistic_log
 from services.audit import store
 from services.audit.checks import Finding, check_all
 from services.audit.incremental import IncrementalCheck
-from shared.runtime import db
 from shared.trust.operators import registration
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
@@ -25,11 +23,8 @@ ROOT = "pki"
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "audit")
-    await db.migrate(pool, "audit", [MIGRATIONS])
-    yield pool
-    await pool.close()
+def pool(audit_archive: asyncpg.Pool) -> asyncpg.Pool:
+    return audit_archive
 
 
 def _log() -> list[tuple[int, str, bytes]]:
