@@ -254,14 +254,14 @@ async def run_burst(
 # --- what the log and the databases say ---------------------------------------------------------
 
 
-async def admin_connection(stack: LocalStack) -> nats.NATS:
+async def _admin(stack: LocalStack) -> nats.NATS:
     settings = stack.identity_settings("admin")
     return await nats.connect(settings.nats_servers, connect_timeout=3, **settings.connect_options())
 
 
 async def _counts(stack: LocalStack, subjects: str) -> dict[str, int]:
     """The number of messages on the log per subject matching `subjects` (under the subject root)."""
-    nc = await admin_connection(stack)
+    nc = await _admin(stack)
     try:
         js = nc.jetstream(prefix=stack.settings.js_prefix)
         wanted = f"{stack.settings.subject_root}.{subjects}"
@@ -310,7 +310,7 @@ async def published_twice(stack: LocalStack, service: str) -> list[str]:
 
 async def wait_caught_up(stack: LocalStack, timeout: float = 180.0) -> None:
     """Until every service's durable consumers have nothing pending or unacknowledged (twice in a row)."""
-    nc = await admin_connection(stack)
+    nc = await _admin(stack)
     try:
         js = nc.jetstream(prefix=stack.settings.js_prefix)
         streams = {"log": stack.settings.stream, "ingress": stack.settings.ingress_stream}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.burst import Outcome, admin_connection, cluster_stack, run_burst
+from bench.burst import Outcome, cluster_stack, run_burst
 from deploy.local.devstack import LocalStack
 
 
@@ -86,17 +86,6 @@ def _window(outcomes: list[Outcome], start: float, end: float) -> dict[str, Any]
     }
 
 
-async def log_state(stack: LocalStack) -> dict[str, int]:
-    """The log's size: messages and distinct subjects (NATS keeps an index entry per subject in
-    memory, so its memory grows with them whatever the load)."""
-    nc = await admin_connection(stack)
-    try:
-        info = await nc.jetstream(prefix=stack.settings.js_prefix).stream_info(stack.settings.stream)
-        return {"log_messages": int(info.state.messages), "log_subjects": int(info.state.num_subjects or 0)}
-    finally:
-        await nc.close()
-
-
 def verdict(samples: list[dict[str, Any]]) -> list[str]:
     """What grew between the first and the last third of the run ([]: flat)."""
     third = max(1, len(samples) // 3)
@@ -106,12 +95,7 @@ def verdict(samples: list[dict[str, Any]]) -> list[str]:
         before = statistics.median(s["pss_kib"].get(name, 0) for s in first)
         after = statistics.median(s["pss_kib"].get(name, 0) for s in last)
         if before and after > before * 1.2 and after - before > 20 * 1024:
-            said = f"{name}: memory {before / 1024:.0f} -> {after / 1024:.0f} MiB"
-            subjects = [s.get("log_subjects") for s in (samples[0], samples[-1])]
-            if name.startswith("nats") and all(subjects) and subjects[1] > subjects[0]:
-                per = (after - before) * 1024 / (subjects[1] - subjects[0])
-                said += f" (the log's subjects {subjects[0]} -> {subjects[1]}: {per:.0f} bytes per new subject)"
-            growth.append(said)
+            growth.append(f"{name}: memory {before / 1024:.0f} -> {after / 1024:.0f} MiB")
     p99_before = [s["latency_p99_s"] for s in first if s["latency_p99_s"] is not None]
     p99_after = [s["latency_p99_s"] for s in last if s["latency_p99_s"] is not None]
     if p99_before and p99_after and statistics.median(p99_after) > 2 * statistics.median(p99_before):
@@ -140,12 +124,7 @@ async def soak(stack: LocalStack, minutes: float, every: float, out: Path) -> in
             window_start = time.monotonic()
             await asyncio.sleep(every)
             now = time.monotonic()
-            row = {
-                "t_s": round(now - started, 1),
-                **_window(outcomes, window_start, now),
-                "pss_kib": memory(stack),
-                **await log_state(stack),
-            }
+            row = {"t_s": round(now - started, 1), **_window(outcomes, window_start, now), "pss_kib": memory(stack)}
             samples.append(row)
             total = sum(row["pss_kib"].values()) / 1024
             print(
