@@ -194,9 +194,10 @@ class GroupCommit(Generic[T]):
     (and is parked or retried by the middleware) on its own and the others still apply.
     """
 
-    def __init__(self, process: Process[T], publish: Publish) -> None:
+    def __init__(self, process: Process[T], publish: Publish, *, held: Callable[[], set[int]] | None = None) -> None:
         self._process = process
         self._publish = publish
+        self._held = held
         self._queue: list[tuple[T, Delivery, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -221,8 +222,10 @@ class GroupCommit(Generic[T]):
                 if quiet >= 8:
                     break
             while self._queue:
-                group = sorted(self._queue, key=lambda entry: entry[1].seq)
-                self._queue = []
+                group = self._in_order()
+                if not group:
+                    await asyncio.sleep(0.002)
+                    continue
                 await self._commit(group)
         except BaseException:
             # Cancelled (the service is stopping): nobody may wait forever; the messages are
@@ -231,6 +234,23 @@ class GroupCommit(Generic[T]):
                 _settle(done, ConnectionError("the service is stopping"))
             self._queue = []
             raise
+
+    def _in_order(self) -> list[tuple[T, Delivery, asyncio.Future[None]]]:
+        """Take the queued events that may be applied now, in stream order: those before every
+        message of this consumer that this process holds but whose handler has not submitted yet
+        (`held`). A handler can be slower to reach `submit` than those after it (parsing, a retry
+        in place): its event is not overtaken, so an event is never applied before one the log
+        took earlier (a revocation request before the issuance it names, in a rebuild)."""
+        queued = sorted(self._queue, key=lambda entry: entry[1].seq)
+        if self._held is not None:
+            submitted = {delivery.seq for _, delivery, _ in queued}
+            behind = [seq for seq in self._held() if seq not in submitted]
+            if behind:
+                first = min(behind)
+                queued = [entry for entry in queued if entry[1].seq < first]
+        taken = {id(entry) for entry in queued}
+        self._queue = [entry for entry in self._queue if id(entry) not in taken]
+        return queued
 
     async def _commit(self, group: list[tuple[T, Delivery, asyncio.Future[None]]]) -> None:
         try:

@@ -47,6 +47,10 @@ class InFlight:
         held = self._held.get(id(msg))
         return held is not None and held[0] is msg
 
+    def sequences(self, consumer: str) -> set[int]:
+        """The stream sequences of the messages of durable `consumer` held here (being handled)."""
+        return {msg.metadata.sequence.stream for msg, _ in self._held.values() if msg.metadata.consumer == consumer}
+
     @contextlib.contextmanager
     def holding(self, msg: Msg) -> Iterator[None]:
         """Keep `msg` in progress until the block ends (the caller acks or nacks it after that)."""

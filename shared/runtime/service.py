@@ -206,7 +206,12 @@ class Runtime:
 
     def group_commit(self, purpose: str, apply: Apply) -> GroupCommit[Event]:
         """Group commit for a consumer whose events are applied one by one with `apply`."""
-        return GroupCommit(applying(lambda: self.pool, self.durable(purpose), apply), self.publish_pending)
+        durable = self.durable(purpose)
+        return GroupCommit(
+            applying(lambda: self.pool, durable, apply),
+            self.publish_pending,
+            held=lambda: self.in_flight.sequences(durable),
+        )
 
     def publishes(self, *event_types: type[Event]) -> None:
         """Declare the events this service publishes (through its outbox), for the AsyncAPI document."""

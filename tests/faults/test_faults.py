@@ -203,7 +203,15 @@ async def test_delete_a_service_database_and_let_it_rebuild(cluster: LocalStack,
     async def fault() -> None:
         conn = await asyncpg.connect(pg.url, timeout=10)
         try:
-            await conn.execute(f"DROP SCHEMA {service} CASCADE")
+            # Dropping every table while the replicas write to them can deadlock with one of their
+            # transactions; Postgres then cancels one side (here, at times, the drop): drop again.
+            for attempt in range(10):
+                try:
+                    await conn.execute(f"DROP SCHEMA {service} CASCADE")
+                    break
+                except asyncpg.DeadlockDetectedError:
+                    assert attempt < 9, f"could not drop {service}'s schema: deadlocked ten times"
+                    await asyncio.sleep(0.1)
         finally:
             await conn.close()
         # Each replica notices within a heartbeat and stops itself; its supervisor (here) starts it again.

@@ -103,3 +103,35 @@ async def test_cancelling_the_flush_releases_every_waiting_handler() -> None:
     commit._flusher.cancel()
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(waiting, timeout=1)
+
+
+async def test_an_event_is_not_applied_before_an_earlier_one_whose_handler_is_slow_to_submit() -> None:
+    """In a rebuild a revocation request and the issuance it names come in one pull: if the issuance's
+    handler reaches `submit` late, the request waits for it rather than being decided first."""
+    rec = Recorder()
+    held = {1, 2, 3}  # the messages of this consumer the process holds (its handlers are running)
+
+    async def late(item: str, seq: int, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        try:
+            await commit.submit(item, at(seq))
+        finally:
+            held.discard(seq)
+
+    commit: GroupCommit[str] = GroupCommit(rec.process, rec.publish, held=lambda: set(held))
+    await asyncio.wait_for(asyncio.gather(late("a", 1, 0), late("c", 3, 0), late("b", 2, 0.05)), timeout=5)
+    applied = [seq for group in rec.groups for _, seq in group]
+    assert applied == [1, 2, 3], rec.groups
+
+
+async def test_a_held_message_that_never_submits_does_not_hold_back_the_ones_after_it_once_let_go() -> None:
+    """A message parked before its handler ran is let go without submitting: the rest then apply."""
+    rec = Recorder()
+    held = {1, 2}
+    commit: GroupCommit[str] = GroupCommit(rec.process, rec.publish, held=lambda: set(held))
+    waiting = asyncio.create_task(commit.submit("b", at(2)))
+    await asyncio.sleep(0.05)
+    assert rec.groups == [], "applied before the earlier message was settled"
+    held.discard(1)  # parked by the middleware: it never reaches submit
+    await asyncio.wait_for(waiting, timeout=5)
+    assert rec.groups == [[("b", 2)]]
