@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench.environment import REQUESTER, bench_harness, save_result
+from bench.procs import CpuMeter
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
@@ -146,6 +147,24 @@ async def publish_and_wait(
     return len(requests) / elapsed, [done[r] - sent[r] for r in sent], issued
 
 
+async def processes(h: Harness) -> dict[str, list[int]]:
+    """The processes whose CPU an issuance costs, by name: each service (with what it started),
+    the nats-server, and PostgreSQL's backends serving this database."""
+    groups = {name: [p.proc.pid] for name, p in h.procs.items() if p.proc is not None}
+    if h.nats.proc is not None:
+        groups["nats"] = [h.nats.proc.pid]
+    pool = await h.db()
+    rows = await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    groups["postgresql"] = [r["pid"] for r in rows]
+    return groups
+
+
+def cpu_breakdown(used_s: dict[str, float], certificates: int) -> dict[str, float]:
+    """CPU milliseconds per certificate, by process, largest first, with their total."""
+    per = {name: round(s * 1000 / certificates, 2) for name, s in sorted(used_s.items(), key=lambda kv: -kv[1])}
+    return {**per, "total": round(sum(used_s.values()) * 1000 / certificates, 2)}
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -174,9 +193,17 @@ async def run(h: Harness) -> None:
         flush=True,
     )
     e2e_rates, ref_rates, review_us, lint_rates, latencies = [], [], [], [], []
+    cpu: dict[str, list[float]] = {}
     for r in range(ROUNDS):
         csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
+        meter = CpuMeter()
+        meter.start(await processes(h))
         rate, lat = await end_to_end(h, csrs)
+        # What the services still do for these certificates after the last was issued (audit
+        # archives and lints them) is theirs too: read once the system is quiet again.
+        await asyncio.sleep(2)
+        for name, ms in cpu_breakdown(meter.stop(await processes(h)), N).items():
+            cpu.setdefault(name, []).append(ms)
         ref, review, lint = await asyncio.to_thread(reference_rate, csrs)
         e2e_rates.append(rate)
         ref_rates.append(ref)
@@ -189,6 +216,7 @@ async def run(h: Harness) -> None:
             flush=True,
         )
     e2e, ref = statistics.median(e2e_rates), statistics.median(ref_rates)
+    cpu_ms = {name: round(statistics.median(values), 2) for name, values in cpu.items()}
     review, lint = statistics.median(review_us), statistics.median(lint_rates)
     result = {
         "n_per_round": N,
@@ -203,6 +231,7 @@ async def run(h: Harness) -> None:
         "latency_p99_ms": round(pct(latencies, 99) * 1000, 1),
         "unloaded_latency_p50_ms": round(pct(unloaded, 50) * 1000, 1),
         "unloaded_latency_p99_ms": round(pct(unloaded, 99) * 1000, 1),
+        "cpu_ms_per_certificate": cpu_ms,
     }
     print(
         f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "
@@ -212,6 +241,10 @@ async def run(h: Harness) -> None:
     print(f"enrollment review of one request (CSR, names, profile, token claims): {review:.1f} us")
     print(f"pkilint of one full certificate: {lint:.1f} certs/s ({1000 / lint:.2f} ms each)")
     print(f"ratio end to end / reference: {e2e / ref:.3f}")
+    print(
+        "CPU per certificate (ms, median of rounds, each process with its children): "
+        + ", ".join(f"{name} {ms}" for name, ms in cpu_ms.items())
+    )
     save_result("issuance", result)
 
 

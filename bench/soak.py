@@ -22,43 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.burst import Outcome, cluster_stack, run_burst
+from bench.procs import pss_kib, tree_pss_kib
 from deploy.local.devstack import LocalStack
-
-
-def pss_kib(pid: int) -> int:
-    """A process's proportional resident set (PSS, KiB): its private pages plus its share of
-    pages it shares with others, so that PostgreSQL's backends, which all touch the same shared
-    buffers, add up to what they really hold (their RSS would count those buffers once each).
-    0 if the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def memory(stack: LocalStack) -> dict[str, int]:
     """Resident memory (KiB) of every process of the stack, by name (a replica with the processes
     it started: audit's pkilint worker)."""
-    sizes = {
-        p.instance: pss_kib(p.proc.pid) + sum(pss_kib(c) for c in _children(p.proc.pid))
-        for p in stack.procs
-        if p.proc is not None
-    }
+    sizes = {p.instance: tree_pss_kib(p.proc.pid) for p in stack.procs if p.proc is not None}
     for i, node in enumerate(stack.nats, start=1):
         if node.proc is not None:
             sizes[f"nats-{i}"] = pss_kib(node.proc.pid)
@@ -66,7 +37,7 @@ def memory(stack: LocalStack) -> dict[str, int]:
         pid_file = stack.pg.data_dir / "postmaster.pid"
         if pid_file.exists():
             postmaster = int(pid_file.read_text().split()[0])
-            sizes["postgresql"] = pss_kib(postmaster) + sum(pss_kib(c) for c in _children(postmaster))
+            sizes["postgresql"] = tree_pss_kib(postmaster)
     return sizes
 
 
