@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench faults soak soak-chart docs clean chromium
+.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: install
 	$(PY) -m bench.revocation
 	$(PY) -m bench.renewal
 	$(PY) -m bench.cli_startup
+
+# Where each service spends its CPU during an issuance burst (py-spy); summaries to bench/results/profile-*.txt.
+profile: install
+	$(PY) -m bench.profile
 
 # The fault suite in cluster mode: 10,000 enrollments per scenario (FAULTS_N=300 for a quick run);
 # figures go to bench/results/faults.json.
