@@ -18,14 +18,19 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def children(pid: int) -> list[int]:
-    """The processes `pid` started that are alive now (direct children)."""
-    found = []
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every live process's direct children, by parent pid (one pass over /proc)."""
+    found: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         fields = _stat_fields(int(stat.parent.name))
-        if fields is not None and int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+        if fields is not None:
+            found.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     return found
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started that are alive now (direct children)."""
+    return _children_by_parent().get(pid, [])
 
 
 def pss_kib(pid: int) -> int:
@@ -71,8 +76,9 @@ class CpuMeter:
     @staticmethod
     def _read(groups: Mapping[str, Iterable[int]]) -> dict[str, dict[int, float]]:
         read: dict[str, dict[int, float]] = {}
+        by_parent = _children_by_parent()
         for name, pids in groups.items():
-            tree = {p for pid in pids for p in (pid, *children(pid))}
+            tree = {p for pid in pids for p in (pid, *by_parent.get(pid, []))}
             read[name] = {p: cpu_s(p) for p in tree}
         return read
 

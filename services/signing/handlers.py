@@ -59,7 +59,7 @@ def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: Template
     approvals: GroupCommit[Event] = GroupCommit(
         lambda items: work(rt, items, cas=cas, book=book, crls=crls, retirements=retirements),
         rt.publish_pending,
-        held=lambda: rt.in_flight.sequences(rt.durable("approved")),  # in log order (see GroupCommit)
+        held=rt.held("approved"),  # in log order (see GroupCommit)
     )
 
     @rt.consumer("approved", APPROVALS)

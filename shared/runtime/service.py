@@ -206,12 +206,15 @@ class Runtime:
 
     def group_commit(self, purpose: str, apply: Apply) -> GroupCommit[Event]:
         """Group commit for a consumer whose events are applied one by one with `apply`."""
-        durable = self.durable(purpose)
         return GroupCommit(
-            applying(lambda: self.pool, durable, apply),
-            self.publish_pending,
-            held=lambda: self.in_flight.sequences(durable),
+            applying(lambda: self.pool, self.durable(purpose), apply), self.publish_pending, held=self.held(purpose)
         )
+
+    def held(self, purpose: str) -> Callable[[], set[int]]:
+        """What a `GroupCommit` of the consumer `purpose` waits for to keep log order: the stream
+        sequences of its messages this process is handling."""
+        durable = self.durable(purpose)
+        return lambda: self.in_flight.sequences(durable)
 
     def publishes(self, *event_types: type[Event]) -> None:
         """Declare the events this service publishes (through its outbox), for the AsyncAPI document."""
