@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -19,6 +20,10 @@ from shared.runtime import db
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BATCH = 1000
+# How long a read may go without progress before it gives up: a consumer-leader change in a cluster
+# answers fetches with 503 for ~4-5 s (STACK-NOTES), which a read rides out rather than fails on.
+STALL_S = 30.0
+RETRY_S = 0.5
 _COMPARED = "stream_seq, subject, subject_exact, raw, hash"  # what a replay must reproduce exactly
 
 
@@ -50,22 +55,44 @@ class Progress:
 
 
 async def read_stream(
-    js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH
+    js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH, stall_s: float = STALL_S
 ) -> tuple[Batches, asyncio.Task[None]]:
-    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it)."""
+    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it).
+    A fetch the server cannot answer for now (503, or nothing within its timeout) is tried again
+    until the read has made no progress for `stall_s`."""
     queue: Batches = asyncio.Queue(maxsize=8)
 
+    async def subscribe() -> JetStreamContext.PullSubscription:
+        started = time.monotonic()
+        while True:
+            try:
+                return await js.pull_subscribe(
+                    subject,
+                    durable=None,
+                    stream=stream,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0, max_ack_pending=-1
+                    ),
+                )
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                if time.monotonic() - started > stall_s:
+                    raise
+                await asyncio.sleep(RETRY_S)
+
     async def pump() -> None:
-        sub = await js.pull_subscribe(
-            subject,
-            durable=None,
-            stream=stream,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0, max_ack_pending=-1),
-        )
+        sub = await subscribe()
         try:
             seen = 0
+            progressed = time.monotonic()
             while seen < through:
-                msgs = await sub.fetch(batch, timeout=5.0)
+                try:
+                    msgs = await sub.fetch(batch, timeout=5.0)
+                except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                    if time.monotonic() - progressed > stall_s:
+                        raise
+                    await asyncio.sleep(RETRY_S)
+                    continue
+                progressed = time.monotonic()
                 chunk = []
                 for m in msgs:
                     seq = m.metadata.sequence.stream
