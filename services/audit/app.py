@@ -7,8 +7,9 @@ from pathlib import Path
 from faststream import FastStream
 
 from services.audit.checkpoints import Checkpointer
-from services.audit.handlers import NAME, raise_findings, register
+from services.audit.handlers import NAME, enqueue_findings, raise_findings, register
 from services.audit.incremental import IncrementalCheck
+from services.audit.lint_job import LintJob
 from shared.base.clock import Clock
 from shared.base.settings import AuditSettings
 from shared.runtime.loops import WakeableLoop
@@ -22,10 +23,15 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
     async def on_start(rt: Runtime) -> None:
         checkpointer.loop.start()
         checker.start()
+        if linting is not None:
+            linting.start()
 
     async def on_stop(rt: Runtime) -> None:
         await checkpointer.loop.stop()
         await checker.stop()
+        if linting is not None:
+            await linting.stop()
+            lint.close()
 
     # Audit rebuilds itself: after losing its tables it starts, and `certbus audit replay` archives
     # the log again from sequence 1 (the same chain hashes), so it is not refused.
@@ -48,4 +54,13 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
         lambda: raise_findings(rt, incremental, settings.crl_check_grace_s),
         idle_s=settings.check_interval_s,
     )
+    # pkilint of every issued certificate, after issuance and off its path: a background job over
+    # the archive at a capped rate, its coverage counted (services/audit/lint_job.py).
+    lint = LintJob(
+        rt,
+        lambda conn, found, cause, results: enqueue_findings(conn, rt, found, cause=cause, lint=results),
+        per_s=settings.lint_per_s,
+        backlog_max=settings.lint_backlog_max,
+    )
+    linting = WakeableLoop("audit-lint", lint.step, idle_s=1.0) if settings.lint_after_issuance else None
     return app, rt

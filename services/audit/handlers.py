@@ -12,13 +12,11 @@ from typing import Any
 import asyncpg
 import nats.js.errors
 from faststream.nats.annotations import NatsMessage
-from prometheus_client import Counter
 from pydantic import ValidationError
 
-from services.audit import checks, domain, replay, report, store, verify
+from services.audit import checks, domain, lint_job, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
 from services.audit.incremental import IncrementalCheck
-from services.audit.linter import Linter
 from shared.base.settings import AuditSettings
 from shared.contract.binding import Unbound, loads
 from shared.contract.bounds import MAX_FINDINGS
@@ -27,7 +25,6 @@ from shared.contract.events import (
     AuditFindingRaised,
     CertificateIssued,
     CertificateRevoked,
-    Event,
     LintResult,
 )
 from shared.contract.queries import (
@@ -41,6 +38,7 @@ from shared.contract.queries import (
     HistoryQuery,
     IssuedAnswer,
     IssuedQuery,
+    LintCoverage,
     ReplayAnswer,
     ReplayProgress,
     ReplayQuery,
@@ -51,7 +49,7 @@ from shared.contract.queries import (
     VerifyAnswer,
 )
 from shared.pki.crypto import normalise_serial
-from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, apply_events
+from shared.runtime.consumer import Delivery, GroupCommit
 from shared.runtime.metrics import EVENTS_CONSUMED
 from shared.runtime.outbox import OutboxEntry, enqueue_many
 from shared.runtime.service import Runtime
@@ -59,21 +57,11 @@ from shared.runtime.stream import read_object
 
 NAME = "audit"
 log = logging.getLogger("certbus.audit")
-LINTED = Counter(
-    "certbus_certificates_linted_total", "Issued certificates linted after issuance, by outcome", ["outcome"]
-)
 
 
 def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -> None:
     """Attach audit's consumers and queries."""
     rt.publishes(AuditCheckpointSigned, AuditFindingRaised)
-    if settings.lint_after_issuance:
-        linter: GroupCommit[Event] = GroupCommit(lambda items: lint_issued(rt, items), rt.publish_pending)
-
-        @rt.consumer("lint", [CertificateIssued])
-        async def on_issued(event: CertificateIssued, msg: NatsMessage) -> None:
-            """pkilint every issued certificate, off the signing path; a finding is an operator alert."""
-            await linter.submit(event, Delivery.of(msg))
 
     async def archive(items: list[tuple[tuple[str, bytes], Delivery]]) -> list[OutboxEntry]:
         """Archive a group verbatim and, in the same transaction, raise a finding for each new message
@@ -124,6 +112,12 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
             with contextlib.suppress(ValidationError):
                 valid.append((seq, CertificateRevoked.model_validate_json(raw).model_dump(mode="json")))
         return RevocationsAnswer(events=valid, through=through)
+
+    @rt.query("lint")
+    async def lint_coverage() -> LintCoverage:
+        """Post-issuance pkilint's coverage: issued, linted clean / failing, passed over, waiting."""
+        async with rt.pool.acquire() as conn:
+            return await lint_job.coverage(conn)
 
     @rt.query("findings")
     async def findings(query: FindingsQuery) -> FindingsAnswer:
@@ -314,34 +308,3 @@ def _entry(row: asyncpg.Record) -> HistoryEntry:
         occurred_at=row["occurred_at"] or UNKNOWN_TIME,
         event=event,
     )
-
-
-async def lint_issued(rt: Runtime, items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
-    """Lint a group of issued certificates in pkilint's process, then record findings and progress."""
-    certs = {}
-    for event, _ in items:
-        if not isinstance(event, CertificateIssued):
-            raise EventRejected(f"audit's lint consumer does not take {event.event_type}")
-        certs[event.event_id] = event.cert_pem
-    verdicts = await _LINTER.lint(certs)
-
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        assert isinstance(event, CertificateIssued)
-        found = verdicts[event.event_id]
-        LINTED.labels("error" if found else "clean").inc()
-        if not found:
-            return []
-        codes = sorted({f.code for f in found})
-        log.error(
-            "an issued certificate fails pkilint",
-            extra={"serial": event.serial, "profile": event.profile, "codes": codes},
-        )
-        detail = f"certificate {event.serial} ({event.profile}) fails pkilint: {', '.join(codes)}"
-        finding = checks.Finding("pkilint", delivery.seq, detail)
-        return await enqueue_findings(conn, rt, [finding], cause=event, lint=found)
-
-    async with rt.pool.acquire() as conn, conn.transaction():
-        return await apply_events(conn, rt.durable("lint"), items, apply)
-
-
-_LINTER = Linter()  # pkilint's process, shared by the lint consumer of this process

@@ -1,4 +1,4 @@
-"""pkilint for audit's lint consumer, in a process of its own at the lowest CPU priority.
+"""pkilint for audit's post-issuance lint job, in a process of its own at the lowest CPU priority.
 
 pkilint takes about 8 ms a certificate. It used to run in a thread of the audit process at nice 19,
 so that it would use only CPU that issuance leaves idle. But a thread shares the interpreter lock:
@@ -42,7 +42,10 @@ def lint_pems(certs: dict[str, str]) -> dict[str, Found]:
         except ValueError as exc:
             verdicts[key] = [("FATAL", "certbus.not_a_certificate", str(exc))]
             continue
-        verdicts[key] = [(f.severity, f.code, f.message or f.path) for f in errors(lint_certificate(der))]
+        try:
+            verdicts[key] = [(f.severity, f.code, f.message or f.path) for f in errors(lint_certificate(der))]
+        except Exception as exc:  # noqa: BLE001 - one certificate pkilint cannot read must not stop the rest
+            verdicts[key] = [("FATAL", "certbus.lint_failed_to_run", f"{type(exc).__name__}: {exc}"[:500])]
     return verdicts
 
 

@@ -196,5 +196,9 @@ class AuditSettings(ServiceSettings):
     checkpoint_every_events: int = 1000
     checkpoint_interval_s: float = 60.0
     lint_after_issuance: bool = True
+    # Post-issuance pkilint runs in the background (services/audit/lint_job.py): at most this many
+    # certificates a second, and at most this many waiting before the oldest are passed over (counted).
+    lint_per_s: float = Field(default=20.0, gt=0, le=10_000)
+    lint_backlog_max: int = Field(default=10_000, ge=32, le=10_000_000)
     check_interval_s: float = 300.0
     crl_check_grace_s: float = 60.0  # a revocation younger than this need not be in a CRL yet

@@ -78,6 +78,7 @@ from shared.contract.queries import (
     HistoryQuery,
     IssuedAnswer,
     IssuedQuery,
+    LintCoverage,
     ProfilesAnswer,
     ProvisionersAnswer,
     ReplayAnswer,
@@ -717,6 +718,10 @@ class CertbusClient:
     async def findings(self, limit: int = 100) -> FindingsAnswer:
         """Lint findings (pre-release refusals, post-issuance pkilint errors) and profile lint verdicts."""
         return await self._ask("audit", "findings", FindingsQuery(limit=limit), FindingsAnswer)
+
+    async def lint_coverage(self) -> LintCoverage:
+        """Post-issuance pkilint's coverage: issued, linted clean / failing, passed over, waiting."""
+        return await self._ask("audit", "lint", None, LintCoverage)
 
     async def check(self, timeout: float = 600.0) -> CheckAnswer:
         """Run audit's consistency checks over the whole archive."""

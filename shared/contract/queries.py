@@ -304,6 +304,20 @@ class CheckFinding(Query):
     detail: str
 
 
+class LintCoverage(Query):
+    """Post-issuance pkilint's coverage over the archive: certificates issued, linted clean, linted
+    failing, passed over (its backlog had reached its bound) and still waiting; `through_seq` is how
+    far in the log it has gone, `by_profile` the linted ones per profile."""
+
+    issued: int
+    clean: int
+    failed: int
+    passed_over: int
+    waiting: int
+    through_seq: int
+    by_profile: dict[str, dict[str, int]] = Field(default_factory=dict, max_length=10_000)
+
+
 class CheckAnswer(Query):
     """The consistency checks' findings over the whole archive."""
 

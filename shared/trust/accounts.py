@@ -67,7 +67,7 @@ DURABLES: dict[Publisher, tuple[tuple[str, Literal["log", "ingress"]], ...]] = {
     "signing": (("approved", "log"), ("revoked", "log")),
     "validation": (("status", "log"),),
     "revocation": (("requests", "log"), ("admit", "ingress")),
-    "audit": (("archive", "log"), ("lint", "log")),
+    "audit": (("archive", "log"),),
 }
 # The queries each client role may ask, as (service, query); "*" is every query of the service.
 QUERIES: dict[Role, tuple[tuple[str, str], ...]] = {

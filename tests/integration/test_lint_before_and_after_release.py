@@ -156,3 +156,14 @@ async def test_after_issuance_lint_raises_a_finding_for_a_nonconforming_certific
 
     result = await eventually(listed)
     assert result.returncode == 1  # an error finding is an alarm
+
+    # Its coverage counts it: the failing one among what was linted, exit 1 (an alarm).
+    async def covered() -> Any:
+        result = await stack.cli("audit", "lint", "--json")
+        return result if json.loads(result.stdout)["failed"] == 1 else None
+
+    result = await eventually(covered)
+    assert result.returncode == 1
+    coverage = json.loads(result.stdout)
+    assert coverage["issued"] == coverage["clean"] + coverage["failed"] + coverage["passed_over"] + coverage["waiting"]
+    assert coverage["passed_over"] == 0 and coverage["by_profile"]["tls-server"]["failed"] == 1

@@ -378,6 +378,29 @@ def audit_check(as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
+@audit_app.command("lint")
+def audit_lint(as_json: JsonOpt = False) -> None:
+    """Post-issuance pkilint's coverage over the log: certificates issued, linted clean, linted
+    failing, passed over (its backlog had reached its bound) and still waiting. Exit 0 when no
+    linted certificate failed, 1 otherwise (`certbus audit findings` lists them)."""
+    answer = run(lambda c: c.lint_coverage(), operator=operator())
+    if as_json:
+        emit_json(answer.model_dump(mode="json"))
+    else:
+        linted = answer.clean + answer.failed
+        share = f"{100 * linted / answer.issued:.1f}%" if answer.issued else "-"
+        out.print(
+            f"{answer.issued} issued, {linted} linted ({share}): {answer.clean} clean, {answer.failed} failing; "
+            f"{answer.passed_over} passed over, {answer.waiting} waiting (log position {answer.through_seq})"
+        )
+        table = Table("profile", "clean", "failing")
+        for profile, counts in answer.by_profile.items():
+            table.add_row(escape(profile), str(counts.get("clean", 0)), str(counts.get("failed", 0)))
+        print_table(table)
+    if answer.failed:
+        raise typer.Exit(EXIT_REFUSED)
+
+
 @audit_app.command("verify")
 def audit_verify(as_json: JsonOpt = False) -> None:
     """Recompute the archive's hash chain, check every signed checkpoint and compare the archive with
