@@ -18,10 +18,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from nats.aio.msg import Msg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -117,7 +117,7 @@ async def publish_and_wait(
     finished = asyncio.Event()
     slots = asyncio.Semaphore(concurrency)
 
-    async def on_outcome(msg: nats.aio.msg.Msg) -> None:
+    async def on_outcome(msg: Msg) -> None:
         event = parse_event(msg.data)
         if event.aggregate_id in sent and event.aggregate_id not in done:
             done[event.aggregate_id] = time.perf_counter()

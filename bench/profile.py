@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(2)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        record = [spy, "record", "-d", str(args.seconds), "-r", str(args.rate), "--nonblocking", "--subprocesses"]
+        record = [str(spy), "record", "-d", str(args.seconds), "-r", str(args.rate), "--nonblocking", "--subprocesses"]
         recorders = {
             name: subprocess.Popen(
                 [*record, "-f", "raw", "-o", f"{tmp}/{name}.raw", "-p", str(pid)],
