@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium
+.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium cfssl wrk
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,16 @@ format: install
 docs: install
 	$(PY) -m docs.asyncapi
 
-bench: install
+# The issuance bench's outside reference: `cfssl serve` (Debian's golang-cfssl) driven by wrk.
+cfssl:
+	@command -v cfssl >/dev/null || ($(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-cfssl)
+
+wrk:
+	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+
+bench: install cfssl wrk
 	$(PY) -m bench.issuance
 	$(PY) -m bench.audit
 	$(PY) -m bench.revocation

@@ -3,7 +3,9 @@
 End to end: N EnrollmentRequested events are sent on the ingress stream (at most CONCURRENCY in
 flight) and the clock stops when each one's CertificateIssued event arrives. Reference, measured in the same run:
 CSR parse + signature check + key check + certificate build + sign + PEM with `cryptography` alone,
-on one core. Figures are medians over ROUNDS; the machine is shared, so read ratios, not absolutes.
+on one core. Then, outside reference: `cfssl serve` (Debian's golang-cfssl) signing the last round's
+CSRs over HTTP, driven by wrk (bench/cfssl.py). Figures are medians over ROUNDS; the machine is
+shared, so read ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import nats
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from nats.aio.msg import Msg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench import cfssl
 from bench.environment import REQUESTER, bench_harness, save_result
 from bench.procs import CpuMeter
 from harness import Harness
@@ -42,6 +47,7 @@ N = int(os.environ.get("BENCH_N", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 UNLOADED_N = 50
+CFSSL_SECONDS = float(os.environ.get("BENCH_CFSSL_SECONDS", "10"))  # per cfssl measurement; 0 skips them
 
 
 PROFILE = Profile(name="tls-server", usage="server", dns_suffixes=["internal"])
@@ -117,7 +123,7 @@ async def publish_and_wait(
     finished = asyncio.Event()
     slots = asyncio.Semaphore(concurrency)
 
-    async def on_outcome(msg: nats.aio.msg.Msg) -> None:
+    async def on_outcome(msg: Msg) -> None:
         event = parse_event(msg.data)
         if event.aggregate_id in sent and event.aggregate_id not in done:
             done[event.aggregate_id] = time.perf_counter()
@@ -172,10 +178,47 @@ def pct(values: list[float], p: float) -> float:
 
 async def main() -> None:
     async with bench_harness() as h:
-        await run(h)
+        result, csrs = await run(h)
+    # After the services have stopped, so that cfssl has the machine Certbus had.
+    if (reference := cfssl_reference(csrs, result["end_to_end_certs_per_s"])) is not None:
+        result["cfssl"] = reference
+    save_result("issuance", result)
 
 
-async def run(h: Harness) -> None:
+def cfssl_reference(csrs: list[bytes], certbus_per_s: float) -> dict[str, Any] | None:
+    """`cfssl serve` signing `csrs` in each of cfssl.setups for CFSSL_SECONDS, its rate printed next to
+    Certbus's: the figures by setup, each with Certbus's ratio to it (None when skipped)."""
+    if CFSSL_SECONDS <= 0:
+        print("cfssl serve reference: skipped (BENCH_CFSSL_SECONDS=0)")
+        return None
+    if missing := cfssl.missing_tools():
+        print(f"cfssl serve reference: skipped, {' and '.join(missing)} not installed (`make cfssl wrk` installs them)")
+        return None
+    figures: dict[str, Any] = {}
+    for setup in cfssl.setups(sorted(os.sched_getaffinity(0))):
+        try:
+            measured = cfssl.measure(
+                csrs,
+                CFSSL_SECONDS,
+                server_cores=setup.server_cores,
+                client_cores=setup.client_cores,
+                ca_key=setup.ca_key,
+            )
+        except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
+            print(f"cfssl serve ({setup.label}): not measured: {e}", flush=True)
+            figures[setup.name] = {"error": str(e)[:500]}
+            continue
+        print(cfssl.ratio_line(setup.label, measured, certbus_per_s), flush=True)
+        figures[setup.name] = {
+            **measured.as_json(),
+            "ratio_end_to_end_over_cfssl": round(certbus_per_s / measured.certs_per_s, 3),
+        }
+    return figures
+
+
+async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
+    """Rounds of issuance through the running services, each with the in-process reference: the
+    figures (printed and returned) and the last round's CSRs."""
     h.provisioner_key = ed25519.Ed25519PrivateKey.generate()
     print(
         f"certbus bench: N={N} per round, {ROUNDS} rounds, concurrency {CONCURRENCY}, "
@@ -194,6 +237,7 @@ async def run(h: Harness) -> None:
     )
     e2e_rates, ref_rates, review_us, lint_rates, latencies = [], [], [], [], []
     cpu: dict[str, list[float]] = {}
+    csrs: list[bytes] = []
     for r in range(ROUNDS):
         csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
         meter = CpuMeter()
@@ -218,7 +262,7 @@ async def run(h: Harness) -> None:
     e2e, ref = statistics.median(e2e_rates), statistics.median(ref_rates)
     cpu_ms = {name: round(statistics.median(values), 2) for name, values in cpu.items()}
     review, lint = statistics.median(review_us), statistics.median(lint_rates)
-    result = {
+    result: dict[str, Any] = {
         "n_per_round": N,
         "rounds": ROUNDS,
         "concurrency": CONCURRENCY,
@@ -245,7 +289,7 @@ async def run(h: Harness) -> None:
         "CPU per certificate (ms, median of rounds, each process with its children): "
         + ", ".join(f"{name} {ms}" for name, ms in cpu_ms.items())
     )
-    save_result("issuance", result)
+    return result, csrs
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     args = parser.parse_args(argv)
     spy = Path(sys.executable).parent / "py-spy"
-    env = dict(os.environ, BENCH_ROUNDS="1", BENCH_N=os.environ.get("BENCH_N", "3000"))
+    # One round and no cfssl reference: only the services' burst is sampled.
+    env = dict(os.environ, BENCH_ROUNDS="1", BENCH_N=os.environ.get("BENCH_N", "3000"), BENCH_CFSSL_SECONDS="0")
     bench = subprocess.Popen(
         [sys.executable, "-m", "bench.issuance"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     time.sleep(2)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        record = [spy, "record", "-d", str(args.seconds), "-r", str(args.rate), "--nonblocking", "--subprocesses"]
+        record = [str(spy), "record", "-d", str(args.seconds), "-r", str(args.rate), "--nonblocking", "--subprocesses"]
         recorders = {
             name: subprocess.Popen(
                 [*record, "-f", "raw", "-o", f"{tmp}/{name}.raw", "-p", str(pid)],
