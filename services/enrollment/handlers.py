@@ -65,7 +65,7 @@ from shared.pki.tokens import (
     provisioner_id_of,
 )
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, EventRejected, Projections, dispatching
+from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue
 from shared.runtime.service import Readiness, Runtime
 from shared.trust.operators import recorded
@@ -116,9 +116,17 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         publish = await unanswered(event, delivery)
         return await _operator_decision(conn, rt, settings, event, operator=recorded(delivery.signers), publish=publish)
 
-    async def issued(conn: asyncpg.Connection, event: CertificateIssued, delivery: Delivery) -> None:
-        await store.mark_issued(conn, event.aggregate_id, event.serial, event.issuer_id, event.not_after)
-        await schedule.project(conn, event, delivery.seq)
+    async def issued(conn: asyncpg.Connection, run: list[tuple[CertificateIssued, Delivery]]) -> None:
+        """Issued certificates, a run at a time: their requests marked issued in one statement, then
+        the certificate projection (a request issued twice in one run is applied event by event)."""
+        if len({event.aggregate_id for event, _ in run}) < len(run):
+            for one in run:
+                await issued(conn, [one])
+            return
+        renews = await store.mark_issued_many(
+            conn, [(event.aggregate_id, event.serial, event.issuer_id, event.not_after) for event, _ in run]
+        )
+        await schedule.issued(conn, [(event, delivery.seq) for event, delivery in run], renews)
 
     async def lifecycle(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
         await schedule.project(conn, event, delivery.seq)
@@ -135,7 +143,7 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         ProfileApplied: _profile_applied,
         ProfileLinted: _profile_linted,
         KeyBlocked: _key_blocked,
-        CertificateIssued: issued,
+        CertificateIssued: Together(issued),
         IssuanceRefused: _issuance_refused,
         EnrollmentRejected: _rejected,
         # The certificate lifecycle events only the renewal schedule's projection applies.

@@ -10,6 +10,7 @@ restart) therefore reads back what was sent before it can send anything, and sen
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,7 +61,8 @@ class RenewalSchedule:
         renew at once; one for keyCompromise blocks the key (so that no request after it on the
         log gets that key certified again)."""
         if isinstance(event, CertificateIssued):
-            await _issued(conn, event, seq)
+            record = await store.request(conn, event.aggregate_id)
+            await self.issued(conn, [(event, seq)], {event.aggregate_id: record.renews_serial if record else None})
         elif isinstance(event, CertificateRevoked):
             compromise = "ca_compromise" if event.reason == "cACompromise" else None
             spki = await store.mark_revoked(conn, event.aggregate_id, event.reason, event.authorised_by, compromise)
@@ -79,6 +81,53 @@ class RenewalSchedule:
             await store.mark_sent(conn, "superseded", [event.aggregate_id])
         else:
             raise EventRejected(f"the certificate projection does not apply {event.event_type}")
+
+    async def issued(
+        self,
+        conn: asyncpg.Connection,
+        run: list[tuple[CertificateIssued, int]],
+        renews: Mapping[str, str | None],
+    ) -> None:
+        """Project a run of issued certificates (with their stream seq) in a few statements: their
+        profiles read once, the certificates and keys written together, then each renewal recorded
+        as superseding the certificate it renews, in log order. `renews` is the serial each request
+        renewed, as its request record says (signing copies it into the event; the record is kept
+        for logs from before that)."""
+        keys = []
+        for event, _ in run:
+            try:
+                public_key = x509.load_pem_x509_certificate(event.cert_pem.encode()).public_key()
+                keys.append((spki_der(public_key), spki_sha256(public_key)))  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise EventRejected(f"the issued certificate cannot be parsed: {exc}") from exc
+        current = await store.current_profiles(conn, sorted({event.profile for event, _ in run}))
+        certs = []
+        for (event, seq), (key_der, key_hash) in zip(run, keys, strict=True):
+            found = current.get(event.profile)
+            profile = profile_of(found[0], found[1]) if found is not None else None
+            certs.append(
+                store.IssuedCertificate(
+                    cert_id=event.aggregate_id,
+                    serial=event.serial,
+                    issuer_id=event.issuer_id,
+                    profile=event.profile,
+                    not_before=event.not_before,
+                    not_after=event.not_after,
+                    spki_sha256=key_hash,
+                    fingerprint_sha256=event.fingerprint_sha256,
+                    spki_der=key_der,
+                    dns_names=event.dns_names,
+                    ip_addresses=event.ip_addresses,
+                    emails=event.emails,
+                    renew_at=renewal.renew_at(event.not_before, event.not_after, profile),
+                    seq=seq,
+                )
+            )
+        await store.save_certificates(conn, certs)
+        for event, _ in run:
+            old_serial = event.supersedes or renews.get(event.aggregate_id)
+            if old_serial is not None and not await store.supersede(conn, old_serial, event.serial, event.aggregate_id):
+                log.warning("a renewal names a certificate already superseded or unknown", extra={"serial": old_serial})
 
     async def step(self) -> int:
         """Send every scheduled event due now; returns how many certificates were handled."""
@@ -142,37 +191,3 @@ class RenewalSchedule:
             if row.expired:
                 then.append(CertificateExpired.first(row.cert_id, not_after=row.not_after, producer=by, at=now, **cert))
         return first, then
-
-
-async def _issued(conn: asyncpg.Connection, event: CertificateIssued, seq: int) -> None:
-    try:
-        public_key = x509.load_pem_x509_certificate(event.cert_pem.encode()).public_key()
-        key_der, key_hash = spki_der(public_key), spki_sha256(public_key)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise EventRejected(f"the issued certificate cannot be parsed: {exc}") from exc
-    current = await store.current_profile(conn, event.profile)
-    profile = profile_of(current[0], current[1]) if current is not None else None
-    await store.save_certificate(
-        conn,
-        store.IssuedCertificate(
-            cert_id=event.aggregate_id,
-            serial=event.serial,
-            issuer_id=event.issuer_id,
-            profile=event.profile,
-            not_before=event.not_before,
-            not_after=event.not_after,
-            spki_sha256=key_hash,
-            fingerprint_sha256=event.fingerprint_sha256,
-            spki_der=key_der,
-            dns_names=event.dns_names,
-            ip_addresses=event.ip_addresses,
-            emails=event.emails,
-            renew_at=renewal.renew_at(event.not_before, event.not_after, profile),
-            seq=seq,
-        ),
-    )
-    # Signing copies `supersedes` from the approval; the request record says the same if it does not.
-    record = await store.request(conn, event.aggregate_id)
-    old_serial = event.supersedes or (record.renews_serial if record is not None else None)
-    if old_serial is not None and not await store.supersede(conn, old_serial, event.serial, event.aggregate_id):
-        log.warning("a renewal names a certificate already superseded or unknown", extra={"serial": old_serial})

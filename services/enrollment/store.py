@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -238,6 +239,14 @@ async def current_profile(conn: asyncpg.Connection, name: str) -> tuple[dict[str
     return None if row is None else (row["body"], row["digest"], row["lint_failed"])
 
 
+async def current_profiles(
+    conn: asyncpg.Connection, names: Sequence[str]
+) -> dict[str, tuple[dict[str, Any], str, bool]]:
+    """`current_profile` of several names in one round trip (the names not applied are absent)."""
+    rows = await conn.fetch("SELECT name, body, digest, lint_failed FROM profiles WHERE name = ANY($1::text[])", names)
+    return {r["name"]: (r["body"], r["digest"], r["lint_failed"]) for r in rows}
+
+
 async def spend_token(
     conn: asyncpg.Connection, token_id: str, provisioner_id: str, request_id: str, at: datetime
 ) -> bool:
@@ -343,17 +352,22 @@ async def decide(
     )
 
 
-async def mark_issued(
-    conn: asyncpg.Connection, request_id: str, serial: str, issuer_id: str, not_after: datetime
-) -> None:
-    """Signing issued the certificate of an approved request."""
-    await conn.execute(
-        "UPDATE requests SET status = 'issued', serial = $2, issuer_id = $3, not_after = $4 WHERE request_id = $1",
-        request_id,
-        serial,
-        issuer_id,
-        not_after,
+async def mark_issued_many(
+    conn: asyncpg.Connection, issued: Sequence[tuple[str, str, str, datetime]]
+) -> dict[str, str | None]:
+    """`mark_issued` for several requests (request id, serial, issuer, not after; each request once)
+    in one statement; returns the renewed serial of each request found (None: a first enrollment)."""
+    ids, serials, issuers, not_afters = (list(col) for col in zip(*issued, strict=True))
+    rows = await conn.fetch(
+        "UPDATE requests r SET status = 'issued', serial = t.serial, issuer_id = t.issuer, not_after = t.not_after "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(id, serial, issuer, not_after) "
+        "WHERE r.request_id = t.id RETURNING r.request_id, r.renews_serial",
+        ids,
+        serials,
+        issuers,
+        not_afters,
     )
+    return {r["request_id"]: r["renews_serial"] for r in rows}
 
 
 async def mark_rejected_by_signing(conn: asyncpg.Connection, request_id: str, reasons: list[Reason]) -> None:
@@ -435,30 +449,37 @@ class Due:
     compromise_due: str | None = None  # a renewal-due to send now: its CA (or key) was compromised
 
 
-async def save_certificate(conn: asyncpg.Connection, c: IssuedCertificate) -> None:
-    """Keep an issued certificate (with its request's provisioner) and remember its key as certified."""
-    await conn.execute(
+async def save_certificates(conn: asyncpg.Connection, certs: Sequence[IssuedCertificate]) -> None:
+    """Keep issued certificates (each with its request's provisioner) and remember their keys as
+    certified: two pipelined statements (`executemany`) whatever their number."""
+    await conn.executemany(
         "INSERT INTO certificates (cert_id, serial, issuer_id, profile, not_before, not_after, spki_sha256, "
         "fingerprint_sha256, spki_der, dns_names, ip_addresses, emails, renew_at, issued_seq, provisioner_id) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
         "(SELECT provisioner_id FROM requests WHERE request_id = $1)) ON CONFLICT (cert_id) DO NOTHING",
-        c.cert_id,
-        c.serial,
-        c.issuer_id,
-        c.profile,
-        c.not_before,
-        c.not_after,
-        c.spki_sha256,
-        c.fingerprint_sha256,
-        c.spki_der,
-        c.dns_names,
-        c.ip_addresses,
-        c.emails,
-        c.renew_at,
-        c.seq,
+        [
+            (
+                c.cert_id,
+                c.serial,
+                c.issuer_id,
+                c.profile,
+                c.not_before,
+                c.not_after,
+                c.spki_sha256,
+                c.fingerprint_sha256,
+                c.spki_der,
+                c.dns_names,
+                c.ip_addresses,
+                c.emails,
+                c.renew_at,
+                c.seq,
+            )
+            for c in certs
+        ],
     )
-    await conn.execute(
-        "INSERT INTO certified_keys VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", c.spki_sha256, c.cert_id, c.serial
+    await conn.executemany(
+        "INSERT INTO certified_keys VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [(c.spki_sha256, c.cert_id, c.serial) for c in certs],
     )
 
 

@@ -36,7 +36,7 @@ from shared.contract.queries import (
     ValidateQuery,
 )
 from shared.pki.crypto import normalise_serial, serial_hex
-from shared.runtime.consumer import Delivery, EventRejected, Projections, dispatching
+from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, dispatching
 from shared.runtime.service import Runtime
 from shared.runtime.stream import read_object
 
@@ -58,7 +58,9 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
 
     # The read model: what each event type does to it.
     projections: Projections = {
-        CertificateIssued: lambda conn, event, _: store.apply_issued(conn, event, _pem_to_der(event.cert_pem)),
+        CertificateIssued: Together(
+            lambda conn, run: store.apply_issued(conn, [(event, _pem_to_der(event.cert_pem)) for event, _ in run])
+        ),
         CertificateRevoked: lambda conn, event, _: store.apply_revoked(conn, event),
         CaCreated: lambda conn, event, _: store.apply_ca(conn, event, _pem_to_der(event.cert_pem)),
         CrlPublished: crl_published,

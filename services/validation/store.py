@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -16,23 +17,20 @@ from shared.contract.events import (
 )
 
 
-async def apply_issued(conn: asyncpg.Connection, e: CertificateIssued, cert_der: bytes) -> None:
-    """Record an issued certificate; a revocation that arrived first keeps its status, and the body of
-    a destroyed certificate is never stored again."""
-    await conn.execute(
+async def apply_issued(conn: asyncpg.Connection, issued: Sequence[tuple[CertificateIssued, bytes]]) -> None:
+    """Record issued certificates (each with its DER), in log order, in one pipelined statement; a
+    revocation that arrived first keeps its status, and the body of a destroyed certificate is never
+    stored again."""
+    await conn.executemany(
         "INSERT INTO certificates (serial, cert_id, issuer_id, status, not_before, not_after, dns_names, "
         "fingerprint, cert_der) VALUES ($1, $2, $3, 'good', $4, $5, $6, $7, $8) "
         "ON CONFLICT (serial) DO UPDATE SET cert_id = $2, issuer_id = $3, not_before = $4, "
         "not_after = $5, dns_names = $6, fingerprint = $7, "
         "cert_der = CASE WHEN certificates.destroyed_at IS NULL THEN $8 END",
-        e.serial,
-        e.aggregate_id,
-        e.issuer_id,
-        e.not_before,
-        e.not_after,
-        e.dns_names,
-        e.fingerprint_sha256,
-        cert_der,
+        [
+            (e.serial, e.aggregate_id, e.issuer_id, e.not_before, e.not_after, e.dns_names, e.fingerprint_sha256, der)
+            for e, der in issued
+        ],
     )
 
 
