@@ -10,6 +10,7 @@ events), so a renewal is judged by the certificate's state as the log had it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -66,7 +67,7 @@ from shared.pki.tokens import (
 )
 from shared.runtime.admission import Admission
 from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, dispatching
-from shared.runtime.outbox import OutboxEntry, enqueue
+from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Readiness, Runtime
 from shared.trust.operators import recorded
 
@@ -106,6 +107,18 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         at = event.accepted_at or delivery.accepted_at
         return await _decide(conn, rt, settings, event, accepted_at=at, publish=await unanswered(event, delivery))
 
+    async def enrollments(
+        conn: asyncpg.Connection, run: list[tuple[EnrollmentRequested, Delivery]]
+    ) -> list[OutboxEntry]:
+        """A run of first enrollments decided together, or one by one where they could depend on each
+        other (the same request id twice, a provisioner's hourly limit, a token used twice)."""
+        if len(run) > 1 and len({event.aggregate_id for event, _ in run}) == len(run):
+            items = [(e, e.accepted_at or d.accepted_at, await unanswered(e, d)) for e, d in run]
+            entries = await _decide_run(conn, rt, settings, items)
+            if entries is not None:
+                return entries
+        return [entry for event, delivery in run for entry in await enrollment(conn, event, delivery)]
+
     async def renewal(conn: asyncpg.Connection, event: RenewalRequested, delivery: Delivery) -> list[OutboxEntry]:
         at = event.accepted_at or delivery.accepted_at
         return await _renew(conn, rt, settings, event, accepted_at=at, publish=await unanswered(event, delivery))
@@ -133,7 +146,7 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
 
     # Requests, the policy that governs them, and what became of the certificates, in log order.
     projections: Projections = {
-        EnrollmentRequested: enrollment,
+        EnrollmentRequested: Together(enrollments),
         RenewalRequested: renewal,
         ApprovalGranted: operator_decision,
         ApprovalDenied: operator_decision,
@@ -272,6 +285,79 @@ async def _rejected(conn: asyncpg.Connection, event: EnrollmentRejected, deliver
             )
 
 
+@dataclass
+class _Judging:
+    """A first enrollment judged by the review, before its token is spent (see `_settled`)."""
+
+    request: EnrollmentRequested
+    record: store.RequestRecord
+    verdict: domain.EnrollmentDecision
+    accepted_at: datetime
+    publish: bool
+
+    def token_use(self, at: datetime) -> tuple[str, str, str, datetime]:
+        """The row that spends its token (only when the review verified one)."""
+        assert self.verdict.claims is not None and self.record.token_id is not None
+        return (self.record.token_id, self.verdict.claims.provisioner_id, self.request.aggregate_id, at)
+
+
+def _review(
+    rt: Runtime,
+    settings: EnrollmentSettings,
+    request: EnrollmentRequested,
+    csr: x509.CertificateSigningRequest | Reason,
+    ctx: domain.EnrollmentContext | None,
+    *,
+    accepted_at: datetime,
+    publish: bool,
+) -> _Judging:
+    """Judge a first enrollment (`domain.review_enrollment`) by its context; nothing written yet."""
+    record = store.RequestRecord(
+        request_id=request.aggregate_id,
+        # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
+        requester=printable(request.requester),
+        profile=printable(request.profile),
+        status="rejected",
+        requested_at=request.occurred_at,
+        decided_at=rt.clock.now(),
+        validity_days=request.validity_days,
+        decided_by=NAME,
+        accepted_at=accepted_at,
+    )
+    max_ttl = timedelta(seconds=settings.max_token_ttl_s)
+    verdict = domain.review_enrollment(request, csr, ctx, at=accepted_at, max_token_ttl=max_ttl)
+    if verdict.claims is not None:
+        record.provisioner_id, record.token_id = verdict.claims.provisioner_id, printable(verdict.claims.token_id)
+    return _Judging(request, record, verdict, accepted_at, publish)
+
+
+def _settled(judging: _Judging, spent: bool) -> Event:
+    """The decision once the token is spent (`spent`: it had not been used before); the token is
+    spent by a primary key, whatever else is wrong with the request."""
+    verdict, record = judging.verdict, judging.record
+    outcome: tuple[domain.Approval, Profile] | list[Reason]
+    if isinstance(verdict.outcome, list):
+        outcome = verdict.outcome
+    else:
+        assert verdict.profile is not None  # an approval is always under a profile
+        outcome = (verdict.outcome, verdict.profile)
+    claims = verdict.claims
+    if claims is not None:
+        if spent:
+            record.profile_digest = verdict.profile_digest
+        else:
+            outcome = [domain.TOKEN_REUSED]
+    return _judged(
+        record,
+        judging.request,
+        outcome,
+        accepted_at=judging.accepted_at,
+        at=record.decided_at,
+        provisioner_id=claims.provisioner_id if claims is not None else "",
+        token_id=claims.token_id if claims is not None else "",
+    )
+
+
 async def _decide(
     conn: asyncpg.Connection,
     rt: Runtime,
@@ -283,67 +369,67 @@ async def _decide(
 ) -> list[OutboxEntry]:
     """Decide a first enrollment: read its context, judge it (`domain.review_enrollment`), spend
     its token, then record and answer the decision."""
-    now = rt.clock.now()
-    record = store.RequestRecord(
-        request_id=request.aggregate_id,
-        # Requester-supplied text is made printable before it reaches SQL (Postgres refuses NUL).
-        requester=printable(request.requester),
-        profile=printable(request.profile),
-        status="rejected",
-        requested_at=request.occurred_at,
-        decided_at=now,
-        validity_days=request.validity_days,
-        decided_by=NAME,
-        accepted_at=accepted_at,
-    )
     csr = domain.load_csr(request.csr_pem)
-    ctx = await _enrollment_context(conn, request, csr, accepted_at)
-    max_ttl = timedelta(seconds=settings.max_token_ttl_s)
-    verdict = domain.review_enrollment(request, csr, ctx, at=accepted_at, max_token_ttl=max_ttl)
-    outcome: tuple[domain.Approval, Profile] | list[Reason]
-    if isinstance(verdict.outcome, list):
-        outcome = verdict.outcome
-    else:
-        assert verdict.profile is not None  # an approval is always under a profile
-        outcome = (verdict.outcome, verdict.profile)
-    claims = verdict.claims
-    if claims is not None:
-        record.provisioner_id, record.token_id = claims.provisioner_id, printable(claims.token_id)
-        # The token is spent by a primary key, whatever else is wrong with the request.
-        if await store.spend_token(conn, record.token_id, claims.provisioner_id, request.aggregate_id, rt.clock.now()):
-            record.profile_digest = verdict.profile_digest
-        else:
-            outcome = [domain.TOKEN_REUSED]
-    decision = _judged(
-        record,
-        request,
-        outcome,
-        accepted_at=accepted_at,
-        at=now,
-        provisioner_id=claims.provisioner_id if claims is not None else "",
-        token_id=claims.token_id if claims is not None else "",
-    )
-    await store.record_request(conn, record)
+    wanted = _context_wanted(request, csr, accepted_at)
+    ctx = _context(wanted, await store.context(conn, *wanted)) if wanted is not None else None
+    judging = _review(rt, settings, request, csr, ctx, accepted_at=accepted_at, publish=publish)
+    spent = judging.verdict.claims is not None and await store.spend_token(conn, *judging.token_use(rt.clock.now()))
+    decision = _settled(judging, spent)
+    await store.record_request(conn, judging.record)
     return await _answer(conn, rt, decision, publish)
 
 
-async def _enrollment_context(
+async def _decide_run(
     conn: asyncpg.Connection,
-    request: EnrollmentRequested,
-    csr: x509.CertificateSigningRequest | Reason,
-    at: datetime,
-) -> domain.EnrollmentContext | None:
-    """What a first enrollment is judged by, in one round trip: the token's provisioner, the profile
-    and whether the CSR's key is blocked. None (nothing read) if the CSR cannot be parsed or the
-    token names no provisioner: the request is refused for that alone."""
+    rt: Runtime,
+    settings: EnrollmentSettings,
+    run: list[tuple[EnrollmentRequested, datetime, bool]],
+) -> list[OutboxEntry] | None:
+    """Decide a run of first enrollments (request, accepted at, publish) as `_decide` would one by
+    one, in four statements: every context read at once, every token spent at once, every request
+    recorded and every decision enqueued at once. None (nothing written) when the requests of the
+    run could depend on each other, which only one by one gets right: a provisioner with an hourly
+    limit (each approval counts against the next), or one token used twice."""
+    csrs = [domain.load_csr(request.csr_pem) for request, _, _ in run]
+    wanted = [_context_wanted(request, csr, at) for (request, at, _), csr in zip(run, csrs, strict=True)]
+    read = iter(await store.contexts(conn, [w for w in wanted if w is not None]))
+    contexts = [_context(w, next(read)) if w is not None else None for w in wanted]
+    if any(ctx is not None and ctx.scope.max_per_hour is not None for ctx in contexts):
+        return None
+    judgings = [
+        _review(rt, settings, request, csr, ctx, accepted_at=at, publish=publish)
+        for (request, at, publish), csr, ctx in zip(run, csrs, contexts, strict=True)
+    ]
+    now = rt.clock.now()
+    uses = [j.token_use(now) for j in judgings if j.verdict.claims is not None]
+    if len({token for token, *_ in uses}) < len(uses):
+        return None
+    spent = await store.spend_tokens(conn, uses)
+    decisions = [_settled(j, j.request.aggregate_id in spent) for j in judgings]
+    await store.record_requests(conn, [j.record for j in judgings])
+    answered = [d for d, j in zip(decisions, judgings, strict=True) if j.publish]
+    return await enqueue_many(conn, answered, rt.root)
+
+
+def _context_wanted(
+    request: EnrollmentRequested, csr: x509.CertificateSigningRequest | Reason, at: datetime
+) -> tuple[str, str, str | None, datetime] | None:
+    """What a first enrollment's context is read by (provisioner, profile, key, time); None (nothing
+    read) if the CSR cannot be parsed or the token names no provisioner: the request is refused for
+    that alone."""
     if isinstance(csr, Reason):
         return None
     try:
         provisioner_id = provisioner_id_of(request.token)
     except TokenError:
         return None
-    spki = domain.key_id(csr)
-    row = await store.context(conn, printable(provisioner_id), printable(request.profile), spki, at)
+    return (printable(provisioner_id), printable(request.profile), domain.key_id(csr), at)
+
+
+def _context(wanted: tuple[str, str, str | None, datetime], row: store.Context) -> domain.EnrollmentContext:
+    """What a first enrollment is judged by: the token's provisioner, the profile and whether the
+    CSR's key is blocked."""
+    spki = wanted[2]
     return domain.EnrollmentContext(
         provisioner_key_pem=row.provisioner_key_pem,
         provisioner_status=row.provisioner_status,

@@ -182,24 +182,37 @@ async def context(
 ) -> Context:
     """The provisioner (with its scope and how many requests it enrolled in the hour before `at`),
     the profile and whether the key is blocked, in one round trip."""
-    row = await conn.fetchrow(
+    return (await contexts(conn, [(provisioner_id, profile, spki, at)]))[0]
+
+
+async def contexts(conn: asyncpg.Connection, wanted: Sequence[tuple[str, str, str | None, datetime]]) -> list[Context]:
+    """`context` for several requests (provisioner id, profile, key, time), in their order, in one
+    round trip."""
+    if not wanted:
+        return []
+    provisioners, profiles, spkis, ats = (list(col) for col in zip(*wanted, strict=True))
+    rows = await conn.fetch(
         "SELECT p.public_key_pem, p.status, p.scope_profiles, p.scope_name_suffixes, p.scope_requesters, "
         "p.max_per_hour, f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
-        "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = $3) AS blocked, "
+        "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = t.spki) AS blocked, "
         "CASE WHEN p.max_per_hour IS NULL THEN 0 ELSE (SELECT count(*) FROM requests r "
-        "WHERE r.provisioner_id = $1 AND r.status IN ('approved', 'pending', 'issued') "
-        "AND r.accepted_at > $4::timestamptz - interval '1 hour' AND r.accepted_at <= $4::timestamptz) "
+        "WHERE r.provisioner_id = t.prov AND r.status IN ('approved', 'pending', 'issued') "
+        "AND r.accepted_at > t.at - interval '1 hour' AND r.accepted_at <= t.at) "
         "END AS last_hour "
-        "FROM (SELECT 1) one "
-        "LEFT JOIN provisioners p ON p.provisioner_id = $1 "
-        "LEFT JOIN profiles f ON f.name = $2",
-        provisioner_id,
-        profile,
-        spki,
-        at,
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) "
+        "WITH ORDINALITY AS t(prov, profile, spki, at, i) "
+        "LEFT JOIN provisioners p ON p.provisioner_id = t.prov "
+        "LEFT JOIN profiles f ON f.name = t.profile "
+        "ORDER BY t.i",
+        provisioners,
+        profiles,
+        spkis,
+        ats,
     )
-    assert row is not None
+    return [_context(row) for row in rows]
 
+
+def _context(row: asyncpg.Record) -> Context:
     def tupled(values: list[str] | None) -> tuple[str, ...] | None:
         return tuple(values) if values is not None else None
 
@@ -251,14 +264,24 @@ async def spend_token(
     conn: asyncpg.Connection, token_id: str, provisioner_id: str, request_id: str, at: datetime
 ) -> bool:
     """Mark a token used by `request_id`; False if it had been used already."""
-    row = await conn.fetchval(
-        "INSERT INTO token_uses VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
-        token_id,
-        provisioner_id,
-        request_id,
-        at,
+    return bool(await spend_tokens(conn, [(token_id, provisioner_id, request_id, at)]))
+
+
+async def spend_tokens(conn: asyncpg.Connection, uses: Sequence[tuple[str, str, str, datetime]]) -> set[str]:
+    """Mark tokens used (token id, provisioner, request id, time; each token once) in one statement;
+    returns the requests whose token had not been used before."""
+    if not uses:
+        return set()
+    tokens, provisioners, requests, ats = (list(col) for col in zip(*uses, strict=True))
+    rows = await conn.fetch(
+        "INSERT INTO token_uses SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) "
+        "ON CONFLICT DO NOTHING RETURNING request_id",
+        tokens,
+        provisioners,
+        requests,
+        ats,
     )
-    return row is not None
+    return {r["request_id"] for r in rows}
 
 
 _COLUMNS = (
@@ -270,28 +293,38 @@ _RECORD_COLUMNS = f"{_COLUMNS}, renews_serial, accepted_at"
 
 async def record_request(conn: asyncpg.Connection, r: RequestRecord) -> None:
     """Keep a request and its first outcome (a redelivered request changes nothing)."""
-    await conn.execute(
+    await record_requests(conn, [r])
+
+
+async def record_requests(conn: asyncpg.Connection, records: Sequence[RequestRecord]) -> None:
+    """`record_request` for several, in order, in one pipelined statement."""
+    await conn.executemany(
         f"INSERT INTO requests ({_RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
         "$14, $15, $16, $17, $18, $19) ON CONFLICT (request_id) DO NOTHING",
-        r.request_id,
-        r.requester,
-        r.profile,
-        r.status,
-        r.requested_at,
-        r.decided_at,
-        [x.model_dump() for x in r.reasons],
-        r.dns_names,
-        r.ip_addresses,
-        r.emails,
-        r.csr_pem,
-        r.validity_days,
-        r.provisioner_id,
-        r.token_id,
-        r.profile_digest,
-        r.expires_at,
-        r.decided_by,
-        r.renews_serial,
-        r.accepted_at,
+        [
+            (
+                r.request_id,
+                r.requester,
+                r.profile,
+                r.status,
+                r.requested_at,
+                r.decided_at,
+                [x.model_dump() for x in r.reasons],
+                r.dns_names,
+                r.ip_addresses,
+                r.emails,
+                r.csr_pem,
+                r.validity_days,
+                r.provisioner_id,
+                r.token_id,
+                r.profile_digest,
+                r.expires_at,
+                r.decided_by,
+                r.renews_serial,
+                r.accepted_at,
+            )
+            for r in records
+        ],
     )
 
 

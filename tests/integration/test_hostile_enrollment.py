@@ -306,3 +306,21 @@ async def test_junk_on_the_ingress_subject_is_refused_at_admission_with_its_reas
     await eventually(parked)
     assert await stack.stream_messages(f"{stack.root}.cert.*.issued") == []
     assert (await stack.enroll(f"after.{SUFFIX}")).dns_names == [f"after.{SUFFIX}"]
+
+
+async def test_a_token_sent_twice_in_one_burst_is_spent_once(stack: Harness) -> None:
+    """Requests that arrive together are decided together (one statement per table for the group):
+    a token used by two of them is still spent by exactly one, as it would be one by one."""
+    token = stack.token(*NAMES)
+
+    async def enroll(t: str) -> str:
+        async with stack.client() as c:
+            try:
+                await c.enroll(_good(), t)
+            except Rejected as exc:
+                return ",".join(r.code for r in exc.reasons)
+            return "issued"
+
+    tokens = [token, *(stack.token(*NAMES) for _ in range(10)), token]
+    outcomes = await asyncio.gather(*(enroll(t) for t in tokens))
+    assert sorted(outcomes) == ["issued"] * 11 + ["token_reused"], outcomes
