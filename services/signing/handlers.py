@@ -31,7 +31,7 @@ from shared.contract.events import (
 )
 from shared.contract.profiles import Profile
 from shared.contract.queries import RetireCheckAnswer, RetireCheckQuery
-from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, apply_events
+from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, Together, apply_events, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue
 from shared.runtime.service import Runtime
 from shared.trust.operators import REGISTRY
@@ -263,13 +263,14 @@ async def issue(
     await issuance.record_intents()
     await issuance.sign()
 
-    async def apply(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> list[OutboxEntry]:
-        if isinstance(event, ProfileApplied):
-            body = event.profile.model_dump(mode="json")
-            await store.save_profile(conn, event.digest, event.profile.name, body, event.occurred_at)
-            return await _record_verdict(conn, rt, book, verdicts[event.digest], cause=event)
-        assert isinstance(event, EnrollmentApproved)
-        return await issuance.release(conn, event)
+    async def profile_applied(conn: asyncpg.Connection, event: ProfileApplied, delivery: Delivery) -> list[OutboxEntry]:
+        body = event.profile.model_dump(mode="json")
+        await store.save_profile(conn, event.digest, event.profile.name, body, event.occurred_at)
+        return await _record_verdict(conn, rt, book, verdicts[event.digest], cause=event)
 
+    async def approved(conn: asyncpg.Connection, run: list[tuple[EnrollmentApproved, Delivery]]) -> list[OutboxEntry]:
+        return await issuance.release_run(conn, [event for event, _ in run])
+
+    apply = dispatching(NAME, {ProfileApplied: profile_applied, EnrollmentApproved: Together(approved)})
     async with rt.pool.acquire() as conn, conn.transaction():
         return await apply_events(conn, rt.durable("approved"), items, apply)

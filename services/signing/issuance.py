@@ -43,7 +43,7 @@ from shared.contract.reasons import Reason
 from shared.pki.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
 from shared.pki.lint import errors, lint_certificate
 from shared.runtime.consumer import EventRejected
-from shared.runtime.outbox import OutboxEntry, enqueue
+from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Runtime
 
 NAME = "signing"
@@ -235,15 +235,39 @@ class Issuance:
         )
         return [await enqueue(conn, alert, rt.root), await self._reject(conn, approved, deviations)]
 
-    async def _store_signed(
-        self, conn: asyncpg.Connection, approved: EnrollmentApproved, intent: store.Intent, cert: x509.Certificate
-    ) -> list[OutboxEntry]:
-        rt = self._rt
-        der = cert.public_bytes(serialization.Encoding.DER)
+    async def release_run(self, conn: asyncpg.Connection, run: list[EnrollmentApproved]) -> list[OutboxEntry]:
+        """`release` for a run of approvals in the caller's transaction: their CAs' statuses read
+        (and share-locked) at once, the signed certificates stored and their events enqueued in one
+        statement each; a rejection or a refusal is released as `release` does it."""
+        rids = [approved.aggregate_id for approved in run]
+        if len(set(rids)) < len(rids):
+            return [entry for approved in run for entry in await self.release(conn, approved)]
+        issuers = {self._intents[rid].issuer_id for rid in rids if rid in self._signed}
+        statuses = await store.ca_statuses(conn, sorted(issuers))
+        entries: list[OutboxEntry] = []
+        ready: list[tuple[CertificateIssued, bytes, str]] = []
+        for approved in run:
+            rid = approved.aggregate_id
+            cert = self._signed.get(rid)
+            if cert is None or statuses.get(self._intents[rid].issuer_id) != "active":
+                entries += await self.release(conn, approved)  # refused, rejected, decided before, or its CA closed
+            else:
+                ready.append(self._issued(approved, self._intents[rid], cert))
+        signed = [(issued.aggregate_id, der, tbs) for issued, der, tbs in ready]
+        stored = await store.record_signed_many(conn, signed, self._rt.clock.now())
+        released = [issued for issued, _, _ in ready if issued.aggregate_id in stored]  # else another replica's
+        for issued in released:
+            log.info("issued certificate", extra={"serial": issued.serial, "issuer": issued.issuer_id})
+        return entries + await enqueue_many(conn, released, self._rt.root)
+
+    def _issued(
+        self, approved: EnrollmentApproved, intent: store.Intent, cert: x509.Certificate
+    ) -> tuple[CertificateIssued, bytes, str]:
+        """The event that releases `cert`, its DER and the SHA-256 of its TBS."""
         issued = CertificateIssued.caused_by(
             approved,
             producer=NAME,
-            at=rt.clock.now(),
+            at=self._rt.clock.now(),
             event_id=intent.issued_event_id,
             serial=serial_hex(cert),
             issuer_id=intent.issuer_id,
@@ -259,7 +283,14 @@ class Issuance:
             fingerprint_sha256=fingerprint_sha256(cert),
             supersedes=approved.supersedes,
         )
-        tbs = hashlib.sha256(cert.tbs_certificate_bytes).hexdigest()
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return issued, der, hashlib.sha256(cert.tbs_certificate_bytes).hexdigest()
+
+    async def _store_signed(
+        self, conn: asyncpg.Connection, approved: EnrollmentApproved, intent: store.Intent, cert: x509.Certificate
+    ) -> list[OutboxEntry]:
+        rt = self._rt
+        issued, der, tbs = self._issued(approved, intent, cert)
         if not await store.record_signed(conn, approved.aggregate_id, der, tbs, rt.clock.now()):
             return []  # another replica stored its signature of this intent first
         log.info("issued certificate", extra={"serial": issued.serial, "issuer": intent.issuer_id})

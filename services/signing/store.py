@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,6 +123,32 @@ async def record_signed(
         at,
     )
     return row is not None
+
+
+async def record_signed_many(
+    conn: asyncpg.Connection, signed: Sequence[tuple[str, bytes, str]], at: datetime
+) -> set[str]:
+    """`record_signed` for several intents (request id, certificate DER, TBS SHA-256) in one
+    statement; returns the requests whose certificate this call stored."""
+    if not signed:
+        return set()
+    ids, ders, tbss = (list(col) for col in zip(*signed, strict=True))
+    rows = await conn.fetch(
+        "UPDATE issuances i SET cert_der = t.der, tbs_sha256 = t.tbs, signed_at = $4 "
+        "FROM unnest($1::text[], $2::bytea[], $3::text[]) AS t(id, der, tbs) "
+        "WHERE i.request_id = t.id AND i.cert_der IS NULL RETURNING i.request_id",
+        ids,
+        ders,
+        tbss,
+        at,
+    )
+    return {r["request_id"] for r in rows}
+
+
+async def ca_statuses(conn: asyncpg.Connection, ca_ids: Sequence[str]) -> dict[str, str]:
+    """`ca_status` of several CAs in one statement (each share-locked for this transaction)."""
+    rows = await conn.fetch("SELECT ca_id, status FROM cas WHERE ca_id = ANY($1::text[]) FOR SHARE", list(ca_ids))
+    return {r["ca_id"]: r["status"] for r in rows}
 
 
 async def add_revoked(
