@@ -183,3 +183,20 @@ async def test_one_replica_lints_at_a_time(audit: asyncpg.Pool) -> None:
         await conn.execute("SELECT through FROM lint_cursor FOR UPDATE")  # another replica's turn
         assert (await job.run_batch()).linted == 0
     assert (await job.run_batch()).linted == 1
+
+
+async def test_the_job_paces_itself_to_its_rate(audit: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between whole batches it waits what the batch may take at `per_s` (so it never takes more
+    than its share of the CPU, however far behind it is)."""
+    await _archive(audit, [_issued(f"p{i}.corp.internal") for i in range(100)])
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(lint_job.asyncio, "sleep", sleep)
+    linter, raised = FakeLinter(set()), []
+    job = _job(audit, linter, raised, per_s=10.0, backlog_max=1000, batch=32)
+    assert await job.step() == 100
+    assert len(waits) == 3  # after each of the three whole batches; the last, partial one ends the step
+    assert all(3.0 < w <= 3.2 for w in waits), waits  # 32 certificates at 10 a second
