@@ -62,6 +62,7 @@ bench: install cfssl wrk
 	$(PY) -m bench.revocation
 	$(PY) -m bench.renewal
 	$(PY) -m bench.cli_startup
+	$(PY) -m bench.summary
 
 # Where each service spends its CPU during an issuance burst (py-spy); summaries to bench/results/profile-*.txt.
 profile: install

@@ -36,16 +36,34 @@ RESULT_MARKER = "certbus-wrk "
 
 # wrk's script: POST the bodies of a file (one JSON a line, taken in turn), count every response
 # that is not a 200 with `"success":true` in its thread, and print one JSON line when done.
-WRK_SCRIPT = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local bodies = {}
-local next_body = 0
+# What every wrk script of the bench reports: `rejected` counted by its `response`, and one line
+# (RESULT_MARKER + JSON) that parse_wrk reads.
+WRK_REPORT = r"""
 local threads = {}
 
 function setup(thread)
   table.insert(threads, thread)
 end
+
+function done(summary, latency, requests)
+  local rejected_total = 0
+  for _, thread in ipairs(threads) do
+    rejected_total = rejected_total + thread:get("rejected")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'certbus-wrk {"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, '
+      .. '"rejected": %d, "p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    rejected_total, latency:percentile(50), latency:percentile(99)))
+end
+"""
+WRK_SCRIPT = (
+    r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local bodies = {}
+local next_body = 0
 
 function init(args)
   rejected = 0
@@ -64,20 +82,9 @@ function response(status, headers, body)
     rejected = rejected + 1
   end
 end
-
-function done(summary, latency, requests)
-  local rejected_total = 0
-  for _, thread in ipairs(threads) do
-    rejected_total = rejected_total + thread:get("rejected")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'certbus-wrk {"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, '
-      .. '"rejected": %d, "p50_us": %d, "p99_us": %d}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    rejected_total, latency:percentile(50), latency:percentile(99)))
-end
 """
+    + WRK_REPORT
+)
 
 
 @dataclass(frozen=True)

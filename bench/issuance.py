@@ -170,6 +170,16 @@ async def processes(h: Harness) -> dict[str, list[int]]:
     return groups
 
 
+async def log_position(h: Harness) -> int:
+    """The log's last sequence (as the admin)."""
+    nc = await h.connect("admin")
+    try:
+        last: int = (await h.js(nc).stream_info(h.common["stream"])).state.last_seq
+        return last
+    finally:
+        await nc.close()
+
+
 def cpu_breakdown(used_s: dict[str, float], certificates: int) -> dict[str, float]:
     """CPU milliseconds per certificate, by process, largest first, with their total (audit's lint
     worker on its own, out of audit's figure, and the total also without it)."""
@@ -250,16 +260,19 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
         flush=True,
     )
     e2e_rates, ref_rates, review_us, lint_rates, latencies = [], [], [], [], []
+    logged: list[float] = []  # events on the log per certificate
     cpu: dict[str, list[float]] = {}
     csrs: list[bytes] = []
     for r in range(ROUNDS):
         csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
         meter = CpuMeter()
         meter.start(await processes(h))
+        first = await log_position(h)
         rate, lat = await end_to_end(h, csrs)
         # What the services still do for these certificates after the last was issued (audit
         # archives and lints them) is theirs too: read once the system is quiet again.
         await asyncio.sleep(2)
+        logged.append((await log_position(h) - first) / N)
         for name, ms in cpu_breakdown(meter.stop(await processes(h)), N).items():
             cpu.setdefault(name, []).append(ms)
         ref, review, lint = await asyncio.to_thread(reference_rate, csrs)
@@ -290,6 +303,7 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
         "unloaded_latency_p50_ms": round(pct(unloaded, 50) * 1000, 1),
         "unloaded_latency_p99_ms": round(pct(unloaded, 99) * 1000, 1),
         "cpu_ms_per_certificate": cpu_ms,
+        "events_per_certificate": round(statistics.median(logged), 2),
     }
     print(
         f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "

@@ -1,0 +1,214 @@
+"""The last step of `make bench`: every speed target next to what this run measured and the
+reference measured in the same run, read from bench/results/*.json, printed as one table and
+written to bench/results/summary.json.
+
+A target this bench does not measure yet is listed as "not measured", never left out: the table is
+the state of the targets, not only of those that look good.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+Results = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One target: what it asks, what was measured, the same run's reference, and whether it holds."""
+
+    target: str
+    goal: str
+    measured: str
+    reference: str
+    met: bool | None  # None: not measured
+
+
+@dataclass(frozen=True)
+class Target:
+    target: str
+    goal: str
+    threshold: float
+    at_least: bool  # the figure must be >= threshold (else <=)
+    unit: str
+    figure: Callable[[Results], float | None]
+    reference: Callable[[Results], str] = lambda _: "-"
+
+    def row(self, results: Results) -> Row:
+        try:
+            value = self.figure(results)
+        except (KeyError, TypeError):
+            value = None
+        if value is None:
+            return Row(self.target, self.goal, "not measured", "-", None)
+        met = value >= self.threshold if self.at_least else value <= self.threshold
+        try:
+            reference = self.reference(results)
+        except (KeyError, TypeError, ZeroDivisionError):
+            reference = "-"
+        return Row(self.target, self.goal, f"{value:,.1f} {self.unit}", reference, met)
+
+
+def _cfssl(results: Results) -> str:
+    cfssl = results["issuance"].get("cfssl") or {}
+    parts = []
+    for name, label in (("one_core", "one core"), ("one_core_p256_ca", "one core, P-256 CA")):
+        figure = cfssl.get(name) or {}
+        if "certs_per_s" in figure:
+            parts.append(f"cfssl {label} {figure['certs_per_s']:,.0f}/s (x{figure['ratio_end_to_end_over_cfssl']})")
+    in_process = results["issuance"]["reference_certs_per_s"]
+    return "; ".join([*parts, f"in-process {in_process:,.0f}/s"])
+
+
+def _events_per_certificate(results: Results) -> float | None:
+    """How many events the log took per certificate issued in the issuance bench."""
+    issuance = results["issuance"]
+    return float(issuance["events_per_certificate"]) if "events_per_certificate" in issuance else None
+
+
+def _archive_margin(results: Results) -> float | None:
+    """Live archiving's rate over the rate at which issuance (as measured) produces events."""
+    per_cert = _events_per_certificate(results)
+    if per_cert is None:
+        return None
+    produced = float(results["issuance"]["end_to_end_certs_per_s"]) * per_cert
+    return float(results["audit"]["archive_live_events_per_s"]) / produced
+
+
+TARGETS = [
+    Target(
+        "issuance end to end",
+        ">= 1,000 certs/s",
+        1000,
+        True,
+        "certs/s",
+        lambda r: r["issuance"]["end_to_end_certs_per_s"],
+        _cfssl,
+    ),
+    Target(
+        "CPU per certificate, every process",
+        "<= 2 ms",
+        2.0,
+        False,
+        "ms",
+        lambda r: r["issuance"]["cpu_ms_per_certificate"]["total"],
+        lambda r: f"in-process checks + build + sign {1000 / r['issuance']['reference_certs_per_s']:.2f} ms",
+    ),
+    Target("issuance p99 at 500 certs/s", "<= 100 ms", 100, False, "ms", lambda r: None),
+    Target(
+        "OCSP, cached responses over HTTP",
+        ">= 10,000/s",
+        10_000,
+        True,
+        "responses/s",
+        lambda r: (r["revocation"].get("ocsp_cached_get_wrk") or {}).get("per_s"),
+        lambda r: (
+            f"responder core in-process {r['revocation']['reference_ocsp_cached_per_s']:,.0f}/s; "
+            f"Python client {r['revocation']['ocsp_cached_per_s']:,.0f}/s"
+        ),
+    ),
+    Target(
+        "revocation -> OCSP revoked, p99",
+        "<= 100 ms",
+        100,
+        False,
+        "ms",
+        lambda r: r["revocation"]["propagation_ocsp_p99_ms"],
+    ),
+    Target(
+        "revocation -> its CRL over HTTP, p99",
+        "<= 1,000 ms",
+        1000,
+        False,
+        "ms",
+        lambda r: r["revocation"]["propagation_crl_p99_ms"],
+        lambda r: f"at {r['revocation']['seeded_certificates']:,} certificates (target: 1M, sharded)",
+    ),
+    Target("CRL shard republish", "<= 200 ms", 200, False, "ms", lambda r: None),
+    Target(
+        "audit replay",
+        ">= 50,000 events/s",
+        50_000,
+        True,
+        "events/s",
+        lambda r: r["audit"]["replay_events_per_s"],
+        lambda r: f"chain hashing alone {r['audit']['reference_chain_hashes_per_s']:,.0f}/s",
+    ),
+    Target(
+        "audit verify",
+        ">= 50,000 events/s",
+        50_000,
+        True,
+        "events/s",
+        lambda r: r["audit"]["verify_events_per_s"],
+        lambda r: f"chain hashing alone {r['audit']['reference_chain_hashes_per_s']:,.0f}/s",
+    ),
+    Target(
+        "live archiving over issuance's event rate",
+        ">= 1.0x",
+        1.0,
+        True,
+        "x",
+        _archive_margin,
+        lambda r: f"archive {r['audit']['archive_live_events_per_s']:,.0f} events/s",
+    ),
+    Target(
+        "CA compromise: validation says revoked for all",
+        "<= 60 s at 1M",
+        60,
+        False,
+        "s",
+        lambda r: r["revocation"]["ca_compromise"]["validation_reports_revoked_s"],
+        lambda r: f"at {r['revocation']['seeded_certificates']:,} certificates (target: 1M, <= 300 MB)",
+    ),
+    Target("every service's RSS with 1M certificates on the log", "<= 200 MB", 200, False, "MB", lambda r: None),
+]
+
+
+def load(directory: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Each bench's saved figures, by name (a bench that did not run is absent)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in ("issuance", "audit", "revocation"):
+        path = directory / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def rows(results: Results) -> list[Row]:
+    """Every target's row."""
+    return [t.row(results) for t in TARGETS]
+
+
+def render(table: list[Row]) -> str:
+    """The table as aligned text (plain: it is read in a terminal and in CI logs alike)."""
+    header = Row("target", "goal", "measured", "reference (same run)", None)
+    cells = [
+        (r.target, r.goal, r.measured, "met" if r.met else ("-" if r.met is None else "NOT MET"), r.reference)
+        for r in table
+    ]
+    head = (header.target, header.goal, header.measured, "", header.reference)
+    widths = [max(len(row[i]) for row in [head, *cells]) for i in range(4)]
+    lines = []
+    for row in [head, *cells]:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main() -> int:
+    results = load()
+    table = rows(results)
+    print("\nIssue targets against this run (bench/results/summary.json):")
+    print(render(table))
+    (RESULTS / "summary.json").write_text(json.dumps([asdict(r) for r in table], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

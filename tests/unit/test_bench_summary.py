@@ -1,0 +1,48 @@
+"""The bench's summary: every target gets a row (what is not measured says so), each with the
+figure, the same run's reference and whether it holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.summary import TARGETS, render, rows
+
+RESULTS: dict[str, dict[str, Any]] = {
+    "issuance": {
+        "end_to_end_certs_per_s": 190.0,
+        "reference_certs_per_s": 1500.0,
+        "cpu_ms_per_certificate": {"total": 10.5},
+        "events_per_certificate": 3.0,
+        "cfssl": {
+            "one_core": {"certs_per_s": 436.0, "ratio_end_to_end_over_cfssl": 0.436},
+            "one_core_p256_ca": {"certs_per_s": 2763.0, "ratio_end_to_end_over_cfssl": 0.069},
+        },
+    },
+    "audit": {
+        "archive_live_events_per_s": 1900.0,
+        "replay_events_per_s": 60000.0,
+        "verify_events_per_s": 14000.0,
+        "reference_chain_hashes_per_s": 490000.0,
+    },
+}
+
+
+def test_every_target_has_a_row_and_what_is_not_measured_says_so() -> None:
+    table = {r.target: r for r in rows(RESULTS)}
+    assert len(table) == len(TARGETS)
+    issuance = table["issuance end to end"]
+    assert (issuance.measured, issuance.met) == ("190.0 certs/s", False)
+    assert "cfssl one core 436/s (x0.436)" in issuance.reference and "in-process 1,500/s" in issuance.reference
+    assert table["audit replay"].met is True and table["audit verify"].met is False
+    assert table["live archiving over issuance's event rate"].measured == "3.3 x"  # 1900 / (190 * 3)
+    # The revocation bench did not run: its targets are listed, not measured.
+    ocsp = table["OCSP, cached responses over HTTP"]
+    assert (ocsp.measured, ocsp.met) == ("not measured", None)
+    assert table["every service's RSS with 1M certificates on the log"].met is None
+
+
+def test_the_table_names_what_is_not_met() -> None:
+    text = render(rows(RESULTS))
+    line = next(line for line in text.splitlines() if line.startswith("issuance end to end"))
+    assert "NOT MET" in line and "190.0 certs/s" in line
+    assert "not measured" in text
