@@ -28,7 +28,7 @@ from shared.contract.events import (
 from shared.contract.ingress import Kind
 from shared.contract.reasons import Reason, printable
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, Projections, dispatching
+from shared.runtime.consumer import Delivery, Projections, Together, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Runtime
 from shared.trust.operators import recorded
@@ -55,7 +55,9 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
 
     # An operator's command is recorded as its signers' (checked before it got here).
     projections: Projections = {
-        CertificateIssued: lambda conn, event, delivery: _learn(conn, rt, event, rt.decided_at(delivery)),
+        CertificateIssued: Together(
+            lambda conn, run: _learn(conn, rt, [(event, rt.decided_at(delivery)) for event, delivery in run])
+        ),
         RevocationRequested: lambda conn, event, delivery: _decide(
             conn, rt, event, recorded(delivery.signers), rt.decided_at(delivery)
         ),
@@ -83,49 +85,59 @@ def _serial_named(raw: bytes) -> str:
     return printable(serial[:128]) if isinstance(serial, str) else ""
 
 
-async def _learn(conn: asyncpg.Connection, rt: Runtime, issued: CertificateIssued, now: datetime) -> list[OutboxEntry]:
-    """Keep a certificate and its public key; revoke it at once if that key was revoked for keyCompromise
-    (approved before the key was blocked, issued after)."""
-    key = domain.public_key_of(issued.cert_pem)
-    spki_der, spki_sha256 = key if key is not None else (None, issued.spki_sha256)
-    if not await store.add_certificate(conn, issued, spki_sha256, spki_der):
+async def _learn(
+    conn: asyncpg.Connection, rt: Runtime, run: list[tuple[CertificateIssued, datetime]]
+) -> list[OutboxEntry]:
+    """Keep issued certificates (each with the time it is judged at) and their public keys, a run at a
+    time (one statement each to keep them, to read their issuers' and keys' compromise); revoke at
+    once one whose CA was declared compromised (released just before the declaration, learnt here
+    after it) or whose key was revoked for keyCompromise (approved before the key was blocked,
+    issued after). Nothing in a run changes what the next is judged by: a revocation here records
+    no compromise."""
+    keys = []
+    for issued, _ in run:
+        key = domain.public_key_of(issued.cert_pem)
+        keys.append(key if key is not None else (None, issued.spki_sha256))
+    added = await store.add_certificates(conn, [(e, spki, der) for (e, _), (der, spki) in zip(run, keys, strict=True)])
+    live = [
+        (issued, now, key)
+        for (issued, now), key in zip(run, keys, strict=True)
+        if issued.serial in added and issued.not_after > now
+    ]
+    if not live:
         return []
-    if issued.not_after <= now:
-        return []
-    cert = domain.Known(issued.serial, issued.aggregate_id, issued.issuer_id, "good", spki_sha256, spki_der)
-    if await store.issuer_compromised(conn, issued.issuer_id):
-        # Released by its CA just before the compromise was declared, learnt here after it
-        # (enrollment tells the holder to renew when it reads the revocation).
-        return [
+    # Released by its CA just before the compromise was declared, learnt here after it (enrollment
+    # tells the holder to renew when it reads the revocation).
+    compromised_issuers = await store.issuers_compromised(conn, sorted({e.issuer_id for e, _, _ in live}))
+    compromised_keys = await store.compromised_by(conn, sorted({spki for _, _, (_, spki) in live}))
+    entries = []
+    for issued, now, (spki_der, spki_sha256) in live:
+        if issued.serial not in added:
+            continue  # the same serial again in this run: known already
+        added.discard(issued.serial)
+        cert = domain.Known(issued.serial, issued.aggregate_id, issued.issuer_id, "good", spki_sha256, spki_der)
+        authorised_by: domain.AuthorisedBy
+        if issued.issuer_id in compromised_issuers:
+            reason, request_id, by, authorised_by = "cACompromise", issued.aggregate_id, NAME, "ca_compromise"
+        elif spki_sha256 in compromised_keys:
+            serial, request_id = compromised_keys[spki_sha256]
+            reason, by, authorised_by = "keyCompromise", domain.compromised_by(serial), "key_compromise"
+        else:
+            continue
+        entries.append(
             await _revoke_one(
                 conn,
                 rt,
                 cert,
-                reason="cACompromise",
-                request_id=issued.aggregate_id,
-                requested_by=NAME,
-                authorised_by="ca_compromise",
+                reason=reason,
+                request_id=request_id,
+                requested_by=by,
+                authorised_by=authorised_by,
                 cause=issued,
                 now=now,
             )
-        ]
-    compromise = await store.compromised_by(conn, spki_sha256)
-    if compromise is None:
-        return []
-    serial, request_id = compromise
-    by = domain.compromised_by(serial)
-    revoked = await _revoke_one(
-        conn,
-        rt,
-        cert,
-        reason="keyCompromise",
-        request_id=request_id,
-        requested_by=by,
-        authorised_by="key_compromise",
-        cause=issued,
-        now=now,
-    )
-    return [revoked]
+        )
+    return entries
 
 
 def _ask(request: RevocationRequested | RevocationOrdered, serial: str, operator: str) -> domain.Ask:

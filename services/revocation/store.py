@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -30,24 +31,31 @@ def _known(row: asyncpg.Record) -> Known:
     )
 
 
-async def add_certificate(
-    conn: asyncpg.Connection, e: CertificateIssued, spki_sha256: str, spki_der: bytes | None
-) -> bool:
-    """Learn of an issued certificate and its public key (holding the key's lock to the end of the
-    transaction); False if it was known already."""
-    added = await conn.fetchval(
-        f"{_LOCK_KEY} INSERT INTO certificates (spki_sha256, serial, cert_id, issuer_id, not_after, spki_der, "
-        "fingerprint_sha256) SELECT $1, $2, $3, $4, $5, $6, $7 FROM key_lock ON CONFLICT (serial) DO NOTHING "
-        "RETURNING true",
-        spki_sha256,
-        e.serial,
-        e.aggregate_id,
-        e.issuer_id,
-        e.not_after,
-        spki_der,
-        e.fingerprint_sha256,
+async def add_certificates(
+    conn: asyncpg.Connection, issued: Sequence[tuple[CertificateIssued, str, bytes | None]]
+) -> set[str]:
+    """Learn of issued certificates (each with its key's SHA-256 and DER), holding each key's lock to
+    the end of the transaction (taken in key order), in one statement; returns the serials that were
+    not known already (a serial twice: the first)."""
+    if not issued:
+        return set()
+    rows = await conn.fetch(
+        "WITH key_lock AS (SELECT count(pg_advisory_xact_lock(hashtext('certbus.revocation.key'), hashtext(k))) "
+        "FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS k ORDER BY k) keys) "
+        "INSERT INTO certificates (spki_sha256, serial, cert_id, issuer_id, not_after, spki_der, fingerprint_sha256) "
+        "SELECT t.spki, t.serial, t.cert_id, t.issuer, t.not_after, t.der, t.fp "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[], $7::text[]) "
+        "WITH ORDINALITY AS t(spki, serial, cert_id, issuer, not_after, der, fp, i), key_lock ORDER BY t.i "
+        "ON CONFLICT (serial) DO NOTHING RETURNING serial",
+        [spki for _, spki, _ in issued],
+        [e.serial for e, _, _ in issued],
+        [e.aggregate_id for e, _, _ in issued],
+        [e.issuer_id for e, _, _ in issued],
+        [e.not_after for e, _, _ in issued],
+        [der for _, _, der in issued],
+        [e.fingerprint_sha256 for e, _, _ in issued],
     )
-    return bool(added)
+    return {r["serial"] for r in rows}
 
 
 async def find(conn: asyncpg.Connection, serial: str) -> Known | None:
@@ -102,10 +110,13 @@ async def record_compromise(
     return bool(added)
 
 
-async def compromised_by(conn: asyncpg.Connection, spki_sha256: str) -> tuple[str, str] | None:
-    """The serial and request whose keyCompromise revocation recorded this key as compromised, if any."""
-    row = await conn.fetchrow("SELECT serial, request_id FROM compromised_keys WHERE spki_sha256 = $1", spki_sha256)
-    return None if row is None else (row["serial"], row["request_id"])
+async def compromised_by(conn: asyncpg.Connection, spkis: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """For each of these keys recorded as compromised by a keyCompromise revocation: that
+    revocation's serial and request."""
+    rows = await conn.fetch(
+        "SELECT spki_sha256, serial, request_id FROM compromised_keys WHERE spki_sha256 = ANY($1::text[])", list(spkis)
+    )
+    return {r["spki_sha256"]: (r["serial"], r["request_id"]) for r in rows}
 
 
 async def record_request(
@@ -132,10 +143,12 @@ async def record_issuer_compromise(conn: asyncpg.Connection, ca_id: str, by: str
     return bool(added)
 
 
-async def issuer_compromised(conn: asyncpg.Connection, ca_id: str) -> bool:
-    """Whether an issuer was declared compromised (waits for a declaration being committed)."""
-    row = await conn.fetchval("SELECT true FROM compromised_issuers WHERE ca_id = $1 FOR SHARE", ca_id)
-    return bool(row)
+async def issuers_compromised(conn: asyncpg.Connection, ca_ids: Sequence[str]) -> set[str]:
+    """Which of these issuers were declared compromised (waits for a declaration being committed)."""
+    rows = await conn.fetch(
+        "SELECT ca_id FROM compromised_issuers WHERE ca_id = ANY($1::text[]) FOR SHARE", list(ca_ids)
+    )
+    return {r["ca_id"] for r in rows}
 
 
 async def revoke_all_of_issuer(conn: asyncpg.Connection, ca_id: str, at: datetime) -> list[asyncpg.Record]:

@@ -106,7 +106,8 @@ async def test_killing_postgres_loses_and_duplicates_nothing(own_postgres: Postg
         try:
             assert await conn.fetchval("SELECT count(*) FROM signing.issuances") == REQUESTS
             for name in ("enrollment", "signing", "validation", "revocation", "audit"):
-                assert await conn.fetchval(f"SELECT count(*) FROM {name}.parked") == 0, name
+                parked = await conn.fetch(f"SELECT subject, reason FROM {name}.parked")
+                assert not parked, (name, [tuple(p) for p in parked])
         finally:
             await conn.close()
         for name, proc in h.procs.items():
