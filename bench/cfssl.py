@@ -34,10 +34,25 @@ CONNECTIONS = 64  # as many in flight as the issuance bench's BENCH_CONCURRENCY 
 TOOLS = ("cfssl", "wrk", "taskset")
 RESULT_MARKER = "certbus-wrk "
 
-# wrk's script: POST the bodies of a file (one JSON a line, taken in turn), count every response
-# that is not a 200 with `"success":true` in its thread, and print one JSON line when done.
-# What every wrk script of the bench reports: `rejected` counted by its `response`, and one line
-# (RESULT_MARKER + JSON) that parse_wrk reads.
+# What every wrk script of the bench shares: `init` reads the lines of the file given after `--`
+# (one request each, taken in turn by `next_line()`); `response` counts what it rejects in
+# `rejected`; `done` prints one line (RESULT_MARKER + JSON) that parse_wrk reads.
+WRK_LINES = r"""
+local lines = {}
+local next_index = 0
+
+function init(args)
+  rejected = 0
+  for line in io.lines(args[1]) do
+    lines[#lines + 1] = line
+  end
+end
+
+function next_line()
+  next_index = next_index % #lines + 1
+  return lines[next_index]
+end
+"""
 WRK_REPORT = r"""
 local threads = {}
 
@@ -58,23 +73,15 @@ function done(summary, latency, requests)
     rejected_total, latency:percentile(50), latency:percentile(99)))
 end
 """
+# cfssl's: POST each line (one JSON sign request), reject what is not a 200 with `"success":true`.
 WRK_SCRIPT = (
-    r"""
+    WRK_LINES
+    + r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-local bodies = {}
-local next_body = 0
-
-function init(args)
-  rejected = 0
-  for line in io.lines(args[1]) do
-    bodies[#bodies + 1] = line
-  end
-end
 
 function request()
-  next_body = next_body % #bodies + 1
-  return wrk.format(nil, nil, nil, bodies[next_body])
+  return wrk.format(nil, nil, nil, next_line())
 end
 
 function response(status, headers, body)

@@ -12,23 +12,13 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from bench.cfssl import WRK_REPORT, WrkRun, parse_wrk
+from bench.cfssl import WRK_LINES, WRK_REPORT, WrkRun, parse_wrk
 
 WRK_GET_SCRIPT = (
-    r"""
-local paths = {}
-local next_path = 0
-
-function init(args)
-  rejected = 0
-  for line in io.lines(args[1]) do
-    paths[#paths + 1] = line
-  end
-end
-
+    WRK_LINES
+    + r"""
 function request()
-  next_path = next_path % #paths + 1
-  return wrk.format("GET", paths[next_path])
+  return wrk.format("GET", next_line())
 end
 
 function response(status, headers, body)
