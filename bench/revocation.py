@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench import ocsp_load
 from bench.environment import bench_harness, save_result
+from bench.procs import tree_pss_kib
 from harness import Harness, eventually
 from services.signing import domain as signing
 from services.validation import ocsp as responder_core
@@ -251,6 +252,10 @@ async def compromise(h: Harness, issuer_id: str, sample: list[int], expected: in
     """Declare the issuing CA compromised; seconds until revocation committed every revocation, until
     validation answers revoked for a sample, until every CertificateRevoked is on the log."""
     pool = await h.db()
+    revocation = h.procs["revocation"].proc
+    assert revocation is not None
+    before_kib = tree_pss_kib(revocation.pid)
+    peak_kib = before_kib
     start = time.perf_counter()
     result = await h.cli("ca", "compromise", issuer_id, "--reason", "bench")  # as the harness's operator
     assert result.returncode == 0, result.stderr
@@ -287,7 +292,11 @@ async def compromise(h: Harness, issuer_id: str, sample: list[int], expected: in
             if await check():
                 marks[name] = round(time.perf_counter() - start, 2)
                 del pending[name]
+        peak_kib = max(peak_kib, tree_pss_kib(revocation.pid))
         await asyncio.sleep(0.05)
+    # Revocation's memory (PSS of the process and its children), sampled every 50 ms or so.
+    marks["revocation_memory_before_mib"] = round(before_kib / 1024, 1)
+    marks["revocation_memory_peak_mib"] = round(peak_kib / 1024, 1)
     return marks
 
 
