@@ -74,6 +74,12 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
     @rt.consumer("requests", projections)
     async def on_event(event: Event, msg: NatsMessage) -> None:
         await requests.submit(event, Delivery.of(msg))
+        if isinstance(event, CaCompromised):
+            # Its revocations were enqueued, not returned (there may be millions): publish them now.
+            try:
+                await rt.relay.drain()
+            except Exception as exc:  # noqa: BLE001 - committed: the relay publishes what is left
+                log.warning("draining a compromise's revocations failed; the relay goes on", extra={"error": repr(exc)})
 
 
 def _serial_named(raw: bytes) -> str:
@@ -318,25 +324,31 @@ async def _revoke_one(
     return await enqueue(conn, revoked, rt.root)
 
 
+# How many revocations of a CA compromise are built and enqueued at a time: its memory, whatever
+# the number of certificates.
+COMPROMISE_CHUNK = 1000
+
+
 async def _issuer_compromised(
     conn: asyncpg.Connection, rt: Runtime, event: CaCompromised, operator: str
 ) -> list[OutboxEntry]:
     """Operators declared an issuing CA compromised: revoke every live certificate it issued
-    (cACompromise, in one statement); enrollment tells each holder to renew with a new key."""
+    (cACompromise, in one statement, at the compromise's place in the log); enrollment tells each
+    holder to renew with a new key. Their CertificateRevoked events are built and enqueued a chunk
+    at a time from a cursor, and none is returned: the consumer drains the outbox once this
+    transaction has committed (`OutboxRelay.drain`), so memory stays flat however many there are."""
     now = rt.clock.now()
     if not await store.record_issuer_compromise(conn, event.ca_id, operator, now):
         return []
-    rows = await store.revoke_all_of_issuer(conn, event.ca_id, now)
-    events: list[Event] = []
-    for row in rows:
-        cert = domain.Known(row["serial"], row["cert_id"], event.ca_id, "revoked")
-        events.append(
+    revoked = await store.revoke_all_of_issuer(conn, event.ca_id, now)
+    async for rows in store.revoked_by_compromise(conn, event.ca_id, now, COMPROMISE_CHUNK):
+        events = [
             CertificateRevoked.caused_by(
                 event,
                 producer=NAME,
                 at=now,
-                aggregate_id=cert.cert_id,
-                serial=cert.serial,
+                aggregate_id=row["cert_id"],
+                serial=row["serial"],
                 issuer_id=event.ca_id,
                 reason="cACompromise",
                 revoked_at=now,
@@ -344,6 +356,8 @@ async def _issuer_compromised(
                 requested_by=operator,
                 authorised_by="ca_compromise",
             )
-        )
-    log.warning("revoked every certificate of a compromised CA", extra={"ca": event.ca_id, "certificates": len(rows)})
-    return await enqueue_many(conn, events, rt.root)
+            for row in rows
+        ]
+        await enqueue_many(conn, events, rt.root)
+    log.warning("revoked every certificate of a compromised CA", extra={"ca": event.ca_id, "certificates": revoked})
+    return []

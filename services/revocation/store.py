@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -151,13 +151,28 @@ async def issuers_compromised(conn: asyncpg.Connection, ca_ids: Sequence[str]) -
     return {r["ca_id"] for r in rows}
 
 
-async def revoke_all_of_issuer(conn: asyncpg.Connection, ca_id: str, at: datetime) -> list[asyncpg.Record]:
-    """Revoke every live certificate of an issuer (cACompromise) in one statement; returns their
-    serial, cert_id and not_after in serial order."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+async def revoke_all_of_issuer(conn: asyncpg.Connection, ca_id: str, at: datetime) -> int:
+    """Revoke every live certificate of an issuer (cACompromise, revoked at `at`) in one statement;
+    returns how many (`revoked_by_compromise` reads them back)."""
+    status: str = await conn.execute(
         "UPDATE certificates SET status = 'revoked', revoked_at = $2, reason = 'cACompromise' "
-        "WHERE issuer_id = $1 AND status = 'good' AND not_after > $2 RETURNING serial, cert_id",
+        "WHERE issuer_id = $1 AND status = 'good' AND not_after > $2",
         ca_id,
         at,
     )
-    return sorted(rows, key=lambda r: r["serial"])
+    return int(status.split()[-1])
+
+
+async def revoked_by_compromise(
+    conn: asyncpg.Connection, ca_id: str, at: datetime, chunk: int
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The (serial, cert_id) of what `revoke_all_of_issuer(ca_id, at)` revoked, in serial order,
+    `chunk` at a time through a cursor (in the caller's transaction): never all in memory at once."""
+    cursor = await conn.cursor(
+        "SELECT serial, cert_id FROM certificates WHERE issuer_id = $1 AND status = 'revoked' "
+        "AND reason = 'cACompromise' AND revoked_at = $2 ORDER BY serial",
+        ca_id,
+        at,
+    )
+    while rows := await cursor.fetch(chunk):
+        yield rows

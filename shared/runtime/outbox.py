@@ -167,13 +167,19 @@ class OutboxRelay:
         for the relay, and the first failure is raised after the successes are recorded.
         """
         entries = [e for e in entries if not e.suppressed]
-        if not entries:
-            return
+        if entries and (failure := await self._send_all(self._pool, entries)) is not None:
+            raise failure
+
+    async def _send_all(
+        self, db: asyncpg.Pool | asyncpg.Connection, entries: Sequence[OutboxEntry]
+    ) -> BaseException | None:
+        """Publish `entries` pipelined (each awaits its own acknowledgement) and record each outcome
+        through `db`; returns the first failure (what failed stays unpublished for the relay)."""
         results = await asyncio.gather(*(self._send(entry) for entry in entries), return_exceptions=True)
         done = [(e.id, r[0], r[1]) for e, r in zip(entries, results, strict=True) if not isinstance(r, BaseException)]
         failed = [e.id for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]
         if done:
-            await self._pool.execute(
+            await db.execute(
                 "UPDATE outbox o SET attempts = o.attempts + 1, published_at = now(), stream_seq = v.seq, "
                 "alarm = v.alarm FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, seq, alarm) "
                 "WHERE o.id = v.id AND o.published_at IS NULL",
@@ -184,8 +190,8 @@ class OutboxRelay:
         if failed:
             # Count the attempt: the relay then knows this path has given up on the row. (The
             # publish may still have landed: the relay's `duplicate` answer is then checked.)
-            await self._pool.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", failed)
-            raise next(r for r in results if isinstance(r, BaseException))
+            await db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ANY($1::bigint[])", failed)
+        return next((r for r in results if isinstance(r, BaseException)), None)
 
     async def flush(self, stale_s: float = 0.0, *, unattempted_s: float = 0.0) -> int:
         """Publish every pending row at least `stale_s` old, and at least `unattempted_s` old if no
@@ -195,6 +201,29 @@ class OutboxRelay:
             n = await self._publish_batch(stale_s, unattempted_s)
             total += n
             if n < self._batch:
+                return total
+
+    async def drain(self) -> int:
+        """Publish every pending row now, a batch at a time with each batch's publishes pipelined,
+        whoever enqueued it; returns how many were published. For a transaction that enqueued more
+        than its caller should hold in memory to publish (a CA compromise's revocations): it returns
+        no entries, and this publishes them from the table."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
+                    "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                    self._batch,
+                )
+                entries = [
+                    OutboxEntry(r["id"], str(r["event_id"]), r["subject"], r["payload"], r["attempts"]) for r in rows
+                ]
+                failure = await self._send_all(conn, entries) if entries else None
+            if failure is not None:
+                raise failure
+            total += len(rows)
+            if len(rows) < self._batch:
                 return total
 
     async def _publish_batch(self, stale_s: float, unattempted_s: float) -> int:

@@ -205,3 +205,19 @@ async def test_the_relay_leaves_a_row_to_the_fast_path_until_its_publish_has_tim
     assert (await row(pool, in_flight))["published_at"] is None
     assert (await row(pool, given_up))["published_at"] is not None
     assert (await row(pool, crashed))["published_at"] is not None
+
+
+async def test_drain_publishes_everything_pending_a_batch_at_a_time(relay, harness: Harness) -> None:  # type: ignore[no-untyped-def]
+    """What a transaction enqueued without handing back (a CA compromise's revocations) is published
+    by `drain`, in batches, each publish under its own event id, once."""
+    outbox, pool, _ = relay
+    outbox._batch = 16  # several batches, and a partial last one
+    async with pool.acquire() as conn, conn.transaction():
+        for i in range(40):
+            await enqueue(conn, event(100 + i), harness.root)
+    assert await outbox.drain() == 40
+    assert await outbox.drain() == 0
+    rows = await pool.fetch("SELECT event_id, published_at, attempts FROM outboxtest.outbox")
+    assert len(rows) == 40 and all(r["published_at"] and r["attempts"] == 1 for r in rows)
+    msgs = await harness.stream_messages(f"{harness.root}.cert.*.expired")
+    assert sorted(m.headers["Nats-Msg-Id"] for m in msgs) == sorted(str(r["event_id"]) for r in rows)
