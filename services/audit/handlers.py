@@ -7,12 +7,11 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import nats.js.errors
-from faststream import Context
-from faststream.nats.message import NatsBatchMessage
+from faststream.nats.annotations import NatsMessage
 from pydantic import ValidationError
 
 from services.audit import checks, domain, lint_job, replay, report, store, verify
@@ -50,7 +49,7 @@ from shared.contract.queries import (
     VerifyAnswer,
 )
 from shared.pki.crypto import normalise_serial
-from shared.runtime.consumer import Delivery
+from shared.runtime.consumer import Delivery, GroupCommit
 from shared.runtime.metrics import EVENTS_CONSUMED
 from shared.runtime.outbox import OutboxEntry, enqueue_many
 from shared.runtime.service import Runtime
@@ -76,15 +75,14 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
         checkpointer.archived(archived.count)
         return entries
 
-    # A raw batch consumer: a whole pull reaches the handler undecoded, one transaction archives it
-    # (see Runtime.consumer). Replicas' batches may arrive out of order: the archive chains only
-    # what is contiguous.
-    @rt.consumer("archive", None, batch=True)
-    async def on_messages(bodies: list[bytes], msg: Annotated[NatsBatchMessage, Context("message")]) -> None:
+    archiver: GroupCommit[tuple[str, bytes]] = GroupCommit(archive, rt.publish_pending)
+
+    # A raw consumer: its messages reach the handler undecoded (see Runtime.consumer).
+    @rt.consumer("archive", None)
+    async def on_message(msg: NatsMessage) -> None:
         """Archive every message verbatim, readable or not: the archive is the evidence."""
-        raws = msg.raw_message
-        entries = await archive([((raw.subject, raw.data), Delivery.of_raw(raw)) for raw in raws])
-        await rt.publish_pending(entries)
+        raw = msg.raw_message
+        await archiver.submit((raw.subject, raw.data), Delivery.of(msg))
 
     @rt.query("history")
     async def history(query: HistoryQuery) -> HistoryAnswer:

@@ -101,10 +101,6 @@ class ServiceSettings(CommonSettings):
     # their process lives (`shared.runtime.inflight`), so a short wait costs a live handler nothing.
     ack_wait_s: float = 3.0
     fetch_batch: int = 64
-    # A batch consumer (audit's archive) takes up to batch_size messages a pull, waiting at most
-    # batch_wait_s to fill it (its latency; it is off the issuance path).
-    batch_size: int = Field(default=256, ge=1, le=10_000)
-    batch_wait_s: float = Field(default=0.05, gt=0, le=5.0)
     # At shutdown, how long NATS may take to drain subscriptions before the connection is closed
     # anyway (anything unacknowledged is redelivered): a stop stays within a 30 s grace period.
     drain_timeout_s: int = 10

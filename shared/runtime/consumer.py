@@ -21,7 +21,6 @@ before FastStream acks or nacks it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -112,12 +111,7 @@ class Delivery:
     @classmethod
     def of(cls, msg: StreamMessage[Any]) -> Delivery:
         """The delivery metadata of a JetStream message."""
-        return cls.of_raw(msg.raw_message)
-
-    @classmethod
-    def of_raw(cls, raw: Msg) -> Delivery:
-        """The delivery metadata of a JetStream message as nats-py gives it."""
-        meta = raw.metadata
+        meta = msg.raw_message.metadata
         return cls(meta.sequence.stream, meta.timestamp)
 
 
@@ -159,21 +153,14 @@ def event_middleware(
     """
 
     async def park(msg: StreamMessage[Any], reason: str) -> None:
-        # A batch consumer's message (see `Runtime.consumer`) parks each of its messages, acked here
-        # (the batch's ack skips them).
         async with pool().acquire() as conn:
-            for raw in _raws(msg):
-                await park_message(conn, service, raw, reason)
-                if isinstance(msg.raw_message, list):
-                    await raw.ack()
+            await park_message(conn, service, msg.raw_message, reason)
 
     class EventMiddleware(BaseMiddleware):
         async def consume_scope(
             self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
         ) -> Any:
-            with contextlib.ExitStack() as held:
-                for raw in _raws(msg):
-                    held.enter_context(in_flight.holding(raw))
+            with in_flight.holding(msg.raw_message):
                 return await self._handle(call_next, msg)
 
         async def _handle(
@@ -200,7 +187,7 @@ def event_middleware(
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, max_backoff_s)
                 except Exception as exc:
-                    delivered = max(raw.metadata.num_delivered for raw in _raws(msg))
+                    delivered = msg.raw_message.metadata.num_delivered
                     if delivered >= max_deliver:
                         await park(msg, f"failed {delivered} deliveries: {exc!r}")
                         return None
@@ -208,12 +195,6 @@ def event_middleware(
                     raise
 
     return EventMiddleware
-
-
-def _raws(msg: StreamMessage[Any]) -> list[Msg]:
-    """The JetStream messages of a FastStream message: one, or a batch consumer's list."""
-    raw = msg.raw_message
-    return list(raw) if isinstance(raw, list) else [raw]
 
 
 class GroupCommit(Generic[T]):

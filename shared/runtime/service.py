@@ -136,7 +136,7 @@ class Runtime:
         return f"{self.settings.query_root}.{service or self.name}.{query}"
 
     def consumer(
-        self, purpose: str, consumes: Iterable[type[Event]] | None, *, tagged: bool = False, batch: bool = False
+        self, purpose: str, consumes: Iterable[type[Event]] | None, *, tagged: bool = False
     ) -> Callable[[Any], Any]:
         """Decorate a handler as a durable pull consumer of the event types `consumes` on the log (a
         service's table of projections, or the types themselves; None: every message, undecoded:
@@ -154,18 +154,11 @@ class Runtime:
         concurrently; handlers hand their events to a `GroupCommit` so that they share one transaction.
         Each message of the pull is kept in progress (`in_flight`) until its handler returns, so a
         group that takes longer than ack_wait is not redelivered while this process lives.
-
-        `batch` (raw consumers only: audit's archive, off the issuance path) hands the handler a
-        whole pull at once, up to `batch_size` messages collected for at most `batch_wait_s`: one
-        dispatch per batch instead of one per message; the handler reads `msg.raw_message`, a list.
         """
         durable = self.durable(purpose)
         if consumes is None:
             self.consumers[durable] = [f"{self.root}.>"]
-            decoder = _undecoded_batch if batch else _undecoded
-            return self._pull(self.settings.stream, self.root, durable, self.consumers[durable], decoder, batch=batch)
-        if batch:
-            raise ValueError("only a raw consumer (consumes=None) takes batches")
+            return self._pull(self.settings.stream, self.root, durable, self.consumers[durable], _undecoded)
         accept, root = _with_registry(consumes), self.root
         filters = [cls.filter(root) for cls in accept]
         self.consumers[durable] = filters
@@ -192,27 +185,14 @@ class Runtime:
         return self._pull(self.settings.ingress_stream, self.settings.ingress_root, durable, filters, _undecoded)
 
     def _pull(
-        self,
-        stream: str,
-        root: str,
-        durable: str,
-        filters: list[str],
-        decoder: Callable[[Any], Any],
-        *,
-        batch: bool = False,
+        self, stream: str, root: str, durable: str, filters: list[str], decoder: Callable[[Any], Any]
     ) -> Callable[[Any], Any]:
         """A FastStream pull subscriber on a durable of `stream`, with this service's settings."""
-        settings = self.settings
-        pull = (
-            PullSub(batch_size=settings.batch_size, timeout=settings.batch_wait_s, batch=True)
-            if batch
-            else PullSub(batch_size=settings.fetch_batch, timeout=5.0)
-        )
         return self.events.subscriber(
             f"{root}.>",
             stream=JStream(stream, declare=False),
             durable=durable,
-            pull_sub=pull,
+            pull_sub=PullSub(batch_size=self.settings.fetch_batch, timeout=5.0),
             inbox_prefix=f"{self.settings.inbox_prefix}.".encode(),
             ack_policy=AckPolicy.NACK_ON_ERROR,
             config=ConsumerConfig(
@@ -460,11 +440,6 @@ async def _undecoded(msg: StreamMessage[Any]) -> bytes:
     it as JSON first, and a hostile body nested deep enough would fail there, never handled)."""
     body: bytes = msg.body
     return body
-
-
-async def _undecoded_batch(msg: StreamMessage[Any]) -> list[bytes]:
-    """A batch's bodies as they came (see `_undecoded`)."""
-    return [raw.data for raw in msg.raw_message]
 
 
 def _security(settings: ServiceSettings) -> NatsNKey | NatsUserPassword | None:
