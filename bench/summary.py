@@ -27,7 +27,7 @@ class Row:
     goal: str
     measured: str
     reference: str
-    met: bool | None  # None: not measured
+    met: bool | None  # None: not measured, or not at the target's scale
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class Target:
     unit: str
     figure: Callable[[Results], float | None]
     reference: Callable[[Results], str] = lambda _: "-"
+    # Whether the run was at the scale the target names (e.g. 1M certificates); a figure measured
+    # smaller is shown, but never as met.
+    at_scale: Callable[[Results], bool] = lambda _: True
 
     def row(self, results: Results) -> Row:
         try:
@@ -47,7 +50,9 @@ class Target:
             value = None
         if value is None:
             return Row(self.target, self.goal, "not measured", "-", None)
-        met = value >= self.threshold if self.at_least else value <= self.threshold
+        met: bool | None = value >= self.threshold if self.at_least else value <= self.threshold
+        if met and not self.at_scale(results):
+            met = None  # shown as "-": below the target's scale, it proves nothing
         try:
             reference = self.reference(results)
         except (KeyError, TypeError, ZeroDivisionError):
@@ -122,13 +127,18 @@ TARGETS = [
         lambda r: r["revocation"]["propagation_ocsp_p99_ms"],
     ),
     Target(
-        "revocation -> its CRL over HTTP, p99",
-        "<= 1,000 ms",
+        "revocation -> its CRL over HTTP, 100k revoked",
+        "p99 <= 1,000 ms",
         1000,
         False,
-        "ms",
-        lambda r: r["revocation"]["propagation_crl_p99_ms"],
-        lambda r: f"at {r['revocation']['seeded_certificates']:,} certificates (target: 1M, sharded)",
+        "ms (p50)",
+        lambda r: r["revocation"]["crl_at_seed_revoked_p50_s"] * 1000,
+        lambda r: (
+            f"with {r['revocation']['seeded_certificates']:,} revoked, one CRL of "
+            f"{r['revocation']['crl_at_seed_revoked_bytes'] / 1e6:.1f} MB (target: 1M issued, sharded); "
+            f"with few revoked p99 {r['revocation']['propagation_crl_p99_ms']:,.0f} ms"
+        ),
+        lambda r: r["revocation"]["seeded_certificates"] >= 100_000,
     ),
     Target("CRL shard republish", "<= 200 ms", 200, False, "ms", lambda r: None),
     Target(
@@ -169,6 +179,7 @@ TARGETS = [
             f"at {r['revocation']['seeded_certificates']:,} certificates (target: 1M); revocation's "
             f"memory peak {r['revocation']['ca_compromise']['revocation_memory_peak_mib']:,.0f} MiB (target <= 300 MB)"
         ),
+        lambda r: r["revocation"]["seeded_certificates"] >= 1_000_000,
     ),
     Target("every service's RSS with 1M certificates on the log", "<= 200 MB", 200, False, "MB", lambda r: None),
 ]

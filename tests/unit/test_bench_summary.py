@@ -46,3 +46,18 @@ def test_the_table_names_what_is_not_met() -> None:
     line = next(line for line in text.splitlines() if line.startswith("issuance end to end"))
     assert "NOT MET" in line and "190.0 certs/s" in line
     assert "not measured" in text
+
+
+def test_a_figure_below_the_targets_scale_is_shown_but_never_met() -> None:
+    revocation = {
+        "seeded_certificates": 100_000,
+        "crl_at_seed_revoked_p50_s": 0.5,
+        "crl_at_seed_revoked_bytes": 5_300_000,
+        "propagation_crl_p99_ms": 99.0,
+        "ca_compromise": {"validation_reports_revoked_s": 0.7, "revocation_memory_peak_mib": 60.0},
+    }
+    table = {r.target: r for r in rows({**RESULTS, "revocation": revocation})}
+    compromise = table["CA compromise: validation says revoked for all"]
+    assert (compromise.measured, compromise.met) == ("0.7 s", None)  # 100k, not the 1M it names
+    crl = table["revocation -> its CRL over HTTP, 100k revoked"]
+    assert (crl.measured, crl.met) == ("500.0 ms (p50)", True)
