@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium cfssl wrk
+.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium compose cfssl wrk
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,13 +29,19 @@ lint: install
 	$(VENV)/bin/mypy shared services deploy
 	$(VENV)/bin/lint-imports
 
-test: lint chromium
+test: lint chromium compose
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The HTML audit report's test opens the page in headless Chromium (Debian's package).
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+# tests/unit/test_compose.py validates docker-compose.yml with `docker-compose config` (Debian's
+# package; no Docker engine is needed for it, so its recommended docker.io is not installed).
+compose:
+	@command -v docker-compose >/dev/null || ($(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose)
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
