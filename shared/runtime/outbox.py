@@ -12,7 +12,11 @@ Two paths publish a row. The handler that committed it publishes it at once (one
 NATS, one to mark it published). The relay picks up what that path left behind (a crash, NATS
 down) once it is `stale_s` old, holding a row lock while it publishes so replicas never race; a row
 the fast path has not reported on yet (no attempt counted) it leaves alone until that publish has
-had time to time out, so the two rarely publish the same row at once.
+had time to time out, so the two rarely publish the same row at once, unless the database session
+that wrote the row has ended: its process is gone (killed), its fast path will never report, and
+the row is taken over once `stale_s` old, so a killed replica's decisions reach the log within
+seconds of its death. (A session can also end while its process lives, an idle pooled connection
+closed: both paths may then publish the row, and the `duplicate` answer is read back as above.)
 """
 
 from __future__ import annotations
@@ -195,7 +199,8 @@ class OutboxRelay:
 
     async def flush(self, stale_s: float = 0.0, *, unattempted_s: float = 0.0) -> int:
         """Publish every pending row at least `stale_s` old, and at least `unattempted_s` old if no
-        attempt was counted (the fast path may still be publishing it); returns how many were published."""
+        attempt was counted and the session that wrote it still lives (the fast path may still be
+        publishing it); returns how many were published."""
         total = 0
         while True:
             n = await self._publish_batch(stale_s, unattempted_s)
@@ -232,7 +237,8 @@ class OutboxRelay:
             rows = await conn.fetch(
                 "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
                 "AND created_at <= now() - make_interval(secs => $2) "
-                "AND (attempts > 0 OR created_at <= now() - make_interval(secs => $3)) "
+                "AND (attempts > 0 OR created_at <= now() - make_interval(secs => $3) "
+                "OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = outbox.writer_pid)) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
                 stale_s,

@@ -5,6 +5,7 @@ nats-server that deduplicates by `Nats-Msg-Id`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -64,7 +65,7 @@ def alarms_counted() -> float:
 
 async def row(pool: asyncpg.Pool, entry: OutboxEntry) -> Any:
     return await pool.fetchrow(
-        "SELECT published_at, stream_seq, alarm, attempts FROM outboxtest.outbox WHERE id = $1", entry.id
+        "SELECT published_at, stream_seq, alarm, attempts, writer_pid FROM outboxtest.outbox WHERE id = $1", entry.id
     )
 
 
@@ -205,6 +206,29 @@ async def test_the_relay_leaves_a_row_to_the_fast_path_until_its_publish_has_tim
     assert (await row(pool, in_flight))["published_at"] is None
     assert (await row(pool, given_up))["published_at"] is not None
     assert (await row(pool, crashed))["published_at"] is not None
+
+
+async def test_the_relay_takes_over_at_once_a_row_whose_writer_is_gone(relay, harness: Harness) -> None:  # type: ignore[no-untyped-def]
+    """A row written by a database session that has ended (its process was killed before its fast
+    path published) is not left for the fast path's publish to time out: the relay publishes it as
+    soon as it is stale, while a row whose writer lives is still left alone."""
+    outbox, pool, _ = relay
+    async with pool.acquire() as conn, conn.transaction():
+        alive = await enqueue(conn, event(21), harness.root)
+    gone_conn = await asyncpg.connect(harness.database_url, server_settings={"search_path": "outboxtest"})
+    gone_pid = await gone_conn.fetchval("SELECT pg_backend_pid()")
+    async with gone_conn.transaction():
+        gone = await enqueue(gone_conn, event(22), harness.root)
+    await gone_conn.close()
+    assert (await row(pool, gone))["writer_pid"] == gone_pid
+    for _ in range(100):  # the server ends the session just after the socket closes
+        if not await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", gone_pid):
+            break
+        await asyncio.sleep(0.05)
+    assert await outbox.flush(unattempted_s=60) == 1
+    assert (await row(pool, alive))["published_at"] is None
+    taken_over = await row(pool, gone)
+    assert taken_over["published_at"] is not None and taken_over["alarm"] is None
 
 
 async def test_drain_publishes_everything_pending_a_batch_at_a_time(relay, harness: Harness) -> None:  # type: ignore[no-untyped-def]
