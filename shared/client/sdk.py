@@ -115,6 +115,9 @@ from shared.trust import operators
 log = logging.getLogger("certbus.client")
 BACKLOG_FULL = 10077  # JetStream: "maximum messages per subject exceeded" (discard new per subject)
 A = TypeVar("A", bound=BaseModel)
+# A quick query's first attempt: a replica answers one in milliseconds when it lives; one killed
+# while it held the query never answers, and the query is asked again of another replica.
+QUERY_FIRST_ATTEMPT_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -199,12 +202,36 @@ class CertbusClient:
     def _subject(self, service: str, query: str) -> str:
         return f"{self.settings.query_root}.{service}.{query}"
 
-    async def _ask(self, service: str, query: str, body: BaseModel | None, answer: type[A], timeout: float = 5.0) -> A:
+    async def _ask(
+        self,
+        service: str,
+        query: str,
+        body: BaseModel | None,
+        answer: type[A],
+        timeout: float = 5.0,
+        *,
+        once: bool = False,
+    ) -> A:
+        """Ask `service` a query and read its answer within `timeout`. A query is answered by one
+        of the service's replicas; one killed while it held the query never answers, so an
+        unanswered query is asked again (first after QUERY_FIRST_ATTEMPT_S, then after twice as
+        long each time) until `timeout`, and reaches a live replica. `once` for a long query that
+        must not run twice (a replay, a full check): one attempt for the whole timeout."""
         payload = body.model_dump_json().encode() if body is not None else b""
-        try:
-            reply = await self.nc.request(self._subject(service, query), payload, timeout=timeout)
-        except (NatsTimeout, NoRespondersError) as exc:
-            raise Unreachable(f"the {service} service did not answer {query!r}") from exc
+        subject = self._subject(service, query)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempt_s = timeout if once else min(QUERY_FIRST_ATTEMPT_S, timeout)
+        while True:
+            try:
+                reply = await self.nc.request(subject, payload, timeout=min(attempt_s, deadline - loop.time()))
+                break
+            except NatsTimeout as exc:
+                if deadline - loop.time() < 0.05:
+                    raise Unreachable(f"the {service} service did not answer {query!r}") from exc
+                attempt_s *= 2
+            except NoRespondersError as exc:
+                raise Unreachable(f"the {service} service did not answer {query!r}") from exc
         data = json.loads(reply.data)
         if isinstance(data, dict) and "error" in data and set(data) <= {"error", "code"}:
             failure = Failure(**data)
@@ -725,7 +752,7 @@ class CertbusClient:
 
     async def check(self, timeout: float = 600.0) -> CheckAnswer:
         """Run audit's consistency checks over the whole archive."""
-        return await self._ask("audit", "check", None, CheckAnswer, timeout=timeout)
+        return await self._ask("audit", "check", None, CheckAnswer, timeout=timeout, once=True)
 
     async def report(
         self, expiring_days: int = 30, limit: int = 1000, now: datetime | None = None, timeout: float = 600.0
@@ -734,11 +761,11 @@ class CertbusClient:
         revocations by reason, issuance per day, and the (first `limit`) certificates expiring within
         `expiring_days`; `now` (default: audit's clock) judges expiry."""
         query = ReportQuery(expiring_days=expiring_days, limit=limit, now=now)
-        return await self._ask("audit", "report", query, ReportAnswer, timeout=timeout)
+        return await self._ask("audit", "report", query, ReportAnswer, timeout=timeout, once=True)
 
     async def verify(self, timeout: float = 600.0) -> VerifyAnswer:
         """Ask audit to verify its archive against the stream and the signed checkpoints."""
-        return await self._ask("audit", "verify", None, VerifyAnswer, timeout=timeout)
+        return await self._ask("audit", "verify", None, VerifyAnswer, timeout=timeout, once=True)
 
     async def replay(
         self,
@@ -749,7 +776,7 @@ class CertbusClient:
         """Ask audit to rebuild its archive from the stream and compare (and, with `verify`, to verify
         the result); `on_progress` is called about three times a second with how far it is."""
         query = ReplayQuery(verify=verify)
-        task = asyncio.create_task(self._ask("audit", "replay", query, ReplayAnswer, timeout=timeout))
+        task = asyncio.create_task(self._ask("audit", "replay", query, ReplayAnswer, timeout=timeout, once=True))
         try:
             while on_progress is not None and not task.done():
                 await asyncio.wait({task}, timeout=0.3)

@@ -8,11 +8,13 @@ import asyncio
 import time
 
 import pytest
+from nats.aio.msg import Msg
 
 from deploy.local.devstack import NatsServer
 from shared.base.settings import CommonSettings
 from shared.client.errors import Unreachable
-from shared.client.sdk import CertbusClient
+from shared.client.sdk import QUERY_FIRST_ATTEMPT_S, CertbusClient
+from shared.contract.queries import RequestsAnswer
 
 
 async def test_waiting_for_an_outcome_fails_at_once_when_the_connection_is_lost() -> None:
@@ -31,4 +33,52 @@ async def test_waiting_for_an_outcome_fails_at_once_when_the_connection_is_lost(
             assert time.monotonic() - killed < 5.0
         assert not client.connected
     finally:
+        server.cleanup()
+
+
+async def _lossy_responder(client: CertbusClient, subject: str, lose: int) -> list[float]:
+    """A query responder that never answers the first `lose` queries (as a replica killed while it
+    held them), then answers; returns when each query arrived."""
+    arrived: list[float] = []
+
+    async def answer(msg: Msg) -> None:
+        arrived.append(time.monotonic())
+        if len(arrived) > lose:
+            await msg.respond(RequestsAnswer(requests=[]).model_dump_json().encode())
+
+    await client.nc.subscribe(subject, queue="enrollment", cb=answer)
+    await client.nc.flush()
+    return arrived
+
+
+async def test_a_query_lost_with_a_killed_replica_is_asked_again_within_its_timeout() -> None:
+    server = NatsServer(monitor=False).start()
+    try:
+        client = CertbusClient(CommonSettings(nats_url=server.url))
+        await client.connect()
+        arrived = await _lossy_responder(client, client._subject("enrollment", "requests"), lose=1)
+        started = time.monotonic()
+        answer = await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
+        assert answer.requests == []
+        assert len(arrived) == 2
+        assert arrived[1] - started == pytest.approx(QUERY_FIRST_ATTEMPT_S, abs=0.5)
+        await client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+async def test_a_query_asked_once_is_not_sent_again() -> None:
+    """A long query that must not run twice (a replay, a full check) waits its whole timeout."""
+    server = NatsServer(monitor=False).start()
+    try:
+        client = CertbusClient(CommonSettings(nats_url=server.url))
+        await client.connect()
+        arrived = await _lossy_responder(client, client._subject("audit", "check"), lose=1)
+        with pytest.raises(Unreachable, match="did not answer 'check'"):
+            await client._ask("audit", "check", None, RequestsAnswer, timeout=2.5, once=True)
+        assert len(arrived) == 1
+        await client.close()
+    finally:
+        server.stop()
         server.cleanup()
