@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -85,6 +86,7 @@ class Outcome:
     issued_at: float | None = None
     attempts: int = 0
     refused: str | None = None
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (when, what) of each failed attempt
 
     @property
     def latency(self) -> float | None:
@@ -122,6 +124,22 @@ class Burst:
         gaps = [next(t for t in issued if t > at) - at for at in self.faults_at if issued and at < issued[-1]]
         return max(gaps, default=0.0)
 
+    def in_flight_done_after(self) -> list[float]:
+        """For each fault, how long after it the last request that was in flight at that moment
+        received its certificate (a killed replica's messages and unpublished decisions among
+        them): 0 when nothing was in flight."""
+        return [
+            max(
+                (
+                    o.issued_at - at
+                    for o in self.issued
+                    if o.sent_at <= at and o.issued_at is not None and o.issued_at > at
+                ),
+                default=0.0,
+            )
+            for at in self.faults_at
+        ]
+
     def faults_during(self) -> int:
         """How many faults were injected while certificates were still being issued."""
         last = max((o.issued_at for o in self.issued if o.issued_at is not None), default=self.started)
@@ -140,6 +158,9 @@ class Burst:
             "latency_p99_s": round(self.percentile(0.99), 3),
             "longest_stall_s": round(self.longest_stall(), 3),
             "until_issuing_again_s": round(self.until_issuing_again(), 3),
+            "in_flight_done_after_fault_s": round(max(self.in_flight_done_after(), default=0.0), 3),
+            "in_flight_done_after_each_fault_s": [round(s, 3) for s in self.in_flight_done_after()],
+            "retried_because": dict(Counter(what.split("(", 1)[0] for o in self.outcomes for _, what in o.failures)),
             "faults": len(self.faults_at),
             "faults_during_the_burst": self.faults_during(),
         }
@@ -222,7 +243,8 @@ async def run_burst(
             except (Rejected, Pending) as exc:
                 outcome.refused = str(exc)[:300]
                 return
-            except Exception:
+            except Exception as exc:
+                outcome.failures.append((time.monotonic(), repr(exc)[:200]))
                 await asyncio.sleep(0.5)
 
     async def worker() -> None:

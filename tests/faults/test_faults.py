@@ -138,7 +138,9 @@ async def test_kill_minus_nine_each_service_replica_in_turn(cluster: LocalStack)
     faults = [((k + 1) / (len(procs) + 2), kill(p.instance)) for k, p in enumerate(procs)]
     burst = await run_burst(cluster, N, IN_FLIGHT, faults)
     _hit(burst, len(faults) - 1)  # the last may land as the burst's tail is issued at once
-    await _nothing_lost(cluster, "kill -9 each service replica", burst, before)
+    await _nothing_lost(
+        cluster, "kill -9 each service replica", burst, before, extra={"killed": [p.instance for p in procs]}
+    )
 
 
 async def _stream_leader(stack: LocalStack) -> str:
