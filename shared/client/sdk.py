@@ -118,6 +118,7 @@ A = TypeVar("A", bound=BaseModel)
 # A quick query's first attempt: a replica answers one in milliseconds when it lives; one killed
 # while it held the query never answers, and the query is asked again of another replica.
 QUERY_FIRST_ATTEMPT_S = 1.5
+NO_RESPONDERS = "503"  # the status the server answers a request with when nobody listens on its subject
 
 
 @dataclass(frozen=True)
@@ -213,25 +214,21 @@ class CertbusClient:
         once: bool = False,
     ) -> A:
         """Ask `service` a query and read its answer within `timeout`. A query is answered by one
-        of the service's replicas; one killed while it held the query never answers, so an
-        unanswered query is asked again (first after QUERY_FIRST_ATTEMPT_S, then after twice as
-        long each time) until `timeout`, and reaches a live replica. `once` for a long query that
-        must not run twice (a replay, a full check): one attempt for the whole timeout."""
+        of the service's replicas; one killed while it held the query never answers, so a query
+        not answered within QUERY_FIRST_ATTEMPT_S is sent again (then after twice as long each
+        time) and reaches a live replica, while an answer to any earlier copy is still taken (a
+        slow answer is not thrown away). `once` for a long query that must not run twice (a
+        replay, a full check): sent once, for the whole timeout."""
         payload = body.model_dump_json().encode() if body is not None else b""
         subject = self._subject(service, query)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        attempt_s = timeout if once else min(QUERY_FIRST_ATTEMPT_S, timeout)
-        while True:
+        unreachable = Unreachable(f"the {service} service did not answer {query!r}")
+        if once:
             try:
-                reply = await self.nc.request(subject, payload, timeout=min(attempt_s, deadline - loop.time()))
-                break
-            except NatsTimeout as exc:
-                if deadline - loop.time() < 0.05:
-                    raise Unreachable(f"the {service} service did not answer {query!r}") from exc
-                attempt_s *= 2
-            except NoRespondersError as exc:
-                raise Unreachable(f"the {service} service did not answer {query!r}") from exc
+                reply = await self.nc.request(subject, payload, timeout=timeout)
+            except (NatsTimeout, NoRespondersError) as exc:
+                raise unreachable from exc
+        else:
+            reply = await self._hedged(subject, payload, timeout, unreachable)
         data = json.loads(reply.data)
         if isinstance(data, dict) and "error" in data and set(data) <= {"error", "code"}:
             failure = Failure(**data)
@@ -749,6 +746,34 @@ class CertbusClient:
     async def lint_coverage(self) -> LintCoverage:
         """Post-issuance pkilint's coverage: issued, linted clean / failing, passed over, waiting."""
         return await self._ask("audit", "lint", None, LintCoverage)
+
+    async def _hedged(self, subject: str, payload: bytes, timeout: float, unreachable: Unreachable) -> Msg:
+        """Send a query on `subject` again each time an attempt goes unanswered, all to one inbox,
+        and return the first answer to any of them (Unreachable at `timeout`, or at once if no
+        replica listens: the server's no-responders status)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempt_s, send_at = min(QUERY_FIRST_ATTEMPT_S, timeout), loop.time()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            while True:
+                if loop.time() >= send_at:
+                    await self.nc.publish(subject, payload, reply=inbox)
+                    send_at, attempt_s = loop.time() + attempt_s, attempt_s * 2
+                wait = min(send_at, deadline) - loop.time()
+                try:
+                    msg = await sub.next_msg(timeout=max(wait, 0.001))
+                except NatsTimeout:
+                    if loop.time() >= deadline:
+                        raise unreachable from None
+                    continue
+                if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+                    raise unreachable
+                return msg
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def check(self, timeout: float = 600.0) -> CheckAnswer:
         """Run audit's consistency checks over the whole archive."""

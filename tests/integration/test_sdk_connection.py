@@ -82,3 +82,45 @@ async def test_a_query_asked_once_is_not_sent_again() -> None:
     finally:
         server.stop()
         server.cleanup()
+
+
+async def test_a_slow_answer_to_the_first_copy_of_a_query_is_still_taken() -> None:
+    """A replica that answers after the first attempt (a loaded machine) is not thrown away for the
+    copy sent meanwhile: the answer to the first copy is read."""
+    server = NatsServer(monitor=False).start()
+    try:
+        client = CertbusClient(CommonSettings(nats_url=server.url))
+        await client.connect()
+        arrived: list[float] = []
+
+        async def slow(msg: Msg) -> None:
+            arrived.append(time.monotonic())
+            if len(arrived) == 1:
+                await asyncio.sleep(QUERY_FIRST_ATTEMPT_S + 1.0)
+                await msg.respond(RequestsAnswer(requests=[]).model_dump_json().encode())
+
+        await client.nc.subscribe(client._subject("enrollment", "requests"), queue="enrollment", cb=slow)
+        await client.nc.flush()
+        started = time.monotonic()
+        answer = await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
+        assert answer.requests == []
+        assert time.monotonic() - started == pytest.approx(QUERY_FIRST_ATTEMPT_S + 1.0, abs=0.5)
+        await client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+async def test_a_query_nobody_listens_to_fails_at_once() -> None:
+    server = NatsServer(monitor=False).start()
+    try:
+        client = CertbusClient(CommonSettings(nats_url=server.url))
+        await client.connect()
+        started = time.monotonic()
+        with pytest.raises(Unreachable, match="did not answer 'requests'"):
+            await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
+        assert time.monotonic() - started < 1.0
+        await client.close()
+    finally:
+        server.stop()
+        server.cleanup()
