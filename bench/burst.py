@@ -147,6 +147,7 @@ class Burst:
 
     def summary(self) -> dict[str, Any]:
         seconds = self.finished - self.started
+        done_after = self.in_flight_done_after()
         return {
             "requests": len(self.outcomes),
             "issued": len(self.issued),
@@ -158,8 +159,8 @@ class Burst:
             "latency_p99_s": round(self.percentile(0.99), 3),
             "longest_stall_s": round(self.longest_stall(), 3),
             "until_issuing_again_s": round(self.until_issuing_again(), 3),
-            "in_flight_done_after_fault_s": round(max(self.in_flight_done_after(), default=0.0), 3),
-            "in_flight_done_after_each_fault_s": [round(s, 3) for s in self.in_flight_done_after()],
+            "in_flight_done_after_fault_s": round(max(done_after, default=0.0), 3),
+            "in_flight_done_after_each_fault_s": [round(s, 3) for s in done_after],
             "retried_because": dict(Counter(what.split("(", 1)[0] for o in self.outcomes for _, what in o.failures)),
             "faults": len(self.faults_at),
             "faults_during_the_burst": self.faults_during(),

@@ -222,13 +222,8 @@ class CertbusClient:
         payload = body.model_dump_json().encode() if body is not None else b""
         subject = self._subject(service, query)
         unreachable = Unreachable(f"the {service} service did not answer {query!r}")
-        if once:
-            try:
-                reply = await self.nc.request(subject, payload, timeout=timeout)
-            except (NatsTimeout, NoRespondersError) as exc:
-                raise unreachable from exc
-        else:
-            reply = await self._hedged(subject, payload, timeout, unreachable)
+        first_s = timeout if once else min(QUERY_FIRST_ATTEMPT_S, timeout)
+        reply = await self._hedged(subject, payload, timeout, first_s, unreachable)
         data = json.loads(reply.data)
         if isinstance(data, dict) and "error" in data and set(data) <= {"error", "code"}:
             failure = Failure(**data)
@@ -747,13 +742,16 @@ class CertbusClient:
         """Post-issuance pkilint's coverage: issued, linted clean / failing, passed over, waiting."""
         return await self._ask("audit", "lint", None, LintCoverage)
 
-    async def _hedged(self, subject: str, payload: bytes, timeout: float, unreachable: Unreachable) -> Msg:
-        """Send a query on `subject` again each time an attempt goes unanswered, all to one inbox,
-        and return the first answer to any of them (Unreachable at `timeout`, or at once if no
-        replica listens: the server's no-responders status)."""
+    async def _hedged(
+        self, subject: str, payload: bytes, timeout: float, first_s: float, unreachable: Unreachable
+    ) -> Msg:
+        """Send a query on `subject`, again each time an attempt goes unanswered (the first after
+        `first_s`, each later one twice as long), all to one inbox, and return the first answer to
+        any of them (Unreachable at `timeout`, or at once if no replica listens: the server's
+        no-responders status)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        attempt_s, send_at = min(QUERY_FIRST_ATTEMPT_S, timeout), loop.time()
+        attempt_s, send_at = first_s, loop.time()
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.msg import Msg
@@ -36,6 +37,20 @@ async def test_waiting_for_an_outcome_fails_at_once_when_the_connection_is_lost(
         server.cleanup()
 
 
+@pytest.fixture
+async def client() -> AsyncIterator[CertbusClient]:
+    """A client connected to a throwaway nats-server of its own."""
+    server = NatsServer(monitor=False).start()
+    try:
+        connected = CertbusClient(CommonSettings(nats_url=server.url))
+        await connected.connect()
+        yield connected
+        await connected.close()
+    finally:
+        server.stop()
+        server.cleanup()
+
+
 async def _lossy_responder(client: CertbusClient, subject: str, lose: int) -> list[float]:
     """A query responder that never answers the first `lose` queries (as a replica killed while it
     held them), then answers; returns when each query arrived."""
@@ -51,76 +66,44 @@ async def _lossy_responder(client: CertbusClient, subject: str, lose: int) -> li
     return arrived
 
 
-async def test_a_query_lost_with_a_killed_replica_is_asked_again_within_its_timeout() -> None:
-    server = NatsServer(monitor=False).start()
-    try:
-        client = CertbusClient(CommonSettings(nats_url=server.url))
-        await client.connect()
-        arrived = await _lossy_responder(client, client._subject("enrollment", "requests"), lose=1)
-        started = time.monotonic()
-        answer = await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
-        assert answer.requests == []
-        assert len(arrived) == 2
-        assert arrived[1] - started == pytest.approx(QUERY_FIRST_ATTEMPT_S, abs=0.5)
-        await client.close()
-    finally:
-        server.stop()
-        server.cleanup()
+async def test_a_query_lost_with_a_killed_replica_is_asked_again_within_its_timeout(client: CertbusClient) -> None:
+    arrived = await _lossy_responder(client, client._subject("enrollment", "requests"), lose=1)
+    started = time.monotonic()
+    answer = await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
+    assert answer.requests == []
+    assert len(arrived) == 2
+    assert arrived[1] - started == pytest.approx(QUERY_FIRST_ATTEMPT_S, abs=0.5)
 
 
-async def test_a_query_asked_once_is_not_sent_again() -> None:
+async def test_a_query_asked_once_is_not_sent_again(client: CertbusClient) -> None:
     """A long query that must not run twice (a replay, a full check) waits its whole timeout."""
-    server = NatsServer(monitor=False).start()
-    try:
-        client = CertbusClient(CommonSettings(nats_url=server.url))
-        await client.connect()
-        arrived = await _lossy_responder(client, client._subject("audit", "check"), lose=1)
-        with pytest.raises(Unreachable, match="did not answer 'check'"):
-            await client._ask("audit", "check", None, RequestsAnswer, timeout=2.5, once=True)
-        assert len(arrived) == 1
-        await client.close()
-    finally:
-        server.stop()
-        server.cleanup()
+    arrived = await _lossy_responder(client, client._subject("audit", "check"), lose=1)
+    with pytest.raises(Unreachable, match="did not answer 'check'"):
+        await client._ask("audit", "check", None, RequestsAnswer, timeout=2.5, once=True)
+    assert len(arrived) == 1
 
 
-async def test_a_slow_answer_to_the_first_copy_of_a_query_is_still_taken() -> None:
+async def test_a_slow_answer_to_the_first_copy_of_a_query_is_still_taken(client: CertbusClient) -> None:
     """A replica that answers after the first attempt (a loaded machine) is not thrown away for the
     copy sent meanwhile: the answer to the first copy is read."""
-    server = NatsServer(monitor=False).start()
-    try:
-        client = CertbusClient(CommonSettings(nats_url=server.url))
-        await client.connect()
-        arrived: list[float] = []
+    arrived: list[float] = []
 
-        async def slow(msg: Msg) -> None:
-            arrived.append(time.monotonic())
-            if len(arrived) == 1:
-                await asyncio.sleep(QUERY_FIRST_ATTEMPT_S + 1.0)
-                await msg.respond(RequestsAnswer(requests=[]).model_dump_json().encode())
+    async def slow(msg: Msg) -> None:
+        arrived.append(time.monotonic())
+        if len(arrived) == 1:
+            await asyncio.sleep(QUERY_FIRST_ATTEMPT_S + 1.0)
+            await msg.respond(RequestsAnswer(requests=[]).model_dump_json().encode())
 
-        await client.nc.subscribe(client._subject("enrollment", "requests"), queue="enrollment", cb=slow)
-        await client.nc.flush()
-        started = time.monotonic()
-        answer = await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
-        assert answer.requests == []
-        assert time.monotonic() - started == pytest.approx(QUERY_FIRST_ATTEMPT_S + 1.0, abs=0.5)
-        await client.close()
-    finally:
-        server.stop()
-        server.cleanup()
+    await client.nc.subscribe(client._subject("enrollment", "requests"), queue="enrollment", cb=slow)
+    await client.nc.flush()
+    started = time.monotonic()
+    answer = await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
+    assert answer.requests == []
+    assert time.monotonic() - started == pytest.approx(QUERY_FIRST_ATTEMPT_S + 1.0, abs=0.5)
 
 
-async def test_a_query_nobody_listens_to_fails_at_once() -> None:
-    server = NatsServer(monitor=False).start()
-    try:
-        client = CertbusClient(CommonSettings(nats_url=server.url))
-        await client.connect()
-        started = time.monotonic()
-        with pytest.raises(Unreachable, match="did not answer 'requests'"):
-            await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
-        assert time.monotonic() - started < 1.0
-        await client.close()
-    finally:
-        server.stop()
-        server.cleanup()
+async def test_a_query_nobody_listens_to_fails_at_once(client: CertbusClient) -> None:
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match="did not answer 'requests'"):
+        await client._ask("enrollment", "requests", None, RequestsAnswer, timeout=5.0)
+    assert time.monotonic() - started < 1.0
