@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,8 +13,9 @@ from pathlib import Path
 import asyncpg
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
 from services.audit import store
 from shared.contract.queries import ReplayAnswer
@@ -24,6 +27,8 @@ BATCH = 1000
 # answers fetches with 503 for ~4-5 s (STACK-NOTES), which a read rides out rather than fails on.
 STALL_S = 30.0
 RETRY_S = 0.5
+# How long a pull request waits for messages before the server ends it (the reader asks again).
+_PULL_EXPIRES_S = 5.0
 _COMPARED = "stream_seq, subject, subject_exact, raw, hash"  # what a replay must reproduce exactly
 
 
@@ -57,55 +62,146 @@ class Progress:
 async def read_stream(
     js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH, stall_s: float = STALL_S
 ) -> tuple[Batches, asyncio.Task[None]]:
-    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it).
-    A fetch the server cannot answer for now (503, or nothing within its timeout) is tried again
-    until the read has made no progress for `stall_s`."""
+    """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it),
+    in stream order, each message once. A refusal the server gives for now (503, a consumer-leader
+    change, the reader's consumer gone) is ridden out until the read has made no progress for
+    `stall_s`; see `_Reader`."""
     queue: Batches = asyncio.Queue(maxsize=8)
+    reader = _Reader(js, stream, subject, through, batch, stall_s, queue)
+    return queue, asyncio.create_task(reader.run(), name="replay-reader")
 
-    async def subscribe() -> JetStreamContext.PullSubscription:
-        started = time.monotonic()
-        while True:
-            try:
-                return await js.pull_subscribe(
-                    subject,
-                    durable=None,
-                    stream=stream,
-                    config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0, max_ack_pending=-1
-                    ),
-                )
-            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
-                if time.monotonic() - started > stall_s:
-                    raise
-                await asyncio.sleep(RETRY_S)
 
-    async def pump() -> None:
-        sub = await subscribe()
+class _Reader:
+    """Reads a stream with a pull consumer of its own, asking for the next batches itself.
+
+    nats-py's `fetch` waits for each message with a task of its own (about 60 us a message here,
+    ~15,000 messages/s at best); this reader instead keeps up to two pull requests outstanding on
+    one inbox whose callback only appends, which reads the same log at ~90,000 messages/s. The
+    consumer acknowledges nothing (`AckPolicy.NONE`): nothing is redelivered, so each message
+    arrives once, in order. If the consumer is lost (deleted, or its leader gone with it), a new
+    one starts after the last sequence read."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subject: str,
+        through: int,
+        batch: int,
+        stall_s: float,
+        queue: Batches,
+    ) -> None:
+        self._js, self._stream, self._subject, self._through = js, stream, subject, through
+        self._batch, self._stall_s, self._queue = batch, stall_s, queue
+        # nats-py has no public accessor for these: the connection, and the API prefix the
+        # context was made with (the log's JetStream API is imported under it).
+        self._nc = js._nc
+        self._api = js._prefix
+        self._inbox = self._nc.new_inbox()
+        self._consumer = ""
+        self._seen = 0  # the last stream sequence read
+        self._buffer: list[Message] = []
+        self._asked = 0  # messages asked for by requests still outstanding (an upper bound)
+        self._arrived = asyncio.Event()
+        self._lost = False  # the consumer refused a request: make a new one
+        self._done = False  # the message at `through` was read
+        self._progressed = time.monotonic()
+
+    async def run(self) -> None:
+        sub = await self._nc.subscribe(self._inbox, cb=self._on_message, pending_msgs_limit=0, pending_bytes_limit=0)
         try:
-            seen = 0
-            progressed = time.monotonic()
-            while seen < through:
-                try:
-                    msgs = await sub.fetch(batch, timeout=5.0)
-                except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
-                    if time.monotonic() - progressed > stall_s:
-                        raise
-                    await asyncio.sleep(RETRY_S)
-                    continue
-                progressed = time.monotonic()
-                chunk = []
-                for m in msgs:
-                    seq = m.metadata.sequence.stream
-                    if seq <= through:
-                        chunk.append((seq, m.subject, m.data))
-                    seen = max(seen, seq)
-                if chunk:
-                    await queue.put(chunk)
+            if self._through > 0:
+                await self._read()
         finally:
             await sub.unsubscribe()
-            await queue.put(None)
+            await self._queue.put(None)
 
-    return queue, asyncio.create_task(pump(), name="replay-reader")
+    async def _read(self) -> None:
+        await self._start_consumer()
+        while True:
+            if self._buffer:
+                chunk, self._buffer = self._buffer, []
+                await self._queue.put(chunk)  # waits while the reader's user is behind
+                self._progressed = time.monotonic()
+            if self._done:
+                return
+            if time.monotonic() - self._progressed > self._stall_s:
+                raise TimeoutError(f"no progress reading the stream for {self._stall_s:.0f} s after {self._seen}")
+            if self._lost:
+                await asyncio.sleep(RETRY_S)
+                await self._start_consumer()
+            while self._asked < 2 * self._batch:
+                await self._ask()
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=0.05)
+
+    async def _start_consumer(self) -> None:
+        """A consumer delivering from the message after the last one read."""
+        start = self._seen + 1
+        while True:
+            try:
+                name = self._nc._nuid.next().decode()
+                await self._js.add_consumer(
+                    self._stream,
+                    config=ConsumerConfig(
+                        name=name,
+                        filter_subject=self._subject,
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=start,
+                        ack_policy=AckPolicy.NONE,
+                        inactive_threshold=60.0,
+                    ),
+                )
+                break
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                if time.monotonic() - self._progressed > self._stall_s:
+                    raise
+                await asyncio.sleep(RETRY_S)
+        self._consumer, self._asked, self._lost = name, 0, False
+
+    async def _ask(self) -> None:
+        request = json.dumps({"batch": self._batch, "expires": int(_PULL_EXPIRES_S * 1e9)}).encode()
+        await self._nc.publish(
+            f"{self._api}.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}", request, reply=self._inbox
+        )
+        self._asked += self._batch
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(Header.STATUS) if msg.headers and not msg.data else None
+        if status is not None:
+            # 408: a request expired (or 409: ended) before it was filled; the rest of it is void.
+            # A 409 other than that, a 404 or a 503 means the consumer is gone or moving.
+            unfilled = int(msg.headers.get("Nats-Pending-Messages", "0") or 0) if msg.headers else 0
+            if status == "408" or (status == "409" and unfilled):
+                self._asked = max(0, self._asked - unfilled)
+            elif status != "100":
+                self._lost = True
+            self._arrived.set()
+            return
+        consumer, seq = _position(msg.reply)
+        if consumer != self._consumer:
+            return  # from a consumer replaced since
+        self._asked = max(0, self._asked - 1)
+        if seq <= self._seen or self._done:
+            return
+        self._seen = seq
+        if seq <= self._through:
+            self._buffer.append((seq, msg.subject, msg.data))
+        if seq >= self._through:
+            self._done = True
+        if self._done or len(self._buffer) >= self._batch:
+            self._arrived.set()
+
+
+def _position(reply: str) -> tuple[str, int]:
+    """The consumer and the stream sequence from a JetStream message's reply
+    subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or the v2 form
+    with a domain and an account hash after `$JS.ACK` and a random token at the end."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return tokens[3], int(tokens[5])
+    return tokens[5], int(tokens[7])
 
 
 async def read_all(queue: Batches, reader: asyncio.Task[None], through: int) -> AsyncIterator[list[Message]]:

@@ -1,0 +1,102 @@
+"""Audit's log reader (`audit verify`, `audit replay`) on a real nats-server: every message of the
+log once, in order, up to the position the read began at; a lost consumer is replaced without a gap
+or a repeat; a read that cannot reach that position fails instead of passing for the whole log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+
+from deploy.local.devstack import NatsServer
+from services.audit import replay
+
+
+@pytest.fixture
+async def log(nats_server: NatsServer) -> AsyncIterator[tuple[Client, JetStreamContext, str]]:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    name = f"READ_{uuid.uuid4().hex[:8]}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.log.>", f"{name}.other.>"]))
+    try:
+        yield nc, js, name
+    finally:
+        await js.delete_stream(name)
+        await nc.close()
+
+
+async def _publish(js: JetStreamContext, subjects: list[str]) -> None:
+    for subject in subjects:
+        await js.publish(subject, subject.encode())
+
+
+async def _read(js: JetStreamContext, stream: str, through: int, **kwargs: float) -> list[replay.Message]:
+    queue, reader = await replay.read_stream(js, stream, f"{stream}.log.>", through, **kwargs)  # type: ignore[arg-type]
+    return [m async for chunk in replay.read_all(queue, reader, through) for m in chunk]
+
+
+async def test_every_message_of_the_log_once_in_order_up_to_where_the_read_began(
+    log: tuple[Client, JetStreamContext, str],
+) -> None:
+    _, js, stream = log
+    subjects = [f"{stream}.log.{i}" if i % 7 else f"{stream}.other.{i}" for i in range(1, 2501)]
+    await _publish(js, subjects)
+    await _publish(js, [f"{stream}.log.after.{i}" for i in range(50)])  # past the read's end
+    read = await _read(js, stream, 2500, batch=100)
+    want = [(seq, s, s.encode()) for seq, s in enumerate(subjects, 1) if ".log." in s]
+    assert read == want
+
+
+async def test_a_lost_consumer_is_replaced_after_the_last_message_read(
+    log: tuple[Client, JetStreamContext, str],
+) -> None:
+    _, js, stream = log
+    await _publish(js, [f"{stream}.log.{i}" for i in range(1, 1001)])
+    queue, reader = await replay.read_stream(js, stream, f"{stream}.log.>", 1000, batch=50)
+    seqs: list[int] = []
+    deleted = 0
+    async for chunk in replay.read_all(queue, reader, 1000):
+        seqs.extend(seq for seq, _, _ in chunk)
+        if deleted < 3 and len(seqs) > 200 * (deleted + 1):
+            for info in await js.consumers_info(stream):
+                await js.delete_consumer(stream, info.name)
+                deleted += 1
+    assert deleted == 3
+    assert seqs == list(range(1, 1001))
+
+
+async def test_a_read_that_cannot_reach_its_end_fails_instead_of_passing_for_the_whole_log(
+    log: tuple[Client, JetStreamContext, str],
+) -> None:
+    _, js, stream = log
+    await _publish(js, [f"{stream}.log.{i}" for i in range(1, 11)] + [f"{stream}.other.11"])
+    # The log's last message is not one the read takes: it ends at 10 of 11, and says so.
+    with pytest.raises(replay.StreamUnreadable, match="past 10 of 11"):
+        await _read(js, stream, 11, stall_s=1.0)
+
+
+async def test_a_read_whose_server_goes_away_fails_within_its_stall_limit() -> None:
+    server = NatsServer(monitor=False).start()
+    try:
+        nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="GONE", subjects=["gone.>"]))
+        await _publish(js, [f"gone.{i}" for i in range(1, 2001)])
+        queue, reader = await replay.read_stream(js, "GONE", "gone.>", 2000, batch=100, stall_s=1.5)
+        started = time.monotonic()
+        with pytest.raises(replay.StreamUnreadable, match="of 2000"):
+            async for _ in replay.read_all(queue, reader, 2000):
+                if server.proc is not None and server.proc.poll() is None:
+                    await asyncio.to_thread(server.stop, True)
+                    started = time.monotonic()
+        assert time.monotonic() - started < 10
+        await nc.close()
+    finally:
+        server.cleanup()
