@@ -148,7 +148,7 @@ class SigningSettings(ServiceSettings):
     # count it was created with): a leaf is in shard `serial mod crl_shards`, served at
     # /crl/{ca}/{shard}.crl, so a revocation re-signs one small CRL instead of the issuer's whole
     # list. 0 creates unsharded CAs (one CRL at /crl/{ca}.crl, as before shards).
-    crl_shards: int = Field(default=64, ge=0, le=1024)
+    crl_shards: int = Field(default=128, ge=0, le=1024)
 
     def passphrase(self) -> bytes:
         """The CA key passphrase, from the environment or a file; never logged."""
