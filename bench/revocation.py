@@ -11,8 +11,8 @@ The five services run as processes on a throwaway NATS and database. Then:
 3. OCSP responses per second over HTTP, cached (no nonce, the same SEED-sized set of serials
    round-robin) and with a nonce (signed afresh each time), CONCURRENCY clients. Reference, same
    run: the responder core answering the same requests in this process, nothing else.
-4. CRLs with SEED revoked entries spread over the issuing CA's shards (serial mod crl_shards):
-   SEED revocations are written into signing's table (signing then republishes every shard: the
+4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards (serial mod crl_shards):
+   those revocations are written into signing's table (signing then republishes every shard: the
    time until all are on the log is reported), then PROBES real revocations one at a time; time
    until the CRL at the certificate's URL lists it (p50 / p99), and the time each of those shard
    republishes took inside signing (lock, read its revocations, build, sign, store, commit, on the
@@ -62,6 +62,7 @@ CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 OCSP_SECONDS = float(os.environ.get("BENCH_OCSP_SECONDS", "5"))
 OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
 PARTS = os.environ.get("BENCH_PARTS", "all")
+CRL_REVOKED = int(os.environ.get("BENCH_CRL_REVOKED", str(SEED)))  # of the SEED certificates, on the CRLs
 CRL_SHARDS = int(os.environ.get("BENCH_CRL_SHARDS", SigningSettings.model_fields["crl_shards"].default))
 CRL_BATCH_S = SigningSettings.model_fields["crl_batch_s"].default
 
@@ -419,12 +420,12 @@ async def run(h: Harness) -> None:
         if PARTS == "all":
             result |= await ocsp_figures(h, session, issuer, seeded)
         crls = await crl_with_seeded_revocations(
-            h, session, issuer, issuer_id, seeded, [(p.serial, crl_url(p)) for p in probes[PROBES:]]
+            h, session, issuer, issuer_id, seeded[:CRL_REVOKED], [(p.serial, crl_url(p)) for p in probes[PROBES:]]
         )
-        ref_shard = await asyncio.to_thread(reference_crl, SEED // crls.shards, crl_url(probes[0]))
-        ref_whole = await asyncio.to_thread(reference_crl, SEED)
+        ref_shard = await asyncio.to_thread(reference_crl, CRL_REVOKED // crls.shards, crl_url(probes[0]))
+        ref_whole = await asyncio.to_thread(reference_crl, CRL_REVOKED)
         print(
-            f"  with {SEED} revoked entries over {crls.shards} shards: every shard republished in "
+            f"  with {CRL_REVOKED} revoked entries over {crls.shards} shards: every shard republished in "
             f"{crls.all_republished_s:.1f} s (served by validation {crls.all_served_s:.1f} s); "
             f"revocation to its shard's CRL over HTTP p50 "
             f"{pct(crls.to_crl, 50) * 1000:.0f} ms p99 {pct(crls.to_crl, 99) * 1000:.0f} ms "
@@ -436,7 +437,7 @@ async def run(h: Harness) -> None:
         )
     result |= {
         "crl_shards": crls.shards,
-        "crl_seeded_revoked": SEED,
+        "crl_seeded_revoked": CRL_REVOKED,
         "crl_at_seed_revoked_p50_ms": round(pct(crls.to_crl, 50) * 1000, 1),
         "crl_at_seed_revoked_p99_ms": round(pct(crls.to_crl, 99) * 1000, 1),
         "crl_at_seed_revoked_probes": len(crls.to_crl),
