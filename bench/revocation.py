@@ -11,13 +11,13 @@ The five services run as processes on a throwaway NATS and database. Then:
 3. OCSP responses per second over HTTP, cached (no nonce, the same SEED-sized set of serials
    round-robin) and with a nonce (signed afresh each time), CONCURRENCY clients. Reference, same
    run: the responder core answering the same requests in this process, nothing else.
-4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards (serial mod crl_shards):
-   those revocations are written into signing's table (signing then republishes every shard: the
-   time until all are on the log is reported), then PROBES real revocations one at a time; time
-   until the CRL at the certificate's URL lists it (p50 / p99), and the time each of those shard
-   republishes took inside signing (lock, read its revocations, build, sign, store, commit, on the
-   log: signing's "CRL on the log" lines). Reference: building and signing one shard's CRL, and the
-   whole issuer's unsharded CRL, in this process.
+4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards
+   (serial mod crl_shards): those revocations are written into signing's table (signing then
+   republishes every shard: the time until all are on the log is reported), then PROBES real
+   revocations one at a time; time until the CRL at the certificate's URL lists it (p50 / p99),
+   and the time each of those shard republishes took inside signing (lock, read its revocations,
+   build, sign, store, commit, on the log: signing's "CRL on the log" lines). Reference: building
+   and signing one shard's CRL, and the whole issuer's unsharded CRL, in this process.
 5. CA compromise with SEED + PROBES certificates: `certbus ca compromise`; time until revocation has
    revoked them all (committed), until validation answers `revoked` for them, until every
    CertificateRevoked is on the log.
