@@ -158,7 +158,10 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
             row = await store.crl(conn, ca_id, query.shard) if ca_id else None
             shards = await store.crl_shard_count(conn, ca_id) if ca_id and row is None else 0
         if row is None and query.shard is None and shards:
-            return Failure(error=f"issuer {ca_id} publishes {shards} CRL shards: name one (0 to {shards - 1})")
+            return Failure(
+                error=f"issuer {ca_id} publishes {shards} CRL shards: name one (0 to {shards - 1}); "
+                "a certificate is listed in the one its CRL distribution point names"
+            )
         if row is None:
             which = "" if query.shard is None else f" shard {query.shard}"
             return Failure(error=f"no CRL published yet for issuer {ca_id}{which}")
