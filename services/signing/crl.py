@@ -59,8 +59,12 @@ class CrlPublisher:
             return []
         async with self._rt.pool.acquire() as conn:
             due = await store.issuers_needing_crl(conn, self._rt.clock.now())
-        published = []
+        published: list[tuple[str, int | None, int]] = []
         for ca_id, shard in due:
+            if published and self.loop.woken:
+                # A revocation arrived meanwhile: its shard goes first in the next round, which
+                # runs at once; the CRLs left here are still due then.
+                break
             started = time.perf_counter()
             number = await self._publish(ca_id, shard)
             if number is None:

@@ -187,14 +187,16 @@ async def add_revoked(
 
 async def issuers_needing_crl(conn: asyncpg.Connection, now: datetime) -> list[tuple[str, int | None]]:
     """(issuer, shard) of every CRL with revocations not yet in it, none signed yet, or past half its
-    life; the shard is None for an unsharded issuer's only CRL."""
+    life; the shard is None for an unsharded issuer's only CRL. CRLs with revocations waiting come
+    first: a refresh of every shard at once must not hold a revocation back."""
     rows = await conn.fetch(
-        "SELECT s.ca_id, s.shard, c.crl_shards FROM crl_state s JOIN cas c USING (ca_id) "
-        "WHERE c.status = 'active' AND ("
-        " s.crl_number = 0"
-        " OR s.next_update - ($1::timestamptz) < (s.next_update - s.this_update) / 2"
-        " OR EXISTS (SELECT 1 FROM revoked r WHERE r.issuer_id = s.ca_id AND r.shard = s.shard"
-        " AND r.id > s.built_through)) ORDER BY s.ca_id, s.shard",
+        "SELECT ca_id, shard, crl_shards FROM ("
+        " SELECT s.ca_id, s.shard, c.crl_shards, s.crl_number, s.this_update, s.next_update,"
+        " EXISTS (SELECT 1 FROM revoked r WHERE r.issuer_id = s.ca_id AND r.shard = s.shard"
+        " AND r.id > s.built_through) AS revoked_since"
+        " FROM crl_state s JOIN cas c USING (ca_id) WHERE c.status = 'active') d "
+        "WHERE revoked_since OR crl_number = 0 OR next_update - ($1::timestamptz) < (next_update - this_update) / 2 "
+        "ORDER BY revoked_since DESC, ca_id, shard",
         now,
     )
     return [(r["ca_id"], r["shard"] if r["crl_shards"] else None) for r in rows]
