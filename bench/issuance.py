@@ -88,7 +88,8 @@ def reference_rate(csrs: list[bytes]) -> tuple[float, float, float]:
         cert = domain.leaf_builder(PROFILE, sans, csr.public_key(), issuing, plan, urls).sign(  # type: ignore[arg-type]
             issuing_key, signing_hash(issuing_key)
         )
-        assert not domain.template_deviations(cert, template, PROFILE, sans, csr.public_key(), plan)  # type: ignore[arg-type]
+        crl_url = urls.leaf_crl(issuing, plan.serial)
+        assert not domain.template_deviations(cert, template, PROFILE, sans, csr.public_key(), plan, crl_url=crl_url)  # type: ignore[arg-type]
         cert.public_bytes(serialization.Encoding.PEM)
         certs.append(cert.public_bytes(serialization.Encoding.DER))
     rate = len(csrs) / (time.perf_counter() - start)

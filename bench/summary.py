@@ -127,20 +127,38 @@ TARGETS = [
         lambda r: r["revocation"]["propagation_ocsp_p99_ms"],
     ),
     Target(
-        "revocation -> its CRL over HTTP, 100k revoked",
+        "revocation -> its shard's CRL over HTTP, 1M issued, 100k revoked",
         "p99 <= 1,000 ms",
         1000,
         False,
-        "ms (p50)",
-        lambda r: r["revocation"]["crl_at_seed_revoked_p50_s"] * 1000,
+        "ms (p99)",
+        lambda r: r["revocation"]["crl_at_seed_revoked_p99_ms"],
         lambda r: (
-            f"with {r['revocation']['seeded_certificates']:,} revoked, one CRL of "
-            f"{r['revocation']['crl_at_seed_revoked_bytes'] / 1e6:.1f} MB (target: 1M issued, sharded); "
-            f"with few revoked p99 {r['revocation']['propagation_crl_p99_ms']:,.0f} ms"
+            f"{r['revocation']['seeded_certificates']:,} issued, {r['revocation']['crl_seeded_revoked']:,} revoked "
+            f"over {r['revocation']['crl_shards']} shards, {r['revocation']['crl_at_seed_revoked_probes']} probes, "
+            f"p50 {r['revocation']['crl_at_seed_revoked_p50_ms']:,.0f} ms, shard CRL "
+            f"{r['revocation']['crl_at_seed_revoked_shard_bytes'] / 1e3:,.0f} kB; with few revoked p99 "
+            f"{r['revocation']['propagation_crl_p99_ms']:,.0f} ms"
         ),
-        lambda r: r["revocation"]["seeded_certificates"] >= 100_000,
+        lambda r: (
+            r["revocation"]["crl_seeded_revoked"] >= 100_000 and r["revocation"]["seeded_certificates"] >= 1_000_000
+        ),
     ),
-    Target("CRL shard republish", "<= 200 ms", 200, False, "ms", lambda r: None),
+    Target(
+        "CRL shard republish (build + sign + publish), 100k revoked",
+        "<= 200 ms",
+        200,
+        False,
+        "ms (p99)",
+        lambda r: r["revocation"]["crl_shard_republish_p99_ms"],
+        lambda r: (
+            f"p50 {r['revocation']['crl_shard_republish_p50_ms']:,.0f} ms over "
+            f"{r['revocation']['crl_shard_republishes']} republishes; building and signing one shard's CRL "
+            f"in-process {r['revocation']['reference_crl_shard_build_ms']:,.0f} ms, the unsharded CRL "
+            f"{r['revocation']['reference_crl_build_s']:,.2f} s"
+        ),
+        lambda r: r["revocation"]["crl_seeded_revoked"] >= 100_000,
+    ),
     Target(
         "audit replay",
         ">= 50,000 events/s",

@@ -65,6 +65,7 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
     "audit": AuditSettings,
 }
 PASSPHRASE = "test-passphrase-not-a-secret-0123456789"
+CRL_SHARDS = 4  # the issuing CAs of a test stack publish this many CRLs each (few: each is signed at start)
 # The requesters every harness knows; others are added (and the server reloaded) when first used.
 REQUESTERS = ("tests", "alice", "bob", "mallory", "agent", "holder-app", "requester")
 
@@ -218,6 +219,7 @@ class Harness:
                 ca_key_type="ec-p256",
                 public_base_url=f"http://127.0.0.1:{self.http_ports['validation']}",
                 crl_batch_s=0.05,
+                crl_shards=CRL_SHARDS,
             )
         return SETTINGS[name](**{**self.common, **extra, **self.overrides.get(name, {}), **overrides})
 

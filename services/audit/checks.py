@@ -26,8 +26,9 @@ for nothing in the other checks and is itself a finding, under the binding code:
 - `key_destroyed`: a holder's key-destroyed attestation for a serial never issued, for another key
   than the certificate's, or whose proof is not that key's signature;
 - `crl` (`crl_findings`, given the CRL bytes from the object store): a revoked certificate missing
-  from its issuer's latest CRL, a CRL whose bytes or signature are wrong, or none published since
-  a revocation.
+  from the latest CRL of its issuer (of its issuer's shard, `serial mod crl_shards`, for a CA created
+  with shards), a CRL whose bytes, signature or shard (issuingDistributionPoint) are wrong, or none
+  published since a revocation.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pydantic import ValidationError
 from services.audit import domain
 from shared.contract.events import (
     PRODUCERS,
+    CaCreated,
     CertificateRevoked,
     CrlPublished,
     KeyDestroyed,
@@ -82,9 +84,14 @@ class Revoked:
     revoked_at: datetime | None
 
 
+def crl_key(ca_id: str, shard: int | None) -> str:
+    """Which CRL of an issuer: the issuer's id (unsharded), or `<issuer>/<shard>` for one shard's."""
+    return ca_id if shard is None else f"{ca_id}/{shard}"
+
+
 @dataclass(frozen=True)
 class LatestCrl:
-    """The newest CRL an issuer published, as its `CrlPublished` event describes it."""
+    """The newest CRL of an issuer (of one of its shards), as its `CrlPublished` event describes it."""
 
     stream_seq: int
     crl_number: int
@@ -139,13 +146,14 @@ class Checker:
     _profiles: dict[str, Profile] = field(default_factory=dict)
     _digests: dict[str, str] = field(default_factory=dict)  # one copy of each profile digest approvals name
     _cas: dict[str, str] = field(default_factory=dict)
+    _crl_shards: dict[str, int] = field(default_factory=dict)  # the sharded CAs' shard counts
     _closed: dict[str, tuple[str, int]] = field(default_factory=dict)
     _key_destroyed: dict[str, int] = field(default_factory=dict)
     _serials: dict[str, dict[Key, int]] = field(default_factory=dict)  # issuer -> serial -> first issuance
     _destroyed: dict[Key, int] = field(default_factory=dict)
     _spki_of: dict[Key, Key] = field(default_factory=dict)  # every serial issued -> its first SPKI SHA-256
     revocations: dict[str, list[Revoked]] = field(default_factory=dict)
-    latest_crl: dict[str, LatestCrl] = field(default_factory=dict)
+    latest_crl: dict[str, LatestCrl] = field(default_factory=dict)  # by `crl_key`
     _operators: Registry = field(default_factory=lambda: Registry({}, {}))
     _commands: set[uuid.UUID] = field(default_factory=set)  # the operator commands accepted, by event id
 
@@ -169,6 +177,8 @@ class Checker:
         ca = str(data.get("ca_id"))
         if kind == "CaCreated":
             self._cas[ca] = str(data.get("cert_pem", ""))
+            if isinstance(event, CaCreated) and event.crl_shards:
+                self._crl_shards[ca] = event.crl_shards
         elif kind in ("CaCompromised", "CaRetired"):
             self._closed.setdefault(ca, ("compromised" if kind == "CaCompromised" else "retired", seq))
         elif kind == "CaKeyDestroyed":
@@ -310,7 +320,7 @@ class Checker:
                 seq,
                 f"CRL #{crl.crl_number} signed by {ca} after it was declared compromised at {self._closed[ca][1]}",
             )
-        self.latest_crl[ca] = LatestCrl(
+        self.latest_crl[crl_key(ca, crl.shard)] = LatestCrl(
             stream_seq=seq,
             crl_number=crl.crl_number,
             this_update=_utc(crl.this_update),
@@ -333,19 +343,32 @@ class Checker:
                 return
             self._flag("ca_closed", seq, f"{what} issued by {ca} after it was declared {state} at {at}")
 
+    def crl_of(self, issuer: str, serial: str) -> tuple[str, int | None]:
+        """The CRL that must list a revocation: its issuer's (`crl_key`) and its shard (None: unsharded)."""
+        shards = self._crl_shards.get(issuer)
+        shard = int(serial, 16) % shards if shards else None
+        return crl_key(issuer, shard), shard
+
     def crl_findings(self, crls: dict[str, bytes | None], now: datetime, grace: timedelta) -> list[Finding]:
-        """Check every issuer's latest CRL (`crls`: its DER from the object store, None if missing):
-        its digest and signature, and that it lists every revocation older than `grace` before it.
-        A revocation within `grace` of the CRL (or of now, if no CRL followed it) is not judged: the
-        CRL publisher batches and may be a moment behind the log."""
+        """Check each latest CRL a revocation must be in (`crls`: its DER from the object store by
+        `crl_key`, None if missing): its digest, signature and, for a shard, an issuingDistributionPoint
+        naming that shard; and that it lists every revocation of its issuer's shard older than `grace`
+        before it. A revocation within `grace` of the CRL (or of now, if no CRL followed it) is not
+        judged: the CRL publisher batches and may be a moment behind the log."""
         found: list[Finding] = []
-        for issuer, revoked in sorted(self.revocations.items()):
-            latest = self.latest_crl.get(issuer)
+        by_crl: dict[tuple[str, str, int | None], list[Revoked]] = {}
+        for issuer, revoked in self.revocations.items():
+            for r in revoked:
+                key, shard = self.crl_of(issuer, r.serial)
+                by_crl.setdefault((key, issuer, shard), []).append(r)
+        for (key, issuer, shard), revoked in sorted(by_crl.items(), key=lambda item: item[0][0]):
+            latest = self.latest_crl.get(key)
+            which = issuer if shard is None else f"{issuer} shard {shard}"
             listed: set[int] | None = None
             if latest is not None:
-                listed, problem = _read_crl(crls.get(issuer), latest, self._cas.get(issuer, ""))
+                listed, problem = _read_crl(crls.get(key), latest, self._cas.get(issuer, ""), issuer, shard)
                 if problem is not None:
-                    found.append(Finding("crl", latest.stream_seq, f"CRL #{latest.crl_number} of {issuer}: {problem}"))
+                    found.append(Finding("crl", latest.stream_seq, f"CRL #{latest.crl_number} of {which}: {problem}"))
                     continue
             for r in revoked:
                 if r.stream_seq > self._crls_end(issuer):
@@ -359,7 +382,7 @@ class Checker:
                                 "crl",
                                 r.stream_seq,
                                 f"serial {r.serial} of {issuer} was revoked but "
-                                f"is not in its latest CRL #{latest.crl_number}",
+                                f"is not in the latest CRL #{latest.crl_number} of {which}",
                             )
                         )
                 elif when <= now - grace:
@@ -367,7 +390,7 @@ class Checker:
                         Finding(
                             "crl",
                             r.stream_seq,
-                            f"serial {r.serial} of {issuer} was revoked but no CRL of {issuer} was published since",
+                            f"serial {r.serial} of {issuer} was revoked but no CRL of {which} was published since",
                         )
                     )
         return found
@@ -417,8 +440,11 @@ def _text(key: Key | None) -> str | None:
     return key
 
 
-def _read_crl(der: bytes | None, latest: LatestCrl, issuer_pem: str) -> tuple[set[int] | None, str | None]:
-    """The serials a CRL lists, or why it cannot be trusted."""
+def _read_crl(
+    der: bytes | None, latest: LatestCrl, issuer_pem: str, ca_id: str, shard: int | None
+) -> tuple[set[int] | None, str | None]:
+    """The serials a CRL lists, or why it cannot be trusted (a shard's CRL must carry a critical
+    issuingDistributionPoint naming that shard's URL, or it could stand in for another shard's)."""
     if der is None:
         return None, f"not in the object store ({latest.bucket}/{latest.name})"
     if hashlib.sha256(der).hexdigest() != latest.sha256:
@@ -428,9 +454,21 @@ def _read_crl(der: bytes | None, latest: LatestCrl, issuer_pem: str) -> tuple[se
         issuer = x509.load_pem_x509_certificate(issuer_pem.encode())
         if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             return None, "not signed by its issuer"
+        if shard is not None and not _names_shard(crl, ca_id, shard):
+            return None, f"its issuingDistributionPoint does not name shard {shard} (/crl/{ca_id}/{shard}.crl)"
         return {entry.serial_number for entry in crl}, None
     except _UNREADABLE as exc:
         return None, f"unreadable: {exc}"
+
+
+def _names_shard(crl: x509.CertificateRevocationList, ca_id: str, shard: int) -> bool:
+    """Whether a CRL's critical issuingDistributionPoint names the URL of this CA's shard."""
+    try:
+        idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+    except x509.ExtensionNotFound:
+        return False
+    names = [n.value for n in idp.value.full_name or [] if isinstance(n, x509.UniformResourceIdentifier)]
+    return idp.critical and any(str(n).endswith(f"/crl/{ca_id}/{shard}.crl") for n in names)
 
 
 def _before(at: datetime, span: timedelta) -> datetime:

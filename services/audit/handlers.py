@@ -203,8 +203,10 @@ async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[chec
 
 
 async def crl_findings(rt: Runtime, checker: checks.Checker, crl_grace_s: float) -> list[checks.Finding]:
-    """Each issuer's latest CRL (fetched from the object store) checked against the revocations before it."""
-    crls = {issuer: await _fetch(rt, crl.bucket, crl.name) for issuer, crl in checker.latest_crl.items()}
+    """The latest CRL of each issuer (shard) a revocation is due in, fetched from the object store and
+    checked against the revocations before it (a shard nobody revoked from is not fetched)."""
+    due = {checker.crl_of(issuer, r.serial)[0] for issuer, revoked in checker.revocations.items() for r in revoked}
+    crls = {key: await _fetch(rt, crl.bucket, crl.name) for key, crl in checker.latest_crl.items() if key in due}
     return checker.crl_findings(crls, rt.clock.now(), timedelta(seconds=crl_grace_s))
 
 

@@ -59,12 +59,14 @@ class CaRegistry:
             raise KeyStoreError(f"CA {ca_id} is not active (retired, compromised or unknown): it signs nothing")
         return self.keys.load(ca_id)
 
-    def final_signer(self, ca_id: str, cert_der: bytes) -> tuple[domain.CaIdentity, PrivateKey] | None:
-        """A retired CA and its key, for its final CRL only (the caller holds its retirement row);
+    def final_signer(
+        self, ca_id: str, cert_der: bytes, crl_shards: int | None
+    ) -> tuple[domain.CaIdentity, PrivateKey] | None:
+        """A retired CA and its key, for its final CRLs only (the caller holds its retirement row);
         None if its key file is gone."""
         if not self.keys.has(ca_id):
             return None
-        return domain.CaIdentity(ca_id, x509.load_der_x509_certificate(cert_der)), self.keys.load(ca_id)
+        return domain.CaIdentity(ca_id, x509.load_der_x509_certificate(cert_der), crl_shards), self.keys.load(ca_id)
 
     def chain_pem(self, ca_id: str) -> str:
         """The PEM chain from `ca_id` up to its root."""
@@ -82,7 +84,7 @@ class CaRegistry:
         issuing_id = None
         for row in reversed(rows):
             cert = x509.load_der_x509_certificate(row["cert_der"])
-            cas[row["ca_id"]] = domain.CaIdentity(row["ca_id"], cert)
+            cas[row["ca_id"]] = domain.CaIdentity(row["ca_id"], cert, row["crl_shards"])
             self._parents[row["ca_id"]] = row["parent_id"]
             if row["role"] == "issuing":
                 issuing_id = row["ca_id"]
@@ -134,7 +136,14 @@ class CaRegistry:
         )
         self.keys.save(issuing_id, issuing_key)
         await self._record(
-            conn, rt, issuing_cert, ca_id=issuing_id, role="issuing", parent=root_id, correlation_id=correlation_id
+            conn,
+            rt,
+            issuing_cert,
+            ca_id=issuing_id,
+            role="issuing",
+            parent=root_id,
+            correlation_id=correlation_id,
+            crl_shards=self.settings.crl_shards or None,  # the root's CRL lists CAs only: never sharded
         )
         await self.load(conn)
         return issuing_id
@@ -149,10 +158,11 @@ class CaRegistry:
         role: Literal["root", "issuing"],
         parent: str | None,
         correlation_id: str,
+        crl_shards: int | None = None,
     ) -> None:
         now = rt.clock.now()
         der = cert.public_bytes(serialization.Encoding.DER)
-        await store.add_ca(conn, ca_id, role=role, parent_id=parent, cert_der=der, at=now)
+        await store.add_ca(conn, ca_id, role=role, parent_id=parent, cert_der=der, at=now, crl_shards=crl_shards)
         await enqueue(
             conn,
             CaCreated.first(
@@ -168,6 +178,7 @@ class CaRegistry:
                 not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc,
                 spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
+                crl_shards=crl_shards,
             ),
             rt.root,
         )

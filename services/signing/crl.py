@@ -1,16 +1,19 @@
-"""The CRL publisher: signs a fresh CRL per issuer shortly after revocations and before nextUpdate."""
+"""The CRL publisher: signs a fresh CRL per issuer shard shortly after revocations and before nextUpdate."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import logging
+import time
 from datetime import datetime, timedelta
 
 import asyncpg
 import nats.js.errors
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import Histogram
 
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
@@ -21,11 +24,22 @@ from shared.runtime.outbox import enqueue
 from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.signing.crl")
-KEEP_CRLS = 5  # CRL objects kept per issuer in the object store
+# From locking a CRL's state to its event on the log: read its revocations, build, sign, store, commit, publish.
+CRL_PUBLISH_SECONDS = Histogram(
+    "certbus_crl_publish_seconds",
+    "Time to republish one CRL (one shard's, for a sharded CA)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+KEEP_CRLS = 5  # CRL objects kept per issuer shard in the object store
+
+
+def object_name(ca_id: str, shard: int | None, number: int) -> str:
+    """The object store name of a CRL (of an issuer's shard, or of an unsharded issuer)."""
+    return f"{ca_id}/{number}.crl" if shard is None else f"{ca_id}/{shard}/{number}.crl"
 
 
 class CrlPublisher:
-    """Batches revocations that arrive close together into one CRL per issuer."""
+    """Batches revocations that arrive close together into one CRL per issuer shard touched."""
 
     def __init__(self, rt: Runtime, cas: CaRegistry) -> None:
         self._rt = rt
@@ -37,28 +51,41 @@ class CrlPublisher:
         """Say a revocation arrived (the next CRL goes out within the batch interval)."""
         self.loop.wake()
 
-    async def publish_due(self) -> list[tuple[str, int]]:
-        """Sign and publish a CRL for every issuer that needs one; returns (issuer, number). None
-        while the database is rebuilt from the log: its revocations are not all read again yet."""
+    async def publish_due(self) -> list[tuple[str, int | None, int]]:
+        """Sign and publish a CRL for every issuer shard that needs one; returns (issuer, shard,
+        number). None while the database is rebuilt from the log: its revocations are not all read
+        again yet."""
         if self._rt.rebuilding:
             return []
         async with self._rt.pool.acquire() as conn:
             due = await store.issuers_needing_crl(conn, self._rt.clock.now())
-        published = []
-        for ca_id in due:
-            number = await self._publish(ca_id)
-            if number is not None:
-                published.append((ca_id, number))
-        if published:
+        published: list[tuple[str, int | None, int]] = []
+        for ca_id, shard in due:
+            if published and self.loop.woken:
+                # A revocation arrived meanwhile: its shard goes first in the next round, which
+                # runs at once; the CRLs left here are still due then.
+                break
+            started = time.perf_counter()
+            number = await self._publish(ca_id, shard)
+            if number is None:
+                continue
+            # Each CRL's event goes to the log as soon as it is signed, not after every shard due.
             await self._rt.publish_pending()
+            took = time.perf_counter() - started
+            CRL_PUBLISH_SECONDS.observe(took)
+            log.info(
+                "CRL on the log",
+                extra={"issuer": ca_id, "shard": shard, "crl_number": number, "publish_ms": round(took * 1000, 1)},
+            )
+            published.append((ca_id, shard, number))
         return published
 
-    async def _publish(self, ca_id: str) -> int | None:
+    async def _publish(self, ca_id: str, shard: int | None) -> int | None:
         rt, settings = self._rt, self._cas.settings
         async with rt.pool.acquire() as conn, conn.transaction():
-            state = await store.lock_crl_state(conn, ca_id)
+            state = await store.lock_crl_state(conn, ca_id, shard)
             if state is None:
-                return None  # another replica is signing this issuer's CRL
+                return None  # another replica is signing this shard's CRL
             if await store.ca_status(conn, ca_id) != "active":
                 # Retired (its final CRL is out, or on its way) or compromised since it was found due.
                 log.info("skipped the CRL of a CA that is no longer active", extra={"issuer": ca_id})
@@ -67,8 +94,10 @@ class CrlPublisher:
                 await self._cas.load(conn)  # another replica created it
             now = rt.clock.now()
             issuer, key = self._cas.get(ca_id), self._cas.key(ca_id)
-            number, _ = await self.sign(conn, issuer, key, state, now + timedelta(seconds=settings.crl_validity_s))
-        await self.forget(ca_id, number - KEEP_CRLS)
+            number, _ = await self.sign(
+                conn, issuer, key, state, now + timedelta(seconds=settings.crl_validity_s), shard=shard
+            )
+        await self.forget(ca_id, shard, number - KEEP_CRLS)
         return number
 
     async def sign(
@@ -78,27 +107,35 @@ class CrlPublisher:
         key: PrivateKey,
         state: asyncpg.Record,
         next_update: datetime,
+        *,
+        shard: int | None = None,
     ) -> tuple[int, CrlPublished]:
-        """In the caller's transaction, holding the issuer's CRL state (`store.lock_crl_state`): sign
-        its next CRL with every revocation, store it in the object store, and say so in the outbox."""
+        """In the caller's transaction, holding the CRL state of the issuer's shard
+        (`store.lock_crl_state`): sign its next CRL with every revocation of the shard, store it in
+        the object store, and say so in the outbox."""
         rt, settings, ca_id = self._rt, self._cas.settings, issuer.ca_id
-        rows, through = await store.revoked_entries(conn, ca_id)
+        rows, through = await store.revoked_entries(conn, ca_id, shard)
         number = int(state["crl_number"]) + 1
         now = rt.clock.now()
         entries = [
             domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"], r["invalidity_date"]) for r in rows
         ]
-        crl = await asyncio.to_thread(domain.crl, issuer, key, number, entries, now, next_update)
+        shard_url = None if shard is None else self._cas.urls.crl(ca_id, shard)
+        crl = await asyncio.to_thread(
+            functools.partial(domain.crl, shard_url=shard_url), issuer, key, number, entries, now, next_update
+        )
         der = crl.public_bytes(serialization.Encoding.DER)
-        name = f"{ca_id}/{number}.crl"
+        name = object_name(ca_id, shard, number)
         obj = await rt.js.object_store(settings.crl_bucket)
         await obj.put(name, io.BytesIO(der))
-        await store.save_crl_state(conn, ca_id, number, built_through=through, this_update=now, next_update=next_update)
+        await store.save_crl_state(
+            conn, ca_id, number, shard=shard, built_through=through, this_update=now, next_update=next_update
+        )
         published = CrlPublished.first(
             ca_id,
             producer="signing",
             at=now,
-            correlation_id=f"crl-{ca_id}-{number}",
+            correlation_id=f"crl-{ca_id}-{number}" if shard is None else f"crl-{ca_id}-{shard}-{number}",
             ca_id=ca_id,
             crl_number=number,
             this_update=now,
@@ -108,18 +145,21 @@ class CrlPublisher:
             object_name=name,
             sha256=hashlib.sha256(der).hexdigest(),
             size=len(der),
+            shard=shard,
         )
         await enqueue(conn, published, rt.root)
-        log.info("published CRL", extra={"issuer": ca_id, "crl_number": number, "entries": len(entries)})
+        log.info(
+            "published CRL", extra={"issuer": ca_id, "shard": shard, "crl_number": number, "entries": len(entries)}
+        )
         return number, published
 
-    async def forget(self, ca_id: str, number: int) -> None:
-        """Delete an old CRL object (the newest KEEP_CRLS of each issuer stay, so a consumer that is a
-        few CRLs behind can still fetch what its event names); a missing one is fine."""
+    async def forget(self, ca_id: str, shard: int | None, number: int) -> None:
+        """Delete an old CRL object (the newest KEEP_CRLS of each issuer shard stay, so a consumer
+        that is a few CRLs behind can still fetch what its event names); a missing one is fine."""
         if number < 1:
             return
         try:
             obj = await self._rt.js.object_store(self._cas.settings.crl_bucket)
-            await obj.delete(f"{ca_id}/{number}.crl")
+            await obj.delete(object_name(ca_id, shard, number))
         except nats.js.errors.NotFoundError:
             pass

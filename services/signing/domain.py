@@ -28,6 +28,15 @@ class CaIdentity:
 
     ca_id: str
     cert: x509.Certificate
+    crl_shards: int | None = None  # None: one CRL for the whole CA (created before shards)
+
+    def shard_of(self, serial: int) -> int | None:
+        """The CRL shard a certificate of this CA is listed in (None: the CA's only CRL)."""
+        return serial % self.crl_shards if self.crl_shards else None
+
+    def shards(self) -> list[int | None]:
+        """Every CRL this CA publishes, by shard."""
+        return list(range(self.crl_shards)) if self.crl_shards else [None]
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,15 @@ class Urls:
 
     base: str
 
-    def crl(self, ca_id: str) -> str:
-        """Where the CRL of `ca_id` is served."""
-        return f"{self.base.rstrip('/')}/crl/{ca_id}.crl"
+    def crl(self, ca_id: str, shard: int | None = None) -> str:
+        """Where the CRL of `ca_id` (of one of its shards, if it has shards) is served."""
+        if shard is None:
+            return f"{self.base.rstrip('/')}/crl/{ca_id}.crl"
+        return f"{self.base.rstrip('/')}/crl/{ca_id}/{shard}.crl"
+
+    def leaf_crl(self, issuer: CaIdentity, serial: int) -> str:
+        """The CRL a leaf of `issuer` with `serial` names: its own shard's."""
+        return self.crl(issuer.ca_id, issuer.shard_of(serial))
 
     def ca_cert(self, ca_id: str) -> str:
         """Where the certificate of `ca_id` is served."""
@@ -260,7 +275,7 @@ def leaf_builder(
         builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer.cert), critical=False)
         .add_extension(x509.SubjectAlternativeName(names.general_names()), critical=len(subject) == 0)
-        .add_extension(_crl_dp(urls.crl(issuer.ca_id)), critical=False)
+        .add_extension(_crl_dp(urls.leaf_crl(issuer, plan.serial)), critical=False)
         .add_extension(_aia(urls.ca_cert(issuer.ca_id), ocsp_url), critical=False)
     )
 
@@ -284,7 +299,8 @@ def _oid_der(dotted: str) -> bytes:
     return bytes(out)
 
 
-_SAN, _SKI = _oid_der(_SAN_OID), _oid_der(_SKI_OID)
+_CDP_OID = ExtensionOID.CRL_DISTRIBUTION_POINTS.dotted_string
+_SAN, _SKI, _CDP = _oid_der(_SAN_OID), _oid_der(_SKI_OID), _oid_der(_CDP_OID)
 
 
 @functools.lru_cache(maxsize=256)
@@ -300,12 +316,16 @@ def template_deviations(
     names: Sans,
     public_key: PublicKey,
     plan: LeafPlan,
+    *,
+    crl_url: str,
 ) -> list[Reason]:
     """How `cert` departs from its linted template or from what was approved (empty: release it).
 
-    Only the serial, names, public key and validity may differ from the template, and each must
-    be exactly what was planned and approved, inside the profile. Every other field and extension
-    must be byte for byte the template's. Compares raw DER (about 40 us), not parsed objects.
+    Only the serial, names, public key, validity and CRL distribution point may differ from the
+    template, and each must be exactly what was planned and approved, inside the profile; the CRL
+    distribution point must name `crl_url` (`Urls.leaf_crl`: the serial's own shard) and nothing
+    else. Every other field and extension must be byte for byte the template's. Compares raw DER
+    (about 40 us), not parsed objects.
     """
     found: list[str] = []
     try:
@@ -329,14 +349,16 @@ def template_deviations(
     subject = _leaf_subject(names)
     if got.subject != subject.public_bytes():
         found.append("subject is not the first approved DNS name")
-    found += _extension_deviations(got, want, names=names, public_key=public_key, empty_subject=len(subject) == 0)
+    found += _extension_deviations(
+        got, want, names=names, public_key=public_key, empty_subject=len(subject) == 0, crl_url=crl_url
+    )
     if names_problems(profile, list(names.dns), list(names.ips), list(names.emails)):
         found.append("names are outside the profile")
     return [Reason(code="template_deviation", message=f"certificate {cert.serial_number:x}: {f}") for f in found]
 
 
 def _extension_deviations(
-    got: der.TbsParts, want: der.TbsParts, *, names: Sans, public_key: PublicKey, empty_subject: bool
+    got: der.TbsParts, want: der.TbsParts, *, names: Sans, public_key: PublicKey, empty_subject: bool, crl_url: str
 ) -> list[str]:
     if [e.oid for e in got.extensions] != [e.oid for e in want.extensions]:
         extra = sorted(_oid_text(o) for o in {e.oid for e in got.extensions} ^ {e.oid for e in want.extensions})
@@ -351,6 +373,9 @@ def _extension_deviations(
         elif ext.oid == _SKI:
             if ext.value != x509.SubjectKeyIdentifier.from_public_key(public_key).public_bytes():
                 found.append("subjectKeyIdentifier does not match the public key")
+        elif ext.oid == _CDP:
+            if ext.value != _crl_dp(crl_url).public_bytes() or ext.critical != ref.critical:
+                found.append(f"cRLDistributionPoints does not name this certificate's CRL {crl_url}")
         elif ext != ref:
             found.append(f"extension {_oid_text(ext.oid)} differs from the template's")
     return found
@@ -384,8 +409,12 @@ def crl(
     entries: list[RevokedEntry],
     this_update: datetime,
     next_update: datetime,
+    *,
+    shard_url: str | None = None,
 ) -> x509.CertificateRevocationList:
-    """A full CRL for `issuer` (built from one list: chained additions are quadratic)."""
+    """A full CRL for `issuer` (built from one list: chained additions are quadratic). A shard's CRL
+    (`shard_url`) carries a critical issuingDistributionPoint naming that shard's URL (RFC 5280
+    5.2.5), so that a relying party never takes one shard's CRL for another's."""
     revoked = []
     for entry in entries:
         builder = x509.RevokedCertificateBuilder().serial_number(entry.serial).revocation_date(entry.revoked_at)
@@ -394,14 +423,30 @@ def crl(
         if entry.invalidity_date is not None:
             builder = builder.add_extension(x509.InvalidityDate(entry.invalidity_date), critical=False)
         revoked.append(builder.build())
-    return (
+    crl_builder = (
         x509.CertificateRevocationListBuilder(revoked_certificates=revoked)
         .issuer_name(issuer.cert.subject)
         .last_update(this_update)
         .next_update(next_update)
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(_aki(issuer.cert), critical=False)
-        .sign(key, signing_hash(key))
+    )
+    if shard_url is not None:
+        crl_builder = crl_builder.add_extension(shard_idp(shard_url), critical=True)
+    return crl_builder.sign(key, signing_hash(key))
+
+
+def shard_idp(url: str) -> x509.IssuingDistributionPoint:
+    """The issuingDistributionPoint of a shard's CRL: its URL, user certificates only (a sharded
+    CA's leaves; CA certificates are on their issuer's unsharded CRL)."""
+    return x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)],
+        relative_name=None,
+        only_contains_user_certs=True,
+        only_contains_ca_certs=False,
+        only_some_reasons=None,
+        indirect_crl=False,
+        only_contains_attribute_certs=False,
     )
 
 

@@ -201,7 +201,15 @@ class Issuance:
         public_key = job.csr.public_key()
         key = cas.key(issuer.ca_id)
         cert = domain.leaf_builder(job.profile, names, public_key, issuer, plan, cas.urls).sign(key, signing_hash(key))  # type: ignore[arg-type]
-        deviations = domain.template_deviations(cert, template.cert, job.profile, names, public_key, plan)  # type: ignore[arg-type]
+        deviations = domain.template_deviations(
+            cert,
+            template.cert,
+            job.profile,
+            names,
+            public_key,  # type: ignore[arg-type]
+            plan,
+            crl_url=cas.urls.leaf_crl(issuer, plan.serial),
+        )
         if not deviations and job.profile.lint == "full":
             der = cert.public_bytes(serialization.Encoding.DER)
             deviations = [

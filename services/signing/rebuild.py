@@ -11,8 +11,9 @@ one the log names. So, before the log is applied again, signing adopts from its 
   issuing one, so a compromise read again does not replace it a second time;
 - each certificate it issued (`CertificateIssued`), as a signed intent: the approval read again
   finds it decided and signs nothing;
-- each CA's CRL number (`CrlPublished`): the next CRL, signed once the rebuild is over, has a
-  higher number than any on the log.
+- each CA's CRL shard count (`CaCreated.crl_shards`, none for a CA created before shards), and
+  each shard's CRL number (`CrlPublished`): the next CRL of a shard, signed once the rebuild is
+  over, has a higher number than any of that shard on the log.
 """
 
 from __future__ import annotations
@@ -45,17 +46,20 @@ def adopting(keys: KeyStore) -> Adopt:
             await _adopt_ca(conn, keys, created, retired=created.ca_id in destroyed)
         issued = [e for e in events if isinstance(e, CertificateIssued)]
         await _adopt_issued(conn, issued)
-        crls: dict[str, CrlPublished] = {}
+        crls: dict[tuple[str, int | None], CrlPublished] = {}
         for crl in (e for e in events if isinstance(e, CrlPublished)):
-            if crl.ca_id not in crls or crl.crl_number > crls[crl.ca_id].crl_number:
-                crls[crl.ca_id] = crl
+            key = (crl.ca_id, crl.shard)
+            if key not in crls or crl.crl_number > crls[key].crl_number:
+                crls[key] = crl
         for crl in crls.values():
             await conn.execute(
-                "UPDATE crl_state SET crl_number = $2, this_update = $3, next_update = $4 WHERE ca_id = $1",
+                "UPDATE crl_state SET crl_number = $2, this_update = $3, next_update = $4 "
+                "WHERE ca_id = $1 AND shard = $5",
                 crl.ca_id,
                 crl.crl_number,
                 crl.this_update,
                 crl.next_update,
+                crl.shard or 0,
             )
 
     return adopt
@@ -76,7 +80,13 @@ async def _adopt_ca(conn: asyncpg.Connection, keys: KeyStore, created: CaCreated
             )
     der = cert.public_bytes(serialization.Encoding.DER)
     await store.add_ca(
-        conn, created.ca_id, role=created.role, parent_id=created.parent_id, cert_der=der, at=created.occurred_at
+        conn,
+        created.ca_id,
+        role=created.role,
+        parent_id=created.parent_id,
+        cert_der=der,
+        at=created.occurred_at,
+        crl_shards=created.crl_shards,
     )
     if retired:
         await store.set_ca_status(conn, created.ca_id, "retired")

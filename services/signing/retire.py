@@ -96,8 +96,8 @@ class Retirements:
                 final_crl = await self._final_crl(conn, ca_id, row["stream_seq"]) if signs_final else None
             if signs_final:
                 await rt.publish_pending()
-            if final_crl is not None:
-                await self._crls.forget(ca_id, final_crl - KEEP_CRLS)
+            for shard, number in final_crl or []:
+                await self._crls.forget(ca_id, shard, number - KEEP_CRLS)
             async with conn.transaction():
                 row = await store.lock_retirement(conn, ca_id)
                 if row is None:
@@ -106,30 +106,36 @@ class Retirements:
         await rt.publish_pending([entry])
         return True
 
-    async def _final_crl(self, conn: asyncpg.Connection, ca_id: str, retired_seq: int) -> int | None:
-        """Sign the retired CA's last CRL (every revocation on the log before its retirement;
-        nextUpdate its notAfter)."""
+    async def _final_crl(
+        self, conn: asyncpg.Connection, ca_id: str, retired_seq: int
+    ) -> list[tuple[int | None, int]] | None:
+        """Sign the retired CA's last CRL of each shard (every revocation on the log before its
+        retirement; nextUpdate its notAfter); returns (shard, number) of each."""
         rt = self._rt
         if not await self._revocations_read_through(retired_seq):
             raise RevocationsBehind(f"signing has not read every revocation before the retirement of {ca_id} yet")
         cert_der = await store.ca_cert(conn, ca_id)
         assert cert_der is not None  # retirements references cas
-        signer = self._cas.final_signer(ca_id, cert_der)
+        signer = self._cas.final_signer(ca_id, cert_der, await store.ca_crl_shards(conn, ca_id))
         now = rt.clock.now()
         if signer is None:
             log.error("the key of a retired CA is gone before its final CRL: none can be signed", extra={"ca": ca_id})
             await store.save_final_crl(conn, ca_id, None, None, now)
             return None
-        state = await store.lock_crl_state(conn, ca_id)
-        if state is None:
-            raise RuntimeError(f"the CRL state of CA {ca_id} is locked by another transaction: retrying")
         issuer, key = signer
         fallback = timedelta(seconds=self._cas.settings.crl_validity_s)
         next_update = domain.final_crl_next_update(issuer.cert, now, fallback)
-        number, published = await self._crls.sign(conn, issuer, key, state, next_update)
-        await store.save_final_crl(conn, ca_id, number, published.event_id, now)
-        log.warning("published the final CRL of a retired CA", extra={"ca": ca_id, "crl_number": number})
-        return number
+        signed = []
+        for shard in issuer.shards():
+            state = await store.lock_crl_state(conn, ca_id, shard)
+            if state is None:
+                raise RuntimeError(f"the CRL state of CA {ca_id} is locked by another transaction: retrying")
+            number, published = await self._crls.sign(conn, issuer, key, state, next_update, shard=shard)
+            signed.append((shard, number))
+        # The last shard's event stands for all: the key waits until every final CRL is on the log.
+        await store.save_final_crl(conn, ca_id, max(n for _, n in signed), published.event_id, now)
+        log.warning("published the final CRLs of a retired CA", extra={"ca": ca_id, "crls": len(signed)})
+        return signed
 
     async def _revocations_read_through(self, seq: int) -> bool:
         """Whether signing's revocation consumer has committed every revocation before log position
@@ -144,7 +150,8 @@ class Retirements:
         """Shred the key file, forget the key, and say so (never before the final CRL is on the log)."""
         rt = self._rt
         final_event = row["final_crl_event_id"]
-        if final_event is not None and not await store.event_published(conn, final_event):
+        final_subject = f"{rt.root}.ca.{ca_id}.crl_published"
+        if final_event is not None and not await store.events_published_through(conn, final_subject, final_event):
             rt.relay.notify()
             raise FinalCrlNotOnLog(f"the final CRL of CA {ca_id} is not on the log yet; its key waits")
         cert_der = await store.ca_cert(conn, ca_id)

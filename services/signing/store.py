@@ -28,18 +28,28 @@ class Intent:
 
 
 async def add_ca(
-    conn: asyncpg.Connection, ca_id: str, *, role: str, parent_id: str | None, cert_der: bytes, at: datetime
+    conn: asyncpg.Connection,
+    ca_id: str,
+    *,
+    role: str,
+    parent_id: str | None,
+    cert_der: bytes,
+    at: datetime,
+    crl_shards: int | None = None,
 ) -> None:
-    """Record a CA signing created, and its CRL state."""
+    """Record a CA signing created, and the CRL state of each of its shards (one if unsharded)."""
     await conn.execute(
-        "INSERT INTO cas (ca_id, role, parent_id, cert_der, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO cas (ca_id, role, parent_id, cert_der, created_at, crl_shards) VALUES ($1, $2, $3, $4, $5, $6)",
         ca_id,
         role,
         parent_id,
         cert_der,
         at,
+        crl_shards,
     )
-    await conn.execute("INSERT INTO crl_state (ca_id) VALUES ($1)", ca_id)
+    await conn.execute(
+        "INSERT INTO crl_state (ca_id, shard) SELECT $1, s FROM generate_series(0, $2 - 1) s", ca_id, crl_shards or 1
+    )
 
 
 async def lock_ca(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
@@ -72,7 +82,7 @@ async def current_issuing(conn: asyncpg.Connection) -> str | None:
 async def active_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Active CAs, newest first."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT ca_id, role, parent_id, cert_der FROM cas WHERE status = 'active' ORDER BY created_at DESC"
+        "SELECT ca_id, role, parent_id, cert_der, crl_shards FROM cas WHERE status = 'active' ORDER BY created_at DESC"
     )
     return rows
 
@@ -160,9 +170,12 @@ async def add_revoked(
     reason: str,
     invalidity_date: datetime | None = None,
 ) -> None:
-    """Remember a revocation for the issuer's next CRL."""
+    """Remember a revocation for the next CRL of its issuer's shard (`serial mod crl_shards`; 0 for
+    an unsharded or unknown issuer)."""
     await conn.execute(
-        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason, invalidity_date) VALUES ($1, $2, $3, $4, $5) "
+        "INSERT INTO revoked (issuer_id, serial, revoked_at, reason, invalidity_date, shard) "
+        "SELECT $1::text, $2::numeric, $3::timestamptz, $4::text, $5::timestamptz, "
+        "COALESCE((SELECT ($2::numeric % crl_shards)::int FROM cas WHERE ca_id = $1::text), 0) "
         "ON CONFLICT DO NOTHING",
         issuer_id,
         serial,
@@ -172,30 +185,43 @@ async def add_revoked(
     )
 
 
-async def issuers_needing_crl(conn: asyncpg.Connection, now: datetime) -> list[str]:
-    """Issuers with revocations not yet in a CRL, no CRL yet, or a CRL past half its life."""
+async def issuers_needing_crl(conn: asyncpg.Connection, now: datetime) -> list[tuple[str, int | None]]:
+    """(issuer, shard) of every CRL with revocations not yet in it, none signed yet, or past half its
+    life; the shard is None for an unsharded issuer's only CRL. CRLs with revocations waiting come
+    first: a refresh of every shard at once must not hold a revocation back."""
     rows = await conn.fetch(
-        "SELECT s.ca_id FROM crl_state s JOIN cas c USING (ca_id) WHERE c.status = 'active' AND ("
-        " s.crl_number = 0"
-        " OR s.next_update - ($1::timestamptz) < (s.next_update - s.this_update) / 2"
-        " OR EXISTS (SELECT 1 FROM revoked r WHERE r.issuer_id = s.ca_id AND r.id > s.built_through))",
+        "SELECT ca_id, shard, crl_shards FROM ("
+        " SELECT s.ca_id, s.shard, c.crl_shards, s.crl_number, s.this_update, s.next_update,"
+        " EXISTS (SELECT 1 FROM revoked r WHERE r.issuer_id = s.ca_id AND r.shard = s.shard"
+        " AND r.id > s.built_through) AS revoked_since"
+        " FROM crl_state s JOIN cas c USING (ca_id) WHERE c.status = 'active') d "
+        "WHERE revoked_since OR crl_number = 0 OR next_update - ($1::timestamptz) < (next_update - this_update) / 2 "
+        "ORDER BY revoked_since DESC, ca_id, shard",
         now,
     )
-    return [r["ca_id"] for r in rows]
+    return [(r["ca_id"], r["shard"] if r["crl_shards"] else None) for r in rows]
 
 
-async def lock_crl_state(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
-    """Lock an issuer's CRL state for this transaction (None if another replica holds it)."""
+async def lock_crl_state(conn: asyncpg.Connection, ca_id: str, shard: int | None = None) -> asyncpg.Record | None:
+    """Lock the CRL state of an issuer's shard for this transaction (None if another replica holds it)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT crl_number, built_through FROM crl_state WHERE ca_id = $1 FOR UPDATE SKIP LOCKED", ca_id
+        "SELECT crl_number, built_through FROM crl_state WHERE ca_id = $1 AND shard = $2 FOR UPDATE SKIP LOCKED",
+        ca_id,
+        shard or 0,
     )
     return row
 
 
-async def revoked_entries(conn: asyncpg.Connection, ca_id: str) -> tuple[list[asyncpg.Record], int]:
-    """Every revocation of an issuer, and the highest revocation id among them."""
+async def revoked_entries(
+    conn: asyncpg.Connection, ca_id: str, shard: int | None = None
+) -> tuple[list[asyncpg.Record], int]:
+    """Every revocation of an issuer's shard (of the issuer, if unsharded), and the highest
+    revocation id among them."""
     rows = await conn.fetch(
-        "SELECT id, serial, revoked_at, reason, invalidity_date FROM revoked WHERE issuer_id = $1 ORDER BY id", ca_id
+        "SELECT id, serial, revoked_at, reason, invalidity_date FROM revoked WHERE issuer_id = $1 AND shard = $2 "
+        "ORDER BY id",
+        ca_id,
+        shard or 0,
     )
     return rows, max((r["id"] for r in rows), default=0)
 
@@ -205,18 +231,21 @@ async def save_crl_state(
     ca_id: str,
     number: int,
     *,
+    shard: int | None = None,
     built_through: int,
     this_update: datetime,
     next_update: datetime,
 ) -> None:
-    """Advance an issuer's CRL state."""
+    """Advance the CRL state of an issuer's shard."""
     await conn.execute(
-        "UPDATE crl_state SET crl_number = $2, built_through = $3, this_update = $4, next_update = $5 WHERE ca_id = $1",
+        "UPDATE crl_state SET crl_number = $2, built_through = $3, this_update = $4, next_update = $5 "
+        "WHERE ca_id = $1 AND shard = $6",
         ca_id,
         number,
         built_through,
         this_update,
         next_update,
+        shard or 0,
     )
 
 
@@ -346,6 +375,24 @@ async def event_published(conn: asyncpg.Connection, event_id: uuid.UUID) -> bool
     """Whether an event of this service's outbox is on the log (a row no longer kept was published)."""
     value = await conn.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1", event_id)
     return value is None or bool(value)
+
+
+async def events_published_through(conn: asyncpg.Connection, subject: str, event_id: uuid.UUID) -> bool:
+    """Whether every event of this service's outbox on `subject`, up to and including `event_id`, is
+    on the log (the final CRLs of a sharded CA's shards are enqueued together)."""
+    value = await conn.fetchval(
+        "SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE subject = $1 AND published_at IS NULL AND NOT suppressed "
+        "AND id <= COALESCE((SELECT id FROM outbox WHERE event_id = $2), 0))",
+        subject,
+        event_id,
+    )
+    return bool(value) and await event_published(conn, event_id)
+
+
+async def ca_crl_shards(conn: asyncpg.Connection, ca_id: str) -> int | None:
+    """The CRL shards a CA was created with (None: one CRL)."""
+    value: int | None = await conn.fetchval("SELECT crl_shards FROM cas WHERE ca_id = $1", ca_id)
+    return value
 
 
 async def save_key_destroyed(conn: asyncpg.Connection, ca_id: str, at: datetime) -> None:

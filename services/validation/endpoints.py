@@ -47,10 +47,12 @@ def routes(rt: Runtime, settings: ValidationSettings, responders: ResponderSet) 
     (so URLs embedded in certificates work with or without a path-stripping proxy in front)."""
 
     async def get_crl(request: web.Request) -> web.Response:
+        """An unsharded CA's CRL at /crl/{ca}.crl; a sharded CA's shard at /crl/{ca}/{shard}.crl."""
+        shard = int(request.match_info["shard"]) if "shard" in request.match_info else None
         async with rt.pool.acquire() as conn:
-            row = await store.crl(conn, request.match_info["ca_id"])
+            row = await store.crl(conn, request.match_info["ca_id"], shard)
         if row is None:
-            raise web.HTTPNotFound(text="no CRL for that issuer")
+            raise web.HTTPNotFound(text="no CRL for that issuer" if shard is None else "no CRL for that issuer shard")
         return web.Response(
             body=row["der"],
             content_type="application/pkix-crl",
@@ -106,6 +108,7 @@ def routes(rt: Runtime, settings: ValidationSettings, responders: ResponderSet) 
     for prefix in dict.fromkeys(["", urlsplit(settings.public_base_url).path.rstrip("/")]):
         found += [
             web.get(f"{prefix}/crl/{{ca_id}}.crl", get_crl),
+            web.get(f"{prefix}/crl/{{ca_id}}/{{shard:[0-9]{{1,4}}}}.crl", get_crl),
             web.get(f"{prefix}/ca/{{ca_id}}.crt", get_ca),
             web.post(f"{prefix}/ocsp", post_ocsp),
             web.get(f"{prefix}/ocsp/{{request:.+}}", get_ocsp),  # base64 may hold '/' (or %2F)

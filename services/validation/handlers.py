@@ -53,7 +53,13 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
     async def crl_published(conn: asyncpg.Connection, event: CrlPublished, delivery: Delivery) -> None:
         der = crl_bytes[event.object_name]
         await store.apply_crl(
-            conn, event.ca_id, event.crl_number, this_update=event.this_update, next_update=event.next_update, der=der
+            conn,
+            event.ca_id,
+            event.crl_number,
+            shard=event.shard,
+            this_update=event.this_update,
+            next_update=event.next_update,
+            der=der,
         )
 
     # The read model: what each event type does to it.
@@ -149,11 +155,19 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
     async def crl(query: CrlQuery) -> CrlAnswer | Failure:
         async with rt.pool.acquire() as conn:
             ca_id = query.ca_id or await _current_issuer(conn)
-            row = await store.crl(conn, ca_id) if ca_id else None
+            row = await store.crl(conn, ca_id, query.shard) if ca_id else None
+            shards = await store.crl_shard_count(conn, ca_id) if ca_id and row is None else 0
+        if row is None and query.shard is None and shards:
+            return Failure(
+                error=f"issuer {ca_id} publishes {shards} CRL shards: name one (0 to {shards - 1}); "
+                "a certificate is listed in the one its CRL distribution point names"
+            )
         if row is None:
-            return Failure(error=f"no CRL published yet for issuer {ca_id}")
+            which = "" if query.shard is None else f" shard {query.shard}"
+            return Failure(error=f"no CRL published yet for issuer {ca_id}{which}")
         return CrlAnswer(
             ca_id=row["ca_id"],
+            shard=row["shard"],
             crl_number=row["crl_number"],
             this_update=row["this_update"],
             next_update=row["next_update"],

@@ -92,18 +92,30 @@ async def apply_ca(conn: asyncpg.Connection, e: CaCreated, cert_der: bytes) -> N
     )
 
 
+UNSHARDED = -1  # the shard column's value for an unsharded CA's only CRL
+
+
 async def apply_crl(
-    conn: asyncpg.Connection, ca_id: str, number: int, *, this_update: datetime, next_update: datetime, der: bytes
+    conn: asyncpg.Connection,
+    ca_id: str,
+    number: int,
+    *,
+    shard: int | None,
+    this_update: datetime,
+    next_update: datetime,
+    der: bytes,
 ) -> None:
-    """Keep the newest CRL of an issuer (an older one arriving late changes nothing)."""
+    """Keep the newest CRL of an issuer's shard (an older one arriving late changes nothing)."""
     await conn.execute(
-        "INSERT INTO crls VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ca_id) DO UPDATE SET "
+        "INSERT INTO crls (ca_id, crl_number, this_update, next_update, der, shard) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (ca_id, shard) DO UPDATE SET "
         "crl_number = $2, this_update = $3, next_update = $4, der = $5 WHERE crls.crl_number < $2",
         ca_id,
         number,
         this_update,
         next_update,
         der,
+        UNSHARDED if shard is None else shard,
     )
 
 
@@ -136,12 +148,21 @@ async def cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return rows
 
 
-async def crl(conn: asyncpg.Connection, ca_id: str) -> asyncpg.Record | None:
-    """The newest CRL of an issuer."""
+async def crl(conn: asyncpg.Connection, ca_id: str, shard: int | None = None) -> asyncpg.Record | None:
+    """The newest CRL of an issuer's shard (shard None: of an unsharded issuer)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT ca_id, crl_number, this_update, next_update, der FROM crls WHERE ca_id = $1", ca_id
+        "SELECT ca_id, crl_number, this_update, next_update, der, NULLIF(shard, -1) AS shard FROM crls "
+        "WHERE ca_id = $1 AND shard = $2",
+        ca_id,
+        UNSHARDED if shard is None else shard,
     )
     return row
+
+
+async def crl_shard_count(conn: asyncpg.Connection, ca_id: str) -> int:
+    """How many shards of an issuer have a CRL here (0: none, or the issuer is unsharded)."""
+    value: int = await conn.fetchval("SELECT count(*) FROM crls WHERE ca_id = $1 AND shard >= 0", ca_id)
+    return value
 
 
 async def ca_der(conn: asyncpg.Connection, ca_id: str) -> bytes | None:

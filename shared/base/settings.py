@@ -144,6 +144,11 @@ class SigningSettings(ServiceSettings):
     public_base_url: str = "http://127.0.0.1:8440"
     crl_validity_s: int = 7 * 24 * 3600
     crl_batch_s: float = 0.2
+    # CRL shards of each issuing CA created from now on (recorded on its CaCreated; a CA keeps the
+    # count it was created with): a leaf is in shard `serial mod crl_shards`, served at
+    # /crl/{ca}/{shard}.crl, so a revocation re-signs one small CRL instead of the issuer's whole
+    # list. 0 creates unsharded CAs (one CRL at /crl/{ca}.crl, as before shards).
+    crl_shards: int = Field(default=128, ge=0, le=1024)
 
     def passphrase(self) -> bytes:
         """The CA key passphrase, from the environment or a file; never logged."""

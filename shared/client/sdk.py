@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass, field
@@ -726,9 +727,16 @@ class CertbusClient:
         """Validate a certificate: chain, time, revocation."""
         return await self._ask("validation", "validate", ValidateQuery(cert_pem=cert_pem), ValidateAnswer)
 
-    async def crl(self, ca_id: str | None = None) -> CrlAnswer:
-        """The newest CRL of an issuer."""
-        return await self._ask("validation", "crl", CrlQuery(ca_id=ca_id), CrlAnswer)
+    async def crl(self, ca_id: str | None = None, *, shard: int | None = None) -> CrlAnswer:
+        """The newest CRL of an issuer, or of one of its shards (a sharded issuer's CRLs are
+        per shard: `crl_of_certificate` says which one lists a given certificate)."""
+        return await self._ask("validation", "crl", CrlQuery(ca_id=ca_id, shard=shard), CrlAnswer)
+
+    async def crl_for(self, cert_pem: str | bytes) -> CrlAnswer:
+        """The newest CRL that would list this certificate (its issuer's shard named in its CRL
+        distribution point)."""
+        ca_id, shard = crl_of_certificate(cert_pem)
+        return await self.crl(ca_id, shard=shard)
 
     async def history(self, serial: str) -> HistoryAnswer:
         """Every archived event of a certificate, in log order."""
@@ -883,3 +891,34 @@ class CertbusClient:
             return report
 
         return judge_readiness(list(await asyncio.gather(*(one(s) for s in SERVICES))))
+
+
+_CRL_PATH = re.compile(r"/crl/(?P<ca>[A-Za-z0-9._-]+?)(?:/(?P<shard>[0-9]{1,4}))?\.crl$")
+
+
+def crl_location(url: str) -> tuple[str, int | None]:
+    """The issuer and shard (None: an unsharded issuer's only CRL) a Certbus CRL URL names."""
+    found = _CRL_PATH.search(url.split("?", 1)[0])
+    if found is None:
+        raise ValueError(f"{url!r} is not a Certbus CRL URL (/crl/<ca>.crl or /crl/<ca>/<shard>.crl)")
+    return found["ca"], None if found["shard"] is None else int(found["shard"])
+
+
+def crl_of_certificate(cert: str | bytes) -> tuple[str, int | None]:
+    """The issuer and CRL shard a certificate (PEM or DER) names in its CRL distribution point."""
+    from cryptography import x509  # imported here: the CLI starts without it for other commands
+
+    raw = cert.encode() if isinstance(cert, str) else cert
+    parsed = (
+        x509.load_pem_x509_certificate(raw)
+        if raw.lstrip().startswith(b"-----")
+        else x509.load_der_x509_certificate(raw)
+    )
+    try:
+        points = parsed.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        raise ValueError(f"certificate {parsed.serial_number:x} names no CRL distribution point") from None
+    urls = [n.value for p in points for n in p.full_name or [] if isinstance(n, x509.UniformResourceIdentifier)]
+    if not urls:
+        raise ValueError(f"certificate {parsed.serial_number:x} names no CRL URL")
+    return crl_location(urls[0])

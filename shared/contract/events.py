@@ -642,10 +642,14 @@ class CaCreated(Event):
     not_before: datetime
     not_after: datetime
     spki_sha256: Sha256Hex
+    # The CA's CRL shards: a leaf is on the CRL of shard `serial mod crl_shards`, served at
+    # /crl/{ca_id}/{shard}.crl. None (CAs created before shards, and roots): one CRL, /crl/{ca_id}.crl.
+    crl_shards: int | None = Field(default=None, ge=1, le=1024)
 
 
 class CrlPublished(Event):
-    """Signing signed a new CRL for an issuer; the DER lives in the object store."""
+    """Signing signed a new CRL for an issuer (for one of its shards, if it has shards); the DER
+    lives in the object store. CRL numbers increase per shard."""
 
     aggregate: ClassVar[str] = "ca"
     verb: ClassVar[str] = "crl_published"
@@ -661,6 +665,7 @@ class CrlPublished(Event):
     object_name: Ref
     sha256: Sha256Hex
     size: Count
+    shard: int | None = Field(default=None, ge=0, lt=1024)  # None: the CA's only CRL (an unsharded CA)
 
 
 class CaCompromised(OperatorCommand):

@@ -61,9 +61,11 @@ class ValidateAnswer(Query):
 
 
 class CrlQuery(Query):
-    """The newest CRL of an issuer (the current issuing CA when none is named)."""
+    """The newest CRL of an issuer (the current issuing CA when none is named), or of one of its
+    shards (a sharded CA has no CRL without a shard)."""
 
     ca_id: str | None = None
+    shard: int | None = Field(default=None, ge=0)
 
 
 class CrlAnswer(Query):
@@ -74,6 +76,7 @@ class CrlAnswer(Query):
     this_update: datetime
     next_update: datetime
     der_b64: str
+    shard: int | None = None
 
 
 class HistoryQuery(Query):

@@ -37,6 +37,11 @@ class WakeableLoop:
         """Run the step soon."""
         self._wakeup.set()
 
+    @property
+    def woken(self) -> bool:
+        """Whether a wake arrived since the running step started (it will run again soon)."""
+        return self._wakeup.is_set()
+
     async def run(self) -> None:
         """Loop until cancelled."""
         backoff = 0.1

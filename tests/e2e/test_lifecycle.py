@@ -94,11 +94,12 @@ async def test_lifecycle_survives_a_killed_service_and_loses_nothing(harness: Ha
     after = await h.cli("validate", str(out / "cert.pem"))
     assert after.returncode == 1 and "revoked" in after.stdout
 
-    # The CRL, fetched by the CLI, verifies under the issuing CA and lists the serial.
+    # The CRL the certificate names (its shard's), fetched by the CLI, verifies under the issuing CA
+    # and lists the serial.
     crl_file = tmp_path / "x.crl"
 
     async def crl_lists_a() -> bool:
-        if (await h.cli("crl", "--out", str(crl_file))).returncode != 0:
+        if (await h.cli("crl", "--cert", str(out / "cert.pem"), "--out", str(crl_file))).returncode != 0:
             return False
         text = subprocess.run(
             [

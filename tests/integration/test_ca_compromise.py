@@ -18,13 +18,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from harness import Harness, eventually
+from harness import CRL_SHARDS, Harness, eventually
 from shared.contract.events import CertificateRenewalDue, CertificateRevoked, utcnow
 from signals import subscribed
 
 
-def _crl(h: Harness, ca_id: str) -> x509.CertificateRevocationList:
-    url = f"http://127.0.0.1:{h.http_ports['validation']}/crl/{ca_id}.crl"
+def _crl(h: Harness, ca_id: str, serial: str | None = None) -> x509.CertificateRevocationList:
+    """A root's CRL, or (given a leaf's serial) the CRL of the issuing CA's shard that lists it."""
+    path = f"{ca_id}.crl" if serial is None else f"{ca_id}/{int(serial, 16) % CRL_SHARDS}.crl"
+    url = f"http://127.0.0.1:{h.http_ports['validation']}/crl/{path}"
     with urllib.request.urlopen(url, timeout=5) as response:
         return x509.load_der_x509_crl(response.read())
 
@@ -100,7 +102,7 @@ async def test_a_compromised_issuing_ca_is_replaced_and_everything_it_issued_is_
     (tmp_path / "untrusted.pem").write_text(issuing_cert.public_bytes(serialization.Encoding.PEM).decode())
     (tmp_path / "leaf.pem").write_text(issued[0].cert_pem)
     (tmp_path / "root.crl").write_bytes(root_crl.public_bytes(serialization.Encoding.PEM))
-    old_crl = await asyncio.to_thread(_crl, stack, old)
+    old_crl = await asyncio.to_thread(_crl, stack, old, issued[0].serial)
     (tmp_path / "issuing.crl").write_bytes(old_crl.public_bytes(serialization.Encoding.PEM))
     files = {name: str(tmp_path / name) for name in ("root.pem", "untrusted.pem", "root.crl", "issuing.crl")}
     checked = subprocess.run(
@@ -171,7 +173,9 @@ async def test_an_invalidity_date_reaches_the_crl_entry_and_a_future_one_is_refu
     assert json.loads(result.stdout)["invalidity_date"].startswith("2026-01-02T03:04:05")
 
     def listed() -> x509.RevokedCertificate | None:
-        return _crl(stack, issued.issuer_id).get_revoked_certificate_by_serial_number(int(issued.serial, 16))
+        return _crl(stack, issued.issuer_id, issued.serial).get_revoked_certificate_by_serial_number(
+            int(issued.serial, 16)
+        )
 
     entry = await eventually(lambda: asyncio.to_thread(listed))
     since = entry.extensions.get_extension_for_class(x509.InvalidityDate).value.invalidity_date_utc

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from harness import PASSPHRASE, Harness, eventually
+from harness import CRL_SHARDS, PASSPHRASE, Harness, eventually
 from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
 from services.signing.keystore import KeyStore, KeyStoreError
@@ -70,8 +70,9 @@ def _registry(h: Harness) -> CaRegistry:
     return CaRegistry(KeyStore(settings.key_dir, PASSPHRASE.encode()), settings)
 
 
-def _crl_der(h: Harness, ca_id: str) -> bytes:
-    url = f"http://127.0.0.1:{h.http_ports['validation']}/crl/{ca_id}.crl"
+def _crl_der(h: Harness, ca_id: str, serial: str) -> bytes:
+    """The CRL of the shard of `ca_id` that lists `serial` (the test stack's issuing CAs are sharded)."""
+    url = f"http://127.0.0.1:{h.http_ports['validation']}/crl/{ca_id}/{int(serial, 16) % CRL_SHARDS}.crl"
     with urllib.request.urlopen(url, timeout=5) as response:
         data: bytes = response.read()
         return data
@@ -100,9 +101,12 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
     kinds = [type(e).__name__ for _, e in events]
     retired_at = kinds.index("CaRetired")
     assert kinds[-1] == "CaKeyDestroyed" and kinds.count("CaKeyDestroyed") == 1
-    final = [e for _, e in events if isinstance(e, CrlPublished) and e.crl_number == destroyed.final_crl_number]
-    assert len(final) == 1 and kinds.index("CrlPublished", retired_at) < len(kinds) - 1
-    assert final[0].next_update == old_cert.not_valid_after_utc and final[0].revoked_count == 1
+    # One final CRL per shard; the event names the highest number among them.
+    final = [e for _, e in events[retired_at:] if isinstance(e, CrlPublished)]
+    assert sorted(e.shard for e in final) == list(range(CRL_SHARDS))  # type: ignore[type-var]
+    assert max(e.crl_number for e in final) == destroyed.final_crl_number
+    assert all(e.next_update == old_cert.not_valid_after_utc for e in final)
+    assert sum(e.revoked_count for e in final) == 1
     retired = events[retired_at][1]
     assert isinstance(retired, CaRetired) and [s.operator for s in retired.signatures] == ["operator"]
     pool = await stack.db()
@@ -120,9 +124,10 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
         registry.keys.load(old)
 
     # The final CRL verifies with openssl against the retired CA's certificate and lists the revocation.
-    crl_der = await asyncio.to_thread(_crl_der, stack, old)
+    crl_der = await asyncio.to_thread(_crl_der, stack, old, revoked_before.serial)
     crl = x509.load_der_x509_crl(crl_der)
-    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == destroyed.final_crl_number
+    [its_final] = [e for e in final if e.shard == int(revoked_before.serial, 16) % CRL_SHARDS]
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == its_final.crl_number
     assert crl.get_revoked_certificate_by_serial_number(int(revoked_before.serial, 16)) is not None
     (tmp_path / "final.crl").write_bytes(crl_der)
     (tmp_path / "ca.pem").write_bytes(old_cert.public_bytes(serialization.Encoding.PEM))
@@ -151,7 +156,7 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
 
     async def replacement_crl_lists_fresh() -> bool:
         try:
-            crl = x509.load_der_x509_crl(await asyncio.to_thread(_crl_der, stack, replacement.ca_id))
+            crl = x509.load_der_x509_crl(await asyncio.to_thread(_crl_der, stack, replacement.ca_id, fresh.serial))
         except urllib.error.HTTPError:
             return False  # validation has not seen its first CRL yet
         return crl.get_revoked_certificate_by_serial_number(int(fresh.serial, 16)) is not None
@@ -162,7 +167,7 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
     assert [type(e).__name__ for _, e in after] == kinds  # nothing new for the retired CA
     signing = stack.runtime("signing")
     crls = CrlPublisher(signing, registry)
-    assert old not in [ca for ca, _ in await crls.publish_due()]
+    assert old not in [ca for ca, *_ in await crls.publish_due()]
     assert await Retirements(signing, registry, crls).finish() == []  # no second "final" CRL
     async with stack.client() as c:
         assert (await c.health("signing"))["status"] == "ok"
@@ -269,7 +274,7 @@ async def test_a_retirement_resumes_after_a_crash_and_redeliveries_and_restarts_
     assert fresh.issuer_id == (await _replacement_of(stack, old)).ca_id
     assert [type(e).__name__ for _, e in await _ca_events(stack, old)] == [*before, "CaRetired", "CaRetired"]
     assert before.count("CaKeyDestroyed") == 1
-    assert [e.crl_number for _, e in await _ca_events(stack, old) if isinstance(e, CrlPublished)][-1] == final_number
+    assert max(e.crl_number for _, e in await _ca_events(stack, old) if isinstance(e, CrlPublished)) == final_number
     async with stack.client() as c:
         assert (await c.health("signing"))["status"] == "ok"
     await eventually(lambda: _archived(stack, "CertificateIssued", 2))
@@ -304,5 +309,5 @@ async def test_two_signing_replicas_finish_a_retirement_once(stack: Harness) -> 
     assert fresh.issuer_id == (await _replacement_of(stack, old)).ca_id
     events = [e for _, e in await _ca_events(stack, old)]
     assert sum(isinstance(e, CaKeyDestroyed) for e in events) == 1
-    assert [e.crl_number for e in events if isinstance(e, CrlPublished)][-1] == destroyed.final_crl_number
+    assert max(e.crl_number for e in events if isinstance(e, CrlPublished)) == destroyed.final_crl_number
     assert not (stack.key_dir / f"{old}.key.pem").exists()

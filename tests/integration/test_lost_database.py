@@ -37,11 +37,12 @@ async def _published(stack: Harness, name: str) -> list[tuple[str, bytes]]:
 
 
 async def _crl_numbers(stack: Harness) -> dict[str, list[int]]:
-    """Each CA's CRL numbers in log order: a rebuilt signing never signs a number twice."""
+    """Each CA's (each CA shard's) CRL numbers in log order: a rebuilt signing never signs a number twice."""
     numbers: dict[str, list[int]] = {}
     for m in await stack.stream_messages(f"{stack.root}.ca.*.crl_published"):
         event = json.loads(m.data)
-        numbers.setdefault(event["ca_id"], []).append(event["crl_number"])
+        which = event["ca_id"] if event.get("shard") is None else f"{event['ca_id']} shard {event['shard']}"
+        numbers.setdefault(which, []).append(event["crl_number"])
     return numbers
 
 

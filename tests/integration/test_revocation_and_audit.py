@@ -14,7 +14,7 @@ import nats
 import pytest
 from cryptography import x509
 
-from harness import Harness, eventually
+from harness import CRL_SHARDS, Harness, eventually
 from shared.client.sdk import CertbusClient, CertbusError, Rejected
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import PrivateKey, build_csr, generate_key
@@ -195,7 +195,7 @@ async def _archived_all(h: Harness) -> bool:
 
 async def _crl_lists(c: CertbusClient, serial: str) -> bool:
     try:
-        der = base64.b64decode((await c.crl()).der_b64)
+        der = base64.b64decode((await c.crl(shard=int(serial, 16) % CRL_SHARDS)).der_b64)
     except CertbusError:  # no CRL yet
         return False
     return x509.load_der_x509_crl(der).get_revoked_certificate_by_serial_number(int(serial, 16)) is not None

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from cryptography import x509
 
-from harness import PASSPHRASE, Harness, eventually
+from harness import CRL_SHARDS, PASSPHRASE, Harness, eventually
 from shared.contract.events import EnrollmentApproved, parse_event
 from shared.pki.crypto import build_csr, generate_key
 
@@ -92,7 +92,8 @@ async def test_the_issued_certificate_carries_what_its_profile_says(
     defaults = {"tls-server": 30, "tls-client": 7, "service": 14}
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == defaults[profile]
     dp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    assert dp[0].full_name[0].value.endswith(f"/crl/{issued.issuer_id}.crl")  # type: ignore[index,union-attr]
+    shard = int(issued.serial, 16) % CRL_SHARDS
+    assert dp[0].full_name[0].value.endswith(f"/crl/{issued.issuer_id}/{shard}.crl")  # type: ignore[index,union-attr]
 
 
 async def _consumer_idle(h: Harness, durable: str) -> bool:

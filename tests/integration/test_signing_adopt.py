@@ -104,3 +104,35 @@ async def test_a_key_store_without_the_key_of_a_live_ca_stops_the_start_and_name
         await _adopt(signing, keys, _published(_created(ca, generate_key("ec-p256"))))
     async with signing.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM cas") == 0, "a CA was adopted without its key"
+
+
+async def test_a_rebuild_adopts_the_shard_count_and_each_shards_crl_number(
+    signing: asyncpg.Pool, tmp_path: Path
+) -> None:
+    keys = KeyStore(tmp_path / "keys", b"passphrase")
+    key, ca = generate_key("ec-p256"), f"sharded-{uuid.uuid4().hex[:6]}"
+    keys.save(ca, key)
+    created = _created(ca, key).model_copy(update={"crl_shards": 4})
+
+    def crl(shard: int, number: int) -> CrlPublished:
+        return CrlPublished.first(
+            ca,
+            producer="signing",
+            at=NOW,
+            ca_id=ca,
+            crl_number=number,
+            this_update=NOW,
+            next_update=NOW,
+            revoked_count=0,
+            object_bucket="crls",
+            object_name=f"{ca}/{shard}/{number}.crl",
+            sha256="0" * 64,
+            size=2,
+            shard=shard,
+        )
+
+    await _adopt(signing, keys, _published(created, crl(0, 1), crl(1, 1), crl(1, 7), crl(3, 2)))
+    async with signing.acquire() as conn:
+        assert await store.ca_crl_shards(conn, ca) == 4
+        numbers = await conn.fetch("SELECT shard, crl_number FROM crl_state WHERE ca_id = $1 ORDER BY shard", ca)
+    assert [(r["shard"], r["crl_number"]) for r in numbers] == [(0, 1), (1, 7), (2, 0), (3, 2)]

@@ -261,7 +261,7 @@ def test_a_revocation_missing_from_the_latest_crl_is_found(
     checker, _ = _crl_log(issuing, der, NOW - timedelta(minutes=5), NOW)
     found = checker.crl_findings({"ca1": der}, NOW + timedelta(hours=1), GRACE)
     assert [(f.check, f.stream_seq) for f in found] == [("crl", 6)]
-    assert "not in its latest CRL #1" in found[0].detail
+    assert "not in the latest CRL #1 of ca1" in found[0].detail
 
 
 def test_a_revocation_just_before_the_crl_is_not_judged_yet(
@@ -300,6 +300,69 @@ def test_revocations_after_a_ca_compromise_need_not_be_in_its_crl() -> None:
     compromised = signed("CaCompromised", ca_id="ca1", reason="leak", declared_by="alice")
     checker = _check_all(GENESIS, CA, _approve("r1"), _issue("r1", "a1"), compromised, revoke)
     assert checker.crl_findings({}, NOW + timedelta(hours=1), GRACE) == []
+
+
+def _sharded_log(
+    issuing: signing.CaIdentity, crls: dict[int, bytes], revoked_at: datetime
+) -> tuple[Checker, dict[str, bytes | None]]:
+    """A CA with 4 CRL shards, a1 (shard 1) revoked, then the CRLs of the shards given."""
+    pem = issuing.cert.public_bytes(serialization.Encoding.PEM).decode()
+    ca = _e("CaCreated", "signing", ca_id="ca1", cert_pem=pem, crl_shards=4)
+    revoke = _e("CertificateRevoked", "revocation", serial="a1", issuer_id="ca1", revoked_at=revoked_at.isoformat())
+    events = [
+        _crl_event(
+            this_update=NOW.isoformat(),
+            object_bucket="crls",
+            object_name=f"ca1/{shard}/1.crl",
+            sha256=hashlib.sha256(der).hexdigest(),
+            shard=shard,
+        )
+        for shard, der in crls.items()
+    ]
+    checker = _check_all(ca, _approve("r1"), _issue("r1", "a1"), _approve("r2"), _issue("r2", "b2"), revoke, *events)
+    return checker, {f"ca1/{shard}": der for shard, der in crls.items()}
+
+
+def _shard_crl(issuing: signing.CaIdentity, key: PrivateKey, shard: int, serials: list[int]) -> bytes:
+    entries = [signing.RevokedEntry(s, NOW, "keyCompromise") for s in serials]
+    url = signing.Urls("http://pki.example.test").crl("ca1", shard)
+    crl = signing.crl(issuing, key, 1, entries, NOW, NOW + timedelta(days=1), shard_url=url)
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_revocation_is_checked_against_its_own_shards_crl(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    shards = {1: _shard_crl(issuing, issuing_key, 1, [0xA1]), 2: _shard_crl(issuing, issuing_key, 2, [])}
+    checker, crls = _sharded_log(issuing, shards, NOW - timedelta(minutes=5))
+    assert checker.crl_of("ca1", "a1") == ("ca1/1", 1)
+    assert checker.crl_findings(crls, NOW + timedelta(hours=1), GRACE) == []
+
+
+def test_a_revocation_missing_from_its_shards_crl_is_found_even_if_another_shard_lists_it(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    shards = {1: _shard_crl(issuing, issuing_key, 1, []), 2: _shard_crl(issuing, issuing_key, 2, [0xA1])}
+    checker, crls = _sharded_log(issuing, shards, NOW - timedelta(minutes=5))
+    found = checker.crl_findings(crls, NOW + timedelta(hours=1), GRACE)
+    assert [(f.check, f.stream_seq) for f in found] == [("crl", 6)]
+    assert "not in the latest CRL #1 of ca1 shard 1" in found[0].detail
+
+
+def test_a_revocation_with_no_crl_of_its_shard_after_it_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    checker, crls = _sharded_log(issuing, {2: _shard_crl(issuing, issuing_key, 2, [0xA1])}, NOW)
+    found = checker.crl_findings(crls, NOW + timedelta(hours=1), GRACE)
+    assert "no CRL of ca1 shard 1 was published since" in found[0].detail
+
+
+def test_another_shards_crl_published_as_this_shards_is_found(
+    issuing: signing.CaIdentity, issuing_key: PrivateKey
+) -> None:
+    checker, crls = _sharded_log(issuing, {1: _shard_crl(issuing, issuing_key, 2, [0xA1])}, NOW - timedelta(minutes=5))
+    found = checker.crl_findings(crls, NOW + timedelta(hours=1), GRACE)
+    assert "issuingDistributionPoint does not name shard 1" in found[0].detail
 
 
 # --- holders' key-destroyed attestations --------------------------------------------------------

@@ -48,16 +48,42 @@ def test_the_table_names_what_is_not_met() -> None:
     assert "not measured" in text
 
 
-def test_a_figure_below_the_targets_scale_is_shown_but_never_met() -> None:
-    revocation = {
-        "seeded_certificates": 100_000,
-        "crl_at_seed_revoked_p50_s": 0.5,
-        "crl_at_seed_revoked_bytes": 5_300_000,
+def _revocation(issued: int, revoked: int) -> dict[str, object]:
+    return {
+        "seeded_certificates": issued,
+        "crl_seeded_revoked": revoked,
+        "crl_shards": 128,
+        "crl_at_seed_revoked_p50_ms": 300.0,
+        "crl_at_seed_revoked_p99_ms": 500.0,
+        "crl_at_seed_revoked_probes": 40,
+        "crl_at_seed_revoked_shard_bytes": 42_000,
+        "crl_shard_republish_p50_ms": 20.0,
+        "crl_shard_republish_p99_ms": 40.0,
+        "crl_shard_republishes": 40,
+        "reference_crl_shard_build_ms": 6.0,
+        "reference_crl_build_s": 1.3,
         "propagation_crl_p99_ms": 99.0,
         "ca_compromise": {"validation_reports_revoked_s": 0.7, "revocation_memory_peak_mib": 60.0},
     }
-    table = {r.target: r for r in rows({**RESULTS, "revocation": revocation})}
+
+
+CRL_TARGET = "revocation -> its shard's CRL over HTTP, 1M issued, 100k revoked"
+REPUBLISH_TARGET = "CRL shard republish (build + sign + publish), 100k revoked"
+
+
+def test_a_figure_below_the_targets_scale_is_shown_but_never_met() -> None:
+    table = {r.target: r for r in rows({**RESULTS, "revocation": _revocation(100_000, 100_000)})}
     compromise = table["CA compromise: validation says revoked for all"]
     assert (compromise.measured, compromise.met) == ("0.7 s", None)  # 100k, not the 1M it names
-    crl = table["revocation -> its CRL over HTTP, 100k revoked"]
-    assert (crl.measured, crl.met) == ("500.0 ms (p50)", True)
+    crl = table[CRL_TARGET]
+    assert (crl.measured, crl.met) == ("500.0 ms (p99)", None)  # 100k issued, not the 1M it names
+    assert "128 shards" in crl.reference and "p50 300 ms" in crl.reference
+    republish = table[REPUBLISH_TARGET]
+    assert (republish.measured, republish.met) == ("40.0 ms (p99)", True)
+
+
+def test_the_crl_targets_are_met_only_at_their_scale() -> None:
+    table = {r.target: r for r in rows({**RESULTS, "revocation": _revocation(1_000_000, 100_000)})}
+    assert table[CRL_TARGET].met is True
+    table = {r.target: r for r in rows({**RESULTS, "revocation": _revocation(1_000_000, 10_000)})}
+    assert table[CRL_TARGET].met is None and table[REPUBLISH_TARGET].met is None

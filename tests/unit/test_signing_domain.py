@@ -556,8 +556,9 @@ def _deviations(
     plan: signing.LeafPlan,
     names: signing.Sans = OTHER_NAMES,
     profile: Profile = TLS_SERVER,
+    crl_url: str = signing.Urls(BASE_URL).crl("issuing-1"),
 ) -> list[str]:
-    reasons = signing.template_deviations(cert, template, profile, names, public_key, plan)
+    reasons = signing.template_deviations(cert, template, profile, names, public_key, plan, crl_url=crl_url)
     assert all(r.code == "template_deviation" for r in reasons)
     assert all(r.message.startswith(f"certificate {cert.serial_number:x}: ") for r in reasons)
     return [r.message.split(": ", 1)[1] for r in reasons]
@@ -1061,3 +1062,107 @@ def test_crl_refuses_unknown_reason(issuing: signing.CaIdentity, issuing_key: ec
     entry = signing.RevokedEntry(serial=1, revoked_at=NOW, reason="certificateHold")
     with pytest.raises(ValueError, match="certificateHold"):
         signing.crl(issuing, issuing_key, 1, [entry], NOW, NOW + timedelta(days=7))
+
+
+# --- CRL shards -----------------------------------------------------------------------------
+
+SHARDS = 16
+
+
+@pytest.fixture(scope="module")
+def sharded(issuing: signing.CaIdentity) -> signing.CaIdentity:
+    """The issuing CA as one created with CRL shards."""
+    return replace(issuing, crl_shards=SHARDS)
+
+
+def _cdp_urls(cert: x509.Certificate) -> list[str]:
+    points = _ext(cert, x509.CRLDistributionPoints).value
+    return [name.value for point in points for name in point.full_name or []]
+
+
+def test_a_leaf_is_in_the_shard_of_its_serial_mod_the_shard_count(sharded: signing.CaIdentity) -> None:
+    assert sharded.shard_of(SHARDS * 1000 + 5) == 5
+    assert sharded.shards() == list(range(SHARDS))
+
+
+def test_an_unsharded_ca_has_one_crl(issuing: signing.CaIdentity) -> None:
+    assert issuing.shard_of(12345) is None
+    assert issuing.shards() == [None]
+
+
+def test_a_shard_url_names_the_ca_and_the_shard(urls: signing.Urls) -> None:
+    assert signing.Urls("https://pki.example.test/").crl("ca-1", 7) == "https://pki.example.test/crl/ca-1/7.crl"
+    assert urls.crl("ca-1").endswith("/crl/ca-1.crl")
+
+
+def test_a_leaf_of_a_sharded_ca_points_to_its_own_shard(
+    p256_key: ec.EllipticCurvePrivateKey, sharded: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    cert = _sign(p256_key.public_key(), OTHER_NAMES, sharded, issuing_key)
+    assert _cdp_urls(cert) == [signing.Urls(BASE_URL).crl("issuing-1", cert.serial_number % SHARDS)]
+
+
+def test_a_leaf_of_an_unsharded_ca_points_to_its_only_crl(leaf: x509.Certificate) -> None:
+    assert _cdp_urls(leaf) == [signing.Urls(BASE_URL).crl("issuing-1")]
+
+
+@pytest.fixture
+def sharded_plan(plan: signing.LeafPlan, template: x509.Certificate) -> signing.LeafPlan:
+    """A plan whose serial is in another shard than the template's."""
+    serial = plan.serial - plan.serial % SHARDS + (template.serial_number + 1) % SHARDS
+    return replace(plan, serial=serial)
+
+
+def test_the_template_check_takes_a_leaf_with_its_own_shard_url(
+    p256_key: ec.EllipticCurvePrivateKey,
+    sharded: signing.CaIdentity,
+    issuing_key: ec.EllipticCurvePrivateKey,
+    sharded_plan: signing.LeafPlan,
+) -> None:
+    template = _template(TLS_SERVER, "ec-p256", sharded, issuing_key)
+    cert = _sign(p256_key.public_key(), OTHER_NAMES, sharded, issuing_key, sharded_plan)
+    assert _cdp_urls(cert) != _cdp_urls(template)
+    own = signing.Urls(BASE_URL).leaf_crl(sharded, sharded_plan.serial)
+    assert _deviations(cert, template, p256_key.public_key(), sharded_plan, crl_url=own) == []
+
+
+@pytest.mark.parametrize("wrong", ["another shard", "the unsharded CRL"])
+def test_the_template_check_refuses_a_leaf_naming_another_crl(
+    wrong: str,
+    p256_key: ec.EllipticCurvePrivateKey,
+    sharded: signing.CaIdentity,
+    issuing_key: ec.EllipticCurvePrivateKey,
+    sharded_plan: signing.LeafPlan,
+) -> None:
+    template = _template(TLS_SERVER, "ec-p256", sharded, issuing_key)
+    shard = sharded.shard_of(sharded_plan.serial)
+    assert shard is not None
+    url = (
+        signing.Urls(BASE_URL).crl("issuing-1", (shard + 1) % SHARDS)
+        if wrong == "another shard"
+        else signing.Urls(BASE_URL).crl("issuing-1")
+    )
+    cdp = x509.CRLDistributionPoints([x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)])
+    good = _sign(p256_key.public_key(), OTHER_NAMES, sharded, issuing_key, sharded_plan)
+    bad = _rebuilt(good, issuing_key, replace_ext={ExtensionOID.CRL_DISTRIBUTION_POINTS: (cdp, False)})
+    own = signing.Urls(BASE_URL).leaf_crl(sharded, sharded_plan.serial)
+    assert _deviations(bad, template, p256_key.public_key(), sharded_plan, crl_url=own) == [
+        f"cRLDistributionPoints does not name this certificate's CRL {own}"
+    ]
+
+
+def test_a_shard_crl_carries_a_critical_issuing_distribution_point_naming_its_url(
+    sharded: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey
+) -> None:
+    url = signing.Urls(BASE_URL).crl("issuing-1", 3)
+    crl = signing.crl(sharded, issuing_key, 1, ENTRIES, NOW, NOW + timedelta(days=7), shard_url=url)
+    idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+    assert idp.critical
+    assert idp.value.full_name == [x509.UniformResourceIdentifier(url)]
+    assert idp.value.only_contains_user_certs
+    assert crl.is_signature_valid(issuing_key.public_key())
+
+
+def test_an_unsharded_crl_has_no_issuing_distribution_point(revocation_list: x509.CertificateRevocationList) -> None:
+    with pytest.raises(x509.ExtensionNotFound):
+        revocation_list.extensions.get_extension_for_class(x509.IssuingDistributionPoint)

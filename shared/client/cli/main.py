@@ -242,18 +242,38 @@ def validate(
 def crl(
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the DER CRL.")],
     issuer: Annotated[str | None, typer.Option(help="Issuer id (default: the current issuing CA).")] = None,
+    shard: Annotated[
+        int | None, typer.Option(min=0, help="The CRL shard (a sharded issuer publishes one CRL per shard).")
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, readable=True, help="Fetch the CRL this PEM certificate names (its shard)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the newest CRL (DER) of the issuing CA."""
-    answer = run(lambda c: c.crl(issuer))
+    """Write the newest CRL (DER) of the issuing CA, of one of its shards, or of a certificate's shard."""
+    if cert is not None:
+        if issuer is not None or shard is not None:
+            raise typer.BadParameter("--cert names the issuer and shard itself: give it without --issuer or --shard")
+        from shared.client.sdk import crl_of_certificate
+
+        try:
+            issuer, shard = crl_of_certificate(cert.read_bytes())
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cert") from None
+    answer = run(lambda c: c.crl(issuer, shard=shard))
     out_file.write_bytes(base64.b64decode(answer.der_b64))
     info = {
         "issuer": answer.ca_id,
+        "shard": answer.shard,
         "crl_number": answer.crl_number,
         "next_update": answer.next_update,
         "file": str(out_file),
     }
-    emit_json(info) if as_json else out.print(f"CRL #{answer.crl_number} of {answer.ca_id} written to {out_file}")
+    which = answer.ca_id if answer.shard is None else f"{answer.ca_id} shard {answer.shard}"
+    emit_json(info) if as_json else out.print(f"CRL #{answer.crl_number} of {which} written to {out_file}")
 
 
 @audit_app.command("history")
