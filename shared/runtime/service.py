@@ -24,10 +24,12 @@ from aiohttp import web
 from faststream import AckPolicy, ExceptionMiddleware, FastStream
 from faststream.message import StreamMessage
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsRouter, PullSub
+from faststream.nats.annotations import NatsMessage
 from faststream.nats.security import NatsNKey, NatsUserPassword
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from shared.base import logs
 from shared.base.clock import Clock, SystemClock
@@ -37,7 +39,8 @@ from shared.contract.events import EVENT_TYPES, Event, OperatorCommand
 from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
 from shared.runtime import db, rebuild, replicas
-from shared.runtime.consumer import Apply, Delivery, GroupCommit, applying, event_middleware
+from shared.runtime.batch import After, BatchApplier, BatchConsumer, PullFeed, ensure_durable
+from shared.runtime.consumer import Apply, Delivery, GroupCommit, Process, applying, event_middleware
 from shared.runtime.inflight import InFlight
 from shared.runtime.metrics import LOG_USED
 from shared.runtime.outbox import OutboxEntry, OutboxRelay
@@ -89,6 +92,9 @@ class Runtime:
     schema: int | None = None  # the oid of the schema this process started on (a new one: the database was lost)
     _watch: asyncio.Task[None] | None = None
     _rebuilder: rebuild.Rebuilder = field(init=False)
+    # Consumers run by Certbus's own batch loop (shared.runtime.batch) rather than FastStream.
+    _batch_specs: list[_BatchSpec] = field(default_factory=list)
+    batch_consumers: list[BatchConsumer[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rebuilder = rebuild.Rebuilder(self.settings.database_url, self.name)
@@ -175,6 +181,123 @@ class Runtime:
             return subscribe(handler)
 
         return decorate
+
+    def batch_consumer(
+        self,
+        purpose: str,
+        consumes: Iterable[type[Event]] | None,
+        process: Process[Any],
+        *,
+        after: After[Any] | None = None,
+        tagged: bool = False,
+    ) -> None:
+        """A durable pull consumer of the event types `consumes` (None: every message, undecoded as
+        (subject, body): audit's archive), run by Certbus's own batch loop: what a pull delivered is
+        bound to its subjects and parsed, and applied by `process` in one transaction (see
+        `shared.runtime.batch`); `after` runs once a batch is committed and acked."""
+        if not self.settings.batch_consumers:
+            self._grouped(purpose, consumes, process, after, tagged=tagged)
+            return
+        durable = self.durable(purpose)
+        if consumes is None:
+            self.consumers[durable] = [f"{self.root}.>"]
+            self._batch_specs.append(_BatchSpec(self.settings.stream, durable, _raw, process, after))
+            return
+        accept, root = _with_registry(consumes), self.root
+        self.consumers[durable] = [cls.filter(root) for cls in accept]
+        adapter: TypeAdapter[Any] = TypeAdapter(_message_type(accept, tagged=tagged))
+
+        def prepare(msg: Msg) -> Any:
+            return adapter.validate_python(bind(msg.subject, root, msg.data, accept))
+
+        self._batch_specs.append(_BatchSpec(self.settings.stream, durable, prepare, process, after))
+
+    def _grouped(
+        self,
+        purpose: str,
+        consumes: Iterable[type[Event]] | None,
+        process: Process[Any],
+        after: After[Any] | None,
+        *,
+        tagged: bool,
+    ) -> None:
+        """The same consumer as FastStream per-message handlers meeting in a `GroupCommit` (the
+        release before the batch loop; `CERTBUS_BATCH_CONSUMERS=false`, to compare)."""
+        group: GroupCommit[Any] = GroupCommit(process, self.publish_pending, held=self.held(purpose))
+
+        async def settle(item: Any, msg: NatsMessage) -> None:
+            await group.submit(item, Delivery.of(msg))
+            if after is not None:
+                await after([item])
+
+        if consumes is None:
+
+            @self.consumer(purpose, None)
+            async def on_raw(msg: NatsMessage) -> None:
+                await settle((msg.raw_message.subject, msg.raw_message.data), msg)
+
+            return
+
+        @self.consumer(purpose, consumes, tagged=tagged)
+        async def on_event(event: Event, msg: NatsMessage) -> None:
+            await settle(event, msg)
+
+    def ingress_batch_consumer(self, purpose: str, kinds: Sequence[Kind], process: Process[Any]) -> None:
+        """The ingress stream's durable of requests of `kinds`, run by the batch loop (undecoded)."""
+        if not self.settings.batch_consumers:
+            group: GroupCommit[Any] = GroupCommit(process, self.publish_pending)
+
+            @self.ingress_consumer(purpose, kinds)
+            async def on_request(msg: NatsMessage) -> None:
+                await group.submit((msg.raw_message.subject, msg.raw_message.data), Delivery.of(msg))
+
+            return
+        durable = self.durable(purpose)
+        self.ingress_consumers[durable] = [ingress_filter(self.settings.ingress_root, kind) for kind in kinds]
+        self._batch_specs.append(_BatchSpec(self.settings.ingress_stream, durable, _raw, process, None))
+
+    async def _start_batch_consumers(self) -> None:
+        """Start the batch loops (after the start-up hooks, where FastStream starts its subscribers)."""
+        settings = self.settings
+        for spec in self._batch_specs:
+            filters = (self.ingress_consumers if spec.stream == settings.ingress_stream else self.consumers)[
+                spec.durable
+            ]
+            await ensure_durable(
+                self.js,
+                spec.stream,
+                spec.durable,
+                filters,
+                ack_wait_s=settings.ack_wait_s,
+                max_deliver=settings.max_deliver,
+            )
+            feed = PullFeed(
+                self.broker.connection,
+                api_prefix=settings.js_prefix,
+                stream=spec.stream,
+                durable=spec.durable,
+                inbox_prefix=settings.inbox_prefix,
+                in_flight=self.in_flight,
+                batch=settings.batch_pull,
+            )
+            applier = BatchApplier(
+                self.name,
+                spec.durable,
+                prepare=spec.prepare,
+                process=spec.process,
+                publish=self.publish_pending,
+                pool=lambda: self.pool,
+                max_deliver=settings.max_deliver,
+                stopping=lambda: self.stopping,
+                after=spec.after,
+            )
+            consumer = BatchConsumer(feed, applier, self.in_flight, max_batch=settings.batch_max)
+            await consumer.start()
+            self.batch_consumers.append(consumer)
+
+    async def _stop_batch_consumers(self) -> None:
+        await asyncio.gather(*(consumer.stop() for consumer in self.batch_consumers))
+        self.batch_consumers = []
 
     def ingress_consumer(self, purpose: str, kinds: Sequence[Kind]) -> Callable[[Any], Any]:
         """Decorate a handler as the durable pull consumer of the ingress stream's requests of
@@ -365,6 +488,7 @@ def create_service(
             await on_start(runtime)
         runtime.assemble()
         runtime.in_flight.start()  # before the subscribers: the broker starts them after this hook
+        await runtime._start_batch_consumers()
 
     @app.after_startup
     async def serve_http() -> None:
@@ -395,6 +519,7 @@ def create_service(
         runtime.stopping = True
         if runtime._heartbeat is not None:
             await runtime._heartbeat.stop()  # its row goes first: the other replicas stop listing it
+        await runtime._stop_batch_consumers()  # the batch under way is finished, the rest handed back
         for runner in http_runner:
             await runner.cleanup()
         if on_stop is not None:
@@ -440,6 +565,22 @@ async def _undecoded(msg: StreamMessage[Any]) -> bytes:
     it as JSON first, and a hostile body nested deep enough would fail there, never handled)."""
     body: bytes = msg.body
     return body
+
+
+def _raw(msg: Msg) -> tuple[str, bytes]:
+    """A raw batch consumer's item: the message's subject and body as they came."""
+    return msg.subject, msg.data
+
+
+@dataclass(frozen=True)
+class _BatchSpec:
+    """A batch consumer declared by a service, started with it."""
+
+    stream: str
+    durable: str
+    prepare: Callable[[Msg], Any]
+    process: Process[Any]
+    after: After[Any] | None
 
 
 def _security(settings: ServiceSettings) -> NatsNKey | NatsUserPassword | None:
@@ -513,6 +654,7 @@ async def _own_health(runtime: Runtime) -> dict[str, Any]:
             else []
         ),
         *(["its NATS connection is down"] if not connected else []),
+        *(f"its consumer {c.applier.durable} has stopped" for c in runtime.batch_consumers if not c.running),
         *(["the log is full: new events are refused"] if used is not None and used >= 1.0 else []),
         *readiness.missing,
     ]
