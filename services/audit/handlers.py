@@ -76,7 +76,12 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
 
     # Every message verbatim, readable or not (the archive is the evidence): a raw batch consumer
     # hands `archive` each pull's (subject, body) pairs at once (see Runtime.batch_consumer).
-    rt.batch_consumer("archive", None, archive)
+    rt.batch_consumer(
+        "archive",
+        None,
+        archive,
+        description="Archive every message verbatim, readable or not: the archive is the evidence.",
+    )
 
     @rt.query("history")
     async def history(query: HistoryQuery) -> HistoryAnswer:

@@ -77,6 +77,7 @@ class Runtime:
     events: NatsRouter
     queries: NatsRouter
     in_flight: InFlight  # the messages its handlers hold, kept in progress while it lives
+    documented: NatsRouter = field(default_factory=NatsRouter)  # batch consumers, for the AsyncAPI document
     clock: Clock = field(default_factory=SystemClock)
     started_at: float = field(default_factory=time.monotonic)
     stopping: bool = False
@@ -142,7 +143,12 @@ class Runtime:
         return f"{self.settings.query_root}.{service or self.name}.{query}"
 
     def consumer(
-        self, purpose: str, consumes: Iterable[type[Event]] | None, *, tagged: bool = False
+        self,
+        purpose: str,
+        consumes: Iterable[type[Event]] | None,
+        *,
+        tagged: bool = False,
+        router: NatsRouter | None = None,
     ) -> Callable[[Any], Any]:
         """Decorate a handler as a durable pull consumer of the event types `consumes` on the log (a
         service's table of projections, or the types themselves; None: every message, undecoded:
@@ -164,7 +170,7 @@ class Runtime:
         durable = self.durable(purpose)
         if consumes is None:
             self.consumers[durable] = [f"{self.root}.>"]
-            return self._pull(self.settings.stream, self.root, durable, self.consumers[durable], _undecoded)
+            return self._pull(self.settings.stream, self.root, durable, self.consumers[durable], _undecoded, router)
         accept, root = _with_registry(consumes), self.root
         filters = [cls.filter(root) for cls in accept]
         self.consumers[durable] = filters
@@ -172,7 +178,7 @@ class Runtime:
         async def bound(msg: StreamMessage[Any]) -> Any:
             return bind(msg.raw_message.subject, root, msg.body, accept)
 
-        subscribe = self._pull(self.settings.stream, self.root, durable, filters, bound)
+        subscribe = self._pull(self.settings.stream, self.root, durable, filters, bound, router)
         message = _message_type(accept, tagged=tagged)
 
         def decorate(handler: Callable[..., Any]) -> Any:
@@ -190,13 +196,18 @@ class Runtime:
         *,
         after: After[Any] | None = None,
         tagged: bool = False,
+        description: str | None = None,
     ) -> None:
         """A durable pull consumer of the event types `consumes` (None: every message, undecoded as
         (subject, body): audit's archive), run by Certbus's own batch loop: what a pull delivered is
         bound to its subjects and parsed, and applied by `process` in one transaction (see
         `shared.runtime.batch`); `after` runs once a batch is committed and acked."""
-        if not self.settings.batch_consumers:
-            self._grouped(purpose, consumes, process, after, tagged=tagged)
+        # Declared as FastStream handlers too: on the running broker without batch consumers, else
+        # only in the AsyncAPI document (`documented`, never attached to a running broker).
+        batched = self.settings.batch_consumers
+        router = self.documented if batched else None
+        self._grouped(purpose, consumes, process, after, tagged=tagged, router=router, description=description)
+        if not batched:
             return
         durable = self.durable(purpose)
         if consumes is None:
@@ -220,6 +231,8 @@ class Runtime:
         after: After[Any] | None,
         *,
         tagged: bool,
+        router: NatsRouter | None,
+        description: str | None,
     ) -> None:
         """The same consumer as FastStream per-message handlers meeting in a `GroupCommit` (the
         release before the batch loop; `CERTBUS_BATCH_CONSUMERS=false`, to compare)."""
@@ -232,25 +245,29 @@ class Runtime:
 
         if consumes is None:
 
-            @self.consumer(purpose, None)
             async def on_raw(msg: NatsMessage) -> None:
                 await settle((msg.raw_message.subject, msg.raw_message.data), msg)
 
+            on_raw.__doc__ = description
+            self.consumer(purpose, None, router=router)(on_raw)
             return
 
-        @self.consumer(purpose, consumes, tagged=tagged)
         async def on_event(event: Event, msg: NatsMessage) -> None:
             await settle(event, msg)
 
+        on_event.__doc__ = description
+        self.consumer(purpose, consumes, tagged=tagged, router=router)(on_event)
+
     def ingress_batch_consumer(self, purpose: str, kinds: Sequence[Kind], process: Process[Any]) -> None:
         """The ingress stream's durable of requests of `kinds`, run by the batch loop (undecoded)."""
-        if not self.settings.batch_consumers:
-            group: GroupCommit[Any] = GroupCommit(process, self.publish_pending)
+        batched = self.settings.batch_consumers
+        group: GroupCommit[Any] = GroupCommit(process, self.publish_pending)
 
-            @self.ingress_consumer(purpose, kinds)
-            async def on_request(msg: NatsMessage) -> None:
-                await group.submit((msg.raw_message.subject, msg.raw_message.data), Delivery.of(msg))
+        @self.ingress_consumer(purpose, kinds, router=self.documented if batched else None)
+        async def on_request(msg: NatsMessage) -> None:
+            await group.submit((msg.raw_message.subject, msg.raw_message.data), Delivery.of(msg))
 
+        if not batched:
             return
         durable = self.durable(purpose)
         self.ingress_consumers[durable] = [ingress_filter(self.settings.ingress_root, kind) for kind in kinds]
@@ -299,19 +316,29 @@ class Runtime:
         await asyncio.gather(*(consumer.stop() for consumer in self.batch_consumers))
         self.batch_consumers = []
 
-    def ingress_consumer(self, purpose: str, kinds: Sequence[Kind]) -> Callable[[Any], Any]:
+    def ingress_consumer(
+        self, purpose: str, kinds: Sequence[Kind], *, router: NatsRouter | None = None
+    ) -> Callable[[Any], Any]:
         """Decorate a handler as the durable pull consumer of the ingress stream's requests of
         `kinds` (every identity's): the handler gets each message undecoded (see `shared.runtime.admission`)."""
         durable = self.durable(purpose)
         filters = [ingress_filter(self.settings.ingress_root, kind) for kind in kinds]
         self.ingress_consumers[durable] = filters
-        return self._pull(self.settings.ingress_stream, self.settings.ingress_root, durable, filters, _undecoded)
+        return self._pull(
+            self.settings.ingress_stream, self.settings.ingress_root, durable, filters, _undecoded, router
+        )
 
     def _pull(
-        self, stream: str, root: str, durable: str, filters: list[str], decoder: Callable[[Any], Any]
+        self,
+        stream: str,
+        root: str,
+        durable: str,
+        filters: list[str],
+        decoder: Callable[[Any], Any],
+        router: NatsRouter | None = None,
     ) -> Callable[[Any], Any]:
         """A FastStream pull subscriber on a durable of `stream`, with this service's settings."""
-        return self.events.subscriber(
+        return (router or self.events).subscriber(
             f"{root}.>",
             stream=JStream(stream, declare=False),
             durable=durable,
@@ -349,11 +376,14 @@ class Runtime:
                 description=(event_type.__doc__ or "").strip(),
             )
 
-    def assemble(self) -> None:
-        """Attach the event and query routers to the broker (once; after every handler is declared)."""
+    def assemble(self, *, documenting: bool = False) -> None:
+        """Attach the event and query routers to the broker (once; after every handler is declared);
+        `documenting` adds the batch consumers as FastStream handlers, for a broker never started."""
         if not self._assembled:
             self.broker.include_router(self.events)
             self.broker.include_router(self.queries)
+            if documenting:
+                self.broker.include_router(self.documented)
             self._assembled = True
 
     def durable(self, purpose: str) -> str:
