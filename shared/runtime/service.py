@@ -29,13 +29,13 @@ from faststream.nats.security import NatsNKey, NatsUserPassword
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, ValidationError
 
 from shared.base import logs
 from shared.base.clock import Clock, SystemClock
 from shared.base.settings import ServiceSettings
 from shared.contract.binding import bind
-from shared.contract.events import EVENT_TYPES, Event, OperatorCommand
+from shared.contract.events import EVENT_CLASSES, EVENT_TYPES, Event, OperatorCommand
 from shared.contract.ingress import Kind, ingress_filter
 from shared.contract.queries import Failure
 from shared.runtime import db, rebuild, replicas
@@ -216,10 +216,13 @@ class Runtime:
             return
         accept, root = _with_registry(consumes), self.root
         self.consumers[durable] = [cls.filter(root) for cls in accept]
-        adapter: TypeAdapter[Any] = TypeAdapter(_message_type(accept, tagged=tagged))
 
-        def prepare(msg: Msg) -> Any:
-            return adapter.validate_python(bind(msg.subject, root, msg.data, accept))
+        def prepare(msg: Msg) -> Event:
+            # Validated as the one class its body names (which `bind` checked against its subject and
+            # `accept`), never tried against each type in turn: a union of eight event types cost
+            # 62 us an event in pydantic's smart mode, its own class 4 us.
+            data = bind(msg.subject, root, msg.data, accept)
+            return EVENT_CLASSES[data["event_type"]].model_validate(data)
 
         self._batch_specs.append(_BatchSpec(self.settings.stream, durable, prepare, process, after))
 
