@@ -276,7 +276,9 @@ class PullFeed:
         elif msg.reply:
             self._outstanding = max(self._outstanding - 1, 0)
             if self.closed:
-                return  # never taken: redelivered after ack_wait
+                with contextlib.suppress(Exception):
+                    await msg.nak()  # stopping: handed back at once rather than after ack_wait
+                return
             self._in_flight.hold(msg)
             self._buffer.append(msg)
             self._ready.set()
