@@ -40,7 +40,7 @@ def document() -> dict[str, Any]:
             audit(AuditSettings())[1],
         ]
     for rt in runtimes:
-        rt.assemble()
+        rt.assemble(documenting=True)
     spec = AsyncAPI(
         *(rt.broker for rt in runtimes),
         title="Certbus",

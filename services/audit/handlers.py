@@ -11,7 +11,6 @@ from typing import Any
 
 import asyncpg
 import nats.js.errors
-from faststream.nats.annotations import NatsMessage
 from pydantic import ValidationError
 
 from services.audit import checks, domain, lint_job, replay, report, store, verify
@@ -49,7 +48,7 @@ from shared.contract.queries import (
     VerifyAnswer,
 )
 from shared.pki.crypto import normalise_serial
-from shared.runtime.consumer import Delivery, GroupCommit
+from shared.runtime.consumer import Delivery
 from shared.runtime.metrics import EVENTS_CONSUMED
 from shared.runtime.outbox import OutboxEntry, enqueue_many
 from shared.runtime.service import Runtime
@@ -75,14 +74,14 @@ def register(rt: Runtime, checkpointer: Checkpointer, settings: AuditSettings) -
         checkpointer.archived(archived.count)
         return entries
 
-    archiver: GroupCommit[tuple[str, bytes]] = GroupCommit(archive, rt.publish_pending)
-
-    # A raw consumer: its messages reach the handler undecoded (see Runtime.consumer).
-    @rt.consumer("archive", None)
-    async def on_message(msg: NatsMessage) -> None:
-        """Archive every message verbatim, readable or not: the archive is the evidence."""
-        raw = msg.raw_message
-        await archiver.submit((raw.subject, raw.data), Delivery.of(msg))
+    # Every message verbatim, readable or not (the archive is the evidence): a raw batch consumer
+    # hands `archive` each pull's (subject, body) pairs at once (see Runtime.batch_consumer).
+    rt.batch_consumer(
+        "archive",
+        None,
+        archive,
+        description="Archive every message verbatim, readable or not: the archive is the evidence.",
+    )
 
     @rt.query("history")
     async def history(query: HistoryQuery) -> HistoryAnswer:

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 
 import asyncpg
 from cryptography import x509
-from faststream.nats.annotations import NatsMessage
 
 from services.enrollment import domain, renewal, store
 from services.enrollment.domain import profile_of
@@ -66,7 +65,7 @@ from shared.pki.tokens import (
     provisioner_id_of,
 )
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, dispatching
+from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, applying, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Readiness, Runtime
 from shared.trust.operators import recorded
@@ -166,15 +165,17 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
         CertificateExpired: lifecycle,
         CertificateSuperseded: lifecycle,
     }
-    requests = rt.group_commit("requests", dispatching(NAME, projections))
 
-    @rt.consumer("requests", projections, tagged=True)
-    async def on_event(event: Event, msg: NatsMessage) -> None:
-        await requests.submit(event, Delivery.of(msg))
-        if isinstance(event, CertificateIssued) or (
-            isinstance(event, CertificateRevoked) and event.reason == "cACompromise"
+    async def committed(events: list[Event]) -> None:
+        if any(
+            isinstance(event, CertificateIssued)
+            or (isinstance(event, CertificateRevoked) and event.reason == "cACompromise")
+            for event in events
         ):
             schedule.wake()  # committed: it may supersede another, be due already, or its CA was compromised
+
+    requests = applying(lambda: rt.pool, rt.durable("requests"), dispatching(NAME, projections))
+    rt.batch_consumer("requests", projections, requests, after=committed, tagged=True)
 
     @rt.query("requests")
     async def list_requests(query: RequestsQuery) -> RequestsAnswer:

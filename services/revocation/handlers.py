@@ -7,7 +7,6 @@ import logging
 from datetime import datetime
 
 import asyncpg
-from faststream.nats.annotations import NatsMessage
 
 from services.revocation import domain, store
 from shared.base.settings import RevocationSettings
@@ -28,7 +27,7 @@ from shared.contract.events import (
 from shared.contract.ingress import Kind
 from shared.contract.reasons import Reason, printable
 from shared.runtime.admission import Admission
-from shared.runtime.consumer import Delivery, Projections, Together, dispatching
+from shared.runtime.consumer import Projections, Together, applying, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
 from shared.runtime.service import Runtime
 from shared.trust.operators import recorded
@@ -69,17 +68,17 @@ def register(rt: Runtime, settings: RevocationSettings) -> None:
             conn, rt, event, recorded(delivery.signers), rt.decided_at(delivery)
         ),
     }
-    requests = rt.group_commit("requests", dispatching(NAME, projections))
 
-    @rt.consumer("requests", projections)
-    async def on_event(event: Event, msg: NatsMessage) -> None:
-        await requests.submit(event, Delivery.of(msg))
-        if isinstance(event, CaCompromised):
+    async def committed(events: list[Event]) -> None:
+        if any(isinstance(event, CaCompromised) for event in events):
             # Its revocations were enqueued, not returned (there may be millions): publish them now.
             try:
                 await rt.relay.drain()
             except Exception as exc:  # noqa: BLE001 - committed: the relay publishes what is left
                 log.warning("draining a compromise's revocations failed; the relay goes on", extra={"error": repr(exc)})
+
+    requests = applying(lambda: rt.pool, rt.durable("requests"), dispatching(NAME, projections))
+    rt.batch_consumer("requests", projections, requests, after=committed)
 
 
 def _serial_named(raw: bytes) -> str:

@@ -6,7 +6,6 @@ import logging
 
 import asyncpg
 from cryptography import x509
-from faststream.nats.annotations import NatsMessage
 
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
@@ -31,7 +30,7 @@ from shared.contract.events import (
 )
 from shared.contract.profiles import Profile
 from shared.contract.queries import RetireCheckAnswer, RetireCheckQuery
-from shared.runtime.consumer import Delivery, EventRejected, GroupCommit, Together, apply_events, dispatching
+from shared.runtime.consumer import Delivery, EventRejected, Together, apply_events, applying, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue
 from shared.runtime.service import Runtime
 from shared.trust.operators import REGISTRY
@@ -56,15 +55,11 @@ def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: Template
         ProfileLinted,
         CertificateLintFailed,
     )
-    approvals: GroupCommit[Event] = GroupCommit(
-        lambda items: work(rt, items, cas=cas, book=book, crls=crls, retirements=retirements),
-        rt.publish_pending,
-        held=rt.held("approved"),  # in log order (see GroupCommit)
-    )
 
-    @rt.consumer("approved", APPROVALS)
-    async def on_approved(event: Event, msg: NatsMessage) -> None:
-        await approvals.submit(event, Delivery.of(msg))
+    async def approvals(items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
+        return await work(rt, items, cas=cas, book=book, crls=crls, retirements=retirements)
+
+    rt.batch_consumer("approved", APPROVALS, approvals)
 
     @rt.query("retire_check")
     async def retire_check(query: RetireCheckQuery) -> RetireCheckAnswer:
@@ -91,12 +86,11 @@ def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: Template
             invalidity_date=event.invalidity_date,
         )
 
-    revocations = rt.group_commit("revoked", remember)
-
-    @rt.consumer("revoked", [CertificateRevoked])
-    async def on_revoked(event: CertificateRevoked, msg: NatsMessage) -> None:
-        await revocations.submit(event, Delivery.of(msg))
+    async def revoked(_: list[Event]) -> None:
         crls.wake()
+
+    revocations = applying(lambda: rt.pool, rt.durable("revoked"), remember)
+    rt.batch_consumer("revoked", [CertificateRevoked], revocations, after=revoked)
 
 
 async def load_profiles(rt: Runtime, cas: CaRegistry, book: TemplateBook) -> None:

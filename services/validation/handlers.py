@@ -10,7 +10,6 @@ import logging
 import asyncpg
 import nats.js.errors
 from cryptography import x509
-from faststream.nats.annotations import NatsMessage
 
 from services.validation import domain, store
 from services.validation.ocsp import ResponderSet
@@ -36,7 +35,8 @@ from shared.contract.queries import (
     ValidateQuery,
 )
 from shared.pki.crypto import normalise_serial, serial_hex
-from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, dispatching
+from shared.runtime.consumer import Delivery, EventRejected, Projections, Together, applying, dispatching
+from shared.runtime.outbox import OutboxEntry
 from shared.runtime.service import Runtime
 from shared.runtime.stream import read_object
 
@@ -75,12 +75,29 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
         CertificateExpired: lambda conn, event, _: store.apply_expired(conn, event),
         CertificateDestroyed: lambda conn, event, _: store.apply_destroyed(conn, event),
     }
-    read_model = rt.group_commit("status", dispatching(NAME, projections))
+    apply = applying(lambda: rt.pool, rt.durable("status"), dispatching(NAME, projections))
 
-    @rt.consumer("status", projections)
-    async def on_event(event: Event, msg: NatsMessage) -> None:
-        if not isinstance(event, CrlPublished):
-            await read_model.submit(event, Delivery.of(msg))  # returns once the transaction committed
+    async def read_model(items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
+        """Apply a batch in one transaction, its CRLs fetched from the object store before it."""
+        kept = []
+        for event, delivery in items:
+            if isinstance(event, CrlPublished):
+                try:
+                    crl_bytes[event.object_name] = await _fetch_crl(rt, event)
+                except nats.js.errors.NotFoundError:
+                    # Signing keeps only the newest few CRL objects: a newer CRL is already on the log.
+                    log.warning("CRL object gone (superseded); skipped", extra={"object": event.object_name})
+                    continue
+            kept.append((event, delivery))
+        try:
+            return await apply(kept)
+        finally:
+            for event, _ in kept:
+                if isinstance(event, CrlPublished):
+                    crl_bytes.pop(event.object_name, None)
+
+    async def committed(events: list[Event]) -> None:
+        for event in events:
             if isinstance(event, CertificateRevoked):
                 # Frees memory only: a cached response is reused solely while the status read from
                 # the database per request equals the one it was signed for, so replicas that never
@@ -89,17 +106,8 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
                 keeper.certificate_revoked(event.issuer_id, event.serial)
             elif isinstance(event, CaCreated) and event.role == "issuing":
                 keeper.wake()
-            return
-        try:
-            crl_bytes[event.object_name] = await _fetch_crl(rt, event)
-        except nats.js.errors.NotFoundError:
-            # Signing keeps only the newest few CRL objects: a newer CRL is already on the log.
-            log.warning("CRL object gone (superseded); skipped", extra={"object": event.object_name})
-            return
-        try:
-            await read_model.submit(event, Delivery.of(msg))
-        finally:
-            crl_bytes.pop(event.object_name, None)
+
+    rt.batch_consumer("status", projections, read_model, after=committed)
 
     @rt.query("status")
     async def status(query: StatusQuery) -> StatusAnswer:

@@ -101,6 +101,11 @@ class ServiceSettings(CommonSettings):
     # their process lives (`shared.runtime.inflight`), so a short wait costs a live handler nothing.
     ack_wait_s: float = 3.0
     fetch_batch: int = 64
+    # Batch consumers (shared.runtime.batch): how many messages their pull requests keep asked for
+    # (buffered ones included), and how many one transaction applies at most.
+    batch_consumers: bool = True  # false: FastStream's per-message handlers and a GroupCommit, as before
+    batch_pull: int = 256
+    batch_max: int = 256
     # At shutdown, how long NATS may take to drain subscriptions before the connection is closed
     # anyway (anything unacknowledged is redelivered): a stop stays within a 30 s grace period.
     drain_timeout_s: int = 10

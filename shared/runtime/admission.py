@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
-from faststream.nats.annotations import NatsMessage
 from prometheus_client import Counter
 
 from shared.contract.events import Event
 from shared.contract.ingress import INTAKES, Admitted, Kind, Refused, admit, sender
 from shared.contract.reasons import Reason, printable
-from shared.runtime.consumer import Delivery, GroupCommit
+from shared.runtime.consumer import Delivery
 from shared.runtime.outbox import OutboxEntry, enqueue_many
 from shared.runtime.service import Runtime
 
@@ -68,15 +67,11 @@ class Admission:
         self._kinds = tuple(kinds)
         self._refusal = refusal
         self._rate = rate_per_min
-        self._group: GroupCommit[tuple[str, bytes]] = GroupCommit(self._process, rt.publish_pending)
 
     def register(self) -> None:
         """Attach the ingress consumer to the runtime."""
 
-        @self._rt.ingress_consumer("admit", self._kinds)
-        async def on_request(msg: NatsMessage) -> None:
-            raw = msg.raw_message
-            await self._group.submit((raw.subject, raw.data), Delivery.of(msg))
+        self._rt.ingress_batch_consumer("admit", self._kinds, self._process)
 
     async def _process(self, items: list[tuple[tuple[str, bytes], Delivery]]) -> list[OutboxEntry]:
         rt = self._rt

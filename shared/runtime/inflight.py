@@ -54,12 +54,21 @@ class InFlight:
     @contextlib.contextmanager
     def holding(self, msg: Msg) -> Iterator[None]:
         """Keep `msg` in progress until the block ends (the caller acks or nacks it after that)."""
-        key = id(msg)
-        self._held[key] = (msg, self._monotonic())
+        self.hold(msg)
         try:
             yield
         finally:
-            self._held.pop(key, None)
+            self.release(msg)
+
+    def hold(self, msg: Msg) -> None:
+        """Keep `msg` in progress from now until `release` (a batch consumer holds it from arrival)."""
+        self._held[id(msg)] = (msg, self._monotonic())
+
+    def release(self, msg: Msg) -> None:
+        """Stop keeping `msg` in progress (it is settled, or handed back)."""
+        held = self._held.get(id(msg))
+        if held is not None and held[0] is msg:
+            del self._held[id(msg)]
 
     async def beat(self) -> int:
         """Send `+WPI` for every message held for a sixth of ack_wait or more; returns how many went.
