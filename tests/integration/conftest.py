@@ -10,6 +10,7 @@ import pytest
 
 from harness import Harness
 from services.audit import store
+from services.signing import store as signing_store
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import KeyType, PrivateKey, build_csr, generate_key
 from shared.runtime import db
@@ -42,5 +43,14 @@ async def audit_archive(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on audit's schema, migrated, with no service running (the archive alone)."""
     pool = await db.create_pool(database_url, "audit")
     await db.migrate(pool, "audit", [Path(store.__file__).parent / "migrations"])
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def signing(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on signing's schema, migrated, with no service running."""
+    pool = await db.create_pool(database_url, "signing")
+    await db.migrate(pool, "signing", [Path(signing_store.__file__).parent / "migrations"])
     yield pool
     await pool.close()

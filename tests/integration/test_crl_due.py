@@ -5,28 +5,15 @@ before shards that are only due for their refresh."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
-import pytest
 from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
 from shared.pki.crypto import generate_key
-from shared.runtime import db
 
-MIGRATIONS = Path(store.__file__).parent / "migrations"
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def signing(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "signing")
-    await db.migrate(pool, "signing", [MIGRATIONS])
-    yield pool
-    await pool.close()
 
 
 async def _ca(conn: asyncpg.Connection, shards: int | None) -> str:

@@ -6,7 +6,6 @@ stops the start with the CA it is about."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,18 +18,8 @@ from services.signing.keystore import KeyStore
 from services.signing.rebuild import KeysDoNotMatchTheLog, adopting
 from shared.contract.events import CaCreated, CaKeyDestroyed, CrlPublished, Event
 from shared.pki.crypto import PrivateKey, generate_key, spki_sha256
-from shared.runtime import db
 
-MIGRATIONS = Path(store.__file__).parent / "migrations"
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def signing(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(database_url, "signing")
-    await db.migrate(pool, "signing", [MIGRATIONS])
-    yield pool
-    await pool.close()
 
 
 def _created(ca_id: str, key: PrivateKey) -> CaCreated:
