@@ -79,6 +79,11 @@ def requested_names(csr: x509.CertificateSigningRequest) -> Names | Reason:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return Names([], [], [])
+    except x509.UnsupportedGeneralNameType as exc:  # x400Address, ediPartyName: never certified
+        return Reason(
+            code="name_type_not_allowed",
+            message=f"the CSR's subjectAltName holds a name type Certbus never certifies: {exc}",
+        )
     except (ValueError, UnicodeError, x509.DuplicateExtension) as exc:
         return Reason(code="csr_malformed", message=f"the CSR's extensions cannot be read: {exc}")
     names = Names([], [], [])
@@ -190,7 +195,7 @@ def check_csr(csr: x509.CertificateSigningRequest, profile: Profile, blocked_key
         )
     try:
         extensions = csr.extensions
-    except (ValueError, UnicodeError, x509.DuplicateExtension) as exc:
+    except (ValueError, UnicodeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         return [*reasons, Reason(code="csr_malformed", message=f"the CSR's extensions cannot be read: {exc}")]
     reasons += requested_extension_problems(profile, extensions)
     return reasons

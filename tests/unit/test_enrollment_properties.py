@@ -17,7 +17,7 @@ import hostile
 import pydantic
 import pytest
 from cryptography import x509
-from hypothesis import HealthCheck, currently_in_test_context, event, given, settings, target
+from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings, target
 from hypothesis import strategies as st
 from test_events import SAMPLES
 
@@ -126,10 +126,24 @@ def _check_approval(csr: x509.CertificateSigningRequest, approval: Approval, nam
 
 
 VALIDITY = st.one_of(st.none(), st.integers(-2, 120))
+# Found by the search (2026-12-05): an x400Address in the subjectAltName, a name type the
+# cryptography library refuses to decode (UnsupportedGeneralNameType, not a ValueError).
+X400_ADDRESS_CSR = (
+    "-----BEGIN CERTIFICATE REQUEST-----\n"
+    "MIIBHTCBxQIBADAXMRUwEwYDVQQDDAxhcHAuc3ZjLnRlc3QwWTATBgcqhkjOPQIB\n"
+    "BggqhkjOPQMBBwNCAARcRstPJeYlavCHSGjja0lolIbYFsuKkVKuw1RR3xpmErrG\n"
+    "ITirJjbE742/6Vhc4lxXwRIxDNvScBgmEjqbCXnsoEwwSgYJKoZIhvcNAQkOMT0w\n"
+    "OzA5BgNVHREEMjAwggxhcHAuc3ZjLnRlc3SCDGFwaS5zdmMudGVzdKMECgAAAYEM\n"
+    "b3BzQHN2Yy50ZXN0MAoGCCqGSM49BAMCA0cAMEQCIEO9LlW2fpx/lN4oQBG7CLMi\n"
+    "DAs1sDRLwTVJm8MwJ5v4AiBm1iTSNislYyclkgOQ/IJmeXq0/rTj3DqA/dTbbJ8c\n"
+    "Qw==\n"
+    "-----END CERTIFICATE REQUEST-----\n"
+)
 
 
 @CSR_SETTINGS
 @given(hostile.mutated_csrs(BASE), VALIDITY)
+@example(X400_ADDRESS_CSR, None)
 def test_review_of_mutated_csrs_never_raises_and_approves_only_what_the_profile_allows(
     pem: str, validity_days: int | None
 ) -> None:
