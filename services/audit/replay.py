@@ -29,6 +29,10 @@ STALL_S = 30.0
 RETRY_S = 0.5
 # How long a pull request waits for messages before the server ends it (the reader asks again).
 _PULL_EXPIRES_S = 5.0
+# While a pull request waits, the server sends a heartbeat this often; none for three of them while
+# a request is outstanding means the consumer is gone (deleted, or expired while the reader's user
+# was busy: the server answers nothing to a request for a consumer it no longer has).
+_HEARTBEAT_S = 1.0
 _COMPARED = "stream_seq, subject, subject_exact, raw, hash"  # what a replay must reproduce exactly
 
 
@@ -105,7 +109,7 @@ class _Reader:
         self._arrived = asyncio.Event()
         self._lost = False  # the consumer refused a request: make a new one
         self._done = False  # the message at `through` was read
-        self._progressed = time.monotonic()
+        self._progressed = self._heard = time.monotonic()
 
     async def run(self) -> None:
         sub = await self._nc.subscribe(self._inbox, cb=self._on_message, pending_msgs_limit=0, pending_bytes_limit=0)
@@ -127,6 +131,8 @@ class _Reader:
                 return
             if time.monotonic() - self._progressed > self._stall_s:
                 raise TimeoutError(f"no progress reading the stream for {self._stall_s:.0f} s after {self._seen}")
+            if self._asked and time.monotonic() - self._heard > 3 * _HEARTBEAT_S:
+                self._lost = True
             if self._lost:
                 await asyncio.sleep(RETRY_S)
                 await self._start_consumer()
@@ -161,13 +167,18 @@ class _Reader:
         self._consumer, self._asked, self._lost = name, 0, False
 
     async def _ask(self) -> None:
-        request = json.dumps({"batch": self._batch, "expires": int(_PULL_EXPIRES_S * 1e9)}).encode()
+        request = json.dumps(
+            {"batch": self._batch, "expires": int(_PULL_EXPIRES_S * 1e9), "idle_heartbeat": int(_HEARTBEAT_S * 1e9)}
+        ).encode()
+        if not self._asked:
+            self._heard = time.monotonic()  # the silence that counts starts with the first request out
         await self._nc.publish(
             f"{self._api}.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}", request, reply=self._inbox
         )
         self._asked += self._batch
 
     async def _on_message(self, msg: Msg) -> None:
+        self._heard = time.monotonic()
         status = msg.headers.get(Header.STATUS) if msg.headers and not msg.data else None
         if status is not None:
             # 408: a request expired (or 409: ended) before it was filled; the rest of it is void.

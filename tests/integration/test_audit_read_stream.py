@@ -5,6 +5,7 @@ or a repeat; a read that cannot reach that position fails instead of passing for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -64,11 +65,15 @@ async def test_a_lost_consumer_is_replaced_after_the_last_message_read(
     deleted = 0
     async for chunk in replay.read_all(queue, reader, 1000):
         seqs.extend(seq for seq, _, _ in chunk)
-        if deleted < 3 and len(seqs) > 200 * (deleted + 1):
+        if deleted < 2 and len(seqs) > 200 * (deleted + 1):
+            if deleted == 1:
+                # The reader's queue fills and its requests are all answered: the consumer is
+                # deleted while no request of the reader's is outstanding.
+                await asyncio.sleep(1.0)
             for info in await js.consumers_info(stream):
                 await js.delete_consumer(stream, info.name)
                 deleted += 1
-    assert deleted == 3
+    assert deleted == 2
     assert seqs == list(range(1, 1001))
 
 
@@ -97,6 +102,7 @@ async def test_a_read_whose_server_goes_away_fails_within_its_stall_limit() -> N
                     await asyncio.to_thread(server.stop, True)
                     started = time.monotonic()
         assert time.monotonic() - started < 10
-        await nc.close()
+        with contextlib.suppress(OSError):  # its server was killed under it
+            await nc.close()
     finally:
         server.cleanup()
