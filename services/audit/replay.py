@@ -123,7 +123,8 @@ class _Reader:
     async def _read(self) -> None:
         await self._start_consumer()
         while True:
-            if self._buffer:
+            # What arrived while a put waited (the end, too) is handed on before the end is acted on.
+            while self._buffer:
                 chunk, self._buffer = self._buffer, []
                 await self._queue.put(chunk)  # waits while the reader's user is behind
                 self._progressed = time.monotonic()

@@ -55,6 +55,19 @@ async def test_every_message_of_the_log_once_in_order_up_to_where_the_read_began
     assert read == want
 
 
+async def test_a_slow_reader_of_the_batches_still_gets_the_last_ones(
+    log: tuple[Client, JetStreamContext, str],
+) -> None:
+    _, js, stream = log
+    await _publish(js, [f"{stream}.log.{i}" for i in range(1, 1501)])
+    queue, reader = await replay.read_stream(js, stream, f"{stream}.log.>", 1500, batch=50)
+    seqs: list[int] = []
+    async for chunk in replay.read_all(queue, reader, 1500):
+        seqs.extend(seq for seq, _, _ in chunk)
+        await asyncio.sleep(0.05)  # the queue stays full: the end arrives while the reader waits on it
+    assert seqs == list(range(1, 1501))
+
+
 async def test_a_lost_consumer_is_replaced_after_the_last_message_read(
     log: tuple[Client, JetStreamContext, str],
 ) -> None:
