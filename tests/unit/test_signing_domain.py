@@ -1107,9 +1107,15 @@ def test_a_leaf_of_an_unsharded_ca_points_to_its_only_crl(leaf: x509.Certificate
 
 
 @pytest.fixture
-def sharded_plan(plan: signing.LeafPlan, template: x509.Certificate) -> signing.LeafPlan:
-    """A plan whose serial is in another shard than the template's."""
-    serial = plan.serial - plan.serial % SHARDS + (template.serial_number + 1) % SHARDS
+def sharded_template(sharded: signing.CaIdentity, issuing_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    return _template(TLS_SERVER, "ec-p256", sharded, issuing_key)
+
+
+@pytest.fixture
+def sharded_plan(plan: signing.LeafPlan, sharded_template: x509.Certificate) -> signing.LeafPlan:
+    """A plan whose serial is in another shard than the sharded CA's template's (a random serial is in the
+    same shard one time in SHARDS)."""
+    serial = plan.serial - plan.serial % SHARDS + (sharded_template.serial_number + 1) % SHARDS
     return replace(plan, serial=serial)
 
 
@@ -1118,8 +1124,9 @@ def test_the_template_check_takes_a_leaf_with_its_own_shard_url(
     sharded: signing.CaIdentity,
     issuing_key: ec.EllipticCurvePrivateKey,
     sharded_plan: signing.LeafPlan,
+    sharded_template: x509.Certificate,
 ) -> None:
-    template = _template(TLS_SERVER, "ec-p256", sharded, issuing_key)
+    template = sharded_template
     cert = _sign(p256_key.public_key(), OTHER_NAMES, sharded, issuing_key, sharded_plan)
     assert _cdp_urls(cert) != _cdp_urls(template)
     own = signing.Urls(BASE_URL).leaf_crl(sharded, sharded_plan.serial)
@@ -1133,8 +1140,9 @@ def test_the_template_check_refuses_a_leaf_naming_another_crl(
     sharded: signing.CaIdentity,
     issuing_key: ec.EllipticCurvePrivateKey,
     sharded_plan: signing.LeafPlan,
+    sharded_template: x509.Certificate,
 ) -> None:
-    template = _template(TLS_SERVER, "ec-p256", sharded, issuing_key)
+    template = sharded_template
     shard = sharded.shard_of(sharded_plan.serial)
     assert shard is not None
     url = (
