@@ -1,14 +1,16 @@
 """Validation's HTTP for relying parties that know nothing of NATS: CRLs, CA certificates and OCSP.
 
 OCSP (RFC 6960 A.1) is answered at `/ocsp` by POST (body: the DER request) and at
-`/ocsp/{base64 request}` by GET. The status is read from the read model on every request, and a
-signed response is reused while the status it was signed for is still the status (see
-`ResponderSet`), so a response cached by this replica is never stale, whichever replica consumed
-the revocation. GET answers with a definite status and no nonce carry RFC 5019 caching headers.
+`/ocsp/{base64 request}` by GET. The status comes from the replica's memory once a poll of the
+status changes that began after the request arrived has completed (`StatusView`), and a signed
+response is reused while the status it was signed for is still the status (see `ResponderSet`), so
+a response cached by this replica is never stale, whichever replica consumed the revocation. GET
+answers with a definite status and no nonce carry RFC 5019 caching headers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from datetime import datetime
@@ -19,16 +21,16 @@ from aiohttp import web
 from cryptography.x509 import ocsp as x509_ocsp
 from prometheus_client import Counter
 
-from services.validation import domain, store
+from services.validation import store
 from services.validation.ocsp import (
-    UNKNOWN,
+    DEFAULT_CACHE_ENTRIES,
     MalformedRequest,
     OcspError,
     ResponderSet,
-    Status,
     decode_get,
     unsuccessful,
 )
+from services.validation.statuses import StatusView
 from shared.base.settings import ValidationSettings
 from shared.runtime.consumer import TRANSIENT_ERRORS
 from shared.runtime.service import Runtime
@@ -42,7 +44,9 @@ TRY_LATER = unsuccessful(x509_ocsp.OCSPResponseStatus.TRY_LATER)
 OCSP_RESPONSES = Counter("certbus_ocsp_responses_total", "OCSP responses sent, by outcome", ["outcome"])
 
 
-def routes(rt: Runtime, settings: ValidationSettings, responders: ResponderSet) -> list[web.RouteDef]:
+def routes(
+    rt: Runtime, settings: ValidationSettings, responders: ResponderSet, statuses: StatusView
+) -> list[web.RouteDef]:
     """The relying-party routes, at the root and, if the public base URL has a path, under it too
     (so URLs embedded in certificates work with or without a path-stripping proxy in front)."""
 
@@ -74,7 +78,7 @@ def routes(rt: Runtime, settings: ValidationSettings, responders: ResponderSet) 
             OCSP_RESPONSES.labels(exc.status.name.lower()).inc()
             return exc.response, False
         try:
-            status = await _status(rt, ocsp_request.serial, responder.ca_id)
+            status = await statuses.status(responder.ca_id, ocsp_request.serial)
         except TRANSIENT_ERRORS as exc:
             log.warning("OCSP status lookup failed", extra={"error": repr(exc)})
             OCSP_RESPONSES.labels("try_later").inc()
@@ -116,15 +120,6 @@ def routes(rt: Runtime, settings: ValidationSettings, responders: ResponderSet) 
     return found
 
 
-async def _status(rt: Runtime, serial: str, ca_id: str) -> Status:
-    """What the read model says of `serial` as issued by CA `ca_id` (unknown if that CA never did)."""
-    async with rt.pool.acquire() as conn:
-        row = await store.status(conn, serial)
-    if row is None or row["issuer_id"] != ca_id:
-        return UNKNOWN
-    return Status.from_record(domain.StatusRecord(row["serial"], row["status"], row["revoked_at"], row["reason"]))
-
-
 async def _body(request: web.Request) -> bytes:
     """The request body, refused (413) beyond MAX_OCSP_REQUEST_BYTES whatever Content-Length says."""
     if request.content_length is not None and request.content_length > MAX_OCSP_REQUEST_BYTES:
@@ -139,12 +134,21 @@ async def _body(request: web.Request) -> bytes:
 
 def _cache_headers(response: bytes, now: datetime) -> dict[str, str]:
     """RFC 5019 6.2: cacheable until nextUpdate, dated by thisUpdate, tagged by content."""
+    dated = _dates(response)
+    if dated is None:
+        return NOT_CACHEABLE
+    next_update, fixed = dated
+    max_age = max(0, int((next_update - now).total_seconds()))
+    return {"Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate", **fixed}
+
+
+@functools.lru_cache(maxsize=DEFAULT_CACHE_ENTRIES)
+def _dates(response: bytes) -> tuple[datetime, dict[str, str]] | None:
+    """A response's nextUpdate and the headers that depend on it alone, parsed once per response."""
     parsed = x509_ocsp.load_der_ocsp_response(response)
     if parsed.response_status is not x509_ocsp.OCSPResponseStatus.SUCCESSFUL or parsed.next_update_utc is None:
-        return NOT_CACHEABLE
-    max_age = max(0, int((parsed.next_update_utc - now).total_seconds()))
-    return {
-        "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+        return None
+    return parsed.next_update_utc, {
         "Last-Modified": format_datetime(parsed.this_update_utc, usegmt=True),
         "Expires": format_datetime(parsed.next_update_utc, usegmt=True),
         "ETag": f'"{hashlib.sha256(response).hexdigest()}"',

@@ -99,9 +99,9 @@ def register(rt: Runtime, responders: ResponderSet, keeper: ResponderKeeper) -> 
     async def committed(events: list[Event]) -> None:
         for event in events:
             if isinstance(event, CertificateRevoked):
-                # Frees memory only: a cached response is reused solely while the status read from
-                # the database per request equals the one it was signed for, so replicas that never
-                # see this event (one replica consumes each) never serve a stale "good".
+                # Frees memory only: every replica (one consumes each event) drops the serial when
+                # its poll of the status changes sees the row committed with it (StatusView), and
+                # answers no request from memory before a poll begun after the request has.
                 responders.invalidate(event.issuer_id, event.serial)
                 keeper.certificate_revoked(event.issuer_id, event.serial)
             elif isinstance(event, CaCreated) and event.role == "issuing":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -15,6 +16,10 @@ from shared.contract.events import (
     CertificateRevoked,
     CertificateSuperseded,
 )
+
+# Appended to a statement whose CTE `changed` returns (serial, issuer_id) of the rows whose OCSP status
+# it may have changed: the change is recorded in the same transaction, for every replica's poll.
+_CHANGED = "INSERT INTO status_changes (serial, ca_id) SELECT serial, issuer_id FROM changed"
 
 
 async def apply_issued(conn: asyncpg.Connection, issued: Sequence[tuple[CertificateIssued, bytes]]) -> None:
@@ -37,10 +42,11 @@ async def apply_issued(conn: asyncpg.Connection, issued: Sequence[tuple[Certific
 async def apply_revoked(conn: asyncpg.Connection, e: CertificateRevoked) -> None:
     """Mark a serial revoked (the earliest revocation time is kept)."""
     await conn.execute(
-        "INSERT INTO certificates (serial, cert_id, issuer_id, status, revoked_at, reason) "
+        "WITH changed AS (INSERT INTO certificates (serial, cert_id, issuer_id, status, revoked_at, reason) "
         "VALUES ($1, $2, $3, 'revoked', $4, $5) ON CONFLICT (serial) DO UPDATE SET status = 'revoked', "
         "revoked_at = LEAST(COALESCE(certificates.revoked_at, $4), $4), "
-        "reason = COALESCE(certificates.reason, $5)",
+        "reason = COALESCE(certificates.reason, $5) RETURNING serial, issuer_id) "
+        f"{_CHANGED}",
         e.serial,
         e.aggregate_id,
         e.issuer_id,
@@ -69,9 +75,10 @@ async def apply_expired(conn: asyncpg.Connection, e: CertificateExpired) -> None
 async def apply_destroyed(conn: asyncpg.Connection, e: CertificateDestroyed) -> None:
     """Mark a certificate destroyed and purge its body (it stays revoked for OCSP and CRLs)."""
     await conn.execute(
-        "INSERT INTO certificates (serial, cert_id, issuer_id, status, fingerprint, destroyed_at) "
+        "WITH changed AS (INSERT INTO certificates (serial, cert_id, issuer_id, status, fingerprint, destroyed_at) "
         "VALUES ($1, $2, $3, 'revoked', NULLIF($4, ''), $5) ON CONFLICT (serial) DO UPDATE SET cert_der = NULL, "
-        "destroyed_at = COALESCE(certificates.destroyed_at, $5)",
+        "destroyed_at = COALESCE(certificates.destroyed_at, $5) RETURNING serial, issuer_id) "
+        f"{_CHANGED}",
         e.serial,
         e.aggregate_id,
         e.issuer_id,
@@ -138,7 +145,11 @@ async def status(conn: asyncpg.Connection, serial: str) -> asyncpg.Record | None
 async def apply_compromise(conn: asyncpg.Connection, ca_id: str, at: datetime) -> None:
     """Record a CA as compromised (the first declaration's time is kept)."""
     await conn.execute(
-        "UPDATE cas SET compromised_at = LEAST(COALESCE(compromised_at, $2), $2) WHERE ca_id = $1", ca_id, at
+        "WITH changed AS (UPDATE cas SET compromised_at = LEAST(COALESCE(compromised_at, $2), $2) WHERE ca_id = $1 "
+        "RETURNING NULL::text AS serial, ca_id AS issuer_id) "
+        f"{_CHANGED}",
+        ca_id,
+        at,
     )
 
 
@@ -187,3 +198,43 @@ async def live_issuing_cas(conn: asyncpg.Connection, now: datetime) -> list[tupl
         now,
     )
     return [(r["ca_id"], r["not_after"]) for r in rows]
+
+
+class Snapshot(NamedTuple):
+    """A PostgreSQL snapshot (pg_snapshot): transactions below `xmin` had finished, those at or above
+    `xmax` had not begun, those in `xip` were in progress."""
+
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        """From pg_snapshot's text form, `xmin:xmax:xip,...`."""
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+
+
+async def status_changes_since(conn: asyncpg.Connection, seen: Snapshot) -> tuple[Snapshot, list[asyncpg.Record]]:
+    """The status changes committed since the snapshot `seen` (those its transactions could not see:
+    begun at or after its xmax, or in progress then), and the snapshot they were read in."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT pg_current_snapshot()::text AS snapshot, c.id, c.serial, c.ca_id "
+        "FROM (SELECT 1) AS one LEFT JOIN status_changes c "
+        "ON c.xid >= $1::text::xid8 OR c.xid = ANY($2::text[]::xid8[])",
+        str(seen.xmax),
+        [str(x) for x in seen.xip],
+    )
+    return Snapshot.parse(rows[0]["snapshot"]), [r for r in rows if r["id"] is not None]
+
+
+async def snapshot(conn: asyncpg.Connection) -> Snapshot:
+    """A snapshot taken now."""
+    return Snapshot.parse(await conn.fetchval("SELECT pg_current_snapshot()::text"))
+
+
+async def prune_status_changes(conn: asyncpg.Connection, floor: int) -> int:
+    """Delete the status changes of the transactions below `floor` (a snapshot's xmin seen long enough
+    ago that every replica has polled since, or forgotten everything); how many were deleted."""
+    result: str = await conn.execute("DELETE FROM status_changes WHERE xid < $1::text::xid8", str(floor))
+    return int(result.rsplit(" ", 1)[-1])

@@ -184,6 +184,11 @@ class ValidationSettings(ServiceSettings):
     ocsp_responder_name: str = "validation.ocsp.internal"
     ocsp_validity_s: int = 3600
     ocsp_check_interval_s: float = 60.0
+    # OCSP statuses kept in memory (services/validation/statuses.py): how many, and how long the
+    # `status_changes` rows every replica polls are kept (a replica that could not poll for half of
+    # that forgets every status it held).
+    ocsp_status_entries: int = Field(default=1_000_000, ge=1)
+    ocsp_status_changes_keep_s: float = Field(default=600.0, gt=2)
 
     @property
     def ocsp_provisioner_public_key_file(self) -> Path:

@@ -24,7 +24,8 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from clock import TestClock
 from deploy.local.devstack import SERVICES
 from harness import Harness, eventually
-from shared.contract.events import CertificateIssued, EnrollmentApproved
+from services.validation import store as validation_store
+from shared.contract.events import CertificateIssued, CertificateRevoked, EnrollmentApproved
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
@@ -264,6 +265,37 @@ async def test_every_replica_answers_revoked_after_one_of_them_applied_the_revoc
         response = await post(ocsp_stack, request, port)
         assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
         assert response.revocation_reason is x509.ReasonFlags.superseded
+
+
+async def test_a_revocation_committed_before_a_request_is_never_answered_good_by_a_replica_that_cached_good(
+    ocsp_stack: Harness, tmp_path: Path
+) -> None:
+    """The revocation is committed straight into the read model (as whichever replica consumed it
+    would): neither replica's consumer runs, yet both answer revoked at once, never their cached good."""
+    await ocsp_stack.start_replica("validation", "validation-2")
+    port_2 = ocsp_stack.runtime("validation-2").settings.http_port
+    issued = await ocsp_stack.enroll("committed.corp.internal")
+    files = await write_files(ocsp_stack, issued, tmp_path / "committed")
+    request = ocsp_request(files.cert, files.issuer)
+    for port in (None, port_2):
+        await responder_ready(ocsp_stack, files, port)
+        for _ in range(2):  # signed, then served from the replica's memory
+            assert (await post(ocsp_stack, request, port)).certificate_status is ocsp.OCSPCertStatus.GOOD
+    revoked = CertificateRevoked.model_construct(
+        serial=issued.serial,
+        aggregate_id=issued.aggregate_id,
+        issuer_id=issued.issuer_id,
+        revoked_at=datetime.now(UTC),
+        reason="keyCompromise",
+    )
+    pool = await ocsp_stack.db()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL search_path TO validation")
+        await validation_store.apply_revoked(conn, revoked)
+    for port in (None, port_2):
+        response = await post(ocsp_stack, request, port)
+        assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+        assert response.revocation_reason is x509.ReasonFlags.key_compromise
 
 
 async def test_until_the_responder_is_registered_ocsp_answers_try_later(stack: Harness, tmp_path: Path) -> None:
