@@ -61,6 +61,7 @@ class StatusView:
         self._epoch = 0  # bumped by every poll that applied a change: a read older than it is not kept
         self._next: asyncio.Future[None] | None = None  # the poll the requests arriving now wait for
         self._polling: asyncio.Task[None] | None = None
+        self._conn: asyncpg.pool.PoolConnectionProxy | None = None  # the polls' own connection
         self._idle: asyncio.Task[None] | None = None
         self._last_poll = 0.0  # time.monotonic() of the last successful poll
         self._floors: collections.deque[tuple[float, int]] = collections.deque()  # (when, floor) of past polls
@@ -81,6 +82,10 @@ class StatusView:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await self._pool().release(conn, timeout=1)
 
     async def status(self, ca_id: str, serial: str) -> Status:
         """The status of `serial` as issued by CA `ca_id` (UNKNOWN if it never did), as of a moment
@@ -129,11 +134,18 @@ class StatusView:
 
     async def _poll(self) -> None:
         rows: list[asyncpg.Record] = []
-        async with self._pool().acquire() as conn:
+        if self._conn is None:  # kept between polls: a release costs a round trip of its own
+            self._conn = await self._pool().acquire()
+        try:
             if self._seen is None:
-                seen = await store.snapshot(conn)
+                seen = await store.snapshot(self._conn)
             else:
-                seen, rows = await store.status_changes_since(conn, self._seen)
+                seen, rows = await store.status_changes_since(self._conn, self._seen)
+        except BaseException:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await self._pool().release(conn, timeout=1)
+            raise
         now = time.monotonic()
         if self._seen is None or now - self._last_poll > self.keep.total_seconds() / 2:
             # The first poll, or one after a gap in which changes may have been pruned unseen.

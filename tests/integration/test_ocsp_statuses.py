@@ -4,9 +4,10 @@ PostgreSQL: a change committed before a request is never missed, whichever repli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -52,11 +53,22 @@ async def _revoke(pool: asyncpg.Pool, serial: str) -> None:
 
 
 @pytest.fixture
-async def replicas(pool: asyncpg.Pool) -> AsyncIterator[tuple[StatusView, StatusView]]:
-    views = (StatusView(lambda: pool), StatusView(lambda: pool))
-    yield views
-    for view in views:
+async def new_view(pool: asyncpg.Pool) -> AsyncIterator[Callable[..., StatusView]]:
+    """Make StatusViews on the pool (each a replica), stopped at the end (each holds a connection)."""
+    made: list[StatusView] = []
+
+    def make(**options: Any) -> StatusView:
+        made.append(StatusView(lambda: pool, **options))
+        return made[-1]
+
+    yield make
+    for view in made:
         await view.stop()
+
+
+@pytest.fixture
+def replicas(new_view: Callable[..., StatusView]) -> tuple[StatusView, StatusView]:
+    return new_view(), new_view()
 
 
 async def test_a_revocation_committed_before_a_request_is_answered_revoked_by_a_replica_holding_good(
@@ -105,8 +117,10 @@ async def test_requests_racing_revocations_never_get_good_after_the_commit(
     assert stale == []
 
 
-async def test_one_poll_serves_every_request_waiting_on_it(pool: asyncpg.Pool) -> None:
-    view = StatusView(lambda: pool)
+async def test_one_poll_serves_every_request_waiting_on_it(
+    pool: asyncpg.Pool, new_view: Callable[..., StatusView]
+) -> None:
+    view = new_view()
     await _issue(pool, "c1")
     await view.status("ca1", "c1")
     polls = view.polls
@@ -130,16 +144,20 @@ async def test_a_ca_compromise_answers_revoked_for_every_certificate_held(
     assert (status.kind, status.reason and status.reason.name) == ("revoked", "ca_compromise")
 
 
-async def test_unknown_serials_and_other_issuers_are_unknown_and_not_kept(pool: asyncpg.Pool) -> None:
-    view = StatusView(lambda: pool)
+async def test_unknown_serials_and_other_issuers_are_unknown_and_not_kept(
+    pool: asyncpg.Pool, new_view: Callable[..., StatusView]
+) -> None:
+    view = new_view()
     await _issue(pool, "e1")
     assert await view.status("ca1", "ffff") == UNKNOWN
     assert await view.status("ca2", "e1") == UNKNOWN
     assert len(view) == 1  # e1 only
 
 
-async def test_changes_are_pruned_once_every_replica_has_had_time_to_see_them(pool: asyncpg.Pool) -> None:
-    view = StatusView(lambda: pool, keep=timedelta(seconds=0.2))
+async def test_changes_are_pruned_once_every_replica_has_had_time_to_see_them(
+    pool: asyncpg.Pool, new_view: Callable[..., StatusView]
+) -> None:
+    view = new_view(keep=timedelta(seconds=0.2))
     await _issue(pool, "f1")
     await view.status("ca1", "f1")
     await _revoke(pool, "f1")
@@ -158,8 +176,10 @@ async def test_changes_are_pruned_once_every_replica_has_had_time_to_see_them(po
     assert (await view.status("ca1", "f1")).kind == "revoked"
 
 
-async def test_a_replica_that_could_not_poll_for_half_the_keep_time_forgets_what_it_held(pool: asyncpg.Pool) -> None:
-    view = StatusView(lambda: pool, keep=timedelta(seconds=0.2))
+async def test_a_replica_that_could_not_poll_for_half_the_keep_time_forgets_what_it_held(
+    pool: asyncpg.Pool, new_view: Callable[..., StatusView]
+) -> None:
+    view = new_view(keep=timedelta(seconds=0.2))
     await _issue(pool, "g1")
     await view.status("ca1", "g1")
     assert len(view) == 1
