@@ -9,7 +9,7 @@ from faststream import FastStream
 
 from services.validation.endpoints import routes
 from services.validation.handlers import NAME, register
-from services.validation.ocsp import ResponderSet
+from services.validation.ocsp import ResponderSet, ResponseCache
 from services.validation.responder import ResponderKeeper
 from services.validation.statuses import StatusView
 from shared.base.clock import Clock
@@ -20,7 +20,11 @@ from shared.runtime.service import Runtime, create_service
 def build(settings: ValidationSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
     """Wire the validation service: the read model, queries, HTTP and the OCSP responder."""
     settings = settings or ValidationSettings()
-    responders = ResponderSet([], validity=timedelta(seconds=settings.ocsp_validity_s))
+    responders = ResponderSet(
+        [],
+        cache=ResponseCache(settings.ocsp_response_cache_entries),
+        validity=timedelta(seconds=settings.ocsp_validity_s),
+    )
     keeper = ResponderKeeper(settings, responders)
 
     def changed(serial: str | None, ca_id: str | None) -> None:

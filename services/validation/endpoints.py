@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from email.utils import format_datetime
 from urllib.parse import urlsplit
@@ -23,7 +24,6 @@ from prometheus_client import Counter
 
 from services.validation import store
 from services.validation.ocsp import (
-    DEFAULT_CACHE_ENTRIES,
     MalformedRequest,
     OcspError,
     ResponderSet,
@@ -105,8 +105,14 @@ def routes(
             OCSP_RESPONSES.labels(exc.status.name.lower()).inc()
             return web.Response(body=exc.response, content_type=OCSP_RESPONSE, headers=NOT_CACHEABLE)
         response, cacheable = await answer(request_der)
-        headers = _cache_headers(response, rt.clock.now()) if cacheable else NOT_CACHEABLE
+        headers = cache_headers(response, rt.clock.now()) if cacheable else NOT_CACHEABLE
         return web.Response(body=response, content_type=OCSP_RESPONSE, headers=headers)
+
+    # The cacheable responses are the ones ResponderSet caches: parse each once, as many as it keeps.
+    dates = functools.lru_cache(maxsize=responders.cache.max_entries)(_dates)
+
+    def cache_headers(response: bytes, now: datetime) -> dict[str, str]:
+        return _cache_headers(response, now, dates)
 
     found = []
     for prefix in dict.fromkeys(["", urlsplit(settings.public_base_url).path.rstrip("/")]):
@@ -132,9 +138,9 @@ async def _body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-def _cache_headers(response: bytes, now: datetime) -> dict[str, str]:
+def _cache_headers(response: bytes, now: datetime, dates: Callable[[bytes], _Dated] | None = None) -> dict[str, str]:
     """RFC 5019 6.2: cacheable until nextUpdate, dated by thisUpdate, tagged by content."""
-    dated = _dates(response)
+    dated = (dates or _dates)(response)
     if dated is None:
         return NOT_CACHEABLE
     next_update, fixed = dated
@@ -142,8 +148,10 @@ def _cache_headers(response: bytes, now: datetime) -> dict[str, str]:
     return {"Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate", **fixed}
 
 
-@functools.lru_cache(maxsize=DEFAULT_CACHE_ENTRIES)
-def _dates(response: bytes) -> tuple[datetime, dict[str, str]] | None:
+_Dated = tuple[datetime, dict[str, str]] | None
+
+
+def _dates(response: bytes) -> _Dated:
     """A response's nextUpdate and the headers that depend on it alone, parsed once per response."""
     parsed = x509_ocsp.load_der_ocsp_response(response)
     if parsed.response_status is not x509_ocsp.OCSPResponseStatus.SUCCESSFUL or parsed.next_update_utc is None:

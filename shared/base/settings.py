@@ -188,6 +188,9 @@ class ValidationSettings(ServiceSettings):
     # `status_changes` rows every replica polls are kept (a replica that could not poll for half of
     # that forgets every status it held).
     ocsp_status_entries: int = Field(default=1_000_000, ge=1)
+    # Signed OCSP responses kept for reuse (~0.7 KB each): more than the serials asked about in one
+    # response validity, or requests going round them all miss every time (least recently used out).
+    ocsp_response_cache_entries: int = Field(default=100_000, ge=1)
     ocsp_status_changes_keep_s: float = Field(default=600.0, gt=2)
 
     @property
