@@ -9,7 +9,8 @@ The five services run as processes on a throwaway NATS and database. Then:
    OCSP (HTTP) answering `revoked`, and to the CRL its certificate names (its shard's, at the URL of
    its CRL distribution point) served over HTTP listing it. p50 / p99.
 3. OCSP responses per second over HTTP, cached (no nonce, the same 20,000 serials round-robin,
-   each asked once before, so every response is signed and cached first) and with a nonce (signed afresh each time), CONCURRENCY clients. Reference, same
+   each asked once before, so every response is signed and cached first) and with a nonce (signed
+   afresh each time), CONCURRENCY clients. Reference, same
    run: the responder core answering the same requests in this process, nothing else.
 4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards
    (serial mod crl_shards): those revocations are written into signing's table (signing then
