@@ -125,10 +125,15 @@ class StatusView:
             try:
                 await self._poll()
             except Exception as exc:  # noqa: BLE001 - handed to the requests that waited
-                if not waiting.done():
-                    waiting.set_exception(exc)
-                    waiting.exception()  # retrieved: a request that was cancelled meanwhile is no error
+                _fail(waiting, exc)
                 continue
+            except BaseException:  # stopped: no request may wait for a poll that will not come
+                stopped = RuntimeError("the status polls were stopped")
+                _fail(waiting, stopped)
+                if self._next is not None:
+                    _fail(self._next, stopped)
+                    self._next = None
+                raise
             if not waiting.done():
                 waiting.set_result(None)
 
@@ -199,3 +204,9 @@ class StatusView:
         if pruned:
             log.info("pruned status changes", extra={"rows": pruned})
         return pruned
+
+
+def _fail(future: asyncio.Future[None], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # retrieved: a request that was cancelled meanwhile is no error

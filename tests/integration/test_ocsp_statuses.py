@@ -212,3 +212,46 @@ async def test_a_revocation_in_progress_during_a_poll_is_seen_once_committed(
         assert await view.status("ca1", "h1") == GOOD  # not committed yet
         await transaction.commit()
     assert (await view.status("ca1", "h1")).kind == "revoked"
+
+
+async def test_a_failed_poll_fails_the_requests_waiting_on_it_and_the_next_one_polls_again(
+    pool: asyncpg.Pool, new_view: Callable[..., StatusView]
+) -> None:
+    await _issue(pool, "i1")
+    broken = {"on": True}
+
+    class FlakyPool:
+        def acquire(self) -> Any:
+            if broken["on"]:
+                raise ConnectionRefusedError("the database is down")
+            return pool.acquire()
+
+        async def release(self, conn: Any, timeout: float) -> None:
+            await pool.release(conn, timeout=timeout)
+
+    view = new_view()
+    view._pool = lambda: FlakyPool()  # type: ignore[assignment,return-value]
+    with pytest.raises(ConnectionRefusedError):
+        await view.status("ca1", "i1")
+    broken["on"] = False
+    assert await view.status("ca1", "i1") == GOOD
+
+
+async def test_stopping_fails_the_requests_still_waiting(pool: asyncpg.Pool) -> None:
+    view = StatusView(lambda: pool)
+    gate = asyncio.Event()
+    original = view._poll
+
+    async def slow_poll() -> None:
+        await gate.wait()
+        await original()
+
+    view._poll = slow_poll  # type: ignore[method-assign]
+    waiting = asyncio.create_task(view.fresh())
+    await asyncio.sleep(0.01)
+    later = asyncio.create_task(view.fresh())  # waits for the next poll
+    await asyncio.sleep(0.01)
+    await view.stop()
+    for task in (waiting, later):
+        with pytest.raises(RuntimeError, match="stopped"):
+            await task
