@@ -105,7 +105,20 @@ TARGETS = [
         lambda r: r["issuance"]["cpu_ms_per_certificate"]["total"],
         lambda r: f"in-process checks + build + sign {1000 / r['issuance']['reference_certs_per_s']:.2f} ms",
     ),
-    Target("issuance p99 at 500 certs/s", "<= 100 ms", 100, False, "ms", lambda r: None),
+    Target(
+        "issuance p99 at 500 certs/s",
+        "<= 100 ms",
+        100,
+        False,
+        "ms",
+        lambda r: r["issuance"]["paced"]["latency_p99_ms"],
+        lambda r: (
+            f"offered {r['issuance']['paced']['offered_per_s']:,.0f}/s open loop, achieved "
+            f"{r['issuance']['paced']['achieved_certs_per_s']:,.1f}/s, "
+            f"p50 {r['issuance']['paced']['latency_p50_ms']:,.0f} ms"
+        ),
+        lambda r: r["issuance"]["paced"]["offered_per_s"] >= 500,
+    ),
     Target(
         "OCSP, cached responses over HTTP",
         ">= 10,000/s",
