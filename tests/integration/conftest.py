@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 
 import asyncpg
 import pytest
@@ -38,19 +39,23 @@ def enroll_with_key(harness: Harness) -> EnrollWithKey:
     return enroll
 
 
+async def _migrated(database_url: str, schema: str, store_module: ModuleType) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a service's schema, migrated from the migrations beside its store module."""
+    pool = await db.create_pool(database_url, schema)
+    await db.migrate(pool, schema, [Path(str(store_module.__file__)).parent / "migrations"])
+    yield pool
+    await pool.close()
+
+
 @pytest.fixture
 async def audit_archive(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on audit's schema, migrated, with no service running (the archive alone)."""
-    pool = await db.create_pool(database_url, "audit")
-    await db.migrate(pool, "audit", [Path(store.__file__).parent / "migrations"])
-    yield pool
-    await pool.close()
+    async for pool in _migrated(database_url, "audit", store):
+        yield pool
 
 
 @pytest.fixture
 async def signing(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on signing's schema, migrated, with no service running."""
-    pool = await db.create_pool(database_url, "signing")
-    await db.migrate(pool, "signing", [Path(signing_store.__file__).parent / "migrations"])
-    yield pool
-    await pool.close()
+    async for pool in _migrated(database_url, "signing", signing_store):
+        yield pool
