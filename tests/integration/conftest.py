@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from harness import Harness
+from services.acme import store as acme_store
 from services.audit import store
 from services.signing import store as signing_store
 from shared.contract.events import CertificateIssued
@@ -58,4 +59,11 @@ async def audit_archive(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def signing(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on signing's schema, migrated, with no service running."""
     async for pool in _migrated(database_url, "signing", signing_store):
+        yield pool
+
+
+@pytest.fixture
+async def acme_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on ACME's schema, migrated, with no service running."""
+    async for pool in _migrated(database_url, "acme", acme_store):
         yield pool
