@@ -8,18 +8,21 @@ response carries a fresh nonce and a link to the directory; every refusal is a p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from services.acme import jws, store
+from services.acme.challenges import TYPES, Validator
 from services.acme.problems import AcmeProblem, malformed, unauthorized
 from shared.base.clock import Clock, SystemClock
+from shared.contract.profiles import dns_syntax_problem
 
 log = logging.getLogger("certbus.acme")
 JOSE_JSON = "application/jose+json"
@@ -34,6 +37,13 @@ class AcmeConfig:
     nonce_ttl: timedelta = timedelta(minutes=10)
     terms_of_service: str | None = None
     max_contacts: int = 4
+    order_ttl: timedelta = timedelta(days=7)  # an order and its authorizations, as Boulder's pending ones
+    max_identifiers: int = 100
+    validator: Validator = field(default_factory=Validator)
+    challenge_types: tuple[str, ...] = TYPES
+    # A validation left `processing` this long (its replica stopped) may be started again.
+    stale_validation: timedelta = timedelta(minutes=1)
+    max_orders_listed: int = 100
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
@@ -58,6 +68,13 @@ class Acme:
         self._pool = pool
         self.config = config
         self.clock = clock or SystemClock()
+        self._validations: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop the validations in flight (their challenges stay processing until stale_validation)."""
+        for task in list(self._validations):
+            task.cancel()
+        await asyncio.gather(*self._validations, return_exceptions=True)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -67,6 +84,11 @@ class Acme:
             web.post("/acme/new-account", self._answer(self.new_account)),
             web.post("/acme/acct/{account_id}", self._answer(self.account)),
             web.post("/acme/acct/{account_id}/orders", self._answer(self.orders)),
+            web.post("/acme/new-order", self._answer(self.new_order)),
+            web.post("/acme/order/{order_id}", self._answer(self.order)),
+            web.post("/acme/order/{order_id}/finalize", self._answer(self.finalize)),
+            web.post("/acme/authz/{authz_id}", self._answer(self.authorization)),
+            web.post("/acme/chall/{challenge_id}", self._answer(self.challenge)),
         ]
 
     def application(self) -> web.Application:
@@ -200,9 +222,196 @@ class Acme:
         assert checked.account is not None
         if checked.account["account_id"] != request.match_info["account_id"]:
             raise unauthorized("an account may only list its own orders")
-        return web.json_response({"orders": []})  # orders are not served yet: no account has any
+        async with self._pool().acquire() as conn:
+            ids = await store.order_ids(conn, checked.account["account_id"], self.config.max_orders_listed)
+        # The newest max_orders_listed; older ones stay readable at their URLs.
+        return web.json_response({"orders": [self.config.url(f"/acme/order/{i}") for i in ids]})
+
+    async def new_order(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._checked(request, own_key=False)
+        assert checked.account is not None
+        body = checked.payload
+        if body is None:
+            raise malformed("newOrder needs a payload with identifiers")
+        if "notBefore" in body or "notAfter" in body:
+            raise malformed("notBefore and notAfter are not accepted: the certificate's profile sets its validity")
+        names = self._names(body.get("identifiers"))
+        now = self.clock.now()
+        async with self._pool().acquire() as conn:
+            order_id = await store.create_order(
+                conn,
+                checked.account["account_id"],
+                names,
+                list(self.config.challenge_types),
+                now,
+                now + self.config.order_ttl,
+            )
+            response = await self._order_response(conn, order_id, 201)
+        log.info("ACME order created", extra={"account": checked.account["account_id"], "order": order_id})
+        return response
+
+    async def order(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._checked(request, own_key=False)
+        async with self._pool().acquire() as conn:
+            await self._own_order(conn, checked, request.match_info["order_id"])
+            return await self._order_response(conn, request.match_info["order_id"], 200)
+
+    async def finalize(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._checked(request, own_key=False)
+        async with self._pool().acquire() as conn:
+            await self._own_order(conn, checked, request.match_info["order_id"])
+            status = (await self._order_object(conn, request.match_info["order_id"]))["status"]
+        if status != "ready":
+            raise AcmeProblem("orderNotReady", f"the order is {status}, not ready", 403)
+        # Next: the CSR judged against the order, then an EnrollmentRequested on the bus.
+        raise AcmeProblem("serverInternal", "finalize is not served by this version of Certbus's ACME service", 501)
+
+    async def authorization(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._checked(request, own_key=False)
+        assert checked.account is not None
+        authz_id = request.match_info["authz_id"]
+        async with self._pool().acquire() as conn:
+            row = await store.authorization(conn, authz_id)
+            if row is None or row["account_id"] != checked.account["account_id"]:
+                raise AcmeProblem("malformed", "no such authorization of this account", 404)
+            if checked.payload is not None:
+                if checked.payload != {"status": "deactivated"}:
+                    raise malformed('an authorization may only be updated with {"status": "deactivated"}')
+                await conn.execute(
+                    "UPDATE authorizations SET status = 'deactivated' WHERE authz_id = $1 AND status IN "
+                    "('pending', 'valid')",
+                    authz_id,
+                )
+            return web.json_response(await self._authz_object(conn, authz_id))
+
+    async def challenge(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._checked(request, own_key=False)
+        assert checked.account is not None
+        challenge_id = request.match_info["challenge_id"]
+        async with self._pool().acquire() as conn:
+            row = await store.challenge(conn, challenge_id)
+            if row is None or row["account_id"] != checked.account["account_id"]:
+                raise AcmeProblem("malformed", "no such challenge of this account", 404)
+            if checked.payload is not None:  # {} asks the server to validate (RFC 8555 §7.5.1)
+                if await store.start_validation(conn, challenge_id, self.clock.now(), self.config.stale_validation):
+                    task = asyncio.create_task(
+                        self._validate(challenge_id, row["type"], row["name"], row["token"], checked.jwk),
+                        name=f"acme-validate-{challenge_id}",
+                    )
+                    self._validations.add(task)
+                    task.add_done_callback(self._validations.discard)
+                row = await store.challenge(conn, challenge_id)
+                assert row is not None
+        return web.json_response(
+            self._challenge_object(row),
+            headers={"Link": f'<{self.config.url("/acme/authz/" + row["authz_id"])}>;rel="up"'},
+        )
+
+    async def _validate(self, challenge_id: str, kind: str, name: str, token: str, jwk: dict[str, Any]) -> None:
+        error: dict[str, Any] | None = None
+        try:
+            await self.config.validator.validate(kind, name, token, jws.thumbprint(jwk))
+        except AcmeProblem as problem:
+            error = problem.document()
+        except TimeoutError:
+            error = AcmeProblem("connection", f"{kind} validation of {name} timed out").document()
+        async with self._pool().acquire() as conn:
+            await store.finish_validation(conn, challenge_id, self.clock.now(), error)
+        log.info(
+            "ACME challenge validated" if error is None else "ACME challenge failed",
+            extra={"challenge": challenge_id, "type": kind, "name": name, "error": error and error["detail"]},
+        )
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _names(self, identifiers: object) -> list[str]:
+        """The order's DNS names, checked (every refused identifier is listed as a subproblem)."""
+        if not isinstance(identifiers, list) or not identifiers:
+            raise malformed("identifiers must be a non-empty list")
+        if len(identifiers) > self.config.max_identifiers:
+            raise malformed(f"{len(identifiers)} identifiers; at most {self.config.max_identifiers}")
+        names: list[str] = []
+        subproblems: list[dict[str, Any]] = []
+        for identifier in identifiers:
+            if not isinstance(identifier, dict) or set(identifier) != {"type", "value"}:
+                raise malformed("each identifier must be an object with exactly type and value")
+            kind, value = identifier["type"], identifier["value"]
+            if not isinstance(kind, str) or not isinstance(value, str):
+                raise malformed("an identifier's type and value must be strings")
+            shown = {"type": kind[:16], "value": value[:256]}
+            if kind != "dns":
+                subproblems.append(_sub("unsupportedIdentifier", f"identifier type {kind[:16]!r} is not served", shown))
+            elif value.startswith("*."):
+                subproblems.append(_sub("rejectedIdentifier", "wildcard names need dns-01, not served yet", shown))
+            elif (problem := dns_syntax_problem(value)) is not None:
+                subproblems.append(_sub("rejectedIdentifier", problem, shown))
+            else:
+                names.append(value)
+        if subproblems:
+            kind = subproblems[0]["type"].removeprefix("urn:ietf:params:acme:error:")
+            same = all(p["type"] == subproblems[0]["type"] for p in subproblems)
+            raise AcmeProblem(
+                kind if same else "compound",
+                f"{len(subproblems)} of the order's identifiers cannot be ordered",
+                subproblems=subproblems,
+            )
+        return sorted(set(names))
+
+    async def _own_order(self, conn: asyncpg.Connection, checked: Request, order_id: str) -> asyncpg.Record:
+        assert checked.account is not None
+        row = await store.order(conn, order_id)
+        if row is None or row["account_id"] != checked.account["account_id"]:
+            raise AcmeProblem("malformed", "no such order of this account", 404)
+        return row
+
+    async def _order_object(self, conn: asyncpg.Connection, order_id: str) -> dict[str, Any]:
+        row = await store.order(conn, order_id)
+        assert row is not None
+        authzs = await store.authorizations_of(conn, order_id)
+        statuses = {a["status"] for a in authzs}
+        if statuses & {"invalid", "deactivated"} or self.clock.now() >= row["expires_at"]:
+            status = "invalid"
+        elif statuses == {"valid"}:
+            status = "ready"
+        else:
+            status = "pending"
+        return {
+            "status": status,
+            "expires": _time(row["expires_at"]),
+            "identifiers": row["identifiers"],
+            "authorizations": [self.config.url(f"/acme/authz/{a['authz_id']}") for a in authzs],
+            "finalize": self.config.url(f"/acme/order/{order_id}/finalize"),
+        }
+
+    async def _order_response(self, conn: asyncpg.Connection, order_id: str, status: int) -> web.Response:
+        body = await self._order_object(conn, order_id)
+        return web.json_response(body, status=status, headers={"Location": self.config.url(f"/acme/order/{order_id}")})
+
+    async def _authz_object(self, conn: asyncpg.Connection, authz_id: str) -> dict[str, Any]:
+        row = await store.authorization(conn, authz_id)
+        assert row is not None
+        status = row["status"]
+        if status == "pending" and self.clock.now() >= row["expires_at"]:
+            status = "expired"
+        return {
+            "identifier": {"type": "dns", "value": row["name"]},
+            "status": status,
+            "expires": _time(row["expires_at"]),
+            "challenges": [self._challenge_object(c) for c in await store.challenges_of(conn, authz_id)],
+        }
+
+    def _challenge_object(self, row: asyncpg.Record) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": row["type"],
+            "url": self.config.url(f"/acme/chall/{row['challenge_id']}"),
+            "token": row["token"],
+            "status": row["status"],
+        }
+        if row["validated_at"] is not None:
+            body["validated"] = _time(row["validated_at"])
+        if row["error"] is not None:
+            body["error"] = row["error"]
+        return body
 
     def _account_response(self, row: asyncpg.Record, status: int) -> web.Response:
         url = self.config.url(f"/acme/acct/{row['account_id']}")
@@ -229,3 +438,12 @@ class Acme:
             ):
                 raise AcmeProblem("invalidContact", f"contact {contact[:64]!r} is not one plain email address")
         return list(value)
+
+
+def _time(at: datetime) -> str:
+    """RFC 3339 in UTC, as ACME objects carry times."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sub(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:
+    return {"type": f"urn:ietf:params:acme:error:{kind}", "detail": detail, "identifier": identifier}

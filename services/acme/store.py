@@ -78,3 +78,119 @@ async def update_account(
         now,
     )
     return row
+
+
+# -- orders, authorizations, challenges ---------------------------------------------------------------
+
+
+async def create_order(
+    conn: asyncpg.Connection,
+    account_id: str,
+    names: list[str],
+    challenge_types: list[str],
+    now: datetime,
+    expires_at: datetime,
+) -> str:
+    """An order for `names` (dns identifiers), with one pending authorization per name and one
+    challenge of each type per authorization, in one transaction: its id."""
+    order_id = new_token()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO orders (order_id, account_id, identifiers, expires_at, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            order_id,
+            account_id,
+            [{"type": "dns", "value": n} for n in names],
+            expires_at,
+            now,
+        )
+        authz = [(new_token(), n) for n in names]
+        await conn.executemany(
+            "INSERT INTO authorizations (authz_id, order_id, account_id, name, status, expires_at) "
+            "VALUES ($1, $2, $3, $4, 'pending', $5)",
+            [(a, order_id, account_id, n, expires_at) for a, n in authz],
+        )
+        await conn.executemany(
+            "INSERT INTO challenges (challenge_id, authz_id, type, token, status) VALUES ($1, $2, $3, $4, 'pending')",
+            [(new_token(), a, t, secrets.token_urlsafe(32)) for a, _ in authz for t in challenge_types],
+        )
+    return order_id
+
+
+async def order(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+    return row
+
+
+async def order_ids(conn: asyncpg.Connection, account_id: str, limit: int) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT order_id FROM orders WHERE account_id = $1 ORDER BY created_at DESC, order_id LIMIT $2",
+        account_id,
+        limit,
+    )
+    return [r["order_id"] for r in rows]
+
+
+async def authorizations_of(conn: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM authorizations WHERE order_id = $1 ORDER BY name", order_id
+    )
+    return rows
+
+
+async def authorization(conn: asyncpg.Connection, authz_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow("SELECT * FROM authorizations WHERE authz_id = $1", authz_id)
+    return row
+
+
+async def challenges_of(conn: asyncpg.Connection, authz_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM challenges WHERE authz_id = $1 ORDER BY type", authz_id
+    )
+    return rows
+
+
+async def challenge(conn: asyncpg.Connection, challenge_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT c.*, a.name, a.account_id, a.status AS authz_status, a.expires_at "
+        "FROM challenges c JOIN authorizations a USING (authz_id) WHERE c.challenge_id = $1",
+        challenge_id,
+    )
+    return row
+
+
+async def start_validation(conn: asyncpg.Connection, challenge_id: str, now: datetime, stale: timedelta) -> bool:
+    """Mark a challenge processing if its authorization is still pending and it is pending (or was
+    left processing longer than `stale` ago by a replica that stopped): whether this caller won."""
+    started: str = await conn.execute(
+        "UPDATE challenges c SET status = 'processing', started_at = $2 FROM authorizations a "
+        "WHERE c.challenge_id = $1 AND a.authz_id = c.authz_id AND a.status = 'pending' AND a.expires_at > $2 "
+        "AND (c.status = 'pending' OR (c.status = 'processing' AND c.started_at < $2 - $3::interval))",
+        challenge_id,
+        now,
+        stale,
+    )
+    return started.endswith(" 1")
+
+
+async def finish_validation(
+    conn: asyncpg.Connection, challenge_id: str, now: datetime, error: dict[str, Any] | None
+) -> None:
+    """Record a validation's outcome on the challenge and its authorization (valid, or invalid with
+    the problem), unless the authorization was settled meanwhile."""
+    async with conn.transaction():
+        authz_id = await conn.fetchval(
+            "UPDATE challenges SET status = $2, error = $3, "
+            "validated_at = CASE WHEN $3::jsonb IS NULL THEN $4::timestamptz END "
+            "WHERE challenge_id = $1 AND status = 'processing' RETURNING authz_id",
+            challenge_id,
+            "valid" if error is None else "invalid",
+            error,
+            now,
+        )
+        if authz_id is not None:
+            await conn.execute(
+                "UPDATE authorizations SET status = $2 WHERE authz_id = $1 AND status = 'pending'",
+                authz_id,
+                "valid" if error is None else "invalid",
+            )
