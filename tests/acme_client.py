@@ -3,14 +3,32 @@ library the server verifies with), so that a server-side mistake cannot cancel o
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
+import aiohttp
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from services.acme.challenges import ID_PE_ACME_IDENTIFIER
+from services.acme.jws import thumbprint
+from services.acme.server import Acme
 
 AccountKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
@@ -74,3 +92,144 @@ def jws(
     body = "" if payload is None else b64(json.dumps(payload).encode())
     signature = sign(key, f"{p}.{body}".encode(), protected["alg"] if protected["alg"] in ("ES256", "ES384") else None)
     return json.dumps({"protected": p, "payload": body, "signature": b64(signature)}).encode()
+
+
+@dataclass
+class Account:
+    key: AccountKey
+    url: str
+
+    @property
+    def thumbprint(self) -> str:
+        return thumbprint(public_jwk(self.key))
+
+
+@dataclass
+class Stack:
+    base: str
+    http: aiohttp.ClientSession
+    pool: asyncpg.Pool
+    answers: dict[str, str] = field(default_factory=dict)  # what the test's http-01 server answers, by token
+    hits: dict[str, int] = field(default_factory=dict)  # how often it was asked, by token
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    async def post(
+        self, account: Account | AccountKey, url: str, payload: dict[str, Any] | None
+    ) -> tuple[int, Any, Any]:
+        async with self.http.head(self.url("/acme/new-nonce")) as r:
+            nonce = r.headers["Replay-Nonce"]
+        if isinstance(account, Account):
+            body = jws(account.key, url, payload, nonce, kid=account.url)
+        else:
+            body = jws(account, url, payload, nonce)
+        async with self.http.post(url, data=body, headers={"Content-Type": "application/jose+json"}) as r:
+            return r.status, r.headers, await r.json(content_type=None)
+
+    async def account(self) -> Account:
+        key = ec.generate_private_key(ec.SECP256R1())
+        status, headers, _ = await self.post(key, self.url("/acme/new-account"), {"termsOfServiceAgreed": True})
+        assert status == 201
+        return Account(key, headers["Location"])
+
+    async def order(self, account: Account, *names: str) -> tuple[str, dict[str, Any]]:
+        identifiers = [{"type": "dns", "value": n} for n in names]
+        status, headers, body = await self.post(account, self.url("/acme/new-order"), {"identifiers": identifiers})
+        assert status == 201, body
+        return headers["Location"], body
+
+    async def settled(self, account: Account, authz_url: str) -> dict[str, Any]:
+        """The authorization once it is no longer pending (bounded)."""
+        for _ in range(100):
+            _, _, body = await self.post(account, authz_url, None)
+            if body["status"] != "pending":
+                return body
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{authz_url} still pending")
+
+
+def challenge_of(authz: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in authz["challenges"] if c["type"] == kind)
+
+
+def alpn_certificate(
+    name: str, key_authorization_text: str, *, critical: bool = True, digest: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """A tls-alpn-01 certificate (RFC 8737 §3) and its key, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    value = b"\x04\x20" + (digest or hashlib.sha256(key_authorization_text.encode()).digest())
+    now = datetime.now(UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, value), critical=critical)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+
+
+class AlpnServer:
+    """A TLS server on loopback presenting one certificate, negotiating the ALPN protocols given."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.tmp, self.port = tmp, port
+        self.server: asyncio.Server | None = None
+
+    async def serve(self, cert_pem: bytes, key_pem: bytes, alpn: list[str]) -> None:
+        await self.close()
+        (self.tmp / "alpn.pem").write_bytes(cert_pem)
+        (self.tmp / "alpn.key").write_bytes(key_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.tmp / "alpn.pem", self.tmp / "alpn.key")
+        context.set_alpn_protocols(alpn)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port, ssl=context)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+
+@asynccontextmanager
+async def serve_answers(acme: Acme, pool: asyncpg.Pool, base: str, port: int, http_port: int) -> AsyncIterator[Stack]:
+    """`acme` served at `base` (on `port`), and the test's http-01 server on `http_port` answering
+    what `Stack.answers` holds, counting what it is asked in `Stack.hits`."""
+    server = TestServer(acme.application(), host="127.0.0.1", port=port)
+    await server.start_server()
+    answers: dict[str, str] = {}
+    hits: dict[str, int] = {}
+
+    async def answer(request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        hits[token] = hits.get(token, 0) + 1
+        if token not in answers:
+            raise web.HTTPNotFound()
+        return web.Response(text=answers[token])
+
+    challenge_app = web.Application()
+    challenge_app.add_routes([web.get("/.well-known/acme-challenge/{token}", answer)])
+    challenge_server = TestServer(challenge_app, host="127.0.0.1", port=http_port)
+    await challenge_server.start_server()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            yield Stack(base, http, pool, answers, hits)
+    finally:
+        await acme.close()
+        await challenge_server.close()
+        await server.close()

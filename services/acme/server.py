@@ -9,6 +9,8 @@ response carries a fresh nonce and a link to the directory; every refusal is a p
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,11 +19,16 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from services.acme import jws, store
 from services.acme.challenges import TYPES, Validator
+from services.acme.finalize import Finalizer, StillPending
 from services.acme.problems import AcmeProblem, malformed, unauthorized
 from shared.base.clock import Clock, SystemClock
+from shared.client.api import Unreachable
+from shared.contract.events import EnrollmentRequested
 from shared.contract.profiles import dns_syntax_problem
 
 log = logging.getLogger("certbus.acme")
@@ -44,6 +51,11 @@ class AcmeConfig:
     # A validation left `processing` this long (its replica stopped) may be started again.
     stale_validation: timedelta = timedelta(minutes=1)
     max_orders_listed: int = 100
+    # Turns a finalized order into an enrollment request on the bus; None: finalize is not served.
+    finalizer: Finalizer | None = None
+    # An order still processing this long after its finalize (its replica stopped, the bus was
+    # down, or an operator's approval was awaited) is submitted again by `sweep`.
+    finalize_retry: timedelta = timedelta(seconds=30)
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
@@ -69,12 +81,15 @@ class Acme:
         self.config = config
         self.clock = clock or SystemClock()
         self._validations: set[asyncio.Task[None]] = set()
+        self._finalizing: dict[str, asyncio.Task[None]] = {}  # by order id
 
     async def close(self) -> None:
-        """Stop the validations in flight (their challenges stay processing until stale_validation)."""
-        for task in list(self._validations):
+        """Stop the validations and finalizations in flight (what they left processing is taken up
+        again: a challenge after stale_validation, an order by the next `sweep`)."""
+        tasks = [*self._validations, *self._finalizing.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._validations, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -89,6 +104,7 @@ class Acme:
             web.post("/acme/order/{order_id}/finalize", self._answer(self.finalize)),
             web.post("/acme/authz/{authz_id}", self._answer(self.authorization)),
             web.post("/acme/chall/{challenge_id}", self._answer(self.challenge)),
+            web.post("/acme/cert/{order_id}", self._answer(self.certificate)),
         ]
 
     def application(self) -> web.Application:
@@ -160,17 +176,18 @@ class Acme:
     # -- resources -----------------------------------------------------------------------------------
 
     async def directory(self, request: web.Request) -> web.StreamResponse:
-        # Only what is served so far is listed: newOrder, revokeCert and keyChange come with orders.
+        # Only what is served is listed: newOrder once orders can be finalized; revokeCert and
+        # keyChange are not served yet.
         meta: dict[str, Any] = {"externalAccountRequired": False}
         if self.config.terms_of_service:
             meta["termsOfService"] = self.config.terms_of_service
-        return web.json_response(
-            {
-                "newNonce": self.config.url("/acme/new-nonce"),
-                "newAccount": self.config.url("/acme/new-account"),
-                "meta": meta,
-            }
-        )
+        directory: dict[str, Any] = {
+            "newNonce": self.config.url("/acme/new-nonce"),
+            "newAccount": self.config.url("/acme/new-account"),
+        }
+        if self.config.finalizer is not None:
+            directory["newOrder"] = self.config.url("/acme/new-order")
+        return web.json_response({**directory, "meta": meta})
 
     async def new_nonce(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=200 if request.method == "HEAD" else 204)
@@ -258,13 +275,124 @@ class Acme:
 
     async def finalize(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
+        assert checked.account is not None
+        order_id = request.match_info["order_id"]
         async with self._pool().acquire() as conn:
-            await self._own_order(conn, checked, request.match_info["order_id"])
-            status = (await self._order_object(conn, request.match_info["order_id"]))["status"]
+            row = await self._own_order(conn, checked, order_id)
+            status = (await self._order_object(conn, order_id))["status"]
         if status != "ready":
             raise AcmeProblem("orderNotReady", f"the order is {status}, not ready", 403)
-        # Next: the CSR judged against the order, then an EnrollmentRequested on the bus.
-        raise AcmeProblem("serverInternal", "finalize is not served by this version of Certbus's ACME service", 501)
+        finalizer = self.config.finalizer
+        if finalizer is None:
+            raise AcmeProblem("serverInternal", "this ACME server is configured without a way to finalize", 501)
+        names = [i["value"] for i in row["identifiers"]]
+        csr = self._csr(checked.payload, names, checked.jwk)
+        enrollment = finalizer.prepare(csr, names, f"acme:{checked.account['account_id']}:{order_id}")
+        async with self._pool().acquire() as conn:
+            began = await store.begin_finalize(
+                conn, order_id, enrollment.aggregate_id, enrollment.model_dump(mode="json"), self.clock.now()
+            )
+            if not began:
+                raise AcmeProblem("orderNotReady", "the order was finalized already", 403)
+            self._start_finalize(order_id, enrollment)
+            response = await self._order_response(conn, order_id, 200)
+        response.headers["Retry-After"] = "1"
+        log.info(
+            "ACME order finalized: enrollment requested",
+            extra={"order": order_id, "request": enrollment.aggregate_id, "names": names},
+        )
+        return response
+
+    def _csr(
+        self, payload: dict[str, Any] | None, names: list[str], account_jwk: dict[str, Any]
+    ) -> x509.CertificateSigningRequest:
+        """The finalize payload's CSR, if it asks for exactly the order's names with a key that is not
+        the account's (enrollment then judges it against the profile)."""
+        if payload is None or not isinstance(payload.get("csr"), str):
+            raise malformed("finalize needs a payload with csr (base64url DER)")
+        text = payload["csr"]
+        if len(text) > jws.MAX_BODY_BYTES or "=" in text:
+            raise AcmeProblem("badCSR", "csr must be unpadded base64url DER")
+        try:
+            csr = x509.load_der_x509_csr(base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True))
+        except (ValueError, binascii.Error) as e:
+            raise AcmeProblem("badCSR", f"csr cannot be read: {e}") from None
+        if not csr.is_signature_valid:
+            raise AcmeProblem("badCSR", "the CSR's signature does not verify")
+        try:
+            sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            requested = [n.lower() for n in sans.get_values_for_type(x509.DNSName)]
+            other = len(list(sans)) - len(requested)
+        except x509.ExtensionNotFound:
+            requested, other = [], 0
+        except (ValueError, x509.DuplicateExtension) as e:
+            raise AcmeProblem("badCSR", f"the CSR's extensions cannot be read: {e}") from None
+        common = [str(a.value).lower() for a in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        if other:
+            raise AcmeProblem("badCSR", "the CSR asks for names other than DNS names")
+        if any(c not in requested for c in common):
+            raise AcmeProblem("badCSR", f"the CSR's common name {common} is not among its DNS names")
+        if sorted(set(requested)) != sorted(names):
+            raise AcmeProblem("badCSR", f"the CSR asks for {sorted(set(requested))}; the order is for {names}")
+        account_key = jws.public_key(account_jwk, _alg_of(account_jwk))
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if csr.public_key().public_bytes(*spki) == account_key.public_bytes(*spki):
+            raise AcmeProblem("badCSR", "the certificate's key must not be the account's key")
+        return csr
+
+    def _start_finalize(self, order_id: str, enrollment: EnrollmentRequested) -> None:
+        if order_id in self._finalizing:
+            return
+        task = asyncio.create_task(self._finalize(order_id, enrollment), name=f"acme-finalize-{order_id}")
+        self._finalizing[order_id] = task
+        task.add_done_callback(lambda t: self._finalized(order_id, t))
+
+    def _finalized(self, order_id: str, task: asyncio.Task[None]) -> None:
+        self._finalizing.pop(order_id, None)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error(
+                "ACME finalize failed; the next sweep tries again", extra={"order": order_id, "error": repr(e)[:300]}
+            )
+
+    async def _finalize(self, order_id: str, enrollment: EnrollmentRequested) -> None:
+        finalizer = self.config.finalizer
+        assert finalizer is not None
+        try:
+            issued = await finalizer.submit(enrollment)
+        except AcmeProblem as problem:
+            async with self._pool().acquire() as conn:
+                await store.finish_finalize(conn, order_id, error=problem.document())
+            log.info("ACME order refused", extra={"order": order_id, "error": problem.detail})
+            return
+        except StillPending as e:
+            log.info("ACME order waits for an operator's approval", extra={"order": order_id, "detail": str(e)})
+            return
+        except (Unreachable, OSError, TimeoutError) as e:  # the next sweep submits it again
+            log.warning("ACME order not finalized yet", extra={"order": order_id, "error": repr(e)[:300]})
+            return
+        async with self._pool().acquire() as conn:
+            await store.finish_finalize(conn, order_id, serial=issued.serial, cert_chain=issued.cert_chain)
+        log.info("ACME order valid", extra={"order": order_id, "serial": issued.serial})
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Submit again the orders left processing (a stopped replica, an unreachable bus, an approval
+        awaited): the same request, which enrollment follows rather than takes twice. How many."""
+        async with self._pool().acquire() as conn:
+            rows = await store.processing_orders(conn, self.clock.now() - self.config.finalize_retry, limit)
+        started = 0
+        for row in rows:
+            if row["order_id"] not in self._finalizing:
+                self._start_finalize(row["order_id"], EnrollmentRequested.model_validate(row["request"]))
+                started += 1
+        return started
+
+    async def certificate(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._checked(request, own_key=False)
+        async with self._pool().acquire() as conn:
+            row = await self._own_order(conn, checked, request.match_info["order_id"])
+        if row["finalize_status"] != "valid":
+            raise AcmeProblem("malformed", "the order has no certificate (yet)", 404)
+        return web.Response(text=row["cert_chain"], content_type="application/pem-certificate-chain")
 
     async def authorization(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
@@ -369,19 +497,26 @@ class Acme:
         assert row is not None
         authzs = await store.authorizations_of(conn, order_id)
         statuses = {a["status"] for a in authzs}
-        if statuses & {"invalid", "deactivated"} or self.clock.now() >= row["expires_at"]:
+        if row["finalize_status"] is not None:
+            status = row["finalize_status"]
+        elif statuses & {"invalid", "deactivated"} or self.clock.now() >= row["expires_at"]:
             status = "invalid"
         elif statuses == {"valid"}:
             status = "ready"
         else:
             status = "pending"
-        return {
+        body: dict[str, Any] = {
             "status": status,
             "expires": _time(row["expires_at"]),
             "identifiers": row["identifiers"],
             "authorizations": [self.config.url(f"/acme/authz/{a['authz_id']}") for a in authzs],
             "finalize": self.config.url(f"/acme/order/{order_id}/finalize"),
         }
+        if status == "valid":
+            body["certificate"] = self.config.url(f"/acme/cert/{order_id}")
+        if row["error"] is not None:
+            body["error"] = row["error"]
+        return body
 
     async def _order_response(self, conn: asyncpg.Connection, order_id: str, status: int) -> web.Response:
         body = await self._order_object(conn, order_id)
@@ -447,3 +582,12 @@ def _time(at: datetime) -> str:
 
 def _sub(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:
     return {"type": f"urn:ietf:params:acme:error:{kind}", "detail": detail, "identifier": identifier}
+
+
+def _alg_of(jwk: dict[str, Any]) -> str:
+    """The algorithm an account key of this kind signs with (to load it again)."""
+    if jwk.get("kty") == "OKP":
+        return "EdDSA"
+    if jwk.get("kty") == "RSA":
+        return "RS256"
+    return "ES384" if jwk.get("crv") == "P-384" else "ES256"

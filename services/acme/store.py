@@ -194,3 +194,52 @@ async def finish_validation(
                 authz_id,
                 "valid" if error is None else "invalid",
             )
+
+
+# -- finalize -----------------------------------------------------------------------------------------
+
+
+async def begin_finalize(
+    conn: asyncpg.Connection, order_id: str, request_id: str, request: dict[str, Any], now: datetime
+) -> bool:
+    """Record the enrollment request an order became, once: whether this call did (a second
+    finalize of the same order finds it taken)."""
+    result: str = await conn.execute(
+        "UPDATE orders SET finalize_status = 'processing', request_id = $2, request = $3, finalized_at = $4 "
+        "WHERE order_id = $1 AND finalize_status IS NULL",
+        order_id,
+        request_id,
+        request,
+        now,
+    )
+    return result.endswith(" 1")
+
+
+async def finish_finalize(
+    conn: asyncpg.Connection,
+    order_id: str,
+    *,
+    serial: str | None = None,
+    cert_chain: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """An order's certificate (valid) or the problem that ended it (invalid), once."""
+    await conn.execute(
+        "UPDATE orders SET finalize_status = CASE WHEN $4::jsonb IS NULL THEN 'valid' ELSE 'invalid' END, "
+        "serial = $2, cert_chain = $3, error = $4 WHERE order_id = $1 AND finalize_status = 'processing'",
+        order_id,
+        serial,
+        cert_chain,
+        error,
+    )
+
+
+async def processing_orders(conn: asyncpg.Connection, older_than: datetime, limit: int) -> list[asyncpg.Record]:
+    """Orders still being finalized since before `older_than` (their replica may have stopped)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT order_id, request_id, request FROM orders WHERE finalize_status = 'processing' "
+        "AND finalized_at < $1 ORDER BY finalized_at LIMIT $2",
+        older_than,
+        limit,
+    )
+    return rows

@@ -6,144 +6,21 @@ override, as pebble's tests do."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from acme_client import AccountKey, jws, public_jwk
+from acme_client import AlpnServer, Stack, alpn_certificate, challenge_of, serve_answers
 from deploy.local.devstack import free_port
-from services.acme.challenges import ID_PE_ACME_IDENTIFIER, Resolver, Validator, key_authorization
-from services.acme.jws import thumbprint
+from services.acme.challenges import Resolver, Validator, key_authorization
 from services.acme.server import Acme, AcmeConfig
 
 pytestmark = pytest.mark.timeout(60)
 PROBLEM = "urn:ietf:params:acme:error:"
-
-
-@dataclass
-class Account:
-    key: AccountKey
-    url: str
-
-    @property
-    def thumbprint(self) -> str:
-        return thumbprint(public_jwk(self.key))
-
-
-@dataclass
-class Stack:
-    base: str
-    http: aiohttp.ClientSession
-    pool: asyncpg.Pool
-    answers: dict[str, str] = field(default_factory=dict)  # what the test's http-01 server answers, by token
-    hits: dict[str, int] = field(default_factory=dict)  # how often it was asked, by token
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    async def post(
-        self, account: Account | AccountKey, url: str, payload: dict[str, Any] | None
-    ) -> tuple[int, Any, Any]:
-        async with self.http.head(self.url("/acme/new-nonce")) as r:
-            nonce = r.headers["Replay-Nonce"]
-        if isinstance(account, Account):
-            body = jws(account.key, url, payload, nonce, kid=account.url)
-        else:
-            body = jws(account, url, payload, nonce)
-        async with self.http.post(url, data=body, headers={"Content-Type": "application/jose+json"}) as r:
-            return r.status, r.headers, await r.json(content_type=None)
-
-    async def account(self) -> Account:
-        key = ec.generate_private_key(ec.SECP256R1())
-        status, headers, _ = await self.post(key, self.url("/acme/new-account"), {"termsOfServiceAgreed": True})
-        assert status == 201
-        return Account(key, headers["Location"])
-
-    async def order(self, account: Account, *names: str) -> tuple[str, dict[str, Any]]:
-        identifiers = [{"type": "dns", "value": n} for n in names]
-        status, headers, body = await self.post(account, self.url("/acme/new-order"), {"identifiers": identifiers})
-        assert status == 201, body
-        return headers["Location"], body
-
-    async def settled(self, account: Account, authz_url: str) -> dict[str, Any]:
-        """The authorization once it is no longer pending (bounded)."""
-        for _ in range(100):
-            _, _, body = await self.post(account, authz_url, None)
-            if body["status"] != "pending":
-                return body
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{authz_url} still pending")
-
-
-def _challenge(authz: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next(c for c in authz["challenges"] if c["type"] == kind)
-
-
-def alpn_certificate(
-    name: str, key_authorization_text: str, *, critical: bool = True, digest: bytes | None = None
-) -> tuple[bytes, bytes]:
-    """A tls-alpn-01 certificate (RFC 8737 §3) and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    value = b"\x04\x20" + (digest or hashlib.sha256(key_authorization_text.encode()).digest())
-    now = datetime.now(UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, value), critical=critical)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-
-
-class AlpnServer:
-    """A TLS server on loopback presenting one certificate, negotiating the ALPN protocols given."""
-
-    def __init__(self, tmp: Path, port: int) -> None:
-        self.tmp, self.port = tmp, port
-        self.server: asyncio.Server | None = None
-
-    async def serve(self, cert_pem: bytes, key_pem: bytes, alpn: list[str]) -> None:
-        await self.close()
-        (self.tmp / "alpn.pem").write_bytes(cert_pem)
-        (self.tmp / "alpn.key").write_bytes(key_pem)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.tmp / "alpn.pem", self.tmp / "alpn.key")
-        context.set_alpn_protocols(alpn)
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port, ssl=context)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
 
 
 @pytest.fixture
@@ -154,29 +31,10 @@ async def stack(acme_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tuple[
         Resolver.parse("*.acme.test=127.0.0.1"), http_port=http_port, tls_alpn_port=alpn_port, timeout_s=5
     )
     acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator))
-    server = TestServer(acme.application(), host="127.0.0.1", port=port)
-    await server.start_server()
-    answers: dict[str, str] = {}
-    hits: dict[str, int] = {}
-
-    async def answer(request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        hits[token] = hits.get(token, 0) + 1
-        if token not in answers:
-            raise web.HTTPNotFound()
-        return web.Response(text=answers[token])
-
-    challenge_app = web.Application()
-    challenge_app.add_routes([web.get("/.well-known/acme-challenge/{token}", answer)])
-    challenge_server = TestServer(challenge_app, host="127.0.0.1", port=http_port)
-    await challenge_server.start_server()
     alpn = AlpnServer(tmp_path, alpn_port)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
-        yield Stack(base, http, acme_pool, answers, hits), alpn
+    async with serve_answers(acme, acme_pool, base, port, http_port) as s:
+        yield s, alpn
     await alpn.close()
-    await acme.close()
-    await challenge_server.close()
-    await server.close()
 
 
 async def test_an_order_has_one_authorization_per_name_each_with_both_challenges(
@@ -211,18 +69,18 @@ async def test_http_01_and_tls_alpn_01_make_their_authorizations_valid_and_the_o
     _, _, web_authz = await s.post(account, urls[1], None)
     assert (tls_authz["identifier"]["value"], web_authz["identifier"]["value"]) == ("tls.acme.test", "web.acme.test")
 
-    http01 = _challenge(web_authz, "http-01")
+    http01 = challenge_of(web_authz, "http-01")
     s.answers[http01["token"]] = key_authorization(http01["token"], account.thumbprint)
     status, headers, body = await s.post(account, http01["url"], {})
     assert status == 200 and body["status"] in ("processing", "valid")
     assert headers["Link"].startswith(f"<{urls[1]}>")
     settled = await s.settled(account, urls[1])
     assert settled["status"] == "valid"
-    assert _challenge(settled, "http-01")["status"] == "valid" and "validated" in _challenge(settled, "http-01")
+    assert challenge_of(settled, "http-01")["status"] == "valid" and "validated" in challenge_of(settled, "http-01")
     _, _, now = await s.post(account, location, None)
     assert now["status"] == "pending"  # one authorization of two
 
-    tlsalpn = _challenge(tls_authz, "tls-alpn-01")
+    tlsalpn = challenge_of(tls_authz, "tls-alpn-01")
     await alpn.serve(
         *alpn_certificate("tls.acme.test", key_authorization(tlsalpn["token"], account.thumbprint)), ["acme-tls/1"]
     )
@@ -239,12 +97,12 @@ async def test_a_wrong_http_01_answer_makes_the_challenge_authorization_and_orde
     account = await s.account()
     location, order = await s.order(account, "wrong.acme.test")
     _, _, authz = await s.post(account, order["authorizations"][0], None)
-    http01 = _challenge(authz, "http-01")
+    http01 = challenge_of(authz, "http-01")
     s.answers[http01["token"]] = key_authorization(http01["token"], "someone-elses-thumbprint")
     await s.post(account, http01["url"], {})
     settled = await s.settled(account, order["authorizations"][0])
     assert settled["status"] == "invalid"
-    error = _challenge(settled, "http-01")["error"]
+    error = challenge_of(settled, "http-01")["error"]
     assert error["type"] == PROBLEM + "incorrectResponse" and "someone-elses-thumbprint" in error["detail"]
     _, _, now = await s.post(account, location, None)
     assert now["status"] == "invalid"
@@ -254,21 +112,21 @@ async def test_a_wrong_http_01_answer_makes_the_challenge_authorization_and_orde
     assert again["status"] == "invalid"
 
 
-async def test_an_http_01_server_that_answers_404_or_is_not_there_fails_the_challenge(
+async def test_an_http_01_server_that_answers_404_or_is_not_there_fails_thechallenge_of(
     stack: tuple[Stack, AlpnServer],
 ) -> None:
     s, _ = stack
     account = await s.account()
     _, order = await s.order(account, "missing.acme.test")
     _, _, authz = await s.post(account, order["authorizations"][0], None)
-    await s.post(account, _challenge(authz, "http-01")["url"], {})  # nothing served for its token: 404
-    error = _challenge(await s.settled(account, order["authorizations"][0]), "http-01")["error"]
+    await s.post(account, challenge_of(authz, "http-01")["url"], {})  # nothing served for its token: 404
+    error = challenge_of(await s.settled(account, order["authorizations"][0]), "http-01")["error"]
     assert error["type"] == PROBLEM + "unauthorized" and "HTTP 404" in error["detail"]
     # tls-alpn-01 with no TLS server listening.
     _, order = await s.order(account, "nobody.acme.test")
     _, _, authz = await s.post(account, order["authorizations"][0], None)
-    await s.post(account, _challenge(authz, "tls-alpn-01")["url"], {})
-    error = _challenge(await s.settled(account, order["authorizations"][0]), "tls-alpn-01")["error"]
+    await s.post(account, challenge_of(authz, "tls-alpn-01")["url"], {})
+    error = challenge_of(await s.settled(account, order["authorizations"][0]), "tls-alpn-01")["error"]
     assert error["type"] == PROBLEM + "connection"
 
 
@@ -278,7 +136,7 @@ async def test_a_tls_alpn_01_answer_that_is_not_exactly_right_fails(stack: tuple
     account = await s.account()
     _, order = await s.order(account, "alpn.acme.test")
     _, _, authz = await s.post(account, order["authorizations"][0], None)
-    challenge = _challenge(authz, "tls-alpn-01")
+    challenge = challenge_of(authz, "tls-alpn-01")
     right = key_authorization(challenge["token"], account.thumbprint)
     if case == "no ALPN":
         await alpn.serve(*alpn_certificate("alpn.acme.test", right), ["http/1.1"])
@@ -290,7 +148,7 @@ async def test_a_tls_alpn_01_answer_that_is_not_exactly_right_fails(stack: tuple
         await alpn.serve(*alpn_certificate("other.acme.test", right), ["acme-tls/1"])
     await s.post(account, challenge["url"], {})
     settled = await s.settled(account, order["authorizations"][0])
-    error = _challenge(settled, "tls-alpn-01")["error"]
+    error = challenge_of(settled, "tls-alpn-01")["error"]
     assert settled["status"] == "invalid"
     assert error["type"] == PROBLEM + ("tls" if case == "no ALPN" else "incorrectResponse"), error
 
@@ -343,13 +201,13 @@ async def test_an_account_cannot_see_or_answer_another_accounts_order(stack: tup
     for url, payload in [
         (location, None),
         (order["authorizations"][0], None),
-        (_challenge(authz, "http-01")["url"], {}),
+        (challenge_of(authz, "http-01")["url"], {}),
         (location + "/finalize", {"csr": ""}),
     ]:
         status, _, problem = await s.post(other, url, payload)
         assert (status, problem["type"]) == (404, PROBLEM + "malformed"), url
     _, _, still = await s.post(owner, order["authorizations"][0], None)
-    assert _challenge(still, "http-01")["status"] == "pending"
+    assert challenge_of(still, "http-01")["status"] == "pending"
 
 
 async def test_a_deactivated_authorization_makes_its_order_invalid(stack: tuple[Stack, AlpnServer]) -> None:
@@ -369,7 +227,7 @@ async def test_a_challenge_posted_twice_is_validated_once(stack: tuple[Stack, Al
     account = await s.account()
     _, order = await s.order(account, "twice.acme.test")
     _, _, authz = await s.post(account, order["authorizations"][0], None)
-    http01 = _challenge(authz, "http-01")
+    http01 = challenge_of(authz, "http-01")
     s.answers[http01["token"]] = key_authorization(http01["token"], account.thumbprint)
     await asyncio.gather(s.post(account, http01["url"], {}), s.post(account, http01["url"], {}))
     assert (await s.settled(account, order["authorizations"][0]))["status"] == "valid"
