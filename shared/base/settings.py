@@ -220,3 +220,37 @@ class AuditSettings(ServiceSettings):
     lint_backlog_max: int = Field(default=10_000, ge=32, le=10_000_000)
     check_interval_s: float = 300.0
     crl_check_grace_s: float = 60.0  # a revocation younger than this need not be in a CRL yet
+
+
+class AcmeSettings(ServiceSettings):
+    """ACME (RFC 8555): where clients reach it, how challenges are checked, and the provisioner key
+    it signs its orders' tokens with. `http_port` serves health and metrics; ACME itself is served
+    over HTTPS on `acme_port`, with a certificate ACME enrolls for through Certbus."""
+
+    http_port: int = 8445
+    acme_host: str = "127.0.0.1"
+    acme_port: int = 8446
+    # The URL clients are given (the directory is at {acme_base_url}/acme/directory); its host must
+    # be among acme_tls_names or acme_tls_ips.
+    acme_base_url: str = "https://127.0.0.1:8446"
+    acme_provisioner_id: str = "acme"
+    acme_provisioner_key_file: Path = Path(".certbus/acme/acme-provisioner.key.pem")
+    acme_profile: str = "tls-server"  # the profile ordered certificates are enrolled under
+    # ACME's own server certificate: its profile, DNS names and IP addresses.
+    acme_tls_profile: str = "service"
+    acme_tls_names: list[str] = ["acme.certbus.internal"]
+    acme_tls_ips: list[str] = ["127.0.0.1"]
+    acme_tls_dir: Path = Path(".certbus/acme/tls")
+    # Challenge validation: resolver overrides (`*.internal=127.0.0.1,host=10.0.0.5`) and the ports
+    # http-01 and tls-alpn-01 are checked on (RFC 8555 says 80 and 443).
+    acme_resolve: str = ""
+    acme_http01_port: int = Field(default=80, ge=1, le=65535)
+    acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
+    acme_terms_of_service: str | None = None
+    acme_sweep_s: float = Field(default=10.0, gt=0)  # how often orders left processing are taken up again
+    acme_enroll_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def acme_provisioner_public_key_file(self) -> Path:
+        path = self.acme_provisioner_key_file
+        return path.with_name(path.name.removesuffix(".pem").removesuffix(".key") + ".pub.pem")
