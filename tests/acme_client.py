@@ -7,9 +7,14 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from deploy.local.devstack import free_port
 from services.acme.challenges import ID_PE_ACME_IDENTIFIER
 from services.acme.jws import thumbprint
 from services.acme.server import Acme
@@ -233,3 +239,108 @@ async def serve_answers(acme: Acme, pool: asyncpg.Pool, base: str, port: int, ht
         await acme.close()
         await challenge_server.close()
         await server.close()
+
+
+def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, dict[str, Any]]:
+    """GET a JSON document: (status, body); (0, {}) while nothing listens there."""
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except (urllib.error.URLError, ConnectionError):
+        return 0, {}
+
+
+@dataclass
+class AcmeProcess:
+    """`python -m services.acme` beside a harness's services, as its own process with its own identity."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    key_file: Path
+    home: Path
+
+    @classmethod
+    @contextmanager
+    def start(cls, stack: Any, tmp_path: Path, **settings: str) -> Iterator[AcmeProcess]:
+        """Start it (identity `acme` must exist: `await stack.identity("acme")` first)."""
+        http_port, acme_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
+        for key, value in stack.common_settings.model_dump().items():
+            if value is not None and key not in ("identity", "nats_seed_file", "nats_user", "nats_password"):
+                env[f"CERTBUS_{key.upper()}"] = str(value)
+        home = tmp_path / "acme"
+        key_file = home / "acme-provisioner.key.pem"
+        env.update(
+            CERTBUS_IDENTITY="acme",
+            CERTBUS_NATS_SEED_FILE=str(stack.identities.seed_file("acme")),
+            CERTBUS_DATABASE_URL=stack.database_url,
+            CERTBUS_HTTP_PORT=str(http_port),
+            CERTBUS_ACME_PORT=str(acme_port),
+            CERTBUS_ACME_BASE_URL=f"https://127.0.0.1:{acme_port}",
+            CERTBUS_ACME_PROVISIONER_KEY_FILE=str(key_file),
+            CERTBUS_ACME_TLS_DIR=str(home / "tls"),
+            CERTBUS_ACME_ENROLL_TIMEOUT_S="10",
+            CERTBUS_ACME_SWEEP_S="1",
+            CERTBUS_LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+            **{f"CERTBUS_{k.upper()}": v for k, v in settings.items()},
+        )
+        home.mkdir(parents=True, exist_ok=True)
+        with open(tmp_path / "acme.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.acme"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                yield cls(proc, env, key_file, home)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+    @property
+    def health(self) -> str:
+        return f"http://127.0.0.1:{self.env['CERTBUS_HTTP_PORT']}"
+
+    @property
+    def directory(self) -> str:
+        return f"{self.env['CERTBUS_ACME_BASE_URL']}/acme/directory"
+
+    async def register(self, stack: Any, **scope: Any) -> None:
+        """Register ACME's provisioner (its key's public half, written at its start), for its identity."""
+        from shared.contract.events import ProvisionerRegistered, utcnow
+        from shared.pki.provisioner_keys import public_key_file
+
+        public = public_key_file(self.key_file)
+        for _ in range(300):
+            if public.exists():
+                break
+            await asyncio.sleep(0.1)
+        async with stack.client("operator") as c:
+            await c.publish(
+                ProvisionerRegistered(
+                    aggregate_id="acme",
+                    occurred_at=utcnow(),
+                    correlation_id="tests",
+                    producer="operator",
+                    name="acme",
+                    public_key_pem=public.read_text(),
+                    registered_by="tests",
+                    requesters=["acme"],
+                    **scope,
+                )
+            )
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        for _ in range(int(timeout / 0.1)):
+            if (await asyncio.to_thread(get, f"{self.health}/readyz"))[0] == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"ACME not ready within {timeout} s: {get(f'{self.health}/readyz')}")
+
+    def root_pem(self) -> str:
+        """Certbus's root, the last certificate of ACME's server chain: what a client must trust."""
+        chain = (self.home / "tls" / "server.chain.pem").read_text()
+        return chain[chain.rindex("-----BEGIN CERTIFICATE-----") :]

@@ -1,0 +1,164 @@
+"""Real ACME clients from Debian's packages against Certbus's ACME service (its own process, over
+TLS with a Certbus certificate) and the five services: certbot and lego get certificates with no
+Certbus code; each verifies with openssl against the Certbus chain and is in the audit history.
+The clients' challenge servers listen on loopback ports, which the ACME service is told to check
+(CERTBUS_ACME_HTTP01_PORT / _TLSALPN01_PORT), with the names resolved to 127.0.0.1
+(CERTBUS_ACME_RESOLVE), as pebble's tests do."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from acme_client import AcmeProcess
+from deploy.local.devstack import free_port
+from harness import Harness, eventually
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not (shutil.which("certbot") and shutil.which("lego")), reason="make test installs them"),
+]
+
+
+class Clients:
+    def __init__(self, acme: AcmeProcess, tmp: Path, http01_port: int, tlsalpn01_port: int) -> None:
+        self.acme, self.tmp = acme, tmp
+        self.http01_port, self.tlsalpn01_port = http01_port, tlsalpn01_port
+        self.ca = tmp / "certbus-root.pem"
+        self.ca.write_text(acme.root_pem())
+
+    def env(self) -> dict[str, str]:
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")},
+            "REQUESTS_CA_BUNDLE": str(self.ca),  # certbot
+            "LEGO_CA_CERTIFICATES": str(self.ca),  # lego
+        }
+
+    async def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run, list(args), env=self.env(), capture_output=True, text=True, timeout=120, check=False
+        )
+
+    async def certbot(self, *args: str) -> subprocess.CompletedProcess[str]:
+        d = self.tmp / "certbot"
+        return await self.run(
+            "certbot",
+            *args,
+            "--non-interactive",
+            "--server",
+            self.acme.directory,
+            "--config-dir",
+            str(d / "config"),
+            "--work-dir",
+            str(d / "work"),
+            "--logs-dir",
+            str(d / "logs"),
+        )
+
+    async def lego(self, challenge: str, *domains: str, command: str = "run") -> subprocess.CompletedProcess[str]:
+        flags = (
+            ["--http", "--http.port", f"127.0.0.1:{self.http01_port}"]
+            if challenge == "http-01"
+            else ["--tls", "--tls.port", f"127.0.0.1:{self.tlsalpn01_port}"]
+        )
+        names = [arg for d in domains for arg in ("--domains", d)]
+        return await self.run(
+            "lego",
+            "--server",
+            self.acme.directory,
+            "--accept-tos",
+            "--email",
+            "ops@example.test",
+            "--path",
+            str(self.tmp / "lego"),
+            *flags,
+            *names,
+            command,
+        )
+
+    async def verify(self, cert: Path, chain: Path) -> None:
+        """openssl verify against Certbus's root, the issuing CA untrusted, as a relying party does."""
+        result = await self.run("openssl", "verify", "-CAfile", str(self.ca), "-untrusted", str(chain), str(cert))
+        assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stdout + result.stderr
+
+
+async def _in_history(stack: Harness, cert: x509.Certificate) -> None:
+    """`certbus audit history SERIAL` shows the certificate's request (by ACME) and its issuance."""
+    serial = format(cert.serial_number, "x")
+
+    async def archived() -> str | None:
+        answer = await stack.cli("audit", "history", serial)
+        return answer.stdout if answer.returncode == 0 and "CertificateIssued" in answer.stdout else None
+
+    text = await eventually(archived, timeout=30)
+    assert "EnrollmentRequested" in text and "acme" in text
+
+
+def _split(pem: Path) -> tuple[Path, Path]:
+    """A full chain file as its leaf and the rest."""
+    certs = pem.read_text().split("-----END CERTIFICATE-----")
+    leaf, rest = pem.with_suffix(".leaf.pem"), pem.with_suffix(".rest.pem")
+    leaf.write_text(certs[0] + "-----END CERTIFICATE-----\n")
+    rest.write_text("-----END CERTIFICATE-----".join(certs[1:-1]) + "-----END CERTIFICATE-----\n")
+    return leaf, rest
+
+
+@pytest.fixture
+async def clients(stack: Harness, tmp_path: Path) -> AsyncIterator[Clients]:
+    await stack.identity("acme")
+    http01, tlsalpn01 = free_port(), free_port()
+    settings = {
+        "acme_resolve": "*.internal=127.0.0.1",
+        "acme_http01_port": str(http01),
+        "acme_tlsalpn01_port": str(tlsalpn01),
+    }
+    with AcmeProcess.start(stack, tmp_path, **settings) as acme:
+        await acme.register(stack, name_suffixes=["acme.internal", "certbus.internal"])
+        await acme.ready()
+        yield Clients(acme, tmp_path, http01, tlsalpn01)
+
+
+async def test_certbot_certonly_standalone_over_http_01(clients: Clients, stack: Harness) -> None:
+    result = await clients.certbot(
+        "certonly",
+        "--standalone",
+        "--agree-tos",
+        "--email",
+        "ops@example.test",
+        "--http-01-port",
+        str(clients.http01_port),
+        "--http-01-address",
+        "127.0.0.1",
+        "-d",
+        "web.acme.internal",
+        "--key-type",
+        "ecdsa",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    live = clients.tmp / "certbot" / "config" / "live" / "web.acme.internal"
+    leaf = x509.load_pem_x509_certificate((live / "cert.pem").read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["web.acme.internal"]
+    await clients.verify(live / "cert.pem", live / "chain.pem")
+    await _in_history(stack, leaf)
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+async def test_lego_run(clients: Clients, stack: Harness, challenge: str) -> None:
+    domains = [f"{challenge}.acme.internal", f"www.{challenge}.acme.internal"]
+    result = await clients.lego(challenge, *domains)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pem = clients.tmp / "lego" / "certificates" / f"{domains[0]}.crt"  # lego writes the full chain there
+    leaf_file, rest = _split(pem)
+    leaf = x509.load_pem_x509_certificate(leaf_file.read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(domains)
+    await clients.verify(leaf_file, rest)
+    await _in_history(stack, leaf)
