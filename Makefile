@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium compose cfssl wrk
+.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium compose acme-clients cfssl wrk
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/mypy shared services deploy
 	$(VENV)/bin/lint-imports
 
-test: lint chromium compose
+test: lint chromium compose acme-clients
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The HTML audit report's test opens the page in headless Chromium (Debian's package).
@@ -42,6 +42,11 @@ chromium:
 compose:
 	@command -v docker-compose >/dev/null || ($(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose)
+
+# ACME's tests run real clients against it: certbot and lego (Debian's packages).
+acme-clients:
+	@(command -v certbot >/dev/null && command -v lego >/dev/null) || ($(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends certbot lego)
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

@@ -30,7 +30,7 @@ def devstack(tmp_path: Path, wait_until_up: bool = True) -> Iterator[tuple[dict[
     outer.chmod(0o755)
     home = outer / "home"
     nats_port, pg_port = free_port(), free_port()
-    http_base = free_run(5)
+    http_base = free_run(7)  # the five services, then ACME's health and HTTPS ports
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")}
     env.update(
         CERTBUS_HOME=str(home),
@@ -38,6 +38,8 @@ def devstack(tmp_path: Path, wait_until_up: bool = True) -> Iterator[tuple[dict[
         CERTBUS_PG_PORT=str(pg_port),
         CERTBUS_HTTP_PORT_BASE=str(http_base),
         CERTBUS_PUBLIC_BASE_URL=f"http://127.0.0.1:{http_base}",
+        CERTBUS_ACME_HTTP01_PORT=str(free_port()),
+        CERTBUS_ACME_TLSALPN01_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(ROOT),
     )

@@ -1,4 +1,4 @@
-"""The local stack, declared as data: a NATS server, PostgreSQL and the five services.
+"""The local stack, declared as data: a NATS server, PostgreSQL, the five services and ACME.
 
 Used by `make run` (foreground, Ctrl-C stops everything) and by the end-to-end tests, which
 start their own throwaway NATS and database on free loopback ports.
@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,17 @@ from shared.trust.identities import IdentityStore, write_nats_config
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
 DEFAULT_HTTP_PORTS = {"validation": 8440, "enrollment": 8441, "signing": 8442, "revocation": 8443, "audit": 8444}
+# The ACME service (`make run` starts it beside the five unless CERTBUS_ACME=0): its identity (a
+# requester), its health port and its HTTPS port, counted from validation's port as the five's are.
+ACME = "acme"
+ACME_HTTP_OFFSET, ACME_TLS_OFFSET = 5, 6
+# Where `make run`'s ACME checks challenges: loopback names, unprivileged ports (a client's
+# standalone server listens there: certbot --http-01-port 5002, lego --http.port :5002 / --tls.port :5001).
+ACME_LOCAL_DEFAULTS = {
+    "CERTBUS_ACME_RESOLVE": "*.internal=127.0.0.1",
+    "CERTBUS_ACME_HTTP01_PORT": "5002",
+    "CERTBUS_ACME_TLSALPN01_PORT": "5001",
+}
 # How long `make run` waits, once the profiles are applied, for the system to be ready (CERTBUS_READY_TIMEOUT_S).
 READY_TIMEOUT_S = 120.0
 
@@ -377,30 +389,49 @@ def ensure_identities(home: Path, operator: str) -> IdentityStore:
     store.ensure("admin", "admin")
     store.ensure(operator, "operator")
     store.ensure("requester", "requester")
+    store.ensure(ACME, "requester")  # ACME publishes its orders' requests like any program
     return store
 
 
 def provision_database(pg: PostgresCluster, home: Path) -> dict[str, str]:
     """Create the `certbus` database, one login role per service owning its schema, with password
-    authentication (deploy/postgres/init.sql, run once); returns each service's DSN."""
-    passwords = {service: _secret(home, f"db-{service}") for service in SERVICES}
+    authentication (deploy/postgres/init.sql, run once), and ACME's role and schema (added to a
+    database made before ACME existed); returns each service's DSN, ACME's included."""
+    passwords = {service: _secret(home, f"db-{service}") for service in (*SERVICES, ACME)}
     marker = home / "pg" / ".provisioned"
+    env = dict(os.environ, PGPASSWORD=pg.password or "")
+    env.update({f"CERTBUS_DB_{s.upper()}_PASSWORD": pw for s, pw in passwords.items()})
+    psql = pg_bin_dir() / "psql"
     if not marker.exists():
-        env = dict(os.environ, PGPASSWORD=pg.password or "")
-        env.update({f"CERTBUS_DB_{s.upper()}_PASSWORD": pw for s, pw in passwords.items()})
-        psql = pg_bin_dir() / "psql"
         admin = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
-        result = subprocess.run(
-            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(DATABASE_INIT), admin],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"setting up the database failed: {result.stderr.strip()}")
+        _psql(psql, env, admin, "-f", str(DATABASE_INIT))
         marker.touch()
+    acme_marker = home / "pg" / ".provisioned-acme"
+    if not acme_marker.exists():
+        # As init.sql does for the five: a login role owning its schema, rights on nothing else.
+        certbus = f"postgresql://postgres@127.0.0.1:{pg.port}/certbus"
+        script = (
+            "\\getenv pw CERTBUS_DB_ACME_PASSWORD\n"
+            "CREATE ROLE acme LOGIN PASSWORD :'pw';\n"
+            "GRANT CONNECT, TEMPORARY, CREATE ON DATABASE certbus TO acme;\n"
+            "CREATE SCHEMA acme AUTHORIZATION acme;\n"
+        )
+        _psql(psql, env, certbus, "-f", "-", script=script)
+        acme_marker.touch()
     return {service: pg.url_of(service, pw) for service, pw in passwords.items()}
+
+
+def _psql(psql: Path, env: dict[str, str], url: str, *args: str, script: str | None = None) -> None:
+    result = subprocess.run(
+        [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", *args, url],
+        input=script,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"setting up the database failed: {result.stderr.strip()}")
 
 
 def _register_policy(env: dict[str, str], operator: str, fresh: bool) -> None:
@@ -476,6 +507,7 @@ class LocalStack:
     pg: PostgresCluster | None = None
     procs: list[ServiceProcess] = field(default_factory=list)
     fresh: bool = False
+    acme: bool = False  # also run the ACME service (make run does)
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -558,7 +590,7 @@ class LocalStack:
         self.fresh = asyncio.run(_log_is_new(admin))
         if "CERTBUS_DATABASE_URL" in self.env:
             say("using PostgreSQL at CERTBUS_DATABASE_URL (one connection for every service)")
-            databases = dict.fromkeys(SERVICES, self.env["CERTBUS_DATABASE_URL"])
+            databases = dict.fromkeys((*SERVICES, ACME), self.env["CERTBUS_DATABASE_URL"])
         else:
             self.pg = PostgresCluster(
                 port=int(self.env.get("CERTBUS_PG_PORT", "15432")),
@@ -591,6 +623,62 @@ class LocalStack:
                 self.procs.append(
                     ServiceProcess(name, service_env(own, name, port), log_file=log_file, instance=instance)
                 )
+        if self.acme:
+            self.procs.append(self._acme_process(base, databases[ACME]))
+
+    def _acme_process(self, base: int, database_url: str) -> ServiceProcess:
+        """The ACME service: its own identity (a requester), schema and key files, HTTPS on base+6."""
+        tls_port = base + ACME_TLS_OFFSET
+        own = dict(
+            {**ACME_LOCAL_DEFAULTS, **self.env},
+            CERTBUS_IDENTITY=ACME,
+            CERTBUS_INSTANCE=ACME,
+            CERTBUS_NATS_SEED_FILE=str(self.store.seed_file(ACME)),
+            CERTBUS_DATABASE_URL=database_url,
+            CERTBUS_ACME_PORT=str(tls_port),
+            CERTBUS_ACME_BASE_URL=f"https://127.0.0.1:{tls_port}",
+            CERTBUS_ACME_PROVISIONER_KEY_FILE=str(self.home / "acme" / "acme-provisioner.key.pem"),
+            CERTBUS_ACME_TLS_DIR=str(self.home / "acme" / "tls"),
+        )
+        log_file = self.log_dir / f"{ACME}.log" if self.log_dir else None
+        return ServiceProcess(ACME, service_env(own, ACME, base + ACME_HTTP_OFFSET), log_file=log_file)
+
+    @property
+    def acme_directory(self) -> str | None:
+        acme = next((p for p in self.procs if p.name == ACME), None)
+        return None if acme is None else f"{acme.env['CERTBUS_ACME_BASE_URL']}/acme/directory"
+
+    @property
+    def acme_ca_bundle(self) -> Path:
+        """Certbus's root, as ACME clients must trust it (REQUESTS_CA_BUNDLE, LEGO_CA_CERTIFICATES)."""
+        return self.home / "acme" / "ca.pem"
+
+    def _acme_ready(self, timeout: float, give_up: Callable[[], bool]) -> list[str]:
+        """Register ACME's provisioner, wait until ACME serves over TLS, and write the CA bundle its
+        clients trust; what is missing ([] once ready)."""
+        acme = next(p for p in self.procs if p.name == ACME)
+        cli = [sys.executable, "-m", "shared.client.cli.main"]
+        public = Path(acme.env["CERTBUS_ACME_PROVISIONER_KEY_FILE"]).with_name("acme-provisioner.pub.pem")
+        scope = ["--requester", ACME, "--profile", "tls-server", "--profile", "service", "--suffix", "internal"]
+        subprocess.run(
+            [*cli, "provisioner", "add", ACME, "--public-key", str(public), *scope], env=self.env, check=True
+        )
+        url = f"http://127.0.0.1:{acme.env['CERTBUS_HTTP_PORT']}/readyz"
+        deadline = time.monotonic() + timeout
+        body: dict[str, object] = {}
+        while time.monotonic() < deadline and not give_up():
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        chain = (Path(acme.env["CERTBUS_ACME_TLS_DIR"]) / "server.chain.pem").read_text()
+                        write_atomic(self.acme_ca_bundle, chain[chain.rindex("-----BEGIN CERTIFICATE-----") :].encode())
+                        return []
+            except urllib.error.HTTPError as e:
+                body = json.loads(e.read() or b"{}")
+            except OSError:
+                pass
+            time.sleep(0.25)
+        return [f"acme: {m}" for m in body.get("missing", ["not ready"])]  # type: ignore[attr-defined]
 
     def start_services(self, give_up: Callable[[], bool] = lambda: False) -> list[str]:
         """Start every replica, register the local policy and profiles, and wait until the system
@@ -601,7 +689,10 @@ class LocalStack:
             p.wait_healthy(90, restarts=2)
         _register_policy(self.env, self.operator, self.fresh)
         ready_timeout = float(self.env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
-        return asyncio.run(wait_ready(self.identity_settings("requester"), ready_timeout, give_up=give_up))
+        missing = asyncio.run(wait_ready(self.identity_settings("requester"), ready_timeout, give_up=give_up))
+        if self.acme and not missing:
+            missing = self._acme_ready(ready_timeout, give_up)
+        return missing
 
     def restart_exited(self) -> None:
         """Start again any replica that exited."""
@@ -644,7 +735,8 @@ def run_local() -> int:
     if cluster < 1 or replicas < 1:
         say("CLUSTER and REPLICAS must be at least 1", error=True)
         return 1
-    stack = LocalStack(home, dict(os.environ), cluster=cluster, replicas=replicas)
+    acme = os.environ.get("CERTBUS_ACME", "1") != "0"
+    stack = LocalStack(home, dict(os.environ), cluster=cluster, replicas=replicas, acme=acme)
     stopping = False
 
     def on_signal(signum: int, _: object) -> None:
@@ -672,6 +764,12 @@ def run_local() -> int:
                 "In another shell: .venv/bin/certbus health "
                 f"(it connects as `requester`, and as operator `{stack.operator}` for operator commands)"
             )
+            if stack.acme_directory is not None:
+                say(
+                    f"ACME directory: {stack.acme_directory} (clients trust {stack.acme_ca_bundle}: "
+                    "REQUESTS_CA_BUNDLE for certbot, LEGO_CA_CERTIFICATES for lego; http-01 is checked on "
+                    "port 5002 and tls-alpn-01 on 5001, names under .internal resolved to 127.0.0.1)"
+                )
         while not stopping:
             time.sleep(0.5)
             if not stopping:

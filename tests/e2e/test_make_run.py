@@ -133,3 +133,50 @@ async def test_the_cli_from_the_checkout_connects_as_requester_and_as_operator(m
     }
     denied = await asyncio.to_thread(_cli, as_requester, "requests", "list", "--json")
     assert denied.returncode == 3, denied.stdout + denied.stderr  # unreachable: no such service for a requester
+
+
+def test_certbot_gets_a_certificate_from_make_runs_acme(make_run: dict[str, str], tmp_path: Path) -> None:
+    """`make run` prints an ACME directory and the CA bundle its clients trust; certbot, given both,
+    gets a certificate with no Certbus code (http-01 on the port make run's ACME checks)."""
+    env = make_run
+    home = Path(env["CERTBUS_HOME"])
+    directory = f"https://127.0.0.1:{int(env['CERTBUS_HTTP_PORT_BASE']) + 6}/acme/directory"
+    if shutil.which("certbot") is None:
+        pytest.fail("certbot is not installed: `make test` installs it (apt-get install certbot)")
+    result = subprocess.run(
+        [
+            "certbot",
+            "certonly",
+            "--standalone",
+            "--non-interactive",
+            "--agree-tos",
+            "--email",
+            "ops@example.test",
+            "--server",
+            directory,
+            "--http-01-port",
+            env["CERTBUS_ACME_HTTP01_PORT"],
+            "--http-01-address",
+            "127.0.0.1",
+            "-d",
+            "certbot.make-run.internal",
+            "--config-dir",
+            str(tmp_path / "c"),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--logs-dir",
+            str(tmp_path / "l"),
+        ],
+        env={**env, "REQUESTS_CA_BUNDLE": str(home / "acme" / "ca.pem")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cert = x509.load_pem_x509_certificate(
+        (tmp_path / "c" / "live" / "certbot.make-run.internal" / "cert.pem").read_bytes()
+    )
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == ["certbot.make-run.internal"]

@@ -21,10 +21,7 @@ from acme_client import AcmeProcess
 from deploy.local.devstack import free_port
 from harness import Harness, eventually
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not (shutil.which("certbot") and shutil.which("lego")), reason="make test installs them"),
-]
+pytestmark = pytest.mark.timeout(240)
 
 
 class Clients:
@@ -112,6 +109,9 @@ def _split(pem: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 async def clients(stack: Harness, tmp_path: Path) -> AsyncIterator[Clients]:
+    missing = [tool for tool in ("certbot", "lego") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not installed: `make test` installs them (apt-get install certbot lego)")
     await stack.identity("acme")
     http01, tlsalpn01 = free_port(), free_port()
     settings = {
