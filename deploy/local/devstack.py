@@ -650,7 +650,8 @@ class LocalStack:
 
     @property
     def acme_ca_bundle(self) -> Path:
-        """Certbus's root, as ACME clients must trust it (REQUESTS_CA_BUNDLE, LEGO_CA_CERTIFICATES)."""
+        """Certbus's root, as ACME clients must trust it (REQUESTS_CA_BUNDLE, LEGO_CA_CERTIFICATES); the
+        directory's URL is written beside it (`acme/directory`)."""
         return self.home / "acme" / "ca.pem"
 
     def _acme_ready(self, timeout: float, give_up: Callable[[], bool]) -> list[str]:
@@ -672,6 +673,7 @@ class LocalStack:
                     if response.status == 200:
                         chain = (Path(acme.env["CERTBUS_ACME_TLS_DIR"]) / "server.chain.pem").read_text()
                         write_atomic(self.acme_ca_bundle, chain[chain.rindex("-----BEGIN CERTIFICATE-----") :].encode())
+                        write_atomic(self.acme_ca_bundle.with_name("directory"), f"{self.acme_directory}\n".encode())
                         return []
             except urllib.error.HTTPError as e:
                 body = json.loads(e.read() or b"{}")
