@@ -30,8 +30,10 @@ from shared.base.clock import Clock, SystemClock
 from shared.client.api import Unreachable
 from shared.contract.events import EnrollmentRequested
 from shared.contract.profiles import dns_syntax_problem
+from shared.runtime.consumer import TRANSIENT_ERRORS
 
 log = logging.getLogger("certbus.acme")
+UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, *TRANSIENT_ERRORS)
 JOSE_JSON = "application/jose+json"
 MAX_CONTACT_CHARS = 320
 
@@ -120,7 +122,15 @@ class Acme:
                 response = await handler(request)
             except AcmeProblem as problem:
                 response = problem.response()
-            response.headers["Replay-Nonce"] = await self._nonce()
+            except UNAVAILABLE as e:  # the database: nothing was done; the client may try again
+                log.warning("ACME request failed: database unavailable", extra={"error": repr(e)[:300]})
+                response = AcmeProblem("serverInternal", "temporarily unavailable: try again", 503).response(
+                    {"Retry-After": "5"}
+                )
+            try:
+                response.headers["Replay-Nonce"] = await self._nonce()
+            except UNAVAILABLE:
+                pass  # the client gets a fresh nonce from newNonce once the database is back
             response.headers["Cache-Control"] = "no-store"
             response.headers.add("Link", f'<{self.config.url("/acme/directory")}>;rel="index"')
             return response

@@ -291,3 +291,15 @@ async def test_expired_nonces_are_pruned(server: Server) -> None:
     await server.pool.execute("UPDATE nonces SET expires_at = now() - interval '1 second'")
     assert await server.acme.prune() >= 1
     assert await server.pool.fetchval("SELECT count(*) FROM nonces") == 0
+
+
+async def test_without_its_database_acme_says_try_again_and_changes_nothing(acme_pool: asyncpg.Pool) -> None:
+    async for server in _serve(acme_pool):
+        key = p256()
+        body = jws(key, server.url("/acme/new-account"), {"termsOfServiceAgreed": True}, await server.nonce())
+        await acme_pool.close()  # what a lost database looks like to the service
+        status, headers, problem = await server.post("/acme/new-account", body)
+        assert (status, problem["type"], headers["Retry-After"]) == (503, PROBLEM + "serverInternal", "5")
+        assert "Replay-Nonce" not in headers
+        async with server.http.get(server.url("/acme/directory")) as r:
+            assert r.status == 200  # what needs no database is still served
