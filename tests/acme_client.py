@@ -35,6 +35,8 @@ from deploy.local.devstack import free_port
 from services.acme.challenges import ID_PE_ACME_IDENTIFIER
 from services.acme.jws import thumbprint
 from services.acme.server import Acme
+from shared.contract.events import ProvisionerRegistered, utcnow
+from shared.pki.provisioner_keys import public_key_file
 
 AccountKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
@@ -310,28 +312,12 @@ class AcmeProcess:
 
     async def register(self, stack: Any, **scope: Any) -> None:
         """Register ACME's provisioner (its key's public half, written at its start), for its identity."""
-        from shared.contract.events import ProvisionerRegistered, utcnow
-        from shared.pki.provisioner_keys import public_key_file
-
         public = public_key_file(self.key_file)
         for _ in range(300):
             if public.exists():
                 break
             await asyncio.sleep(0.1)
-        async with stack.client("operator") as c:
-            await c.publish(
-                ProvisionerRegistered(
-                    aggregate_id="acme",
-                    occurred_at=utcnow(),
-                    correlation_id="tests",
-                    producer="operator",
-                    name="acme",
-                    public_key_pem=public.read_text(),
-                    registered_by="tests",
-                    requesters=["acme"],
-                    **scope,
-                )
-            )
+        await register_acme_provisioner(stack, public.read_text(), **scope)
 
     async def ready(self, timeout: float = 60.0) -> None:
         for _ in range(int(timeout / 0.1)):
@@ -344,3 +330,22 @@ class AcmeProcess:
         """Certbus's root, the last certificate of ACME's server chain: what a client must trust."""
         chain = (self.home / "tls" / "server.chain.pem").read_text()
         return chain[chain.rindex("-----BEGIN CERTIFICATE-----") :]
+
+
+async def register_acme_provisioner(stack: Any, public_key_pem: str, **scope: Any) -> None:
+    """Register provisioner `acme` with `public_key_pem`, usable by the `acme` identity alone (and
+    within `scope`: name_suffixes, profiles...), as an operator does."""
+    async with stack.client("operator") as c:
+        await c.publish(
+            ProvisionerRegistered(
+                aggregate_id="acme",
+                occurred_at=utcnow(),
+                correlation_id="tests",
+                producer="operator",
+                name="acme",
+                public_key_pem=public_key_pem,
+                registered_by="tests",
+                requesters=["acme"],
+                **scope,
+            )
+        )

@@ -409,17 +409,11 @@ class Acme:
         assert checked.account is not None
         authz_id = request.match_info["authz_id"]
         async with self._pool().acquire() as conn:
-            row = await store.authorization(conn, authz_id)
-            if row is None or row["account_id"] != checked.account["account_id"]:
-                raise AcmeProblem("malformed", "no such authorization of this account", 404)
+            _mine(await store.authorization(conn, authz_id), checked, "authorization")
             if checked.payload is not None:
                 if checked.payload != {"status": "deactivated"}:
                     raise malformed('an authorization may only be updated with {"status": "deactivated"}')
-                await conn.execute(
-                    "UPDATE authorizations SET status = 'deactivated' WHERE authz_id = $1 AND status IN "
-                    "('pending', 'valid')",
-                    authz_id,
-                )
+                await store.deactivate_authorization(conn, authz_id)
             return web.json_response(await self._authz_object(conn, authz_id))
 
     async def challenge(self, request: web.Request) -> web.StreamResponse:
@@ -427,9 +421,7 @@ class Acme:
         assert checked.account is not None
         challenge_id = request.match_info["challenge_id"]
         async with self._pool().acquire() as conn:
-            row = await store.challenge(conn, challenge_id)
-            if row is None or row["account_id"] != checked.account["account_id"]:
-                raise AcmeProblem("malformed", "no such challenge of this account", 404)
+            row = _mine(await store.challenge(conn, challenge_id), checked, "challenge")
             if checked.payload is not None:  # {} asks the server to validate (RFC 8555 §7.5.1)
                 if await store.start_validation(conn, challenge_id, self.clock.now(), self.config.stale_validation):
                     task = asyncio.create_task(
@@ -496,11 +488,7 @@ class Acme:
         return sorted(set(names))
 
     async def _own_order(self, conn: asyncpg.Connection, checked: Request, order_id: str) -> asyncpg.Record:
-        assert checked.account is not None
-        row = await store.order(conn, order_id)
-        if row is None or row["account_id"] != checked.account["account_id"]:
-            raise AcmeProblem("malformed", "no such order of this account", 404)
-        return row
+        return _mine(await store.order(conn, order_id), checked, "order")
 
     async def _order_object(self, conn: asyncpg.Connection, order_id: str) -> dict[str, Any]:
         row = await store.order(conn, order_id)
@@ -601,3 +589,11 @@ def _alg_of(jwk: dict[str, Any]) -> str:
     if jwk.get("kty") == "RSA":
         return "RS256"
     return "ES384" if jwk.get("crv") == "P-384" else "ES256"
+
+
+def _mine(row: asyncpg.Record | None, checked: Request, what: str) -> asyncpg.Record:
+    """An object of the requesting account; another account's is answered as if it did not exist."""
+    assert checked.account is not None
+    if row is None or row["account_id"] != checked.account["account_id"]:
+        raise AcmeProblem("malformed", f"no such {what} of this account", 404)
+    return row

@@ -143,6 +143,14 @@ async def authorization(conn: asyncpg.Connection, authz_id: str) -> asyncpg.Reco
     return row
 
 
+async def deactivate_authorization(conn: asyncpg.Connection, authz_id: str) -> None:
+    """RFC 8555 §7.5.2: a pending or valid authorization is deactivated, for good."""
+    await conn.execute(
+        "UPDATE authorizations SET status = 'deactivated' WHERE authz_id = $1 AND status IN ('pending', 'valid')",
+        authz_id,
+    )
+
+
 async def challenges_of(conn: asyncpg.Connection, authz_id: str) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM challenges WHERE authz_id = $1 ORDER BY type", authz_id

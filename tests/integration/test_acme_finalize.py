@@ -18,14 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from acme_client import Account, Stack, challenge_of, jws, serve_answers
+from acme_client import Account, Stack, challenge_of, jws, register_acme_provisioner, serve_answers
 from deploy.local.devstack import free_port
 from harness import Harness, eventually
 from services.acme.challenges import Resolver, Validator, key_authorization
 from services.acme.finalize import BusFinalizer
 from services.acme.server import Acme, AcmeConfig
 from shared.client.cli import provisioner
-from shared.contract.events import ProvisionerRegistered, utcnow
 
 pytestmark = pytest.mark.timeout(120)
 PROBLEM = "urn:ietf:params:acme:error:"
@@ -44,20 +43,7 @@ def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | Non
 async def acme(stack: Harness, acme_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tuple[Stack, Acme, Harness]]:
     await stack.identity("acme")
     key = ed25519.Ed25519PrivateKey.generate()
-    async with stack.client("operator") as c:
-        await c.publish(
-            ProvisionerRegistered(
-                aggregate_id="acme",
-                occurred_at=utcnow(),
-                correlation_id="tests",
-                producer="operator",
-                name="acme",
-                public_key_pem=provisioner.public_pem(key),
-                registered_by="tests",
-                requesters=["acme"],
-                name_suffixes=["acme.internal"],
-            )
-        )
+    await register_acme_provisioner(stack, provisioner.public_pem(key), name_suffixes=["acme.internal"])
     http_port, port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     finalizer = BusFinalizer(stack.client_settings("acme"), "acme", "acme", key, "tls-server", timeout_s=30)
