@@ -91,9 +91,10 @@ class Issuance:
         if approved.aggregate_id not in self._work:
             self._work[approved.aggregate_id] = await self._judge(approved, issuer_id)
 
-    async def record_intents(self) -> None:
+    async def record_intents(self, conn: asyncpg.Connection) -> None:
         """Commit an intent (serial, validity) for each request to sign, in a transaction of its own
-        before anything is signed; a request's intent recorded before is kept, and read back."""
+        on `conn` (which must not be in one) before anything is signed; a request's intent recorded
+        before is kept, and read back."""
         to_sign = self._to_sign()
         if not to_sign:
             return
@@ -104,7 +105,7 @@ class Issuance:
             plan = domain.plan_leaf(issuer, job.approved.validity_days, now)
             spki = spki_sha256(job.csr.public_key())  # type: ignore[arg-type]
             plans.append((rid, issuer.ca_id, plan.serial, plan.not_before, plan.not_after, spki, job.approved.event_id))
-        async with self._rt.pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             self._intents = await store.record_intents(conn, plans, now)
 
     async def sign(self) -> None:
