@@ -31,6 +31,7 @@ class CaRegistry:
         self.urls = domain.Urls(settings.public_base_url)
         self._cas: dict[str, domain.CaIdentity] = {}
         self._parents: dict[str, str | None] = {}
+        self._chains: dict[str, str] = {}  # chain_pem's, until the next load
         self.issuing_id: str | None = None
 
     def get(self, ca_id: str) -> domain.CaIdentity:
@@ -69,13 +70,15 @@ class CaRegistry:
         return domain.CaIdentity(ca_id, x509.load_der_x509_certificate(cert_der), crl_shards), self.keys.load(ca_id)
 
     def chain_pem(self, ca_id: str) -> str:
-        """The PEM chain from `ca_id` up to its root."""
-        parts: list[str] = []
-        current: str | None = ca_id
-        while current is not None:
-            parts.append(self._cas[current].cert.public_bytes(serialization.Encoding.PEM).decode())
-            current = self._parents.get(current)
-        return "".join(parts)
+        """The PEM chain from `ca_id` up to its root (encoded once per CA while it is loaded)."""
+        if (chain := self._chains.get(ca_id)) is None:
+            parts: list[str] = []
+            current: str | None = ca_id
+            while current is not None:
+                parts.append(self._cas[current].cert.public_bytes(serialization.Encoding.PEM).decode())
+                current = self._parents.get(current)
+            chain = self._chains[ca_id] = "".join(parts)
+        return chain
 
     async def load(self, conn: asyncpg.Connection) -> None:
         """Load the active CAs from signing's tables and check their keys decrypt."""
@@ -90,7 +93,7 @@ class CaRegistry:
                 issuing_id = row["ca_id"]
             self.keys.load(row["ca_id"])
         # Swapped in at once: the approvals consumer and the background loops read the registry meanwhile.
-        self._cas, self.issuing_id = cas, issuing_id
+        self._cas, self.issuing_id, self._chains = cas, issuing_id, {}
         self.keys.retain(cas)  # a CA closed since (here or by another replica) leaves no key in memory
 
     async def bootstrap(self, rt: Runtime) -> None:

@@ -309,6 +309,12 @@ def _template_parts(template: x509.Certificate) -> der.TbsParts:
     return der.tbs_parts(template.tbs_certificate_bytes)
 
 
+@functools.lru_cache(maxsize=256)
+def _template_key_type(template: x509.Certificate) -> str | None:
+    """The key type of a template's (placeholder) key, read once per process."""
+    return key_type_of(template.public_key())
+
+
 def template_deviations(
     cert: x509.Certificate,
     template: x509.Certificate,
@@ -344,7 +350,7 @@ def template_deviations(
         found.append(f"validity exceeds the profile's {profile.max_validity_days} days")
     if got.spki != public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         found.append("public key is not the requested one")
-    if key_type_of(public_key) != key_type_of(template.public_key()):
+    if key_type_of(public_key) != _template_key_type(template):
         found.append("key type differs from the template's")
     subject = _leaf_subject(names)
     if got.subject != subject.public_bytes():

@@ -238,24 +238,8 @@ async def issue(
     if not items:
         return []
     now = rt.clock.now()
-    async with rt.pool.acquire() as conn:
-        if await store.current_issuing(conn) != cas.issuing_id:
-            await cas.load(conn)  # another replica replaced a compromised CA
-    issuer_id = cas.issuing().ca_id
     verdicts: dict[str, Verdict] = {}
     issuance = Issuance(rt, cas, book, now)
-    for event, _ in items:
-        if isinstance(event, ProfileApplied):
-            if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
-                raise EventRejected("the profile's digest or name does not match its content")
-            book.add(event.profile)
-            verdicts[event.digest] = await book.lint(event.digest, issuer_id, now)
-        elif isinstance(event, EnrollmentApproved):
-            await issuance.prepare(event, issuer_id)
-        elif not isinstance(event, REGISTRY):  # the operators' registry: applied by apply_events
-            raise EventRejected(f"signing does not take {event.event_type} as an approval")
-    await issuance.record_intents()
-    await issuance.sign()
 
     async def profile_applied(conn: asyncpg.Connection, event: ProfileApplied, delivery: Delivery) -> list[OutboxEntry]:
         body = event.profile.model_dump(mode="json")
@@ -266,5 +250,23 @@ async def issue(
         return await issuance.release_run(conn, [event for event, _ in run])
 
     apply = dispatching(NAME, {ProfileApplied: profile_applied, EnrollmentApproved: Together(approved)})
-    async with rt.pool.acquire() as conn, conn.transaction():
-        return await apply_events(conn, rt.durable("approved"), items, apply)
+    # One connection for the group's steps (each pool release costs a reset round trip); the
+    # intents are still committed in their own transaction before anything is signed.
+    async with rt.pool.acquire() as conn:
+        if await store.current_issuing(conn) != cas.issuing_id:
+            await cas.load(conn)  # another replica replaced a compromised CA
+        issuer_id = cas.issuing().ca_id
+        for event, _ in items:
+            if isinstance(event, ProfileApplied):
+                if event.profile.digest() != event.digest or event.profile.name != event.aggregate_id:
+                    raise EventRejected("the profile's digest or name does not match its content")
+                book.add(event.profile)
+                verdicts[event.digest] = await book.lint(event.digest, issuer_id, now)
+            elif isinstance(event, EnrollmentApproved):
+                await issuance.prepare(event, issuer_id)
+            elif not isinstance(event, REGISTRY):  # the operators' registry: applied by apply_events
+                raise EventRejected(f"signing does not take {event.event_type} as an approval")
+        await issuance.record_intents(conn)
+        await issuance.sign()
+        async with conn.transaction():
+            return await apply_events(conn, rt.durable("approved"), items, apply)

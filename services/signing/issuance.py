@@ -40,7 +40,7 @@ from shared.contract.events import (
 )
 from shared.contract.profiles import Profile, ProfileKeyType, key_type_of
 from shared.contract.reasons import Reason
-from shared.pki.crypto import fingerprint_sha256, serial_hex, signing_hash, spki_sha256
+from shared.pki.crypto import PublicKey, serial_hex, signing_hash, spki_sha256
 from shared.pki.lint import errors, lint_certificate
 from shared.runtime.consumer import EventRejected
 from shared.runtime.outbox import OutboxEntry, enqueue, enqueue_many
@@ -57,19 +57,26 @@ class ProfileNotYetKnown(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """An approval that passed signing's own policy checks: what to sign."""
+    """An approval that passed signing's own policy checks: what to sign, with the CSR's public key
+    loaded once (each `csr.public_key()` decodes and checks the key again)."""
 
     approved: EnrollmentApproved
     csr: x509.CertificateSigningRequest
     profile: Profile
     digest: str
+    public_key: PublicKey
+    key_type: ProfileKeyType  # of the requested key (checked by policy_problems)
+    spki_sha256: str
 
-    @property
-    def key_type(self) -> ProfileKeyType:
-        """The profile key type of the requested key (checked by policy_problems)."""
-        kind = key_type_of(self.csr.public_key())
+    @classmethod
+    def of(
+        cls, approved: EnrollmentApproved, csr: x509.CertificateSigningRequest, profile: Profile, digest: str
+    ) -> Job:
+        """The job for an approval whose CSR passed `domain.policy_problems`."""
+        public_key: PublicKey = csr.public_key()  # type: ignore[assignment]
+        kind = key_type_of(public_key)
         assert kind is not None
-        return kind
+        return cls(approved, csr, profile, digest, public_key, kind, spki_sha256(public_key))
 
 
 class Issuance:
@@ -91,9 +98,10 @@ class Issuance:
         if approved.aggregate_id not in self._work:
             self._work[approved.aggregate_id] = await self._judge(approved, issuer_id)
 
-    async def record_intents(self) -> None:
+    async def record_intents(self, conn: asyncpg.Connection) -> None:
         """Commit an intent (serial, validity) for each request to sign, in a transaction of its own
-        before anything is signed; a request's intent recorded before is kept, and read back."""
+        on `conn` (which must not be in one) before anything is signed; a request's intent recorded
+        before is kept, and read back."""
         to_sign = self._to_sign()
         if not to_sign:
             return
@@ -102,9 +110,18 @@ class Issuance:
         plans = []
         for rid, job in to_sign.items():
             plan = domain.plan_leaf(issuer, job.approved.validity_days, now)
-            spki = spki_sha256(job.csr.public_key())  # type: ignore[arg-type]
-            plans.append((rid, issuer.ca_id, plan.serial, plan.not_before, plan.not_after, spki, job.approved.event_id))
-        async with self._rt.pool.acquire() as conn, conn.transaction():
+            plans.append(
+                (
+                    rid,
+                    issuer.ca_id,
+                    plan.serial,
+                    plan.not_before,
+                    plan.not_after,
+                    job.spki_sha256,
+                    job.approved.event_id,
+                )
+            )
+        async with conn.transaction():
             self._intents = await store.record_intents(conn, plans, now)
 
     async def sign(self) -> None:
@@ -167,7 +184,7 @@ class Issuance:
                 )
             ]
         problems = domain.policy_problems(approved, csr, profile)
-        return problems or Job(approved, csr, profile, digest)
+        return problems or Job.of(approved, csr, profile, digest)
 
     async def _profile_for(self, approved: EnrollmentApproved) -> tuple[Profile, str] | None:
         book = self._book
@@ -198,15 +215,15 @@ class Issuance:
         assert template is not None
         plan = domain.LeafPlan(intent.serial, intent.not_before, intent.not_after)
         names = domain.Sans.of(job.approved)
-        public_key = job.csr.public_key()
+        public_key = job.public_key
         key = cas.key(issuer.ca_id)
-        cert = domain.leaf_builder(job.profile, names, public_key, issuer, plan, cas.urls).sign(key, signing_hash(key))  # type: ignore[arg-type]
+        cert = domain.leaf_builder(job.profile, names, public_key, issuer, plan, cas.urls).sign(key, signing_hash(key))
         deviations = domain.template_deviations(
             cert,
             template.cert,
             job.profile,
             names,
-            public_key,  # type: ignore[arg-type]
+            public_key,
             plan,
             crl_url=cas.urls.leaf_crl(issuer, plan.serial),
         )
@@ -272,6 +289,9 @@ class Issuance:
         self, approved: EnrollmentApproved, intent: store.Intent, cert: x509.Certificate
     ) -> tuple[CertificateIssued, bytes, str]:
         """The event that releases `cert`, its DER and the SHA-256 of its TBS."""
+        job = self._work[approved.aggregate_id]
+        assert isinstance(job, Job)  # signed, so judged fit to sign
+        der = cert.public_bytes(serialization.Encoding.DER)
         issued = CertificateIssued.caused_by(
             approved,
             producer=NAME,
@@ -287,11 +307,11 @@ class Issuance:
             dns_names=approved.dns_names,
             ip_addresses=approved.ip_addresses,
             emails=approved.emails,
-            spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
-            fingerprint_sha256=fingerprint_sha256(cert),
+            # The CSR's key: template_deviations checked that the certificate holds exactly it.
+            spki_sha256=job.spki_sha256,
+            fingerprint_sha256=hashlib.sha256(der).hexdigest(),  # fingerprint_sha256(cert), from the DER at hand
             supersedes=approved.supersedes,
         )
-        der = cert.public_bytes(serialization.Encoding.DER)
         return issued, der, hashlib.sha256(cert.tbs_certificate_bytes).hexdigest()
 
     async def _store_signed(

@@ -11,7 +11,10 @@ the token for another CSR nor learn a secret.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -121,10 +124,30 @@ def prove(holder: ed25519.Ed25519PrivateKey, request_id: str, csr_der: bytes) ->
     return _b64(holder.sign(_proof_message(request_id, csr_der)))
 
 
-def provisioner_id_of(token_jwt: str) -> str:
-    """The provisioner named in a token's header (not yet verified)."""
+# A compact JWS of three unpadded base64url segments: what `create_token` writes.
+_COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
+
+
+def _plain_header(token_jwt: str) -> dict[str, object] | None:
+    """The header of a JWT whose header segment is plain base64url JSON, read without PyJWT (which
+    checks every segment character by character in Python, ~30 us a call); None for anything else."""
+    parts = _COMPACT_JWS.fullmatch(token_jwt)
+    if parts is None or any(len(part) % 4 == 1 for part in parts.groups()):
+        return None
+    segment = parts[1]
     try:
-        kid = jwt.get_unverified_header(token_jwt).get("kid")
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def provisioner_id_of(token_jwt: str) -> str:
+    """The provisioner named in a token's header (not yet verified: `verify_token` checks the whole
+    token, header included, against this provisioner's key)."""
+    header = _plain_header(token_jwt)
+    try:
+        kid = header.get("kid") if header is not None else jwt.get_unverified_header(token_jwt).get("kid")
     except jwt.InvalidTokenError as exc:
         raise TokenError("token_malformed", f"the token is not a JWT: {exc}") from exc
     if not isinstance(kid, str) or not kid:

@@ -67,6 +67,7 @@ class Admission:
         self._kinds = tuple(kinds)
         self._refusal = refusal
         self._rate = rate_per_min
+        self._swept_before: datetime | None = None  # rate windows before this are deleted
 
     def register(self) -> None:
         """Attach the ingress consumer to the runtime."""
@@ -91,9 +92,11 @@ class Admission:
             for verdict in verdicts:
                 self._judge(verdict, windows, claimed)
             events = await self._events(conn, verdicts)
-            await _save_windows(conn, windows)
+            swept = await _save_windows(conn, windows, self._swept_before)
             await _park(conn, rt.durable("admit"), [v for v in verdicts if isinstance(v.outcome, Refused) and v.park])
-            return await enqueue_many(conn, events, rt.root)
+            entries = await enqueue_many(conn, events, rt.root)
+        self._swept_before = swept  # committed (a rolled-back sweep is done again)
+        return entries
 
     def _judge(
         self,
@@ -239,24 +242,25 @@ async def _lock_windows(
     wanted = sorted((identity, at) for identity, at in keys if identity is not None)
     if not wanted:
         return {}
-    identities, starts = [k[0] for k in wanted], [k[1] for k in wanted]
-    await conn.execute(
-        "INSERT INTO admission_windows (identity, window_start) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
-        "ON CONFLICT DO NOTHING",
-        identities,
-        starts,
-    )
+    # One statement: a new window is inserted, an existing one locked by a no-op update (in key
+    # order, as FOR UPDATE would), and either way its latest committed counts are returned.
     rows = await conn.fetch(
-        "SELECT w.identity, w.window_start, w.admitted, w.refused FROM admission_windows w "
-        "JOIN unnest($1::text[], $2::timestamptz[]) AS k(i, s) ON w.identity = k.i AND w.window_start = k.s "
-        "ORDER BY w.identity, w.window_start FOR UPDATE OF w",
-        identities,
-        starts,
+        "INSERT INTO admission_windows AS w (identity, window_start) "
+        "SELECT i, s FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(i, s, n) ORDER BY n "
+        "ON CONFLICT (identity, window_start) DO UPDATE SET admitted = w.admitted "
+        "RETURNING w.identity, w.window_start, w.admitted, w.refused",
+        [k[0] for k in wanted],
+        [k[1] for k in wanted],
     )
     return {(r["identity"], r["window_start"]): _Window(r["admitted"], r["refused"]) for r in rows}
 
 
-async def _save_windows(conn: asyncpg.Connection, windows: dict[tuple[str, datetime], _Window]) -> None:
+async def _save_windows(
+    conn: asyncpg.Connection, windows: dict[tuple[str, datetime], _Window], swept_before: datetime | None
+) -> datetime | None:
+    """Write the windows' new counts, and delete windows more than an hour older than the oldest
+    of them when that bound has moved since the last sweep (`swept_before`, a minute at most: a
+    window is a minute); returns the bound swept to."""
     changed = [(k, w) for k, w in windows.items() if w.changed]
     if changed:
         await conn.execute(
@@ -270,7 +274,10 @@ async def _save_windows(conn: asyncpg.Connection, windows: dict[tuple[str, datet
         )
     if windows:
         oldest = min(start for _, start in windows) - timedelta(hours=1)
-        await conn.execute("DELETE FROM admission_windows WHERE window_start < $1", oldest)
+        if swept_before is None or oldest > swept_before:
+            await conn.execute("DELETE FROM admission_windows WHERE window_start < $1", oldest)
+            return oldest
+    return swept_before
 
 
 async def _park(conn: asyncpg.Connection, consumer: str, verdicts: list[_Verdict]) -> None:

@@ -296,6 +296,30 @@ def test_provisioner_id_of_refuses_a_jwt_without_kid(provisioner_key: ed25519.Ed
     assert exc.value.code == "token_malformed"
 
 
+def _header_segment(header: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+
+
+def test_provisioner_id_of_reads_a_padded_header_as_pyjwt_does() -> None:
+    header = _header_segment({"alg": "EdDSA", "kid": "prov-1", "typ": "JWT"})
+    assert len(header) % 4  # padded, the fast read declines it and PyJWT's reads it
+    assert provisioner_id_of(f"{header}{'=' * (-len(header) % 4)}.e30.c2ln") == "prov-1"
+
+
+@pytest.mark.parametrize("header", [["kid"], {"kid": 7}, {"kid": ""}, "prov-1"])
+def test_provisioner_id_of_refuses_a_header_without_a_string_kid(header: object) -> None:
+    with pytest.raises(TokenError) as exc:
+        provisioner_id_of(f"{_header_segment(header)}.e30.c2ln")
+    assert exc.value.code == "token_malformed"
+
+
+@pytest.mark.parametrize("segment", ["e30!", "WyJraWQiXQ==", "%%%%", "a", "bm90IGpzb24"])
+def test_provisioner_id_of_refuses_a_header_that_is_not_base64url_json(segment: str) -> None:
+    with pytest.raises(TokenError) as exc:
+        provisioner_id_of(f"{segment}.e30.c2ln")
+    assert exc.value.code == "token_malformed"
+
+
 def test_token_error_is_a_value_error_with_its_message() -> None:
     error = TokenError("token_expired", "ask for a new one")
     assert isinstance(error, ValueError)
