@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
-from services.audit import store
+from services.audit import domain, store
 from shared.contract.queries import ReplayAnswer
 from shared.runtime import db
 
@@ -290,12 +290,10 @@ async def _replay(
     if through > 0:
         queue, reader = await read_stream(js, stream, f"{root}.>", through)
         async with pool.acquire() as conn:
+            await _unindex(conn, scratch)
             await conn.execute(f"SET search_path TO {scratch}, public")
             try:
-                async for chunk in read_all(queue, reader, through):
-                    async with conn.transaction():
-                        events += (await store.archive(conn, chunk, root)).count
-                    progress.done = chunk[-1][0]
+                events = await _rebuild(conn, scratch, read_all(queue, reader, through), root, progress)
             finally:
                 reader.cancel()  # also when archiving a batch failed: the generator closes only later
                 await conn.execute(f"SET search_path TO {live_schema}, public")
@@ -332,6 +330,71 @@ async def _replay(
         previous_events=old["n"],
         equal=equal,
     )
+
+
+async def _rebuild(
+    conn: asyncpg.Connection, scratch: str, chunks: AsyncIterator[list[Message]], root: str, progress: Progress
+) -> int:
+    """Archive the log's batches into the fresh `scratch` archive; how many events it holds after.
+
+    While the log continues the chain without a gap (the usual case: each message once, in order,
+    from sequence 1), each batch's rows are computed while the previous batch is being copied in, and
+    the chain's head is kept here until the end. A gap (messages no longer on the stream) hands the
+    rest to `store.archive`, as the live archive would take them."""
+    seq, head = 0, domain.GENESIS
+    events, copying = 0, None
+    try:
+        async for chunk in chunks:
+            if seq < 0 or chunk[0][0] != seq + 1 or chunk[-1][0] != seq + len(chunk):
+                if seq >= 0:  # the first gap: the chain's head goes to the table, and the rest as live
+                    if copying is not None:
+                        await copying
+                        copying = None
+                    await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, head)
+                    seq = -1
+                async with conn.transaction():
+                    events += (await store.archive(conn, chunk, root)).count
+            else:
+                rows = store.rows_of(chunk, root, head, validate=False)
+                assert rows.head is not None
+                seq, head = chunk[-1][0], rows.head
+                if copying is not None:
+                    await copying
+                copying = asyncio.ensure_future(store.copy_rows(conn, scratch, rows))
+                events += len(chunk)
+            progress.done = chunk[-1][0]
+        if copying is not None:
+            await copying
+            copying = None
+        if seq > 0:
+            await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, head)
+    finally:
+        if copying is not None:  # a read that failed: the copy under way ends before the connection is let go
+            await asyncio.wait({copying})
+            if not copying.cancelled():
+                copying.exception()  # retrieved here: the read's failure is the one raised
+    return events
+
+
+async def _unindex(conn: asyncpg.Connection, scratch: str) -> None:
+    """Drop what only slows a rebuilt archive's writes: the indexes that serve queries (the archive's
+    are read only in comparison and adoption), the foreign keys (every row is the log's own) and
+    the write-ahead log (the tables are rebuilt by every replay, and emptied by a crash)."""
+    for table in ("serial_refs", "archive", "chain_head"):  # serial_refs refers to archive: it goes first
+        await conn.execute(f"ALTER TABLE {scratch}.{table} SET UNLOGGED")
+    indexes = await conn.fetch(
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE n.nspname = $1 AND t.relname = 'archive' AND NOT x.indisprimary",
+        scratch,
+    )
+    for index in indexes:
+        await conn.execute(f'DROP INDEX {scratch}."{index["relname"]}"')
+    foreign = await conn.fetch(
+        "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'f'", f"{scratch}.serial_refs"
+    )
+    for constraint in foreign:
+        await conn.execute(f'ALTER TABLE {scratch}.serial_refs DROP CONSTRAINT "{constraint["conname"]}"')
 
 
 async def _let_live_catch_up(pool: asyncpg.Pool, live: str, through: int, stall_s: float = 1.0) -> None:
