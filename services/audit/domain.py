@@ -150,7 +150,7 @@ def describe(subject: str, raw: bytes, *, root: str, validate: bool = True) -> D
     that binds but that its class refuses is indexed field by field, each only if sane.
 
     What is indexed never depends on the class's validation (only `problem` does): a replay, which
-    reports no problem, passes `validate=False` and writes the same row for a fifth of the cost."""
+    reports no problem, passes `validate=False` and writes the same row."""
     reading = read(subject, root, raw, validate=validate)
     shown, exact = stored_subject(subject)
     data = reading.data

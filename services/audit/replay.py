@@ -256,17 +256,29 @@ async def replay(
             info = await js.stream_info(stream)
             through = info.state.last_seq
             progress.running, progress.done, progress.total, progress.started = True, 0, through, started
-            return await _replay(
-                pool,
-                js,
-                stream=stream,
-                root=root,
-                live_schema=live_schema,
-                scratch=scratch,
-                started=started,
-                through=through,
-                progress=progress,
-            )
+            # An archive whose chain already reaches `through` is most likely confirmed: its replay
+            # compares only what the chain covers and indexes nothing. Should it differ, the replay
+            # runs again indexing every event, so that the rows it adopts are complete (`seconds`
+            # counts both). An archive behind the log (lost, or being rebuilt) is indexed at once.
+            head = await pool.fetchval(f"SELECT seq FROM {live_schema}.chain_head")
+            answer = None
+            for index in (False, True) if head >= through > 0 else (True,):
+                answer = await _replay(
+                    pool,
+                    js,
+                    stream=stream,
+                    root=root,
+                    live_schema=live_schema,
+                    scratch=scratch,
+                    started=started,
+                    through=through,
+                    progress=progress,
+                    index=index,
+                )
+                if answer is not None:
+                    break
+            assert answer is not None  # an indexed replay always answers
+            return answer
         finally:
             progress.running = False
             await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"replay:{live_schema}")
@@ -283,7 +295,9 @@ async def _replay(
     started: float,
     through: int,
     progress: Progress,
-) -> ReplayAnswer:
+    index: bool,
+) -> ReplayAnswer | None:
+    """Rebuild, compare and (if they differ) adopt; None if they differ and the rows are not indexed."""
     await db.drop_schema(pool, scratch)
     await db.migrate(pool, scratch, [MIGRATIONS])
     events = 0
@@ -293,7 +307,8 @@ async def _replay(
             await _unindex(conn, scratch)
             await conn.execute(f"SET search_path TO {scratch}, public")
             try:
-                events = await _rebuild(conn, scratch, read_all(queue, reader, through), root, progress)
+                chunks = read_all(queue, reader, through)
+                events = await _rebuild(conn, scratch, chunks, root, progress, index=index)
             finally:
                 reader.cancel()  # also when archiving a batch failed: the generator closes only later
                 await conn.execute(f"SET search_path TO {live_schema}, public")
@@ -317,6 +332,8 @@ async def _replay(
         )
         equal = differs == 0
         if not equal:
+            if not index:
+                return None  # nothing adopted; the transaction ends and releases the lock
             await _adopt(conn, live_schema, scratch, through)
     await db.drop_schema(pool, scratch)
     previous = bytes(old["h"]).hex() if old["h"] is not None else None
@@ -333,14 +350,21 @@ async def _replay(
 
 
 async def _rebuild(
-    conn: asyncpg.Connection, scratch: str, chunks: AsyncIterator[list[Message]], root: str, progress: Progress
+    conn: asyncpg.Connection,
+    scratch: str,
+    chunks: AsyncIterator[list[Message]],
+    root: str,
+    progress: Progress,
+    *,
+    index: bool,
 ) -> int:
     """Archive the log's batches into the fresh `scratch` archive; how many events it holds after.
 
     While the log continues the chain without a gap (the usual case: each message once, in order,
     from sequence 1), each batch's rows are computed while the previous batch is being copied in, and
-    the chain's head is kept here until the end. A gap (messages no longer on the stream) hands the
-    rest to `store.archive`, as the live archive would take them."""
+    the chain's head is kept here until the end; without `index`, only what the comparison covers.
+    A gap (messages no longer on the stream) hands the rest to `store.archive`, as the live archive
+    would take them (indexed)."""
     seq, head = 0, domain.GENESIS
     events, copying = 0, None
     try:
@@ -355,7 +379,7 @@ async def _rebuild(
                 async with conn.transaction():
                     events += (await store.archive(conn, chunk, root)).count
             else:
-                rows = store.rows_of(chunk, root, head, validate=False)
+                rows = store.rows_of(chunk, root, head, validate=False) if index else store.unindexed_rows(chunk, head)
                 assert rows.head is not None
                 seq, head = chunk[-1][0], rows.head
                 if copying is not None:

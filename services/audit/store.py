@@ -136,6 +136,20 @@ def rows_of(
     return Rows(rows, refs, current, problems)
 
 
+def unindexed_rows(messages: Sequence[tuple[int, str, bytes]], chained_from: bytes) -> Rows:
+    """The rows of `messages` (in sequence order, continuing the chain from `chained_from`) with only
+    what a replay compares: position, subject, bytes and hash; nothing indexed (`event_type` empty),
+    so never rows to adopt into the live archive."""
+    current = chained_from
+    rows: list[tuple[Any, ...]] = []
+    link, stored_subject = domain.link, domain.stored_subject
+    for seq, subject, raw in messages:
+        current = link(current, seq, subject, raw)
+        shown, exact = stored_subject(subject)
+        rows.append((seq, shown, raw, None, "", None, None, None, current, exact))
+    return Rows(rows, [], current, {})
+
+
 async def copy_rows(conn: asyncpg.Connection, schema: str, rows: Rows) -> None:
     """Write rows into an archive being rebuilt, which holds none of them (COPY: no conflict to skip)."""
     await conn.copy_records_to_table("archive", schema_name=schema, records=rows.rows, columns=ARCHIVE_COLUMNS)

@@ -183,6 +183,23 @@ async def test_replay_of_an_intact_archive_reports_equal(stack: Harness) -> None
     assert answer.previous_head_hash == answer.head_hash
 
 
+async def test_replay_of_a_tampered_archive_adopts_every_row_indexed(stack: Harness) -> None:
+    """A replay of an archive that reaches the log's end compares without indexing; when that finds
+    a change it replays again indexing, so the rows it adopts serve histories as before."""
+    issued = await stack.enroll("tampered.corp.internal")
+    await audit_caught_up(stack)
+    pool = await stack.db()
+    async with stack.client("operator") as c:
+        before = await c.history(issued.serial)
+        changed = before.events[-1].stream_seq
+        await pool.execute("UPDATE audit.archive SET raw = raw || '\\x20'::bytea WHERE stream_seq = $1", changed)
+        answer = await c.replay()
+        after = await c.history(issued.serial)
+    assert not answer.equal and answer.events == answer.last_seq
+    assert after == before
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = ''") == 0
+
+
 async def _archived_all(h: Harness) -> bool:
     nc = await h.connect("admin")
     try:
