@@ -34,10 +34,17 @@ _PULL_EXPIRES_S = 5.0
 # was busy: the server answers nothing to a request for a consumer it no longer has).
 _HEARTBEAT_S = 1.0
 _COMPARED = "stream_seq, subject, subject_exact, raw, hash"  # what a replay must reproduce exactly
+# The same, where a confirming replay's rows hold each message's SHA-256 in place of its bytes.
+_COMPARED_DIGESTS = "stream_seq, subject, subject_exact, sha256(raw), hash"
 
 
 class ReplayBusy(Exception):
     """Another replay of the same archive is running (in the audit service or a standalone one)."""
+
+
+class _Gap(Exception):
+    """The log skips a position (messages deleted from the stream): a replay that confirms cannot
+    tell, so it replays indexing instead."""
 
 
 class StreamUnreadable(Exception):
@@ -257,9 +264,10 @@ async def replay(
             through = info.state.last_seq
             progress.running, progress.done, progress.total, progress.started = True, 0, through, started
             # An archive whose chain already reaches `through` is most likely confirmed: its replay
-            # compares only what the chain covers and indexes nothing. Should it differ, the replay
-            # runs again indexing every event, so that the rows it adopts are complete (`seconds`
-            # counts both). An archive behind the log (lost, or being rebuilt) is indexed at once.
+            # compares only what the chain covers (each message's digest, not its bytes) and indexes
+            # nothing. Should it differ (or the log have a gap), the replay runs again indexing every
+            # event, so that the rows it adopts are complete (`seconds` counts both). An archive
+            # behind the log (lost, or being rebuilt) is replayed indexing at once.
             head = await pool.fetchval(f"SELECT seq FROM {live_schema}.chain_head")
             answer = None
             for index in (False, True) if head >= through > 0 else (True,):
@@ -309,6 +317,8 @@ async def _replay(
             try:
                 chunks = read_all(queue, reader, through)
                 events = await _rebuild(conn, scratch, chunks, root, progress, index=index)
+            except _Gap:
+                return None
             finally:
                 reader.cancel()  # also when archiving a batch failed: the generator closes only later
                 await conn.execute(f"SET search_path TO {live_schema}, public")
@@ -323,10 +333,11 @@ async def _replay(
         )
         new = await conn.fetchrow(f"SELECT seq, hash FROM {scratch}.chain_head")
         assert old is not None and new is not None
+        live = _COMPARED if index else _COMPARED_DIGESTS
         differs = await conn.fetchval(
             f"SELECT count(*) FROM ((SELECT {_COMPARED} FROM {scratch}.archive EXCEPT "
-            f"SELECT {_COMPARED} FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
-            f"(SELECT {_COMPARED} FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
+            f"SELECT {live} FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
+            f"(SELECT {live} FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
             f"SELECT {_COMPARED} FROM {scratch}.archive)) d",
             through,
         )
@@ -362,14 +373,16 @@ async def _rebuild(
 
     While the log continues the chain without a gap (the usual case: each message once, in order,
     from sequence 1), each batch's rows are computed while the previous batch is being copied in, and
-    the chain's head is kept here until the end; without `index`, only what the comparison covers.
-    A gap (messages no longer on the stream) hands the rest to `store.archive`, as the live archive
-    would take them (indexed)."""
+    the chain's head is kept here until the end; without `index`, only what the comparison covers
+    (`store.digest_rows`). A gap (messages no longer on the stream) hands the rest to
+    `store.archive`, as the live archive would take them; without `index` it raises `_Gap`."""
     seq, head = 0, domain.GENESIS
     events, copying = 0, None
     try:
         async for chunk in chunks:
             if seq < 0 or chunk[0][0] != seq + 1 or chunk[-1][0] != seq + len(chunk):
+                if not index:
+                    raise _Gap
                 if seq >= 0:  # the first gap: the chain's head goes to the table, and the rest as live
                     if copying is not None:
                         await copying
@@ -379,7 +392,7 @@ async def _rebuild(
                 async with conn.transaction():
                     events += (await store.archive(conn, chunk, root)).count
             else:
-                rows = store.rows_of(chunk, root, head, validate=False) if index else store.unindexed_rows(chunk, head)
+                rows = store.rows_of(chunk, root, head, validate=False) if index else store.digest_rows(chunk, head)
                 assert rows.head is not None
                 seq, head = chunk[-1][0], rows.head
                 if copying is not None:

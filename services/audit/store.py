@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -136,17 +137,18 @@ def rows_of(
     return Rows(rows, refs, current, problems)
 
 
-def unindexed_rows(messages: Sequence[tuple[int, str, bytes]], chained_from: bytes) -> Rows:
+def digest_rows(messages: Sequence[tuple[int, str, bytes]], chained_from: bytes) -> Rows:
     """The rows of `messages` (in sequence order, continuing the chain from `chained_from`) with only
-    what a replay compares: position, subject, bytes and hash; nothing indexed (`event_type` empty),
-    so never rows to adopt into the live archive."""
+    what a confirming replay compares: position, subject, hash, and in the `raw` column the bytes'
+    SHA-256 (compared with the live archive's `sha256(raw)`); nothing indexed (`event_type` empty).
+    Never rows to adopt into the live archive."""
     current = chained_from
     rows: list[tuple[Any, ...]] = []
-    link, stored_subject = domain.link, domain.stored_subject
+    link, stored_subject, sha256 = domain.link, domain.stored_subject, hashlib.sha256
     for seq, subject, raw in messages:
         current = link(current, seq, subject, raw)
         shown, exact = stored_subject(subject)
-        rows.append((seq, shown, raw, None, "", None, None, None, current, exact))
+        rows.append((seq, shown, sha256(raw).digest(), None, "", None, None, None, current, exact))
     return Rows(rows, [], current, {})
 
 
