@@ -146,9 +146,7 @@ async def _walk_archive(pool: asyncpg.Pool, through: int) -> _Walked:
     archived, mismatched, seqs, chain = walked.archived, walked.mismatched, walked.seqs, walked.chain
     pure = local = domain.GENESIS
     async with pool.acquire() as conn:
-        async for seq, subject, raw, stored in store.archive_rows(conn):
-            if seq > through:
-                break
+        async for seq, subject, raw, stored in store.archive_rows(conn, through=through):
             archived[seq] = (subject, hashlib.sha256(raw).digest())
             chained = pure == local  # the usual case: the stored chain is the recomputed one
             pure = domain.link(pure, seq, subject, raw)
