@@ -200,6 +200,26 @@ async def test_replay_of_a_tampered_archive_adopts_every_row_indexed(stack: Harn
     assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = ''") == 0
 
 
+async def test_replay_of_a_log_with_a_gap_rebuilds_it_indexed(stack: Harness) -> None:
+    """A message deleted from the stream leaves a gap that a replay confirming the archive cannot
+    stand for: it replays indexing instead, and the chain stops before the gap, as it always has."""
+    await stack.enroll("gap.corp.internal")
+    await audit_caught_up(stack)
+    admin = await stack.connect("admin")
+    try:
+        js = stack.js(admin)
+        gone = (await js.stream_info(stack.common["stream"])).state.last_seq // 2
+        await js.delete_msg(stack.common["stream"], gone)
+    finally:
+        await admin.close()
+    async with stack.client("operator") as c:
+        answer = await c.replay()
+    assert not answer.equal and answer.last_seq == gone - 1
+    pool = await stack.db()
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE stream_seq = $1", gone) == 0
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = ''") == 0
+
+
 async def _archived_all(h: Harness) -> bool:
     nc = await h.connect("admin")
     try:
