@@ -41,7 +41,12 @@ def canonical(seq: int, subject: str, raw: bytes) -> bytes:
 
 def link(previous: bytes, seq: int, subject: str, raw: bytes) -> bytes:
     """hash = SHA-256(previous hash || canonical bytes)."""
-    return hashlib.sha256(previous + canonical(seq, subject, raw)).digest()
+    digest = hashlib.sha256(previous)  # fed piece by piece: the same hash, without copying the payload
+    digest.update(b"%d\n" % seq)
+    digest.update(_exact(subject))
+    digest.update(b"\n")
+    digest.update(raw)
+    return digest.digest()
 
 
 def _encodable(value: str) -> str:
@@ -59,6 +64,8 @@ def safe_text(value: str, limit: int = DETAIL_MAX) -> str:
 def stored_subject(subject: str) -> tuple[str, bytes | None]:
     """The subject as the `subject` column holds it, and its exact bytes when that column cannot
     (a NUL or a lone surrogate: Postgres text refuses both); the chain covers the exact subject."""
+    if subject.isascii() and subject.isprintable():  # the usual case: no control character, no surrogate
+        return subject, None
     shown = printable(_encodable(subject))
     return (subject, None) if shown == subject else (shown, _exact(subject))
 
@@ -88,13 +95,16 @@ class Reading:
     problem: Problem | None
 
 
-def read(subject: str, root: str, raw: bytes) -> Reading:
-    """Bind `raw` to `subject` under `root`, then validate it against its class; never raises."""
+def read(subject: str, root: str, raw: bytes, *, validate: bool = True) -> Reading:
+    """Bind `raw` to `subject` under `root`, then (unless `validate` is false) validate it against its
+    class; never raises. Without validation a bound message reads with no event and no problem."""
     try:
         data = bind(subject, root, raw)
     except Unbound as exc:
         detail = str(exc) if exc.code == "subject_mismatch" else f"{exc}, on {subject[:200]!r}"
         return Reading(None, None, Problem(exc.code, safe_text(detail)))
+    if not validate:
+        return Reading(data, None, None)
     try:
         return Reading(data, event_from(data), None)
     except ValidationError as exc:
@@ -134,11 +144,14 @@ class Described:
 _RELATED_SERIAL_FIELDS = ("renews_serial", "supersedes")
 
 
-def describe(subject: str, raw: bytes, *, root: str) -> Described:
+def describe(subject: str, raw: bytes, *, root: str, validate: bool = True) -> Described:
     """What the archive indexes of a message on `subject`: a message that is not an event on its own
     subject indexes nothing but its problem (a forged body must not show in anyone's history); one
-    that binds but that its class refuses is indexed field by field, each only if sane."""
-    reading = read(subject, root, raw)
+    that binds but that its class refuses is indexed field by field, each only if sane.
+
+    What is indexed never depends on the class's validation (only `problem` does): a replay, which
+    reports no problem, passes `validate=False` and writes the same row."""
+    reading = read(subject, root, raw, validate=validate)
     shown, exact = stored_subject(subject)
     data = reading.data
     if data is None:
@@ -147,7 +160,8 @@ def describe(subject: str, raw: bytes, *, root: str) -> Described:
     cls = EVENT_CLASSES[data["event_type"]]  # bind checked it
     aggregate_id = _id(data.get("aggregate_id"))
     serial = _serial(data.get("serial"))
-    related = {s for s in (_serial(data.get(name)) for name in _RELATED_SERIAL_FIELDS) if s and s != serial}
+    named = [value for name in _RELATED_SERIAL_FIELDS if (value := data.get(name)) is not None]
+    related = {s for s in map(_serial, named) if s and s != serial} if named else ()
     return Described(
         event_id=_uuid(data.get("event_id")),
         event_type=cls.__name__,

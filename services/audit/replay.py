@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
-from services.audit import store
+from services.audit import domain, store
 from shared.contract.queries import ReplayAnswer
 from shared.runtime import db
 
@@ -34,10 +34,17 @@ _PULL_EXPIRES_S = 5.0
 # was busy: the server answers nothing to a request for a consumer it no longer has).
 _HEARTBEAT_S = 1.0
 _COMPARED = "stream_seq, subject, subject_exact, raw, hash"  # what a replay must reproduce exactly
+# The same, where a confirming replay's rows hold each message's SHA-256 in place of its bytes.
+_COMPARED_DIGESTS = "stream_seq, subject, subject_exact, sha256(raw), hash"
 
 
 class ReplayBusy(Exception):
     """Another replay of the same archive is running (in the audit service or a standalone one)."""
+
+
+class _Gap(Exception):
+    """The log skips a position (messages deleted from the stream): a replay that confirms cannot
+    tell, so it replays indexing instead."""
 
 
 class StreamUnreadable(Exception):
@@ -256,17 +263,30 @@ async def replay(
             info = await js.stream_info(stream)
             through = info.state.last_seq
             progress.running, progress.done, progress.total, progress.started = True, 0, through, started
-            return await _replay(
-                pool,
-                js,
-                stream=stream,
-                root=root,
-                live_schema=live_schema,
-                scratch=scratch,
-                started=started,
-                through=through,
-                progress=progress,
-            )
+            # An archive whose chain already reaches `through` is most likely confirmed: its replay
+            # compares only what the chain covers (each message's digest, not its bytes) and indexes
+            # nothing. Should it differ (or the log have a gap), the replay runs again indexing every
+            # event, so that the rows it adopts are complete (`seconds` counts both). An archive
+            # behind the log (lost, or being rebuilt) is replayed indexing at once.
+            head = await pool.fetchval(f"SELECT seq FROM {live_schema}.chain_head")
+            answer = None
+            for index in (False, True) if head >= through > 0 else (True,):
+                answer = await _replay(
+                    pool,
+                    js,
+                    stream=stream,
+                    root=root,
+                    live_schema=live_schema,
+                    scratch=scratch,
+                    started=started,
+                    through=through,
+                    progress=progress,
+                    index=index,
+                )
+                if answer is not None:
+                    break
+            assert answer is not None  # an indexed replay always answers
+            return answer
         finally:
             progress.running = False
             await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"replay:{live_schema}")
@@ -283,19 +303,22 @@ async def _replay(
     started: float,
     through: int,
     progress: Progress,
-) -> ReplayAnswer:
+    index: bool,
+) -> ReplayAnswer | None:
+    """Rebuild, compare and (if they differ) adopt; None if they differ and the rows are not indexed."""
     await db.drop_schema(pool, scratch)
     await db.migrate(pool, scratch, [MIGRATIONS])
     events = 0
     if through > 0:
         queue, reader = await read_stream(js, stream, f"{root}.>", through)
         async with pool.acquire() as conn:
+            await _unindex(conn, scratch)
             await conn.execute(f"SET search_path TO {scratch}, public")
             try:
-                async for chunk in read_all(queue, reader, through):
-                    async with conn.transaction():
-                        events += (await store.archive(conn, chunk, root)).count
-                    progress.done = chunk[-1][0]
+                chunks = read_all(queue, reader, through)
+                events = await _rebuild(conn, scratch, chunks, root, progress, index=index)
+            except _Gap:
+                return None
             finally:
                 reader.cancel()  # also when archiving a batch failed: the generator closes only later
                 await conn.execute(f"SET search_path TO {live_schema}, public")
@@ -310,15 +333,18 @@ async def _replay(
         )
         new = await conn.fetchrow(f"SELECT seq, hash FROM {scratch}.chain_head")
         assert old is not None and new is not None
+        live = _COMPARED if index else _COMPARED_DIGESTS
         differs = await conn.fetchval(
             f"SELECT count(*) FROM ((SELECT {_COMPARED} FROM {scratch}.archive EXCEPT "
-            f"SELECT {_COMPARED} FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
-            f"(SELECT {_COMPARED} FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
+            f"SELECT {live} FROM {live_schema}.archive WHERE stream_seq <= $1) UNION ALL "
+            f"(SELECT {live} FROM {live_schema}.archive WHERE stream_seq <= $1 EXCEPT "
             f"SELECT {_COMPARED} FROM {scratch}.archive)) d",
             through,
         )
         equal = differs == 0
         if not equal:
+            if not index:
+                return None  # nothing adopted; the transaction ends and releases the lock
             await _adopt(conn, live_schema, scratch, through)
     await db.drop_schema(pool, scratch)
     previous = bytes(old["h"]).hex() if old["h"] is not None else None
@@ -332,6 +358,80 @@ async def _replay(
         previous_events=old["n"],
         equal=equal,
     )
+
+
+async def _rebuild(
+    conn: asyncpg.Connection,
+    scratch: str,
+    chunks: AsyncIterator[list[Message]],
+    root: str,
+    progress: Progress,
+    *,
+    index: bool,
+) -> int:
+    """Archive the log's batches into the fresh `scratch` archive; how many events it holds after.
+
+    While the log continues the chain without a gap (the usual case: each message once, in order,
+    from sequence 1), each batch's rows are computed while the previous batch is being copied in, and
+    the chain's head is kept here until the end; without `index`, only what the comparison covers
+    (`store.digest_rows`). A gap (messages no longer on the stream) hands the rest to
+    `store.archive`, as the live archive would take them; without `index` it raises `_Gap`."""
+    seq, head = 0, domain.GENESIS
+    events, copying = 0, None
+    try:
+        async for chunk in chunks:
+            if seq < 0 or chunk[0][0] != seq + 1 or chunk[-1][0] != seq + len(chunk):
+                if not index:
+                    raise _Gap
+                if seq >= 0:  # the first gap: the chain's head goes to the table, and the rest as live
+                    if copying is not None:
+                        await copying
+                        copying = None
+                    await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, head)
+                    seq = -1
+                async with conn.transaction():
+                    events += (await store.archive(conn, chunk, root)).count
+            else:
+                rows = store.rows_of(chunk, root, head, validate=False) if index else store.digest_rows(chunk, head)
+                assert rows.head is not None
+                seq, head = chunk[-1][0], rows.head
+                if copying is not None:
+                    await copying
+                copying = asyncio.ensure_future(store.copy_rows(conn, scratch, rows))
+                events += len(chunk)
+            progress.done = chunk[-1][0]
+        if copying is not None:
+            await copying
+            copying = None
+        if seq > 0:
+            await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, head)
+    finally:
+        if copying is not None:  # a read that failed: the copy under way ends before the connection is let go
+            await asyncio.wait({copying})
+            if not copying.cancelled():
+                copying.exception()  # retrieved here: the read's failure is the one raised
+    return events
+
+
+async def _unindex(conn: asyncpg.Connection, scratch: str) -> None:
+    """Drop what only slows a rebuilt archive's writes: the indexes that serve queries (the archive's
+    are read only in comparison and adoption), the foreign keys (every row is the log's own) and
+    the write-ahead log (the tables are rebuilt by every replay, and emptied by a crash)."""
+    for table in ("serial_refs", "archive", "chain_head"):  # serial_refs refers to archive: it goes first
+        await conn.execute(f"ALTER TABLE {scratch}.{table} SET UNLOGGED")
+    indexes = await conn.fetch(
+        "SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE n.nspname = $1 AND t.relname = 'archive' AND NOT x.indisprimary",
+        scratch,
+    )
+    for index in indexes:
+        await conn.execute(f'DROP INDEX {scratch}."{index["relname"]}"')
+    foreign = await conn.fetch(
+        "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'f'", f"{scratch}.serial_refs"
+    )
+    for constraint in foreign:
+        await conn.execute(f'ALTER TABLE {scratch}.serial_refs DROP CONSTRAINT "{constraint["conname"]}"')
 
 
 async def _let_live_catch_up(pool: asyncpg.Pool, live: str, through: int, stall_s: float = 1.0) -> None:

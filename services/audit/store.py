@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,14 +45,75 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
     ordered = sorted({seq: (seq, subject, raw) for seq, subject, raw in messages}.values())
     ordered = [m for m in ordered if m[0] > head["seq"]]  # already archived and chained
     contiguous = [m[0] for m in ordered] == list(range(head["seq"] + 1, head["seq"] + 1 + len(ordered)))
-    current = bytes(head["hash"])
-    rows, refs, problems = [], [], {}
-    for seq, subject, raw in ordered:
-        d = domain.describe(subject, raw, root=root)
-        digest = None
-        if contiguous:
+    batch = rows_of(ordered, root, bytes(head["hash"]) if contiguous else None)
+    rows, refs, current = batch.rows, batch.refs, batch.head
+    if not rows:
+        return Archived(0)
+    inserted = await conn.fetch(
+        f"INSERT INTO archive ({', '.join(ARCHIVE_COLUMNS)}) SELECT * FROM unnest($1::bigint[], $2::text[], "
+        "$3::bytea[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) "
+        "ON CONFLICT DO NOTHING RETURNING stream_seq",
+        *[list(col) for col in zip(*rows, strict=True)],
+    )
+    new = sorted(r["stream_seq"] for r in inserted)
+    if refs:
+        await conn.execute(
+            "INSERT INTO serial_refs SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING",
+            *[list(col) for col in zip(*refs, strict=True)],
+        )
+    if contiguous and len(inserted) == len(rows):
+        await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", ordered[-1][0], current)
+        if await conn.fetchval("SELECT 1 FROM archive WHERE stream_seq = $1", ordered[-1][0] + 1):
+            await advance_chain(conn)  # this batch filled a gap before rows that arrived early
+    else:
+        if contiguous:  # some rows existed unhashed already: recompute from the head
+            await conn.execute("UPDATE archive SET hash = NULL WHERE stream_seq > $1", head["seq"])
+        await advance_chain(conn)
+    problems = batch.problems
+    return Archived(len(new), [(seq, problems[seq]) for seq in new if seq in problems])
+
+
+# The archive's columns in the order `rows_of` fills them.
+ARCHIVE_COLUMNS = (
+    "stream_seq",
+    "subject",
+    "raw",
+    "event_id",
+    "event_type",
+    "aggregate_id",
+    "producer",
+    "occurred_at",
+    "hash",
+    "subject_exact",
+)
+SERIAL_REF_COLUMNS = ("serial", "stream_seq", "cert_id")
+
+
+@dataclass
+class Rows:
+    """Archive rows (in `ARCHIVE_COLUMNS` order) and serial references for messages in sequence order,
+    the chain's hash after the last one (None if not chained), and each invalid message's problem."""
+
+    rows: list[tuple[Any, ...]]
+    refs: list[tuple[str, int, str | None]]
+    head: bytes | None
+    problems: dict[int, domain.Problem]
+
+
+def rows_of(
+    messages: Sequence[tuple[int, str, bytes]], root: str, chained_from: bytes | None, *, validate: bool = True
+) -> Rows:
+    """The rows of `messages`, which are in sequence order: hash-chained from `chained_from` if given
+    (they continue the chain without a gap), unhashed otherwise. Without `validate`, problems hold
+    only the messages that do not bind (what is indexed is the same; see `domain.describe`)."""
+    current = chained_from
+    rows: list[tuple[Any, ...]] = []
+    refs: list[tuple[str, int, str | None]] = []
+    problems: dict[int, domain.Problem] = {}
+    for seq, subject, raw in messages:
+        d = domain.describe(subject, raw, root=root, validate=validate)
+        if current is not None:
             current = domain.link(current, seq, subject, raw)
-            digest = current
         rows.append(
             (
                 seq,
@@ -62,7 +124,7 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
                 d.aggregate_id,
                 d.producer,
                 d.occurred_at,
-                digest,
+                current,
                 d.subject_exact,
             )
         )
@@ -72,27 +134,31 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
         refs.extend((related, seq, None) for related in d.related_serials)
         if d.problem is not None:
             problems[seq] = d.problem
-    if not rows:
-        return Archived(0)
-    inserted = await conn.fetch(
-        "INSERT INTO archive (stream_seq, subject, raw, event_id, event_type, aggregate_id, producer, occurred_at, "
-        "hash, subject_exact) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], "
-        "$6::text[], $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) ON CONFLICT DO NOTHING "
-        "RETURNING stream_seq",
-        *[list(col) for col in zip(*rows, strict=True)],
-    )
-    new = sorted(r["stream_seq"] for r in inserted)
-    if refs:
-        await conn.executemany("INSERT INTO serial_refs VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", refs)
-    if contiguous and len(inserted) == len(rows):
-        await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", ordered[-1][0], current)
-        if await conn.fetchval("SELECT 1 FROM archive WHERE stream_seq = $1", ordered[-1][0] + 1):
-            await advance_chain(conn)  # this batch filled a gap before rows that arrived early
-    else:
-        if contiguous:  # some rows existed unhashed already: recompute from the head
-            await conn.execute("UPDATE archive SET hash = NULL WHERE stream_seq > $1", head["seq"])
-        await advance_chain(conn)
-    return Archived(len(new), [(seq, problems[seq]) for seq in new if seq in problems])
+    return Rows(rows, refs, current, problems)
+
+
+def digest_rows(messages: Sequence[tuple[int, str, bytes]], chained_from: bytes) -> Rows:
+    """The rows of `messages` (in sequence order, continuing the chain from `chained_from`) with only
+    what a confirming replay compares: position, subject, hash, and in the `raw` column the bytes'
+    SHA-256 (compared with the live archive's `sha256(raw)`); nothing indexed (`event_type` empty).
+    Never rows to adopt into the live archive."""
+    current = chained_from
+    rows: list[tuple[Any, ...]] = []
+    link, stored_subject, sha256 = domain.link, domain.stored_subject, hashlib.sha256
+    for seq, subject, raw in messages:
+        current = link(current, seq, subject, raw)
+        shown, exact = stored_subject(subject)
+        rows.append((seq, shown, sha256(raw).digest(), None, "", None, None, None, current, exact))
+    return Rows(rows, [], current, {})
+
+
+async def copy_rows(conn: asyncpg.Connection, schema: str, rows: Rows) -> None:
+    """Write rows into an archive being rebuilt, which holds none of them (COPY: no conflict to skip)."""
+    await conn.copy_records_to_table("archive", schema_name=schema, records=rows.rows, columns=ARCHIVE_COLUMNS)
+    if rows.refs:
+        await conn.copy_records_to_table(
+            "serial_refs", schema_name=schema, records=rows.refs, columns=SERIAL_REF_COLUMNS
+        )
 
 
 async def advance_chain(conn: asyncpg.Connection) -> None:

@@ -7,11 +7,14 @@ invalid or whose hash the archive no longer reproduces.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import bisect
 import hashlib
 import time
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from cryptography.exceptions import InvalidSignature
@@ -30,12 +33,7 @@ MAX_PROBLEMS = 20
 
 
 Flag = Callable[[int, str, str], None]
-
-
-@dataclass(frozen=True)
-class _Seen:
-    subject: str
-    digest: bytes
+_Seen = tuple[str, bytes]  # an event's subject and the SHA-256 of its bytes
 
 
 async def verify(
@@ -45,8 +43,21 @@ async def verify(
     started = time.perf_counter()
     through = (await js.stream_info(stream)).state.last_seq
     await replay._let_live_catch_up(pool, live_schema, through)
-    logged, checkpoints = await _read_log(js, stream, root, through)
-    archived, pure_at, stored_mismatch = await _walk_archive(pool, {c.stream_seq for c in checkpoints}, through)
+    # The stream and the archive are read at once (each mostly waits for its server).
+    reading = asyncio.ensure_future(_read_log(js, stream, root, through))
+    walking = asyncio.ensure_future(_walk_archive(pool, through))
+    try:  # the first failure (a stream that cannot be read) ends both, and is raised as itself
+        await asyncio.wait({reading, walking}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in (reading, walking):
+            if task.done() and task.exception() is not None:
+                await task
+        logged, checkpoints = await reading
+        walked = await walking
+    finally:
+        reading.cancel()
+        walking.cancel()
+    archived, stored_mismatch = walked.archived, walked.mismatched
+    pure_at = {cp.stream_seq: at for cp in checkpoints if (at := walked.pure_at(cp.stream_seq)) is not None}
     problems: dict[int, set[str]] = {}
     details: dict[tuple[int, str], str] = {}
 
@@ -90,49 +101,62 @@ async def _read_log(
     checkpoints: list[AuditCheckpointSigned] = []
     if through == 0:
         return logged, checkpoints
+    suffix = f".{AuditCheckpointSigned.verb}"
     queue, reader = await replay.read_stream(js, stream, f"{root}.>", through)
     async for chunk in replay.read_all(queue, reader, through):
         for seq, subj, raw in chunk:
-            logged[seq] = _Seen(subj, hashlib.sha256(raw).digest())
-            if (checkpoint := _checkpoint(subj, root, raw)) is not None:
+            logged[seq] = (subj, hashlib.sha256(raw).digest())
+            if subj.endswith(suffix) and (checkpoint := _checkpoint(subj, root, raw)) is not None:
                 checkpoints.append(checkpoint)
     return logged, checkpoints
 
 
 def _checkpoint(subject: str, root: str, raw: bytes) -> AuditCheckpointSigned | None:
     """A checkpoint on its own subject; anything else (a forged or malformed one) is just a message here."""
-    if not subject.endswith(f".{AuditCheckpointSigned.verb}"):
-        return None
     try:
         return AuditCheckpointSigned.model_validate(bind(subject, root, raw, (AuditCheckpointSigned,)))
     except (Unbound, ValidationError):
         return None
 
 
-async def _walk_archive(
-    pool: asyncpg.Pool, checkpoint_seqs: set[int], through: int
-) -> tuple[dict[int, _Seen], dict[int, str], list[int]]:
-    """Every archived event's digest up to `through` (what the stream held when verification began:
-    events archived since, such as audit's own next checkpoint, are for the next run); the chain
-    recomputed from genesis over the archived bytes at each checkpoint position; positions whose
-    stored hash the bytes do not reproduce."""
-    archived: dict[int, _Seen] = {}
-    pure_at: dict[int, str] = {}
-    mismatched: list[int] = []
+@dataclass
+class _Walked:
+    """The archive as `_walk_archive` found it: each event's digest by position, the positions whose
+    stored hash the bytes do not reproduce, and the chain recomputed from genesis at every position
+    (32 bytes each, in position order: checkpoints are found by the log read, which runs meanwhile)."""
+
+    archived: dict[int, _Seen] = field(default_factory=dict)
+    mismatched: list[int] = field(default_factory=list)
+    seqs: array[int] = field(default_factory=lambda: array("q"))
+    chain: bytearray = field(default_factory=bytearray)
+
+    def pure_at(self, seq: int) -> str | None:
+        """The recomputed chain's hash at `seq`, in hex; None if the archive has no event there."""
+        at = bisect.bisect_left(self.seqs, seq)
+        if at == len(self.seqs) or self.seqs[at] != seq:
+            return None
+        return self.chain[at * 32 : at * 32 + 32].hex()
+
+
+async def _walk_archive(pool: asyncpg.Pool, through: int) -> _Walked:
+    """Every archived event up to `through` (what the stream held when verification began: events
+    archived since, such as audit's own next checkpoint, are for the next run), checked against the
+    hashes stored with it and chained from genesis over the archived bytes."""
+    walked = _Walked()
+    archived, mismatched, seqs, chain = walked.archived, walked.mismatched, walked.seqs, walked.chain
     pure = local = domain.GENESIS
     async with pool.acquire() as conn:
-        async for seq, subject, raw, stored in store.archive_rows(conn):
-            if seq > through:
-                break
-            archived[seq] = _Seen(subject, hashlib.sha256(raw).digest())
+        async for seq, subject, raw, stored in store.archive_rows(conn, through=through):
+            archived[seq] = (subject, hashlib.sha256(raw).digest())
+            chained = pure == local  # the usual case: the stored chain is the recomputed one
             pure = domain.link(pure, seq, subject, raw)
             if stored is not None:
-                if domain.link(local, seq, subject, raw) != stored:
+                if (pure if chained else domain.link(local, seq, subject, raw)) != stored:
                     mismatched.append(seq)
                 local = stored  # resynchronise, so one change is reported once
-            if seq in checkpoint_seqs:
-                pure_at[seq] = pure.hex()
-    return archived, pure_at, mismatched
+            seqs.append(seq)
+            chain += pure
+    return walked
 
 
 def _compare(

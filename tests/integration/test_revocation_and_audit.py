@@ -183,6 +183,43 @@ async def test_replay_of_an_intact_archive_reports_equal(stack: Harness) -> None
     assert answer.previous_head_hash == answer.head_hash
 
 
+async def test_replay_of_a_tampered_archive_adopts_every_row_indexed(stack: Harness) -> None:
+    """A replay of an archive that reaches the log's end compares without indexing; when that finds
+    a change it replays again indexing, so the rows it adopts serve histories as before."""
+    issued = await stack.enroll("tampered.corp.internal")
+    await audit_caught_up(stack)
+    pool = await stack.db()
+    async with stack.client("operator") as c:
+        before = await c.history(issued.serial)
+        changed = before.events[-1].stream_seq
+        await pool.execute("UPDATE audit.archive SET raw = raw || '\\x20'::bytea WHERE stream_seq = $1", changed)
+        answer = await c.replay()
+        after = await c.history(issued.serial)
+    assert not answer.equal and answer.events == answer.last_seq
+    assert after == before
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = ''") == 0
+
+
+async def test_replay_of_a_log_with_a_gap_rebuilds_it_indexed(stack: Harness) -> None:
+    """A message deleted from the stream leaves a gap that a replay confirming the archive cannot
+    stand for: it replays indexing instead, and the chain stops before the gap, as it always has."""
+    await stack.enroll("gap.corp.internal")
+    await audit_caught_up(stack)
+    admin = await stack.connect("admin")
+    try:
+        js = stack.js(admin)
+        gone = (await js.stream_info(stack.common["stream"])).state.last_seq // 2
+        await js.delete_msg(stack.common["stream"], gone)
+    finally:
+        await admin.close()
+    async with stack.client("operator") as c:
+        answer = await c.replay()
+    assert not answer.equal and answer.last_seq == gone - 1
+    pool = await stack.db()
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE stream_seq = $1", gone) == 0
+    assert await pool.fetchval("SELECT count(*) FROM audit.archive WHERE event_type = ''") == 0
+
+
 async def _archived_all(h: Harness) -> bool:
     nc = await h.connect("admin")
     try:

@@ -7,6 +7,7 @@ the report nor a history entry may raise over a log full of them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_audit_samples import ROOT, event, sample, subject_of
 
-from services.audit import checks, domain, handlers, report
+from services.audit import checks, domain, handlers, report, store
 from shared.contract.binding import bind
 from shared.contract.events import EVENT_CLASSES, AuditFindingRaised, event_from
 
@@ -243,3 +244,25 @@ def test_three_thousand_mutated_enrollment_requests_leave_the_report_working() -
     assert answer.events == 3001 and answer.certificates == 0
     checker = checks.check_all(log, ROOT)
     assert checker.events == 3001
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(POISONS, min_size=1, max_size=20))
+def test_a_replay_writes_the_rows_the_live_archive_writes(messages: list[tuple[str, bytes]]) -> None:
+    """A replay skips the class validation and, confirming an archive, indexes nothing: what it
+    writes must still be the live archive's rows (indexed), or their compared columns with the bytes'
+    digest (not)."""
+    log = [(seq, subject, raw) for seq, (subject, raw) in enumerate(messages, start=1)]
+    live = store.rows_of(log, ROOT, domain.GENESIS)
+    replayed = store.rows_of(log, ROOT, domain.GENESIS, validate=False)
+    assert (replayed.rows, replayed.refs, replayed.head) == (live.rows, live.refs, live.head)
+    unbound = {
+        seq: p for seq, p in live.problems.items() if domain.read(log[seq - 1][1], ROOT, log[seq - 1][2]).data is None
+    }
+    assert replayed.problems == unbound  # only the class's refusals go unreported
+    compared = store.digest_rows(log, domain.GENESIS)
+    columns = [store.ARCHIVE_COLUMNS.index(c) for c in ("stream_seq", "subject", "hash", "subject_exact")]
+    assert [[r[i] for i in columns] for r in compared.rows] == [[r[i] for i in columns] for r in live.rows]
+    raw = store.ARCHIVE_COLUMNS.index("raw")
+    assert [r[raw] for r in compared.rows] == [hashlib.sha256(r[raw]).digest() for r in live.rows]
+    assert compared.head == live.head and compared.refs == []
