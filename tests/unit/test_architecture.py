@@ -16,6 +16,7 @@ NON_CA_KEY_LOADERS = {
     "services/audit/checkpoints.py": "audit's own checkpoint-signing key",
     "services/validation/responder.py": "validation's delegated OCSP responder key and its own provisioner key",
     "shared/pki/holder.py": "a certificate holder's own key (revocations, renewals, key-destroyed attestations)",
+    "shared/pki/provisioner_keys.py": "a service's own provisioner key (ACME's), which signs its tokens",
 }
 
 
