@@ -176,20 +176,27 @@ class OcspWorkers:
 
     async def _supervise(self) -> None:
         while not self.stopping:
-            now = time.monotonic()
-            for worker in self.workers:
-                if worker.proc is not None and (code := worker.proc.poll()) is not None:
-                    self._ended(worker, _exit_reason(code))
-                elif worker.proc is not None and now - worker.reported > SILENT_KILL_S:
-                    log.error("an OCSP worker stopped reporting: killing it", extra={"worker": worker.index})
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.proc.kill()
-                    await asyncio.to_thread(worker.proc.wait)
-                    self._ended(worker, f"killed after {SILENT_KILL_S:.0f} s without a report")
-                elif worker.proc is None and now >= worker.restart_at:
-                    worker.restarts += 1
-                    await self._spawn(worker)
+            try:
+                await self._check()
+            except Exception as exc:  # noqa: BLE001 - the supervision must outlive one failed round
+                log.error("supervising the OCSP workers failed; trying again", extra={"error": repr(exc)})
             await asyncio.sleep(SUPERVISE_EVERY_S)
+
+    async def _check(self) -> None:
+        """Start again the workers that ended or went silent, once their delay has passed."""
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.proc is not None and (code := worker.proc.poll()) is not None:
+                self._ended(worker, _exit_reason(code))
+            elif worker.proc is not None and now - worker.reported > SILENT_KILL_S:
+                log.error("an OCSP worker stopped reporting: killing it", extra={"worker": worker.index})
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
+                await asyncio.to_thread(worker.proc.wait)
+                self._ended(worker, f"killed after {SILENT_KILL_S:.0f} s without a report")
+            elif worker.proc is None and now >= worker.restart_at:
+                worker.restarts += 1
+                await self._spawn(worker)
 
     async def stop(self) -> None:
         """Stop every worker: SIGTERM, and SIGKILL for any still running after STOP_TIMEOUT_S."""
