@@ -9,7 +9,8 @@ The five services run as processes on a throwaway NATS and database. Then:
    OCSP (HTTP) answering `revoked`, and to the CRL its certificate names (its shard's, at the URL of
    its CRL distribution point) served over HTTP listing it. p50 / p99.
 3. OCSP responses per second over HTTP, cached (no nonce, the same 20,000 serials round-robin,
-   each asked once before, so every response is signed and cached first) and with a nonce (signed
+   each asked once before, and then by wrk for BENCH_OCSP_WARM_S (15) seconds, so that every process
+   has signed and cached every response first) and with a nonce (signed
    afresh each time), CONCURRENCY clients. Reference, same
    run: the responder core answering the same requests in this process, nothing else.
 4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards
@@ -22,6 +23,8 @@ The five services run as processes on a throwaway NATS and database. Then:
 5. CA compromise with SEED + PROBES certificates: `certbus ca compromise`; time until revocation has
    revoked them all (committed), until validation answers `revoked` for them, until every
    CertificateRevoked is on the log.
+Validation runs CERTBUS_OCSP_WORKERS responder processes on its port (BENCH_OCSP_WORKERS, default the
+setting's default; 1 for the service's process alone, to compare).
 BENCH_PARTS=crl runs steps 1, 2 and 4 only. Read medians and ratios: the machine is a shared 2-core box.
 """
 
@@ -53,7 +56,7 @@ from bench.procs import tree_pss_kib
 from harness import Harness, eventually
 from services.signing import domain as signing
 from services.validation import ocsp as responder_core
-from shared.base.settings import SigningSettings
+from shared.base.settings import SigningSettings, ValidationSettings
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import generate_key
 
@@ -66,6 +69,8 @@ PARTS = os.environ.get("BENCH_PARTS", "all")
 CRL_REVOKED = int(os.environ.get("BENCH_CRL_REVOKED", str(SEED)))  # of the SEED certificates, on the CRLs
 CRL_SHARDS = int(os.environ.get("BENCH_CRL_SHARDS", SigningSettings.model_fields["crl_shards"].default))
 CRL_BATCH_S = SigningSettings.model_fields["crl_batch_s"].default
+OCSP_WARM_S = float(os.environ.get("BENCH_OCSP_WARM_S", "15"))  # wrk, untimed: each process's cache warm
+OCSP_WORKERS = int(os.environ.get("BENCH_OCSP_WORKERS", ValidationSettings.model_fields["ocsp_workers"].default))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -405,8 +410,11 @@ async def main() -> None:
 
 async def run(h: Harness) -> None:
     print(
-        f"certbus revocation bench: {SEED} certificates seeded, {PROBES} probes, five services as processes", flush=True
+        f"certbus revocation bench: {SEED} certificates seeded, {PROBES} probes, five services as processes, "
+        f"validation with {OCSP_WORKERS} OCSP process(es)",
+        flush=True,
     )
+    h.overrides["validation"] = {**h.overrides.get("validation", {}), "ocsp_workers": OCSP_WORKERS}
     # Signing as deployed (the test harness has few shards, a shorter CRL batch interval and logs
     # warnings only; its INFO lines say how long each CRL republish took).
     h.overrides["signing"] = {
@@ -425,7 +433,7 @@ async def run(h: Harness) -> None:
     base = f"http://127.0.0.1:{h.http_ports['validation']}"
     seeded = await seed_certificates(h, issuer_id, SEED)
     print(f"  seeded {SEED} certificates of issuer {issuer_id}", flush=True)
-    result: dict[str, Any] = {"seeded_certificates": SEED, "parts": PARTS}
+    result: dict[str, Any] = {"seeded_certificates": SEED, "parts": PARTS, "ocsp_workers": OCSP_WORKERS}
     async with aiohttp.ClientSession() as session:
         first = ocsp_request(issuer, int(probes[0].serial, 16))
         await eventually(lambda: ocsp_status(session, f"{base}/ocsp", first), timeout=60)  # responder ready
@@ -492,6 +500,13 @@ async def ocsp_figures(
     base = f"http://127.0.0.1:{h.http_ports['validation']}"
     requests = [ocsp_request(issuer, s) for s in seeded[:20000]]
     await warm(f"{base}/ocsp", requests)  # every response signed once: what follows is served cached
+    if ocsp_load.available():
+        # Each OCSP process signs and caches its own responses, and a connection is served by one
+        # process: wrk's new connections, spread by the kernel, ask every serial of every process.
+        try:
+            await asyncio.to_thread(ocsp_load.measure, base, requests, OCSP_WARM_S)
+        except RuntimeError as exc:  # a request over wrk's 2 s timeout while a busy machine signs: warm anyway
+            print(f"  (warming by wrk: {exc})", flush=True)
     cached = await ocsp_rate(f"{base}/ocsp", requests, OCSP_SECONDS, False, issuer)
     fresh = await ocsp_rate(f"{base}/ocsp", requests, OCSP_SECONDS, True, issuer)
     ref_cached, ref_fresh = await asyncio.to_thread(reference_ocsp, "ec-p256", requests)
