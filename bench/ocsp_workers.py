@@ -5,7 +5,7 @@ turn on one stack, so that both see the same machine in the same minutes:
 The five services run as processes on a throwaway NATS and database; SEED (BENCH_SEED, 20,000)
 certificates are written into the read models, and two more validation replicas are started, one
 with 1 OCSP process and one with BENCH_OCSP_WORKERS (2), each on its own port. Each is warmed (every
-request asked once, then wrk for BENCH_OCSP_WARM_S), then ROUNDS (BENCH_ROUNDS, 5) rounds of wrk
+request asked once of each of its processes), then ROUNDS (BENCH_ROUNDS, 5) rounds of wrk
 (64 connections, one thread, BENCH_OCSP_SECONDS, 5 s) alternate between them, the load average read
 before each run, /readyz probed every 0.5 s during it and the CPU time of each of the replica's
 processes counted (a machine whose cores are busy with other work gives the replica no more CPU
@@ -27,7 +27,7 @@ from cryptography import x509
 from bench import ocsp_load
 from bench.environment import bench_harness, save_result
 from bench.procs import children, cpu_s, tree_pss_kib
-from bench.revocation import OCSP_SECONDS, OCSP_WARM_S, ocsp_request, seed_certificates, warm
+from bench.revocation import OCSP_SECONDS, ocsp_request, seed_certificates, warm
 from harness import Harness, eventually
 from shared.base.settings import ValidationSettings
 
@@ -73,11 +73,7 @@ async def run(h: Harness) -> None:
     ports = {n: port for n, (port, _) in replicas.items()}
     for port in ports.values():
         base = f"http://127.0.0.1:{port}"
-        await warm(f"{base}/ocsp", requests)
-        try:
-            await asyncio.to_thread(ocsp_load.measure, base, requests, OCSP_WARM_S)
-        except RuntimeError as exc:  # a request over wrk's 2 s timeout while signing: warm anyway
-            print(f"  (warming by wrk: {exc})", flush=True)
+        await warm(base, requests)
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in ports}
     for round_ in range(ROUNDS):
         for n, port in ports.items():
