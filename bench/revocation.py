@@ -9,7 +9,8 @@ The five services run as processes on a throwaway NATS and database. Then:
    OCSP (HTTP) answering `revoked`, and to the CRL its certificate names (its shard's, at the URL of
    its CRL distribution point) served over HTTP listing it. p50 / p99.
 3. OCSP responses per second over HTTP, cached (no nonce, the same 20,000 serials round-robin,
-   each asked once before, so every response is signed and cached first) and with a nonce (signed
+   each asked once before of every OCSP process, so that every response is signed and cached first)
+   and with a nonce (signed
    afresh each time), CONCURRENCY clients. Reference, same
    run: the responder core answering the same requests in this process, nothing else.
 4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards
@@ -22,6 +23,8 @@ The five services run as processes on a throwaway NATS and database. Then:
 5. CA compromise with SEED + PROBES certificates: `certbus ca compromise`; time until revocation has
    revoked them all (committed), until validation answers `revoked` for them, until every
    CertificateRevoked is on the log.
+Validation runs CERTBUS_OCSP_WORKERS responder processes on its port (BENCH_OCSP_WORKERS, default the
+setting's default; 1 for the service's process alone, to compare).
 BENCH_PARTS=crl runs steps 1, 2 and 4 only. Read medians and ratios: the machine is a shared 2-core box.
 """
 
@@ -53,7 +56,7 @@ from bench.procs import tree_pss_kib
 from harness import Harness, eventually
 from services.signing import domain as signing
 from services.validation import ocsp as responder_core
-from shared.base.settings import SigningSettings
+from shared.base.settings import SigningSettings, ValidationSettings
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import generate_key
 
@@ -66,6 +69,7 @@ PARTS = os.environ.get("BENCH_PARTS", "all")
 CRL_REVOKED = int(os.environ.get("BENCH_CRL_REVOKED", str(SEED)))  # of the SEED certificates, on the CRLs
 CRL_SHARDS = int(os.environ.get("BENCH_CRL_SHARDS", SigningSettings.model_fields["crl_shards"].default))
 CRL_BATCH_S = SigningSettings.model_fields["crl_batch_s"].default
+OCSP_WORKERS = int(os.environ.get("BENCH_OCSP_WORKERS", ValidationSettings.model_fields["ocsp_workers"].default))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -195,17 +199,41 @@ async def ocsp_rate(url: str, requests: list[bytes], seconds: float, fresh: bool
     return done / (time.perf_counter() - start)
 
 
-async def warm(url: str, requests: list[bytes]) -> None:
-    """Ask each request once (CONCURRENCY clients), so that its response is signed and cached."""
+async def warm(base: str, requests: list[bytes], per_process: int = 4) -> None:
+    """Ask each request once of every OCSP process, so that each has signed and cached its response.
 
-    async def client(share: list[bytes]) -> None:
-        async with aiohttp.ClientSession() as session:
+    A keep-alive connection stays with the process that accepted it (SO_REUSEPORT spreads
+    connections, not requests), and /readyz says which process answered (`answered_by` for a
+    worker): connect until every process has `per_process` connections, then send every request
+    over the connections of each process."""
+    by_process: dict[int, list[aiohttp.ClientSession]] = {}
+    spare: list[aiohttp.ClientSession] = []
+    try:
+        for _ in range(500):
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+            async with session.get(f"{base}/readyz") as response:
+                report = await response.json()
+            pid = report.get("answered_by", {}).get("pid", report["pid"])
+            mine = by_process.setdefault(pid, [])
+            (mine if len(mine) < per_process else spare).append(session)
+            processes = 1 + len(report.get("ocsp_workers", []))
+            if len(by_process) == processes and all(len(s) == per_process for s in by_process.values()):
+                break
+        else:
+            raise RuntimeError(f"could not reach every OCSP process: {sorted(by_process)}")
+
+        async def client(session: aiohttp.ClientSession, share: list[bytes]) -> None:
             for body in share:
-                async with session.post(url, data=body, headers=OCSP_HEADERS) as response:
+                async with session.post(f"{base}/ocsp", data=body, headers=OCSP_HEADERS) as response:
                     await response.read()
                     assert response.status == 200
 
-    await asyncio.gather(*(client(requests[k::CONCURRENCY]) for k in range(CONCURRENCY)))
+        await asyncio.gather(
+            *(client(c, requests[k::per_process]) for sessions in by_process.values() for k, c in enumerate(sessions))
+        )
+    finally:
+        for session in [*spare, *(c for sessions in by_process.values() for c in sessions)]:
+            await session.close()
 
 
 def reference_ocsp(issuer_key_type: str, requests: list[bytes]) -> tuple[float, float]:
@@ -405,8 +433,11 @@ async def main() -> None:
 
 async def run(h: Harness) -> None:
     print(
-        f"certbus revocation bench: {SEED} certificates seeded, {PROBES} probes, five services as processes", flush=True
+        f"certbus revocation bench: {SEED} certificates seeded, {PROBES} probes, five services as processes, "
+        f"validation with {OCSP_WORKERS} OCSP process(es)",
+        flush=True,
     )
+    h.overrides["validation"] = {**h.overrides.get("validation", {}), "ocsp_workers": OCSP_WORKERS}
     # Signing as deployed (the test harness has few shards, a shorter CRL batch interval and logs
     # warnings only; its INFO lines say how long each CRL republish took).
     h.overrides["signing"] = {
@@ -425,7 +456,7 @@ async def run(h: Harness) -> None:
     base = f"http://127.0.0.1:{h.http_ports['validation']}"
     seeded = await seed_certificates(h, issuer_id, SEED)
     print(f"  seeded {SEED} certificates of issuer {issuer_id}", flush=True)
-    result: dict[str, Any] = {"seeded_certificates": SEED, "parts": PARTS}
+    result: dict[str, Any] = {"seeded_certificates": SEED, "parts": PARTS, "ocsp_workers": OCSP_WORKERS}
     async with aiohttp.ClientSession() as session:
         first = ocsp_request(issuer, int(probes[0].serial, 16))
         await eventually(lambda: ocsp_status(session, f"{base}/ocsp", first), timeout=60)  # responder ready
@@ -491,7 +522,7 @@ async def ocsp_figures(
     """Step 3: OCSP responses per second over HTTP (Python clients and wrk) and the in-process reference."""
     base = f"http://127.0.0.1:{h.http_ports['validation']}"
     requests = [ocsp_request(issuer, s) for s in seeded[:20000]]
-    await warm(f"{base}/ocsp", requests)  # every response signed once: what follows is served cached
+    await warm(base, requests)  # every response signed once by every process: what follows is served cached
     cached = await ocsp_rate(f"{base}/ocsp", requests, OCSP_SECONDS, False, issuer)
     fresh = await ocsp_rate(f"{base}/ocsp", requests, OCSP_SECONDS, True, issuer)
     ref_cached, ref_fresh = await asyncio.to_thread(reference_ocsp, "ec-p256", requests)

@@ -211,6 +211,7 @@ class Harness:
                 ocsp_key_dir=self.tmp / "validation" / "ocsp",
                 ocsp_provisioner_key_file=self.tmp / "validation" / "ocsp-provisioner.key.pem",
                 ocsp_check_interval_s=1.0,
+                ocsp_workers=1,  # the service's process alone: a test that wants workers overrides it
             )
         if name == "signing":
             extra.update(

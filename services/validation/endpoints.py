@@ -18,6 +18,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from urllib.parse import urlsplit
 
+import asyncpg
 from aiohttp import web
 from cryptography.x509 import ocsp as x509_ocsp
 from prometheus_client import Counter
@@ -31,9 +32,8 @@ from services.validation.ocsp import (
     unsuccessful,
 )
 from services.validation.statuses import StatusView
-from shared.base.settings import ValidationSettings
+from shared.base.clock import Clock
 from shared.runtime.consumer import TRANSIENT_ERRORS
-from shared.runtime.service import Runtime
 
 log = logging.getLogger("certbus.validation.http")
 MAX_OCSP_REQUEST_BYTES = 4096  # a one-certificate request with a nonce is ~100 bytes
@@ -45,15 +45,20 @@ OCSP_RESPONSES = Counter("certbus_ocsp_responses_total", "OCSP responses sent, b
 
 
 def routes(
-    rt: Runtime, settings: ValidationSettings, responders: ResponderSet, statuses: StatusView
+    pool: Callable[[], asyncpg.Pool],
+    clock: Clock,
+    public_base_url: str,
+    responders: ResponderSet,
+    statuses: StatusView,
 ) -> list[web.RouteDef]:
     """The relying-party routes, at the root and, if the public base URL has a path, under it too
-    (so URLs embedded in certificates work with or without a path-stripping proxy in front)."""
+    (so URLs embedded in certificates work with or without a path-stripping proxy in front). Served
+    by the service's process and by each of its OCSP workers (`prefork`), each with its own pool."""
 
     async def get_crl(request: web.Request) -> web.Response:
         """An unsharded CA's CRL at /crl/{ca}.crl; a sharded CA's shard at /crl/{ca}/{shard}.crl."""
         shard = int(request.match_info["shard"]) if "shard" in request.match_info else None
-        async with rt.pool.acquire() as conn:
+        async with pool().acquire() as conn:
             row = await store.crl(conn, request.match_info["ca_id"], shard)
         if row is None:
             raise web.HTTPNotFound(text="no CRL for that issuer" if shard is None else "no CRL for that issuer shard")
@@ -64,7 +69,7 @@ def routes(
         )
 
     async def get_ca(request: web.Request) -> web.Response:
-        async with rt.pool.acquire() as conn:
+        async with pool().acquire() as conn:
             der = await store.ca_der(conn, request.match_info["ca_id"])
         if der is None:
             raise web.HTTPNotFound(text="no such CA")
@@ -83,7 +88,7 @@ def routes(
             log.warning("OCSP status lookup failed", extra={"error": repr(exc)})
             OCSP_RESPONSES.labels("try_later").inc()
             return TRY_LATER, False
-        response = responders.answer(ocsp_request, responder, status, rt.clock.now())
+        response = responders.answer(ocsp_request, responder, status, clock.now())
         if response == TRY_LATER:  # the responder certificate expired before its renewal
             OCSP_RESPONSES.labels("try_later").inc()
             return response, False
@@ -105,7 +110,7 @@ def routes(
             OCSP_RESPONSES.labels(exc.status.name.lower()).inc()
             return web.Response(body=exc.response, content_type=OCSP_RESPONSE, headers=NOT_CACHEABLE)
         response, cacheable = await answer(request_der)
-        headers = cache_headers(response, rt.clock.now()) if cacheable else NOT_CACHEABLE
+        headers = cache_headers(response, clock.now()) if cacheable else NOT_CACHEABLE
         return web.Response(body=response, content_type=OCSP_RESPONSE, headers=headers)
 
     # The cacheable responses are the ones ResponderSet caches: parse each once, as many as it keeps.
@@ -115,7 +120,7 @@ def routes(
         return _cache_headers(response, now, dates)
 
     found = []
-    for prefix in dict.fromkeys(["", urlsplit(settings.public_base_url).path.rstrip("/")]):
+    for prefix in dict.fromkeys(["", urlsplit(public_base_url).path.rstrip("/")]):
         found += [
             web.get(f"{prefix}/crl/{{ca_id}}.crl", get_crl),
             web.get(f"{prefix}/crl/{{ca_id}}/{{shard:[0-9]{{1,4}}}}.crl", get_crl),

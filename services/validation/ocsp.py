@@ -351,6 +351,8 @@ class ResponderSet:
             )
         self._by_cert_id: dict[CertIdKey, Responder] = {}
         self._awaited: dict[CertIdKey, str] = {}  # issuers served once their responder arrives
+        self._issuers: dict[str, x509.Certificate] = {}  # the same, by CA id
+        self.on_change: Callable[[], None] | None = None  # called after add() and expect()
         self._lookup = lookup
         self.cache = ResponseCache() if cache is None else cache
         self.validity, self.refresh_margin, self.backdate = validity, refresh_margin, backdate
@@ -361,10 +363,23 @@ class ResponderSet:
     def add(self, responder: Responder) -> None:
         """Serve `responder`'s issuer, replacing its previous responder (after a renewal)."""
         self._by_cert_id.update(dict.fromkeys(responder.cert_ids, responder))
+        if self.on_change is not None:
+            self.on_change()
 
     def expect(self, ca_id: str, issuer: x509.Certificate) -> None:
         """Answer tryLater, not unauthorized, about `issuer` until a responder for it is added."""
         self._awaited.update(dict.fromkeys(issuer_cert_ids(issuer), ca_id))
+        self._issuers[ca_id] = issuer
+        if self.on_change is not None:
+            self.on_change()
+
+    def expected(self) -> dict[str, x509.Certificate]:
+        """The issuers given to `expect`, by CA id."""
+        return dict(self._issuers)
+
+    def current(self) -> list[Responder]:
+        """Every responder served now (one per issuing CA)."""
+        return list({id(r): r for r in self._by_cert_id.values()}.values())
 
     def responder(self, ca_id: str) -> Responder | None:
         """The current responder of CA `ca_id`, if any."""

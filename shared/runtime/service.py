@@ -424,12 +424,14 @@ def create_service(
     readiness: ReadinessCheck | None = None,
     lost_database: Literal["rebuild", "ignore"] = "rebuild",
     adopt: Adopt | None = None,
+    reuse_port: bool = False,
 ) -> tuple[FastStream, Runtime]:
     """Wire one service: broker, app, lifespan hooks, health query and HTTP endpoint. `readiness`
     says what the service still lacks to do its job (reported by health, /readyz). A start on a
     database that lost what the service's durables had consumed rebuilds it
     from the log (shared.runtime.rebuild, with the service's `adopt` step); `lost_database` "ignore"
-    is for a service that rebuilds itself otherwise (audit)."""
+    is for a service that rebuilds itself otherwise (audit). `reuse_port` binds the HTTP port with
+    SO_REUSEPORT, for processes of the same service that share it (validation's OCSP workers)."""
     logs.configure(settings.log_level, settings.log_format)
     broker = NatsBroker(
         settings.nats_servers,
@@ -539,7 +541,7 @@ def create_service(
             web_app.add_routes(routes(runtime))
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port or None)
         await site.start()
         http_runner.append(runner)
         log.info(
