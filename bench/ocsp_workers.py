@@ -29,11 +29,10 @@ from bench.environment import bench_harness, save_result
 from bench.procs import children, cpu_s, tree_pss_kib
 from bench.revocation import OCSP_SECONDS, ocsp_request, seed_certificates, warm
 from harness import Harness, eventually
-from shared.base.settings import ValidationSettings
 
 SEED = int(os.environ.get("BENCH_SEED", "20000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-WORKERS = int(os.environ.get("BENCH_OCSP_WORKERS", ValidationSettings.model_fields["ocsp_workers"].default))
+WORKERS = int(os.environ.get("BENCH_OCSP_WORKERS", "2"))
 
 
 def _ready(port: int) -> bool:

@@ -194,9 +194,10 @@ class ValidationSettings(ServiceSettings):
     ocsp_status_changes_keep_s: float = Field(default=600.0, gt=2)
     # Processes answering OCSP (and the CRL and CA routes) on the HTTP port, sharing it with
     # SO_REUSEPORT: the service's own process and `ocsp_workers - 1` responder workers it starts
-    # (services/validation/prefork.py). 1: the service's process alone, as before. 2: one per core
-    # of a 2-core machine, where one process answered 5-6.6k cached responses/s and two 11-15k/s.
-    ocsp_workers: int = Field(default=2, ge=1, le=64)
+    # (services/validation/prefork.py). 1 (the default): the service's process alone. More pays
+    # only with cores to spare: on the shared 2-core machine, two processes answered about what one
+    # did (7.5k vs 7.3k cached responses/s, CPU-bound) for 90 MiB more (docs/benchmarks.md).
+    ocsp_workers: int = Field(default=1, ge=1, le=64)
 
     @property
     def ocsp_provisioner_public_key_file(self) -> Path:
