@@ -80,7 +80,7 @@ def test_the_worker_config_survives_its_message() -> None:
     assert ipc.WorkerConfig.of(config.message()) == config
 
 
-def test_two_responder_processes_by_default_and_one_at_least() -> None:
-    assert ValidationSettings.model_fields["ocsp_workers"].default == 2
+def test_one_responder_process_by_default_and_one_at_least() -> None:
+    assert ValidationSettings.model_fields["ocsp_workers"].default == 1
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         ValidationSettings(ocsp_workers=0)
