@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.validation import store
 from services.validation.domain import renewal_due, responders_missing
@@ -34,6 +33,7 @@ from shared.base.clock import Clock, SystemClock
 from shared.base.files import write_new
 from shared.base.settings import ValidationSettings
 from shared.client.api import CertbusClient, Pending
+from shared.pki import provisioner_keys
 from shared.pki.crypto import build_csr, key_pem, normalise_serial, serial_hex
 from shared.pki.tokens import ProvisionerKey, create_token
 from shared.runtime.service import Readiness, Runtime
@@ -44,43 +44,6 @@ TOKEN_TTL = timedelta(minutes=5)
 ENROLL_TIMEOUT_S = 30.0
 FIRST_RETRY_S = 0.5
 _SAFE_CA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def _public_pem(key: ProvisionerKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _same_public_key(registered_pem: str, key: ProvisionerKey) -> bool:
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    try:
-        registered = serialization.load_pem_public_key(registered_pem.encode())
-    except ValueError:
-        return False
-    return registered.public_bytes(serialization.Encoding.DER, spki) == key.public_key().public_bytes(
-        serialization.Encoding.DER, spki
-    )
-
-
-def load_or_create_provisioner_key(path: Path, public_path: Path) -> ProvisionerKey:
-    """Validation's provisioner key (PKCS#8 PEM, mode 0600; Ed25519 when created here), and its
-    public half written to `public_path` for whoever registers it."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 or EC P-256 provisioner key")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = ed25519.Ed25519PrivateKey.generate()
-        try:
-            write_new(path, key_pem(key))
-        except FileExistsError:  # another replica created it just now
-            return load_or_create_provisioner_key(path, public_path)
-        log.info("created validation's OCSP provisioner key", extra={"path": str(path)})
-    if not public_path.exists() or public_path.read_bytes() != _public_pem(key):
-        tmp = public_path.with_name(f".{public_path.name}.{os.getpid()}")
-        tmp.write_bytes(_public_pem(key))
-        os.replace(tmp, public_path)
-    return key
 
 
 class ResponderFiles:
@@ -157,8 +120,8 @@ class ResponderKeeper:
         """Load or create the provisioner key and keep the responders current in the background."""
         self._rt = rt
         s = self.settings
-        self._provisioner_key = load_or_create_provisioner_key(
-            s.ocsp_provisioner_key_file, s.ocsp_provisioner_public_key_file
+        self._provisioner_key = provisioner_keys.load_or_create(
+            s.ocsp_provisioner_key_file, s.ocsp_provisioner_public_key_file, whose="validation's OCSP"
         )
         self._task = asyncio.create_task(self._run(), name="ocsp-responder")
 
@@ -305,7 +268,7 @@ class ResponderKeeper:
             return f"provisioner {s.ocsp_provisioner_id!r} is not registered; {register}"
         if mine.status != "active":
             return f"provisioner {s.ocsp_provisioner_id!r} is {mine.status}; {register}"
-        if not _same_public_key(mine.public_key_pem, self._provisioner_key):
+        if not provisioner_keys.same_public_key(mine.public_key_pem, self._provisioner_key):
             return (
                 f"provisioner {s.ocsp_provisioner_id!r} is registered with another public key than "
                 f"{s.ocsp_provisioner_key_file}'s; {register}"

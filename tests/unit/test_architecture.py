@@ -14,10 +14,10 @@ PRIVATE_KEY_LOADERS = {"load_pem_private_key", "load_der_private_key", "load_key
 NON_CA_KEY_LOADERS = {
     "shared/client/cli/provisioner.py": "the operator's provisioner key, on the operator's side",
     "services/audit/checkpoints.py": "audit's own checkpoint-signing key",
-    "services/validation/responder.py": "validation's delegated OCSP responder key and its own provisioner key",
+    "services/validation/responder.py": "validation's delegated OCSP responder key",
     "services/validation/ipc.py": "the same OCSP responder key, received by validation's OCSP workers from its process",
     "shared/pki/holder.py": "a certificate holder's own key (revocations, renewals, key-destroyed attestations)",
-    "shared/pki/provisioner_keys.py": "a service's own provisioner key (ACME's), which signs its tokens",
+    "shared/pki/provisioner_keys.py": "a service's own provisioner key (validation's, ACME's), which signs its tokens",
 }
 
 

@@ -13,9 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from pki_builders import NOW, issue_leaf, make_profile
 from services.signing import domain as signing
 from services.validation.domain import renewal_due
-from services.validation.responder import ResponderFiles, load_or_create_provisioner_key
+from services.validation.responder import ResponderFiles
 from shared.base.settings import ValidationSettings
 from shared.pki.crypto import signing_hash
+from shared.pki.provisioner_keys import load_or_create as load_or_create_provisioner_key
 
 OCSP = make_profile(name="ocsp-responder", usage="ocsp")
 
