@@ -512,6 +512,11 @@ async def run(h: Harness) -> None:
         marks = await compromise(h, issuer_id, seeded[-20:], SEED + 2 * PROBES)  # every certificate revoked
         print(f"  CA compromise with {live} live certificates: {marks}", flush=True)
         result["ca_compromise"] = marks
+    # Each service's memory at the end (PSS, with what it started), with SEED certificates in the
+    # read models and every step above done: what the memory target asks, at this bench's scale.
+    memory = {name: round(tree_pss_kib(p.proc.pid) / 1024, 1) for name, p in h.procs.items() if p.proc is not None}
+    print(f"  memory at the end (PSS, MiB): {memory}", flush=True)
+    result["service_memory_mib"] = memory
     save_result("revocation", result)
     print(json.dumps(result, indent=2))
 

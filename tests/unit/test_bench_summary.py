@@ -110,3 +110,13 @@ def test_the_paced_run_gives_the_p99_target_and_counts_only_at_500_a_second() ->
     )
     assert row.met is False
     assert next(r for r in rows(RESULTS) if r.target.startswith("issuance p99")).measured == "not measured"
+
+
+def test_service_memory_is_the_largest_service_and_counts_only_at_a_million() -> None:
+    revocation = {"seeded_certificates": 100_000, "service_memory_mib": {"audit": 120.0, "validation": 180.0}}
+    row = next(r for r in rows({**RESULTS, "revocation": revocation}) if r.target.startswith("every service"))
+    assert row.measured == "188.7 MB" and row.met is None  # 180 MiB; 100k proves nothing about 1M
+    assert "validation 180" in row.reference and "audit 120" in row.reference
+    at_scale = {**revocation, "seeded_certificates": 1_000_000, "service_memory_mib": {"validation": 250.0}}
+    row = next(r for r in rows({**RESULTS, "revocation": at_scale}) if r.target.startswith("every service"))
+    assert row.met is False
