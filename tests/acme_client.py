@@ -86,14 +86,15 @@ def jws(
     key: AccountKey,
     url: str,
     payload: dict[str, Any] | None,
-    nonce: str,
+    nonce: str | None,
     *,
     kid: str | None = None,
     header: dict[str, Any] | None = None,
 ) -> bytes:
     """A flattened-JSON JWS as RFC 8555 §6.2 asks: signed with `key`, naming it by `kid` or carrying
-    its jwk; `payload` None is POST-as-GET. `header` overrides or adds protected members."""
-    protected: dict[str, Any] = {"alg": alg_of(key), "nonce": nonce, "url": url}
+    its jwk; `payload` None is POST-as-GET; `nonce` None leaves it out (keyChange's inner JWS).
+    `header` overrides or adds protected members."""
+    protected: dict[str, Any] = {"alg": alg_of(key), "url": url} | ({"nonce": nonce} if nonce is not None else {})
     protected |= {"kid": kid} if kid else {"jwk": public_jwk(key)}
     protected |= header or {}
     p = b64(json.dumps(protected).encode())

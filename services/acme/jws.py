@@ -78,6 +78,16 @@ def _b64(segment: str, what: str) -> bytes:
 
 def parse(body: bytes) -> Envelope:
     """Parse a request body as an ACME JWS (flattened JSON, protected header only) and check its header."""
+    return _parse(body, inner=False)
+
+
+def parse_inner(value: object) -> Envelope:
+    """Parse keyChange's inner JWS (RFC 8555 §7.3.5): the payload of the outer one, signed by the new
+    key, which it carries as `jwk`, with no nonce (its `nonce` is the empty string in the envelope)."""
+    return _parse(json.dumps(value).encode(), inner=True)
+
+
+def _parse(body: bytes, *, inner: bool) -> Envelope:
     if len(body) > MAX_BODY_BYTES:
         raise malformed(f"request body of {len(body)} bytes is over {MAX_BODY_BYTES}")
     try:
@@ -109,7 +119,11 @@ def parse(body: bytes) -> Envelope:
     if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_URL_CHARS):
         raise malformed("kid is not an account URL")
     nonce = header.get("nonce")
-    if not isinstance(nonce, str) or not nonce or len(nonce) > MAX_NONCE_CHARS:
+    if inner:
+        if nonce is not None or "kid" in header:
+            raise malformed("the inner JWS of a key change must carry its jwk and no nonce or kid")
+        nonce = ""
+    elif not isinstance(nonce, str) or not nonce or len(nonce) > MAX_NONCE_CHARS:
         raise AcmeProblem("badNonce", "protected header has no usable nonce")
     url = header.get("url")
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:

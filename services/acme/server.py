@@ -101,6 +101,7 @@ class Acme:
             web.post("/acme/new-account", self._answer(self.new_account)),
             web.post("/acme/acct/{account_id}", self._answer(self.account)),
             web.post("/acme/acct/{account_id}/orders", self._answer(self.orders)),
+            web.post("/acme/key-change", self._answer(self.key_change)),
             web.post("/acme/new-order", self._answer(self.new_order)),
             web.post("/acme/order/{order_id}", self._answer(self.order)),
             web.post("/acme/order/{order_id}/finalize", self._answer(self.finalize)),
@@ -186,14 +187,15 @@ class Acme:
     # -- resources -----------------------------------------------------------------------------------
 
     async def directory(self, request: web.Request) -> web.StreamResponse:
-        # Only what is served is listed: newOrder once orders can be finalized; revokeCert and
-        # keyChange are not served yet.
+        # Only what is served is listed: newOrder once orders can be finalized; revokeCert is not
+        # served yet.
         meta: dict[str, Any] = {"externalAccountRequired": False}
         if self.config.terms_of_service:
             meta["termsOfService"] = self.config.terms_of_service
         directory: dict[str, Any] = {
             "newNonce": self.config.url("/acme/new-nonce"),
             "newAccount": self.config.url("/acme/new-account"),
+            "keyChange": self.config.url("/acme/key-change"),
         }
         if self.config.finalizer is not None:
             directory["newOrder"] = self.config.url("/acme/new-order")
@@ -242,6 +244,40 @@ class Acme:
             )
         if status is not None:
             log.info("ACME account deactivated", extra={"account": row["account_id"]})
+        return self._account_response(row, 200)
+
+    async def key_change(self, request: web.Request) -> web.StreamResponse:
+        """RFC 8555 §7.3.5: the outer JWS signed by the account's key, its payload a JWS signed by the
+        new key naming the account and the old key; the account is then bound to the new key."""
+        checked = await self._checked(request, own_key=False)
+        account = checked.account
+        assert account is not None
+        inner = jws.parse_inner(checked.payload)
+        assert inner.jwk is not None  # parse_inner insists on it
+        payload = jws.payload_object(inner.verify(inner.jwk))
+        if inner.url != self.config.url(request.path):
+            raise malformed("the inner JWS's url is not the key change URL")
+        url = self.config.url(f"/acme/acct/{account['account_id']}")
+        if payload is None or payload.get("account") != url:
+            raise malformed("the inner payload's account is not the account the request is signed for")
+        old = payload.get("oldKey")
+        if not isinstance(old, dict) or jws.thumbprint(old) != account["thumbprint"]:
+            raise malformed("the inner payload's oldKey is not the account's current key")
+        new_thumbprint = jws.thumbprint(inner.jwk)
+        if new_thumbprint == account["thumbprint"]:
+            raise malformed("the new key is the account's current key")
+        async with self._pool().acquire() as conn:
+            taken = await store.change_key(
+                conn, account["account_id"], account["thumbprint"], new_thumbprint, inner.jwk, self.clock.now()
+            )
+            row = await store.account(conn, account["account_id"])
+        if taken is not None:
+            other = self.config.url(f"/acme/acct/{taken['account_id']}")
+            return AcmeProblem("malformed", "the new key is another account's", 409).response({"Location": other})
+        assert row is not None
+        if row["thumbprint"] != new_thumbprint:
+            raise AcmeProblem("malformed", "the account's key was changed meanwhile", 409)
+        log.info("ACME account key changed", extra={"account": row["account_id"], "thumbprint": new_thumbprint})
         return self._account_response(row, 200)
 
     async def orders(self, request: web.Request) -> web.StreamResponse:

@@ -64,6 +64,28 @@ async def create_account(
     return existing, False
 
 
+async def change_key(
+    conn: asyncpg.Connection, account_id: str, old_thumbprint: str, thumbprint: str, jwk: dict[str, Any], now: datetime
+) -> asyncpg.Record | None:
+    """Bind the account to a new key, if it still has the old one (a concurrent change wins once);
+    the account using the new key already, if another does (RFC 8555 §7.3.5: 409)."""
+    async with conn.transaction():
+        taken: asyncpg.Record | None = await conn.fetchrow(
+            "SELECT * FROM accounts WHERE thumbprint = $1 AND account_id <> $2", thumbprint, account_id
+        )
+        if taken is not None:
+            return taken
+        await conn.execute(
+            "UPDATE accounts SET thumbprint = $3, jwk = $4, updated_at = $5 WHERE account_id = $1 AND thumbprint = $2",
+            account_id,
+            old_thumbprint,
+            thumbprint,
+            jwk,
+            now,
+        )
+    return None
+
+
 async def update_account(
     conn: asyncpg.Connection, account_id: str, now: datetime, *, contact: list[str] | None, deactivate: bool
 ) -> asyncpg.Record:

@@ -303,3 +303,79 @@ async def test_without_its_database_acme_says_try_again_and_changes_nothing(acme
         assert "Replay-Nonce" not in headers
         async with server.http.get(server.url("/acme/directory")) as r:
             assert r.status == 200  # what needs no database is still served
+
+
+async def _key_change(
+    server: Server, old: AccountKey, new: AccountKey, url: str, **inner_fields: Any
+) -> tuple[int, Any, Any]:
+    """RFC 8555 §7.3.5: an inner JWS by the new key (its jwk, no nonce) inside one by the account."""
+    change = server.url("/acme/key-change")
+    inner_url = inner_fields.pop("inner_url", change)
+    payload = {"account": url, "oldKey": public_jwk(old)} | inner_fields
+    inner = json.loads(jws(new, inner_url, payload, None))
+    return await server.signed(old, "/acme/key-change", inner, kid=url)
+
+
+async def test_an_account_rolls_over_to_a_new_key_and_the_old_one_stops_working(server: Server) -> None:
+    old, new = p256(), ed25519.Ed25519PrivateKey.generate()
+    _, headers, _ = await server.new_account(old)
+    url = headers["Location"]
+    async with server.http.get(server.url("/acme/directory")) as r:
+        assert (await r.json())["keyChange"] == server.url("/acme/key-change")
+    status, headers, body = await _key_change(server, old, new, url)
+    assert (status, body["status"]) == (200, "valid"), body
+    path = url.removeprefix(server.base)
+    status, _, _ = await server.signed(new, path, None, kid=url)
+    assert status == 200
+    status, _, problem = await server.signed(old, path, None, kid=url)
+    # An ES256 signature for an account whose key is now Ed25519.
+    assert (status, problem["type"]) == (400, PROBLEM + "badSignatureAlgorithm")
+    status, headers, _ = await server.signed(new, "/acme/new-account", {"onlyReturnExisting": True})
+    assert (status, headers["Location"]) == (200, url)
+    assert await server.accounts() == 1
+
+
+async def test_a_key_change_to_another_accounts_key_is_a_conflict_naming_it(server: Server) -> None:
+    one, two = p256(), p256()
+    _, headers, _ = await server.new_account(one)
+    first = headers["Location"]
+    _, headers, _ = await server.new_account(two)
+    second = headers["Location"]
+    status, headers, problem = await _key_change(server, one, two, first)
+    assert (status, headers["Location"]) == (409, second), problem
+    status, _, _ = await server.signed(one, first.removeprefix(server.base), None, kid=first)
+    assert status == 200  # unchanged
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("inner url", "url"),
+        ("account", "account"),
+        ("old key", "oldKey"),
+        ("inner nonce", "no nonce"),
+        ("forged", "signature"),
+    ],
+)
+async def test_a_key_change_that_does_not_hold_together_changes_nothing(server: Server, case: str, words: str) -> None:
+    old, new = p256(), p256()
+    _, headers, _ = await server.new_account(old)
+    url = headers["Location"]
+    change = server.url("/acme/key-change")
+    if case == "inner url":
+        status, _, problem = await _key_change(server, old, new, url, inner_url=server.url("/acme/new-account"))
+    elif case == "account":
+        status, _, problem = await _key_change(server, old, new, url, account=server.url("/acme/acct/other"))
+    elif case == "old key":
+        status, _, problem = await _key_change(server, old, new, url, oldKey=public_jwk(p256()))
+    else:
+        payload = {"account": url, "oldKey": public_jwk(old)}
+        if case == "inner nonce":
+            inner = json.loads(jws(new, change, payload, "a-nonce"))
+        else:  # carries the new key's jwk but is signed by yet another key
+            inner = json.loads(jws(p256(), change, payload, None, header={"jwk": public_jwk(new)}))
+        status, _, problem = await server.signed(old, "/acme/key-change", inner, kid=url)
+    assert (status, problem["type"]) == (400, PROBLEM + "malformed"), problem
+    assert words in problem["detail"]
+    status, _, _ = await server.signed(old, url.removeprefix(server.base), None, kid=url)
+    assert status == 200
