@@ -67,6 +67,8 @@ class AcmeService:
             validator=validator,
             finalizer=finalizer,
             terms_of_service=s.acme_terms_of_service,
+            orders_per_hour=s.acme_orders_per_hour,
+            failed_validations_per_hour=s.acme_failed_validations_per_hour,
         )
         self.acme = Acme(lambda: pool, config)
         self.cert = ServerCertificate(s, key)

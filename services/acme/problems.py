@@ -22,9 +22,13 @@ class AcmeProblem(Exception):
         self.extra = extra
 
     def document(self) -> dict[str, Any]:
-        return {"type": PREFIX + self.kind, "detail": self.detail, "status": self.status, **self.extra}
+        extra = {k: v for k, v in self.extra.items() if k != "retry_after"}
+        return {"type": PREFIX + self.kind, "detail": self.detail, "status": self.status, **extra}
 
     def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        headers = dict(headers or {})
+        if "retry_after" in self.extra:
+            headers["Retry-After"] = str(self.extra["retry_after"])
         return web.Response(
             status=self.status, text=json.dumps(self.document()), content_type=PROBLEM_JSON, headers=headers
         )

@@ -33,6 +33,7 @@ from shared.contract.profiles import dns_syntax_problem
 from shared.runtime.consumer import TRANSIENT_ERRORS
 
 log = logging.getLogger("certbus.acme")
+HOUR = timedelta(hours=1)
 UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, *TRANSIENT_ERRORS)
 JOSE_JSON = "application/jose+json"
 MAX_CONTACT_CHARS = 320
@@ -53,6 +54,10 @@ class AcmeConfig:
     # A validation left `processing` this long (its replica stopped) may be started again.
     stale_validation: timedelta = timedelta(minutes=1)
     max_orders_listed: int = 100
+    # Rate limits, per hour: orders an account may create, and failed validations an account may
+    # have for one name before it must wait (Let's Encrypt allows 5); 0 means no limit.
+    orders_per_hour: int = 300
+    failed_validations_per_hour: int = 5
     # Turns a finalized order into an enrollment request on the bus; None: finalize is not served.
     finalizer: Finalizer | None = None
     # An order still processing this long after its finalize (its replica stopped, the bus was
@@ -300,15 +305,21 @@ class Acme:
             raise malformed("notBefore and notAfter are not accepted: the certificate's profile sets its validity")
         names = self._names(body.get("identifiers"))
         now = self.clock.now()
+        limit = self.config.orders_per_hour
         async with self._pool().acquire() as conn:
-            order_id = await store.create_order(
-                conn,
-                checked.account["account_id"],
-                names,
-                list(self.config.challenge_types),
-                now,
-                now + self.config.order_ttl,
-            )
+            async with conn.transaction():
+                if limit:
+                    count, oldest = await store.orders_since(conn, checked.account["account_id"], now - HOUR)
+                    if count >= limit:
+                        raise _rate_limited(f"{count} orders in the last hour; at most {limit}", oldest, now)
+                order_id = await store.create_order(
+                    conn,
+                    checked.account["account_id"],
+                    names,
+                    list(self.config.challenge_types),
+                    now,
+                    now + self.config.order_ttl,
+                )
             response = await self._order_response(conn, order_id, 201)
         log.info("ACME order created", extra={"account": checked.account["account_id"], "order": order_id})
         return response
@@ -459,7 +470,19 @@ class Acme:
         async with self._pool().acquire() as conn:
             row = _mine(await store.challenge(conn, challenge_id), checked, "challenge")
             if checked.payload is not None:  # {} asks the server to validate (RFC 8555 §7.5.1)
-                if await store.start_validation(conn, challenge_id, self.clock.now(), self.config.stale_validation):
+                now, limit = self.clock.now(), self.config.failed_validations_per_hour
+                if limit and row["status"] == "pending":
+                    failed, oldest = await store.failed_validations_since(
+                        conn, row["account_id"], row["name"], now - HOUR
+                    )
+                    if failed >= limit:
+                        raise _rate_limited(
+                            f"{failed} failed validations of {row['name']} by this account in the last hour; at most "
+                            f"{limit}: fix what the last failure says, then try again",
+                            oldest,
+                            now,
+                        )
+                if await store.start_validation(conn, challenge_id, now, self.config.stale_validation):
                     task = asyncio.create_task(
                         self._validate(challenge_id, row["type"], row["name"], row["token"], checked.jwk),
                         name=f"acme-validate-{challenge_id}",
@@ -612,6 +635,12 @@ class Acme:
 def _time(at: datetime) -> str:
     """RFC 3339 in UTC, as ACME objects carry times."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rate_limited(detail: str, oldest: datetime | None, now: datetime) -> AcmeProblem:
+    """A `rateLimited` problem whose Retry-After is when the oldest counted event leaves the hour."""
+    wait = max(1, int(((oldest + HOUR) - now).total_seconds()) + 1) if oldest is not None else 60
+    return AcmeProblem("rateLimited", detail, 429, retry_after=wait)
 
 
 def _sub(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:

@@ -139,6 +139,35 @@ async def create_order(
     return order_id
 
 
+async def orders_since(conn: asyncpg.Connection, account_id: str, since: datetime) -> tuple[int, datetime | None]:
+    """How many orders the account created since `since`, and the oldest of them's time. Taken under
+    a transaction-scoped lock on the account, so that concurrent orders are counted one after another."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('acme-orders:' || $1, 0))", account_id)
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(created_at) AS oldest FROM orders WHERE account_id = $1 AND created_at > $2",
+        account_id,
+        since,
+    )
+    assert row is not None
+    return int(row["n"]), row["oldest"]
+
+
+async def failed_validations_since(
+    conn: asyncpg.Connection, account_id: str, name: str, since: datetime
+) -> tuple[int, datetime | None]:
+    """How many of the account's validations for `name` failed after starting since `since`, and
+    when the oldest of them started."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, min(c.started_at) AS oldest FROM challenges c JOIN authorizations a USING (authz_id) "
+        "WHERE a.account_id = $1 AND a.name = $2 AND c.status = 'invalid' AND c.started_at > $3",
+        account_id,
+        name,
+        since,
+    )
+    assert row is not None
+    return int(row["n"]), row["oldest"]
+
+
 async def order(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
     return row

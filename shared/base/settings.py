@@ -253,6 +253,9 @@ class AcmeSettings(ServiceSettings):
     acme_http01_port: int = Field(default=80, ge=1, le=65535)
     acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
     acme_terms_of_service: str | None = None
+    # Rate limits per hour (0: none): orders per account, failed validations per account and name.
+    acme_orders_per_hour: int = Field(default=300, ge=0)
+    acme_failed_validations_per_hour: int = Field(default=5, ge=0)
     acme_sweep_s: float = Field(default=10.0, gt=0)  # how often orders left processing are taken up again
     acme_enroll_timeout_s: float = Field(default=30.0, gt=0)
 

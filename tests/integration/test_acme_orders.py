@@ -23,18 +23,23 @@ pytestmark = pytest.mark.timeout(60)
 PROBLEM = "urn:ietf:params:acme:error:"
 
 
-@pytest.fixture
-async def stack(acme_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tuple[Stack, AlpnServer]]:
+async def _stack(acme_pool: asyncpg.Pool, tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Stack, AlpnServer]]:
     http_port, alpn_port, port = free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     validator = Validator(
         Resolver.parse("*.acme.test=127.0.0.1"), http_port=http_port, tls_alpn_port=alpn_port, timeout_s=5
     )
-    acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator))
+    acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator, **config))
     alpn = AlpnServer(tmp_path, alpn_port)
     async with serve_answers(acme, acme_pool, base, port, http_port) as s:
         yield s, alpn
     await alpn.close()
+
+
+@pytest.fixture
+async def stack(acme_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tuple[Stack, AlpnServer]]:
+    async for s in _stack(acme_pool, tmp_path):
+        yield s
 
 
 async def test_an_order_has_one_authorization_per_name_each_with_both_challenges(
@@ -242,3 +247,49 @@ def test_resolver_overrides_parse_and_refuse_what_is_not_an_address() -> None:
     for bad in ("*.internal", "=127.0.0.1", "x.test=not-an-ip"):
         with pytest.raises(ValueError):
             Resolver.parse(bad)
+
+
+async def test_an_account_over_its_orders_an_hour_is_rate_limited_until_the_hour_passes(
+    acme_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async for s, _ in _stack(acme_pool, tmp_path, orders_per_hour=2):
+        account, other = await s.account(), await s.account()
+        await s.order(account, "one.acme.test")
+        await s.order(account, "two.acme.test")
+        status, headers, problem = await s.post(
+            account, s.url("/acme/new-order"), {"identifiers": [{"type": "dns", "value": "three.acme.test"}]}
+        )
+        assert (status, problem["type"]) == (429, PROBLEM + "rateLimited"), problem
+        assert 3500 <= int(headers["Retry-After"]) <= 3601 and "2 orders in the last hour" in problem["detail"]
+        assert await s.pool.fetchval("SELECT count(*) FROM orders") == 2
+        await s.order(other, "three.acme.test")  # another account has its own limit
+        # An hour later (the orders' times moved back), the account may order again.
+        await s.pool.execute("UPDATE orders SET created_at = created_at - interval '61 minutes'")
+        await s.order(account, "three.acme.test")
+
+
+async def test_failed_validations_of_a_name_are_rate_limited_per_account(
+    acme_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    async for s, _ in _stack(acme_pool, tmp_path, failed_validations_per_hour=1):
+        account = await s.account()
+        _, order = await s.order(account, "flaky.acme.test")
+        _, _, authz = await s.post(account, order["authorizations"][0], None)
+        await s.post(account, challenge_of(authz, "http-01")["url"], {})  # nothing served: fails
+        assert (await s.settled(account, order["authorizations"][0]))["status"] == "invalid"
+        _, again = await s.order(account, "flaky.acme.test")
+        _, _, authz = await s.post(account, again["authorizations"][0], None)
+        http01 = challenge_of(authz, "http-01")
+        s.answers[http01["token"]] = key_authorization(http01["token"], account.thumbprint)
+        status, headers, problem = await s.post(account, http01["url"], {})
+        assert (status, problem["type"]) == (429, PROBLEM + "rateLimited"), problem
+        assert "flaky.acme.test" in problem["detail"] and int(headers["Retry-After"]) > 3500
+        assert s.hits.get(http01["token"]) is None  # not validated: nothing was asked
+        # Another name of the same account is not limited.
+        _, fine = await s.order(account, "fine.acme.test")
+        _, _, authz = await s.post(account, fine["authorizations"][0], None)
+        http01 = challenge_of(authz, "http-01")
+        s.answers[http01["token"]] = key_authorization(http01["token"], account.thumbprint)
+        status, _, _ = await s.post(account, http01["url"], {})
+        assert status == 200
+        assert (await s.settled(account, fine["authorizations"][0]))["status"] == "valid"
