@@ -32,6 +32,7 @@ from shared.admin import init_with_retries
 from shared.base.files import write_atomic, write_new
 from shared.base.settings import CommonSettings, ValidationSettings
 from shared.client.sdk import CertbusClient
+from shared.pki import provisioner_keys
 from shared.trust.identities import IdentityStore, write_nats_config
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
@@ -659,7 +660,7 @@ class LocalStack:
         clients trust; what is missing ([] once ready)."""
         acme = next(p for p in self.procs if p.name == ACME)
         cli = [sys.executable, "-m", "shared.client.cli.main"]
-        public = Path(acme.env["CERTBUS_ACME_PROVISIONER_KEY_FILE"]).with_name("acme-provisioner.pub.pem")
+        public = provisioner_keys.public_key_file(Path(acme.env["CERTBUS_ACME_PROVISIONER_KEY_FILE"]))
         scope = ["--requester", ACME, "--profile", "tls-server", "--profile", "service", "--suffix", "internal"]
         subprocess.run(
             [*cli, "provisioner", "add", ACME, "--public-key", str(public), *scope], env=self.env, check=True

@@ -153,6 +153,15 @@ def public_key(jwk: dict[str, Any], alg: str) -> Any:
     return key
 
 
+def account_key(jwk: dict[str, Any]) -> Any:
+    """The public key of an account's stored JWK, by the algorithm its kind of key signs with."""
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    alg = next((a for a, (t, c) in _KEY_OF_ALGORITHM.items() if t == kty and c in (None, crv)), None)
+    if alg is None:
+        raise AcmeProblem("badPublicKey", f"no accepted algorithm signs with a {str(kty)[:16]} {str(crv)[:16]} key")
+    return public_key(jwk, alg)
+
+
 def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 SHA-256 thumbprint of a public JWK, base64url without padding."""
     kty = jwk.get("kty")

@@ -327,8 +327,8 @@ class Acme:
     async def order(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
         async with self._pool().acquire() as conn:
-            await self._own_order(conn, checked, request.match_info["order_id"])
-            return await self._order_response(conn, request.match_info["order_id"], 200)
+            row = await self._own_order(conn, checked, request.match_info["order_id"])
+            return self._order_json(await self._order_object(conn, row), row["order_id"], 200)
 
     async def finalize(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
@@ -336,7 +336,7 @@ class Acme:
         order_id = request.match_info["order_id"]
         async with self._pool().acquire() as conn:
             row = await self._own_order(conn, checked, order_id)
-            status = (await self._order_object(conn, order_id))["status"]
+            status = (await self._order_object(conn, row))["status"]
         if status != "ready":
             raise AcmeProblem("orderNotReady", f"the order is {status}, not ready", 403)
         finalizer = self.config.finalizer
@@ -391,7 +391,7 @@ class Acme:
             raise AcmeProblem("badCSR", f"the CSR's common name {common} is not among its DNS names")
         if sorted(set(requested)) != sorted(names):
             raise AcmeProblem("badCSR", f"the CSR asks for {sorted(set(requested))}; the order is for {names}")
-        account_key = jws.public_key(account_jwk, _alg_of(account_jwk))
+        account_key = jws.account_key(account_jwk)
         spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         if csr.public_key().public_bytes(*spki) == account_key.public_bytes(*spki):
             raise AcmeProblem("badCSR", "the certificate's key must not be the account's key")
@@ -549,9 +549,8 @@ class Acme:
     async def _own_order(self, conn: asyncpg.Connection, checked: Request, order_id: str) -> asyncpg.Record:
         return _mine(await store.order(conn, order_id), checked, "order")
 
-    async def _order_object(self, conn: asyncpg.Connection, order_id: str) -> dict[str, Any]:
-        row = await store.order(conn, order_id)
-        assert row is not None
+    async def _order_object(self, conn: asyncpg.Connection, row: asyncpg.Record) -> dict[str, Any]:
+        order_id = row["order_id"]
         authzs = await store.authorizations_of(conn, order_id)
         statuses = {a["status"] for a in authzs}
         if row["finalize_status"] is not None:
@@ -576,7 +575,11 @@ class Acme:
         return body
 
     async def _order_response(self, conn: asyncpg.Connection, order_id: str, status: int) -> web.Response:
-        body = await self._order_object(conn, order_id)
+        row = await store.order(conn, order_id)
+        assert row is not None
+        return self._order_json(await self._order_object(conn, row), order_id, status)
+
+    def _order_json(self, body: dict[str, Any], order_id: str, status: int) -> web.Response:
         return web.json_response(body, status=status, headers={"Location": self.config.url(f"/acme/order/{order_id}")})
 
     async def _authz_object(self, conn: asyncpg.Connection, authz_id: str) -> dict[str, Any]:
@@ -645,15 +648,6 @@ def _rate_limited(detail: str, oldest: datetime | None, now: datetime) -> AcmePr
 
 def _sub(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:
     return {"type": f"urn:ietf:params:acme:error:{kind}", "detail": detail, "identifier": identifier}
-
-
-def _alg_of(jwk: dict[str, Any]) -> str:
-    """The algorithm an account key of this kind signs with (to load it again)."""
-    if jwk.get("kty") == "OKP":
-        return "EdDSA"
-    if jwk.get("kty") == "RSA":
-        return "RS256"
-    return "ES384" if jwk.get("crv") == "P-384" else "ES256"
 
 
 def _mine(row: asyncpg.Record | None, checked: Request, what: str) -> asyncpg.Record:

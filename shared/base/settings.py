@@ -258,8 +258,3 @@ class AcmeSettings(ServiceSettings):
     acme_failed_validations_per_hour: int = Field(default=5, ge=0)
     acme_sweep_s: float = Field(default=10.0, gt=0)  # how often orders left processing are taken up again
     acme_enroll_timeout_s: float = Field(default=30.0, gt=0)
-
-    @property
-    def acme_provisioner_public_key_file(self) -> Path:
-        path = self.acme_provisioner_key_file
-        return path.with_name(path.name.removesuffix(".pem").removesuffix(".key") + ".pub.pem")

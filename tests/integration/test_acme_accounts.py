@@ -379,3 +379,4 @@ async def test_a_key_change_that_does_not_hold_together_changes_nothing(server: 
     assert words in problem["detail"]
     status, _, _ = await server.signed(old, url.removeprefix(server.base), None, kid=url)
     assert status == 200
+
