@@ -121,7 +121,8 @@ class Acme:
         return app
 
     def _answer(self, handler: Handler) -> Handler:
-        """Every answer, success or problem, with a fresh nonce and the directory's link."""
+        """Every answer, success or problem, with the directory's link, and a fresh nonce unless it is
+        the directory's (RFC 8555 §6.5 asks one of every POST answer and of newNonce)."""
 
         async def answer(request: web.Request) -> web.StreamResponse:
             try:
@@ -133,10 +134,11 @@ class Acme:
                 response = AcmeProblem("serverInternal", "temporarily unavailable: try again", 503).response(
                     {"Retry-After": "5"}
                 )
-            try:
-                response.headers["Replay-Nonce"] = await self._nonce()
-            except UNAVAILABLE:
-                pass  # the client gets a fresh nonce from newNonce once the database is back
+            if request.method != "GET" or request.path == "/acme/new-nonce":  # not on the directory: no write
+                try:
+                    response.headers["Replay-Nonce"] = await self._nonce()
+                except UNAVAILABLE:
+                    pass  # the client gets a fresh nonce from newNonce once the database is back
             response.headers["Cache-Control"] = "no-store"
             response.headers.add("Link", f'<{self.config.url("/acme/directory")}>;rel="index"')
             return response

@@ -380,3 +380,8 @@ async def test_a_key_change_that_does_not_hold_together_changes_nothing(server: 
     status, _, _ = await server.signed(old, url.removeprefix(server.base), None, kid=url)
     assert status == 200
 
+
+async def test_the_directory_spends_no_nonce(server: Server) -> None:
+    async with server.http.get(server.url("/acme/directory")) as r:
+        assert r.status == 200 and "Replay-Nonce" not in r.headers
+    assert await server.pool.fetchval("SELECT count(*) FROM nonces") == 0
