@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.acme.challenges import Resolver, Validator
 from services.acme.finalize import BusFinalizer
+from services.acme.lifecycle import BusRevoker
 from services.acme.server import Acme, AcmeConfig
 from services.acme.tls import ServerCertificate
 from shared.base.logs import configure
@@ -66,6 +67,7 @@ class AcmeService:
             base_url=s.acme_base_url,
             validator=validator,
             finalizer=finalizer,
+            revoker=BusRevoker(s, s.identity or NAME, timeout_s=s.acme_enroll_timeout_s),
             terms_of_service=s.acme_terms_of_service,
             orders_per_hour=s.acme_orders_per_hour,
             failed_validations_per_hour=s.acme_failed_validations_per_hour,

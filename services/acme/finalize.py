@@ -38,8 +38,11 @@ class Issued:
 
 
 class Finalizer(Protocol):
-    def prepare(self, csr: x509.CertificateSigningRequest, names: list[str], subject: str) -> EnrollmentRequested:
-        """The request an order becomes (built once, kept, published as often as needed)."""
+    def prepare(
+        self, csr: x509.CertificateSigningRequest, names: list[str], subject: str, replaces: str | None = None
+    ) -> EnrollmentRequested:
+        """The request an order becomes (built once, kept, published as often as needed);
+        `replaces`: the serial of the account's certificate it replaces."""
         ...
 
     async def submit(self, request: EnrollmentRequested) -> Issued:
@@ -59,7 +62,9 @@ class BusFinalizer:
     timeout_s: float = 30.0
     clock: Clock = field(default_factory=SystemClock)
 
-    def prepare(self, csr: x509.CertificateSigningRequest, names: list[str], subject: str) -> EnrollmentRequested:
+    def prepare(
+        self, csr: x509.CertificateSigningRequest, names: list[str], subject: str, replaces: str | None = None
+    ) -> EnrollmentRequested:
         token = create_token(
             self.provisioner_key,
             self.provisioner_id,
@@ -70,7 +75,7 @@ class BusFinalizer:
             subject=subject,
         )
         csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-        return enrollment_request(csr_pem, token, self.requester, self.profile)
+        return enrollment_request(csr_pem, token, self.requester, self.profile, replaces=replaces)
 
     async def submit(self, request: EnrollmentRequested) -> Issued:
         try:

@@ -22,14 +22,17 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from services.acme import jws, store
+from services.acme import jws, lifecycle, store
 from services.acme.challenges import TYPES, Validator
 from services.acme.finalize import Finalizer, StillPending
+from services.acme.lifecycle import Revoker
 from services.acme.problems import AcmeProblem, malformed, unauthorized
 from shared.base.clock import Clock, SystemClock
 from shared.client.api import Unreachable
 from shared.contract.events import EnrollmentRequested
 from shared.contract.profiles import dns_syntax_problem
+from shared.contract.revocation_reasons import REASON_CODES
+from shared.pki.crypto import normalise_serial
 from shared.runtime.consumer import TRANSIENT_ERRORS
 
 log = logging.getLogger("certbus.acme")
@@ -63,6 +66,11 @@ class AcmeConfig:
     # An order still processing this long after its finalize (its replica stopped, the bus was
     # down, or an operator's approval was awaited) is submitted again by `sweep`.
     finalize_retry: timedelta = timedelta(seconds=30)
+    # Publishes revocations and reads certificates' status on the bus; None: revokeCert and
+    # renewalInfo are not served.
+    revoker: Revoker | None = None
+    # How often ARI clients are asked to check a certificate's renewal window again.
+    renewal_info_retry: timedelta = timedelta(hours=6)
 
     def url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
@@ -75,6 +83,7 @@ class Request:
     payload: dict[str, Any] | None
     jwk: dict[str, Any]
     account: asyncpg.Record | None  # None for a request signed with its own key (newAccount)
+    compact: str = ""  # the JWS as received (protected.payload.signature)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -113,6 +122,8 @@ class Acme:
             web.post("/acme/authz/{authz_id}", self._answer(self.authorization)),
             web.post("/acme/chall/{challenge_id}", self._answer(self.challenge)),
             web.post("/acme/cert/{order_id}", self._answer(self.certificate)),
+            web.post("/acme/revoke-cert", self._answer(self.revoke_cert)),
+            web.get("/acme/renewal-info/{cert_id}", self._answer(self.renewal_info)),
         ]
 
     def application(self) -> web.Application:
@@ -156,11 +167,14 @@ class Acme:
 
     # -- the checks every POST passes ---------------------------------------------------------------
 
-    async def _checked(self, request: web.Request, *, own_key: bool) -> Request:
+    async def _checked(self, request: web.Request, *, own_key: bool | None) -> Request:
+        """`own_key`: signed with the key it carries (True), by an account (False), or either (None)."""
         if request.content_type != JOSE_JSON:
             raise AcmeProblem("malformed", f"Content-Type must be {JOSE_JSON}", 415)
         envelope = jws.parse(await request.read())
         account: asyncpg.Record | None = None
+        if own_key is None:
+            own_key = envelope.jwk is not None
         if own_key:
             if envelope.jwk is None:
                 raise malformed("this request must be signed with a jwk, not a kid")
@@ -178,7 +192,7 @@ class Acme:
                 raise AcmeProblem("badNonce", "nonce was not issued here, was used already, or expired")
         if account is not None and account["status"] != "valid":
             raise unauthorized(f"account is {account['status']}")
-        return Request(jws.payload_object(payload), jwk, account)
+        return Request(jws.payload_object(payload), jwk, account, envelope.compact)
 
     async def _account_of(self, kid: str) -> asyncpg.Record:
         prefix = self.config.url("/acme/acct/")
@@ -194,8 +208,8 @@ class Acme:
     # -- resources -----------------------------------------------------------------------------------
 
     async def directory(self, request: web.Request) -> web.StreamResponse:
-        # Only what is served is listed: newOrder once orders can be finalized; revokeCert is not
-        # served yet.
+        # Only what is served is listed: newOrder once orders can be finalized, revokeCert and
+        # renewalInfo once revocations can be published and statuses read.
         meta: dict[str, Any] = {"externalAccountRequired": False}
         if self.config.terms_of_service:
             meta["termsOfService"] = self.config.terms_of_service
@@ -206,6 +220,9 @@ class Acme:
         }
         if self.config.finalizer is not None:
             directory["newOrder"] = self.config.url("/acme/new-order")
+        if self.config.revoker is not None:
+            directory["revokeCert"] = self.config.url("/acme/revoke-cert")
+            directory["renewalInfo"] = self.config.url("/acme/renewal-info")
         return web.json_response({**directory, "meta": meta})
 
     async def new_nonce(self, request: web.Request) -> web.StreamResponse:
@@ -306,25 +323,56 @@ class Acme:
         if "notBefore" in body or "notAfter" in body:
             raise malformed("notBefore and notAfter are not accepted: the certificate's profile sets its validity")
         names = self._names(body.get("identifiers"))
+        wanted = lifecycle.parse_cert_id(body["replaces"]) if "replaces" in body else None
         now = self.clock.now()
         limit = self.config.orders_per_hour
+        account_id = checked.account["account_id"]
         async with self._pool().acquire() as conn:
             async with conn.transaction():
                 if limit:
-                    count, oldest = await store.orders_since(conn, checked.account["account_id"], now - HOUR)
+                    count, oldest = await store.orders_since(conn, account_id, now - HOUR)
                     if count >= limit:
                         raise _rate_limited(f"{count} orders in the last hour; at most {limit}", oldest, now)
+                if wanted is not None:
+                    replaces: str | None = await self._replaceable(conn, account_id, wanted, names, now)
+                else:
+                    replaces = await self._renews(conn, account_id, names, now)
                 order_id = await store.create_order(
-                    conn,
-                    checked.account["account_id"],
-                    names,
-                    list(self.config.challenge_types),
-                    now,
-                    now + self.config.order_ttl,
+                    conn, account_id, names, list(self.config.challenge_types), now, now + self.config.order_ttl
                 )
+                if replaces is not None:
+                    await store.set_replaces(conn, order_id, replaces)
             response = await self._order_response(conn, order_id, 201)
-        log.info("ACME order created", extra={"account": checked.account["account_id"], "order": order_id})
+        log.info("ACME order created", extra={"account": account_id, "order": order_id, "replaces": replaces})
         return response
+
+    async def _replaceable(
+        self, conn: asyncpg.Connection, account_id: str, wanted: lifecycle.CertId, names: list[str], now: datetime
+    ) -> str:
+        """The serial of the certificate ARI's `replaces` names (RFC 9773 §5): one this account
+        ordered, sharing a name with the new order, and not replaced by another order already."""
+        row = await store.order_by_serial(conn, wanted.serial)
+        if row is None or row["account_id"] != account_id:
+            raise unauthorized("replaces names no certificate this account ordered")
+        if not wanted.names(x509.load_pem_x509_certificate(row["cert_chain"].encode())):
+            raise malformed("replaces names the certificate's serial but not its issuer's key identifier")
+        if not {i["value"] for i in row["identifiers"]} & set(names):
+            raise malformed("the order shares no identifier with the certificate it replaces")
+        other = await store.replacing_order(conn, wanted.serial, now)
+        if other is not None:
+            raise AcmeProblem(
+                "alreadyReplaced", f"order {self.config.url('/acme/order/' + other)} replaces that certificate", 409
+            )
+        return wanted.serial
+
+    async def _renews(self, conn: asyncpg.Connection, account_id: str, names: list[str], now: datetime) -> str | None:
+        """A client that does not speak ARI renews by ordering the same names again: the serial of
+        the account's newest unexpired certificate for exactly these names not replaced yet."""
+        for row in await store.renewable_for(conn, account_id, names, now):
+            if x509.load_pem_x509_certificate(row["cert_chain"].encode()).not_valid_after_utc > now:
+                serial: str = row["serial"]
+                return serial
+        return None
 
     async def order(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
@@ -346,7 +394,8 @@ class Acme:
             raise AcmeProblem("serverInternal", "this ACME server is configured without a way to finalize", 501)
         names = [i["value"] for i in row["identifiers"]]
         csr = self._csr(checked.payload, names, checked.jwk)
-        enrollment = finalizer.prepare(csr, names, f"acme:{checked.account['account_id']}:{order_id}")
+        subject = f"acme:{checked.account['account_id']}:{order_id}"
+        enrollment = finalizer.prepare(csr, names, subject, replaces=row["replaces"])
         async with self._pool().acquire() as conn:
             began = await store.begin_finalize(
                 conn, order_id, enrollment.aggregate_id, enrollment.model_dump(mode="json"), self.clock.now()
@@ -452,6 +501,69 @@ class Acme:
         if row["finalize_status"] != "valid":
             raise AcmeProblem("malformed", "the order has no certificate (yet)", 404)
         return web.Response(text=row["cert_chain"], content_type="application/pem-certificate-chain")
+
+    async def revoke_cert(self, request: web.Request) -> web.StreamResponse:
+        """RFC 8555 §7.6: signed by the account that ordered the certificate, or with the
+        certificate's key (then the JWS itself is the proof revocation checks)."""
+        checked = await self._checked(request, own_key=None)
+        revoker = self.config.revoker
+        if revoker is None:
+            raise AcmeProblem("serverInternal", "this ACME server is configured without a way to revoke", 501)
+        body = checked.payload or {}
+        cert = _certificate_of(body.get("certificate"))
+        code = body.get("reason", 0)
+        reason = REASON_CODES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
+        if reason is None or reason == "cACompromise":
+            allowed = ", ".join(f"{c} ({n})" for c, n in REASON_CODES.items() if n != "cACompromise")
+            raise AcmeProblem("badRevocationReason", f"reason {str(code)[:16]} is not one of {allowed}")
+        serial = normalise_serial(f"{cert.serial_number:x}")
+        proof: str | None = None
+        if checked.account is None:  # signed with a key: it must be the certificate's
+            spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            if jws.account_key(checked.jwk).public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+                raise unauthorized("the request is signed neither by an account nor with the certificate's key")
+            proof = checked.compact
+        else:
+            async with self._pool().acquire() as conn:
+                row = await store.order_by_serial(conn, serial)
+            if row is None or row["account_id"] != checked.account["account_id"]:
+                raise unauthorized(
+                    "this account did not order that certificate: sign the request with the certificate's key"
+                )
+            if reason == "keyCompromise":
+                raise AcmeProblem(
+                    "badRevocationReason",
+                    "keyCompromise must be asked with the certificate's key (a JWS signed with it, `jwk` in its "
+                    "header), which proves the key is in other hands",
+                )
+        await revoker.revoke(serial, reason, proof)
+        log.info(
+            "ACME revocation",
+            extra={"serial": serial, "reason": reason, "by": "certificate key" if proof else "account"},
+        )
+        return web.Response(status=200)
+
+    async def renewal_info(self, request: web.Request) -> web.StreamResponse:
+        """RFC 9773 §4: the window in which to renew a certificate ACME issued (unauthenticated GET)."""
+        revoker = self.config.revoker
+        if revoker is None:
+            raise AcmeProblem("malformed", "renewal information is not served", 404)
+        wanted = lifecycle.parse_cert_id(request.match_info["cert_id"])
+        async with self._pool().acquire() as conn:
+            row = await store.order_by_serial(conn, wanted.serial)
+        cert = x509.load_pem_x509_certificate(row["cert_chain"].encode()) if row is not None else None
+        if cert is None or not wanted.names(cert):
+            raise AcmeProblem("malformed", "no certificate issued here has that id", 404)
+        try:
+            status = await revoker.status(wanted.serial)
+        except (Unreachable, OSError, TimeoutError) as e:  # the schedule's window still holds
+            log.warning("ACME renewal info without the certificate's status", extra={"error": repr(e)[:300]})
+            status = None
+        start, end = lifecycle.window(cert, status, self.clock.now())
+        retry = int(self.config.renewal_info_retry.total_seconds()) if status is not None else 60
+        return web.json_response(
+            {"suggestedWindow": {"start": _time(start), "end": _time(end)}}, headers={"Retry-After": str(retry)}
+        )
 
     async def authorization(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
@@ -646,6 +758,16 @@ def _rate_limited(detail: str, oldest: datetime | None, now: datetime) -> AcmePr
     """A `rateLimited` problem whose Retry-After is when the oldest counted event leaves the hour."""
     wait = max(1, int(((oldest + HOUR) - now).total_seconds()) + 1) if oldest is not None else 60
     return AcmeProblem("rateLimited", detail, 429, retry_after=wait)
+
+
+def _certificate_of(value: object) -> x509.Certificate:
+    """revokeCert's certificate (base64url DER)."""
+    if not isinstance(value, str) or len(value) > jws.MAX_BODY_BYTES:
+        raise malformed("revokeCert needs a payload with certificate (base64url DER)")
+    try:
+        return x509.load_der_x509_certificate(lifecycle.unb64url(value))
+    except (ValueError, binascii.Error):
+        raise malformed("certificate is not base64url DER of a certificate") from None
 
 
 def _sub(kind: str, detail: str, identifier: dict[str, str]) -> dict[str, Any]:

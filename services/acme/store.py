@@ -302,3 +302,49 @@ async def processing_orders(conn: asyncpg.Connection, older_than: datetime, limi
         limit,
     )
     return rows
+
+
+# -- revocation and renewal ---------------------------------------------------------------------------
+
+
+async def order_by_serial(conn: asyncpg.Connection, serial: str) -> asyncpg.Record | None:
+    """The valid order whose certificate has `serial` (lower-case hex, as Certbus writes it)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM orders WHERE serial = $1 AND finalize_status = 'valid'", serial
+    )
+    return row
+
+
+async def replacing_order(conn: asyncpg.Connection, serial: str, now: datetime) -> str | None:
+    """An order that replaces the certificate `serial` and may still yield its replacement (not
+    refused, not expired unfinalized): the id of one, or None."""
+    order_id: str | None = await conn.fetchval(
+        "SELECT order_id FROM orders WHERE replaces = $1 AND finalize_status IS DISTINCT FROM 'invalid' "
+        "AND (finalize_status IS NOT NULL OR expires_at > $2) LIMIT 1",
+        serial,
+        now,
+    )
+    return order_id
+
+
+async def renewable_for(
+    conn: asyncpg.Connection, account_id: str, names: list[str], now: datetime
+) -> list[asyncpg.Record]:
+    """The account's newest certificates (serial, cert_chain) for exactly `names` that no order
+    replaces yet, newest first (a few): an order for the same names again renews the newest
+    unexpired one (as Let's Encrypt counts renewals)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT o.serial, o.cert_chain FROM orders o WHERE o.account_id = $1 AND o.finalize_status = 'valid' "
+        "AND o.identifiers = $2::jsonb "
+        "AND NOT EXISTS (SELECT 1 FROM orders r WHERE r.replaces = o.serial "
+        "AND r.finalize_status IS DISTINCT FROM 'invalid' AND (r.finalize_status IS NOT NULL OR r.expires_at > $3)) "
+        "ORDER BY o.finalized_at DESC LIMIT 5",
+        account_id,
+        [{"type": "dns", "value": n} for n in names],
+        now,
+    )
+    return rows
+
+
+async def set_replaces(conn: asyncpg.Connection, order_id: str, serial: str) -> None:
+    await conn.execute("UPDATE orders SET replaces = $2 WHERE order_id = $1", order_id, serial)

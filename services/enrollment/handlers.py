@@ -59,7 +59,7 @@ from shared.contract.queries import (
     RequestSummary,
 )
 from shared.contract.reasons import Reason, printable
-from shared.pki.crypto import spki_sha256
+from shared.pki.crypto import csr_names, spki_sha256
 from shared.pki.tokens import (
     TokenError,
     provisioner_id_of,
@@ -332,13 +332,16 @@ def _review(
     return _Judging(request, record, verdict, accepted_at, publish)
 
 
-def _settled(judging: _Judging, spent: bool) -> Event:
+def _settled(judging: _Judging, spent: bool, refused: Reason | None = None) -> Event:
     """The decision once the token is spent (`spent`: it had not been used before); the token is
-    spent by a primary key, whatever else is wrong with the request."""
+    spent by a primary key, whatever else is wrong with the request. `refused`: why the
+    certificate it replaces may not be replaced by it."""
     verdict, record = judging.verdict, judging.record
     outcome: tuple[domain.Approval, Profile] | list[Reason]
     if isinstance(verdict.outcome, list):
-        outcome = verdict.outcome
+        outcome = verdict.outcome if refused is None else [*verdict.outcome, refused]
+    elif refused is not None:
+        outcome = [refused]
     else:
         assert verdict.profile is not None  # an approval is always under a profile
         outcome = (verdict.outcome, verdict.profile)
@@ -374,10 +377,45 @@ async def _decide(
     wanted = _context_wanted(request, csr, accepted_at)
     ctx = _context(wanted, await store.context(conn, *wanted)) if wanted is not None else None
     judging = _review(rt, settings, request, csr, ctx, accepted_at=accepted_at, publish=publish)
+    refused = None
+    if request.replaces is not None:
+        refused = await _replacement_refused(conn, request, csr)
+        if refused is None:
+            judging.record.renews_serial = request.replaces  # approved, it supersedes that certificate
     spent = judging.verdict.claims is not None and await store.spend_token(conn, *judging.token_use(rt.clock.now()))
-    decision = _settled(judging, spent)
+    decision = _settled(judging, spent, refused)
     await store.record_request(conn, judging.record)
     return await _answer(conn, rt, decision, publish)
+
+
+async def _replacement_refused(
+    conn: asyncpg.Connection, request: EnrollmentRequested, csr: x509.CertificateSigningRequest | Reason
+) -> Reason | None:
+    """Why a request may not replace the certificate it names (ACME's ARI `replaces`), or None: the
+    certificate must be one Certbus issued to the same requester (the identity NATS authenticated),
+    not destroyed, not replaced already, and share a DNS name with the request."""
+    assert request.replaces is not None
+    serial = request.replaces
+    cert = await store.certificate_by_serial(conn, serial)
+    if cert is None:
+        return Reason(code="replaces_unknown", message=f"no certificate with serial {serial} was issued here")
+    if await store.requester_of(conn, cert.cert_id) != printable(request.requester):
+        return Reason(
+            code="replaces_not_authorised",
+            message=f"certificate {serial} was obtained by another requester: only the requester that obtained a "
+            "certificate may replace it",
+        )
+    if cert.destroyed:
+        return Reason(code="replaces_destroyed", message=f"certificate {serial} was destroyed")
+    if cert.superseded_by is not None or cert.renewal_in_flight is not None:
+        already = cert.superseded_by or f"request {cert.renewal_in_flight}"
+        return Reason(code="replaces_already_replaced", message=f"certificate {serial} is replaced already ({already})")
+    if not isinstance(csr, Reason) and not set(csr_names(csr)[0]) & set(cert.names.dns):
+        return Reason(
+            code="replaces_no_shared_name",
+            message=f"the request shares no DNS name with certificate {serial} ({', '.join(cert.names.dns)})",
+        )
+    return None
 
 
 async def _decide_run(
@@ -391,6 +429,8 @@ async def _decide_run(
     recorded and every decision enqueued at once. None (nothing written) when the requests of the
     run could depend on each other, which only one by one gets right: a provisioner with an hourly
     limit (each approval counts against the next), or one token used twice."""
+    if any(request.replaces is not None for request, _, _ in run):
+        return None  # the certificates they replace are read (and locked) one request at a time
     csrs = [domain.load_csr(request.csr_pem) for request, _, _ in run]
     wanted = [_context_wanted(request, csr, at) for (request, at, _), csr in zip(run, csrs, strict=True)]
     read = iter(await store.contexts(conn, [w for w in wanted if w is not None]))

@@ -593,6 +593,12 @@ async def due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Due]:
     return [Due(**dict(r)) for r in rows]
 
 
+async def requester_of(conn: asyncpg.Connection, request_id: str) -> str | None:
+    """Who asked for the request `request_id` (the identity NATS authenticated)."""
+    requester: str | None = await conn.fetchval("SELECT requester FROM requests WHERE request_id = $1", request_id)
+    return requester
+
+
 async def certificate_by_serial(conn: asyncpg.Connection, serial: str) -> Certified | None:
     """The certificate a renewal names, with the renewal of it already pending or approved, if any."""
     row = await conn.fetchrow(

@@ -163,6 +163,7 @@ def _ask(request: RevocationRequested | RevocationOrdered, serial: str, operator
         "holder",
         request.proof,
         request.invalidity_date,
+        request.proof_jws,
     )
 
 
@@ -266,7 +267,7 @@ async def _revoke(
             reason=ask.reason,
             request_id=ask.request_id,
             requested_by=ask.by,
-            authorised_by=ask.authority,
+            authorised_by=domain.authority(ask, cert),
             cause=cause,
             now=now,
             invalidity_date=ask.invalidity_date,

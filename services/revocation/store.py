@@ -9,8 +9,9 @@ import asyncpg
 
 from services.revocation.domain import Known
 from shared.contract.events import CertificateIssued
+from shared.contract.reasons import printable
 
-_COLUMNS = "serial, cert_id, issuer_id, status, spki_sha256, spki_der, fingerprint_sha256, destroyed_at"
+_COLUMNS = "serial, cert_id, issuer_id, status, spki_sha256, spki_der, fingerprint_sha256, destroyed_at, requester"
 # Learning a certificate and recording its key compromised take this transaction lock on the key
 # first, so that with several replicas neither misses the other: the statement after it sees what
 # the other transaction committed (a certificate of the key, or the key's compromise).
@@ -28,6 +29,7 @@ def _known(row: asyncpg.Record) -> Known:
         bytes(der) if der else None,
         row["fingerprint_sha256"],
         row["destroyed_at"],
+        row["requester"],
     )
 
 
@@ -42,10 +44,12 @@ async def add_certificates(
     rows = await conn.fetch(
         "WITH key_lock AS (SELECT count(pg_advisory_xact_lock(hashtext('certbus.revocation.key'), hashtext(k))) "
         "FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS k ORDER BY k) keys) "
-        "INSERT INTO certificates (spki_sha256, serial, cert_id, issuer_id, not_after, spki_der, fingerprint_sha256) "
-        "SELECT t.spki, t.serial, t.cert_id, t.issuer, t.not_after, t.der, t.fp "
-        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[], $7::text[]) "
-        "WITH ORDINALITY AS t(spki, serial, cert_id, issuer, not_after, der, fp, i), key_lock ORDER BY t.i "
+        "INSERT INTO certificates "
+        "(spki_sha256, serial, cert_id, issuer_id, not_after, spki_der, fingerprint_sha256, requester) "
+        "SELECT t.spki, t.serial, t.cert_id, t.issuer, t.not_after, t.der, t.fp, t.requester "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bytea[], $7::text[], "
+        "$8::text[]) WITH ORDINALITY AS t(spki, serial, cert_id, issuer, not_after, der, fp, requester, i), key_lock "
+        "ORDER BY t.i "
         "ON CONFLICT (serial) DO NOTHING RETURNING serial",
         [spki for _, spki, _ in issued],
         [e.serial for e, _, _ in issued],
@@ -54,6 +58,7 @@ async def add_certificates(
         [e.not_after for e, _, _ in issued],
         [der for _, _, der in issued],
         [e.fingerprint_sha256 for e, _, _ in issued],
+        [printable(e.requester) if e.requester is not None else None for e, _, _ in issued],
     )
     return {r["serial"] for r in rows}
 

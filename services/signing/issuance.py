@@ -311,6 +311,7 @@ class Issuance:
             spki_sha256=job.spki_sha256,
             fingerprint_sha256=hashlib.sha256(der).hexdigest(),  # fingerprint_sha256(cert), from the DER at hand
             supersedes=approved.supersedes,
+            requester=approved.requester,
         )
         return issued, der, hashlib.sha256(cert.tbs_certificate_bytes).hexdigest()
 

@@ -542,12 +542,15 @@ class CertbusClient:
         *,
         key: PrivateKey | None = None,
         invalidity_date: datetime | None = None,
+        proof_jws: str | None = None,
     ) -> CertificateRevoked:
-        """Ask, as the certificate's holder, for it to be revoked; returns the revoked event or raises Rejected.
+        """Ask for a certificate to be revoked; returns the revoked event or raises Rejected.
 
         `key` is the certificate's private key: it signs the request (this request id, serial and
-        reason), which is how revocation knows the holder asks. Without it the request is refused
-        (`not_authorised`); an operator uses `revoke_as_operator`.
+        reason), which is how revocation knows the holder asks. `proof_jws` is the other proof a
+        holder gives: an ACME revokeCert request signed with the certificate's key (compact JWS).
+        Without either, only the requester that obtained the certificate may ask, and not for
+        keyCompromise or cACompromise (`not_authorised` otherwise); an operator uses `revoke_as_operator`.
         """
         request_id = str(uuid.uuid4())
         serial = normalise_serial(serial)
@@ -563,6 +566,7 @@ class CertbusClient:
             requested_by=self.requester,
             proof=proof,
             invalidity_date=invalidity_date,
+            proof_jws=proof_jws,
         )
         return await self._revocation(request, timeout)
 

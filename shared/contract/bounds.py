@@ -43,6 +43,8 @@ ChainPem = Annotated[str, StringConstraints(max_length=64 * 1024)]
 Token = Annotated[str, StringConstraints(max_length=8 * 1024)]
 # A base64 signature or public key (RSA-8192 signatures are 1368 characters).
 Base64 = Annotated[str, StringConstraints(max_length=4096)]
+# A compact JWS a client signed (an ACME revokeCert request: its payload carries a certificate).
+Jws = Annotated[str, StringConstraints(max_length=24 * 1024)]
 # A certificate serial in hex (RFC 5280: at most 20 octets; a little slack for leading zeros).
 Serial = Annotated[str, Field(pattern=r"^[0-9a-f]{1,64}$")]
 # A serial as a requester typed it (normalised later): hex, maybe with colons or a 0x prefix.

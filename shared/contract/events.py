@@ -30,6 +30,7 @@ from shared.contract.bounds import (
     Base64,
     ChainPem,
     Id,
+    Jws,
     Names,
     NameText,
     Pem,
@@ -315,6 +316,9 @@ class EnrollmentRequested(Event):
     requester: Short
     validity_days: Days | None = None
     accepted_at: datetime | None = None  # when the ingress stream took it (set on admission)
+    # The serial of a certificate this request replaces (ACME's ARI `replaces`): enrollment records
+    # the new certificate as superseding it when the same requester obtained it and they share a name.
+    replaces: Serial | None = None
 
 
 class EnrollmentApproved(Event):
@@ -430,6 +434,10 @@ class CertificateIssued(Event):
     fingerprint_sha256: Sha256Hex
     emails: Names = []
     supersedes: Serial | None = None  # a renewal: the serial of the certificate this one replaces
+    # The identity NATS authenticated for the request it answers (from its approval); None on
+    # events from before it was recorded. Revocation lets that requester revoke it (not for
+    # keyCompromise or cACompromise).
+    requester: Short | None = None
 
 
 class RenewalRequested(Event):
@@ -535,10 +543,11 @@ class CertificateRevoked(Event):
     revoked_at: datetime
     revocation_request_id: Id
     requested_by: Short
-    # What authorised it: the holder's proof, an operator's order, or (for the other certificates
-    # with a compromised key) a keyCompromise revocation; `ca_compromise` is kept for revocations
-    # that follow a CA's compromise. None on events from before it was recorded.
-    authorised_by: Literal["holder", "operator", "key_compromise", "ca_compromise"] | None = None
+    # What authorised it: the holder's proof, the requester that obtained it, an operator's order,
+    # or (for the other certificates with a compromised key) a keyCompromise revocation;
+    # `ca_compromise` is kept for revocations that follow a CA's compromise. None on events from
+    # before it was recorded.
+    authorised_by: Literal["holder", "requester", "operator", "key_compromise", "ca_compromise"] | None = None
     invalidity_date: datetime | None = None  # RFC 5280 5.3.2: goes into the CRL entry
 
 
@@ -568,8 +577,12 @@ class RevocationRequested(Event):
     authenticated).
 
     `proof` is the base64 signature, made with the certificate's private key, over
-    `revocation_message(aggregate_id, serial, reason)`; without a valid one the request is refused
-    (an operator revokes with `RevocationOrdered` instead).
+    `revocation_message(aggregate_id, serial, reason)`. `proof_jws` is the other proof a holder can
+    give: an ACME revokeCert request (RFC 8555 §7.6) signed with the certificate's key, its payload
+    naming this certificate and reason, as the client sent it. Without a valid proof only the
+    requester that obtained the certificate (`requested_by` the identity NATS authenticated for
+    it) may ask, and not for keyCompromise or cACompromise; an operator revokes with
+    `RevocationOrdered` instead.
     """
 
     aggregate: ClassVar[str] = "revoke"
@@ -583,6 +596,7 @@ class RevocationRequested(Event):
     proof: Base64 | None = None
     invalidity_date: datetime | None = None  # when the key is known or suspected to have been compromised
     accepted_at: datetime | None = None  # when the ingress stream took it (set on admission)
+    proof_jws: Jws | None = None
 
 
 class RevocationOrdered(OperatorCommand):

@@ -17,3 +17,14 @@ RevocationReason = Literal[
     "privilegeWithdrawn",
 ]
 REVOCATION_REASONS: tuple[RevocationReason, ...] = get_args(RevocationReason)  # in RFC 5280's order
+
+# RFC 5280 §5.3.1 CRLReason codes of the reasons above (ACME's revokeCert names reasons by code).
+REASON_CODES: dict[int, RevocationReason] = {
+    0: "unspecified",
+    1: "keyCompromise",
+    2: "cACompromise",
+    3: "affiliationChanged",
+    4: "superseded",
+    5: "cessationOfOperation",
+    9: "privilegeWithdrawn",
+}

@@ -26,9 +26,15 @@ from shared.pki.tokens import prove, split_token
 
 
 def enrollment_request(
-    csr_pem: str, token: str, requester: str, profile: str = "tls-server", validity_days: int | None = None
+    csr_pem: str,
+    token: str,
+    requester: str,
+    profile: str = "tls-server",
+    validity_days: int | None = None,
+    replaces: str | None = None,
 ) -> EnrollmentRequested:
-    """The event asking for a certificate: the token's JWT and its holder's proof, never its secret."""
+    """The event asking for a certificate: the token's JWT and its holder's proof, never its secret
+    (`replaces`: the serial of a certificate of the same requester this one replaces)."""
     jwt_part, holder = split_token(token)
     request_id = str(uuid.uuid4())
     try:
@@ -45,6 +51,7 @@ def enrollment_request(
         token_proof=prove(holder, request_id, csr_der),
         requester=requester,
         validity_days=validity_days,
+        replaces=replaces,
     )
 
 

@@ -162,3 +162,108 @@ async def test_lego_run(clients: Clients, stack: Harness, challenge: str) -> Non
     assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(domains)
     await clients.verify(leaf_file, rest)
     await _in_history(stack, leaf)
+
+
+async def _ocsp_says(stack: Harness, live: Path, ca: Path, status: str) -> str:
+    """`openssl ocsp` about certbot's certificate at the URL its AIA names, trusting only the root,
+    until it answers `status` (the responder's first answer may need its own certificate first)."""
+    url = (await _openssl("x509", "-noout", "-ocsp_uri", "-in", str(live / "cert.pem"))).stdout.strip()
+    args = [
+        "ocsp",
+        "-issuer",
+        str(live / "chain.pem"),
+        "-cert",
+        str(live / "cert.pem"),
+        "-url",
+        url,
+        "-CAfile",
+        str(ca),
+    ]
+
+    async def answered() -> str | None:
+        result = await _openssl(*args, "-resp_text")
+        said = result.stdout + result.stderr
+        return said if "Response verify OK" in said and f"cert.pem: {status}" in said else None
+
+    return await eventually(answered, timeout=30)
+
+
+async def _openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, ["openssl", *args], capture_output=True, text=True, timeout=20)
+
+
+async def _certbot_certonly(clients: Clients, name: str) -> Path:
+    args = ["--standalone", "--agree-tos", "--email", "ops@example.test", "--key-type", "ecdsa", "-d", name]
+    port = ["--http-01-port", str(clients.http01_port), "--http-01-address", "127.0.0.1"]
+    result = await clients.certbot("certonly", *args, *port)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return clients.tmp / "certbot" / "config" / "live" / name
+
+
+async def test_certbot_revoke_makes_ocsp_say_revoked(clients: Clients, stack: Harness) -> None:
+    await stack.register_ocsp_provisioner()
+    live = await _certbot_certonly(clients, "gone.acme.internal")
+    await _ocsp_says(stack, live, clients.ca, "good")
+    # certbot signs with its account's key: the account that ordered the certificate.
+    revoked = await clients.certbot(
+        "revoke", "--cert-path", str(live / "cert.pem"), "--reason", "superseded", "--no-delete-after-revoke"
+    )
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    said = await _ocsp_says(stack, live, clients.ca, "revoked")
+    assert "Reason: superseded" in said
+    serial = format(x509.load_pem_x509_certificate((live / "cert.pem").read_bytes()).serial_number, "x")
+
+    async def revocation() -> dict[str, object] | None:
+        async with stack.client("operator") as c:  # the audit trail is the operators' to read
+            events = (await c.history(serial)).events
+        return next((e.event for e in events if e.event_type == "CertificateRevoked"), None)
+
+    event = await eventually(revocation, timeout=30)
+    assert event["requested_by"] == "acme" and event["authorised_by"] == "requester"
+
+
+async def test_certbot_revoke_with_the_certificates_key_for_key_compromise(clients: Clients, stack: Harness) -> None:
+    await stack.register_ocsp_provisioner()
+    live = await _certbot_certonly(clients, "leaked.acme.internal")
+    # --key-path: the request is a JWS made with the certificate's key, which revocation checks itself.
+    revoked = await clients.certbot(
+        "revoke",
+        "--cert-path",
+        str(live / "cert.pem"),
+        "--key-path",
+        str(live / "privkey.pem"),
+        "--reason",
+        "keycompromise",
+        "--no-delete-after-revoke",
+    )
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    said = await _ocsp_says(stack, live, clients.ca, "revoked")
+    assert "Reason: keyCompromise" in said
+
+
+async def test_certbot_renew_force_renewal_is_recorded_as_superseding(clients: Clients, stack: Harness) -> None:
+    live = await _certbot_certonly(clients, "renewed.acme.internal")
+    old = x509.load_pem_x509_certificate((live / "cert.pem").read_bytes())
+    renewed = await clients.certbot(
+        "renew",
+        "--force-renewal",
+        "--cert-name",
+        "renewed.acme.internal",
+        "--http-01-port",
+        str(clients.http01_port),
+        "--http-01-address",
+        "127.0.0.1",
+    )
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    new = x509.load_pem_x509_certificate((live / "cert.pem").read_bytes())  # live/ links to the newest
+    assert new.serial_number != old.serial_number
+    await clients.verify(live / "cert.pem", live / "chain.pem")
+    old_serial, new_serial = format(old.serial_number, "x"), format(new.serial_number, "x")
+
+    async def superseded() -> str | None:
+        async with stack.client("acme") as c:
+            return (await c.status(old_serial)).superseded_by
+
+    assert await eventually(superseded, timeout=30) == new_serial
+    result = await stack.cli("audit", "history", new_serial)
+    assert "EnrollmentRequested" in result.stdout and old_serial in result.stdout

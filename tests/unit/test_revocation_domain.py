@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
+import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,6 +19,7 @@ from pki_builders import NOW
 from services.revocation.domain import (
     Ask,
     Known,
+    authority,
     compromised_by,
     decide,
     decide_destruction,
@@ -246,3 +249,75 @@ def test_revoking_a_destroyed_certificate_says_it_was_destroyed() -> None:
     destroyed = replace(_known(status="revoked"), destroyed_at=NOW)
     assert _refusal(decide(_operator(), destroyed)).code == "certificate_destroyed"
     assert _refusal(decide(_holder(), destroyed)).code == "certificate_destroyed"
+
+
+# --- the requester that obtained it, and ACME's proof made with the certificate's key ----------------
+
+
+def test_the_requester_that_obtained_a_certificate_revokes_it_without_its_key() -> None:
+    known = replace(_known(), requester="acme")
+    ask = Ask("rev-1", "abc123", "superseded", "acme", "holder")
+    assert decide(ask, known) == known
+    assert authority(ask, known) == "requester"
+
+
+@pytest.mark.parametrize("reason", ["keyCompromise", "cACompromise"])
+def test_the_requester_needs_the_key_or_an_operator_for_a_compromise(reason: str) -> None:
+    refused = _refusal(decide(Ask("rev-1", "abc123", reason, "acme", "holder"), replace(_known(), requester="acme")))
+    assert refused.code == "not_authorised" and reason in refused.message
+
+
+@pytest.mark.parametrize("requester", [None, "someone-else"])
+def test_another_requester_without_a_proof_is_refused(requester: str | None) -> None:
+    ask = Ask("rev-1", "abc123", "superseded", "acme", "holder")
+    refused = _refusal(decide(ask, replace(_known(), requester=requester)))
+    assert refused.code == "not_authorised" and "'acme' is not the requester that obtained it" in refused.message
+
+
+def _certificate(key: PrivateKey, serial: int = 0xABC123) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "holder")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _revoke_cert_jws(key: PrivateKey, der: bytes, reason: int | None = None, algorithm: str = "ES256") -> str:
+    payload: dict[str, object] = {"certificate": base64.urlsafe_b64encode(der).decode().rstrip("=")}
+    if reason is not None:
+        payload["reason"] = reason
+    headers = {"nonce": "n", "url": "https://acme.example/acme/revoke-cert"}
+    return jwt.api_jws.PyJWS().encode(json.dumps(payload).encode(), key, algorithm=algorithm, headers=headers)
+
+
+def test_an_acme_request_signed_with_the_certificates_key_is_a_holders_proof() -> None:
+    der = _certificate(HOLDER_KEY)
+    ask = Ask("rev-1", "abc123", "keyCompromise", "acme", "holder", proof_jws=_revoke_cert_jws(HOLDER_KEY, der, 1))
+    assert decide(ask, _known()) == _known()
+    assert authority(ask, _known()) == "holder"
+    unspecified = Ask("rev-1", "abc123", "unspecified", "acme", "holder", proof_jws=_revoke_cert_jws(HOLDER_KEY, der))
+    assert decide(unspecified, _known()) == _known()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda der: _revoke_cert_jws(ec.generate_private_key(ec.SECP256R1()), der, 1), id="another-key"),
+        pytest.param(lambda der: _revoke_cert_jws(HOLDER_KEY, der, 4), id="another-reason"),
+        pytest.param(lambda der: _revoke_cert_jws(HOLDER_KEY, _certificate(HOLDER_KEY, 0xDEF), 1), id="another-cert"),
+        pytest.param(lambda der: _revoke_cert_jws(HOLDER_KEY, der, 1)[:-4] + "AAAA", id="bad-signature"),
+        pytest.param(lambda der: "not.a.jws", id="garbage"),
+        pytest.param(lambda der: _revoke_cert_jws(HOLDER_KEY, b"\x30\x00", 1), id="not-a-certificate"),
+    ],
+)
+def test_an_acme_request_that_does_not_hold_is_refused(change: Callable[[bytes], str]) -> None:
+    ask = Ask("rev-1", "abc123", "keyCompromise", "acme", "holder", proof_jws=change(_certificate(HOLDER_KEY)))
+    refused = _refusal(decide(ask, replace(_known(), requester="acme")))
+    assert refused.code == "not_authorised" and "ACME request" in refused.message
