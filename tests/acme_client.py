@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from deploy.local.devstack import free_port
-from services.acme.challenges import ID_PE_ACME_IDENTIFIER
+from services.acme.challenges import ID_PE_ACME_IDENTIFIER, key_authorization
 from services.acme.jws import thumbprint
 from services.acme.server import Acme
 from shared.contract.events import ProvisionerRegistered, utcnow
@@ -142,9 +142,11 @@ class Stack:
         assert status == 201
         return Account(key, headers["Location"])
 
-    async def order(self, account: Account, *names: str) -> tuple[str, dict[str, Any]]:
-        identifiers = [{"type": "dns", "value": n} for n in names]
-        status, headers, body = await self.post(account, self.url("/acme/new-order"), {"identifiers": identifiers})
+    async def order(self, account: Account, *names: str, replaces: str | None = None) -> tuple[str, dict[str, Any]]:
+        payload: dict[str, Any] = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+        if replaces is not None:
+            payload["replaces"] = replaces
+        status, headers, body = await self.post(account, self.url("/acme/new-order"), payload)
         assert status == 201, body
         return headers["Location"], body
 
@@ -350,3 +352,40 @@ async def register_acme_provisioner(stack: Any, public_key_pem: str, **scope: An
                 **scope,
             )
         )
+
+
+def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | None = None) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
+    )
+    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return base64.urlsafe_b64encode(der).rstrip(b"=").decode()
+
+
+async def ready_order(
+    s: Stack, account: Account, *names: str, replaces: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """An order for `names` (replacing the certificate `replaces` names) with its http-01 challenges answered: ready."""
+    location, order = await s.order(account, *names, replaces=replaces)
+    for url in order["authorizations"]:
+        _, _, authz = await s.post(account, url, None)
+        http01 = challenge_of(authz, "http-01")
+        s.answers[http01["token"]] = key_authorization(http01["token"], account.thumbprint)
+        await s.post(account, http01["url"], {})
+        assert (await s.settled(account, url))["status"] == "valid"
+    _, _, ready = await s.post(account, location, None)
+    assert ready["status"] == "ready"
+    return location, ready
+
+
+async def settled_order(s: Stack, account: Account, location: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        _, _, body = await s.post(account, location, None)
+        return body if body["status"] != "processing" else None
+
+    for _ in range(600):  # bounded: a minute
+        if (body := await done()) is not None:
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{location} still processing")

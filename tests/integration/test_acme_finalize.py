@@ -5,38 +5,26 @@ downloads the certificate and its chain, which `openssl verify` accepts against 
 
 from __future__ import annotations
 
-import base64
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
 
-from acme_client import Account, Stack, challenge_of, jws, register_acme_provisioner, serve_answers
+from acme_client import Stack, csr_der, jws, ready_order, register_acme_provisioner, serve_answers, settled_order
 from deploy.local.devstack import free_port
-from harness import Harness, eventually
-from services.acme.challenges import Resolver, Validator, key_authorization
+from harness import Harness
+from services.acme.challenges import Resolver, Validator
 from services.acme.finalize import BusFinalizer
 from services.acme.server import Acme, AcmeConfig
 from shared.client.cli import provisioner
 
 pytestmark = pytest.mark.timeout(120)
 PROBLEM = "urn:ietf:params:acme:error:"
-
-
-def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | None = None) -> str:
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
-    )
-    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-    return base64.urlsafe_b64encode(der).rstrip(b"=").decode()
 
 
 @pytest.fixture
@@ -57,28 +45,6 @@ async def acme(stack: Harness, acme_pool: asyncpg.Pool, tmp_path: Path) -> Async
         yield s, server_acme, stack
 
 
-async def _ready_order(s: Stack, account: Account, *names: str) -> tuple[str, dict[str, Any]]:
-    location, order = await s.order(account, *names)
-    for url in order["authorizations"]:
-        _, _, authz = await s.post(account, url, None)
-        http01 = challenge_of(authz, "http-01")
-        s.answers[http01["token"]] = key_authorization(http01["token"], account.thumbprint)
-        await s.post(account, http01["url"], {})
-        assert (await s.settled(account, url))["status"] == "valid"
-    _, _, ready = await s.post(account, location, None)
-    assert ready["status"] == "ready"
-    return location, ready
-
-
-async def _settled_order(s: Stack, account: Account, location: str) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        _, _, body = await s.post(account, location, None)
-        return body if body["status"] != "processing" else None
-
-    settled: dict[str, Any] = await eventually(done, timeout=60)
-    return settled
-
-
 async def test_a_ready_order_is_finalized_through_enrollment_and_its_chain_verifies(
     acme: tuple[Stack, Acme, Harness], tmp_path: Path
 ) -> None:
@@ -86,13 +52,13 @@ async def test_a_ready_order_is_finalized_through_enrollment_and_its_chain_verif
     account = await s.account()
     async with s.http.get(s.url("/acme/directory")) as r:
         assert (await r.json())["newOrder"] == s.url("/acme/new-order")
-    location, ready = await _ready_order(s, account, "web.acme.internal", "api.acme.internal")
+    location, ready = await ready_order(s, account, "web.acme.internal", "api.acme.internal")
     key = ec.generate_private_key(ec.SECP256R1())
     status, headers, body = await s.post(
         account, ready["finalize"], {"csr": csr_der(key, "web.acme.internal", "api.acme.internal")}
     )
     assert (status, body["status"]) == (200, "processing") and headers["Retry-After"] == "1"
-    order = await _settled_order(s, account, location)
+    order = await settled_order(s, account, location)
     assert order["status"] == "valid", order
     async with s.http.head(s.url("/acme/new-nonce")) as r:
         nonce = r.headers["Replay-Nonce"]
@@ -140,7 +106,7 @@ async def test_a_csr_that_does_not_match_the_order_is_bad_and_leaves_the_order_r
 ) -> None:
     s, _, _ = acme
     account = await s.account()
-    location, ready = await _ready_order(s, account, "one.acme.internal")
+    location, ready = await ready_order(s, account, "one.acme.internal")
     key = ec.generate_private_key(ec.SECP256R1())
     for csr, words in [
         (csr_der(key, "one.acme.internal", "two.acme.internal"), "the order is for"),
@@ -162,11 +128,11 @@ async def test_a_name_outside_the_acme_provisioners_scope_is_refused_by_enrollme
     account = await s.account()
     # Validated by ACME (the resolver sends it to the test's server), but the ACME provisioner may
     # only vouch for names under acme.internal: enrollment refuses, and the order says why.
-    location, ready = await _ready_order(s, account, "elsewhere.internal")
+    location, ready = await ready_order(s, account, "elsewhere.internal")
     await s.post(
         account, ready["finalize"], {"csr": csr_der(ec.generate_private_key(ec.SECP256R1()), "elsewhere.internal")}
     )
-    order = await _settled_order(s, account, location)
+    order = await settled_order(s, account, location)
     assert order["status"] == "invalid"
     assert order["error"]["type"] == PROBLEM + "rejectedIdentifier", order["error"]
     assert "provisioner_scope" in order["error"]["detail"]
@@ -177,11 +143,11 @@ async def test_an_order_left_processing_is_submitted_again_and_issued_once(
 ) -> None:
     s, server_acme, _ = acme
     account = await s.account()
-    location, ready = await _ready_order(s, account, "again.acme.internal")
+    location, ready = await ready_order(s, account, "again.acme.internal")
     await s.post(
         account, ready["finalize"], {"csr": csr_der(ec.generate_private_key(ec.SECP256R1()), "again.acme.internal")}
     )
-    first = await _settled_order(s, account, location)
+    first = await settled_order(s, account, location)
     assert first["status"] == "valid"
     serial = await s.pool.fetchval("SELECT serial FROM orders")
     # As if the replica had stopped before it recorded the outcome: the order is processing again.
@@ -190,7 +156,7 @@ async def test_an_order_left_processing_is_submitted_again_and_issued_once(
         "finalized_at = finalized_at - interval '1 hour'"
     )
     assert await server_acme.sweep() == 1
-    again = await _settled_order(s, account, location)
+    again = await settled_order(s, account, location)
     assert again["status"] == "valid"
     # The same request was followed, not sent again: the same certificate, issued once.
     assert await s.pool.fetchval("SELECT serial FROM orders") == serial
