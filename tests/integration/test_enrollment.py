@@ -156,3 +156,34 @@ async def test_a_late_older_policy_event_never_undoes_a_newer_one(stack: Harness
         await store.save_profile(conn, "p", "d2", body, now, "tests", seq=20)
         await store.save_profile(conn, "p", "d1", body, now, "tests", seq=15)
         assert await conn.fetchval("SELECT digest FROM profiles WHERE name = 'p'") == "d2"
+
+
+async def test_a_request_replaces_only_a_certificate_its_own_requester_obtained(stack: Harness) -> None:
+    """`replaces` (ACME's ARI) is authority over another certificate's record: enrollment takes it
+    only from the requester NATS authenticated for that certificate, once, for a shared name."""
+    old = await stack.enroll("replaced.corp.internal")
+    assert old.requester == "tests"
+
+    def request(requester: str, *names: str) -> EnrollmentRequested:
+        csr = build_csr(generate_key("ec-p256"), list(names)).decode()
+        return enrollment_request(csr, stack.token(*names), requester, replaces=old.serial)
+
+    await stack.identity("other")
+    async with stack.client("other") as c:
+        with pytest.raises(Rejected) as info:
+            await c.submit(request("other", "replaced.corp.internal"), timeout=15)
+    assert [r.code for r in info.value.reasons] == ["replaces_not_authorised"]
+    async with stack.client() as c:
+        with pytest.raises(Rejected) as info:
+            await c.submit(request("tests", "unrelated.corp.internal"), timeout=15)
+        assert [r.code for r in info.value.reasons] == ["replaces_no_shared_name"]
+        issued = await c.submit(request("tests", "replaced.corp.internal", "www.replaced.corp.internal"), timeout=15)
+        assert (issued.supersedes, issued.requester) == (old.serial, "tests")
+
+        async def superseded() -> str | None:
+            return (await c.status(old.serial)).superseded_by
+
+        assert await eventually(superseded) == issued.serial
+        with pytest.raises(Rejected) as info:
+            await c.submit(request("tests", "replaced.corp.internal"), timeout=15)
+    assert [r.code for r in info.value.reasons] == ["replaces_already_replaced"]

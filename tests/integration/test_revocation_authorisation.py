@@ -1,6 +1,6 @@
-"""Who may revoke (the holder, proving it with the certificate's key, or an operator, recorded as the
-one who signed the order) and what a keyCompromise revocation does to the key and its other
-certificates, through the real services."""
+"""Who may revoke (the holder, proving it with the certificate's key, the requester that obtained
+it, or an operator, recorded as the one who signed the order) and what a keyCompromise revocation
+does to the key and its other certificates, through the real services."""
 
 from __future__ import annotations
 
@@ -109,6 +109,25 @@ async def test_a_request_without_proof_is_not_authorised(stack: Harness) -> None
     assert [r.code for r in refused.value.reasons] == ["not_authorised"]
     assert "--key" in refused.value.reasons[0].message and "--operator" in refused.value.reasons[0].message
     assert await _status(stack, issued.serial) == "good"
+
+
+async def test_the_requester_that_obtained_a_certificate_revokes_it_without_its_key(stack: Harness) -> None:
+    """As an ACME account revokes what it ordered: the identity NATS authenticated for the request
+    (recorded on CertificateIssued) may ask, but not for keyCompromise, which needs the key."""
+    issued = await stack.enroll("mine-to-revoke.corp.internal")
+    assert issued.requester == "tests"
+    async with stack.client() as c:
+        with pytest.raises(Rejected) as refused:
+            await c.revoke(issued.serial, "keyCompromise")
+        assert [r.code for r in refused.value.reasons] == ["not_authorised"]
+        assert "without its key" in refused.value.reasons[0].message
+        revoked = await c.revoke(issued.serial, "cessationOfOperation")
+    assert (revoked.requested_by, revoked.authorised_by, revoked.reason) == (
+        "tests",
+        "requester",
+        "cessationOfOperation",
+    )
+    assert await _blocked_keys(stack) == []
 
 
 async def test_a_holders_proof_replayed_for_another_serial_reason_or_request_is_refused(
