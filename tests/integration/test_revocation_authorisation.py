@@ -128,6 +128,12 @@ async def test_the_requester_that_obtained_a_certificate_revokes_it_without_its_
         "cessationOfOperation",
     )
     assert await _blocked_keys(stack) == []
+    by_cli = await stack.enroll("cli-requester.corp.internal")
+    result = await stack.cli("revoke", by_cli.serial, "--reason", "superseded", "--as-requester")
+    assert result.returncode == 0 and f"revoked serial {by_cli.serial}" in result.stdout, result.stderr
+    assert "requested by tests" in result.stdout
+    both = await stack.cli("revoke", by_cli.serial, "--as-requester", "--as-operator")
+    assert both.returncode == 2 and "not several" in both.stderr
 
 
 async def test_a_holders_proof_replayed_for_another_serial_reason_or_request_is_refused(

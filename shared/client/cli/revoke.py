@@ -1,4 +1,5 @@
-"""`certbus revoke`: as the certificate's holder (signed with its key) or as an operator (named)."""
+"""`certbus revoke`: as the certificate's holder (signed with its key), as the requester that
+obtained it, or as an operator (named)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import typer
 from shared.client.cli.common import EXIT_REFUSED, JsonOpt, emit_json, err, operator, out, run
 from shared.contract.revocation_reasons import REVOCATION_REASONS
 
-TWO_WAYS = (
+WAYS = (
     "say who revokes: --key key.pem (the certificate's holder: the request is signed with its private "
-    "key) or --operator NAME / --as-operator (an operator, named on the revocation)"
+    "key), --as-requester (the requester that obtained it, not for keyCompromise) or --operator NAME / "
+    "--as-operator (an operator, named on the revocation)"
 )
 
 
@@ -32,6 +34,14 @@ def revoke(
     as_operator: Annotated[
         bool, typer.Option("--as-operator", help="Revoke as the operator $CERTBUS_OPERATOR (default `operator`).")
     ] = False,
+    as_requester: Annotated[
+        bool,
+        typer.Option(
+            "--as-requester",
+            help="Revoke as the requester that obtained the certificate (this CLI's identity), without its key; "
+            "not for keyCompromise.",
+        ),
+    ] = False,
     invalid_since: Annotated[
         datetime | None,
         typer.Option(
@@ -44,7 +54,8 @@ def revoke(
     timeout: float = 15.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke a certificate by serial (hex), with an RFC 5280 reason, as its holder or as an operator.
+    """Revoke a certificate by serial (hex), with an RFC 5280 reason, as its holder, as the requester
+    that obtained it, or as an operator.
 
     keyCompromise also blocks the key for every future enrollment and revokes every other live
     certificate with it. Exit 0 revoked, 1 refused (the reason is printed), 2 usage error, 3 unreachable.
@@ -52,10 +63,9 @@ def revoke(
     if reason not in REVOCATION_REASONS:
         raise typer.BadParameter(f"choose one of {', '.join(REVOCATION_REASONS)}", param_hint="--reason")
     by_operator = as_operator or who is not None
-    if key is not None and by_operator:
-        raise typer.BadParameter(f"give one, not both: {TWO_WAYS}")
-    if key is None and not by_operator:
-        raise typer.BadParameter(TWO_WAYS)
+    ways = (key is not None) + by_operator + as_requester
+    if ways != 1:
+        raise typer.BadParameter(WAYS if ways == 0 else f"give one, not several: {WAYS}")
     since = invalid_since.replace(tzinfo=invalid_since.tzinfo or UTC) if invalid_since else None
     if key is not None:
         from shared.pki.holder import load_private_key
@@ -69,6 +79,8 @@ def revoke(
         revoked = run(
             lambda c: c.revoke(serial, reason, timeout, key=holder_key, invalidity_date=since), requester=requester
         )
+    elif as_requester:
+        revoked = run(lambda c: c.revoke(serial, reason, timeout, invalidity_date=since))
     else:
         name = operator(who)
         revoked = run(
