@@ -67,6 +67,7 @@ class AcmeService:
             validator=validator,
             finalizer=finalizer,
             terms_of_service=s.acme_terms_of_service,
+            eab_required=s.acme_eab_required,
             orders_per_hour=s.acme_orders_per_hour,
             failed_validations_per_hour=s.acme_failed_validations_per_hour,
         )

@@ -38,8 +38,17 @@ class Issued:
 
 
 class Finalizer(Protocol):
-    def prepare(self, csr: x509.CertificateSigningRequest, names: list[str], subject: str) -> EnrollmentRequested:
-        """The request an order becomes (built once, kept, published as often as needed)."""
+    def prepare(
+        self,
+        csr: x509.CertificateSigningRequest,
+        names: list[str],
+        subject: str,
+        *,
+        provisioner_id: str | None = None,
+        profile: str | None = None,
+    ) -> EnrollmentRequested:
+        """The request an order becomes (built once, kept, published as often as needed), under the
+        provisioner and profile its account's external account binding named (None: the defaults)."""
         ...
 
     async def submit(self, request: EnrollmentRequested) -> Issued:
@@ -59,18 +68,29 @@ class BusFinalizer:
     timeout_s: float = 30.0
     clock: Clock = field(default_factory=SystemClock)
 
-    def prepare(self, csr: x509.CertificateSigningRequest, names: list[str], subject: str) -> EnrollmentRequested:
+    def prepare(
+        self,
+        csr: x509.CertificateSigningRequest,
+        names: list[str],
+        subject: str,
+        *,
+        provisioner_id: str | None = None,
+        profile: str | None = None,
+    ) -> EnrollmentRequested:
+        # One key signs every token; the operator registers each EAB provisioner with its public half,
+        # so the token's kid names whose scope enrollment judges the order by.
+        profile = profile or self.profile
         token = create_token(
             self.provisioner_key,
-            self.provisioner_id,
+            provisioner_id or self.provisioner_id,
             names,
             self.clock.now(),
             TOKEN_TTL,
-            profile=self.profile,
+            profile=profile,
             subject=subject,
         )
         csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-        return enrollment_request(csr_pem, token, self.requester, self.profile)
+        return enrollment_request(csr_pem, token, self.requester, profile)
 
     async def submit(self, request: EnrollmentRequested) -> Issued:
         try:
