@@ -167,7 +167,8 @@ class Stack:
         for _ in range(100):
             _, _, body = await self.post(account, authz_url, None)
             if body["status"] != "pending":
-                return body
+                settled: dict[str, Any] = body
+                return settled
             await asyncio.sleep(0.05)
         raise AssertionError(f"{authz_url} still pending")
 
