@@ -327,14 +327,15 @@ class AcmeProcess:
     def directory(self) -> str:
         return f"{self.env['CERTBUS_ACME_BASE_URL']}/acme/directory"
 
-    async def register(self, stack: Any, **scope: Any) -> None:
-        """Register ACME's provisioner (its key's public half, written at its start), for its identity."""
+    async def register(self, stack: Any, provisioner_id: str = "acme", **scope: Any) -> None:
+        """Register ACME's provisioner (its key's public half, written at its start), for its identity;
+        or, as `provisioner_id`, another provisioner ACME signs for with the same key (an EAB's)."""
         public = public_key_file(self.key_file)
         for _ in range(300):
             if public.exists():
                 break
             await asyncio.sleep(0.1)
-        await register_acme_provisioner(stack, public.read_text(), **scope)
+        await register_acme_provisioner(stack, public.read_text(), provisioner_id, **scope)
 
     async def ready(self, timeout: float = 60.0) -> None:
         for _ in range(int(timeout / 0.1)):
@@ -349,17 +350,19 @@ class AcmeProcess:
         return chain[chain.rindex("-----BEGIN CERTIFICATE-----") :]
 
 
-async def register_acme_provisioner(stack: Any, public_key_pem: str, **scope: Any) -> None:
-    """Register provisioner `acme` with `public_key_pem`, usable by the `acme` identity alone (and
-    within `scope`: name_suffixes, profiles...), as an operator does."""
+async def register_acme_provisioner(
+    stack: Any, public_key_pem: str, provisioner_id: str = "acme", **scope: Any
+) -> None:
+    """Register provisioner `provisioner_id` (`acme`) with `public_key_pem`, usable by the `acme`
+    identity alone (and within `scope`: name_suffixes, profiles...), as an operator does."""
     async with stack.client("operator") as c:
         await c.publish(
             ProvisionerRegistered(
-                aggregate_id="acme",
+                aggregate_id=provisioner_id,
                 occurred_at=utcnow(),
                 correlation_id="tests",
                 producer="operator",
-                name="acme",
+                name=provisioner_id,
                 public_key_pem=public_key_pem,
                 registered_by="tests",
                 requesters=["acme"],
