@@ -233,6 +233,7 @@ class Acme:
             if self.config.terms_of_service and not agreed:
                 raise malformed(f"the terms of service ({self.config.terms_of_service}) must be agreed to")
             binding = body.get("externalAccountBinding")
+            kid: str | None = None  # the credential's key id, if the account was bound (never its key)
             if binding is None:
                 if self.config.eab_required:
                     raise AcmeProblem(
@@ -249,10 +250,16 @@ class Acme:
                 if bound is None:
                     raise unauthorized("the external account binding's key id was used or revoked meanwhile")
                 row, created = bound
+                kid = credential.kid
         if created:
             log.info(
                 "ACME account created",
-                extra={"account": row["account_id"], "thumbprint": thumbprint, "provisioner": row["provisioner_id"]},
+                extra={
+                    "account": row["account_id"],
+                    "thumbprint": thumbprint,
+                    "provisioner": row["provisioner_id"],
+                    "eab_kid": kid,
+                },
             )
         return self._account_response(row, 201 if created else 200)
 
