@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import os
 import ssl
@@ -103,6 +104,19 @@ def jws(
     return json.dumps({"protected": p, "payload": body, "signature": b64(signature)}).encode()
 
 
+def eab(
+    kid: str, hmac_key: bytes, account_key: AccountKey | dict[str, Any], url: str, *, alg: str = "HS256"
+) -> dict[str, str]:
+    """An external account binding (RFC 8555 §7.3.4) for a newAccount payload: a flattened JWS over
+    the account's public JWK (or the JWK given), MACed with `hmac_key` under `alg` (HS256/384/512)."""
+    jwk = account_key if isinstance(account_key, dict) else public_jwk(account_key)
+    protected = b64(json.dumps({"alg": alg, "kid": kid, "url": url}).encode())
+    payload = b64(json.dumps(jwk).encode())
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
+    signature = hmac.new(hmac_key, f"{protected}.{payload}".encode(), digest).digest()
+    return {"protected": protected, "payload": payload, "signature": b64(signature)}
+
+
 @dataclass
 class Account:
     key: AccountKey
@@ -155,7 +169,8 @@ class Stack:
         for _ in range(100):
             _, _, body = await self.post(account, authz_url, None)
             if body["status"] != "pending":
-                return body
+                settled: dict[str, Any] = body
+                return settled
             await asyncio.sleep(0.05)
         raise AssertionError(f"{authz_url} still pending")
 
@@ -277,6 +292,7 @@ class AcmeProcess:
                 env[f"CERTBUS_{key.upper()}"] = str(value)
         home = tmp_path / "acme"
         key_file = home / "acme-provisioner.key.pem"
+        env["CERTBUS_ACME_EAB_REQUIRED"] = "0"  # the clients' accounts carry no binding, unless a test says so
         env.update(
             CERTBUS_IDENTITY="acme",
             CERTBUS_NATS_SEED_FILE=str(stack.identities.seed_file("acme")),
@@ -313,14 +329,15 @@ class AcmeProcess:
     def directory(self) -> str:
         return f"{self.env['CERTBUS_ACME_BASE_URL']}/acme/directory"
 
-    async def register(self, stack: Any, **scope: Any) -> None:
-        """Register ACME's provisioner (its key's public half, written at its start), for its identity."""
+    async def register(self, stack: Any, provisioner_id: str = "acme", **scope: Any) -> None:
+        """Register ACME's provisioner (its key's public half, written at its start), for its identity;
+        or, as `provisioner_id`, another provisioner ACME signs for with the same key (an EAB's)."""
         public = public_key_file(self.key_file)
         for _ in range(300):
             if public.exists():
                 break
             await asyncio.sleep(0.1)
-        await register_acme_provisioner(stack, public.read_text(), **scope)
+        await register_acme_provisioner(stack, public.read_text(), provisioner_id, **scope)
 
     async def ready(self, timeout: float = 60.0) -> None:
         for _ in range(int(timeout / 0.1)):
@@ -335,17 +352,19 @@ class AcmeProcess:
         return chain[chain.rindex("-----BEGIN CERTIFICATE-----") :]
 
 
-async def register_acme_provisioner(stack: Any, public_key_pem: str, **scope: Any) -> None:
-    """Register provisioner `acme` with `public_key_pem`, usable by the `acme` identity alone (and
-    within `scope`: name_suffixes, profiles...), as an operator does."""
+async def register_acme_provisioner(
+    stack: Any, public_key_pem: str, provisioner_id: str = "acme", **scope: Any
+) -> None:
+    """Register provisioner `provisioner_id` (`acme`) with `public_key_pem`, usable by the `acme`
+    identity alone (and within `scope`: name_suffixes, profiles...), as an operator does."""
     async with stack.client("operator") as c:
         await c.publish(
             ProvisionerRegistered(
-                aggregate_id="acme",
+                aggregate_id=provisioner_id,
                 occurred_at=utcnow(),
                 correlation_id="tests",
                 producer="operator",
-                name="acme",
+                name=provisioner_id,
                 public_key_pem=public_key_pem,
                 registered_by="tests",
                 requesters=["acme"],

@@ -47,6 +47,8 @@ ACME_LOCAL_DEFAULTS = {
     "CERTBUS_ACME_RESOLVE": "*.internal=127.0.0.1",
     "CERTBUS_ACME_HTTP01_PORT": "5002",
     "CERTBUS_ACME_TLSALPN01_PORT": "5001",
+    # The quickstart's certbot and lego commands carry no external account binding.
+    "CERTBUS_ACME_EAB_REQUIRED": "0",
 }
 # How long `make run` waits, once the profiles are applied, for the system to be ready (CERTBUS_READY_TIMEOUT_S).
 READY_TIMEOUT_S = 120.0

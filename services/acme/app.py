@@ -69,6 +69,7 @@ class AcmeService:
             finalizer=finalizer,
             revoker=BusRevoker(s, s.identity or NAME, timeout_s=s.acme_enroll_timeout_s),
             terms_of_service=s.acme_terms_of_service,
+            eab_required=s.acme_eab_required,
             orders_per_hour=s.acme_orders_per_hour,
             failed_validations_per_hour=s.acme_failed_validations_per_hour,
         )

@@ -39,9 +39,17 @@ class Issued:
 
 class Finalizer(Protocol):
     def prepare(
-        self, csr: x509.CertificateSigningRequest, names: list[str], subject: str, replaces: str | None = None
+        self,
+        csr: x509.CertificateSigningRequest,
+        names: list[str],
+        subject: str,
+        *,
+        provisioner_id: str | None = None,
+        profile: str | None = None,
+        replaces: str | None = None,
     ) -> EnrollmentRequested:
-        """The request an order becomes (built once, kept, published as often as needed);
+        """The request an order becomes (built once, kept, published as often as needed), under the
+        provisioner and profile its account's external account binding named (None: the defaults);
         `replaces`: the serial of the account's certificate it replaces."""
         ...
 
@@ -63,19 +71,29 @@ class BusFinalizer:
     clock: Clock = field(default_factory=SystemClock)
 
     def prepare(
-        self, csr: x509.CertificateSigningRequest, names: list[str], subject: str, replaces: str | None = None
+        self,
+        csr: x509.CertificateSigningRequest,
+        names: list[str],
+        subject: str,
+        *,
+        provisioner_id: str | None = None,
+        profile: str | None = None,
+        replaces: str | None = None,
     ) -> EnrollmentRequested:
+        # One key signs every token; the operator registers each EAB provisioner with its public half,
+        # so the token's kid names whose scope enrollment judges the order by.
+        profile = profile or self.profile
         token = create_token(
             self.provisioner_key,
-            self.provisioner_id,
+            provisioner_id or self.provisioner_id,
             names,
             self.clock.now(),
             TOKEN_TTL,
-            profile=self.profile,
+            profile=profile,
             subject=subject,
         )
         csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-        return enrollment_request(csr_pem, token, self.requester, self.profile, replaces=replaces)
+        return enrollment_request(csr_pem, token, self.requester, profile, replaces=replaces)
 
     async def submit(self, request: EnrollmentRequested) -> Issued:
         try:

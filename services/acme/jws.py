@@ -67,7 +67,7 @@ class Envelope:
         return payload
 
 
-def _b64(segment: str, what: str) -> bytes:
+def base64url(segment: str, what: str) -> bytes:
     try:
         if "=" in segment or "+" in segment or "/" in segment:
             raise ValueError("padded or not url-safe")
@@ -103,7 +103,7 @@ def _parse(body: bytes, *, inner: bool) -> Envelope:
     if set(outer) != {"protected", "payload", "signature"} or not all(isinstance(v, str) for v in outer.values()):
         raise malformed("JWS must have exactly the string members protected, payload and signature")
     try:
-        header = json.loads(_b64(outer["protected"], "protected header"))
+        header = json.loads(base64url(outer["protected"], "protected header"))
     except (ValueError, UnicodeDecodeError):
         raise malformed("protected header is not JSON") from None
     if not isinstance(header, dict):

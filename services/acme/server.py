@@ -22,7 +22,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from services.acme import jws, lifecycle, store
+from services.acme import eab, jws, lifecycle, store
 from services.acme.challenges import TYPES, Validator
 from services.acme.finalize import Finalizer, StillPending
 from services.acme.lifecycle import Revoker
@@ -34,6 +34,7 @@ from shared.contract.profiles import dns_syntax_problem
 from shared.contract.revocation_reasons import REASON_CODES
 from shared.pki.crypto import normalise_serial
 from shared.runtime.consumer import TRANSIENT_ERRORS
+from shared.trust import eab as credentials
 
 log = logging.getLogger("certbus.acme")
 HOUR = timedelta(hours=1)
@@ -49,6 +50,9 @@ class AcmeConfig:
     base_url: str
     nonce_ttl: timedelta = timedelta(minutes=10)
     terms_of_service: str | None = None
+    # RFC 8555 §7.3.4: a new account must carry an external account binding (an account that has one
+    # is enrolled under the provisioner its credential names, whether or not it is required).
+    eab_required: bool = True
     max_contacts: int = 4
     order_ttl: timedelta = timedelta(days=7)  # an order and its authorizations, as Boulder's pending ones
     max_identifiers: int = 100
@@ -210,7 +214,7 @@ class Acme:
     async def directory(self, request: web.Request) -> web.StreamResponse:
         # Only what is served is listed: newOrder once orders can be finalized, revokeCert and
         # renewalInfo once revocations can be published and statuses read.
-        meta: dict[str, Any] = {"externalAccountRequired": False}
+        meta: dict[str, Any] = {"externalAccountRequired": self.config.eab_required}
         if self.config.terms_of_service:
             meta["termsOfService"] = self.config.terms_of_service
         directory: dict[str, Any] = {
@@ -245,10 +249,53 @@ class Acme:
                 raise malformed("termsOfServiceAgreed must be true or false")
             if self.config.terms_of_service and not agreed:
                 raise malformed(f"the terms of service ({self.config.terms_of_service}) must be agreed to")
-            row, created = await store.create_account(conn, thumbprint, checked.jwk, contact, agreed, now)
+            binding = body.get("externalAccountBinding")
+            kid: str | None = None  # the credential's key id, if the account was bound (never its key)
+            if binding is None:
+                if self.config.eab_required:
+                    raise AcmeProblem(
+                        "externalAccountRequired",
+                        "this server requires an external account binding: ask its operator for a key id and "
+                        "HMAC key (`certbus acme eab create`)",
+                    )
+                row, created = await store.create_account(conn, thumbprint, checked.jwk, contact, agreed, now)
+            else:
+                credential = await self._credential(conn, binding, checked.jwk)
+                bound = await store.create_bound_account(
+                    conn, thumbprint, checked.jwk, contact, agreed, now, credential
+                )
+                if bound is None:
+                    raise unauthorized("the external account binding's key id was used or revoked meanwhile")
+                row, created = bound
+                kid = credential.kid
         if created:
-            log.info("ACME account created", extra={"account": row["account_id"], "thumbprint": thumbprint})
+            log.info(
+                "ACME account created",
+                extra={
+                    "account": row["account_id"],
+                    "thumbprint": thumbprint,
+                    "provisioner": row["provisioner_id"],
+                    "eab_kid": kid,
+                },
+            )
         return self._account_response(row, 201 if created else 200)
+
+    async def _credential(
+        self, conn: asyncpg.Connection, binding: object, jwk: dict[str, Any]
+    ) -> credentials.Credential:
+        """The credential an external account binding names, once its HMAC and key check out, if it
+        may still bind an account (RFC 8555 §7.3.4)."""
+        parsed = eab.parse(binding, self.config.url("/acme/new-account"))
+        found = await credentials.key_of(conn, parsed.kid)
+        if found is None:
+            raise unauthorized("the external account binding's key id is unknown")
+        hmac_key, credential = found
+        eab.verify(parsed, hmac_key, jwk)
+        if credential.revoked_at is not None:
+            raise unauthorized("the external account binding's key id was revoked")
+        if credential.account_id is not None:
+            raise unauthorized("the external account binding's key id is bound to another account already")
+        return credential
 
     async def account(self, request: web.Request) -> web.StreamResponse:
         checked = await self._checked(request, own_key=False)
@@ -394,8 +441,15 @@ class Acme:
             raise AcmeProblem("serverInternal", "this ACME server is configured without a way to finalize", 501)
         names = [i["value"] for i in row["identifiers"]]
         csr = self._csr(checked.payload, names, checked.jwk)
-        subject = f"acme:{checked.account['account_id']}:{order_id}"
-        enrollment = finalizer.prepare(csr, names, subject, replaces=row["replaces"])
+        account = checked.account
+        enrollment = finalizer.prepare(
+            csr,
+            names,
+            f"acme:{account['account_id']}:{order_id}",
+            provisioner_id=account["provisioner_id"],
+            profile=account["profile"],
+            replaces=row["replaces"],
+        )
         async with self._pool().acquire() as conn:
             began = await store.begin_finalize(
                 conn, order_id, enrollment.aggregate_id, enrollment.model_dump(mode="json"), self.clock.now()

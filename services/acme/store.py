@@ -1,4 +1,4 @@
-"""ACME's SQL (schema `acme`): nonces and accounts."""
+"""ACME's SQL (schema `acme`): nonces, accounts, orders; EAB credentials' SQL is `shared.trust.eab`'s."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+
+from shared.trust import eab
 
 
 def new_token() -> str:
@@ -44,24 +46,71 @@ async def account(conn: asyncpg.Connection, account_id: str) -> asyncpg.Record |
 
 
 async def create_account(
-    conn: asyncpg.Connection, thumbprint: str, jwk: dict[str, Any], contact: list[str], tos_agreed: bool, now: datetime
+    conn: asyncpg.Connection,
+    thumbprint: str,
+    jwk: dict[str, Any],
+    contact: list[str],
+    tos_agreed: bool,
+    now: datetime,
+    *,
+    provisioner_id: str | None = None,
+    profile: str | None = None,
 ) -> tuple[asyncpg.Record, bool]:
-    """The account of this key, created unless it exists: (its row, whether it was created now)."""
+    """The account of this key, created unless it exists: (its row, whether it was created now).
+    `provisioner_id` and `profile` are what its external account binding named, if any."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "INSERT INTO accounts (account_id, thumbprint, jwk, status, contact, tos_agreed, created_at, updated_at) "
-        "VALUES ($1, $2, $3, 'valid', $4, $5, $6, $6) ON CONFLICT (thumbprint) DO NOTHING RETURNING *",
+        "INSERT INTO accounts (account_id, thumbprint, jwk, status, contact, tos_agreed, created_at, updated_at, "
+        "provisioner_id, profile) VALUES ($1, $2, $3, 'valid', $4, $5, $6, $6, $7, $8) "
+        "ON CONFLICT (thumbprint) DO NOTHING RETURNING *",
         new_token(),
         thumbprint,
         jwk,
         contact,
         tos_agreed,
         now,
+        provisioner_id,
+        profile,
     )
     if row is not None:
         return row, True
     existing = await account_by_thumbprint(conn, thumbprint)
     assert existing is not None  # the conflict was with it, and accounts are never deleted
     return existing, False
+
+
+class _CredentialTaken(Exception):
+    """Rolls back an account whose credential another account bound meanwhile."""
+
+
+async def create_bound_account(
+    conn: asyncpg.Connection,
+    thumbprint: str,
+    jwk: dict[str, Any],
+    contact: list[str],
+    tos_agreed: bool,
+    now: datetime,
+    credential: eab.Credential,
+) -> tuple[asyncpg.Record, bool] | None:
+    """As `create_account`, the new account bound to `credential` in the same transaction (the
+    account of this key if it exists already, unbound): None, and nothing created, if the credential
+    was bound or revoked meanwhile."""
+    try:
+        async with conn.transaction():
+            row, created = await create_account(
+                conn,
+                thumbprint,
+                jwk,
+                contact,
+                tos_agreed,
+                now,
+                provisioner_id=credential.provisioner_id,
+                profile=credential.profile,
+            )
+            if created and not await eab.bind(conn, credential.kid, row["account_id"], now):
+                raise _CredentialTaken
+    except _CredentialTaken:
+        return None
+    return row, created
 
 
 async def change_key(

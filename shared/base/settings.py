@@ -253,6 +253,9 @@ class AcmeSettings(ServiceSettings):
     acme_http01_port: int = Field(default=80, ge=1, le=65535)
     acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
     acme_terms_of_service: str | None = None
+    # External account binding (RFC 8555 §7.3.4): a new account must carry one, made with a credential
+    # from `certbus acme eab create --provisioner P`; `make run` turns it off for its quickstart.
+    acme_eab_required: bool = True
     # Rate limits per hour (0: none): orders per account, failed validations per account and name.
     acme_orders_per_hour: int = Field(default=300, ge=0)
     acme_failed_validations_per_hour: int = Field(default=5, ge=0)

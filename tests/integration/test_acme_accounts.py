@@ -59,7 +59,7 @@ class Server:
 async def _serve(pool: asyncpg.Pool, **config: Any) -> AsyncIterator[Server]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    acme = Acme(lambda: pool, AcmeConfig(base_url=base, **config))
+    acme = Acme(lambda: pool, AcmeConfig(base_url=base, **{"eab_required": False, **config}))
     server = TestServer(acme.application(), host="127.0.0.1", port=port)
     await server.start_server()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:

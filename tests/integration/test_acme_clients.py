@@ -8,9 +8,11 @@ The clients' challenge servers listen on loopback ports, which the ACME service 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -59,7 +61,9 @@ class Clients:
             str(d / "logs"),
         )
 
-    async def lego(self, challenge: str, *domains: str, command: str = "run") -> subprocess.CompletedProcess[str]:
+    async def lego(
+        self, challenge: str, *domains: str, command: str = "run", path: str = "lego", options: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
         flags = (
             ["--http", "--http.port", f"127.0.0.1:{self.http01_port}"]
             if challenge == "http-01"
@@ -74,7 +78,8 @@ class Clients:
             "--email",
             "ops@example.test",
             "--path",
-            str(self.tmp / "lego"),
+            str(self.tmp / path),
+            *options,
             *flags,
             *names,
             command,
@@ -267,3 +272,54 @@ async def test_certbot_renew_force_renewal_is_recorded_as_superseding(clients: C
     assert await eventually(superseded, timeout=30) == new_serial
     result = await stack.cli("audit", "history", new_serial)
     assert "EnrollmentRequested" in result.stdout and old_serial in result.stdout
+
+
+async def _eab_credential(stack: Harness, provisioner: str) -> tuple[str, str]:
+    """`certbus acme eab create --provisioner P` against ACME's database: the key id and HMAC key."""
+    env = {**stack.cli_env(), "CERTBUS_DATABASE_URL": stack.database_url}
+    args = ["-m", "shared.client.cli.main", "acme", "eab", "create", "--provisioner", provisioner, "--json"]
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    return created["kid"], created["hmac_key"]
+
+
+@pytest.fixture
+async def eab_clients(stack: Harness, tmp_path: Path) -> AsyncIterator[Clients]:
+    """ACME requiring external account binding; provisioner `team-a` registered with ACME's public key
+    for *.team-a.internal alone, `acme` (ACME's own) for *.acme.internal."""
+    if shutil.which("lego") is None:
+        pytest.fail("lego not installed: `make test` installs it (apt-get install lego)")
+    await stack.identity("acme")
+    http01 = free_port()
+    settings = {"acme_resolve": "*.internal=127.0.0.1", "acme_http01_port": str(http01), "acme_eab_required": "1"}
+    with AcmeProcess.start(stack, tmp_path, **settings) as acme:
+        await acme.register(stack, name_suffixes=["acme.internal", "certbus.internal"])
+        await acme.register(stack, "team-a", name_suffixes=["team-a.internal"])
+        await acme.ready()
+        yield Clients(acme, tmp_path, http01, free_port())
+
+
+async def test_lego_with_external_account_binding_orders_within_its_provisioners_scope(
+    eab_clients: Clients, stack: Harness
+) -> None:
+    # lego reads the directory's meta.externalAccountRequired and asks for a binding itself.
+    refused = await eab_clients.lego("http-01", "web.team-a.internal", path="no-eab")
+    assert refused.returncode != 0 and "External Account Binding" in refused.stdout + refused.stderr
+
+    kid, hmac_key = await _eab_credential(stack, "team-a")
+    eab = ("--eab", "--kid", kid, "--hmac", hmac_key)
+    result = await eab_clients.lego("http-01", "web.team-a.internal", options=eab)
+    assert result.returncode == 0, result.stdout + result.stderr
+    leaf_file, rest = _split(eab_clients.tmp / "lego" / "certificates" / "web.team-a.internal.crt")
+    await eab_clients.verify(leaf_file, rest)
+    leaf = x509.load_pem_x509_certificate(leaf_file.read_bytes())
+    history = await stack.cli("audit", "history", format(leaf.serial_number, "x"))
+    assert "provisioner team-a" in history.stdout, history.stdout
+
+    # The same account, for a name ACME's own provisioner could vouch for but team-a may not: the bus
+    # judges the order by team-a's scope.
+    outside = await eab_clients.lego("http-01", "web.acme.internal", options=eab)
+    assert outside.returncode != 0 and "provisioner_scope" in outside.stdout + outside.stderr

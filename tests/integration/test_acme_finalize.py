@@ -39,6 +39,7 @@ async def acme(stack: Harness, acme_pool: asyncpg.Pool, tmp_path: Path) -> Async
         base_url=base,
         validator=Validator(Resolver.parse("*.internal=127.0.0.1"), http_port=http_port, timeout_s=5),
         finalizer=finalizer,
+        eab_required=False,
     )
     server_acme = Acme(lambda: acme_pool, config)
     async with serve_answers(server_acme, acme_pool, base, port, http_port) as s:

@@ -53,6 +53,7 @@ async def acme(stack: Harness, acme_pool: asyncpg.Pool, tmp_path: Path) -> Async
         validator=Validator(Resolver.parse("*.internal=127.0.0.1"), http_port=http_port, timeout_s=5),
         finalizer=BusFinalizer(settings, "acme", "acme", key, "tls-server", timeout_s=30),
         revoker=BusRevoker(settings, "acme", timeout_s=30),
+        eab_required=False,
     )
     async with serve_answers(Acme(lambda: acme_pool, config), acme_pool, base, port, http_port) as s:
         yield s, stack

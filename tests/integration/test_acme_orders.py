@@ -29,7 +29,7 @@ async def _stack(acme_pool: asyncpg.Pool, tmp_path: Path, **config: Any) -> Asyn
     validator = Validator(
         Resolver.parse("*.acme.test=127.0.0.1"), http_port=http_port, tls_alpn_port=alpn_port, timeout_s=5
     )
-    acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator, **config))
+    acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator, eab_required=False, **config))
     alpn = AlpnServer(tmp_path, alpn_port)
     async with serve_answers(acme, acme_pool, base, port, http_port) as s:
         yield s, alpn

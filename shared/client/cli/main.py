@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.client.cli import provisioner
+from shared.client.cli.acme import acme_app
 from shared.client.cli.agent import agent, renew
 from shared.client.cli.audit_views import print_replay, print_verify, replay_failed
 from shared.client.cli.ca import ca_app
@@ -62,6 +63,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(requests_app, name="requests")
 app.add_typer(audit_app, name="audit")
 app.add_typer(ca_app, name="ca")
+app.add_typer(acme_app, name="acme")
 app.command()(approve)
 app.command()(reject)
 app.command()(revoke)
