@@ -395,11 +395,11 @@ def ensure_identities(home: Path, operator: str) -> IdentityStore:
 
 
 def provision_database(pg: PostgresCluster, home: Path) -> dict[str, str]:
-    """Create the `certbus` database, one login role per service owning its schema, with password
-    authentication (deploy/postgres/init.sql, run once), and ACME's role and schema (added to a
-    database made before ACME existed); returns each service's DSN, ACME's included."""
+    """Create the `certbus` database, one login role per service owning its schema (ACME's
+    included), with password authentication (deploy/postgres/init.sql, run once), or add ACME's role
+    and schema to a database made before init.sql had them; returns each service's DSN, ACME's included."""
     passwords = {service: _secret(home, f"db-{service}") for service in (*SERVICES, ACME)}
-    marker = home / "pg" / ".provisioned"
+    marker, acme_marker = home / "pg" / ".provisioned", home / "pg" / ".provisioned-acme"
     env = dict(os.environ, PGPASSWORD=pg.password or "")
     env.update({f"CERTBUS_DB_{s.upper()}_PASSWORD": pw for s, pw in passwords.items()})
     psql = pg_bin_dir() / "psql"
@@ -407,9 +407,9 @@ def provision_database(pg: PostgresCluster, home: Path) -> dict[str, str]:
         admin = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
         _psql(psql, env, admin, "-f", str(DATABASE_INIT))
         marker.touch()
-    acme_marker = home / "pg" / ".provisioned-acme"
+        acme_marker.touch()  # init.sql made ACME's role and schema too
     if not acme_marker.exists():
-        # As init.sql does for the five: a login role owning its schema, rights on nothing else.
+        # A database made before init.sql had ACME: its role and schema, as init.sql makes them.
         certbus = f"postgresql://postgres@127.0.0.1:{pg.port}/certbus"
         script = (
             "\\getenv pw CERTBUS_DB_ACME_PASSWORD\n"
