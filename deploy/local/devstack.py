@@ -30,7 +30,7 @@ import nats
 from deploy.cluster import local_nodes, render_node
 from shared.admin import init_with_retries
 from shared.base.files import write_atomic, write_new
-from shared.base.settings import CommonSettings, ValidationSettings
+from shared.base.settings import ACME_READYZ_URL_FILE, CommonSettings, ValidationSettings
 from shared.client.sdk import CertbusClient
 from shared.pki import provisioner_keys
 from shared.trust.identities import IdentityStore, write_nats_config
@@ -522,7 +522,9 @@ class LocalStack:
             self.env["CERTBUS_NATS_URL"] = ",".join(f"nats://{host}:{p}" for p in ports)
             self.env.setdefault("CERTBUS_STREAM_REPLICAS", str(min(self.cluster, 3)))
         self.settings = CommonSettings(
-            nats_url=self.env["CERTBUS_NATS_URL"], stream_replicas=int(self.env.get("CERTBUS_STREAM_REPLICAS", "1"))
+            nats_url=self.env["CERTBUS_NATS_URL"],
+            stream_replicas=int(self.env.get("CERTBUS_STREAM_REPLICAS", "1")),
+            acme_readyz_url="",  # wait_ready waits for the five; ACME's provisioner is registered after
         )
         self.store = ensure_identities(self.home, self.operator)
 
@@ -624,8 +626,13 @@ class LocalStack:
                 self.procs.append(
                     ServiceProcess(name, service_env(own, name, port), log_file=log_file, instance=instance)
                 )
+        # `certbus health` run from the checkout asks ACME's /readyz at the URL written here.
+        (self.home / ACME_READYZ_URL_FILE).unlink(missing_ok=True)
         if self.acme:
             self.procs.append(self._acme_process(base, databases[ACME]))
+            readyz = f"http://127.0.0.1:{self.procs[-1].env['CERTBUS_HTTP_PORT']}/readyz\n"
+            (self.home / ACME_READYZ_URL_FILE).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self.home / ACME_READYZ_URL_FILE, readyz.encode())
 
     def _acme_process(self, base: int, database_url: str) -> ServiceProcess:
         """The ACME service: its own identity (a requester), schema and key files, HTTPS on base+6."""

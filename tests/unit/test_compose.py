@@ -87,6 +87,13 @@ def test_acmes_container_health_is_its_readiness_on_its_http_port() -> None:
     assert test[0] == "CMD" and "http://127.0.0.1:8445/readyz" in " ".join(test)
 
 
+def test_the_clis_health_asks_acmes_readiness_on_acmes_health_port_unless_told_acme_is_not_run() -> None:
+    services = _compose()["services"]
+    port = services[ACME]["environment"]["CERTBUS_HTTP_PORT"]
+    url = services["cli"]["environment"]["CERTBUS_ACME_READYZ_URL"]
+    assert url == f"${{CERTBUS_ACME_READYZ_URL-http://{ACME}:{port}/readyz}}"  # `-`: set empty, ACME is left out
+
+
 def test_acmes_settings_parse_as_compose_gives_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """The defaults the file interpolates make valid settings: TLS names and addresses are JSON
     lists, and the host clients are given is one ACME's certificate carries."""
