@@ -80,6 +80,22 @@ def test_acme_runs_from_the_same_image_as_its_own_requester_with_its_own_schema_
     assert "depends_on" not in acme or set(acme["depends_on"]) >= {"postgres", "stream-init"}
 
 
+def test_every_named_volume_the_image_mounts_is_a_directory_the_image_makes_for_its_user() -> None:
+    """A new named volume takes the ownership of the image's directory it is mounted on; one the image
+    lacks is mounted root-owned, and the service (uid 10001) cannot write its keys there."""
+    compose = _compose()
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text().replace("\\\n", " ")
+    made = re.search(r"mkdir -p ([^&]+)&& chown -R certbus:certbus /var/lib/certbus ", dockerfile)
+    assert made is not None
+    for name, service in compose["services"].items():
+        if service.get("image") != compose["services"]["enrollment"]["image"]:
+            continue
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source in compose["volumes"]:
+                assert target in made.group(1).split(), (name, volume)
+
+
 def test_acmes_container_health_is_its_readiness_on_its_http_port() -> None:
     acme = _compose()["services"][ACME]
     assert acme["environment"]["CERTBUS_HTTP_PORT"] == "8445"
