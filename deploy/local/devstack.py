@@ -30,7 +30,7 @@ import nats
 from deploy.cluster import local_nodes, render_node
 from shared.admin import init_with_retries
 from shared.base.files import write_atomic, write_new
-from shared.base.settings import CommonSettings, ValidationSettings
+from shared.base.settings import ACME_READYZ_URL_FILE, CommonSettings, ValidationSettings
 from shared.client.sdk import CertbusClient
 from shared.pki import provisioner_keys
 from shared.trust.identities import IdentityStore, write_nats_config
@@ -397,11 +397,11 @@ def ensure_identities(home: Path, operator: str) -> IdentityStore:
 
 
 def provision_database(pg: PostgresCluster, home: Path) -> dict[str, str]:
-    """Create the `certbus` database, one login role per service owning its schema, with password
-    authentication (deploy/postgres/init.sql, run once), and ACME's role and schema (added to a
-    database made before ACME existed); returns each service's DSN, ACME's included."""
+    """Create the `certbus` database, one login role per service owning its schema (ACME's
+    included), with password authentication (deploy/postgres/init.sql, run once), or add ACME's role
+    and schema to a database made before init.sql had them; returns each service's DSN, ACME's included."""
     passwords = {service: _secret(home, f"db-{service}") for service in (*SERVICES, ACME)}
-    marker = home / "pg" / ".provisioned"
+    marker, acme_marker = home / "pg" / ".provisioned", home / "pg" / ".provisioned-acme"
     env = dict(os.environ, PGPASSWORD=pg.password or "")
     env.update({f"CERTBUS_DB_{s.upper()}_PASSWORD": pw for s, pw in passwords.items()})
     psql = pg_bin_dir() / "psql"
@@ -409,9 +409,9 @@ def provision_database(pg: PostgresCluster, home: Path) -> dict[str, str]:
         admin = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
         _psql(psql, env, admin, "-f", str(DATABASE_INIT))
         marker.touch()
-    acme_marker = home / "pg" / ".provisioned-acme"
+        acme_marker.touch()  # init.sql made ACME's role and schema too
     if not acme_marker.exists():
-        # As init.sql does for the five: a login role owning its schema, rights on nothing else.
+        # A database made before init.sql had ACME: its role and schema, as init.sql makes them.
         certbus = f"postgresql://postgres@127.0.0.1:{pg.port}/certbus"
         script = (
             "\\getenv pw CERTBUS_DB_ACME_PASSWORD\n"
@@ -524,7 +524,9 @@ class LocalStack:
             self.env["CERTBUS_NATS_URL"] = ",".join(f"nats://{host}:{p}" for p in ports)
             self.env.setdefault("CERTBUS_STREAM_REPLICAS", str(min(self.cluster, 3)))
         self.settings = CommonSettings(
-            nats_url=self.env["CERTBUS_NATS_URL"], stream_replicas=int(self.env.get("CERTBUS_STREAM_REPLICAS", "1"))
+            nats_url=self.env["CERTBUS_NATS_URL"],
+            stream_replicas=int(self.env.get("CERTBUS_STREAM_REPLICAS", "1")),
+            acme_readyz_url="",  # wait_ready waits for the five; ACME's provisioner is registered after
         )
         self.store = ensure_identities(self.home, self.operator)
 
@@ -626,8 +628,13 @@ class LocalStack:
                 self.procs.append(
                     ServiceProcess(name, service_env(own, name, port), log_file=log_file, instance=instance)
                 )
+        # `certbus health` run from the checkout asks ACME's /readyz at the URL written here.
+        (self.home / ACME_READYZ_URL_FILE).unlink(missing_ok=True)
         if self.acme:
             self.procs.append(self._acme_process(base, databases[ACME]))
+            readyz = f"http://127.0.0.1:{self.procs[-1].env['CERTBUS_HTTP_PORT']}/readyz\n"
+            (self.home / ACME_READYZ_URL_FILE).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self.home / ACME_READYZ_URL_FILE, readyz.encode())
 
     def _acme_process(self, base: int, database_url: str) -> ServiceProcess:
         """The ACME service: its own identity (a requester), schema and key files, HTTPS on base+6."""

@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/certbus"
 INSTANCE_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# Where `make run` writes its ACME's /readyz URL, under CERTBUS_HOME, for the CLI run from the
+# checkout (read when CERTBUS_ACME_READYZ_URL is unset).
+ACME_READYZ_URL_FILE = Path("acme") / "readyz-url"
 
 
 class CommonSettings(BaseSettings):
@@ -33,6 +36,10 @@ class CommonSettings(BaseSettings):
     identity: str | None = None
     # An operator's signing key (PEM, 0600): the SDK signs operator commands with it, as `identity`.
     operator_key_file: Path | None = None
+    # Clients: the ACME service's readiness URL (its /readyz, plain HTTP), where ACME is part of the
+    # deployment; `certbus health` then asks it with the five. None or "": ACME is not deployed
+    # (the CLI first looks for the URL `make run` wrote, ACME_READYZ_URL_FILE, if None).
+    acme_readyz_url: str | None = None
     stream: str = "CERTBUS"
     subject_root: str = "pki"
     query_root: str = "certbus.q"

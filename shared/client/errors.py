@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     from shared.contract.reasons import Reason
 
 SERVICES = ("enrollment", "signing", "validation", "revocation", "audit")
+# Services a deployment may leave out; health asks them only where they are deployed (ACME answers
+# over HTTP, at CERTBUS_ACME_READYZ_URL, not on the bus).
+ACME = "acme"
+OPTIONAL_SERVICES = (ACME,)
 
 
 class CertbusError(Exception):

@@ -3,6 +3,7 @@ judged without servers."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -100,3 +101,24 @@ def _lines(replicas: list[dict[str, Any]], *, several: bool) -> list[str]:
             shared = not several or all(line in r["missing"] for r in replicas)
             lines.append(line if shared else f"replica {replica.get('instance') or '?'}: {line}")
     return list(dict.fromkeys(lines))
+
+
+def readyz_report(service: str, instance: str, status: int | None, body: bytes) -> dict[str, Any]:
+    """A health answer, as `judge_readiness` takes them, from what a service's `/readyz` answered
+    over HTTP (ACME's: it has no health query on the bus): its status code and body, `status` None
+    if it did not answer. 200 is ready; 503 names what is `missing`; anything else is a failure."""
+    if status is None:
+        return {"service": service, "instance": instance, "status": "down"}
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if status not in (200, 503) or not isinstance(answer, dict):
+        failed = f"its /readyz answered HTTP {status}, not a readiness report"
+        return {"service": service, "instance": instance, "status": "failed", "missing": [failed]}
+    listed = answer.get("missing")
+    missing = [str(line) for line in listed] if isinstance(listed, list) else []
+    ready = status == 200 and answer.get("ready") is True and not missing
+    if not ready and not missing:
+        missing = [f"its /readyz answered HTTP {status} and named nothing missing"]
+    return {"service": service, "instance": instance, "status": "ok", "ready": ready, "missing": missing}

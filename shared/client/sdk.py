@@ -30,6 +30,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel
 
 from shared.base.settings import CommonSettings
+from shared.client.errors import ACME
 from shared.client.errors import SERVICES as SERVICES  # these names are the SDK's, kept light for the CLI
 from shared.client.errors import CertbusError as CertbusError
 from shared.client.errors import Pending as Pending
@@ -38,6 +39,7 @@ from shared.client.errors import Throttled as Throttled
 from shared.client.errors import UnknownRequest as UnknownRequest
 from shared.client.errors import Unreachable as Unreachable
 from shared.client.readiness import judge_readiness as judge_readiness
+from shared.client.readiness import readyz_report
 from shared.contract.binding import bind
 from shared.contract.events import (
     ApprovalDenied,
@@ -894,7 +896,32 @@ class CertbusClient:
                 return {"service": name, "status": "failed", "missing": [failed]}
             return report
 
-        return judge_readiness(list(await asyncio.gather(*(one(s) for s in SERVICES))))
+        asked = [one(s) for s in SERVICES]
+        if self.settings.acme_readyz_url:  # ACME is deployed: it answers over HTTP, not on the bus
+            asked.append(asyncio.to_thread(ask_readyz, ACME, self.settings.acme_readyz_url, timeout))
+        return judge_readiness(list(await asyncio.gather(*asked)))
+
+
+def ask_readyz(service: str, url: str, timeout: float) -> dict[str, Any]:
+    """A service's health answer from its `/readyz` over HTTP (blocking: run it in a thread), never
+    through a proxy (a proxy would answer for a service it cannot see)."""
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        failed = f"its readiness URL {url!r} is not an http(s) URL"
+        return {"service": service, "instance": url, "status": "failed", "missing": [failed]}
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return readyz_report(service, parsed.netloc, response.status, response.read(65536))
+    except urllib.error.HTTPError as exc:
+        return readyz_report(service, parsed.netloc, exc.code, exc.read(65536))
+    except (OSError, ValueError, http.client.HTTPException):  # refused, unresolvable, timed out, not HTTP
+        return readyz_report(service, parsed.netloc, None, b"")
 
 
 _CRL_PATH = re.compile(r"/crl/(?P<ca>[A-Za-z0-9._-]+?)(?:/(?P<shard>[0-9]{1,4}))?\.crl$")

@@ -251,10 +251,11 @@ def heard(role: Role, names: Names) -> list[str]:
 
 
 def template_identities() -> list[Identity]:
-    """The identities of deploy/nats/accounts.conf: the services, the admin, one operator and one
-    requester, each with its public NKey read from the server's environment (`$<NAME>_NKEY`)."""
+    """The identities of deploy/nats/accounts.conf: the services, the admin, one operator, one
+    requester and the ACME service (a requester named `acme`: it publishes its orders' requests like
+    any program), each with its public NKey read from the server's environment (`$<NAME>_NKEY`)."""
     named: list[tuple[str, Role]] = [(service, service) for service in SERVICES]
-    named += [("admin", "admin"), ("operator", "operator"), ("requester", "requester")]
+    named += [("admin", "admin"), ("operator", "operator"), ("requester", "requester"), ("acme", "requester")]
     return [Identity(name, role, f"${name.upper()}_NKEY") for name, role in named]
 
 

@@ -5,6 +5,7 @@ from the checkout finds the requester's and the operator's credentials and works
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -133,6 +134,18 @@ async def test_the_cli_from_the_checkout_connects_as_requester_and_as_operator(m
     }
     denied = await asyncio.to_thread(_cli, as_requester, "requests", "list", "--json")
     assert denied.returncode == 3, denied.stdout + denied.stderr  # unreachable: no such service for a requester
+
+
+def test_health_from_the_checkout_lists_make_runs_acme_ready(make_run: dict[str, str]) -> None:
+    """`make run` tells the CLI where ACME's /readyz is: health judges ACME with the five, in JSON
+    and in its table written to a pipe (one tab-separated row)."""
+    as_json = _cli(make_run, "health", "--json")
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    assert {r["service"]: r["ready"] for r in json.loads(as_json.stdout)}.get("acme") is True, as_json.stdout
+    table = _cli(make_run, "health")
+    assert table.returncode == 0, table.stdout + table.stderr
+    [row] = [line.split("\t") for line in table.stdout.splitlines() if line.startswith("acme\t")]
+    assert row[2:4] == ["ok", "yes"], table.stdout
 
 
 def test_certbot_gets_a_certificate_from_make_runs_acme(make_run: dict[str, str], tmp_path: Path) -> None:

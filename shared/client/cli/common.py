@@ -73,11 +73,15 @@ def client_settings(operator: str | None = None) -> CommonSettings:
     user and password), else an identity from the identities directory (CERTBUS_IDENTITIES, default
     `$CERTBUS_HOME/identities`, which `make run` fills): the requester named by CERTBUS_REQUESTER
     (default `requester`), or for an operator's command, operator `operator`, who signs it with its
-    key (CERTBUS_OPERATOR_KEY_FILE, default `$CERTBUS_HOME/operators/<name>.key.pem`)."""
-    from shared.base.settings import CommonSettings
+    key (CERTBUS_OPERATOR_KEY_FILE, default `$CERTBUS_HOME/operators/<name>.key.pem`). ACME's
+    readiness URL: CERTBUS_ACME_READYZ_URL, else the one `make run` wrote in `$CERTBUS_HOME`."""
+    from shared.base.settings import ACME_READYZ_URL_FILE, CommonSettings
     from shared.trust.identities import IdentityStore
 
     settings = CommonSettings()
+    if settings.acme_readyz_url is None and (home() / ACME_READYZ_URL_FILE).is_file():
+        written = (home() / ACME_READYZ_URL_FILE).read_text().strip()
+        settings = settings.model_copy(update={"acme_readyz_url": written})
     name = operator
     if name is not None and settings.operator_key_file is None:
         key_file = home() / "operators" / f"{name}.key.pem"

@@ -8,6 +8,7 @@ import base64
 import os
 import re
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,7 +41,7 @@ from shared.client.cli.policy import key_app, profile_app, provisioner_app
 from shared.client.cli.report import audit_report
 from shared.client.cli.requests import approve, reject, requests_app
 from shared.client.cli.revoke import destroy, revoke
-from shared.client.errors import Unreachable
+from shared.client.errors import OPTIONAL_SERVICES, Unreachable
 from shared.pki.key_types import KEY_TYPES
 
 # Each command imports the SDK (NATS), the contract and cryptography when it runs: `certbus --help`
@@ -83,16 +84,18 @@ def _parse_ttl(text: str) -> timedelta:
 
 @app.command()
 def health(as_json: JsonOpt = False) -> None:
-    """Ask each of the five services whether it is up and ready, with one row per replica; exit 0
-    only if the system can do its job: every service answers, an issuing CA exists, a profile is
-    applied, and validation has a current OCSP responder certificate for every issuing CA. A
-    service is ready if any replica that is not silent is; what its other replicas lack is a
+    """Ask each of the five services whether it is up and ready, with one row per replica, and ACME
+    where it is deployed (its /readyz at CERTBUS_ACME_READYZ_URL); exit 0 only if the system can do
+    its job: every service answers, an issuing CA exists, a profile is applied, validation has a
+    current OCSP responder certificate for every issuing CA, and ACME (if deployed) serves over TLS.
+    A service is ready if any replica that is not silent is; what its other replicas lack is a
     warning. Prints what is missing otherwise."""
     reports = run(lambda client: client.readiness())
     if as_json:
         emit_json(reports)
     else:
-        print_table(_health_table(reports))
+        asked = {r["service"] for r in reports}
+        print_table(_health_table(reports, not_deployed=[s for s in OPTIONAL_SERVICES if s not in asked]))
         for warning in sorted({w for r in reports for w in r.get("warnings", [])}):
             err.print(f"[yellow]warning:[/] {escape(warning)}")
         for r in reports:
@@ -102,8 +105,9 @@ def health(as_json: JsonOpt = False) -> None:
         raise typer.Exit(EXIT_REFUSED)
 
 
-def _health_table(reports: list[dict[str, Any]]) -> Table:
-    """One row per replica of each service, as `judge_readiness` settled them."""
+def _health_table(reports: list[dict[str, Any]], not_deployed: Sequence[str] = ()) -> Table:
+    """One row per replica of each service, as `judge_readiness` settled them; one for each optional
+    service not part of this deployment, which is neither ready nor missing."""
     table = Table(
         "service", "replica", "status", "ready", "database", "nats", "log used", "pid", "uptime (s)", "seen (s ago)"
     )
@@ -123,6 +127,8 @@ def _health_table(reports: list[dict[str, Any]]) -> Table:
                 str(r.get("uptime_s", "")),
                 str(r.get("seen_s", "")),
             )
+    for name in not_deployed:
+        table.add_row(name, "", "not deployed", "-", "", "", "", "", "", "")
     return table
 
 
