@@ -252,6 +252,9 @@ class AcmeSettings(ServiceSettings):
     acme_resolve: str = ""
     acme_http01_port: int = Field(default=80, ge=1, le=65535)
     acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
+    # The DNS server dns-01's TXT records are asked of: `host:port` or `host` (port 53), an IP
+    # address (`[::1]:5353` for IPv6); empty: the system's resolver (/etc/resolv.conf).
+    acme_dns_server: str = ""
     acme_terms_of_service: str | None = None
     # Rate limits per hour (0: none): orders per account, failed validations per account and name.
     acme_orders_per_hour: int = Field(default=300, ge=0)
