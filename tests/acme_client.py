@@ -158,6 +158,15 @@ class Stack:
         raise AssertionError(f"{authz_url} still pending")
 
 
+def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | None = None) -> str:
+    """A finalize payload's CSR (base64url DER) for DNS `names`, its common name the first unless given."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
+    )
+    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    return b64(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
 def challenge_of(authz: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in authz["challenges"] if c["type"] == kind)
 

@@ -5,7 +5,6 @@ downloads the certificate and its chain, which `openssl verify` accepts against 
 
 from __future__ import annotations
 
-import base64
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,11 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
 
-from acme_client import Account, Stack, challenge_of, jws, register_acme_provisioner, serve_answers
+from acme_client import Account, Stack, challenge_of, csr_der, jws, register_acme_provisioner, serve_answers
 from deploy.local.devstack import free_port
 from harness import Harness, eventually
 from services.acme.challenges import Resolver, Validator, key_authorization
@@ -28,15 +26,6 @@ from shared.client.cli import provisioner
 
 pytestmark = pytest.mark.timeout(120)
 PROBLEM = "urn:ietf:params:acme:error:"
-
-
-def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | None = None) -> str:
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
-    )
-    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-    return base64.urlsafe_b64encode(der).rstrip(b"=").decode()
 
 
 @pytest.fixture

@@ -163,7 +163,8 @@ async def test_a_tls_alpn_01_answer_that_is_not_exactly_right_fails(stack: tuple
     ("identifiers", "kind"),
     [
         ([{"type": "ip", "value": "127.0.0.1"}], "unsupportedIdentifier"),
-        ([{"type": "dns", "value": "*.acme.test"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "*.test"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "*.*.acme.test"}], "rejectedIdentifier"),
         ([{"type": "dns", "value": "Upper.acme.test"}], "rejectedIdentifier"),
         ([{"type": "dns", "value": "bad_label.acme.test"}], "rejectedIdentifier"),
         (
