@@ -36,9 +36,15 @@ from services.acme.challenges import ID_PE_ACME_IDENTIFIER
 from services.acme.jws import thumbprint
 from services.acme.server import Acme
 from shared.contract.events import ProvisionerRegistered, utcnow
+from shared.contract.profiles import Profile
 from shared.pki.provisioner_keys import public_key_file
 
 AccountKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+# A profile that allows wildcards under acme.internal: none of the shipped ones does (tls-server,
+# ACME's default profile, says allow_wildcards = false), so the tests that issue one apply this.
+WILDCARD_PROFILE = Profile(
+    name="acme-wildcard", usage="server", dns_suffixes=["acme.internal"], allow_wildcards=True, max_validity_days=30
+)
 
 
 def b64(data: bytes) -> str:

@@ -12,17 +12,25 @@ import asyncpg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from dns_server import DnsServer, black_hole, dns_server
 
-from acme_client import Account, Stack, challenge_of, csr_der, jws, register_acme_provisioner, serve_answers
+from acme_client import (
+    WILDCARD_PROFILE,
+    Account,
+    Stack,
+    challenge_of,
+    csr_der,
+    jws,
+    register_acme_provisioner,
+    serve_answers,
+)
 from deploy.local.devstack import free_port
+from dns_server import DnsServer, black_hole, dns_server
 from harness import Harness, eventually
 from services.acme.challenges import DNS_01, HTTP_01, TLS_ALPN_01, Resolver, Validator, key_authorization
 from services.acme.dns01 import TxtLookup, txt_value
 from services.acme.finalize import BusFinalizer
 from services.acme.server import Acme, AcmeConfig
 from shared.client.cli import provisioner
-from shared.contract.profiles import Profile
 
 pytestmark = pytest.mark.timeout(60)
 PROBLEM = "urn:ietf:params:acme:error:"
@@ -207,10 +215,6 @@ def test_the_dns_server_setting_is_an_address_and_an_optional_port() -> None:
 # Whether a wildcard is issued is the profile's to say (ACME's profile, CERTBUS_ACME_PROFILE): the
 # shipped ones allow none (tls-server, ACME's default, says allow_wildcards = false), so the test
 # applies one that does, as an operator would.
-
-WILDCARD_PROFILE = Profile(
-    name="acme-wildcard", usage="server", dns_suffixes=["acme.internal"], allow_wildcards=True, max_validity_days=30
-)
 
 
 @pytest.fixture
