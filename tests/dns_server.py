@@ -28,13 +28,14 @@ UDP_PAYLOAD = 512  # without EDNS (RFC 1035 §4.2.1)
 @dataclass
 class DnsServer:
     """What the server answers: TXT values by name (lower case, no trailing dot); a name mapped to []
-    exists with no TXT record; names in `servfail` are answered SERVFAIL. Questions are counted by
-    transport in `asked`."""
+    exists with no TXT record; names in `servfail` are answered SERVFAIL; the next `drop_udp` UDP
+    questions go unanswered (as datagrams lost). Questions are counted by transport in `asked`."""
 
     port: int
     records: dict[str, list[str]] = field(default_factory=dict)
     records_file: Path | None = None
     servfail: set[str] = field(default_factory=set)
+    drop_udp: int = 0
     asked: dict[str, int] = field(default_factory=lambda: {"udp": 0, "tcp": 0})
 
     @property
@@ -56,6 +57,9 @@ class DnsServer:
         except dns.exception.DNSException:
             return None
         self.asked[transport] += 1
+        if transport == "udp" and self.drop_udp > 0:
+            self.drop_udp -= 1
+            return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         question = query.question[0] if query.question else None

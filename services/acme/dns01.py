@@ -73,7 +73,9 @@ class TxtLookup:
             resolver.nameservers = [self.server[0]]
             resolver.port = self.server[1]
         resolver.cache = None
-        resolver.timeout = resolver.lifetime = self.timeout_s
+        # Each try waits dnspython's 2 s (a lost UDP datagram is asked again), all of them timeout_s.
+        resolver.timeout = min(resolver.timeout, self.timeout_s)
+        resolver.lifetime = self.timeout_s
         return resolver
 
     async def strings(self, qname: str) -> list[str]:
@@ -81,6 +83,7 @@ class TxtLookup:
         the `dns` problem of a name that does not exist, has no TXT record, or was not answered."""
         asked = f"TXT for {qname} at {self.where}"
         try:
+            # Built per lookup (the system's configuration read anew): none is a `dns` problem too.
             answer = await self._resolver().resolve(qname, "TXT", search=False, lifetime=self.timeout_s)
         except dns.resolver.NXDOMAIN:
             raise AcmeProblem("dns", f"NXDOMAIN looking up {asked}: check that the record exists") from None

@@ -104,6 +104,16 @@ async def test_dns_01_asks_again_over_tcp_when_the_udp_answer_is_truncated(acme:
     assert dns.asked["tcp"] >= 1
 
 
+async def test_dns_01_asks_again_when_a_udp_question_goes_unanswered(acme_pool: asyncpg.Pool, dns: DnsServer) -> None:
+    async for s in _serve(acme_pool, TxtLookup.parse(dns.address, 5.0)):
+        account = await s.account()
+        _, order = await s.order(account, "lossy.acme.test")
+        dns.drop_udp = 1
+        settled = await _answer_dns_01(s, dns, account, order["authorizations"][0])
+        assert settled["status"] == "valid", settled
+        assert dns.asked["udp"] == 2
+
+
 async def test_a_wrong_txt_record_is_an_incorrect_response_and_the_order_invalid(acme: Stack, dns: DnsServer) -> None:
     account = await acme.account()
     dns.records["_acme-challenge.wrong.acme.test"] = ["someone-elses-digest"]
