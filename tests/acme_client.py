@@ -37,9 +37,15 @@ from services.acme.challenges import ID_PE_ACME_IDENTIFIER, key_authorization
 from services.acme.jws import thumbprint
 from services.acme.server import Acme
 from shared.contract.events import ProvisionerRegistered, utcnow
+from shared.contract.profiles import Profile
 from shared.pki.provisioner_keys import public_key_file
 
 AccountKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+# A profile that allows wildcards under acme.internal: none of the shipped ones does (tls-server,
+# ACME's default profile, says allow_wildcards = false), so the tests that issue one apply this.
+WILDCARD_PROFILE = Profile(
+    name="acme-wildcard", usage="server", dns_suffixes=["acme.internal"], allow_wildcards=True, max_validity_days=30
+)
 
 
 def b64(data: bytes) -> str:
@@ -173,6 +179,15 @@ class Stack:
                 return settled
             await asyncio.sleep(0.05)
         raise AssertionError(f"{authz_url} still pending")
+
+
+def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | None = None) -> str:
+    """A finalize payload's CSR (base64url DER) for DNS `names`, its common name the first unless given."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
+    )
+    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    return b64(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
 
 
 def challenge_of(authz: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -371,15 +386,6 @@ async def register_acme_provisioner(
                 **scope,
             )
         )
-
-
-def csr_der(key: ec.EllipticCurvePrivateKey, *names: str, common_name: str | None = None) -> str:
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
-    )
-    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-    der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-    return base64.urlsafe_b64encode(der).rstrip(b"=").decode()
 
 
 async def ready_order(

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.acme.challenges import Resolver, Validator
+from services.acme.dns01 import TxtLookup
 from services.acme.finalize import BusFinalizer
 from services.acme.lifecycle import BusRevoker
 from services.acme.server import Acme, AcmeConfig
@@ -61,7 +62,10 @@ class AcmeService:
             s, s.identity or NAME, s.acme_provisioner_id, key, s.acme_profile, timeout_s=s.acme_enroll_timeout_s
         )
         validator = Validator(
-            Resolver.parse(s.acme_resolve), http_port=s.acme_http01_port, tls_alpn_port=s.acme_tlsalpn01_port
+            Resolver.parse(s.acme_resolve),
+            http_port=s.acme_http01_port,
+            tls_alpn_port=s.acme_tlsalpn01_port,
+            dns=TxtLookup.parse(s.acme_dns_server),
         )
         config = AcmeConfig(
             base_url=s.acme_base_url,

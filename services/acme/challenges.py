@@ -4,8 +4,10 @@
 authorization (redirects are not followed). `tls-alpn-01` (RFC 8737): a TLS handshake with
 {name}:{port}, SNI the name and ALPN `acme-tls/1`, must present a certificate whose only
 subjectAltName is the name and whose critical id-pe-acmeIdentifier holds the SHA-256 of the key
-authorization. Names resolve through the system's resolver, or through overrides for tests and
-private networks (`*.internal=127.0.0.1`, as pebble's); the ports are settings (80 and 443 by default).
+authorization. `dns-01` (§8.4): see `dns01`; it is the only type a wildcard's authorization offers
+(§7.1.4), since only the zone's owner can put a record at `_acme-challenge.{base}`. Names resolve
+through the system's resolver, or through overrides for tests and private networks
+(`*.internal=127.0.0.1`, as pebble's); the ports are settings (80 and 443 by default).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import aiohttp
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 
+from services.acme.dns01 import TxtLookup
 from services.acme.problems import AcmeProblem
 
 HTTP_01 = "http-01"
 TLS_ALPN_01 = "tls-alpn-01"
-TYPES = (HTTP_01, TLS_ALPN_01)
+DNS_01 = "dns-01"
+TYPES = (HTTP_01, TLS_ALPN_01, DNS_01)
+WILDCARD_TYPES = (DNS_01,)
 ACME_TLS_ALPN = "acme-tls/1"
 ID_PE_ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 MAX_HTTP_BODY = 1024  # a key authorization is ~87 characters
@@ -76,9 +81,13 @@ class Validator:
     http_port: int = 80
     tls_alpn_port: int = 443
     timeout_s: float = TIMEOUT_S
+    dns: TxtLookup = field(default_factory=TxtLookup)
 
     async def validate(self, kind: str, name: str, token: str, thumbprint: str) -> None:
         expected = key_authorization(token, thumbprint)
+        if kind == DNS_01:  # bounded by the lookup's own lifetime; the margin lets it say what timed out
+            await asyncio.wait_for(self.dns.check(name, expected), self.dns.timeout_s + 1)
+            return
         address = await self.resolver.address(name)
         if kind == HTTP_01:
             await asyncio.wait_for(self._http_01(name, address, token, expected), self.timeout_s)

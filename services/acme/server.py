@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.acme import eab, jws, lifecycle, store
-from services.acme.challenges import TYPES, Validator
+from services.acme.challenges import TYPES, WILDCARD_TYPES, Validator
 from services.acme.finalize import Finalizer, StillPending
 from services.acme.lifecycle import Revoker
 from services.acme.problems import AcmeProblem, malformed, unauthorized
@@ -385,7 +385,7 @@ class Acme:
                 else:
                     replaces = await self._renews(conn, account_id, names, now)
                 order_id = await store.create_order(
-                    conn, account_id, names, list(self.config.challenge_types), now, now + self.config.order_ttl
+                    conn, account_id, names, self._challenge_types, now, now + self.config.order_ttl
                 )
                 if replaces is not None:
                     await store.set_replaces(conn, order_id, replaces)
@@ -698,9 +698,7 @@ class Acme:
             shown = {"type": kind[:16], "value": value[:256]}
             if kind != "dns":
                 subproblems.append(_sub("unsupportedIdentifier", f"identifier type {kind[:16]!r} is not served", shown))
-            elif value.startswith("*."):
-                subproblems.append(_sub("rejectedIdentifier", "wildcard names need dns-01, not served yet", shown))
-            elif (problem := dns_syntax_problem(value)) is not None:
+            elif (problem := self._dns_name_problem(value)) is not None:
                 subproblems.append(_sub("rejectedIdentifier", problem, shown))
             else:
                 names.append(value)
@@ -713,6 +711,28 @@ class Acme:
                 subproblems=subproblems,
             )
         return sorted(set(names))
+
+    def _dns_name_problem(self, value: str) -> str | None:
+        """Why a dns identifier cannot be ordered, or None; a wildcard `*.base` may be (RFC 8555
+        §7.1.3), validated for its base by dns-01 alone; whether its certificate may be issued is
+        the profile's to say (`allow_wildcards`), as for every name."""
+        if not value.startswith("*."):
+            return dns_syntax_problem(value)
+        base = value[2:]
+        if not self._challenge_types(value):
+            return f"wildcard names need {' or '.join(WILDCARD_TYPES)}, which this server does not offer"
+        if (problem := dns_syntax_problem(base)) is not None:
+            return f"wildcard {value!r}: {problem}"
+        if "." not in base:
+            return f"wildcard {value!r} must be under a domain of at least two labels"
+        return None
+
+    def _challenge_types(self, name: str) -> tuple[str, ...]:
+        """The challenges an authorization for `name` offers: for a wildcard, those that prove control
+        of the whole zone (dns-01, RFC 8555 §7.1.4), for any other name every type served."""
+        if name.startswith("*."):
+            return tuple(t for t in self.config.challenge_types if t in WILDCARD_TYPES)
+        return self.config.challenge_types
 
     async def _own_order(self, conn: asyncpg.Connection, checked: Request, order_id: str) -> asyncpg.Record:
         return _mine(await store.order(conn, order_id), checked, "order")
@@ -756,12 +776,15 @@ class Acme:
         status = row["status"]
         if status == "pending" and self.clock.now() >= row["expires_at"]:
             status = "expired"
-        return {
+        body: dict[str, Any] = {
             "identifier": {"type": "dns", "value": row["name"]},
             "status": status,
             "expires": _time(row["expires_at"]),
             "challenges": [self._challenge_object(c) for c in await store.challenges_of(conn, authz_id)],
         }
+        if row["wildcard"]:  # present and true for a wildcard's authorization, absent otherwise (§7.1.4)
+            body["wildcard"] = True
+        return body
 
     def _challenge_object(self, row: asyncpg.Record) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -1,8 +1,10 @@
-"""ACME's SQL (schema `acme`): nonces, accounts, orders; EAB credentials' SQL is `shared.trust.eab`'s."""
+"""ACME's SQL (schema `acme`): nonces, accounts, orders, authorizations and challenges; EAB
+credentials' SQL is `shared.trust.eab`'s."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -158,12 +160,13 @@ async def create_order(
     conn: asyncpg.Connection,
     account_id: str,
     names: list[str],
-    challenge_types: list[str],
+    challenge_types: Callable[[str], Sequence[str]],
     now: datetime,
     expires_at: datetime,
 ) -> str:
-    """An order for `names` (dns identifiers), with one pending authorization per name and one
-    challenge of each type per authorization, in one transaction: its id."""
+    """An order for `names` (dns identifiers), with one pending authorization per name (for a
+    wildcard `*.base`, an authorization of `base` marked wildcard) and one challenge of each of the
+    name's `challenge_types` per authorization, in one transaction: its id."""
     order_id = new_token()
     async with conn.transaction():
         await conn.execute(
@@ -177,13 +180,13 @@ async def create_order(
         )
         authz = [(new_token(), n) for n in names]
         await conn.executemany(
-            "INSERT INTO authorizations (authz_id, order_id, account_id, name, status, expires_at) "
-            "VALUES ($1, $2, $3, $4, 'pending', $5)",
-            [(a, order_id, account_id, n, expires_at) for a, n in authz],
+            "INSERT INTO authorizations (authz_id, order_id, account_id, name, wildcard, status, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, 'pending', $6)",
+            [(a, order_id, account_id, n.removeprefix("*."), n.startswith("*."), expires_at) for a, n in authz],
         )
         await conn.executemany(
             "INSERT INTO challenges (challenge_id, authz_id, type, token, status) VALUES ($1, $2, $3, $4, 'pending')",
-            [(new_token(), a, t, secrets.token_urlsafe(32)) for a, _ in authz for t in challenge_types],
+            [(new_token(), a, t, secrets.token_urlsafe(32)) for a, n in authz for t in challenge_types(n)],
         )
     return order_id
 
@@ -233,7 +236,7 @@ async def order_ids(conn: asyncpg.Connection, account_id: str, limit: int) -> li
 
 async def authorizations_of(conn: asyncpg.Connection, order_id: str) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT * FROM authorizations WHERE order_id = $1 ORDER BY name", order_id
+        "SELECT * FROM authorizations WHERE order_id = $1 ORDER BY name, wildcard", order_id
     )
     return rows
 

@@ -259,6 +259,9 @@ class AcmeSettings(ServiceSettings):
     acme_resolve: str = ""
     acme_http01_port: int = Field(default=80, ge=1, le=65535)
     acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
+    # The DNS server dns-01's TXT records are asked of: `host:port` or `host` (port 53), an IP
+    # address (`[::1]:5353` for IPv6); empty: the system's resolver (/etc/resolv.conf).
+    acme_dns_server: str = ""
     acme_terms_of_service: str | None = None
     # External account binding (RFC 8555 §7.3.4): a new account must carry one, made with a credential
     # from `certbus acme eab create --provisioner P`; `make run` turns it off for its quickstart.

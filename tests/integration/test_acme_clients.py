@@ -3,7 +3,9 @@ TLS with a Certbus certificate) and the five services: certbot and lego get cert
 Certbus code; each verifies with openssl against the Certbus chain and is in the audit history.
 The clients' challenge servers listen on loopback ports, which the ACME service is told to check
 (CERTBUS_ACME_HTTP01_PORT / _TLSALPN01_PORT), with the names resolved to 127.0.0.1
-(CERTBUS_ACME_RESOLVE), as pebble's tests do."""
+(CERTBUS_ACME_RESOLVE), as pebble's tests do. For dns-01, lego's `exec` provider writes its TXT
+records into the test's authoritative DNS server (tests/dns_server.py), the one ACME asks
+(CERTBUS_ACME_DNS_SERVER) and lego checks (--dns.resolvers)."""
 
 from __future__ import annotations
 
@@ -19,25 +21,49 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from acme_client import AcmeProcess
+from acme_client import WILDCARD_PROFILE, AcmeProcess
 from deploy.local.devstack import free_port
+from dns_server import DnsServer, dns_server
 from harness import Harness, eventually
 
 pytestmark = pytest.mark.timeout(240)
 
 
+# lego's `exec` DNS provider runs this with `present|cleanup FQDN VALUE`: it adds the TXT record to
+# (or removes it from) the file the test's DNS server answers from.
+EXEC_HOOK = """#!/bin/sh
+set -e
+case "$1" in
+  present) echo "$2 $3" >> "$RECORDS_FILE" ;;
+  cleanup) grep -v -F -x "$2 $3" "$RECORDS_FILE" > "$RECORDS_FILE.tmp" || true
+           mv "$RECORDS_FILE.tmp" "$RECORDS_FILE" ;;
+esac
+"""
+
+
 class Clients:
-    def __init__(self, acme: AcmeProcess, tmp: Path, http01_port: int, tlsalpn01_port: int) -> None:
+    def __init__(self, acme: AcmeProcess, tmp: Path, http01_port: int, tlsalpn01_port: int, dns: DnsServer) -> None:
         self.acme, self.tmp = acme, tmp
         self.http01_port, self.tlsalpn01_port = http01_port, tlsalpn01_port
+        self.dns = dns
         self.ca = tmp / "certbus-root.pem"
         self.ca.write_text(acme.root_pem())
+        self.exec_hook = tmp / "lego-exec-hook.sh"
+        self.exec_hook.write_text(EXEC_HOOK)
+        self.exec_hook.chmod(0o755)
 
     def env(self) -> dict[str, str]:
+        assert self.dns.records_file is not None
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith("CERTBUS_")},
             "REQUESTS_CA_BUNDLE": str(self.ca),  # certbot
             "LEGO_CA_CERTIFICATES": str(self.ca),  # lego
+            # lego's exec provider: its hook, where the hook writes, and no waiting longer than needed
+            "EXEC_PATH": str(self.exec_hook),
+            "RECORDS_FILE": str(self.dns.records_file),
+            "EXEC_POLLING_INTERVAL": "1",
+            "EXEC_PROPAGATION_TIMEOUT": "30",
+            "EXEC_SEQUENCE_INTERVAL": "1",
         }
 
     async def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,11 +90,12 @@ class Clients:
     async def lego(
         self, challenge: str, *domains: str, command: str = "run", path: str = "lego", options: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
-        flags = (
-            ["--http", "--http.port", f"127.0.0.1:{self.http01_port}"]
-            if challenge == "http-01"
-            else ["--tls", "--tls.port", f"127.0.0.1:{self.tlsalpn01_port}"]
-        )
+        flags = {
+            "http-01": ["--http", "--http.port", f"127.0.0.1:{self.http01_port}"],
+            "tls-alpn-01": ["--tls", "--tls.port", f"127.0.0.1:{self.tlsalpn01_port}"],
+            # The test's DNS server only: lego checks the record there once, not at public servers.
+            "dns-01": ["--dns", "exec", "--dns.resolvers", self.dns.address, "--dns.disable-cp"],
+        }[challenge]
         names = [arg for d in domains for arg in ("--domains", d)]
         return await self.run(
             "lego",
@@ -113,21 +140,29 @@ def _split(pem: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-async def clients(stack: Harness, tmp_path: Path) -> AsyncIterator[Clients]:
+async def clients(stack: Harness, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Clients]:
+    """ACME as its own process, enrolling under the profile the test is parametrized with (tls-server,
+    ACME's default, unless it says otherwise), and the clients' environment."""
     missing = [tool for tool in ("certbot", "lego") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{' and '.join(missing)} not installed: `make test` installs them (apt-get install certbot lego)")
+    profile = getattr(request, "param", "tls-server")
+    if profile == WILDCARD_PROFILE.name:
+        await stack.apply_profiles(WILDCARD_PROFILE)
     await stack.identity("acme")
     http01, tlsalpn01 = free_port(), free_port()
-    settings = {
-        "acme_resolve": "*.internal=127.0.0.1",
-        "acme_http01_port": str(http01),
-        "acme_tlsalpn01_port": str(tlsalpn01),
-    }
-    with AcmeProcess.start(stack, tmp_path, **settings) as acme:
-        await acme.register(stack, name_suffixes=["acme.internal", "certbus.internal"])
-        await acme.ready()
-        yield Clients(acme, tmp_path, http01, tlsalpn01)
+    with dns_server(records_file=tmp_path / "dns-records.txt") as dns:
+        settings = {
+            "acme_resolve": "*.internal=127.0.0.1",
+            "acme_http01_port": str(http01),
+            "acme_tlsalpn01_port": str(tlsalpn01),
+            "acme_dns_server": dns.address,
+            "acme_profile": profile,
+        }
+        with AcmeProcess.start(stack, tmp_path, **settings) as acme:
+            await acme.register(stack, name_suffixes=["acme.internal", "certbus.internal"])
+            await acme.ready()
+            yield Clients(acme, tmp_path, http01, tlsalpn01, dns)
 
 
 async def test_certbot_certonly_standalone_over_http_01(clients: Clients, stack: Harness) -> None:
@@ -296,11 +331,14 @@ async def eab_clients(stack: Harness, tmp_path: Path) -> AsyncIterator[Clients]:
     await stack.identity("acme")
     http01 = free_port()
     settings = {"acme_resolve": "*.internal=127.0.0.1", "acme_http01_port": str(http01), "acme_eab_required": "1"}
-    with AcmeProcess.start(stack, tmp_path, **settings) as acme:
+    with (
+        dns_server(records_file=tmp_path / "dns-records.txt") as dns,
+        AcmeProcess.start(stack, tmp_path, **settings) as acme,
+    ):
         await acme.register(stack, name_suffixes=["acme.internal", "certbus.internal"])
         await acme.register(stack, "team-a", name_suffixes=["team-a.internal"])
         await acme.ready()
-        yield Clients(acme, tmp_path, http01, free_port())
+        yield Clients(acme, tmp_path, http01, free_port(), dns)
 
 
 async def test_lego_with_external_account_binding_orders_within_its_provisioners_scope(
@@ -324,3 +362,21 @@ async def test_lego_with_external_account_binding_orders_within_its_provisioners
     # judges the order by team-a's scope.
     outside = await eab_clients.lego("http-01", "web.acme.internal", options=eab)
     assert outside.returncode != 0 and "provisioner_scope" in outside.stdout + outside.stderr
+
+
+@pytest.mark.parametrize("clients", [WILDCARD_PROFILE.name], indirect=True)
+async def test_lego_run_over_dns_01_for_a_wildcard_and_its_base(clients: Clients, stack: Harness) -> None:
+    domains = ["*.dns.acme.internal", "dns.acme.internal"]
+    result = await clients.lego("dns-01", *domains)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A wildcard's authorization offers dns-01 alone: ACME validated both through the test's DNS
+    # server, where lego's hook had put the records, and from where it took them away again.
+    assert clients.dns.asked["udp"] >= 2
+    assert clients.dns.records_file is not None and clients.dns.records_file.read_text().strip() == ""
+    pem = clients.tmp / "lego" / "certificates" / "_.dns.acme.internal.crt"  # lego's file name for *.
+    leaf_file, rest = _split(pem)
+    leaf = x509.load_pem_x509_certificate(leaf_file.read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(domains)
+    await clients.verify(leaf_file, rest)
+    await _in_history(stack, leaf)

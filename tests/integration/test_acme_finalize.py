@@ -15,7 +15,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from acme_client import Stack, csr_der, jws, ready_order, register_acme_provisioner, serve_answers, settled_order
+from acme_client import (
+    Stack,
+    csr_der,
+    jws,
+    ready_order,
+    register_acme_provisioner,
+    serve_answers,
+    settled_order,
+)
 from deploy.local.devstack import free_port
 from harness import Harness
 from services.acme.challenges import Resolver, Validator

@@ -42,7 +42,7 @@ async def stack(acme_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[tuple[
         yield s
 
 
-async def test_an_order_has_one_authorization_per_name_each_with_both_challenges(
+async def test_an_order_has_one_authorization_per_name_each_with_every_challenge(
     stack: tuple[Stack, AlpnServer],
 ) -> None:
     s, _ = stack
@@ -55,7 +55,8 @@ async def test_an_order_has_one_authorization_per_name_each_with_both_challenges
     assert len(order["authorizations"]) == 2
     _, _, authz = await s.post(account, order["authorizations"][0], None)
     assert authz["identifier"] == {"type": "dns", "value": "a.acme.test"} and authz["status"] == "pending"
-    assert sorted(c["type"] for c in authz["challenges"]) == ["http-01", "tls-alpn-01"]
+    assert sorted(c["type"] for c in authz["challenges"]) == ["dns-01", "http-01", "tls-alpn-01"]
+    assert "wildcard" not in authz
     assert all(len(c["token"]) >= 43 and c["status"] == "pending" for c in authz["challenges"])
     _, _, listed = await s.post(account, account.url + "/orders", None)
     assert listed["orders"] == [location]
@@ -162,7 +163,8 @@ async def test_a_tls_alpn_01_answer_that_is_not_exactly_right_fails(stack: tuple
     ("identifiers", "kind"),
     [
         ([{"type": "ip", "value": "127.0.0.1"}], "unsupportedIdentifier"),
-        ([{"type": "dns", "value": "*.acme.test"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "*.test"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "*.*.acme.test"}], "rejectedIdentifier"),
         ([{"type": "dns", "value": "Upper.acme.test"}], "rejectedIdentifier"),
         ([{"type": "dns", "value": "bad_label.acme.test"}], "rejectedIdentifier"),
         (
