@@ -170,6 +170,7 @@ class Retirements:
             spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
             destroyed_at=now,
             final_crl_number=row["final_crl_number"],
+            key_store_answer=destruction.answer,
         )
         entry = await enqueue(conn, destroyed, rt.root)
         log.warning(

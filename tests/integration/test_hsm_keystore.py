@@ -249,7 +249,9 @@ async def test_signing_on_a_token_issues_and_retires_with_no_ca_key_on_disk(
     # Retirement destroys the object in the token; its replacement's key is made there too.
     result = await stack.cli("ca", "retire", old, "--reason", "rotation on a token", "--json")
     assert result.returncode == 0, result.stderr
-    assert CaKeyDestroyed.model_validate(json.loads(result.stdout)).ca_id == old
+    destroyed = CaKeyDestroyed.model_validate(json.loads(result.stdout))
+    assert destroyed.ca_id == old and destroyed.key_store_answer is not None
+    assert destroyed.key_store_answer.startswith("CKR_OK: C_DestroyObject on 2 objects in token")  # on the log
     assert not store.has(old)
     replacement = await stack.enroll("b.corp.internal")
     assert replacement.issuer_id != old and store.has(replacement.issuer_id)
