@@ -20,7 +20,9 @@ install: $(STAMP)
 CLUSTER  ?=
 REPLICAS ?=
 
-run: install
+# `CERTBUS_CA_KEYSTORE=pkcs11 make run`: signing's CA keys in a SoftHSM2 token made under .certbus/softhsm
+# (docs/hsm.md), unless CERTBUS_CA_PKCS11_TOKEN_LABEL or _SLOT names one.
+run: install $(if $(filter pkcs11,$(CERTBUS_CA_KEYSTORE)),softhsm)
 	CERTBUS_CLUSTER=$(CLUSTER) CERTBUS_REPLICAS=$(REPLICAS) $(PY) -m deploy.local.devstack
 
 lint: install

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pkcs11 import Attribute, ObjectClass
 
+from deploy.local import devstack, softhsm
 from harness import CRL_SHARDS, Harness
 from services.signing import domain
 from services.signing.hsm import Pkcs11KeyStore
@@ -28,7 +29,7 @@ from services.signing.keystore import KeyStoreError
 from shared.contract.events import CaKeyDestroyed
 from shared.pki.crypto import KeyType, spki_der
 
-MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
+MODULE = softhsm.MODULE
 PIN = "token-pin-5c1e-not-a-secret"
 SO_PIN = "token-so-pin-9a2f-not-a-secret"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -56,17 +57,11 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
     """A fresh SoftHSM2 token in this test's temp dir (SOFTHSM2_CONF points the module at it)."""
     if shutil.which("softhsm2-util") is None or not MODULE.exists():
         pytest.skip("SoftHSM2 is not installed: `make softhsm` installs Debian's softhsm2")
-    directory = tmp_path / "softhsm-tokens"
-    directory.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {directory}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    directory, conf = tmp_path / "softhsm-tokens", tmp_path / "softhsm2.conf"
+    softhsm.write_config(conf, directory)
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     label = f"certbus-{uuid.uuid4().hex[:8]}"
-    subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
-        check=True,
-        capture_output=True,
-    )
+    softhsm.init_token(conf, label, PIN, SO_PIN)
     _finalize()  # the module reads SOFTHSM2_CONF when it is initialised: from this test's on
     yield Token(label, directory)
     _finalize()
@@ -263,3 +258,23 @@ async def test_signing_on_a_token_issues_and_retires_with_no_ca_key_on_disk(
         assert spki_der(other.public_key()) not in ca_keys, path  # type: ignore[arg-type]
     assert PIN not in caplog.text  # nor the PIN in what signing logged
     store.close()
+
+
+def test_make_run_makes_a_softhsm_token_once_and_names_it_in_signing_s_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("softhsm2-util") is None or not MODULE.exists():
+        pytest.skip("SoftHSM2 is not installed: `make softhsm` installs Debian's softhsm2")
+    home = tmp_path / "home"
+    env = devstack.ensure_softhsm_token(home)
+    assert devstack.ensure_softhsm_token(home) == env  # the second run finds the first's token
+    pin_file = Path(env["CERTBUS_CA_PKCS11_PIN_FILE"])
+    assert pin_file.stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("SOFTHSM2_CONF", env["SOFTHSM2_CONF"])
+    _finalize()
+    try:
+        store = Pkcs11KeyStore(MODULE, pin_file.read_text(), token_label=env["CERTBUS_CA_PKCS11_TOKEN_LABEL"])
+        store.generate("ca1", "ec-p256")
+        store.close()
+    finally:
+        _finalize()
