@@ -3,6 +3,8 @@ and non-extractable, used only through it. The only module that talks to a token
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed, encode_dss_signature
 from cryptography.utils import Buffer
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, Slot, Token
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, Session, Slot, Token
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from services.signing.keystore import KeyDestruction, KeyStoreError
@@ -37,6 +39,18 @@ _PRIVATE_TEMPLATE = {
     Attribute.SIGN: True,
 }
 _PUBLIC_TEMPLATE = {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True}
+# Answers after which the session is gone (the HSM restarted, a network HSM reconnected): log in again.
+_SESSION_LOST = (
+    ckr.SessionHandleInvalid,
+    ckr.SessionClosed,
+    ckr.UserNotLoggedIn,
+    ckr.DeviceRemoved,
+    ckr.TokenNotPresent,
+    ckr.KeyHandleInvalid,
+    ckr.ObjectHandleInvalid,
+)
+
+log = logging.getLogger("certbus.signing.hsm")
 
 
 def _answer(error: Exception) -> str:
@@ -46,7 +60,8 @@ def _answer(error: Exception) -> str:
 
 class Pkcs11KeyStore:
     """CA keys in one token, each a key pair whose CKA_LABEL and CKA_ID are the CA id; one logged-in
-    session, one operation at a time (signing signs from worker threads too)."""
+    session, one operation at a time (signing signs from worker threads too), opened again once
+    if the token lost it."""
 
     def __init__(self, module: Path, pin: str, *, token_label: str | None = None, slot: int | None = None) -> None:
         if (token_label is None) == (slot is None):
@@ -56,23 +71,28 @@ class Pkcs11KeyStore:
             lib = pkcs11.lib(str(module))
         except (ckr.PKCS11Error, OSError) as error:
             raise KeyStoreError(f"cannot load the PKCS#11 module {module}: {error}") from None
-        token = self._token(lib.get_slots(token_present=True), module, token_label, slot)
-        try:
-            self._session = token.open(user_pin=pin, rw=True)
-        except ckr.UserAlreadyLoggedIn:
-            # A login is the application's, not the session's: another store of this process is in.
-            self._session = token.open(rw=True)
-        except (ckr.PinIncorrect, ckr.PinInvalid, ckr.PinLenRange, ckr.PinExpired, ckr.PinLocked) as error:
-            raise KeyStoreError(f"{self._where} refused the PIN ({_answer(error)})") from None
-        except ckr.PKCS11Error as error:
-            raise KeyStoreError(f"cannot log in to {self._where} ({_answer(error)})") from None
+        self._token = self._find_token(lib.get_slots(token_present=True), module, token_label, slot)
+        self._pin = pin
+        self._session = self._log_in()
         self._lock = threading.Lock()
         self._cache: dict[str, PrivateKey] = {}
+        self._handles: dict[str, Any] = {}  # private key objects of the current session, by CA id
 
     def __repr__(self) -> str:
         return f"Pkcs11KeyStore({self._where})"
 
-    def _token(self, slots: list[Slot], module: Path, label: str | None, slot: int | None) -> Token:
+    def _log_in(self) -> Session:
+        try:
+            return self._token.open(user_pin=self._pin, rw=True)
+        except ckr.UserAlreadyLoggedIn:
+            # A login is the application's, not the session's: another session of this process is in.
+            return self._token.open(rw=True)
+        except (ckr.PinIncorrect, ckr.PinInvalid, ckr.PinLenRange, ckr.PinExpired, ckr.PinLocked) as error:
+            raise KeyStoreError(f"{self._where} refused the PIN ({_answer(error)})") from None
+        except ckr.PKCS11Error as error:
+            raise KeyStoreError(f"cannot log in to {self._where} ({_answer(error)})") from None
+
+    def _find_token(self, slots: list[Slot], module: Path, label: str | None, slot: int | None) -> Token:
         for candidate in slots:
             token = candidate.get_token()
             if (label is not None and token.label == label) or (slot is not None and candidate.slot_id == slot):
@@ -84,6 +104,7 @@ class Pkcs11KeyStore:
         """Log out and close the session (keys loaded from it sign nothing after)."""
         with self._lock:
             self._cache.clear()
+            self._handles.clear()
             self._session.close()
 
     def _find(self, ca_id: str, object_class: ObjectClass) -> list[Any]:
@@ -121,7 +142,7 @@ class Pkcs11KeyStore:
                     f"{self._where} could not generate a key for CA {ca_id} ({_answer(error)})"
                 ) from None
             key = self._key(ca_id, public, private)
-            self._cache[ca_id] = key
+            self._cache[ca_id], self._handles[ca_id] = key, private
             return key
 
     def has(self, ca_id: str) -> bool:
@@ -141,12 +162,14 @@ class Pkcs11KeyStore:
                     "expected one of each"
                 )
             key = self._cache[ca_id] = self._key(ca_id, publics[0], privates[0])
+            self._handles[ca_id] = privates[0]
             return key
 
     def destroy(self, ca_id: str) -> KeyDestruction:
         """C_DestroyObject on the key pair of `ca_id`; the answer is the token's (CKR_OK when it did)."""
         with self._lock:
             self._cache.pop(ca_id, None)
+            self._handles.pop(ca_id, None)
             private = self._find(ca_id, ObjectClass.PRIVATE_KEY)
             objects = private + self._find(ca_id, ObjectClass.PUBLIC_KEY)
             try:
@@ -165,9 +188,43 @@ class Pkcs11KeyStore:
         keep = set(ca_ids)
         for ca_id in [c for c in self._cache if c not in keep]:
             del self._cache[ca_id]
+            self._handles.pop(ca_id, None)
+
+    def sign(self, ca_id: str, data: bytes, mechanism: Mechanism) -> bytes:
+        """The token's signature with the key of `ca_id` (logging in again once if the session is gone)."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return bytes(self._private(ca_id).sign(data, mechanism=mechanism))
+                except _SESSION_LOST as error:
+                    if attempt == 2:
+                        raise KeyStoreError(
+                            f"{self._where} did not sign with the key of CA {ca_id} ({_answer(error)})"
+                        ) from None
+                    log.warning("the token lost signing's session: logging in again", extra={"answer": _answer(error)})
+                    self._reopen()
+                except ckr.PKCS11Error as error:
+                    raise KeyStoreError(
+                        f"{self._where} did not sign with the key of CA {ca_id} ({_answer(error)})"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _private(self, ca_id: str) -> Any:
+        if (handle := self._handles.get(ca_id)) is None:
+            found = self._find(ca_id, ObjectClass.PRIVATE_KEY)
+            if len(found) != 1:
+                raise KeyStoreError(f"{self._where} holds {len(found)} private keys for CA {ca_id}: it signs nothing")
+            handle = self._handles[ca_id] = found[0]
+        return handle
+
+    def _reopen(self) -> None:
+        self._handles.clear()
+        with contextlib.suppress(ckr.PKCS11Error):
+            self._session.close()
+        self._session = self._log_in()
 
     def _key(self, ca_id: str, public: Any, private: Any) -> PrivateKey:
-        signer = _TokenSigner(ca_id, private, self._lock, self._where)
+        signer = _TokenSigner(self, ca_id)
         if private.key_type == KeyType.EC:
             spki = serialization.load_der_public_key(encode_ec_public_key(public))
             assert isinstance(spki, ec.EllipticCurvePublicKey)
@@ -182,19 +239,13 @@ class Pkcs11KeyStore:
 
 
 class _TokenSigner:
-    """Signs with one private key object, holding the session's lock for each operation."""
+    """Signs with the key of one CA through its store (which holds the session)."""
 
-    def __init__(self, ca_id: str, private: Any, lock: threading.Lock, where: str) -> None:
-        self._ca_id, self._private, self._lock, self._where = ca_id, private, lock, where
+    def __init__(self, store: Pkcs11KeyStore, ca_id: str) -> None:
+        self._store, self._ca_id = store, ca_id
 
     def sign(self, data: bytes, mechanism: Mechanism) -> bytes:
-        with self._lock:
-            try:
-                return bytes(self._private.sign(data, mechanism=mechanism))
-            except ckr.PKCS11Error as error:
-                raise KeyStoreError(
-                    f"{self._where} did not sign with the key of CA {self._ca_id} ({_answer(error)})"
-                ) from None
+        return self._store.sign(self._ca_id, data, mechanism)
 
 
 def _refuse_export() -> NoReturn:

@@ -27,7 +27,7 @@ from services.signing import domain
 from services.signing.hsm import Pkcs11KeyStore
 from services.signing.keystore import KeyStoreError
 from shared.contract.events import CaKeyDestroyed
-from shared.pki.crypto import KeyType, spki_der
+from shared.pki.crypto import KeyType, sign_message, spki_der, verify_message
 
 MODULE = softhsm.MODULE
 PIN = "token-pin-5c1e-not-a-secret"
@@ -178,6 +178,17 @@ def test_destroying_a_key_removes_the_pair_from_the_token_and_returns_its_answer
         _private_key_attributes(token, "ca1")
     second = again.destroy("ca1")
     assert not second.existed and "no private key object for CA ca1" in second.answer
+
+
+def test_a_session_the_token_lost_is_opened_again_and_the_signature_made(
+    token: Token, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = token.open()
+    key = store.generate("ca1", "ec-p256")
+    store._session.close()  # as a restarted HSM forgets it (and, with its last session, the login)
+    assert verify_message(key.public_key(), sign_message(key, b"after"), b"after")
+    assert "the token lost signing's session: logging in again" in caplog.text and PIN not in caplog.text
+    store.close()
 
 
 def test_a_wrong_pin_is_a_key_store_error_that_never_shows_the_pin(token: Token) -> None:
