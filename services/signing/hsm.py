@@ -24,10 +24,7 @@ from services.signing.keystore import KeyDestruction, KeyStoreError
 from shared.pki.crypto import KeyType as CaKeyType
 from shared.pki.crypto import PrivateKey
 
-_CURVES: dict[str, tuple[str, ec.EllipticCurve]] = {
-    "ec-p256": ("secp256r1", ec.SECP256R1()),
-    "ec-p384": ("secp384r1", ec.SECP384R1()),
-}
+_CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
 _RSA_BITS = {"rsa-2048": 2048, "rsa-3072": 3072}
 _RSA_MECHANISMS = {"sha256": Mechanism.SHA256_RSA_PKCS, "sha384": Mechanism.SHA384_RSA_PKCS}
 # The private half: kept on the token, usable after login only, never leaving it in any form.
@@ -128,7 +125,7 @@ class Pkcs11KeyStore:
                 if key_type in _CURVES:
                     params = self._session.create_domain_parameters(
                         KeyType.EC,
-                        {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[key_type][0])},
+                        {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[key_type])},
                         local=True,
                     )
                     public, private = params.generate_keypair(**common)
@@ -176,9 +173,7 @@ class Pkcs11KeyStore:
                 for obj in objects:
                     obj.destroy()
             except ckr.PKCS11Error as error:
-                raise KeyStoreError(
-                    f"{self._where} did not destroy the key of CA {ca_id} ({_answer(error)}): retrying"
-                ) from None
+                raise KeyStoreError(f"{self._where} did not destroy the key of CA {ca_id} ({_answer(error)})") from None
             if not private:
                 return KeyDestruction(False, f"no private key object for CA {ca_id} in {self._where}")
             return KeyDestruction(True, f"CKR_OK: C_DestroyObject on {len(objects)} objects in {self._where}")
