@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium compose acme-clients cfssl wrk
+.PHONY: install run test unit lint format bench profile faults soak soak-chart docs clean chromium compose acme-clients cfssl wrk softhsm
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,9 @@ install: $(STAMP)
 CLUSTER  ?=
 REPLICAS ?=
 
-run: install
+# `CERTBUS_CA_KEYSTORE=pkcs11 make run`: signing's CA keys in a SoftHSM2 token made under .certbus/softhsm
+# (docs/hsm.md), unless CERTBUS_CA_PKCS11_TOKEN_LABEL or _SLOT names one.
+run: install $(if $(filter pkcs11,$(CERTBUS_CA_KEYSTORE)),softhsm)
 	CERTBUS_CLUSTER=$(CLUSTER) CERTBUS_REPLICAS=$(REPLICAS) $(PY) -m deploy.local.devstack
 
 lint: install
@@ -29,7 +31,7 @@ lint: install
 	$(VENV)/bin/mypy shared services deploy
 	$(VENV)/bin/lint-imports
 
-test: lint chromium compose acme-clients
+test: lint chromium compose acme-clients softhsm
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The HTML audit report's test opens the page in headless Chromium (Debian's package).
@@ -42,6 +44,12 @@ chromium:
 compose:
 	@command -v docker-compose >/dev/null || ($(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose)
+
+# The PKCS#11 CA key store's tests make throwaway tokens in SoftHSM2 (Debian's softhsm2: the module
+# /usr/lib/softhsm/libsofthsm2.so and softhsm2-util).
+softhsm:
+	@command -v softhsm2-util >/dev/null || ($(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends softhsm2)
 
 # ACME's tests run real clients against it: certbot and lego (Debian's packages).
 acme-clients:

@@ -28,6 +28,7 @@ from pathlib import Path
 import nats
 
 from deploy.cluster import local_nodes, render_node
+from deploy.local import softhsm
 from shared.admin import init_with_retries
 from shared.base.files import write_atomic, write_new
 from shared.base.settings import ACME_READYZ_URL_FILE, CommonSettings, ValidationSettings
@@ -380,6 +381,26 @@ def ensure_passphrase_file(home: Path) -> Path:
     return home / "secrets" / "ca-passphrase"
 
 
+SOFTHSM_LABEL = "certbus-ca"
+
+
+def ensure_softhsm_token(home: Path) -> dict[str, str]:
+    """For `CERTBUS_CA_KEYSTORE=pkcs11 make run` with no token named: a SoftHSM2 token under
+    `home`/softhsm (random PINs in `home`/secrets), initialised once; the settings naming it."""
+    config, pin_file = home / "softhsm" / "softhsm2.conf", home / "secrets" / "pkcs11-pin"
+    pin, so_pin = _secret(home, "pkcs11-pin"), _secret(home, "pkcs11-so-pin")
+    if not config.exists():
+        softhsm.write_config(config, home / "softhsm" / "tokens")
+        softhsm.init_token(config, SOFTHSM_LABEL, pin, so_pin)
+        say(f"created SoftHSM2 token {SOFTHSM_LABEL!r} in {home / 'softhsm'} for signing's CA keys")
+    return {
+        "SOFTHSM2_CONF": str(config),
+        "CERTBUS_CA_PKCS11_MODULE": str(softhsm.MODULE),
+        "CERTBUS_CA_PKCS11_TOKEN_LABEL": SOFTHSM_LABEL,
+        "CERTBUS_CA_PKCS11_PIN_FILE": str(pin_file),
+    }
+
+
 PROFILES_FILE = Path(__file__).resolve().parents[1] / "profiles.toml"
 DATABASE_INIT = Path(__file__).resolve().parents[1] / "postgres" / "init.sql"
 
@@ -606,6 +627,9 @@ class LocalStack:
             say(f"started PostgreSQL at 127.0.0.1:{self.pg.port} (password authentication, a role per service)")
         env = self.env
         env.setdefault("CERTBUS_CA_PASSPHRASE_FILE", str(ensure_passphrase_file(self.home)))
+        token_named = ("CERTBUS_CA_PKCS11_TOKEN_LABEL", "CERTBUS_CA_PKCS11_SLOT")
+        if env.get("CERTBUS_CA_KEYSTORE") == "pkcs11" and not any(env.get(n) for n in token_named):
+            env.update(ensure_softhsm_token(self.home))
         env.setdefault("CERTBUS_KEY_DIR", str(self.home / "signing" / "keys"))
         env.setdefault("CERTBUS_OCSP_KEY_DIR", str(self.home / "validation" / "ocsp"))
         env.setdefault("CERTBUS_OCSP_PROVISIONER_KEY_FILE", str(self.home / "validation" / "ocsp-provisioner.key.pem"))

@@ -9,7 +9,8 @@ from faststream import FastStream
 from services.signing.cas import CaRegistry
 from services.signing.crl import CrlPublisher
 from services.signing.handlers import NAME, load_profiles, register
-from services.signing.keystore import KeyStore
+from services.signing.hsm import Pkcs11KeyStore
+from services.signing.keystore import CaKeyStore, KeyStore
 from services.signing.rebuild import adopting
 from services.signing.retire import Retirements
 from services.signing.templates import TemplateBook
@@ -18,10 +19,22 @@ from shared.base.settings import SigningSettings
 from shared.runtime.service import Runtime, create_service
 
 
+def open_key_store(settings: SigningSettings) -> CaKeyStore:
+    """The configured CA key store: encrypted files (the default) or a PKCS#11 token."""
+    if settings.ca_keystore == "pkcs11":
+        return Pkcs11KeyStore(
+            settings.ca_pkcs11_module,
+            settings.pkcs11_pin(),
+            token_label=settings.ca_pkcs11_token_label,
+            slot=settings.ca_pkcs11_slot,
+        )
+    return KeyStore(settings.key_dir, settings.passphrase())
+
+
 def build(settings: SigningSettings | None = None, clock: Clock | None = None) -> tuple[FastStream, Runtime]:
     """Wire the signing service."""
     settings = settings or SigningSettings()
-    keys = KeyStore(settings.key_dir, settings.passphrase())
+    keys = open_key_store(settings)
     cas = CaRegistry(keys, settings)
 
     async def on_start(rt: Runtime) -> None:

@@ -12,10 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.signing import domain, store
-from services.signing.keystore import KeyStore, KeyStoreError
+from services.signing.keystore import CaKeyStore, KeyStoreError
 from shared.base.settings import SigningSettings
 from shared.contract.events import CaCreated
-from shared.pki.crypto import KeyType, PrivateKey, generate_key, spki_sha256
+from shared.pki.crypto import KeyType, PrivateKey, spki_sha256
 from shared.runtime.outbox import enqueue
 from shared.runtime.service import Readiness, Runtime
 
@@ -25,7 +25,7 @@ log = logging.getLogger("certbus.signing.cas")
 class CaRegistry:
     """The active CAs and their keys (keys only through the key store)."""
 
-    def __init__(self, keys: KeyStore, settings: SigningSettings) -> None:
+    def __init__(self, keys: CaKeyStore, settings: SigningSettings) -> None:
         self.keys = keys
         self.settings = settings
         self.urls = domain.Urls(settings.public_base_url)
@@ -64,7 +64,7 @@ class CaRegistry:
         self, ca_id: str, cert_der: bytes, crl_shards: int | None
     ) -> tuple[domain.CaIdentity, PrivateKey] | None:
         """A retired CA and its key, for its final CRLs only (the caller holds its retirement row);
-        None if its key file is gone."""
+        None if its key is gone."""
         if not self.keys.has(ca_id):
             return None
         return domain.CaIdentity(ca_id, x509.load_der_x509_certificate(cert_der), crl_shards), self.keys.load(ca_id)
@@ -105,11 +105,10 @@ class CaRegistry:
                 return
             now = rt.clock.now()
             root_id = uuid.uuid4().hex[:16]
-            root_key = generate_key(self._key_type)
+            root_key = self.keys.generate(root_id, self._key_type)
             root_cert = domain.root_certificate(
                 root_key, root_id, self.settings.organization, now, self.settings.root_validity_days
             )
-            self.keys.save(root_id, root_key)
             await self._record(
                 conn, rt, root_cert, ca_id=root_id, role="root", parent=None, correlation_id=f"bootstrap-{root_id}"
             )
@@ -126,7 +125,7 @@ class CaRegistry:
         it becomes the current issuing CA (registry reloaded)."""
         now = rt.clock.now()
         issuing_id = uuid.uuid4().hex[:16]
-        issuing_key = generate_key(self._key_type)
+        issuing_key = self.keys.generate(issuing_id, self._key_type)
         issuing_cert = domain.issuing_certificate(
             issuing_key.public_key(),
             issuing_id,
@@ -137,7 +136,6 @@ class CaRegistry:
             now,
             self.settings.issuing_validity_days,
         )
-        self.keys.save(issuing_id, issuing_key)
         await self._record(
             conn,
             rt,

@@ -1,19 +1,54 @@
-"""CA private keys at rest: encrypted PKCS#8 files, one per CA. The only module that loads them."""
+"""CA private keys at rest: encrypted PKCS#8 files, one per CA. The only module that loads them
+(services/signing/hsm.py keeps them in a PKCS#11 token instead, behind the same `CaKeyStore`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 
 from shared.base.files import destroy_file
-from shared.pki.crypto import PrivateKey, key_pem
+from shared.pki.crypto import KeyType, PrivateKey, generate_key, key_pem
 
 
 class KeyStoreError(Exception):
     """A CA key that cannot be used (missing, destroyed, or the passphrase is wrong)."""
+
+
+@dataclass(frozen=True)
+class KeyDestruction:
+    """What destroying a CA key found and what the store answered (a file shredded, a token's CKR)."""
+
+    existed: bool
+    answer: str
+
+
+class CaKeyStore(Protocol):
+    """Where signing's CA keys are generated, found, used and destroyed (a directory or a token)."""
+
+    def generate(self, ca_id: str, key_type: KeyType) -> PrivateKey:
+        """A new key for `ca_id`, kept in the store."""
+        ...
+
+    def has(self, ca_id: str) -> bool:
+        """Whether the store holds a key for `ca_id`."""
+        ...
+
+    def load(self, ca_id: str) -> PrivateKey:
+        """The key of `ca_id` (KeyStoreError if there is none or it cannot be used)."""
+        ...
+
+    def destroy(self, ca_id: str) -> KeyDestruction:
+        """Destroy the key of `ca_id` for good."""
+        ...
+
+    def retain(self, ca_ids: Iterable[str]) -> None:
+        """Forget every key held in memory but those of `ca_ids`."""
+        ...
 
 
 class KeyStore:
@@ -29,6 +64,12 @@ class KeyStore:
 
     def _path(self, ca_id: str) -> Path:
         return self._dir / f"{ca_id}.key.pem"
+
+    def generate(self, ca_id: str, key_type: KeyType) -> PrivateKey:
+        """A new key of `key_type` for `ca_id`, saved encrypted."""
+        key = generate_key(key_type)
+        self.save(ca_id, key)
+        return key
 
     def save(self, ca_id: str, key: PrivateKey) -> None:
         """Write `key` encrypted, mode 0600, atomically (temp file, fsync, rename)."""
@@ -48,13 +89,14 @@ class KeyStore:
         """Whether the key file of `ca_id` exists."""
         return self._path(ca_id).exists()
 
-    def destroy(self, ca_id: str) -> bool:
+    def destroy(self, ca_id: str) -> KeyDestruction:
         """Destroy the key of `ca_id`: shred its file (and any half-written one), forget the decrypted
-        key; False if there was no file (destroyed before, e.g. by a run that crashed before saying so)."""
+        key; not `existed` if there was no file (destroyed before, e.g. by a run that crashed before saying so)."""
         self._cache.pop(ca_id, None)
         path = self._path(ca_id)
         destroy_file(path.with_suffix(".tmp"), missing_ok=True)
-        return destroy_file(path, missing_ok=True)
+        existed = destroy_file(path, missing_ok=True)
+        return KeyDestruction(existed, "key file overwritten and removed" if existed else "no key file")
 
     def retain(self, ca_ids: Iterable[str]) -> None:
         """Forget every decrypted key but those of `ca_ids` (CAs closed since are never used again)."""

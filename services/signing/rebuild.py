@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.signing import store
-from services.signing.keystore import KeyStore
+from services.signing.keystore import CaKeyStore
 from shared.contract.events import CaCreated, CaKeyDestroyed, CertificateIssued, CrlPublished
 from shared.pki.crypto import spki_sha256
 from shared.runtime.rebuild import Adopt, Published
@@ -36,7 +36,7 @@ class KeysDoNotMatchTheLog(RuntimeError):
     """The log names a CA whose key the key store does not hold (or holds another key for)."""
 
 
-def adopting(keys: KeyStore) -> Adopt:
+def adopting(keys: CaKeyStore) -> Adopt:
     """Signing's adopt step, with the key store it checks the log's CAs against."""
 
     async def adopt(conn: asyncpg.Connection, published: Published) -> None:
@@ -65,7 +65,7 @@ def adopting(keys: KeyStore) -> Adopt:
     return adopt
 
 
-async def _adopt_ca(conn: asyncpg.Connection, keys: KeyStore, created: CaCreated, *, retired: bool) -> None:
+async def _adopt_ca(conn: asyncpg.Connection, keys: CaKeyStore, created: CaCreated, *, retired: bool) -> None:
     cert = x509.load_pem_x509_certificate(created.cert_pem.encode())
     if not retired:
         if not keys.has(created.ca_id):

@@ -147,7 +147,8 @@ class Retirements:
         return info.ack_floor is not None and info.ack_floor.stream_seq >= seq
 
     async def _destroy_key(self, conn: asyncpg.Connection, ca_id: str, row: asyncpg.Record) -> OutboxEntry:
-        """Shred the key file, forget the key, and say so (never before the final CRL is on the log)."""
+        """Destroy the key (shred its file, or C_DestroyObject in the token), forget it, and say so
+        (never before the final CRL is on the log)."""
         rt = self._rt
         final_event = row["final_crl_event_id"]
         final_subject = f"{rt.root}.ca.{ca_id}.crl_published"
@@ -157,7 +158,7 @@ class Retirements:
         cert_der = await store.ca_cert(conn, ca_id)
         assert cert_der is not None
         cert = x509.load_der_x509_certificate(cert_der)
-        existed = self._cas.keys.destroy(ca_id)
+        destruction = self._cas.keys.destroy(ca_id)
         now = rt.clock.now()
         await store.save_key_destroyed(conn, ca_id, now)
         destroyed = CaKeyDestroyed.first(
@@ -169,10 +170,16 @@ class Retirements:
             spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
             destroyed_at=now,
             final_crl_number=row["final_crl_number"],
+            key_store_answer=destruction.answer,
         )
         entry = await enqueue(conn, destroyed, rt.root)
         log.warning(
             "destroyed the key of a retired CA",
-            extra={"ca": ca_id, "final_crl_number": row["final_crl_number"], "key_file_found": existed},
+            extra={
+                "ca": ca_id,
+                "final_crl_number": row["final_crl_number"],
+                "key_found": destruction.existed,
+                "key_store_answer": destruction.answer,
+            },
         )
         return entry

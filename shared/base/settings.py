@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -161,6 +161,26 @@ class SigningSettings(ServiceSettings):
     # /crl/{ca}/{shard}.crl, so a revocation re-signs one small CRL instead of the issuer's whole
     # list. 0 creates unsharded CAs (one CRL at /crl/{ca}.crl, as before shards).
     crl_shards: int = Field(default=128, ge=0, le=1024)
+    # Where CA keys live: "file" (encrypted PKCS#8 files in key_dir, for development) or "pkcs11"
+    # (generated and used inside a PKCS#11 token, never extractable; docs/hsm.md).
+    ca_keystore: Literal["file", "pkcs11"] = "file"
+    ca_pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")  # Debian's softhsm2
+    ca_pkcs11_token_label: str | None = None  # the token by its label, or by its slot id:
+    ca_pkcs11_slot: int | None = None
+    ca_pkcs11_pin: SecretStr | None = None
+    ca_pkcs11_pin_file: Path | None = None
+
+    def pkcs11_pin(self) -> str:
+        """The token's user PIN, from a file (preferred) or the environment; never logged."""
+        if self.ca_pkcs11_pin_file is not None:
+            value = self.ca_pkcs11_pin_file.read_text().strip()
+        elif self.ca_pkcs11_pin is not None:
+            value = self.ca_pkcs11_pin.get_secret_value()
+        else:
+            raise ValueError("no PKCS#11 PIN: set CERTBUS_CA_PKCS11_PIN_FILE (preferred) or CERTBUS_CA_PKCS11_PIN")
+        if not value:
+            raise ValueError("the PKCS#11 PIN is empty")
+        return value
 
     def passphrase(self) -> bytes:
         """The CA key passphrase, from the environment or a file; never logged."""

@@ -720,6 +720,9 @@ class CaKeyDestroyed(Event):
     spki_sha256: Sha256Hex
     destroyed_at: datetime
     final_crl_number: int | None = Field(default=None, ge=0, lt=2**159)
+    # What the key store answered: a PKCS#11 token's (e.g. "CKR_OK: C_DestroyObject on 2 objects in
+    # token 'certbus-ca'"), or the file store's; None in events from before it was recorded.
+    key_store_answer: Text | None = None
 
 
 # --- findings ---------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ async def test_a_retired_issuing_ca_publishes_a_final_crl_then_destroys_its_key_
     assert result.returncode == 0, result.stderr
     destroyed = CaKeyDestroyed.model_validate(json.loads(result.stdout))
     assert destroyed.ca_id == old and destroyed.final_crl_number is not None
+    assert destroyed.key_store_answer == "key file overwritten and removed"
 
     # On the log: CaRetired, then the final CRL, then CaKeyDestroyed naming it.
     events = await _ca_events(stack, old)

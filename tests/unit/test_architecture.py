@@ -54,6 +54,18 @@ def test_only_signing_imports_the_key_store() -> None:
     assert importers and all(m.startswith("services.signing.") for m in importers)
 
 
+def test_only_the_pkcs11_key_store_talks_to_a_token() -> None:
+    users = {str(p.relative_to(ROOT)) for p in SOURCES if any(i.startswith("pkcs11") for i in _calls_and_imports(p)[1])}
+    assert users == {"services/signing/hsm.py"}
+
+
+def test_only_signing_s_composition_root_opens_the_token_key_store() -> None:
+    importers = {
+        _module(p) for p in SOURCES if any(i.startswith("services.signing.hsm") for i in _calls_and_imports(p)[1])
+    }
+    assert importers == {"services.signing.app"}
+
+
 def test_no_service_imports_another_service() -> None:
     for path in SOURCES:
         parts = _module(path).split(".")

@@ -104,11 +104,11 @@ def test_a_destroyed_key_cannot_be_loaded_again(tmp_path: Path) -> None:
     keys = KeyStore(tmp_path / "keys", PASSPHRASE)
     keys.save("ca1", ec.generate_private_key(ec.SECP256R1()))
     keys.load("ca1")
-    assert keys.destroy("ca1") is True
+    assert keys.destroy("ca1").existed is True
     assert not keys.has("ca1") and list((tmp_path / "keys").iterdir()) == []
     with pytest.raises(KeyStoreError, match="no key file for CA ca1"):
         keys.load("ca1")  # not served from memory either
-    assert keys.destroy("ca1") is False  # a second destruction is a no-op
+    assert keys.destroy("ca1").existed is False  # a second destruction is a no-op
 
 
 def test_retain_forgets_keys_of_closed_cas(tmp_path: Path) -> None:
