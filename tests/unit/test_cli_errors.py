@@ -55,7 +55,7 @@ def test_revoke_with_both_a_key_and_an_operator_is_a_usage_error(tmp_path: Path)
     key.write_bytes(key_pem(generate_key("ec-p256")))
     result = certbus("revoke", "abc", "--key", str(key), "--operator", "carol", home=tmp_path)
     assert result.returncode == 2
-    assert "not both" in result.stderr
+    assert "not several" in result.stderr
 
 
 def test_revoke_with_a_file_that_is_not_a_private_key_says_so(tmp_path: Path) -> None:

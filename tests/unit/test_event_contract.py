@@ -50,12 +50,34 @@ def test_no_event_type_disappears(name: str) -> None:
     assert name in event_json_schemas()
 
 
+def _grows(old: Any, new: Any) -> bool:
+    """Whether `new` is `old`, or `old` with more values in its enumerations (a field that names what
+    authorised something may name a new authority; every value it held keeps its meaning)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if old.keys() != new.keys():
+            return False
+        return all(
+            set(old[k]) <= set(new[k]) if k == "enum" and old[k] and new[k] else _grows(old[k], new[k]) for k in old
+        )
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_grows(o, n) for o, n in zip(old, new, strict=True))
+    return bool(old == new)
+
+
 @pytest.mark.parametrize("name", sorted(_snapshot()))
 def test_no_field_is_removed_renamed_or_retyped(name: str) -> None:
     old, new = _properties(_snapshot()[name]), _properties(event_json_schemas()[name])
     for field, shape in old.items():
         assert field in new, f"{name}.{field} was removed or renamed"
-        assert new[field] == shape, f"{name}.{field} changed type: {shape} -> {new[field]}"
+        assert _grows(shape, new[field]), f"{name}.{field} changed type: {shape} -> {new[field]}"
+
+
+def test_an_enumeration_may_gain_values_but_not_lose_or_change_them() -> None:
+    old = {"anyOf": [{"enum": ["holder", "operator"], "type": "string"}, {"type": "null"}]}
+    assert _grows(old, {"anyOf": [{"enum": ["holder", "requester", "operator"], "type": "string"}, {"type": "null"}]})
+    assert not _grows(old, {"anyOf": [{"enum": ["holder"], "type": "string"}, {"type": "null"}]})
+    assert not _grows(old, {"anyOf": [{"enum": ["holder", "operator"], "type": "integer"}, {"type": "null"}]})
+    assert not _grows(old, {"anyOf": [{"enum": ["holder", "operator"], "type": "string"}]})
 
 
 @pytest.mark.parametrize("name", sorted(_snapshot()))

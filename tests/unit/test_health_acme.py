@@ -3,6 +3,7 @@ left out (said so, not failed) where it is not."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from shared.base.settings import ACME_READYZ_URL_FILE
+from shared.client.cli import common
 from shared.client.cli.common import client_settings, print_table
 from shared.client.cli.main import _health_table
 from shared.client.errors import SERVICES
@@ -153,21 +155,23 @@ def test_the_environment_names_acmes_url_or_leaves_it_out_over_what_make_run_wro
 # --- what health prints, off a terminal -----------------------------------------------------------
 
 
-def _printed(reports: list[dict[str, Any]], not_deployed: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
-    print_table(_health_table(reports, not_deployed=not_deployed))  # to a pipe: captured stdout
-    return capsys.readouterr().out.splitlines()
+def _printed(reports: list[dict[str, Any]], not_deployed: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    written = io.StringIO()  # not a terminal, as a pipe (the console's own file: capsys may not be it)
+    monkeypatch.setattr(common.out, "file", written)
+    print_table(_health_table(reports, not_deployed=not_deployed))
+    return written.getvalue().splitlines()
 
 
-def test_health_lists_acme_as_one_tab_separated_row(capsys: pytest.CaptureFixture[str]) -> None:
+def test_health_lists_acme_as_one_tab_separated_row(monkeypatch: pytest.MonkeyPatch) -> None:
     body = json.dumps({"ready": False, "missing": [ACME_NOT_SERVING]}).encode()
     reports = judge_readiness([*_five_ready(), readyz_report("acme", "acme:8445", 503, body)])
-    lines = _printed(reports, [], capsys)
+    lines = _printed(reports, [], monkeypatch)
     assert len(lines) == 1 + len(SERVICES) + 1
     assert lines[-1] == "acme\tacme:8445\tok\tno\t\t\t\t\t\t"
 
 
-def test_health_says_acme_is_not_deployed_where_it_is_not(capsys: pytest.CaptureFixture[str]) -> None:
+def test_health_says_acme_is_not_deployed_where_it_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     reports = judge_readiness(_five_ready())
-    lines = _printed(reports, ["acme"], capsys)
+    lines = _printed(reports, ["acme"], monkeypatch)
     assert lines[-1] == "acme\t\tnot deployed\t-\t\t\t\t\t\t"
     assert all(r["ready"] for r in reports)  # and the verdict is the five's alone
