@@ -81,14 +81,24 @@ def parse_cert_id(text: object) -> CertId:
     return CertId(aki, f"{int.from_bytes(serial, 'big'):x}")
 
 
-def window(cert: x509.Certificate, status: StatusAnswer | None, now: datetime) -> tuple[datetime, datetime]:
-    """The suggested renewal window (RFC 9773 §4.2): from when renewal falls due (a third of its
-    life left) to halfway from then to expiry; in the past if the certificate is revoked, so
-    clients renew at once."""
-    if status is not None and status.status in ("revoked", "destroyed"):
+@dataclass(frozen=True)
+class Renewal:
+    """What the bus says of a certificate's renewal: its status, and how much of its life is left
+    when its profile has it renewed (`renew_when_remaining`)."""
+
+    status: StatusAnswer
+    remaining: float = RENEW_WHEN_REMAINING
+
+
+def window(cert: x509.Certificate, renewal: Renewal | None, now: datetime) -> tuple[datetime, datetime]:
+    """The suggested renewal window (RFC 9773 §4.2): from when the renewal schedule has it fall due
+    (its profile's `renew_when_remaining` of its life left, a third unless the bus could not be
+    asked) to halfway from then to expiry; in the past if it is revoked (a CA compromise revokes
+    every certificate of the CA), so clients renew at once."""
+    if renewal is not None and renewal.status.status in ("revoked", "destroyed"):
         return now - 2 * RENEW_NOW, now - RENEW_NOW
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    left = (not_after - not_before) * RENEW_WHEN_REMAINING
+    left = (not_after - not_before) * (renewal.remaining if renewal is not None else RENEW_WHEN_REMAINING)
     return not_after - left, not_after - left / 2
 
 
@@ -101,8 +111,9 @@ class Revoker(Protocol):
         if refused, Unreachable if the bus is."""
         ...
 
-    async def status(self, serial: str) -> StatusAnswer:
-        """What validation knows of `serial`; Unreachable if the bus is."""
+    async def renewal(self, serial: str, profile: str | None) -> Renewal:
+        """What validation knows of `serial`, and when `profile` has certificates renewed;
+        Unreachable if the bus is."""
         ...
 
 
@@ -119,9 +130,15 @@ class BusRevoker:
         except Rejected as e:
             raise revocation_refusal(e.reasons[0].code if e.reasons else "", str(e)) from None
 
-    async def status(self, serial: str) -> StatusAnswer:
+    async def renewal(self, serial: str, profile: str | None) -> Renewal:
         async with CertbusClient(self.settings, requester=self.requester) as client:
-            return await client.status(serial)
+            status = await client.status(serial)
+            profiles = (await client.profiles()).profiles if profile is not None else []
+        body = next((p.body for p in profiles if p.name == profile), {})
+        remaining = body.get("renew_when_remaining", RENEW_WHEN_REMAINING)
+        return Renewal(
+            status, remaining if isinstance(remaining, float | int) and 0 < remaining < 1 else RENEW_WHEN_REMAINING
+        )
 
 
 def revocation_refusal(code: str, detail: str) -> AcmeProblem:

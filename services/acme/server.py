@@ -608,13 +608,16 @@ class Acme:
         cert = x509.load_pem_x509_certificate(row["cert_chain"].encode()) if row is not None else None
         if cert is None or not wanted.names(cert):
             raise AcmeProblem("malformed", "no certificate issued here has that id", 404)
+        assert row is not None
+        profile = (row["request"] or {}).get("profile")
+        renewal: lifecycle.Renewal | None
         try:
-            status = await revoker.status(wanted.serial)
-        except (Unreachable, OSError, TimeoutError) as e:  # the schedule's window still holds
+            renewal = await revoker.renewal(wanted.serial, profile if isinstance(profile, str) else None)
+        except (Unreachable, OSError, TimeoutError) as e:  # the default schedule's window still holds
             log.warning("ACME renewal info without the certificate's status", extra={"error": repr(e)[:300]})
-            status = None
-        start, end = lifecycle.window(cert, status, self.clock.now())
-        retry = int(self.config.renewal_info_retry.total_seconds()) if status is not None else 60
+            renewal = None
+        start, end = lifecycle.window(cert, renewal, self.clock.now())
+        retry = int(self.config.renewal_info_retry.total_seconds()) if renewal is not None else 60
         return web.json_response(
             {"suggestedWindow": {"start": _time(start), "end": _time(end)}}, headers={"Retry-After": str(retry)}
         )
