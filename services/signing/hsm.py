@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Self
 
 import pkcs11
 import pkcs11.exceptions as ckr
@@ -255,7 +255,25 @@ def _digest(data: bytes, algorithm: hashes.HashAlgorithm | Prehashed) -> bytes:
     return h.finalize()
 
 
-class TokenEcKey(ec.EllipticCurvePrivateKey):
+class _InTheToken:
+    """What a key held in a token cannot do (be written out), and copies that stay the same key."""
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        _refuse_export()
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
+
+class TokenEcKey(_InTheToken, ec.EllipticCurvePrivateKey):
     """An EC CA key in a token, as cryptography's builders take it: they call `sign` with the TBS bytes."""
 
     def __init__(self, signer: _TokenSigner, public: ec.EllipticCurvePublicKey) -> None:
@@ -286,22 +304,8 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         _refuse_export()
 
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        _refuse_export()
 
-    def __copy__(self) -> TokenEcKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenEcKey:
-        return self
-
-
-class TokenRsaKey(rsa.RSAPrivateKey):
+class TokenRsaKey(_InTheToken, rsa.RSAPrivateKey):
     """An RSA CA key in a token (PKCS#1 v1.5 signatures, hashed in the token)."""
 
     def __init__(self, signer: _TokenSigner, public: rsa.RSAPublicKey) -> None:
@@ -329,17 +333,3 @@ class TokenRsaKey(rsa.RSAPrivateKey):
 
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
         _refuse_export()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        _refuse_export()
-
-    def __copy__(self) -> TokenRsaKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenRsaKey:
-        return self
