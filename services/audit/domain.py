@@ -238,6 +238,9 @@ _ACTOR_FIELDS = (
     "destroyed_by",
     "requester",
 )
+# Fields that name someone an event is about, not who acted: a certificate is issued by signing,
+# for its requester.
+_NOT_THE_ACTOR = {"CertificateIssued": ("requester",)}
 
 
 def actor(event: dict[str, Any]) -> str:
@@ -253,7 +256,10 @@ def actor(event: dict[str, Any]) -> str:
         named = [name for name in signers if isinstance(name, str) and name]
         if named and len(named) == len(signatures):
             return safe_text("+".join(named), SHORT_MAX)
+    about = _NOT_THE_ACTOR.get(str(event.get("event_type")), ())
     for name in _ACTOR_FIELDS:
+        if name in about:
+            continue
         value = event.get(name)
         if isinstance(value, str) and value:
             return f"{service} (policy)" if value == "policy" else safe_text(value, SHORT_MAX)

@@ -39,7 +39,15 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from shared.contract.binding import Unbound
-from shared.runtime.consumer import TRANSIENT_ERRORS, Delivery, EventRejected, Process, Publish, park_message
+from shared.runtime.consumer import (
+    TRANSIENT_ERRORS,
+    Delivery,
+    EventRejected,
+    Process,
+    Publish,
+    park_message,
+    retry_in_place,
+)
 from shared.runtime.inflight import InFlight
 from shared.runtime.metrics import BATCH_EVENTS
 
@@ -167,24 +175,23 @@ class BatchApplier(Generic[T]):
             await msg.ack()
 
     async def _in_place(self, msgs: list[Msg], step: Callable[[], Awaitable[T_co]]) -> T_co:
-        """Run `step`, retrying an outage in place (0.2 s, doubling up to `max_backoff_s`) with `msgs`
-        kept in progress; raises Stopping if the service stops meanwhile."""
-        delay = 0.2
-        while True:
-            try:
-                return await step()
-            except TRANSIENT_ERRORS as exc:
-                if self._stopping():
-                    raise Stopping from exc
-                log.warning(
-                    "infrastructure unavailable, retrying in place",
-                    extra={"durable": self.durable, "error": repr(exc), "retry_in_s": delay},
-                )
-                with contextlib.suppress(Exception):
-                    for msg in msgs:
-                        await msg.in_progress()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff_s)
+        """Run `step`, retrying an outage in place (`retry_in_place`) with `msgs` kept in progress;
+        raises Stopping if the service stops meanwhile."""
+
+        async def keep_alive() -> None:
+            for msg in msgs:
+                await msg.in_progress()
+
+        try:
+            return await retry_in_place(
+                step,
+                keep_alive=keep_alive,
+                stopping=self._stopping,
+                max_backoff_s=self._max_backoff_s,
+                context={"durable": self.durable},
+            )
+        except TRANSIENT_ERRORS as exc:  # only once stopping
+            raise Stopping from exc
 
 
 async def _nak(msgs: Sequence[Msg]) -> None:

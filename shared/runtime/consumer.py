@@ -71,6 +71,41 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# An outage retried in place waits this long first, then twice as long each time up to its cap.
+FIRST_RETRY_S = 0.2
+
+
+async def retry_in_place(
+    step: Callable[[], Awaitable[T]],
+    *,
+    keep_alive: Callable[[], Awaitable[object]],
+    stopping: Callable[[], bool],
+    max_backoff_s: float,
+    context: Mapping[str, object] | None = None,
+) -> T:
+    """Run `step` until it gets past an outage (TRANSIENT_ERRORS): after each, log it, tell the
+    server the messages are still being worked on (`keep_alive`), wait FIRST_RETRY_S, then twice
+    as long each time up to `max_backoff_s`, and run it again. The outage's error is raised once the
+    service is `stopping`, so shutdown never waits on an outage; any other error at once."""
+    delay = FIRST_RETRY_S
+    while True:
+        try:
+            return await step()
+        except TRANSIENT_ERRORS as exc:
+            if stopping():
+                raise
+            log.warning(
+                "infrastructure unavailable, retrying in place",
+                extra={**(context or {}), "error": repr(exc), "retry_in_s": delay},
+            )
+            try:
+                await keep_alive()
+            except Exception as keep_failed:  # noqa: BLE001 - the outage may be NATS's: the retry goes on
+                log.debug("could not keep the messages in progress", extra={"error": repr(keep_failed)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+
+
 class EventRejected(Exception):
     """An event that can never be applied (a broken invariant); it is parked, not retried."""
 
@@ -171,33 +206,28 @@ def event_middleware(
         async def _handle(
             self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
         ) -> Any:
-            delay = 0.2
-            while True:
-                try:
-                    return await call_next(msg)
-                except Unbound as exc:
-                    await park(msg, str(exc))
+            try:
+                return await retry_in_place(
+                    lambda: call_next(msg),
+                    keep_alive=msg.in_progress,  # type: ignore[attr-defined]
+                    stopping=stopping,
+                    max_backoff_s=max_backoff_s,
+                )
+            except Unbound as exc:
+                await park(msg, str(exc))
+                return None
+            except (ValidationError, EventRejected) as exc:
+                await park(msg, f"{type(exc).__name__}: {exc}")
+                return None
+            except TRANSIENT_ERRORS:
+                raise  # stopping: nacked for redelivery
+            except Exception as exc:
+                delivered = msg.raw_message.metadata.num_delivered
+                if delivered >= max_deliver:
+                    await park(msg, f"failed {delivered} deliveries: {exc!r}")
                     return None
-                except (ValidationError, EventRejected) as exc:
-                    await park(msg, f"{type(exc).__name__}: {exc}")
-                    return None
-                except TRANSIENT_ERRORS as exc:
-                    if stopping():
-                        raise
-                    log.warning(
-                        "infrastructure unavailable, retrying in place",
-                        extra={"error": repr(exc), "retry_in_s": delay},
-                    )
-                    await msg.in_progress()  # type: ignore[attr-defined]
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, max_backoff_s)
-                except Exception as exc:
-                    delivered = msg.raw_message.metadata.num_delivered
-                    if delivered >= max_deliver:
-                        await park(msg, f"failed {delivered} deliveries: {exc!r}")
-                        return None
-                    log.exception("handler failed; the message will be redelivered")
-                    raise
+                log.exception("handler failed; the message will be redelivered")
+                raise
 
     return EventMiddleware
 

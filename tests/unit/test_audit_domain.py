@@ -181,6 +181,9 @@ def test_the_actor_is_the_person_named_else_the_service() -> None:
     signed = [{"operator": "alice", "signature": "c2ln"}, {"operator": "bob", "signature": "c2ln"}]
     assert actor({"producer": "operator", "operator": "carol", "signatures": signed}) == "alice+bob"
     assert actor({"producer": "signing", "serial": "ab"}) == "signing"
+    # a certificate names its requester, but signing issued it
+    issued = {"event_type": "CertificateIssued", "producer": "signing", "serial": "ab", "requester": "alice"}
+    assert actor(issued) == "signing"
     assert actor({"producer": "requester", "requested_by": "eve\x00\x1b[2J"}) == "eve\\x00\\x1b[2J"
 
 
