@@ -75,12 +75,13 @@ wrk:
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 
-bench: install cfssl wrk
+bench: install cfssl wrk softhsm
 	$(PY) -m bench.issuance
 	$(PY) -m bench.audit
 	$(PY) -m bench.revocation
 	$(PY) -m bench.renewal
 	$(PY) -m bench.cli_startup
+	$(PY) -m bench.hsm
 	$(PY) -m bench.summary
 
 # Where each service spends its CPU during an issuance burst (py-spy); summaries to bench/results/profile-*.txt.
