@@ -41,7 +41,7 @@ async def _serve(acme_pool: asyncpg.Pool, lookup: TxtLookup, **config: Any) -> A
     http_port, port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     validator = Validator(Resolver.parse("*.acme.test=127.0.0.1"), http_port=http_port, timeout_s=5, dns=lookup)
-    acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator, **config))
+    acme = Acme(lambda: acme_pool, AcmeConfig(base_url=base, validator=validator, eab_required=False, **config))
     async with serve_answers(acme, acme_pool, base, port, http_port) as s:
         yield s
 
