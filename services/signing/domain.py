@@ -85,7 +85,7 @@ def root_certificate(key: PrivateKey, ca_id: str, organization: str, now: dateti
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, signing_hash(key))
     )
@@ -112,7 +112,7 @@ def issuing_certificate(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key_public), critical=False)
         .add_extension(_aki(root.cert), critical=False)
         .add_extension(_crl_dp(urls.crl(root.ca_id)), critical=False)
@@ -121,7 +121,8 @@ def issuing_certificate(
     )
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def ca_key_usage() -> x509.KeyUsage:
+    """The key usages of every CA certificate signing makes (roots and issuing CAs)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
