@@ -5,9 +5,10 @@ whose keys were generated elsewhere (their CSRs), and to sign the root's CRL. Ce
 from signing's own templates (`services.signing.domain`), so a ceremony's root and issuing CAs
 have the profile signing's own have.
 
-Everything the ceremony writes to its out dir is public: certificates, CRLs, artifacts (JSON to
-take to the online side) and its state (the root's id, the last CRL number). No PIN and no key
-material is ever written, logged or put in an error message."""
+Everything the ceremony writes to its out dir is public: certificates, CRLs, artifacts (each the
+operator command to publish, unsigned: RootCaCreated, IssuingCaCertified, RootCrlSigned) and its
+state (the root's id, the last CRL number). No PIN and no key material is ever written, logged or
+put in an error message."""
 
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services.signing import domain
 from services.signing.hsm import Pkcs11KeyStore
 from services.signing.keystore import KeyStoreError
-from shared.pki.crypto import KeyType, fingerprint_sha256, serial_hex, spki_der, spki_sha256
+from shared.contract.events import IssuingCaCertified, OperatorCommand, RootCaCreated, RootCrlSigned
+from shared.pki.crypto import KeyType, spki_der, spki_sha256
 
 STATE = "ceremony.json"
 ROOT_PEM = "root.pem"
-ARTIFACT_VERSION = 1
 # The issuing keys a root certifies: those signing makes for its issuing CAs.
 ISSUING_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 
@@ -93,24 +94,10 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _ca_record(cert: x509.Certificate, *, ca_id: str, role: str, parent_id: str | None) -> dict[str, Any]:
-    """A CA as CaCreated describes one (the same fields), for the online side to publish."""
-    return {
-        "ca_id": ca_id,
-        "role": role,
-        "parent_id": parent_id,
-        "subject_dn": cert.subject.rfc4514_string(),
-        "cert_pem": _pem(cert),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "spki_sha256": spki_sha256(cert.public_key()),  # type: ignore[arg-type]
-        "serial": serial_hex(cert),
-        "fingerprint_sha256": fingerprint_sha256(cert),
-    }
-
-
-def _artifact(kind: str, now: datetime, **body: Any) -> str:
-    return json.dumps({"artifact": kind, "version": ARTIFACT_VERSION, "made_at": now.isoformat(), **body}, indent=2)
+def _command(command: OperatorCommand) -> str:
+    """The artifact: the operator command to publish, unsigned (operators add their signatures with
+    `certbus operator cosign FILE`, one of them `certbus operator submit FILE`s it)."""
+    return command.model_dump_json(indent=2) + "\n"
 
 
 def _root(out_dir: Path) -> tuple[State, x509.Certificate]:
@@ -139,6 +126,7 @@ def make_root(
     organization: str,
     days: int,
     now: datetime,
+    operator: str,
     key_type: KeyType = "ec-p384",
     root_id: str | None = None,
 ) -> x509.Certificate:
@@ -152,10 +140,21 @@ def make_root(
     root_id = root_id or uuid.uuid4().hex[:16]
     key = store.generate(root_id, key_type)
     cert = domain.root_certificate(key, root_id, organization, now, days)
-    _write(out_dir / ROOT_PEM, _pem(cert))
-    _write(
-        out_dir / "root.json", _artifact("root", now, ca=_ca_record(cert, ca_id=root_id, role="root", parent_id=None))
+    created = RootCaCreated.first(
+        root_id,
+        producer="operator",
+        at=now,
+        correlation_id=f"ceremony-{root_id}",
+        ca_id=root_id,
+        subject_dn=cert.subject.rfc4514_string(),
+        cert_pem=_pem(cert),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
+        created_by=operator,
     )
+    _write(out_dir / ROOT_PEM, _pem(cert))
+    _write(out_dir / "root.json", _command(created))
     State(root_id, 0).write(out_dir)
     return cert
 
@@ -203,9 +202,10 @@ def sign_issuing(
     base_url: str,
     days: int,
     now: datetime,
+    operator: str,
 ) -> x509.Certificate:
     """An issuing CA certificate for the key of `csr_pem`, signed with the root's key in the token.
-    Writes issuing-<id>.pem and issuing-<id>.json (the artifact: the issuing CA and the root)."""
+    Writes issuing-<id>.pem and issuing-<id>.json (the IssuingCaCertified to publish)."""
     state, root_cert = _root(out_dir)
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -230,17 +230,38 @@ def sign_issuing(
         days,
     )
     _write(out_dir / f"issuing-{issuing_id}.pem", _pem(cert))
-    record = _ca_record(cert, ca_id=issuing_id, role="issuing", parent_id=state.root_id)
-    _write(out_dir / f"issuing-{issuing_id}.json", _artifact("issuing", now, ca=record, root_cert_pem=_pem(root_cert)))
+    certified = IssuingCaCertified.first(
+        issuing_id,
+        producer="operator",
+        at=now,
+        correlation_id=f"ceremony-{state.root_id}",
+        ca_id=issuing_id,
+        parent_id=state.root_id,
+        subject_dn=cert.subject.rfc4514_string(),
+        cert_pem=_pem(cert),
+        root_cert_pem=_pem(root_cert),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        spki_sha256=spki_sha256(cert.public_key()),  # type: ignore[arg-type]
+        certified_by=operator,
+    )
+    _write(out_dir / f"issuing-{issuing_id}.json", _command(certified))
     return cert
 
 
 def sign_crl(
-    store: Pkcs11KeyStore, out_dir: Path, revoked: list[int], *, next_update_days: int, now: datetime
+    store: Pkcs11KeyStore,
+    out_dir: Path,
+    revoked: list[int],
+    *,
+    next_update_days: int,
+    now: datetime,
+    operator: str,
 ) -> x509.CertificateRevocationList:
     """The root's next full CRL (its number one above the last) listing `revoked`, the serials of
     every issuing CA certificate the root has revoked (each CRL is whole: name them all each time).
-    Writes root-<number>.crl (DER) and root-<number>.json, then the new number to the state."""
+    Writes root-<number>.crl (DER) and root-<number>.json (the RootCrlSigned to publish), then the
+    new number to the state."""
     state, root_cert = _root(out_dir)
     if next_update_days < 1:
         raise CeremonyError("a CRL's nextUpdate is one day away at least")
@@ -251,18 +272,21 @@ def sign_crl(
     crl = domain.crl(domain.CaIdentity(state.root_id, root_cert), key, number, entries, now, next_update)
     der = crl.public_bytes(serialization.Encoding.DER)
     _write(out_dir / f"root-{number}.crl", der)
-    body = {
-        "ca_id": state.root_id,
-        "crl_number": number,
-        "this_update": now.isoformat(),
-        "next_update": next_update.isoformat(),
-        "revoked_count": len(entries),
-        "revoked_serials": [format(e.serial, "x") for e in entries],
-        "crl_file": f"root-{number}.crl",
-        "sha256": hashlib.sha256(der).hexdigest(),
-        "size": len(der),
-    }
-    _write(out_dir / f"root-{number}.json", _artifact("root_crl", now, crl=body))
+    signed = RootCrlSigned.first(
+        state.root_id,
+        producer="operator",
+        at=now,
+        correlation_id=f"ceremony-{state.root_id}",
+        ca_id=state.root_id,
+        crl_number=number,
+        this_update=now,
+        next_update=next_update,
+        revoked_count=len(entries),
+        crl_pem=crl.public_bytes(serialization.Encoding.PEM).decode(),
+        sha256=hashlib.sha256(der).hexdigest(),
+        signed_by=operator,
+    )
+    _write(out_dir / f"root-{number}.json", _command(signed))
     State(state.root_id, number).write(out_dir)
     return crl
 

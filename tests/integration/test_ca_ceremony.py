@@ -23,6 +23,8 @@ from typer.testing import CliRunner
 from deploy.local import softhsm
 from services.signing import domain
 from shared.client.cli.main import app
+from shared.contract.events import IssuingCaCertified, RootCaCreated, RootCrlSigned, parse_event
+from shared.pki.crypto import spki_sha256
 
 MODULE = softhsm.MODULE
 PIN = "ceremony-pin-3d7a-not-a-secret"
@@ -82,6 +84,8 @@ def _ceremony(token: Token, out_dir: Path, *args: str, pin_file: Path | None = N
             str(out_dir),
             "--module",
             str(MODULE),
+            "--operator",
+            "ceremony-operator",
             *args[1:],
         ],
     )
@@ -119,11 +123,12 @@ def test_the_ceremony_makes_a_root_in_the_token_an_issuing_ca_and_root_crls_that
     out_dir = tmp_path / "ceremony"
     code, output = _ceremony(token, out_dir, "root", "--organization", "Certbus Test", "--days", "3650")
     assert code == 0, output
-    artifact = json.loads((out_dir / "root.json").read_text())
-    root_id = artifact["ca"]["ca_id"]
+    created = parse_event((out_dir / "root.json").read_bytes())  # the operator command to publish, unsigned
+    assert isinstance(created, RootCaCreated) and created.signatures == [] and created.producer == "operator"
+    root_id = created.ca_id
     root = x509.load_pem_x509_certificate((out_dir / "root.pem").read_bytes())
-    assert artifact["artifact"] == "root" and artifact["ca"]["role"] == "root" and artifact["ca"]["parent_id"] is None
-    assert artifact["ca"]["cert_pem"] == (out_dir / "root.pem").read_text()
+    assert created.aggregate_id == root_id and created.cert_pem == (out_dir / "root.pem").read_text()
+    assert created.spki_sha256 == spki_sha256(root.public_key()) and created.created_by == "ceremony-operator"
     assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 1
     assert isinstance(root.public_key(), ec.EllipticCurvePublicKey) and root.public_key().key_size == 384
 
@@ -156,8 +161,10 @@ def test_the_ceremony_makes_a_root_in_the_token_an_issuing_ca_and_root_crls_that
     assert issuing.public_key() == issuing_key.public_key()
     assert issuing.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
     assert issuing.extensions.get_extension_for_class(x509.KeyUsage).value == domain.ca_key_usage()
-    issued = json.loads((out_dir / "issuing-issuing1.json").read_text())
-    assert issued["ca"]["parent_id"] == root_id and issued["root_cert_pem"] == (out_dir / "root.pem").read_text()
+    certified = parse_event((out_dir / "issuing-issuing1.json").read_bytes())
+    assert isinstance(certified, IssuingCaCertified) and certified.ca_id == "issuing1"
+    assert certified.parent_id == root_id and certified.root_cert_pem == (out_dir / "root.pem").read_text()
+    assert certified.cert_pem == (out_dir / "issuing-issuing1.pem").read_text()
     verified = _openssl("verify", "-CAfile", str(out_dir / "root.pem"), str(out_dir / "issuing-issuing1.pem"))
     assert verified.returncode == 0 and "OK" in verified.stdout, verified.stdout + verified.stderr
 
@@ -173,7 +180,12 @@ def test_the_ceremony_makes_a_root_in_the_token_an_issuing_ca_and_root_crls_that
         crl = x509.load_der_x509_crl(crl_file.read_bytes())
         assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number
         assert [r.serial_number for r in crl] == revoked
-        assert json.loads((out_dir / f"root-{number}.json").read_text())["crl"]["crl_number"] == number
+        signed = parse_event((out_dir / f"root-{number}.json").read_bytes())
+        assert isinstance(signed, RootCrlSigned) and signed.crl_number == number and signed.ca_id == root_id
+        assert (
+            x509.load_pem_x509_crl(signed.crl_pem.encode()).public_bytes(serialization.Encoding.DER)
+            == crl_file.read_bytes()
+        )
         checked = _openssl(
             "crl", "-inform", "DER", "-in", str(crl_file), "-CAfile", str(out_dir / "root.pem"), "-noout"
         )

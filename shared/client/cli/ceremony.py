@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
 
-from shared.client.cli.common import EXIT_REFUSED, err, out
+from shared.client.cli.common import EXIT_REFUSED, OperatorOpt, err, operator, out
 
 if TYPE_CHECKING:
     from services.signing.ceremony import RootToken
@@ -53,6 +53,13 @@ def _with_token(module: Path, token_label: str, pin_file: Path, action: Callable
         store.close()
 
 
+def _publish_hint(artifact: Path) -> None:
+    out.print(
+        f"to publish, where the bus is: `certbus operator cosign {artifact}` (each operator the "
+        f"`ca_ceremony` quorum asks for), then `certbus operator submit {artifact}`"
+    )
+
+
 @ceremony_app.command("root")
 def ceremony_root(
     token_label: TokenOpt,
@@ -63,6 +70,7 @@ def ceremony_root(
     key_type: Annotated[str, typer.Option("--key-type", help="ec-p256, ec-p384, rsa-2048 or rsa-3072.")] = "ec-p384",
     root_id: Annotated[str | None, typer.Option("--ca-id", help="The root's CA id (default: a random one).")] = None,
     module: ModuleOpt = DEFAULT_MODULE,
+    who: OperatorOpt = None,
 ) -> None:
     """Generate a root key inside the token (never extractable) and self-sign the root certificate
     with signing's root profile. Writes root.pem and root.json (the artifact for the online side)."""
@@ -81,9 +89,11 @@ def ceremony_root(
             now=utcnow(),
             key_type=cast("KeyType", key_type),  # the token refuses a type it does not make
             root_id=root_id,
+            operator=operator(who),
         ),
     )
-    out.print(f"root {cert.subject.rfc4514_string()} written to {out_dir / 'root.pem'} (artifact root.json)")
+    out.print(f"root {cert.subject.rfc4514_string()} written to {out_dir / 'root.pem'}")
+    _publish_hint(out_dir / "root.json")
 
 
 @ceremony_app.command("sign-issuing")
@@ -97,6 +107,7 @@ def ceremony_sign_issuing(
     days: Annotated[int, typer.Option("--days", help="How long the issuing CA is valid (at most the root's).")],
     out_dir: OutDirOpt,
     module: ModuleOpt = DEFAULT_MODULE,
+    who: OperatorOpt = None,
 ) -> None:
     """Certify an issuing CA's key (its CSR checked: signature, key type, no constraints but pathlen
     0 and an issuing CA's key usages) with the root's key in the token."""
@@ -121,6 +132,7 @@ def ceremony_sign_issuing(
             base_url=base_url,
             days=days,
             now=utcnow(),
+            operator=operator(who),
         ),
     )
     out.print(
@@ -138,6 +150,7 @@ def ceremony_crl(
         list[str] | None, typer.Option("--revoked", help="A revoked issuing CA's serial (hex); repeat for each.")
     ] = None,
     module: ModuleOpt = DEFAULT_MODULE,
+    who: OperatorOpt = None,
 ) -> None:
     """Sign the root's next CRL (full: name every revoked issuing CA serial), its number one above
     the last the ceremony signed."""
@@ -153,9 +166,12 @@ def ceremony_crl(
         module,
         token_label,
         pin_file,
-        lambda store: ceremony.sign_crl(store, out_dir, serials, next_update_days=next_update_days, now=utcnow()),
+        lambda store: ceremony.sign_crl(
+            store, out_dir, serials, next_update_days=next_update_days, now=utcnow(), operator=operator(who)
+        ),
     )
     from cryptography import x509
 
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     out.print(f"root CRL #{number} written to {out_dir / f'root-{number}.crl'}")
+    _publish_hint(out_dir / f"root-{number}.json")
