@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pkcs11 import Attribute, ObjectClass
 from typer.testing import CliRunner
 
@@ -25,6 +26,7 @@ from services.signing import domain
 from shared.client.cli.main import app
 from shared.contract.events import IssuingCaCertified, RootCaCreated, RootCrlSigned, parse_event
 from shared.pki.crypto import spki_sha256
+from shared.trust import operators
 
 MODULE = softhsm.MODULE
 PIN = "ceremony-pin-3d7a-not-a-secret"
@@ -234,3 +236,22 @@ def test_a_csr_asking_for_more_than_an_issuing_ca_or_not_signed_by_its_key_is_re
     code, output = _ceremony(token, out_dir, "sign-issuing", "--csr", str(tmp_path / "forged.csr"), *args)
     assert code == 1 and "does not verify with its own key" in " ".join(output.split()), output
     assert not list(out_dir.glob("issuing-*"))
+
+
+def test_what_the_ceremony_writes_is_an_operator_command_that_co_signing_makes_valid(
+    token: Token, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "ceremony"
+    code, output = _ceremony(token, out_dir, "root", "--organization", "Certbus Test", "--days", "3650")
+    assert code == 0, output
+    assert "certbus operator cosign" in " ".join(output.split())
+    unsigned = parse_event((out_dir / "root.json").read_bytes())
+    assert isinstance(unsigned, RootCaCreated)
+    alice, bob = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    registry = operators.Registry({"alice": alice.public_key(), "bob": bob.public_key()}, {"ca_ceremony": 2})
+    with pytest.raises(operators.NotAuthorised, match="needs 2 distinct operators' signatures, it has 0"):
+        operators.signers(unsigned, registry)
+    signed = operators.sign(operators.sign(unsigned, "alice", alice), "bob", bob)
+    received = parse_event(signed.model_dump_json())  # as it arrives from the log
+    assert isinstance(received, RootCaCreated)
+    assert operators.signers(received, registry) == ("alice", "bob")
