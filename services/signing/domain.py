@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
@@ -17,7 +17,7 @@ from shared.contract.events import EnrollmentApproved
 from shared.contract.profiles import Profile, key_problem, key_type_of, names_problems, validity_problem
 from shared.contract.reasons import Reason, reason_flag
 from shared.pki import der
-from shared.pki.crypto import PrivateKey, PublicKey, csr_names, signing_hash
+from shared.pki.crypto import PrivateKey, PublicKey, csr_names, signing_hash, spki_der
 
 BACKDATE = timedelta(minutes=1)
 
@@ -85,7 +85,7 @@ def root_certificate(key: PrivateKey, ca_id: str, organization: str, now: dateti
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, signing_hash(key))
     )
@@ -112,7 +112,7 @@ def issuing_certificate(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key_public), critical=False)
         .add_extension(_aki(root.cert), critical=False)
         .add_extension(_crl_dp(urls.crl(root.ca_id)), critical=False)
@@ -121,7 +121,8 @@ def issuing_certificate(
     )
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def ca_key_usage() -> x509.KeyUsage:
+    """The key usages of every CA certificate signing makes (roots and issuing CAs)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -515,3 +516,36 @@ def final_crl_next_update(ca_cert: x509.Certificate, now: datetime, fallback: ti
     nothing it signed is valid later), or `now + fallback` if that is already past."""
     not_after = ca_cert.not_valid_after_utc
     return not_after if not_after > now else now + fallback
+
+
+def certification_problems(
+    issuing: x509.Certificate, root: x509.Certificate, own_key: PublicKey, now: datetime
+) -> list[str]:
+    """Why an issuing CA certificate made by the offline root ceremony cannot be adopted for the key
+    `own_key` that signing generated (empty: it can): it must be signed by `root`, certify exactly
+    that key, be a CA with pathlen 0 and a CA's key usages, and be valid now."""
+    problems = []
+    if issuing.issuer != root.subject:
+        problems.append(f"its issuer {issuing.issuer.rfc4514_string()} is not the root {root.subject.rfc4514_string()}")
+    try:
+        issuing.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        problems.append("its signature does not verify with the root's key")
+    if spki_der(issuing.public_key()) != spki_der(own_key):  # type: ignore[arg-type]
+        problems.append("it certifies another key than this issuing CA's")
+    try:
+        constraints = issuing.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca or constraints.path_length != 0:
+        problems.append("it is not an issuing CA's certificate (basicConstraints ca=True, pathlen 0)")
+    try:
+        usage = issuing.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage != ca_key_usage():
+        problems.append("its key usages are not an issuing CA's (keyCertSign, cRLSign, digitalSignature)")
+    if not issuing.not_valid_before_utc <= now < issuing.not_valid_after_utc:
+        begins, ends = issuing.not_valid_before_utc, issuing.not_valid_after_utc
+        problems.append(f"it is not valid now (from {begins:%Y-%m-%d} to {ends:%Y-%m-%d})")
+    return problems

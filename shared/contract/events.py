@@ -173,7 +173,7 @@ class OperatorRemoved(OperatorCommand):
     removed_by: Short
 
 
-QuorumCommand = Literal["operator", "ca_compromise", "ca_retire"]
+QuorumCommand = Literal["operator", "ca_compromise", "ca_retire", "ca_ceremony"]
 
 
 class QuorumSet(OperatorCommand):
@@ -708,6 +708,61 @@ class CaRetired(OperatorCommand):
     retired_by: Short
 
 
+class RootCaCreated(OperatorCommand):
+    """A root CA made in the offline ceremony (`certbus ca ceremony root`; aggregate id: the root's
+    id), published by operators: its key was generated in the ceremony's token and never online.
+    CaCreated's fields for a root; CaCreated itself is signing's, for the CAs signing makes."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "root_created"
+    event_type: Literal["RootCaCreated"] = "RootCaCreated"
+
+    ca_id: Id
+    subject_dn: Text
+    cert_pem: Pem
+    not_before: datetime
+    not_after: datetime
+    spki_sha256: Sha256Hex
+    created_by: Short  # the operator who ran the ceremony
+
+
+class IssuingCaCertified(OperatorCommand):
+    """An issuing CA certificate the offline root signed in the ceremony (`certbus ca ceremony
+    sign-issuing`; aggregate id: the issuing CA's id) for a key generated where it is used."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "certified"
+    event_type: Literal["IssuingCaCertified"] = "IssuingCaCertified"
+
+    ca_id: Id
+    parent_id: Id  # the root's id
+    subject_dn: Text
+    cert_pem: Pem
+    root_cert_pem: Pem
+    not_before: datetime
+    not_after: datetime
+    spki_sha256: Sha256Hex
+    certified_by: Short
+
+
+class RootCrlSigned(OperatorCommand):
+    """A CRL the offline root signed in the ceremony (`certbus ca ceremony crl`; aggregate id: the
+    root's id), for the online side to serve. Full CRLs; numbers increase per root."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "root_crl_signed"
+    event_type: Literal["RootCrlSigned"] = "RootCrlSigned"
+
+    ca_id: Id
+    crl_number: int = Field(ge=0, lt=2**159)  # RFC 5280 5.2.3: at most 20 octets
+    this_update: datetime
+    next_update: datetime
+    revoked_count: Count
+    crl_pem: Pem
+    sha256: Sha256Hex  # of the CRL's DER
+    signed_by: Short
+
+
 class CaKeyDestroyed(Event):
     """Signing destroyed a CA's private key material (aggregate id: the CA id); never the key itself."""
 
@@ -853,6 +908,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CaCompromised,
     CaRetired,
     CaKeyDestroyed,
+    RootCaCreated,
+    IssuingCaCertified,
+    RootCrlSigned,
     CertificateLintFailed,
     AuditCheckpointSigned,
     AuditFindingRaised,
@@ -892,6 +950,9 @@ AnyEvent = Annotated[
     | CaCompromised
     | CaRetired
     | CaKeyDestroyed
+    | RootCaCreated
+    | IssuingCaCertified
+    | RootCrlSigned
     | CertificateLintFailed
     | AuditCheckpointSigned
     | AuditFindingRaised,

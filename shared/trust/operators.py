@@ -8,7 +8,7 @@ operator keys registered on the log before it.
 - A signature covers `operator_message`: the command as it travels (every field but the
   signatures, canonically encoded), so it cannot be moved to another command or altered.
 - The two-person rule: `QuorumSet` says how many distinct operators must sign a kind of command
-  (`operator`, `ca_compromise`, `ca_retire`; 1 unless set); a profile's `approvals_required` says
+  (`operator`, `ca_compromise`, `ca_retire`, `ca_ceremony`; 1 unless set); a profile's `approvals_required` says
   how many distinct operators must approve a request of it.
 - Whoever NATS let publish the command is not its authority: the operators recorded are the
   owners of the keys that signed it.
@@ -32,12 +32,15 @@ from shared.contract.events import (
     CaCompromised,
     CaRetired,
     Event,
+    IssuingCaCertified,
     OperatorCommand,
     OperatorRegistered,
     OperatorRemoved,
     OperatorSignature,
     QuorumCommand,
     QuorumSet,
+    RootCaCreated,
+    RootCrlSigned,
     operator_message,
 )
 from shared.pki.crypto import PrivateKey, PublicKey, load_spki, sign_message, spki_der, verify_message
@@ -53,6 +56,9 @@ QUORUM_OF: dict[type[Event], QuorumCommand] = {
     QuorumSet: "operator",
     CaCompromised: "ca_compromise",
     CaRetired: "ca_retire",
+    RootCaCreated: "ca_ceremony",
+    IssuingCaCertified: "ca_ceremony",
+    RootCrlSigned: "ca_ceremony",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ NON_CA_KEY_LOADERS = {
     "shared/pki/holder.py": "a certificate holder's own key (revocations, renewals, key-destroyed attestations)",
     "shared/pki/provisioner_keys.py": "a service's own provisioner key (validation's, ACME's), which signs its tokens",
 }
+
+
+# The offline root ceremony: its CLI (shared) runs signing's ceremony code, where the root's token is,
+# with no bus and no database. The one import of a service by shared code, and only of that module:
+# every use of a CA key stays in signing's code.
+CEREMONY_CLI = "shared/client/cli/ceremony.py"
+CEREMONY = "services.signing.ceremony"
 
 
 def _module(path: Path) -> str:
@@ -63,7 +71,7 @@ def test_only_signing_s_composition_root_opens_the_token_key_store() -> None:
     importers = {
         _module(p) for p in SOURCES if any(i.startswith("services.signing.hsm") for i in _calls_and_imports(p)[1])
     }
-    assert importers == {"services.signing.app"}
+    assert importers == {"services.signing.app", CEREMONY}  # the online service, and the offline ceremony
 
 
 def test_no_service_imports_another_service() -> None:
@@ -78,16 +86,20 @@ def test_no_service_imports_another_service() -> None:
 
 def test_shared_code_never_imports_a_service() -> None:
     for path in (ROOT / "shared").rglob("*.py"):
-        assert not {i for i in _calls_and_imports(path)[1] if i.startswith("services")}, path
+        imported = {i for i in _calls_and_imports(path)[1] if i.startswith("services")}
+        if str(path.relative_to(ROOT)) == CEREMONY_CLI:
+            assert imported <= {"services.signing", CEREMONY, f"{CEREMONY}.RootToken"}, imported
+            continue
+        assert not imported, path
 
 
 def test_the_import_linter_contracts_hold() -> None:
     linter = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run([str(linter)], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    kept = {
-        line.removesuffix(" KEPT") for line in result.stdout.replace(" \n", " ").splitlines() if line.endswith(" KEPT")
-    }
+    # "<name> KEPT", or "<name> KEPT (1 ignored import)" for a contract with a stated exception (the ceremony's).
+    lines = result.stdout.replace(" \n", " ").splitlines()
+    kept = {m.group(1) for line in lines if (m := re.fullmatch(r"(.+) KEPT(?: \(\d+ ignored imports?\))?", line))}
     assert {
         "Services never import one another",
         "Shared code never imports a service",

@@ -168,15 +168,17 @@ def operator_remove(
 
 @operator_app.command("quorum")
 def operator_quorum(
-    kind: Annotated[Literal["operator", "ca_compromise", "ca_retire"], typer.Argument(help="The kind of command.")],
+    kind: Annotated[
+        Literal["operator", "ca_compromise", "ca_retire", "ca_ceremony"], typer.Argument(help="The kind of command.")
+    ],
     required: Annotated[int, typer.Argument(help="How many distinct operators must sign it.", min=1, max=16)],
     who: OperatorOpt = None,
     out_file: OutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set how many operators must sign a kind of command (the two-person rule): `operator` for
-    registering and removing operators and for quorums, `ca_compromise`, `ca_retire`. Approvals
-    take theirs from the profile (`approvals_required`)."""
+    registering and removing operators and for quorums, `ca_compromise`, `ca_retire`, `ca_ceremony`
+    (what the offline root ceremony writes). Approvals take theirs from the profile (`approvals_required`)."""
     from shared.contract.events import QuorumSet, utcnow
 
     command = QuorumSet.first(
