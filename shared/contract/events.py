@@ -709,7 +709,7 @@ class CaRetired(OperatorCommand):
 
 
 class RootCaCreated(OperatorCommand):
-    """A root CA made in the offline ceremony (`certbus ca ceremony root`; aggregate id: the root's
+    """A root CA made in the offline ceremony (`certbus-ceremony root`; aggregate id: the root's
     id), published by operators: its key was generated in the ceremony's token and never online.
     CaCreated's fields for a root; CaCreated itself is signing's, for the CAs signing makes."""
 
@@ -727,7 +727,7 @@ class RootCaCreated(OperatorCommand):
 
 
 class IssuingCaCertified(OperatorCommand):
-    """An issuing CA certificate the offline root signed in the ceremony (`certbus ca ceremony
+    """An issuing CA certificate the offline root signed in the ceremony (`certbus-ceremony
     sign-issuing`; aggregate id: the issuing CA's id) for a key generated where it is used."""
 
     aggregate: ClassVar[str] = "ca"
@@ -746,7 +746,7 @@ class IssuingCaCertified(OperatorCommand):
 
 
 class RootCrlSigned(OperatorCommand):
-    """A CRL the offline root signed in the ceremony (`certbus ca ceremony crl`; aggregate id: the
+    """A CRL the offline root signed in the ceremony (`certbus-ceremony crl`; aggregate id: the
     root's id), for the online side to serve. Full CRLs; numbers increase per root."""
 
     aggregate: ClassVar[str] = "ca"

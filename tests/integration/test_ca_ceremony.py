@@ -1,4 +1,4 @@
-"""The offline root ceremony (`certbus ca ceremony`), on a SoftHSM2 token of each test's own, with no
+"""The offline root ceremony (`certbus-ceremony`), on a SoftHSM2 token of each test's own, with no
 bus and no database: the root key is made in the token and never leaves it; what the ceremony
 writes (root, issuing CA certificate, root CRL) verifies with openssl and holds no key material."""
 
@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from deploy.local import softhsm
 from services.signing import domain
-from shared.client.cli.main import app
+from services.signing.ceremony_cli import ceremony_app
 from shared.contract.events import IssuingCaCertified, RootCaCreated, RootCrlSigned, parse_event
 from shared.pki.crypto import spki_sha256
 from shared.trust import operators
@@ -73,10 +73,8 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
 
 def _ceremony(token: Token, out_dir: Path, *args: str, pin_file: Path | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(
-        app,
+        ceremony_app,
         [
-            "ca",
-            "ceremony",
             *args[:1],
             "--token-label",
             token.label,

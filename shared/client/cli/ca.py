@@ -7,14 +7,10 @@ from typing import Annotated
 
 import typer
 
-from shared.client.cli.ceremony import ceremony_app
 from shared.client.cli.common import JsonOpt, OperatorOpt, emit_json, operator, out, run
 from shared.client.cli.operators import OutOpt, publish_or_write
 
-ca_app = typer.Typer(
-    help="Certificate authorities: compromise, retire, the offline root ceremony.", no_args_is_help=True
-)
-ca_app.add_typer(ceremony_app, name="ceremony")
+ca_app = typer.Typer(help="Certificate authorities: compromise, retire.", no_args_is_help=True)
 
 
 @ca_app.command("compromise")

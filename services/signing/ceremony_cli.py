@@ -1,7 +1,7 @@
-"""`certbus ca ceremony`: the offline root ceremony, run where the root's token is, with no bus and
-no database. The commands only parse options and print: every use of the root's key is signing's
-own code (`services.signing.ceremony`, imported when a command runs), the one exception to "shared
-code never imports a service" (tests/unit/test_architecture.py says so)."""
+"""`certbus-ceremony`: the offline root ceremony, a program of its own (as Boulder's `ceremony`),
+run where the root's token is, with no bus and no database. The commands parse options and print;
+every use of the root's key is `services.signing.ceremony`'s (imported when a command runs, so
+`--help` loads no PKCS#11 module)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,32 @@ from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
 
-from shared.client.cli.common import EXIT_REFUSED, OperatorOpt, err, operator, out
-
 if TYPE_CHECKING:
     from services.signing.ceremony import RootToken
     from shared.pki.crypto import KeyType
 
 T = TypeVar("T")
+EXIT_REFUSED = 1
+OperatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--operator",
+        envvar="CERTBUS_OPERATOR",
+        help="The operator conducting the ceremony, recorded on what it writes (default `operator`).",
+    ),
+]
+
+
+def _refused(message: str) -> typer.Exit:
+    """One line on stderr (plain: a pipe gets it whole), and exit 1."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_REFUSED)
+
 
 ceremony_app = typer.Typer(
-    help="The offline root ceremony (where the root's token is; no bus, no database).", no_args_is_help=True
+    name="certbus-ceremony",
+    help="The offline root ceremony (where the root's token is; no bus, no database).",
+    no_args_is_help=True,
 )
 
 TokenOpt = Annotated[str, typer.Option("--token-label", help="The label of the root's PKCS#11 token.")]
@@ -42,19 +58,17 @@ def _with_token(module: Path, token_label: str, pin_file: Path, action: Callable
     try:
         store = ceremony.open_token(module, token_label, pin_file)
     except (ceremony.CeremonyError, ceremony.KeyStoreError) as error:
-        err.print(f"[red]error:[/] {error}")
-        raise typer.Exit(EXIT_REFUSED) from None
+        raise _refused(str(error)) from None
     try:
         return action(store)
     except (ceremony.CeremonyError, ceremony.KeyStoreError) as error:
-        err.print(f"[red]error:[/] {error}")
-        raise typer.Exit(EXIT_REFUSED) from None
+        raise _refused(str(error)) from None
     finally:
         store.close()
 
 
 def _publish_hint(artifact: Path) -> None:
-    out.print(
+    typer.echo(
         f"to publish, where the bus is: `certbus operator cosign {artifact}` (each operator the "
         f"`ca_ceremony` quorum asks for), then `certbus operator submit {artifact}`"
     )
@@ -89,10 +103,10 @@ def ceremony_root(
             now=utcnow(),
             key_type=cast("KeyType", key_type),  # the token refuses a type it does not make
             root_id=root_id,
-            operator=operator(who),
+            operator=who or "operator",
         ),
     )
-    out.print(f"root {cert.subject.rfc4514_string()} written to {out_dir / 'root.pem'}")
+    typer.echo(f"root {cert.subject.rfc4514_string()} written to {out_dir / 'root.pem'}")
     _publish_hint(out_dir / "root.json")
 
 
@@ -117,8 +131,7 @@ def ceremony_sign_issuing(
     try:
         csr_pem = csr.read_bytes()
     except OSError as error:
-        err.print(f"[red]error:[/] cannot read {csr}: {error.strerror}")
-        raise typer.Exit(EXIT_REFUSED) from None
+        raise _refused(f"cannot read {csr}: {error.strerror}") from None
     cert = _with_token(
         module,
         token_label,
@@ -132,10 +145,10 @@ def ceremony_sign_issuing(
             base_url=base_url,
             days=days,
             now=utcnow(),
-            operator=operator(who),
+            operator=who or "operator",
         ),
     )
-    out.print(
+    typer.echo(
         f"issuing CA {issuing_id} certified: {out_dir / f'issuing-{issuing_id}.pem'} (serial {cert.serial_number:x})"
     )
 
@@ -160,18 +173,26 @@ def ceremony_crl(
     try:
         serials = [int(s.removeprefix("0x").replace(":", ""), 16) for s in revoked or []]
     except ValueError:
-        err.print("[red]error:[/] a --revoked serial is hexadecimal")
-        raise typer.Exit(EXIT_REFUSED) from None
+        raise _refused("a --revoked serial is hexadecimal") from None
     crl = _with_token(
         module,
         token_label,
         pin_file,
         lambda store: ceremony.sign_crl(
-            store, out_dir, serials, next_update_days=next_update_days, now=utcnow(), operator=operator(who)
+            store, out_dir, serials, next_update_days=next_update_days, now=utcnow(), operator=who or "operator"
         ),
     )
     from cryptography import x509
 
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    out.print(f"root CRL #{number} written to {out_dir / f'root-{number}.crl'}")
+    typer.echo(f"root CRL #{number} written to {out_dir / f'root-{number}.crl'}")
     _publish_hint(out_dir / f"root-{number}.json")
+
+
+def main() -> None:
+    """The `certbus-ceremony` console script."""
+    ceremony_app()
+
+
+if __name__ == "__main__":
+    main()
