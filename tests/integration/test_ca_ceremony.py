@@ -22,34 +22,21 @@ from pkcs11 import Attribute, ObjectClass
 from typer.testing import CliRunner
 
 from deploy.local import softhsm
+from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, finalize_module
 from services.signing import domain
 from services.signing.ceremony_cli import ceremony_app
 from shared.contract.events import IssuingCaCertified, RootCaCreated, RootCrlSigned, parse_event
 from shared.pki.crypto import spki_sha256
 from shared.trust import operators
 
-MODULE = softhsm.MODULE
 PIN = "ceremony-pin-3d7a-not-a-secret"
 SO_PIN = "ceremony-so-pin-81c4-not-a-secret"
-PRIVATE_KEY_MARKERS = (
-    b"PRIVATE KEY-----",
-    b"\x02\x01\x00\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01",  # PKCS#8 version 0, id-ecPublicKey
-    b"\x02\x01\x00\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01",  # PKCS#8 version 0, rsaEncryption
-    b"\x02\x01\x01\x04\x20",  # SEC1 ECPrivateKey version 1, 32-byte scalar
-    b"\x02\x01\x01\x04\x30",  # ... 48-byte scalar
-)
 
 
 @dataclass(frozen=True)
 class Token:
     label: str
     pin_file: Path
-
-
-def _finalize() -> None:
-    library = pkcs11.lib(str(MODULE))
-    if library.initialized:
-        library.finalize()
 
 
 @pytest.fixture
@@ -66,9 +53,9 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
     pin_file.parent.mkdir(mode=0o700)
     pin_file.write_text(PIN + "\n")
     pin_file.chmod(0o600)
-    _finalize()
+    finalize_module()
     yield Token(label, pin_file)
-    _finalize()
+    finalize_module()
 
 
 def _ceremony(token: Token, out_dir: Path, *args: str, pin_file: Path | None = None) -> tuple[int, str]:

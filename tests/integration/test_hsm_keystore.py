@@ -23,24 +23,16 @@ from pkcs11 import Attribute, ObjectClass
 
 from deploy.local import devstack, softhsm
 from harness import CRL_SHARDS, Harness
+from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, finalize_module
 from services.signing import domain
 from services.signing.hsm import Pkcs11KeyStore
 from services.signing.keystore import KeyStoreError
 from shared.contract.events import CaKeyDestroyed
 from shared.pki.crypto import KeyType, sign_message, spki_der, verify_message
 
-MODULE = softhsm.MODULE
 PIN = "token-pin-5c1e-not-a-secret"
 SO_PIN = "token-so-pin-9a2f-not-a-secret"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-# What a private key looks like at rest: PEM armour, or the start of PKCS#8 / SEC1 / PKCS#1 DER.
-PRIVATE_KEY_MARKERS = (
-    b"PRIVATE KEY-----",
-    b"\x02\x01\x00\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01",  # PKCS#8 version 0, id-ecPublicKey
-    b"\x02\x01\x00\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01",  # PKCS#8 version 0, rsaEncryption
-    b"\x02\x01\x01\x04\x20",  # SEC1 ECPrivateKey version 1, 32-byte scalar
-    b"\x02\x01\x01\x04\x30",  # ... 48-byte scalar
-)
 
 
 @dataclass(frozen=True)
@@ -62,15 +54,9 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     label = f"certbus-{uuid.uuid4().hex[:8]}"
     softhsm.init_token(conf, label, PIN, SO_PIN)
-    _finalize()  # the module reads SOFTHSM2_CONF when it is initialised: from this test's on
+    finalize_module()  # the module reads SOFTHSM2_CONF when it is initialised: from this test's on
     yield Token(label, directory)
-    _finalize()
-
-
-def _finalize() -> None:
-    library = pkcs11.lib(str(MODULE))
-    if library.initialized:
-        library.finalize()
+    finalize_module()
 
 
 def _private_key_attributes(token: Token, ca_id: str) -> dict[Attribute, Any]:
@@ -118,7 +104,7 @@ def test_a_key_is_found_again_after_a_restart(token: Token) -> None:
     store = token.open()
     public = spki_der(store.generate("ca1", "ec-p384").public_key())
     store.close()
-    _finalize()
+    finalize_module()
     again = token.open()
     assert again.has("ca1") and not again.has("ca2")
     assert spki_der(again.load("ca1").public_key()) == public
@@ -171,7 +157,7 @@ def test_destroying_a_key_removes_the_pair_from_the_token_and_returns_its_answer
     with pytest.raises(KeyStoreError, match="holds 0 private and 0 public keys for CA ca1"):
         store.load("ca1")
     store.close()
-    _finalize()
+    finalize_module()
     again = token.open()  # gone from the token, not only from the store's memory
     assert not again.has("ca1") and again.has("ca2")
     with pytest.raises(pkcs11.exceptions.NoSuchKey):
@@ -282,10 +268,10 @@ def test_make_run_makes_a_softhsm_token_once_and_names_it_in_signing_s_settings(
     pin_file = Path(env["CERTBUS_CA_PKCS11_PIN_FILE"])
     assert pin_file.stat().st_mode & 0o077 == 0
     monkeypatch.setenv("SOFTHSM2_CONF", env["SOFTHSM2_CONF"])
-    _finalize()
+    finalize_module()
     try:
         store = Pkcs11KeyStore(MODULE, pin_file.read_text(), token_label=env["CERTBUS_CA_PKCS11_TOKEN_LABEL"])
         store.generate("ca1", "ec-p256")
         store.close()
     finally:
-        _finalize()
+        finalize_module()
