@@ -192,19 +192,31 @@ def _valid(key: PublicKey, signature: OperatorSignature, payload: bytes) -> bool
 # --- the registry in a service's schema ---------------------------------------------------------
 
 
-async def registry(conn: asyncpg.Connection) -> Registry:
-    """The registry as this service's consumer has applied it so far."""
+async def registry(conn: asyncpg.Connection, seq: int) -> Registry:
+    """The registry as the log had it just before position `seq`."""
     keys = {
-        r["name"]: load_spki(bytes(r["public_key"])) for r in await conn.fetch("SELECT name, public_key FROM operators")
+        r["name"]: load_spki(bytes(r["public_key"]))
+        for r in await conn.fetch(
+            "SELECT name, public_key FROM operators "
+            "WHERE registered_seq < $1 AND (ended_seq IS NULL OR ended_seq >= $1)",
+            seq,
+        )
     }
-    quorums = {r["kind"]: r["required"] for r in await conn.fetch("SELECT kind, required FROM quorums")}
+    quorums = {
+        r["kind"]: r["required"]
+        for r in await conn.fetch(
+            "SELECT DISTINCT ON (kind) kind, required FROM quorums WHERE set_seq < $1 ORDER BY kind, set_seq DESC", seq
+        )
+    }
     return Registry(keys, quorums)
 
 
 async def authorise(conn: asyncpg.Connection, command: OperatorCommand, seq: int) -> tuple[str, ...]:
-    """Check `command` against the registry (in the caller's transaction, in log order) and apply it
-    if it changes the registry; returns its signers, or raises NotAuthorised."""
-    current = await registry(conn)
+    """Check `command`, at log position `seq`, against the registry as it was just before it (in
+    the caller's transaction) and, if it changes the registry, record the change from `seq` on;
+    returns its signers, or raises NotAuthorised. Each of a service's consumers of operator
+    commands reads the registry's commands: the first records a change, the others find it there."""
+    current = await registry(conn, seq)
     names = signers(command, current)
     if isinstance(command, OperatorRemoved | QuorumSet):
         _keep_quorums_reachable(command, current)
@@ -212,19 +224,28 @@ async def authorise(conn: asyncpg.Connection, command: OperatorCommand, seq: int
         key = _registered_key(command)
         assert key is not None  # signers() checked the key's own signature
         await conn.execute(
-            "INSERT INTO operators (name, public_key, registered_seq) VALUES ($1, $2, $3) "
-            "ON CONFLICT (name) DO UPDATE SET public_key = $2, registered_seq = $3",
+            "UPDATE operators SET ended_seq = $2 WHERE name = $1 AND registered_seq < $2 AND ended_seq IS NULL",
+            command.aggregate_id,
+            seq,
+        )
+        await conn.execute(
+            "INSERT INTO operators (name, public_key, registered_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             command.aggregate_id,
             spki_der(key),
             seq,
         )
     elif isinstance(command, OperatorRemoved):
-        await conn.execute("DELETE FROM operators WHERE name = $1", command.aggregate_id)
+        await conn.execute(
+            "UPDATE operators SET ended_seq = $2 WHERE name = $1 AND registered_seq < $2 AND ended_seq IS NULL",
+            command.aggregate_id,
+            seq,
+        )
     elif isinstance(command, QuorumSet):
         await conn.execute(
-            "INSERT INTO quorums (kind, required) VALUES ($1, $2) ON CONFLICT (kind) DO UPDATE SET required = $2",
+            "INSERT INTO quorums (kind, required, set_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             command.aggregate_id,
             command.required,
+            seq,
         )
     return names
 
