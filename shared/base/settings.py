@@ -169,6 +169,13 @@ class SigningSettings(ServiceSettings):
     ca_pkcs11_slot: int | None = None
     ca_pkcs11_pin: SecretStr | None = None
     ca_pkcs11_pin_file: Path | None = None
+    # Where the root's key is: "online" (signing creates the root at first start and signs issuing
+    # CA certificates and the root's CRLs itself) or "offline" (the root comes from the offline
+    # ceremony, `certbus-ceremony`: signing never holds its key, generates issuing CA keys and asks
+    # the ceremony to certify them; docs/hsm.md).
+    ca_root: Literal["online", "offline"] = "online"
+    # `certbus health` warns this long before an offline root's CRL (the ceremony's) goes out of date.
+    root_crl_warn_days: int = Field(default=14, ge=1, le=365)
 
     def pkcs11_pin(self) -> str:
         """The token's user PIN, from a file (preferred) or the environment; never logged."""

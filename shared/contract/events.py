@@ -641,7 +641,8 @@ class RevocationRejected(Event):
 
 
 class CaCreated(Event):
-    """Signing created a CA (a root, or an issuing CA under a root)."""
+    """Signing created a CA (a root, or an issuing CA under a root), or adopted one whose key it does
+    not make: a root from the offline ceremony (`key_offline`), an issuing CA the ceremony certified."""
 
     aggregate: ClassVar[str] = "ca"
     verb: ClassVar[str] = "created"
@@ -659,6 +660,26 @@ class CaCreated(Event):
     # The CA's CRL shards: a leaf is on the CRL of shard `serial mod crl_shards`, served at
     # /crl/{ca_id}/{shard}.crl. None (CAs created before shards, and roots): one CRL, /crl/{ca_id}.crl.
     crl_shards: int | None = Field(default=None, ge=1, le=1024)
+    # The CA's key is never online: a root made by the offline ceremony (`RootCaCreated`), which
+    # signing announces without holding its key; its CRLs come from the ceremony (`RootCrlSigned`).
+    key_offline: bool = False
+
+
+class IssuingCaKeyGenerated(Event):
+    """Signing generated the key of a new issuing CA under an offline root (aggregate id: the new
+    CA's id) and asks the ceremony to certify it: its CSR, for `certbus-ceremony sign-issuing`.
+    The CA issues nothing until an `IssuingCaCertified` for exactly this key is on the log."""
+
+    aggregate: ClassVar[str] = "ca"
+    verb: ClassVar[str] = "key_generated"
+    publisher: ClassVar[Publisher] = "signing"
+    event_type: Literal["IssuingCaKeyGenerated"] = "IssuingCaKeyGenerated"
+
+    ca_id: Id
+    parent_id: Id  # the offline root that is to certify it
+    csr_pem: Pem
+    spki_sha256: Sha256Hex
+    key_type: Short
 
 
 class CrlPublished(Event):
@@ -909,6 +930,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CaRetired,
     CaKeyDestroyed,
     RootCaCreated,
+    IssuingCaKeyGenerated,
     IssuingCaCertified,
     RootCrlSigned,
     CertificateLintFailed,
@@ -951,6 +973,7 @@ AnyEvent = Annotated[
     | CaRetired
     | CaKeyDestroyed
     | RootCaCreated
+    | IssuingCaKeyGenerated
     | IssuingCaCertified
     | RootCrlSigned
     | CertificateLintFailed

@@ -225,6 +225,24 @@ class RetireCheckAnswer(Query):
     reasons: list[Reason] = []
 
 
+class IssuingRequestQuery(Query):
+    """Which issuing CA key waits for the offline root's ceremony (`certbus ca csr`)?"""
+
+
+class IssuingRequestAnswer(Query):
+    """The issuing CA key waiting for the ceremony to certify it (ca_id None: none waits), and what
+    the ceremony's next root CRL must name: every serial revoked under the offline root."""
+
+    ca_id: str | None = None
+    parent_id: str | None = None
+    csr_pem: str | None = None
+    requested_at: datetime | None = None
+    root_id: str | None = None  # the offline root (None: signing runs an online root)
+    root_revoked: list[str] = []  # each as the ceremony's `crl --revoked` takes it: SERIAL:REASON@TIME
+    root_crl_number: int = 0  # the last root CRL served (0: none yet)
+    root_crl_next_update: datetime | None = None
+
+
 class ProfileInfo(Query):
     """A current profile, and whether signing's lint of its templates passed."""
 

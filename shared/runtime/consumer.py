@@ -46,7 +46,14 @@ from shared.trust import operators
 
 log = logging.getLogger("certbus.consumer")
 
+
+class WaitingFor(Exception):
+    """A step that cannot be taken until something else is on the log (an issuing CA certified by
+    the offline root ceremony): retried in place, as an outage is, and never parked."""
+
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    WaitingFor,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -95,7 +102,7 @@ async def retry_in_place(
             if stopping():
                 raise
             log.warning(
-                "infrastructure unavailable, retrying in place",
+                "cannot proceed yet (an outage, or waiting for the log), retrying in place",
                 extra={**(context or {}), "error": repr(exc), "retry_in_s": delay},
             )
             try:

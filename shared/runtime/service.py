@@ -62,6 +62,7 @@ class Readiness:
 
     missing: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # ready, but something needs an operator soon
 
 
 ReadinessCheck = Callable[["Runtime"], Awaitable[Readiness]]
@@ -702,7 +703,7 @@ async def _own_health(runtime: Runtime) -> dict[str, Any]:
         **readiness.facts,
         "database": db_ok,
         "log_used": None if used is None else round(used, 4),
-        "warnings": warnings,
+        "warnings": [*warnings, *readiness.warnings],
         "nats": connected,
         "version": VERSION,
         "pid": os.getpid(),

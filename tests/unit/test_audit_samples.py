@@ -189,6 +189,14 @@ _FIELDS: dict[str, dict[str, Any]] = {
         "not_after": (AT + timedelta(days=365)).isoformat(),
         "spki_sha256": HEX64,
     },
+    "IssuingCaKeyGenerated": {
+        "aggregate_id": "ca2",
+        "ca_id": "ca2",
+        "parent_id": "root1",
+        "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n",
+        "spki_sha256": HEX64,
+        "key_type": "ec-p384",
+    },
     "CrlPublished": {
         "aggregate_id": "ca1",
         "ca_id": "ca1",
