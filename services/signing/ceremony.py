@@ -252,14 +252,15 @@ def sign_issuing(
 def sign_crl(
     store: Pkcs11KeyStore,
     out_dir: Path,
-    revoked: list[int],
+    revoked: list[domain.RevokedEntry],
     *,
     next_update_days: int,
     now: datetime,
     operator: str,
 ) -> x509.CertificateRevocationList:
-    """The root's next full CRL (its number one above the last) listing `revoked`, the serials of
-    every issuing CA certificate the root has revoked (each CRL is whole: name them all each time).
+    """The root's next full CRL (its number one above the last) listing `revoked`, every issuing CA
+    certificate the root has revoked, each with its reason and time (each CRL is whole: name them
+    all each time; `certbus ca csr` lists them as signing knows them).
     Writes root-<number>.crl (DER) and root-<number>.json (the RootCrlSigned to publish), then the
     new number to the state."""
     state, root_cert = _root(out_dir)
@@ -267,7 +268,10 @@ def sign_crl(
         raise CeremonyError("a CRL's nextUpdate is one day away at least")
     key = _root_key(store, state.root_id, root_cert)
     number = state.crl_number + 1
-    entries = [domain.RevokedEntry(serial, now, "unspecified") for serial in sorted(set(revoked))]
+    serials = [entry.serial for entry in revoked]
+    if len(set(serials)) != len(serials):
+        raise CeremonyError("a serial is named twice in --revoked")
+    entries = sorted(revoked, key=lambda entry: entry.serial)
     next_update = now + timedelta(days=next_update_days)
     crl = domain.crl(domain.CaIdentity(state.root_id, root_cert), key, number, entries, now, next_update)
     der = crl.public_bytes(serialization.Encoding.DER)

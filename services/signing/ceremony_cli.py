@@ -160,26 +160,32 @@ def ceremony_crl(
     next_update_days: Annotated[int, typer.Option("--next-update-days", help="Days until the CRL's nextUpdate.")],
     out_dir: OutDirOpt,
     revoked: Annotated[
-        list[str] | None, typer.Option("--revoked", help="A revoked issuing CA's serial (hex); repeat for each.")
+        list[str] | None,
+        typer.Option(
+            "--revoked",
+            help="A revoked issuing CA certificate, SERIAL[:REASON[@TIME]] (hex serial, RFC 5280 reason name, "
+            "UTC time; `certbus ca csr` prints them so); repeat for each. Default reason unspecified, time now.",
+        ),
     ] = None,
     module: ModuleOpt = DEFAULT_MODULE,
     who: OperatorOpt = None,
 ) -> None:
     """Sign the root's next CRL (full: name every revoked issuing CA serial), its number one above
     the last the ceremony signed."""
-    from services.signing import ceremony
+    from services.signing import ceremony, domain
     from shared.contract.events import utcnow
 
+    now = utcnow()
     try:
-        serials = [int(s.removeprefix("0x").replace(":", ""), 16) for s in revoked or []]
-    except ValueError:
-        raise _refused("a --revoked serial is hexadecimal") from None
+        entries = [domain.parse_ceremony_revoked(text, now) for text in revoked or []]
+    except ValueError as error:
+        raise _refused(f"--revoked {error}") from None
     crl = _with_token(
         module,
         token_label,
         pin_file,
         lambda store: ceremony.sign_crl(
-            store, out_dir, serials, next_update_days=next_update_days, now=utcnow(), operator=who or "operator"
+            store, out_dir, entries, next_update_days=next_update_days, now=now, operator=who or "operator"
         ),
     )
     from cryptography import x509

@@ -12,13 +12,15 @@ from datetime import datetime, timedelta
 
 import asyncpg
 import nats.js.errors
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import Histogram
 
 from services.signing import domain, store
 from services.signing.cas import CaRegistry
-from shared.contract.events import CrlPublished
+from shared.contract.events import CrlPublished, RootCrlSigned
 from shared.pki.crypto import PrivateKey
+from shared.runtime.consumer import EventRejected
 from shared.runtime.loops import WakeableLoop
 from shared.runtime.outbox import enqueue
 from shared.runtime.service import Runtime
@@ -152,6 +154,66 @@ class CrlPublisher:
             "published CRL", extra={"issuer": ca_id, "shard": shard, "crl_number": number, "entries": len(entries)}
         )
         return number, published
+
+    async def relay_root_crl(self, conn: asyncpg.Connection, event: RootCrlSigned) -> None:
+        """In the caller's transaction: serve a CRL the offline root's ceremony signed, unchanged, as
+        signing serves its own (the object store, then CrlPublished), once it is checked to be that
+        root's, numbered above the last one served and not out of date. EventRejected (the command
+        is parked, nothing changes) otherwise."""
+        rt, ca_id = self._rt, event.ca_id
+        if not await store.key_offline(conn, ca_id) or await store.ca_status(conn, ca_id) != "active":
+            raise EventRejected(f"ceremony_refused: {ca_id} is not an active offline root signing adopted")
+        try:
+            crl = x509.load_pem_x509_crl(event.crl_pem.encode())
+        except ValueError as error:
+            raise EventRejected(f"ceremony_refused: the root CRL cannot be read: {error}") from None
+        der = crl.public_bytes(serialization.Encoding.DER)
+        last = await store.crl_number(conn, ca_id)
+        if event.crl_number <= last:
+            # Served already (the command read again, as a rebuild from the log does), or older than
+            # the one served: nothing changes either way.
+            log.warning(
+                "a root CRL not above the one served is not served again",
+                extra={"issuer": ca_id, "crl_number": event.crl_number, "served": last},
+            )
+            return
+        root = x509.load_der_x509_certificate(await store.ca_cert(conn, ca_id) or b"")
+        now = rt.clock.now()
+        problems = domain.root_crl_problems(crl, root, event.crl_number, last, now)
+        if hashlib.sha256(der).hexdigest() != event.sha256:
+            problems.append("its DER is not the one the command names (sha256)")
+        if problems:
+            refused = f"ceremony_refused: root {ca_id}'s CRL #{event.crl_number} is not served: "
+            raise EventRejected(refused + "; ".join(problems))
+        this_update, next_update = crl.last_update_utc, crl.next_update_utc
+        assert next_update is not None  # root_crl_problems refused a CRL without one
+        if not await store.advance_root_crl(
+            conn, ca_id, event.crl_number, this_update=this_update, next_update=next_update
+        ):
+            raise EventRejected(f"ceremony_refused: root {ca_id}'s CRL #{event.crl_number} is not above the last one")
+        name = object_name(ca_id, None, event.crl_number)
+        obj = await rt.js.object_store(self._cas.settings.crl_bucket)
+        await obj.put(name, io.BytesIO(der))
+        published = CrlPublished.first(
+            ca_id,
+            producer="signing",
+            at=now,
+            correlation_id=event.correlation_id,
+            ca_id=ca_id,
+            crl_number=event.crl_number,
+            this_update=this_update,
+            next_update=next_update,
+            revoked_count=len(crl),
+            object_bucket=self._cas.settings.crl_bucket,
+            object_name=name,
+            sha256=event.sha256,
+            size=len(der),
+        )
+        await enqueue(conn, published, rt.root)
+        log.warning(
+            "serving the root CRL the offline ceremony signed",
+            extra={"issuer": ca_id, "crl_number": event.crl_number, "entries": len(crl), "signed_by": event.signed_by},
+        )
 
     async def forget(self, ca_id: str, shard: int | None, number: int) -> None:
         """Delete an old CRL object (the newest KEEP_CRLS of each issuer shard stay, so a consumer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -17,7 +17,7 @@ from shared.contract.events import EnrollmentApproved
 from shared.contract.profiles import Profile, key_problem, key_type_of, names_problems, validity_problem
 from shared.contract.reasons import Reason, reason_flag
 from shared.pki import der
-from shared.pki.crypto import PrivateKey, PublicKey, csr_names, signing_hash, spki_der
+from shared.pki.crypto import PrivateKey, PublicKey, csr_names, signing_hash, spki_der, spki_sha256
 
 BACKDATE = timedelta(minutes=1)
 
@@ -409,6 +409,34 @@ class RevokedEntry:
     invalidity_date: datetime | None = None
 
 
+def ceremony_revoked(entry: RevokedEntry) -> str:
+    """A revocation as the ceremony's `crl --revoked` takes it: `SERIAL:REASON@TIME` (hexadecimal
+    serial, an RFC 5280 reason name, the UTC time of the revocation)."""
+    return f"{entry.serial:x}:{entry.reason}@{entry.revoked_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def parse_ceremony_revoked(text: str, now: datetime) -> RevokedEntry:
+    """`SERIAL[:REASON[@TIME]]` (as `ceremony_revoked` writes it) as a CRL entry: reason
+    unspecified and time `now` where they are left out. ValueError, saying what is wrong, otherwise."""
+    serial_text, _, rest = text.strip().partition(":")
+    reason, _, at_text = rest.partition("@")
+    try:
+        serial = int(serial_text.removeprefix("0x"), 16)
+    except ValueError:
+        raise ValueError(f"{text!r}: the serial is hexadecimal (SERIAL[:REASON[@TIME]])") from None
+    if not 0 < serial < 2**160:
+        raise ValueError(f"{text!r}: a serial is positive and at most 20 octets")
+    reason = reason or "unspecified"
+    reason_flag(reason)  # ValueError naming the reasons accepted
+    try:
+        at = datetime.fromisoformat(at_text) if at_text else now
+    except ValueError:
+        raise ValueError(f"{text!r}: the time is ISO 8601 in UTC, such as 2026-12-06T20:03:56Z") from None
+    if at.tzinfo is None:
+        raise ValueError(f"{text!r}: the time names its zone (Z for UTC)")
+    return RevokedEntry(serial, at.astimezone(UTC), reason)
+
+
 def crl(
     issuer: CaIdentity,
     key: PrivateKey,
@@ -465,6 +493,7 @@ class CaRecord:
     role: str
     status: str
     parent_id: str | None
+    key_offline: bool = False  # an offline root: its key is the ceremony's
 
 
 def current_issuing(cas: list[CaRecord]) -> str | None:
@@ -487,6 +516,14 @@ def retirement_problems(ca_id: str, cas: list[CaRecord]) -> list[Reason]:
                 code="ca_not_active",
                 message=f"CA {ca_id} is {target.status}: it signs nothing already, and no final CRL can be "
                 "trusted from its key",
+            )
+        ]
+    if target.key_offline:
+        return [
+            Reason(
+                code="ca_key_offline",
+                message=f"root {ca_id}'s key is offline, in the ceremony's token: signing cannot sign its final CRL "
+                "nor destroy its key; retire it in the ceremony (its last CRL with `certbus-ceremony crl`)",
             )
         ]
     if target.role == "root":
@@ -527,9 +564,7 @@ def certification_problems(
     problems = []
     if issuing.issuer != root.subject:
         problems.append(f"its issuer {issuing.issuer.rfc4514_string()} is not the root {root.subject.rfc4514_string()}")
-    try:
-        issuing.verify_directly_issued_by(root)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+    if not _verifies(issuing, root):
         problems.append("its signature does not verify with the root's key")
     if spki_der(issuing.public_key()) != spki_der(own_key):  # type: ignore[arg-type]
         problems.append("it certifies another key than this issuing CA's")
@@ -548,4 +583,82 @@ def certification_problems(
     if not issuing.not_valid_before_utc <= now < issuing.not_valid_after_utc:
         begins, ends = issuing.not_valid_before_utc, issuing.not_valid_after_utc
         problems.append(f"it is not valid now (from {begins:%Y-%m-%d} to {ends:%Y-%m-%d})")
+    return problems
+
+
+def issuing_csr(key: PrivateKey, ca_id: str, organization: str) -> x509.CertificateSigningRequest:
+    """The CSR of a new issuing CA under an offline root, for the ceremony to certify: its name and
+    the constraints and key usages of signing's issuing profile (the ceremony's `csr_problems`
+    accepts exactly these; the certificate's extensions come from that profile, not from the CSR)."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_ca_name(organization, f"{organization} Issuing CA {ca_id}"))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
+        .sign(key, signing_hash(key))
+    )
+
+
+def _verifies(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def root_adoption_problems(root: x509.Certificate, spki_sha256_hex: str, now: datetime) -> list[str]:
+    """Why a root certificate from the offline ceremony cannot be adopted (empty: it can): it must
+    be self-signed, a CA that may sign certificates and CRLs, for the key the command names, and
+    valid now."""
+    problems = []
+    if root.issuer != root.subject or not _verifies(root, root):
+        problems.append("it is not self-signed (its signature does not verify with its own key)")
+    try:
+        constraints = root.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    pathlen = None if constraints is None else constraints.path_length
+    if constraints is None or not constraints.ca or (pathlen is not None and pathlen < 1):
+        problems.append("it is not a root CA's certificate (basicConstraints ca=True, pathlen 1 or more)")
+    try:
+        usage = root.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is None or not usage.key_cert_sign or not usage.crl_sign:
+        problems.append("its key usages do not include keyCertSign and cRLSign")
+    if spki_sha256(root.public_key()) != spki_sha256_hex:  # type: ignore[arg-type]
+        problems.append("its key is not the one the command names (spki_sha256)")
+    if not root.not_valid_before_utc <= now < root.not_valid_after_utc:
+        begins, ends = root.not_valid_before_utc, root.not_valid_after_utc
+        problems.append(f"it is not valid now (from {begins:%Y-%m-%d} to {ends:%Y-%m-%d})")
+    return problems
+
+
+def root_crl_problems(
+    crl: x509.CertificateRevocationList, root: x509.Certificate, number: int, last_number: int, now: datetime
+) -> list[str]:
+    """Why a CRL the offline ceremony signed cannot be served as root `root`'s (empty: it can): the
+    root must have signed it, its number must be the one the command says and above the last one
+    served, and it must not be out of date already."""
+    problems = []
+    if crl.issuer != root.subject:
+        problems.append(f"its issuer {crl.issuer.rfc4514_string()} is not the root {root.subject.rfc4514_string()}")
+    try:
+        signed = crl.is_signature_valid(root.public_key())  # type: ignore[arg-type]
+    except (TypeError, UnsupportedAlgorithm):
+        signed = False
+    if not signed:
+        problems.append("its signature does not verify with the root's key")
+    try:
+        crl_number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        crl_number = None
+    if crl_number != number:
+        problems.append(f"its CRL number {crl_number} is not the command's {number}")
+    elif number <= last_number:
+        problems.append(f"its CRL number {number} is not above the last one served ({last_number})")
+    next_update = crl.next_update_utc
+    if next_update is None or next_update <= now:
+        problems.append("it is out of date already (nextUpdate is past)")
     return problems

@@ -25,11 +25,15 @@ from shared.contract.events import (
     EnrollmentApproved,
     Event,
     IssuanceRefused,
+    IssuingCaCertified,
+    IssuingCaKeyGenerated,
     ProfileApplied,
     ProfileLinted,
+    RootCaCreated,
+    RootCrlSigned,
 )
 from shared.contract.profiles import Profile
-from shared.contract.queries import RetireCheckAnswer, RetireCheckQuery
+from shared.contract.queries import IssuingRequestAnswer, IssuingRequestQuery, RetireCheckAnswer, RetireCheckQuery
 from shared.runtime.consumer import Delivery, EventRejected, Together, apply_events, applying, dispatching
 from shared.runtime.outbox import OutboxEntry, enqueue
 from shared.runtime.service import Runtime
@@ -41,6 +45,9 @@ log = logging.getLogger("certbus.signing")
 # retirement is read in the same consumer as the approvals, so that every approval after it on the
 # log is judged with the replacement CA.
 APPROVALS: tuple[type[Event], ...] = (EnrollmentApproved, ProfileApplied, CaCompromised, CaRetired)
+# What the offline root's ceremony publishes through operators (docs/hsm.md): read in a consumer of
+# its own, so that approvals waiting for an issuing CA never hold up the certificate they wait for.
+CEREMONY: tuple[type[Event], ...] = (RootCaCreated, IssuingCaCertified, RootCrlSigned)
 
 
 def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: TemplateBook, retirements: Retirements) -> None:
@@ -54,6 +61,7 @@ def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: Template
         CaKeyDestroyed,
         ProfileLinted,
         CertificateLintFailed,
+        IssuingCaKeyGenerated,
     )
 
     async def approvals(items: list[tuple[Event, Delivery]]) -> list[OutboxEntry]:
@@ -67,6 +75,49 @@ def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: Template
         async with rt.pool.acquire() as conn:
             records = await store.ca_records(conn)
         return RetireCheckAnswer(reasons=domain.retirement_problems(query.ca_id, records))
+
+    @rt.query("issuing_request")
+    async def issuing_request(_: IssuingRequestQuery) -> IssuingRequestAnswer:
+        """The issuing CA key waiting for the offline root's ceremony, and what the root's next CRL
+        must name (`certbus ca csr`)."""
+        async with rt.pool.acquire() as conn:
+            waiting = await store.waiting_issuing_request(conn)
+            roots = await store.offline_roots(conn)
+            root = roots[0] if roots else None
+            revoked, _through = await store.revoked_entries(conn, root["ca_id"]) if root is not None else ([], 0)
+        return IssuingRequestAnswer(
+            ca_id=waiting["ca_id"] if waiting is not None else None,
+            parent_id=waiting["parent_id"] if waiting is not None else None,
+            csr_pem=waiting["csr_pem"] if waiting is not None else None,
+            requested_at=waiting["requested_at"] if waiting is not None else None,
+            root_id=root["ca_id"] if root is not None else None,
+            root_revoked=[
+                domain.ceremony_revoked(domain.RevokedEntry(int(r["serial"]), r["revoked_at"], r["reason"]))
+                for r in revoked
+            ],
+            root_crl_number=int(root["crl_number"]) if root is not None else 0,
+            root_crl_next_update=root["next_update"] if root is not None and root["crl_number"] else None,
+        )
+
+    async def ceremony(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
+        if isinstance(event, RootCaCreated):
+            await cas.adopt_root(conn, rt, event)
+        elif isinstance(event, IssuingCaCertified):
+            await cas.adopt_issuing(conn, rt, event)
+        elif isinstance(event, RootCrlSigned):
+            await crls.relay_root_crl(conn, event)
+        else:
+            raise EventRejected(f"signing's ceremony consumer does not take {event.event_type}")
+
+    async def adopted(_: list[Event]) -> None:
+        await rt.publish_pending()  # CaCreated / IssuingCaKeyGenerated / CrlPublished
+        async with rt.pool.acquire() as conn:
+            await cas.load(conn)
+        if cas.issuing_id is not None:
+            await load_profiles(rt, cas, book)  # the current profiles linted under a new issuing CA
+        crls.wake()  # a new issuing CA's first CRL
+
+    rt.batch_consumer("ceremony", CEREMONY, applying(lambda: rt.pool, rt.durable("ceremony"), ceremony), after=adopted)
 
     async def remember(conn: asyncpg.Connection, event: Event, delivery: Delivery) -> None:
         if not isinstance(event, CertificateRevoked):
@@ -102,6 +153,8 @@ async def load_profiles(rt: Runtime, cas: CaRegistry, book: TemplateBook) -> Non
     for _digest, body, is_current in rows:
         if not is_current:
             book.add(Profile.model_validate(body))
+    if cas.issuing_id is None:
+        return  # an offline root's issuing CA is not certified yet: linted once it is
     entries = []
     for digest in current:
         verdict = await book.lint(digest, cas.issuing().ca_id, rt.clock.now())
@@ -218,7 +271,7 @@ async def compromise(
         )
         log.error("CA declared compromised; replacing it", extra={"ca": event.ca_id, "by": event.declared_by})
         if cas.issuing_id == event.ca_id:
-            await cas.create_issuing(conn, rt, row["parent_id"], event.correlation_id)
+            await cas.replace_issuing(conn, rt, row["parent_id"], event.correlation_id)
         return []
 
     async with rt.pool.acquire() as conn, conn.transaction():

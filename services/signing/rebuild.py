@@ -8,7 +8,10 @@ one the log names. So, before the log is applied again, signing adopts from its 
   certificate's public key, compared): a key store that does not match the log stops the start
   (an operator restores the key directory), and no key is ever created while the log names a CA.
   A CA whose key was destroyed (`CaKeyDestroyed`) is adopted retired. The newest issuing CA is the
-  issuing one, so a compromise read again does not replace it a second time;
+  issuing one, so a compromise read again does not replace it a second time. An offline root
+  (`CaCreated.key_offline`) is adopted without a key: signing never held it;
+- each issuing CA key it generated for an offline root's ceremony (`IssuingCaKeyGenerated`), its
+  key checked as a CA's is: certified if the log announced that CA since, else still waiting;
 - each certificate it issued (`CertificateIssued`), as a signed intent: the approval read again
   finds it decided and signs nothing;
 - each CA's CRL shard count (`CaCreated.crl_shards`, none for a CA created before shards), and
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime
 
 import asyncpg
 from cryptography import x509
@@ -27,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from services.signing import store
 from services.signing.keystore import CaKeyStore
-from shared.contract.events import CaCreated, CaKeyDestroyed, CertificateIssued, CrlPublished
+from shared.contract.events import CaCreated, CaKeyDestroyed, CertificateIssued, CrlPublished, IssuingCaKeyGenerated
 from shared.pki.crypto import spki_sha256
 from shared.runtime.rebuild import Adopt, Published
 
@@ -42,8 +46,12 @@ def adopting(keys: CaKeyStore) -> Adopt:
     async def adopt(conn: asyncpg.Connection, published: Published) -> None:
         events = [event for _, event in published]
         destroyed = {e.ca_id for e in events if isinstance(e, CaKeyDestroyed)}
-        for created in (e for e in events if isinstance(e, CaCreated)):
-            await _adopt_ca(conn, keys, created, retired=created.ca_id in destroyed)
+        created = {e.ca_id: e for e in events if isinstance(e, CaCreated)}
+        for ca in created.values():
+            await _adopt_ca(conn, keys, ca, retired=ca.ca_id in destroyed)
+        for generated in (e for e in events if isinstance(e, IssuingCaKeyGenerated)):
+            certified = created.get(generated.ca_id)
+            await _adopt_key_generated(conn, keys, generated, None if certified is None else certified.occurred_at)
         issued = [e for e in events if isinstance(e, CertificateIssued)]
         await _adopt_issued(conn, issued)
         crls: dict[tuple[str, int | None], CrlPublished] = {}
@@ -67,7 +75,7 @@ def adopting(keys: CaKeyStore) -> Adopt:
 
 async def _adopt_ca(conn: asyncpg.Connection, keys: CaKeyStore, created: CaCreated, *, retired: bool) -> None:
     cert = x509.load_pem_x509_certificate(created.cert_pem.encode())
-    if not retired:
+    if not retired and not created.key_offline:
         if not keys.has(created.ca_id):
             raise KeysDoNotMatchTheLog(
                 f"the log names CA {created.ca_id} ({created.role}), but the key store has no key for it: "
@@ -87,9 +95,33 @@ async def _adopt_ca(conn: asyncpg.Connection, keys: CaKeyStore, created: CaCreat
         cert_der=der,
         at=created.occurred_at,
         crl_shards=created.crl_shards,
+        key_offline=created.key_offline,
     )
     if retired:
         await store.set_ca_status(conn, created.ca_id, "retired")
+
+
+async def _adopt_key_generated(
+    conn: asyncpg.Connection, keys: CaKeyStore, generated: IssuingCaKeyGenerated, certified_at: datetime | None
+) -> None:
+    if certified_at is None and (
+        not keys.has(generated.ca_id) or spki_sha256(keys.load(generated.ca_id).public_key()) != generated.spki_sha256
+    ):
+        raise KeysDoNotMatchTheLog(
+            f"the log names issuing CA key {generated.ca_id}, waiting for the ceremony, but the key store does not "
+            "hold that key: restore the key store"
+        )
+    await store.add_issuing_request(
+        conn,
+        generated.ca_id,
+        parent_id=generated.parent_id,
+        csr_pem=generated.csr_pem,
+        spki_sha256=generated.spki_sha256,
+        correlation_id=generated.correlation_id,
+        at=generated.occurred_at,
+    )
+    if certified_at is not None:
+        await store.mark_certified(conn, generated.ca_id, certified_at)
 
 
 async def _adopt_issued(conn: asyncpg.Connection, issued: list[CertificateIssued]) -> None:

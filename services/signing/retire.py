@@ -73,7 +73,7 @@ class Retirements:
         log.warning("CA retired: it issues nothing more", extra={"ca": event.ca_id, "by": by})
         if replace:
             assert target.parent_id is not None  # an issuing CA; retirement_problems checked its root
-            await self._cas.create_issuing(conn, rt, target.parent_id, event.correlation_id)
+            await self._cas.replace_issuing(conn, rt, target.parent_id, event.correlation_id)
 
     async def finish(self) -> list[str]:
         """Take every retired CA whose key still exists through its final CRL and key destruction;

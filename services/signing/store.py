@@ -36,16 +36,20 @@ async def add_ca(
     cert_der: bytes,
     at: datetime,
     crl_shards: int | None = None,
+    key_offline: bool = False,
 ) -> None:
-    """Record a CA signing created, and the CRL state of each of its shards (one if unsharded)."""
+    """Record a CA signing created (or adopted from the ceremony: `key_offline` for a root whose key
+    it never holds), and the CRL state of each of its shards (one if unsharded)."""
     await conn.execute(
-        "INSERT INTO cas (ca_id, role, parent_id, cert_der, created_at, crl_shards) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO cas (ca_id, role, parent_id, cert_der, created_at, crl_shards, key_offline) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         ca_id,
         role,
         parent_id,
         cert_der,
         at,
         crl_shards,
+        key_offline,
     )
     await conn.execute(
         "INSERT INTO crl_state (ca_id, shard) SELECT $1, s FROM generate_series(0, $2 - 1) s", ca_id, crl_shards or 1
@@ -82,7 +86,8 @@ async def current_issuing(conn: asyncpg.Connection) -> str | None:
 async def active_cas(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Active CAs, newest first."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT ca_id, role, parent_id, cert_der, crl_shards FROM cas WHERE status = 'active' ORDER BY created_at DESC"
+        "SELECT ca_id, role, parent_id, cert_der, crl_shards, key_offline FROM cas WHERE status = 'active' "
+        "ORDER BY created_at DESC"
     )
     return rows
 
@@ -194,7 +199,7 @@ async def issuers_needing_crl(conn: asyncpg.Connection, now: datetime) -> list[t
         " SELECT s.ca_id, s.shard, c.crl_shards, s.crl_number, s.this_update, s.next_update,"
         " EXISTS (SELECT 1 FROM revoked r WHERE r.issuer_id = s.ca_id AND r.shard = s.shard"
         " AND r.id > s.built_through) AS revoked_since"
-        " FROM crl_state s JOIN cas c USING (ca_id) WHERE c.status = 'active') d "
+        " FROM crl_state s JOIN cas c USING (ca_id) WHERE c.status = 'active' AND NOT c.key_offline) d "
         "WHERE revoked_since OR crl_number = 0 OR next_update - ($1::timestamptz) < (next_update - this_update) / 2 "
         "ORDER BY revoked_since DESC, ca_id, shard",
         now,
@@ -307,8 +312,8 @@ async def record_refused(conn: asyncpg.Connection, request_id: str, findings: li
 
 async def ca_records(conn: asyncpg.Connection) -> list[domain.CaRecord]:
     """Every CA signing created, whatever its status, newest first."""
-    rows = await conn.fetch("SELECT ca_id, role, status, parent_id FROM cas ORDER BY created_at DESC")
-    return [domain.CaRecord(r["ca_id"], r["role"], r["status"], r["parent_id"]) for r in rows]
+    rows = await conn.fetch("SELECT ca_id, role, status, parent_id, key_offline FROM cas ORDER BY created_at DESC")
+    return [domain.CaRecord(r["ca_id"], r["role"], r["status"], r["parent_id"], r["key_offline"]) for r in rows]
 
 
 async def ca_cert(conn: asyncpg.Connection, ca_id: str) -> bytes | None:
@@ -398,3 +403,76 @@ async def ca_crl_shards(conn: asyncpg.Connection, ca_id: str) -> int | None:
 async def save_key_destroyed(conn: asyncpg.Connection, ca_id: str, at: datetime) -> None:
     """Record that a retired CA's key is destroyed (its retirement is finished)."""
     await conn.execute("UPDATE retirements SET key_destroyed_at = $2 WHERE ca_id = $1", ca_id, at)
+
+
+async def add_issuing_request(
+    conn: asyncpg.Connection,
+    ca_id: str,
+    *,
+    parent_id: str,
+    csr_pem: str,
+    spki_sha256: str,
+    correlation_id: str,
+    at: datetime,
+) -> None:
+    """Record an issuing CA key waiting for the offline root's ceremony to certify it."""
+    await conn.execute(
+        "INSERT INTO issuing_requests (ca_id, parent_id, csr_pem, spki_sha256, correlation_id, requested_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6)",
+        ca_id,
+        parent_id,
+        csr_pem,
+        spki_sha256,
+        correlation_id,
+        at,
+    )
+
+
+async def waiting_issuing_request(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    """The issuing CA key waiting for the ceremony, if one is."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT ca_id, parent_id, csr_pem, spki_sha256, correlation_id, requested_at "
+        "FROM issuing_requests WHERE certified_at IS NULL"
+    )
+    return row
+
+
+async def mark_certified(conn: asyncpg.Connection, ca_id: str, at: datetime) -> None:
+    """The ceremony's certificate for a waiting issuing CA key was adopted."""
+    await conn.execute("UPDATE issuing_requests SET certified_at = $2 WHERE ca_id = $1", ca_id, at)
+
+
+async def crl_number(conn: asyncpg.Connection, ca_id: str) -> int:
+    """The number of the last CRL of an unsharded CA (0: none yet)."""
+    value = await conn.fetchval("SELECT crl_number FROM crl_state WHERE ca_id = $1 AND shard = 0", ca_id)
+    return int(value or 0)
+
+
+async def key_offline(conn: asyncpg.Connection, ca_id: str) -> bool:
+    """Whether a CA is an offline root (its key is the ceremony's)."""
+    return bool(await conn.fetchval("SELECT key_offline FROM cas WHERE ca_id = $1", ca_id))
+
+
+async def offline_roots(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """The active offline roots, each with its last CRL from the ceremony (crl_number 0: none yet)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT c.ca_id, s.crl_number, s.this_update, s.next_update FROM cas c JOIN crl_state s USING (ca_id) "
+        "WHERE c.key_offline AND c.status = 'active' AND s.shard = 0 ORDER BY c.created_at DESC"
+    )
+    return rows
+
+
+async def advance_root_crl(
+    conn: asyncpg.Connection, ca_id: str, number: int, *, this_update: datetime, next_update: datetime
+) -> bool:
+    """Record the ceremony's CRL `number` as an offline root's latest, if it is above the last one
+    (False: it is not, and nothing changed)."""
+    done = await conn.fetchval(
+        "UPDATE crl_state SET crl_number = $2, this_update = $3, next_update = $4 "
+        "WHERE ca_id = $1 AND shard = 0 AND crl_number < $2 RETURNING true",
+        ca_id,
+        number,
+        this_update,
+        next_update,
+    )
+    return bool(done)

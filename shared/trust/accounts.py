@@ -64,7 +64,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # exactly these; audit's replay consumers must never be able to touch them.
 DURABLES: dict[Publisher, tuple[tuple[str, Literal["log", "ingress"]], ...]] = {
     "enrollment": (("requests", "log"), ("admit", "ingress")),
-    "signing": (("approved", "log"), ("revoked", "log")),
+    "signing": (("approved", "log"), ("revoked", "log"), ("ceremony", "log")),
     "validation": (("status", "log"),),
     "revocation": (("requests", "log"), ("admit", "ingress")),
     "audit": (("archive", "log"),),
