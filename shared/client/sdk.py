@@ -81,6 +81,8 @@ from shared.contract.queries import (
     HistoryQuery,
     IssuedAnswer,
     IssuedQuery,
+    IssuingRequestAnswer,
+    IssuingRequestQuery,
     LintCoverage,
     ProfilesAnswer,
     ProvisionersAnswer,
@@ -870,6 +872,11 @@ class CertbusClient:
         destroyed = await self._await_outcome([subject], retired, timeout)
         assert isinstance(destroyed, CaKeyDestroyed)
         return destroyed
+
+    async def issuing_request(self) -> IssuingRequestAnswer:
+        """Under an offline root: the issuing CA key waiting for the ceremony to certify it (its
+        CSR), and the serials the root's next CRL must name (`certbus ca csr`)."""
+        return await self._ask("signing", "issuing_request", IssuingRequestQuery(), IssuingRequestAnswer)
 
     async def health(self, service: str, timeout: float = 2.0) -> dict[str, Any]:
         """One service's health answer, from whichever replica answers: its own report, and every
