@@ -153,11 +153,12 @@ async def load_profiles(rt: Runtime, cas: CaRegistry, book: TemplateBook) -> Non
     for _digest, body, is_current in rows:
         if not is_current:
             book.add(Profile.model_validate(body))
-    if cas.issuing_id is None:
+    issuer_id = cas.issuing_id  # read once: another consumer may replace it meanwhile
+    if issuer_id is None:
         return  # an offline root's issuing CA is not certified yet: linted once it is
     entries = []
     for digest in current:
-        verdict = await book.lint(digest, cas.issuing().ca_id, rt.clock.now())
+        verdict = await book.lint(digest, issuer_id, rt.clock.now())
         async with rt.pool.acquire() as conn, conn.transaction():
             entries += await _record_verdict(conn, rt, book, verdict, cause=None)
     await rt.publish_pending(entries)
@@ -278,6 +279,9 @@ async def compromise(
         entries = await apply_events(conn, rt.durable("approved"), [item], apply)
     async with rt.pool.acquire() as conn:
         await cas.load(conn)
+    # The replacement's CaCreated (or, under an offline root, its IssuingCaKeyGenerated) on the log
+    # now, before anything it issues, not when the relay next looks.
+    await rt.publish_pending()
     crls.wake()
     return entries
 

@@ -31,8 +31,10 @@ from harness import CRL_SHARDS, Harness, eventually
 from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, finalize_module
 from services.signing import domain
 from shared.base.settings import SigningSettings
-from shared.contract.events import CaCreated, CertificateIssued
+from shared.contract.events import CaCreated, CertificateIssued, IssuingCaKeyGenerated
 from shared.pki.crypto import generate_key, spki_der
+from shared.runtime.db import create_pool, drop_schema
+from shared.runtime.service import published_subjects
 
 PIN = "offline-root-pin-5b2e-not-a-secret"
 SO_PIN = "offline-root-so-pin-c09d-not-a-secret"
@@ -166,6 +168,7 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
         "ca_pkcs11_pin_file": tokens.signing.pin_file,
         "ca_passphrase": None,
         "ca_root": "offline",
+        "root_crl_warn_days": 60,  # the ceremony's CRL below is good for 30 days: warned about
     }
     stack = harness
     await stack.start()
@@ -205,6 +208,8 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     verified = _verify(tmp_path, root_pem, issued)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
+    assert any("has no CRL served yet" in w for w in await _signing_warnings(stack))
+
     # Signing's token holds the issuing CA's key and no root's; the root's token is not in its store.
     assert _labels(tokens.signing) == {first}
     library = pkcs11.lib(str(MODULE))
@@ -243,6 +248,23 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     first_cert = x509.load_pem_x509_certificate((ceremony_dir / f"issuing-{first}.pem").read_bytes())
     found = re.search(r"^revoked under the root: (\S+)$", said, re.M)
     assert found is not None and found[1].startswith(f"{first_cert.serial_number:x}:cACompromise@"), said
+
+    # Signing loses its database while the key waits: it rebuilds from the log, reads the ceremony's
+    # commands again (the stray one parked again, nothing else), creates no key and publishes nothing
+    # twice, and the same key still waits.
+    async def generated() -> bool:
+        return len(await stack.stream_messages(IssuingCaKeyGenerated.filter(stack.root))) == 2
+
+    await eventually(generated)  # on the log, not only in signing's outbox, before the database goes
+    published = await _published(stack)
+    await _lose_database(stack, "signing")
+    await stack.start("signing")
+    await _rebuilt(stack, "signing")
+    assert await _waiting_csr(stack, second_csr, not_ca=first) == (second, said)
+    assert await _published(stack) == published
+    assert _labels(tokens.signing) == {first, second}
+    assert len(await eventually(parked)) == 1
+
     await _ceremony(
         tokens.root, ceremony_dir, "sign-issuing", "--csr", str(second_csr), "--ca-id", second,
         "--organization", ORGANIZATION, "--base-url", base_url, "--days", "365",
@@ -266,6 +288,8 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     assert entry is not None
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.ca_compromise
     assert found[1].endswith(f"@{entry.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ}")  # when signing revoked it
+    warnings = await _signing_warnings(stack)
+    assert any(f"{root_id}'s CRL #1 goes out of date at" in w for w in warnings), warnings
     shown = await stack.cli("ca", "root")
     assert shown.returncode == 0 and "root CRL: #1, next update" in shown.stdout, shown.stdout + shown.stderr
 
@@ -302,5 +326,59 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     assert _labels(tokens.signing) == {first, second}  # compromised, not retired: its key stays until retired
 
 
+async def _signing_warnings(stack: Harness) -> list[str]:
+    """What `certbus health --json` says signing warns about (ready or not)."""
+    done = await stack.cli("health", "--json")
+    reports = json.loads(done.stdout)
+    return [w for r in reports if r["service"] == "signing" for w in r.get("warnings", [])]
+
+
+async def _published(stack: Harness) -> list[tuple[str, bytes]]:
+    """What signing published on the log but its CRLs (signed when due, rebuilt or not)."""
+    found = []
+    for subject in published_subjects("signing", stack.root):
+        if not subject.endswith(".crl_published"):
+            found += [(m.subject, m.data) for m in await stack.stream_messages(subject)]
+    return sorted(found)
+
+
+async def _lose_database(stack: Harness, name: str) -> None:
+    """What losing the whole database is for one service: its schema gone, its durables kept."""
+    await stack.stop(name)
+    pool = await create_pool(stack.database_url, name)
+    try:
+        await drop_schema(pool, name)
+    finally:
+        await pool.close()
+
+
+async def _rebuilt(stack: Harness, name: str) -> None:
+    pool = await stack.db()
+
+    async def finished() -> bool:
+        row = await pool.fetchrow(f"SELECT finished_at FROM {name}.rebuilds ORDER BY id DESC LIMIT 1")
+        return row is not None and row["finished_at"] is not None
+
+    await eventually(finished, timeout=60)
+
+
 async def _events(stack: Harness, cls: type[CaCreated]) -> list[CaCreated]:
     return [cls.model_validate_json(m.data) for m in await stack.stream_messages(cls.filter(stack.root))]
+
+
+async def test_signing_with_an_online_root_adopts_no_root_from_a_ceremony(
+    tokens: Tokens, stack: Harness, tmp_path: Path
+) -> None:
+    ceremony_dir = tmp_path / "ceremony" / "out"
+    await _ceremony(tokens.root, ceremony_dir, "root", "--organization", ORGANIZATION, "--days", "3650")
+    before = {e.ca_id for e in await _events(stack, CaCreated)}
+    await _publish(stack, ceremony_dir / "root.json")
+    pool = await stack.db()
+
+    async def parked() -> list[str]:
+        return [r["reason"] for r in await pool.fetch("SELECT reason FROM signing.parked")]
+
+    reasons = await eventually(parked)
+    assert "ceremony_refused: signing runs with an online root (CERTBUS_CA_ROOT=online)" in reasons[0]
+    assert {e.ca_id for e in await _events(stack, CaCreated)} == before
+    assert (await stack.enroll("still.corp.internal")).issuer_id in before

@@ -37,6 +37,7 @@ from shared.contract.events import (
     Event,
     IssuanceRefused,
     IssuingCaCertified,
+    IssuingCaKeyGenerated,
     KeyBlocked,
     KeyDestroyed,
     LintResult,
@@ -282,6 +283,15 @@ SAMPLES: dict[type[Event], Event] = {
         sha256="55" * 32,
         signed_by="alice",
     ),
+    IssuingCaKeyGenerated: IssuingCaKeyGenerated(
+        **ENVELOPE,
+        producer="signing",
+        ca_id="issuing-2",
+        parent_id="root-1",
+        csr_pem="-----BEGIN CERTIFICATE REQUEST-----\n...\n-----END CERTIFICATE REQUEST-----\n",
+        spki_sha256="66" * 32,
+        key_type="ec-p384",
+    ),
     CaKeyDestroyed: CaKeyDestroyed(
         **ENVELOPE, producer="signing", ca_id="issuing-1", spki_sha256="22" * 32, destroyed_at=NOW, final_crl_number=8
     ),
@@ -424,6 +434,7 @@ def test_events_get_distinct_random_ids() -> None:
         (CertificateLintFailed, "pki.finding.req-1.lint_failed"),
         (CaCompromised, "pki.ca.req-1.compromised"),
         (CaKeyDestroyed, "pki.ca.req-1.key_destroyed"),
+        (IssuingCaKeyGenerated, "pki.ca.req-1.key_generated"),
         (CertificateRenewalDue, "pki.cert.req-1.renewal_due"),
         (RenewalRequested, "pki.cert.req-1.renewal_requested"),
         (CertificateSuperseded, "pki.cert.req-1.superseded"),
