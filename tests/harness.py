@@ -312,14 +312,33 @@ class Harness:
         app, _ = self.apps.pop(name)
         await app.stop()
 
-    async def forget(self, name: str, durable: str) -> None:
-        """Drop stopped service `name`'s schema and delete its durable consumer `durable`, so that
-        its next start rebuilds its tables from the log (sequence 1)."""
+    async def lose_database(self, name: str) -> None:
+        """What losing the whole database is for service `name` (stopped first if it runs here): its
+        schema gone, its durables on the log kept, so that its next start rebuilds it from the log."""
+        if name in self.apps:
+            await self.stop(name)
         pool = await create_pool(self.database_url, name)
         try:
             await drop_schema(pool, name)
         finally:
             await pool.close()
+
+    async def rebuilt(self, name: str) -> dict[str, Any]:
+        """Service `name`'s finished rebuild from the log (waits for it): its `rebuilds` row."""
+        pool = await self.db()
+        query = f"SELECT * FROM {name}.rebuilds ORDER BY id DESC LIMIT 1"
+
+        async def finished() -> bool:
+            row = await pool.fetchrow(query)
+            return row is not None and row["finished_at"] is not None
+
+        await eventually(finished, timeout=60)
+        return dict(await pool.fetchrow(query))
+
+    async def forget(self, name: str, durable: str) -> None:
+        """Drop stopped service `name`'s schema and delete its durable consumer `durable`, so that
+        its next start rebuilds its tables from the log (sequence 1)."""
+        await self.lose_database(name)
         nc = await self.connect("admin")
         try:
             await self.js(nc).delete_consumer(self.common["stream"], durable)

@@ -12,18 +12,7 @@ import pytest
 from harness import Harness, eventually
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import PrivateKey, build_csr, generate_key
-from shared.runtime.db import create_pool, drop_schema
 from shared.runtime.service import published_subjects
-
-
-async def _lose_database(stack: Harness, name: str) -> None:
-    """What losing the whole database is for one service: its schema gone, its durables kept."""
-    await stack.stop(name)
-    pool = await create_pool(stack.database_url, name)
-    try:
-        await drop_schema(pool, name)
-    finally:
-        await pool.close()
 
 
 async def _published(stack: Harness, name: str) -> list[tuple[str, bytes]]:
@@ -53,19 +42,6 @@ async def _enroll_with_key(stack: Harness, name: str) -> tuple[PrivateKey, Certi
     return key, issued
 
 
-async def _rebuilt(stack: Harness, name: str) -> dict[str, object]:
-    """The service's finished rebuild (waits for it)."""
-    pool = await stack.db()
-
-    async def finished() -> bool:
-        row = await pool.fetchrow(f"SELECT finished_at FROM {name}.rebuilds ORDER BY id DESC LIMIT 1")
-        return row is not None and row["finished_at"] is not None
-
-    await eventually(finished, timeout=60)
-    row = await pool.fetchrow(f"SELECT * FROM {name}.rebuilds ORDER BY id DESC LIMIT 1")
-    return dict(row)
-
-
 @pytest.mark.parametrize("service", ["signing", "enrollment", "revocation", "validation"])
 async def test_a_service_that_lost_its_database_rebuilds_it_from_the_log_and_decides_nothing_twice(
     stack: Harness, service: str
@@ -76,10 +52,10 @@ async def test_a_service_that_lost_its_database_rebuilds_it_from_the_log_and_dec
         await c.revoke(revoked.serial, "superseded", key=key)
     keys_before = sorted(p.name for p in stack.key_dir.iterdir())
     before = await _published(stack, service)
-    await _lose_database(stack, service)
+    await stack.lose_database(service)
 
     await stack.start(service)
-    rebuild = await _rebuilt(stack, service)
+    rebuild = await stack.rebuilt(service)
     assert rebuild["through_seq"] > 0 and rebuild["divergent"] == 0, rebuild
     assert rebuild["applied"] > 0, f"nothing applied again: {rebuild}"
     if service == "revocation":
@@ -109,7 +85,7 @@ async def test_a_service_that_lost_its_database_rebuilds_it_from_the_log_and_dec
 
 async def test_audit_starts_as_before_and_a_service_with_a_new_durable_replays(stack: Harness) -> None:
     issued = await stack.enroll("replayed.corp.internal")
-    await _lose_database(stack, "audit")
+    await stack.lose_database("audit")
     await stack.start("audit")  # audit rebuilds itself with `certbus audit replay`
     # Validation forgotten the way a rebuild asks for: its schema and its durable, so it replays.
     await stack.stop("validation")
@@ -132,11 +108,11 @@ async def test_every_service_loses_its_database_at_once_and_the_system_rebuilds_
         await c.revoke(revoked.serial, "keyCompromise", key=key)
     before = {name: await _published(stack, name) for name in services}
     for name in services:
-        await _lose_database(stack, name)
+        await stack.lose_database(name)
     for name in services:
         await stack.start(name)
     for name in services:
-        assert (await _rebuilt(stack, name))["divergent"] == 0
+        assert (await stack.rebuilt(name))["divergent"] == 0
         assert await _published(stack, name) == before[name], f"{name} published a decision again"
     async with stack.client() as c:
 

@@ -31,9 +31,8 @@ from harness import CRL_SHARDS, Harness, eventually
 from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, finalize_module
 from services.signing import domain
 from shared.base.settings import SigningSettings
-from shared.contract.events import CaCreated, CertificateIssued, IssuingCaKeyGenerated
+from shared.contract.events import CaCreated, CaKeyDestroyed, CertificateIssued, IssuingCaKeyGenerated
 from shared.pki.crypto import generate_key, spki_der
-from shared.runtime.db import create_pool, drop_schema
 from shared.runtime.service import published_subjects
 
 PIN = "offline-root-pin-5b2e-not-a-secret"
@@ -160,7 +159,7 @@ def _verify(tmp: Path, root_pem: Path, issued: CertificateIssued, *crls: Path) -
 
 
 async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_holds_its_key(
-    tokens: Tokens, harness: Harness, tmp_path: Path
+    tokens: Tokens, harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:  # tokens before harness: the services stop before the module is finalised
     harness.overrides["signing"] = {
         "ca_keystore": "pkcs11",
@@ -257,9 +256,9 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
 
     await eventually(generated)  # on the log, not only in signing's outbox, before the database goes
     published = await _published(stack)
-    await _lose_database(stack, "signing")
+    await stack.lose_database("signing")
     await stack.start("signing")
-    await _rebuilt(stack, "signing")
+    await stack.rebuilt("signing")
     assert await _waiting_csr(stack, second_csr, not_ca=first) == (second, said)
     assert await _published(stack) == published
     assert _labels(tokens.signing) == {first, second}
@@ -314,16 +313,37 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     await asyncio.sleep(1)
     assert len(await parked()) == 1
 
+    # Retiring the issuing CA destroys its key in signing's token (the token's answer on the log);
+    # its replacement's key waits for the ceremony.
+    done = await stack.cli("ca", "retire", second, "--reason", "offline root retirement test", "--json")
+    assert done.returncode == 0, done.stderr
+    destroyed = CaKeyDestroyed.model_validate(json.loads(done.stdout))
+    assert (destroyed.key_store_answer or "").startswith("CKR_OK: C_DestroyObject on 2 objects in token")
+    third, _ = await _waiting_csr(stack, tmp_path / "third.csr", not_ca=second)
+    assert _labels(tokens.signing) == {first, third}  # the compromised CA's key stays until it is retired
+
+    # No private key in the log, in any service's tables, or in what the services logged.
+    for message in await stack.stream_messages(f"{stack.root}.>"):
+        assert not any(marker in message.data for marker in PRIVATE_KEY_MARKERS), message.subject
+    for schema in ("signing", "enrollment", "validation", "revocation", "audit"):
+        for table in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema):
+            rows = await pool.fetch(f'SELECT t::text AS row FROM {schema}."{table["tablename"]}" t')
+            for row in rows:
+                text = row["row"]
+                assert "PRIVATE KEY" not in text, (schema, table["tablename"])
+                assert not any(marker.hex() in text for marker in PRIVATE_KEY_MARKERS[1:]), (schema, table)
+    assert "PRIVATE KEY" not in caplog.text and PIN not in caplog.text
+
     # No CA's private key on disk outside the tokens' stores (the other private keys there, the
-    # operator's and the provisioners', are not CAs'), nor in signing's database.
-    ca_keys = {spki_der(x509.load_pem_x509_certificate(e.cert_pem.encode()).public_key()) for e in created.values()}
+    # operator's and the provisioners', are not CAs').
+    certs = [x509.load_pem_x509_certificate(e.cert_pem.encode()) for e in await _events(stack, CaCreated)]
+    ca_keys = {spki_der(cert.public_key()) for cert in certs}  # type: ignore[arg-type]
     stores = (tokens.root.directory, tokens.signing.directory)
     for path in tmp_path.rglob("*"):
         if path.is_file() and not any(path.is_relative_to(s) for s in stores):
             if any(marker in path.read_bytes() for marker in PRIVATE_KEY_MARKERS):
                 other = serialization.load_pem_private_key(path.read_bytes(), password=None)
                 assert spki_der(other.public_key()) not in ca_keys, path  # type: ignore[arg-type]
-    assert _labels(tokens.signing) == {first, second}  # compromised, not retired: its key stays until retired
 
 
 async def _signing_warnings(stack: Harness) -> list[str]:
@@ -340,26 +360,6 @@ async def _published(stack: Harness) -> list[tuple[str, bytes]]:
         if not subject.endswith(".crl_published"):
             found += [(m.subject, m.data) for m in await stack.stream_messages(subject)]
     return sorted(found)
-
-
-async def _lose_database(stack: Harness, name: str) -> None:
-    """What losing the whole database is for one service: its schema gone, its durables kept."""
-    await stack.stop(name)
-    pool = await create_pool(stack.database_url, name)
-    try:
-        await drop_schema(pool, name)
-    finally:
-        await pool.close()
-
-
-async def _rebuilt(stack: Harness, name: str) -> None:
-    pool = await stack.db()
-
-    async def finished() -> bool:
-        row = await pool.fetchrow(f"SELECT finished_at FROM {name}.rebuilds ORDER BY id DESC LIMIT 1")
-        return row is not None and row["finished_at"] is not None
-
-    await eventually(finished, timeout=60)
 
 
 async def _events(stack: Harness, cls: type[CaCreated]) -> list[CaCreated]:
