@@ -3,6 +3,8 @@ is written outside a token), and finalizing the module so the next test's SOFTHS
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pkcs11
 
 from deploy.local import softhsm
@@ -23,3 +25,22 @@ def finalize_module() -> None:
     library = pkcs11.lib(str(MODULE))
     if library.initialized:
         library.finalize()
+
+
+def ceremony_args(args: tuple[str, ...], token_label: str, pin_file: Path, out_dir: Path) -> list[str]:
+    """`certbus-ceremony` arguments: the command (`args[0]`), the root's token, its PIN file, the out
+    dir, the module and the tests' operator, then the rest of `args`."""
+    return [
+        args[0],
+        "--token-label",
+        token_label,
+        "--pin-file",
+        str(pin_file),
+        "--out",
+        str(out_dir),
+        "--module",
+        str(MODULE),
+        "--operator",
+        "ceremony-operator",
+        *args[1:],
+    ]

@@ -22,7 +22,7 @@ from pkcs11 import Attribute, ObjectClass
 from typer.testing import CliRunner
 
 from deploy.local import softhsm
-from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, finalize_module
+from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, ceremony_args, finalize_module
 from services.signing import domain
 from services.signing.ceremony_cli import ceremony_app
 from shared.contract.events import IssuingCaCertified, RootCaCreated, RootCrlSigned, parse_event
@@ -61,20 +61,7 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
 def _ceremony(token: Token, out_dir: Path, *args: str, pin_file: Path | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(
         ceremony_app,
-        [
-            *args[:1],
-            "--token-label",
-            token.label,
-            "--pin-file",
-            str(pin_file or token.pin_file),
-            "--out",
-            str(out_dir),
-            "--module",
-            str(MODULE),
-            "--operator",
-            "ceremony-operator",
-            *args[1:],
-        ],
+        ceremony_args(args, token.label, pin_file or token.pin_file, out_dir),
     )
     return result.exit_code, result.output
 

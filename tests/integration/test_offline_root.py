@@ -28,7 +28,7 @@ from pkcs11 import Attribute, ObjectClass
 
 from deploy.local import softhsm
 from harness import CRL_SHARDS, Harness, eventually
-from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, finalize_module
+from pkcs11_tokens import MODULE, PRIVATE_KEY_MARKERS, ceremony_args, finalize_module
 from services.signing import domain
 from shared.base.settings import SigningSettings
 from shared.contract.events import CaCreated, CaKeyDestroyed, CertificateIssued, IssuingCaKeyGenerated
@@ -85,18 +85,7 @@ async def _ceremony(token: Token, out_dir: Path, *args: str) -> str:
         sys.executable,
         "-m",
         "services.signing.ceremony_cli",
-        args[0],
-        "--token-label",
-        token.label,
-        "--pin-file",
-        str(token.pin_file),
-        "--out",
-        str(out_dir),
-        "--module",
-        str(MODULE),
-        "--operator",
-        "ceremony-operator",
-        *args[1:],
+        *ceremony_args(args, token.label, token.pin_file, out_dir),
     ]
     done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
