@@ -21,8 +21,10 @@ CLUSTER  ?=
 REPLICAS ?=
 
 # `CERTBUS_CA_KEYSTORE=pkcs11 make run`: signing's CA keys in a SoftHSM2 token made under .certbus/softhsm
-# (docs/hsm.md), unless CERTBUS_CA_PKCS11_TOKEN_LABEL or _SLOT names one.
-run: install $(if $(filter pkcs11,$(CERTBUS_CA_KEYSTORE)),softhsm)
+# (docs/hsm.md), unless CERTBUS_CA_PKCS11_TOKEN_LABEL or _SLOT names one. `CERTBUS_CA_ROOT=offline make run`:
+# a root signing never holds, made and used by the offline root's ceremony, played locally under
+# .certbus/ceremony with a SoftHSM2 store of its own (development only: deploy/local/ceremony.py).
+run: install $(if $(filter pkcs11,$(CERTBUS_CA_KEYSTORE))$(filter offline,$(CERTBUS_CA_ROOT)),softhsm)
 	CERTBUS_CLUSTER=$(CLUSTER) CERTBUS_REPLICAS=$(REPLICAS) $(PY) -m deploy.local.devstack
 
 lint: install

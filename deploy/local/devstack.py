@@ -29,9 +29,10 @@ import nats
 
 from deploy.cluster import local_nodes, render_node
 from deploy.local import softhsm
+from deploy.local.ceremony import LocalCeremony
 from shared.admin import init_with_retries
 from shared.base.files import write_atomic, write_new
-from shared.base.settings import ACME_READYZ_URL_FILE, CommonSettings, ValidationSettings
+from shared.base.settings import ACME_READYZ_URL_FILE, CommonSettings, SigningSettings, ValidationSettings
 from shared.client.sdk import CertbusClient
 from shared.pki import provisioner_keys
 from shared.trust.identities import IdentityStore, write_nats_config
@@ -401,6 +402,22 @@ def ensure_softhsm_token(home: Path) -> dict[str, str]:
     }
 
 
+def local_ceremony(home: Path, env: dict[str, str]) -> LocalCeremony:
+    """For `CERTBUS_CA_ROOT=offline make run`: the root's ceremony, played here with a SoftHSM2
+    store of its own under `home`/ceremony (deploy/local/ceremony.py); its token made once."""
+    signing = SigningSettings.model_fields
+    ceremony = LocalCeremony(
+        home / "ceremony",
+        env,
+        pin_file=home / "secrets" / "ceremony-pin",
+        organization=env.get("CERTBUS_ORGANIZATION", signing["organization"].default),
+        base_url=env.get("CERTBUS_PUBLIC_BASE_URL", signing["public_base_url"].default),
+        say=say,
+    )
+    ceremony.prepare(_secret(home, "ceremony-pin"), _secret(home, "ceremony-so-pin"))
+    return ceremony
+
+
 PROFILES_FILE = Path(__file__).resolve().parents[1] / "profiles.toml"
 DATABASE_INIT = Path(__file__).resolve().parents[1] / "postgres" / "init.sql"
 
@@ -458,13 +475,16 @@ def _psql(psql: Path, env: dict[str, str], url: str, *args: str, script: str | N
         raise RuntimeError(f"setting up the database failed: {result.stderr.strip()}")
 
 
-def _register_policy(env: dict[str, str], operator: str, fresh: bool) -> None:
-    """On a new log, register the operator (the genesis); then the local provisioner, validation's
-    own (scoped to its OCSP responder certificate, for validation alone), and the shipped profiles
-    (deploy/profiles.toml), all as that operator."""
+def _register_operator(env: dict[str, str], operator: str) -> None:
+    """On a new log, register the operator (the genesis)."""
     cli = [sys.executable, "-m", "shared.client.cli.main"]
-    if fresh:
-        subprocess.run([*cli, "operator", "request", operator, "--submit"], env=env, check=True)
+    subprocess.run([*cli, "operator", "request", operator, "--submit"], env=env, check=True)
+
+
+def _register_policy(env: dict[str, str]) -> None:
+    """Register the local provisioner, validation's own (scoped to its OCSP responder certificate,
+    for validation alone), and the shipped profiles (deploy/profiles.toml), as the operator."""
+    cli = [sys.executable, "-m", "shared.client.cli.main"]
     subprocess.run([*cli, "provisioner", "init"], env=env, check=True)
     validation = ValidationSettings(ocsp_provisioner_key_file=Path(env["CERTBUS_OCSP_PROVISIONER_KEY_FILE"]))
     provisioner_id = env.get("CERTBUS_OCSP_PROVISIONER_ID", validation.ocsp_provisioner_id)
@@ -532,6 +552,7 @@ class LocalStack:
     procs: list[ServiceProcess] = field(default_factory=list)
     fresh: bool = False
     acme: bool = False  # also run the ACME service (make run does)
+    ceremony: LocalCeremony | None = None  # CERTBUS_CA_ROOT=offline: the root's ceremony, played here
 
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
@@ -630,6 +651,8 @@ class LocalStack:
         token_named = ("CERTBUS_CA_PKCS11_TOKEN_LABEL", "CERTBUS_CA_PKCS11_SLOT")
         if env.get("CERTBUS_CA_KEYSTORE") == "pkcs11" and not any(env.get(n) for n in token_named):
             env.update(ensure_softhsm_token(self.home))
+        if env.get("CERTBUS_CA_ROOT") == "offline":
+            self.ceremony = local_ceremony(self.home, env)
         env.setdefault("CERTBUS_KEY_DIR", str(self.home / "signing" / "keys"))
         env.setdefault("CERTBUS_OCSP_KEY_DIR", str(self.home / "validation" / "ocsp"))
         env.setdefault("CERTBUS_OCSP_PROVISIONER_KEY_FILE", str(self.home / "validation" / "ocsp-provisioner.key.pem"))
@@ -723,7 +746,11 @@ class LocalStack:
             p.start()
         for p in self.procs:
             p.wait_healthy(90, restarts=2)
-        _register_policy(self.env, self.operator, self.fresh)
+        if self.fresh:
+            _register_operator(self.env, self.operator)
+        if self.ceremony is not None:
+            self.ceremony.run()  # the root's issuing CA certified before profiles are linted under it
+        _register_policy(self.env)
         ready_timeout = float(self.env.get("CERTBUS_READY_TIMEOUT_S", READY_TIMEOUT_S))
         missing = asyncio.run(wait_ready(self.identity_settings("requester"), ready_timeout, give_up=give_up))
         if self.acme and not missing:
@@ -800,6 +827,11 @@ def run_local() -> int:
                 "In another shell: .venv/bin/certbus health "
                 f"(it connects as `requester`, and as operator `{stack.operator}` for operator commands)"
             )
+            if stack.ceremony is not None:
+                say(
+                    f"offline root (CERTBUS_CA_ROOT=offline): its ceremony, played here for development, keeps the "
+                    f"root's key and what it signed in {stack.ceremony.home} (docs/hsm.md)"
+                )
             if stack.acme_directory is not None:
                 say(
                     f"ACME directory: {stack.acme_directory} (clients trust {stack.acme_ca_bundle}: "
