@@ -215,11 +215,18 @@ async def authorise(conn: asyncpg.Connection, command: OperatorCommand, seq: int
     """Check `command`, at log position `seq`, against the registry as it was just before it (in
     the caller's transaction) and, if it changes the registry, record the change from `seq` on;
     returns its signers, or raises NotAuthorised. Each of a service's consumers of operator
-    commands reads the registry's commands: the first records a change, the others find it there."""
+    commands reads the registry's commands: the first records a change (and how far it has
+    recorded, `registry_position`), the others find it there and record nothing."""
     current = await registry(conn, seq)
     names = signers(command, current)
     if isinstance(command, OperatorRemoved | QuorumSet):
         _keep_quorums_reachable(command, current)
+    if not isinstance(command, REGISTRY):
+        return names
+    recorded = await conn.fetchval("SELECT through FROM registry_position FOR UPDATE")
+    if seq <= recorded:
+        return names  # recorded already (by another consumer of this service, or before the history)
+    await conn.execute("UPDATE registry_position SET through = $1", seq)
     if isinstance(command, OperatorRegistered):
         key = _registered_key(command)
         assert key is not None  # signers() checked the key's own signature

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from shared.contract.events import OperatorCommand, OperatorRemoved, QuorumSet, RootCaCreated
-from shared.pki.crypto import generate_key
+from shared.pki.crypto import generate_key, spki_der
 from shared.trust import operators
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -29,7 +29,7 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute(f"CREATE SCHEMA {schema}; SET search_path TO {schema}")
-        for name in ("002_operators.sql", "007_operators_history.sql"):
+        for name in ("000_runtime.sql", "002_operators.sql", "007_operators_history.sql"):
             await connection.execute((MIGRATIONS / name).read_text())
         yield connection
     finally:
@@ -114,3 +114,51 @@ async def test_an_operator_registered_again_signs_with_its_new_key_from_that_pos
     assert await _judged(conn, _root("alice"), 2) == ("alice",)  # at 2, the old key still counted
     assert await _judged(conn, signed_new, 3) == ("alice",)
     assert "signature does not verify" in str(await _judged(conn, _root("alice"), 3))
+
+
+async def test_a_consumer_new_on_a_schema_from_before_the_history_brings_no_removed_operator_back(
+    database_url: str,
+) -> None:
+    """A registry written before migration 007 kept no removed operator: a consumer that reads the
+    log from the start after it (signing's ceremony consumer, on an upgrade) must not record their
+    registrations again."""
+    schema = f"registry_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}; SET search_path TO {schema}")
+        await conn.execute((MIGRATIONS / "000_runtime.sql").read_text())
+        await conn.execute((MIGRATIONS / "002_operators.sql").read_text())
+        genesis = operators.registration("alice", ALICE, "alice", NOW)
+        bob = operators.sign(operators.registration("bob", BOB, "alice", NOW), "alice", ALICE)
+        # What the one consumer had recorded by position 4: alice (at 1); bob, registered at 2 and
+        # removed at 3, left no row.
+        await conn.execute(
+            "INSERT INTO operators (name, public_key, registered_seq) VALUES ('alice', $1, 1)",
+            spki_der(ALICE.public_key()),
+        )
+        # The consumer that applied them tracked positions 1 to 4; an ingress consumer's positions
+        # are another stream's, and say nothing of the registry.
+        tracked = [("svc-requests", seq) for seq in (1, 2, 3, 4)] + [("svc-admit", 1), ("svc-admit", 90)]
+        await conn.executemany(
+            "INSERT INTO tracking (consumer, event_id, stream_seq) VALUES ($1, $2, $3)",
+            [(consumer, uuid.uuid4(), seq) for consumer, seq in tracked],
+        )
+        await conn.execute((MIGRATIONS / "007_operators_history.sql").read_text())
+        assert await conn.fetchval("SELECT through FROM registry_position") == 4
+
+        # The new consumer reads the log from the start: it judges each command as before, and
+        # records none of them again, so bob never comes back, not even for a moment.
+        for seq, command in ((1, genesis), (2, bob)):
+            async with conn.transaction():
+                assert await operators.authorise(conn, command, seq) == ("alice",)
+            assert "'bob' is not a registered operator" in str(await _judged(conn, _root("bob"), 5))
+        assert await conn.fetchval("SELECT count(*) FROM operators") == 1
+        # A command above that position is recorded as usual.
+        carol = operators.sign(operators.registration("carol", generate_key("ed25519"), "alice", NOW), "alice", ALICE)
+        async with conn.transaction():
+            await operators.authorise(conn, carol, 7)
+        assert await conn.fetchval("SELECT through FROM registry_position") == 7
+        assert await conn.fetchval("SELECT count(*) FROM operators") == 2
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()

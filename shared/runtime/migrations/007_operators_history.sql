@@ -11,3 +11,22 @@ ALTER TABLE operators ADD PRIMARY KEY (name, registered_seq);
 ALTER TABLE quorums ADD COLUMN set_seq bigint NOT NULL DEFAULT 0;
 ALTER TABLE quorums DROP CONSTRAINT quorums_pkey;
 ALTER TABLE quorums ADD PRIMARY KEY (kind, set_seq);
+
+-- How far the registry's own commands are recorded: a consumer reading one at or below this
+-- position judges it, and records nothing (another consumer did, or it predates this migration,
+-- whose removed operators left no row: reading their registrations again must not bring them back).
+CREATE TABLE registry_position (
+    through  bigint  NOT NULL
+);
+-- Before it, one consumer of the service applied the registry: the one that tracked every
+-- registration still in the table (not an ingress consumer, `<service>-admit`, whose positions are
+-- another stream's). Everything up to its position is in the table already.
+INSERT INTO registry_position (through)
+SELECT coalesce(
+    (SELECT max(t.stream_seq) FROM tracking t WHERE t.consumer = (
+        SELECT k.consumer FROM tracking k JOIN operators o ON k.stream_seq = o.registered_seq
+        WHERE k.consumer NOT LIKE '%-admit'
+        GROUP BY k.consumer HAVING count(*) = (SELECT count(*) FROM operators)
+        ORDER BY k.consumer LIMIT 1)),
+    (SELECT max(registered_seq) FROM operators),
+    0);
