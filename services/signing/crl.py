@@ -179,7 +179,9 @@ class CrlPublisher:
             return
         root = x509.load_der_x509_certificate(await store.ca_cert(conn, ca_id) or b"")
         now = rt.clock.now()
-        problems = domain.root_crl_problems(crl, root, event.crl_number, last, now)
+        revoked, _ = await store.revoked_entries(conn, ca_id)
+        known = [int(r["serial"]) for r in revoked]
+        problems = domain.root_crl_problems(crl, root, event.crl_number, last, now, known)
         if hashlib.sha256(der).hexdigest() != event.sha256:
             problems.append("its DER is not the one the command names (sha256)")
         if problems:

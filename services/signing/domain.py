@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -636,11 +637,18 @@ def root_adoption_problems(root: x509.Certificate, spki_sha256_hex: str, now: da
 
 
 def root_crl_problems(
-    crl: x509.CertificateRevocationList, root: x509.Certificate, number: int, last_number: int, now: datetime
+    crl: x509.CertificateRevocationList,
+    root: x509.Certificate,
+    number: int,
+    last_number: int,
+    now: datetime,
+    revoked: Collection[int] = (),
 ) -> list[str]:
     """Why a CRL the offline ceremony signed cannot be served as root `root`'s (empty: it can): the
     root must have signed it, its number must be the one the command says and above the last one
-    served, and it must not be out of date already."""
+    served, it must not be out of date already, and it must list every serial in `revoked` (the
+    issuing CA certificates the root revoked, as signing recorded them: a CRL that left one out
+    would make a compromised CA good again)."""
     problems = []
     if crl.issuer != root.subject:
         problems.append(f"its issuer {crl.issuer.rfc4514_string()} is not the root {root.subject.rfc4514_string()}")
@@ -661,4 +669,10 @@ def root_crl_problems(
     next_update = crl.next_update_utc
     if next_update is None or next_update <= now:
         problems.append("it is out of date already (nextUpdate is past)")
+    listed = {entry.serial_number for entry in crl}
+    if missing := sorted(set(revoked) - listed):
+        left_out = ", ".join(f"{serial:x}" for serial in missing)
+        problems.append(
+            f"it leaves out issuing CA certificates the root revoked ({left_out}): `certbus ca root` lists them"
+        )
     return problems

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,12 +262,18 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     assert rotated.issuer_id == second
     assert root_id not in _labels(tokens.signing)
 
-    # The ceremony re-signs the root CRL with the compromised CA in it; validation serves it.
-    await _ceremony(tokens.root, ceremony_dir, "crl", "--next-update-days", "30", "--revoked", found[1])
+    # A root CRL that leaves the compromised CA out is not served: it would make that CA good again.
+    await _ceremony(tokens.root, ceremony_dir, "crl", "--next-update-days", "30")
     await _publish(stack, ceremony_dir / "root-1.json")
+    reasons = await eventually(lambda: _parked_beyond(parked, 1))
+    assert f"leaves out issuing CA certificates the root revoked ({first_cert.serial_number:x})" in reasons[-1]
+
+    # The ceremony signs the next with the compromised CA in it; validation serves it.
+    await _ceremony(tokens.root, ceremony_dir, "crl", "--next-update-days", "30", "--revoked", found[1])
+    await _publish(stack, ceremony_dir / "root-2.json")
     root_crl_url = f"{base_url}/crl/{root_id}.crl"
     served = await eventually(lambda: asyncio.to_thread(_get, root_crl_url), timeout=30, interval=0.3)
-    assert served == (ceremony_dir / "root-1.crl").read_bytes()
+    assert served == (ceremony_dir / "root-2.crl").read_bytes()
     root_crl = tmp_path / "root.crl"
     root_crl.write_bytes(served)
     checked = _openssl("crl", "-inform", "DER", "-in", str(root_crl), "-CAfile", str(root_pem), "-noout")
@@ -277,9 +283,9 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.ca_compromise
     assert found[1].endswith(f"@{entry.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ}")  # when signing revoked it
     warnings = await _signing_warnings(stack)
-    assert any(f"{root_id}'s CRL #1 goes out of date at" in w for w in warnings), warnings
+    assert any(f"{root_id}'s CRL #2 goes out of date at" in w for w in warnings), warnings
     shown = await stack.cli("ca", "root")
-    assert shown.returncode == 0 and "root CRL: #1, next update" in shown.stdout, shown.stdout + shown.stderr
+    assert shown.returncode == 0 and "root CRL: #2, next update" in shown.stdout, shown.stdout + shown.stderr
 
     # A relying party checking every CRL of the chain: the new CA's leaf passes, the old one's fails.
     async def shard_crl(ca: str, serial: str) -> Path:
@@ -297,10 +303,10 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
     assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
 
     # The same CRL submitted again changes nothing (a rebuild reads it again): not parked.
-    again = await stack.cli("operator", "submit", str(ceremony_dir / "root-1.json"))
+    again = await stack.cli("operator", "submit", str(ceremony_dir / "root-2.json"))
     assert again.returncode == 0, again.stderr
     await asyncio.sleep(1)
-    assert len(await parked()) == 1
+    assert len(await parked()) == 2  # the stray certificate and the CRL that left a CA out
 
     # Retiring the issuing CA destroys its key in signing's token (the token's answer on the log);
     # its replacement's key waits for the ceremony.
@@ -333,6 +339,11 @@ async def test_an_offline_root_certifies_rotates_and_revokes_and_signing_never_h
             if any(marker in path.read_bytes() for marker in PRIVATE_KEY_MARKERS):
                 other = serialization.load_pem_private_key(path.read_bytes(), password=None)
                 assert spki_der(other.public_key()) not in ca_keys, path  # type: ignore[arg-type]
+
+
+async def _parked_beyond(parked: Callable[[], Awaitable[list[str]]], count: int) -> list[str] | None:
+    reasons = await parked()
+    return reasons if len(reasons) > count else None
 
 
 async def _signing_warnings(stack: Harness) -> list[str]:

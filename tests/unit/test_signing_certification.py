@@ -114,3 +114,13 @@ def test_a_revocation_signing_lists_for_the_ceremony_is_read_back_whole() -> Non
     ):
         with pytest.raises(ValueError, match=said):
             domain.parse_ceremony_revoked(bad, NOW)
+
+
+def test_a_root_crl_that_leaves_out_a_revoked_issuing_ca_is_not_served() -> None:
+    root_key, root = _root()
+    entries = [domain.RevokedEntry(0x1234, NOW, "cACompromise")]
+    crl = domain.crl(root, root_key, 3, entries, NOW, NOW + timedelta(days=30))
+    assert domain.root_crl_problems(crl, root.cert, 3, 2, NOW, [0x1234]) == []
+    assert domain.root_crl_problems(crl, root.cert, 3, 2, NOW, [0x1234, 0xBEEF, 0xABC]) == [
+        "it leaves out issuing CA certificates the root revoked (abc, beef): `certbus ca root` lists them"
+    ]
