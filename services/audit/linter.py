@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,9 +30,21 @@ from shared.pki.lint import errors, lint_certificate
 Found = list[tuple[str, str, str]]  # (severity, code, message): what crosses the process boundary
 
 
-def _lowest_priority() -> None:
+PARENT_CHECK_S = 1.0  # how often the worker looks whether audit is still there
+
+
+def _start_worker(parent: int) -> None:
+    """In the worker: the lowest CPU priority, and an exit as soon as audit is gone (killed, even
+    with SIGKILL: nothing would tell the worker, which would wait on its queue for good)."""
     with contextlib.suppress(OSError):
         os.nice(19)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def lint_pems(certs: dict[str, str]) -> dict[str, Found]:
@@ -58,7 +72,9 @@ class Linter:
     def _worker(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # never fork a process with threads and a loop
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_lowest_priority)
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+            )
         return self._pool
 
     async def lint(self, certs: dict[uuid.UUID, str]) -> dict[uuid.UUID, list[LintResult]]:
