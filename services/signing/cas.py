@@ -86,8 +86,8 @@ class CaRegistry:
             roots = await store.offline_roots(conn)
         now, warnings = rt.clock.now(), []
         soon = timedelta(days=self.settings.root_crl_warn_days)
+        ceremony = "run `certbus-ceremony crl` (`certbus ca root` lists what it must name) and publish it"
         for root in roots:
-            ceremony = "run the ceremony's `certbus-ceremony crl` (`certbus ca csr` lists the serials) and publish it"
             if not root["crl_number"]:
                 warnings.append(f"offline root {root['ca_id']} has no CRL served yet: {ceremony}")
             elif root["next_update"] <= now:

@@ -109,12 +109,15 @@ def register(rt: Runtime, *, cas: CaRegistry, crls: CrlPublisher, book: Template
         else:
             raise EventRejected(f"signing's ceremony consumer does not take {event.event_type}")
 
+    linted_under: set[str] = set()  # the issuing CAs this consumer had the current profiles linted under
+
     async def adopted(_: list[Event]) -> None:
         await rt.publish_pending()  # CaCreated / IssuingCaKeyGenerated / CrlPublished
         async with rt.pool.acquire() as conn:
             await cas.load(conn)
-        if cas.issuing_id is not None:
+        if cas.issuing_id is not None and cas.issuing_id not in linted_under:
             await load_profiles(rt, cas, book)  # the current profiles linted under a new issuing CA
+            linted_under.add(cas.issuing_id)
         crls.wake()  # a new issuing CA's first CRL
 
     rt.batch_consumer("ceremony", CEREMONY, applying(lambda: rt.pool, rt.durable("ceremony"), ceremony), after=adopted)
