@@ -230,11 +230,7 @@ async def authorise(conn: asyncpg.Connection, command: OperatorCommand, seq: int
     if isinstance(command, OperatorRegistered):
         key = _registered_key(command)
         assert key is not None  # signers() checked the key's own signature
-        await conn.execute(
-            "UPDATE operators SET ended_seq = $2 WHERE name = $1 AND registered_seq < $2 AND ended_seq IS NULL",
-            command.aggregate_id,
-            seq,
-        )
+        await _end_key(conn, command.aggregate_id, seq)
         await conn.execute(
             "INSERT INTO operators (name, public_key, registered_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             command.aggregate_id,
@@ -242,11 +238,7 @@ async def authorise(conn: asyncpg.Connection, command: OperatorCommand, seq: int
             seq,
         )
     elif isinstance(command, OperatorRemoved):
-        await conn.execute(
-            "UPDATE operators SET ended_seq = $2 WHERE name = $1 AND registered_seq < $2 AND ended_seq IS NULL",
-            command.aggregate_id,
-            seq,
-        )
+        await _end_key(conn, command.aggregate_id, seq)
     elif isinstance(command, QuorumSet):
         await conn.execute(
             "INSERT INTO quorums (kind, required, set_seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -255,6 +247,13 @@ async def authorise(conn: asyncpg.Connection, command: OperatorCommand, seq: int
             seq,
         )
     return names
+
+
+async def _end_key(conn: asyncpg.Connection, name: str, seq: int) -> None:
+    """Operator `name`'s current key counts no more from position `seq` (replaced or removed)."""
+    await conn.execute(
+        "UPDATE operators SET ended_seq = $2 WHERE name = $1 AND registered_seq < $2 AND ended_seq IS NULL", name, seq
+    )
 
 
 def _keep_quorums_reachable(command: OperatorRemoved | QuorumSet, current: Registry) -> None:
