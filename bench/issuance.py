@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench import cfssl
 from bench.environment import REQUESTER, bench_harness, save_result
-from bench.procs import CpuMeter, children
+from bench.procs import CpuMeter, children, machine_context_switches
 from harness import Harness
 from services.enrollment import domain as enrollment_domain
 from services.signing import domain
@@ -183,6 +185,31 @@ async def processes(h: Harness) -> dict[str, list[int]]:
     return groups
 
 
+BATCH_METRIC = re.compile(r'^certbus_batch_messages_(sum|count)\{durable="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
+async def batch_totals(h: Harness) -> dict[str, tuple[float, float]]:
+    """Each batch consumer's (messages, batches) so far, by durable, from the services' /metrics."""
+    totals: dict[str, dict[str, float]] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for name in h.procs.keys() & h.http_ports.keys():
+            async with session.get(f"http://127.0.0.1:{h.http_ports[name]}/metrics") as response:
+                text = await response.text()
+            for kind, durable, value in BATCH_METRIC.findall(text):
+                totals.setdefault(durable, {})[kind] = float(value)
+    return {durable: (v.get("sum", 0.0), v.get("count", 0.0)) for durable, v in totals.items()}
+
+
+def mean_batches(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Messages per batch of each durable between two `batch_totals` (durables that took none left out)."""
+    means = {}
+    for durable, (messages, batches) in sorted(after.items()):
+        m0, b0 = before.get(durable, (0.0, 0.0))
+        if batches > b0:
+            means[durable] = round((messages - m0) / (batches - b0), 1)
+    return means
+
+
 async def log_position(h: Harness) -> int:
     """The log's last sequence (as the admin)."""
     nc = await h.connect("admin")
@@ -275,17 +302,23 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
     e2e_rates, ref_rates, review_us, lint_rates, latencies = [], [], [], [], []
     logged: list[float] = []  # events on the log per certificate
     cpu: dict[str, list[float]] = {}
+    switches: list[float] = []  # the machine's context switches per certificate
+    batch_means: dict[str, list[float]] = {}
     csrs: list[bytes] = []
     for r in range(ROUNDS):
         csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
         meter = CpuMeter()
         meter.start(await processes(h))
         first = await log_position(h)
+        batches_before, switched = await batch_totals(h), machine_context_switches()
         rate, lat = await end_to_end(h, csrs)
         # What the services still do for these certificates after the last was issued (audit
         # archives and lints them) is theirs too: read once the system is quiet again.
         await asyncio.sleep(2)
         logged.append((await log_position(h) - first) / N)
+        switches.append((machine_context_switches() - switched) / N)
+        for durable, mean in mean_batches(batches_before, await batch_totals(h)).items():
+            batch_means.setdefault(durable, []).append(mean)
         for name, ms in cpu_breakdown(meter.stop(await processes(h)), N).items():
             cpu.setdefault(name, []).append(ms)
         ref, review, lint = await asyncio.to_thread(reference_rate, csrs)
@@ -319,6 +352,8 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
         "unloaded_latency_p99_ms": round(pct(unloaded, 99) * 1000, 1),
         "cpu_ms_per_certificate": cpu_ms,
         "events_per_certificate": round(statistics.median(logged), 2),
+        "context_switches_per_certificate": round(statistics.median(switches), 1),
+        "messages_per_batch": {durable: statistics.median(means) for durable, means in batch_means.items()},
     }
     if PACED_SECONDS > 0:
         result["paced"] = result_paced
@@ -333,6 +368,10 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
     print(
         "CPU per certificate (ms, median of rounds, each process with its children): "
         + ", ".join(f"{name} {ms}" for name, ms in cpu_ms.items())
+    )
+    print(
+        f"context switches per certificate (the whole machine): {result['context_switches_per_certificate']}; "
+        "messages per batch: " + ", ".join(f"{d} {m}" for d, m in result["messages_per_batch"].items())
     )
     return result, csrs
 

@@ -1,7 +1,7 @@
 """`make bench` (revocation part): OCSP throughput, revocation propagation, CRL size, CA compromise.
 
 The five services run as processes on a throwaway NATS and database. Then:
-1. SEED (default 100,000) certificates of the issuing CA are written into revocation's and
+1. SEED (default 1,000,000, the scale the targets name) certificates of the issuing CA are written into revocation's and
    validation's read models (what they would hold after that many issuances; issuing them one by
    one through signing would take the bench a quarter of an hour), and PROBES certificates are
    issued through the real pipeline.
@@ -13,7 +13,7 @@ The five services run as processes on a throwaway NATS and database. Then:
    and with a nonce (signed
    afresh each time), CONCURRENCY clients. Reference, same
    run: the responder core answering the same requests in this process, nothing else.
-4. CRLs with BENCH_CRL_REVOKED (default SEED) revoked entries spread over the issuing CA's shards
+4. CRLs with BENCH_CRL_REVOKED (default 100,000, or SEED if fewer) revoked entries spread over the issuing CA's shards
    (serial mod crl_shards): those revocations are written into signing's table (signing then
    republishes every shard: the time until all are on the log is reported), then PROBES real
    revocations one at a time; time until the CRL at the certificate's URL lists it (p50 / p99),
@@ -60,13 +60,13 @@ from shared.base.settings import SigningSettings, ValidationSettings
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import generate_key
 
-SEED = int(os.environ.get("BENCH_SEED", "100000"))
+SEED = int(os.environ.get("BENCH_SEED", "1000000"))  # the targets' scale: 1M issued
 PROBES = int(os.environ.get("BENCH_PROBES", "40"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 OCSP_SECONDS = float(os.environ.get("BENCH_OCSP_SECONDS", "5"))
 OCSP_HEADERS = {"Content-Type": "application/ocsp-request"}
 PARTS = os.environ.get("BENCH_PARTS", "all")
-CRL_REVOKED = int(os.environ.get("BENCH_CRL_REVOKED", str(SEED)))  # of the SEED certificates, on the CRLs
+CRL_REVOKED = int(os.environ.get("BENCH_CRL_REVOKED", str(min(SEED, 100_000))))  # of the SEED, on the CRLs: 100k
 CRL_SHARDS = int(os.environ.get("BENCH_CRL_SHARDS", SigningSettings.model_fields["crl_shards"].default))
 CRL_BATCH_S = SigningSettings.model_fields["crl_batch_s"].default
 OCSP_WORKERS = int(os.environ.get("BENCH_OCSP_WORKERS", ValidationSettings.model_fields["ocsp_workers"].default))
