@@ -37,6 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench.environment import bench_harness, save_result
+from bench.procs import RssPeak
 from bench.profile import RESULTS, summarise
 from harness import Harness
 from services.audit import domain
@@ -296,7 +297,8 @@ async def profiled(name: str, action: Callable[[], Awaitable[object]]) -> str:
 
 
 async def main() -> None:
-    async with bench_harness() as h:
+    # The harness's log holds 256 MiB, about 200,000 of these events: a larger N gets room for them.
+    async with bench_harness(stream_max_bytes=max(256, N // 500) * 1024**2) as h:
         print(f"certbus audit bench: {N} events published straight to the log, audit in-process", flush=True)
         log = await asyncio.to_thread(realistic_log, N, h.root, h.common["crl_bucket"], harness_operator(h))
         events = log.events
@@ -312,10 +314,17 @@ async def main() -> None:
         archive_rate = len(events) / (time.perf_counter() - start)
         verify_rates: list[float] = []
         replay_rates: list[float] = []
+        verify_growth: list[float] = []  # MiB more than audit held before, at the peak of each run
+        replay_growth: list[float] = []
+        audit_pid = os.getpid()  # audit runs in this process (the log the bench built is held before)
         async with h.client("operator") as c:  # audit's verify, replay and check are the operator's
             for run in range(1, RUNS + 1):
-                verified = await c.verify()
-                replayed = await c.replay()
+                with RssPeak(audit_pid) as peak:
+                    verified = await c.verify()
+                verify_growth.append(peak.growth_mib)
+                with RssPeak(audit_pid) as peak:
+                    replayed = await c.replay()
+                replay_growth.append(peak.growth_mib)
                 assert verified.clean, verified.problems[:3]
                 assert replayed.equal
                 verify_rates.append(verified.rate_per_s)
@@ -343,6 +352,8 @@ async def main() -> None:
             "archive_live_events_per_s": round(archive_rate, 1),
             "verify_events_per_s": verify_rate,
             "replay_events_per_s": replay_rate,
+            "verify_memory_growth_mib": max(verify_growth),
+            "replay_memory_growth_mib": max(replay_growth),
             "replay_rebuild_events_per_s": rebuilt.rate_per_s,
             "check_events_per_s": round(check_rate, 1),
             "reference_chain_hashes_per_s": round(ref, 1),
@@ -354,6 +365,10 @@ async def main() -> None:
         runs = f" (median of {RUNS})" if RUNS > 1 else ""
         print(f"audit verify (chain + checkpoints + stream comparison): {verify_rate:.0f} events/s{runs}, clean")
         print(f"audit replay from sequence 1: {replay_rate:.0f} events/s{runs}, equal to the live archive")
+        print(
+            f"audit's memory (RSS) above what it held before, at the peak: verify {max(verify_growth)} MiB, "
+            f"replay {max(replay_growth)} MiB, for {len(events):,} events"
+        )
         print(f"audit replay of a lost archive (rebuilt, every event indexed): {rebuilt.rate_per_s:.0f} events/s")
         print(f"audit check (all consistency checks, certificates re-read, CRL fetched): {check_rate:.0f} events/s")
         print(f"reference (chain hashing alone, one process): {ref:.0f} events/s")

@@ -29,10 +29,11 @@ ADMISSION_RATE_PER_MIN = 10_000_000
 
 
 @asynccontextmanager
-async def bench_harness() -> AsyncIterator[Harness]:
+async def bench_harness(stream_max_bytes: int | None = None) -> AsyncIterator[Harness]:
     """A Harness (its own nats-server in the production trust model, opened) on a fresh database
     (the machine's PostgreSQL, the one in CERTBUS_TEST_DATABASE_URL, or a throwaway cluster), with
-    requester REQUESTER; everything is removed afterwards (but the services' logs, after a failure)."""
+    requester REQUESTER, and a log of `stream_max_bytes` if given (the harness's is small);
+    everything is removed afterwards (but the services' logs, after a failure)."""
     cluster = None
     admin = os.environ.get("CERTBUS_TEST_DATABASE_URL")
     if admin is None and port_open("127.0.0.1", 5432):
@@ -46,6 +47,8 @@ async def bench_harness() -> AsyncIterator[Harness]:
     await conn.close()
     tmp = Path(tempfile.mkdtemp(prefix="certbus-bench-"))
     h = Harness(admin.rsplit("/", 1)[0] + f"/{db}", tmp)
+    if stream_max_bytes is not None:
+        h.common["stream_max_bytes"] = stream_max_bytes
     for service in ("enrollment", "revocation"):
         h.overrides[service] = {"admission_rate_per_min": ADMISSION_RATE_PER_MIN}
     finished = False

@@ -4,6 +4,7 @@ process counted with the processes it started (audit's pkilint worker, PostgreSQ
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -103,3 +104,46 @@ def machine_context_switches() -> int:
         if line.startswith("ctxt "):
             return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set (VmRSS, KiB) now; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssPeak:
+    """The highest resident set of a process while a block runs (sampled every `every_s` in a
+    thread), as growth over what it held when the block began: `with RssPeak(pid) as peak: ...`,
+    then `peak.growth_mib`."""
+
+    def __init__(self, pid: int, every_s: float = 0.02) -> None:
+        self._pid, self._every_s = pid, every_s
+        self.before_kib = self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self.peak_kib = max(self.peak_kib, rss_kib(self._pid))
+
+    def __enter__(self) -> RssPeak:
+        self.before_kib = self.peak_kib = rss_kib(self._pid)
+        self._thread = threading.Thread(target=self._sample, name="rss-peak", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_kib = max(self.peak_kib, rss_kib(self._pid))
+
+    @property
+    def growth_mib(self) -> float:
+        return round((self.peak_kib - self.before_kib) / 1024, 1)
