@@ -307,14 +307,20 @@ async def rows_after(conn: asyncpg.Connection, after: int, *, through: int | Non
     return [_row(record) for record in await _records_after(conn, after, through, limit)]
 
 
+# The archived messages after $1, at most $2, in order. `through` is applied after it, not in it:
+# this reads the primary key in order whatever the planner knows of the table, while with an upper
+# bound too, an archive never analyzed yet (new, or just rebuilt) was read whole and sorted on disk
+# for every batch (about 150 ms a batch of 5,000 at 100,000 events, and growing with the archive).
+ROWS_AFTER = (
+    "SELECT stream_seq, subject, subject_exact, raw, hash FROM archive WHERE stream_seq > $1 "
+    "ORDER BY stream_seq LIMIT $2"
+)
+
+
 async def _records_after(conn: asyncpg.Connection, after: int, through: int | None, limit: int) -> list[asyncpg.Record]:
-    records: list[asyncpg.Record] = await conn.fetch(
-        "SELECT stream_seq, subject, subject_exact, raw, hash FROM archive WHERE stream_seq > $1 "
-        "AND ($3::bigint IS NULL OR stream_seq <= $3) ORDER BY stream_seq LIMIT $2",
-        after,
-        limit,
-        through,
-    )
+    records: list[asyncpg.Record] = await conn.fetch(ROWS_AFTER, after, limit)
+    if through is not None and records and records[-1]["stream_seq"] > through:
+        records = [record for record in records if record["stream_seq"] <= through]
     return records
 
 
