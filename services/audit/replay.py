@@ -71,14 +71,23 @@ class Progress:
 
 
 async def read_stream(
-    js: JetStreamContext, stream: str, subject: str, through: int, batch: int = BATCH, stall_s: float = STALL_S
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    through: int,
+    batch: int = BATCH,
+    stall_s: float = STALL_S,
+    *,
+    sparse: bool = False,
 ) -> tuple[Batches, asyncio.Task[None]]:
     """Feed batches of (seq, subject, bytes) from seq 1 up to `through` into a queue (None ends it),
     in stream order, each message once. A refusal the server gives for now (503, a consumer-leader
     change, the reader's consumer gone) is ridden out until the read has made no progress for
-    `stall_s`; see `_Reader`."""
+    `stall_s`; see `_Reader`. With `sparse`, `subject` is one that few messages are on (the
+    checkpoints): the read also ends once the server says none is left on it, which may be before
+    `through` (or at once: `read_all` must then be told not to expect `through`)."""
     queue: Batches = asyncio.Queue(maxsize=8)
-    reader = _Reader(js, stream, subject, through, batch, stall_s, queue)
+    reader = _Reader(js, stream, subject, through, batch, stall_s, queue, sparse=sparse)
     return queue, asyncio.create_task(reader.run(), name="replay-reader")
 
 
@@ -101,8 +110,11 @@ class _Reader:
         batch: int,
         stall_s: float,
         queue: Batches,
+        *,
+        sparse: bool = False,
     ) -> None:
         self._js, self._stream, self._subject, self._through = js, stream, subject, through
+        self._sparse = sparse  # the read also ends when nothing is left on the subject
         self._batch, self._stall_s, self._queue = batch, stall_s, queue
         # nats-py has no public accessor for these: the connection, and the API prefix the
         # context was made with (the log's JetStream API is imported under it).
@@ -156,7 +168,7 @@ class _Reader:
         while True:
             try:
                 name = self._nc._nuid.next().decode()
-                await self._js.add_consumer(
+                info = await self._js.add_consumer(
                     self._stream,
                     config=ConsumerConfig(
                         name=name,
@@ -173,6 +185,8 @@ class _Reader:
                     raise
                 await asyncio.sleep(RETRY_S)
         self._consumer, self._asked, self._lost = name, 0, False
+        if self._sparse and not info.num_pending:
+            self._done = True  # nothing (left) on the subject
 
     async def _ask(self) -> None:
         request = json.dumps(
@@ -198,7 +212,7 @@ class _Reader:
                 self._lost = True
             self._arrived.set()
             return
-        consumer, seq = _position(msg.reply)
+        consumer, seq, pending = _position(msg.reply)
         if consumer != self._consumer:
             return  # from a consumer replaced since
         self._asked = max(0, self._asked - 1)
@@ -207,25 +221,29 @@ class _Reader:
         self._seen = seq
         if seq <= self._through:
             self._buffer.append((seq, msg.subject, msg.data))
-        if seq >= self._through:
+        if seq >= self._through or (self._sparse and pending == 0):
             self._done = True
         if self._done or len(self._buffer) >= self._batch:
             self._arrived.set()
 
 
-def _position(reply: str) -> tuple[str, int]:
-    """The consumer and the stream sequence from a JetStream message's reply
-    subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or the v2 form
-    with a domain and an account hash after `$JS.ACK` and a random token at the end."""
+def _position(reply: str) -> tuple[str, int, int]:
+    """The consumer, the stream sequence and how many messages the consumer still has after this
+    one, from a JetStream message's reply subject:
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or the v2 form with a
+    domain and an account hash after `$JS.ACK` and a random token at the end."""
     tokens = reply.split(".")
     if len(tokens) == 9:
-        return tokens[3], int(tokens[5])
-    return tokens[5], int(tokens[7])
+        return tokens[3], int(tokens[5]), int(tokens[8])
+    return tokens[5], int(tokens[7]), int(tokens[10])
 
 
-async def read_all(queue: Batches, reader: asyncio.Task[None], through: int) -> AsyncIterator[list[Message]]:
+async def read_all(
+    queue: Batches, reader: asyncio.Task[None], through: int, *, whole: bool = True
+) -> AsyncIterator[list[Message]]:
     """The batches `read_stream` feeds, then the reader's own failure if it stopped before `through`
-    (a partial read must never pass for the whole log)."""
+    (a partial read must never pass for the whole log). A `sparse` read (`whole=False`) may end
+    before `through`: only the reader's own failure counts."""
     last = 0
     try:
         while (chunk := await queue.get()) is not None:
@@ -236,7 +254,7 @@ async def read_all(queue: Batches, reader: asyncio.Task[None], through: int) -> 
         raise StreamUnreadable(f"the stream could not be read past {last} of {through}: {exc!r}") from exc
     finally:
         reader.cancel()
-    if last < through:
+    if whole and last < through:
         raise StreamUnreadable(f"the stream could not be read past {last} of {through}")
 
 

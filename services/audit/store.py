@@ -324,6 +324,17 @@ async def _records_after(conn: asyncpg.Connection, after: int, through: int | No
     return records
 
 
+async def rows_at(conn: asyncpg.Connection, seqs: Sequence[int], *, through: int) -> list[ArchivedRow]:
+    """The archived messages at positions `seqs` (those up to `through`), in sequence order."""
+    records = await conn.fetch(
+        "SELECT stream_seq, subject, subject_exact, raw, hash FROM archive WHERE stream_seq = ANY($1::bigint[]) "
+        "AND stream_seq <= $2 ORDER BY stream_seq",
+        list(seqs),
+        through,
+    )
+    return [_row(record) for record in records]
+
+
 def _row(record: asyncpg.Record) -> ArchivedRow:
     stored = record["hash"]
     return ArchivedRow(

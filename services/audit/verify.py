@@ -3,18 +3,31 @@
 It names the first position where the archive departs from the log and how: an event `changed`,
 `dropped`, `inserted` or `reordered`, the archive `truncated`, or a checkpoint whose signature is
 invalid or whose hash the archive no longer reproduces.
+
+It streams: the log and the archive are read side by side in position order, each a batch or two
+ahead, so verification holds a few batches, never the whole log, and its memory stays flat however
+long the log grows (held whole, the two sides took about 1 KB an event: some 3 GB for the three
+million events of a million certificates). What needs more than the position at hand is found by
+reads of its own, each bounded:
+
+- the signed checkpoints are read first, on their own subject (a short read), so that the pass
+  keeps the recomputed chain only at the positions they cover;
+- where the archive's event differs from the stream's, whether it was changed, moved or inserted
+  depends on where the stream holds the archived version. For the positions reported (the first
+  MAX_PROBLEMS), a second read of the stream looks for just those events; it runs only when
+  something differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
+import contextlib
 import hashlib
 import time
-from array import array
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import asyncpg
 from cryptography.exceptions import InvalidSignature
@@ -30,10 +43,14 @@ from shared.contract.queries import VerifyAnswer, VerifyProblem
 # When several things are wrong at one position, the most specific explanation wins.
 _PRIORITY = ["reordered", "inserted", "dropped", "truncated", "changed", "checkpoint_mismatch", "checkpoint_invalid"]
 MAX_PROBLEMS = 20
-
+ARCHIVE_BATCH = 5000  # archived events read at a time (the next batch is read while one is checked)
+_STORED = "the archived bytes no longer hash to the stored chain value"
 
 Flag = Callable[[int, str, str], None]
 _Seen = tuple[str, bytes]  # an event's subject and the SHA-256 of its bytes
+_Logged = tuple[int, _Seen]  # a message on the stream: its position, what it is
+_Archived = tuple[int, _Seen, bool]  # an archived event: its position, what it is, its stored hash wrong
+T = TypeVar("T")
 
 
 async def verify(
@@ -43,72 +60,110 @@ async def verify(
     started = time.perf_counter()
     through = (await js.stream_info(stream)).state.last_seq
     await replay._let_live_catch_up(pool, live_schema, through)
-    # The stream and the archive are read at once (each mostly waits for its server).
-    reading = asyncio.ensure_future(_read_log(js, stream, root, through))
-    walking = asyncio.ensure_future(_walk_archive(pool, through))
-    try:  # the first failure (a stream that cannot be read) ends both, and is raised as itself
-        await asyncio.wait({reading, walking}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in (reading, walking):
-            if task.done() and task.exception() is not None:
-                await task
-        logged, checkpoints = await reading
-        walked = await walking
-    finally:
-        reading.cancel()
-        walking.cancel()
-    archived, stored_mismatch = walked.archived, walked.mismatched
-    pure_at = {cp.stream_seq: at for cp in checkpoints if (at := walked.pure_at(cp.stream_seq)) is not None}
-    problems: dict[int, set[str]] = {}
-    details: dict[tuple[int, str], str] = {}
-
-    def flag(seq: int, kind: str, detail: str) -> None:
-        problems.setdefault(seq, set()).add(kind)
-        details.setdefault((seq, kind), detail)
-
-    for seq in stored_mismatch:
-        flag(seq, "changed", "the archived bytes no longer hash to the stored chain value")
-    where = {seen: seq for seq, seen in logged.items()}
-    for seq in sorted(set(logged) | set(archived)):
-        _compare(seq, logged=logged, archived=archived, where=where, through=through, flag=flag)
+    checkpoints = await _log_checkpoints(js, stream, root, through)
+    found = _Findings({cp.stream_seq for cp in checkpoints})
+    walk = _Walk(found.covered)
+    async with pool.acquire() as conn:
+        logged, archived = _logged(js, stream, root, through), walk.rows(conn, through)
+        try:  # the first failure (a stream that cannot be read) ends the pass, and is raised as itself
+            await _pass(_Side(logged), _Side(archived), found, through)
+        finally:
+            await archived.aclose()
+            await logged.aclose()
+    if found.unresolved:
+        await _resolve(pool, js, stream=stream, root=root, through=through, found=found)
     for cp in checkpoints:
-        _check_checkpoint(cp, stream=stream, public_key=public_key, pure_at=pure_at, flag=flag)
-    first = min(problems, default=None)
-    listed = [
-        VerifyProblem(stream_seq=seq, kind=kind, detail=details[(seq, kind)])
-        for seq in sorted(problems)[:MAX_PROBLEMS]
-        for kind in sorted(problems[seq], key=_PRIORITY.index)[:1]
-    ]
+        _check_checkpoint(cp, stream=stream, public_key=public_key, pure_at=walk.pure_at, flag=found.flag_checkpoint)
+    listed = found.listed()
+    first = listed[0] if listed else None
     seconds = time.perf_counter() - started
     return VerifyAnswer(
         clean=first is None,
-        first_seq=first,
-        kind=listed[0].kind if listed else None,
-        detail=listed[0].detail if listed else None,
+        first_seq=first.stream_seq if first else None,
+        kind=first.kind if first else None,
+        detail=first.detail if first else None,
         problems=listed,
-        positions_with_problems=len(problems),
+        positions_with_problems=found.positions,
         stream_last_seq=through,
-        archived_events=len(archived),
+        archived_events=walk.events,
         checkpoints_checked=len(checkpoints),
         seconds=round(seconds, 3),
-        rate_per_s=round(max(len(archived), through) / seconds, 1) if seconds else 0.0,
+        rate_per_s=round(max(walk.events, through) / seconds, 1) if seconds else 0.0,
     )
 
 
-async def _read_log(
-    js: JetStreamContext, stream: str, root: str, through: int
-) -> tuple[dict[int, _Seen], list[AuditCheckpointSigned]]:
-    logged: dict[int, _Seen] = {}
+@dataclass(frozen=True)
+class _Mismatch:
+    """A position whose archived event (`got`) is not the stream's (`want`), with what the archive
+    holds at the next position: how they differ is told once the stream position of `got` is known."""
+
+    seq: int
+    got: _Seen
+    want: _Seen
+    next_archived: _Seen | None
+
+
+class _Findings:
+    """The problems found, by position: every position counted, the first MAX_PROBLEMS kept with
+    what is wrong there. The pass finds them in position order; checkpoint problems come after it."""
+
+    def __init__(self, covered: set[int]) -> None:
+        self.covered = covered  # the positions a checkpoint covers
+        self.kinds: dict[int, set[str]] = {}
+        self.details: dict[tuple[int, str], str] = {}
+        self.positions = 0  # how many positions have a problem
+        self.unresolved: list[_Mismatch] = []
+        self._last = 0
+        self._counted_covered: set[int] = set()
+
+    def count(self, seq: int) -> bool:
+        """Count a problem at the pass's position `seq` (once a position); whether it is reported."""
+        if seq != self._last:
+            self._last = seq
+            self.positions += 1
+            if seq in self.covered:
+                self._counted_covered.add(seq)
+        if seq in self.kinds or len(self.kinds) < MAX_PROBLEMS:
+            self.kinds.setdefault(seq, set())
+            return True
+        return False
+
+    def flag(self, seq: int, kind: str, detail: str) -> None:
+        """A problem at the pass's position `seq` (its positions never go back)."""
+        if self.count(seq):
+            self.add(seq, kind, detail)
+
+    def add(self, seq: int, kind: str, detail: str) -> None:
+        self.kinds.setdefault(seq, set()).add(kind)
+        self.details.setdefault((seq, kind), detail)
+
+    def flag_checkpoint(self, seq: int, kind: str, detail: str) -> None:
+        """A problem with the checkpoint that covers `seq` (after the pass, at any position)."""
+        if seq not in self._counted_covered:
+            self._counted_covered.add(seq)
+            self.positions += 1
+        self.add(seq, kind, detail)
+
+    def listed(self) -> list[VerifyProblem]:
+        """The first MAX_PROBLEMS positions, each with its most specific problem."""
+        return [
+            VerifyProblem(stream_seq=seq, kind=kind, detail=self.details[(seq, kind)])
+            for seq in sorted(self.kinds)[:MAX_PROBLEMS]
+            for kind in sorted(self.kinds[seq], key=_PRIORITY.index)[:1]
+        ]
+
+
+async def _log_checkpoints(js: JetStreamContext, stream: str, root: str, through: int) -> list[AuditCheckpointSigned]:
+    """The signed checkpoints on the stream up to `through` (a read of their subject alone)."""
     checkpoints: list[AuditCheckpointSigned] = []
     if through == 0:
-        return logged, checkpoints
-    suffix = f".{AuditCheckpointSigned.verb}"
-    queue, reader = await replay.read_stream(js, stream, f"{root}.>", through)
-    async for chunk in replay.read_all(queue, reader, through):
-        for seq, subj, raw in chunk:
-            logged[seq] = (subj, hashlib.sha256(raw).digest())
-            if subj.endswith(suffix) and (checkpoint := _checkpoint(subj, root, raw)) is not None:
+        return checkpoints
+    queue, reader = await replay.read_stream(js, stream, AuditCheckpointSigned.filter(root), through, sparse=True)
+    async for chunk in replay.read_all(queue, reader, through, whole=False):
+        for _, subject, raw in chunk:
+            if (checkpoint := _checkpoint(subject, root, raw)) is not None:
                 checkpoints.append(checkpoint)
-    return logged, checkpoints
+    return checkpoints
 
 
 def _checkpoint(subject: str, root: str, raw: bytes) -> AuditCheckpointSigned | None:
@@ -119,81 +174,163 @@ def _checkpoint(subject: str, root: str, raw: bytes) -> AuditCheckpointSigned | 
         return None
 
 
-@dataclass
-class _Walked:
-    """The archive as `_walk_archive` found it: each event's digest by position, the positions whose
-    stored hash the bytes do not reproduce, and the chain recomputed from genesis at every position
-    (32 bytes each, in position order: checkpoints are found by the log read, which runs meanwhile)."""
-
-    archived: dict[int, _Seen] = field(default_factory=dict)
-    mismatched: list[int] = field(default_factory=list)
-    seqs: array[int] = field(default_factory=lambda: array("q"))
-    chain: bytearray = field(default_factory=bytearray)
-
-    def pure_at(self, seq: int) -> str | None:
-        """The recomputed chain's hash at `seq`, in hex; None if the archive has no event there."""
-        at = bisect.bisect_left(self.seqs, seq)
-        if at == len(self.seqs) or self.seqs[at] != seq:
-            return None
-        return self.chain[at * 32 : at * 32 + 32].hex()
+async def _logged(js: JetStreamContext, stream: str, root: str, through: int) -> AsyncGenerator[list[_Logged], None]:
+    """The stream up to `through`, in batches of (position, (subject, SHA-256 of the bytes))."""
+    if through == 0:
+        return
+    queue, reader = await replay.read_stream(js, stream, f"{root}.>", through)
+    async for chunk in replay.read_all(queue, reader, through):
+        yield [(seq, (subject, hashlib.sha256(raw).digest())) for seq, subject, raw in chunk]
 
 
-async def _walk_archive(pool: asyncpg.Pool, through: int) -> _Walked:
-    """Every archived event up to `through` (what the stream held when verification began: events
-    archived since, such as audit's own next checkpoint, are for the next run), checked against the
-    hashes stored with it and chained from genesis over the archived bytes."""
-    walked = _Walked()
-    archived, mismatched, seqs, chain = walked.archived, walked.mismatched, walked.seqs, walked.chain
-    pure = local = domain.GENESIS
-    async with pool.acquire() as conn:
-        async for seq, subject, raw, stored in store.archive_rows(conn, through=through):
-            archived[seq] = (subject, hashlib.sha256(raw).digest())
-            chained = pure == local  # the usual case: the stored chain is the recomputed one
-            pure = domain.link(pure, seq, subject, raw)
-            if stored is not None:
-                if (pure if chained else domain.link(local, seq, subject, raw)) != stored:
-                    mismatched.append(seq)
-                local = stored  # resynchronise, so one change is reported once
-            seqs.append(seq)
-            chain += pure
-    return walked
+class _Walk:
+    """The archive up to `through`, in batches, its chain recomputed from genesis over the archived
+    bytes and checked against the hash stored with each event. The recomputed chain is kept at the
+    positions `covered` (by checkpoints) only."""
+
+    def __init__(self, covered: set[int]) -> None:
+        self._covered = covered
+        self.pure_at: dict[int, str] = {}  # the recomputed chain at a covered position, in hex
+        self.events = 0
+
+    async def rows(self, conn: asyncpg.Connection, through: int) -> AsyncGenerator[list[_Archived], None]:
+        pure = local = domain.GENESIS
+        fetching: asyncio.Future[list[store.ArchivedRow]] | None = asyncio.ensure_future(
+            store.rows_after(conn, 0, through=through, limit=ARCHIVE_BATCH)
+        )
+        try:
+            while fetching is not None and (rows := await fetching):
+                fetching = None
+                if len(rows) == ARCHIVE_BATCH:  # the next batch is read while this one is checked
+                    fetching = asyncio.ensure_future(
+                        store.rows_after(conn, rows[-1].seq, through=through, limit=ARCHIVE_BATCH)
+                    )
+                batch: list[_Archived] = []
+                for seq, subject, raw, stored in rows:
+                    chained = pure == local  # the usual case: the stored chain is the recomputed one
+                    pure = domain.link(pure, seq, subject, raw)
+                    wrong = False
+                    if stored is not None:
+                        wrong = (pure if chained else domain.link(local, seq, subject, raw)) != stored
+                        local = stored  # resynchronise, so one change is reported once
+                    if seq in self._covered:
+                        self.pure_at[seq] = pure.hex()
+                    batch.append((seq, (subject, hashlib.sha256(raw).digest()), wrong))
+                self.events += len(batch)
+                yield batch
+        finally:
+            if fetching is not None:  # the connection goes back to the pool with no query running
+                fetching.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetching
 
 
-def _compare(
-    seq: int,
-    *,
-    logged: dict[int, _Seen],
-    archived: dict[int, _Seen],
-    where: dict[_Seen, int],
-    through: int,
-    flag: Flag,
+class _Side(Generic[T]):
+    """One side of the pass: its batches, read an item at a time (with a look at the next)."""
+
+    def __init__(self, batches: AsyncIterator[list[T]]) -> None:
+        self._batches = batches
+        self._items: list[T] = []
+        self._at = 0
+
+    async def _more(self) -> bool:
+        """Read the next batch after what is left; False at the end."""
+        batch = await anext(self._batches, None)
+        if batch is None:
+            return False
+        self._items, self._at = self._items[self._at :] + batch, 0
+        return True
+
+    async def head(self) -> T | None:
+        """The item at hand; None once the side is read."""
+        while self._at >= len(self._items):
+            if not await self._more():
+                return None
+        return self._items[self._at]
+
+    async def following(self) -> T | None:
+        """The item after the one at hand, if any."""
+        while self._at + 1 >= len(self._items):
+            if not await self._more():
+                return None
+        return self._items[self._at + 1]
+
+    def advance(self) -> None:
+        self._at += 1
+
+
+async def _pass(log: _Side[_Logged], archive: _Side[_Archived], found: _Findings, through: int) -> None:
+    """The stream and the archive side by side, in position order: flag where they differ."""
+    end = 0  # the last archived position passed
+    while True:
+        a, logged = await archive.head(), await log.head()
+        if a is None and logged is None:
+            return
+        if logged is None or (a is not None and a[0] < logged[0]):  # only the archive has this position
+            assert a is not None
+            seq, _, wrong = a
+            if wrong:
+                found.flag(seq, "changed", _STORED)
+            found.flag(seq, "inserted", "the archive has an event here that the stream never had")
+            end = seq
+            archive.advance()
+        elif a is None or logged[0] < a[0]:  # only the stream has it
+            seq = logged[0]
+            if a is None:
+                found.flag(seq, "truncated", f"the archive ends at {end}; the stream goes on to {through}")
+            else:
+                found.flag(seq, "dropped", "the stream has this event; the archive does not")
+            log.advance()
+        else:
+            seq, got, wrong = a
+            if wrong:
+                found.flag(seq, "changed", _STORED)
+            if got != logged[1] and found.count(seq):
+                after = await archive.following()
+                following = after[1] if after is not None and after[0] == seq + 1 else None
+                found.unresolved.append(_Mismatch(seq, got, logged[1], following))
+            end = seq
+            archive.advance()
+            log.advance()
+
+
+async def _resolve(
+    pool: asyncpg.Pool, js: JetStreamContext, *, stream: str, root: str, through: int, found: _Findings
 ) -> None:
-    got, want = archived.get(seq), logged.get(seq)
-    if got is None and want is not None:
-        end = max(archived, default=0)
-        if seq > end:
-            flag(seq, "truncated", f"the archive ends at {end}; the stream goes on to {through}")
-        else:
-            flag(seq, "dropped", "the stream has this event; the archive does not")
-        return
-    if got is not None and want is None:
-        flag(seq, "inserted", "the archive has an event here that the stream never had")
-        return
-    if got == want:
-        return
-    assert got is not None
-    really = where.get(got)  # where the archived event is on the stream, if anywhere
+    """Tell how each reported differing position differs: from where the stream holds the archived
+    event (a second read of the stream, looking for those events only) and what the archive holds
+    at that position."""
+    wanted = {m.got for m in found.unresolved}
+    where: dict[_Seen, int] = {}  # the last position the stream holds each at
+    logged = _logged(js, stream, root, through)
+    try:
+        async for batch in logged:
+            for seq, seen in batch:
+                if seen in wanted:
+                    where[seen] = seq
+    finally:
+        await logged.aclose()
+    async with pool.acquire() as conn:
+        rows = await store.rows_at(
+            conn, sorted({where[m.got] for m in found.unresolved if m.got in where}), through=through
+        )
+    archived_at = {row.seq: (row.subject, hashlib.sha256(row.raw).digest()) for row in rows}
+    for m in found.unresolved:
+        found.add(m.seq, *_how(m, where.get(m.got), archived_at))
+
+
+def _how(m: _Mismatch, really: int | None, archived_at: dict[int, _Seen]) -> tuple[str, str]:
+    """How the archive departs from the stream at `m.seq`, given where on the stream (`really`) the
+    archived event is, if anywhere."""
     if really is None:
-        if archived.get(seq + 1) == want:
-            flag(seq, "inserted", "a forged event was inserted here: the stream's event follows it in the archive")
-        else:
-            flag(seq, "changed", "the archived event differs from the stream's")
-    elif archived.get(really) == want:
-        flag(seq, "reordered", f"this event and the one at {really} are swapped")
-    elif really == seq + 1:
-        flag(seq, "dropped", "an event was removed here: the archive holds the stream's next event instead")
-    else:
-        flag(seq, "reordered", f"this event is on the stream at {really}")
+        if m.next_archived == m.want:
+            return "inserted", "a forged event was inserted here: the stream's event follows it in the archive"
+        return "changed", "the archived event differs from the stream's"
+    if archived_at.get(really) == m.want:
+        return "reordered", f"this event and the one at {really} are swapped"
+    if really == m.seq + 1:
+        return "dropped", "an event was removed here: the archive holds the stream's next event instead"
+    return "reordered", f"this event is on the stream at {really}"
 
 
 def _check_checkpoint(

@@ -119,3 +119,33 @@ async def test_a_read_whose_server_goes_away_fails_within_its_stall_limit() -> N
             await nc.close()
     finally:
         server.cleanup()
+
+
+async def _read_sparse(js: JetStreamContext, stream: str, subject: str, through: int) -> list[int]:
+    queue, reader = await replay.read_stream(js, stream, subject, through, batch=50, stall_s=5, sparse=True)
+    return [seq async for chunk in replay.read_all(queue, reader, through, whole=False) for seq, _, _ in chunk]
+
+
+async def test_a_sparse_read_ends_when_nothing_is_left_on_its_subject_before_the_end_of_the_log(
+    log: tuple[Client, JetStreamContext, str],
+) -> None:
+    # Audit's checkpoints are read this way: a few messages on a subject of their own, the last of
+    # them well before the log's end. The read ends at once (no waiting out a stall), none missed.
+    _, js, stream = log
+    subjects = [f"{stream}.other.{i}" if i % 100 else f"{stream}.log.checkpoint.{i}" for i in range(1, 1051)]
+    await _publish(js, subjects)
+    started = time.monotonic()
+    assert await _read_sparse(js, stream, f"{stream}.log.>", 1050) == list(range(100, 1001, 100))
+    assert await _read_sparse(js, stream, f"{stream}.log.>", 550) == [100, 200, 300, 400, 500]  # up to `through`
+    assert await _read_sparse(js, stream, f"{stream}.nothing.>", 1050) == []  # none at all
+    assert time.monotonic() - started < 4  # each ended when the server said nothing was left
+
+
+async def test_a_whole_read_that_ends_early_still_fails(log: tuple[Client, JetStreamContext, str]) -> None:
+    # Only a sparse read may end before `through`: a read of the whole log that stops short is an error.
+    _, js, stream = log
+    await _publish(js, [f"{stream}.log.{i}" for i in range(1, 11)])
+    queue, reader = await replay.read_stream(js, stream, f"{stream}.log.>", 10, batch=50)
+    with pytest.raises(replay.StreamUnreadable):
+        async for _ in replay.read_all(queue, reader, 20):  # told to expect more than the read asked for
+            pass
