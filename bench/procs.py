@@ -39,9 +39,14 @@ def pss_kib(pid: int) -> int:
     pages it shares with others, so that PostgreSQL's backends, which all touch the same shared
     buffers, add up to what they really hold (their RSS would count those buffers once each).
     0 if the process is gone."""
+    return _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _kib(path: str, field: str) -> int:
+    """The KiB figure of the line starting with `field` in a /proc file; 0 if it cannot be read."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -108,13 +113,7 @@ def machine_context_switches() -> int:
 
 def rss_kib(pid: int) -> int:
     """A process's resident set (VmRSS, KiB) now; 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _kib(f"/proc/{pid}/status", "VmRSS:")
 
 
 class RssPeak:
