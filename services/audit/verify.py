@@ -266,7 +266,7 @@ async def _pass(log: _Side[_Logged], archive: _Side[_Archived], found: _Findings
         if a is None and logged is None:
             return
         if a is not None and logged is not None and a[0] == logged[0] and a[1] == logged[1] and not a[2]:
-            end = _agreeing(archive, log)  # the usual case, at C speed where it can be
+            end = _agreeing(archive, log)  # the usual case: a run of agreeing positions in one loop
             continue
         if logged is None or (a is not None and a[0] < logged[0]):  # only the archive has this position
             assert a is not None
