@@ -264,10 +264,7 @@ class CaRegistry:
                 f"ceremony_refused: signing runs with an online root (CERTBUS_CA_ROOT=online): root {event.ca_id} "
                 "from the ceremony is not adopted"
             )
-        try:
-            cert = x509.load_pem_x509_certificate(event.cert_pem.encode())
-        except ValueError as error:
-            raise EventRejected(f"ceremony_refused: the root certificate cannot be read: {error}") from None
+        cert = _ceremony_certificate(event.cert_pem, "the root certificate")
         if await self._known(conn, event.ca_id, cert, offline=True):
             return
         problems = domain.root_adoption_problems(cert, event.spki_sha256, rt.clock.now())
@@ -294,10 +291,7 @@ class CaRegistry:
         key that waits for it, after checking it (signed by the root signing adopted, for exactly
         that key, an issuing CA's profile, valid now); it becomes the issuing CA. EventRejected (the
         command is parked, nothing changes) if it cannot be adopted."""
-        try:
-            cert = x509.load_pem_x509_certificate(event.cert_pem.encode())
-        except ValueError as error:
-            raise EventRejected(f"ceremony_refused: the issuing CA certificate cannot be read: {error}") from None
+        cert = _ceremony_certificate(event.cert_pem, "the issuing CA certificate")
         if await self._known(conn, event.ca_id, cert, offline=False):
             return
         waiting = await store.waiting_issuing_request(conn)
@@ -383,3 +377,11 @@ class CaRegistry:
             rt.root,
         )
         log.info("created a CA", extra={"ca": ca_id, "role": role, "fingerprint": hashlib.sha256(der).hexdigest()})
+
+
+def _ceremony_certificate(pem: str, what: str) -> x509.Certificate:
+    """A certificate from a ceremony command; EventRejected (the command is parked) if unreadable."""
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as error:
+        raise EventRejected(f"ceremony_refused: {what} cannot be read: {error}") from None
