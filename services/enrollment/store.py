@@ -579,17 +579,37 @@ _SUPERSEDED = "(superseded_by IS NOT NULL AND NOT superseded_sent)"
 _COMPROMISE_DUE = "(compromise_due IS NOT NULL AND NOT compromise_due_sent AND NOT destroyed)"
 
 
+_DUE_COLUMNS = (
+    "cert_id, serial, issuer_id, not_after, renew_at, superseded_by, superseded_by_id, "
+    f"{_RENEWAL_DUE} AS renewal_due, {_EXPIRED} AS expired, {_SUPERSEDED} AS superseded, "
+    f"CASE WHEN {_COMPROMISE_DUE} THEN compromise_due END AS compromise_due"
+)
+# The schedule's look for due events (see `due`): each kind through its own partial index.
+DUE = (
+    f"WITH renewal AS (SELECT {_DUE_COLUMNS} FROM certificates WHERE {_RENEWAL_DUE} "
+    "ORDER BY renew_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    f"expiry AS (SELECT {_DUE_COLUMNS} FROM certificates WHERE {_EXPIRED} "
+    "ORDER BY not_after LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    f"superseded AS (SELECT {_DUE_COLUMNS} FROM certificates WHERE {_SUPERSEDED} "
+    "ORDER BY cert_id LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    f"compromise AS (SELECT {_DUE_COLUMNS} FROM certificates WHERE {_COMPROMISE_DUE} "
+    "ORDER BY cert_id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "SELECT DISTINCT ON (cert_id) * FROM (SELECT * FROM renewal UNION ALL SELECT * FROM expiry "
+    "UNION ALL SELECT * FROM superseded UNION ALL SELECT * FROM compromise) AS due "
+    "ORDER BY cert_id LIMIT $2"
+)
+
+
 async def due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[Due]:
-    """Certificates with a scheduled event to send at `now` (locked; other replicas skip them)."""
-    rows = await conn.fetch(
-        f"SELECT cert_id, serial, issuer_id, not_after, renew_at, superseded_by, superseded_by_id, "
-        f"{_RENEWAL_DUE} AS renewal_due, {_EXPIRED} AS expired, {_SUPERSEDED} AS superseded, "
-        f"CASE WHEN {_COMPROMISE_DUE} THEN compromise_due END AS compromise_due "
-        f"FROM certificates WHERE {_RENEWAL_DUE} OR {_EXPIRED} OR {_SUPERSEDED} OR {_COMPROMISE_DUE} "
-        "ORDER BY cert_id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        now,
-        limit,
-    )
+    """Certificates with a scheduled event to send at `now` (locked; other replicas skip them).
+
+    Each kind is looked for through its own partial index, the most overdue first, so a call
+    reads what is due and not the table, whether PostgreSQL has analyzed it or not. (One `WHERE`
+    of the four conditions `OR`ed, ordered by `cert_id`, was planned on a never-analyzed table as
+    a walk of the whole primary key: 0.35-0.47 s at 500,000 certificates, after every batch of
+    issued ones.) Rows locked here beyond `limit` stay locked until the caller's transaction
+    ends, and the caller's next batch takes them."""
+    rows = await conn.fetch(DUE, now, limit)
     return [Due(**dict(r)) for r in rows]
 
 

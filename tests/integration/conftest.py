@@ -12,6 +12,7 @@ import pytest
 from harness import Harness
 from services.acme import store as acme_store
 from services.audit import store
+from services.enrollment import store as enrollment_store
 from services.signing import store as signing_store
 from shared.contract.events import CertificateIssued
 from shared.pki.crypto import KeyType, PrivateKey, build_csr, generate_key
@@ -52,6 +53,13 @@ async def _migrated(database_url: str, schema: str, store_module: ModuleType) ->
 async def audit_archive(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on audit's schema, migrated, with no service running (the archive alone)."""
     async for pool in _migrated(database_url, "audit", store):
+        yield pool
+
+
+@pytest.fixture
+async def enrollment_schema(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on enrollment's schema, migrated, with no service running."""
+    async for pool in _migrated(database_url, "enrollment", enrollment_store):
         yield pool
 
 
