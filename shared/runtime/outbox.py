@@ -9,7 +9,7 @@ that is logged as an alarm and kept on the row; if it cannot be read, the row st
 the publish (and the comparison) is tried again later, never guessed either way.
 
 Two paths publish a row. The handler that committed it publishes it at once (one round trip to
-NATS, one to mark it published). The relay picks up what that path left behind (a crash, NATS
+NATS, one to delete it). The relay picks up what that path left behind (a crash, NATS
 down) once it is `stale_s` old, holding a row lock while it publishes so replicas never race; a row
 the fast path has not reported on yet (no attempt counted) it leaves alone until that publish has
 had time to time out, so the two rarely publish the same row at once, unless the database session
@@ -17,6 +17,13 @@ that wrote the row has ended: its process is gone (killed), its fast path will n
 the row is taken over once `stale_s` old, so a killed replica's decisions reach the log within
 seconds of its death. (A session can also end while its process lives, an idle pooled connection
 closed: both paths may then publish the row, and the `duplicate` answer is read back as above.)
+
+A row is deleted once its event is on the log: the log (and audit's archive of it) is the record,
+and the outbox holds only what is still to publish. What stays is a row not yet published, one
+whose publish raised an alarm (kept with it, published), and one a rebuild suppressed (inserted as
+published, never sent). Deleting costs PostgreSQL a fifth of what marking the row did (an update
+writes a new version of the row, payload and indexes included), and the table no longer grows
+with every event a service ever published.
 """
 
 from __future__ import annotations
@@ -164,7 +171,7 @@ class OutboxRelay:
         )
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> None:
-        """Publish rows the caller just committed, then mark them published (the fast path).
+        """Publish rows the caller just committed, then delete them (the fast path).
 
         The publishes are pipelined (each awaits its own acknowledgement); they are events of
         different aggregates, so their relative order does not matter. What fails stays unpublished
@@ -182,14 +189,17 @@ class OutboxRelay:
         results = await asyncio.gather(*(self._send(entry) for entry in entries), return_exceptions=True)
         done = [(e.id, r[0], r[1]) for e, r in zip(entries, results, strict=True) if not isinstance(r, BaseException)]
         failed = [e.id for e, r in zip(entries, results, strict=True) if isinstance(r, BaseException)]
-        if done:
+        if clean := [d[0] for d in done if d[2] is None]:
+            # (A row the relay has published meanwhile is gone already, or kept with its alarm.)
+            await db.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[]) AND published_at IS NULL", clean)
+        if alarmed := [d for d in done if d[2] is not None]:
             await db.execute(
                 "UPDATE outbox o SET attempts = o.attempts + 1, published_at = now(), stream_seq = v.seq, "
                 "alarm = v.alarm FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, seq, alarm) "
                 "WHERE o.id = v.id AND o.published_at IS NULL",
-                [d[0] for d in done],
-                [d[1] for d in done],
-                [d[2] for d in done],
+                [d[0] for d in alarmed],
+                [d[1] for d in alarmed],
+                [d[2] for d in alarmed],
             )
         if failed:
             # Count the attempt: the relay then knows this path has given up on the row. (The
@@ -253,13 +263,16 @@ class OutboxRelay:
                     await conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = $1", row["id"])
                     failure = exc
                     break
-                await conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, published_at = now(), stream_seq = $2, "
-                    "alarm = $3 WHERE id = $1",
-                    row["id"],
-                    seq,
-                    alarm,
-                )
+                if alarm is None:
+                    await conn.execute("DELETE FROM outbox WHERE id = $1", row["id"])
+                else:
+                    await conn.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, published_at = now(), stream_seq = $2, "
+                        "alarm = $3 WHERE id = $1",
+                        row["id"],
+                        seq,
+                        alarm,
+                    )
         if failure is not None:
             raise failure
         return len(rows)
