@@ -498,6 +498,13 @@ def create_service(
                 runtime.schema = await guard.fetchval("SELECT oid::bigint FROM pg_namespace WHERE nspname = $1", name)
             finally:
                 await guard.execute("SELECT pg_advisory_unlock(hashtext($1))", f"certbus-start:{name}")
+            if await guard.fetchval("SELECT current_setting('autovacuum') = 'off'"):
+                log.warning(
+                    "PostgreSQL runs without autovacuum: statements keep the plans chosen while the tables "
+                    "were small until the tables are analyzed, and slow down as they grow; turn autovacuum "
+                    "on, or ANALYZE this schema's tables regularly",
+                    extra={"schema": name},
+                )
         under_way = await rebuild.unfinished(runtime.pool)
         runtime.rebuilding = under_way is not None
         runtime.rebuild_through = under_way["through_seq"] if under_way is not None else 0
