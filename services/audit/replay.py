@@ -405,7 +405,7 @@ async def _rebuild(
                     if copying is not None:
                         await copying
                         copying = None
-                    await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, head)
+                    await conn.execute("UPDATE chain_head SET seq = $1, hash = $2, events = $1 WHERE id = 1", seq, head)
                     seq = -1
                 async with conn.transaction():
                     events += (await store.archive(conn, chunk, root)).count
@@ -421,8 +421,8 @@ async def _rebuild(
         if copying is not None:
             await copying
             copying = None
-        if seq > 0:
-            await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, head)
+        if seq > 0:  # (from sequence 1 without a gap: the chain covers `seq` events)
+            await conn.execute("UPDATE chain_head SET seq = $1, hash = $2, events = $1 WHERE id = 1", seq, head)
     finally:
         if copying is not None:  # a read that failed: the copy under way ends before the connection is let go
             await asyncio.wait({copying})
@@ -474,6 +474,8 @@ async def _adopt(conn: asyncpg.Connection, live: str, scratch: str, through: int
     await conn.execute(f"INSERT INTO {live}.archive SELECT * FROM {scratch}.archive")
     await conn.execute(f"INSERT INTO {live}.serial_refs SELECT * FROM {scratch}.serial_refs")
     await conn.execute(f"UPDATE {live}.archive SET hash = NULL WHERE stream_seq > $1", through)
-    await conn.execute(f"UPDATE {live}.chain_head SET (seq, hash) = (SELECT seq, hash FROM {scratch}.chain_head)")
+    await conn.execute(
+        f"UPDATE {live}.chain_head SET (seq, hash, events) = (SELECT seq, hash, events FROM {scratch}.chain_head)"
+    )
     await conn.execute(f"SET LOCAL search_path TO {live}, public")
     await store.advance_chain(conn)

@@ -62,7 +62,12 @@ async def archive(conn: asyncpg.Connection, messages: Sequence[tuple[int, str, b
             *[list(col) for col in zip(*refs, strict=True)],
         )
     if contiguous and len(inserted) == len(rows):
-        await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", ordered[-1][0], current)
+        await conn.execute(
+            "UPDATE chain_head SET seq = $1, hash = $2, events = events + $3 WHERE id = 1",
+            ordered[-1][0],
+            current,
+            len(rows),
+        )
         if await conn.fetchval("SELECT 1 FROM archive WHERE stream_seq = $1", ordered[-1][0] + 1):
             await advance_chain(conn)  # this batch filled a gap before rows that arrived early
     else:
@@ -166,6 +171,7 @@ async def advance_chain(conn: asyncpg.Connection) -> None:
     head = await conn.fetchrow("SELECT seq, hash FROM chain_head WHERE id = 1 FOR UPDATE")
     assert head is not None
     seq, current = head["seq"], bytes(head["hash"])
+    chained = 0
     while True:
         rows = await conn.fetch(
             "SELECT stream_seq, subject, subject_exact, raw FROM archive WHERE stream_seq > $1 "
@@ -181,9 +187,12 @@ async def advance_chain(conn: asyncpg.Connection) -> None:
             updates.append((seq, current))
         if updates:
             await conn.executemany("UPDATE archive SET hash = $2 WHERE stream_seq = $1", updates)
+            chained += len(updates)
         if len(updates) < 5000:
             break
-    await conn.execute("UPDATE chain_head SET seq = $1, hash = $2 WHERE id = 1", seq, current)
+    await conn.execute(
+        "UPDATE chain_head SET seq = $1, hash = $2, events = events + $3 WHERE id = 1", seq, current, chained
+    )
 
 
 def _subject(row: asyncpg.Record) -> str:
@@ -255,7 +264,7 @@ async def checkpoint_due(conn: asyncpg.Connection, checkpoint_type: str) -> tupl
     """(head seq, head hash, archived events) if anything but checkpoints was chained since the last
     checkpoint; None otherwise."""
     row = await conn.fetchrow(
-        "SELECT h.seq, h.hash, (SELECT coalesce(max(stream_seq), 0) FROM checkpoints) AS last "
+        "SELECT h.seq, h.hash, h.events, (SELECT coalesce(max(stream_seq), 0) FROM checkpoints) AS last "
         "FROM chain_head h WHERE h.id = 1"
     )
     assert row is not None
@@ -269,8 +278,7 @@ async def checkpoint_due(conn: asyncpg.Connection, checkpoint_type: str) -> tupl
     )
     if not fresh:
         return None
-    count = await conn.fetchval("SELECT count(*) FROM archive WHERE stream_seq <= $1", row["seq"])
-    return row["seq"], bytes(row["hash"]), count
+    return row["seq"], bytes(row["hash"]), row["events"]
 
 
 async def save_checkpoint(

@@ -47,6 +47,9 @@ async def test_any_arrival_order_gives_the_same_chain(pool: asyncpg.Pool, batche
         async with pool.acquire() as conn, conn.transaction():
             await store.archive(conn, batch, "pki")
     assert await head(pool) == (len(EVENTS), expected_head())
+    # The events the chain covers, kept as it advances (what a checkpoint names), whatever the order.
+    async with pool.acquire() as conn:
+        assert await store.checkpoint_due(conn, "AuditCheckpointSigned") == (len(EVENTS), expected_head(), len(EVENTS))
     hashes = [bytes(r["hash"]) for r in await pool.fetch("SELECT hash FROM audit.archive ORDER BY stream_seq")]
     running = list(itertools.accumulate(EVENTS, lambda h, e: domain.link(h, *e), initial=domain.GENESIS))[1:]
     assert hashes == running
