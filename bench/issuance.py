@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench import cfssl
+from bench import cfssl, scale
 from bench.environment import REQUESTER, bench_harness, save_result
 from bench.procs import CpuMeter, children, machine_context_switches
 from harness import Harness
@@ -56,6 +56,9 @@ CFSSL_SECONDS = float(os.environ.get("BENCH_CFSSL_SECONDS", "10"))  # per cfssl 
 PACED_RATE = float(os.environ.get("BENCH_PACED_RATE", "500"))
 PACED_SECONDS = float(os.environ.get("BENCH_PACED_SECONDS", "4"))  # 0 skips it
 PACED_MAX_IN_FLIGHT = 5000  # a bound on memory only: a request held back by it still counts from its due time
+# Then one more round with this many certificates of history seeded into the services' tables
+# (bench.scale; 0 skips it).
+SCALE_SEED = int(os.environ.get("BENCH_SCALE_SEED", "1000000"))
 
 
 PROFILE = Profile(name="tls-server", usage="server", dns_suffixes=["internal"])
@@ -305,30 +308,25 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
     switches: list[float] = []  # the machine's context switches per certificate
     batch_means: dict[str, list[float]] = {}
     csrs: list[bytes] = []
+    seq_read: list[float] = []  # rows read by sequential scans per certificate
     for r in range(ROUNDS):
         csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
-        meter = CpuMeter()
-        meter.start(await processes(h))
-        first = await log_position(h)
-        batches_before, switched = await batch_totals(h), machine_context_switches()
-        rate, lat = await end_to_end(h, csrs)
-        # What the services still do for these certificates after the last was issued (audit
-        # archives and lints them) is theirs too: read once the system is quiet again.
-        await asyncio.sleep(2)
-        logged.append((await log_position(h) - first) / N)
-        switches.append((machine_context_switches() - switched) / N)
-        for durable, mean in mean_batches(batches_before, await batch_totals(h)).items():
-            batch_means.setdefault(durable, []).append(mean)
-        for name, ms in cpu_breakdown(meter.stop(await processes(h)), N).items():
-            cpu.setdefault(name, []).append(ms)
+        measured = await measured_round(h, csrs)
         ref, review, lint = await asyncio.to_thread(reference_rate, csrs)
-        e2e_rates.append(rate)
+        e2e_rates.append(measured.rate)
         ref_rates.append(ref)
         review_us.append(review)
         lint_rates.append(lint)
-        latencies.extend(lat)
+        latencies.extend(measured.latencies)
+        logged.append(measured.logged)
+        switches.append(measured.switches)
+        seq_read.append(sum(measured.seq_reads.values()))
+        for durable, mean in measured.batch_means.items():
+            batch_means.setdefault(durable, []).append(mean)
+        for name, ms in measured.cpu_ms.items():
+            cpu.setdefault(name, []).append(ms)
         print(
-            f"  round {r + 1}: end to end {rate:8.1f} certs/s   in-process reference {ref:8.1f} certs/s   "
+            f"  round {r + 1}: end to end {measured.rate:8.1f} certs/s   in-process reference {ref:8.1f} certs/s   "
             f"enrollment review {review:6.1f} us/request   pkilint {lint:6.1f} certs/s",
             flush=True,
         )
@@ -354,9 +352,12 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
         "events_per_certificate": round(statistics.median(logged), 2),
         "context_switches_per_certificate": round(statistics.median(switches), 1),
         "messages_per_batch": {durable: statistics.median(means) for durable, means in batch_means.items()},
+        "seq_scan_rows_per_certificate": round(statistics.median(seq_read), 1),
     }
     if PACED_SECONDS > 0:
         result["paced"] = result_paced
+    if SCALE_SEED > 0:
+        result["with_history"] = await history_round(h, e2e, cpu_ms["total_without_lint"])
     print(
         f"issuance end to end: {e2e:.1f} certs/s (median of {ROUNDS}), latency p50 "
         f"{result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms"
@@ -371,9 +372,79 @@ async def run(h: Harness) -> tuple[dict[str, Any], list[bytes]]:
     )
     print(
         f"context switches per certificate (the whole machine): {result['context_switches_per_certificate']}; "
-        "messages per batch: " + ", ".join(f"{d} {m}" for d, m in result["messages_per_batch"].items())
+        "messages per batch: "
+        + ", ".join(f"{d} {m}" for d, m in result["messages_per_batch"].items())
+        + f"; rows read by sequential scans per certificate: {result['seq_scan_rows_per_certificate']}"
     )
     return result, csrs
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round through the running services, measured."""
+
+    rate: float  # certificates per second, end to end
+    latencies: list[float]  # s, per request
+    logged: float  # events on the log per certificate
+    switches: float  # the machine's context switches per certificate
+    batch_means: dict[str, float]  # messages per batch, per batch consumer
+    cpu_ms: dict[str, float]  # CPU per certificate, per process group
+    seq_reads: dict[str, float]  # rows read by sequential scans per certificate, per table
+
+
+async def measured_round(h: Harness, csrs: list[bytes]) -> Round:
+    """Issue one certificate per CSR through the running services and measure it."""
+    pool = await h.db()
+    meter = CpuMeter()
+    meter.start(await processes(h))
+    first = await log_position(h)
+    batches_before, switched = await batch_totals(h), machine_context_switches()
+    scanned = await scale.seq_reads(pool)
+    rate, lat = await end_to_end(h, csrs)
+    # What the services still do for these certificates after the last was issued (audit
+    # archives and lints them) is theirs too: read once the system is quiet again.
+    await asyncio.sleep(2)
+    n = len(csrs)
+    return Round(
+        rate=rate,
+        latencies=lat,
+        logged=(await log_position(h) - first) / n,
+        switches=(machine_context_switches() - switched) / n,
+        batch_means=mean_batches(batches_before, await batch_totals(h)),
+        cpu_ms=cpu_breakdown(meter.stop(await processes(h)), n),
+        seq_reads=scale.seq_reads_per_certificate(scanned, await scale.seq_reads(pool), n),
+    )
+
+
+async def history_round(h: Harness, rate_before: float, cpu_before: float) -> dict[str, Any]:
+    """Seed SCALE_SEED certificates of history into the services' tables (bench.scale), then one
+    round of N: the rate, CPU and sequential-scan reads against the rounds before, same run."""
+    pool = await h.db()
+    seconds = await scale.seed(pool, SCALE_SEED, requester=REQUESTER, provisioner="default")
+    print(f"  seeded {SCALE_SEED:,} certificates of history into every service's tables in {seconds:.0f} s", flush=True)
+    csrs = [build_csr(generate_key("ec-p256"), [f"svc{i}.bench.internal"]) for i in range(N)]
+    measured = await measured_round(h, csrs)
+    cpu = measured.cpu_ms["total_without_lint"]
+    figures: dict[str, Any] = {
+        "history_certificates": SCALE_SEED,
+        "seed_s": round(seconds, 1),
+        "end_to_end_certs_per_s": round(measured.rate, 1),
+        "ratio_to_rounds_without_history": round(measured.rate / rate_before, 3),
+        "latency_p50_ms": round(pct(measured.latencies, 50) * 1000, 1),
+        "latency_p99_ms": round(pct(measured.latencies, 99) * 1000, 1),
+        "cpu_ms_per_certificate": measured.cpu_ms,
+        "cpu_ratio_to_rounds_without_history": round(cpu / cpu_before, 3),
+        "seq_scan_rows_per_certificate": measured.seq_reads,
+    }
+    top = ", ".join(f"{t} {v}" for t, v in list(measured.seq_reads.items())[:4]) or "none"
+    print(
+        f"  with {SCALE_SEED:,} certificates of history: {measured.rate:.1f} certs/s "
+        f"(x{figures['ratio_to_rounds_without_history']} of the rounds above), p50 {figures['latency_p50_ms']} / "
+        f"p99 {figures['latency_p99_ms']} ms, CPU {cpu} ms per certificate without lint "
+        f"(x{figures['cpu_ratio_to_rounds_without_history']}); rows read by sequential scans per certificate: {top}",
+        flush=True,
+    )
+    return figures
 
 
 async def paced_run(h: Harness) -> dict[str, float]:
