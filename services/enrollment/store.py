@@ -180,8 +180,8 @@ async def blocked(conn: asyncpg.Connection, spki_sha256: str) -> bool:
 async def context(
     conn: asyncpg.Connection, provisioner_id: str, profile: str, spki: str | None, at: datetime
 ) -> Context:
-    """The provisioner (with its scope and how many requests it enrolled in the hour before `at`),
-    the profile and whether the key is blocked, in one round trip."""
+    """The provisioner (with its scope and how many requests it enrolled in the hour before `at`,
+    counted up to its hourly limit), the profile and whether the key is blocked, in one round trip."""
     return (await contexts(conn, [(provisioner_id, profile, spki, at)]))[0]
 
 
@@ -195,9 +195,11 @@ async def contexts(conn: asyncpg.Connection, wanted: Sequence[tuple[str, str, st
         "SELECT p.public_key_pem, p.status, p.scope_profiles, p.scope_name_suffixes, p.scope_requesters, "
         "p.max_per_hour, f.body, f.digest, coalesce(f.lint_failed, false) AS lint_failed, "
         "EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = t.spki) AS blocked, "
-        "CASE WHEN p.max_per_hour IS NULL THEN 0 ELSE (SELECT count(*) FROM requests r "
+        # Counted up to the limit only: what decides is whether the limit is reached, and a count
+        # of everything in the hour would read every request of a busy provisioner, for each request.
+        "CASE WHEN p.max_per_hour IS NULL THEN 0 ELSE (SELECT count(*) FROM (SELECT 1 FROM requests r "
         "WHERE r.provisioner_id = t.prov AND r.status IN ('approved', 'pending', 'issued') "
-        "AND r.accepted_at > t.at - interval '1 hour' AND r.accepted_at <= t.at) "
+        "AND r.accepted_at > t.at - interval '1 hour' AND r.accepted_at <= t.at LIMIT p.max_per_hour) AS hour) "
         "END AS last_hour "
         "FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) "
         "WITH ORDINALITY AS t(prov, profile, spki, at, i) "
