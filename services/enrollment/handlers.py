@@ -167,12 +167,10 @@ def register(rt: Runtime, settings: EnrollmentSettings, schedule: RenewalSchedul
     }
 
     async def committed(events: list[Event]) -> None:
-        if any(
-            isinstance(event, CertificateIssued)
-            or (isinstance(event, CertificateRevoked) and event.reason == "cACompromise")
-            for event in events
-        ):
-            schedule.wake()  # committed: it may supersede another, be due already, or its CA was compromised
+        if any(isinstance(event, CertificateRevoked) and event.reason == "cACompromise" for event in events):
+            schedule.wake()  # committed: their holders are told to renew at once
+        else:
+            schedule.wake_if_due_soon()  # an issued certificate renews another, or is due already
 
     requests = applying(lambda: rt.pool, rt.durable("requests"), dispatching(NAME, projections))
     rt.batch_consumer("requests", projections, requests, after=committed, tagged=True)

@@ -48,11 +48,22 @@ class RenewalSchedule:
         self._position = position
         self._grace = timedelta(seconds=settings.renewal_grace_s)
         self._batch = settings.renewal_batch
+        self._check_s = timedelta(seconds=settings.renewal_check_s)
+        self._due_soon = False
         self.loop = WakeableLoop("renewal-schedule", self.step, idle_s=settings.renewal_check_s)
 
     def wake(self) -> None:
         """Look for due events soon (a certificate was just issued or renewed)."""
         self.loop.wake()
+
+    def wake_if_due_soon(self) -> None:
+        """Wake the schedule if certificates projected since the last call may have an event due
+        before its next look on its own (a renewal supersedes another; one is due or expires within
+        `renewal_check_s`). A certificate issued for weeks waits for the timer: looking after every
+        batch of issued certificates cost a transaction and a question to the log each time."""
+        if self._due_soon:
+            self._due_soon = False
+            self.loop.wake()
 
     async def project(self, conn: asyncpg.Connection, event: Event, seq: int) -> None:
         """Apply a certificate's lifecycle event (or one of the schedule's own, read back) to the projection.
@@ -124,8 +135,13 @@ class RenewalSchedule:
                 )
             )
         await store.save_certificates(conn, certs)
+        soon = self._rt.clock.now() + self._check_s
+        if any(c.not_after <= soon or (c.renew_at is not None and c.renew_at <= soon) for c in certs):
+            self._due_soon = True
         for event, _ in run:
             old_serial = event.supersedes or renews.get(event.aggregate_id)
+            if old_serial is not None:
+                self._due_soon = True
             if old_serial is not None and not await store.supersede(conn, old_serial, event.serial, event.aggregate_id):
                 log.warning("a renewal names a certificate already superseded or unknown", extra={"serial": old_serial})
 
