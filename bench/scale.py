@@ -126,5 +126,5 @@ async def seq_reads(pool: asyncpg.Pool) -> dict[str, int]:
 
 def seq_reads_per_certificate(before: dict[str, int], after: dict[str, int], certificates: int) -> dict[str, float]:
     """The tables sequential scans read rows of during a round, per certificate issued, largest first."""
-    read = {t: after.get(t, 0) - before.get(t, 0) for t in after}
-    return {t: round(n / certificates, 1) for t, n in sorted(read.items(), key=lambda kv: -kv[1]) if n > 0}
+    read = {t: round((after.get(t, 0) - before.get(t, 0)) / certificates, 1) for t in after}
+    return {t: n for t, n in sorted(read.items(), key=lambda kv: -kv[1]) if n > 0}
