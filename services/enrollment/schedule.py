@@ -53,7 +53,7 @@ class RenewalSchedule:
         self.loop = WakeableLoop("renewal-schedule", self.step, idle_s=settings.renewal_check_s)
 
     def wake(self) -> None:
-        """Look for due events soon (a certificate was just issued or renewed)."""
+        """Look for due events now (certificates whose CA was compromised are to be told to renew)."""
         self.loop.wake()
 
     def wake_if_due_soon(self) -> None:
