@@ -38,9 +38,13 @@ async def _publish(js: JetStreamContext, subjects: list[str]) -> None:
         await js.publish(subject, subject.encode())
 
 
-async def _read(js: JetStreamContext, stream: str, through: int, **kwargs: float) -> list[replay.Message]:
-    queue, reader = await replay.read_stream(js, stream, f"{stream}.log.>", through, **kwargs)  # type: ignore[arg-type]
-    return [m async for chunk in replay.read_all(queue, reader, through) for m in chunk]
+async def _read(
+    js: JetStreamContext, stream: str, through: int, *, subject: str = "", sparse: bool = False, **kwargs: float
+) -> list[replay.Message]:
+    """Every message `read_stream` reads on `subject` (the log's, by default) up to `through`."""
+    subject = subject or f"{stream}.log.>"
+    queue, reader = await replay.read_stream(js, stream, subject, through, sparse=sparse, **kwargs)  # type: ignore[arg-type]
+    return [m async for chunk in replay.read_all(queue, reader, through, whole=not sparse) for m in chunk]
 
 
 async def test_every_message_of_the_log_once_in_order_up_to_where_the_read_began(
@@ -122,8 +126,7 @@ async def test_a_read_whose_server_goes_away_fails_within_its_stall_limit() -> N
 
 
 async def _read_sparse(js: JetStreamContext, stream: str, subject: str, through: int) -> list[int]:
-    queue, reader = await replay.read_stream(js, stream, subject, through, batch=50, stall_s=5, sparse=True)
-    return [seq async for chunk in replay.read_all(queue, reader, through, whole=False) for seq, _, _ in chunk]
+    return [seq for seq, _, _ in await _read(js, stream, through, subject=subject, sparse=True, batch=50, stall_s=5)]
 
 
 async def test_a_sparse_read_ends_when_nothing_is_left_on_its_subject_before_the_end_of_the_log(
