@@ -79,6 +79,7 @@ wrk:
 
 bench: install cfssl wrk softhsm
 	$(PY) -m bench.issuance
+	$(PY) -m bench.floor
 	$(PY) -m bench.audit
 	$(PY) -m bench.revocation
 	$(PY) -m bench.renewal

@@ -68,7 +68,38 @@ def _cfssl(results: Results) -> str:
         if "certs_per_s" in figure:
             parts.append(f"cfssl {label} {figure['certs_per_s']:,.0f}/s (x{figure['ratio_end_to_end_over_cfssl']})")
     in_process = results["issuance"]["reference_certs_per_s"]
-    return "; ".join([*parts, f"in-process {in_process:,.0f}/s"])
+    floor = _floor(results, "certs_per_s")
+    return "; ".join(
+        [
+            *parts,
+            f"in-process {in_process:,.0f}/s",
+            *([f"architecture floor {floor}/s (one account / an account per service)"] if floor else []),
+        ]
+    )
+
+
+def _floor(results: Results, figure: str) -> str:
+    """The architecture floor's `figure` (bench.floor) at the issuance bench's number of requests in
+    flight, in one account and in an account per service as "a / b"; "" if it did not run there."""
+    floor, concurrency = results.get("floor"), str(results["issuance"].get("concurrency", 64))
+    if not floor:
+        return ""
+
+    def at(key: str) -> str:
+        figures = floor.get(key, {}).get(concurrency)
+        if not figures:
+            return "-"
+        value = figures["cpu_ms_per_certificate"]["total"] if figure == "cpu" else figures[figure]
+        return f"{value:,.2f}" if figure == "cpu" else f"{value:,.0f}"
+
+    return f"{at('in_flight')} / {at('accounts_in_flight')}"
+
+
+def _cpu_reference(results: Results) -> str:
+    parts = [f"in-process checks + build + sign {1000 / results['issuance']['reference_certs_per_s']:.2f} ms"]
+    if floor := _floor(results, "cpu"):
+        parts.append(f"architecture floor {floor} ms (one account / an account per service)")
+    return "; ".join(parts)
 
 
 def _events_per_certificate(results: Results) -> float | None:
@@ -103,7 +134,7 @@ TARGETS = [
         False,
         "ms",
         lambda r: r["issuance"]["cpu_ms_per_certificate"]["total"],
-        lambda r: f"in-process checks + build + sign {1000 / r['issuance']['reference_certs_per_s']:.2f} ms",
+        _cpu_reference,
     ),
     Target(
         "issuance p99 at 500 certs/s",
@@ -232,7 +263,7 @@ TARGETS = [
 def load(directory: Path = RESULTS) -> dict[str, dict[str, Any]]:
     """Each bench's saved figures, by name (a bench that did not run is absent)."""
     found: dict[str, dict[str, Any]] = {}
-    for name in ("issuance", "audit", "revocation"):
+    for name in ("issuance", "floor", "audit", "revocation"):
         path = directory / f"{name}.json"
         if path.exists():
             found[name] = json.loads(path.read_text())

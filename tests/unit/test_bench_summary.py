@@ -41,6 +41,26 @@ def test_every_target_has_a_row_and_what_is_not_measured_says_so() -> None:
     assert table["every service's RSS with 1M certificates on the log"].met is None
 
 
+def test_the_architecture_floor_is_shown_beside_issuance_at_the_same_number_in_flight() -> None:
+    floor = {
+        "64": {"certs_per_s": 812.3, "cpu_ms_per_certificate": {"total": 1.987}},
+        "256": {"certs_per_s": 1169.0, "cpu_ms_per_certificate": {"total": 1.38}},
+    }
+    results = {
+        **RESULTS,
+        "issuance": {**RESULTS["issuance"], "concurrency": 64},
+        "floor": {
+            "in_flight": floor,
+            "accounts_in_flight": {"64": {"certs_per_s": 790.0, "cpu_ms_per_certificate": {"total": 2.16}}},
+        },
+    }
+    table = {r.target: r for r in rows(results)}
+    assert "architecture floor 1.99 / 2.16 ms" in table["CPU per certificate, every process"].reference
+    assert "architecture floor 812 / 790/s" in table["issuance end to end"].reference
+    # Without the floor's run, the references are what they were.
+    assert "architecture floor" not in rows(RESULTS)[1].reference
+
+
 def test_the_table_names_what_is_not_met() -> None:
     text = render(rows(RESULTS))
     line = next(line for line in text.splitlines() if line.startswith("issuance end to end"))
