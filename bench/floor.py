@@ -70,6 +70,9 @@ ROUNDS = int(os.environ.get("FLOOR_ROUNDS", "3"))
 IN_FLIGHT = tuple(int(x) for x in os.environ.get("FLOOR_IN_FLIGHT", "64,256").split(","))
 PULL = 256  # messages a consumer keeps asked for, as CERTBUS_BATCH_PULL
 LOG, INGRESS = "FLOOR", "FLOORIN"
+# The issuance bench's paced run, the same way: requests a second, open loop, for this long.
+PACED_RATE = float(os.environ.get("BENCH_PACED_RATE", "500"))
+PACED_SECONDS = float(os.environ.get("BENCH_PACED_SECONDS", "4"))
 JS_PREFIX = "fjs"  # where the services import the JetStream API, with an account per service
 
 SCHEMA = """
@@ -318,8 +321,10 @@ async def _setup(nats_url: str, db_url: str) -> None:
     await conn.close()
 
 
-async def _round(nc: Client, n: int, in_flight: int) -> tuple[float, list[float]]:
-    """Publish `n` requests, `in_flight` at a time; certificates/s and each request's latency."""
+async def _round(nc: Client, n: int, in_flight: int, paced: float | None = None) -> tuple[float, list[float]]:
+    """Publish `n` requests, `in_flight` at a time; certificates/s and each request's latency. With
+    `paced` (requests a second), request i is due at start + i / paced whatever the outcomes so far
+    (open loop, as the issuance bench's paced run), and its latency counts from then."""
     js = nc.jetstream()
     waiting: dict[str, asyncio.Future[float]] = {}
     loop = asyncio.get_running_loop()
@@ -333,18 +338,20 @@ async def _round(nc: Client, n: int, in_flight: int) -> tuple[float, list[float]
     gate = asyncio.Semaphore(in_flight)
     latencies: list[float] = []
 
-    async def one() -> None:
+    async def one(i: int) -> None:
+        if paced is not None:
+            await asyncio.sleep(max(0.0, start + i / paced - time.perf_counter()))
         async with gate:
             request = uuid.uuid4().hex
             waiting[request] = done = loop.create_future()
-            began = time.perf_counter()
+            began = time.perf_counter() if paced is None else start + i / paced
             body = _body(1000, id=str(uuid.uuid4()), request=request)
             await js.publish(f"floorin.bench.{request}", body, headers={"Nats-Msg-Id": json.loads(body)["id"]})
             latencies.append(await asyncio.wait_for(done, 60) - began)
 
-    began = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(n)))
-    rate = n / (time.perf_counter() - began)
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    rate = n / (time.perf_counter() - start)
     await sub.unsubscribe()
     return rate, latencies
 
@@ -459,6 +466,16 @@ async def _mode(admin: str, accounts: bool, in_flights: tuple[int, ...]) -> dict
         await _round(nc, 200, 64)  # warm: connections, prepared statements, caches
         for in_flight in in_flights:
             at[str(in_flight)] = await _measure(nc, db_conn, server, procs, in_flight)
+        if PACED_SECONDS > 0:
+            achieved, latencies = await _round(nc, round(PACED_RATE * PACED_SECONDS), 5000, paced=PACED_RATE)
+            await _quiet(nc)
+            ordered = sorted(latencies)
+            at["paced"] = {
+                "offered_per_s": PACED_RATE,
+                "achieved_certs_per_s": round(achieved, 1),
+                "latency_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+                "latency_p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
+            }
         await nc.close()
         await db_conn.close()
     finally:
@@ -495,6 +512,14 @@ async def main() -> None:
         if cluster is not None:
             cluster.cleanup()
     for key, how in (("in_flight", "one account"), ("accounts_in_flight", "an account per service")):
+        paced = result[key].pop("paced", None)
+        if paced is not None:
+            result[key.replace("in_flight", "paced")] = paced
+            print(
+                f"architecture floor, {how}, paced at {PACED_RATE:.0f}/s for {PACED_SECONDS:.0f} s (open loop): "
+                f"achieved {paced['achieved_certs_per_s']}/s, p50 {paced['latency_p50_ms']} ms, "
+                f"p99 {paced['latency_p99_ms']} ms"
+            )
         for flight, figures in result[key].items():
             cpu = figures["cpu_ms_per_certificate"]
             print(

@@ -54,8 +54,16 @@ def test_the_architecture_floor_is_shown_beside_issuance_at_the_same_number_in_f
             "accounts_in_flight": {"64": {"certs_per_s": 790.0, "cpu_ms_per_certificate": {"total": 2.16}}},
         },
     }
+    results["issuance"]["paced"] = {
+        "offered_per_s": 500,
+        "achieved_certs_per_s": 480.0,
+        "latency_p50_ms": 400.0,
+        "latency_p99_ms": 650.0,
+    }
+    results["floor"]["paced"] = {"offered_per_s": 500, "latency_p99_ms": 77.4}
     table = {r.target: r for r in rows(results)}
     assert "architecture floor 1.99 / 2.16 ms" in table["CPU per certificate, every process"].reference
+    assert table["issuance p99 at 500 certs/s"].reference.endswith("architecture floor p99 77 / - ms")
     assert "architecture floor 812 / 790/s" in table["issuance end to end"].reference
     # Without the floor's run, the references are what they were.
     assert "architecture floor" not in rows(RESULTS)[1].reference
