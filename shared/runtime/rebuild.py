@@ -22,7 +22,7 @@ answers the same cause differently (another event type on the same aggregate) is
 either: the log keeps the first answer, and the row keeps an alarm naming the divergence. The
 `rebuilds` row says how far it is; once every durable has acknowledged the log's last sequence of
 the start, it records the time taken, the events applied again (tracking rows up to that
-sequence) and the counts, and the service is ready.
+sequence) and the counts, empties `recorded`, and the service is ready.
 """
 
 from __future__ import annotations
@@ -210,17 +210,22 @@ async def applied_through(js: JetStreamContext, stream: str, durable: str, throu
 
 async def finish(pool: asyncpg.Pool, rebuild_id: int) -> asyncpg.Record:
     """Record the end of a rebuild: its time, how many events it applied again, and how many
-    decisions the log already held."""
-    row: asyncpg.Record = await pool.fetchrow(
-        "UPDATE rebuilds SET finished_at = clock_timestamp(), "
-        "applied = (SELECT count(*) FROM tracking WHERE stream_seq <= rebuilds.through_seq), "
-        "suppressed = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NULL), "
-        "divergent = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NOT NULL) "
-        "WHERE id = $1 AND finished_at IS NULL "
-        "RETURNING through_seq, recorded, applied, suppressed, divergent, read_s, "
-        "extract(epoch FROM clock_timestamp() - started_at)::float8 AS seconds",
-        rebuild_id,
-    )
+    decisions the log already held. What the service had published (`recorded`) is then forgotten:
+    every cause up to the rebuild's last sequence has been decided again by now, and while the table
+    holds a row the outbox's trigger reads every payload inserted, for as long as the service runs."""
+    async with pool.acquire() as conn, conn.transaction():
+        row: asyncpg.Record = await conn.fetchrow(
+            "UPDATE rebuilds SET finished_at = clock_timestamp(), "
+            "applied = (SELECT count(*) FROM tracking WHERE stream_seq <= rebuilds.through_seq), "
+            "suppressed = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NULL), "
+            "divergent = (SELECT count(*) FROM outbox WHERE suppressed AND alarm IS NOT NULL) "
+            "WHERE id = $1 AND finished_at IS NULL "
+            "RETURNING through_seq, recorded, applied, suppressed, divergent, read_s, "
+            "extract(epoch FROM clock_timestamp() - started_at)::float8 AS seconds",
+            rebuild_id,
+        )
+        if row is not None:
+            await conn.execute("DELETE FROM recorded")
     return row
 
 
