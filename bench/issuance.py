@@ -152,6 +152,19 @@ async def publish_and_wait(
 
     for verb in ("issued", "rejected", "refused"):  # what a requester hears, republished from the log
         await nc.subscribe(f"{h.root}.cert.*.{verb}", cb=on_outcome)
+
+    async def send(req: Event) -> None:
+        await js.publish(
+            ingress_subject(h.common["ingress_root"], REQUESTER, KIND_OF[type(req)]),
+            req.model_dump_json().encode(),
+            stream=h.common["ingress_stream"],
+            headers={"Nats-Msg-Id": str(req.event_id)},
+        )
+
+    # Each publish waits for its own acknowledgement without holding up the next (as many
+    # requesters at once would): awaiting each in turn would cap the rate at one ingress round
+    # trip per request, and the bench would measure its own client.
+    publishing: list[asyncio.Task[None]] = []
     start = time.perf_counter()
     for i, req in enumerate(requests):
         if paced is not None:
@@ -160,12 +173,8 @@ async def publish_and_wait(
                 await asyncio.sleep(wait)
         await slots.acquire()
         sent[req.aggregate_id] = time.perf_counter() if paced is None else start + i / paced
-        await js.publish(
-            ingress_subject(h.common["ingress_root"], REQUESTER, KIND_OF[type(req)]),
-            req.model_dump_json().encode(),
-            stream=h.common["ingress_stream"],
-            headers={"Nats-Msg-Id": str(req.event_id)},
-        )
+        publishing.append(asyncio.create_task(send(req)))
+    await asyncio.gather(*publishing)
     await asyncio.wait_for(finished.wait(), timeout=600)
     elapsed = max(done.values()) - start
     await nc.close()
