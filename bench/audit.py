@@ -17,6 +17,7 @@ their busy samples on to bench/results/profile-audit-verify.txt and profile-audi
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import itertools
 import json
@@ -37,10 +38,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench.environment import bench_harness, save_result
-from bench.procs import RssPeak
+from bench.procs import RssPeak, rss_kib
 from bench.profile import RESULTS, summarise
 from harness import Harness
 from services.audit import domain
+from services.audit.checks import Checker
 from services.signing import domain as signing
 from shared.contract.binding import publisher_of
 from shared.contract.events import (
@@ -296,6 +298,42 @@ async def profiled(name: str, action: Callable[[], Awaitable[object]]) -> str:
     return text
 
 
+def checker_state(n: int) -> dict[str, float]:
+    """What audit's consistency checks keep in memory per certificate on the log: a Checker (as the
+    scheduled check keeps one for the life of the process, and `audit check` builds one per run) fed
+    a realistic log of about `n` events, in a process of its own (run by `checker_memory`), its
+    resident memory read before and after."""
+    key = generate_key("ed25519")
+    genesis = operators.registration("bench-operator", key, "bench-operator", datetime.now(UTC))
+    log = realistic_log(n, "bench", "bench-crl", ("bench-operator", key))
+    events = [(genesis.subject("bench"), genesis.model_dump_json().encode()), *log.events]
+    certificates = sum(1 for subject, _ in events if subject.endswith(".issued"))
+    gc.collect()
+    before = rss_kib(os.getpid())
+    checker = Checker("bench")
+    for seq, (subject, raw) in enumerate(events, 1):
+        checker.add(seq, subject, raw)
+    gc.collect()
+    grown = (rss_kib(os.getpid()) - before) * 1024
+    assert not checker.findings, checker.findings[:3]
+    return {
+        "events": len(events),
+        "certificates": certificates,
+        "grown_mib": round(grown / 1024**2, 1),
+        "bytes_per_certificate": round(grown / certificates),
+        "at_1m_certificates_mib": round(grown / certificates * 1_000_000 / 1024**2),
+    }
+
+
+def checker_memory(n: int) -> dict[str, float]:
+    """`checker_state(n)` in a fresh interpreter (what this process has freed would hide growth)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.audit", "--checker-state", str(n)], capture_output=True, text=True, check=True
+    )
+    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
 async def main() -> None:
     # The harness's log holds 256 MiB, about 200,000 of these events: a larger N gets room for them.
     async with bench_harness(stream_max_bytes=max(256, N // 500) * 1024**2) as h:
@@ -343,6 +381,7 @@ async def main() -> None:
             rebuilt = await c.replay()
         assert not rebuilt.equal and rebuilt.events >= len(events), rebuilt
         ref = reference_rate(events)
+        checker = await asyncio.to_thread(checker_memory, N)
         assert checked.findings == [], checked.findings[:3]
         check_rate = checked.events / checked.seconds
         verify_rate, replay_rate = statistics.median(verify_rates), statistics.median(replay_rates)
@@ -356,6 +395,7 @@ async def main() -> None:
             "replay_memory_growth_mib": max(replay_growth),
             "replay_rebuild_events_per_s": rebuilt.rate_per_s,
             "check_events_per_s": round(check_rate, 1),
+            "checker_state": checker,
             "reference_chain_hashes_per_s": round(ref, 1),
             "ratio_replay_over_reference": round(replay_rate / ref, 4),
             "ratio_verify_over_reference": round(verify_rate / ref, 4),
@@ -371,6 +411,12 @@ async def main() -> None:
         )
         print(f"audit replay of a lost archive (rebuilt, every event indexed): {rebuilt.rate_per_s:.0f} events/s")
         print(f"audit check (all consistency checks, certificates re-read, CRL fetched): {check_rate:.0f} events/s")
+        print(
+            f"audit's consistency checks keep {checker['bytes_per_certificate']:,.0f} bytes in memory per certificate "
+            f"on the log ({checker['grown_mib']} MiB for {checker['certificates']:,}): about "
+            f"{checker['at_1m_certificates_mib']:,.0f} MiB at 1,000,000, held by the scheduled check for the life "
+            "of the process"
+        )
         print(f"reference (chain hashing alone, one process): {ref:.0f} events/s")
         print(
             f"ratios to the reference: replay {result['ratio_replay_over_reference']}, "
@@ -381,4 +427,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--checker-state"]:
+        print(json.dumps(checker_state(int(sys.argv[2]))))
+    else:
+        asyncio.run(main())
