@@ -211,9 +211,9 @@ class OutboxRelay:
         """Publish every pending row at least `stale_s` old, and at least `unattempted_s` old if no
         attempt was counted and the session that wrote it still lives (the fast path may still be
         publishing it); returns how many were published."""
-        total = 0
+        total, after = 0, 0
         while True:
-            n = await self._publish_batch(stale_s, unattempted_s)
+            n, after = await self._publish_batch(stale_s, unattempted_s, after)
             total += n
             if n < self._batch:
                 return total
@@ -222,15 +222,20 @@ class OutboxRelay:
         """Publish every pending row now, a batch at a time with each batch's publishes pipelined,
         whoever enqueued it; returns how many were published. For a transaction that enqueued more
         than its caller should hold in memory to publish (a CA compromise's revocations): it returns
-        no entries, and this publishes them from the table."""
-        total = 0
+        no entries, and this publishes them from the table. Each batch starts after the last row the
+        one before took: while any older snapshot is open in the database, the rows deleted so far
+        are still in the index, and a batch that started from the lowest id read them all again
+        (a million revocations then took 13 minutes to drain instead of about one)."""
+        total, after = 0, 0
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
                     "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
-                    "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                    "AND id > $2 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                     self._batch,
+                    after,
                 )
+                after = rows[-1]["id"] if rows else after
                 entries = [
                     OutboxEntry(r["id"], str(r["event_id"]), r["subject"], r["payload"], r["attempts"]) for r in rows
                 ]
@@ -241,18 +246,20 @@ class OutboxRelay:
             if len(rows) < self._batch:
                 return total
 
-    async def _publish_batch(self, stale_s: float, unattempted_s: float) -> int:
+    async def _publish_batch(self, stale_s: float, unattempted_s: float, after: int) -> tuple[int, int]:
+        """Publish the next batch of rows past id `after`; how many it took, and the last id it took."""
         failure: Exception | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, event_id, subject, payload, attempts FROM outbox WHERE published_at IS NULL "
-                "AND created_at <= now() - make_interval(secs => $2) "
+                "AND id > $4 AND created_at <= now() - make_interval(secs => $2) "
                 "AND (attempts > 0 OR created_at <= now() - make_interval(secs => $3) "
                 "OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = outbox.writer_pid)) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self._batch,
                 stale_s,
                 unattempted_s,
+                after,
             )
             for row in rows:
                 entry = OutboxEntry(row["id"], str(row["event_id"]), row["subject"], row["payload"], row["attempts"])
@@ -275,4 +282,4 @@ class OutboxRelay:
                     )
         if failure is not None:
             raise failure
-        return len(rows)
+        return len(rows), rows[-1]["id"] if rows else after
