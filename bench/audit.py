@@ -12,6 +12,10 @@ AUDIT_RUNS (default 1) runs verify and replay that many times over the same log 
 figure's median (the machine is shared: one run says little). AUDIT_PROFILE=1 also samples one more
 verify and one more replay with py-spy (this process: audit runs in it) and writes what they spend
 their busy samples on to bench/results/profile-audit-verify.txt and profile-audit-replay.txt.
+
+It also measures what the consistency checks keep in memory per certificate on the log: a Checker
+fed a log like this one in a fresh interpreter (`python -m bench.audit --checker-state N`), whose
+figure scaled to a million certificates the summary counts in the memory target.
 """
 
 from __future__ import annotations
