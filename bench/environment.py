@@ -29,11 +29,9 @@ ADMISSION_RATE_PER_MIN = 10_000_000
 
 
 @asynccontextmanager
-async def bench_harness(stream_max_bytes: int | None = None) -> AsyncIterator[Harness]:
-    """A Harness (its own nats-server in the production trust model, opened) on a fresh database
-    (the machine's PostgreSQL, the one in CERTBUS_TEST_DATABASE_URL, or a throwaway cluster), with
-    requester REQUESTER, and a log of `stream_max_bytes` if given (the harness's is small);
-    everything is removed afterwards (but the services' logs, after a failure)."""
+async def postgres_admin() -> AsyncIterator[str]:
+    """The admin URL of a PostgreSQL to make benchmark databases in: the one in
+    CERTBUS_TEST_DATABASE_URL, the machine's, or a throwaway cluster (removed afterwards)."""
     cluster = None
     admin = os.environ.get("CERTBUS_TEST_DATABASE_URL")
     if admin is None and port_open("127.0.0.1", 5432):
@@ -41,33 +39,52 @@ async def bench_harness(stream_max_bytes: int | None = None) -> AsyncIterator[Ha
     if admin is None:
         cluster = PostgresCluster().start()
         admin = cluster.url.rsplit("/", 1)[0] + "/postgres"
-    db = f"certbus_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        yield admin
+    finally:
+        if cluster is not None:
+            cluster.cleanup()
+
+
+@asynccontextmanager
+async def fresh_database(admin: str, prefix: str = "certbus_bench") -> AsyncIterator[str]:
+    """The URL of a new database `<prefix>_<random>` on `admin`'s server, dropped afterwards."""
+    db = f"{prefix}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin)
     await conn.execute(f'CREATE DATABASE "{db}"')
     await conn.close()
-    tmp = Path(tempfile.mkdtemp(prefix="certbus-bench-"))
-    h = Harness(admin.rsplit("/", 1)[0] + f"/{db}", tmp)
-    if stream_max_bytes is not None:
-        h.common["stream_max_bytes"] = stream_max_bytes
-    for service in ("enrollment", "revocation"):
-        h.overrides[service] = {"admission_rate_per_min": ADMISSION_RATE_PER_MIN}
-    finished = False
     try:
-        await h.open()
-        await h.identity(REQUESTER)
-        yield h
-        finished = True
+        yield admin.rsplit("/", 1)[0] + f"/{db}"
     finally:
-        await h.close()
-        if finished:  # after a failure, the services' logs stay in `tmp`
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"bench: the services' logs are in {tmp}", file=sys.stderr)
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await conn.close()
-        if cluster is not None:
-            cluster.cleanup()
+
+
+@asynccontextmanager
+async def bench_harness(stream_max_bytes: int | None = None) -> AsyncIterator[Harness]:
+    """A Harness (its own nats-server in the production trust model, opened) on a fresh database
+    (`postgres_admin`), with requester REQUESTER, and a log of `stream_max_bytes` if given (the
+    harness's is small); everything is removed afterwards (but the services' logs, after a failure)."""
+    async with postgres_admin() as admin, fresh_database(admin) as url:
+        tmp = Path(tempfile.mkdtemp(prefix="certbus-bench-"))
+        h = Harness(url, tmp)
+        if stream_max_bytes is not None:
+            h.common["stream_max_bytes"] = stream_max_bytes
+        for service in ("enrollment", "revocation"):
+            h.overrides[service] = {"admission_rate_per_min": ADMISSION_RATE_PER_MIN}
+        finished = False
+        try:
+            await h.open()
+            await h.identity(REQUESTER)
+            yield h
+            finished = True
+        finally:
+            await h.close()
+            if finished:  # after a failure, the services' logs stay in `tmp`
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                print(f"bench: the services' logs are in {tmp}", file=sys.stderr)
 
 
 def save_result(name: str, result: dict[str, Any]) -> None:

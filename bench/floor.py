@@ -60,9 +60,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from bench.environment import save_result
+from bench.environment import fresh_database, postgres_admin, save_result
 from bench.procs import CpuMeter, machine_context_switches
-from deploy.local.devstack import NatsServer, PostgresCluster, port_open
+from deploy.local.devstack import NatsServer
 
 N = int(os.environ.get("FLOOR_N", "1000"))
 ROUNDS = int(os.environ.get("FLOOR_ROUNDS", "3"))
@@ -430,14 +430,10 @@ def _accounts_config(path: Path) -> None:
     )
 
 
-async def _mode(admin: str, accounts: bool, in_flights: tuple[int, ...]) -> dict[str, Any]:
-    """Start a nats-server (one account, or the trust model's shape), a database and the five
-    roles; measure at each number of requests in flight; stop them all."""
-    db = f"certbus_floor_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{db}"')
-    await conn.close()
-    db_url = admin.rsplit("/", 1)[0] + f"/{db}"
+async def _mode(db_url: str, accounts: bool, in_flights: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start a nats-server (one account, or the trust model's shape) and the five roles on database
+    `db_url`; measure at each number of requests in flight, then paced; stop them all. The figures
+    by number in flight, and the paced run's (empty if it was skipped)."""
     logs = Path(tempfile.mkdtemp(prefix="certbus-floor-"))
     config = None
     if accounts:
@@ -447,6 +443,7 @@ async def _mode(admin: str, accounts: bool, in_flights: tuple[int, ...]) -> dict
     url = server.url.replace("nats://", "nats://log:log@") if accounts else server.url
     procs: dict[str, subprocess.Popen[bytes]] = {}
     at: dict[str, Any] = {}
+    paced: dict[str, Any] = {}
     try:
         await _setup(url, db_url)
         for r in ROLES:
@@ -470,7 +467,7 @@ async def _mode(admin: str, accounts: bool, in_flights: tuple[int, ...]) -> dict
             achieved, latencies = await _round(nc, round(PACED_RATE * PACED_SECONDS), 5000, paced=PACED_RATE)
             await _quiet(nc)
             ordered = sorted(latencies)
-            at["paced"] = {
+            paced = {
                 "offered_per_s": PACED_RATE,
                 "achieved_certs_per_s": round(achieved, 1),
                 "latency_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
@@ -483,42 +480,28 @@ async def _mode(admin: str, accounts: bool, in_flights: tuple[int, ...]) -> dict
             p.kill()
             p.wait()
         server.stop()
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await conn.close()
     shutil.rmtree(logs, ignore_errors=True)
-    return at
+    return at, paced
 
 
 async def main() -> None:
-    admin = os.environ.get("CERTBUS_TEST_DATABASE_URL")
-    cluster = None
-    if admin is None and port_open("127.0.0.1", 5432):
-        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    if admin is None:
-        cluster = PostgresCluster().start()
-        admin = cluster.url.rsplit("/", 1)[0] + "/postgres"
     print(
         f"architecture floor: the issuance's hops with nothing of Certbus in them, {ROUNDS} rounds at each of "
         f"{', '.join(map(str, IN_FLIGHT))} in flight; then at {IN_FLIGHT[0]} with an account per service"
     )
-    try:
-        result: dict[str, Any] = {
-            "rounds": ROUNDS,
-            "in_flight": await _mode(admin, False, IN_FLIGHT),
-            "accounts_in_flight": await _mode(admin, True, IN_FLIGHT[:1]),
-        }
-    finally:
-        if cluster is not None:
-            cluster.cleanup()
+    result: dict[str, Any] = {"rounds": ROUNDS}
+    async with postgres_admin() as admin:
+        for key, accounts, in_flights in (("in_flight", False, IN_FLIGHT), ("accounts_in_flight", True, IN_FLIGHT[:1])):
+            async with fresh_database(admin, "certbus_floor") as db_url:
+                result[key], paced = await _mode(db_url, accounts, in_flights)
+            if paced:
+                result[key.replace("in_flight", "paced")] = paced
     for key, how in (("in_flight", "one account"), ("accounts_in_flight", "an account per service")):
-        paced = result[key].pop("paced", None)
-        if paced is not None:
-            result[key.replace("in_flight", "paced")] = paced
+        if shown := result.get(key.replace("in_flight", "paced")):
             print(
                 f"architecture floor, {how}, paced at {PACED_RATE:.0f}/s for {PACED_SECONDS:.0f} s (open loop): "
-                f"achieved {paced['achieved_certs_per_s']}/s, p50 {paced['latency_p50_ms']} ms, "
-                f"p99 {paced['latency_p99_ms']} ms"
+                f"achieved {shown['achieved_certs_per_s']}/s, p50 {shown['latency_p50_ms']} ms, "
+                f"p99 {shown['latency_p99_ms']} ms"
             )
         for flight, figures in result[key].items():
             cpu = figures["cpu_ms_per_certificate"]
