@@ -19,6 +19,7 @@ import asyncpg
 SCHEMA = "acme"
 TABLE = "eab_credentials"
 HMAC_KEY_BYTES = 32
+KID_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,20 @@ async def migrated(conn: asyncpg.Connection) -> bool:
     return found is not None
 
 
+def new_kid() -> str:
+    """A new key id: 128 random bits in lowercase hex.
+
+    Hex, not base64url: a base64url id begins with `-` one time in 64, and a command line then reads
+    it as an option (`certbus acme eab revoke -y4a...`), and so does a user's shell script.
+    """
+    return secrets.token_hex(KID_BYTES)
+
+
 async def create(
     conn: asyncpg.Connection, provisioner_id: str, profile: str | None, created_by: str, now: datetime
 ) -> tuple[str, bytes]:
     """A new credential for `provisioner_id`: its key id and its HMAC key (shown once, to the operator)."""
-    kid, key = secrets.token_urlsafe(16), secrets.token_bytes(HMAC_KEY_BYTES)
+    kid, key = new_kid(), secrets.token_bytes(HMAC_KEY_BYTES)
     await conn.execute(
         "INSERT INTO eab_credentials (kid, hmac_key, provisioner_id, profile, created_at, created_by) "
         "VALUES ($1, $2, $3, $4, $5, $6)",

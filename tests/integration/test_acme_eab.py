@@ -329,6 +329,9 @@ async def test_the_cli_creates_lists_and_revokes_credentials(server: Eab, databa
 
     unknown = await _cli(database_url, "revoke", "no-such-kid")
     assert unknown.returncode == 1 and "no EAB credential" in unknown.stderr
+    # A key id that begins with `-` (as base64url ids made before hex ones could) reaches the command after `--`.
+    dashed = await _cli(database_url, "revoke", "--", "-no-such-kid")
+    assert dashed.returncode == 1 and "no EAB credential has key id '-no-such-kid'" in dashed.stderr
 
 
 async def test_the_cli_says_when_acmes_schema_is_not_migrated_or_its_database_unreachable(database_url: str) -> None:

@@ -190,7 +190,7 @@ def eab_list(database_url: DatabaseOpt = None, as_json: JsonOpt = False) -> None
 
 @eab_app.command("revoke")
 def eab_revoke(
-    kid: Annotated[str, typer.Argument(help="The credential's key id.")],
+    kid: Annotated[str, typer.Argument(help="The credential's key id (after `--` if it begins with `-`).")],
     database_url: DatabaseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
