@@ -12,6 +12,7 @@ from services.audit.incremental import IncrementalCheck
 from services.audit.lint_job import LintJob
 from shared.base.clock import Clock
 from shared.base.settings import AuditSettings
+from shared.runtime.db import SessionLock
 from shared.runtime.loops import WakeableLoop
 from shared.runtime.service import Runtime, create_service
 
@@ -29,6 +30,7 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
     async def on_stop(rt: Runtime) -> None:
         await checkpointer.loop.stop()
         await checker.stop()
+        await checks_lock.release()
         if linting is not None:
             await linting.stop()
             lint.close()
@@ -48,10 +50,12 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
     register(rt, checkpointer, settings)
     # The consistency checks also run on a schedule, each run over what was archived since the last;
     # each new finding is published once.
+    # One replica at a time runs them: what they know of each certificate is stored, as one checker's.
     incremental = IncrementalCheck(rt.root)
+    checks_lock = SessionLock(settings.database_url, f"certbus-audit-checks:{rt.root}")
     checker = WakeableLoop(
         "audit-checks",
-        lambda: raise_findings(rt, incremental, settings.crl_check_grace_s),
+        lambda: raise_findings(rt, incremental, checks_lock, settings.crl_check_grace_s),
         idle_s=settings.check_interval_s,
     )
     # pkilint of every issued certificate, after issuance and off its path: a background job over

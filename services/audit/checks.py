@@ -101,14 +101,58 @@ class LatestCrl:
     sha256: str
 
 
-# A text as a smaller value, equal to another's exactly when the texts are equal (see `_key`).
+@dataclass(frozen=True)
+class CrlJudge:
+    """A CRL's judgment of the revocations it must list, given in as many parts as the caller likes
+    (the scheduled check reads them from PostgreSQL a page at a time)."""
+
+    issuer: str
+    which: str  # the issuer, or the issuer and shard, as findings name it
+    latest: LatestCrl | None
+    listed: set[int] | None  # the serials the latest CRL lists (None: there is none)
+    end: int | float  # past this position the CA signs no CRL that must list a revocation
+    now: datetime
+    grace: timedelta
+
+    def judge(self, revoked: Iterable[Revoked]) -> list[Finding]:
+        """A finding for each revocation older than `grace` that the latest CRL does not list, or that
+        no CRL followed."""
+        found: list[Finding] = []
+        latest, issuer = self.latest, self.issuer
+        for r in revoked:
+            if r.stream_seq > self.end:
+                continue  # the CA no longer signs CRLs: it is itself revoked in its parent's CRL
+            when = r.revoked_at or self.now
+            if latest is not None and r.stream_seq < latest.stream_seq and self.listed is not None:
+                cutoff = _before(latest.this_update or self.now, self.grace)
+                if when <= cutoff and int(r.serial, 16) not in self.listed:
+                    found.append(
+                        Finding(
+                            "crl",
+                            r.stream_seq,
+                            f"serial {r.serial} of {issuer} was revoked but "
+                            f"is not in the latest CRL #{latest.crl_number} of {self.which}",
+                        )
+                    )
+            elif when <= self.now - self.grace:
+                found.append(
+                    Finding(
+                        "crl",
+                        r.stream_seq,
+                        f"serial {r.serial} of {issuer} was revoked but no CRL of {self.which} was published since",
+                    )
+                )
+        return found
+
+
+# A text as a smaller value, equal to another's exactly when the texts are equal (see `key_of`).
 Key = int | bytes | str
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX = re.compile(r"[1-9a-f][0-9a-f]{0,127}")
 
 
-def _key(text: str) -> Key:
+def key_of(text: str) -> Key:
     """`text` as a compact key, one per text: a lowercase SHA-256 hex digest as its 32 bytes, a lowercase
     UUID as its 16 bytes, a lowercase hex number without leading zeros (a serial) as its int, else itself.
     The scheduled check keeps one per certificate for as long as the process runs."""
@@ -122,7 +166,7 @@ def _key(text: str) -> Key:
 
 
 @dataclass(slots=True)
-class _Approvals:
+class Approvals:
     """What the checks remember of a request's approvals: how many, where the first was, the profile
     version the last one that named one names, and what the last one supersedes."""
 
@@ -133,34 +177,89 @@ class _Approvals:
 
 
 @dataclass
+class Facts:
+    """What the checks know of each certificate, by its keys (`key_of`): its request's approvals, its
+    serial under its issuer, its key, its destruction. `check_all` keeps every certificate's in memory;
+    the scheduled check keeps them in audit's PostgreSQL (`services.audit.check_store`) and gives the
+    Checker, for each batch, only those the batch's events name (`wanted`)."""
+
+    approvals: dict[Key, Approvals] = field(default_factory=dict)  # by request id
+    issued: dict[tuple[str, Key], int] = field(default_factory=dict)  # (issuer, serial) -> first issuance
+    spki_of: dict[Key, Key] = field(default_factory=dict)  # every serial issued -> its first SPKI SHA-256
+    destroyed: dict[Key, int] = field(default_factory=dict)  # serial -> where it was destroyed
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The per-certificate facts that checking some events reads: by request id, by serial, by (issuer,
+    serial). A superset is harmless; a key missing here would read as a certificate never seen."""
+
+    requests: set[Key]
+    serials: set[Key]
+    issued: set[tuple[str, Key]]
+
+
+def wanted(readings: Iterable[domain.Reading]) -> Wanted:
+    """What `Checker.apply` of these readings looks up in its `Facts` (each kind's keys, read as it reads them)."""
+    requests: set[Key] = set()
+    serials: set[Key] = set()
+    issued: set[tuple[str, Key]] = set()
+    for reading in readings:
+        data, event = reading.data, reading.event
+        if data is None or event is None:
+            continue
+        kind = event.event_type
+        if kind in ("EnrollmentApproved", "CertificateIssued"):
+            requests.add(key_of(str(data.get("aggregate_id"))))
+        if kind == "CertificateIssued":
+            serial = key_of(str(data.get("serial")))
+            serials.add(serial)
+            issued.add((str(data.get("issuer_id")), serial))
+            if (supersedes := _serial(data.get("supersedes"))) is not None:
+                serials.add(key_of(supersedes))
+        elif isinstance(event, CertificateRevoked):
+            issued.add((event.issuer_id, key_of(event.serial)))
+        elif kind == "CertificateDestroyed":
+            serials.add(key_of(str(data.get("serial"))))
+        elif isinstance(event, KeyDestroyed):
+            serials.add(key_of(event.serial))
+    return Wanted(requests, serials, issued)
+
+
+@dataclass
 class Checker:
-    """Feed messages in log order with `add`; read `findings` (and call `crl_findings` for the CRLs).
-    `root` is the log's subject root, against which each message is bound to its subject. What it
-    keeps per certificate is compact (`_key`, no certificate bytes): the scheduled check keeps one
-    Checker for the life of the process and feeds it only what was archived since its last run."""
+    """Feed messages in log order with `add` (or `read` then `apply`); read `findings` (and judge the
+    CRLs with `crl_findings`). `root` is the log's subject root, against which each message is bound
+    to its subject. What it keeps per certificate (`facts`) is compact (`key_of`, no certificate bytes);
+    what it keeps per CA, profile and operator is kept whole. The scheduled check swaps `facts` for
+    each batch's (loaded from PostgreSQL) and takes `revocations` away once stored."""
 
     root: str
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
-    _approvals: dict[Key, _Approvals] = field(default_factory=dict)  # by request id
+    facts: Facts = field(default_factory=Facts)
     _profiles: dict[str, Profile] = field(default_factory=dict)
     _digests: dict[str, str] = field(default_factory=dict)  # one copy of each profile digest approvals name
     _cas: dict[str, str] = field(default_factory=dict)
     _crl_shards: dict[str, int] = field(default_factory=dict)  # the sharded CAs' shard counts
     _closed: dict[str, tuple[str, int]] = field(default_factory=dict)
     _key_destroyed: dict[str, int] = field(default_factory=dict)
-    _serials: dict[str, dict[Key, int]] = field(default_factory=dict)  # issuer -> serial -> first issuance
-    _destroyed: dict[Key, int] = field(default_factory=dict)
-    _spki_of: dict[Key, Key] = field(default_factory=dict)  # every serial issued -> its first SPKI SHA-256
-    revocations: dict[str, list[Revoked]] = field(default_factory=dict)
+    revocations: dict[str, list[Revoked]] = field(default_factory=dict)  # by issuer
     latest_crl: dict[str, LatestCrl] = field(default_factory=dict)  # by `crl_key`
     _operators: Registry = field(default_factory=lambda: Registry({}, {}))
     _commands: set[uuid.UUID] = field(default_factory=set)  # the operator commands accepted, by event id
 
     def add(self, seq: int, subject: str, raw: bytes) -> None:
         """Check one archived message; one that is not a valid event on `subject` is only a finding."""
+        self.apply(seq, self.read(subject, raw))
+
+    def read(self, subject: str, raw: bytes) -> domain.Reading:
+        """A message read against its subject, for `wanted` and then `apply` (nothing is checked yet)."""
+        return domain.read(subject, self.root, raw)
+
+    def apply(self, seq: int, reading: domain.Reading) -> None:
+        """Check one message, read by `read`, at its place in the log."""
         self.events += 1
-        reading = domain.read(subject, self.root, raw)
         if reading.problem is not None:
             self._flag(reading.problem.check, seq, reading.problem.detail)
             return
@@ -194,7 +293,7 @@ class Checker:
         elif isinstance(event, CrlPublished):
             self._crl(seq, event)
         elif kind == "CertificateDestroyed":
-            self._destroyed.setdefault(_key(str(data.get("serial"))), seq)
+            self.facts.destroyed.setdefault(key_of(str(data.get("serial"))), seq)
         elif isinstance(event, KeyDestroyed):
             self._key_attested(seq, event)
 
@@ -220,20 +319,20 @@ class Checker:
         self._profiles[profile.digest()] = profile
 
     def _approved(self, seq: int, data: dict[str, Any]) -> None:
-        request = _key(str(data.get("aggregate_id")))
+        request = key_of(str(data.get("aggregate_id")))
         supersedes = _serial(data.get("supersedes"))
-        approvals = self._approvals.get(request)
+        approvals = self.facts.approvals.get(request)
         if approvals is None:
-            approvals = self._approvals[request] = _Approvals(0, seq, None, None)
+            approvals = self.facts.approvals[request] = Approvals(0, seq, None, None)
         approvals.count += 1
         if data.get("profile_digest"):
             digest = str(data["profile_digest"])
             approvals.digest = self._digests.setdefault(digest, digest)
-        approvals.supersedes = _key(supersedes) if supersedes is not None else None
+        approvals.supersedes = key_of(supersedes) if supersedes is not None else None
 
     def _issued(self, seq: int, data: dict[str, Any]) -> None:
         request, issuer, serial = str(data.get("aggregate_id")), str(data.get("issuer_id")), str(data.get("serial"))
-        approved = self._approvals.get(_key(request))
+        approved = self.facts.approvals.get(key_of(request))
         approvals = approved.count if approved is not None else 0
         if approvals != 1:
             self._flag(
@@ -245,9 +344,9 @@ class Checker:
             self._flag("issuer", seq, f"certificate {serial} names issuer {issuer}, which signing never announced")
         self._after_close(seq, issuer, f"certificate {serial}", approved.first_seq if approved is not None else None)
         self._renewal(seq, request, serial, _serial(data.get("supersedes")), approved)
-        key = _key(serial)
-        self._spki_of.setdefault(key, _key(str(data.get("spki_sha256"))))
-        first = self._serials.setdefault(issuer, {}).setdefault(key, seq)
+        key = key_of(serial)
+        self.facts.spki_of.setdefault(key, key_of(str(data.get("spki_sha256"))))
+        first = self.facts.issued.setdefault((issuer, key), seq)
         if first != seq:
             self._flag("serial", seq, f"serial {serial} of {issuer} was already issued at {first}")
         digest = approved.digest if approved is not None else None
@@ -264,43 +363,41 @@ class Checker:
                 for problem in profile_problems(profile, data):
                     self._flag("profile", seq, f"certificate {serial} ({profile.name}): {problem}")
 
-    def _renewal(
-        self, seq: int, request: str, serial: str, supersedes: str | None, approved: _Approvals | None
-    ) -> None:
+    def _renewal(self, seq: int, request: str, serial: str, supersedes: str | None, approved: Approvals | None) -> None:
         """A renewal's certificate must supersede what its approval says, an issued, undestroyed serial."""
-        renews = _key(supersedes) if supersedes is not None else None
+        renews = key_of(supersedes) if supersedes is not None else None
         if approved is not None and approved.supersedes != renews:
             self._flag(
                 "renewal",
                 seq,
                 f"certificate {serial} for request {request} supersedes {supersedes or 'nothing'}, "
-                f"but its approval supersedes {_text(approved.supersedes) or 'nothing'}",
+                f"but its approval supersedes {text_of(approved.supersedes) or 'nothing'}",
             )
         if supersedes is None:
             return
-        if renews not in self._spki_of:
+        if renews not in self.facts.spki_of:
             self._flag("renewal", seq, f"certificate {serial} renews serial {supersedes}, which was never issued")
-        elif renews in self._destroyed:
+        elif renews in self.facts.destroyed:
             self._flag(
                 "renewal",
                 seq,
-                f"certificate {serial} renews certificate {supersedes}, destroyed at {self._destroyed[renews]}",
+                f"certificate {serial} renews certificate {supersedes}, destroyed at {self.facts.destroyed[renews]}",
             )
 
     def _key_attested(self, seq: int, attested: KeyDestroyed) -> None:
         """A holder's attestation must name an issued certificate's own key and carry that key's signature."""
         serial = attested.serial
-        certified = self._spki_of.get(_key(serial))
+        certified = self.facts.spki_of.get(key_of(serial))
         if certified is None:
             self._flag("key_destroyed", seq, f"the key of serial {serial} is attested destroyed; it was never issued")
-        elif certified != _key(attested.spki_sha256):
+        elif certified != key_of(attested.spki_sha256):
             self._flag("key_destroyed", seq, f"the attestation for serial {serial} names a key it was not issued for")
         elif not _attestation_signed(attested):
             self._flag("key_destroyed", seq, f"the attestation for serial {serial} is not signed by the key it names")
 
     def _revoked(self, seq: int, revoked: CertificateRevoked) -> None:
         issuer, serial = revoked.issuer_id, revoked.serial
-        if _key(serial) not in self._serials.get(issuer, {}):
+        if (issuer, key_of(serial)) not in self.facts.issued:
             self._flag("revoked_unknown", seq, f"serial {serial} of {issuer} was revoked but never issued")
             return
         self.revocations.setdefault(issuer, []).append(Revoked(serial, seq, _utc(revoked.revoked_at)))
@@ -350,11 +447,8 @@ class Checker:
         return crl_key(issuer, shard), shard
 
     def crl_findings(self, crls: dict[str, bytes | None], now: datetime, grace: timedelta) -> list[Finding]:
-        """Check each latest CRL a revocation must be in (`crls`: its DER from the object store by
-        `crl_key`, None if missing): its digest, signature and, for a shard, an issuingDistributionPoint
-        naming that shard; and that it lists every revocation of its issuer's shard older than `grace`
-        before it. A revocation within `grace` of the CRL (or of now, if no CRL followed it) is not
-        judged: the CRL publisher batches and may be a moment behind the log."""
+        """Judge each latest CRL a revocation fed to this Checker must be in (`crls`: its DER from the
+        object store by `crl_key`, None if missing) with `crl_judge`, against those revocations."""
         found: list[Finding] = []
         by_crl: dict[tuple[str, str, int | None], list[Revoked]] = {}
         for issuer, revoked in self.revocations.items():
@@ -362,38 +456,26 @@ class Checker:
                 key, shard = self.crl_of(issuer, r.serial)
                 by_crl.setdefault((key, issuer, shard), []).append(r)
         for (key, issuer, shard), revoked in sorted(by_crl.items(), key=lambda item: item[0][0]):
-            latest = self.latest_crl.get(key)
-            which = issuer if shard is None else f"{issuer} shard {shard}"
-            listed: set[int] | None = None
-            if latest is not None:
-                listed, problem = _read_crl(crls.get(key), latest, self._cas.get(issuer, ""), issuer, shard)
-                if problem is not None:
-                    found.append(Finding("crl", latest.stream_seq, f"CRL #{latest.crl_number} of {which}: {problem}"))
-                    continue
-            for r in revoked:
-                if r.stream_seq > self._crls_end(issuer):
-                    continue  # the CA no longer signs CRLs: it is itself revoked in its parent's CRL
-                when = r.revoked_at or now
-                if latest is not None and r.stream_seq < latest.stream_seq and listed is not None:
-                    cutoff = _before(latest.this_update or now, grace)
-                    if when <= cutoff and int(r.serial, 16) not in listed:
-                        found.append(
-                            Finding(
-                                "crl",
-                                r.stream_seq,
-                                f"serial {r.serial} of {issuer} was revoked but "
-                                f"is not in the latest CRL #{latest.crl_number} of {which}",
-                            )
-                        )
-                elif when <= now - grace:
-                    found.append(
-                        Finding(
-                            "crl",
-                            r.stream_seq,
-                            f"serial {r.serial} of {issuer} was revoked but no CRL of {which} was published since",
-                        )
-                    )
+            verdict = self.crl_judge(key, issuer, shard, crls.get(key), now, grace)
+            found += [verdict] if isinstance(verdict, Finding) else verdict.judge(revoked)
         return found
+
+    def crl_judge(
+        self, key: str, issuer: str, shard: int | None, der: bytes | None, now: datetime, grace: timedelta
+    ) -> Finding | CrlJudge:
+        """The latest CRL `key` of `issuer` (`shard`), its DER from the object store (None if missing):
+        the finding if its digest, signature or, for a shard, an issuingDistributionPoint naming that
+        shard is wrong; else the judge of the revocations it must list (those of its issuer's shard
+        older than `grace` before it). A revocation within `grace` of the CRL (or of now, if no CRL
+        followed it) is not judged: the CRL publisher batches and may be a moment behind the log."""
+        latest = self.latest_crl.get(key)
+        which = issuer if shard is None else f"{issuer} shard {shard}"
+        listed: set[int] | None = None
+        if latest is not None:
+            listed, problem = _read_crl(der, latest, self._cas.get(issuer, ""), issuer, shard)
+            if problem is not None:
+                return Finding("crl", latest.stream_seq, f"CRL #{latest.crl_number} of {which}: {problem}")
+        return CrlJudge(issuer, which, latest, listed, self._crls_end(issuer), now, grace)
 
     def _crls_end(self, ca: str) -> int | float:
         """The log position after which a CA signs no CRL that must list a revocation: its compromise,
@@ -431,8 +513,8 @@ def _serial(value: Any) -> str | None:
     return str(value) if isinstance(value, str) and value else None
 
 
-def _text(key: Key | None) -> str | None:
-    """The text `_key` made `key` from."""
+def text_of(key: Key | None) -> str | None:
+    """The text `key_of` made `key` from."""
     if isinstance(key, int):
         return f"{key:x}"
     if isinstance(key, bytes):

@@ -13,7 +13,7 @@ import asyncpg
 import nats.js.errors
 from pydantic import ValidationError
 
-from services.audit import checks, domain, lint_job, replay, report, store, verify
+from services.audit import check_store, checks, domain, lint_job, replay, report, store, verify
 from services.audit.checkpoints import Checkpointer
 from services.audit.incremental import IncrementalCheck
 from shared.base.settings import AuditSettings
@@ -49,6 +49,7 @@ from shared.contract.queries import (
 )
 from shared.pki.crypto import normalise_serial
 from shared.runtime.consumer import Delivery
+from shared.runtime.db import SessionLock
 from shared.runtime.metrics import EVENTS_CONSUMED
 from shared.runtime.outbox import OutboxEntry, enqueue_many
 from shared.runtime.service import Runtime
@@ -195,18 +196,30 @@ async def check_archive(rt: Runtime, crl_grace_s: float) -> tuple[int, list[chec
     """Run the consistency checks over the whole chained archive, in log order, then check each
     issuer's latest CRL (fetched from the object store) against the revocations before it. Only
     up to the chain's head: replicas archive groups concurrently, and a later event archived
-    before an earlier one (an issuance before its approval) is not the log's order yet."""
-    full = IncrementalCheck(rt.root)
-    await full.catch_up(rt.pool)
-    return full.checker.events, full.take_findings() + await crl_findings(rt, full.checker, crl_grace_s)
+    before an earlier one (an issuance before its approval) is not the log's order yet. What the
+    checks learn of each certificate is kept in temporary tables on the run's one connection."""
+    full = IncrementalCheck(rt.root, tables=check_store.TEMPORARY)
+    async with rt.pool.acquire() as conn:
+        await check_store.create_temporary(conn)
+        try:
+            await full.catch_up(conn)
+            found = full.take_findings() + await crl_findings(rt, full, conn, crl_grace_s)
+        finally:
+            await check_store.drop_temporary(conn)
+    return full.checker.events, found
 
 
-async def crl_findings(rt: Runtime, checker: checks.Checker, crl_grace_s: float) -> list[checks.Finding]:
-    """The latest CRL of each issuer (shard) a revocation is due in, fetched from the object store and
-    checked against the revocations before it (a shard nobody revoked from is not fetched)."""
-    due = {checker.crl_of(issuer, r.serial)[0] for issuer, revoked in checker.revocations.items() for r in revoked}
-    crls = {key: await _fetch(rt, crl.bucket, crl.name) for key, crl in checker.latest_crl.items() if key in due}
-    return checker.crl_findings(crls, rt.clock.now(), timedelta(seconds=crl_grace_s))
+async def crl_findings(
+    rt: Runtime, check: IncrementalCheck, db: asyncpg.Pool | asyncpg.Connection, crl_grace_s: float
+) -> list[checks.Finding]:
+    """The latest CRL of each issuer (shard) a revocation is due in, fetched from the object store one at
+    a time and checked against the revocations before it (a shard nobody revoked from is not fetched)."""
+
+    async def fetch(key: str) -> bytes | None:
+        latest = check.checker.latest_crl.get(key)
+        return None if latest is None else await _fetch(rt, latest.bucket, latest.name)
+
+    return await check.crl_findings(db, fetch, rt.clock.now(), timedelta(seconds=crl_grace_s))
 
 
 async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
@@ -217,12 +230,15 @@ async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
         return None
 
 
-async def raise_findings(rt: Runtime, check: IncrementalCheck, crl_grace_s: float) -> int:
-    """The scheduled run: bring `check` up to the chained head (it reads only what was archived since its
-    last run), then publish each finding not raised before as AuditFindingRaised."""
+async def raise_findings(rt: Runtime, check: IncrementalCheck, lock: SessionLock, crl_grace_s: float) -> int:
+    """The scheduled run, on the one replica holding `lock` (the checks' stored state is one checker's):
+    bring `check` up to the chained head (it reads only what was archived since its last run), then
+    publish each finding not raised before as AuditFindingRaised."""
+    if not await lock.held():
+        return 0  # another replica runs the checks
     await check.catch_up(rt.pool)
     found = check.take_findings()
-    crls = await crl_findings(rt, check.checker, crl_grace_s)  # judged again each run, against the latest CRLs
+    crls = await crl_findings(rt, check, rt.pool, crl_grace_s)  # judged again each run, against the latest CRLs
     async with rt.pool.acquire() as conn, conn.transaction():
         entries = await enqueue_findings(conn, rt, found + crls)
     check.raised(found)

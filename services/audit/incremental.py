@@ -1,48 +1,79 @@
 """The consistency checks kept up with the archive: one Checker fed, in log order, only what was chained since.
 
 The scheduled check keeps one `IncrementalCheck` for the life of the process, so a run costs what was
-archived since the last one, not the whole archive. Each batch is read in a snapshot together with the
-chain's hash at the position the checker has reached: a different hash there (a replay adopted a
-rebuilt archive, a lost database was replayed) means the checker saw another log, and it starts again
-from the beginning. The checks run in the event loop, a batch at a time, yielding between batches so
-that the consumers keep running; not in a thread, where the GIL would make the loop wait on it.
+archived since the last one, not the whole archive. What the Checker knows of each certificate is kept
+in PostgreSQL (`services.audit.check_store`), not in the process: each batch is read in one transaction
+with the chain's hash at the position the checker has reached and the stored facts its events name,
+checked, and its facts stored back with the new position before the transaction commits. The rest of
+the Checker's state (CAs, profiles, operators: a few per CA) lives in the process, so the stored facts
+belong to one process's run (`check_cursor.run`): another process, or this one after a failed batch,
+empties them and starts from the beginning. So does a different hash at the checker's position (a
+replay adopted a rebuilt archive, a lost database was replayed): the checker saw another log.
+
+The checks run in the event loop, a batch at a time, yielding between batches so that the consumers
+keep running; not in a thread, where the GIL would make the loop wait on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.audit import checks, domain, store
+from services.audit import check_store, checks, domain, store
 
 log = logging.getLogger("certbus.audit")
 BATCH = 250  # messages read and checked between two turns of the event loop (~10 ms of checks on an idle core)
 
 
 class IncrementalCheck:
-    """A Checker and how far along the chained archive it has read."""
+    """A Checker, its facts in `tables`, and how far along the chained archive it has read."""
 
-    def __init__(self, root: str, batch: int = BATCH) -> None:
+    def __init__(self, root: str, batch: int = BATCH, tables: check_store.CheckStore = check_store.SCHEDULED) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self.root = root
         self.batch = batch
+        self.tables = tables
         self.checker = checks.Checker(root)
+        self.run = uuid.uuid4()
         self.through = 0  # the last position fed to the checker
-        self._chain_hash: bytes | None = domain.GENESIS  # the chain's hash there, as it was read
+        self._chain_hash = domain.GENESIS  # the chain's hash there, as it was read
 
-    async def catch_up(self, pool: asyncpg.Pool) -> None:
+    async def catch_up(self, db: asyncpg.Pool | asyncpg.Connection, through: int | None = None) -> None:
         """Feed the checker every message chained since the last call, in batches, up to the chained head
-        as it is now (what lies beyond it is not yet the log in order)."""
-        async with pool.acquire() as conn:
+        as it is now (what lies beyond it is not yet the log in order), or up to `through` if that is
+        before it. `db` is a pool (a connection is taken for each batch: the consumers need theirs) or
+        the connection whose temporary tables `tables` names."""
+        async with _connection(db) as conn:
             head, _, _ = await store.head(conn)
+        if through is not None:
+            head = min(head, through)
         while True:
-            # A pool connection only while a batch is read: the consumers need theirs.
-            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                anchor = await store.hash_at(conn, self.through)
-                rows = await store.rows_after(conn, self.through, through=head, limit=self.batch)
+            try:
+                async with _connection(db) as conn:
+                    more = await self._batch(conn, head)
+            except BaseException:
+                self._restart()  # the batch was rolled back, and the checker may have taken half of it
+                raise
+            if not more:
+                return
+            await asyncio.sleep(0)
+
+    async def _batch(self, conn: asyncpg.Connection, head: int) -> bool:
+        """Check the next batch up to `head`, in one transaction; whether there may be more."""
+        async with conn.transaction(isolation="repeatable_read"):
+            if not await self.tables.owned_by(conn, self.run, self.through):
+                if self.through:
+                    log.warning("the scheduled check's stored state is not this checker's: checking from the beginning")
+                self._restart()
+                await self.tables.claim(conn, self.run)
+            anchor = await store.hash_at(conn, self.through)
             if anchor != self._chain_hash:
                 log.warning(
                     "the archive the scheduled check read has changed (a replay rebuilt it?): checking it again "
@@ -50,11 +81,55 @@ class IncrementalCheck:
                     extra={"through": self.through},
                 )
                 self._restart()
-                continue
+                await self.tables.claim(conn, self.run)
+                return True
+            rows = await store.rows_after(conn, self.through, through=head, limit=self.batch)
             if not rows:
-                return
-            self._feed(rows)
-            await asyncio.sleep(0)
+                return False
+            checker = self.checker
+            readings = [checker.read(row.subject, row.raw) for row in rows]
+            checker.facts = await self.tables.load(conn, checks.wanted(readings))
+            for row, reading in zip(rows, readings, strict=True):
+                checker.apply(row.seq, reading)
+            revoked = [
+                check_store.StoredRevocation(issuer, r, *checker.crl_of(issuer, r.serial))
+                for issuer, rs in checker.revocations.items()
+                for r in rs
+            ]
+            await self.tables.save(conn, checker.facts, revoked)
+            last = rows[-1]
+            assert last.hash is not None  # read up to the chained head
+            await self.tables.advance(conn, last.seq, last.hash)
+        checker.facts, checker.revocations = checks.Facts(), {}  # stored: what the next batch needs is loaded
+        self.through, self._chain_hash = last.seq, last.hash
+        return True
+
+    async def crl_findings(
+        self,
+        db: asyncpg.Pool | asyncpg.Connection,
+        fetch: Callable[[str], Awaitable[bytes | None]],
+        now: datetime,
+        grace: timedelta,
+    ) -> list[checks.Finding]:
+        """Judge each latest CRL that a stored revocation must be in (`fetch`: its DER by `crl_key`, None
+        if the object store has none) against the stored revocations, a page at a time."""
+        found: list[checks.Finding] = []
+        async with _connection(db) as conn:
+            due = await self.tables.due_crls(conn)
+        for key, issuer, shard in due:
+            judge = self.checker.crl_judge(key, issuer, shard, await fetch(key), now, grace)
+            if isinstance(judge, checks.Finding):
+                found.append(judge)  # the CRL itself cannot be trusted
+                continue
+            after = 0
+            while True:
+                async with _connection(db) as conn:
+                    page = await self.tables.revocations(conn, key, after)
+                if not page:
+                    break
+                found += judge.judge(page)
+                after = page[-1].stream_seq
+        return found
 
     def take_findings(self) -> list[checks.Finding]:
         """The findings of the messages fed so far that `raised` has not yet been told of."""
@@ -64,16 +139,17 @@ class IncrementalCheck:
         """Forget `found` (from `take_findings`): they are recorded, and are never raised again."""
         del self.checker.findings[: len(found)]
 
-    def _feed(self, rows: list[store.ArchivedRow]) -> None:
-        try:
-            for row in rows:
-                self.checker.add(row.seq, row.subject, row.raw)
-        except Exception:
-            self._restart()  # a message the checker half took: its state is no longer the log's
-            raise
-        last = rows[-1]
-        self.through, self._chain_hash = last.seq, last.hash
-
     def _restart(self) -> None:
+        """A new checker at the beginning of the log: a run of its own, whose facts are stored from scratch."""
         self.checker = checks.Checker(self.root)
+        self.run = uuid.uuid4()
         self.through, self._chain_hash = 0, domain.GENESIS
+
+
+@asynccontextmanager
+async def _connection(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db

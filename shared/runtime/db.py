@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -122,3 +123,48 @@ async def drop_schema(pool: asyncpg.Pool, schema: str) -> None:
     check_schema_name(schema)
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+class SessionLock:
+    """A session-level advisory lock, held on a connection of its own for as long as this process
+    lives (or until `release`): the one replica holding it does what it guards. If that connection
+    dies, the server lets the lock go and another replica takes it at its next `held`."""
+
+    def __init__(self, dsn: str, key: str, timeout_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._key = key
+        self._timeout_s = timeout_s
+        self._conn: asyncpg.Connection | None = None
+
+    async def held(self) -> bool:
+        """Whether this process holds the lock, taking it if it is free; False if the database cannot
+        be reached (nobody can do what it guards then)."""
+        if self._conn is not None:
+            try:
+                await self._conn.fetchval("SELECT 1", timeout=self._timeout_s)
+                return True
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self.release()  # the lock went with the connection
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError):
+            return False
+        try:
+            taken = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._key, timeout=self._timeout_s)
+        except BaseException:
+            conn.terminate()
+            raise
+        if not taken:
+            await conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    async def release(self) -> None:
+        """Let the lock go (closing its connection releases it)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await asyncio.wait_for(conn.close(), self._timeout_s)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()

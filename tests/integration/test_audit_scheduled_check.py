@@ -1,11 +1,14 @@
 """The scheduled check over the archive's SQL: run after run it reads only what was chained since, never
 past the chained head, and finds what one pass over the whole archive finds; an archive rebuilt under
-it (a replay adopting other rows) is read again from the beginning."""
+it (a replay adopting other rows) is read again from the beginning. What it knows of each certificate
+is in PostgreSQL, not in the process, and belongs to one checker: another starts again from the
+beginning; an on-demand check keeps its own in temporary tables."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -13,10 +16,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.audit import realistic_log
-from services.audit import store
-from services.audit.checks import Finding, check_all
+from services.audit import check_store, store
+from services.audit.checks import Facts, Finding, Revoked, check_all
 from services.audit.incremental import IncrementalCheck
 from shared.trust.operators import registration
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_audit_incremental import LOG, _approve
+from test_audit_samples import rows, subject_of
 
 MIGRATIONS = Path(store.__file__).parent / "migrations"
 ROOT = "pki"
@@ -27,13 +34,16 @@ def pool(audit_archive: asyncpg.Pool) -> asyncpg.Pool:
     return audit_archive
 
 
-def _log() -> list[tuple[int, str, bytes]]:
+def _log(objects: dict[str, bytes] | None = None) -> list[tuple[int, str, bytes]]:
     """A realistic log (real certificates under a versioned profile, revocations, a CRL) with findings
     spread along it: issuances without their approval, under another request id."""
     key = Ed25519PrivateKey.generate()
     first = registration("alice", key, "alice", datetime.now(UTC))
     messages = [(first.subject(ROOT), first.model_dump_json().encode())]
-    for subject, raw in realistic_log(300, ROOT, "crls", ("alice", key)).events:
+    bench = realistic_log(300, ROOT, "crls", ("alice", key))
+    if objects is not None:
+        objects.update(bench.objects)
+    for subject, raw in bench.events:
         messages.append((subject, raw))
         if subject.endswith(".issued") and len(messages) % 7 == 0:
             data = {**json.loads(raw), "aggregate_id": f"unapproved-{len(messages)}"}
@@ -46,7 +56,7 @@ async def _archive(pool: asyncpg.Pool, messages: list[tuple[int, str, bytes]]) -
         await store.archive(conn, messages, ROOT)
 
 
-async def _run(check: IncrementalCheck, pool: asyncpg.Pool) -> list[Finding]:
+async def _run(check: IncrementalCheck, pool: asyncpg.Pool | asyncpg.Connection) -> list[Finding]:
     await check.catch_up(pool)
     found = check.take_findings()
     check.raised(found)
@@ -70,7 +80,93 @@ async def test_runs_over_what_was_archived_since_find_what_one_pass_finds(pool: 
     found += await _run(check, pool)  # nothing new: nothing found twice
     assert found == whole.findings
     assert check.checker.events == whole.events == len(log)
-    assert check.checker.revocations == whole.revocations and check.checker.latest_crl == whole.latest_crl
+    assert check.checker.latest_crl == whole.latest_crl
+    assert await _stored_revocations(pool) == {(issuer, r) for issuer, rs in whole.revocations.items() for r in rs}
+    # The process keeps nothing of any certificate between batches: it is all in the tables.
+    assert check.checker.facts == Facts() and check.checker.revocations == {}
+    assert await pool.fetchval("SELECT count(*) FROM check_issued") == _issued(log)
+
+
+def _issued(log: list[tuple[int, str, bytes]]) -> int:
+    """How many serials (of an issuer) the log issues: those the tables must know."""
+    issued = (json.loads(raw) for _, subject, raw in log if subject.endswith(".issued"))
+    return len({(data["issuer_id"], data["serial"]) for data in issued})
+
+
+async def _stored_revocations(pool: asyncpg.Pool) -> set[tuple[str, Revoked]]:
+    rows = await pool.fetch("SELECT issuer, serial, stream_seq, revoked_at FROM check_revocations")
+    return {(r["issuer"], Revoked(r["serial"], r["stream_seq"], r["revoked_at"])) for r in rows}
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+async def test_each_finding_kind_is_found_as_one_pass_finds_it_with_the_facts_loaded_for_each_batch(
+    pool: asyncpg.Pool, batch: int
+) -> None:
+    """Every per-certificate check (approval, serial, revoked_unknown, renewal, key_destroyed...) reads its
+    facts from the tables: a batch of one loads all it knows of a certificate from them."""
+    log = rows(*LOG)
+    await _archive(pool, log)
+    check = IncrementalCheck(ROOT, batch=batch)
+    assert await _run(check, pool) == check_all(log, ROOT).findings
+    assert {f.check for f in check_all(log, ROOT).findings} >= {
+        "approval",
+        "serial",
+        "revoked_unknown",
+        "renewal",
+        "key_destroyed",
+        "issuer",
+        "ca_closed",
+    }
+
+
+async def test_another_checker_starts_again_from_the_beginning_and_a_failed_batch_is_not_kept(
+    pool: asyncpg.Pool,
+) -> None:
+    log = rows(*LOG)
+    await _archive(pool, log)
+    first = IncrementalCheck(ROOT, batch=4)
+    whole = check_all(log, ROOT).findings
+    assert await _run(first, pool) == whole
+    # Another process (its CAs, profiles and operators are in its own memory) cannot go on from the
+    # first's stored facts: it empties them and finds everything again.
+    second = IncrementalCheck(ROOT, batch=4)
+    assert await _run(second, pool) == whole
+    assert (await pool.fetchrow("SELECT through, run FROM check_cursor"))["run"] == second.run
+    # The first now finds the state is not its own, and starts again too (its findings were raised:
+    # the findings table drops repeats).
+    late = _approve("late")
+    await _archive(pool, [(len(log) + 1, subject_of(late), late)])
+    assert await _run(first, pool) == whole
+    assert first.through == len(log) + 1
+
+
+async def test_an_on_demand_check_keeps_its_facts_in_temporary_tables(pool: asyncpg.Pool) -> None:
+    objects: dict[str, bytes] = {}
+    log = _log(objects)
+    await _archive(pool, log)
+    whole = check_all(log, ROOT)
+    on_demand = IncrementalCheck(ROOT, batch=64, tables=check_store.TEMPORARY)
+    async with pool.acquire() as conn:
+        await check_store.create_temporary(conn)
+        try:
+            found = await _run(on_demand, conn)
+            assert await conn.fetchval("SELECT count(*) FROM pg_temp.check_issued") > 0
+            now, grace = datetime.now(UTC), timedelta(seconds=0)
+
+            async def fetch(key: str) -> bytes | None:
+                latest = on_demand.checker.latest_crl.get(key)
+                return None if latest is None else objects.get(latest.name)
+
+            crls = await on_demand.crl_findings(conn, fetch, now, grace)
+        finally:
+            await check_store.drop_temporary(conn)
+    assert found == whole.findings
+    by_key = {key: objects.get(c.name) for key, c in whole.latest_crl.items()}
+    assert crls == whole.crl_findings(by_key, now, grace)
+    # The realistic log's CRL lists each revocation: a copy that lists none is found out, revocation by revocation.
+    assert whole.revocations and not crls
+    assert await pool.fetchval("SELECT count(*) FROM check_issued") == 0  # the scheduled check's tables: untouched
+    assert await pool.fetchval("SELECT run FROM check_cursor") is None
 
 
 async def test_an_archive_rebuilt_with_other_rows_is_checked_again_from_the_beginning(pool: asyncpg.Pool) -> None:
@@ -93,3 +189,4 @@ async def test_an_archive_rebuilt_with_other_rows_is_checked_again_from_the_begi
     assert found == check_all(rebuilt, ROOT).findings  # all of them again: the findings table drops repeats
     assert check.checker.events == len(rebuilt)
     assert check.through == len(rebuilt)
+    assert await pool.fetchval("SELECT count(*) FROM check_issued") == _issued(rebuilt)

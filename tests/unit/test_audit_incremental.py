@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_audit_samples import ROOT, event, genesis, rows, signed
 
-from services.audit.checks import Checker, Finding, _key, _text, check_all
+from services.audit.checks import Checker, Finding, check_all, key_of, text_of
 
 NOW = datetime.fromisoformat("2026-01-01T00:00:00+00:00")
 OLD, NEW = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4", "0ff1ce"  # a serial, and a text that is no canonical number
@@ -123,8 +123,8 @@ TEXTS = st.one_of(
 
 @given(TEXTS, TEXTS)
 def test_compact_keys_are_equal_exactly_when_their_texts_are(a: str, b: str) -> None:
-    assert (_key(a) == _key(b)) == (a == b)
-    assert _text(_key(a)) == a
+    assert (key_of(a) == key_of(b)) == (a == b)
+    assert text_of(key_of(a)) == a
 
 
 @pytest.mark.parametrize(
@@ -132,4 +132,4 @@ def test_compact_keys_are_equal_exactly_when_their_texts_are(a: str, b: str) -> 
     [(OLD, int), (REQUEST, bytes), ("cd" * 32, bytes), (NEW, str), (OLD.upper(), str), ("r1", str)],
 )
 def test_serials_request_ids_and_digests_are_kept_as_numbers_or_bytes(text: str, kind: type) -> None:
-    assert type(_key(text)) is kind
+    assert type(key_of(text)) is kind

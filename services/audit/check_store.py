@@ -1,0 +1,169 @@
+"""Where the consistency checks keep what they know of each certificate: PostgreSQL, not the process.
+
+A Checker's `Facts` (a request's approvals, an issuer's serials, a serial's key and destruction) and
+the revocations it has seen grow with the log; kept in memory they held 400-500 bytes a certificate.
+The scheduled check keeps them in audit's tables (`SCHEDULED`); an on-demand check of the whole log
+(`certbus audit check`) in temporary copies of them on its one connection (`TEMPORARY`), so that it
+neither touches the scheduled check's nor grows the process. For each batch of the log, `load` reads
+the rows its events name (`checks.wanted`), the Checker applies the batch to them, and `save` writes
+them back with the cursor, in the batch's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from services.audit import domain
+from services.audit.checks import Approvals, Facts, Revoked, Wanted, key_of, text_of
+
+TABLES = ("check_approvals", "check_issued", "check_serials", "check_revocations", "check_cursor")
+PAGE = 5_000  # revocations read at a time to judge a CRL by
+
+
+class StoredRevocation(NamedTuple):
+    """A revocation as it is stored: its issuer, itself, and the CRL that must list it."""
+
+    issuer: str
+    revoked: Revoked
+    crl_key: str
+    shard: int | None
+
+
+@dataclass(frozen=True)
+class CheckStore:
+    """A set of the checks' tables: audit's own (no prefix) or a connection's temporary copies."""
+
+    prefix: str = ""
+
+    def _t(self, table: str) -> str:
+        return f"{self.prefix}{table}"
+
+    async def owned_by(self, conn: asyncpg.Connection, run: uuid.UUID, through: int) -> bool:
+        """Whether the rows are `run`'s, as it left them at `through` (locks the cursor for the batch)."""
+        row = await conn.fetchrow(f"SELECT through, run FROM {self._t('check_cursor')} FOR UPDATE")
+        return row is not None and row["run"] == run and row["through"] == through
+
+    async def claim(self, conn: asyncpg.Connection, run: uuid.UUID) -> None:
+        """Empty the tables for `run`, a checker starting from the beginning of the log."""
+        await conn.execute(f"TRUNCATE {', '.join(self._t(t) for t in TABLES[:-1])}")
+        await conn.execute(
+            f"UPDATE {self._t('check_cursor')} SET through = 0, hash = $1, run = $2", domain.GENESIS, run
+        )
+
+    async def advance(self, conn: asyncpg.Connection, through: int, chain_hash: bytes) -> None:
+        await conn.execute(f"UPDATE {self._t('check_cursor')} SET through = $1, hash = $2", through, chain_hash)
+
+    async def load(self, conn: asyncpg.Connection, want: Wanted) -> Facts:
+        """The facts stored under the keys `want` names (a key with none is a certificate not seen yet)."""
+        facts = Facts()
+        if want.requests:
+            for r in await conn.fetch(
+                f"SELECT request, approvals, first_seq, digest, supersedes FROM {self._t('check_approvals')} "
+                "WHERE request = ANY($1::text[])",
+                [text_of(k) for k in want.requests],
+            ):
+                supersedes = key_of(r["supersedes"]) if r["supersedes"] is not None else None
+                facts.approvals[key_of(r["request"])] = Approvals(
+                    r["approvals"], r["first_seq"], r["digest"], supersedes
+                )
+        if want.issued:
+            issuers, serials = zip(*((i, text_of(s)) for i, s in want.issued), strict=True)
+            for r in await conn.fetch(
+                f"SELECT i.issuer, i.serial, i.first_seq FROM {self._t('check_issued')} i "
+                "JOIN unnest($1::text[], $2::text[]) AS w (issuer, serial) USING (issuer, serial)",
+                list(issuers),
+                list(serials),
+            ):
+                facts.issued[(r["issuer"], key_of(r["serial"]))] = r["first_seq"]
+        if want.serials:
+            for r in await conn.fetch(
+                f"SELECT serial, spki_sha256, destroyed_seq FROM {self._t('check_serials')} "
+                "WHERE serial = ANY($1::text[])",
+                [text_of(k) for k in want.serials],
+            ):
+                serial = key_of(r["serial"])
+                if r["spki_sha256"] is not None:
+                    facts.spki_of[serial] = key_of(r["spki_sha256"])
+                if r["destroyed_seq"] is not None:
+                    facts.destroyed[serial] = r["destroyed_seq"]
+        return facts
+
+    async def save(self, conn: asyncpg.Connection, facts: Facts, revocations: list[StoredRevocation]) -> None:
+        """Store `facts` (as loaded, then changed by a batch) and the batch's revocations."""
+        if facts.approvals:
+            await conn.execute(
+                f"INSERT INTO {self._t('check_approvals')} AS a "
+                "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[]) "
+                "ON CONFLICT (request) DO UPDATE SET approvals = EXCLUDED.approvals, digest = EXCLUDED.digest, "
+                "supersedes = EXCLUDED.supersedes",
+                *_columns(
+                    (text_of(k), a.count, a.first_seq, a.digest, text_of(a.supersedes))
+                    for k, a in facts.approvals.items()
+                ),
+            )
+        if facts.issued:
+            await conn.execute(
+                f"INSERT INTO {self._t('check_issued')} SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
+                "ON CONFLICT DO NOTHING",
+                *_columns((issuer, text_of(serial), seq) for (issuer, serial), seq in facts.issued.items()),
+            )
+        serials = facts.spki_of.keys() | facts.destroyed.keys()
+        if serials:
+            await conn.execute(
+                f"INSERT INTO {self._t('check_serials')} SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
+                "ON CONFLICT (serial) DO UPDATE SET spki_sha256 = EXCLUDED.spki_sha256, "
+                "destroyed_seq = EXCLUDED.destroyed_seq",
+                *_columns((text_of(s), text_of(facts.spki_of.get(s)), facts.destroyed.get(s)) for s in serials),
+            )
+        if revocations:
+            await conn.execute(
+                f"INSERT INTO {self._t('check_revocations')} "
+                "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int[]) "
+                "ON CONFLICT DO NOTHING",
+                *_columns(
+                    (s.revoked.stream_seq, s.issuer, s.revoked.serial, s.revoked.revoked_at, s.crl_key, s.shard)
+                    for s in revocations
+                ),
+            )
+
+    async def due_crls(self, conn: asyncpg.Connection) -> list[tuple[str, str, int | None]]:
+        """Each CRL some revocation must be in: (its `crl_key`, its issuer, its shard), by key."""
+        rows = await conn.fetch(f"SELECT DISTINCT crl_key, issuer, shard FROM {self._t('check_revocations')}")
+        return sorted((r["crl_key"], r["issuer"], r["shard"]) for r in rows)
+
+    async def revocations(self, conn: asyncpg.Connection, crl_key: str, after: int) -> list[Revoked]:
+        """The next page of revocations that CRL `crl_key` must list, after position `after`, in log order."""
+        rows = await conn.fetch(
+            f"SELECT stream_seq, serial, revoked_at FROM {self._t('check_revocations')} "
+            "WHERE crl_key = $1 AND stream_seq > $2 ORDER BY stream_seq LIMIT $3",
+            crl_key,
+            after,
+            PAGE,
+        )
+        return [Revoked(r["serial"], r["stream_seq"], r["revoked_at"]) for r in rows]
+
+
+SCHEDULED = CheckStore()
+TEMPORARY = CheckStore("pg_temp.")
+
+
+async def create_temporary(conn: asyncpg.Connection) -> None:
+    """Temporary copies of the tables on `conn`, for `TEMPORARY` (until `drop_temporary`)."""
+    await drop_temporary(conn)
+    for table in TABLES:  # with no temporary table of that name, `LIKE` names audit's own
+        await conn.execute(f"CREATE TEMPORARY TABLE {table} (LIKE {table} INCLUDING ALL)")
+    await conn.execute("INSERT INTO pg_temp.check_cursor (through, hash) VALUES (0, $1)", domain.GENESIS)
+
+
+async def drop_temporary(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"DROP TABLE IF EXISTS {', '.join(f'pg_temp.{t}' for t in TABLES)}")
+
+
+def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as columns, for `unnest`."""
+    return [list(c) for c in zip(*rows, strict=True)]
