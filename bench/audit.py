@@ -13,9 +13,10 @@ figure's median (the machine is shared: one run says little). AUDIT_PROFILE=1 al
 verify and one more replay with py-spy (this process: audit runs in it) and writes what they spend
 their busy samples on to bench/results/profile-audit-verify.txt and profile-audit-replay.txt.
 
-It also measures what the consistency checks keep in memory per certificate on the log: a Checker
-fed a log like this one in a fresh interpreter (`python -m bench.audit --checker-state N`), whose
-figure scaled to a million certificates the summary counts in the memory target.
+It also measures what the consistency checks keep in memory per certificate on the log: the checks
+run over the bench's archive in a fresh interpreter (`python -m bench.audit --checker-state DSN ROOT`),
+half of it then the rest; the growth over the second half, scaled to a million certificates, is what
+the summary counts in the memory target.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from bench.environment import bench_harness, save_result
 from bench.procs import RssPeak, rss_kib
 from bench.profile import RESULTS, summarise
 from harness import Harness
-from services.audit import domain
-from services.audit.checks import Checker
+from services.audit import check_store, domain
+from services.audit.incremental import IncrementalCheck
 from services.signing import domain as signing
 from shared.contract.binding import publisher_of
 from shared.contract.events import (
@@ -62,6 +63,7 @@ from shared.contract.events import (
 from shared.contract.profiles import Profile
 from shared.pki.crypto import PrivateKey, generate_key, signing_hash
 from shared.pki.holder import load_private_key
+from shared.runtime.db import create_pool
 from shared.trust import operators
 
 N = int(os.environ.get("AUDIT_N", "100000"))
@@ -302,37 +304,50 @@ async def profiled(name: str, action: Callable[[], Awaitable[object]]) -> str:
     return text
 
 
-def checker_state(n: int) -> dict[str, float]:
-    """What audit's consistency checks keep in memory per certificate on the log: a Checker (as the
-    scheduled check keeps one for the life of the process, and `audit check` builds one per run) fed
-    a realistic log of about `n` events, in a process of its own (run by `checker_memory`), its
-    resident memory read before and after."""
-    key = generate_key("ed25519")
-    genesis = operators.registration("bench-operator", key, "bench-operator", datetime.now(UTC))
-    log = realistic_log(n, "bench", "bench-crl", ("bench-operator", key))
-    events = [(genesis.subject("bench"), genesis.model_dump_json().encode()), *log.events]
-    certificates = sum(1 for subject, _ in events if subject.endswith(".issued"))
-    gc.collect()
-    before = rss_kib(os.getpid())
-    checker = Checker("bench")
-    for seq, (subject, raw) in enumerate(events, 1):
-        checker.add(seq, subject, raw)
-    gc.collect()
-    grown = (rss_kib(os.getpid()) - before) * 1024
-    assert not checker.findings, checker.findings[:3]
+async def checker_state(dsn: str, root: str) -> dict[str, float]:
+    """What audit's consistency checks keep in memory per certificate on the log: the checks run over
+    the bench's archive in a process of their own (run by `checker_memory`), as `audit check` runs them
+    (what they know of each certificate in temporary tables; the scheduled check's are audit's own),
+    first over the archive's first half, then over the rest, this process's resident memory read
+    before, after each half, and at its peak."""
+    pool = await create_pool(dsn, "audit", min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            head = await conn.fetchval("SELECT seq FROM chain_head")
+            half = head // 2
+            issued = "SELECT count(*) FROM archive WHERE event_type = 'CertificateIssued' AND stream_seq <= $1"
+            certificates_half, certificates = await conn.fetchval(issued, half), await conn.fetchval(issued, head)
+            check = IncrementalCheck(root, tables=check_store.TEMPORARY)
+            await check_store.create_temporary(conn)
+            gc.collect()
+            with RssPeak(os.getpid()) as peak:
+                before = rss_kib(os.getpid())
+                await check.catch_up(conn, through=half)
+                gc.collect()
+                at_half = rss_kib(os.getpid())
+                await check.catch_up(conn)
+                gc.collect()
+                at_end = rss_kib(os.getpid())
+            await check_store.drop_temporary(conn)
+    finally:
+        await pool.close()
+    assert check.through == head and not check.take_findings(), check.take_findings()[:3]
+    per_certificate = max(0.0, (at_end - at_half) * 1024 / max(1, certificates - certificates_half))
+    grown_mib = (at_end - before) / 1024
     return {
-        "events": len(events),
+        "events": head,
         "certificates": certificates,
-        "grown_mib": round(grown / 1024**2, 1),
-        "bytes_per_certificate": round(grown / certificates),
-        "at_1m_certificates_mib": round(grown / certificates * 1_000_000 / 1024**2),
+        "grown_mib": round(grown_mib, 1),
+        "peak_growth_mib": peak.growth_mib,
+        "bytes_per_certificate": round(per_certificate),
+        "at_1m_certificates_mib": round(grown_mib + per_certificate * (1_000_000 - certificates) / 1024**2, 1),
     }
 
 
-def checker_memory(n: int) -> dict[str, float]:
-    """`checker_state(n)` in a fresh interpreter (what this process has freed would hide growth)."""
+def checker_memory(dsn: str, root: str) -> dict[str, float]:
+    """`checker_state` in a fresh interpreter (what this process has freed would hide growth)."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.audit", "--checker-state", str(n)], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "bench.audit", "--checker-state", dsn, root], capture_output=True, text=True, check=True
     )
     figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures
@@ -385,7 +400,7 @@ async def main() -> None:
             rebuilt = await c.replay()
         assert not rebuilt.equal and rebuilt.events >= len(events), rebuilt
         ref = reference_rate(events)
-        checker = await asyncio.to_thread(checker_memory, N)
+        checker = await asyncio.to_thread(checker_memory, h.database_url, h.root)
         assert checked.findings == [], checked.findings[:3]
         check_rate = checked.events / checked.seconds
         verify_rate, replay_rate = statistics.median(verify_rates), statistics.median(replay_rates)
@@ -416,10 +431,10 @@ async def main() -> None:
         print(f"audit replay of a lost archive (rebuilt, every event indexed): {rebuilt.rate_per_s:.0f} events/s")
         print(f"audit check (all consistency checks, certificates re-read, CRL fetched): {check_rate:.0f} events/s")
         print(
-            f"audit's consistency checks keep {checker['bytes_per_certificate']:,.0f} bytes in memory per certificate "
-            f"on the log ({checker['grown_mib']} MiB for {checker['certificates']:,}): about "
-            f"{checker['at_1m_certificates_mib']:,.0f} MiB at 1,000,000, held by the scheduled check for the life "
-            "of the process"
+            f"audit's consistency checks over {checker['certificates']:,} certificates (their facts in PostgreSQL): "
+            f"the process grew {checker['grown_mib']} MiB ({checker['peak_growth_mib']} MiB at the peak), "
+            f"{checker['bytes_per_certificate']:,.0f} bytes per certificate over the second half of the log: "
+            f"about {checker['at_1m_certificates_mib']:,.0f} MiB at 1,000,000"
         )
         print(f"reference (chain hashing alone, one process): {ref:.0f} events/s")
         print(
@@ -432,6 +447,6 @@ async def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--checker-state"]:
-        print(json.dumps(checker_state(int(sys.argv[2]))))
+        print(json.dumps(asyncio.run(checker_state(sys.argv[2], sys.argv[3]))))
     else:
         asyncio.run(main())
