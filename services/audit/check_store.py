@@ -19,10 +19,18 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from services.audit import domain
-from services.audit.checks import Approvals, Facts, Revoked, Wanted, key_of, text_of
+from services.audit.checks import Approvals, Facts, Key, Revoked, Wanted, key_of, text_of
 
 TABLES = ("check_approvals", "check_issued", "check_serials", "check_revocations", "check_cursor")
 PAGE = 5_000  # revocations read at a time to judge a CRL by
+
+
+class Loaded(NamedTuple):
+    """What `load` read, as it was: `save` writes only what a batch changed or added."""
+
+    approvals: dict[Key, tuple[int, int, str | None, Key | None]]
+    issued: set[tuple[str, Key]]
+    serials: dict[Key, tuple[Key | None, int | None]]
 
 
 class StoredRevocation(NamedTuple):
@@ -58,13 +66,13 @@ class CheckStore:
     async def advance(self, conn: asyncpg.Connection, through: int, chain_hash: bytes) -> None:
         await conn.execute(f"UPDATE {self._t('check_cursor')} SET through = $1, hash = $2", through, chain_hash)
 
-    async def load(self, conn: asyncpg.Connection, want: Wanted) -> Facts:
-        """The facts stored under the keys `want` names (a key with none is a certificate not seen yet)."""
+    async def load(self, conn: asyncpg.Connection, want: Wanted) -> tuple[Facts, Loaded]:
+        """The facts stored under the keys `want` names (a key with none is a certificate not seen yet),
+        and a copy of them for `save`."""
         facts = Facts()
         if want.requests:
             for r in await conn.fetch(
-                f"SELECT request, approvals, first_seq, digest, supersedes FROM {self._t('check_approvals')} "
-                "WHERE request = ANY($1::text[])",
+                _by_key(self._t("check_approvals"), "request", "approvals, first_seq, digest, supersedes"),
                 [text_of(k) for k in want.requests],
             ):
                 supersedes = key_of(r["supersedes"]) if r["supersedes"] is not None else None
@@ -74,16 +82,16 @@ class CheckStore:
         if want.issued:
             issuers, serials = zip(*((i, text_of(s)) for i, s in want.issued), strict=True)
             for r in await conn.fetch(
-                f"SELECT i.issuer, i.serial, i.first_seq FROM {self._t('check_issued')} i "
-                "JOIN unnest($1::text[], $2::text[]) AS w (issuer, serial) USING (issuer, serial)",
+                f"SELECT w.issuer, w.serial, t.first_seq FROM unnest($1::text[], $2::text[]) AS w (issuer, serial) "
+                f"CROSS JOIN LATERAL (SELECT first_seq FROM {self._t('check_issued')} "
+                "WHERE issuer = w.issuer AND serial = w.serial OFFSET 0) t",
                 list(issuers),
                 list(serials),
             ):
                 facts.issued[(r["issuer"], key_of(r["serial"]))] = r["first_seq"]
         if want.serials:
             for r in await conn.fetch(
-                f"SELECT serial, spki_sha256, destroyed_seq FROM {self._t('check_serials')} "
-                "WHERE serial = ANY($1::text[])",
+                _by_key(self._t("check_serials"), "serial", "spki_sha256, destroyed_seq"),
                 [text_of(k) for k in want.serials],
             ):
                 serial = key_of(r["serial"])
@@ -91,28 +99,47 @@ class CheckStore:
                     facts.spki_of[serial] = key_of(r["spki_sha256"])
                 if r["destroyed_seq"] is not None:
                     facts.destroyed[serial] = r["destroyed_seq"]
-        return facts
+        return facts, Loaded(
+            {k: (a.count, a.first_seq, a.digest, a.supersedes) for k, a in facts.approvals.items()},
+            set(facts.issued),
+            {s: (facts.spki_of.get(s), facts.destroyed.get(s)) for s in facts.spki_of.keys() | facts.destroyed.keys()},
+        )
 
-    async def save(self, conn: asyncpg.Connection, facts: Facts, revocations: list[StoredRevocation]) -> None:
-        """Store `facts` (as loaded, then changed by a batch) and the batch's revocations."""
-        if facts.approvals:
+    async def save(
+        self, conn: asyncpg.Connection, facts: Facts, loaded: Loaded, revocations: list[StoredRevocation]
+    ) -> None:
+        """Store what a batch changed in `facts` (`loaded` by `load`, then applied to) and its revocations."""
+        approvals = {
+            k: a
+            for k, a in facts.approvals.items()
+            if loaded.approvals.get(k) != (a.count, a.first_seq, a.digest, a.supersedes)
+        }
+        if approvals:
             await conn.execute(
                 f"INSERT INTO {self._t('check_approvals')} AS a "
                 "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[]) "
                 "ON CONFLICT (request) DO UPDATE SET approvals = EXCLUDED.approvals, digest = EXCLUDED.digest, "
                 "supersedes = EXCLUDED.supersedes",
                 *_columns(
-                    (text_of(k), a.count, a.first_seq, a.digest, text_of(a.supersedes))
-                    for k, a in facts.approvals.items()
+                    (text_of(k), a.count, a.first_seq, a.digest, text_of(a.supersedes)) for k, a in approvals.items()
                 ),
             )
-        if facts.issued:
+        issued = [
+            (issuer, text_of(serial), seq)
+            for (issuer, serial), seq in facts.issued.items()
+            if (issuer, serial) not in loaded.issued
+        ]
+        if issued:
             await conn.execute(
                 f"INSERT INTO {self._t('check_issued')} SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
                 "ON CONFLICT DO NOTHING",
-                *_columns((issuer, text_of(serial), seq) for (issuer, serial), seq in facts.issued.items()),
+                *_columns(issued),
             )
-        serials = facts.spki_of.keys() | facts.destroyed.keys()
+        serials = [
+            s
+            for s in facts.spki_of.keys() | facts.destroyed.keys()
+            if loaded.serials.get(s) != (facts.spki_of.get(s), facts.destroyed.get(s))
+        ]
         if serials:
             await conn.execute(
                 f"INSERT INTO {self._t('check_serials')} SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
@@ -162,6 +189,17 @@ async def create_temporary(conn: asyncpg.Connection) -> None:
 
 async def drop_temporary(conn: asyncpg.Connection) -> None:
     await conn.execute(f"DROP TABLE IF EXISTS {', '.join(f'pg_temp.{t}' for t in TABLES)}")
+
+
+def _by_key(table: str, key: str, columns: str) -> str:
+    """The rows of `table` whose `key` is one of $1: a primary-key lookup for each key, in a nested loop.
+    As `key = ANY($1)` or a join, a plan made while the table was small (or without statistics: a
+    temporary table never has any, and the plan is kept with the prepared statement) read the whole
+    table for every batch, a little longer each time."""
+    return (
+        f"SELECT w.{key}, t.* FROM unnest($1::text[]) AS w ({key}) "
+        f"CROSS JOIN LATERAL (SELECT {columns} FROM {table} WHERE {key} = w.{key} OFFSET 0) t"
+    )
 
 
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:

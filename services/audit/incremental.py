@@ -88,7 +88,7 @@ class IncrementalCheck:
                 return False
             checker = self.checker
             readings = [checker.read(row.subject, row.raw) for row in rows]
-            checker.facts = await self.tables.load(conn, checks.wanted(readings))
+            checker.facts, loaded = await self.tables.load(conn, checks.wanted(readings))
             for row, reading in zip(rows, readings, strict=True):
                 checker.apply(row.seq, reading)
             revoked = [
@@ -96,7 +96,7 @@ class IncrementalCheck:
                 for issuer, rs in checker.revocations.items()
                 for r in rs
             ]
-            await self.tables.save(conn, checker.facts, revoked)
+            await self.tables.save(conn, checker.facts, loaded, revoked)
             last = rows[-1]
             assert last.hash is not None  # read up to the chained head
             await self.tables.advance(conn, last.seq, last.hash)
