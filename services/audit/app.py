@@ -7,7 +7,7 @@ from pathlib import Path
 from faststream import FastStream
 
 from services.audit.checkpoints import Checkpointer
-from services.audit.handlers import NAME, enqueue_findings, raise_findings, register
+from services.audit.handlers import NAME, RaisedFindings, enqueue_findings, raise_findings, register
 from services.audit.incremental import IncrementalCheck
 from services.audit.lint_job import LintJob
 from shared.base.clock import Clock
@@ -50,8 +50,8 @@ def build(settings: AuditSettings | None = None, clock: Clock | None = None) -> 
     register(rt, checkpointer, settings)
     # The consistency checks also run on a schedule, each run over what was archived since the last;
     # each new finding is published once.
-    # One replica at a time runs them: what they know of each certificate is stored, as one checker's.
-    incremental = IncrementalCheck(rt.root)
+    # One replica at a time runs them (each run goes on from the state the last one stored).
+    incremental = IncrementalCheck(rt.root, sink=RaisedFindings(rt))
     checks_lock = SessionLock(settings.database_url, f"certbus-audit-checks:{rt.root}")
     checker = WakeableLoop(
         "audit-checks",

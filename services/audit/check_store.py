@@ -25,6 +25,17 @@ TABLES = ("check_approvals", "check_issued", "check_serials", "check_revocations
 PAGE = 5_000  # revocations read at a time to judge a CRL by
 
 
+class Cursor(NamedTuple):
+    """How far the stored facts go (the chain's hash there), whose run they are, and what that run's
+    Checker knew besides them there (`Checker.state`; None until a run that records its findings
+    as it goes stores it: only then can another go on from it)."""
+
+    through: int
+    hash: bytes
+    run: uuid.UUID | None
+    state: dict[str, Any] | None
+
+
 class Loaded(NamedTuple):
     """What `load` read, as it was: `save` writes only what a batch changed or added."""
 
@@ -51,20 +62,36 @@ class CheckStore:
     def _t(self, table: str) -> str:
         return f"{self.prefix}{table}"
 
-    async def owned_by(self, conn: asyncpg.Connection, run: uuid.UUID, through: int) -> bool:
-        """Whether the rows are `run`'s, as it left them at `through` (locks the cursor for the batch)."""
-        row = await conn.fetchrow(f"SELECT through, run FROM {self._t('check_cursor')} FOR UPDATE")
-        return row is not None and row["run"] == run and row["through"] == through
+    async def cursor(self, conn: asyncpg.Connection) -> Cursor:
+        """Where the stored facts stand, and whose they are (locked for the caller's transaction)."""
+        row = await conn.fetchrow(f"SELECT through, hash, run, state FROM {self._t('check_cursor')} FOR UPDATE")
+        assert row is not None  # the migration (or `create_temporary`) inserts it
+        return Cursor(row["through"], bytes(row["hash"]), row["run"], row["state"])
 
     async def claim(self, conn: asyncpg.Connection, run: uuid.UUID) -> None:
         """Empty the tables for `run`, a checker starting from the beginning of the log."""
         await conn.execute(f"TRUNCATE {', '.join(self._t(t) for t in TABLES[:-1])}")
         await conn.execute(
-            f"UPDATE {self._t('check_cursor')} SET through = 0, hash = $1, run = $2", domain.GENESIS, run
+            f"UPDATE {self._t('check_cursor')} SET through = 0, hash = $1, run = $2, state = NULL", domain.GENESIS, run
         )
 
-    async def advance(self, conn: asyncpg.Connection, through: int, chain_hash: bytes) -> None:
-        await conn.execute(f"UPDATE {self._t('check_cursor')} SET through = $1, hash = $2", through, chain_hash)
+    async def take_over(self, conn: asyncpg.Connection, run: uuid.UUID) -> None:
+        """Make the stored facts `run`'s, to go on from where they stand."""
+        await conn.execute(f"UPDATE {self._t('check_cursor')} SET run = $1", run)
+
+    async def advance(
+        self, conn: asyncpg.Connection, through: int, chain_hash: bytes, state: dict[str, Any] | None
+    ) -> None:
+        """Move the cursor to `through` (the chain's hash there), with the Checker's `state` if it changed."""
+        if state is None:
+            await conn.execute(f"UPDATE {self._t('check_cursor')} SET through = $1, hash = $2", through, chain_hash)
+        else:
+            await conn.execute(
+                f"UPDATE {self._t('check_cursor')} SET through = $1, hash = $2, state = $3",
+                through,
+                chain_hash,
+                state,
+            )
 
     async def load(self, conn: asyncpg.Connection, want: Wanted) -> tuple[Facts, Loaded]:
         """The facts stored under the keys `want` names (a key with none is a certificate not seen yet),

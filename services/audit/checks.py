@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import re
 import uuid
@@ -59,7 +60,7 @@ from shared.contract.events import (
     producer_allowed,
 )
 from shared.contract.profiles import Profile, key_problem, names_problems
-from shared.pki.crypto import load_spki, verify_message
+from shared.pki.crypto import load_spki, spki_der, verify_message
 from shared.trust.operators import NotAuthorised, Registry, applied, signers
 
 # What reading a hostile certificate or CRL may raise (lazily, as its extensions are read).
@@ -144,6 +145,11 @@ class CrlJudge:
                 )
         return found
 
+
+# The events that change what a Checker knows besides its facts (with every operator command).
+_STATE_KINDS = frozenset(
+    {"CaCreated", "CaCompromised", "CaRetired", "CaKeyDestroyed", "ProfileApplied", "CrlPublished"}
+)
 
 # A text as a smaller value, equal to another's exactly when the texts are equal (see `key_of`).
 Key = int | bytes | str
@@ -239,7 +245,6 @@ class Checker:
     events: int = 0
     facts: Facts = field(default_factory=Facts)
     _profiles: dict[str, Profile] = field(default_factory=dict)
-    _digests: dict[str, str] = field(default_factory=dict)  # one copy of each profile digest approvals name
     _cas: dict[str, str] = field(default_factory=dict)
     _crl_shards: dict[str, int] = field(default_factory=dict)  # the sharded CAs' shard counts
     _closed: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -248,6 +253,47 @@ class Checker:
     latest_crl: dict[str, LatestCrl] = field(default_factory=dict)  # by `crl_key`
     _operators: Registry = field(default_factory=lambda: Registry({}, {}))
     _commands: set[uuid.UUID] = field(default_factory=set)  # the operator commands accepted, by event id
+    changed: bool = True  # whether `state` has changed since this was last set False (a new one: yes)
+
+    def state(self) -> dict[str, Any]:
+        """What this Checker knows besides its facts, revocations and findings (of its CAs, profiles and
+        operators: a few per CA), as JSON, for `restored`."""
+        return {
+            "profiles": {digest: p.model_dump(mode="json") for digest, p in self._profiles.items()},
+            "cas": self._cas,
+            "crl_shards": self._crl_shards,
+            "closed": {ca: list(closed) for ca, closed in self._closed.items()},
+            "key_destroyed": self._key_destroyed,
+            "latest_crl": {
+                key: {**dataclasses.asdict(c), "this_update": c.this_update and c.this_update.isoformat()}
+                for key, c in self.latest_crl.items()
+            },
+            "operator_keys": {name: base64.b64encode(spki_der(k)).decode() for name, k in self._operators.keys.items()},
+            "quorums": dict(self._operators.quorums),
+            "commands": sorted(str(c) for c in self._commands),
+        }
+
+    @classmethod
+    def restored(cls, root: str, state: dict[str, Any]) -> Checker:
+        """A Checker that knows what `state` (from `state`) says, with no facts, revocations or findings."""
+        return cls(
+            root,
+            _profiles={digest: Profile.model_validate(p) for digest, p in state["profiles"].items()},
+            _cas=dict(state["cas"]),
+            _crl_shards=dict(state["crl_shards"]),
+            _closed={ca: (closed[0], closed[1]) for ca, closed in state["closed"].items()},
+            _key_destroyed=dict(state["key_destroyed"]),
+            latest_crl={
+                key: LatestCrl(**{**c, "this_update": c["this_update"] and datetime.fromisoformat(c["this_update"])})
+                for key, c in state["latest_crl"].items()
+            },
+            _operators=Registry(
+                {name: load_spki(base64.b64decode(k)) for name, k in state["operator_keys"].items()},
+                dict(state["quorums"]),
+            ),
+            _commands={uuid.UUID(c) for c in state["commands"]},
+            changed=False,
+        )
 
     def add(self, seq: int, subject: str, raw: bytes) -> None:
         """Check one archived message; one that is not a valid event on `subject` is only a finding."""
@@ -273,6 +319,8 @@ class Checker:
             return  # inconsistent data says nothing about what the real producer did
         if isinstance(event, OperatorCommand) and not self._authorised(seq, event):
             return
+        if kind in _STATE_KINDS or isinstance(event, OperatorCommand):
+            self.changed = True
         ca = str(data.get("ca_id"))
         if kind == "CaCreated":
             self._cas[ca] = str(data.get("cert_pem", ""))
@@ -327,7 +375,7 @@ class Checker:
         approvals.count += 1
         if data.get("profile_digest"):
             digest = str(data["profile_digest"])
-            approvals.digest = self._digests.setdefault(digest, digest)
+            approvals.digest = digest
         approvals.supersedes = key_of(supersedes) if supersedes is not None else None
 
     def _issued(self, seq: int, data: dict[str, Any]) -> None:

@@ -230,20 +230,33 @@ async def _fetch(rt: Runtime, bucket: str, name: str) -> bytes | None:
         return None
 
 
-async def raise_findings(rt: Runtime, check: IncrementalCheck, lock: SessionLock, crl_grace_s: float) -> int:
-    """The scheduled run, on the one replica holding `lock` (the checks' stored state is one checker's):
-    bring `check` up to the chained head (it reads only what was archived since its last run), then
-    publish each finding not raised before as AuditFindingRaised."""
+class RaisedFindings:
+    """The scheduled check's findings, each raised as AuditFindingRaised (once: `enqueue_findings`) in the
+    transaction of the batch that found it, and published once that commits."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+
+    async def record(self, conn: asyncpg.Connection, found: list[checks.Finding]) -> list[OutboxEntry]:
+        return await enqueue_findings(conn, self._rt, found)
+
+    async def publish(self, entries: list[OutboxEntry]) -> None:
+        await self._rt.publish_pending(entries)
+
+
+async def raise_findings(rt: Runtime, check: IncrementalCheck, lock: SessionLock, crl_grace_s: float) -> None:
+    """The scheduled run, on the one replica holding `lock`: bring `check` (whose sink raises what each
+    batch finds) up to the chained head, reading only what was archived since its last run, then judge
+    the latest CRLs again and raise what is new."""
     if not await lock.held():
-        return 0  # another replica runs the checks
+        return  # another replica runs the checks
     await check.catch_up(rt.pool)
-    found = check.take_findings()
+    found = check.take_findings()  # none with a sink; any if `check` has none
     crls = await crl_findings(rt, check, rt.pool, crl_grace_s)  # judged again each run, against the latest CRLs
     async with rt.pool.acquire() as conn, conn.transaction():
         entries = await enqueue_findings(conn, rt, found + crls)
     check.raised(found)
     await rt.publish_pending(entries)
-    return len(entries)
 
 
 async def enqueue_findings(

@@ -4,11 +4,13 @@ The scheduled check keeps one `IncrementalCheck` for the life of the process, so
 archived since the last one, not the whole archive. What the Checker knows of each certificate is kept
 in PostgreSQL (`services.audit.check_store`), not in the process: each batch is read in one transaction
 with the chain's hash at the position the checker has reached and the stored facts its events name,
-checked, and its facts stored back with the new position before the transaction commits. The rest of
-the Checker's state (CAs, profiles, operators: a few per CA) lives in the process, so the stored facts
-belong to one process's run (`check_cursor.run`): another process, or this one after a failed batch,
-empties them and starts from the beginning. So does a different hash at the checker's position (a
-replay adopted a rebuilt archive, a lost database was replayed): the checker saw another log.
+checked, and its facts stored back with the new position before the transaction commits; the
+scheduled check records the batch's findings in that transaction too (its `FindingSink`), and, when
+it changed, what the Checker knows besides its facts (its CAs, profiles and operators: a few per CA,
+`Checker.state`). So another process (a restart, the replica that takes over the checks), or this one
+after a failed batch, goes on from where the stored state stands, and finds nothing twice and misses
+nothing. A different hash at the stored position (a replay adopted a rebuilt archive, a lost database
+was replayed) means the checks saw another log: they empty their tables and start from the beginning.
 
 The checks run in the event loop, a batch at a time, yielding between batches so that the consumers
 keep running; not in a thread, where the GIL would make the loop wait on it.
@@ -22,24 +24,44 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import asyncpg
 
 from services.audit import check_store, checks, domain, store
+from shared.runtime.outbox import OutboxEntry
 
 log = logging.getLogger("certbus.audit")
+
+
+class FindingSink(Protocol):
+    """Where the scheduled check's findings go as it finds them: recorded in each batch's transaction
+    (so a run that goes on from the stored state misses none), published once it commits."""
+
+    async def record(self, conn: asyncpg.Connection, found: list[checks.Finding]) -> list[OutboxEntry]: ...
+
+    async def publish(self, entries: list[OutboxEntry]) -> None: ...
+
+
 BATCH = 250  # messages read and checked between two turns of the event loop (~10 ms of checks on an idle core)
 
 
 class IncrementalCheck:
     """A Checker, its facts in `tables`, and how far along the chained archive it has read."""
 
-    def __init__(self, root: str, batch: int = BATCH, tables: check_store.CheckStore = check_store.SCHEDULED) -> None:
+    def __init__(
+        self,
+        root: str,
+        batch: int = BATCH,
+        tables: check_store.CheckStore = check_store.SCHEDULED,
+        sink: FindingSink | None = None,
+    ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         self.root = root
         self.batch = batch
         self.tables = tables
+        self.sink = sink
         self.checker = checks.Checker(root)
         self.run = uuid.uuid4()
         self.through = 0  # the last position fed to the checker
@@ -67,12 +89,11 @@ class IncrementalCheck:
 
     async def _batch(self, conn: asyncpg.Connection, head: int) -> bool:
         """Check the next batch up to `head`, in one transaction; whether there may be more."""
+        entries: list[OutboxEntry] = []
         async with conn.transaction(isolation="repeatable_read"):
-            if not await self.tables.owned_by(conn, self.run, self.through):
-                if self.through:
-                    log.warning("the scheduled check's stored state is not this checker's: checking from the beginning")
-                self._restart()
-                await self.tables.claim(conn, self.run)
+            cursor = await self.tables.cursor(conn)
+            if (cursor.run, cursor.through) != (self.run, self.through):
+                await self._take_over(conn, cursor)
             anchor = await store.hash_at(conn, self.through)
             if anchor != self._chain_hash:
                 log.warning(
@@ -97,12 +118,38 @@ class IncrementalCheck:
                 for r in rs
             ]
             await self.tables.save(conn, checker.facts, loaded, revoked)
+            if self.sink is not None and checker.findings:
+                entries = await self.sink.record(conn, list(checker.findings))
             last = rows[-1]
             assert last.hash is not None  # read up to the chained head
-            await self.tables.advance(conn, last.seq, last.hash)
+            # Only a run that records its findings as it goes leaves a state to go on from: another
+            # run starting from it must not miss any finding before it.
+            state = checker.state() if checker.changed and self.sink is not None else None
+            await self.tables.advance(conn, last.seq, last.hash, state)
         checker.facts, checker.revocations = checks.Facts(), {}  # stored: what the next batch needs is loaded
+        checker.changed = False
+        if self.sink is not None:
+            checker.findings.clear()  # recorded
         self.through, self._chain_hash = last.seq, last.hash
+        if entries:
+            await self.sink.publish(entries)  # type: ignore[union-attr]  # entries come from the sink
         return True
+
+    async def _take_over(self, conn: asyncpg.Connection, cursor: check_store.Cursor) -> None:
+        """The stored facts are not where this checker left them (another process's run, or this one's
+        before a batch failed): go on from where they stand if that run stored its state there and the
+        archive there is as it read it, else empty them and start from the beginning."""
+        if cursor.through and cursor.state is not None and await store.hash_at(conn, cursor.through) == cursor.hash:
+            self.checker = checks.Checker.restored(self.root, cursor.state)
+            self.run = uuid.uuid4()
+            self.through, self._chain_hash = cursor.through, cursor.hash
+            await self.tables.take_over(conn, self.run)
+            log.info("the consistency checks go on from where the stored state stands", extra={"through": self.through})
+            return
+        if self.through or cursor.through:
+            log.warning("the consistency checks' stored state cannot be gone on from: checking from the beginning")
+        self._restart()
+        await self.tables.claim(conn, self.run)
 
     async def crl_findings(
         self,
@@ -132,7 +179,8 @@ class IncrementalCheck:
         return found
 
     def take_findings(self) -> list[checks.Finding]:
-        """The findings of the messages fed so far that `raised` has not yet been told of."""
+        """The findings of the messages fed so far that `raised` has not yet been told of (with a sink,
+        none: each batch's are recorded with it)."""
         return list(self.checker.findings)
 
     def raised(self, found: list[checks.Finding]) -> None:

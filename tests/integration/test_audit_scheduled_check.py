@@ -19,6 +19,7 @@ from bench.audit import realistic_log
 from services.audit import check_store, store
 from services.audit.checks import Facts, Finding, Revoked, check_all
 from services.audit.incremental import IncrementalCheck
+from shared.runtime.outbox import OutboxEntry
 from shared.trust.operators import registration
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -119,24 +120,80 @@ async def test_each_finding_kind_is_found_as_one_pass_finds_it_with_the_facts_lo
     }
 
 
-async def test_another_checker_starts_again_from_the_beginning_and_a_failed_batch_is_not_kept(
-    pool: asyncpg.Pool,
-) -> None:
+class Raised:
+    """A sink that keeps what each batch records; `fail_at` makes that call fail (after recording
+    nothing), as a database error would roll the batch back."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.found: list[Finding] = []
+        self.calls = 0
+        self.fail_at = fail_at
+
+    async def record(self, conn: asyncpg.Connection, found: list[Finding]) -> list[OutboxEntry]:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the findings could not be recorded")
+        self.found += found
+        return []
+
+    async def publish(self, entries: list[OutboxEntry]) -> None:
+        raise AssertionError("nothing recorded to publish")
+
+
+async def test_a_restarted_check_goes_on_from_the_stored_state_and_finds_nothing_twice(pool: asyncpg.Pool) -> None:
+    """The second half's certificates are judged by the profile, CA and operators the first half
+    brought: a checker that went on without them would find every one of them wrong."""
+    log = _log()
+    whole = check_all(log, ROOT).findings
+    half = len(log) // 2
+    await _archive(pool, log[:half])
+    first_raised = Raised()
+    first = IncrementalCheck(ROOT, batch=16, sink=first_raised)
+    await first.catch_up(pool)
+    await _archive(pool, log[half:])
+    second_raised = Raised()
+    second = IncrementalCheck(ROOT, batch=16, sink=second_raised)  # another process: a restart, a replica
+    await second.catch_up(pool)
+    assert first_raised.found and second_raised.found
+    assert first_raised.found + second_raised.found == whole
+    assert second.checker.events == len(log) - half, "it read only what followed the stored state"
+    assert second.take_findings() == []  # recorded as it went
+    # The first finds the stored state is no longer where it left it, and goes on from there too.
+    late = _approve("late")
+    await _archive(pool, [(len(log) + 1, subject_of(late), late)])
+    await first.catch_up(pool)
+    assert first.through == len(log) + 1 and first.checker.events == 1
+    assert first_raised.found + second_raised.found == whole
+
+
+async def test_a_batch_whose_findings_cannot_be_recorded_is_checked_again(pool: asyncpg.Pool) -> None:
+    log = _log()
+    await _archive(pool, log)
+    raised = Raised(fail_at=3)
+    check = IncrementalCheck(ROOT, batch=16, sink=raised)
+    with pytest.raises(RuntimeError, match="could not be recorded"):
+        await check.catch_up(pool)
+    assert 0 < await pool.fetchval("SELECT through FROM check_cursor") < len(log)
+    await check.catch_up(pool)  # from the last batch that committed, with what it knew there
+    assert raised.found == check_all(log, ROOT).findings
+    assert check.through == len(log)
+
+
+async def test_without_a_sink_another_checker_starts_again_from_the_beginning(pool: asyncpg.Pool) -> None:
+    """A run that does not record its findings as it goes stores no state: going on from its facts
+    would miss the findings it had not yet handed over."""
     log = rows(*LOG)
     await _archive(pool, log)
     first = IncrementalCheck(ROOT, batch=4)
     whole = check_all(log, ROOT).findings
     assert await _run(first, pool) == whole
-    # Another process (its CAs, profiles and operators are in its own memory) cannot go on from the
-    # first's stored facts: it empties them and finds everything again.
+    assert await pool.fetchval("SELECT state FROM check_cursor") is None
     second = IncrementalCheck(ROOT, batch=4)
     assert await _run(second, pool) == whole
     assert (await pool.fetchrow("SELECT through, run FROM check_cursor"))["run"] == second.run
-    # The first now finds the state is not its own, and starts again too (its findings were raised:
-    # the findings table drops repeats).
     late = _approve("late")
     await _archive(pool, [(len(log) + 1, subject_of(late), late)])
-    assert await _run(first, pool) == whole
+    assert await _run(first, pool) == whole  # from the beginning again: the findings table drops repeats
     assert first.through == len(log) + 1
 
 

@@ -3,6 +3,8 @@ the whole log finds; what they keep per certificate is compact and means the sam
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_audit_samples import ROOT, event, genesis, rows, signed
+from test_audit_samples import PROFILE, ROOT, event, genesis, rows, signed
 
 from services.audit.checks import Checker, Finding, check_all, key_of, text_of
 
@@ -104,6 +106,53 @@ def test_two_runs_find_what_one_pass_finds(at: int) -> None:
 def test_any_number_of_runs_find_what_one_pass_finds(at: list[int]) -> None:
     log = rows(*LOG)
     assert _split(log, at)[0] == check_all(log, ROOT).findings
+
+
+@pytest.mark.parametrize("at", range(1, len(LOG)))
+def test_a_checker_restored_from_the_state_of_another_goes_on_as_that_one_would(at: int) -> None:
+    """What a run stores besides the facts (as JSON) is all a Checker in another process needs to go on."""
+    log = rows(*LOG)
+    whole = check_all(log, ROOT)
+    first = check_all(log[:at], ROOT)
+    second = Checker.restored(ROOT, json.loads(json.dumps(first.state())))
+    assert not second.changed and second.state() == first.state()
+    second.facts, second.revocations = first.facts, first.revocations  # what the tables keep
+    for seq, subject, raw in log[at:]:
+        second.add(seq, subject, raw)
+    assert first.findings + second.findings == whole.findings
+    assert second.state() == whole.state()
+
+
+def test_a_state_holds_every_kind_of_knowledge_and_every_field_is_in_it_or_kept_elsewhere() -> None:
+    """A field added to the Checker must be stored with its state, or be kept elsewhere (a new test)."""
+    kept_elsewhere = {"root", "findings", "events", "facts", "revocations", "changed"}
+    in_state = {
+        "_profiles",
+        "_cas",
+        "_crl_shards",
+        "_closed",
+        "_key_destroyed",
+        "latest_crl",
+        "_operators",
+        "_commands",
+    }
+    assert {f.name for f in dataclasses.fields(Checker)} == kept_elsewhere | in_state
+    log = [
+        genesis(),
+        _e("CaCreated", "signing", ca_id="ca1", crl_shards=4),
+        signed("ProfileApplied", profile=PROFILE.model_dump(mode="json")),
+        signed("QuorumSet", aggregate_id="ca_compromise", required=1, set_by="alice"),
+        _e("CrlPublished", "signing", ca_id="ca1", aggregate_id="ca1", crl_number=3, shard=1),
+        signed("CaCompromised", ca_id="ca1", reason="key leaked", declared_by="alice"),
+        _e("CaKeyDestroyed", "signing", ca_id="ca1", aggregate_id="ca1"),
+    ]
+    checker = check_all(rows(*log), ROOT)
+    state = checker.state()
+    assert [k for k in state if not state[k]] == []  # each kind of knowledge is there, and so tested above
+    restored = Checker.restored(ROOT, json.loads(json.dumps(state)))
+    assert {f.name: getattr(restored, f.name) for f in dataclasses.fields(Checker) if f.name in in_state} == {
+        f.name: getattr(checker, f.name) for f in dataclasses.fields(Checker) if f.name in in_state
+    }
 
 
 def test_the_renewal_finding_names_the_serial_the_approval_supersedes_as_it_was_written() -> None:

@@ -34,13 +34,14 @@ CREATE TABLE check_revocations (
 );
 CREATE INDEX check_revocations_crl ON check_revocations (crl_key, stream_seq);
 
--- How far the checks have read the chained archive (the chain's hash there), and which process's
--- checker the rows above belong to: the rest of its state (CAs, profiles, operators) is in its
--- memory, so another process starts again from the beginning.
+-- How far the checks have read the chained archive (the chain's hash there), which process's run
+-- the rows above belong to, and what its checker knew there besides them (its CAs, profiles and
+-- operators: `checks.Checker.state`), from which another process goes on.
 CREATE TABLE check_cursor (
     id       boolean PRIMARY KEY DEFAULT true CHECK (id),
     through  bigint  NOT NULL,
     hash     bytea   NOT NULL,
-    run      uuid
+    run      uuid,
+    state    jsonb
 );
 INSERT INTO check_cursor (through, hash) VALUES (0, '\x0000000000000000000000000000000000000000000000000000000000000000');
